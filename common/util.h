@@ -1,0 +1,36 @@
+/* Small parsers and validators shared by the CLI, the config and the daemon. */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define QV_NAME_MAX 63
+
+/* VM, image, pool and task names become paths: [a-z0-9][a-z0-9-]{0,62}.
+ * No dots, no slashes, nothing that could climb out of a directory. */
+bool qv_name_valid(const char *name);
+
+/* Sizes always carry a unit: "512M", "20G", "1T", "4096K", also "20GiB",
+ * "20GB" (both binary: 1G = 1024^3 bytes) and "0".  A bare number like "100"
+ * is rejected (-EINVAL): it never silently means bytes.
+ * -ERANGE on overflow of 64 bits. */
+int qv_parse_size(const char *s, uint64_t *ret);
+/* "20G", "512M", "1536K", "123B": the largest unit that divides exactly. */
+void qv_format_size(uint64_t bytes, char *buf, size_t size);
+
+/* Durations: "500ms", "60s", "2m", "1h"; a bare integer means seconds.
+ * Result in milliseconds. */
+int qv_parse_duration_ms(const char *s, uint64_t *ret);
+void qv_format_duration_ms(uint64_t ms, char *buf, size_t size);
+
+/* Decimal unsigned integer in [min, max]; -EINVAL for junk, -ERANGE outside. */
+int qv_parse_uint(const char *s, uint64_t min, uint64_t max, uint64_t *ret);
+
+/* Case-sensitive exact-match lookup of s in a NULL-terminated list;
+ * returns the index or -EINVAL. */
+int qv_string_index(const char *const *list, const char *s);
+
+/* Monotonic clock in milliseconds / nanoseconds. */
+uint64_t qv_now_ms(void);
+uint64_t qv_now_ns(void);

@@ -1,0 +1,58 @@
+#include "testlib.h"
+
+#include "fileio.h"
+
+#include <errno.h>
+#include <ftw.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+uint64_t qv_test_timeout_ms(uint64_t base_ms) {
+    const char *m = getenv("QVISOR_TEST_TIMEOUT_MULTIPLIER");
+    long mul = m ? strtol(m, NULL, 10) : 1;
+    if (mul < 1)
+        mul = 1;
+    return base_ms * (uint64_t)mul;
+}
+
+char *qv_test_mkdtemp(const char *prefix) {
+    const char *tmp = getenv("TMPDIR");
+    char *path;
+    if (asprintf(&path, "%s/%s.XXXXXX", tmp && *tmp ? tmp : "/tmp", prefix) < 0)
+        abort();
+    if (!mkdtemp(path))
+        abort();
+    return path;
+}
+
+static int rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
+    (void)st;
+    (void)flag;
+    (void)ftw;
+    remove(path);
+    return 0;
+}
+
+void qv_test_rm_rf(const char *path) {
+    if (path)
+        nftw(path, rm_one, 32, FTW_DEPTH | FTW_PHYS);
+}
+
+void qv_test_write(const char *dir, const char *rel, const char *content) {
+    char path[PATH_MAX];
+    snprintf(path, sizeof path, "%s/%s", dir, rel);
+    char parent[PATH_MAX];
+    snprintf(parent, sizeof parent, "%s", path);
+    char *slash = strrchr(parent, '/');
+    if (slash) {
+        *slash = '\0';
+        assert_int_equal(qv_mkdir_p(parent, 0755), 0);
+    }
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fputs(content, f);
+    fclose(f);
+}
