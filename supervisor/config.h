@@ -1,0 +1,87 @@
+/* The node config: one YAML file per node, parsed once into plain structs
+ * by a table of keys (config.c).  Unknown keys, repeated keys, wrong types
+ * and out-of-range values are errors that name file:line:column and key. */
+#pragma once
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "error.h"
+#include "log.h"
+
+typedef enum sv_accel {
+    SV_ACCEL_AUTO,
+    SV_ACCEL_KVM,
+    SV_ACCEL_TCG,
+} sv_accel;
+
+typedef struct sv_config {
+    char *source; /* file the values came from; NULL for built-in defaults */
+
+    qv_log_level log_level;
+
+    /* paths */
+    char *state_dir;
+    char *images_dir;    /* default STATE_DIR/images */
+    char *instances_dir; /* default STATE_DIR/instances */
+    char *run_dir;
+    char *sysfs_root;
+
+    /* daemon */
+    char *socket_path; /* default RUN_DIR/qvisor.sock */
+    char *socket_group;
+    uint64_t max_request_size;
+    uint64_t max_clients;
+
+    /* qemu */
+    char *qemu_binary;
+    char *qemu_img_binary;
+    sv_accel accelerator;
+    char *run_as;
+
+    /* vm_defaults */
+    uint64_t vm_cpus;
+    uint64_t vm_memory;
+    uint64_t vm_disk;
+    uint64_t stop_timeout_ms;
+    uint64_t kill_timeout_ms;
+
+    /* network */
+    char *nat_bridge;
+    char *nat_subnet;  /* "a.b.c.d/len", normalised */
+    char *nat_gateway;
+    char *overlay_bridge;
+    char **dns;        /* NULL-terminated; never NULL after load */
+} sv_config;
+
+/* Built-in defaults (what an empty file gives).  Returns NULL on ENOMEM. */
+sv_config *sv_config_new_default(void);
+
+/* Parses path into *ret (owned by the caller).  On error returns -QV_ECONFIG
+ * (or -ENOENT/-EACCES for an unreadable file) with err->msg like
+ * "/etc/qvisor/config.yaml:12:3: qemu.accelerator: expected one of auto, kvm, tcg". */
+int sv_config_load(const char *path, sv_config **ret, qv_error *err);
+/* Same, from a buffer; `name` is used in messages. */
+int sv_config_parse(const char *name, const char *data, size_t len, sv_config **ret, qv_error *err);
+
+void sv_config_free(sv_config *c);
+static inline void sv_config_freep(sv_config **c) {
+    sv_config_free(*c);
+}
+
+/* Effective config as JSON ({"paths": {"state_dir": …}, …}, stable keys);
+ * new reference. */
+json_t *sv_config_to_json(const sv_config *c);
+
+/* Visits every key in table order with its dotted name and its effective
+ * value rendered as text (lists joined with ", "). */
+typedef void (*sv_config_visit_fn)(const char *key, const char *value, void *userdata);
+void sv_config_visit(const sv_config *c, sv_config_visit_fn fn, void *userdata);
+
+/* Keys whose values differ and that a running daemon cannot change without a
+ * restart (socket path, directories, …), as "paths.run_dir, daemon.socket";
+ * caller frees.  NULL when there are none. */
+char *sv_config_restart_keys_changed(const sv_config *old, const sv_config *new_config);
+
+const char *sv_accel_to_string(sv_accel a);
