@@ -1,2 +1,209 @@
-#include <stdio.h>
-int main(void) { return 0; }
+/* qvisor: the command.  Global options, then a top-level verb or NOUN VERB,
+ * dispatched through tables (no verb pretends to work: later capabilities
+ * appear here when they exist). */
+#include "cli.h"
+
+#include "log.h"
+#include "qv-build.h"
+#include "util.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct qv_cli_noun {
+    const char *name;
+    const qv_cli_verb *verbs; /* terminated by a NULL name */
+    const char *summary;
+} qv_cli_noun;
+
+static const qv_cli_verb no_verbs[] = {{NULL, NULL, NULL}};
+
+static const qv_cli_verb config_verbs[] = {
+    {"check", cmd_config_check, "validate a config file and print the effective settings"},
+    {"show", cmd_config_show, "print the settings the running daemon uses"},
+    {"reload", cmd_config_reload, "make the running daemon re-read its config"},
+    {NULL, NULL, NULL},
+};
+
+static const qv_cli_noun nouns[] = {
+    {"vm", no_verbs, "virtual machines"},
+    {"image", no_verbs, "base images"},
+    {"gpu", no_verbs, "PCI display devices for passthrough"},
+    {"node", no_verbs, "this node's capacity and usage"},
+    {"config", config_verbs, "the node config"},
+};
+
+static const qv_cli_verb top_verbs[] = {
+    {"daemon", cmd_daemon, "run the qvisor daemon in the foreground"},
+    {"version", cmd_version, "print the versions of this command and of the daemon"},
+    {NULL, NULL, NULL},
+};
+
+static const char exit_codes[] =
+    "Exit codes:\n"
+    "   0  success\n"
+    "   1  the operation failed\n"
+    "  64  usage error (unknown command or option, missing argument)\n"
+    "  65  bad input data (invalid name, size, file content)\n"
+    "  66  no such VM, image, GPU or input file\n"
+    "  69  service unavailable (daemon not running, KVM or IOMMU missing)\n"
+    "  73  already exists (or already running)\n"
+    "  75  temporary failure or timeout: try again\n"
+    "  77  permission denied\n"
+    "  78  invalid configuration\n";
+
+static void print_main_help(FILE *out) {
+    fprintf(out,
+            "Usage: qvisor [OPTIONS] COMMAND [ARGS]\n"
+            "       qvisor [OPTIONS] NOUN VERB [ARGS]\n"
+            "\n"
+            "Runs QEMU/KVM guests on this node: a daemon supervises them, this command\n"
+            "talks to it.\n"
+            "\n"
+            "Options:\n"
+            "  -c, --config PATH            node config (default %s)\n"
+            "  -s, --socket PATH            daemon control socket (default: from the config)\n"
+            "      --json                   machine-readable output (every read command)\n"
+            "      --request-timeout TIME   longest wait for the daemon (default 30s)\n"
+            "  -v, --verbose                more detail on stderr\n"
+            "  -q, --quiet                  errors only on stderr\n"
+            "  -h, --help                   this help; `qvisor NOUN --help` for a noun's verbs\n"
+            "  -V, --version                print the version\n"
+            "\n"
+            "Commands:\n",
+            QV_DEFAULT_CONFIG);
+    for (const qv_cli_verb *v = top_verbs; v->name; v++)
+        fprintf(out, "  %-10s %s\n", v->name, v->summary);
+    fprintf(out, "\nNouns (qvisor NOUN --help lists the verbs):\n");
+    for (size_t i = 0; i < sizeof nouns / sizeof nouns[0]; i++) {
+        const char *note = nouns[i].verbs[0].name ? "" : " (no verbs in this version yet)";
+        fprintf(out, "  %-10s %s%s\n", nouns[i].name, nouns[i].summary, note);
+    }
+    fprintf(out, "\n%s", exit_codes);
+}
+
+static void print_noun_help(const qv_cli_noun *n, FILE *out) {
+    fprintf(out, "Usage: qvisor %s VERB [ARGS]\n\n%s.\n\n", n->name, n->summary);
+    if (!n->verbs[0].name) {
+        fprintf(out, "No '%s' verbs exist in qvisor %s yet.\n", n->name, QV_VERSION);
+    } else {
+        fprintf(out, "Verbs:\n");
+        for (const qv_cli_verb *v = n->verbs; v->name; v++)
+            fprintf(out, "  %-10s %s\n", v->name, v->summary);
+        fprintf(out, "\nqvisor %s VERB --help describes each verb.\n", n->name);
+    }
+    fprintf(out, "\n%s", exit_codes);
+}
+
+static int run_verb(qv_cli *cli, const qv_cli_verb *v, int argc, char **argv) {
+    optind = 0; /* full reset of getopt for the verb's own options */
+    return v->fn(cli, argc, argv);
+}
+
+static const qv_cli_verb *find_verb(const qv_cli_verb *verbs, const char *name) {
+    for (const qv_cli_verb *v = verbs; v->name; v++)
+        if (strcmp(v->name, name) == 0)
+            return v;
+    return NULL;
+}
+
+static int dispatch(qv_cli *cli, int argc, char **argv) {
+    const char *word = argv[0];
+    const qv_cli_verb *v = find_verb(top_verbs, word);
+    if (v)
+        return run_verb(cli, v, argc, argv);
+    for (size_t i = 0; i < sizeof nouns / sizeof nouns[0]; i++) {
+        const qv_cli_noun *n = &nouns[i];
+        if (strcmp(n->name, word) != 0)
+            continue;
+        if (argc < 2) {
+            print_noun_help(n, stderr);
+            return QV_EXIT_USAGE;
+        }
+        if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "help") == 0) {
+            print_noun_help(n, stdout);
+            return QV_EXIT_OK;
+        }
+        v = find_verb(n->verbs, argv[1]);
+        char help_path[64];
+        snprintf(help_path, sizeof help_path, "%s ", n->name);
+        if (!v)
+            return qv_cli_usage_error(help_path, "unknown verb '%s' for '%s'", argv[1], n->name);
+        return run_verb(cli, v, argc - 1, argv + 1);
+    }
+    return qv_cli_usage_error("", "unknown command '%s'", word);
+}
+
+int main(int argc, char **argv) {
+    qv_cli cli = {
+        .config_path = QV_DEFAULT_CONFIG,
+        .timeout_ms = 30000,
+    };
+    enum { OPT_TIMEOUT = 0x100 };
+    static const struct option longopts[] = {
+        {"config", required_argument, NULL, 'c'},
+        {"socket", required_argument, NULL, 's'},
+        {"json", no_argument, NULL, QV_CLI_OPT_JSON},
+        {"request-timeout", required_argument, NULL, OPT_TIMEOUT},
+        {"verbose", no_argument, NULL, 'v'},
+        {"quiet", no_argument, NULL, 'q'},
+        {"help", no_argument, NULL, 'h'},
+        {"version", no_argument, NULL, 'V'},
+        {NULL, 0, NULL, 0},
+    };
+    qv_log_set_ident("qvisor");
+    qv_log_detect_journal();
+    int c;
+    while ((c = getopt_long(argc, argv, "+c:s:vqhV", longopts, NULL)) != -1) {
+        switch (c) {
+        case 'c':
+            cli.config_path = optarg;
+            cli.config_explicit = true;
+            break;
+        case 's':
+            cli.socket_path = optarg;
+            break;
+        case QV_CLI_OPT_JSON:
+            cli.json = true;
+            break;
+        case OPT_TIMEOUT:
+            if (qv_parse_duration_ms(optarg, &cli.timeout_ms) < 0 || cli.timeout_ms == 0 ||
+                cli.timeout_ms > 24ull * 3600 * 1000)
+                return qv_cli_usage_error("", "--request-timeout takes a duration like 30s or 2m, got '%s'", optarg);
+            break;
+        case 'v':
+            cli.verbosity++;
+            break;
+        case 'q':
+            cli.verbosity = -1;
+            break;
+        case 'h':
+            print_main_help(stdout);
+            return QV_EXIT_OK;
+        case 'V':
+            printf("qvisor %s\n", QV_VERSION);
+            return QV_EXIT_OK;
+        default:
+            fprintf(stderr, "Try 'qvisor --help'.\n");
+            return QV_EXIT_USAGE;
+        }
+    }
+    if (cli.verbosity < 0)
+        qv_log_set_level(QV_LOG_ERR);
+    else if (cli.verbosity > 0)
+        qv_log_set_level(QV_LOG_DEBUG);
+    if (optind >= argc) {
+        print_main_help(stderr);
+        return QV_EXIT_USAGE;
+    }
+    int r = dispatch(&cli, argc - optind, argv + optind);
+    sv_config_free(cli.config);
+    fflush(stdout);
+    if (ferror(stdout)) {
+        fprintf(stderr, "qvisor: error: writing the output failed\n");
+        return r ? r : QV_EXIT_FAILED;
+    }
+    return r;
+}

@@ -686,3 +686,18 @@ char *sv_config_restart_keys_changed(const sv_config *old, const sv_config *new_
     }
     return out;
 }
+
+char *sv_config_keep_restart_keys(sv_config *fresh, sv_config *running) {
+    char *changed = sv_config_restart_keys_changed(running, fresh);
+    for (size_t i = 0; changed && i < QV_ARRAY_SIZE(keys); i++) {
+        if (!keys[i].restart)
+            continue;
+        /* every restart key is a string: swap the pointers */
+        char **a = (char **)((char *)fresh + keys[i].offset);
+        char **b = (char **)((char *)running + keys[i].offset);
+        char *tmp = *a;
+        *a = *b;
+        *b = tmp;
+    }
+    return changed;
+}

@@ -83,5 +83,9 @@ void sv_config_visit(const sv_config *c, sv_config_visit_fn fn, void *userdata);
  * restart (socket path, directories, …), as "paths.run_dir, daemon.socket";
  * caller frees.  NULL when there are none. */
 char *sv_config_restart_keys_changed(const sv_config *old, const sv_config *new_config);
+/* For a reload: gives `fresh` the running values of every restart key that
+ * changed (`running` gets the new ones, to be freed with it).  Returns the
+ * changed keys as sv_config_restart_keys_changed() does. */
+char *sv_config_keep_restart_keys(sv_config *fresh, sv_config *running);
 
 const char *sv_accel_to_string(sv_accel a);

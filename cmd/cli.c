@@ -1,0 +1,72 @@
+/* Helpers shared by every verb. */
+#include "cli.h"
+
+#include "log.h"
+#include "supervisor/ctl.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <string.h>
+#include <unistd.h>
+
+int qv_cli_fail(const qv_cli *cli, const qv_error *err) {
+    (void)cli;
+    fprintf(stderr, "qvisor: error: %s\n", err->msg[0] ? err->msg : qv_strerror(err->code));
+    return qv_exit_code_for_errno(err->code ? err->code : EIO);
+}
+
+int qv_cli_usage_error(const char *help_path, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("qvisor: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "\nTry 'qvisor %s--help'.\n", help_path);
+    return QV_EXIT_USAGE;
+}
+
+int qv_cli_getopt(qv_cli *cli, int argc, char **argv, const char *shortopts, const struct option *longopts,
+                  const char *help) {
+    for (;;) {
+        int c = getopt_long(argc, argv, shortopts, longopts, NULL);
+        if (c == QV_CLI_OPT_JSON) {
+            cli->json = true;
+            continue;
+        }
+        if (c == 'h') {
+            fputs(help, stdout);
+            return -2;
+        }
+        return c;
+    }
+}
+
+int qv_cli_config(qv_cli *cli, const sv_config **ret, qv_error *err) {
+    if (!cli->config) {
+        if (!cli->config_explicit && access(cli->config_path, F_OK) < 0 && errno == ENOENT) {
+            cli->config = sv_config_new_default();
+            if (!cli->config)
+                return qv_error_set(err, ENOMEM, "out of memory");
+        } else {
+            int r = sv_config_load(cli->config_path, &cli->config, err);
+            if (r < 0) {
+                err->code = QV_ECONFIG;
+                return -QV_ECONFIG;
+            }
+        }
+    }
+    *ret = cli->config;
+    return 0;
+}
+
+int qv_cli_call(qv_cli *cli, const char *method, json_t *params, json_t **ret_result, qv_error *err) {
+    const char *path = cli->socket_path;
+    if (!path) {
+        const sv_config *c;
+        int r = qv_cli_config(cli, &c, err);
+        if (r < 0)
+            return r;
+        path = c->socket_path;
+    }
+    return sv_ctl_call(path, method, params, (int)cli->timeout_ms, ret_result, err);
+}

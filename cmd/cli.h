@@ -1,0 +1,61 @@
+/* The `qvisor` command: shared state of one invocation and the verb table
+ * types.  Every verb is `int cmd_x(qv_cli *cli, int argc, char **argv)`,
+ * with argv[0] the verb's own name, and returns a documented exit code
+ * (QV_EXIT_* from error.h). */
+#pragma once
+
+#include <getopt.h>
+#include <jansson.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "error.h"
+#include "supervisor/config.h"
+
+typedef struct qv_cli {
+    const char *config_path; /* --config, or the built-in default */
+    bool config_explicit;    /* --config was given */
+    const char *socket_path; /* --socket, or NULL: take it from the config */
+    bool json;               /* --json: machine-readable output on stdout */
+    int verbosity;           /* -1 quiet, 0 normal, 1+ verbose */
+    uint64_t timeout_ms;     /* --request-timeout: longest wait for the daemon */
+    sv_config *config;       /* loaded on demand by qv_cli_config() */
+} qv_cli;
+
+typedef int (*qv_cli_fn)(qv_cli *cli, int argc, char **argv);
+
+typedef struct qv_cli_verb {
+    const char *name;
+    qv_cli_fn fn;
+    const char *summary; /* one line for the help listing */
+} qv_cli_verb;
+
+/* Options every verb accepts besides its own: --json and -h/--help. */
+#define QV_CLI_OPT_JSON 0x1001
+#define QV_CLI_COMMON_LONGOPTS {"json", no_argument, NULL, QV_CLI_OPT_JSON}, {"help", no_argument, NULL, 'h'}
+
+/* Prints "qvisor: error: MSG" and returns the exit code err->code maps to. */
+int qv_cli_fail(const qv_cli *cli, const qv_error *err);
+/* Prints "qvisor: MSG" and "Try 'qvisor HELP_PATH --help'." to stderr; returns 64. */
+int qv_cli_usage_error(const char *help_path, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Runs getopt_long over a verb's argv (GNU-style: options anywhere).  Handles
+ * the common options itself: --json sets cli->json, --help prints `help` and
+ * returns -2.  Returns the option character, -1 at the end, '?' on an error
+ * (getopt already printed it). */
+int qv_cli_getopt(qv_cli *cli, int argc, char **argv, const char *shortopts, const struct option *longopts,
+                  const char *help);
+
+/* The node config as the CLI sees it (for the socket path and defaults):
+ * --config, else the default path, else built-in defaults when the default
+ * file does not exist.  Exit-code mapping of failures is 78. */
+int qv_cli_config(qv_cli *cli, const sv_config **ret, qv_error *err);
+/* One request to the daemon (socket from --socket or the config). */
+int qv_cli_call(qv_cli *cli, const char *method, json_t *params, json_t **ret_result, qv_error *err);
+
+/* Verbs (one file per noun). */
+int cmd_daemon(qv_cli *cli, int argc, char **argv);
+int cmd_version(qv_cli *cli, int argc, char **argv);
+int cmd_config_check(qv_cli *cli, int argc, char **argv);
+int cmd_config_show(qv_cli *cli, int argc, char **argv);
+int cmd_config_reload(qv_cli *cli, int argc, char **argv);

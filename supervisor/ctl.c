@@ -1,0 +1,542 @@
+/* Control socket server and client (see ctl.h and docs/protocol.md). */
+#include "ctl.h"
+
+#include "cleanup.h"
+#include "fileio.h"
+#include "linebuf.h"
+#include "log.h"
+#include "sysroot.h"
+#include "util.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+/* A client that does not read its replies is dropped past this much queued output. */
+#define CTL_MAX_WRITE_QUEUE (16u << 20)
+#define CTL_READ_CHUNK 65536
+
+typedef struct ctl_client ctl_client;
+
+struct sv_ctl_server {
+    uv_loop_t *loop;
+    uv_pipe_t listener;
+    char *path;
+    sv_ctl_options opts;
+    ctl_client *clients;
+    size_t n_clients;
+    int refs; /* the listener handle + one per client still allocated */
+    bool closing;
+};
+
+struct ctl_client {
+    uv_pipe_t pipe;
+    sv_ctl_server *server;
+    ctl_client *prev, *next;
+    qv_linebuf lb;
+    sv_ctl_peer peer;
+    int refs; /* the handle + one per request and per write in flight */
+    bool closing;
+    bool close_after_write;
+    char rbuf[CTL_READ_CHUNK];
+};
+
+struct sv_ctl_req {
+    ctl_client *client;
+    json_t *id;
+};
+
+typedef struct ctl_write {
+    uv_write_t w;
+    ctl_client *client;
+    char *data;
+} ctl_write;
+
+static void server_unref(sv_ctl_server *s) {
+    if (--s->refs > 0)
+        return;
+    free(s->path);
+    free(s);
+}
+
+static void client_unref(ctl_client *c) {
+    if (--c->refs > 0)
+        return;
+    qv_linebuf_free(&c->lb);
+    sv_ctl_server *s = c->server;
+    free(c);
+    server_unref(s);
+}
+
+static void on_client_closed(uv_handle_t *h) {
+    client_unref(h->data);
+}
+
+static void client_close(ctl_client *c) {
+    if (c->closing)
+        return;
+    c->closing = true;
+    sv_ctl_server *s = c->server;
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        s->clients = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    s->n_clients--;
+    uv_close((uv_handle_t *)&c->pipe, on_client_closed);
+}
+
+static void on_write_done(uv_write_t *w, int status) {
+    ctl_write *cw = (ctl_write *)w;
+    ctl_client *c = cw->client;
+    free(cw->data);
+    free(cw);
+    if (!c->closing) {
+        if (status < 0)
+            client_close(c);
+        else if (c->close_after_write && uv_stream_get_write_queue_size((uv_stream_t *)&c->pipe) == 0)
+            client_close(c);
+    }
+    client_unref(c);
+}
+
+/* Sends one JSON message (reference stolen) as a line. */
+static void client_send(ctl_client *c, json_t *msg) {
+    if (c->closing || !msg) {
+        json_decref(msg);
+        return;
+    }
+    char *text = json_dumps(msg, JSON_COMPACT);
+    json_decref(msg);
+    ctl_write *cw = calloc(1, sizeof *cw);
+    if (!text || !cw) {
+        free(text);
+        free(cw);
+        client_close(c);
+        return;
+    }
+    size_t len = strlen(text);
+    text[len] = '\n'; /* json_dumps leaves room only for the NUL: reuse it */
+    cw->data = text;
+    cw->client = c;
+    uv_buf_t buf = uv_buf_init(text, (unsigned)len + 1);
+    c->refs++;
+    int r = uv_write(&cw->w, (uv_stream_t *)&c->pipe, &buf, 1, on_write_done);
+    if (r < 0) {
+        c->refs--;
+        free(text);
+        free(cw);
+        client_close(c);
+        return;
+    }
+    if (uv_stream_get_write_queue_size((uv_stream_t *)&c->pipe) > CTL_MAX_WRITE_QUEUE) {
+        log_debug("control client pid %d does not read its replies; dropping it", (int)c->peer.pid);
+        client_close(c);
+    }
+}
+
+static json_t *error_object(int code, const char *message) {
+    return json_pack("{s:s, s:s}", "code", qv_errno_name(code), "message", message);
+}
+
+static void client_send_error(ctl_client *c, json_t *id, int code, const char *message) {
+    client_send(c, json_pack("{s:O?, s:o}", "id", id, "error", error_object(code, message)));
+}
+
+/* ---- requests ---------------------------------------------------------- */
+
+const sv_ctl_peer *sv_ctl_req_peer(const sv_ctl_req *req) {
+    return &req->client->peer;
+}
+
+static void req_finish(sv_ctl_req *req, json_t *msg) {
+    ctl_client *c = req->client;
+    if (!c->closing && !c->server->closing)
+        client_send(c, msg);
+    else
+        json_decref(msg);
+    json_decref(req->id);
+    free(req);
+    client_unref(c);
+}
+
+void sv_ctl_reply(sv_ctl_req *req, json_t *result) {
+    if (!result)
+        result = json_object();
+    req_finish(req, json_pack("{s:O, s:o}", "id", req->id, "result", result));
+}
+
+void sv_ctl_reply_error(sv_ctl_req *req, int code, const char *fmt, ...) {
+    char msg[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    req_finish(req, json_pack("{s:O, s:o}", "id", req->id, "error", error_object(code, msg)));
+}
+
+void sv_ctl_reply_qv_error(sv_ctl_req *req, const qv_error *err) {
+    sv_ctl_reply_error(req, err->code ? err->code : EIO, "%s", err->msg);
+}
+
+static bool blank(const char *s, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if (s[i] != ' ' && s[i] != '\t' && s[i] != '\r')
+            return false;
+    return true;
+}
+
+/* One request line.  Returns non-zero to stop reading this client. */
+static int on_line(const char *line, size_t len, void *userdata) {
+    ctl_client *c = userdata;
+    if (c->closing)
+        return 1;
+    if (blank(line, len))
+        return 0;
+
+    json_error_t jerr;
+    json_t *msg = json_loadb(line, len, JSON_REJECT_DUPLICATES, &jerr);
+    if (!msg) {
+        char why[256];
+        snprintf(why, sizeof why, "invalid JSON at byte %d: %s", jerr.position, jerr.text);
+        client_send_error(c, NULL, EBADMSG, why);
+        return 0;
+    }
+    json_t *id = json_object_get(msg, "id");
+    json_t *method = json_object_get(msg, "method");
+    json_t *params = json_object_get(msg, "params");
+    const char *problem = NULL;
+    if (!json_is_object(msg))
+        problem = "a request must be a JSON object";
+    else if (!id || !(json_is_integer(id) || json_is_string(id)))
+        problem = "a request needs an \"id\" (number or string)";
+    else if (!json_is_string(method))
+        problem = "a request needs a \"method\" string";
+    else if (params && !json_is_object(params) && !json_is_null(params))
+        problem = "\"params\" must be an object";
+    if (problem) {
+        client_send_error(c, json_is_integer(id) || json_is_string(id) ? id : NULL, EINVAL, problem);
+        json_decref(msg);
+        return 0;
+    }
+
+    sv_ctl_req *req = calloc(1, sizeof *req);
+    if (!req) {
+        json_decref(msg);
+        return 1;
+    }
+    req->client = c;
+    req->id = json_incref(id);
+    c->refs++;
+    json_t *p = json_is_object(params) ? json_incref(params) : json_object();
+    sv_ctl_server *s = c->server;
+    s->opts.handler(req, json_string_value(method), p, s->opts.userdata);
+    json_decref(p);
+    json_decref(msg);
+    return c->closing ? 1 : 0;
+}
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
+    (void)suggested;
+    ctl_client *c = h->data;
+    *buf = uv_buf_init(c->rbuf, sizeof c->rbuf);
+}
+
+static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
+    ctl_client *c = stream->data;
+    if (nread == 0 || c->closing)
+        return;
+    if (nread < 0) {
+        client_close(c);
+        return;
+    }
+    c->refs++; /* the handler may close the client while we are in here */
+    int r = qv_linebuf_feed(&c->lb, buf->base, (size_t)nread, on_line, c);
+    if (r == -EMSGSIZE && !c->closing) {
+        char why[128];
+        snprintf(why, sizeof why, "request larger than %zu bytes", c->lb.max_line);
+        uv_read_stop(stream);
+        c->close_after_write = true;
+        client_send_error(c, NULL, EMSGSIZE, why);
+    } else if (r < 0 && !c->closing) {
+        client_close(c);
+    }
+    client_unref(c);
+}
+
+/* True if gid is the peer's primary group or one of its supplementary
+ * groups (from /proc/PID/status, read through the sysfs/procfs root). */
+static bool peer_in_group(const sv_ctl_peer *p, gid_t gid) {
+    if (p->gid == gid)
+        return true;
+    char rel[64];
+    snprintf(rel, sizeof rel, "proc/%d/status", (int)p->pid);
+    _cleanup_free_ char *status = NULL;
+    if (qv_sysroot_read(rel, &status, NULL) < 0)
+        return false;
+    const char *g = strstr(status, "\nGroups:");
+    if (!g)
+        return false;
+    g += strlen("\nGroups:");
+    while (*g && *g != '\n') {
+        char *end;
+        unsigned long v = strtoul(g, &end, 10);
+        if (end == g)
+            break;
+        if ((gid_t)v == gid)
+            return true;
+        g = end;
+    }
+    return false;
+}
+
+static void on_connection(uv_stream_t *listener, int status) {
+    sv_ctl_server *s = listener->data;
+    if (status < 0 || s->closing)
+        return;
+    ctl_client *c = calloc(1, sizeof *c);
+    if (!c)
+        return;
+    if (uv_pipe_init(s->loop, &c->pipe, 0) < 0) {
+        free(c);
+        return;
+    }
+    c->pipe.data = c;
+    c->server = s;
+    c->refs = 1;
+    s->refs++;
+    qv_linebuf_init(&c->lb, s->opts.max_request);
+    c->next = s->clients;
+    if (s->clients)
+        s->clients->prev = c;
+    s->clients = c;
+    s->n_clients++;
+
+    if (uv_accept(listener, (uv_stream_t *)&c->pipe) < 0) {
+        client_close(c);
+        return;
+    }
+    uv_os_fd_t fd;
+    struct ucred cred;
+    socklen_t len = sizeof cred;
+    if (uv_fileno((uv_handle_t *)&c->pipe, &fd) < 0 || getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0) {
+        client_close(c);
+        return;
+    }
+    c->peer = (sv_ctl_peer){.pid = cred.pid, .uid = cred.uid, .gid = cred.gid};
+    c->peer.may_write = cred.uid == 0 || cred.uid == geteuid() ||
+                        (s->opts.group != (gid_t)-1 && peer_in_group(&c->peer, s->opts.group));
+
+    if (s->n_clients > s->opts.max_clients) {
+        c->close_after_write = true;
+        client_send_error(c, NULL, EAGAIN, "too many control connections; try again");
+        return;
+    }
+    if (uv_read_start((uv_stream_t *)&c->pipe, on_alloc, on_read) < 0)
+        client_close(c);
+}
+
+/* 1 if something accepts connections at path, 0 if not. */
+static int socket_alive(const char *path) {
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    snprintf(sa.sun_path, sizeof sa.sun_path, "%s", path);
+    _cleanup_close_ int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return 0;
+    return connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0;
+}
+
+static void on_listener_closed(uv_handle_t *h) {
+    server_unref(h->data);
+}
+
+int sv_ctl_server_new(uv_loop_t *loop, const sv_ctl_options *opts, sv_ctl_server **ret, qv_error *err) {
+    struct sockaddr_un sa;
+    if (strlen(opts->path) >= sizeof sa.sun_path)
+        return qv_error_set(err, ENAMETOOLONG, "control socket path %s is longer than %zu bytes", opts->path,
+                            sizeof sa.sun_path - 1);
+    struct stat st;
+    if (lstat(opts->path, &st) == 0) {
+        if (!S_ISSOCK(st.st_mode))
+            return qv_error_set(err, EEXIST, "%s exists and is not a socket; refusing to replace it", opts->path);
+        if (socket_alive(opts->path))
+            return qv_error_set(err, EADDRINUSE, "another daemon is listening on %s", opts->path);
+        unlink(opts->path); /* stale socket of a daemon that died */
+    }
+
+    sv_ctl_server *s = calloc(1, sizeof *s);
+    if (!s)
+        return qv_error_set(err, ENOMEM, "out of memory");
+    s->loop = loop;
+    s->opts = *opts;
+    s->path = strdup(opts->path);
+    s->opts.path = s->path;
+    s->refs = 1;
+    if (!s->path) {
+        free(s);
+        return qv_error_set(err, ENOMEM, "out of memory");
+    }
+    int r = uv_pipe_init(loop, &s->listener, 0);
+    if (r < 0) {
+        free(s->path);
+        free(s);
+        return qv_error_set(err, -r, "uv_pipe_init: %s", uv_strerror(r));
+    }
+    s->listener.data = s;
+
+    /* Bind under a tight umask so the socket is never reachable with wider
+     * permissions than asked for, then set owner group and mode. */
+    mode_t old = umask(0077);
+    r = uv_pipe_bind(&s->listener, s->path);
+    umask(old);
+    if (r == 0 && opts->group != (gid_t)-1 && chown(s->path, (uid_t)-1, opts->group) < 0)
+        r = -errno;
+    if (r == 0 && chmod(s->path, opts->mode) < 0)
+        r = -errno;
+    if (r == 0)
+        r = uv_listen((uv_stream_t *)&s->listener, 128, on_connection);
+    if (r < 0) {
+        qv_error_set(err, -r, "cannot listen on %s: %s", s->path, uv_strerror(r));
+        unlink(s->path);
+        s->closing = true;
+        uv_close((uv_handle_t *)&s->listener, on_listener_closed);
+        return r;
+    }
+    *ret = s;
+    return 0;
+}
+
+void sv_ctl_server_close(sv_ctl_server *s) {
+    if (!s || s->closing)
+        return;
+    s->closing = true;
+    unlink(s->path);
+    while (s->clients)
+        client_close(s->clients);
+    uv_close((uv_handle_t *)&s->listener, on_listener_closed);
+}
+
+size_t sv_ctl_server_clients(const sv_ctl_server *s) {
+    return s->n_clients;
+}
+
+/* ---- blocking client --------------------------------------------------- */
+
+typedef struct call_state {
+    json_int_t id;
+    json_t *reply;
+} call_state;
+
+static int on_reply_line(const char *line, size_t len, void *userdata) {
+    call_state *st = userdata;
+    json_t *msg = json_loadb(line, len, 0, NULL);
+    if (!msg)
+        return -EPROTO;
+    json_t *id = json_object_get(msg, "id");
+    if (json_is_integer(id) && json_integer_value(id) == st->id) {
+        st->reply = msg;
+        return 1;
+    }
+    if (json_is_null(id) && json_object_get(msg, "error")) {
+        st->reply = msg; /* the daemon refused the connection or the framing */
+        return 1;
+    }
+    json_decref(msg);
+    return 0;
+}
+
+int sv_ctl_call(const char *path, const char *method, json_t *params, int timeout_ms, json_t **ret_result,
+                qv_error *err) {
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    if (strlen(path) >= sizeof sa.sun_path)
+        return qv_error_set(err, ENAMETOOLONG, "control socket path %s is too long", path);
+    strcpy(sa.sun_path, path);
+    _cleanup_close_ int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return qv_error_set(err, errno, "socket: %s", strerror(errno));
+    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
+        int e = errno;
+        if (e == ENOENT || e == ECONNREFUSED || e == ENOTDIR)
+            return qv_error_set(err, ECONNREFUSED, "the qvisor daemon is not running (nothing listens on %s)", path);
+        if (e == EACCES || e == EPERM)
+            return qv_error_set(err, EACCES, "permission denied on %s (ask for the socket group)", path);
+        return qv_error_set(err, e, "cannot connect to %s: %s", path, strerror(e));
+    }
+
+    static json_int_t next_id;
+    call_state st = {.id = ++next_id + (json_int_t)getpid() * 1000};
+    json_t *req = json_pack("{s:I, s:s, s:O?}", "id", st.id, "method", method, "params", params);
+    _cleanup_free_ char *text = req ? json_dumps(req, JSON_COMPACT) : NULL;
+    json_decref(req);
+    if (!text)
+        return qv_error_set(err, ENOMEM, "out of memory");
+    size_t len = strlen(text);
+    _cleanup_free_ char *line = malloc(len + 2);
+    if (!line)
+        return qv_error_set(err, ENOMEM, "out of memory");
+    memcpy(line, text, len);
+    line[len] = '\n';
+    int r = qv_write_all(fd, line, len + 1);
+    if (r < 0)
+        return qv_error_set(err, ECONNRESET, "the daemon closed the connection: %s", strerror(-r));
+
+    qv_linebuf lb;
+    qv_linebuf_init(&lb, 64u << 20);
+    uint64_t deadline = qv_now_ms() + (uint64_t)timeout_ms;
+    char buf[65536];
+    r = 0;
+    while (!st.reply) {
+        uint64_t now = qv_now_ms();
+        if (now >= deadline) {
+            r = qv_error_set(err, ETIMEDOUT, "no answer from the daemon within %d ms", timeout_ms);
+            break;
+        }
+        struct pollfd pfd = {.fd = fd, .events = POLLIN};
+        int n = poll(&pfd, 1, (int)(deadline - now));
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) {
+            r = qv_error_set(err, errno, "poll: %s", strerror(errno));
+            break;
+        }
+        if (n == 0)
+            continue;
+        ssize_t got = read(fd, buf, sizeof buf);
+        if (got < 0 && errno == EINTR)
+            continue;
+        if (got <= 0) {
+            r = qv_error_set(err, ECONNRESET, "the daemon closed the connection without answering");
+            break;
+        }
+        int fr = qv_linebuf_feed(&lb, buf, (size_t)got, on_reply_line, &st);
+        if (fr < 0 && !st.reply) {
+            r = qv_error_set(err, EPROTO, "malformed reply from the daemon");
+            break;
+        }
+    }
+    qv_linebuf_free(&lb);
+    if (r < 0)
+        return r;
+
+    json_t *e = json_object_get(st.reply, "error");
+    if (e) {
+        int code = qv_errno_from_name(json_string_value(json_object_get(e, "code")));
+        const char *m = json_string_value(json_object_get(e, "message"));
+        r = qv_error_set(err, code, "%s", m ? m : qv_strerror(code));
+        json_decref(st.reply);
+        return r;
+    }
+    json_t *result = json_object_get(st.reply, "result");
+    if (ret_result)
+        *ret_result = json_incref(result ? result : json_null());
+    json_decref(st.reply);
+    return 0;
+}

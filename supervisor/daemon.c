@@ -1,0 +1,303 @@
+/* Daemon: config, single-instance lock, control socket, signals. */
+#include "daemon.h"
+
+#include "cleanup.h"
+#include "config.h"
+#include "ctl.h"
+#include "fileio.h"
+#include "notify.h"
+#include "qv-build.h"
+#include "sysroot.h"
+#include "util.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+#include <uv.h>
+
+typedef struct sv_daemon {
+    uv_loop_t loop;
+    const sv_daemon_options *opts;
+    sv_config *config;
+    sv_ctl_server *ctl;
+    uv_signal_t signals[3];
+    size_t n_signals;
+    int lock_fd;
+    uint64_t started_ms;
+    time_t started_wall;
+    bool stopping;
+} sv_daemon;
+
+/* Loads the config the daemon was started with.  A missing default file means
+ * built-in defaults; a missing file named with --config is an error. */
+static int load_config(const sv_daemon_options *opts, sv_config **ret, qv_error *err) {
+    if (!opts->config_explicit && access(opts->config_path, F_OK) < 0 && errno == ENOENT) {
+        *ret = sv_config_new_default();
+        return *ret ? 0 : qv_error_set(err, ENOMEM, "out of memory");
+    }
+    int r = sv_config_load(opts->config_path, ret, err);
+    if (r < 0 && r != -QV_ECONFIG)
+        err->code = QV_ECONFIG; /* an unreadable config is a config problem (exit 78) */
+    return r < 0 ? -QV_ECONFIG : 0;
+}
+
+static void apply_log_level(const sv_daemon *d) {
+    if (d->opts->log_level_override >= 0)
+        qv_log_set_level((qv_log_level)d->opts->log_level_override);
+    else
+        qv_log_set_level(d->config->log_level);
+}
+
+/* Re-reads the config; an invalid one is refused and the old one kept. */
+static int reload_config(sv_daemon *d, qv_error *err) {
+    sv_notify("RELOADING=1");
+    sv_config *fresh = NULL;
+    int r = load_config(d->opts, &fresh, err);
+    if (r < 0) {
+        log_error("config reload refused, keeping the running config: %s", err->msg);
+        sv_notify("READY=1\nSTATUS=config reload refused; running with the previous config");
+        return r;
+    }
+    _cleanup_free_ char *restart = sv_config_keep_restart_keys(fresh, d->config);
+    if (restart)
+        log_warning("config reload: %s changed; the daemon keeps the running values until it restarts",
+                    restart);
+    sv_config_free(d->config);
+    d->config = fresh;
+    apply_log_level(d);
+    log_info("config reloaded from %s", d->config->source ? d->config->source : "built-in defaults");
+    sv_notify("READY=1\nSTATUS=running");
+    return 0;
+}
+
+/* ---- control methods --------------------------------------------------- */
+
+typedef void (*method_fn)(sv_daemon *d, sv_ctl_req *req, json_t *params);
+
+static void m_ping(sv_daemon *d, sv_ctl_req *req, json_t *params) {
+    (void)params;
+    sv_ctl_reply(req, json_pack("{s:s, s:i, s:I, s:I, s:s, s:s}", "version", QV_VERSION, "pid", (int)getpid(),
+                                "started_at", (json_int_t)d->started_wall, "uptime_ms",
+                                (json_int_t)(qv_now_ms() - d->started_ms), "config",
+                                d->config->source ? d->config->source : "(built-in defaults)", "socket",
+                                d->config->socket_path));
+}
+
+static void m_config_get(sv_daemon *d, sv_ctl_req *req, json_t *params) {
+    (void)params;
+    sv_ctl_reply(req, sv_config_to_json(d->config));
+}
+
+static void m_config_reload(sv_daemon *d, sv_ctl_req *req, json_t *params) {
+    (void)params;
+    qv_error err = {0};
+    if (reload_config(d, &err) < 0) {
+        sv_ctl_reply_error(req, QV_ECONFIG, "config reload refused, the daemon keeps its running config: %s",
+                           err.msg);
+        return;
+    }
+    sv_ctl_reply(req, json_pack("{s:s}", "config", d->config->source ? d->config->source : ""));
+}
+
+static const struct method {
+    const char *name;
+    bool mutating;
+    method_fn fn;
+} methods[] = {
+    {"ping", false, m_ping},
+    {"config.get", false, m_config_get},
+    {"config.reload", true, m_config_reload},
+};
+
+static void on_request(sv_ctl_req *req, const char *method, json_t *params, void *userdata) {
+    sv_daemon *d = userdata;
+    const sv_ctl_peer *peer = sv_ctl_req_peer(req);
+    for (size_t i = 0; i < QV_ARRAY_SIZE(methods); i++) {
+        if (strcmp(methods[i].name, method) != 0)
+            continue;
+        if (methods[i].mutating && !peer->may_write) {
+            log_info("refused %s from uid %u (pid %d): not root or in the socket group", method,
+                     (unsigned)peer->uid, (int)peer->pid);
+            sv_ctl_reply_error(req, EPERM, "%s needs root or membership in the group '%s'", method,
+                               d->config->socket_group[0] ? d->config->socket_group : "(none configured)");
+            return;
+        }
+        log_debug("request %s from uid %u", method, (unsigned)peer->uid);
+        methods[i].fn(d, req, params);
+        return;
+    }
+    sv_ctl_reply_error(req, ENOSYS, "unknown method '%s' (is the daemon older than this qvisor?)", method);
+}
+
+/* ---- lifecycle ----------------------------------------------------------- */
+
+static void daemon_stop(sv_daemon *d, const char *why) {
+    if (d->stopping)
+        return;
+    d->stopping = true;
+    log_info("stopping (%s); VMs keep running", why);
+    sv_notify("STOPPING=1");
+    sv_ctl_server_close(d->ctl);
+    d->ctl = NULL;
+    for (size_t i = 0; i < d->n_signals; i++)
+        uv_close((uv_handle_t *)&d->signals[i], NULL);
+    d->n_signals = 0;
+}
+
+static void on_signal(uv_signal_t *h, int signum) {
+    sv_daemon *d = h->data;
+    if (signum == SIGHUP) {
+        qv_error err = {0};
+        log_info("SIGHUP: reloading the config");
+        reload_config(d, &err);
+        return;
+    }
+    daemon_stop(d, signum == SIGTERM ? "SIGTERM" : "SIGINT");
+}
+
+/* Takes run_dir/qvisor.lock so two daemons never manage the same node. */
+static int take_lock(sv_daemon *d, qv_error *err) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/qvisor.lock", d->config->run_dir);
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0644);
+    if (fd < 0)
+        return qv_error_set(err, errno, "cannot open %s: %s", path, strerror(errno));
+    if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
+        int e = errno;
+        char pid[32] = "";
+        ssize_t n = pread(fd, pid, sizeof pid - 1, 0);
+        pid[n > 0 ? n : 0] = '\0';
+        pid[strcspn(pid, "\n")] = '\0';
+        close(fd);
+        if (e == EWOULDBLOCK)
+            return qv_error_set(err, EEXIST, "another qvisor daemon (pid %s) is running with run directory %s",
+                                pid[0] ? pid : "?", d->config->run_dir);
+        return qv_error_set(err, e, "cannot lock %s: %s", path, strerror(e));
+    }
+    char pid[32];
+    int n = snprintf(pid, sizeof pid, "%d\n", (int)getpid());
+    if (ftruncate(fd, 0) < 0 || pwrite(fd, pid, (size_t)n, 0) != n)
+        log_warning("cannot record the daemon pid in %s", path);
+    d->lock_fd = fd;
+    return 0;
+}
+
+static int make_dirs(const sv_config *c, qv_error *err) {
+    struct {
+        const char *path;
+        mode_t mode;
+    } dirs[] = {
+        {c->run_dir, 0755}, {c->state_dir, 0750}, {c->images_dir, 0750}, {c->instances_dir, 0750},
+    };
+    for (size_t i = 0; i < QV_ARRAY_SIZE(dirs); i++) {
+        int r = qv_mkdir_p(dirs[i].path, dirs[i].mode);
+        if (r < 0)
+            return qv_error_set(err, r, "cannot create directory %s: %s", dirs[i].path, strerror(-r));
+    }
+    return 0;
+}
+
+static int resolve_group(const char *name, gid_t *ret, qv_error *err) {
+    *ret = (gid_t)-1;
+    if (!name[0])
+        return 0;
+    struct group *g = getgrnam(name);
+    if (!g)
+        return qv_error_set(err, QV_ECONFIG, "daemon.socket_group: no group named '%s' on this node", name);
+    *ret = g->gr_gid;
+    return 0;
+}
+
+static int start_signals(sv_daemon *d) {
+    static const int signums[] = {SIGTERM, SIGINT, SIGHUP};
+    for (size_t i = 0; i < QV_ARRAY_SIZE(signums); i++) {
+        uv_signal_t *h = &d->signals[d->n_signals];
+        int r = uv_signal_init(&d->loop, h);
+        if (r < 0)
+            return r;
+        h->data = d;
+        d->n_signals++;
+        r = uv_signal_start(h, on_signal, signums[i]);
+        if (r < 0)
+            return r;
+    }
+    return 0;
+}
+
+int sv_daemon_run(const sv_daemon_options *opts, qv_error *err) {
+    sv_daemon d = {.opts = opts, .lock_fd = -1};
+    int r = load_config(opts, &d.config, err);
+    if (r < 0)
+        return r;
+    apply_log_level(&d);
+    signal(SIGPIPE, SIG_IGN);
+
+    r = qv_sysroot_set(d.config->sysfs_root);
+    if (r < 0) {
+        qv_error_set(err, QV_ECONFIG, "paths.sysfs_root %s: %s", d.config->sysfs_root, strerror(-r));
+        goto out;
+    }
+    gid_t group;
+    r = resolve_group(d.config->socket_group, &group, err);
+    if (r < 0)
+        goto out;
+    r = make_dirs(d.config, err);
+    if (r < 0)
+        goto out;
+    r = take_lock(&d, err);
+    if (r < 0)
+        goto out;
+
+    r = uv_loop_init(&d.loop);
+    if (r < 0) {
+        qv_error_set(err, -r, "uv_loop_init: %s", uv_strerror(r));
+        goto out;
+    }
+    sv_ctl_options copts = {
+        .path = d.config->socket_path,
+        .mode = 0660,
+        .group = group,
+        .max_request = d.config->max_request_size,
+        .max_clients = d.config->max_clients,
+        .handler = on_request,
+        .userdata = &d,
+    };
+    r = sv_ctl_server_new(&d.loop, &copts, &d.ctl, err);
+    if (r == -EADDRINUSE)
+        err->code = EEXIST;
+    if (r >= 0)
+        r = start_signals(&d);
+    if (r < 0) {
+        if (!err->code)
+            qv_error_set(err, -r, "cannot start: %s", uv_strerror(r));
+        daemon_stop(&d, "start failed");
+        uv_run(&d.loop, UV_RUN_DEFAULT);
+        uv_loop_close(&d.loop);
+        r = -err->code;
+        goto out;
+    }
+    d.started_ms = qv_now_ms();
+    d.started_wall = time(NULL);
+    log_info("qvisor %s ready on %s (config: %s)", QV_VERSION, d.config->socket_path,
+             d.config->source ? d.config->source : "built-in defaults");
+    sv_notify("READY=1\nSTATUS=running");
+
+    uv_run(&d.loop, UV_RUN_DEFAULT);
+    r = uv_loop_close(&d.loop);
+    if (r < 0)
+        log_warning("event loop closed with handles still open: %s", uv_strerror(r));
+    r = 0;
+out:
+    if (d.lock_fd >= 0)
+        close(d.lock_fd);
+    sv_config_free(d.config);
+    return r;
+}

@@ -1,0 +1,342 @@
+/* Control protocol framing against the real server on a private loop:
+ * partial reads, pipelining, oversized requests, garbage, client limits,
+ * asynchronous replies, and a clean close with no handle left. */
+#include "testlib.h"
+
+#include "supervisor/ctl.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+typedef struct fixture {
+    uv_loop_t loop;
+    sv_ctl_server *server;
+    char *dir;
+    char path[256];
+    sv_ctl_req *held; /* a request answered later */
+    int handled;
+} fixture;
+
+static void handler(sv_ctl_req *req, const char *method, json_t *params, void *userdata) {
+    fixture *f = userdata;
+    f->handled++;
+    if (strcmp(method, "echo") == 0)
+        sv_ctl_reply(req, json_pack("{s:O}", "params", params));
+    else if (strcmp(method, "later") == 0 && !f->held)
+        f->held = req;
+    else if (strcmp(method, "whoami") == 0)
+        sv_ctl_reply(req, json_pack("{s:i, s:b}", "uid", (int)sv_ctl_req_peer(req)->uid, "may_write",
+                                    sv_ctl_req_peer(req)->may_write));
+    else
+        sv_ctl_reply_error(req, ENOENT, "no method %s", method);
+}
+
+static int setup(void **state) {
+    fixture *f = calloc(1, sizeof *f);
+    f->dir = qv_test_mkdtemp("qv-ctl");
+    snprintf(f->path, sizeof f->path, "%s/ctl.sock", f->dir);
+    assert_int_equal(uv_loop_init(&f->loop), 0);
+    sv_ctl_options o = {
+        .path = f->path, .mode = 0660, .group = (gid_t)-1, .max_request = 1024, .max_clients = 4,
+        .handler = handler, .userdata = f,
+    };
+    qv_error err = {0};
+    assert_int_equal(sv_ctl_server_new(&f->loop, &o, &f->server, &err), 0);
+    *state = f;
+    return 0;
+}
+
+static int teardown(void **state) {
+    fixture *f = *state;
+    sv_ctl_server_close(f->server);
+    if (f->held)
+        sv_ctl_reply(f->held, NULL); /* discarded: the server is closing */
+    assert_int_equal(uv_run(&f->loop, UV_RUN_DEFAULT), 0);
+    assert_int_equal(uv_loop_close(&f->loop), 0); /* no handle left behind */
+    struct stat st;
+    assert_int_equal(stat(f->path, &st), -1); /* socket file removed */
+    qv_test_rm_rf(f->dir);
+    free(f->dir);
+    free(f);
+    return 0;
+}
+
+static int connect_to(const char *path) {
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    strcpy(sa.sun_path, path);
+    assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof sa), 0);
+    return fd;
+}
+
+static void send_str(int fd, const char *s) {
+    assert_int_equal(write(fd, s, strlen(s)), (ssize_t)strlen(s));
+}
+
+/* Runs the loop until fd has n complete lines to read (or EOF); returns
+ * them concatenated, NUL-terminated, without reading past them. */
+static char *read_lines(fixture *f, int fd, int n, bool *eof) {
+    static char buf[1 << 16];
+    size_t len = 0;
+    int lines = 0;
+    *eof = false;
+    uint64_t deadline_ms = qv_test_timeout_ms(5000);
+    for (uint64_t waited = 0; lines < n && waited < deadline_ms; waited++) {
+        uv_run(&f->loop, UV_RUN_NOWAIT);
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        if (poll(&p, 1, 1) <= 0)
+            continue;
+        ssize_t got = read(fd, buf + len, 1);
+        if (got <= 0) {
+            *eof = true;
+            break;
+        }
+        if (buf[len] == '\n')
+            lines++;
+        len++;
+    }
+    buf[len] = '\0';
+    return buf;
+}
+
+static json_t *one_reply(fixture *f, int fd) {
+    bool eof;
+    char *s = read_lines(f, fd, 1, &eof);
+    json_t *j = json_loads(s, 0, NULL);
+    if (!j)
+        fail_msg("no JSON reply, got '%s'%s", s, eof ? " (EOF)" : "");
+    return j;
+}
+
+static void test_partial_writes_and_pipelining(void **state) {
+    fixture *f = *state;
+    int fd = connect_to(f->path);
+    const char *req = "{\"id\":1,\"method\":\"echo\",\"params\":{\"x\":\"y\"}}\n{\"id\":\"two\",\"method\":\"echo\"}\n";
+    for (const char *p = req; *p; p++) {
+        assert_int_equal(write(fd, p, 1), 1);
+        uv_run(&f->loop, UV_RUN_NOWAIT);
+    }
+    json_t *a = one_reply(f, fd), *b = one_reply(f, fd);
+    assert_int_equal(json_integer_value(json_object_get(a, "id")), 1);
+    assert_string_equal(json_string_value(json_object_get(json_object_get(json_object_get(a, "result"), "params"), "x")), "y");
+    assert_string_equal(json_string_value(json_object_get(b, "id")), "two");
+    assert_non_null(json_object_get(json_object_get(b, "result"), "params"));
+    json_decref(a);
+    json_decref(b);
+    close(fd);
+}
+
+static void test_garbage_keeps_connection(void **state) {
+    fixture *f = *state;
+    int fd = connect_to(f->path);
+    send_str(fd, "{\"id\":1,\"meth\n");          /* truncated JSON */
+    send_str(fd, "\xff\xfe\x01garbage\n");        /* not UTF-8, not JSON */
+    send_str(fd, "[1,2]\n");                      /* not an object */
+    send_str(fd, "{\"id\":[1],\"method\":\"x\"}\n"); /* bad id */
+    send_str(fd, "{\"id\":5,\"method\":7}\n");    /* bad method */
+    send_str(fd, "{\"id\":6,\"method\":\"echo\",\"params\":3}\n");
+    send_str(fd, "{\"id\":7,\"id\":8,\"method\":\"echo\"}\n"); /* duplicate key */
+    send_str(fd, "\n   \n");                      /* blank lines are ignored */
+    send_str(fd, "{\"id\":9,\"method\":\"nope\"}\n");
+    send_str(fd, "{\"id\":10,\"method\":\"echo\"}\n");
+    const char *codes[] = {"EBADMSG", "EBADMSG", "EINVAL", "EINVAL", "EINVAL", "EINVAL", "EBADMSG", "ENOENT"};
+    for (size_t i = 0; i < sizeof codes / sizeof codes[0]; i++) {
+        json_t *r = one_reply(f, fd);
+        json_t *e = json_object_get(r, "error");
+        assert_non_null(e);
+        assert_string_equal(json_string_value(json_object_get(e, "code")), codes[i]);
+        assert_non_null(json_string_value(json_object_get(e, "message")));
+        json_decref(r);
+    }
+    json_t *ok = one_reply(f, fd);
+    assert_int_equal(json_integer_value(json_object_get(ok, "id")), 10);
+    assert_non_null(json_object_get(ok, "result"));
+    json_decref(ok);
+    assert_int_equal(f->handled, 2);
+    close(fd);
+}
+
+static void test_oversized_request_is_refused_and_closed(void **state) {
+    fixture *f = *state;
+    int fd = connect_to(f->path);
+    char big[3000];
+    memset(big, 'a', sizeof big);
+    assert_int_equal(write(fd, big, sizeof big), (ssize_t)sizeof big); /* no newline: still over the limit */
+    json_t *r = one_reply(f, fd);
+    assert_string_equal(json_string_value(json_object_get(json_object_get(r, "error"), "code")), "EMSGSIZE");
+    assert_true(json_is_null(json_object_get(r, "id")));
+    json_decref(r);
+    bool eof;
+    read_lines(f, fd, 1, &eof);
+    assert_true(eof);
+    assert_int_equal(f->handled, 0);
+    close(fd);
+    /* the server still answers others */
+    fd = connect_to(f->path);
+    send_str(fd, "{\"id\":1,\"method\":\"echo\"}\n");
+    r = one_reply(f, fd);
+    assert_non_null(json_object_get(r, "result"));
+    json_decref(r);
+    close(fd);
+}
+
+static void test_max_clients(void **state) {
+    fixture *f = *state;
+    int fds[5];
+    for (int i = 0; i < 4; i++) {
+        fds[i] = connect_to(f->path);
+        uv_run(&f->loop, UV_RUN_NOWAIT);
+    }
+    fds[4] = connect_to(f->path);
+    json_t *r = one_reply(f, fds[4]);
+    assert_string_equal(json_string_value(json_object_get(json_object_get(r, "error"), "code")), "EAGAIN");
+    json_decref(r);
+    for (int i = 0; i < 5; i++)
+        close(fds[i]);
+    for (int i = 0; i < 50 && sv_ctl_server_clients(f->server) > 0; i++) {
+        uv_run(&f->loop, UV_RUN_NOWAIT);
+        usleep(1000);
+    }
+    assert_int_equal(sv_ctl_server_clients(f->server), 0);
+}
+
+static void test_async_reply_and_vanished_client(void **state) {
+    fixture *f = *state;
+    int fd = connect_to(f->path);
+    send_str(fd, "{\"id\":1,\"method\":\"later\"}\n{\"id\":2,\"method\":\"echo\"}\n");
+    json_t *r = one_reply(f, fd);
+    assert_int_equal(json_integer_value(json_object_get(r, "id")), 2); /* out of order is fine */
+    json_decref(r);
+    assert_non_null(f->held);
+    sv_ctl_reply(f->held, json_pack("{s:b}", "late", 1));
+    f->held = NULL;
+    r = one_reply(f, fd);
+    assert_int_equal(json_integer_value(json_object_get(r, "id")), 1);
+    json_decref(r);
+
+    /* a client that leaves before its answer: the reply is dropped safely */
+    send_str(fd, "{\"id\":3,\"method\":\"later\"}\n");
+    for (int i = 0; i < 100 && !f->held; i++) {
+        uv_run(&f->loop, UV_RUN_NOWAIT);
+        usleep(1000);
+    }
+    assert_non_null(f->held);
+    close(fd);
+    for (int i = 0; i < 50 && sv_ctl_server_clients(f->server) > 0; i++) {
+        uv_run(&f->loop, UV_RUN_NOWAIT);
+        usleep(1000);
+    }
+    sv_ctl_reply(f->held, NULL);
+    f->held = NULL;
+    uv_run(&f->loop, UV_RUN_NOWAIT);
+}
+
+static void test_peer_credentials(void **state) {
+    fixture *f = *state;
+    int fd = connect_to(f->path);
+    send_str(fd, "{\"id\":1,\"method\":\"whoami\"}\n");
+    json_t *r = one_reply(f, fd);
+    json_t *res = json_object_get(r, "result");
+    assert_int_equal(json_integer_value(json_object_get(res, "uid")), (int)getuid());
+    assert_true(json_is_true(json_object_get(res, "may_write"))); /* same user as the server */
+    json_decref(r);
+    close(fd);
+    struct stat st;
+    assert_int_equal(stat(f->path, &st), 0);
+    assert_int_equal(st.st_mode & 0777, 0660);
+}
+
+/* The blocking client against the server, run from a thread so the loop can serve. */
+typedef struct {
+    const char *path;
+    const char *method;
+    int r;
+    qv_error err;
+    json_t *result;
+} call_args;
+
+static void *call_thread(void *p) {
+    call_args *a = p;
+    a->r = sv_ctl_call(a->path, a->method, NULL, 2000, &a->result, &a->err);
+    return NULL;
+}
+
+static void run_call(fixture *f, call_args *a) {
+    pthread_t t;
+    volatile int done = 0;
+    (void)done;
+    pthread_create(&t, NULL, call_thread, a);
+    for (int i = 0; i < 3000; i++) {
+        uv_run(&f->loop, UV_RUN_NOWAIT);
+        if (pthread_tryjoin_np(t, NULL) == 0)
+            return;
+        usleep(1000);
+    }
+    pthread_join(t, NULL);
+}
+
+static void test_blocking_client(void **state) {
+    fixture *f = *state;
+    call_args a = {.path = f->path, .method = "echo"};
+    run_call(f, &a);
+    assert_int_equal(a.r, 0);
+    assert_non_null(json_object_get(a.result, "params"));
+    json_decref(a.result);
+
+    call_args b = {.path = f->path, .method = "missing"};
+    run_call(f, &b);
+    assert_int_equal(b.r, -ENOENT);
+    assert_string_equal(b.err.msg, "no method missing");
+
+    qv_error err = {0};
+    char nowhere[300];
+    snprintf(nowhere, sizeof nowhere, "%s/none.sock", f->dir);
+    assert_int_equal(sv_ctl_call(nowhere, "echo", NULL, 100, NULL, &err), -ECONNREFUSED);
+}
+
+static void test_stale_socket_replaced_live_one_refused(void **state) {
+    fixture *f = *state;
+    qv_error err = {0};
+    sv_ctl_server *second = NULL;
+    sv_ctl_options o = {.path = f->path, .mode = 0600, .group = (gid_t)-1, .max_request = 1024,
+                        .max_clients = 4, .handler = handler, .userdata = f};
+    assert_int_equal(sv_ctl_server_new(&f->loop, &o, &second, &err), -EADDRINUSE);
+
+    char stale[300];
+    snprintf(stale, sizeof stale, "%s/stale.sock", f->dir);
+    int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    strcpy(sa.sun_path, stale);
+    assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof sa), 0);
+    close(fd); /* bound, never listened, owner gone: stale */
+    o.path = stale;
+    assert_int_equal(sv_ctl_server_new(&f->loop, &o, &second, &err), 0);
+    sv_ctl_server_close(second);
+
+    char plain[300];
+    snprintf(plain, sizeof plain, "%s/plain", f->dir);
+    qv_test_write(f->dir, "plain", "data");
+    o.path = plain;
+    assert_int_equal(sv_ctl_server_new(&f->loop, &o, &second, &err), -EEXIST);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_partial_writes_and_pipelining, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_garbage_keeps_connection, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_oversized_request_is_refused_and_closed, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_max_clients, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_async_reply_and_vanished_client, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_peer_credentials, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_blocking_client, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_stale_socket_replaced_live_one_refused, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
