@@ -1,0 +1,379 @@
+#!/usr/bin/env python3
+"""The foundation end to end: the real `qvisor` binary and daemon on a
+private socket and state directory.  Asserts every exit code this part of
+the code can produce, config check/reload behaviour, peer authorisation, and
+that malformed input never takes the daemon down."""
+
+import json
+import os
+import random
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import unittest
+
+sys.path.insert(0, os.path.dirname(__file__))
+from qvtest import QVISOR, Node, scaled, wait_for  # noqa: E402
+
+
+class Usage(unittest.TestCase):
+    """Exit 64 and help texts need no daemon."""
+
+    def run_q(self, *args):
+        return subprocess.run([QVISOR, *args], capture_output=True, text=True, timeout=30,
+                              stdin=subprocess.DEVNULL)
+
+    def test_help_lists_exit_codes_and_nouns(self):
+        p = self.run_q("--help")
+        self.assertEqual(p.returncode, 0)
+        for word in ("Exit codes:", "  64  usage", "  78  invalid configuration", "daemon", "config",
+                     "vm", "image", "gpu", "node"):
+            self.assertIn(word, p.stdout)
+
+    def test_help_on_every_level(self):
+        for args in (["vm", "--help"], ["config", "--help"], ["config", "check", "--help"],
+                     ["config", "show", "--help"], ["config", "reload", "--help"], ["daemon", "--help"],
+                     ["version", "--help"], ["image", "help"]):
+            p = self.run_q(*args)
+            self.assertEqual(p.returncode, 0, args)
+            self.assertIn("Usage: qvisor", p.stdout, args)
+
+    def test_usage_errors(self):
+        for args, needle in (([], "Usage: qvisor"),
+                             (["frobnicate"], "unknown command 'frobnicate'"),
+                             (["config", "frob"], "unknown verb 'frob' for 'config'"),
+                             (["vm", "list"], "unknown verb 'list' for 'vm'"),
+                             (["vm"], "Usage: qvisor vm"),
+                             (["--no-such-option", "version"], "unrecognized option"),
+                             (["config", "check", "--bogus"], "unrecognized option"),
+                             (["config", "check", "a", "b"], "at most one PATH"),
+                             (["--request-timeout", "soon", "version"], "--request-timeout"),
+                             (["daemon", "extra"], "takes no arguments")):
+            p = self.run_q(*args)
+            self.assertEqual(p.returncode, 64, (args, p.stderr))
+            self.assertIn(needle, p.stderr, args)
+
+    def test_version_flag(self):
+        p = self.run_q("--version")
+        self.assertEqual(p.returncode, 0)
+        self.assertRegex(p.stdout, r"^qvisor \d+\.\d+\.\d+\n$")
+
+
+class ConfigCheck(unittest.TestCase):
+    def setUp(self):
+        self.node = Node()
+
+    def tearDown(self):
+        self.node.cleanup()
+
+    def test_valid_human_and_json(self):
+        p = self.node.qvisor("config", "check", check=0)
+        self.assertIn("is valid", p.stdout)
+        self.assertRegex(p.stdout, r"paths\.state_dir +" + self.node.state)
+        j = self.node.qvisor_json("config", "check")
+        self.assertEqual(j["paths"]["run_dir"], self.node.run_dir)
+        self.assertEqual(j["qemu"]["accelerator"], "auto")
+        self.assertEqual(j["vm_defaults"]["memory"], "2G")
+
+    def test_invalid_names_file_line_column_and_key(self):
+        self.node.write_config("qemu:\n  accelerator: warp\n")
+        p = self.node.qvisor("config", "check")
+        self.assertEqual(p.returncode, 78)
+        self.assertIn(f"{self.node.config}:5:16: qemu.accelerator: expected one of auto, kvm, tcg", p.stderr)
+        self.assertEqual(p.stdout, "")
+
+    def test_explicit_path_argument(self):
+        other = os.path.join(self.node.dir, "other.yaml")
+        with open(other, "w") as f:
+            f.write("vm_defaults:\n  cpus: 3\n  cpus: 4\n")
+        p = self.node.qvisor("config", "check", other)
+        self.assertEqual(p.returncode, 78)
+        self.assertIn(f"{other}:3:3: vm_defaults.cpus: repeated key", p.stderr)
+
+    def test_missing_file_is_66(self):
+        p = self.node.qvisor("config", "check", os.path.join(self.node.dir, "nope.yaml"))
+        self.assertEqual(p.returncode, 66)
+        self.assertIn("nope.yaml", p.stderr)
+
+    def test_no_side_effects(self):
+        self.node.qvisor("config", "check", check=0)
+        self.assertFalse(os.path.exists(self.node.state))
+        self.assertFalse(os.path.exists(self.node.run_dir))
+
+
+class Daemon(unittest.TestCase):
+    def setUp(self):
+        self.node = Node()
+
+    def tearDown(self):
+        self.node.cleanup()
+
+    def test_not_running_is_69(self):
+        p = self.node.qvisor("config", "show")
+        self.assertEqual(p.returncode, 69)
+        self.assertIn("daemon is not running", p.stderr)
+        p = self.node.qvisor("version", check=0)  # version reports it, does not fail
+        self.assertIn("daemon: not running", p.stdout)
+        self.assertIsNone(self.node.qvisor_json("version")["daemon"])
+
+    def test_ready_version_and_clean_stop(self):
+        proc = self.node.start_daemon()
+        j = self.node.qvisor_json("version")
+        self.assertEqual(j["daemon"]["pid"], proc.pid)
+        self.assertEqual(j["daemon"]["socket"], self.node.socket)
+        self.assertEqual(j["client"], j["daemon"]["version"])
+        st = os.stat(self.node.socket)
+        self.assertEqual(st.st_mode & 0o777, 0o660)
+        self.assertEqual(self.node.stop_daemon(), 0)
+        self.assertFalse(os.path.exists(self.node.socket))
+        self.assertIn("STOPPING=1", self.node.wait_notify("STOPPING=1"))
+        # a new daemon starts on the same directories right away
+        self.node.start_daemon()
+        self.assertEqual(self.node.stop_daemon(signal.SIGINT), 0)
+
+    def test_second_daemon_is_73(self):
+        proc = self.node.start_daemon()
+        p = self.node.qvisor("daemon")
+        self.assertEqual(p.returncode, 73)
+        self.assertIn(f"another qvisor daemon (pid {proc.pid}) is running", p.stderr)
+        self.assertEqual(self.node.qvisor_json("version")["daemon"]["pid"], proc.pid)
+
+    def test_bad_config_is_78_and_creates_nothing(self):
+        self.node.write_config("daemon:\n  max_clients: 0\n")
+        p = self.node.qvisor("daemon")
+        self.assertEqual(p.returncode, 78)
+        self.assertIn("daemon.max_clients: 0 is out of range", p.stderr)
+        self.assertFalse(os.path.exists(self.node.run_dir))
+
+    def test_missing_explicit_config_is_78(self):
+        p = subprocess.run([QVISOR, "--config", os.path.join(self.node.dir, "absent.yaml"), "daemon"],
+                           capture_output=True, text=True, timeout=30)
+        self.assertEqual(p.returncode, 78)
+        self.assertIn("absent.yaml", p.stderr)
+
+    def test_unusable_run_dir_is_1(self):
+        self.node.write_config("")
+        with open(self.node.config, "w") as f:
+            f.write(f"paths:\n  state_dir: {self.node.state}\n  run_dir: /dev/null/run\n")
+        p = self.node.qvisor("daemon")
+        self.assertEqual(p.returncode, 1)
+        self.assertIn("cannot create directory /dev/null/run", p.stderr)
+
+    def test_hung_daemon_is_75(self):
+        os.makedirs(self.node.run_dir)
+        srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        srv.bind(self.node.socket)
+        srv.listen(1)  # accepts, never answers
+        try:
+            t0 = time.monotonic()
+            p = self.node.qvisor("--request-timeout", "1s", "config", "show")
+            self.assertEqual(p.returncode, 75)
+            self.assertIn("no answer from the daemon", p.stderr)
+            self.assertLess(time.monotonic() - t0, scaled(10))
+        finally:
+            srv.close()
+
+    def test_journal_priority_prefix(self):
+        # stderr is "the journal" when JOURNAL_STREAM names it: lines carry <N>
+        self.node.stderr = open(self.node.stderr_path, "a")
+        st = os.fstat(self.node.stderr.fileno())
+        self.node.stderr.close()
+        self.node.start_daemon(extra_env={"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"})
+        self.node.stop_daemon()
+        lines = [l for l in self.node.log().splitlines() if l]
+        self.assertTrue(lines)
+        for line in lines:
+            self.assertRegex(line, r"^<[3-7]>")
+
+    def test_config_show_and_reload(self):
+        self.node.start_daemon()
+        self.assertEqual(self.node.qvisor_json("config", "show")["log_level"], "info")
+        p = self.node.qvisor("config", "show", check=0)
+        self.assertRegex(p.stdout, r"vm_defaults\.memory +2G")
+
+        # a valid edit takes effect
+        self.node.write_config("log_level: debug\nvm_defaults:\n  cpus: 6\n")
+        self.node.qvisor("config", "reload", check=0)
+        shown = self.node.qvisor_json("config", "show")
+        self.assertEqual(shown["log_level"], "debug")
+        self.assertEqual(shown["vm_defaults"]["cpus"], 6)
+
+        # an invalid edit is refused over the socket (78) and the daemon keeps going
+        self.node.write_config("log_level: loud\n")
+        p = subprocess.run([QVISOR, "--socket", self.node.socket, "config", "reload"], capture_output=True,
+                           text=True, timeout=30)
+        self.assertEqual(p.returncode, 78)
+        self.assertIn("config reload refused", p.stderr)
+        self.assertIn("log_level: expected one of error, warning, info, debug", p.stderr)
+        shown = json.loads(subprocess.run([QVISOR, "--socket", self.node.socket, "--json", "config", "show"],
+                                          capture_output=True, text=True, check=True).stdout)
+        self.assertEqual(shown["vm_defaults"]["cpus"], 6)
+
+        # SIGHUP with the invalid file: logged, daemon alive, config unchanged
+        self.node.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: self.node.log().count("config reload refused") >= 2, 10, "the refusal in the log")
+        self.assertIsNone(self.node.proc.poll())
+
+        # keys that need a restart keep their running values
+        other_run = os.path.join(self.node.dir, "run2")
+        with open(self.node.config, "w") as f:
+            f.write(f"paths:\n  state_dir: {self.node.state}\n  run_dir: {other_run}\n")
+        self.node.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "paths.run_dir, daemon.socket changed" in self.node.log(), 10, "restart warning")
+        p = subprocess.run([QVISOR, "--socket", self.node.socket, "--json", "config", "show"],
+                           capture_output=True, text=True, check=True)
+        self.assertEqual(json.loads(p.stdout)["paths"]["run_dir"], self.node.run_dir)
+        self.assertEqual(json.loads(p.stdout)["log_level"], "info")
+
+
+class Authorisation(unittest.TestCase):
+    def setUp(self):
+        self.node = Node("daemon:\n  socket_group: nogroup\n", world_readable=True)
+
+    def tearDown(self):
+        self.node.cleanup()
+
+    def test_reads_for_group_and_writes_refused_for_others(self):
+        if os.getuid() != 0:
+            self.skipTest("needs root to switch users")
+        self.node.start_daemon()
+        st = os.stat(self.node.socket)
+        self.assertEqual(st.st_gid, 65534)
+        os.chmod(self.node.config, 0o644)
+        # nobody is in nogroup (primary group): may read and write
+        p = self.node.qvisor("version", user="nobody", check=0)
+        self.assertIn("daemon: qvisor", p.stdout)
+        self.node.qvisor("config", "reload", user="nobody", check=0)
+        # a user outside the group cannot even connect: 77 with a hint
+        p = self.node.qvisor("config", "show", user="daemon")
+        self.assertEqual(p.returncode, 77, p.stderr)
+        self.assertIn("permission denied", p.stderr)
+
+    def test_write_refused_for_reader_outside_group(self):
+        if os.getuid() != 0:
+            self.skipTest("needs root to switch users")
+        self.node.write_config("")  # no socket group: root only may write
+        self.node.start_daemon()
+        os.chmod(self.node.socket, 0o666)  # let an outsider connect at all
+        os.chmod(self.node.config, 0o644)
+        p = self.node.qvisor("config", "show", user="nobody", check=0)
+        self.assertIn("log_level", p.stdout)
+        p = self.node.qvisor("config", "reload", user="nobody")
+        self.assertEqual(p.returncode, 77, p.stderr)
+        self.assertIn("config.reload needs root or membership in the group", p.stderr)
+        self.assertIn("refused config.reload from uid 65534", self.node.log())
+
+
+class MalformedInputSmoke(unittest.TestCase):
+    """Random bytes, truncated and oversized JSON, floods of connections: the
+    daemon answers or drops the connection, and keeps serving."""
+
+    def setUp(self):
+        self.node = Node("daemon:\n  max_clients: 8\n")
+        self.node.start_daemon()
+
+    def tearDown(self):
+        self.node.cleanup()
+
+    def connect(self):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(scaled(5))
+        s.connect(self.node.socket)
+        return s
+
+    def assert_alive(self):
+        self.assertIsNone(self.node.proc.poll(), self.node.log())
+        j = self.node.qvisor_json("version")
+        self.assertEqual(j["daemon"]["pid"], self.node.proc.pid)
+
+    def test_random_and_truncated(self):
+        rng = random.Random(20261121)
+        valid = b'{"id":1,"method":"ping","params":{}}\n'
+        for i in range(300):
+            s = self.connect()
+            kind = i % 4
+            if kind == 0:
+                data = bytes(rng.getrandbits(8) for _ in range(rng.randint(1, 4096)))
+            elif kind == 1:
+                data = valid[:rng.randint(1, len(valid) - 1)]
+            elif kind == 2:
+                data = valid[:rng.randint(1, len(valid) - 2)] + b"\n" + valid
+            else:
+                data = b'{"id":' + str(rng.randint(-2**70, 2**70)).encode() + b',"method":"ping"}\n'
+            pos = 0
+            try:
+                while pos < len(data):
+                    n = rng.randint(1, 64)
+                    s.sendall(data[pos:pos + n])
+                    pos += n
+                if rng.random() < 0.5:
+                    s.shutdown(socket.SHUT_WR)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # dropping a client is an allowed answer; dying is not
+            s.close()
+        self.assert_alive()
+
+    def test_answers_and_framing(self):
+        s = self.connect()
+        s.sendall(b'{"id":1,"method":"ping"}\n{"id":2,"method":"nope"}\n{"id":3,"metho\n')
+        f = s.makefile("rb")
+        a, b, c = (json.loads(f.readline()) for _ in range(3))
+        self.assertEqual(a["id"], 1)
+        self.assertIn("version", a["result"])
+        self.assertEqual(b["error"]["code"], "ENOSYS")
+        self.assertEqual(c["error"]["code"], "EBADMSG")
+        s.close()
+        self.assert_alive()
+
+    def test_oversized_and_deep(self):
+        s = self.connect()
+        s.sendall(b"[" * 100000 + b"\n")
+        f = s.makefile("rb")
+        self.assertEqual(json.loads(f.readline())["error"]["code"], "EBADMSG")
+        s.close()
+        s = self.connect()
+        try:
+            s.sendall(b'{"id":1,"method":"ping","params":{"x":"' + b"a" * (2 << 20) + b'"}}\n')
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the daemon may close before we finish sending
+        try:
+            line = s.makefile("rb").readline()
+            self.assertEqual(json.loads(line)["error"]["code"], "EMSGSIZE")
+        except ConnectionResetError:
+            pass
+        s.close()
+        self.assert_alive()
+
+    def test_connection_flood_and_silent_clients(self):
+        socks = []
+        for _ in range(40):
+            try:
+                socks.append(self.connect())
+            except OSError:
+                break
+        # the ones over the limit get EAGAIN and are closed; the daemon lives
+        refused = 0
+        for s in socks[8:]:
+            line = s.makefile("rb").readline()
+            if line and json.loads(line)["error"]["code"] == "EAGAIN":
+                refused += 1
+        self.assertGreater(refused, 0)
+        for s in socks:
+            s.close()
+        wait_for(lambda: self._version_ok(), 10, "the daemon to serve again")
+        # memory stayed small
+        with open(f"/proc/{self.node.proc.pid}/status") as f:
+            rss_kb = int(next(l for l in f if l.startswith("VmRSS:")).split()[1])
+        self.assertLess(rss_kb, 64 * 1024)
+
+    def _version_ok(self):
+        p = self.node.qvisor("--json", "version")
+        return p.returncode == 0 and json.loads(p.stdout)["daemon"] is not None
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
