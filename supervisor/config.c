@@ -607,6 +607,8 @@ static void render(const sv_config *c, const config_key *k, char *buf, size_t si
         buf[0] = '\0';
         for (size_t i = 0; v && v[i] && off < size; i++)
             off += (size_t)snprintf(buf + off, size - off, "%s%s", i ? ", " : "", v[i]);
+        if (!v || !v[0])
+            snprintf(buf, size, "[]");
         break;
     }
     default: {
