@@ -19,7 +19,7 @@ typedef enum sv_accel {
 typedef struct sv_config {
     char *source; /* file the values came from; NULL for built-in defaults */
 
-    qv_log_level log_level;
+    int log_level; /* index: use sv_config_log_level() */
 
     /* paths */
     char *state_dir;
@@ -37,7 +37,7 @@ typedef struct sv_config {
     /* qemu */
     char *qemu_binary;
     char *qemu_img_binary;
-    sv_accel accelerator;
+    int accelerator; /* an sv_accel */
     char *run_as;
 
     /* vm_defaults */
@@ -89,3 +89,4 @@ char *sv_config_restart_keys_changed(const sv_config *old, const sv_config *new_
 char *sv_config_keep_restart_keys(sv_config *fresh, sv_config *running);
 
 const char *sv_accel_to_string(sv_accel a);
+qv_log_level sv_config_log_level(const sv_config *c);

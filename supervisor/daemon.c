@@ -53,7 +53,7 @@ static void apply_log_level(const sv_daemon *d) {
     if (d->opts->log_level_override >= 0)
         qv_log_set_level((qv_log_level)d->opts->log_level_override);
     else
-        qv_log_set_level(d->config->log_level);
+        qv_log_set_level(sv_config_log_level(d->config));
 }
 
 /* Re-reads the config; an invalid one is refused and the old one kept. */

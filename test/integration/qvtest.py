@@ -58,6 +58,7 @@ class Node:
         return json.loads(p.stdout)
 
     def start_daemon(self, wait=True, extra_env=None):
+        self._close_files()
         notify_path = os.path.join(self.dir, "notify.sock")
         if os.path.exists(notify_path):
             os.unlink(notify_path)
@@ -100,14 +101,18 @@ class Node:
             self.proc.wait()
             raise AssertionError("daemon did not stop on SIGTERM")
 
+    def _close_files(self):
+        for name in ("stderr", "notify"):
+            f = getattr(self, name, None)
+            if f:
+                f.close()
+            setattr(self, name, None)
+
     def cleanup(self):
         try:
             self.stop_daemon()
         finally:
-            if getattr(self, "stderr", None):
-                self.stderr.close()
-            if getattr(self, "notify", None):
-                self.notify.close()
+            self._close_files()
             shutil.rmtree(self.dir, ignore_errors=True)
 
 

@@ -179,9 +179,8 @@ class Daemon(unittest.TestCase):
 
     def test_journal_priority_prefix(self):
         # stderr is "the journal" when JOURNAL_STREAM names it: lines carry <N>
-        self.node.stderr = open(self.node.stderr_path, "a")
-        st = os.fstat(self.node.stderr.fileno())
-        self.node.stderr.close()
+        with open(self.node.stderr_path, "a") as f:
+            st = os.fstat(f.fileno())
         self.node.start_daemon(extra_env={"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"})
         self.node.stop_daemon()
         lines = [l for l in self.node.log().splitlines() if l]

@@ -42,7 +42,7 @@ static void test_defaults(void **state) {
     assert_string_equal(c->nat_subnet, "192.168.100.0/24");
     assert_non_null(c->dns);
     assert_null(c->dns[0]);
-    assert_int_equal(c->log_level, QV_LOG_INFO);
+    assert_int_equal(sv_config_log_level(c), QV_LOG_INFO);
 }
 
 static void test_derived_paths_follow_state_dir(void **state) {
@@ -65,7 +65,7 @@ static void test_full_values(void **state) {
                     "network:\n  nat_subnet: 10.9.0.0/16\n  nat_gateway: 10.9.0.1\n  dns: [10.9.0.53, '2001:db8::53']\n"
                     "daemon:\n  socket_group: qvisor\n  max_clients: 4096\n";
     assert_int_equal(parse(y, &c, &err), 0);
-    assert_int_equal(c->log_level, QV_LOG_DEBUG);
+    assert_int_equal(sv_config_log_level(c), QV_LOG_DEBUG);
     assert_int_equal(c->accelerator, SV_ACCEL_TCG);
     assert_true(c->vm_cpus == 8);
     assert_true(c->vm_memory == 16ull << 30);
@@ -149,7 +149,7 @@ static void test_error_classes(void **state) {
     expect_error("network:\n  nat_gateway: 10.0.0.1\n", "t.yaml: network.nat_gateway: 10.0.0.1 is not a usable host address");
     expect_error("network:\n  dns: 1.1.1.1\n", "t.yaml:2:8: network.dns: expected a list of addresses");
     expect_error("network:\n  dns: [resolver]\n", "t.yaml:2:9: network.dns: 'resolver' is not an IP address");
-    expect_error("- a\n- b\n", "t.yaml:1:1: the config must be a mapping of settings, got a list");
+    expect_error("- a\n- b\n", "t.yaml:1:1: expected a mapping of settings, got a list");
     expect_error("qemu:\n  binary: [unclosed\n", "t.yaml:3:1: YAML syntax error");
     expect_error("log_level: info\n---\nlog_level: debug\n", "t.yaml:3:1: more than one YAML document");
     expect_error("daemon:\n  max_request_size: 1K\n", "t.yaml:2:21: daemon.max_request_size: 1K is out of range");

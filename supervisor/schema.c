@@ -1,0 +1,634 @@
+/* Table-driven settings (see schema.h). */
+#include "schema.h"
+
+#include "cleanup.h"
+#include "util.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <net/if.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <yaml.h>
+
+#define FIELD(obj, k) ((void *)((char *)(obj) + (k)->offset))
+#define CFIELD(obj, k) ((const void *)((const char *)(obj) + (k)->offset))
+
+static bool is_string_kind(sv_kind kind) {
+    switch (kind) {
+    case SV_K_STRING:
+    case SV_K_PATH:
+    case SV_K_NAME:
+    case SV_K_IFNAME:
+    case SV_K_IPV4:
+    case SV_K_CIDR4:
+        return true;
+    default:
+        return false;
+    }
+}
+
+static void strv_free(char **v) {
+    if (!v)
+        return;
+    for (char **p = v; *p; p++)
+        free(*p);
+    free(v);
+}
+
+void sv_schema_free_fields(const sv_schema *s, void *obj) {
+    for (size_t i = 0; i < s->n_keys; i++) {
+        const sv_key *k = &s->keys[i];
+        if (is_string_kind(k->kind)) {
+            free(*(char **)FIELD(obj, k));
+            *(char **)FIELD(obj, k) = NULL;
+        } else if (k->kind == SV_K_IPLIST) {
+            strv_free(*(char ***)FIELD(obj, k));
+            *(char ***)FIELD(obj, k) = NULL;
+        }
+    }
+}
+
+int sv_schema_copy_fields(const sv_schema *s, void *dst, const void *src) {
+    for (size_t i = 0; i < s->n_keys; i++) {
+        const sv_key *k = &s->keys[i];
+        if (is_string_kind(k->kind)) {
+            const char *v = *(char *const *)CFIELD(src, k);
+            *(char **)FIELD(dst, k) = v ? strdup(v) : NULL;
+            if (v && !*(char **)FIELD(dst, k))
+                return -ENOMEM;
+        } else if (k->kind == SV_K_IPLIST) {
+            char *const *v = *(char *const *const *)CFIELD(src, k);
+            *(char ***)FIELD(dst, k) = NULL;
+            if (!v)
+                continue;
+            size_t n = 0;
+            while (v[n])
+                n++;
+            char **c = calloc(n + 1, sizeof *c);
+            if (!c)
+                return -ENOMEM;
+            *(char ***)FIELD(dst, k) = c;
+            for (size_t j = 0; j < n; j++)
+                if (!(c[j] = strdup(v[j])))
+                    return -ENOMEM;
+        }
+    }
+    return 0;
+}
+
+void sv_schema_key_name(const sv_key *k, char *buf, size_t size) {
+    if (k->section)
+        snprintf(buf, size, "%s.%s", k->section, k->name);
+    else
+        snprintf(buf, size, "%s", k->name);
+}
+
+/* ---- scalar conversion ------------------------------------------------- */
+
+static int parse_cidr4(const char *s, char **ret, uint64_t min_len, uint64_t max_len) {
+    char addr[INET_ADDRSTRLEN + 4];
+    const char *slash = strchr(s, '/');
+    if (!slash || (size_t)(slash - s) >= INET_ADDRSTRLEN)
+        return -EINVAL;
+    memcpy(addr, s, (size_t)(slash - s));
+    addr[slash - s] = '\0';
+    struct in_addr in;
+    if (inet_pton(AF_INET, addr, &in) != 1)
+        return -EINVAL;
+    uint64_t len;
+    if (qv_parse_uint(slash + 1, 0, 32, &len) < 0)
+        return -EINVAL;
+    if (len < min_len || len > max_len)
+        return -ERANGE;
+    uint32_t mask = len ? htonl(~0u << (32 - len)) : 0;
+    if (in.s_addr & ~mask)
+        return -EDOM; /* host bits set */
+    char a[INET_ADDRSTRLEN], out[INET_ADDRSTRLEN + 4];
+    inet_ntop(AF_INET, &in, a, sizeof a);
+    snprintf(out, sizeof out, "%s/%u", a, (unsigned)len);
+    *ret = strdup(out);
+    return *ret ? 0 : -ENOMEM;
+}
+
+static void enum_list(const char *const *names, char *buf, size_t size) {
+    size_t off = 0;
+    buf[0] = '\0';
+    for (size_t i = 0; names[i] && off < size; i++)
+        off += (size_t)snprintf(buf + off, size - off, "%s%s", i ? ", " : "", names[i]);
+}
+
+/* Stores text v into the key's field; on failure writes the reason to why. */
+static int set_text(const sv_key *k, void *obj, const char *v, char *why, size_t why_size) {
+    void *field = FIELD(obj, k);
+    char **strp = field;
+    uint64_t u;
+    int r;
+
+    if (!*v && !k->allow_empty) {
+        snprintf(why, why_size, "must not be empty");
+        return -EINVAL;
+    }
+    switch (k->kind) {
+    case SV_K_STRING:
+        break;
+    case SV_K_PATH:
+        if (v[0] != '/') {
+            snprintf(why, why_size, "must be an absolute path, got '%s'", v);
+            return -EINVAL;
+        }
+        break;
+    case SV_K_NAME:
+        if (*v && !qv_name_valid(v)) {
+            snprintf(why, why_size,
+                     "'%s' is not a valid name (lowercase letters, digits and '-', starting with a letter or "
+                     "digit, at most %d characters)",
+                     v, QV_NAME_MAX);
+            return -EINVAL;
+        }
+        break;
+    case SV_K_IFNAME:
+        if (*v && (strlen(v) >= IFNAMSIZ || strpbrk(v, "/ \t\n:") || strcmp(v, ".") == 0 || strcmp(v, "..") == 0)) {
+            snprintf(why, why_size,
+                     "'%s' is not a valid interface name (at most %d characters, no '/', ':' or spaces)", v,
+                     IFNAMSIZ - 1);
+            return -EINVAL;
+        }
+        break;
+    case SV_K_IPV4: {
+        struct in_addr in;
+        if (inet_pton(AF_INET, v, &in) != 1) {
+            snprintf(why, why_size, "'%s' is not an IPv4 address", v);
+            return -EINVAL;
+        }
+        break;
+    }
+    case SV_K_CIDR4: {
+        char *norm = NULL;
+        r = parse_cidr4(v, &norm, k->min, k->max);
+        if (r == -ERANGE)
+            snprintf(why, why_size, "prefix length of '%s' must be between /%llu and /%llu", v,
+                     (unsigned long long)k->min, (unsigned long long)k->max);
+        else if (r == -EDOM)
+            snprintf(why, why_size, "'%s' has host bits set (write the network address)", v);
+        else if (r < 0)
+            snprintf(why, why_size, "'%s' is not an IPv4 subnet like 192.168.100.0/24", v);
+        if (r < 0)
+            return r;
+        free(*strp);
+        *strp = norm;
+        return 0;
+    }
+    case SV_K_UINT:
+        r = qv_parse_uint(v, k->min, k->max, &u);
+        if (r == -ERANGE)
+            snprintf(why, why_size, "%s is out of range (%llu to %llu)", v, (unsigned long long)k->min,
+                     (unsigned long long)k->max);
+        else if (r < 0)
+            snprintf(why, why_size, "expected a whole number, got '%s'", v);
+        if (r < 0)
+            return r;
+        *(uint64_t *)field = u;
+        return 0;
+    case SV_K_SIZE:
+        r = qv_parse_size(v, &u);
+        if (r < 0) {
+            snprintf(why, why_size, "expected a size with a unit (like 512M or 20G), got '%s'", v);
+            return r;
+        }
+        if (u < k->min || u > k->max) {
+            char lo[32], hi[32];
+            qv_format_size(k->min, lo, sizeof lo);
+            qv_format_size(k->max, hi, sizeof hi);
+            snprintf(why, why_size, "%s is out of range (%s to %s)", v, lo, hi);
+            return -ERANGE;
+        }
+        *(uint64_t *)field = u;
+        return 0;
+    case SV_K_DURATION:
+        r = qv_parse_duration_ms(v, &u);
+        if (r < 0) {
+            snprintf(why, why_size, "expected a duration like 60s, 500ms or 2m, got '%s'", v);
+            return r;
+        }
+        if (u < k->min || u > k->max) {
+            char lo[32], hi[32];
+            qv_format_duration_ms(k->min, lo, sizeof lo);
+            qv_format_duration_ms(k->max, hi, sizeof hi);
+            snprintf(why, why_size, "%s is out of range (%s to %s)", v, lo, hi);
+            return -ERANGE;
+        }
+        *(uint64_t *)field = u;
+        return 0;
+    case SV_K_ENUM: {
+        int i = qv_string_index(k->enum_names, v);
+        if (i < 0) {
+            char list[256];
+            enum_list(k->enum_names, list, sizeof list);
+            snprintf(why, why_size, "expected one of %s, got '%s'", list, v);
+            return -EINVAL;
+        }
+        *(int *)field = i;
+        return 0;
+    }
+    case SV_K_BOOL:
+        if (strcmp(v, "true") == 0)
+            *(bool *)field = true;
+        else if (strcmp(v, "false") == 0)
+            *(bool *)field = false;
+        else {
+            snprintf(why, why_size, "expected true or false, got '%s'", v);
+            return -EINVAL;
+        }
+        return 0;
+    case SV_K_IPLIST:
+        snprintf(why, why_size, "expected a list");
+        return -EINVAL;
+    }
+    char *dup = strdup(v);
+    if (!dup)
+        return -ENOMEM;
+    free(*strp);
+    *strp = dup;
+    return 0;
+}
+
+/* Validates one list item of an SV_K_IPLIST. */
+static bool ip_valid(const char *s) {
+    unsigned char buf[sizeof(struct in6_addr)];
+    return inet_pton(AF_INET, s, buf) == 1 || inet_pton(AF_INET6, s, buf) == 1;
+}
+
+static int set_list(const sv_key *k, void *obj, char **items) {
+    strv_free(*(char ***)FIELD(obj, k));
+    *(char ***)FIELD(obj, k) = items;
+    return 0;
+}
+
+int sv_schema_apply_defaults(const sv_schema *s, void *obj) {
+    for (size_t i = 0; i < s->n_keys; i++) {
+        const sv_key *k = &s->keys[i];
+        if (k->kind == SV_K_IPLIST) {
+            char **empty = calloc(1, sizeof *empty);
+            if (!empty)
+                return -ENOMEM;
+            set_list(k, obj, empty);
+            continue;
+        }
+        if (!k->def)
+            continue;
+        char why[256];
+        int r = set_text(k, obj, k->def, why, sizeof why);
+        if (r < 0)
+            return r;
+    }
+    return 0;
+}
+
+static const sv_key *find_key(const sv_schema *s, const char *section, const char *name) {
+    for (size_t i = 0; i < s->n_keys; i++) {
+        const sv_key *k = &s->keys[i];
+        if ((section == NULL) != (k->section == NULL))
+            continue;
+        if (section && strcmp(section, k->section) != 0)
+            continue;
+        if (strcmp(name, k->name) == 0)
+            return k;
+    }
+    return NULL;
+}
+
+static bool is_section(const sv_schema *s, const char *name) {
+    for (size_t i = 0; i < s->n_keys; i++)
+        if (s->keys[i].section && strcmp(s->keys[i].section, name) == 0)
+            return true;
+    return false;
+}
+
+/* ---- YAML -------------------------------------------------------------- */
+
+typedef struct yctx {
+    const sv_schema *schema;
+    void *obj;
+    const char *name;
+    int code;
+    qv_error *err;
+    yaml_document_t *doc;
+} yctx;
+
+static int yfail(yctx *c, yaml_mark_t mark, const char *key, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+
+static int yfail(yctx *c, yaml_mark_t mark, const char *key, const char *fmt, ...) {
+    char msg[768];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    if (key)
+        return qv_error_set(c->err, c->code, "%s:%zu:%zu: %s: %s", c->name, mark.line + 1, mark.column + 1, key,
+                            msg);
+    return qv_error_set(c->err, c->code, "%s:%zu:%zu: %s", c->name, mark.line + 1, mark.column + 1, msg);
+}
+
+static bool is_null_scalar(const yaml_node_t *n) {
+    if (n->type != YAML_SCALAR_NODE || n->data.scalar.style != YAML_PLAIN_SCALAR_STYLE)
+        return false;
+    const char *v = (const char *)n->data.scalar.value;
+    return !*v || strcmp(v, "~") == 0 || strcmp(v, "null") == 0 || strcmp(v, "Null") == 0 || strcmp(v, "NULL") == 0;
+}
+
+static const char *node_kind(const yaml_node_t *n) {
+    switch (n->type) {
+    case YAML_MAPPING_NODE:
+        return "a mapping";
+    case YAML_SEQUENCE_NODE:
+        return "a list";
+    default:
+        return "a single value";
+    }
+}
+
+static int yset(yctx *c, const sv_key *k, yaml_node_t *val) {
+    char keyname[128], why[512] = "";
+    sv_schema_key_name(k, keyname, sizeof keyname);
+    if (k->kind == SV_K_IPLIST) {
+        if (val->type != YAML_SEQUENCE_NODE)
+            return yfail(c, val->start_mark, keyname, "expected a list of addresses, got %s", node_kind(val));
+        size_t n = (size_t)(val->data.sequence.items.top - val->data.sequence.items.start);
+        char **v = calloc(n + 1, sizeof *v);
+        if (!v)
+            return qv_error_set(c->err, ENOMEM, "out of memory");
+        size_t i = 0;
+        for (yaml_node_item_t *it = val->data.sequence.items.start; it < val->data.sequence.items.top; it++) {
+            yaml_node_t *item = yaml_document_get_node(c->doc, *it);
+            const char *s = item && item->type == YAML_SCALAR_NODE ? (const char *)item->data.scalar.value : NULL;
+            if (!s || !ip_valid(s)) {
+                strv_free(v);
+                if (!s)
+                    return yfail(c, item ? item->start_mark : val->start_mark, keyname, "list items must be addresses");
+                return yfail(c, item->start_mark, keyname, "'%s' is not an IP address", s);
+            }
+            if (!(v[i++] = strdup(s))) {
+                strv_free(v);
+                return qv_error_set(c->err, ENOMEM, "out of memory");
+            }
+        }
+        return set_list(k, c->obj, v);
+    }
+    if (val->type != YAML_SCALAR_NODE)
+        return yfail(c, val->start_mark, keyname, "expected a single value, got %s", node_kind(val));
+    if (is_null_scalar(val))
+        return yfail(c, val->start_mark, keyname, "has no value%s", k->allow_empty ? " (write \"\" for an empty one)" : "");
+    int r = set_text(k, c->obj, (const char *)val->data.scalar.value, why, sizeof why);
+    if (r == -ENOMEM)
+        return qv_error_set(c->err, ENOMEM, "out of memory");
+    if (r < 0)
+        return yfail(c, val->start_mark, keyname, "%s", why);
+    return 0;
+}
+
+static int ywalk(yctx *c, yaml_node_t *map, const char *section) {
+    size_t n_keys = c->schema->n_keys;
+    _cleanup_free_ bool *seen = calloc(n_keys + 1, sizeof *seen);
+    if (!seen)
+        return qv_error_set(c->err, ENOMEM, "out of memory");
+    const char *seen_sections[32];
+    size_t n_seen_sections = 0;
+
+    for (yaml_node_pair_t *p = map->data.mapping.pairs.start; p < map->data.mapping.pairs.top; p++) {
+        yaml_node_t *kn = yaml_document_get_node(c->doc, p->key);
+        yaml_node_t *vn = yaml_document_get_node(c->doc, p->value);
+        if (!kn || !vn)
+            return qv_error_set(c->err, c->code, "%s: malformed document", c->name);
+        if (kn->type != YAML_SCALAR_NODE)
+            return yfail(c, kn->start_mark, NULL, "keys must be plain names, got %s", node_kind(kn));
+        const char *name = (const char *)kn->data.scalar.value;
+        char full[128];
+        if (section)
+            snprintf(full, sizeof full, "%s.%s", section, name);
+        else
+            snprintf(full, sizeof full, "%s", name);
+
+        if (!section && is_section(c->schema, name)) {
+            for (size_t i = 0; i < n_seen_sections; i++)
+                if (strcmp(seen_sections[i], name) == 0)
+                    return yfail(c, kn->start_mark, full, "repeated key (the section appears twice)");
+            if (n_seen_sections < QV_ARRAY_SIZE(seen_sections))
+                seen_sections[n_seen_sections++] = name;
+            if (vn->type != YAML_MAPPING_NODE)
+                return yfail(c, vn->start_mark, full, "expected a mapping of settings, got %s", node_kind(vn));
+            int r = ywalk(c, vn, name);
+            if (r < 0)
+                return r;
+            continue;
+        }
+        const sv_key *k = find_key(c->schema, section, name);
+        if (!k)
+            return yfail(c, kn->start_mark, full, "unknown key");
+        size_t idx = (size_t)(k - c->schema->keys);
+        if (seen[idx])
+            return yfail(c, kn->start_mark, full, "repeated key");
+        seen[idx] = true;
+        int r = yset(c, k, vn);
+        if (r < 0)
+            return r;
+    }
+    return 0;
+}
+
+int sv_schema_load_yaml(const sv_schema *s, void *obj, const char *name, const char *data, size_t len,
+                        int error_code, qv_error *err) {
+    yctx c = {.schema = s, .obj = obj, .name = name, .code = error_code, .err = err};
+    if (memchr(data, '\0', len))
+        return qv_error_set(err, error_code, "%s: contains a NUL byte", name);
+    yaml_parser_t parser;
+    yaml_document_t doc;
+    if (!yaml_parser_initialize(&parser))
+        return qv_error_set(err, ENOMEM, "out of memory");
+    yaml_parser_set_input_string(&parser, (const unsigned char *)data, len);
+    if (!yaml_parser_load(&parser, &doc)) {
+        int r = yfail(&c, parser.problem_mark, NULL, "YAML syntax error: %s%s%s",
+                      parser.problem ? parser.problem : "unknown problem", parser.context ? " " : "",
+                      parser.context ? parser.context : "");
+        yaml_parser_delete(&parser);
+        return r;
+    }
+    c.doc = &doc;
+    int r = 0;
+    yaml_node_t *root = yaml_document_get_root_node(&doc);
+    if (root && !is_null_scalar(root)) {
+        if (root->type != YAML_MAPPING_NODE)
+            r = yfail(&c, root->start_mark, NULL, "expected a mapping of settings, got %s", node_kind(root));
+        else
+            r = ywalk(&c, root, NULL);
+    }
+    if (r == 0) {
+        /* A second document in the same file is almost certainly a mistake. */
+        yaml_document_t extra;
+        if (yaml_parser_load(&parser, &extra)) {
+            yaml_node_t *x = yaml_document_get_root_node(&extra);
+            if (x)
+                r = yfail(&c, x->start_mark, NULL, "more than one YAML document in the file");
+            yaml_document_delete(&extra);
+        }
+    }
+    yaml_document_delete(&doc);
+    yaml_parser_delete(&parser);
+    return r;
+}
+
+/* ---- JSON -------------------------------------------------------------- */
+
+static int jset(const sv_key *k, void *obj, json_t *v, const char *what, int code, qv_error *err) {
+    char keyname[128], why[512] = "", num[32];
+    sv_schema_key_name(k, keyname, sizeof keyname);
+    if (k->kind == SV_K_IPLIST) {
+        if (!json_is_array(v))
+            return qv_error_set(err, code, "%s: %s: expected a list of addresses", what, keyname);
+        char **items = calloc(json_array_size(v) + 1, sizeof *items);
+        if (!items)
+            return qv_error_set(err, ENOMEM, "out of memory");
+        size_t i;
+        json_t *item;
+        json_array_foreach(v, i, item) {
+            const char *s = json_string_value(item);
+            if (!s || !ip_valid(s)) {
+                strv_free(items);
+                return qv_error_set(err, code, "%s: %s: '%s' is not an IP address", what, keyname, s ? s : "?");
+            }
+            if (!(items[i] = strdup(s))) {
+                strv_free(items);
+                return qv_error_set(err, ENOMEM, "out of memory");
+            }
+        }
+        return set_list(k, obj, items);
+    }
+    const char *text;
+    if (json_is_string(v))
+        text = json_string_value(v);
+    else if (json_is_integer(v) && json_integer_value(v) >= 0) {
+        snprintf(num, sizeof num, "%lld", (long long)json_integer_value(v));
+        text = num;
+    } else if (json_is_boolean(v))
+        text = json_is_true(v) ? "true" : "false";
+    else
+        return qv_error_set(err, code, "%s: %s: expected a single value", what, keyname);
+    int r = set_text(k, obj, text, why, sizeof why);
+    if (r == -ENOMEM)
+        return qv_error_set(err, ENOMEM, "out of memory");
+    if (r < 0)
+        return qv_error_set(err, code, "%s: %s: %s", what, keyname, why);
+    return 0;
+}
+
+static int jwalk(const sv_schema *s, void *obj, json_t *j, const char *section, const char *what, int code,
+                 qv_error *err) {
+    const char *name;
+    json_t *v;
+    json_object_foreach(j, name, v) {
+        if (!section && is_section(s, name)) {
+            if (!json_is_object(v))
+                return qv_error_set(err, code, "%s: %s: expected an object of settings", what, name);
+            int r = jwalk(s, obj, v, name, what, code, err);
+            if (r < 0)
+                return r;
+            continue;
+        }
+        const sv_key *k = find_key(s, section, name);
+        if (!k)
+            return qv_error_set(err, code, "%s: %s%s%s: unknown key", what, section ? section : "", section ? "." : "",
+                                name);
+        if (json_is_null(v))
+            continue; /* null means "not given": the default stays */
+        int r = jset(k, obj, v, what, code, err);
+        if (r < 0)
+            return r;
+    }
+    return 0;
+}
+
+int sv_schema_load_json(const sv_schema *s, void *obj, json_t *j, const char *what, int error_code, qv_error *err) {
+    if (!json_is_object(j))
+        return qv_error_set(err, error_code, "%s: expected an object", what);
+    return jwalk(s, obj, j, NULL, what, error_code, err);
+}
+
+/* ---- output ------------------------------------------------------------ */
+
+void sv_schema_render(const sv_key *k, const void *obj, char *buf, size_t size) {
+    const void *field = CFIELD(obj, k);
+    switch (k->kind) {
+    case SV_K_UINT:
+        snprintf(buf, size, "%llu", (unsigned long long)*(const uint64_t *)field);
+        break;
+    case SV_K_SIZE:
+        qv_format_size(*(const uint64_t *)field, buf, size);
+        break;
+    case SV_K_DURATION:
+        qv_format_duration_ms(*(const uint64_t *)field, buf, size);
+        break;
+    case SV_K_ENUM:
+        snprintf(buf, size, "%s", k->enum_names[*(const int *)field]);
+        break;
+    case SV_K_BOOL:
+        snprintf(buf, size, "%s", *(const bool *)field ? "true" : "false");
+        break;
+    case SV_K_IPLIST: {
+        char *const *v = *(char *const *const *)field;
+        size_t off = 0;
+        buf[0] = '\0';
+        for (size_t i = 0; v && v[i] && off < size; i++)
+            off += (size_t)snprintf(buf + off, size - off, "%s%s", i ? ", " : "", v[i]);
+        if (!v || !v[0])
+            snprintf(buf, size, "[]");
+        break;
+    }
+    default: {
+        const char *str = *(char *const *)field;
+        snprintf(buf, size, "%s", str ? str : "");
+        break;
+    }
+    }
+}
+
+json_t *sv_schema_to_json(const sv_schema *s, const void *obj) {
+    json_t *root = json_object();
+    for (size_t i = 0; root && i < s->n_keys; i++) {
+        const sv_key *k = &s->keys[i];
+        const void *field = CFIELD(obj, k);
+        json_t *v;
+        switch (k->kind) {
+        case SV_K_UINT:
+            v = json_integer((json_int_t) * (const uint64_t *)field);
+            break;
+        case SV_K_BOOL:
+            v = json_boolean(*(const bool *)field);
+            break;
+        case SV_K_IPLIST: {
+            v = json_array();
+            char *const *list = *(char *const *const *)field;
+            for (size_t j = 0; v && list && list[j]; j++)
+                json_array_append_new(v, json_string(list[j]));
+            break;
+        }
+        default: {
+            char buf[1024];
+            sv_schema_render(k, obj, buf, sizeof buf);
+            v = json_string(buf);
+            break;
+        }
+        }
+        json_t *parent = root;
+        if (k->section) {
+            parent = json_object_get(root, k->section);
+            if (!parent) {
+                parent = json_object();
+                json_object_set_new(root, k->section, parent);
+            }
+        }
+        json_object_set_new(parent, k->name, v);
+    }
+    return root;
+}
