@@ -1,0 +1,204 @@
+/* QEMU argv builder (see qemuargv.h).  Choices worth knowing:
+ * - Always -S: the supervisor connects QMP, does its setup (pinning later),
+ *   then sends `cont`.  -nodefaults/-no-user-config: only devices we name.
+ * - The monitor is a listening socket the supervisor created and passes as
+ *   an fd (no start race, no polling for the socket file).
+ * - -pidfile marks the process as ours for `qvisor cleanup`.
+ * - With -runas, QEMU 7.2 dies of SIGSYS if the sandbox also denies
+ *   privilege changes (it drops its uid after seccomp is installed), so
+ *   elevateprivileges=deny is only set when QEMU does not change user. */
+#include "qemuargv.h"
+
+#include "cleanup.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct argv_builder {
+    char **v;
+    size_t n, cap;
+    bool oom;
+} argv_builder;
+
+static void add(argv_builder *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void add(argv_builder *b, const char *fmt, ...) {
+    if (b->oom)
+        return;
+    if (b->n + 2 > b->cap) {
+        size_t cap = b->cap ? b->cap * 2 : 64;
+        char **nv = realloc(b->v, cap * sizeof *nv);
+        if (!nv) {
+            b->oom = true;
+            return;
+        }
+        b->v = nv;
+        b->cap = cap;
+    }
+    va_list ap;
+    va_start(ap, fmt);
+    int r = vasprintf(&b->v[b->n], fmt, ap);
+    va_end(ap);
+    if (r < 0) {
+        b->oom = true;
+        return;
+    }
+    b->v[++b->n] = NULL;
+}
+
+void sv_argv_free(char **argv) {
+    if (!argv)
+        return;
+    for (char **p = argv; *p; p++)
+        free(*p);
+    free(argv);
+}
+
+/* QEMU option values use ',' as separator; a literal comma is doubled. */
+static int check_no_comma(const char *what, const char *v, qv_error *err) {
+    if (v && strchr(v, ','))
+        return qv_error_set(err, EINVAL, "%s '%s' contains a comma, which QEMU cannot take in this position", what, v);
+    return 0;
+}
+
+void sv_vm_mac(const char *vm_name, unsigned nic, char buf[18]) {
+    /* FNV-1a over name and NIC index: stable, cheap, well spread. */
+    uint32_t h = 2166136261u;
+    for (const char *p = vm_name; *p; p++) {
+        h ^= (unsigned char)*p;
+        h *= 16777619u;
+    }
+    h ^= nic;
+    h *= 16777619u;
+    snprintf(buf, 18, "0a:51:76:%02x:%02x:%02x", (h >> 16) & 0xff, (h >> 8) & 0xff, h & 0xff);
+}
+
+int sv_qemu_argv(const sv_vmspec *spec, const sv_qemu_env *env, const sv_vm_paths *paths, char ***ret_argv,
+                 qv_error *err) {
+    const char *checked[][2] = {
+        {"disk path", paths->disk},          {"serial log path", paths->serial_log},
+        {"pidfile path", paths->pidfile},    {"agent socket path", paths->qga_socket},
+        {"seed ISO path", paths->seed_iso},  {"kernel path", spec->kernel},
+        {"initrd path", spec->initrd},       {"run-as user", env->run_as},
+    };
+    for (size_t i = 0; i < QV_ARRAY_SIZE(checked); i++) {
+        int r = check_no_comma(checked[i][0], checked[i][1], err);
+        if (r < 0)
+            return r;
+    }
+
+    argv_builder b = {0};
+    add(&b, "%s", env->binary);
+    add(&b, "-name");
+    add(&b, "guest=%s,debug-threads=on", spec->name);
+    add(&b, "-S");
+    add(&b, "-nodefaults");
+    add(&b, "-no-user-config");
+    add(&b, "-display");
+    add(&b, "none");
+    add(&b, "-machine");
+    add(&b, "q35,accel=%s", env->kvm ? "kvm" : "tcg");
+    add(&b, "-cpu");
+    add(&b, "%s", env->kvm ? "host" : "max");
+    add(&b, "-smp");
+    add(&b, "%llu", (unsigned long long)spec->cpus);
+    add(&b, "-m");
+    add(&b, "%lluM", (unsigned long long)(spec->memory >> 20));
+    add(&b, "-pidfile");
+    add(&b, "%s", paths->pidfile);
+    add(&b, "-msg");
+    add(&b, "timestamp=on");
+
+    /* monitor on the pre-bound listening socket */
+    add(&b, "-chardev");
+    add(&b, "socket,id=qmp0,fd=%d,server=on,wait=off", paths->qmp_fd);
+    add(&b, "-mon");
+    add(&b, "chardev=qmp0,mode=control");
+
+    /* serial console to a log file */
+    add(&b, "-chardev");
+    add(&b, "file,id=serial0,path=%s", paths->serial_log);
+    add(&b, "-serial");
+    add(&b, "chardev:serial0");
+
+    /* system disk */
+    add(&b, "-blockdev");
+    add(&b, "driver=file,filename=%s,node-name=disk0-file,discard=unmap", paths->disk);
+    add(&b, "-blockdev");
+    add(&b, "driver=qcow2,file=disk0-file,node-name=disk0,discard=unmap");
+    add(&b, "-device");
+    add(&b, "virtio-blk-pci,drive=disk0,id=virtio-disk0,bootindex=1");
+
+    /* cloud-init seed, read-only CD-ROM on the q35 AHCI controller */
+    if (paths->seed_iso) {
+        add(&b, "-blockdev");
+        add(&b, "driver=file,filename=%s,node-name=seed0-file,read-only=on", paths->seed_iso);
+        add(&b, "-blockdev");
+        add(&b, "driver=raw,file=seed0-file,node-name=seed0,read-only=on");
+        add(&b, "-device");
+        add(&b, "ide-cd,drive=seed0,id=seed0-cd");
+    }
+
+    /* network: user mode with SSH on loopback (rootless default) */
+    char mac[18];
+    sv_vm_mac(spec->name, 0, mac);
+    add(&b, "-netdev");
+    if (paths->ssh_port > 0)
+        add(&b, "user,id=net0,hostfwd=tcp:127.0.0.1:%d-:22", paths->ssh_port);
+    else
+        add(&b, "user,id=net0");
+    add(&b, "-device");
+    add(&b, "virtio-net-pci,netdev=net0,id=net0-nic,mac=%s", mac);
+
+    /* guest agent on a virtio-serial port */
+    if (spec->agent && paths->qga_socket) {
+        add(&b, "-device");
+        add(&b, "virtio-serial-pci,id=vser0");
+        add(&b, "-chardev");
+        add(&b, "socket,id=qga0,path=%s,server=on,wait=off", paths->qga_socket);
+        add(&b, "-device");
+        add(&b, "virtserialport,bus=vser0.0,chardev=qga0,name=org.qemu.guest_agent.0");
+    }
+
+    /* entropy for guests that generate SSH host keys at first boot */
+    add(&b, "-object");
+    add(&b, "rng-random,id=rng0,filename=/dev/urandom");
+    add(&b, "-device");
+    add(&b, "virtio-rng-pci,rng=rng0");
+
+    if (spec->kernel) {
+        add(&b, "-kernel");
+        add(&b, "%s", spec->kernel);
+        if (spec->initrd) {
+            add(&b, "-initrd");
+            add(&b, "%s", spec->initrd);
+        }
+        if (spec->append) {
+            add(&b, "-append");
+            add(&b, "%s", spec->append);
+        }
+    }
+
+    if (env->sandbox) {
+        add(&b, "-sandbox");
+        if (env->run_as)
+            add(&b, "on,obsolete=deny,spawn=deny,resourcecontrol=deny");
+        else
+            add(&b, "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny");
+    }
+    if (env->run_as) {
+        add(&b, "-runas");
+        add(&b, "%s", env->run_as);
+    }
+
+    if (b.oom) {
+        sv_argv_free(b.v);
+        return qv_error_set(err, ENOMEM, "out of memory");
+    }
+    *ret_argv = b.v;
+    return 0;
+}

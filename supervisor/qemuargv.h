@@ -1,0 +1,36 @@
+/* The QEMU command line of a VM: a pure function of the spec, the node's
+ * resolved facts and the instance's paths.  Golden tests pin its output. */
+#pragma once
+
+#include <stdbool.h>
+
+#include "error.h"
+#include "supervisor/vmspec.h"
+
+typedef struct sv_qemu_env {
+    const char *binary;  /* qemu-system-x86_64 or an absolute path */
+    bool kvm;            /* resolved accelerator: true KVM, false TCG */
+    bool sandbox;        /* this QEMU supports -sandbox (seccomp) */
+    const char *run_as;  /* unprivileged user for -runas, or NULL */
+} sv_qemu_env;
+
+typedef struct sv_vm_paths {
+    const char *disk;        /* the instance overlay (qcow2) */
+    const char *serial_log;  /* the guest's serial console goes here */
+    const char *pidfile;     /* QEMU writes its pid: our identity mark for cleanup */
+    const char *qga_socket;  /* guest-agent socket (QEMU listens), NULL when spec->agent is off */
+    const char *seed_iso;    /* cloud-init seed, NULL for none */
+    int qmp_fd;              /* listening monitor socket, as numbered in QEMU */
+    int ssh_port;            /* host port forwarded to guest port 22 on 127.0.0.1; 0 for none */
+} sv_vm_paths;
+
+/* Builds the argv (NULL-terminated, caller frees with sv_argv_free).
+ * Returns 0 or -ENOMEM/-EINVAL with err set. */
+int sv_qemu_argv(const sv_vmspec *spec, const sv_qemu_env *env, const sv_vm_paths *paths, char ***ret_argv,
+                 qv_error *err);
+void sv_argv_free(char **argv);
+
+/* Locally administered unicast MAC derived from the VM name and NIC index
+ * (stable across restarts): 52:54:00 is QEMU's prefix, so we use 0a:51:76
+ * ("qv") with the locally-administered bit set. */
+void sv_vm_mac(const char *vm_name, unsigned nic, char buf[18]);

@@ -1,0 +1,52 @@
+/* What a VM is: the spec given at create time (`qvisor vm create` options,
+ * `-f spec.yaml`, or JSON over the control socket), validated by the shared
+ * schema, with node defaults filled in. */
+#pragma once
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "error.h"
+#include "supervisor/config.h"
+
+typedef enum sv_restart {
+    SV_RESTART_NEVER,
+    SV_RESTART_ON_FAILURE,
+    SV_RESTART_ALWAYS,
+} sv_restart;
+
+typedef struct sv_vmspec {
+    char *name;               /* [a-z0-9][a-z0-9-]{0,62}, required */
+    char *image;              /* base image name in the images directory, required */
+    uint64_t cpus;            /* 0: node default */
+    uint64_t memory;          /* bytes; 0: node default */
+    uint64_t disk;            /* bytes (virtual size of the overlay); 0: node default */
+    uint64_t stop_timeout_ms; /* 0: node default */
+    int restart;              /* sv_restart */
+    uint64_t restart_limit;   /* on-failure: restarts in a row before giving up */
+    char *kernel;             /* optional direct kernel boot (absolute paths) */
+    char *initrd;
+    char *append;
+    bool agent;               /* add the guest-agent channel (default true) */
+} sv_vmspec;
+
+sv_vmspec *sv_vmspec_new(void);
+void sv_vmspec_free(sv_vmspec *s);
+static inline void sv_vmspec_freep(sv_vmspec **s) {
+    sv_vmspec_free(*s);
+}
+
+/* From a YAML file's content (`vm create -f`): errors name file:line:column
+ * and the key, code EINVAL (exit 65). */
+int sv_vmspec_from_yaml(const char *name, const char *data, size_t len, sv_vmspec **ret, qv_error *err);
+/* From the control protocol; errors "spec: key: why", code EINVAL. */
+int sv_vmspec_from_json(json_t *j, sv_vmspec **ret, qv_error *err);
+/* Every field, with its effective value (new reference). */
+json_t *sv_vmspec_to_json(const sv_vmspec *s);
+
+/* Fills unset cpus/memory/disk/stop timeout from the node config and checks
+ * what needs both (name and image present, initrd/append only with kernel). */
+int sv_vmspec_complete(sv_vmspec *s, const sv_config *node, qv_error *err);
+
+const char *sv_restart_to_string(int r);

@@ -1,0 +1,232 @@
+/* VM spec validation (names incl. path tricks, sizes, YAML and JSON forms)
+ * and golden QEMU command lines.  QVISOR_UPDATE_GOLDEN=1 rewrites the
+ * golden files instead of comparing (review the diff!). */
+#include "testlib.h"
+
+#include "cleanup.h"
+#include "fileio.h"
+#include "supervisor/qemuargv.h"
+#include "supervisor/vmspec.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+
+static sv_config *node(void) {
+    sv_config *c = sv_config_new_default();
+    assert_non_null(c);
+    return c;
+}
+
+static void expect_json_error(const char *json, const char *msg) {
+    json_error_t je;
+    json_t *j = json_loads(json, 0, &je);
+    assert_non_null(j);
+    sv_vmspec *s = NULL;
+    qv_error err = {0};
+    int r = sv_vmspec_from_json(j, &s, &err);
+    json_decref(j);
+    if (r >= 0) {
+        sv_config *c = node();
+        r = sv_vmspec_complete(s, c, &err);
+        sv_config_free(c);
+        sv_vmspec_free(s);
+    }
+    if (r != -EINVAL || strstr(err.msg, msg) == NULL)
+        fail_msg("%s: got %d '%s', want EINVAL containing '%s'", json, r, err.msg, msg);
+}
+
+static void test_names_and_sizes(void **state) {
+    (void)state;
+    expect_json_error("{\"name\": \"../x\", \"image\": \"deb\"}", "spec: name: '../x' is not a valid name");
+    expect_json_error("{\"name\": \"Web\", \"image\": \"deb\"}", "'Web' is not a valid name");
+    expect_json_error("{\"name\": \"a/b\", \"image\": \"deb\"}", "'a/b' is not a valid name");
+    expect_json_error("{\"name\": \"ok\", \"image\": \"../../etc/passwd\"}", "spec: image: '../../etc/passwd' is not a valid name");
+    expect_json_error("{\"name\": \"ok\", \"image\": \"deb\", \"disk\": \"100\"}", "spec: disk: expected a size with a unit");
+    expect_json_error("{\"name\": \"ok\", \"image\": \"deb\", \"disk\": 100}", "spec: disk: expected a size with a unit");
+    expect_json_error("{\"name\": \"ok\", \"image\": \"deb\", \"memory\": \"1M\"}", "spec: memory: 1M is out of range (16M to 16T)");
+    expect_json_error("{\"name\": \"ok\", \"image\": \"deb\", \"cpus\": 0}", "spec: cpus: 0 is out of range");
+    expect_json_error("{\"name\": \"ok\", \"image\": \"deb\", \"cpus\": -1}", "spec: cpus: expected a single value");
+    expect_json_error("{\"name\": \"ok\", \"image\": \"deb\", \"restart\": \"sometimes\"}",
+                      "spec: restart: expected one of never, on-failure, always, got 'sometimes'");
+    expect_json_error("{\"name\": \"ok\", \"image\": \"deb\", \"kernel\": \"vmlinuz\"}", "spec: kernel: must be an absolute path");
+    expect_json_error("{\"name\": \"ok\", \"image\": \"deb\", \"initrd\": \"/boot/initrd\"}", "initrd and append need kernel");
+    expect_json_error("{\"name\": \"ok\", \"image\": \"deb\", \"gpus\": []}", "spec: gpus: unknown key");
+    expect_json_error("{\"image\": \"deb\"}", "spec: name: missing");
+    expect_json_error("{\"name\": \"ok\"}", "spec: image: missing");
+}
+
+static void test_defaults_from_node(void **state) {
+    (void)state;
+    json_t *j = json_pack("{s:s, s:s, s:s}", "name", "web-1", "image", "debian-12", "disk", "40G");
+    _cleanup_(sv_vmspec_freep) sv_vmspec *s = NULL;
+    qv_error err = {0};
+    assert_int_equal(sv_vmspec_from_json(j, &s, &err), 0);
+    json_decref(j);
+    _cleanup_(sv_config_freep) sv_config *c = node();
+    assert_int_equal(sv_vmspec_complete(s, c, &err), 0);
+    assert_true(s->cpus == 2);
+    assert_true(s->memory == 2ull << 30);
+    assert_true(s->disk == 40ull << 30);
+    assert_true(s->stop_timeout_ms == 60000);
+    assert_int_equal(s->restart, SV_RESTART_NEVER);
+    assert_true(s->agent);
+    json_t *out = sv_vmspec_to_json(s);
+    assert_string_equal(json_string_value(json_object_get(out, "disk")), "40G");
+    assert_int_equal(json_integer_value(json_object_get(out, "cpus")), 2);
+    assert_null(json_object_get(out, "kernel"));
+    /* the JSON form round-trips */
+    _cleanup_(sv_vmspec_freep) sv_vmspec *again = NULL;
+    assert_int_equal(sv_vmspec_from_json(out, &again, &err), 0);
+    assert_true(again->disk == s->disk && again->cpus == s->cpus && again->memory == s->memory);
+    json_decref(out);
+}
+
+static void test_yaml_spec_file(void **state) {
+    (void)state;
+    const char *y = "name: db\nimage: debian-12\ncpus: 4\nmemory: 8G\nrestart: on-failure\nrestart_limit: 3\n";
+    _cleanup_(sv_vmspec_freep) sv_vmspec *s = NULL;
+    qv_error err = {0};
+    assert_int_equal(sv_vmspec_from_yaml("db.yaml", y, strlen(y), &s, &err), 0);
+    assert_string_equal(s->name, "db");
+    assert_true(s->memory == 8ull << 30);
+    assert_int_equal(s->restart, SV_RESTART_ON_FAILURE);
+    assert_true(s->restart_limit == 3);
+
+    sv_vmspec *bad = NULL;
+    const char *b = "name: db\nimage: debian-12\nmemory: lots\n";
+    assert_int_equal(sv_vmspec_from_yaml("db.yaml", b, strlen(b), &bad, &err), -EINVAL);
+    assert_string_equal(err.msg, "db.yaml:3:9: memory: expected a size with a unit (like 512M or 20G), got 'lots'");
+    const char *dup = "name: db\nname: db2\n";
+    assert_int_equal(sv_vmspec_from_yaml("db.yaml", dup, strlen(dup), &bad, &err), -EINVAL);
+    assert_string_equal(err.msg, "db.yaml:2:1: name: repeated key");
+}
+
+static void test_mac(void **state) {
+    (void)state;
+    char a[18], b[18], c[18];
+    sv_vm_mac("web-1", 0, a);
+    sv_vm_mac("web-1", 0, b);
+    sv_vm_mac("web-2", 0, c);
+    assert_string_equal(a, b);
+    assert_string_not_equal(a, c);
+    sv_vm_mac("web-1", 1, c);
+    assert_string_not_equal(a, c);
+    unsigned first = (unsigned)strtoul(a, NULL, 16);
+    assert_true(first & 0x02);   /* locally administered */
+    assert_false(first & 0x01);  /* unicast */
+}
+
+/* ---- golden argv ---- */
+
+static void check_golden(const char *name, char **argv) {
+    char *text = NULL;
+    size_t len = 0;
+    FILE *m = open_memstream(&text, &len);
+    for (char **a = argv; *a; a++)
+        fprintf(m, "%s\n", *a);
+    fclose(m);
+    char path[PATH_MAX];
+    snprintf(path, sizeof path, "%s/test/unit/golden/%s.argv", getenv("QVISOR_SOURCE_ROOT"), name);
+    if (getenv("QVISOR_UPDATE_GOLDEN")) {
+        assert_int_equal(qv_write_file_atomic(path, text, len, 0644), 0);
+    } else {
+        _cleanup_free_ char *want = NULL;
+        if (qv_read_file(path, 1 << 20, &want, NULL) < 0)
+            fail_msg("missing golden file %s (run with QVISOR_UPDATE_GOLDEN=1)", path);
+        if (strcmp(want, text) != 0)
+            fail_msg("argv differs from %s:\n--- got ---\n%s", path, text);
+    }
+    free(text);
+}
+
+static sv_vmspec *spec_from(const char *json) {
+    json_t *j = json_loads(json, 0, NULL);
+    assert_non_null(j);
+    sv_vmspec *s = NULL;
+    qv_error err = {0};
+    if (sv_vmspec_from_json(j, &s, &err) < 0)
+        fail_msg("%s", err.msg);
+    json_decref(j);
+    sv_config *c = node();
+    assert_int_equal(sv_vmspec_complete(s, c, &err), 0);
+    sv_config_free(c);
+    return s;
+}
+
+static void test_golden_tcg_default(void **state) {
+    (void)state;
+    _cleanup_(sv_vmspec_freep) sv_vmspec *s = spec_from("{\"name\":\"web-1\",\"image\":\"debian-12\"}");
+    sv_qemu_env env = {.binary = "qemu-system-x86_64", .kvm = false, .sandbox = true};
+    sv_vm_paths p = {.disk = "/var/lib/qvisor/instances/web-1/disk.qcow2",
+                     .serial_log = "/var/lib/qvisor/instances/web-1/serial.log",
+                     .pidfile = "/run/qvisor/vm/web-1/qemu.pid",
+                     .qga_socket = "/run/qvisor/vm/web-1/qga.sock",
+                     .qmp_fd = 3,
+                     .ssh_port = 40022};
+    char **argv = NULL;
+    qv_error err = {0};
+    assert_int_equal(sv_qemu_argv(s, &env, &p, &argv, &err), 0);
+    check_golden("tcg-default", argv);
+    sv_argv_free(argv);
+}
+
+static void test_golden_kvm_seed_kernel_runas(void **state) {
+    (void)state;
+    _cleanup_(sv_vmspec_freep) sv_vmspec *s = spec_from(
+        "{\"name\":\"gpu-box\",\"image\":\"ubuntu\",\"cpus\":16,\"memory\":\"64G\",\"disk\":\"200G\","
+        "\"kernel\":\"/boot/vmlinuz\",\"initrd\":\"/boot/initrd.img\",\"append\":\"console=ttyS0 root=/dev/vda1\"}");
+    sv_qemu_env env = {.binary = "/usr/bin/qemu-system-x86_64", .kvm = true, .sandbox = true, .run_as = "qvisor-qemu"};
+    sv_vm_paths p = {.disk = "/srv/vms/gpu-box/disk.qcow2",
+                     .serial_log = "/srv/vms/gpu-box/serial.log",
+                     .pidfile = "/run/qvisor/vm/gpu-box/qemu.pid",
+                     .qga_socket = "/run/qvisor/vm/gpu-box/qga.sock",
+                     .seed_iso = "/srv/vms/gpu-box/seed.iso",
+                     .qmp_fd = 5,
+                     .ssh_port = 0};
+    char **argv = NULL;
+    qv_error err = {0};
+    assert_int_equal(sv_qemu_argv(s, &env, &p, &argv, &err), 0);
+    check_golden("kvm-seed-kernel-runas", argv);
+    sv_argv_free(argv);
+}
+
+static void test_golden_minimal_no_agent_no_sandbox(void **state) {
+    (void)state;
+    _cleanup_(sv_vmspec_freep) sv_vmspec *s =
+        spec_from("{\"name\":\"tiny\",\"image\":\"busybox\",\"cpus\":1,\"memory\":\"128M\",\"agent\":false}");
+    sv_qemu_env env = {.binary = "qemu-system-x86_64", .kvm = false, .sandbox = false};
+    sv_vm_paths p = {.disk = "/tmp/i/tiny/disk.qcow2", .serial_log = "/tmp/i/tiny/serial.log",
+                     .pidfile = "/tmp/r/tiny/qemu.pid", .qga_socket = "/tmp/r/tiny/qga.sock", .qmp_fd = 3};
+    char **argv = NULL;
+    qv_error err = {0};
+    assert_int_equal(sv_qemu_argv(s, &env, &p, &argv, &err), 0);
+    check_golden("minimal-no-agent-no-sandbox", argv);
+    sv_argv_free(argv);
+}
+
+static void test_commas_refused(void **state) {
+    (void)state;
+    _cleanup_(sv_vmspec_freep) sv_vmspec *s = spec_from("{\"name\":\"x\",\"image\":\"y\"}");
+    sv_qemu_env env = {.binary = "qemu-system-x86_64"};
+    sv_vm_paths p = {.disk = "/tmp/a,b/disk.qcow2", .serial_log = "/tmp/s", .pidfile = "/tmp/p", .qmp_fd = 3};
+    char **argv = NULL;
+    qv_error err = {0};
+    assert_int_equal(sv_qemu_argv(s, &env, &p, &argv, &err), -EINVAL);
+    assert_non_null(strstr(err.msg, "disk path '/tmp/a,b/disk.qcow2' contains a comma"));
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_names_and_sizes),
+        cmocka_unit_test(test_defaults_from_node),
+        cmocka_unit_test(test_yaml_spec_file),
+        cmocka_unit_test(test_mac),
+        cmocka_unit_test(test_golden_tcg_default),
+        cmocka_unit_test(test_golden_kvm_seed_kernel_runas),
+        cmocka_unit_test(test_golden_minimal_no_agent_no_sandbox),
+        cmocka_unit_test(test_commas_refused),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
