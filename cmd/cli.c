@@ -64,9 +64,13 @@ int qv_cli_call(qv_cli *cli, const char *method, json_t *params, json_t **ret_re
     if (!path) {
         const sv_config *c;
         int r = qv_cli_config(cli, &c, err);
-        if (r < 0)
+        if (r < 0) {
+            json_decref(params);
             return r;
+        }
         path = c->socket_path;
     }
-    return sv_ctl_call(path, method, params, (int)cli->timeout_ms, ret_result, err);
+    int r = sv_ctl_call(path, method, params, (int)cli->timeout_ms, ret_result, err);
+    json_decref(params);
+    return r;
 }

@@ -50,7 +50,8 @@ int qv_cli_getopt(qv_cli *cli, int argc, char **argv, const char *shortopts, con
  * --config, else the default path, else built-in defaults when the default
  * file does not exist.  Exit-code mapping of failures is 78. */
 int qv_cli_config(qv_cli *cli, const sv_config **ret, qv_error *err);
-/* One request to the daemon (socket from --socket or the config). */
+/* One request to the daemon (socket from --socket or the config); params
+ * (may be NULL) is stolen. */
 int qv_cli_call(qv_cli *cli, const char *method, json_t *params, json_t **ret_result, qv_error *err);
 
 /* Verbs (one file per noun). */
@@ -59,3 +60,10 @@ int cmd_version(qv_cli *cli, int argc, char **argv);
 int cmd_config_check(qv_cli *cli, int argc, char **argv);
 int cmd_config_show(qv_cli *cli, int argc, char **argv);
 int cmd_config_reload(qv_cli *cli, int argc, char **argv);
+int cmd_image_list(qv_cli *cli, int argc, char **argv);
+int cmd_image_import(qv_cli *cli, int argc, char **argv);
+int cmd_image_rm(qv_cli *cli, int argc, char **argv);
+int cmd_vm_create(qv_cli *cli, int argc, char **argv);
+int cmd_vm_list(qv_cli *cli, int argc, char **argv);
+int cmd_vm_show(qv_cli *cli, int argc, char **argv);
+int cmd_vm_rm(qv_cli *cli, int argc, char **argv);

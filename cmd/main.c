@@ -20,6 +20,21 @@ typedef struct qv_cli_noun {
 
 static const qv_cli_verb no_verbs[] = {{NULL, NULL, NULL}};
 
+static const qv_cli_verb vm_verbs[] = {
+    {"create", cmd_vm_create, "define a VM with its own disk on a base image"},
+    {"list", cmd_vm_list, "list VMs with state, pid, resources, IP, uptime"},
+    {"show", cmd_vm_show, "everything about one VM"},
+    {"rm", cmd_vm_rm, "delete a stopped VM and its disk"},
+    {NULL, NULL, NULL},
+};
+
+static const qv_cli_verb image_verbs[] = {
+    {"list", cmd_image_list, "list base images"},
+    {"import", cmd_image_import, "copy a disk image in as a read-only base image"},
+    {"rm", cmd_image_rm, "delete a base image no VM uses"},
+    {NULL, NULL, NULL},
+};
+
 static const qv_cli_verb config_verbs[] = {
     {"check", cmd_config_check, "validate a config file and print the effective settings"},
     {"show", cmd_config_show, "print the settings the running daemon uses"},
@@ -28,8 +43,8 @@ static const qv_cli_verb config_verbs[] = {
 };
 
 static const qv_cli_noun nouns[] = {
-    {"vm", no_verbs, "virtual machines"},
-    {"image", no_verbs, "base images"},
+    {"vm", vm_verbs, "virtual machines"},
+    {"image", image_verbs, "base images"},
     {"gpu", no_verbs, "PCI display devices for passthrough"},
     {"node", no_verbs, "this node's capacity and usage"},
     {"config", config_verbs, "the node config"},

@@ -131,3 +131,23 @@ int qv_mkdir_p(const char *path, mode_t mode) {
     }
     return 0;
 }
+
+#include <ftw.h>
+
+static int rm_rf_errno;
+
+static int rm_one(const char *p, const struct stat *st, int flag, struct FTW *ftw) {
+    (void)st;
+    (void)ftw;
+    int r = flag == FTW_DP ? rmdir(p) : unlink(p);
+    if (r < 0 && errno != ENOENT && !rm_rf_errno)
+        rm_rf_errno = errno;
+    return 0;
+}
+
+int qv_rm_rf(const char *path) {
+    rm_rf_errno = 0;
+    if (nftw(path, rm_one, 16, FTW_DEPTH | FTW_PHYS | FTW_MOUNT) < 0 && errno != ENOENT)
+        return -errno;
+    return -rm_rf_errno;
+}

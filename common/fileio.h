@@ -19,3 +19,7 @@ int qv_write_all(int fd, const void *buf, size_t len);
 
 /* mkdir -p; existing directories are fine.  Returns 0 or -errno. */
 int qv_mkdir_p(const char *path, mode_t mode);
+
+/* rm -rf that never follows symlinks nor leaves the file system of path.
+ * A missing path is fine.  Returns 0 or the first -errno. */
+int qv_rm_rf(const char *path);

@@ -149,3 +149,18 @@ uint64_t qv_now_ns(void) {
 uint64_t qv_now_ms(void) {
     return qv_now_ns() / 1000000ull;
 }
+
+void qv_format_size_human(uint64_t bytes, char *buf, size_t size) {
+    static const char units[] = "KMGTP";
+    if (bytes < 1024) {
+        snprintf(buf, size, "%lluB", (unsigned long long)bytes);
+        return;
+    }
+    double v = (double)bytes / 1024.0;
+    int u = 0;
+    while (v >= 1024.0 && u < 4) {
+        v /= 1024.0;
+        u++;
+    }
+    snprintf(buf, size, "%.1f%c", v, units[u]);
+}

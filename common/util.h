@@ -34,3 +34,6 @@ int qv_string_index(const char *const *list, const char *s);
 /* Monotonic clock in milliseconds / nanoseconds. */
 uint64_t qv_now_ms(void);
 uint64_t qv_now_ns(void);
+
+/* Approximate size for tables: "812B", "193.4M", "20.0G". */
+void qv_format_size_human(uint64_t bytes, char *buf, size_t size);

@@ -130,6 +130,22 @@ sv_config *sv_config_new_default(void) {
     return c;
 }
 
+sv_config *sv_config_dup(const sv_config *src) {
+    sv_config *c = calloc(1, sizeof *c);
+    if (!c)
+        return NULL;
+    *c = *src;
+    c->source = NULL;
+    int r = sv_schema_copy_fields(&schema, c, src);
+    if (r == 0 && src->source && !(c->source = strdup(src->source)))
+        r = -ENOMEM;
+    if (r < 0) {
+        sv_config_free(c);
+        return NULL;
+    }
+    return c;
+}
+
 int sv_config_parse(const char *name, const char *data, size_t len, sv_config **ret, qv_error *err) {
     _cleanup_(sv_config_freep) sv_config *c = calloc(1, sizeof *c);
     if (!c)

@@ -65,6 +65,8 @@ int sv_config_load(const char *path, sv_config **ret, qv_error *err);
 /* Same, from a buffer; `name` is used in messages. */
 int sv_config_parse(const char *name, const char *data, size_t len, sv_config **ret, qv_error *err);
 
+/* Deep copy (for work handed to another thread). */
+sv_config *sv_config_dup(const sv_config *c);
 void sv_config_free(sv_config *c);
 static inline void sv_config_freep(sv_config **c) {
     sv_config_free(*c);

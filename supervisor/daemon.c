@@ -1,5 +1,6 @@
 /* Daemon: config, single-instance lock, control socket, signals. */
 #include "daemon.h"
+#include "daemon-internal.h"
 
 #include "cleanup.h"
 #include "config.h"
@@ -22,19 +23,6 @@
 #include <time.h>
 #include <unistd.h>
 #include <uv.h>
-
-typedef struct sv_daemon {
-    uv_loop_t loop;
-    const sv_daemon_options *opts;
-    sv_config *config;
-    sv_ctl_server *ctl;
-    uv_signal_t signals[3];
-    size_t n_signals;
-    int lock_fd;
-    uint64_t started_ms;
-    time_t started_wall;
-    bool stopping;
-} sv_daemon;
 
 /* Loads the config the daemon was started with.  A missing default file means
  * built-in defaults; a missing file named with --config is an error. */
@@ -80,8 +68,6 @@ static int reload_config(sv_daemon *d, qv_error *err) {
 
 /* ---- control methods --------------------------------------------------- */
 
-typedef void (*method_fn)(sv_daemon *d, sv_ctl_req *req, json_t *params);
-
 static void m_ping(sv_daemon *d, sv_ctl_req *req, json_t *params) {
     (void)params;
     sv_ctl_reply(req, json_pack("{s:s, s:i, s:I, s:I, s:s, s:s}", "version", QV_VERSION, "pid", (int)getpid(),
@@ -115,6 +101,13 @@ static const struct method {
     {"ping", false, m_ping},
     {"config.get", false, m_config_get},
     {"config.reload", true, m_config_reload},
+    {"image.list", false, sv_api_image_list},
+    {"image.import", true, sv_api_image_import},
+    {"image.remove", true, sv_api_image_remove},
+    {"vm.create", true, sv_api_vm_create},
+    {"vm.list", false, sv_api_vm_list},
+    {"vm.show", false, sv_api_vm_show},
+    {"vm.remove", true, sv_api_vm_remove},
 };
 
 static void on_request(sv_ctl_req *req, const char *method, json_t *params, void *userdata) {
@@ -255,6 +248,10 @@ int sv_daemon_run(const sv_daemon_options *opts, qv_error *err) {
     r = take_lock(&d, err);
     if (r < 0)
         goto out;
+    int cleaned = 0;
+    r = sv_registry_load(d.config, &d.registry, &cleaned, err);
+    if (r < 0)
+        goto out;
 
     r = uv_loop_init(&d.loop);
     if (r < 0) {
@@ -296,6 +293,7 @@ int sv_daemon_run(const sv_daemon_options *opts, qv_error *err) {
         log_warning("event loop closed with handles still open: %s", uv_strerror(r));
     r = 0;
 out:
+    sv_registry_free(d.registry);
     if (d.lock_fd >= 0)
         close(d.lock_fd);
     sv_config_free(d.config);

@@ -74,13 +74,18 @@ int sv_vmspec_from_json(json_t *j, sv_vmspec **ret, qv_error *err) {
 
 json_t *sv_vmspec_to_json(const sv_vmspec *s) {
     json_t *j = sv_schema_to_json(&schema, s);
-    /* Unset optional strings are absent, not "". */
-    if (j && !s->kernel)
-        json_object_del(j, "kernel");
-    if (j && !s->initrd)
-        json_object_del(j, "initrd");
-    if (j && !s->append)
-        json_object_del(j, "append");
+    /* Unset values are absent (not "" or 0), so a partial spec stays partial. */
+    struct {
+        const char *key;
+        bool unset;
+    } opt[] = {
+        {"name", !s->name},     {"image", !s->image},   {"kernel", !s->kernel},
+        {"initrd", !s->initrd}, {"append", !s->append}, {"cpus", !s->cpus},
+        {"memory", !s->memory}, {"disk", !s->disk},     {"stop_timeout", !s->stop_timeout_ms},
+    };
+    for (size_t i = 0; j && i < QV_ARRAY_SIZE(opt); i++)
+        if (opt[i].unset)
+            json_object_del(j, opt[i].key);
     return j;
 }
 

@@ -1,0 +1,136 @@
+/* qvisor image list | import | rm */
+#include "cli.h"
+#include "output.h"
+
+#include "cleanup.h"
+#include "util.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static const char list_help[] =
+    "Usage: qvisor image list [--json]\n"
+    "\n"
+    "Lists the base images (IMAGES_DIR/NAME.qcow2): name, format, virtual size,\n"
+    "space used, backing file, last modified.\n"
+    "\n"
+    "Exit: 0, 69 daemon not running.\n";
+
+int cmd_image_list(qv_cli *cli, int argc, char **argv) {
+    static const struct option longopts[] = {QV_CLI_COMMON_LONGOPTS, {NULL, 0, NULL, 0}};
+    int c;
+    while ((c = qv_cli_getopt(cli, argc, argv, "h", longopts, list_help)) != -1)
+        return c == -2 ? QV_EXIT_OK : qv_cli_usage_error("image list ", "bad option");
+    if (optind < argc)
+        return qv_cli_usage_error("image list ", "takes no arguments");
+    qv_error err = {0};
+    json_t *list = NULL;
+    if (qv_cli_call(cli, "image.list", NULL, &list, &err) < 0)
+        return qv_cli_fail(cli, &err);
+    if (cli->json) {
+        qv_print_json(json_pack("{s:o}", "images", list), stdout);
+        return QV_EXIT_OK;
+    }
+    static const char *const headers[] = {"NAME", "FORMAT", "VIRTUAL", "USED", "BACKING", "MODIFIED", NULL};
+    qv_table *t = qv_table_new(headers);
+    size_t i;
+    json_t *img;
+    json_array_foreach(list, i, img) {
+        char vsize[32], used[32], mod[32];
+        qv_format_size_human((uint64_t)json_integer_value(json_object_get(img, "virtual_size")), vsize, sizeof vsize);
+        qv_format_size_human((uint64_t)json_integer_value(json_object_get(img, "actual_size")), used, sizeof used);
+        time_t m = (time_t)json_integer_value(json_object_get(img, "modified"));
+        strftime(mod, sizeof mod, "%Y-%m-%d %H:%M", localtime(&m));
+        const char *cells[] = {json_string_value(json_object_get(img, "name")),
+                               json_string_value(json_object_get(img, "format")),
+                               vsize,
+                               used,
+                               json_string_value(json_object_get(img, "backing")),
+                               mod,
+                               NULL};
+        qv_table_add(t, cells);
+    }
+    qv_table_print(t, stdout);
+    qv_table_free(t);
+    json_decref(list);
+    return QV_EXIT_OK;
+}
+
+static const char import_help[] =
+    "Usage: qvisor image import PATH [NAME] [--json]\n"
+    "\n"
+    "Copies the disk image at PATH (any format qemu-img reads) into the images\n"
+    "directory as NAME.qcow2, verifies it with qemu-img, and makes it read-only\n"
+    "so VM disks built on it never see it change.  NAME defaults to the file\n"
+    "name without its extension (it must be a valid name: lowercase letters,\n"
+    "digits and '-').\n"
+    "\n"
+    "Exit: 0, 65 invalid name or unreadable image, 66 PATH does not exist,\n"
+    "69 daemon not running, 73 NAME exists already.\n";
+
+int cmd_image_import(qv_cli *cli, int argc, char **argv) {
+    static const struct option longopts[] = {QV_CLI_COMMON_LONGOPTS, {NULL, 0, NULL, 0}};
+    int c;
+    while ((c = qv_cli_getopt(cli, argc, argv, "h", longopts, import_help)) != -1)
+        return c == -2 ? QV_EXIT_OK : qv_cli_usage_error("image import ", "bad option");
+    if (argc - optind < 1 || argc - optind > 2)
+        return qv_cli_usage_error("image import ", "needs PATH and optionally NAME");
+    const char *path = argv[optind];
+    char abs[PATH_MAX];
+    if (!realpath(path, abs)) {
+        fprintf(stderr, "qvisor: error: %s: %s\n", path, strerror(errno));
+        return errno == ENOENT ? QV_EXIT_NOINPUT : QV_EXIT_DATAERR;
+    }
+    char name[QV_NAME_MAX + 8];
+    if (argc - optind == 2) {
+        snprintf(name, sizeof name, "%s", argv[optind + 1]);
+    } else {
+        const char *base = strrchr(abs, '/') + 1;
+        snprintf(name, sizeof name, "%.*s", (int)strcspn(base, "."), base);
+    }
+    if (!qv_name_valid(name)) {
+        fprintf(stderr, "qvisor: error: '%s' is not a valid image name; give one: qvisor image import %s NAME\n", name,
+                path);
+        return QV_EXIT_DATAERR;
+    }
+    qv_error err = {0};
+    json_t *img = NULL;
+    if (cli->verbosity >= 0 && !cli->json)
+        fprintf(stderr, "importing %s as image '%s'...\n", abs, name);
+    if (qv_cli_call(cli, "image.import", json_pack("{s:s, s:s}", "source", abs, "name", name), &img, &err) < 0)
+        return qv_cli_fail(cli, &err);
+    if (cli->json) {
+        qv_print_json(img, stdout);
+    } else {
+        char vsize[32];
+        qv_format_size_human((uint64_t)json_integer_value(json_object_get(img, "virtual_size")), vsize, sizeof vsize);
+        printf("imported %s (%s virtual) as %s\n", name, vsize, json_string_value(json_object_get(img, "path")));
+        json_decref(img);
+    }
+    return QV_EXIT_OK;
+}
+
+static const char rm_help[] =
+    "Usage: qvisor image rm NAME\n"
+    "\n"
+    "Deletes a base image.  Refused while any VM disk is built on it.\n"
+    "\n"
+    "Exit: 0, 66 no such image, 69 daemon not running, 75 VMs still use it.\n";
+
+int cmd_image_rm(qv_cli *cli, int argc, char **argv) {
+    static const struct option longopts[] = {QV_CLI_COMMON_LONGOPTS, {NULL, 0, NULL, 0}};
+    int c;
+    while ((c = qv_cli_getopt(cli, argc, argv, "h", longopts, rm_help)) != -1)
+        return c == -2 ? QV_EXIT_OK : qv_cli_usage_error("image rm ", "bad option");
+    if (argc - optind != 1)
+        return qv_cli_usage_error("image rm ", "needs exactly one NAME");
+    qv_error err = {0};
+    if (qv_cli_call(cli, "image.remove", json_pack("{s:s}", "name", argv[optind]), NULL, &err) < 0)
+        return qv_cli_fail(cli, &err);
+    if (cli->verbosity >= 0)
+        printf("removed image %s\n", argv[optind]);
+    return QV_EXIT_OK;
+}

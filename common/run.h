@@ -1,0 +1,27 @@
+/* Running helper programs (qemu-img, …) to completion, the only way the
+ * product starts a child besides QEMU itself: an argv array, never a shell. */
+#pragma once
+
+#include <stddef.h>
+
+typedef struct qv_run_result {
+    int status;    /* waitpid() status */
+    char *out;     /* stdout, NUL-terminated (truncated at the cap), owned */
+    char *err;     /* stderr, likewise */
+} qv_run_result;
+
+/* Progress hook: called with each chunk of stdout as it arrives (for tools
+ * that print progress, like `qemu-img convert -p`).  May be NULL. */
+typedef void (*qv_run_output_fn)(const char *chunk, size_t len, void *userdata);
+
+/* Runs argv[0] (searched in PATH) with stdin from /dev/null, capturing
+ * stdout and stderr (up to 4 MiB each), and waits for it.  timeout_ms 0
+ * waits for ever; on expiry the child is killed and -ETIMEDOUT returned.
+ * Returns 0 when the program ran (whatever its exit status: see
+ * qv_run_ok()), -ENOENT when it does not exist, other negative errnos. */
+int qv_run(char *const argv[], int timeout_ms, qv_run_output_fn on_out, void *userdata, qv_run_result *ret);
+void qv_run_result_free(qv_run_result *r);
+/* True when the program exited with status 0. */
+int qv_run_ok(const qv_run_result *r);
+/* "exited with status 3", "killed by signal 9 (Killed)". */
+void qv_run_describe(const qv_run_result *r, char *buf, size_t size);

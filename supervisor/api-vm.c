@@ -1,0 +1,184 @@
+/* Control methods for images and VMs. */
+#include "daemon-internal.h"
+
+#include "cleanup.h"
+#include "log.h"
+#include "util.h"
+#include "supervisor/image.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* The "name" param, validated; replies and returns NULL when bad. */
+static const char *name_param(sv_ctl_req *req, json_t *params, const char *what) {
+    const char *name = json_string_value(json_object_get(params, "name"));
+    if (!name) {
+        sv_ctl_reply_error(req, EINVAL, "missing \"name\" of the %s", what);
+        return NULL;
+    }
+    if (!qv_name_valid(name)) {
+        sv_ctl_reply_error(req, EINVAL, "'%s' is not a valid %s name", name, what);
+        return NULL;
+    }
+    return name;
+}
+
+/* ---- images ---------------------------------------------------------------- */
+
+typedef struct image_job {
+    uv_work_t work;
+    sv_ctl_req *req;
+    sv_config *config;
+    char *src;
+    char *name;
+    json_t *result;
+    int status;
+    qv_error err;
+} image_job;
+
+static void image_job_free(image_job *job) {
+    sv_config_free(job->config);
+    free(job->src);
+    free(job->name);
+    free(job);
+}
+
+static void image_list_work(uv_work_t *w) {
+    image_job *job = w->data;
+    job->status = sv_image_list(job->config, &job->result, &job->err);
+}
+
+static void image_import_work(uv_work_t *w) {
+    image_job *job = w->data;
+    job->status = sv_image_import(job->config, job->src, job->name, NULL, NULL, &job->err);
+    if (job->status == 0)
+        job->status = sv_image_info(job->config, job->name, &job->result, &job->err);
+}
+
+static void image_after(uv_work_t *w, int status) {
+    image_job *job = w->data;
+    if (status < 0)
+        sv_ctl_reply_error(job->req, ECANCELED, "cancelled");
+    else if (job->status < 0)
+        sv_ctl_reply_qv_error(job->req, &job->err);
+    else
+        sv_ctl_reply(job->req, job->result);
+    image_job_free(job);
+}
+
+/* Runs image work off the loop (qemu-img can take a while). */
+static void queue_image_job(sv_daemon *d, sv_ctl_req *req, uv_work_cb work, const char *src, const char *name) {
+    image_job *job = calloc(1, sizeof *job);
+    if (!job || !(job->config = sv_config_dup(d->config)) || (src && !(job->src = strdup(src))) ||
+        (name && !(job->name = strdup(name)))) {
+        if (job)
+            image_job_free(job);
+        sv_ctl_reply_error(req, ENOMEM, "out of memory");
+        return;
+    }
+    job->req = req;
+    job->work.data = job;
+    int r = uv_queue_work(&d->loop, &job->work, work, image_after);
+    if (r < 0) {
+        image_job_free(job);
+        sv_ctl_reply_error(req, -r, "cannot queue work: %s", uv_strerror(r));
+    }
+}
+
+void sv_api_image_list(sv_daemon *d, sv_ctl_req *req, json_t *params) {
+    (void)params;
+    queue_image_job(d, req, image_list_work, NULL, NULL);
+}
+
+void sv_api_image_import(sv_daemon *d, sv_ctl_req *req, json_t *params) {
+    const char *src = json_string_value(json_object_get(params, "source"));
+    if (!src || src[0] != '/') {
+        sv_ctl_reply_error(req, EINVAL, "\"source\" must be an absolute path");
+        return;
+    }
+    const char *name = name_param(req, params, "image");
+    if (!name)
+        return;
+    log_info("importing image %s from %s", name, src);
+    queue_image_job(d, req, image_import_work, src, name);
+}
+
+void sv_api_image_remove(sv_daemon *d, sv_ctl_req *req, json_t *params) {
+    const char *name = name_param(req, params, "image");
+    if (!name)
+        return;
+    _cleanup_free_ char *users = sv_registry_users_of_image(d->registry, name);
+    if (users) {
+        sv_ctl_reply_error(req, EBUSY, "image '%s' is the base of VM disks (%s); remove those VMs first", name, users);
+        return;
+    }
+    qv_error err = {0};
+    if (sv_image_remove(d->config, name, &err) < 0) {
+        sv_ctl_reply_qv_error(req, &err);
+        return;
+    }
+    log_info("removed image %s", name);
+    sv_ctl_reply(req, NULL);
+}
+
+/* ---- VMs ------------------------------------------------------------------- */
+
+static void create_done(int status, sv_vm *vm, const qv_error *err, void *userdata) {
+    sv_ctl_req *req = userdata;
+    if (status < 0) {
+        log_info("create failed: %s", err->msg);
+        sv_ctl_reply_qv_error(req, err);
+        return;
+    }
+    log_info("created VM %s (%s, %llu CPUs)", vm->name, vm->spec->image, (unsigned long long)vm->spec->cpus);
+    sv_ctl_reply(req, sv_vm_details(vm));
+}
+
+void sv_api_vm_create(sv_daemon *d, sv_ctl_req *req, json_t *params) {
+    qv_error err = {0};
+    sv_vmspec *spec = NULL;
+    json_t *specj = json_object_get(params, "spec");
+    if (sv_vmspec_from_json(specj ? specj : params, &spec, &err) < 0 || sv_vmspec_complete(spec, d->config, &err) < 0) {
+        sv_vmspec_free(spec);
+        sv_ctl_reply_qv_error(req, &err);
+        return;
+    }
+    if (sv_registry_create(d->registry, &d->loop, spec, create_done, req, &err) < 0) {
+        sv_vmspec_free(spec);
+        sv_ctl_reply_qv_error(req, &err);
+    }
+}
+
+void sv_api_vm_list(sv_daemon *d, sv_ctl_req *req, json_t *params) {
+    (void)params;
+    json_t *list = json_array();
+    for (sv_vm *vm = sv_registry_first(d->registry); vm; vm = vm->next)
+        json_array_append_new(list, sv_vm_summary(vm));
+    sv_ctl_reply(req, json_pack("{s:o}", "vms", list));
+}
+
+void sv_api_vm_show(sv_daemon *d, sv_ctl_req *req, json_t *params) {
+    const char *name = name_param(req, params, "VM");
+    if (!name)
+        return;
+    sv_vm *vm = sv_registry_find(d->registry, name);
+    if (!vm) {
+        sv_ctl_reply_error(req, ENOENT, "no VM named '%s'", name);
+        return;
+    }
+    sv_ctl_reply(req, sv_vm_details(vm));
+}
+
+void sv_api_vm_remove(sv_daemon *d, sv_ctl_req *req, json_t *params) {
+    const char *name = name_param(req, params, "VM");
+    if (!name)
+        return;
+    qv_error err = {0};
+    if (sv_registry_remove(d->registry, name, &err) < 0) {
+        sv_ctl_reply_qv_error(req, &err);
+        return;
+    }
+    log_info("removed VM %s and its disk", name);
+    sv_ctl_reply(req, NULL);
+}

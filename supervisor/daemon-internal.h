@@ -1,0 +1,38 @@
+/* The daemon's state, shared by daemon.c and the files that implement its
+ * control methods (api-*.c).  Not for other modules. */
+#pragma once
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <time.h>
+#include <uv.h>
+
+#include "supervisor/config.h"
+#include "supervisor/ctl.h"
+#include "supervisor/daemon.h"
+#include "supervisor/registry.h"
+
+typedef struct sv_daemon {
+    uv_loop_t loop;
+    const sv_daemon_options *opts;
+    sv_config *config;
+    sv_registry *registry;
+    sv_ctl_server *ctl;
+    uv_signal_t signals[3];
+    size_t n_signals;
+    int lock_fd;
+    uint64_t started_ms;
+    time_t started_wall;
+    bool stopping;
+} sv_daemon;
+
+typedef void (*method_fn)(sv_daemon *d, sv_ctl_req *req, json_t *params);
+
+/* api-vm.c */
+void sv_api_image_list(sv_daemon *d, sv_ctl_req *req, json_t *params);
+void sv_api_image_import(sv_daemon *d, sv_ctl_req *req, json_t *params);
+void sv_api_image_remove(sv_daemon *d, sv_ctl_req *req, json_t *params);
+void sv_api_vm_create(sv_daemon *d, sv_ctl_req *req, json_t *params);
+void sv_api_vm_list(sv_daemon *d, sv_ctl_req *req, json_t *params);
+void sv_api_vm_show(sv_daemon *d, sv_ctl_req *req, json_t *params);
+void sv_api_vm_remove(sv_daemon *d, sv_ctl_req *req, json_t *params);

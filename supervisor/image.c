@@ -1,0 +1,229 @@
+#include "image.h"
+
+#include "cleanup.h"
+#include "fileio.h"
+#include "util.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define IMAGE_SUFFIX ".qcow2"
+
+int sv_image_path(const sv_config *c, const char *name, char *buf, size_t size, qv_error *err) {
+    if (!qv_name_valid(name))
+        return qv_error_set(err, EINVAL,
+                            "'%s' is not a valid image name (lowercase letters, digits and '-', at most %d characters)",
+                            name, QV_NAME_MAX);
+    if ((size_t)snprintf(buf, size, "%s/%s" IMAGE_SUFFIX, c->images_dir, name) >= size)
+        return qv_error_set(err, ENAMETOOLONG, "image path too long");
+    return 0;
+}
+
+int sv_qemu_img(const sv_config *c, const char *const *args, qv_run_output_fn progress, void *userdata,
+                    qv_run_result *res, qv_error *err) {
+    char *argv[16];
+    size_t n = 0;
+    argv[n++] = c->qemu_img_binary;
+    for (size_t i = 0; args[i] && n < 15; i++)
+        argv[n++] = (char *)args[i]; /* exec does not write them */
+    argv[n] = NULL;
+    int r = qv_run(argv, 0, progress, userdata, res);
+    if (r == -ENOENT)
+        return qv_error_set(err, EOPNOTSUPP, "%s not found (install qemu-utils or set qemu.img_binary)",
+                            c->qemu_img_binary);
+    if (r < 0)
+        return qv_error_set(err, r, "cannot run %s: %s", c->qemu_img_binary, strerror(-r));
+    if (!qv_run_ok(res)) {
+        char how[128];
+        qv_run_describe(res, how, sizeof how);
+        char *msg = res->err;
+        size_t len = strlen(msg);
+        while (len && (msg[len - 1] == '\n' || msg[len - 1] == ' '))
+            msg[--len] = '\0';
+        qv_error_set(err, EIO, "qemu-img %s %s: %s", args[0], how, msg[0] ? msg : "(no message)");
+        qv_run_result_free(res);
+        return -EIO;
+    }
+    return 0;
+}
+
+int sv_qemu_img_info(const sv_config *c, const char *path, const char *format, json_t **ret, qv_error *err) {
+    const char *args[8] = {"info", "--output=json", "--force-share", NULL};
+    size_t n = 3;
+    if (format) {
+        args[n++] = "-f";
+        args[n++] = format;
+    }
+    args[n++] = path;
+    args[n] = NULL;
+    qv_run_result res;
+    int r = sv_qemu_img(c, args, NULL, NULL, &res, err);
+    if (r < 0)
+        return r;
+    json_error_t je;
+    json_t *j = json_loads(res.out, 0, &je);
+    qv_run_result_free(&res);
+    if (!json_is_object(j)) {
+        json_decref(j);
+        return qv_error_set(err, EPROTO, "qemu-img info printed no JSON for %s", path);
+    }
+    *ret = j;
+    return 0;
+}
+
+int sv_image_info(const sv_config *c, const char *name, json_t **ret, qv_error *err) {
+    char path[PATH_MAX];
+    int r = sv_image_path(c, name, path, sizeof path, err);
+    if (r < 0)
+        return r;
+    struct stat st;
+    if (stat(path, &st) < 0) {
+        if (errno == ENOENT)
+            return qv_error_set(err, ENOENT, "no image '%s' (see `qvisor image list`)", name);
+        return qv_error_set(err, errno, "%s: %s", path, strerror(errno));
+    }
+    json_t *info = NULL;
+    r = sv_qemu_img_info(c, path, "qcow2", &info, err);
+    if (r < 0)
+        return r;
+    json_t *backing = json_object_get(info, "full-backing-filename");
+    if (!backing)
+        backing = json_object_get(info, "backing-filename");
+    *ret = json_pack("{s:s, s:s, s:s, s:I, s:I, s:O?, s:I}", "name", name, "path", path, "format", "qcow2",
+                     "virtual_size", json_integer_value(json_object_get(info, "virtual-size")), "actual_size",
+                     json_integer_value(json_object_get(info, "actual-size")), "backing", backing, "modified",
+                     (json_int_t)st.st_mtime);
+    json_decref(info);
+    return *ret ? 0 : qv_error_set(err, ENOMEM, "out of memory");
+}
+
+static int cmp_names(const void *a, const void *b) {
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+int sv_image_list(const sv_config *c, json_t **ret, qv_error *err) {
+    _cleanup_closedir_ DIR *d = opendir(c->images_dir);
+    json_t *list = json_array();
+    if (!list)
+        return qv_error_set(err, ENOMEM, "out of memory");
+    if (!d) {
+        if (errno == ENOENT) {
+            *ret = list; /* no directory yet: no images */
+            return 0;
+        }
+        json_decref(list);
+        return qv_error_set(err, errno, "cannot read %s: %s", c->images_dir, strerror(errno));
+    }
+    char **names = NULL;
+    size_t n = 0;
+    for (struct dirent *e; (e = readdir(d));) {
+        size_t len = strlen(e->d_name), sl = strlen(IMAGE_SUFFIX);
+        if (len <= sl || strcmp(e->d_name + len - sl, IMAGE_SUFFIX) != 0)
+            continue;
+        char *name = strndup(e->d_name, len - sl);
+        if (!name || !qv_name_valid(name)) { /* temp files (".x.qcow2.partial") and strays */
+            free(name);
+            continue;
+        }
+        char **grown = realloc(names, (n + 1) * sizeof *names);
+        if (!grown) {
+            free(name);
+            break;
+        }
+        names = grown;
+        names[n++] = name;
+    }
+    qsort(names, n, sizeof *names, cmp_names);
+    int r = 0;
+    for (size_t i = 0; i < n; i++) {
+        json_t *info = NULL;
+        if (r == 0 && (r = sv_image_info(c, names[i], &info, err)) == 0)
+            json_array_append_new(list, info);
+        free(names[i]);
+    }
+    free(names);
+    if (r < 0) {
+        json_decref(list);
+        return r;
+    }
+    *ret = list;
+    return 0;
+}
+
+int sv_image_import(const sv_config *c, const char *src, const char *name, qv_run_output_fn progress,
+                    void *userdata, qv_error *err) {
+    char path[PATH_MAX], tmp[PATH_MAX];
+    int r = sv_image_path(c, name, path, sizeof path, err);
+    if (r < 0)
+        return r;
+    if (src[0] != '/')
+        return qv_error_set(err, EINVAL, "the source '%s' must be an absolute path", src);
+    struct stat st;
+    if (stat(src, &st) < 0)
+        return qv_error_set(err, errno == ENOENT ? ENOENT : errno, "cannot read %s: %s", src, strerror(errno));
+    if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode))
+        return qv_error_set(err, EINVAL, "%s is not a file or block device", src);
+    if (access(path, F_OK) == 0)
+        return qv_error_set(err, EEXIST, "an image named '%s' exists already (remove it first)", name);
+    r = qv_mkdir_p(c->images_dir, 0750);
+    if (r < 0)
+        return qv_error_set(err, r, "cannot create %s: %s", c->images_dir, strerror(-r));
+    snprintf(tmp, sizeof tmp, "%s/.%s" IMAGE_SUFFIX ".partial", c->images_dir, name);
+    unlink(tmp); /* a leftover of an interrupted import */
+
+    const char *args[] = {"convert", "-p", "-O", "qcow2", src, tmp, NULL};
+    qv_run_result res;
+    r = sv_qemu_img(c, args, progress, userdata, &res, err);
+    if (r < 0) {
+        unlink(tmp);
+        return r;
+    }
+    qv_run_result_free(&res);
+
+    json_t *info = NULL;
+    r = sv_qemu_img_info(c, tmp, "qcow2", &info, err);
+    json_decref(info);
+    if (r < 0) {
+        unlink(tmp);
+        return r;
+    }
+    _cleanup_close_ int fd = open(tmp, O_RDONLY | O_CLOEXEC);
+    if (fd < 0 || fsync(fd) < 0 || fchmod(fd, 0444) < 0) {
+        int e = errno;
+        unlink(tmp);
+        return qv_error_set(err, e, "cannot finish %s: %s", tmp, strerror(e));
+    }
+    /* link() instead of rename(): never replaces an image that appeared meanwhile */
+    if (link(tmp, path) < 0) {
+        int e = errno;
+        unlink(tmp);
+        if (e == EEXIST)
+            return qv_error_set(err, EEXIST, "an image named '%s' exists already", name);
+        return qv_error_set(err, e, "cannot create %s: %s", path, strerror(e));
+    }
+    unlink(tmp);
+    _cleanup_close_ int dfd = open(c->images_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd >= 0)
+        fsync(dfd);
+    return 0;
+}
+
+int sv_image_remove(const sv_config *c, const char *name, qv_error *err) {
+    char path[PATH_MAX];
+    int r = sv_image_path(c, name, path, sizeof path, err);
+    if (r < 0)
+        return r;
+    if (unlink(path) < 0) {
+        if (errno == ENOENT)
+            return qv_error_set(err, ENOENT, "no image '%s'", name);
+        return qv_error_set(err, errno, "cannot remove %s: %s", path, strerror(errno));
+    }
+    return 0;
+}

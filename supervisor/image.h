@@ -1,0 +1,37 @@
+/* Base images: IMAGES_DIR/NAME.qcow2, made read-only (0444) at import so
+ * they cannot change under the overlays that use them. */
+#pragma once
+
+#include <jansson.h>
+#include <stdint.h>
+
+#include "error.h"
+#include "run.h"
+#include "supervisor/config.h"
+
+/* IMAGES_DIR/NAME.qcow2 after validating NAME; -EINVAL (with err) otherwise. */
+int sv_image_path(const sv_config *c, const char *name, char *buf, size_t size, qv_error *err);
+
+/* `qemu-img info` of one image: {"name", "path", "format", "virtual_size",
+ * "actual_size", "backing" (or null), "modified" (unix time)}; -ENOENT when
+ * there is no such image.  New reference in *ret. */
+int sv_image_info(const sv_config *c, const char *name, json_t **ret, qv_error *err);
+/* Every image, sorted by name (array, new reference). */
+int sv_image_list(const sv_config *c, json_t **ret, qv_error *err);
+
+/* Converts SRC (any format qemu-img reads) into IMAGES_DIR/NAME.qcow2 via a
+ * temp file, fsyncs, renames, makes it read-only, and verifies it with
+ * `qemu-img info`.  progress (may be NULL) gets qemu-img's "(x.yz/100%)"
+ * output.  -EEXIST if NAME exists, -ENOENT if SRC does not. */
+int sv_image_import(const sv_config *c, const char *src, const char *name, qv_run_output_fn progress,
+                    void *userdata, qv_error *err);
+int sv_image_remove(const sv_config *c, const char *name, qv_error *err);
+
+/* Runs `qemu-img ARGS…` (args NULL-terminated).  0 when it exited 0, with
+ * *res to free; otherwise -EIO with err carrying what qemu-img printed, or
+ * -EOPNOTSUPP when qemu-img is missing. */
+int sv_qemu_img(const sv_config *c, const char *const *args, qv_run_output_fn progress, void *userdata,
+                qv_run_result *res, qv_error *err);
+
+/* `qemu-img info` of any file as JSON (format given, no probing when non-NULL). */
+int sv_qemu_img_info(const sv_config *c, const char *path, const char *format, json_t **ret, qv_error *err);

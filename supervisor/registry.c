@@ -1,0 +1,436 @@
+/* VM registry (see registry.h). */
+#include "registry.h"
+
+#include "cleanup.h"
+#include "fileio.h"
+#include "log.h"
+#include "qv-build.h"
+#include "util.h"
+#include "supervisor/image.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+struct sv_registry {
+    sv_config *config; /* own copy: paths do not change while the daemon runs */
+    sv_vm *vms;
+};
+
+static const char *const state_names[] = {
+    [SV_VM_CREATING] = "creating", [SV_VM_STOPPED] = "stopped",   [SV_VM_STARTING] = "starting",
+    [SV_VM_RUNNING] = "running",   [SV_VM_PAUSED] = "paused",     [SV_VM_STOPPING] = "stopping",
+    [SV_VM_CRASHED] = "crashed",   [SV_VM_REMOVING] = "removing",
+};
+
+const char *sv_vm_state_name(sv_vm_state s) {
+    return (unsigned)s < QV_ARRAY_SIZE(state_names) ? state_names[s] : "unknown";
+}
+
+static int state_from_name(const char *n) {
+    for (size_t i = 0; i < QV_ARRAY_SIZE(state_names); i++)
+        if (n && strcmp(state_names[i], n) == 0)
+            return (int)i;
+    return -1;
+}
+
+/* Test builds only: QVISOR_TEST_CRASH_AT=POINT kills the daemon there, to
+ * prove that every operation survives a crash at that point. */
+static void crash_point(const char *point) {
+#if QV_TEST_HOOKS
+    const char *want = getenv("QVISOR_TEST_CRASH_AT");
+    if (want && strcmp(want, point) == 0) {
+        log_warning("test hook: crashing at %s", point);
+        raise(SIGKILL);
+    }
+#else
+    (void)point;
+#endif
+}
+
+static void vm_free(sv_vm *vm) {
+    if (!vm)
+        return;
+    sv_vmspec_free(vm->spec);
+    free(vm->dir);
+    free(vm->last_exit);
+    free(vm);
+}
+
+static sv_vm *vm_new(const sv_registry *r, sv_vmspec *spec) {
+    sv_vm *vm = calloc(1, sizeof *vm);
+    if (!vm)
+        return NULL;
+    snprintf(vm->name, sizeof vm->name, "%s", spec->name);
+    vm->spec = spec;
+    if (asprintf(&vm->dir, "%s/%s", r->config->instances_dir, vm->name) < 0) {
+        vm->dir = NULL;
+        vm->spec = NULL;
+        vm_free(vm);
+        return NULL;
+    }
+    return vm;
+}
+
+static void link_vm(sv_registry *r, sv_vm *vm) {
+    /* keep the list sorted by name: listings come out in order */
+    sv_vm **p = &r->vms;
+    while (*p && strcmp((*p)->name, vm->name) < 0)
+        p = &(*p)->next;
+    vm->next = *p;
+    *p = vm;
+}
+
+static void unlink_vm(sv_registry *r, sv_vm *vm) {
+    for (sv_vm **p = &r->vms; *p; p = &(*p)->next)
+        if (*p == vm) {
+            *p = vm->next;
+            return;
+        }
+}
+
+sv_vm *sv_registry_find(sv_registry *r, const char *name) {
+    for (sv_vm *vm = r->vms; vm; vm = vm->next)
+        if (strcmp(vm->name, name) == 0)
+            return vm;
+    return NULL;
+}
+
+sv_vm *sv_registry_first(sv_registry *r) {
+    return r->vms;
+}
+
+char *sv_registry_users_of_image(sv_registry *r, const char *image) {
+    char *out = NULL;
+    size_t len = 0;
+    for (sv_vm *vm = r->vms; vm; vm = vm->next) {
+        if (strcmp(vm->spec->image, image) != 0)
+            continue;
+        char *grown = realloc(out, len + strlen(vm->name) + 3);
+        if (!grown)
+            break;
+        out = grown;
+        len += (size_t)sprintf(out + len, "%s%s", len ? ", " : "", vm->name);
+    }
+    return out;
+}
+
+/* ---- persistence ----------------------------------------------------------- */
+
+static json_t *state_json(const sv_vm *vm) {
+    return json_pack("{s:s, s:I, s:I, s:s?}", "state", sv_vm_state_name(vm->state), "created_at",
+                     (json_int_t)vm->created_at, "disk_size", (json_int_t)vm->disk_size, "last_exit", vm->last_exit);
+}
+
+static int write_json(const char *dir, const char *file, json_t *j, qv_error *err) {
+    char path[PATH_MAX];
+    snprintf(path, sizeof path, "%s/%s", dir, file);
+    _cleanup_free_ char *text = j ? json_dumps(j, JSON_INDENT(2) | JSON_PRESERVE_ORDER) : NULL;
+    if (!text)
+        return qv_error_set(err, ENOMEM, "out of memory");
+    size_t len = strlen(text);
+    text[len] = '\n'; /* room of the NUL; written length includes it */
+    int r = qv_write_file_atomic(path, text, len + 1, 0640);
+    if (r < 0)
+        return qv_error_set(err, r, "cannot write %s: %s", path, strerror(-r));
+    return 0;
+}
+
+static json_t *read_json(const char *dir, const char *file, qv_error *err) {
+    char path[PATH_MAX];
+    snprintf(path, sizeof path, "%s/%s", dir, file);
+    json_error_t je;
+    json_t *j = json_load_file(path, JSON_REJECT_DUPLICATES, &je);
+    if (!j)
+        qv_error_set(err, EBADMSG, "%s: %s", path, je.text);
+    return j;
+}
+
+static int load_vm(sv_registry *r, const char *name, qv_error *err) {
+    char dir[PATH_MAX];
+    snprintf(dir, sizeof dir, "%s/%s", r->config->instances_dir, name);
+    json_t *specj = read_json(dir, "spec.json", err);
+    if (!specj)
+        return -EBADMSG;
+    sv_vmspec *spec = NULL;
+    int rc = sv_vmspec_from_json(specj, &spec, err);
+    json_decref(specj);
+    if (rc < 0)
+        return rc;
+    if (!spec->name || strcmp(spec->name, name) != 0) {
+        sv_vmspec_free(spec);
+        return qv_error_set(err, EBADMSG, "%s/spec.json names another VM", dir);
+    }
+    sv_vm *vm = vm_new(r, spec);
+    if (!vm) {
+        sv_vmspec_free(spec);
+        return qv_error_set(err, ENOMEM, "out of memory");
+    }
+    json_t *st = read_json(dir, "state.json", err);
+    if (!st) {
+        vm_free(vm);
+        return -EBADMSG;
+    }
+    int s = state_from_name(json_string_value(json_object_get(st, "state")));
+    vm->state = s < 0 ? SV_VM_STOPPED : (sv_vm_state)s;
+    vm->created_at = json_integer_value(json_object_get(st, "created_at"));
+    vm->disk_size = (uint64_t)json_integer_value(json_object_get(st, "disk_size"));
+    const char *le = json_string_value(json_object_get(st, "last_exit"));
+    vm->last_exit = le ? strdup(le) : NULL;
+    json_decref(st);
+    link_vm(r, vm);
+    return 0;
+}
+
+int sv_registry_load(const sv_config *c, sv_registry **ret, int *cleaned, qv_error *err) {
+    sv_registry *r = calloc(1, sizeof *r);
+    if (!r || !(r->config = sv_config_dup(c))) {
+        free(r);
+        return qv_error_set(err, ENOMEM, "out of memory");
+    }
+    int n_cleaned = 0;
+    _cleanup_closedir_ DIR *d = opendir(c->instances_dir);
+    if (!d && errno != ENOENT) {
+        int e = errno;
+        sv_registry_free(r);
+        return qv_error_set(err, e, "cannot read %s: %s", c->instances_dir, strerror(e));
+    }
+    for (struct dirent *e; d && (e = readdir(d));) {
+        const char *n = e->d_name;
+        if (strcmp(n, ".") == 0 || strcmp(n, "..") == 0)
+            continue;
+        size_t len = strlen(n);
+        bool creating = len > 10 && n[0] == '.' && strcmp(n + len - 9, ".creating") == 0;
+        bool removing = len > 10 && n[0] == '.' && strcmp(n + len - 9, ".removing") == 0;
+        if (creating || removing) {
+            char path[PATH_MAX];
+            snprintf(path, sizeof path, "%s/%s", c->instances_dir, n);
+            log_info("removing %s left by an interrupted %s", path, creating ? "create" : "remove");
+            qv_rm_rf(path);
+            n_cleaned++;
+            continue;
+        }
+        if (!qv_name_valid(n))
+            continue;
+        qv_error e2 = {0};
+        if (load_vm(r, n, &e2) < 0)
+            log_error("VM %s is not loaded: %s", n, e2.msg);
+    }
+    if (cleaned)
+        *cleaned = n_cleaned;
+    *ret = r;
+    return 0;
+}
+
+void sv_registry_free(sv_registry *r) {
+    if (!r)
+        return;
+    while (r->vms) {
+        sv_vm *vm = r->vms;
+        r->vms = vm->next;
+        vm_free(vm);
+    }
+    sv_config_free(r->config);
+    free(r);
+}
+
+/* ---- create ------------------------------------------------------------------ */
+
+typedef struct create_job {
+    uv_work_t work;
+    sv_registry *registry;
+    sv_vm *vm;
+    sv_config *config; /* copy for the worker thread */
+    sv_registry_done_fn done;
+    void *userdata;
+    int status;
+    qv_error err;
+} create_job;
+
+/* Worker thread: everything that touches the disk. */
+static void create_work(uv_work_t *w) {
+    create_job *job = w->data;
+    sv_vm *vm = job->vm;
+    const sv_config *c = job->config;
+    qv_error *err = &job->err;
+    char tmp[PATH_MAX], base[PATH_MAX], disk[PATH_MAX + 16];
+    int dfd = -1;
+    snprintf(tmp, sizeof tmp, "%s/.%s.creating", c->instances_dir, vm->name);
+
+    int r = sv_image_path(c, vm->spec->image, base, sizeof base, err);
+    if (r < 0)
+        goto fail;
+    json_t *info = NULL;
+    r = sv_image_info(c, vm->spec->image, &info, err);
+    if (r < 0)
+        goto fail;
+    uint64_t base_size = (uint64_t)json_integer_value(json_object_get(info, "virtual_size"));
+    json_decref(info);
+    if (vm->spec->disk < base_size) {
+        char want[32], have[32];
+        qv_format_size(vm->spec->disk, want, sizeof want);
+        qv_format_size(base_size, have, sizeof have);
+        r = qv_error_set(err, EINVAL, "disk %s is smaller than image '%s' (%s); a disk cannot shrink below its image",
+                         want, vm->spec->image, have);
+        goto fail;
+    }
+    r = qv_mkdir_p(c->instances_dir, 0750);
+    if (r >= 0) {
+        qv_rm_rf(tmp);
+        r = mkdir(tmp, 0750) < 0 ? -errno : 0;
+    }
+    if (r < 0) {
+        qv_error_set(err, r, "cannot create %s: %s", tmp, strerror(-r));
+        goto fail;
+    }
+    snprintf(disk, sizeof disk, "%s/disk.qcow2", tmp);
+    char size[32];
+    snprintf(size, sizeof size, "%llu", (unsigned long long)vm->spec->disk);
+    const char *args[] = {"create", "-q", "-f", "qcow2", "-b", base, "-F", "qcow2", disk, size, NULL};
+    qv_run_result res;
+    r = sv_qemu_img(c, args, NULL, NULL, &res, err);
+    if (r < 0)
+        goto fail_tmp;
+    qv_run_result_free(&res);
+    crash_point("create-after-disk");
+
+    vm->disk_size = vm->spec->disk;
+    vm->created_at = (int64_t)time(NULL);
+    vm->state = SV_VM_STOPPED;
+    json_t *specj = sv_vmspec_to_json(vm->spec);
+    r = write_json(tmp, "spec.json", specj, err);
+    json_decref(specj);
+    if (r < 0)
+        goto fail_tmp;
+    json_t *st = state_json(vm);
+    r = write_json(tmp, "state.json", st, err);
+    json_decref(st);
+    if (r < 0)
+        goto fail_tmp;
+    crash_point("create-before-rename");
+    if (rename(tmp, vm->dir) < 0) {
+        r = qv_error_set(err, errno, "cannot move %s into place: %s", tmp, strerror(errno));
+        goto fail_tmp;
+    }
+    dfd = open(c->instances_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd >= 0) {
+        fsync(dfd);
+        close(dfd);
+    }
+    job->status = 0;
+    return;
+
+fail_tmp:
+    qv_rm_rf(tmp);
+fail:
+    job->status = r < 0 ? r : -EIO;
+}
+
+static void create_after(uv_work_t *w, int status) {
+    create_job *job = w->data;
+    sv_vm *vm = job->vm;
+    if (status < 0 && job->status == 0)
+        job->status = qv_error_set(&job->err, -status, "create was cancelled");
+    if (job->status < 0) {
+        unlink_vm(job->registry, vm);
+        job->done(job->status, NULL, &job->err, job->userdata);
+        vm_free(vm);
+    } else {
+        job->done(0, vm, NULL, job->userdata);
+    }
+    sv_config_free(job->config);
+    free(job);
+}
+
+int sv_registry_create(sv_registry *r, uv_loop_t *loop, sv_vmspec *spec, sv_registry_done_fn done, void *userdata,
+                       qv_error *err) {
+    if (sv_registry_find(r, spec->name))
+        return qv_error_set(err, EEXIST, "a VM named '%s' exists already", spec->name);
+    char base[PATH_MAX];
+    int rc = sv_image_path(r->config, spec->image, base, sizeof base, err);
+    if (rc < 0)
+        return rc;
+    if (access(base, F_OK) < 0)
+        return qv_error_set(err, ENOENT, "no image '%s' (see `qvisor image list`)", spec->image);
+    create_job *job = calloc(1, sizeof *job);
+    sv_vm *vm = job ? vm_new(r, spec) : NULL;
+    if (!vm || !(job->config = sv_config_dup(r->config))) {
+        if (vm)
+            vm->spec = NULL;
+        vm_free(vm);
+        free(job);
+        return qv_error_set(err, ENOMEM, "out of memory");
+    }
+    vm->state = SV_VM_CREATING;
+    link_vm(r, vm);
+    job->registry = r;
+    job->vm = vm;
+    job->done = done;
+    job->userdata = userdata;
+    job->work.data = job;
+    rc = uv_queue_work(loop, &job->work, create_work, create_after);
+    if (rc < 0) {
+        unlink_vm(r, vm);
+        vm->spec = NULL; /* still the caller's */
+        vm_free(vm);
+        sv_config_free(job->config);
+        free(job);
+        return qv_error_set(err, -rc, "cannot queue the create: %s", uv_strerror(rc));
+    }
+    return 0;
+}
+
+/* ---- remove ----------------------------------------------------------------- */
+
+int sv_registry_remove(sv_registry *r, const char *name, qv_error *err) {
+    sv_vm *vm = sv_registry_find(r, name);
+    if (!vm)
+        return qv_error_set(err, ENOENT, "no VM named '%s'", name);
+    if (vm->state != SV_VM_STOPPED && vm->state != SV_VM_CRASHED)
+        return qv_error_set(err, EBUSY, "VM '%s' is %s; stop it first", name, sv_vm_state_name(vm->state));
+    char tmp[PATH_MAX];
+    snprintf(tmp, sizeof tmp, "%s/.%s.removing", r->config->instances_dir, name);
+    qv_rm_rf(tmp);
+    if (rename(vm->dir, tmp) < 0 && errno != ENOENT)
+        return qv_error_set(err, errno, "cannot remove %s: %s", vm->dir, strerror(errno));
+    crash_point("remove-after-rename");
+    int rc = qv_rm_rf(tmp);
+    if (rc < 0)
+        log_warning("could not remove all of %s: %s (cleaned at the next start)", tmp, strerror(-rc));
+    unlink_vm(r, vm);
+    vm_free(vm);
+    return 0;
+}
+
+/* ---- views ------------------------------------------------------------------- */
+
+json_t *sv_vm_summary(const sv_vm *vm) {
+    char disk[PATH_MAX];
+    snprintf(disk, sizeof disk, "%s/disk.qcow2", vm->dir);
+    return json_pack("{s:s, s:s, s:s, s:I, s:I, s:I, s:s, s:n, s:n, s:[], s:n}", "name", vm->name, "state",
+                     sv_vm_state_name(vm->state), "image", vm->spec->image, "cpus", (json_int_t)vm->spec->cpus,
+                     "memory", (json_int_t)vm->spec->memory, "disk_size", (json_int_t)vm->disk_size, "disk", disk,
+                     "pid", "ip", "gpus", "uptime_s");
+}
+
+json_t *sv_vm_details(const sv_vm *vm) {
+    json_t *j = sv_vm_summary(vm);
+    char p[PATH_MAX];
+    json_object_set_new(j, "spec", sv_vmspec_to_json(vm->spec));
+    json_object_set_new(j, "dir", json_string(vm->dir));
+    snprintf(p, sizeof p, "%s/qemu.log", vm->dir);
+    json_object_set_new(j, "qemu_log", json_string(p));
+    snprintf(p, sizeof p, "%s/serial.log", vm->dir);
+    json_object_set_new(j, "serial_log", json_string(p));
+    json_object_set_new(j, "created_at", json_integer((json_int_t)vm->created_at));
+    json_object_set_new(j, "last_exit", vm->last_exit ? json_string(vm->last_exit) : json_null());
+    return j;
+}
