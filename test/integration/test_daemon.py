@@ -31,11 +31,12 @@ class Usage(unittest.TestCase):
         p = self.run_q("--help")
         self.assertEqual(p.returncode, 0)
         for word in ("Exit codes:", "  64  usage", "  78  invalid configuration", "daemon", "config",
-                     "vm", "image", "gpu", "node"):
+                     "vm", "image", "gpu", "node", "gpu        PCI display devices for passthrough (no verbs"):
             self.assertIn(word, p.stdout)
 
     def test_help_on_every_level(self):
-        for args in (["vm", "--help"], ["config", "--help"], ["config", "check", "--help"],
+        for args in (["vm", "--help"], ["vm", "create", "--help"], ["vm", "list", "--help"],
+                     ["image", "import", "--help"], ["gpu", "--help"], ["config", "--help"], ["config", "check", "--help"],
                      ["config", "show", "--help"], ["config", "reload", "--help"], ["daemon", "--help"],
                      ["version", "--help"], ["image", "help"]):
             p = self.run_q(*args)
@@ -46,8 +47,10 @@ class Usage(unittest.TestCase):
         for args, needle in (([], "Usage: qvisor"),
                              (["frobnicate"], "unknown command 'frobnicate'"),
                              (["config", "frob"], "unknown verb 'frob' for 'config'"),
-                             (["vm", "list"], "unknown verb 'list' for 'vm'"),
+                             (["vm", "frob"], "unknown verb 'frob' for 'vm'"),
+                             (["gpu", "list"], "unknown verb 'list' for 'gpu'"),
                              (["vm"], "Usage: qvisor vm"),
+                             (["vm", "create", "x", "--image"], "requires an argument"),
                              (["--no-such-option", "version"], "unrecognized option"),
                              (["config", "check", "--bogus"], "unrecognized option"),
                              (["config", "check", "a", "b"], "at most one PATH"),
