@@ -1,0 +1,34 @@
+/* QEMU processes: spawned detached (own session, so they outlive the
+ * daemon), with exactly the fds we name, watched and signalled through
+ * pidfds, and recognised again after a daemon restart by identity (command
+ * line and start time), never by a bare pid. */
+#pragma once
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "error.h"
+
+/* Spawns argv[0] (PATH lookup) in a new session: stdin /dev/null, stdout
+ * and stderr appended to log_fd, and fds[i] mapped to fd 3+i in the child;
+ * nothing else is inherited.  An exec failure comes back over a CLOEXEC
+ * pipe (EOF means the exec worked) as -errno with err set.  The child is
+ * ours (reap it with waitpid).  *ret_pidfd is a pidfd for it (O_CLOEXEC). */
+int sv_proc_spawn(char *const argv[], int log_fd, const int *fds, size_t n_fds, pid_t *ret_pid, int *ret_pidfd,
+                  qv_error *err);
+
+/* pidfd_open(); -errno (-ESRCH: no such process). */
+int sv_pidfd_open(pid_t pid);
+/* pidfd_send_signal(): signals exactly the process the pidfd refers to. */
+int sv_pidfd_signal(int pidfd, int sig);
+
+/* Field 22 of /proc/PID/stat (start time in clock ticks since boot), read
+ * through the sysfs/procfs root. */
+int sv_proc_start_time(pid_t pid, uint64_t *ret);
+
+/* True when PID is alive, started at start_time, and its command line
+ * carries "-name guest=NAME,…" and "-pidfile PIDFILE": then it is the QEMU we
+ * started for that VM.  Anything else (pid reused, another program) is
+ * false, and must never be signalled. */
+bool sv_proc_is_our_qemu(pid_t pid, uint64_t start_time, const char *vm_name, const char *pidfile);
