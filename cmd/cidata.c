@@ -16,7 +16,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-int cmd_cidata(qv_cli *cli, int argc, char **argv);
 
 static const char cidata_usage[] =
     "Usage: qvisor cidata -o SEED.ISO [OPTIONS]\n"

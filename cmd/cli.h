@@ -67,3 +67,4 @@ int cmd_vm_create(qv_cli *cli, int argc, char **argv);
 int cmd_vm_list(qv_cli *cli, int argc, char **argv);
 int cmd_vm_show(qv_cli *cli, int argc, char **argv);
 int cmd_vm_rm(qv_cli *cli, int argc, char **argv);
+int cmd_cidata(qv_cli *cli, int argc, char **argv);
