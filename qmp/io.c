@@ -1,0 +1,434 @@
+/* Stream wrapper, deadline heap and message helpers shared by the QMP and
+ * guest-agent clients. */
+#include "qmp-internal.h"
+
+#include "cleanup.h"
+#include "log.h"
+
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+/* ---- Deadline heap ---- */
+
+void qmp__tnode_init(qmp__tnode *node) {
+    *node = (qmp__tnode){.idx = SIZE_MAX};
+}
+
+static bool tnode_before(const qmp__tnode *a, const qmp__tnode *b) {
+    return a->deadline != b->deadline ? a->deadline < b->deadline : a->seq < b->seq;
+}
+
+static void heap_set(qmp__timeq *q, size_t i, qmp__tnode *node) {
+    q->v[i] = node;
+    node->idx = i;
+}
+
+static void heap_up(qmp__timeq *q, size_t i) {
+    qmp__tnode *node = q->v[i];
+    while (i > 0) {
+        size_t parent = (i - 1) / 2;
+        if (!tnode_before(node, q->v[parent]))
+            break;
+        heap_set(q, i, q->v[parent]);
+        i = parent;
+    }
+    heap_set(q, i, node);
+}
+
+static void heap_down(qmp__timeq *q, size_t i) {
+    qmp__tnode *node = q->v[i];
+    for (;;) {
+        size_t child = 2 * i + 1;
+        if (child >= q->n)
+            break;
+        if (child + 1 < q->n && tnode_before(q->v[child + 1], q->v[child]))
+            child++;
+        if (!tnode_before(q->v[child], node))
+            break;
+        heap_set(q, i, q->v[child]);
+        i = child;
+    }
+    heap_set(q, i, node);
+}
+
+int qmp__timeq_push(qmp__timeq *q, qmp__tnode *node, uint64_t deadline) {
+    if (q->n == q->cap) {
+        size_t cap = q->cap ? q->cap * 2 : 16;
+        qmp__tnode **v = realloc(q->v, cap * sizeof *v);
+        if (!v)
+            return -ENOMEM;
+        q->v = v;
+        q->cap = cap;
+    }
+    node->deadline = deadline;
+    node->seq = q->seq++;
+    heap_set(q, q->n++, node);
+    heap_up(q, node->idx);
+    return 0;
+}
+
+void qmp__timeq_remove(qmp__timeq *q, qmp__tnode *node) {
+    size_t i = node->idx;
+    if (i == SIZE_MAX)
+        return;
+    node->idx = SIZE_MAX;
+    q->n--;
+    if (i == q->n)
+        return;
+    heap_set(q, i, q->v[q->n]);
+    if (i > 0 && tnode_before(q->v[i], q->v[(i - 1) / 2]))
+        heap_up(q, i);
+    else
+        heap_down(q, i);
+}
+
+qmp__tnode *qmp__timeq_top(const qmp__timeq *q) {
+    return q->n ? q->v[0] : NULL;
+}
+
+void qmp__timeq_free(qmp__timeq *q) {
+    for (size_t i = 0; i < q->n; i++)
+        q->v[i]->idx = SIZE_MAX;
+    free(q->v);
+    *q = (qmp__timeq){0};
+}
+
+/* ---- Stream wrapper ---- */
+
+typedef struct io_write {
+    uv_write_t req;
+    char *data;
+    qmp__write_done done;
+    uint64_t tag;
+} io_write;
+
+static char ff_byte[1] = {(char)0xFF};
+static char newline[1] = {'\n'};
+
+static void io_maybe_free(qmp__io *io) {
+    if (io->released && io->open_handles == 0)
+        io->ops->on_free(io);
+}
+
+static void io_handle_closed(uv_handle_t *h) {
+    qmp__io *io = h->data;
+    io->open_handles--;
+    io_maybe_free(io);
+}
+
+int qmp__io_init(qmp__io *io, uv_loop_t *loop, const qmp__io_ops *ops) {
+    io->loop = loop;
+    io->ops = ops;
+    int r = uv_pipe_init(loop, &io->pipe, 0);
+    if (r < 0)
+        return r;
+    r = uv_timer_init(loop, &io->timer);
+    if (r < 0) {
+        io->pipe.data = io;
+        io->open_handles = 1;
+        io->shut = true;
+        uv_close((uv_handle_t *)&io->pipe, io_handle_closed);
+        return r;
+    }
+    io->pipe.data = io;
+    io->timer.data = io;
+    io->connect_req.data = io;
+    io->open_handles = 2;
+    return 0;
+}
+
+static void io_connect_cb(uv_connect_t *req, int status) {
+    qmp__io *io = req->data;
+    if (status == UV_ECANCELED || io->shut)
+        return;
+    io->ops->on_connect(io, status);
+}
+
+int qmp__io_connect(qmp__io *io, const char *path) {
+    struct sockaddr_un sa;
+    if (!path || !*path)
+        return -EINVAL;
+    if (strlen(path) >= sizeof sa.sun_path)
+        return -ENAMETOOLONG;
+    uv_pipe_connect(&io->connect_req, &io->pipe, path, io_connect_cb);
+    return 0;
+}
+
+int qmp__io_open(qmp__io *io, int fd) {
+    if (fd < 0)
+        return -EBADF;
+    int flags = fcntl(fd, F_GETFD);
+    int fl = fcntl(fd, F_GETFL);
+    if (flags < 0 || fl < 0)
+        return -errno;
+    /* uv_read_start() can only fail on a stream that is not readable:
+     * refuse such an fd here, while it is still the caller's. */
+    if ((fl & O_ACCMODE) != O_RDWR)
+        return -EINVAL;
+    int type = 0;
+    socklen_t len = sizeof type;
+    if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) < 0)
+        return -errno;
+    if (type != SOCK_STREAM)
+        return -EINVAL;
+    int r = uv_pipe_open(&io->pipe, fd);
+    if (r < 0)
+        return r;
+    if (!(flags & FD_CLOEXEC))
+        (void)fcntl(fd, F_SETFD, flags | FD_CLOEXEC);
+    return 0;
+}
+
+static void io_alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
+    (void)suggested;
+    qmp__io *io = h->data;
+    *buf = uv_buf_init(io->rbuf, sizeof io->rbuf);
+}
+
+static void io_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
+    qmp__io *io = s->data;
+    if (io->shut)
+        return;
+    if (nread > 0)
+        io->ops->on_data(io, buf->base, (size_t)nread);
+    else if (nread < 0)
+        io->ops->on_read_error(io, (int)nread);
+}
+
+int qmp__io_start_read(qmp__io *io) {
+    return uv_read_start((uv_stream_t *)&io->pipe, io_alloc_cb, io_read_cb);
+}
+
+static void io_write_cb(uv_write_t *req, int status) {
+    io_write *w = qmp__container_of(req, io_write, req);
+    qmp__io *io = req->data;
+    if (w->done)
+        w->done(io, status, w->tag);
+    if (status < 0 && status != UV_ECANCELED && !io->shut)
+        io->ops->on_write_error(io, status);
+    free(w->data);
+    free(w);
+}
+
+int qmp__io_write_line(qmp__io *io, bool ff_prefix, char *data, size_t len, qmp__write_done done,
+                       uint64_t tag) {
+    _cleanup_free_ char *owned = data;
+    if (io->shut)
+        return -ENOTCONN;
+    io_write *w = malloc(sizeof *w);
+    if (!w)
+        return -ENOMEM;
+    uv_buf_t bufs[3];
+    unsigned n = 0;
+    if (ff_prefix)
+        bufs[n++] = uv_buf_init(ff_byte, 1);
+    bufs[n++] = uv_buf_init(owned, (unsigned)len);
+    bufs[n++] = uv_buf_init(newline, 1);
+
+    /* Write at once when nothing is queued: no request, and none of the
+     * epoll_ctl() that libuv does per completed uv_write().  A caller that
+     * wants a completion gets it from a request, never synchronously. */
+    if (!done) {
+        size_t total = len + 1 + (ff_prefix ? 1 : 0);
+        int r = uv_try_write((uv_stream_t *)&io->pipe, bufs, n);
+        if (r >= 0 && (size_t)r == total) {
+            free(w);
+            return 0;
+        }
+        if (r > 0) {
+            /* Queue what is left, in order. */
+            size_t skip = (size_t)r;
+            unsigned first = 0;
+            while (skip >= bufs[first].len)
+                skip -= bufs[first++].len;
+            bufs[first].base += skip;
+            bufs[first].len -= skip;
+            memmove(bufs, bufs + first, (n - first) * sizeof *bufs);
+            n -= first;
+        }
+        /* UV_EAGAIN, or an error that uv_write() reports through its
+         * callback like any other write failure. */
+    }
+    *w = (io_write){.data = owned, .done = done, .tag = tag};
+    w->req.data = io;
+    int r = uv_write(&w->req, (uv_stream_t *)&io->pipe, bufs, n, io_write_cb);
+    if (r < 0) {
+        free(w);
+        return r;
+    }
+    TAKE_PTR(owned);
+    return 0;
+}
+
+static void io_timer_cb(uv_timer_t *t) {
+    qmp__io *io = t->data;
+    io->timer_armed = false;
+    if (!io->shut)
+        io->ops->on_timer(io);
+}
+
+void qmp__io_timer_at(qmp__io *io, uint64_t deadline) {
+    if (io->shut)
+        return;
+    if (deadline == 0) {
+        if (io->timer_armed) {
+            uv_timer_stop(&io->timer);
+            io->timer_armed = false;
+        }
+        return;
+    }
+    if (io->timer_armed && io->timer_deadline == deadline)
+        return;
+    uint64_t now = uv_now(io->loop);
+    uv_timer_start(&io->timer, io_timer_cb, deadline > now ? deadline - now : 0, 0);
+    io->timer_armed = true;
+    io->timer_deadline = deadline;
+}
+
+void qmp__io_shutdown(qmp__io *io) {
+    if (io->shut)
+        return;
+    io->shut = true;
+    io->timer_armed = false;
+    uv_read_stop((uv_stream_t *)&io->pipe);
+    uv_close((uv_handle_t *)&io->pipe, io_handle_closed);
+    uv_close((uv_handle_t *)&io->timer, io_handle_closed);
+}
+
+void qmp__io_release(qmp__io *io) {
+    io->released = true;
+    qmp__io_shutdown(io);
+    io_maybe_free(io);
+}
+
+uint64_t qmp__io_now(qmp__io *io) {
+    uv_update_time(io->loop);
+    return uv_now(io->loop);
+}
+
+/* ---- Message helpers ---- */
+
+int qmp__build_command(const char *command, json_t *args, uint64_t id, char **ret, size_t *ret_len) {
+    if (!command || !*command || (args && !json_is_object(args)) || id > (uint64_t)INT64_MAX)
+        return -EINVAL;
+    json_t *msg = json_object();
+    if (!msg)
+        return -ENOMEM;
+    int r = json_object_set_new(msg, "execute", json_string(command));
+    if (r == 0 && args)
+        r = json_object_set(msg, "arguments", args);
+    if (r == 0)
+        r = json_object_set_new(msg, "id", json_integer((json_int_t)id));
+    char *s = r == 0 ? json_dumps(msg, JSON_COMPACT) : NULL;
+    json_decref(msg);
+    if (!s)
+        /* json_string() refuses invalid UTF-8, which is a caller error. */
+        return r == 0 ? -ENOMEM : -EINVAL;
+    *ret_len = strlen(s);
+    *ret = s;
+    return 0;
+}
+
+bool qmp__blank(const char *line, size_t len) {
+    for (size_t i = 0; i < len; i++)
+        if (line[i] != ' ' && line[i] != '\t' && line[i] != '\r' && line[i] != '\n')
+            return false;
+    return true;
+}
+
+json_t *qmp__parse_object(const char *line, size_t len) {
+    json_error_t jerr;
+    json_t *v = json_loadb(line, len, 0, &jerr);
+    if (!v) {
+        log_debug("qmp: invalid JSON: %s", jerr.text);
+        return NULL;
+    }
+    if (!json_is_object(v)) {
+        json_decref(v);
+        return NULL;
+    }
+    return v;
+}
+
+int qmp__parse_error(json_t *error, qmp_error *ret) {
+    json_t *cls = json_object_get(error, "class");
+    json_t *desc = json_object_get(error, "desc");
+    if (!json_is_object(error) || !json_is_string(cls) || !json_is_string(desc))
+        return -EPROTO;
+    *ret = (qmp_error){.error_class = json_string_value(cls), .desc = json_string_value(desc)};
+    return 0;
+}
+
+bool qmp__get_id(json_t *msg, uint64_t *ret) {
+    json_t *id = json_object_get(msg, "id");
+    if (!json_is_integer(id) || json_integer_value(id) < 0)
+        return false;
+    *ret = (uint64_t)json_integer_value(id);
+    return true;
+}
+
+int qmp__map_stream_error(int uv_status) {
+    switch (uv_status) {
+    case UV_EOF:
+    case UV_ECONNRESET:
+    case UV_EPIPE:
+        return QMP_EDISCONNECTED;
+    default:
+        return uv_status < 0 ? uv_status : -EIO;
+    }
+}
+
+uint64_t qmp__random_id(void) {
+    uint64_t v = 0;
+    if (getrandom(&v, sizeof v, GRND_NONBLOCK) != (ssize_t)sizeof v) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        v = ((uint64_t)ts.tv_nsec << 20) ^ (uint64_t)ts.tv_sec ^ ((uint64_t)getpid() << 40) ^ (uintptr_t)&v;
+        v *= 0x9E3779B97F4A7C15ull;
+    }
+    v &= (1ull << 53) - 1;
+    return v ? v : 1;
+}
+
+/* ---- Listening socket for QEMU ---- */
+
+int qmp_listen_socket(const char *path, int *ret_fd) {
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    if (!path || !*path || !ret_fd)
+        return -EINVAL;
+    if (strlen(path) >= sizeof sa.sun_path)
+        return -ENAMETOOLONG;
+    memcpy(sa.sun_path, path, strlen(path) + 1);
+
+    struct stat st;
+    if (lstat(path, &st) == 0) {
+        if (!S_ISSOCK(st.st_mode))
+            return -EEXIST;
+        /* A socket left by an earlier run: nobody can be listening on it
+         * that we want to keep, the path belongs to this VM. */
+        if (unlink(path) < 0 && errno != ENOENT)
+            return -errno;
+    } else if (errno != ENOENT) {
+        return -errno;
+    }
+
+    _cleanup_close_ int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -errno;
+    if (bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0)
+        return -errno;
+    if (chmod(path, 0600) < 0 || listen(fd, 4) < 0) {
+        int r = -errno;
+        unlink(path);
+        return r;
+    }
+    *ret_fd = TAKE_FD(fd);
+    return 0;
+}

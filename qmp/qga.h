@@ -1,0 +1,81 @@
+/* Guest-agent (qemu-guest-agent) client.
+ *
+ * Same framing as QMP (qmp.h) but no greeting and no session: replies left
+ * over from an earlier client (or from a command of ours that timed out) may
+ * be waiting in the channel.  Before each exchange series, that is whenever
+ * the client starts working after being idle and after any timeout or
+ * garbage, it resynchronises: it sends a 0xFF byte (which resets the agent's
+ * JSON parser) and `guest-sync-delimited` with a random id, skips every byte
+ * up to the agent's 0xFF marker and every stale reply, and goes on once the
+ * reply carrying its id arrives.
+ *
+ * Commands run one at a time, in the order sent.  Status codes, callback
+ * rules and JSON ownership are those of qmp.h (QMP_E*); in addition a reply
+ * the client cannot parse fails only the command in flight (QMP_EPROTO) and
+ * forces a resync; the connection stays up.  A timeout (QMP_ETIMEDOUT) runs
+ * from qga_send() and covers the resync too. */
+#pragma once
+
+#include "qmp.h"
+
+typedef struct qga_conn qga_conn;
+
+/* Lost connection: EOF (QMP_EDISCONNECTED), failed connect or write.
+ * Called exactly once, after every pending command was completed. */
+typedef void (*qga_disconnect_cb)(qga_conn *conn, int status, void *userdata);
+
+/* Like qmp_reply_cb. */
+typedef void (*qga_reply_cb)(qga_conn *conn, int status, json_t *result, const qmp_error *err,
+                             void *userdata);
+
+typedef struct qga_options {
+    qga_disconnect_cb on_disconnect; /* may be NULL */
+    void *userdata;
+} qga_options;
+
+/* Connects to the agent's socket (the chardev of the virtserialport
+ * org.qemu.guest_agent.0, or `qemu-ga -m unix-listen`).  As qmp_connect(). */
+int qga_connect(uv_loop_t *loop, const char *path, const qga_options *opts, qga_conn **ret_conn);
+/* As qmp_open_fd(): owns fd on success only. */
+int qga_open_fd(uv_loop_t *loop, int fd, const qga_options *opts, qga_conn **ret_conn);
+/* As qmp_close(): pending commands complete with QMP_ECANCELED first. */
+void qga_close(qga_conn *conn);
+
+/* Queues {"execute": command, "arguments": args, "id": N}.  As qmp_send(). */
+int qga_send(qga_conn *conn, const char *command, json_t *args, uint64_t timeout_ms, qga_reply_cb cb,
+             void *userdata);
+
+/* guest-ping. */
+int qga_ping(qga_conn *conn, uint64_t timeout_ms, qga_reply_cb cb, void *userdata);
+
+/* guest-info: the agent's version; `result` is the whole reply (borrowed),
+ * with "supported_commands". */
+typedef void (*qga_info_cb)(qga_conn *conn, int status, const char *version, json_t *result,
+                            const qmp_error *err, void *userdata);
+int qga_info(qga_conn *conn, uint64_t timeout_ms, qga_info_cb cb, void *userdata);
+
+/* guest-network-get-interfaces, parsed.  Everything is borrowed for the
+ * duration of the callback. */
+typedef struct qga_ip_address {
+    int family;          /* AF_INET or AF_INET6 */
+    const char *address; /* "192.0.2.2", "fe80::1" */
+    unsigned prefix;     /* 0..32 or 0..128 */
+} qga_ip_address;
+
+typedef struct qga_interface {
+    const char *name;
+    const char *mac; /* "52:54:00:12:34:56"; NULL when the agent gave none */
+    const qga_ip_address *addrs;
+    size_t n_addrs;
+} qga_interface;
+
+typedef void (*qga_interfaces_cb)(qga_conn *conn, int status, const qga_interface *ifaces, size_t n_ifaces,
+                                  const qmp_error *err, void *userdata);
+int qga_network_get_interfaces(qga_conn *conn, uint64_t timeout_ms, qga_interfaces_cb cb, void *userdata);
+
+/* guest-shutdown, mode "powerdown", "reboot" or "halt" (NULL: the agent's
+ * default, powerdown).  The agent sends no reply on success, so `cb` gets 0
+ * once the request was written; whether the guest stops must be watched
+ * elsewhere (QMP SHUTDOWN event, process exit).  An error the agent might
+ * send is skipped by the next resync. */
+int qga_shutdown(qga_conn *conn, const char *mode, uint64_t timeout_ms, qga_reply_cb cb, void *userdata);

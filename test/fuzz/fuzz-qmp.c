@@ -1,0 +1,171 @@
+/* libFuzzer target for the QMP and guest-agent receive paths: framing
+ * (linebuf), JSON parsing, message classification, id matching, the agent's
+ * 0xFF resynchronisation and the helpers' reply parsers.
+ *
+ * Input: byte 0 selects the client and options, byte 1 the read chunking,
+ * the rest is what the peer "sent".  Each run builds a fresh loop and
+ * client on a socketpair, so nothing carries over between inputs. */
+#include "qmp/qmp-internal.h"
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+typedef struct state {
+    void *conn;
+    bool close_in_callback;
+    int calls;
+} state;
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+static void qmp_close_maybe(state *s, qmp_conn *c) {
+    s->calls++;
+    if (s->close_in_callback && s->calls == 2)
+        qmp_close(c);
+}
+
+static void q_ready(qmp_conn *c, void *ud) {
+    qmp_close_maybe(ud, c);
+}
+static void q_event(qmp_conn *c, const char *name, json_t *data, const qmp_timestamp *ts, void *ud) {
+    (void)name;
+    (void)data;
+    (void)ts;
+    qmp_close_maybe(ud, c);
+}
+static void q_disconnect(qmp_conn *c, int status, void *ud) {
+    (void)status;
+    qmp_close_maybe(ud, c);
+}
+static void q_reply(qmp_conn *c, int status, json_t *result, const qmp_error *err, void *ud) {
+    (void)status;
+    (void)result;
+    (void)err;
+    qmp_close_maybe(ud, c);
+}
+static void q_status(qmp_conn *c, int status, const qmp_run_status *st, const qmp_error *err, void *ud) {
+    (void)status;
+    (void)st;
+    (void)err;
+    qmp_close_maybe(ud, c);
+}
+static void q_cpus(qmp_conn *c, int status, const qmp_vcpu *v, size_t n, const qmp_error *err, void *ud) {
+    (void)status;
+    (void)err;
+    for (size_t i = 0; i < n; i++)
+        if (v[i].thread_id <= 0)
+            abort();
+    qmp_close_maybe(ud, c);
+}
+
+static void g_close_maybe(state *s, qga_conn *c) {
+    s->calls++;
+    if (s->close_in_callback && s->calls == 2)
+        qga_close(c);
+}
+static void g_reply(qga_conn *c, int status, json_t *result, const qmp_error *err, void *ud) {
+    (void)status;
+    (void)result;
+    (void)err;
+    g_close_maybe(ud, c);
+}
+static void g_info(qga_conn *c, int status, const char *version, json_t *result, const qmp_error *err, void *ud) {
+    (void)status;
+    (void)version;
+    (void)result;
+    (void)err;
+    g_close_maybe(ud, c);
+}
+static void g_ifaces(qga_conn *c, int status, const qga_interface *ifs, size_t n, const qmp_error *err,
+                     void *ud) {
+    (void)status;
+    (void)err;
+    for (size_t i = 0; i < n; i++)
+        if (!ifs[i].name || (ifs[i].n_addrs && !ifs[i].addrs[ifs[i].n_addrs - 1].address))
+            abort();
+    g_close_maybe(ud, c);
+}
+static void g_disconnect(qga_conn *c, int status, void *ud) {
+    (void)status;
+    g_close_maybe(ud, c);
+}
+
+/* Feeds the input in chunks whose sizes come from a small PRNG. */
+static void feed_all(void (*feed)(void *, const char *, size_t), void *conn, const uint8_t *data, size_t size,
+                     uint8_t chunking) {
+    uint32_t x = 2463534242u ^ chunking;
+    while (size > 0) {
+        size_t n = size;
+        if (chunking) {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            n = 1 + x % chunking;
+            if (n > size)
+                n = size;
+        }
+        feed(conn, (const char *)data, n);
+        data += n;
+        size -= n;
+    }
+}
+
+static void feed_qmp(void *c, const char *b, size_t n) {
+    qmp__feed(c, b, n);
+}
+static void feed_qga(void *c, const char *b, size_t n) {
+    qga__feed(c, b, n);
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+    if (size < 2)
+        return 0;
+    uint8_t mode = data[0], chunking = data[1];
+    data += 2;
+    size -= 2;
+
+    uv_loop_t loop;
+    if (uv_loop_init(&loop) != 0)
+        abort();
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
+        abort();
+    state s = {.close_in_callback = mode & 2};
+
+    /* Ids are deterministic: QMP commands get 1..4 and qmp_capabilities 5;
+     * the agent's ping is 1, its sync 2 (id 42), then 3, 4, 5. */
+    if (!(mode & 1)) {
+        qmp_options o = {q_ready, q_event, q_disconnect, &s, 0};
+        qmp_conn *c;
+        if (qmp_open_fd(&loop, sv[0], &o, &c) != 0)
+            abort();
+        qmp_send(c, "a", NULL, 0, q_reply, &s);
+        qmp_query_status(c, 60000, q_status, &s);
+        qmp_query_cpus_fast(c, 0, q_cpus, &s);
+        qmp_send(c, "b", NULL, 30000, q_reply, &s);
+        feed_all(feed_qmp, c, data, size, chunking);
+        qmp_close(c);
+    } else {
+        qga_options o = {g_disconnect, &s};
+        qga_conn *c;
+        if (qga_open_fd(&loop, sv[0], &o, &c) != 0)
+            abort();
+        qga__set_sync_id(c, 42);
+        qga_ping(c, 0, g_reply, &s);
+        qga_info(c, 60000, g_info, &s);
+        qga_network_get_interfaces(c, 0, g_ifaces, &s);
+        if (mode & 4)
+            qga_shutdown(c, NULL, 0, g_reply, &s);
+        qga_send(c, "guest-x", NULL, 0, g_reply, &s);
+        feed_all(feed_qga, c, data, size, chunking);
+        qga_close(c);
+    }
+    uv_run(&loop, UV_RUN_DEFAULT);
+    if (uv_loop_close(&loop) != 0)
+        abort();
+    close(sv[1]);
+    return 0;
+}
