@@ -9,6 +9,7 @@
 
 #include <errno.h>
 #include <getopt.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -169,6 +170,8 @@ int main(int argc, char **argv) {
         {"version", no_argument, NULL, 'V'},
         {NULL, 0, NULL, 0},
     };
+    /* a daemon that hangs up mid-request must give an error, not kill us */
+    signal(SIGPIPE, SIG_IGN);
     qv_log_set_ident("qvisor");
     qv_log_detect_journal();
     int c;
