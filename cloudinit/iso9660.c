@@ -15,6 +15,8 @@
  * the caller's memory with writev, so nothing is copied twice. */
 #include "iso9660.h"
 
+#include "fileio.h"
+
 #include "cleanup.h"
 
 #include <errno.h>
@@ -778,16 +780,8 @@ int ci_iso_write_buf(const char *label, const ci_iso_file *files, size_t n, int6
 
 int ci_iso_write_file_atomic(const char *path, mode_t mode, unsigned flags, const char *label,
                              const ci_iso_file *files, size_t n, int64_t timestamp, qv_error *err) {
-    char dir_buf[PATH_MAX], base_buf[PATH_MAX];
     if (!path || !*path)
         return qv_error_set(err, EINVAL, "no output path");
-    if (strlen(path) >= sizeof dir_buf)
-        return qv_error_set(err, ENAMETOOLONG, "output path is too long");
-    strcpy(dir_buf, path);
-    strcpy(base_buf, path);
-    const char *dir = dirname(dir_buf);
-    const char *base = basename(base_buf);
-
     if (flags & ~(unsigned)CI_ISO_DURABLE)
         return qv_error_set(err, EINVAL, "unknown flags 0x%x", flags);
 
@@ -798,57 +792,20 @@ int ci_iso_write_file_atomic(const char *path, mode_t mode, unsigned flags, cons
     if (r < 0)
         return r;
 
-    _cleanup_close_ int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd < 0) {
-        r = -errno;
-        layout_free(&l);
-        return qv_error_set(err, r, "opening directory '%s': %s", dir, strerror(-r));
-    }
-    char tmp[NAME_MAX + 1];
-    uint64_t rnd;
-    if (getrandom(&rnd, sizeof rnd, GRND_NONBLOCK) != sizeof rnd)
-        rnd = (uint64_t)getpid() ^ ((uint64_t)(uintptr_t)&rnd << 16);
-    snprintf(tmp, sizeof tmp, ".%.200s.%016llx.tmp", base, (unsigned long long)rnd);
-    _cleanup_close_ int fd = openat(dfd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode);
-    if (fd < 0) {
-        r = -errno;
-        layout_free(&l);
-        return qv_error_set(err, r, "creating a temporary file in '%s': %s", dir, strerror(-r));
-    }
-    const char *what = "writing";
-    r = emit(&l, meta, sink_fd, &fd);
-    layout_free(&l);
-    if (r == 0 && fchmod(fd, mode) < 0)
-        r = -errno, what = "setting the mode of";
-    if (r == 0 && (flags & CI_ISO_DURABLE) && fsync(fd) < 0)
-        r = -errno, what = "syncing";
-    if (r == 0 && !(flags & CI_ISO_DURABLE)) {
-        /* Swap the new image in and drop the old one.  A plain rename over
-         * an existing file makes ext4 (auto_da_alloc) start writeback of
-         * the new file and makes the unlink of the old one wait for its
-         * writeback: 0.3-0.7 ms, more than writing the image.  Without
-         * CI_ISO_DURABLE nothing is promised across a crash anyway. */
-        struct stat st;
-        if (fstatat(dfd, base, &st, AT_SYMLINK_NOFOLLOW) == 0 && !S_ISDIR(st.st_mode) &&
-            renameat2(dfd, tmp, dfd, base, RENAME_EXCHANGE) == 0) {
-            if (unlinkat(dfd, tmp, 0) == 0)
-                return 0;
-            /* it became a directory meanwhile: put it back */
-            r = -errno, what = "replacing";
-            if (renameat2(dfd, tmp, dfd, base, RENAME_EXCHANGE) < 0)
-                return qv_error_set(err, r, "replacing '%s': %s (left as '%s')", path, strerror(-r), tmp);
-        }
-        /* otherwise (nothing to replace, no RENAME_EXCHANGE here) rename */
-    }
-    if (r == 0 && renameat(dfd, tmp, dfd, base) < 0)
-        r = -errno, what = "renaming over";
+    qv_atomic a;
+    r = qv_atomic_begin(path, mode, &a);
     if (r < 0) {
-        unlinkat(dfd, tmp, 0);
-        return qv_error_set(err, r, "%s '%s': %s", what, path, strerror(-r));
+        layout_free(&l);
+        return qv_error_set(err, r, "creating a temporary file next to '%s': %s", path, strerror(-r));
     }
-    if ((flags & CI_ISO_DURABLE) && fsync(dfd) < 0) {
-        r = -errno;
-        return qv_error_set(err, r, "syncing directory '%s': %s", dir, strerror(-r));
+    r = emit(&l, meta, sink_fd, &a.fd);
+    layout_free(&l);
+    if (r < 0) {
+        qv_atomic_abort(&a);
+        return qv_error_set(err, r, "writing '%s': %s", path, strerror(-r));
     }
+    r = qv_atomic_commit(&a, (flags & CI_ISO_DURABLE) ? QV_ATOMIC_DURABLE : 0);
+    if (r < 0)
+        return qv_error_set(err, r, "replacing '%s': %s", path, strerror(-r));
     return 0;
 }

@@ -3,7 +3,6 @@
 #include "fileio.h"
 
 #include <errno.h>
-#include <ftw.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -28,17 +27,9 @@ char *qv_test_mkdtemp(const char *prefix) {
     return path;
 }
 
-static int rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
-    (void)st;
-    (void)flag;
-    (void)ftw;
-    remove(path);
-    return 0;
-}
-
 void qv_test_rm_rf(const char *path) {
     if (path)
-        nftw(path, rm_one, 32, FTW_DEPTH | FTW_PHYS);
+        qv_rm_rf(path);
 }
 
 void qv_test_write(const char *dir, const char *rel, const char *content) {

@@ -42,6 +42,59 @@ static void test_atomic_write_replaces_and_leaves_no_temp(void **state) {
     qv_test_rm_rf(dir);
 }
 
+static int count_entries(const char *dir) {
+    DIR *d = opendir(dir);
+    int n = 0;
+    for (struct dirent *e; (e = readdir(d));)
+        if (strcmp(e->d_name, ".") && strcmp(e->d_name, ".."))
+            n++;
+    closedir(d);
+    return n;
+}
+
+static void test_streaming_atomic_exchange_and_abort(void **state) {
+    (void)state;
+    _cleanup_free_ char *dir = qv_test_mkdtemp("qv-fileio");
+    char path[PATH_MAX];
+    snprintf(path, sizeof path, "%s/seed.iso", dir);
+    qv_test_write(dir, "seed.iso", "old");
+    struct stat before;
+    assert_int_equal(stat(path, &before), 0);
+
+    /* abort: the old file stays, no temp file is left */
+    qv_atomic a;
+    assert_int_equal(qv_atomic_begin(path, 0644, &a), 0);
+    assert_int_equal(qv_write_all(a.fd, "half", 4), 0);
+    qv_atomic_abort(&a);
+    _cleanup_free_ char *data = NULL;
+    assert_int_equal(qv_read_file(path, 64, &data, NULL), 0);
+    assert_string_equal(data, "old");
+    assert_int_equal(count_entries(dir), 1);
+
+    /* non-durable commit swaps the new file in (a new inode) */
+    assert_int_equal(qv_atomic_begin(path, 0600, &a), 0);
+    assert_int_equal(qv_write_all(a.fd, "new", 3), 0);
+    assert_int_equal(qv_atomic_commit(&a, 0), 0);
+    free(data);
+    data = NULL;
+    assert_int_equal(qv_read_file(path, 64, &data, NULL), 0);
+    assert_string_equal(data, "new");
+    struct stat after;
+    assert_int_equal(stat(path, &after), 0);
+    assert_true(after.st_ino != before.st_ino);
+    assert_int_equal(after.st_mode & 0777, 0600);
+    assert_int_equal(count_entries(dir), 1);
+
+    /* a directory in the way is never replaced */
+    char sub[PATH_MAX];
+    snprintf(sub, sizeof sub, "%s/d", dir);
+    assert_int_equal(mkdir(sub, 0755), 0);
+    assert_int_equal(qv_atomic_begin(sub, 0644, &a), 0);
+    assert_int_equal(qv_atomic_commit(&a, 0), -EISDIR);
+    assert_int_equal(count_entries(dir), 2);
+    qv_test_rm_rf(dir);
+}
+
 static void test_read_limits(void **state) {
     (void)state;
     _cleanup_free_ char *dir = qv_test_mkdtemp("qv-fileio");
@@ -115,6 +168,7 @@ static void test_sysroot_fake_tree(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_atomic_write_replaces_and_leaves_no_temp),
+        cmocka_unit_test(test_streaming_atomic_exchange_and_abort),
         cmocka_unit_test(test_read_limits),
         cmocka_unit_test(test_mkdir_p),
         cmocka_unit_test(test_sysroot_fake_tree),
