@@ -42,18 +42,9 @@ int qv_cli_getopt(qv_cli *cli, int argc, char **argv, const char *shortopts, con
 }
 
 int qv_cli_config(qv_cli *cli, const sv_config **ret, qv_error *err) {
-    if (!cli->config) {
-        if (!cli->config_explicit && access(cli->config_path, F_OK) < 0 && errno == ENOENT) {
-            cli->config = sv_config_new_default();
-            if (!cli->config)
-                return qv_error_set(err, ENOMEM, "out of memory");
-        } else {
-            int r = sv_config_load(cli->config_path, &cli->config, err);
-            if (r < 0) {
-                err->code = QV_ECONFIG;
-                return -QV_ECONFIG;
-            }
-        }
+    if (!cli->config && sv_config_load_or_default(cli->config_path, cli->config_explicit, &cli->config, NULL, err) < 0) {
+        err->code = QV_ECONFIG;
+        return -QV_ECONFIG;
     }
     *ret = cli->config;
     return 0;

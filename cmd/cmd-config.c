@@ -48,24 +48,14 @@ int cmd_config_check(qv_cli *cli, int argc, char **argv) {
     bool named = optind < argc || cli->config_explicit;
     qv_error err = {0};
     _cleanup_(sv_config_freep) sv_config *cfg = NULL;
-    char note[4200];
-    if (!named && access(path, F_OK) < 0 && errno == ENOENT) {
-        cfg = sv_config_new_default();
-        if (!cfg)
-            return QV_EXIT_TEMPFAIL;
-        snprintf(note, sizeof note, "%s does not exist: built-in defaults apply", path);
-    } else {
-        int r = sv_config_load(path, &cfg, &err);
-        if (r == -ENOENT) {
-            fprintf(stderr, "qvisor: error: %s\n", err.msg);
-            return QV_EXIT_NOINPUT;
-        }
-        if (r < 0) {
-            fprintf(stderr, "qvisor: error: %s\n", err.msg);
-            return QV_EXIT_CONFIG;
-        }
-        snprintf(note, sizeof note, "%s is valid", path);
+    bool defaulted;
+    int r = sv_config_load_or_default(path, named, &cfg, &defaulted, &err);
+    if (r < 0) {
+        fprintf(stderr, "qvisor: error: %s\n", err.msg);
+        return r == -ENOENT ? QV_EXIT_NOINPUT : QV_EXIT_CONFIG;
     }
+    char note[4200];
+    snprintf(note, sizeof note, defaulted ? "%s does not exist: built-in defaults apply" : "%s is valid", path);
     if (cli->json)
         qv_print_json(sv_config_to_json(cfg), stdout);
     else
@@ -98,38 +88,15 @@ int cmd_config_show(qv_cli *cli, int argc, char **argv) {
         qv_print_json(result, stdout);
         return QV_EXIT_OK;
     }
-    /* Render the daemon's JSON as the same KEY VALUE table as `check`. */
-    static const char *const headers[] = {"KEY", "VALUE", NULL};
-    qv_table *t = qv_table_new(headers);
-    const char *section;
-    json_t *sv;
-    printf("# running daemon, config from %s\n", json_string_value(json_object_get(result, "source"))
-                                                      ? json_string_value(json_object_get(result, "source"))
-                                                      : "built-in defaults");
-    json_object_foreach(result, section, sv) {
-        if (strcmp(section, "source") == 0)
-            continue;
-        if (!json_is_object(sv)) {
-            _cleanup_free_ char *v = json_is_string(sv) ? strdup(json_string_value(sv))
-                                                        : json_dumps(sv, JSON_ENCODE_ANY | JSON_COMPACT);
-            const char *cells[] = {section, v, NULL};
-            qv_table_add(t, cells);
-            continue;
-        }
-        const char *key;
-        json_t *kv;
-        json_object_foreach(sv, key, kv) {
-            char name[256];
-            snprintf(name, sizeof name, "%s.%s", section, key);
-            _cleanup_free_ char *v = json_is_string(kv) ? strdup(json_string_value(kv))
-                                                        : json_dumps(kv, JSON_ENCODE_ANY | JSON_COMPACT);
-            const char *cells[] = {name, v && v[0] ? v : "\"\"", NULL};
-            qv_table_add(t, cells);
-        }
-    }
-    qv_table_print(t, stdout);
-    qv_table_free(t);
+    /* Same KEY VALUE table as `check`, from the daemon's effective config. */
+    _cleanup_(sv_config_freep) sv_config *cfg = NULL;
+    int r = sv_config_from_json(result, &cfg, &err);
     json_decref(result);
+    if (r < 0)
+        return qv_cli_fail(cli, &err);
+    char note[4200];
+    snprintf(note, sizeof note, "running daemon, config from %s", cfg->source ? cfg->source : "built-in defaults");
+    print_config(cfg, note);
     return QV_EXIT_OK;
 }
 

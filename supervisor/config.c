@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define CONFIG_MAX_FILE (1u << 20)
 
@@ -176,6 +177,37 @@ int sv_config_load(const char *path, sv_config **ret, qv_error *err) {
     if (r < 0)
         return qv_error_set(err, r, "cannot read config %s: %s", path, strerror(-r));
     return sv_config_parse(path, data, len, ret, err);
+}
+
+int sv_config_load_or_default(const char *path, bool named, sv_config **ret, bool *ret_defaulted, qv_error *err) {
+    bool missing = !named && access(path, F_OK) < 0 && errno == ENOENT;
+    if (ret_defaulted)
+        *ret_defaulted = missing;
+    if (!missing)
+        return sv_config_load(path, ret, err);
+    *ret = sv_config_new_default();
+    return *ret ? 0 : qv_error_set(err, ENOMEM, "out of memory");
+}
+
+int sv_config_from_json(json_t *j, sv_config **ret, qv_error *err) {
+    _cleanup_(sv_config_freep) sv_config *c = calloc(1, sizeof *c);
+    json_t *copy = json_deep_copy(j);
+    if (!c || !copy) {
+        json_decref(copy);
+        return qv_error_set(err, ENOMEM, "out of memory");
+    }
+    const char *source = json_string_value(json_object_get(j, "source"));
+    json_object_del(copy, "source");
+    int r = sv_schema_apply_defaults(&schema, c);
+    if (r == 0)
+        r = sv_schema_load_json(&schema, c, copy, "config", QV_ECONFIG, err);
+    json_decref(copy);
+    if (r < 0)
+        return r;
+    if (set_derived(c) < 0 || (source && !(c->source = strdup(source))))
+        return qv_error_set(err, ENOMEM, "out of memory");
+    *ret = TAKE_PTR(c);
+    return 0;
 }
 
 void sv_config_visit(const sv_config *c, sv_config_visit_fn fn, void *userdata) {

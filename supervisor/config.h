@@ -62,6 +62,13 @@ sv_config *sv_config_new_default(void);
  * (or -ENOENT/-EACCES for an unreadable file) with err->msg like
  * "/etc/qvisor/config.yaml:12:3: qemu.accelerator: expected one of auto, kvm, tcg". */
 int sv_config_load(const char *path, sv_config **ret, qv_error *err);
+/* sv_config_load(), except that a missing file that was not named by the
+ * user (the built-in default path) gives the built-in defaults.
+ * *ret_defaulted (may be NULL) tells which happened.  A missing named file
+ * is -ENOENT. */
+int sv_config_load_or_default(const char *path, bool named, sv_config **ret, bool *ret_defaulted, qv_error *err);
+/* The inverse of sv_config_to_json() (a daemon's effective config). */
+int sv_config_from_json(json_t *j, sv_config **ret, qv_error *err);
 /* Same, from a buffer; `name` is used in messages. */
 int sv_config_parse(const char *name, const char *data, size_t len, sv_config **ret, qv_error *err);
 

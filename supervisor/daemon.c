@@ -27,12 +27,8 @@
 /* Loads the config the daemon was started with.  A missing default file means
  * built-in defaults; a missing file named with --config is an error. */
 static int load_config(const sv_daemon_options *opts, sv_config **ret, qv_error *err) {
-    if (!opts->config_explicit && access(opts->config_path, F_OK) < 0 && errno == ENOENT) {
-        *ret = sv_config_new_default();
-        return *ret ? 0 : qv_error_set(err, ENOMEM, "out of memory");
-    }
-    int r = sv_config_load(opts->config_path, ret, err);
-    if (r < 0 && r != -QV_ECONFIG)
+    int r = sv_config_load_or_default(opts->config_path, opts->config_explicit, ret, NULL, err);
+    if (r < 0)
         err->code = QV_ECONFIG; /* an unreadable config is a config problem (exit 78) */
     return r < 0 ? -QV_ECONFIG : 0;
 }

@@ -164,6 +164,41 @@ static void test_load_missing_file(void **state) {
     assert_null(c);
 }
 
+static void test_json_round_trip(void **state) {
+    (void)state;
+    _cleanup_(sv_config_freep) sv_config *a = NULL;
+    _cleanup_(sv_config_freep) sv_config *b = NULL;
+    qv_error err = {0};
+    const char *y = "log_level: debug\nvm_defaults:\n  memory: 3G\n  stop_timeout: 1500ms\n"
+                    "network:\n  dns: [10.0.0.53]\npaths:\n  state_dir: /srv/q\n";
+    assert_int_equal(parse(y, &a, &err), 0);
+    json_t *j = sv_config_to_json(a);
+    assert_int_equal(sv_config_from_json(j, &b, &err), 0);
+    json_t *k = sv_config_to_json(b);
+    assert_true(json_equal(j, k));
+    assert_string_equal(b->source, "t.yaml");
+    assert_string_equal(b->images_dir, "/srv/q/images");
+    json_decref(j);
+    json_decref(k);
+}
+
+static void test_load_or_default(void **state) {
+    (void)state;
+    sv_config *c = NULL;
+    qv_error err = {0};
+    bool defaulted = false;
+    /* the default path missing: built-in defaults */
+    assert_int_equal(sv_config_load_or_default("/nonexistent/config.yaml", false, &c, &defaulted, &err), 0);
+    assert_true(defaulted);
+    assert_null(c->source);
+    sv_config_free(c);
+    c = NULL;
+    /* a path the user named must exist */
+    assert_int_equal(sv_config_load_or_default("/nonexistent/config.yaml", true, &c, &defaulted, &err), -ENOENT);
+    assert_false(defaulted);
+    assert_null(c);
+}
+
 static void test_restart_keys(void **state) {
     (void)state;
     _cleanup_(sv_config_freep) sv_config *a = NULL;
@@ -187,6 +222,8 @@ int main(void) {
         cmocka_unit_test(test_example_documents_every_key),
         cmocka_unit_test(test_error_classes),
         cmocka_unit_test(test_load_missing_file),
+        cmocka_unit_test(test_json_round_trip),
+        cmocka_unit_test(test_load_or_default),
         cmocka_unit_test(test_restart_keys),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
