@@ -193,35 +193,25 @@ static int set_text(const sv_key *k, void *obj, const char *v, char *why, size_t
         *(uint64_t *)field = u;
         return 0;
     case SV_K_SIZE:
-        r = qv_parse_size(v, &u);
+    case SV_K_DURATION: {
+        bool size = k->kind == SV_K_SIZE;
+        r = size ? qv_parse_size(v, &u) : qv_parse_duration_ms(v, &u);
         if (r < 0) {
-            snprintf(why, why_size, "expected a size with a unit (like 512M or 20G), got '%s'", v);
+            snprintf(why, why_size, "expected %s, got '%s'",
+                     size ? "a size with a unit (like 512M or 20G)" : "a duration like 60s, 500ms or 2m", v);
             return r;
         }
         if (u < k->min || u > k->max) {
+            void (*fmt)(uint64_t, char *, size_t) = size ? qv_format_size : qv_format_duration_ms;
             char lo[32], hi[32];
-            qv_format_size(k->min, lo, sizeof lo);
-            qv_format_size(k->max, hi, sizeof hi);
+            fmt(k->min, lo, sizeof lo);
+            fmt(k->max, hi, sizeof hi);
             snprintf(why, why_size, "%s is out of range (%s to %s)", v, lo, hi);
             return -ERANGE;
         }
         *(uint64_t *)field = u;
         return 0;
-    case SV_K_DURATION:
-        r = qv_parse_duration_ms(v, &u);
-        if (r < 0) {
-            snprintf(why, why_size, "expected a duration like 60s, 500ms or 2m, got '%s'", v);
-            return r;
-        }
-        if (u < k->min || u > k->max) {
-            char lo[32], hi[32];
-            qv_format_duration_ms(k->min, lo, sizeof lo);
-            qv_format_duration_ms(k->max, hi, sizeof hi);
-            snprintf(why, why_size, "%s is out of range (%s to %s)", v, lo, hi);
-            return -ERANGE;
-        }
-        *(uint64_t *)field = u;
-        return 0;
+    }
     case SV_K_ENUM: {
         int i = qv_string_index(k->enum_names, v);
         if (i < 0) {
