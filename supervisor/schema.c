@@ -603,12 +603,17 @@ json_t *sv_schema_to_json(const sv_schema *s, const void *obj) {
                 json_array_append_new(v, json_string(list[j]));
             break;
         }
-        default: {
-            char buf[1024];
-            sv_schema_render(k, obj, buf, sizeof buf);
-            v = json_string(buf);
+        default:
+            if (is_string_kind(k->kind)) {
+                /* exact, whatever the length (render() is for display) */
+                const char *str = *(char *const *)field;
+                v = json_string(str ? str : "");
+            } else {
+                char buf[64];
+                sv_schema_render(k, obj, buf, sizeof buf);
+                v = json_string(buf);
+            }
             break;
-        }
         }
         json_t *parent = root;
         if (k->section) {

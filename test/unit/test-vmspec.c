@@ -83,6 +83,22 @@ static void test_defaults_from_node(void **state) {
     json_decref(out);
 }
 
+static void test_long_values_survive_json(void **state) {
+    (void)state;
+    /* a long kernel command line must come back exactly (spec.json, wire) */
+    char append[5000];
+    memset(append, 'a', sizeof append - 1);
+    append[sizeof append - 1] = '\0';
+    json_t *j = json_pack("{s:s, s:s, s:s, s:s}", "name", "k", "image", "i", "kernel", "/boot/vmlinuz", "append", append);
+    _cleanup_(sv_vmspec_freep) sv_vmspec *s = NULL;
+    qv_error err = {0};
+    assert_int_equal(sv_vmspec_from_json(j, &s, &err), 0);
+    json_decref(j);
+    json_t *out = sv_vmspec_to_json(s);
+    assert_string_equal(json_string_value(json_object_get(out, "append")), append);
+    json_decref(out);
+}
+
 static void test_yaml_spec_file(void **state) {
     (void)state;
     const char *y = "name: db\nimage: debian-12\ncpus: 4\nmemory: 8G\nrestart: on-failure\nrestart_limit: 3\n";
@@ -221,6 +237,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_names_and_sizes),
         cmocka_unit_test(test_defaults_from_node),
+        cmocka_unit_test(test_long_values_survive_json),
         cmocka_unit_test(test_yaml_spec_file),
         cmocka_unit_test(test_mac),
         cmocka_unit_test(test_golden_tcg_default),
