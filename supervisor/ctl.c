@@ -484,15 +484,17 @@ int sv_ctl_call(const char *path, const char *method, json_t *params, int timeou
         return qv_error_set(err, ENOMEM, "out of memory");
     memcpy(line, text, len);
     line[len] = '\n';
-    int r = qv_write_all(fd, line, len + 1);
-    if (r < 0)
-        return qv_error_set(err, ECONNRESET, "the daemon closed the connection: %s", strerror(-r));
+    /* If the daemon hangs up while we write (it refuses an oversized request
+     * and closes), its reply saying why is still there to read. */
+    int write_err = qv_write_all(fd, line, len + 1);
+    if (write_err < 0)
+        shutdown(fd, SHUT_WR);
 
     qv_linebuf lb;
     qv_linebuf_init(&lb, 64u << 20);
     uint64_t deadline = qv_now_ms() + (uint64_t)timeout_ms;
     char buf[65536];
-    r = 0;
+    int r = 0;
     while (!st.reply) {
         uint64_t now = qv_now_ms();
         if (now >= deadline) {
@@ -513,7 +515,11 @@ int sv_ctl_call(const char *path, const char *method, json_t *params, int timeou
         if (got < 0 && errno == EINTR)
             continue;
         if (got <= 0) {
-            r = qv_error_set(err, ECONNRESET, "the daemon closed the connection without answering");
+            if (write_err < 0)
+                r = qv_error_set(err, ECONNRESET, "the daemon closed the connection while the request was sent: %s",
+                                 strerror(-write_err));
+            else
+                r = qv_error_set(err, ECONNRESET, "the daemon closed the connection without answering");
             break;
         }
         int fr = qv_linebuf_feed(&lb, buf, (size_t)got, on_reply_line, &st);

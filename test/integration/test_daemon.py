@@ -180,6 +180,20 @@ class Daemon(unittest.TestCase):
         finally:
             srv.close()
 
+    def test_oversized_request_gets_the_daemons_answer(self):
+        # The daemon refuses a request over daemon.max_request_size and hangs
+        # up while the CLI is still writing: the CLI must neither die of
+        # SIGPIPE nor lose the daemon's reason.
+        self.node.write_config("daemon:\n  max_request_size: 4K\n")
+        self.node.start_daemon()
+        spec = os.path.join(self.node.dir, "big.yaml")
+        with open(spec, "w") as f:
+            f.write("name: big\nimage: base\nkernel: /vmlinuz\nappend: '" + "x" * (900 << 10) + "'\n")
+        p = self.node.qvisor("vm", "create", "-f", spec)
+        self.assertEqual(p.returncode, 65, p.stderr)
+        self.assertIn("request larger than 4096 bytes", p.stderr)
+        self.assertIsNone(self.node.proc.poll())
+
     def test_journal_priority_prefix(self):
         # stderr is "the journal" when JOURNAL_STREAM names it: lines carry <N>
         with open(self.node.stderr_path, "a") as f:
