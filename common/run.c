@@ -50,8 +50,10 @@ static char *capture_take(capture *c) {
     return TAKE_PTR(c->buf);
 }
 
-int qv_run(char *const argv[], int timeout_ms, qv_run_output_fn on_out, void *userdata, qv_run_result *ret) {
+static int run(char *const argv[], int timeout_ms, qv_run_output_fn on_out, void *userdata, qv_run_result *ret,
+               bool *ret_timed_out) {
     *ret = (qv_run_result){0};
+    *ret_timed_out = false;
     int out[2] = {-1, -1}, err[2] = {-1, -1};
     if (pipe2(out, O_CLOEXEC) < 0)
         return -errno;
@@ -97,7 +99,7 @@ int qv_run(char *const argv[], int timeout_ms, qv_run_output_fn on_out, void *us
             uint64_t now = qv_now_ms();
             if (now >= deadline) {
                 kill(pid, SIGKILL);
-                result = -ETIMEDOUT;
+                *ret_timed_out = true;
                 break;
             }
             wait = (int)(deadline - now);
@@ -143,6 +145,21 @@ int qv_run(char *const argv[], int timeout_ms, qv_run_output_fn on_out, void *us
         return result;
     }
     return 0;
+}
+
+int qv_run(char *const argv[], int timeout_ms, qv_run_output_fn on_out, void *userdata, qv_run_result *ret) {
+    bool timed_out;
+    int r = run(argv, timeout_ms, on_out, userdata, ret, &timed_out);
+    if (r == 0 && timed_out) {
+        qv_run_result_free(ret);
+        return -ETIMEDOUT;
+    }
+    return r;
+}
+
+int qv_run_bounded(char *const argv[], int timeout_ms, qv_run_output_fn on_out, void *userdata, qv_run_result *ret,
+                   bool *ret_timed_out) {
+    return run(argv, timeout_ms, on_out, userdata, ret, ret_timed_out);
 }
 
 void qv_run_result_free(qv_run_result *r) {

@@ -2,6 +2,7 @@
  * product starts a child besides QEMU itself: an argv array, never a shell. */
 #pragma once
 
+#include <stdbool.h>
 #include <stddef.h>
 
 typedef struct qv_run_result {
@@ -20,6 +21,12 @@ typedef void (*qv_run_output_fn)(const char *chunk, size_t len, void *userdata);
  * Returns 0 when the program ran (whatever its exit status: see
  * qv_run_ok()), -ENOENT when it does not exist, other negative errnos. */
 int qv_run(char *const argv[], int timeout_ms, qv_run_output_fn on_out, void *userdata, qv_run_result *ret);
+/* Like qv_run(), but running out of time is an outcome, not an error: the
+ * child is killed (SIGKILL), 0 is returned with *ret_timed_out true, and
+ * *ret holds what it printed until then and its wait status.  For probes
+ * whose hung child's last words are the answer. */
+int qv_run_bounded(char *const argv[], int timeout_ms, qv_run_output_fn on_out, void *userdata, qv_run_result *ret,
+                   bool *ret_timed_out);
 void qv_run_result_free(qv_run_result *r);
 /* True when the program exited with status 0. */
 int qv_run_ok(const qv_run_result *r);
