@@ -1,0 +1,76 @@
+/* What this node's QEMU can do, found by running it (docs/qemucaps.md).
+ *
+ * Everything here blocks (it runs QEMU a few times and waits): the daemon
+ * calls sv_qemu_caps_probe() once, on a worker thread, and keeps the result.
+ * Nothing here keeps state, so concurrent calls are safe. */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "error.h"
+
+typedef struct sv_qemu_caps {
+    int major, minor, micro;  /* from `BINARY -version` */
+    char version[64];         /* what followed "version " on its first line, trimmed:
+                               * "7.2.22 (Debian 1:7.2+dfsg-7+deb12u18+b3)" */
+    bool sandbox;             /* the probe guest ran under TCG with `-sandbox SV_QEMU_PROBE_SANDBOX` */
+    char sandbox_detail[256]; /* "sandbox works", or why not */
+    bool kvm;                 /* the probe guest ran under KVM with -cpu host (what qvisor uses) */
+    char kvm_detail[256];     /* "KVM works", or why not: "/dev/kvm: No such file or directory",
+                               * "QEMU aborted: failed to set MSR 0x10a to 0x69",
+                               * "KVM internal error: emulation failure", "not probed (accelerator: tcg)" */
+} sv_qemu_caps;
+
+/* The probe guest is 256 bytes of x86 code at the top of a 64 KiB -bios
+ * image: from the reset vector it goes real mode -> protected mode ->
+ * long mode (PAE, 4-level paging), writes one marker per mode to the
+ * debug console (port 0xe9: "R", "P", "L") and finally 0x2a to
+ * isa-debug-exit (port 0xf4), which makes QEMU exit with (0x2a << 1) | 1.
+ * That exit status is only reachable by the guest executing all of it. */
+#define SV_QEMU_PROBE_EXIT_STATUS 85
+/* The strictest -sandbox argument qemuargv.c passes (QEMU not changing user). */
+#define SV_QEMU_PROBE_SANDBOX "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+
+/* Time limits of sv_qemu_caps_probe(), per QEMU run.  A probe runs QEMU at
+ * most three times (-version, TCG+sandbox, KVM), so it is over within
+ * 1.5 + 2.5 + 2.5 s even when QEMU hangs; it takes about 0.2 s when not. */
+#define SV_QEMU_PROBE_VERSION_TIMEOUT_MS 1500
+#define SV_QEMU_PROBE_GUEST_TIMEOUT_MS 2500
+
+typedef struct sv_qemu_guest_run {
+    bool completed;    /* QEMU exited with SV_QEMU_PROBE_EXIT_STATUS: guest code ran to the end */
+    bool timed_out;    /* killed after timeout_ms */
+    int exit_status;   /* QEMU's exit status; -1 when it was killed or died of a signal */
+    char stages[8];    /* markers the guest wrote, in order: "RPL" when it got through */
+    char detail[256];  /* "guest reached long mode", or why QEMU or the guest did not get there */
+} sv_qemu_guest_run;
+
+/* Runs the probe guest once: `BINARY -machine q35,accel=kvm|tcg -cpu host|max
+ * -m 32 -nodefaults -no-user-config -display none -no-reboot -bios PAYLOAD
+ * -device isa-debug-exit -debugcon stdio [-sandbox SV_QEMU_PROBE_SANDBOX]`,
+ * with the payload in a temporary file under $TMPDIR (or /tmp), removed
+ * again.  Returns 0 when QEMU was started, whatever became of it (see
+ * *ret); -ENOENT and others, with err set, when it could not be started
+ * or the payload could not be written. */
+int sv_qemu_probe_guest(const char *binary, bool kvm, bool sandbox, int timeout_ms, sv_qemu_guest_run *ret,
+                        qv_error *err);
+
+/* Probes `binary` (PATH lookup or absolute): version, sandbox, and with
+ * want_kvm also KVM (first /dev/kvm: open, KVM_GET_API_VERSION == 12,
+ * KVM_CREATE_VM; then the probe guest under KVM).  want_kvm false gives
+ * kvm false with kvm_detail "not probed (accelerator: tcg)".  Returns 0,
+ * or a negative errno with err set when the binary cannot be run at all
+ * (-ENOENT, -EACCES, ...), does not answer -version in time (-ETIMEDOUT)
+ * or does not print a QEMU version (-EPROTO). */
+int sv_qemu_caps_probe(const char *binary, bool want_kvm, sv_qemu_caps *ret, qv_error *err);
+
+/* Resolves the configured accelerator ("auto", "kvm" or "tcg", as in the
+ * config's qemu.accelerator) against caps: *ret_kvm tells whether VMs use
+ * KVM.  "kvm" when KVM is unusable is -ENODEV ("accelerator kvm is
+ * configured but KVM is unusable on this node: DETAIL"); an unknown name is
+ * -EINVAL.  When "auto" falls back to TCG, `warning` (may be NULL) gets the
+ * one line the daemon should log; otherwise it is set to "".  caps may be
+ * NULL for "tcg" (and counts as KVM not probed otherwise). */
+int sv_qemu_accel_resolve(const char *accel, const sv_qemu_caps *caps, bool *ret_kvm, char *warning,
+                          size_t warning_len, qv_error *err);
