@@ -65,3 +65,13 @@ int qv_cli_call(qv_cli *cli, const char *method, json_t *params, json_t **ret_re
     json_decref(params);
     return r;
 }
+
+int qv_cli_call_long(qv_cli *cli, const char *method, json_t *params, uint64_t wait_ms, json_t **ret_result,
+                     qv_error *err) {
+    uint64_t saved = cli->timeout_ms;
+    if (!cli->timeout_explicit)
+        cli->timeout_ms = wait_ms;
+    int r = qv_cli_call(cli, method, params, ret_result, err);
+    cli->timeout_ms = saved;
+    return r;
+}

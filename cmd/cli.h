@@ -20,6 +20,7 @@ typedef struct qv_cli {
     bool json;               /* --json: machine-readable output on stdout */
     int verbosity;           /* -1 quiet, 0 normal, 1+ verbose */
     uint64_t timeout_ms;     /* --request-timeout: longest wait for the daemon */
+    bool timeout_explicit;   /* --request-timeout was given */
     sv_config *config;       /* loaded on demand by qv_cli_config() */
 } qv_cli;
 
@@ -53,6 +54,12 @@ int qv_cli_config(qv_cli *cli, const sv_config **ret, qv_error *err);
 /* One request to the daemon (socket from --socket or the config); params
  * (may be NULL) is stolen. */
 int qv_cli_call(qv_cli *cli, const char *method, json_t *params, json_t **ret_result, qv_error *err);
+/* As qv_cli_call, for operations that take as long as they take (start,
+ * stop): waits `wait_ms` unless --request-timeout was given. */
+int qv_cli_call_long(qv_cli *cli, const char *method, json_t *params, uint64_t wait_ms, json_t **ret_result,
+                     qv_error *err);
+
+#define QV_CLI_DEFAULT_TIMEOUT_MS 30000
 
 /* Verbs (one file per noun). */
 int cmd_daemon(qv_cli *cli, int argc, char **argv);
@@ -67,4 +74,8 @@ int cmd_vm_create(qv_cli *cli, int argc, char **argv);
 int cmd_vm_list(qv_cli *cli, int argc, char **argv);
 int cmd_vm_show(qv_cli *cli, int argc, char **argv);
 int cmd_vm_rm(qv_cli *cli, int argc, char **argv);
+int cmd_vm_start(qv_cli *cli, int argc, char **argv);
+int cmd_vm_stop(qv_cli *cli, int argc, char **argv);
+int cmd_vm_restart(qv_cli *cli, int argc, char **argv);
+int cmd_vm_ssh(qv_cli *cli, int argc, char **argv);
 int cmd_cidata(qv_cli *cli, int argc, char **argv);

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 static const char create_help[] =
     "Usage: qvisor vm create NAME --image IMAGE [OPTIONS]\n"
@@ -263,25 +264,307 @@ int cmd_vm_show(qv_cli *cli, int argc, char **argv) {
     return QV_EXIT_OK;
 }
 
+/* Waits for operations: a start is bounded by the daemon's own start
+ * timeout, a stop by its escalation (the daemon always answers once QEMU is
+ * gone); these only guard against a daemon that hangs. */
+#define START_WAIT_MS (10ull * 60 * 1000)
+#define STOP_WAIT_MS (2ull * 3600 * 1000)
+
+/* The one NAME argument of a verb, or a usage error (returns NULL). */
+static const char *one_name(int argc, char **argv, const char *help_path) {
+    if (argc - optind != 1) {
+        qv_cli_usage_error(help_path, "needs exactly one NAME");
+        return NULL;
+    }
+    return argv[optind];
+}
+
+static const char start_help[] =
+    "Usage: qvisor vm start NAME [--json]\n"
+    "\n"
+    "Starts QEMU for the VM and waits until it runs the guest (not until the\n"
+    "guest has booted).  Prints the QEMU pid and the SSH port forwarded from\n"
+    "127.0.0.1.  When QEMU fails, its own error message is shown and nothing is\n"
+    "left running.\n"
+    "\n"
+    "Exit: 0 started, 1 QEMU failed to start, 66 no such VM, 69 daemon not\n"
+    "running, 73 already running or paused, 75 busy with another operation\n"
+    "(starting, stopping, being created).\n";
+
+static void print_start(const qv_cli *cli, json_t *res, const char *name) {
+    if (cli->verbosity < 0)
+        return;
+    char port[32];
+    json_t *p = json_object_get(res, "ssh_port");
+    printf("started VM %s (pid %lld, ssh on 127.0.0.1:%s)\n", name,
+           (long long)json_integer_value(json_object_get(res, "pid")), or_dash(p, port, sizeof port));
+}
+
+int cmd_vm_start(qv_cli *cli, int argc, char **argv) {
+    static const struct option longopts[] = {QV_CLI_COMMON_LONGOPTS, {NULL, 0, NULL, 0}};
+    int c;
+    while ((c = qv_cli_getopt(cli, argc, argv, "h", longopts, start_help)) != -1)
+        return c == -2 ? QV_EXIT_OK : qv_cli_usage_error("vm start ", "bad option");
+    const char *name = one_name(argc, argv, "vm start ");
+    if (!name)
+        return QV_EXIT_USAGE;
+    qv_error err = {0};
+    json_t *res = NULL;
+    if (qv_cli_call_long(cli, "vm.start", json_pack("{s:s}", "name", name), START_WAIT_MS, &res, &err) < 0)
+        return qv_cli_fail(cli, &err);
+    if (cli->json)
+        qv_print_json(json_incref(res), stdout);
+    else
+        print_start(cli, res, name);
+    json_decref(res);
+    return QV_EXIT_OK;
+}
+
+static const char stop_help[] =
+    "Usage: qvisor vm stop NAME [--timeout TIME] [--force] [--json]\n"
+    "\n"
+    "Shuts the guest down and waits until QEMU is gone:\n"
+    "  1. the guest agent's guest-shutdown if the agent answers a ping within\n"
+    "     3 s, else the ACPI power button (pressed again every 5 s);\n"
+    "  2. after the stop timeout (the VM's stop_timeout, scaled up for large\n"
+    "     RAM): QMP quit, then SIGTERM, then SIGKILL (kill_timeout apart).\n"
+    "A paused VM is never sent ACPI (it would power off on resume): it is quit.\n"
+    "\n"
+    "  -t, --timeout TIME   how long the guest may take to shut down (30s, 2m)\n"
+    "      --force          skip the guest: quit, then signals\n"
+    "\n"
+    "Exit: 0 the guest shut down cleanly (or the VM was not running, or --force),\n"
+    "3 stopped, but forced after the timeout, 66 no such VM, 69 daemon not\n"
+    "running, 75 busy (being created or removed).\n";
+
+/* Shared by stop and restart: parses -t/--force into params. */
+static int stop_args(qv_cli *cli, int argc, char **argv, const char *help, const char *path, json_t *params) {
+    static const struct option longopts[] = {
+        QV_CLI_COMMON_LONGOPTS,
+        {"timeout", required_argument, NULL, 't'},
+        {"force", no_argument, NULL, 'F'},
+        {NULL, 0, NULL, 0},
+    };
+    int c;
+    while ((c = qv_cli_getopt(cli, argc, argv, "ht:", longopts, help)) != -1) {
+        uint64_t ms;
+        switch (c) {
+        case -2:
+            return -2;
+        case 't':
+            if (qv_parse_duration_ms(optarg, &ms) < 0 || ms == 0 || ms > 24ull * 3600 * 1000)
+                return qv_cli_usage_error(path, "--timeout takes a duration like 30s or 2m, got '%s'", optarg);
+            json_object_set_new(params, "timeout_ms", json_integer((json_int_t)ms));
+            break;
+        case 'F':
+            json_object_set_new(params, "force", json_true());
+            break;
+        default:
+            return qv_cli_usage_error(path, "bad option");
+        }
+    }
+    const char *name = one_name(argc, argv, path);
+    if (!name)
+        return QV_EXIT_USAGE;
+    json_object_set_new(params, "name", json_string(name));
+    return 0;
+}
+
+/* The exit code of a stop result: 3 when it had to be forced unasked. */
+static int stop_exit(json_t *stop, bool forced_on_request) {
+    const char *r = json_string_value(json_object_get(stop, "result"));
+    return r && strcmp(r, "forced") == 0 && !forced_on_request ? QV_EXIT_FORCED : QV_EXIT_OK;
+}
+
+static void print_stop(const qv_cli *cli, json_t *stop, const char *name) {
+    if (cli->verbosity < 0)
+        return;
+    const char *r = json_string_value(json_object_get(stop, "result"));
+    const char *how = json_string_value(json_object_get(stop, "how"));
+    double secs = json_number_value(json_object_get(stop, "seconds"));
+    if (!r || strcmp(r, "already-stopped") == 0)
+        printf("VM %s is not running\n", name);
+    else if (strcmp(r, "clean") == 0)
+        printf("stopped VM %s: the guest shut down (%s, %.1f s)\n", name, how ? how : "?", secs);
+    else
+        printf("stopped VM %s: forced (%s, %.1f s)\n", name, how ? how : "?", secs);
+}
+
+int cmd_vm_stop(qv_cli *cli, int argc, char **argv) {
+    json_t *params = json_object();
+    int r = stop_args(cli, argc, argv, stop_help, "vm stop ", params);
+    if (r != 0) {
+        json_decref(params);
+        return r == -2 ? QV_EXIT_OK : r;
+    }
+    const char *name = json_string_value(json_object_get(params, "name"));
+    char namebuf[64];
+    snprintf(namebuf, sizeof namebuf, "%s", name);
+    bool force = json_is_true(json_object_get(params, "force"));
+    qv_error err = {0};
+    json_t *res = NULL;
+    if (qv_cli_call_long(cli, "vm.stop", params, STOP_WAIT_MS, &res, &err) < 0)
+        return qv_cli_fail(cli, &err);
+    if (cli->json)
+        qv_print_json(json_incref(res), stdout);
+    else
+        print_stop(cli, res, namebuf);
+    int code = stop_exit(res, force);
+    json_decref(res);
+    return code;
+}
+
+static const char restart_help[] =
+    "Usage: qvisor vm restart NAME [--timeout TIME] [--force] [--json]\n"
+    "\n"
+    "Stops the VM as `qvisor vm stop` does (if it runs), then starts it again\n"
+    "with the same disk.\n"
+    "\n"
+    "  -t, --timeout TIME   how long the guest may take to shut down\n"
+    "      --force          skip the guest: quit, then signals\n"
+    "\n"
+    "Exit: 0, 1 the start failed, 3 restarted, but the stop had to be forced,\n"
+    "66 no such VM, 69 daemon not running, 75 busy.\n";
+
+int cmd_vm_restart(qv_cli *cli, int argc, char **argv) {
+    json_t *params = json_object();
+    int r = stop_args(cli, argc, argv, restart_help, "vm restart ", params);
+    if (r != 0) {
+        json_decref(params);
+        return r == -2 ? QV_EXIT_OK : r;
+    }
+    char name[64];
+    snprintf(name, sizeof name, "%s", json_string_value(json_object_get(params, "name")));
+    bool force = json_is_true(json_object_get(params, "force"));
+    qv_error err = {0};
+    json_t *res = NULL;
+    if (qv_cli_call_long(cli, "vm.restart", params, STOP_WAIT_MS + START_WAIT_MS, &res, &err) < 0)
+        return qv_cli_fail(cli, &err);
+    json_t *stop = json_object_get(res, "stop");
+    if (cli->json) {
+        qv_print_json(json_incref(res), stdout);
+    } else {
+        print_stop(cli, stop, name);
+        print_start(cli, json_object_get(res, "start"), name);
+    }
+    int code = stop_exit(stop, force);
+    json_decref(res);
+    return code;
+}
+
+static const char ssh_help[] =
+    "Usage: qvisor vm ssh NAME [-l USER] [-- COMMAND...]\n"
+    "\n"
+    "Runs ssh to the VM through the port qvisor forwards from 127.0.0.1 to the\n"
+    "guest's port 22, as the VM's cloud-init user, with the key qvisor made\n"
+    "for it (`vm create --ssh`) when there is one.  The guest's host key is\n"
+    "remembered per VM in INSTANCE_DIR/known_hosts.\n"
+    "\n"
+    "  -l, --user USER   log in as USER instead\n"
+    "\n"
+    "Exit: ssh's own exit status once it runs; 66 no such VM, 69 daemon not\n"
+    "running or the VM not running, 1 ssh cannot be run.\n";
+
+int cmd_vm_ssh(qv_cli *cli, int argc, char **argv) {
+    static const struct option longopts[] = {
+        QV_CLI_COMMON_LONGOPTS, {"user", required_argument, NULL, 'l'}, {NULL, 0, NULL, 0}};
+    const char *user = NULL;
+    int c;
+    /* "+": stop at the first non-option, so the remote command keeps its own */
+    while ((c = qv_cli_getopt(cli, argc, argv, "+hl:", longopts, ssh_help)) != -1) {
+        if (c == -2)
+            return QV_EXIT_OK;
+        if (c != 'l')
+            return qv_cli_usage_error("vm ssh ", "bad option");
+        user = optarg;
+    }
+    if (optind >= argc)
+        return qv_cli_usage_error("vm ssh ", "needs a NAME");
+    const char *name = argv[optind++];
+    if (optind < argc && strcmp(argv[optind], "--") == 0)
+        optind++;
+    qv_error err = {0};
+    json_t *vm = NULL;
+    if (qv_cli_call(cli, "vm.show", json_pack("{s:s}", "name", name), &vm, &err) < 0)
+        return qv_cli_fail(cli, &err);
+    json_t *port = json_object_get(vm, "ssh_port");
+    if (!json_is_integer(port)) {
+        fprintf(stderr, "qvisor: error: VM %s is %s: no SSH port to connect to (qvisor vm start %s)\n", name,
+                json_string_value(json_object_get(vm, "state")), name);
+        json_decref(vm);
+        return QV_EXIT_UNAVAILABLE;
+    }
+    const char *dir = json_string_value(json_object_get(vm, "dir"));
+    json_t *spec = json_object_get(vm, "spec");
+    if (!user)
+        user = json_string_value(json_object_get(spec, "user"));
+    char portarg[16], dest[160], known[4200], alias[96], key[4200];
+    snprintf(portarg, sizeof portarg, "%lld", (long long)json_integer_value(port));
+    snprintf(dest, sizeof dest, "%s@127.0.0.1", user ? user : "qvisor");
+    snprintf(known, sizeof known, "UserKnownHostsFile=%s/known_hosts", dir ? dir : ".");
+    snprintf(alias, sizeof alias, "HostKeyAlias=qvisor-%s", name);
+    snprintf(key, sizeof key, "%s/ssh/id_ed25519", dir ? dir : ".");
+    const char *args[64];
+    size_t n = 0;
+    args[n++] = "ssh";
+    args[n++] = "-p";
+    args[n++] = portarg;
+    args[n++] = "-o";
+    args[n++] = known;
+    args[n++] = "-o";
+    args[n++] = alias;
+    args[n++] = "-o";
+    args[n++] = "StrictHostKeyChecking=accept-new";
+    if (access(key, R_OK) == 0) {
+        args[n++] = "-i";
+        args[n++] = key;
+    }
+    args[n++] = dest;
+    if (optind < argc) {
+        args[n++] = "--";
+        for (int i = optind; i < argc && n < QV_ARRAY_SIZE(args) - 1; i++)
+            args[n++] = argv[i];
+    }
+    args[n] = NULL;
+    fflush(stdout);
+    execvp("ssh", (char *const *)args);
+    fprintf(stderr, "qvisor: error: cannot run ssh: %s (install openssh-client)\n", strerror(errno));
+    json_decref(vm);
+    return QV_EXIT_FAILED;
+}
+
 static const char rm_help[] =
-    "Usage: qvisor vm rm NAME\n"
+    "Usage: qvisor vm rm NAME [--force]\n"
     "\n"
     "Deletes a stopped VM and its instance directory, disk included.  This is\n"
     "the only command that deletes a VM's disk.\n"
     "\n"
-    "Exit: 0, 66 no such VM, 69 daemon not running, 75 the VM is not stopped.\n";
+    "  --force   stop a running VM first (QMP quit, then signals: no graceful\n"
+    "            shutdown, since its disk is deleted anyway)\n"
+    "\n"
+    "Exit: 0, 66 no such VM, 69 daemon not running, 75 the VM is running (without\n"
+    "--force) or busy.\n";
 
 int cmd_vm_rm(qv_cli *cli, int argc, char **argv) {
-    static const struct option longopts[] = {QV_CLI_COMMON_LONGOPTS, {NULL, 0, NULL, 0}};
+    static const struct option longopts[] = {
+        QV_CLI_COMMON_LONGOPTS, {"force", no_argument, NULL, 'F'}, {NULL, 0, NULL, 0}};
+    bool force = false;
     int c;
-    while ((c = qv_cli_getopt(cli, argc, argv, "h", longopts, rm_help)) != -1)
-        return c == -2 ? QV_EXIT_OK : qv_cli_usage_error("vm rm ", "bad option");
-    if (argc - optind != 1)
-        return qv_cli_usage_error("vm rm ", "needs exactly one NAME");
+    while ((c = qv_cli_getopt(cli, argc, argv, "h", longopts, rm_help)) != -1) {
+        if (c == -2)
+            return QV_EXIT_OK;
+        if (c != 'F')
+            return qv_cli_usage_error("vm rm ", "bad option");
+        force = true;
+    }
+    const char *name = one_name(argc, argv, "vm rm ");
+    if (!name)
+        return QV_EXIT_USAGE;
     qv_error err = {0};
-    if (qv_cli_call(cli, "vm.remove", json_pack("{s:s}", "name", argv[optind]), NULL, &err) < 0)
+    if (qv_cli_call_long(cli, "vm.remove", json_pack("{s:s, s:b}", "name", name, "force", force), STOP_WAIT_MS, NULL,
+                         &err) < 0)
         return qv_cli_fail(cli, &err);
     if (cli->verbosity >= 0)
-        printf("removed VM %s\n", argv[optind]);
+        printf("removed VM %s\n", name);
     return QV_EXIT_OK;
 }

@@ -25,7 +25,11 @@ static const qv_cli_verb vm_verbs[] = {
     {"create", cmd_vm_create, "define a VM with its own disk on a base image"},
     {"list", cmd_vm_list, "list VMs with state, pid, resources, IP, uptime"},
     {"show", cmd_vm_show, "everything about one VM"},
-    {"rm", cmd_vm_rm, "delete a stopped VM and its disk"},
+    {"start", cmd_vm_start, "start a VM"},
+    {"stop", cmd_vm_stop, "shut a VM down (agent or ACPI, then forced after a timeout)"},
+    {"restart", cmd_vm_restart, "stop and start a VM (the disk stays)"},
+    {"ssh", cmd_vm_ssh, "ssh into a VM through its forwarded port"},
+    {"rm", cmd_vm_rm, "delete a VM and its disk"},
     {NULL, NULL, NULL},
 };
 
@@ -62,6 +66,7 @@ static const char exit_codes[] =
     "Exit codes:\n"
     "   0  success\n"
     "   1  the operation failed\n"
+    "   3  vm stop/restart: the VM stopped, but had to be forced (quit or signals)\n"
     "  64  usage error (unknown command or option, missing argument)\n"
     "  65  bad input data (invalid name, size, file content)\n"
     "  66  no such VM, image, GPU or input file\n"
@@ -156,7 +161,7 @@ static int dispatch(qv_cli *cli, int argc, char **argv) {
 int main(int argc, char **argv) {
     qv_cli cli = {
         .config_path = QV_DEFAULT_CONFIG,
-        .timeout_ms = 30000,
+        .timeout_ms = QV_CLI_DEFAULT_TIMEOUT_MS,
     };
     enum { OPT_TIMEOUT = 0x100 };
     static const struct option longopts[] = {
@@ -188,6 +193,7 @@ int main(int argc, char **argv) {
             cli.json = true;
             break;
         case OPT_TIMEOUT:
+            cli.timeout_explicit = true;
             if (qv_parse_duration_ms(optarg, &cli.timeout_ms) < 0 || cli.timeout_ms == 0 ||
                 cli.timeout_ms > 24ull * 3600 * 1000)
                 return qv_cli_usage_error("", "--request-timeout takes a duration like 30s or 2m, got '%s'", optarg);

@@ -45,6 +45,7 @@ int qv_exit_code_for_errno(int code);
 enum {
     QV_EXIT_OK = 0,
     QV_EXIT_FAILED = 1,
+    QV_EXIT_FORCED = 3, /* vm stop/restart: stopped, but only by force (quit or signals) */
     QV_EXIT_USAGE = 64,
     QV_EXIT_DATAERR = 65,
     QV_EXIT_NOINPUT = 66,

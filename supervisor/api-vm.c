@@ -5,6 +5,7 @@
 #include "log.h"
 #include "util.h"
 #include "supervisor/image.h"
+#include "supervisor/vm.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -150,35 +151,187 @@ void sv_api_vm_create(sv_daemon *d, sv_ctl_req *req, json_t *params) {
     }
 }
 
+/* The VM named by params, or NULL after replying. */
+static sv_vm *vm_param(sv_daemon *d, sv_ctl_req *req, json_t *params) {
+    const char *name = name_param(req, params, "VM");
+    if (!name)
+        return NULL;
+    sv_vm *vm = sv_registry_find(d->registry, name);
+    if (!vm)
+        sv_ctl_reply_error(req, ENOENT, "no VM named '%s'", name);
+    return vm;
+}
+
+/* Agent answers are awaited at most this long by list and show. */
+#define AGENT_QUERY_MS 1000
+
+typedef struct view_job {
+    sv_daemon *d;
+    sv_ctl_req *req;
+    char name[64]; /* show: the VM; "" for list */
+} view_job;
+
+static void view_reply(void *userdata) {
+    view_job *job = userdata;
+    sv_daemon *d = job->d;
+    if (!job->name[0]) {
+        json_t *list = json_array();
+        for (sv_vm *vm = sv_registry_first(d->registry); vm; vm = vm->next)
+            json_array_append_new(list, sv_vm_summary(vm));
+        sv_ctl_reply(job->req, json_pack("{s:o}", "vms", list));
+    } else {
+        sv_vm *vm = sv_registry_find(d->registry, job->name);
+        if (!vm) {
+            sv_ctl_reply_error(job->req, ENOENT, "no VM named '%s'", job->name);
+        } else {
+            json_t *j = sv_vm_details(vm);
+            json_object_update_new(j, sv_vm_runtime_json(d->vmctl, vm));
+            sv_ctl_reply(job->req, j);
+        }
+    }
+    free(job);
+}
+
+static void view(sv_daemon *d, sv_ctl_req *req, const char *name) {
+    view_job *job = calloc(1, sizeof *job);
+    if (!job) {
+        sv_ctl_reply_error(req, ENOMEM, "out of memory");
+        return;
+    }
+    job->d = d;
+    job->req = req;
+    snprintf(job->name, sizeof job->name, "%s", name ? name : "");
+    sv_vmctl_refresh_agents(d->vmctl, AGENT_QUERY_MS, view_reply, job);
+}
+
 void sv_api_vm_list(sv_daemon *d, sv_ctl_req *req, json_t *params) {
     (void)params;
-    json_t *list = json_array();
-    for (sv_vm *vm = sv_registry_first(d->registry); vm; vm = vm->next)
-        json_array_append_new(list, sv_vm_summary(vm));
-    sv_ctl_reply(req, json_pack("{s:o}", "vms", list));
+    view(d, req, NULL);
 }
 
 void sv_api_vm_show(sv_daemon *d, sv_ctl_req *req, json_t *params) {
-    const char *name = name_param(req, params, "VM");
-    if (!name)
+    sv_vm *vm = vm_param(d, req, params);
+    if (vm)
+        view(d, req, vm->name);
+}
+
+static void op_done(int status, json_t *result, const qv_error *err, void *userdata) {
+    sv_ctl_req *req = userdata;
+    if (status < 0)
+        sv_ctl_reply_qv_error(req, err);
+    else
+        sv_ctl_reply(req, json_incref(result));
+}
+
+void sv_api_vm_start(sv_daemon *d, sv_ctl_req *req, json_t *params) {
+    sv_vm *vm = vm_param(d, req, params);
+    if (!vm)
         return;
+    qv_error err = {0};
+    if (sv_vm_start(d->vmctl, vm, op_done, req, &err) < 0)
+        sv_ctl_reply_qv_error(req, &err);
+}
+
+/* {"force": bool, "timeout_ms": N} */
+static int stop_options(sv_ctl_req *req, json_t *params, sv_stop_options *o) {
+    json_t *f = json_object_get(params, "force");
+    json_t *t = json_object_get(params, "timeout_ms");
+    if ((f && !json_is_boolean(f)) || (t && (!json_is_integer(t) || json_integer_value(t) <= 0))) {
+        sv_ctl_reply_error(req, EINVAL, "\"force\" must be a boolean and \"timeout_ms\" a positive integer");
+        return -EINVAL;
+    }
+    o->force = json_is_true(f);
+    o->timeout_ms = t ? (uint64_t)json_integer_value(t) : 0;
+    return 0;
+}
+
+void sv_api_vm_stop(sv_daemon *d, sv_ctl_req *req, json_t *params) {
+    sv_stop_options o;
+    sv_vm *vm = vm_param(d, req, params);
+    if (!vm || stop_options(req, params, &o) < 0)
+        return;
+    qv_error err = {0};
+    int r = sv_vm_stop(d->vmctl, vm, &o, op_done, req, &err);
+    if (r < 0)
+        sv_ctl_reply_qv_error(req, &err);
+    else if (r == 1)
+        sv_ctl_reply(req, json_pack("{s:s, s:s}", "result", "already-stopped", "state", sv_vm_state_name(vm->state)));
+}
+
+void sv_api_vm_restart(sv_daemon *d, sv_ctl_req *req, json_t *params) {
+    sv_stop_options o;
+    sv_vm *vm = vm_param(d, req, params);
+    if (!vm || stop_options(req, params, &o) < 0)
+        return;
+    qv_error err = {0};
+    if (sv_vm_restart(d->vmctl, vm, &o, op_done, req, &err) < 0)
+        sv_ctl_reply_qv_error(req, &err);
+}
+
+typedef struct remove_job {
+    sv_daemon *d;
+    sv_ctl_req *req;
+    char name[64];
+} remove_job;
+
+static void remove_now(sv_daemon *d, sv_ctl_req *req, const char *name) {
+    qv_error err = {0};
     sv_vm *vm = sv_registry_find(d->registry, name);
     if (!vm) {
         sv_ctl_reply_error(req, ENOENT, "no VM named '%s'", name);
         return;
     }
-    sv_ctl_reply(req, sv_vm_details(vm));
-}
-
-void sv_api_vm_remove(sv_daemon *d, sv_ctl_req *req, json_t *params) {
-    const char *name = name_param(req, params, "VM");
-    if (!name)
+    if (vm->state != SV_VM_STOPPED && vm->state != SV_VM_CRASHED) {
+        sv_ctl_reply_error(req, EBUSY, "VM '%s' is %s; stop it first (or use --force)", name,
+                           sv_vm_state_name(vm->state));
         return;
-    qv_error err = {0};
+    }
+    sv_vm_forget(d->vmctl, vm);
     if (sv_registry_remove(d->registry, name, &err) < 0) {
         sv_ctl_reply_qv_error(req, &err);
         return;
     }
     log_info("removed VM %s and its disk", name);
     sv_ctl_reply(req, NULL);
+}
+
+static void remove_after_stop(int status, json_t *result, const qv_error *err, void *userdata) {
+    (void)result;
+    remove_job *job = userdata;
+    if (status < 0)
+        sv_ctl_reply_qv_error(job->req, err);
+    else
+        remove_now(job->d, job->req, job->name);
+    free(job);
+}
+
+void sv_api_vm_remove(sv_daemon *d, sv_ctl_req *req, json_t *params) {
+    sv_vm *vm = vm_param(d, req, params);
+    if (!vm)
+        return;
+    bool force = json_is_true(json_object_get(params, "force"));
+    bool active = vm->state != SV_VM_STOPPED && vm->state != SV_VM_CRASHED;
+    if (!active || !force) {
+        remove_now(d, req, vm->name);
+        return;
+    }
+    /* --force: stop it the hard way first (the disk goes anyway) */
+    remove_job *job = calloc(1, sizeof *job);
+    if (!job) {
+        sv_ctl_reply_error(req, ENOMEM, "out of memory");
+        return;
+    }
+    job->d = d;
+    job->req = req;
+    snprintf(job->name, sizeof job->name, "%s", vm->name);
+    sv_stop_options o = {.force = true};
+    qv_error err = {0};
+    int r = sv_vm_stop(d->vmctl, vm, &o, remove_after_stop, job, &err);
+    if (r == 1) {
+        free(job);
+        remove_now(d, req, vm->name);
+    } else if (r < 0) {
+        free(job);
+        sv_ctl_reply_qv_error(req, &err);
+    }
 }

@@ -11,12 +11,14 @@
 #include "supervisor/ctl.h"
 #include "supervisor/daemon.h"
 #include "supervisor/registry.h"
+#include "supervisor/vm.h"
 
 typedef struct sv_daemon {
     uv_loop_t loop;
     const sv_daemon_options *opts;
     sv_config *config;
     sv_registry *registry;
+    sv_vmctl *vmctl;
     sv_ctl_server *ctl;
     uv_signal_t signals[3];
     size_t n_signals;
@@ -36,3 +38,6 @@ void sv_api_vm_create(sv_daemon *d, sv_ctl_req *req, json_t *params);
 void sv_api_vm_list(sv_daemon *d, sv_ctl_req *req, json_t *params);
 void sv_api_vm_show(sv_daemon *d, sv_ctl_req *req, json_t *params);
 void sv_api_vm_remove(sv_daemon *d, sv_ctl_req *req, json_t *params);
+void sv_api_vm_start(sv_daemon *d, sv_ctl_req *req, json_t *params);
+void sv_api_vm_stop(sv_daemon *d, sv_ctl_req *req, json_t *params);
+void sv_api_vm_restart(sv_daemon *d, sv_ctl_req *req, json_t *params);

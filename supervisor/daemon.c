@@ -104,6 +104,9 @@ static const struct method {
     {"vm.list", false, sv_api_vm_list},
     {"vm.show", false, sv_api_vm_show},
     {"vm.remove", true, sv_api_vm_remove},
+    {"vm.start", true, sv_api_vm_start},
+    {"vm.stop", true, sv_api_vm_stop},
+    {"vm.restart", true, sv_api_vm_restart},
 };
 
 static void on_request(sv_ctl_req *req, const char *method, json_t *params, void *userdata) {
@@ -134,6 +137,8 @@ static void daemon_stop(sv_daemon *d, const char *why) {
     d->stopping = true;
     log_info("stopping (%s); VMs keep running", why);
     sv_notify("STOPPING=1");
+    sv_vmctl_shutdown(d->vmctl);
+    d->vmctl = NULL;
     sv_ctl_server_close(d->ctl);
     d->ctl = NULL;
     for (size_t i = 0; i < d->n_signals; i++)
@@ -267,6 +272,8 @@ int sv_daemon_run(const sv_daemon_options *opts, qv_error *err) {
     if (r == -EADDRINUSE)
         err->code = EEXIST;
     if (r >= 0)
+        r = sv_vmctl_new(&d.loop, d.registry, &d.config, &d.vmctl, err);
+    if (r >= 0)
         r = start_signals(&d);
     if (r < 0) {
         if (!err->code)
@@ -277,6 +284,7 @@ int sv_daemon_run(const sv_daemon_options *opts, qv_error *err) {
         r = -err->code;
         goto out;
     }
+    sv_vmctl_adopt_all(d.vmctl);
     d.started_ms = qv_now_ms();
     d.started_wall = time(NULL);
     log_info("qvisor %s ready on %s (config: %s)", QV_VERSION, d.config->socket_path,

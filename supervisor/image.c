@@ -227,3 +227,12 @@ int sv_image_remove(const sv_config *c, const char *name, qv_error *err) {
     }
     return 0;
 }
+
+int sv_image_stamp(const char *path, uint64_t *ret_size, int64_t *ret_mtime_ns, qv_error *err) {
+    struct stat st;
+    if (stat(path, &st) < 0)
+        return qv_error_set(err, errno == ENOENT ? ENOENT : errno, "base image %s: %s", path, strerror(errno));
+    *ret_size = (uint64_t)st.st_size;
+    *ret_mtime_ns = (int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec;
+    return 0;
+}

@@ -35,3 +35,8 @@ int sv_qemu_img(const sv_config *c, const char *const *args, qv_run_output_fn pr
 
 /* `qemu-img info` of any file as JSON (format given, no probing when non-NULL). */
 int sv_qemu_img_info(const sv_config *c, const char *path, const char *format, json_t **ret, qv_error *err);
+
+/* The identity of a base image file: its size and mtime (ns).  Recorded when
+ * an overlay is made on it and checked before every start: a base that
+ * changed under its overlays would corrupt them. */
+int sv_image_stamp(const char *path, uint64_t *ret_size, int64_t *ret_mtime_ns, qv_error *err);

@@ -42,9 +42,7 @@ static int state_from_name(const char *n) {
     return -1;
 }
 
-/* Test builds only: QVISOR_TEST_CRASH_AT=POINT kills the daemon there, to
- * prove that every operation survives a crash at that point. */
-static void crash_point(const char *point) {
+void sv_crash_point(const char *point) {
 #if QV_TEST_HOOKS
     const char *want = getenv("QVISOR_TEST_CRASH_AT");
     if (want && strcmp(want, point) == 0) {
@@ -62,7 +60,19 @@ static void vm_free(sv_vm *vm) {
     sv_vmspec_free(vm->spec);
     free(vm->dir);
     free(vm->last_exit);
+    free(vm->ip);
+    json_decref(vm->addresses);
     free(vm);
+}
+
+void sv_vm_set_last_exit(sv_vm *vm, const char *why) {
+    free(vm->last_exit);
+    vm->last_exit = why ? strdup(why) : NULL;
+}
+
+int sv_vm_run_path(const sv_config *c, const char *vm_name, const char *file, char *buf, size_t len) {
+    int n = snprintf(buf, len, "%s/vm/%s%s%s", c->run_dir, vm_name, file ? "/" : "", file ? file : "");
+    return n < 0 || (size_t)n >= len ? -ENAMETOOLONG : 0;
 }
 
 static sv_vm *vm_new(const sv_registry *r, sv_vmspec *spec) {
@@ -125,9 +135,25 @@ char *sv_registry_users_of_image(sv_registry *r, const char *image) {
 
 /* ---- persistence ----------------------------------------------------------- */
 
+static int write_json(const char *dir, const char *file, json_t *j, qv_error *err);
+
 static json_t *state_json(const sv_vm *vm) {
-    return json_pack("{s:s, s:I, s:I, s:s?}", "state", sv_vm_state_name(vm->state), "created_at",
-                     (json_int_t)vm->created_at, "disk_size", (json_int_t)vm->disk_size, "last_exit", vm->last_exit);
+    const sv_vm_run *run = &vm->run;
+    return json_pack("{s:s, s:I, s:I, s:I, s:I, s:s?, s:{s:i, s:I, s:I, s:i, s:b, s:I, s:I}}", "state",
+                     sv_vm_state_name(vm->state), "created_at", (json_int_t)vm->created_at, "disk_size",
+                     (json_int_t)vm->disk_size, "base_size", (json_int_t)vm->base_size, "base_mtime_ns",
+                     (json_int_t)vm->base_mtime_ns, "last_exit", vm->last_exit, "run", "pid", run->pid,
+                     "start_ticks", (json_int_t)run->start_ticks, "started_at", (json_int_t)run->started_at,
+                     "ssh_port", run->ssh_port, "stop_force", run->stop_force, "stop_timeout_ms",
+                     (json_int_t)run->stop_timeout_ms, "restarts", (json_int_t)run->restarts);
+}
+
+int sv_registry_save(sv_registry *r, sv_vm *vm, qv_error *err) {
+    (void)r;
+    json_t *st = state_json(vm);
+    int rc = write_json(vm->dir, "state.json", st, err);
+    json_decref(st);
+    return rc;
 }
 
 static int write_json(const char *dir, const char *file, json_t *j, qv_error *err) {
@@ -183,8 +209,18 @@ static int load_vm(sv_registry *r, const char *name, qv_error *err) {
     vm->state = s < 0 ? SV_VM_STOPPED : (sv_vm_state)s;
     vm->created_at = json_integer_value(json_object_get(st, "created_at"));
     vm->disk_size = (uint64_t)json_integer_value(json_object_get(st, "disk_size"));
+    vm->base_size = (uint64_t)json_integer_value(json_object_get(st, "base_size"));
+    vm->base_mtime_ns = json_integer_value(json_object_get(st, "base_mtime_ns"));
     const char *le = json_string_value(json_object_get(st, "last_exit"));
     vm->last_exit = le ? strdup(le) : NULL;
+    json_t *run = json_object_get(st, "run");
+    vm->run.pid = (int)json_integer_value(json_object_get(run, "pid"));
+    vm->run.start_ticks = (uint64_t)json_integer_value(json_object_get(run, "start_ticks"));
+    vm->run.started_at = json_integer_value(json_object_get(run, "started_at"));
+    vm->run.ssh_port = (int)json_integer_value(json_object_get(run, "ssh_port"));
+    vm->run.stop_force = json_is_true(json_object_get(run, "stop_force"));
+    vm->run.stop_timeout_ms = (uint64_t)json_integer_value(json_object_get(run, "stop_timeout_ms"));
+    vm->run.restarts = (uint64_t)json_integer_value(json_object_get(run, "restarts"));
     json_decref(st);
     link_vm(r, vm);
     return 0;
@@ -300,8 +336,11 @@ static void create_work(uv_work_t *w) {
     if (r < 0)
         goto fail_tmp;
     qv_run_result_free(&res);
-    crash_point("create-after-disk");
+    sv_crash_point("create-after-disk");
 
+    r = sv_image_stamp(base, &vm->base_size, &vm->base_mtime_ns, err);
+    if (r < 0)
+        goto fail_tmp;
     vm->disk_size = vm->spec->disk;
     vm->created_at = (int64_t)time(NULL);
     vm->state = SV_VM_STOPPED;
@@ -315,7 +354,7 @@ static void create_work(uv_work_t *w) {
     json_decref(st);
     if (r < 0)
         goto fail_tmp;
-    crash_point("create-before-rename");
+    sv_crash_point("create-before-rename");
     if (rename(tmp, vm->dir) < 0) {
         r = qv_error_set(err, errno, "cannot move %s into place: %s", tmp, strerror(errno));
         goto fail_tmp;
@@ -401,7 +440,7 @@ int sv_registry_remove(sv_registry *r, const char *name, qv_error *err) {
     qv_rm_rf(tmp);
     if (rename(vm->dir, tmp) < 0 && errno != ENOENT)
         return qv_error_set(err, errno, "cannot remove %s: %s", vm->dir, strerror(errno));
-    crash_point("remove-after-rename");
+    sv_crash_point("remove-after-rename");
     int rc = qv_rm_rf(tmp);
     if (rc < 0)
         log_warning("could not remove all of %s: %s (cleaned at the next start)", tmp, strerror(-rc));
@@ -412,13 +451,26 @@ int sv_registry_remove(sv_registry *r, const char *name, qv_error *err) {
 
 /* ---- views ------------------------------------------------------------------- */
 
+static bool has_qemu(const sv_vm *vm) {
+    return vm->run.pid > 0 && (vm->state == SV_VM_STARTING || vm->state == SV_VM_RUNNING ||
+                               vm->state == SV_VM_PAUSED || vm->state == SV_VM_STOPPING);
+}
+
 json_t *sv_vm_summary(const sv_vm *vm) {
     char disk[PATH_MAX];
     snprintf(disk, sizeof disk, "%s/disk.qcow2", vm->dir);
-    return json_pack("{s:s, s:s, s:s, s:I, s:I, s:I, s:s, s:n, s:n, s:[], s:n}", "name", vm->name, "state",
-                     sv_vm_state_name(vm->state), "image", vm->spec->image, "cpus", (json_int_t)vm->spec->cpus,
-                     "memory", (json_int_t)vm->spec->memory, "disk_size", (json_int_t)vm->disk_size, "disk", disk,
-                     "pid", "ip", "gpus", "uptime_s");
+    bool up = has_qemu(vm);
+    json_t *j = json_pack("{s:s, s:s, s:s, s:I, s:I, s:I, s:s, s:[]}", "name", vm->name, "state",
+                          sv_vm_state_name(vm->state), "image", vm->spec->image, "cpus", (json_int_t)vm->spec->cpus,
+                          "memory", (json_int_t)vm->spec->memory, "disk_size", (json_int_t)vm->disk_size, "disk",
+                          disk, "gpus");
+    json_object_set_new(j, "pid", up ? json_integer(vm->run.pid) : json_null());
+    int64_t uptime = (int64_t)time(NULL) - vm->run.started_at;
+    json_object_set_new(j, "uptime_s", up && vm->run.started_at ? json_integer(uptime < 0 ? 0 : uptime) : json_null());
+    json_object_set_new(j, "ip", up && vm->ip ? json_string(vm->ip) : json_null());
+    json_object_set_new(j, "agent", json_string(!vm->spec->agent ? "off" : up && vm->agent ? vm->agent : "-"));
+    json_object_set_new(j, "ssh_port", up && vm->run.ssh_port ? json_integer(vm->run.ssh_port) : json_null());
+    return j;
 }
 
 json_t *sv_vm_details(const sv_vm *vm) {
@@ -432,5 +484,8 @@ json_t *sv_vm_details(const sv_vm *vm) {
     json_object_set_new(j, "serial_log", json_string(p));
     json_object_set_new(j, "created_at", json_integer((json_int_t)vm->created_at));
     json_object_set_new(j, "last_exit", vm->last_exit ? json_string(vm->last_exit) : json_null());
+    json_object_set_new(j, "addresses", has_qemu(vm) && vm->addresses ? json_incref(vm->addresses) : json_array());
+    json_object_set_new(j, "restarts", json_integer((json_int_t)vm->run.restarts));
+    json_object_set_new(j, "started_at", has_qemu(vm) ? json_integer(vm->run.started_at) : json_null());
     return j;
 }

@@ -28,6 +28,18 @@ typedef enum sv_vm_state {
 
 const char *sv_vm_state_name(sv_vm_state s);
 
+/* What state.json keeps about the running QEMU and the operation in
+ * progress, so a new daemon can re-adopt or finish it. */
+typedef struct sv_vm_run {
+    int pid;                  /* QEMU, 0 when none */
+    uint64_t start_ticks;     /* /proc/PID/stat field 22: the identity with the cmdline */
+    int64_t started_at;       /* unix time QEMU was started */
+    int ssh_port;             /* 127.0.0.1 port forwarded to the guest's 22; 0 when none */
+    bool stop_force;          /* a stop in progress skips the graceful step */
+    uint64_t stop_timeout_ms; /* a stop in progress: its graceful timeout (0: the VM's) */
+    uint64_t restarts;        /* automatic restarts in a row (restart policy) */
+} sv_vm_run;
+
 typedef struct sv_vm {
     char name[64];
     sv_vmspec *spec;
@@ -36,6 +48,14 @@ typedef struct sv_vm {
     int64_t created_at;     /* unix time */
     char *last_exit;        /* why it last stopped, NULL if never */
     uint64_t disk_size;     /* virtual size of the overlay */
+    uint64_t base_size;     /* the base image's file size and mtime when the */
+    int64_t base_mtime_ns;  /* disk was made: a base that changed is refused */
+    sv_vm_run run;
+    /* Not persisted: what the lifecycle engine (vm.c) knows right now. */
+    void *rt;               /* its per-VM runtime, NULL when none */
+    char *ip;               /* first address the guest agent reported */
+    json_t *addresses;      /* every address the agent reported (array), NULL when unknown */
+    const char *agent;      /* "ok", "no answer", "off", "unknown" */
     struct sv_vm *next;
 } sv_vm;
 
@@ -63,6 +83,18 @@ int sv_registry_create(sv_registry *r, uv_loop_t *loop, sv_vmspec *spec, sv_regi
 /* Removes a stopped or crashed VM and its directory (synchronously: a rename
  * and an unlink walk).  -EBUSY when it is in any other state. */
 int sv_registry_remove(sv_registry *r, const char *name, qv_error *err);
+
+/* Writes the VM's state.json (atomic, durable). */
+int sv_registry_save(sv_registry *r, sv_vm *vm, qv_error *err);
+/* Replaces vm->last_exit (NULL clears it). */
+void sv_vm_set_last_exit(sv_vm *vm, const char *why);
+/* RUN_DIR/vm/NAME/FILE (qmp.sock, qga.sock, qemu.pid); -ENAMETOOLONG. */
+int sv_vm_run_path(const sv_config *c, const char *vm_name, const char *file, char *buf, size_t len);
+
+/* Test builds only: QVISOR_TEST_CRASH_AT=POINT kills the daemon there, to
+ * prove that every operation survives a crash at that point.  A no-op in
+ * release builds. */
+void sv_crash_point(const char *point);
 
 /* {"name", "state", "image", "cpus", "memory", "disk_size", "disk", "pid",
  * "ip", "gpus", "uptime_s", …}: the `vm list` row.  New reference. */

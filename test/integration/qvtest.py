@@ -108,10 +108,30 @@ class Node:
                 f.close()
             setattr(self, name, None)
 
+    def qemu_pids(self):
+        """QEMU processes of this node (their -pidfile lies in its run dir)."""
+        pids = []
+        for d in os.listdir("/proc"):
+            if not d.isdigit():
+                continue
+            try:
+                with open(f"/proc/{d}/cmdline", "rb") as f:
+                    args = f.read().split(b"\0")
+            except OSError:
+                continue
+            if b"-pidfile" in args and any(a.startswith(self.run_dir.encode() + b"/") for a in args):
+                pids.append(int(d))
+        return pids
+
     def cleanup(self):
         try:
             self.stop_daemon()
         finally:
+            for pid in self.qemu_pids():  # VMs outlive the daemon: not the test's
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
             self._close_files()
             shutil.rmtree(self.dir, ignore_errors=True)
 

@@ -1,0 +1,1597 @@
+/* VM lifecycle engine (see vm.h and docs/lifecycle.md).
+ *
+ * One `vmrt` per VM holds what the engine knows beyond the registry: the
+ * pidfd watch of the current QEMU, the monitor and agent connections, the
+ * timers of the operation in progress and the requests waiting for it.
+ * The authority on "QEMU is gone" is the pidfd (the process really exited),
+ * never the monitor: cleanup runs from there, exactly once per process. */
+#include "vm.h"
+
+#include "cleanup.h"
+#include "fileio.h"
+#include "log.h"
+#include "util.h"
+#include "qmp/qga.h"
+#include "qmp/qmp.h"
+#include "supervisor/image.h"
+#include "supervisor/lifecycle.h"
+#include "supervisor/proc.h"
+#include "supervisor/qemuargv.h"
+#include "supervisor/qemucaps.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#ifndef P_PIDFD
+#define P_PIDFD 3
+#endif
+
+#define START_TIMEOUT_MS 60000u  /* QEMU up and `cont` answered */
+#define QMP_CMD_TIMEOUT_MS 10000u
+#define AGENT_PING_MS 3000u      /* Proxmox's: an agent slower than this is not used for shutdown */
+#define ACPI_REPEAT_MS 5000u     /* a power button pressed before the guest listened is lost: press again */
+#define KILL_GRACE_MS 5000u      /* after SIGKILL: how often to complain while it lingers */
+#define AGENT_FRESH_MS 2000u     /* agent answers younger than this are reused by `vm list` */
+#define RESTART_RESET_S 60       /* a VM that ran this long has its restart counter reset */
+
+typedef struct waiter {
+    sv_vm_done_fn done;
+    void *userdata;
+    struct waiter *next;
+} waiter;
+
+typedef enum stop_stage {
+    STAGE_NONE,
+    STAGE_GRACEFUL, /* agent guest-shutdown or ACPI, waiting for the guest */
+    STAGE_QUIT,     /* QMP quit sent */
+    STAGE_TERM,     /* SIGTERM sent */
+    STAGE_KILL,     /* SIGKILL sent */
+} stop_stage;
+
+typedef struct watch watch;
+typedef struct vmrt vmrt;
+
+struct sv_vmctl {
+    uv_loop_t *loop;
+    sv_registry *registry;
+    sv_config *const *config;
+    vmrt *rts;
+    unsigned refs;      /* open handles and queued work; freed at 0 once shut down */
+    bool shutting_down;
+    /* what the QEMU binary can do (probed once per binary and accelerator mode) */
+    enum { CAPS_NONE, CAPS_PROBING, CAPS_DONE } caps_state;
+    sv_qemu_caps caps;
+    int caps_status;
+    qv_error caps_err;
+    char *caps_binary;
+    bool caps_want_kvm;
+    bool accel_warned;
+};
+
+struct watch {
+    uv_poll_t poll;
+    int pidfd;
+    pid_t pid;
+    vmrt *rt;
+};
+
+struct vmrt {
+    sv_vmctl *c;
+    sv_vm *vm;             /* NULL once forgotten */
+    vmrt *next;
+    uv_timer_t timer;      /* start timeout, stop stages, restart backoff */
+    uv_timer_t acpi_timer; /* ACPI repeats during a graceful stop */
+    int refs;
+    watch *watch;          /* the current QEMU, NULL when none */
+    bool our_child;        /* spawned by this daemon (waitid gives its status) */
+    qmp_conn *qmp;
+    qga_conn *qga;
+    bool paused;           /* QEMU says the guest is paused (QMP STOP) */
+    /* start */
+    waiter *start_waiters;
+    bool starting_prep;    /* prep or probe in flight, QEMU not spawned yet */
+    bool waiting_caps;
+    bool cont_sent;
+    bool policy_start;     /* started by the restart policy, not by a user */
+    off_t log_offset;      /* where this QEMU's output starts in qemu.log */
+    /* stop */
+    waiter *stop_waiters;
+    stop_stage stage;
+    const char *how;       /* the step that ended it */
+    uint64_t stop_begin_ms;
+    uint64_t kill_ms;
+    char *stop_reason;     /* set when the daemon itself stops the VM (why) */
+    /* seen from this QEMU */
+    bool shutdown_seen, shutdown_guest, panicked;
+    char shutdown_reason[32];
+    /* agent */
+    uint64_t agent_checked_ms;
+    bool agent_busy;
+};
+
+static void launch(vmrt *rt);
+static void handle_gone(vmrt *rt, const char *how_exited);
+static void stage_quit(vmrt *rt);
+static void stage_term(vmrt *rt);
+static void schedule_restart(vmrt *rt);
+
+static const sv_config *cfg(const sv_vmctl *c) {
+    return *c->config;
+}
+
+/* ---- small helpers ------------------------------------------------------ */
+
+static void ctl_unref(sv_vmctl *c) {
+    if (--c->refs == 0 && c->shutting_down) {
+        free(c->caps_binary);
+        free(c);
+    }
+}
+
+static void persist(vmrt *rt) {
+    qv_error err = {0};
+    if (sv_registry_save(rt->c->registry, rt->vm, &err) < 0)
+        log_error("VM %s: cannot save its state: %s", rt->vm->name, err.msg);
+}
+
+static void set_state(vmrt *rt, sv_vm_event ev) {
+    sv_vm *vm = rt->vm;
+    sv_vm_state to;
+    int r = sv_vm_next_state(vm->state, ev, &to);
+    if (r < 0) {
+        log_warning("VM %s: event %s in state %s ignored", vm->name, sv_vm_event_name(ev),
+                    sv_vm_state_name(vm->state));
+        return;
+    }
+    if (to != vm->state)
+        log_debug("VM %s: %s -> %s (%s)", vm->name, sv_vm_state_name(vm->state), sv_vm_state_name(to),
+                  sv_vm_event_name(ev));
+    vm->state = to;
+}
+
+static void add_waiter(waiter **list, sv_vm_done_fn done, void *userdata) {
+    if (!done)
+        return;
+    waiter *w = calloc(1, sizeof *w);
+    if (!w) {
+        log_error("out of memory: a request will get no answer");
+        return;
+    }
+    w->done = done;
+    w->userdata = userdata;
+    waiter **p = list;
+    while (*p)
+        p = &(*p)->next;
+    *p = w;
+}
+
+/* Completes and frees every waiter of a list (the list is detached first:
+ * a callback may add new waiters). */
+static void complete(waiter **list, int status, json_t *result, const qv_error *err) {
+    waiter *w = *list;
+    *list = NULL;
+    while (w) {
+        waiter *next = w->next;
+        w->done(status, result, err, w->userdata);
+        free(w);
+        w = next;
+    }
+}
+
+static void fail_waiters(waiter **list, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void fail_waiters(waiter **list, int code, const char *fmt, ...) {
+    qv_error err = {.code = code};
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err.msg, sizeof err.msg, fmt, ap);
+    va_end(ap);
+    complete(list, -code, NULL, &err);
+}
+
+/* rt->refs: its two timers, the pidfd watch and queued start work. */
+static void rt_unref(vmrt *rt) {
+    sv_vmctl *c = rt->c;
+    if (--rt->refs == 0) {
+        free(rt->stop_reason);
+        free(rt);
+        ctl_unref(c);
+    }
+}
+
+static void rt_close_cb(uv_handle_t *h) {
+    rt_unref(h->data);
+}
+
+static vmrt *get_rt(sv_vmctl *c, sv_vm *vm) {
+    if (vm->rt)
+        return vm->rt;
+    vmrt *rt = calloc(1, sizeof *rt);
+    if (!rt)
+        return NULL;
+    rt->c = c;
+    rt->vm = vm;
+    uv_timer_init(c->loop, &rt->timer);
+    uv_timer_init(c->loop, &rt->acpi_timer);
+    rt->timer.data = rt->acpi_timer.data = rt;
+    rt->refs = 2;
+    c->refs++;
+    rt->next = c->rts;
+    c->rts = rt;
+    vm->rt = rt;
+    return rt;
+}
+
+static void unlink_rt(vmrt *rt) {
+    for (vmrt **p = &rt->c->rts; *p; p = &(*p)->next)
+        if (*p == rt) {
+            *p = rt->next;
+            return;
+        }
+}
+
+static void release_rt(vmrt *rt) {
+    unlink_rt(rt);
+    if (rt->vm)
+        rt->vm->rt = NULL;
+    rt->vm = NULL;
+    uv_close((uv_handle_t *)&rt->timer, rt_close_cb);
+    uv_close((uv_handle_t *)&rt->acpi_timer, rt_close_cb);
+}
+
+static void run_path(const vmrt *rt, const char *file, char *buf, size_t len) {
+    if (sv_vm_run_path(cfg(rt->c), rt->vm->name, file, buf, len) < 0)
+        buf[0] = '\0';
+}
+
+static void remove_run_files(const vmrt *rt) {
+    static const char *const files[] = {"qmp.sock", "qga.sock", "qemu.pid"};
+    char p[PATH_MAX];
+    for (size_t i = 0; i < QV_ARRAY_SIZE(files); i++) {
+        run_path(rt, files[i], p, sizeof p);
+        if (p[0] && unlink(p) < 0 && errno != ENOENT)
+            log_warning("VM %s: cannot remove %s: %s", rt->vm->name, p, strerror(errno));
+    }
+    run_path(rt, NULL, p, sizeof p);
+    if (p[0])
+        rmdir(p); /* only when empty */
+}
+
+/* A free TCP port on 127.0.0.1 for the SSH forward (the kernel picks it). */
+static int pick_port(void) {
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -errno;
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof a;
+    int r = 0;
+    if (bind(fd, (struct sockaddr *)&a, sizeof a) < 0 || getsockname(fd, (struct sockaddr *)&a, &len) < 0)
+        r = -errno;
+    close(fd);
+    return r < 0 ? r : ntohs(a.sin_port);
+}
+
+/* The tail of what QEMU wrote to qemu.log since `offset`: its error
+ * message when it dies at start.  Lines are joined with "; ". */
+static void log_tail(const vmrt *rt, off_t offset, char *buf, size_t len) {
+    buf[0] = '\0';
+    char path[PATH_MAX];
+    snprintf(path, sizeof path, "%s/qemu.log", rt->vm->dir);
+    _cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return;
+    struct stat st;
+    if (fstat(fd, &st) < 0 || st.st_size <= offset)
+        return;
+    off_t from = st.st_size - offset > 2048 ? st.st_size - 2048 : offset;
+    char raw[2049];
+    ssize_t n = pread(fd, raw, sizeof raw - 1, from);
+    if (n <= 0)
+        return;
+    raw[n] = '\0';
+    size_t out = 0;
+    for (char *save = NULL, *line = strtok_r(raw, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+        /* drop QEMU's "-msg timestamp=on" prefix: "2026-11-21T10:00:00.000000Z " */
+        if (strlen(line) > 28 && line[4] == '-' && line[10] == 'T' && line[27] == ' ')
+            line += 28;
+        if (!*line)
+            continue;
+        int w = snprintf(buf + out, len - out, "%s%s", out ? "; " : "", line);
+        if (w < 0 || (size_t)w >= len - out)
+            break;
+        out += (size_t)w;
+    }
+}
+
+static const char *signal_name(int sig) {
+    switch (sig) {
+    case SIGKILL: return "SIGKILL";
+    case SIGTERM: return "SIGTERM";
+    case SIGSEGV: return "SIGSEGV";
+    case SIGABRT: return "SIGABRT";
+    case SIGBUS: return "SIGBUS";
+    case SIGINT: return "SIGINT";
+    case SIGHUP: return "SIGHUP";
+    case SIGSYS: return "SIGSYS";
+    default: return "a signal";
+    }
+}
+
+/* ---- the pidfd watch: QEMU really exited ----------------------------- */
+
+static void watch_close_cb(uv_handle_t *h) {
+    watch *w = h->data;
+    close(w->pidfd);
+    rt_unref(w->rt);
+    free(w);
+}
+
+static void watch_close(vmrt *rt) {
+    watch *w = rt->watch;
+    if (!w)
+        return;
+    rt->watch = NULL;
+    uv_poll_stop(&w->poll);
+    uv_close((uv_handle_t *)&w->poll, watch_close_cb);
+}
+
+static void on_pidfd(uv_poll_t *h, int status, int events) {
+    (void)events;
+    watch *w = h->data;
+    vmrt *rt = w->rt;
+    char how[96];
+    siginfo_t si = {0};
+    if (status < 0) {
+        log_warning("VM %s: watching QEMU pid %d failed (%s); treating it as gone", rt->vm->name, (int)w->pid,
+                    uv_strerror(status));
+        snprintf(how, sizeof how, "was lost from sight");
+    } else {
+        int r = waitid((idtype_t)P_PIDFD, (id_t)w->pidfd, &si, WEXITED | WNOHANG);
+        if (r == 0 && si.si_pid == 0)
+            return; /* spurious wake-up: not exited yet */
+        if (r == 0 && si.si_code == CLD_EXITED)
+            snprintf(how, sizeof how, "exited with status %d", si.si_status);
+        else if (r == 0)
+            snprintf(how, sizeof how, "was killed by %s (%d)", signal_name(si.si_status), si.si_status);
+        else /* adopted after a daemon restart: not our child, no status */
+            snprintf(how, sizeof how, "exited");
+    }
+    handle_gone(rt, how);
+}
+
+static int watch_start(vmrt *rt, pid_t pid, int pidfd) {
+    watch *w = calloc(1, sizeof *w);
+    if (!w)
+        return -ENOMEM;
+    w->pidfd = pidfd;
+    w->pid = pid;
+    w->rt = rt;
+    int r = uv_poll_init(rt->c->loop, &w->poll, pidfd);
+    if (r < 0) {
+        free(w);
+        return r;
+    }
+    w->poll.data = w;
+    rt->refs++;
+    rt->watch = w;
+    uv_poll_start(&w->poll, UV_READABLE, on_pidfd);
+    return 0;
+}
+
+/* ---- the monitor -------------------------------------------------------- */
+
+static void started(vmrt *rt);
+
+static void on_qmp_event(qmp_conn *q, const char *name, json_t *data, const qmp_timestamp *ts, void *userdata) {
+    (void)q;
+    (void)ts;
+    vmrt *rt = userdata;
+    sv_vm *vm = rt->vm;
+    if (strcmp(name, "SHUTDOWN") == 0) {
+        rt->shutdown_seen = true;
+        rt->shutdown_guest = json_is_true(json_object_get(data, "guest"));
+        const char *reason = json_string_value(json_object_get(data, "reason"));
+        snprintf(rt->shutdown_reason, sizeof rt->shutdown_reason, "%s", reason ? reason : "");
+        if (reason && strcmp(reason, "guest-panic") == 0)
+            rt->panicked = true;
+        log_debug("VM %s: SHUTDOWN (guest %d, reason %s)", vm->name, rt->shutdown_guest, reason ? reason : "?");
+    } else if (strcmp(name, "GUEST_PANICKED") == 0) {
+        rt->panicked = true;
+        log_warning("VM %s: the guest kernel panicked", vm->name);
+    } else if (strcmp(name, "STOP") == 0) {
+        rt->paused = true;
+        if (vm->state == SV_VM_RUNNING) {
+            set_state(rt, SV_EV_PAUSED);
+            persist(rt);
+            log_info("VM %s: paused", vm->name);
+        }
+        if (vm->state == SV_VM_STOPPING && rt->stage == STAGE_GRACEFUL) {
+            log_info("VM %s: paused during a graceful stop; no ACPI to a paused guest, forcing", vm->name);
+            stage_quit(rt);
+        }
+    } else if (strcmp(name, "RESUME") == 0) {
+        rt->paused = false;
+        if (vm->state == SV_VM_PAUSED) {
+            set_state(rt, SV_EV_RESUMED);
+            persist(rt);
+            log_info("VM %s: resumed", vm->name);
+        }
+    }
+}
+
+static void on_qmp_disconnect(qmp_conn *q, int status, void *userdata) {
+    vmrt *rt = userdata;
+    /* The exit itself is learnt from the pidfd; a monitor lost while QEMU
+     * lives only means the stop must use signals. */
+    if (rt->watch)
+        log_debug("VM %s: monitor connection closed (%s)", rt->vm->name, strerror(-status));
+    if (rt->qmp == q) {
+        qmp_close(q);
+        rt->qmp = NULL;
+    }
+    if (rt->vm->state == SV_VM_STARTING && rt->watch)
+        log_warning("VM %s: monitor lost during start: %s", rt->vm->name, strerror(-status));
+}
+
+static void start_fail_kill(vmrt *rt, const char *why) {
+    log_warning("VM %s: start failed: %s; killing QEMU", rt->vm->name, why);
+    free(rt->stop_reason);
+    rt->stop_reason = strdup(why);
+    if (rt->watch)
+        sv_pidfd_signal(rt->watch->pidfd, SIGKILL); /* paused before cont: nothing to lose */
+}
+
+static void on_cont(qmp_conn *q, int status, json_t *result, const qmp_error *e, void *userdata) {
+    (void)q;
+    (void)result;
+    vmrt *rt = userdata;
+    if (status == QMP_ECANCELED || rt->vm == NULL || rt->vm->state != SV_VM_STARTING)
+        return;
+    if (status < 0) {
+        char why[256];
+        snprintf(why, sizeof why, "cont failed: %s", e ? e->desc : strerror(-status));
+        start_fail_kill(rt, why);
+        return;
+    }
+    started(rt);
+}
+
+static void on_qmp_ready(qmp_conn *q, void *userdata) {
+    vmrt *rt = userdata;
+    sv_vm *vm = rt->vm;
+    int maj = 0, min = 0, mic = 0;
+    qmp_version(q, &maj, &min, &mic);
+    log_debug("VM %s: monitor ready (QEMU %d.%d.%d)", vm->name, maj, min, mic);
+    if (vm->state == SV_VM_STARTING && !rt->cont_sent) {
+        /* Setup while the vCPUs are held by -S goes here (vCPU pinning with
+         * query-cpus-fast).  Nothing to do yet: resume at once. */
+        rt->cont_sent = true;
+        if (qmp_cont(q, QMP_CMD_TIMEOUT_MS, on_cont, rt) < 0)
+            start_fail_kill(rt, "cannot send cont");
+    }
+}
+
+static int qmp_attach(vmrt *rt) {
+    char path[PATH_MAX];
+    run_path(rt, "qmp.sock", path, sizeof path);
+    qmp_options o = {
+        .on_ready = on_qmp_ready,
+        .on_event = on_qmp_event,
+        .on_disconnect = on_qmp_disconnect,
+        .userdata = rt,
+        .handshake_timeout_ms = START_TIMEOUT_MS,
+    };
+    return qmp_connect(rt->c->loop, path, &o, &rt->qmp);
+}
+
+/* ---- the guest agent ----------------------------------------------------- */
+
+static void on_qga_disconnect(qga_conn *g, int status, void *userdata) {
+    vmrt *rt = userdata;
+    log_debug("VM %s: agent channel closed (%s)", rt->vm ? rt->vm->name : "?", strerror(-status));
+    if (rt->qga == g) {
+        qga_close(g);
+        rt->qga = NULL;
+    }
+}
+
+static void agent_attach(vmrt *rt) {
+    if (!rt->vm->spec->agent || rt->qga)
+        return;
+    char path[PATH_MAX];
+    run_path(rt, "qga.sock", path, sizeof path);
+    qga_options o = {.on_disconnect = on_qga_disconnect, .userdata = rt};
+    int r = qga_connect(rt->c->loop, path, &o, &rt->qga);
+    if (r < 0)
+        log_warning("VM %s: cannot connect to the guest-agent channel %s: %s", rt->vm->name, path, strerror(-r));
+    rt->vm->agent = "unknown";
+}
+
+static void detach_channels(vmrt *rt) {
+    if (rt->qmp) {
+        qmp_close(rt->qmp);
+        rt->qmp = NULL;
+    }
+    if (rt->qga) {
+        qga_close(rt->qga);
+        rt->qga = NULL;
+    }
+}
+
+/* ---- start ------------------------------------------------------------- */
+
+static json_t *start_result(const vmrt *rt) {
+    const sv_vm *vm = rt->vm;
+    json_t *j = json_pack("{s:s, s:s, s:i}", "name", vm->name, "state", sv_vm_state_name(vm->state), "pid",
+                          vm->run.pid);
+    json_object_set_new(j, "ssh_port", vm->run.ssh_port ? json_integer(vm->run.ssh_port) : json_null());
+    return j;
+}
+
+static void started(vmrt *rt) {
+    sv_vm *vm = rt->vm;
+    uv_timer_stop(&rt->timer);
+    set_state(rt, SV_EV_STARTED);
+    persist(rt);
+    log_info("VM %s: running (QEMU pid %d%s)", vm->name, vm->run.pid, rt->policy_start ? ", restarted by policy" : "");
+    agent_attach(rt);
+    json_t *res = start_result(rt);
+    complete(&rt->start_waiters, 0, res, NULL);
+    json_decref(res);
+}
+
+static void on_start_timeout(uv_timer_t *t) {
+    vmrt *rt = t->data;
+    if (rt->vm && rt->vm->state == SV_VM_STARTING)
+        start_fail_kill(rt, "QEMU did not answer on its monitor in time");
+}
+
+typedef struct prep_job {
+    uv_work_t work;
+    vmrt *rt;
+    char *base;
+    uint64_t base_size;
+    int64_t base_mtime_ns;
+    char *dir;
+    char *run_dir;
+    int status;
+    qv_error err;
+} prep_job;
+
+/* Worker thread: everything a start does on disk before QEMU runs. */
+static void prep_work(uv_work_t *w) {
+    prep_job *job = w->data;
+    uint64_t size;
+    int64_t mtime;
+    int r = sv_image_stamp(job->base, &size, &mtime, &job->err);
+    if (r < 0) {
+        job->status = r;
+        return;
+    }
+    if (job->base_size && (size != job->base_size || mtime != job->base_mtime_ns)) {
+        job->status = qv_error_set(&job->err, ESTALE,
+                                   "base image %s changed since this VM's disk was made on it (size or mtime "
+                                   "differs); the disk would be corrupt: restore the image or recreate the VM",
+                                   job->base);
+        return;
+    }
+    r = qv_mkdir_p(job->run_dir, 0750);
+    if (r < 0) {
+        job->status = qv_error_set(&job->err, r, "cannot create %s: %s", job->run_dir, strerror(-r));
+        return;
+    }
+    /* keep the previous boot's console next to this one */
+    char a[PATH_MAX], b[PATH_MAX + 8];
+    snprintf(a, sizeof a, "%s/serial.log", job->dir);
+    snprintf(b, sizeof b, "%s.1", a);
+    if (rename(a, b) < 0 && errno != ENOENT)
+        log_debug("cannot rotate %s: %s", a, strerror(errno));
+}
+
+/* A start whose QEMU never ran ends here (prep failed, probe failed, or a
+ * stop came first). */
+static void start_abandon(vmrt *rt, int code, const char *why) {
+    sv_vm *vm = rt->vm;
+    rt->starting_prep = false;
+    if (vm->state == SV_VM_STOPPING) {
+        /* a stop arrived before QEMU existed */
+        set_state(rt, SV_EV_EXITED);
+        vm->run = (sv_vm_run){.restarts = vm->run.restarts};
+        persist(rt);
+        json_t *res = json_pack("{s:s, s:s, s:f}", "result", "clean", "how", "start aborted before QEMU ran",
+                                "seconds", 0.0);
+        complete(&rt->stop_waiters, 0, res, NULL);
+        json_decref(res);
+        fail_waiters(&rt->start_waiters, ECANCELED, "start of VM '%s' aborted by a stop request", vm->name);
+        return;
+    }
+    set_state(rt, SV_EV_START_FAILED);
+    char msg[sizeof(((qv_error *)0)->msg)];
+    snprintf(msg, sizeof msg, "start failed: %s", why);
+    sv_vm_set_last_exit(vm, msg);
+    vm->run = (sv_vm_run){.restarts = vm->run.restarts};
+    persist(rt);
+    log_warning("VM %s: %s", vm->name, msg);
+    fail_waiters(&rt->start_waiters, code, "VM '%s' did not start: %s", vm->name, why);
+    if (rt->policy_start)
+        schedule_restart(rt);
+}
+
+static void maybe_launch(vmrt *rt);
+
+static void prep_after(uv_work_t *w, int status) {
+    prep_job *job = w->data;
+    vmrt *rt = job->rt;
+    const sv_vmctl *c = rt->c;
+    if (status < 0 && job->status == 0)
+        job->status = qv_error_set(&job->err, ECANCELED, "cancelled");
+    if (rt->vm && !c->shutting_down) {
+        if (job->status < 0)
+            start_abandon(rt, job->err.code, job->err.msg);
+        else
+            maybe_launch(rt);
+    }
+    free(job->base);
+    free(job->dir);
+    free(job->run_dir);
+    free(job);
+    rt_unref(rt);
+}
+
+static void caps_work(uv_work_t *w) {
+    sv_vmctl *c = w->data;
+    memset(&c->caps, 0, sizeof c->caps);
+    c->caps_err = (qv_error){0};
+    c->caps_status = sv_qemu_caps_probe(c->caps_binary, c->caps_want_kvm, &c->caps, &c->caps_err);
+}
+
+static void caps_after(uv_work_t *w, int status) {
+    sv_vmctl *c = w->data;
+    free(w);
+    if (status < 0 && c->caps_status == 0)
+        c->caps_status = qv_error_set(&c->caps_err, ECANCELED, "probe cancelled");
+    c->caps_state = CAPS_DONE;
+    if (c->caps_status < 0)
+        log_error("cannot use %s: %s", c->caps_binary, c->caps_err.msg);
+    else
+        log_info("QEMU %s (%s): %s; seccomp sandbox %s", c->caps.version, c->caps_binary, c->caps.kvm_detail,
+                 c->caps.sandbox ? "supported" : "not supported");
+    if (!c->shutting_down)
+        for (vmrt *rt = c->rts; rt; rt = rt->next)
+            if (rt->waiting_caps) {
+                rt->waiting_caps = false;
+                maybe_launch(rt);
+            }
+    ctl_unref(c);
+}
+
+/* Probes the configured QEMU unless the cached answer is for it. */
+static bool caps_current(sv_vmctl *c) {
+    const sv_config *conf = cfg(c);
+    bool want_kvm = conf->accelerator != SV_ACCEL_TCG;
+    if (c->caps_state == CAPS_PROBING)
+        return false;
+    if (c->caps_state == CAPS_DONE && c->caps_status == 0 && c->caps_binary &&
+        strcmp(c->caps_binary, conf->qemu_binary) == 0 && c->caps_want_kvm == want_kvm)
+        return true;
+    uv_work_t *w = calloc(1, sizeof *w);
+    char *bin = strdup(conf->qemu_binary);
+    if (!w || !bin) {
+        free(w);
+        free(bin);
+        return false;
+    }
+    free(c->caps_binary);
+    c->caps_binary = bin;
+    c->caps_want_kvm = want_kvm;
+    c->caps_state = CAPS_PROBING;
+    c->accel_warned = false;
+    w->data = c;
+    if (uv_queue_work(c->loop, w, caps_work, caps_after) < 0) {
+        free(w);
+        c->caps_state = CAPS_NONE;
+        return false;
+    }
+    c->refs++;
+    return false;
+}
+
+static void maybe_launch(vmrt *rt) {
+    sv_vmctl *c = rt->c;
+    if (rt->vm->state != SV_VM_STARTING) {
+        start_abandon(rt, ECANCELED, "a stop request came first");
+        return;
+    }
+    if (!caps_current(c)) {
+        if (c->caps_state == CAPS_PROBING) {
+            rt->waiting_caps = true;
+            return;
+        }
+        start_abandon(rt, ENOMEM, "cannot probe QEMU");
+        return;
+    }
+    if (c->caps_status < 0) {
+        start_abandon(rt, c->caps_err.code, c->caps_err.msg);
+        return;
+    }
+    launch(rt);
+}
+
+static void launch(vmrt *rt) {
+    sv_vmctl *c = rt->c;
+    const sv_config *conf = cfg(c);
+    sv_vm *vm = rt->vm;
+    qv_error err = {0};
+    rt->starting_prep = false;
+
+    bool kvm = false;
+    char warning[512] = "";
+    if (sv_qemu_accel_resolve(sv_accel_to_string(conf->accelerator), &c->caps, &kvm, warning, sizeof warning,
+                              &err) < 0) {
+        start_abandon(rt, err.code, err.msg);
+        return;
+    }
+    if (warning[0] && !c->accel_warned) {
+        log_warning("%s", warning);
+        c->accel_warned = true;
+    }
+
+    char qmp_path[PATH_MAX], qga_path[PATH_MAX], pidfile[PATH_MAX], disk[PATH_MAX], serial[PATH_MAX],
+        logpath[PATH_MAX], seed[PATH_MAX];
+    run_path(rt, "qmp.sock", qmp_path, sizeof qmp_path);
+    run_path(rt, "qga.sock", qga_path, sizeof qga_path);
+    run_path(rt, "qemu.pid", pidfile, sizeof pidfile);
+    snprintf(disk, sizeof disk, "%s/disk.qcow2", vm->dir);
+    snprintf(serial, sizeof serial, "%s/serial.log", vm->dir);
+    snprintf(logpath, sizeof logpath, "%s/qemu.log", vm->dir);
+    snprintf(seed, sizeof seed, "%s/seed.iso", vm->dir);
+    if (!qmp_path[0] || !pidfile[0]) {
+        start_abandon(rt, ENAMETOOLONG, "run directory path too long");
+        return;
+    }
+
+    _cleanup_close_ int lfd = -1;
+    int r = qmp_listen_socket(qmp_path, &lfd);
+    if (r < 0) {
+        char why[PATH_MAX + 64];
+        snprintf(why, sizeof why, "cannot listen on %s: %s", qmp_path, strerror(-r));
+        start_abandon(rt, -r, why);
+        return;
+    }
+    int port = pick_port();
+    if (port < 0) {
+        start_abandon(rt, -port, "no free TCP port on 127.0.0.1 for the SSH forward");
+        return;
+    }
+    sv_qemu_env env = {
+        .binary = conf->qemu_binary,
+        .kvm = kvm,
+        .sandbox = c->caps.sandbox,
+        .run_as = conf->run_as[0] && geteuid() == 0 ? conf->run_as : NULL,
+    };
+    sv_vm_paths paths = {
+        .disk = disk,
+        .serial_log = serial,
+        .pidfile = pidfile,
+        .qga_socket = vm->spec->agent ? qga_path : NULL,
+        .seed_iso = access(seed, F_OK) == 0 ? seed : NULL,
+        .qmp_fd = 3,
+        .ssh_port = port,
+    };
+    char **argv = NULL;
+    if (sv_qemu_argv(vm->spec, &env, &paths, &argv, &err) < 0) {
+        start_abandon(rt, err.code, err.msg);
+        return;
+    }
+    _cleanup_close_ int logfd = open(logpath, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
+    if (logfd < 0) {
+        int e = errno;
+        sv_argv_free(argv);
+        char why[PATH_MAX + 64];
+        snprintf(why, sizeof why, "cannot open %s: %s", logpath, strerror(e));
+        start_abandon(rt, e, why);
+        return;
+    }
+    /* a header, then the command line, as libvirt does: the log explains itself */
+    char stamp[64];
+    time_t now = time(NULL);
+    struct tm tm;
+    strftime(stamp, sizeof stamp, "%Y-%m-%dT%H:%M:%S%z", localtime_r(&now, &tm));
+    dprintf(logfd, "---- qvisor: starting %s at %s (%s) ----\n", vm->name, stamp, kvm ? "KVM" : "TCG");
+    for (char **a = argv; *a; a++)
+        dprintf(logfd, "%s%s", *a, a[1] ? " " : "\n");
+    rt->log_offset = lseek(logfd, 0, SEEK_END);
+
+    pid_t pid;
+    int pidfd;
+    r = sv_proc_spawn(argv, logfd, &lfd, 1, &pid, &pidfd, &err);
+    sv_argv_free(argv);
+    if (r < 0) {
+        start_abandon(rt, err.code, err.msg);
+        return;
+    }
+    rt->our_child = true;
+    rt->cont_sent = false;
+    rt->paused = false;
+    rt->shutdown_seen = rt->shutdown_guest = rt->panicked = false;
+    rt->shutdown_reason[0] = '\0';
+    vm->run.pid = pid;
+    vm->run.start_ticks = 0;
+    sv_proc_start_time(pid, &vm->run.start_ticks);
+    vm->run.started_at = (int64_t)now;
+    vm->run.ssh_port = port;
+    persist(rt);
+    sv_crash_point("start-after-spawn");
+    r = watch_start(rt, pid, pidfd);
+    if (r < 0) {
+        /* cannot watch it: do not leave it running unwatched */
+        sv_pidfd_signal(pidfd, SIGKILL);
+        waitpid(pid, NULL, 0);
+        close(pidfd);
+        remove_run_files(rt);
+        start_abandon(rt, -r, "cannot watch the QEMU process");
+        return;
+    }
+    log_info("VM %s: QEMU started (pid %d, %s%s)", vm->name, (int)pid, kvm ? "KVM" : "TCG",
+             env.sandbox ? ", seccomp sandbox" : "");
+    uv_timer_start(&rt->timer, on_start_timeout, START_TIMEOUT_MS, 0);
+    r = qmp_attach(rt);
+    if (r < 0)
+        start_fail_kill(rt, "cannot connect to the monitor socket");
+}
+
+static int begin_start(sv_vmctl *c, sv_vm *vm, bool policy, sv_vm_done_fn done, void *userdata, qv_error *err) {
+    if (c->shutting_down)
+        return qv_error_set(err, ECANCELED, "the daemon is stopping");
+    sv_vm_state to;
+    int r = sv_vm_next_state(vm->state, SV_EV_START, &to);
+    if (r == -EALREADY)
+        return qv_error_set(err, EALREADY, "VM '%s' is already %s", vm->name, sv_vm_state_name(vm->state));
+    if (r < 0)
+        return qv_error_set(err, EBUSY, "VM '%s' is %s; try again when that is done", vm->name,
+                            sv_vm_state_name(vm->state));
+    vmrt *rt = get_rt(c, vm);
+    prep_job *job = calloc(1, sizeof *job);
+    char run_dir[PATH_MAX], base[PATH_MAX];
+    if (!rt || !job)
+        goto oom;
+    if (sv_image_path(cfg(c), vm->spec->image, base, sizeof base, err) < 0) {
+        free(job);
+        return -err->code;
+    }
+    run_path(rt, NULL, run_dir, sizeof run_dir);
+    job->rt = rt;
+    job->work.data = job;
+    job->base = strdup(base);
+    job->dir = strdup(vm->dir);
+    job->run_dir = strdup(run_dir);
+    job->base_size = vm->base_size;
+    job->base_mtime_ns = vm->base_mtime_ns;
+    if (!job->base || !job->dir || !job->run_dir)
+        goto oom;
+    uv_timer_stop(&rt->timer); /* a pending automatic restart is superseded */
+    vm->state = to;
+    vm->run = (sv_vm_run){.restarts = policy ? vm->run.restarts : 0};
+    rt->policy_start = policy;
+    rt->starting_prep = true;
+    rt->stage = STAGE_NONE;
+    persist(rt);
+    r = uv_queue_work(c->loop, &job->work, prep_work, prep_after);
+    if (r < 0) {
+        vm->state = SV_VM_STOPPED;
+        persist(rt);
+        free(job->base);
+        free(job->dir);
+        free(job->run_dir);
+        free(job);
+        return qv_error_set(err, -r, "cannot queue the start: %s", uv_strerror(r));
+    }
+    rt->refs++;
+    add_waiter(&rt->start_waiters, done, userdata);
+    log_info("VM %s: starting", vm->name);
+    return 0;
+oom:
+    if (job) {
+        free(job->base);
+        free(job->dir);
+        free(job->run_dir);
+    }
+    free(job);
+    return qv_error_set(err, ENOMEM, "out of memory");
+}
+
+int sv_vm_start(sv_vmctl *c, sv_vm *vm, sv_vm_done_fn done, void *userdata, qv_error *err) {
+    return begin_start(c, vm, false, done, userdata, err);
+}
+
+/* ---- stop ------------------------------------------------------------ */
+
+void sv_stop_timeouts(const sv_vmspec *spec, const sv_config *c, uint64_t override_ms, uint64_t *ret_graceful_ms,
+                      uint64_t *ret_kill_ms) {
+    uint64_t per16 = spec->memory / (16ull << 30);
+    uint64_t base = spec->stop_timeout_ms ? spec->stop_timeout_ms : c->stop_timeout_ms;
+    *ret_graceful_ms = override_ms ? override_ms : base + per16 * 5000;
+    *ret_kill_ms = c->kill_timeout_ms + per16 * 1000;
+}
+
+uint64_t sv_restart_backoff_ms(uint64_t restarts) {
+    return restarts >= 6 ? 60000 : 1000ull << restarts;
+}
+
+static void on_stage_timer(uv_timer_t *t);
+
+static void arm(vmrt *rt, uint64_t ms) {
+    uv_timer_start(&rt->timer, on_stage_timer, ms, 0);
+}
+
+static void on_acpi_ack(qmp_conn *q, int status, json_t *result, const qmp_error *e, void *userdata) {
+    (void)q;
+    (void)result;
+    vmrt *rt = userdata;
+    if (status < 0 && status != QMP_ECANCELED && rt->vm)
+        log_warning("VM %s: system_powerdown failed: %s", rt->vm->name, e ? e->desc : strerror(-status));
+}
+
+static void press_power_button(vmrt *rt) {
+    if (rt->paused) {
+        /* never ACPI to a paused guest: QEMU would queue it until resume */
+        stage_quit(rt);
+        return;
+    }
+    if (!rt->qmp) {
+        log_warning("VM %s: no monitor connection for ACPI; forcing", rt->vm->name);
+        stage_term(rt);
+        return;
+    }
+    rt->how = "ACPI power button";
+    qmp_system_powerdown(rt->qmp, QMP_CMD_TIMEOUT_MS, on_acpi_ack, rt);
+}
+
+static void on_acpi_timer(uv_timer_t *t) {
+    vmrt *rt = t->data;
+    if (rt->vm && rt->stage == STAGE_GRACEFUL && strcmp(rt->how, "ACPI power button") == 0)
+        press_power_button(rt);
+}
+
+static void acpi(vmrt *rt) {
+    press_power_button(rt);
+    if (rt->stage == STAGE_GRACEFUL)
+        uv_timer_start(&rt->acpi_timer, on_acpi_timer, ACPI_REPEAT_MS, ACPI_REPEAT_MS);
+}
+
+static void on_agent_shutdown(qga_conn *g, int status, json_t *result, const qmp_error *e, void *userdata) {
+    (void)g;
+    (void)result;
+    (void)e;
+    vmrt *rt = userdata;
+    if (status == QMP_ECANCELED || !rt->vm || rt->stage != STAGE_GRACEFUL)
+        return;
+    if (status < 0) {
+        log_info("VM %s: agent guest-shutdown failed (%s); using ACPI", rt->vm->name, strerror(-status));
+        acpi(rt);
+    }
+}
+
+static void on_agent_ping(qga_conn *g, int status, json_t *result, const qmp_error *e, void *userdata) {
+    (void)result;
+    (void)e;
+    vmrt *rt = userdata;
+    if (status == QMP_ECANCELED || !rt->vm || rt->stage != STAGE_GRACEFUL)
+        return;
+    if (status == 0 && !rt->paused) {
+        rt->vm->agent = "ok";
+        rt->how = "guest agent guest-shutdown";
+        log_info("VM %s: asking the guest agent to shut down", rt->vm->name);
+        if (qga_shutdown(g, "powerdown", AGENT_PING_MS, on_agent_shutdown, rt) == 0)
+            return;
+    }
+    if (status != 0)
+        rt->vm->agent = "no answer";
+    log_info("VM %s: pressing the ACPI power button%s", rt->vm->name,
+             status != 0 ? " (the guest agent did not answer)" : "");
+    acpi(rt);
+}
+
+static void stage_graceful(vmrt *rt) {
+    uint64_t graceful;
+    sv_stop_timeouts(rt->vm->spec, cfg(rt->c), rt->vm->run.stop_timeout_ms, &graceful, &rt->kill_ms);
+    rt->stage = STAGE_GRACEFUL;
+    arm(rt, graceful);
+    if (rt->qga && rt->vm->spec->agent && !rt->paused) {
+        rt->how = "guest agent";
+        if (qga_ping(rt->qga, AGENT_PING_MS, on_agent_ping, rt) == 0)
+            return;
+    }
+    log_info("VM %s: pressing the ACPI power button", rt->vm->name);
+    acpi(rt);
+}
+
+static void on_quit(qmp_conn *q, int status, json_t *result, const qmp_error *e, void *userdata) {
+    (void)q;
+    (void)result;
+    vmrt *rt = userdata;
+    if (status < 0 && status != QMP_ECANCELED && status != QMP_EDISCONNECTED && rt->vm)
+        log_info("VM %s: quit got no answer (%s)", rt->vm->name, e ? e->desc : strerror(-status));
+}
+
+static void stage_quit(vmrt *rt) {
+    uint64_t graceful;
+    sv_stop_timeouts(rt->vm->spec, cfg(rt->c), rt->vm->run.stop_timeout_ms, &graceful, &rt->kill_ms);
+    uv_timer_stop(&rt->acpi_timer);
+    if (!rt->qmp) {
+        stage_term(rt);
+        return;
+    }
+    rt->stage = STAGE_QUIT;
+    rt->how = "QMP quit";
+    log_info("VM %s: sending quit to QEMU", rt->vm->name);
+    if (qmp_quit(rt->qmp, QMP_CMD_TIMEOUT_MS, on_quit, rt) < 0) {
+        stage_term(rt);
+        return;
+    }
+    arm(rt, rt->kill_ms);
+}
+
+static void stage_term(vmrt *rt) {
+    uv_timer_stop(&rt->acpi_timer);
+    rt->stage = STAGE_TERM;
+    rt->how = "SIGTERM";
+    if (rt->kill_ms == 0) {
+        uint64_t graceful;
+        sv_stop_timeouts(rt->vm->spec, cfg(rt->c), 0, &graceful, &rt->kill_ms);
+    }
+    log_warning("VM %s: sending SIGTERM to QEMU pid %d", rt->vm->name, rt->vm->run.pid);
+    if (rt->watch)
+        sv_pidfd_signal(rt->watch->pidfd, SIGTERM);
+    arm(rt, rt->kill_ms);
+}
+
+static void stage_kill(vmrt *rt) {
+    rt->stage = STAGE_KILL;
+    rt->how = "SIGKILL";
+    log_warning("VM %s: QEMU pid %d ignored SIGTERM; sending SIGKILL", rt->vm->name, rt->vm->run.pid);
+    if (rt->watch)
+        sv_pidfd_signal(rt->watch->pidfd, SIGKILL);
+    arm(rt, KILL_GRACE_MS);
+}
+
+static void on_stage_timer(uv_timer_t *t) {
+    vmrt *rt = t->data;
+    if (!rt->vm || rt->vm->state != SV_VM_STOPPING)
+        return;
+    switch (rt->stage) {
+    case STAGE_GRACEFUL:
+        log_info("VM %s: the guest did not shut down in time; forcing", rt->vm->name);
+        stage_quit(rt);
+        break;
+    case STAGE_QUIT:
+        stage_term(rt);
+        break;
+    case STAGE_TERM:
+        stage_kill(rt);
+        break;
+    case STAGE_KILL:
+        log_error("VM %s: QEMU pid %d survives SIGKILL (stuck in the kernel?); still waiting", rt->vm->name,
+                  rt->vm->run.pid);
+        arm(rt, KILL_GRACE_MS * 2);
+        break;
+    case STAGE_NONE:
+        break;
+    }
+}
+
+/* Starts (or joins) the stop of a VM that has, or will have, a QEMU. */
+static void begin_stop_sequence(vmrt *rt, bool force) {
+    rt->stop_begin_ms = qv_now_ms();
+    if (!rt->watch) {
+        if (!rt->starting_prep)
+            log_error("VM %s: stopping but no QEMU is known", rt->vm->name);
+        return; /* the start in flight sees the stop when it completes */
+    }
+    if (force || rt->paused || !rt->cont_sent)
+        stage_quit(rt);
+    else
+        stage_graceful(rt);
+}
+
+int sv_vm_stop(sv_vmctl *c, sv_vm *vm, const sv_stop_options *o, sv_vm_done_fn done, void *userdata,
+               qv_error *err) {
+    if (c->shutting_down)
+        return qv_error_set(err, ECANCELED, "the daemon is stopping");
+    sv_vm_state to;
+    int r = sv_vm_next_state(vm->state, SV_EV_STOP, &to);
+    if (r == 1)
+        return 1; /* already stopped */
+    if (r < 0)
+        return qv_error_set(err, EBUSY, "VM '%s' is %s; try again when that is done", vm->name,
+                            sv_vm_state_name(vm->state));
+    vmrt *rt = get_rt(c, vm);
+    if (!rt)
+        return qv_error_set(err, ENOMEM, "out of memory");
+    add_waiter(&rt->stop_waiters, done, userdata);
+    if (vm->state == SV_VM_STOPPING) {
+        if (o->force && rt->stage == STAGE_GRACEFUL) {
+            log_info("VM %s: stop forced while the guest shuts down", vm->name);
+            vm->run.stop_force = true;
+            persist(rt);
+            stage_quit(rt);
+        }
+        return 0;
+    }
+    sv_vm_state from = vm->state;
+    uv_timer_stop(&rt->timer);
+    vm->state = to;
+    vm->run.stop_force = o->force;
+    vm->run.stop_timeout_ms = o->timeout_ms;
+    persist(rt);
+    log_info("VM %s: stopping%s", vm->name, o->force ? " (forced)" : "");
+    if (from == SV_VM_STARTING)
+        fail_waiters(&rt->start_waiters, ECANCELED, "start of VM '%s' aborted by a stop request", vm->name);
+    /* a guest that is only starting would lose an ACPI request: quit it */
+    begin_stop_sequence(rt, o->force || from == SV_VM_STARTING);
+    sv_crash_point("stop-after-request");
+    return 0;
+}
+
+/* ---- QEMU is gone ------------------------------------------------------- */
+
+static void handle_gone(vmrt *rt, const char *how_exited) {
+    sv_vm *vm = rt->vm;
+    pid_t pid = rt->watch ? rt->watch->pid : vm->run.pid;
+    watch_close(rt);
+    detach_channels(rt);
+    uv_timer_stop(&rt->timer);
+    uv_timer_stop(&rt->acpi_timer);
+    remove_run_files(rt);
+    free(vm->ip);
+    vm->ip = NULL;
+    json_decref(vm->addresses);
+    vm->addresses = NULL;
+    vm->agent = NULL;
+    int64_t ran = vm->run.started_at ? (int64_t)time(NULL) - vm->run.started_at : 0;
+
+    char why[sizeof(((qv_error *)0)->msg)];
+    bool restart = false;
+    sv_vm_state before = vm->state;
+    if (before == SV_VM_STARTING) {
+        char tail[1024];
+        log_tail(rt, rt->log_offset, tail, sizeof tail);
+        if (rt->stop_reason)
+            snprintf(why, sizeof why, "%s", rt->stop_reason);
+        else
+            snprintf(why, sizeof why, "QEMU %s%s%s", how_exited, tail[0] ? ": " : "", tail);
+        log_info("VM %s: QEMU pid %d %s during start; cleaned up", vm->name, (int)pid, how_exited);
+        start_abandon(rt, EIO, why);
+        return;
+    }
+    if (before == SV_VM_STOPPING) {
+        bool clean = rt->stage == STAGE_GRACEFUL || rt->stage == STAGE_NONE;
+        const char *how = rt->stage == STAGE_NONE ? "the guest powered off" : rt->how ? rt->how : "?";
+        double secs = (double)(qv_now_ms() - rt->stop_begin_ms) / 1000.0;
+        if (rt->stop_reason)
+            snprintf(why, sizeof why, "%s", rt->stop_reason);
+        else
+            snprintf(why, sizeof why, "stopped on request (%s: %s)", clean ? "clean" : "forced", how);
+        sv_vm_set_last_exit(vm, why);
+        set_state(rt, SV_EV_EXITED);
+        vm->run = (sv_vm_run){0};
+        persist(rt);
+        log_info("VM %s: QEMU pid %d %s; %s after %.1f s; cleaned up", vm->name, (int)pid, how_exited,
+                 clean ? "clean stop" : "forced stop", secs);
+        json_t *res = json_pack("{s:s, s:s, s:f}", "result", clean ? "clean" : "forced", "how", how, "seconds", secs);
+        complete(&rt->stop_waiters, 0, res, NULL);
+        json_decref(res);
+        free(rt->stop_reason);
+        rt->stop_reason = NULL;
+        rt->stage = STAGE_NONE;
+        return;
+    }
+    /* running or paused: nobody asked for this */
+    sv_vm_event ev;
+    const sv_vmspec *s = vm->spec;
+    if (rt->panicked) {
+        ev = SV_EV_CRASHED;
+        snprintf(why, sizeof why, "the guest kernel panicked (QEMU %s)", how_exited);
+    } else if (rt->shutdown_seen && rt->shutdown_guest) {
+        ev = SV_EV_EXITED;
+        snprintf(why, sizeof why, "the guest powered off (%s)", rt->shutdown_reason);
+    } else if (rt->shutdown_seen && strcmp(how_exited, "exited with status 0") == 0) {
+        ev = SV_EV_EXITED;
+        snprintf(why, sizeof why, "QEMU was told to quit by something other than qvisor (%s)",
+                 rt->shutdown_reason[0] ? rt->shutdown_reason : "no reason given");
+    } else {
+        char tail[512];
+        log_tail(rt, rt->log_offset, tail, sizeof tail);
+        ev = SV_EV_CRASHED;
+        if (rt->our_child)
+            snprintf(why, sizeof why, "QEMU %s%s%s", how_exited, tail[0] ? ": " : "", tail);
+        else
+            snprintf(why, sizeof why, "QEMU %s unexpectedly", how_exited);
+    }
+    restart = s->restart == SV_RESTART_ALWAYS || (s->restart == SV_RESTART_ON_FAILURE && ev == SV_EV_CRASHED);
+    if (ran >= RESTART_RESET_S)
+        vm->run.restarts = 0;
+    uint64_t restarts = vm->run.restarts;
+    set_state(rt, ev);
+    sv_vm_set_last_exit(vm, why);
+    vm->run = (sv_vm_run){.restarts = restarts};
+    persist(rt);
+    if (ev == SV_EV_CRASHED)
+        log_warning("VM %s: crashed: %s; cleaned up", vm->name, why);
+    else
+        log_info("VM %s: stopped: %s; cleaned up", vm->name, why);
+    if (restart)
+        schedule_restart(rt);
+}
+
+/* ---- restart policy -------------------------------------------------- */
+
+static void policy_start_done(int status, json_t *result, const qv_error *err, void *userdata) {
+    (void)status;
+    (void)result;
+    (void)err;
+    (void)userdata; /* logged by the engine itself */
+}
+
+static void on_restart_timer(uv_timer_t *t) {
+    vmrt *rt = t->data;
+    if (!rt->vm || rt->c->shutting_down)
+        return;
+    sv_vm *vm = rt->vm;
+    if (vm->state != SV_VM_CRASHED && vm->state != SV_VM_STOPPED)
+        return; /* someone started it meanwhile */
+    qv_error err = {0};
+    if (begin_start(rt->c, vm, true, policy_start_done, NULL, &err) < 0)
+        log_error("VM %s: automatic restart failed: %s", vm->name, err.msg);
+}
+
+static void schedule_restart(vmrt *rt) {
+    sv_vm *vm = rt->vm;
+    if (vm->run.restarts >= vm->spec->restart_limit) {
+        log_error("VM %s: restart policy %s gives up after %llu restarts in a row", vm->name,
+                  sv_restart_to_string(vm->spec->restart), (unsigned long long)vm->run.restarts);
+        char why[sizeof(((qv_error *)0)->msg)];
+        snprintf(why, sizeof why, "%s; restart limit (%llu) reached", vm->last_exit ? vm->last_exit : "stopped",
+                 (unsigned long long)vm->spec->restart_limit);
+        sv_vm_set_last_exit(vm, why);
+        persist(rt);
+        return;
+    }
+    uint64_t delay = sv_restart_backoff_ms(vm->run.restarts);
+    vm->run.restarts++;
+    persist(rt);
+    log_info("VM %s: restart policy %s: starting again in %.0f s (restart %llu of at most %llu)", vm->name,
+             sv_restart_to_string(vm->spec->restart), (double)delay / 1000.0, (unsigned long long)vm->run.restarts,
+             (unsigned long long)vm->spec->restart_limit);
+    uv_timer_start(&rt->timer, on_restart_timer, delay, 0);
+}
+
+/* ---- restart (stop + start) ------------------------------------------ */
+
+typedef struct restart_job {
+    sv_vmctl *c;
+    sv_vm *vm;
+    json_t *stop_result;
+    sv_vm_done_fn done;
+    void *userdata;
+} restart_job;
+
+static void restart_started(int status, json_t *result, const qv_error *err, void *userdata) {
+    restart_job *job = userdata;
+    if (status < 0) {
+        job->done(status, NULL, err, job->userdata);
+    } else {
+        json_t *res = json_pack("{s:O, s:O}", "stop", job->stop_result, "start", result);
+        job->done(0, res, NULL, job->userdata);
+        json_decref(res);
+    }
+    json_decref(job->stop_result);
+    free(job);
+}
+
+static void restart_stopped(int status, json_t *result, const qv_error *err, void *userdata) {
+    restart_job *job = userdata;
+    if (status < 0) {
+        job->done(status, NULL, err, job->userdata);
+        free(job);
+        return;
+    }
+    job->stop_result = result ? json_incref(result) : json_pack("{s:s}", "result", "already-stopped");
+    qv_error e = {0};
+    if (begin_start(job->c, job->vm, false, restart_started, job, &e) < 0) {
+        job->done(-e.code, NULL, &e, job->userdata);
+        json_decref(job->stop_result);
+        free(job);
+    }
+}
+
+int sv_vm_restart(sv_vmctl *c, sv_vm *vm, const sv_stop_options *o, sv_vm_done_fn done, void *userdata,
+                  qv_error *err) {
+    restart_job *job = calloc(1, sizeof *job);
+    if (!job)
+        return qv_error_set(err, ENOMEM, "out of memory");
+    job->c = c;
+    job->vm = vm;
+    job->done = done;
+    job->userdata = userdata;
+    int r = sv_vm_stop(c, vm, o, restart_stopped, job, err);
+    if (r < 0) {
+        free(job);
+        return r;
+    }
+    if (r == 1) {
+        /* not running: a plain start (the reply still names the stop step) */
+        job->stop_result = json_pack("{s:s}", "result", "already-stopped");
+        r = begin_start(c, vm, false, restart_started, job, err);
+        if (r < 0) {
+            json_decref(job->stop_result);
+            free(job);
+            return r;
+        }
+    }
+    return 0;
+}
+
+/* ---- adoption after a daemon restart ---------------------------------- */
+
+/* The pid in RUN_DIR/vm/NAME/qemu.pid, if that process is our QEMU for the
+ * VM (command line; no start time is known for it). */
+static pid_t pid_from_pidfile(vmrt *rt, uint64_t *ret_ticks) {
+    char path[PATH_MAX];
+    run_path(rt, "qemu.pid", path, sizeof path);
+    _cleanup_free_ char *text = NULL;
+    if (qv_read_file(path, 64, &text, NULL) < 0)
+        return 0;
+    uint64_t pid;
+    text[strcspn(text, "\n")] = '\0';
+    if (qv_parse_uint(text, 2, INT32_MAX, &pid) < 0)
+        return 0;
+    uint64_t ticks;
+    if (sv_proc_start_time((pid_t)pid, &ticks) < 0 || !sv_proc_is_our_qemu((pid_t)pid, ticks, rt->vm->name, path))
+        return 0;
+    *ret_ticks = ticks;
+    return (pid_t)pid;
+}
+
+static void adopt(sv_vmctl *c, sv_vm *vm) {
+    vmrt *rt = get_rt(c, vm);
+    if (!rt)
+        return;
+    char pidfile[PATH_MAX];
+    run_path(rt, "qemu.pid", pidfile, sizeof pidfile);
+    pid_t pid = vm->run.pid;
+    bool ours = pid > 0 && sv_proc_is_our_qemu(pid, vm->run.start_ticks, vm->name, pidfile);
+    if (!ours && pid <= 0 && vm->state == SV_VM_STARTING) {
+        /* the daemon died between saving "starting" and saving the pid */
+        uint64_t ticks = 0;
+        pid = pid_from_pidfile(rt, &ticks);
+        if (pid > 0) {
+            ours = true;
+            vm->run.pid = pid;
+            vm->run.start_ticks = ticks;
+        }
+    }
+    int pidfd = ours ? sv_pidfd_open(pid) : -ESRCH;
+    if (pidfd < 0) {
+        if (pid > 0 && kill(pid, 0) == 0 && !ours)
+            log_warning("VM %s: pid %d is now another process (command line or start time differ); not touched",
+                        vm->name, (int)pid);
+        rt->our_child = false;
+        rt->log_offset = 0;
+        sv_vm_state was = vm->state;
+        if (was == SV_VM_STARTING || was == SV_VM_STOPPING) {
+            vm->state = SV_VM_STOPPED;
+            sv_vm_set_last_exit(vm, was == SV_VM_STARTING ? "start interrupted by a daemon restart; QEMU never ran"
+                                                          : "stopped while the daemon was not running");
+            vm->run = (sv_vm_run){0};
+            remove_run_files(rt);
+            persist(rt);
+            log_info("VM %s: %s", vm->name, vm->last_exit);
+            return;
+        }
+        /* running or paused before: it ended while nobody watched */
+        rt->watch = NULL;
+        log_warning("VM %s: QEMU pid %d is gone; it ended while the daemon was not running", vm->name, (int)pid);
+        handle_gone(rt, "exited while the daemon was not running");
+        return;
+    }
+    if (watch_start(rt, pid, pidfd) < 0) {
+        close(pidfd);
+        log_error("VM %s: cannot watch QEMU pid %d; leaving it alone", vm->name, (int)pid);
+        return;
+    }
+    rt->our_child = false;
+    rt->cont_sent = true;
+    if (qmp_attach(rt) < 0)
+        log_warning("VM %s: cannot reconnect to the monitor; a stop will use signals", vm->name);
+    switch (vm->state) {
+    case SV_VM_STARTING:
+        log_info("VM %s: QEMU pid %d was half-started by the previous daemon; stopping it", vm->name, (int)pid);
+        rt->cont_sent = false;
+        rt->stop_reason = strdup("start interrupted by a daemon restart; QEMU was stopped");
+        vm->state = SV_VM_STOPPING;
+        vm->run.stop_force = true;
+        persist(rt);
+        begin_stop_sequence(rt, true);
+        break;
+    case SV_VM_STOPPING:
+        log_info("VM %s: finishing the stop the previous daemon began (QEMU pid %d)", vm->name, (int)pid);
+        begin_stop_sequence(rt, vm->run.stop_force);
+        break;
+    default:
+        log_info("VM %s: re-adopted QEMU pid %d (%s)", vm->name, (int)pid, sv_vm_state_name(vm->state));
+        rt->paused = vm->state == SV_VM_PAUSED;
+        agent_attach(rt);
+        break;
+    }
+}
+
+void sv_vmctl_adopt_all(sv_vmctl *c) {
+    for (sv_vm *vm = sv_registry_first(c->registry); vm; vm = vm->next)
+        if (vm->state == SV_VM_STARTING || vm->state == SV_VM_RUNNING || vm->state == SV_VM_PAUSED ||
+            vm->state == SV_VM_STOPPING)
+            adopt(c, vm);
+    /* automatic restarts of VMs that died while the daemon was down
+     * were scheduled by handle_gone */
+}
+
+/* ---- agent refresh for `vm list` ------------------------------------ */
+
+typedef struct refresh {
+    unsigned pending;
+    void (*done)(void *);
+    void *userdata;
+} refresh;
+
+typedef struct refresh_item {
+    refresh *r;
+    vmrt *rt;
+} refresh_item;
+
+static void refresh_put(refresh *r) {
+    if (--r->pending == 0) {
+        r->done(r->userdata);
+        free(r);
+    }
+}
+
+static void on_interfaces(qga_conn *g, int status, const qga_interface *ifs, size_t n, const qmp_error *e,
+                          void *userdata) {
+    (void)g;
+    (void)e;
+    refresh_item *it = userdata;
+    vmrt *rt = it->rt;
+    if (rt->vm && status != QMP_ECANCELED) {
+        sv_vm *vm = rt->vm;
+        rt->agent_checked_ms = qv_now_ms();
+        if (status == 0) {
+            vm->agent = "ok";
+            json_t *addrs = json_array();
+            const char *first4 = NULL, *first6 = NULL;
+            for (size_t i = 0; i < n; i++)
+                for (size_t k = 0; k < ifs[i].n_addrs; k++) {
+                    const qga_ip_address *a = &ifs[i].addrs[k];
+                    if (strcmp(ifs[i].name, "lo") == 0)
+                        continue;
+                    json_array_append_new(addrs, json_pack("{s:s, s:s, s:i}", "interface", ifs[i].name, "address",
+                                                           a->address, "prefix", (int)a->prefix));
+                    if (a->family == AF_INET && !first4)
+                        first4 = a->address;
+                    if (a->family == AF_INET6 && !first6 && strncmp(a->address, "fe80", 4) != 0)
+                        first6 = a->address;
+                }
+            json_decref(vm->addresses);
+            vm->addresses = addrs;
+            free(vm->ip);
+            vm->ip = first4 ? strdup(first4) : first6 ? strdup(first6) : NULL;
+        } else {
+            vm->agent = "no answer";
+        }
+    }
+    rt->agent_busy = false;
+    refresh_put(it->r);
+    free(it);
+}
+
+void sv_vmctl_refresh_agents(sv_vmctl *c, uint64_t timeout_ms, void (*done)(void *), void *userdata) {
+    refresh *r = calloc(1, sizeof *r);
+    if (!r) {
+        done(userdata);
+        return;
+    }
+    r->pending = 1; /* ours, dropped at the end */
+    r->done = done;
+    r->userdata = userdata;
+    uint64_t now = qv_now_ms();
+    for (vmrt *rt = c->rts; rt; rt = rt->next) {
+        if (!rt->vm || !rt->qga || rt->agent_busy || rt->vm->state != SV_VM_RUNNING)
+            continue;
+        if (rt->agent_checked_ms && now - rt->agent_checked_ms < AGENT_FRESH_MS)
+            continue;
+        refresh_item *it = calloc(1, sizeof *it);
+        if (!it)
+            break;
+        it->r = r;
+        it->rt = rt;
+        if (qga_network_get_interfaces(rt->qga, timeout_ms, on_interfaces, it) < 0) {
+            free(it);
+            continue;
+        }
+        rt->agent_busy = true;
+        r->pending++;
+    }
+    refresh_put(r);
+}
+
+json_t *sv_vm_runtime_json(sv_vmctl *c, const sv_vm *vm) {
+    char p[PATH_MAX];
+    json_t *j = json_object();
+    const vmrt *rt = vm->rt;
+    bool up = rt && rt->watch;
+    if (sv_vm_run_path(cfg(c), vm->name, "qmp.sock", p, sizeof p) == 0)
+        json_object_set_new(j, "qmp_socket", json_string(p));
+    if (vm->spec->agent && sv_vm_run_path(cfg(c), vm->name, "qga.sock", p, sizeof p) == 0)
+        json_object_set_new(j, "agent_socket", json_string(p));
+    if (sv_vm_run_path(cfg(c), vm->name, "qemu.pid", p, sizeof p) == 0)
+        json_object_set_new(j, "pidfile", json_string(p));
+    json_object_set_new(j, "monitor", json_string(!up ? "-" : rt->qmp && qmp_is_ready(rt->qmp) ? "connected"
+                                                                                             : "not connected"));
+    if (up && rt->stage != STAGE_NONE)
+        json_object_set_new(j, "stop_step", json_string(rt->how ? rt->how : "?"));
+    if (c->caps_state == CAPS_DONE && c->caps_status == 0)
+        json_object_set_new(j, "qemu_version", json_string(c->caps.version));
+    return j;
+}
+
+/* ---- create, forget, shutdown ------------------------------------------ */
+
+int sv_vmctl_new(uv_loop_t *loop, sv_registry *registry, sv_config *const *config, sv_vmctl **ret, qv_error *err) {
+    sv_vmctl *c = calloc(1, sizeof *c);
+    if (!c)
+        return qv_error_set(err, ENOMEM, "out of memory");
+    c->loop = loop;
+    c->registry = registry;
+    c->config = config;
+    c->refs = 1; /* dropped by sv_vmctl_shutdown */
+    caps_current(c); /* probe now, so the first start does not wait */
+    *ret = c;
+    return 0;
+}
+
+void sv_vm_forget(sv_vmctl *c, sv_vm *vm) {
+    (void)c;
+    vmrt *rt = vm->rt;
+    if (!rt)
+        return;
+    detach_channels(rt);
+    watch_close(rt);
+    release_rt(rt);
+}
+
+void sv_vmctl_shutdown(sv_vmctl *c) {
+    if (!c)
+        return;
+    c->shutting_down = true;
+    while (c->rts) {
+        vmrt *rt = c->rts;
+        fail_waiters(&rt->start_waiters, ECANCELED,
+                     "the daemon is stopping; the start is finished or rolled back when it runs again");
+        fail_waiters(&rt->stop_waiters, ECANCELED,
+                     "the daemon is stopping; the stop is finished when it runs again");
+        detach_channels(rt);
+        watch_close(rt);
+        release_rt(rt);
+    }
+    ctl_unref(c);
+}

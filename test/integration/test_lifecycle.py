@@ -1,0 +1,321 @@
+#!/usr/bin/env python3
+"""VM lifecycle through the real CLI and daemon with real QEMU (TCG) and the
+tiny test guest: start/list/stop/start/rm with disk persistence, ACPI and
+agent shutdown, the escalation for a guest that ignores the power button,
+crashes of QEMU and of the daemon (re-adoption, identity checks), start
+failures that show QEMU's error, and daemon crashes injected mid-start and
+mid-stop (QVISOR_TEST_CRASH_AT, test builds only)."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import unittest
+
+sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "guest"))
+from qvtest import Node, scaled, wait_for  # noqa: E402
+import guestlib  # noqa: E402
+
+GUEST = None
+
+
+def setUpModule():
+    global GUEST
+    GUEST = guestlib.build_tiny_guest()
+
+
+def proc_alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+class Lifecycle(unittest.TestCase):
+    CONFIG = ("vm_defaults:\n  memory: 256M\n  disk: 1G\n  stop_timeout: 30s\n  kill_timeout: 5s\n")
+
+    def setUp(self):
+        self.node = Node(self.CONFIG)
+        self.node.start_daemon()
+        base = os.path.join(self.node.dir, "blank.qcow2")
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", base, "1G"], check=True)
+        self.node.qvisor("image", "import", base, "blank", check=0)
+
+    def tearDown(self):
+        self.node.cleanup()
+
+    # -- helpers --------------------------------------------------------------
+
+    def create(self, name, options=(), *extra):
+        self.node.qvisor("vm", "create", name, "--image", "blank", "--kernel", GUEST.kernel,
+                         "--initrd", GUEST.initrd, "--append", guestlib.cmdline(options), *extra, check=0)
+
+    def show(self, name):
+        return self.node.qvisor_json("vm", "show", name)
+
+    def serial(self, name):
+        return os.path.join(self.node.state, "instances", name, "serial.log")
+
+    def wait_marker(self, name, pattern, timeout=60):
+        return guestlib.wait_marker_in_file(self.serial(name), pattern, scaled(timeout))
+
+    def start(self, name, wait_ready=True):
+        j = self.node.qvisor_json("vm", "start", name, timeout=scaled(60))
+        if wait_ready:
+            self.wait_marker(name, r"^ready$")
+        return j
+
+    def stop(self, name, *args, want=0):
+        p = self.node.qvisor("--json", "vm", "stop", name, *args, timeout=scaled(120), check=want)
+        return json.loads(p.stdout)
+
+    def run_files(self, name):
+        d = os.path.join(self.node.run_dir, "vm", name)
+        return sorted(os.listdir(d)) if os.path.isdir(d) else []
+
+    def count_log(self, text):
+        return self.node.log().count(text)
+
+    # -- tests ------------------------------------------------------------------
+
+    def test_full_lifecycle_disk_persists(self):
+        self.create("life", ["qv.disk=marker", "qv.agent=on"])
+        j = self.start("life")
+        pid = j["pid"]
+        self.assertTrue(proc_alive(pid))
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            self.assertIn(b"guest=life,", f.read())
+        self.assertIsInstance(j["ssh_port"], int)
+        row = self.node.qvisor_json("vm", "list")["vms"][0]
+        self.assertEqual((row["name"], row["state"], row["pid"]), ("life", "running", pid))
+        self.assertEqual(row["agent"], "ok")  # the guest's qemu-ga answered
+        self.assertEqual(row["ssh_port"], j["ssh_port"])
+        table = self.node.qvisor("vm", "list", check=0).stdout
+        self.assertRegex(table, rf"life +running +{pid} ")
+        self.assertEqual(self.run_files("life"), ["qemu.pid", "qga.sock", "qmp.sock"])
+        self.wait_marker("life", r"^marker written$")
+
+        res = self.stop("life")
+        self.assertEqual(res["result"], "clean")
+        self.assertEqual(res["how"], "guest agent guest-shutdown")
+        self.assertFalse(proc_alive(pid))
+        self.assertEqual(self.run_files("life"), [])
+        vm = self.show("life")
+        self.assertEqual(vm["state"], "stopped")
+        self.assertIsNone(vm["pid"])
+        self.assertIn("clean", vm["last_exit"])
+
+        # second boot: the guest finds what it wrote on the first
+        self.start("life")
+        self.assertIn("marker found qvisor-marker-boot-1", guestlib.read_markers(self.serial("life")))
+        with open(self.serial("life") + ".1") as f:  # the previous boot's console is kept
+            self.assertIn("marker written", f.read())
+        self.stop("life")
+        self.node.qvisor("vm", "rm", "life", check=0)
+        self.assertFalse(os.path.exists(os.path.join(self.node.state, "instances", "life")))
+
+    def test_acpi_stop_without_agent(self):
+        self.create("acpi", [], "--no-agent")
+        self.start("acpi")
+        res = self.stop("acpi")
+        self.assertEqual((res["result"], res["how"]), ("clean", "ACPI power button"))
+        p = self.node.qvisor("vm", "stop", "acpi", check=0)  # a second stop: exit 0
+        self.assertIn("not running", p.stdout)
+
+    def test_escalation_for_a_deaf_guest(self):
+        self.create("deaf", ["qv.acpi=off"], "--no-agent")
+        self.start("deaf")
+        self.wait_marker("deaf", r"^acpi off$")
+        t0 = time.monotonic()
+        res = self.stop("deaf", "--timeout", "2s", want=3)  # 3: forced
+        self.assertEqual((res["result"], res["how"]), ("forced", "QMP quit"))
+        self.assertGreaterEqual(time.monotonic() - t0, 2.0)
+        self.assertIn("forced", self.show("deaf")["last_exit"])
+        # --force skips the guest and is not an error
+        self.start("deaf", wait_ready=False)
+        res = self.stop("deaf", "--force", want=0)
+        self.assertEqual((res["result"], res["how"]), ("forced", "QMP quit"))
+        # the human output says so too
+        self.start("deaf", wait_ready=False)
+        p = self.node.qvisor("vm", "stop", "deaf", "--force", check=0)
+        self.assertIn("forced (QMP quit", p.stdout)
+
+    def test_escalation_to_signals(self):
+        # a QEMU that cannot answer (SIGSTOP): quit is unanswered, SIGTERM
+        # stays pending, SIGKILL ends it
+        self.node.write_config(self.CONFIG.replace("kill_timeout: 5s", "kill_timeout: 1s"))
+        self.node.qvisor("config", "reload", check=0)
+        self.create("frozen", ["qv.acpi=off"], "--no-agent")
+        pid = self.start("frozen", wait_ready=False)["pid"]
+        os.kill(pid, signal.SIGSTOP)
+        res = self.stop("frozen", "--force", want=0)
+        self.assertEqual((res["result"], res["how"]), ("forced", "SIGKILL"))
+        self.assertFalse(proc_alive(pid))
+        self.assertIn("sending SIGTERM", self.node.log())
+        self.assertEqual(self.show("frozen")["state"], "stopped")
+
+    def test_requests_in_the_wrong_state(self):
+        self.create("busy", ["qv.acpi=off"], "--no-agent")
+        pid = self.start("busy", wait_ready=False)["pid"]
+        p = self.node.qvisor("vm", "start", "busy")
+        self.assertEqual(p.returncode, 73)
+        self.assertIn("already running", p.stderr)
+        p = self.node.qvisor("vm", "rm", "busy")
+        self.assertEqual(p.returncode, 75)
+        self.assertIn("--force", p.stderr)
+        self.assertTrue(proc_alive(pid))
+        self.node.qvisor("vm", "rm", "--force", "busy", check=0, timeout=scaled(60))
+        self.assertFalse(proc_alive(pid))
+        self.assertEqual(self.node.qemu_pids(), [])
+        self.assertEqual(self.node.qvisor("vm", "start", "busy").returncode, 66)
+
+    def test_start_failure_shows_qemu_error_and_leaves_nothing(self):
+        bogus = os.path.join(self.node.dir, "not-a-kernel")
+        with open(bogus, "w") as f:
+            f.write("this is not a kernel\n")
+        self.node.qvisor("vm", "create", "bad", "--image", "blank", "--kernel", bogus, check=0)
+        p = self.node.qvisor("vm", "start", "bad", timeout=scaled(60))
+        self.assertEqual(p.returncode, 1, p.stderr)
+        self.assertIn("did not start", p.stderr)
+        self.assertRegex(p.stderr, r"(?i)kernel")  # QEMU's own words about the file
+        vm = self.show("bad")
+        self.assertEqual(vm["state"], "stopped")
+        self.assertIn("start failed", vm["last_exit"])
+        self.assertEqual(self.run_files("bad"), [])
+        self.assertEqual(self.node.qemu_pids(), [])
+
+    def test_guest_poweroff_is_noticed(self):
+        self.create("self-off", ["qv.poweroff=1"], "--no-agent")
+        self.start("self-off")
+        wait_for(lambda: self.show("self-off")["state"] == "stopped", 30, "the guest's own poweroff")
+        vm = self.show("self-off")
+        self.assertIn("guest powered off", vm["last_exit"])
+        self.assertEqual(self.run_files("self-off"), [])
+
+    def test_kill9_qemu_crash_and_restart_policy(self):
+        self.create("fragile", [], "--no-agent")
+        pid = self.start("fragile", wait_ready=False)["pid"]
+        os.kill(pid, signal.SIGKILL)
+        t0 = time.monotonic()
+        wait_for(lambda: self.show("fragile")["state"] == "crashed", 1, "state crashed within a second")
+        self.assertLess(time.monotonic() - t0, 1.0 * guestlib.timeout_multiplier())
+        vm = self.show("fragile")
+        self.assertIn("SIGKILL", vm["last_exit"])
+        self.assertEqual(self.run_files("fragile"), [])
+        time.sleep(0.5)
+        self.assertEqual(self.count_log("VM fragile: crashed"), 1)  # cleanup ran once
+        self.assertEqual(self.show("fragile")["state"], "crashed")  # policy never: stays down
+
+        # on-failure: started again after the backoff, with a new QEMU
+        self.node.qvisor("vm", "create", "phoenix", "--image", "blank", "--kernel", GUEST.kernel,
+                         "--initrd", GUEST.initrd, "--no-agent", "--restart", "on-failure", check=0)
+        pid = self.start("phoenix", wait_ready=False)["pid"]
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: self.show("phoenix")["state"] == "running" and self.show("phoenix")["pid"] != pid,
+                 15, "restart by the on-failure policy")
+        vm = self.show("phoenix")
+        self.assertEqual(vm["restarts"], 1)
+        self.assertIn("SIGKILL", vm["last_exit"])
+        # a user stop is not a failure: no restart
+        self.stop("phoenix", "--force")
+        time.sleep(1.5)
+        self.assertEqual(self.show("phoenix")["state"], "stopped")
+
+    def test_daemon_kill9_readopts_running_vms(self):
+        names = ["a1", "a2", "a3"]
+        pids = {}
+        for n in names:
+            self.create(n, [], "--no-agent")
+            pids[n] = self.start(n, wait_ready=False)["pid"]
+        for n in names:
+            self.wait_marker(n, r"^ready$")
+        # a stale state file: a "running" VM whose pid is now an unrelated process
+        bystander = subprocess.Popen(["sleep", "300"])
+        self.create("stale", [], "--no-agent")
+        st_path = os.path.join(self.node.state, "instances", "stale", "state.json")
+
+        self.node.stop_daemon(signal.SIGKILL)
+        with open(st_path) as f:
+            st = json.load(f)
+        st["state"] = "running"
+        st["run"]["pid"] = bystander.pid
+        st["run"]["start_ticks"] = 12345
+        with open(st_path, "w") as f:
+            json.dump(st, f)
+        for n in names:
+            self.assertTrue(proc_alive(pids[n]), f"{n} died with the daemon")
+
+        self.node.start_daemon()
+        try:
+            vms = {v["name"]: v for v in self.node.qvisor_json("vm", "list")["vms"]}
+            for n in names:
+                self.assertEqual((vms[n]["state"], vms[n]["pid"]), ("running", pids[n]))
+            self.assertEqual(vms["stale"]["state"], "crashed")
+            self.assertIsNone(bystander.poll(), "an unrelated process was signalled")
+            self.assertIn(f"pid {bystander.pid} is now another process", self.node.log())
+            for n in names:
+                res = self.stop(n)
+                self.assertEqual(res["result"], "clean")
+                self.assertFalse(proc_alive(pids[n]))
+            self.assertEqual(self.node.qemu_pids(), [])
+        finally:
+            bystander.kill()
+            bystander.wait()
+
+    def crash_daemon_at(self, point, args):
+        """Restarts the daemon with the crash hook, runs args until the daemon
+        dies there, then restarts it normally."""
+        self.node.stop_daemon()
+        self.node.start_daemon(extra_env={"QVISOR_TEST_CRASH_AT": point})
+        self.node.qvisor(*args, timeout=scaled(60))
+        wait_for(lambda: self.node.proc.poll() is not None, 30, f"daemon crash at {point}")
+        self.assertEqual(self.node.proc.returncode, -signal.SIGKILL)
+        self.node.start_daemon()
+
+    def test_daemon_crash_mid_start_is_rolled_back(self):
+        self.create("half", [], "--no-agent")
+        self.crash_daemon_at("start-after-spawn", ["vm", "start", "half"])
+        wait_for(lambda: self.show("half")["state"] == "stopped", 30, "the half-started VM stopped")
+        self.assertIn("start interrupted", self.show("half")["last_exit"])
+        wait_for(lambda: self.node.qemu_pids() == [], 10, "no orphan QEMU")
+        self.assertEqual(self.run_files("half"), [])
+        self.start("half", wait_ready=False)  # and it starts normally afterwards
+        self.stop("half", "--force")
+
+    def test_daemon_crash_mid_stop_is_finished(self):
+        self.create("halfstop", [], "--no-agent")
+        pid = self.start("halfstop")["pid"]
+        self.crash_daemon_at("stop-after-request", ["vm", "stop", "halfstop"])
+        wait_for(lambda: self.show("halfstop")["state"] == "stopped", 60, "the stop finished")
+        self.assertFalse(proc_alive(pid))
+        self.assertEqual(self.node.qemu_pids(), [])
+        self.assertEqual(self.run_files("halfstop"), [])
+        self.assertIn("finishing the stop", self.node.log())
+
+    def test_vm_ssh_runs_ssh_with_the_forwarded_port(self):
+        self.create("sshy", ["qv.acpi=off"], "--no-agent")
+        port = self.start("sshy", wait_ready=False)["ssh_port"]
+        fake = os.path.join(self.node.dir, "bin")
+        os.mkdir(fake)
+        with open(os.path.join(fake, "ssh"), "w") as f:
+            f.write("#!/bin/sh\nfor a in \"$@\"; do echo \"$a\"; done\n")
+        os.chmod(os.path.join(fake, "ssh"), 0o755)
+        env = dict(os.environ, PATH=fake + ":" + os.environ["PATH"])
+        p = self.node.qvisor("vm", "ssh", "sshy", "--", "uname", "-a", env=env, check=0)
+        args = p.stdout.splitlines()
+        self.assertEqual(args[:2], ["-p", str(port)])
+        self.assertIn("HostKeyAlias=qvisor-sshy", args)
+        self.assertEqual(args[-4:], ["qvisor@127.0.0.1", "--", "uname", "-a"])
+        self.stop("sshy", "--force")
+        p = self.node.qvisor("vm", "ssh", "sshy", env=env)
+        self.assertEqual(p.returncode, 69)
+        self.assertIn("no SSH port", p.stderr)
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
