@@ -31,7 +31,7 @@ static const char *name_param(sv_ctl_req *req, json_t *params, const char *what)
  * coalesce) wakes the loop thread to pass it on with sv_ctl_progress(), and
  * a timer passes it on again every tick so the client hears from us even
  * while qemu-img is between two percent steps. */
-#define IMAGE_PROGRESS_TICK_MS 500
+#define IMAGE_PROGRESS_TICK_MS 250
 
 typedef struct image_job {
     uv_work_t work;

@@ -23,7 +23,7 @@
 #define CTL_MAX_WRITE_QUEUE (16u << 20)
 #define CTL_READ_CHUNK 65536
 #define CTL_PROGRESS_INTERVAL_MS 100
-#define CTL_PROGRESS_REPEAT_MS 2000
+#define CTL_PROGRESS_REPEAT_MS 1000
 
 typedef struct ctl_client ctl_client;
 

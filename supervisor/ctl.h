@@ -43,7 +43,7 @@ typedef struct sv_ctl_options {
     size_t max_request;   /* longest request line */
     size_t max_clients;   /* connections at once */
     unsigned progress_interval_ms; /* least time between progress messages (0: 100 ms) */
-    unsigned progress_repeat_ms;   /* an unchanged value is sent again after this (0: 2000 ms) */
+    unsigned progress_repeat_ms;   /* an unchanged value is sent again after this (0: 1000 ms) */
     sv_ctl_handler handler;
     void *userdata;
 } sv_ctl_options;
