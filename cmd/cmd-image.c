@@ -76,10 +76,6 @@ typedef struct import_bar {
 #define BAR_MIN 10
 
 static void bar_draw(import_bar *b, int pct) {
-    if (pct < 0)
-        pct = 0;
-    if (pct > 100)
-        pct = 100;
     if (!b->draw || pct == b->shown)
         return;
     int cols = 80;
@@ -110,8 +106,10 @@ static void bar_draw(import_bar *b, int pct) {
 
 static void on_import_progress(json_t *progress, void *userdata) {
     json_t *pct = json_object_get(progress, "percent");
-    if (json_is_number(pct))
-        bar_draw(userdata, (int)json_number_value(pct));
+    if (!json_is_number(pct))
+        return;
+    double v = json_number_value(pct);
+    bar_draw(userdata, v >= 100 ? 100 : v > 0 ? (int)v : 0); /* clamped before the cast */
 }
 
 /* Success leaves the full bar on its own line; failure wipes it for the error. */
