@@ -2,7 +2,6 @@
 #include "cli.h"
 
 #include "log.h"
-#include "supervisor/ctl.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -51,6 +50,11 @@ int qv_cli_config(qv_cli *cli, const sv_config **ret, qv_error *err) {
 }
 
 int qv_cli_call(qv_cli *cli, const char *method, json_t *params, json_t **ret_result, qv_error *err) {
+    return qv_cli_call_progress(cli, method, params, NULL, NULL, ret_result, err);
+}
+
+int qv_cli_call_progress(qv_cli *cli, const char *method, json_t *params, sv_ctl_progress_fn on_progress,
+                         void *userdata, json_t **ret_result, qv_error *err) {
     const char *path = cli->socket_path;
     if (!path) {
         const sv_config *c;
@@ -61,7 +65,7 @@ int qv_cli_call(qv_cli *cli, const char *method, json_t *params, json_t **ret_re
         }
         path = c->socket_path;
     }
-    int r = sv_ctl_call(path, method, params, (int)cli->timeout_ms, ret_result, err);
+    int r = sv_ctl_call_progress(path, method, params, (int)cli->timeout_ms, on_progress, userdata, ret_result, err);
     json_decref(params);
     return r;
 }

@@ -12,6 +12,7 @@
 
 #include "error.h"
 #include "supervisor/config.h"
+#include "supervisor/ctl.h"
 
 typedef struct qv_cli {
     const char *config_path; /* --config, or the built-in default */
@@ -60,6 +61,12 @@ int qv_cli_call_long(qv_cli *cli, const char *method, json_t *params, uint64_t w
                      qv_error *err);
 
 #define QV_CLI_DEFAULT_TIMEOUT_MS 30000
+/* The same for a long request: asks for progress messages, hands each to
+ * on_progress (its "progress" object, borrowed), and restarts the
+ * --request-timeout at each, so a request may run as long as the daemon
+ * keeps reporting (docs/protocol.md). */
+int qv_cli_call_progress(qv_cli *cli, const char *method, json_t *params, sv_ctl_progress_fn on_progress,
+                         void *userdata, json_t **ret_result, qv_error *err);
 
 /* Verbs (one file per noun). */
 int cmd_daemon(qv_cli *cli, int argc, char **argv);

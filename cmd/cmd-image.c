@@ -7,9 +7,12 @@
 
 #include <errno.h>
 #include <limits.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <time.h>
+#include <unistd.h>
 
 static const char list_help[] =
     "Usage: qvisor image list [--json]\n"
@@ -59,6 +62,69 @@ int cmd_image_list(qv_cli *cli, int argc, char **argv) {
     return QV_EXIT_OK;
 }
 
+/* The progress line of `image import` on a terminal:
+ *   importing NAME  42%  [############                ]
+ * redrawn in place with '\r' as the daemon reports, finished with a newline. */
+typedef struct import_bar {
+    const char *name;
+    bool draw;  /* stderr is a terminal, and neither --json nor --quiet */
+    int shown;  /* the percentage on screen, -1 when no bar is */
+    int width;  /* columns the bar line takes */
+} import_bar;
+
+#define BAR_MAX 40
+#define BAR_MIN 10
+
+static void bar_draw(import_bar *b, int pct) {
+    if (!b->draw || pct == b->shown)
+        return;
+    int cols = 80;
+    struct winsize ws;
+    if (ioctl(STDERR_FILENO, TIOCGWINSZ, &ws) == 0 && ws.ws_col > 0)
+        cols = ws.ws_col;
+    /* "importing " NAME "  100%  [" BAR "]", one column spare so it never wraps */
+    int fixed = (int)strlen("importing ") + (int)strlen("  100%  [") + 1 + 1;
+    int name_len = (int)strlen(b->name);
+    int cells = cols - fixed - name_len;
+    if (cells > BAR_MAX)
+        cells = BAR_MAX;
+    if (cells < BAR_MIN) {
+        cells = BAR_MIN;
+        if (name_len > cols - fixed - cells)
+            name_len = cols - fixed - cells > 8 ? cols - fixed - cells : 8;
+    }
+    char bar[BAR_MAX + 1];
+    int full = pct * cells / 100;
+    memset(bar, '#', (size_t)full);
+    memset(bar + full, ' ', (size_t)(cells - full));
+    bar[cells] = '\0';
+    int n = fprintf(stderr, "\rimporting %.*s  %3d%%  [%s]", name_len, b->name, pct, bar);
+    b->width = n > 1 ? n - 1 : 0;
+    fflush(stderr);
+    b->shown = pct;
+}
+
+static void on_import_progress(json_t *progress, void *userdata) {
+    json_t *pct = json_object_get(progress, "percent");
+    if (!json_is_number(pct))
+        return;
+    double v = json_number_value(pct);
+    bar_draw(userdata, v >= 100 ? 100 : v > 0 ? (int)v : 0); /* clamped before the cast */
+}
+
+/* Success leaves the full bar on its own line; failure wipes it for the error. */
+static void bar_finish(import_bar *b, bool ok) {
+    if (b->shown < 0)
+        return;
+    if (ok) {
+        bar_draw(b, 100);
+        fputc('\n', stderr);
+    } else {
+        fprintf(stderr, "\r%*s\r", b->width, "");
+    }
+    b->shown = -1;
+}
+
 static const char import_help[] =
     "Usage: qvisor image import PATH [NAME] [--json]\n"
     "\n"
@@ -67,6 +133,11 @@ static const char import_help[] =
     "so VM disks built on it never see it change.  NAME defaults to the file\n"
     "name without its extension (it must be a valid name: lowercase letters,\n"
     "digits and '-').\n"
+    "\n"
+    "On a terminal a progress bar shows on stderr while the data is copied\n"
+    "(not with --json or --quiet, nor when stderr is not a terminal).  The\n"
+    "import may run longer than --request-timeout as long as the daemon keeps\n"
+    "reporting progress; the timeout then bounds the silence between reports.\n"
     "\n"
     "Exit: 0, 65 invalid name or unreadable image, 66 PATH does not exist,\n"
     "69 daemon not running, 73 NAME exists already.\n";
@@ -98,9 +169,18 @@ int cmd_image_import(qv_cli *cli, int argc, char **argv) {
     }
     qv_error err = {0};
     json_t *img = NULL;
-    if (cli->verbosity >= 0 && !cli->json)
+    import_bar bar = {.name = name, .shown = -1,
+                      .draw = cli->verbosity >= 0 && !cli->json && isatty(STDERR_FILENO)};
+    if (bar.draw)
+        bar_draw(&bar, 0);
+    else if (cli->verbosity >= 0 && !cli->json)
         fprintf(stderr, "importing %s as image '%s'...\n", abs, name);
-    if (qv_cli_call(cli, "image.import", json_pack("{s:s, s:s}", "source", abs, "name", name), &img, &err) < 0)
+    /* progress is asked for even when not drawn: it keeps a long import
+     * within --request-timeout */
+    int r = qv_cli_call_progress(cli, "image.import", json_pack("{s:s, s:s}", "source", abs, "name", name),
+                                 on_import_progress, &bar, &img, &err);
+    bar_finish(&bar, r >= 0);
+    if (r < 0)
         return qv_cli_fail(cli, &err);
     if (cli->json) {
         qv_print_json(img, stdout);

@@ -27,22 +27,104 @@ static const char *name_param(sv_ctl_req *req, json_t *params, const char *what)
 
 /* ---- images ---------------------------------------------------------------- */
 
+/* While an import runs, the worker thread parses qemu-img's progress and
+ * leaves the newest value under the job's lock; a uv_async (its sends
+ * coalesce) wakes the loop thread to pass it on with sv_ctl_progress(), and
+ * a timer passes it on again every tick so the client hears from us even
+ * while qemu-img is between two percent steps. */
+#define IMAGE_PROGRESS_TICK_MS 250
+
 typedef struct image_job {
     uv_work_t work;
-    sv_ctl_req *req;
+    sv_ctl_req *req; /* NULL once answered */
     sv_config *config;
     char *src;
     char *name;
     json_t *result;
     int status;
     qv_error err;
+    /* progress reporting, set up only when the client asked for it */
+    bool reporting;
+    int open_handles;
+    uv_async_t progress_async;
+    uv_timer_t progress_timer;
+    uv_mutex_t lock;
+    double percent;              /* under lock: the newest value, -1 before the first */
+    sv_qemu_img_progress parser; /* the worker's */
 } image_job;
 
 static void image_job_free(image_job *job) {
+    if (job->reporting)
+        uv_mutex_destroy(&job->lock);
     sv_config_free(job->config);
     free(job->src);
     free(job->name);
     free(job);
+}
+
+static void on_progress_handle_closed(uv_handle_t *h) {
+    image_job *job = h->data;
+    if (--job->open_handles == 0)
+        image_job_free(job);
+}
+
+/* Frees the job, once its progress handles (if any) are closed. */
+static void image_job_end(image_job *job) {
+    job->req = NULL;
+    if (!job->reporting) {
+        image_job_free(job);
+        return;
+    }
+    uv_close((uv_handle_t *)&job->progress_async, on_progress_handle_closed);
+    uv_close((uv_handle_t *)&job->progress_timer, on_progress_handle_closed);
+}
+
+/* Loop thread: the newest value to the client (sv_ctl_progress rate-limits). */
+static void progress_pass_on(image_job *job) {
+    if (!job->req)
+        return;
+    uv_mutex_lock(&job->lock);
+    double percent = job->percent;
+    uv_mutex_unlock(&job->lock);
+    if (percent >= 0)
+        sv_ctl_progress(job->req, json_pack("{s:f}", "percent", percent));
+}
+
+static void on_progress_async(uv_async_t *h) {
+    progress_pass_on(h->data);
+}
+
+static void on_progress_timer(uv_timer_t *h) {
+    progress_pass_on(h->data);
+}
+
+/* Worker thread: qemu-img's stdout as it comes. */
+static void on_qemu_img_output(const char *chunk, size_t len, void *userdata) {
+    image_job *job = userdata;
+    if (!sv_qemu_img_progress_feed(&job->parser, chunk, len))
+        return;
+    uv_mutex_lock(&job->lock);
+    job->percent = job->parser.percent;
+    uv_mutex_unlock(&job->lock);
+    uv_async_send(&job->progress_async);
+}
+
+/* Sets up progress reporting; on failure the job just runs without it. */
+static void progress_setup(uv_loop_t *loop, image_job *job) {
+    if (uv_mutex_init(&job->lock) < 0)
+        return;
+    if (uv_async_init(loop, &job->progress_async, on_progress_async) < 0) {
+        uv_mutex_destroy(&job->lock);
+        return;
+    }
+    uv_timer_init(loop, &job->progress_timer);
+    job->progress_async.data = job;
+    job->progress_timer.data = job;
+    job->open_handles = 2;
+    job->percent = -1;
+    sv_qemu_img_progress_init(&job->parser);
+    uv_timer_start(&job->progress_timer, on_progress_timer, IMAGE_PROGRESS_TICK_MS, IMAGE_PROGRESS_TICK_MS);
+    job->reporting = true;
 }
 
 static void image_list_work(uv_work_t *w) {
@@ -52,7 +134,8 @@ static void image_list_work(uv_work_t *w) {
 
 static void image_import_work(uv_work_t *w) {
     image_job *job = w->data;
-    job->status = sv_image_import(job->config, job->src, job->name, NULL, NULL, &job->err);
+    job->status = sv_image_import(job->config, job->src, job->name, job->reporting ? on_qemu_img_output : NULL, job,
+                                  &job->err);
     if (job->status == 0)
         job->status = sv_image_info(job->config, job->name, &job->result, &job->err);
 }
@@ -65,11 +148,13 @@ static void image_after(uv_work_t *w, int status) {
         sv_ctl_reply_qv_error(job->req, &job->err);
     else
         sv_ctl_reply(job->req, job->result);
-    image_job_free(job);
+    image_job_end(job);
 }
 
-/* Runs image work off the loop (qemu-img can take a while). */
-static void queue_image_job(sv_daemon *d, sv_ctl_req *req, uv_work_cb work, const char *src, const char *name) {
+/* Runs image work off the loop (qemu-img can take a while), reporting
+ * progress when asked to and the client wants it. */
+static void queue_image_job(sv_daemon *d, sv_ctl_req *req, uv_work_cb work, const char *src, const char *name,
+                            bool progress) {
     image_job *job = calloc(1, sizeof *job);
     if (!job || !(job->config = sv_config_dup(d->config)) || (src && !(job->src = strdup(src))) ||
         (name && !(job->name = strdup(name)))) {
@@ -80,16 +165,18 @@ static void queue_image_job(sv_daemon *d, sv_ctl_req *req, uv_work_cb work, cons
     }
     job->req = req;
     job->work.data = job;
+    if (progress && sv_ctl_req_wants_progress(req))
+        progress_setup(&d->loop, job);
     int r = uv_queue_work(&d->loop, &job->work, work, image_after);
     if (r < 0) {
-        image_job_free(job);
         sv_ctl_reply_error(req, -r, "cannot queue work: %s", uv_strerror(r));
+        image_job_end(job);
     }
 }
 
 void sv_api_image_list(sv_daemon *d, sv_ctl_req *req, json_t *params) {
     (void)params;
-    queue_image_job(d, req, image_list_work, NULL, NULL);
+    queue_image_job(d, req, image_list_work, NULL, NULL, false);
 }
 
 void sv_api_image_import(sv_daemon *d, sv_ctl_req *req, json_t *params) {
@@ -102,7 +189,7 @@ void sv_api_image_import(sv_daemon *d, sv_ctl_req *req, json_t *params) {
     if (!name)
         return;
     log_info("importing image %s from %s", name, src);
-    queue_image_job(d, req, image_import_work, src, name);
+    queue_image_job(d, req, image_import_work, src, name, true);
 }
 
 void sv_api_image_remove(sv_daemon *d, sv_ctl_req *req, json_t *params) {

@@ -22,6 +22,8 @@
 /* A client that does not read its replies is dropped past this much queued output. */
 #define CTL_MAX_WRITE_QUEUE (16u << 20)
 #define CTL_READ_CHUNK 65536
+#define CTL_PROGRESS_INTERVAL_MS 100
+#define CTL_PROGRESS_REPEAT_MS 1000
 
 typedef struct ctl_client ctl_client;
 
@@ -51,6 +53,9 @@ struct ctl_client {
 struct sv_ctl_req {
     ctl_client *client;
     json_t *id;
+    bool wants_progress;    /* the request said "progress": true */
+    json_t *last_progress;  /* the value last sent, or NULL */
+    uint64_t last_progress_ms;
 };
 
 typedef struct ctl_write {
@@ -108,13 +113,14 @@ static void on_write_done(uv_write_t *w, int status) {
     client_unref(c);
 }
 
-/* Sends one JSON message (reference stolen) as a line. */
-static void client_send(ctl_client *c, json_t *msg) {
+/* Sends one JSON message (reference stolen) as a line, dumped with flags
+ * (JSON_COMPACT plus any others). */
+static void client_send_flags(ctl_client *c, json_t *msg, size_t flags) {
     if (c->closing || !msg) {
         json_decref(msg);
         return;
     }
-    char *text = json_dumps(msg, JSON_COMPACT);
+    char *text = json_dumps(msg, flags);
     json_decref(msg);
     ctl_write *cw = calloc(1, sizeof *cw);
     if (!text || !cw) {
@@ -143,6 +149,10 @@ static void client_send(ctl_client *c, json_t *msg) {
     }
 }
 
+static void client_send(ctl_client *c, json_t *msg) {
+    client_send_flags(c, msg, JSON_COMPACT);
+}
+
 static json_t *error_object(int code, const char *message) {
     return json_pack("{s:s, s:s}", "code", qv_errno_name(code), "message", message);
 }
@@ -164,6 +174,7 @@ static void req_finish(sv_ctl_req *req, json_t *msg) {
     else
         json_decref(msg);
     json_decref(req->id);
+    json_decref(req->last_progress);
     free(req);
     client_unref(c);
 }
@@ -185,6 +196,35 @@ void sv_ctl_reply_error(sv_ctl_req *req, int code, const char *fmt, ...) {
 
 void sv_ctl_reply_qv_error(sv_ctl_req *req, const qv_error *err) {
     sv_ctl_reply_error(req, err->code ? err->code : EIO, "%s", err->msg);
+}
+
+bool sv_ctl_req_wants_progress(const sv_ctl_req *req) {
+    return req->wants_progress && !req->client->closing && !req->client->server->closing;
+}
+
+void sv_ctl_progress(sv_ctl_req *req, json_t *progress) {
+    if (!progress)
+        return;
+    if (!sv_ctl_req_wants_progress(req)) {
+        json_decref(progress);
+        return;
+    }
+    const sv_ctl_options *o = &req->client->server->opts;
+    uint64_t now = qv_now_ms();
+    if (req->last_progress) {
+        bool changed = !json_equal(req->last_progress, progress);
+        uint64_t since = now - req->last_progress_ms;
+        if (since < (changed ? o->progress_interval_ms : o->progress_repeat_ms)) {
+            json_decref(progress);
+            return;
+        }
+    }
+    json_decref(req->last_progress);
+    req->last_progress = progress; /* the message below holds its own reference */
+    req->last_progress_ms = now;
+    /* percentages like 42.1 as written, not 42.100000000000001 */
+    client_send_flags(req->client, json_pack("{s:O, s:O}", "id", req->id, "progress", progress),
+                      JSON_COMPACT | JSON_REAL_PRECISION(12));
 }
 
 static bool blank(const char *s, size_t n) {
@@ -213,6 +253,7 @@ static int on_line(const char *line, size_t len, void *userdata) {
     json_t *id = json_object_get(msg, "id");
     json_t *method = json_object_get(msg, "method");
     json_t *params = json_object_get(msg, "params");
+    json_t *progress = json_object_get(msg, "progress");
     const char *problem = NULL;
     if (!json_is_object(msg))
         problem = "a request must be a JSON object";
@@ -222,6 +263,8 @@ static int on_line(const char *line, size_t len, void *userdata) {
         problem = "a request needs a \"method\" string";
     else if (params && !json_is_object(params) && !json_is_null(params))
         problem = "\"params\" must be an object";
+    else if (progress && !json_is_boolean(progress))
+        problem = "\"progress\" must be true or false";
     if (problem) {
         client_send_error(c, json_is_integer(id) || json_is_string(id) ? id : NULL, EINVAL, problem);
         json_decref(msg);
@@ -235,6 +278,7 @@ static int on_line(const char *line, size_t len, void *userdata) {
     }
     req->client = c;
     req->id = json_incref(id);
+    req->wants_progress = json_is_true(progress);
     c->refs++;
     json_t *p = json_is_object(params) ? json_incref(params) : json_object();
     sv_ctl_server *s = c->server;
@@ -379,6 +423,10 @@ int sv_ctl_server_new(uv_loop_t *loop, const sv_ctl_options *opts, sv_ctl_server
     s->opts = *opts;
     s->path = strdup(opts->path);
     s->opts.path = s->path;
+    if (!s->opts.progress_interval_ms)
+        s->opts.progress_interval_ms = CTL_PROGRESS_INTERVAL_MS;
+    if (!s->opts.progress_repeat_ms)
+        s->opts.progress_repeat_ms = CTL_PROGRESS_REPEAT_MS;
     s->refs = 1;
     if (!s->path) {
         free(s);
@@ -433,6 +481,9 @@ size_t sv_ctl_server_clients(const sv_ctl_server *s) {
 typedef struct call_state {
     json_int_t id;
     json_t *reply;
+    sv_ctl_progress_fn on_progress;
+    void *userdata;
+    bool heard; /* a progress message arrived since the last read */
 } call_state;
 
 static int on_reply_line(const char *line, size_t len, void *userdata) {
@@ -442,6 +493,14 @@ static int on_reply_line(const char *line, size_t len, void *userdata) {
         return -EPROTO;
     json_t *id = json_object_get(msg, "id");
     if (json_is_integer(id) && json_integer_value(id) == st->id) {
+        json_t *progress = json_object_get(msg, "progress");
+        if (progress && !json_object_get(msg, "result") && !json_object_get(msg, "error")) {
+            st->heard = true;
+            if (st->on_progress)
+                st->on_progress(progress, st->userdata);
+            json_decref(msg);
+            return 0;
+        }
         st->reply = msg;
         return 1;
     }
@@ -455,6 +514,11 @@ static int on_reply_line(const char *line, size_t len, void *userdata) {
 
 int sv_ctl_call(const char *path, const char *method, json_t *params, int timeout_ms, json_t **ret_result,
                 qv_error *err) {
+    return sv_ctl_call_progress(path, method, params, timeout_ms, NULL, NULL, ret_result, err);
+}
+
+int sv_ctl_call_progress(const char *path, const char *method, json_t *params, int timeout_ms,
+                         sv_ctl_progress_fn on_progress, void *userdata, json_t **ret_result, qv_error *err) {
     struct sockaddr_un sa = {.sun_family = AF_UNIX};
     if (strlen(path) >= sizeof sa.sun_path)
         return qv_error_set(err, ENAMETOOLONG, "control socket path %s is too long", path);
@@ -472,8 +536,10 @@ int sv_ctl_call(const char *path, const char *method, json_t *params, int timeou
     }
 
     static json_int_t next_id;
-    call_state st = {.id = ++next_id + (json_int_t)getpid() * 1000};
+    call_state st = {.id = ++next_id + (json_int_t)getpid() * 1000, .on_progress = on_progress, .userdata = userdata};
     json_t *req = json_pack("{s:I, s:s, s:O?}", "id", st.id, "method", method, "params", params);
+    if (req && on_progress)
+        json_object_set_new(req, "progress", json_true());
     _cleanup_free_ char *text = req ? json_dumps(req, JSON_COMPACT) : NULL;
     json_decref(req);
     if (!text)
@@ -495,10 +561,14 @@ int sv_ctl_call(const char *path, const char *method, json_t *params, int timeou
     uint64_t deadline = qv_now_ms() + (uint64_t)timeout_ms;
     char buf[65536];
     int r = 0;
+    bool progressed = false;
     while (!st.reply) {
         uint64_t now = qv_now_ms();
         if (now >= deadline) {
-            r = qv_error_set(err, ETIMEDOUT, "no answer from the daemon within %d ms", timeout_ms);
+            if (progressed)
+                r = qv_error_set(err, ETIMEDOUT, "the daemon reported progress, then nothing for %d ms", timeout_ms);
+            else
+                r = qv_error_set(err, ETIMEDOUT, "no answer from the daemon within %d ms", timeout_ms);
             break;
         }
         struct pollfd pfd = {.fd = fd, .events = POLLIN};
@@ -526,6 +596,11 @@ int sv_ctl_call(const char *path, const char *method, json_t *params, int timeou
         if (fr < 0 && !st.reply) {
             r = qv_error_set(err, EPROTO, "malformed reply from the daemon");
             break;
+        }
+        if (st.heard) { /* the daemon is working on it: wait afresh */
+            st.heard = false;
+            progressed = true;
+            deadline = qv_now_ms() + (uint64_t)timeout_ms;
         }
     }
     qv_linebuf_free(&lb);

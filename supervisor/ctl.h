@@ -5,6 +5,11 @@
  *   reply:    {"id": 7, "result": {…}}
  *          or {"id": 7, "error": {"code": "ENOENT", "message": "no VM 'x'"}}
  *
+ * A long request may report progress first, to clients that asked for it
+ * with "progress": true in the request:
+ *
+ *   interim:  {"id": 7, "progress": {"percent": 42.5}}   (any number of them)
+ *
  * The server frames, parses and authenticates (SO_PEERCRED); the handler
  * decides what each method does and may answer later (asynchronously). */
 #pragma once
@@ -37,6 +42,8 @@ typedef struct sv_ctl_options {
     gid_t group;          /* (gid_t)-1: keep the creator's group */
     size_t max_request;   /* longest request line */
     size_t max_clients;   /* connections at once */
+    unsigned progress_interval_ms; /* least time between progress messages (0: 100 ms) */
+    unsigned progress_repeat_ms;   /* an unchanged value is sent again after this (0: 1000 ms) */
     sv_ctl_handler handler;
     void *userdata;
 } sv_ctl_options;
@@ -58,6 +65,19 @@ void sv_ctl_reply(sv_ctl_req *req, json_t *result);
 void sv_ctl_reply_error(sv_ctl_req *req, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 void sv_ctl_reply_qv_error(sv_ctl_req *req, const qv_error *err);
 
+/* True when the client asked for progress messages ("progress": true) and
+ * is still connected: work that has to set up reporting may skip it otherwise. */
+bool sv_ctl_req_wants_progress(const sv_ctl_req *req);
+/* Reports progress of a request not yet answered: sends {"id", "progress"}
+ * (progress: an object, reference stolen) ahead of the reply.  Call it as
+ * often as convenient — whenever the value may have changed, and every
+ * second or so while the work goes on.  What goes out is rate-limited: a
+ * changed value at most once per progress_interval_ms, the same value again
+ * only after progress_repeat_ms (a keepalive, so the client's timeout can
+ * count from the last message).  A no-op when the client did not opt in or
+ * has gone. */
+void sv_ctl_progress(sv_ctl_req *req, json_t *progress);
+
 /* Blocking client used by the CLI: one request, one reply.  On a reply with
  * an error, returns its negative code with err->msg set to the daemon's
  * message.  A missing or refusing socket is -ECONNREFUSED ("daemon not
@@ -65,3 +85,11 @@ void sv_ctl_reply_qv_error(sv_ctl_req *req, const qv_error *err);
  * new reference on success. */
 int sv_ctl_call(const char *path, const char *method, json_t *params, int timeout_ms, json_t **ret_result,
                 qv_error *err);
+
+/* Called with each progress message's "progress" value (borrowed). */
+typedef void (*sv_ctl_progress_fn)(json_t *progress, void *userdata);
+/* sv_ctl_call() that opts in to progress messages when on_progress is
+ * non-NULL, and then restarts the timeout at each one: timeout_ms becomes
+ * the longest silence, not the longest request. */
+int sv_ctl_call_progress(const char *path, const char *method, json_t *params, int timeout_ms,
+                         sv_ctl_progress_fn on_progress, void *userdata, json_t **ret_result, qv_error *err);

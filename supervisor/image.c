@@ -26,6 +26,46 @@ int sv_image_path(const sv_config *c, const char *name, char *buf, size_t size, 
     return 0;
 }
 
+void sv_qemu_img_progress_init(sv_qemu_img_progress *p) {
+    *p = (sv_qemu_img_progress){.percent = -1};
+}
+
+/* One record without its terminator: "    (42.00/100%)". */
+static bool progress_record(sv_qemu_img_progress *p) {
+    p->buf[p->len] = '\0';
+    const char *s = p->buf + strspn(p->buf, " \t");
+    if (*s++ != '(')
+        return false;
+    char *comma = strchr(s, ','); /* a decimal comma, should qemu-img run in such a locale */
+    if (comma)
+        *comma = '.';
+    char *end;
+    double v = strtod(s, &end);
+    if (end == s || strcmp(end, "/100%)") != 0 || !(v >= 0 && v <= 100) || v == p->percent)
+        return false;
+    p->percent = v;
+    return true;
+}
+
+bool sv_qemu_img_progress_feed(sv_qemu_img_progress *p, const char *chunk, size_t len) {
+    bool changed = false;
+    for (size_t i = 0; i < len; i++) {
+        char ch = chunk[i];
+        if (ch == '\r' || ch == '\n') {
+            if (!p->skipping && p->len && progress_record(p))
+                changed = true;
+            p->len = 0;
+            p->skipping = false;
+        } else if (!p->skipping) {
+            if (p->len + 1 < sizeof p->buf)
+                p->buf[p->len++] = ch;
+            else
+                p->skipping = true;
+        }
+    }
+    return changed;
+}
+
 int sv_qemu_img(const sv_config *c, const char *const *args, qv_run_output_fn progress, void *userdata,
                     qv_run_result *res, qv_error *err) {
     char *argv[16];

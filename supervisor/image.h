@@ -3,6 +3,7 @@
 #pragma once
 
 #include <jansson.h>
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "error.h"
@@ -26,6 +27,21 @@ int sv_image_list(const sv_config *c, json_t **ret, qv_error *err);
 int sv_image_import(const sv_config *c, const char *src, const char *name, qv_run_output_fn progress,
                     void *userdata, qv_error *err);
 int sv_image_remove(const sv_config *c, const char *name, qv_error *err);
+
+/* Reads what `qemu-img convert -p` prints on stdout — records like
+ * "    (42.00/100%)" ended by '\r' — from chunks split anywhere.  percent
+ * is the share of the data to copy (allocated parts of the source, not its
+ * virtual size) that is done. */
+typedef struct sv_qemu_img_progress {
+    char buf[64];
+    size_t len;
+    bool skipping;  /* in a record too long to be progress */
+    double percent; /* the last value read, -1 before the first */
+} sv_qemu_img_progress;
+
+void sv_qemu_img_progress_init(sv_qemu_img_progress *p);
+/* Feeds one chunk; true when it completed a record with a new value. */
+bool sv_qemu_img_progress_feed(sv_qemu_img_progress *p, const char *chunk, size_t len);
 
 /* Runs `qemu-img ARGS…` (args NULL-terminated).  0 when it exited 0, with
  * *res to free; otherwise -EIO with err carrying what qemu-img printed, or

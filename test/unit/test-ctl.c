@@ -1,9 +1,11 @@
 /* Control protocol framing against the real server on a private loop:
  * partial reads, pipelining, oversized requests, garbage, client limits,
- * asynchronous replies, and a clean close with no handle left. */
+ * asynchronous replies, progress messages, and a clean close with no handle
+ * left. */
 #include "testlib.h"
 
 #include "supervisor/ctl.h"
+#include "util.h"
 
 #include <errno.h>
 #include <poll.h>
@@ -14,6 +16,11 @@
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
+
+/* Short enough for quick tests, long enough that back-to-back calls fall
+ * inside them even on a loaded machine. */
+#define PROGRESS_INTERVAL_MS 200
+#define PROGRESS_REPEAT_MS 600
 
 typedef struct fixture {
     uv_loop_t loop;
@@ -45,7 +52,8 @@ static int setup(void **state) {
     assert_int_equal(uv_loop_init(&f->loop), 0);
     sv_ctl_options o = {
         .path = f->path, .mode = 0660, .group = (gid_t)-1, .max_request = 1024, .max_clients = 4,
-        .handler = handler, .userdata = f,
+        .handler = handler, .userdata = f, .progress_interval_ms = PROGRESS_INTERVAL_MS,
+        .progress_repeat_ms = PROGRESS_REPEAT_MS,
     };
     qv_error err = {0};
     assert_int_equal(sv_ctl_server_new(&f->loop, &o, &f->server, &err), 0);
@@ -143,10 +151,11 @@ static void test_garbage_keeps_connection(void **state) {
     send_str(fd, "{\"id\":5,\"method\":7}\n");    /* bad method */
     send_str(fd, "{\"id\":6,\"method\":\"echo\",\"params\":3}\n");
     send_str(fd, "{\"id\":7,\"id\":8,\"method\":\"echo\"}\n"); /* duplicate key */
+    send_str(fd, "{\"id\":11,\"method\":\"echo\",\"progress\":\"yes\"}\n"); /* not a boolean */
     send_str(fd, "\n   \n");                      /* blank lines are ignored */
     send_str(fd, "{\"id\":9,\"method\":\"nope\"}\n");
     send_str(fd, "{\"id\":10,\"method\":\"echo\"}\n");
-    const char *codes[] = {"EBADMSG", "EBADMSG", "EINVAL", "EINVAL", "EINVAL", "EINVAL", "EBADMSG", "ENOENT"};
+    const char *codes[] = {"EBADMSG", "EBADMSG", "EINVAL", "EINVAL", "EINVAL", "EINVAL", "EBADMSG", "EINVAL", "ENOENT"};
     for (size_t i = 0; i < sizeof codes / sizeof codes[0]; i++) {
         json_t *r = one_reply(f, fd);
         json_t *e = json_object_get(r, "error");
@@ -238,6 +247,94 @@ static void test_async_reply_and_vanished_client(void **state) {
     uv_run(&f->loop, UV_RUN_NOWAIT);
 }
 
+/* Runs the loop until the handler holds a request. */
+static sv_ctl_req *wait_held(fixture *f) {
+    for (int i = 0; i < 2000 && !f->held; i++) {
+        uv_run(&f->loop, UV_RUN_NOWAIT);
+        usleep(1000);
+    }
+    assert_non_null(f->held);
+    sv_ctl_req *req = f->held;
+    f->held = NULL;
+    return req;
+}
+
+static json_t *percent(double p) {
+    return json_pack("{s:f}", "percent", p);
+}
+
+static void sleep_ms(unsigned ms) {
+    usleep(ms * 1000u);
+}
+
+static void test_progress_to_opted_in_client(void **state) {
+    fixture *f = *state;
+    int fd = connect_to(f->path);
+    send_str(fd, "{\"id\":\"imp\",\"method\":\"later\",\"progress\":true}\n");
+    sv_ctl_req *req = wait_held(f);
+    assert_true(sv_ctl_req_wants_progress(req));
+
+    sv_ctl_progress(req, percent(10)); /* the first value goes out at once */
+    sv_ctl_progress(req, percent(20)); /* too soon after it: dropped */
+    sv_ctl_progress(req, percent(30)); /* likewise */
+    sleep_ms(PROGRESS_INTERVAL_MS + 20);
+    sv_ctl_progress(req, percent(42.1)); /* changed, interval passed: sent */
+    sleep_ms(PROGRESS_INTERVAL_MS + 20);
+    sv_ctl_progress(req, percent(42.1)); /* unchanged, before the repeat time: dropped */
+    sv_ctl_progress(req, NULL);          /* nothing: ignored */
+    sleep_ms(PROGRESS_REPEAT_MS);
+    sv_ctl_progress(req, percent(42.1)); /* unchanged but a repeat is due: sent */
+    sv_ctl_reply(req, json_pack("{s:b}", "done", 1));
+
+    bool eof;
+    char *s = read_lines(f, fd, 4, &eof);
+    assert_false(eof);
+    assert_string_equal(s, "{\"id\":\"imp\",\"progress\":{\"percent\":10.0}}\n"
+                           "{\"id\":\"imp\",\"progress\":{\"percent\":42.1}}\n"
+                           "{\"id\":\"imp\",\"progress\":{\"percent\":42.1}}\n"
+                           "{\"id\":\"imp\",\"result\":{\"done\":true}}\n");
+    /* nothing else follows the reply */
+    send_str(fd, "{\"id\":2,\"method\":\"echo\"}\n");
+    json_t *r = one_reply(f, fd);
+    assert_int_equal(json_integer_value(json_object_get(r, "id")), 2);
+    json_decref(r);
+    close(fd);
+}
+
+static void test_no_progress_unless_asked(void **state) {
+    fixture *f = *state;
+    int fd = connect_to(f->path);
+    send_str(fd, "{\"id\":1,\"method\":\"later\",\"progress\":false}\n");
+    sv_ctl_req *req = wait_held(f);
+    assert_false(sv_ctl_req_wants_progress(req));
+    sv_ctl_progress(req, percent(10));
+    sleep_ms(PROGRESS_INTERVAL_MS + 20);
+    sv_ctl_progress(req, percent(50));
+    sv_ctl_reply(req, NULL);
+    send_str(fd, "{\"id\":2,\"method\":\"echo\"}\n");
+    json_t *a = one_reply(f, fd), *b = one_reply(f, fd);
+    assert_int_equal(json_integer_value(json_object_get(a, "id")), 1);
+    assert_non_null(json_object_get(a, "result"));
+    assert_int_equal(json_integer_value(json_object_get(b, "id")), 2);
+    json_decref(a);
+    json_decref(b);
+
+    /* an opted-in client that left: progress and the reply are dropped safely */
+    send_str(fd, "{\"id\":3,\"method\":\"later\",\"progress\":true}\n");
+    req = wait_held(f);
+    sv_ctl_progress(req, percent(1));
+    close(fd);
+    for (int i = 0; i < 50 && sv_ctl_server_clients(f->server) > 0; i++) {
+        uv_run(&f->loop, UV_RUN_NOWAIT);
+        usleep(1000);
+    }
+    assert_int_equal(sv_ctl_server_clients(f->server), 0);
+    assert_false(sv_ctl_req_wants_progress(req));
+    sv_ctl_progress(req, percent(2));
+    sv_ctl_reply(req, NULL);
+    uv_run(&f->loop, UV_RUN_NOWAIT);
+}
+
 static void test_peer_credentials(void **state) {
     fixture *f = *state;
     int fd = connect_to(f->path);
@@ -301,6 +398,78 @@ static void test_blocking_client(void **state) {
     assert_int_equal(sv_ctl_call(nowhere, "echo", NULL, 100, NULL, &err), -ECONNREFUSED);
 }
 
+typedef struct {
+    const char *path;
+    int timeout_ms;
+    int r;
+    qv_error err;
+    json_t *result;
+    int progress_calls;
+    double last_percent;
+} progress_call_args;
+
+static void count_progress(json_t *progress, void *userdata) {
+    progress_call_args *a = userdata;
+    a->progress_calls++;
+    a->last_percent = json_number_value(json_object_get(progress, "percent"));
+}
+
+static void *progress_call_thread(void *p) {
+    progress_call_args *a = p;
+    a->r = sv_ctl_call_progress(a->path, "later", NULL, a->timeout_ms, count_progress, a, &a->result, &a->err);
+    return NULL;
+}
+
+/* Progress restarts the blocking client's timeout: a request lasting several
+ * timeouts succeeds while progress keeps coming. */
+static void test_blocking_client_progress_resets_timeout(void **state) {
+    fixture *f = *state;
+    int timeout = (int)qv_test_timeout_ms(PROGRESS_INTERVAL_MS * 3);
+    progress_call_args a = {.path = f->path, .timeout_ms = timeout};
+    pthread_t t;
+    pthread_create(&t, NULL, progress_call_thread, &a);
+    sv_ctl_req *req = wait_held(f);
+    assert_true(sv_ctl_req_wants_progress(req));
+    uint64_t start = qv_now_ms();
+    for (int pct = 0; qv_now_ms() - start < (uint64_t)timeout * 2; pct++) {
+        sv_ctl_progress(req, percent(pct));
+        uv_run(&f->loop, UV_RUN_NOWAIT);
+        usleep(5000);
+    }
+    sv_ctl_progress(req, percent(99.5));
+    uv_run(&f->loop, UV_RUN_NOWAIT);
+    sleep_ms(PROGRESS_INTERVAL_MS + 20);
+    sv_ctl_progress(req, percent(99.5)); /* the interval passed, the value did not change: dropped */
+    sv_ctl_reply(req, json_pack("{s:b}", "done", 1));
+    for (int i = 0; i < 3000 && pthread_tryjoin_np(t, NULL) != 0; i++) {
+        uv_run(&f->loop, UV_RUN_NOWAIT);
+        usleep(1000);
+    }
+    assert_int_equal(a.r, 0);
+    assert_true(json_is_true(json_object_get(a.result, "done")));
+    json_decref(a.result);
+    assert_true(a.progress_calls >= 5);
+    assert_true(a.progress_calls <= 2 * timeout / PROGRESS_INTERVAL_MS + 3);
+
+    /* progress, then silence: the timeout says so */
+    progress_call_args b = {.path = f->path, .timeout_ms = (int)qv_test_timeout_ms(300)};
+    pthread_create(&t, NULL, progress_call_thread, &b);
+    req = wait_held(f);
+    sv_ctl_progress(req, percent(5));
+    for (int i = 0; i < 10000 && pthread_tryjoin_np(t, NULL) != 0; i++) {
+        uv_run(&f->loop, UV_RUN_NOWAIT);
+        usleep(1000);
+    }
+    assert_int_equal(b.r, -ETIMEDOUT);
+    assert_int_equal(b.progress_calls, 1);
+    assert_non_null(strstr(b.err.msg, "reported progress, then nothing"));
+    for (int i = 0; i < 50 && sv_ctl_server_clients(f->server) > 0; i++) {
+        uv_run(&f->loop, UV_RUN_NOWAIT); /* the server sees the client go */
+        usleep(1000);
+    }
+    sv_ctl_reply(req, NULL);
+}
+
 static void test_stale_socket_replaced_live_one_refused(void **state) {
     fixture *f = *state;
     qv_error err = {0};
@@ -334,8 +503,11 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_oversized_request_is_refused_and_closed, setup, teardown),
         cmocka_unit_test_setup_teardown(test_max_clients, setup, teardown),
         cmocka_unit_test_setup_teardown(test_async_reply_and_vanished_client, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_progress_to_opted_in_client, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_no_progress_unless_asked, setup, teardown),
         cmocka_unit_test_setup_teardown(test_peer_credentials, setup, teardown),
         cmocka_unit_test_setup_teardown(test_blocking_client, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_blocking_client_progress_resets_timeout, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stale_socket_replaced_live_one_refused, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
