@@ -232,6 +232,8 @@ static int check_spec(const ci_seed_spec *s, qv_error *err) {
         if (s->password_hash && !*s->password_hash)
             return qv_error_set(err, EINVAL, "password_hash is empty");
     }
+    if (s->network_config && s->n_nics)
+        return qv_error_set(err, EINVAL, "network_config and nics are exclusive");
     if ((r = check_list("dns_servers", s->dns_servers, s->n_dns_servers, err)) < 0 ||
         (r = check_list("dns_search", s->dns_search, s->n_dns_search, err)) < 0)
         return r;
@@ -435,8 +437,13 @@ int ci_seed_build(const ci_seed_spec *spec, ci_seed *ret, qv_error *err) {
     } else {
         r = make_user_data(spec, &s.user_data, err);
     }
-    if (r == 0 && spec->n_nics)
+    if (r == 0 && spec->network_config) {
+        r = ci_yaml_mapping_check("network-config", spec->network_config, spec->network_config_len, err);
+        if (r == 0 && blob_copy(&s.network_config, spec->network_config, spec->network_config_len) < 0)
+            r = qv_error_set(err, ENOMEM, "out of memory");
+    } else if (r == 0 && spec->n_nics) {
         r = make_network_config(spec, &s.network_config, err);
+    }
     if (r == 0 && spec->vendor_data) {
         r = ci_user_data_check("vendor-data", spec->vendor_data, spec->vendor_data_len, err);
         if (r == 0 && blob_copy(&s.vendor_data, spec->vendor_data, spec->vendor_data_len) < 0)
@@ -606,4 +613,150 @@ int ci_user_data_check(const char *what, const void *data, size_t len, qv_error 
                  " (expected #cloud-config YAML, a #! script or a MIME multipart message)");
     }
     return r;
+}
+
+/* ---- checks of values for the seed ---- */
+
+int ci_hostname_check(const char *h, qv_error *err) {
+    size_t n = strlen(h);
+    if (n == 0)
+        return qv_error_set(err, EINVAL, "the host name is empty");
+    if (n > 253)
+        return qv_error_set(err, EINVAL, "host name '%.40s…' is longer than 253 characters", h);
+    size_t label = 0;
+    for (size_t i = 0; i <= n; i++) {
+        char c = h[i];
+        if (c == '.' || c == '\0') {
+            if (label == 0 || h[i - 1] == '-' || label > 63)
+                return qv_error_set(err, EINVAL,
+                                    "'%s' is not a valid host name (letters, digits and '-' in dot-separated "
+                                    "labels of 1-63 characters that neither start nor end with '-')",
+                                    h);
+            label = 0;
+            continue;
+        }
+        if (!isalnum((unsigned char)c) && !(c == '-' && label > 0))
+            return qv_error_set(err, EINVAL,
+                                "'%s' is not a valid host name (letters, digits and '-' in dot-separated labels of "
+                                "1-63 characters that neither start nor end with '-')",
+                                h);
+        label++;
+    }
+    return 0;
+}
+
+int ci_user_name_check(const char *u, qv_error *err) {
+    size_t n = strlen(u);
+    bool ok = n >= 1 && n <= 32 && (islower((unsigned char)u[0]) || u[0] == '_');
+    for (size_t i = 1; ok && i < n; i++)
+        ok = islower((unsigned char)u[i]) || isdigit((unsigned char)u[i]) || u[i] == '_' || u[i] == '-';
+    if (!ok)
+        return qv_error_set(err, EINVAL,
+                            "'%s' is not a valid user name (lowercase letters, digits, '_' and '-', starting with a "
+                            "letter or '_', at most 32 characters)",
+                            u);
+    return 0;
+}
+
+static const char *const ssh_key_types[] = {
+    "ssh-ed25519",
+    "ssh-rsa",
+    "ecdsa-sha2-nistp256",
+    "ecdsa-sha2-nistp384",
+    "ecdsa-sha2-nistp521",
+    "sk-ssh-ed25519@openssh.com",
+    "sk-ecdsa-sha2-nistp256@openssh.com",
+    "ssh-dss",
+    "ssh-ed25519-cert-v01@openssh.com",
+    "ssh-rsa-cert-v01@openssh.com",
+    "ecdsa-sha2-nistp256-cert-v01@openssh.com",
+    "ecdsa-sha2-nistp384-cert-v01@openssh.com",
+    "ecdsa-sha2-nistp521-cert-v01@openssh.com",
+    "sk-ssh-ed25519-cert-v01@openssh.com",
+    "sk-ecdsa-sha2-nistp256-cert-v01@openssh.com",
+    "ssh-dss-cert-v01@openssh.com",
+    NULL,
+};
+
+static int b64_value(char c) {
+    if (c >= 'A' && c <= 'Z')
+        return c - 'A';
+    if (c >= 'a' && c <= 'z')
+        return c - 'a' + 26;
+    if (c >= '0' && c <= '9')
+        return c - '0' + 52;
+    if (c == '+')
+        return 62;
+    if (c == '/')
+        return 63;
+    return -1;
+}
+
+/* Strict base64 (padded, length a multiple of 4) into out; returns the
+ * decoded length or -1. */
+static long b64_decode(const char *s, size_t n, uint8_t *out, size_t out_size) {
+    if (n == 0 || n % 4)
+        return -1;
+    size_t o = 0;
+    for (size_t i = 0; i < n; i += 4) {
+        int v[4], pad = 0;
+        for (int k = 0; k < 4; k++) {
+            if (s[i + k] == '=' && i + 4 == n && k >= 2) {
+                v[k] = 0;
+                pad++;
+                continue;
+            }
+            if (pad || (v[k] = b64_value(s[i + k])) < 0)
+                return -1;
+        }
+        uint32_t w = (uint32_t)v[0] << 18 | (uint32_t)v[1] << 12 | (uint32_t)v[2] << 6 | (uint32_t)v[3];
+        uint8_t b[3] = {(uint8_t)(w >> 16), (uint8_t)(w >> 8), (uint8_t)w};
+        for (int k = 0; k < 3 - pad; k++) {
+            if (o >= out_size)
+                return -1;
+            out[o++] = b[k];
+        }
+    }
+    return (long)o;
+}
+
+int ci_ssh_key_check(const char *key, qv_error *err) {
+    size_t n = strlen(key);
+    if (n == 0)
+        return qv_error_set(err, EINVAL, "the SSH public key is empty");
+    if (strncmp(key, "-----BEGIN", 10) == 0)
+        return qv_error_set(err, EINVAL, "this is a private key; give the public one (the .pub file)");
+    if (n > CI_SSH_KEY_MAX)
+        return qv_error_set(err, EINVAL, "SSH public key '%.30s…' is longer than %d bytes", key, CI_SSH_KEY_MAX);
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)key[i] < 0x20 || key[i] == 0x7f)
+            return qv_error_set(err, EINVAL, "SSH public key '%.30s…' is not one line (it has a control character)",
+                                key);
+    size_t tlen = strcspn(key, " \t");
+    const char *type = NULL;
+    for (size_t i = 0; ssh_key_types[i]; i++)
+        if (strlen(ssh_key_types[i]) == tlen && memcmp(ssh_key_types[i], key, tlen) == 0)
+            type = ssh_key_types[i];
+    if (!type)
+        return qv_error_set(err, EINVAL,
+                            "'%.30s%s' is not an SSH public key: it should start with its type (ssh-ed25519, "
+                            "ssh-rsa, ecdsa-sha2-nistp256, …)",
+                            key, n > 30 ? "…" : "");
+    const char *b = key + tlen;
+    while (*b == ' ' || *b == '\t')
+        b++;
+    size_t blen = strcspn(b, " \t");
+    uint8_t blob[CI_SSH_KEY_MAX];
+    long got = b64_decode(b, blen, blob, sizeof blob);
+    if (got < 0)
+        return qv_error_set(err, EINVAL, "'%.30s…' is not an SSH public key: the key data is %s", key,
+                            blen ? "not valid base64" : "missing");
+    uint32_t inner = got >= 4 ? (uint32_t)blob[0] << 24 | (uint32_t)blob[1] << 16 | (uint32_t)blob[2] << 8 | blob[3]
+                              : UINT32_MAX;
+    if (inner != tlen || (size_t)got < 4 + tlen + 4 || memcmp(blob + 4, type, tlen) != 0)
+        return qv_error_set(err, EINVAL,
+                            "'%.30s…' is not an SSH public key: the key data does not belong to a %s key "
+                            "(truncated or mixed up?)",
+                            key, type);
+    return 0;
 }

@@ -43,6 +43,10 @@ typedef struct ci_seed_spec {
     size_t n_runcmd;
     const ci_nic *nics; /* none: no network-config (cloud-init then DHCPs) */
     size_t n_nics;
+    /* When set, the network-config verbatim (after ci_yaml_mapping_check);
+     * nics, dns_servers and dns_search are then unused. */
+    const char *network_config;
+    size_t network_config_len;
     const char *const *dns_servers; /* from the node config; put on every NIC */
     size_t n_dns_servers;
     const char *const *dns_search;
@@ -100,3 +104,23 @@ int ci_user_data_check(const char *what, const void *data, size_t len, qv_error 
 /* YAML whose top level is a mapping (or empty), as cloud-init requires of
  * meta-data and network-config.  -EINVAL with a message otherwise. */
 int ci_yaml_mapping_check(const char *what, const void *data, size_t len, qv_error *err);
+
+/* Checks of values that end up in the seed, for the VM spec and the CLI.
+ * Each returns 0 or -EINVAL with a message that quotes the value. */
+
+/* A host name for local-hostname: RFC 1123 labels (letters, digits, '-',
+ * not at either end of a label, 1-63 characters each) joined by dots, at
+ * most 253 characters. */
+int ci_hostname_check(const char *hostname, qv_error *err);
+
+/* A Linux user name as useradd accepts it by default: [a-z_][a-z0-9_-]*,
+ * at most 32 characters. */
+int ci_user_name_check(const char *user, qv_error *err);
+
+/* One authorized_keys-style public key line: "TYPE BASE64 [COMMENT]", TYPE a
+ * key type OpenSSH knows (ssh-ed25519, ssh-rsa, ecdsa-sha2-nistp256, sk-…,
+ * certificates), BASE64 a blob that decodes and names the same TYPE, no
+ * control characters (one line: strip the newline first), at most
+ * CI_SSH_KEY_MAX bytes.  A private key gets a message saying so. */
+#define CI_SSH_KEY_MAX 16384
+int ci_ssh_key_check(const char *key, qv_error *err);

@@ -1,6 +1,7 @@
 /* qvisor vm create | list | show | rm */
 #include "cli.h"
 #include "output.h"
+#include "vm-seed.h"
 
 #include "cleanup.h"
 #include "fileio.h"
@@ -27,7 +28,8 @@ static const char create_help[] =
     "  -d, --disk SIZE          disk size, with a unit: 20G (not below the image's)\n"
     "  -f, --file SPEC.yaml     the spec as YAML (keys: name, image, cpus, memory,\n"
     "                           disk, stop_timeout, restart, restart_limit, kernel,\n"
-    "                           initrd, append, agent)\n"
+    "                           initrd, append, agent, seed, hostname, user,\n"
+    "                           ssh_keys, ssh_generate, user_data, network_config)\n"
     "      --restart POLICY     never | on-failure | always\n"
     "      --kernel PATH        boot this kernel directly (with --initrd, --append)\n"
     "      --initrd PATH\n"
@@ -35,12 +37,42 @@ static const char create_help[] =
     "      --no-agent           no guest-agent channel\n"
     "      --json               print the new VM as JSON\n"
     "\n"
+    "cloud-init seed (INSTANCE_DIR/NAME/seed.iso, attached as a read-only CD-ROM):\n"
+    "      --hostname NAME      the guest's host name (default: the VM name)\n"
+    "      --user NAME          login user with passwordless sudo (default: qvisor)\n"
+    "      --ssh-key FILE       authorize the public key(s) in FILE (a .pub file);\n"
+    "                           repeatable, adds to the spec file's ssh_keys\n"
+    "      --ssh                generate a key pair in INSTANCE_DIR/NAME/ssh/ and\n"
+    "                           authorize it (then: qvisor vm ssh NAME)\n"
+    "      --user-data FILE     use FILE as user-data instead of the generated one\n"
+    "                           (#cloud-config YAML, a #! script or MIME multipart);\n"
+    "                           SSH keys then go to vendor-data\n"
+    "      --network-config FILE  use FILE as network-config (YAML) instead of\n"
+    "                           DHCP on the VM's NIC\n"
+    "      --no-seed            no seed at all (the image configures itself)\n"
+    "FILEs are read here and their content is sent to the daemon (one request:\n"
+    "at most daemon.max_request_size, 1M by default).\n"
+    "\n"
     "Names: lowercase letters, digits and '-', at most 63 characters.\n"
-    "Exit: 0, 65 invalid spec (name, size, …), 66 no such image, 69 daemon not\n"
-    "running, 73 a VM with that name exists.\n";
+    "Exit: 0, 65 invalid spec (name, size, host name, key, user-data, …), 66 no\n"
+    "such image or unreadable file, 69 daemon not running, 73 a VM with that name\n"
+    "exists.\n";
 
 int cmd_vm_create(qv_cli *cli, int argc, char **argv) {
-    enum { OPT_RESTART = 0x200, OPT_KERNEL, OPT_INITRD, OPT_APPEND, OPT_NO_AGENT };
+    enum {
+        OPT_RESTART = 0x200,
+        OPT_KERNEL,
+        OPT_INITRD,
+        OPT_APPEND,
+        OPT_NO_AGENT,
+        OPT_HOSTNAME,
+        OPT_USER,
+        OPT_SSH_KEY,
+        OPT_SSH,
+        OPT_USER_DATA,
+        OPT_NETWORK_CONFIG,
+        OPT_NO_SEED,
+    };
     static const struct option longopts[] = {
         QV_CLI_COMMON_LONGOPTS,
         {"image", required_argument, NULL, 'i'},
@@ -53,10 +85,20 @@ int cmd_vm_create(qv_cli *cli, int argc, char **argv) {
         {"initrd", required_argument, NULL, OPT_INITRD},
         {"append", required_argument, NULL, OPT_APPEND},
         {"no-agent", no_argument, NULL, OPT_NO_AGENT},
+        {"hostname", required_argument, NULL, OPT_HOSTNAME},
+        {"user", required_argument, NULL, OPT_USER},
+        {"ssh-key", required_argument, NULL, OPT_SSH_KEY},
+        {"ssh", no_argument, NULL, OPT_SSH},
+        {"user-data", required_argument, NULL, OPT_USER_DATA},
+        {"network-config", required_argument, NULL, OPT_NETWORK_CONFIG},
+        {"no-seed", no_argument, NULL, OPT_NO_SEED},
         {NULL, 0, NULL, 0},
     };
     json_t *opts = json_object();
+    json_t *ssh_keys = NULL; /* --ssh-key: added to the spec file's */
     const char *file = NULL;
+    qv_error ferr = {0};
+    json_t *content = NULL;
     int c;
     while ((c = qv_cli_getopt(cli, argc, argv, "hi:c:m:d:f:", longopts, create_help)) != -1) {
         const char *key = NULL;
@@ -72,20 +114,42 @@ int cmd_vm_create(qv_cli *cli, int argc, char **argv) {
         case OPT_KERNEL: key = "kernel"; break;
         case OPT_INITRD: key = "initrd"; break;
         case OPT_APPEND: key = "append"; break;
+        case OPT_HOSTNAME: key = "hostname"; break;
+        case OPT_USER: key = "user"; break;
         case OPT_NO_AGENT:
             json_object_set_new(opts, "agent", json_false());
+            continue;
+        case OPT_NO_SEED:
+            json_object_set_new(opts, "seed", json_false());
+            continue;
+        case OPT_SSH:
+            json_object_set_new(opts, "ssh_generate", json_true());
+            continue;
+        case OPT_SSH_KEY:
+            if (!ssh_keys)
+                ssh_keys = json_array();
+            if (qv_cli_read_ssh_keys(optarg, ssh_keys, &ferr) < 0)
+                goto file_error;
+            continue;
+        case OPT_USER_DATA:
+        case OPT_NETWORK_CONFIG:
+            if (qv_cli_read_seed_file(c == OPT_USER_DATA ? "user-data" : "network-config", optarg, &content, &ferr) < 0)
+                goto file_error;
+            json_object_set_new(opts, c == OPT_USER_DATA ? "user_data" : "network_config", content);
             continue;
         case 'f':
             file = optarg;
             continue;
         default:
             json_decref(opts);
+            json_decref(ssh_keys);
             return qv_cli_usage_error("vm create ", "bad option");
         }
         json_object_set_new(opts, key, json_string(optarg));
     }
     if (argc - optind > 1) {
         json_decref(opts);
+        json_decref(ssh_keys);
         return qv_cli_usage_error("vm create ", "takes one NAME");
     }
     if (optind < argc)
@@ -101,12 +165,14 @@ int cmd_vm_create(qv_cli *cli, int argc, char **argv) {
         if (r < 0) {
             fprintf(stderr, "qvisor: error: cannot read %s: %s\n", file, strerror(-r));
             json_decref(opts);
+            json_decref(ssh_keys);
             return r == -ENOENT ? QV_EXIT_NOINPUT : QV_EXIT_DATAERR;
         }
         qv_error err = {0};
         _cleanup_(sv_vmspec_freep) sv_vmspec *s = NULL;
         if (sv_vmspec_from_yaml(file, data, len, &s, &err) < 0) {
             json_decref(opts);
+            json_decref(ssh_keys);
             return qv_cli_fail(cli, &err);
         }
         spec = sv_vmspec_to_json(s);
@@ -114,6 +180,14 @@ int cmd_vm_create(qv_cli *cli, int argc, char **argv) {
         json_decref(opts);
     } else {
         spec = opts;
+    }
+    if (ssh_keys) {
+        json_t *all = json_object_get(spec, "ssh_keys");
+        if (json_is_array(all))
+            json_array_extend(all, ssh_keys);
+        else
+            json_object_set(spec, "ssh_keys", ssh_keys);
+        json_decref(ssh_keys);
     }
     if (!json_object_get(spec, "name")) {
         json_decref(spec);
@@ -129,13 +203,28 @@ int cmd_vm_create(qv_cli *cli, int argc, char **argv) {
         return qv_cli_fail(cli, &err);
     if (cli->json) {
         qv_print_json(vm, stdout);
-    } else {
-        if (cli->verbosity >= 0)
-            printf("created VM %s (disk %s)\n", json_string_value(json_object_get(vm, "name")),
-                   json_string_value(json_object_get(vm, "disk")));
-        json_decref(vm);
+        return QV_EXIT_OK;
     }
+    if (cli->verbosity >= 0) {
+        const char *name = json_string_value(json_object_get(vm, "name"));
+        json_t *sp = json_object_get(vm, "spec");
+        printf("created VM %s (disk %s)\n", name, json_string_value(json_object_get(vm, "disk")));
+        if (json_is_true(json_object_get(sp, "ssh_generate"))) {
+            const char *user = json_string_value(json_object_get(sp, "user"));
+            const char *dir = json_string_value(json_object_get(vm, "dir"));
+            printf("SSH key pair: %s/ssh/id_ed25519 (login user %s). Once the VM runs:\n"
+                   "  qvisor vm ssh %s\n"
+                   "  ssh -i %s/ssh/id_ed25519 -p PORT %s@127.0.0.1   (PORT: see `qvisor vm show %s`)\n",
+                   dir, user ? user : "?", name, dir, user ? user : "?", name);
+        }
+    }
+    json_decref(vm);
     return QV_EXIT_OK;
+
+file_error:
+    json_decref(opts);
+    json_decref(ssh_keys);
+    return qv_cli_fail(cli, &ferr);
 }
 
 static const char list_help[] =

@@ -7,6 +7,7 @@
 #include "qv-build.h"
 #include "util.h"
 #include "supervisor/image.h"
+#include "supervisor/seed.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -337,6 +338,11 @@ static void create_work(uv_work_t *w) {
         goto fail_tmp;
     qv_run_result_free(&res);
     sv_crash_point("create-after-disk");
+    /* the SSH key and the cloud-init seed: a failure leaves nothing behind */
+    if (vm->spec->seed && vm->spec->ssh_generate && (r = sv_seed_ssh_keygen(vm->name, tmp, err)) < 0)
+        goto fail_tmp;
+    if ((r = sv_seed_prepare(vm->spec, c, tmp, NULL, err)) < 0)
+        goto fail_tmp;
 
     r = sv_image_stamp(base, &vm->base_size, &vm->base_mtime_ns, err);
     if (r < 0)

@@ -30,6 +30,10 @@ static bool is_string_kind(sv_kind kind) {
     }
 }
 
+static bool is_list_kind(sv_kind kind) {
+    return kind == SV_K_IPLIST || kind == SV_K_STRLIST;
+}
+
 static void strv_free(char **v) {
     if (!v)
         return;
@@ -44,7 +48,7 @@ void sv_schema_free_fields(const sv_schema *s, void *obj) {
         if (is_string_kind(k->kind)) {
             free(*(char **)FIELD(obj, k));
             *(char **)FIELD(obj, k) = NULL;
-        } else if (k->kind == SV_K_IPLIST) {
+        } else if (is_list_kind(k->kind)) {
             strv_free(*(char ***)FIELD(obj, k));
             *(char ***)FIELD(obj, k) = NULL;
         }
@@ -59,7 +63,7 @@ int sv_schema_copy_fields(const sv_schema *s, void *dst, const void *src) {
             *(char **)FIELD(dst, k) = v ? strdup(v) : NULL;
             if (v && !*(char **)FIELD(dst, k))
                 return -ENOMEM;
-        } else if (k->kind == SV_K_IPLIST) {
+        } else if (is_list_kind(k->kind)) {
             char *const *v = *(char *const *const *)CFIELD(src, k);
             *(char ***)FIELD(dst, k) = NULL;
             if (!v)
@@ -234,9 +238,12 @@ static int set_text(const sv_key *k, void *obj, const char *v, char *why, size_t
         }
         return 0;
     case SV_K_IPLIST:
+    case SV_K_STRLIST:
         snprintf(why, why_size, "expected a list");
         return -EINVAL;
     }
+    if (k->check && (r = k->check(v, why, why_size)) < 0)
+        return r;
     char *dup = strdup(v);
     if (!dup)
         return -ENOMEM;
@@ -251,6 +258,25 @@ static bool ip_valid(const char *s) {
     return inet_pton(AF_INET, s, buf) == 1 || inet_pton(AF_INET6, s, buf) == 1;
 }
 
+/* One list item: 0, or a negative errno with the reason in why. */
+static int list_item_check(const sv_key *k, const char *s, char *why, size_t why_size) {
+    if (k->kind == SV_K_IPLIST) {
+        if (ip_valid(s))
+            return 0;
+        snprintf(why, why_size, "'%s' is not an IP address", s);
+        return -EINVAL;
+    }
+    if (!*s) {
+        snprintf(why, why_size, "list items must not be empty");
+        return -EINVAL;
+    }
+    return k->check ? k->check(s, why, why_size) : 0;
+}
+
+static const char *list_of(const sv_key *k) {
+    return k->kind == SV_K_IPLIST ? "a list of addresses" : "a list of strings";
+}
+
 static int set_list(const sv_key *k, void *obj, char **items) {
     strv_free(*(char ***)FIELD(obj, k));
     *(char ***)FIELD(obj, k) = items;
@@ -260,7 +286,7 @@ static int set_list(const sv_key *k, void *obj, char **items) {
 int sv_schema_apply_defaults(const sv_schema *s, void *obj) {
     for (size_t i = 0; i < s->n_keys; i++) {
         const sv_key *k = &s->keys[i];
-        if (k->kind == SV_K_IPLIST) {
+        if (is_list_kind(k->kind)) {
             char **empty = calloc(1, sizeof *empty);
             if (!empty)
                 return -ENOMEM;
@@ -343,9 +369,9 @@ static const char *node_kind(const yaml_node_t *n) {
 static int yset(yctx *c, const sv_key *k, yaml_node_t *val) {
     char keyname[128], why[512] = "";
     sv_schema_key_name(k, keyname, sizeof keyname);
-    if (k->kind == SV_K_IPLIST) {
+    if (is_list_kind(k->kind)) {
         if (val->type != YAML_SEQUENCE_NODE)
-            return yfail(c, val->start_mark, keyname, "expected a list of addresses, got %s", node_kind(val));
+            return yfail(c, val->start_mark, keyname, "expected %s, got %s", list_of(k), node_kind(val));
         size_t n = (size_t)(val->data.sequence.items.top - val->data.sequence.items.start);
         char **v = calloc(n + 1, sizeof *v);
         if (!v)
@@ -354,11 +380,17 @@ static int yset(yctx *c, const sv_key *k, yaml_node_t *val) {
         for (yaml_node_item_t *it = val->data.sequence.items.start; it < val->data.sequence.items.top; it++) {
             yaml_node_t *item = yaml_document_get_node(c->doc, *it);
             const char *s = item && item->type == YAML_SCALAR_NODE ? (const char *)item->data.scalar.value : NULL;
-            if (!s || !ip_valid(s)) {
+            if (!s) {
                 strv_free(v);
-                if (!s)
-                    return yfail(c, item ? item->start_mark : val->start_mark, keyname, "list items must be addresses");
-                return yfail(c, item->start_mark, keyname, "'%s' is not an IP address", s);
+                return yfail(c, item ? item->start_mark : val->start_mark, keyname, "list items must be %s",
+                             k->kind == SV_K_IPLIST ? "addresses" : "single values (strings)");
+            }
+            int r = is_null_scalar(item) && k->kind == SV_K_STRLIST ? -EINVAL : list_item_check(k, s, why, sizeof why);
+            if (r < 0) {
+                strv_free(v);
+                if (r == -ENOMEM)
+                    return qv_error_set(c->err, ENOMEM, "out of memory");
+                return yfail(c, item->start_mark, keyname, "%s", why[0] ? why : "list items must not be empty");
             }
             if (!(v[i++] = strdup(s))) {
                 strv_free(v);
@@ -474,9 +506,9 @@ int sv_schema_load_yaml(const sv_schema *s, void *obj, const char *name, const c
 static int jset(const sv_key *k, void *obj, json_t *v, const char *what, int code, qv_error *err) {
     char keyname[128], why[512] = "", num[32];
     sv_schema_key_name(k, keyname, sizeof keyname);
-    if (k->kind == SV_K_IPLIST) {
+    if (is_list_kind(k->kind)) {
         if (!json_is_array(v))
-            return qv_error_set(err, code, "%s: %s: expected a list of addresses", what, keyname);
+            return qv_error_set(err, code, "%s: %s: expected %s", what, keyname, list_of(k));
         char **items = calloc(json_array_size(v) + 1, sizeof *items);
         if (!items)
             return qv_error_set(err, ENOMEM, "out of memory");
@@ -484,9 +516,14 @@ static int jset(const sv_key *k, void *obj, json_t *v, const char *what, int cod
         json_t *item;
         json_array_foreach(v, i, item) {
             const char *s = json_string_value(item);
-            if (!s || !ip_valid(s)) {
+            int r = s ? list_item_check(k, s, why, sizeof why) : -EINVAL;
+            if (r < 0) {
                 strv_free(items);
-                return qv_error_set(err, code, "%s: %s: '%s' is not an IP address", what, keyname, s ? s : "?");
+                if (r == -ENOMEM)
+                    return qv_error_set(err, ENOMEM, "out of memory");
+                if (k->kind == SV_K_IPLIST)
+                    return qv_error_set(err, code, "%s: %s: '%s' is not an IP address", what, keyname, s ? s : "?");
+                return qv_error_set(err, code, "%s: %s[%zu]: %s", what, keyname, i, s ? why : "expected a string");
             }
             if (!(items[i] = strdup(s))) {
                 strv_free(items);
@@ -565,7 +602,8 @@ void sv_schema_render(const sv_key *k, const void *obj, char *buf, size_t size) 
     case SV_K_BOOL:
         snprintf(buf, size, "%s", *(const bool *)field ? "true" : "false");
         break;
-    case SV_K_IPLIST: {
+    case SV_K_IPLIST:
+    case SV_K_STRLIST: {
         char *const *v = *(char *const *const *)field;
         size_t off = 0;
         buf[0] = '\0';
@@ -596,7 +634,8 @@ json_t *sv_schema_to_json(const sv_schema *s, const void *obj) {
         case SV_K_BOOL:
             v = json_boolean(*(const bool *)field);
             break;
-        case SV_K_IPLIST: {
+        case SV_K_IPLIST:
+        case SV_K_STRLIST: {
             v = json_array();
             char *const *list = *(char *const *const *)field;
             for (size_t j = 0; v && list && list[j]; j++)

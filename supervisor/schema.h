@@ -25,7 +25,13 @@ typedef enum sv_kind {
     SV_K_IPV4,     /* dotted quad */
     SV_K_CIDR4,    /* a.b.c.d/len with len in [min, max], stored normalised */
     SV_K_IPLIST,   /* list of IPv4/IPv6 addresses, char ** NULL-terminated */
+    SV_K_STRLIST,  /* list of non-empty strings (each passing check), char ** NULL-terminated */
 } sv_kind;
+
+/* Extra validation of a string value (string kinds) or of each list item
+ * (SV_K_STRLIST): 0, or a negative errno with the reason written to why
+ * ("'x' is not a valid host name (…)"); the schema prefixes the key. */
+typedef int (*sv_check_fn)(const char *value, char *why, size_t why_size);
 
 typedef struct sv_key {
     const char *section; /* NULL for top-level keys */
@@ -37,6 +43,7 @@ typedef struct sv_key {
     const char *const *enum_names; /* SV_K_ENUM, NULL-terminated */
     bool allow_empty;
     bool restart; /* node config: a running daemon keeps the old value */
+    sv_check_fn check; /* NULL: none */
 } sv_key;
 
 typedef struct sv_schema {

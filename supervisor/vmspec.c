@@ -3,16 +3,59 @@
 
 #include "cleanup.h"
 #include "schema.h"
+#include "cloudinit/nocloud.h"
 
 #include <errno.h>
 #include <stddef.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 static const char *const restart_names[] = {"never", "on-failure", "always", NULL};
 
 #define F(field) offsetof(sv_vmspec, field)
 
-/* section, name, kind, field, default, min, max, enum names, allow empty */
+/* The cloudinit/ checks, as schema checks: the message without "WHAT: ". */
+static int why_from(int r, const qv_error *e, const char *prefix, char *why, size_t size) {
+    const char *m = e->msg;
+    size_t n = strlen(prefix);
+    if (strncmp(m, prefix, n) == 0)
+        m += n;
+    snprintf(why, size, "%s", m);
+    return r;
+}
+
+static int check_hostname(const char *v, char *why, size_t size) {
+    qv_error e = {0};
+    int r = ci_hostname_check(v, &e);
+    return r < 0 ? why_from(r, &e, "", why, size) : 0;
+}
+
+static int check_user(const char *v, char *why, size_t size) {
+    qv_error e = {0};
+    int r = ci_user_name_check(v, &e);
+    return r < 0 ? why_from(r, &e, "", why, size) : 0;
+}
+
+static int check_ssh_key(const char *v, char *why, size_t size) {
+    qv_error e = {0};
+    int r = ci_ssh_key_check(v, &e);
+    return r < 0 ? why_from(r, &e, "", why, size) : 0;
+}
+
+static int check_user_data(const char *v, char *why, size_t size) {
+    qv_error e = {0};
+    int r = ci_user_data_check("-", v, strlen(v), &e);
+    return r < 0 ? why_from(r, &e, "-: ", why, size) : 0;
+}
+
+static int check_network_config(const char *v, char *why, size_t size) {
+    qv_error e = {0};
+    int r = ci_yaml_mapping_check("-", v, strlen(v), &e);
+    return r < 0 ? why_from(r, &e, "-: ", why, size) : 0;
+}
+
+/* section, name, kind, field, default, min, max, enum names, allow empty, restart, check */
 static const sv_key keys[] = {
     {NULL, "name", SV_K_NAME, F(name), NULL, 0, 0, NULL, false, false},
     {NULL, "image", SV_K_NAME, F(image), NULL, 0, 0, NULL, false, false},
@@ -26,6 +69,13 @@ static const sv_key keys[] = {
     {NULL, "initrd", SV_K_PATH, F(initrd), NULL, 0, 0, NULL, false, false},
     {NULL, "append", SV_K_STRING, F(append), NULL, 0, 0, NULL, true, false},
     {NULL, "agent", SV_K_BOOL, F(agent), "true", 0, 0, NULL, false, false},
+    {NULL, "seed", SV_K_BOOL, F(seed), "true", 0, 0, NULL, false, false},
+    {NULL, "hostname", SV_K_STRING, F(hostname), NULL, 0, 0, NULL, false, false, check_hostname},
+    {NULL, "user", SV_K_STRING, F(user), CI_DEFAULT_USER, 0, 0, NULL, false, false, check_user},
+    {NULL, "ssh_keys", SV_K_STRLIST, F(ssh_keys), NULL, 0, 0, NULL, false, false, check_ssh_key},
+    {NULL, "ssh_generate", SV_K_BOOL, F(ssh_generate), "false", 0, 0, NULL, false, false},
+    {NULL, "user_data", SV_K_STRING, F(user_data), NULL, 0, 0, NULL, true, false, check_user_data},
+    {NULL, "network_config", SV_K_STRING, F(network_config), NULL, 0, 0, NULL, false, false, check_network_config},
 };
 
 static const sv_schema schema = SV_SCHEMA(keys);
@@ -82,6 +132,8 @@ json_t *sv_vmspec_to_json(const sv_vmspec *s) {
         {"name", !s->name},     {"image", !s->image},   {"kernel", !s->kernel},
         {"initrd", !s->initrd}, {"append", !s->append}, {"cpus", !s->cpus},
         {"memory", !s->memory}, {"disk", !s->disk},     {"stop_timeout", !s->stop_timeout_ms},
+        {"hostname", !s->hostname}, {"user_data", !s->user_data}, {"network_config", !s->network_config},
+        {"ssh_keys", !s->ssh_keys || !s->ssh_keys[0]},
     };
     for (size_t i = 0; j && i < QV_ARRAY_SIZE(opt); i++)
         if (opt[i].unset)
@@ -96,6 +148,24 @@ int sv_vmspec_complete(sv_vmspec *s, const sv_config *node, qv_error *err) {
         return qv_error_set(err, EINVAL, "spec: image: missing (name a base image from `qvisor image list`)");
     if ((s->initrd || s->append) && !s->kernel)
         return qv_error_set(err, EINVAL, "spec: initrd and append need kernel");
+    if (!s->seed) {
+        /* Settings that only go into the seed would be dropped silently. */
+        const char *unused = s->hostname                         ? "hostname"
+                             : s->ssh_keys && s->ssh_keys[0]    ? "ssh_keys"
+                             : s->ssh_generate                  ? "ssh_generate"
+                             : s->user_data                     ? "user_data"
+                             : s->network_config                ? "network_config"
+                                                                : NULL;
+        if (unused)
+            return qv_error_set(err, EINVAL, "spec: %s needs the cloud-init seed, which seed: false turns off", unused);
+    } else if (!s->hostname) {
+        char h[64];
+        snprintf(h, sizeof h, "%s", s->name);
+        for (size_t n = strlen(h); n > 0 && h[n - 1] == '-'; n--)
+            h[n - 1] = '\0';
+        if (!(s->hostname = strdup(h)))
+            return qv_error_set(err, ENOMEM, "out of memory");
+    }
     if (!s->cpus)
         s->cpus = node->vm_cpus;
     if (!s->memory)

@@ -29,6 +29,14 @@ typedef struct sv_vmspec {
     char *initrd;
     char *append;
     bool agent;               /* add the guest-agent channel (default true) */
+    /* cloud-init seed (supervisor/seed.h) */
+    bool seed;                /* attach a NoCloud seed at all (default true) */
+    char *hostname;           /* local-hostname; unset: the VM name (sv_vmspec_complete fills it) */
+    char *user;               /* login user (default CI_DEFAULT_USER) */
+    char **ssh_keys;          /* public key lines (content, not paths); NULL-terminated, never NULL */
+    bool ssh_generate;        /* generate INSTANCE_DIR/ssh/id_ed25519 at create and authorize it */
+    char *user_data;          /* replaces the generated user-data (checked by ci_user_data_check) */
+    char *network_config;     /* replaces the generated network-config (a YAML mapping) */
 } sv_vmspec;
 
 sv_vmspec *sv_vmspec_new(void);
@@ -45,8 +53,10 @@ int sv_vmspec_from_json(json_t *j, sv_vmspec **ret, qv_error *err);
 /* Every field, with its effective value (new reference). */
 json_t *sv_vmspec_to_json(const sv_vmspec *s);
 
-/* Fills unset cpus/memory/disk/stop timeout from the node config and checks
- * what needs both (name and image present, initrd/append only with kernel). */
+/* Fills unset cpus/memory/disk/stop timeout from the node config, the host
+ * name from the VM name (trailing '-' dropped: a host name cannot end in one),
+ * and checks what needs both (name and image present, initrd/append only
+ * with kernel, no seed settings with seed off). */
 int sv_vmspec_complete(sv_vmspec *s, const sv_config *node, qv_error *err);
 
 const char *sv_restart_to_string(int r);

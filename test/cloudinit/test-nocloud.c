@@ -322,6 +322,119 @@ static void test_spec_errors(void **state) {
     expect_spec_error(&s, "mapping");
 }
 
+static void test_network_config_override(void **state) {
+    (void)state;
+    const char *nc = "version: 2\n# kept verbatim\nethernets:\n  e:\n    match: {name: 'en*'}\n    dhcp6: true\n";
+    ci_seed_spec s = {.hostname = "vm", .network_config = nc, .network_config_len = strlen(nc)};
+    ci_seed a, b;
+    qv_error err = {0};
+    assert_int_equal(ci_seed_build(&s, &a, &err), 0);
+    assert_int_equal(a.network_config.len, strlen(nc));
+    assert_memory_equal(a.network_config.data, nc, strlen(nc));
+    /* the instance-id covers it */
+    s.network_config_len--;
+    assert_int_equal(ci_seed_build(&s, &b, &err), 0);
+    assert_string_not_equal(a.instance_id, b.instance_id);
+    ci_seed_done(&a);
+    ci_seed_done(&b);
+
+    s.network_config = "- a\n";
+    s.network_config_len = 4;
+    expect_spec_error(&s, "network-config: line 1: the top level must be a mapping");
+    ci_nic n = {.mac = "52:54:00:00:00:01", .dhcp4 = true};
+    s.nics = &n;
+    s.n_nics = 1;
+    s.network_config = nc;
+    s.network_config_len = strlen(nc);
+    expect_spec_error(&s, "exclusive");
+}
+
+static void value_ok(int (*check)(const char *, qv_error *), const char *v) {
+    qv_error err = {0};
+    if (check(v, &err) != 0)
+        fail_msg("rejected '%s': %s", v, err.msg);
+}
+static void value_bad(int (*check)(const char *, qv_error *), const char *v, const char *needle) {
+    qv_error err = {0};
+    int r = check(v, &err);
+    if (r != -EINVAL || !strstr(err.msg, needle))
+        fail_msg("'%s': expected EINVAL with '%s', got %d '%s'", v, needle, r, err.msg);
+}
+
+static const char ed25519[] =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOh54Q8UvAbXSCA9tVmjO0QQq2/b8dSeA2SjMDuPQnep alice@test";
+static const char ecdsa[] = "ecdsa-sha2-nistp256 "
+                            "AAAAE2VjZHNhLXNoYTItbmlzdHAyNTYAAAAIbmlzdHAyNTYAAABBBAjntQ92CYVWRfHS4aJP8pKxfTtOMYBJN0BZ7imZd"
+                            "FKsGR+SEhpopwgViwMgZsYVhiwS2uCCcQG0bqOCbNSVGH4= k-ecdsa";
+static const char rsa[] = "ssh-rsa "
+                          "AAAAB3NzaC1yc2EAAAADAQABAAAAgQDGu2mzpVSR5JKELpMcp+mJHIQ+cgvuHgCYBEqlDV6hYkShdzE85ZimuUnUhJB3q"
+                          "TILUYb26AbgmXPqJRC5NaPtqgAT5Y8SGUzCziLbZ0OPxhyUroP9iVSL8S831tPXLdgla4m2mbkIaWilGVcZwhuBuG/RpU1z"
+                          "lY9HO0q45eGu5Q==";
+
+static void test_value_checks(void **state) {
+    (void)state;
+    value_ok(ci_hostname_check, "web-1");
+    value_ok(ci_hostname_check, "a");
+    value_ok(ci_hostname_check, "Web1.lab.example");
+    value_ok(ci_hostname_check, "9");
+    char label63[64], label64[65], long_name[260];
+    memset(label63, 'a', 63);
+    label63[63] = '\0';
+    memset(label64, 'a', 64);
+    label64[64] = '\0';
+    value_ok(ci_hostname_check, label63);
+    value_bad(ci_hostname_check, label64, "not a valid host name");
+    snprintf(long_name, sizeof long_name, "%s.%s.%s.%s", label63, label63, label63, label63);
+    value_bad(ci_hostname_check, long_name, "longer than 253");
+    value_bad(ci_hostname_check, "", "empty");
+    value_bad(ci_hostname_check, "web-", "'web-' is not a valid host name");
+    value_bad(ci_hostname_check, "-web", "not a valid host name");
+    value_bad(ci_hostname_check, "a..b", "not a valid host name");
+    value_bad(ci_hostname_check, "a.", "not a valid host name");
+    value_bad(ci_hostname_check, "under_score", "not a valid host name");
+    value_bad(ci_hostname_check, "a: b\n- c", "not a valid host name");
+
+    value_ok(ci_user_name_check, "qvisor");
+    value_ok(ci_user_name_check, "_svc-1");
+    value_ok(ci_user_name_check, "abcdefghijklmnopqrstuvwxyz012345");
+    value_bad(ci_user_name_check, "abcdefghijklmnopqrstuvwxyz0123456", "not a valid user name");
+    value_bad(ci_user_name_check, "", "not a valid user name");
+    value_bad(ci_user_name_check, "Alice", "'Alice' is not a valid user name");
+    value_bad(ci_user_name_check, "1st", "not a valid user name");
+    value_bad(ci_user_name_check, "a b", "not a valid user name");
+    value_bad(ci_user_name_check, "a:b", "not a valid user name");
+
+    value_ok(ci_ssh_key_check, ed25519);
+    value_ok(ci_ssh_key_check, ecdsa);
+    value_ok(ci_ssh_key_check, rsa); /* no comment */
+    char k[512];
+    snprintf(k, sizeof k, "%s with spaces in the comment", ed25519);
+    value_ok(ci_ssh_key_check, k);
+    value_bad(ci_ssh_key_check, "", "empty");
+    value_bad(ci_ssh_key_check, "-----BEGIN OPENSSH PRIVATE KEY-----", "private key");
+    value_bad(ci_ssh_key_check, "ssh-foo AAAA", "should start with its type");
+    value_bad(ci_ssh_key_check, "/home/alice/.ssh/id_ed25519.pub", "not an SSH public key");
+    value_bad(ci_ssh_key_check, "ssh-ed25519", "key data is missing");
+    value_bad(ci_ssh_key_check, "ssh-ed25519 AAAA$$$$", "not valid base64");
+    value_bad(ci_ssh_key_check, "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOh54Q8UvAbXSCA9tVmjO0QQq2/b8dSeA2SjMDuPQne",
+              "not valid base64");
+    /* an RSA blob under the ed25519 type; a truncated blob */
+    snprintf(k, sizeof k, "ssh-ed25519 %s", rsa + 8);
+    value_bad(ci_ssh_key_check, k, "does not belong to a ssh-ed25519 key");
+    value_bad(ci_ssh_key_check, "ssh-ed25519 AAAAC3Nz", "does not belong");
+    snprintf(k, sizeof k, "%s\nssh-rsa AAAA", ed25519);
+    value_bad(ci_ssh_key_check, k, "not one line");
+    snprintf(k, sizeof k, "%s\n", ed25519);
+    value_bad(ci_ssh_key_check, k, "not one line");
+    char *huge = malloc(CI_SSH_KEY_MAX + 100);
+    snprintf(huge, CI_SSH_KEY_MAX + 100, "%s ", ed25519);
+    size_t n = strlen(huge);
+    memset(huge + n, 'x', CI_SSH_KEY_MAX + 99 - n);
+    huge[CI_SSH_KEY_MAX + 99] = '\0';
+    value_bad(ci_ssh_key_check, huge, "longer than");
+    free(huge);
+}
+
 static void ok_user_data(const char *s) {
     qv_error err = {0};
     int r = ci_user_data_check("user-data", s, strlen(s), &err);
@@ -452,7 +565,8 @@ int main(void) {
         cmocka_unit_test(test_yaml_injection), cmocka_unit_test(test_invalid_utf8),
         cmocka_unit_test(test_instance_id),   cmocka_unit_test(test_spec_errors),
         cmocka_unit_test(test_user_data_check), cmocka_unit_test(test_seed_write),
-        cmocka_unit_test(test_sha256),
+        cmocka_unit_test(test_sha256),        cmocka_unit_test(test_network_config_override),
+        cmocka_unit_test(test_value_checks),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -171,6 +171,125 @@ static sv_vmspec *spec_from(const char *json) {
     return s;
 }
 
+static const char key1[] =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOh54Q8UvAbXSCA9tVmjO0QQq2/b8dSeA2SjMDuPQnep alice@test";
+
+static void test_seed_defaults(void **state) {
+    (void)state;
+    _cleanup_(sv_vmspec_freep) sv_vmspec *s = spec_from("{\"name\":\"web-\",\"image\":\"i\"}");
+    assert_true(s->seed);
+    assert_false(s->ssh_generate);
+    assert_string_equal(s->user, "qvisor");
+    assert_non_null(s->ssh_keys);
+    assert_null(s->ssh_keys[0]);
+    assert_null(s->user_data);
+    assert_null(s->network_config);
+    /* the VM name, without the trailing '-' a host name cannot have */
+    assert_string_equal(s->hostname, "web");
+    json_t *j = sv_vmspec_to_json(s);
+    assert_string_equal(json_string_value(json_object_get(j, "hostname")), "web");
+    assert_true(json_is_true(json_object_get(j, "seed")));
+    assert_true(json_is_false(json_object_get(j, "ssh_generate")));
+    assert_string_equal(json_string_value(json_object_get(j, "user")), "qvisor");
+    /* unset values stay absent */
+    assert_null(json_object_get(j, "ssh_keys"));
+    assert_null(json_object_get(j, "user_data"));
+    assert_null(json_object_get(j, "network_config"));
+    json_decref(j);
+
+    /* without a seed, nothing is filled in */
+    _cleanup_(sv_vmspec_freep) sv_vmspec *off = spec_from("{\"name\":\"x\",\"image\":\"i\",\"seed\":false}");
+    assert_false(off->seed);
+    assert_null(off->hostname);
+}
+
+static void test_seed_fields_round_trip(void **state) {
+    (void)state;
+    const char *y = "name: web\n"
+                    "image: debian-12\n"
+                    "hostname: web.lab.example\n"
+                    "user: alice\n"
+                    "ssh_generate: true\n"
+                    "ssh_keys:\n"
+                    "  - ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOh54Q8UvAbXSCA9tVmjO0QQq2/b8dSeA2SjMDuPQnep alice@test\n"
+                    "user_data: |\n"
+                    "  #cloud-config\n"
+                    "  runcmd: [ls]\n"
+                    "network_config: |\n"
+                    "  version: 2\n"
+                    "  ethernets: {}\n";
+    _cleanup_(sv_vmspec_freep) sv_vmspec *s = NULL;
+    qv_error err = {0};
+    if (sv_vmspec_from_yaml("vm.yaml", y, strlen(y), &s, &err) < 0)
+        fail_msg("%s", err.msg);
+    assert_string_equal(s->hostname, "web.lab.example");
+    assert_string_equal(s->user, "alice");
+    assert_true(s->ssh_generate);
+    assert_string_equal(s->ssh_keys[0], key1);
+    assert_null(s->ssh_keys[1]);
+    assert_string_equal(s->user_data, "#cloud-config\nruncmd: [ls]\n");
+    assert_string_equal(s->network_config, "version: 2\nethernets: {}\n");
+
+    /* spec.json and the wire: the same values come back */
+    json_t *j = sv_vmspec_to_json(s);
+    _cleanup_(sv_vmspec_freep) sv_vmspec *again = NULL;
+    if (sv_vmspec_from_json(j, &again, &err) < 0)
+        fail_msg("%s", err.msg);
+    json_decref(j);
+    assert_string_equal(again->hostname, s->hostname);
+    assert_string_equal(again->user, s->user);
+    assert_true(again->ssh_generate);
+    assert_string_equal(again->ssh_keys[0], key1);
+    assert_null(again->ssh_keys[1]);
+    assert_string_equal(again->user_data, s->user_data);
+    assert_string_equal(again->network_config, s->network_config);
+
+    /* an empty user-data is a user-data (cloud-init then does nothing) */
+    _cleanup_(sv_vmspec_freep) sv_vmspec *empty = spec_from("{\"name\":\"x\",\"image\":\"i\",\"user_data\":\"\"}");
+    assert_string_equal(empty->user_data, "");
+    j = sv_vmspec_to_json(empty);
+    assert_string_equal(json_string_value(json_object_get(j, "user_data")), "");
+    json_decref(j);
+}
+
+static void test_seed_field_errors(void **state) {
+    (void)state;
+    expect_json_error("{\"name\":\"ok\",\"image\":\"i\",\"hostname\":\"web_1\"}",
+                      "spec: hostname: 'web_1' is not a valid host name");
+    expect_json_error("{\"name\":\"ok\",\"image\":\"i\",\"hostname\":\"\"}", "spec: hostname: must not be empty");
+    expect_json_error("{\"name\":\"ok\",\"image\":\"i\",\"user\":\"Root\"}", "spec: user: 'Root' is not a valid user name");
+    expect_json_error("{\"name\":\"ok\",\"image\":\"i\",\"ssh_keys\":\"ssh-ed25519 AAAA\"}",
+                      "spec: ssh_keys: expected a list of strings");
+    expect_json_error("{\"name\":\"ok\",\"image\":\"i\",\"ssh_keys\":[\"ssh-ed25519 AAAA\"]}",
+                      "spec: ssh_keys[0]: 'ssh-ed25519 AAAA…' is not an SSH public key");
+    expect_json_error("{\"name\":\"ok\",\"image\":\"i\",\"ssh_keys\":[\"/home/a/.ssh/id_ed25519.pub\"]}",
+                      "it should start with its type");
+    expect_json_error("{\"name\":\"ok\",\"image\":\"i\",\"user_data\":\"#cloud-config\\nfoo: [1, 2\\n\"}",
+                      "spec: user_data: not valid YAML: line 3");
+    expect_json_error("{\"name\":\"ok\",\"image\":\"i\",\"user_data\":\"#cloud-config\\n- a\\n\"}",
+                      "spec: user_data: line 2: the top level must be a mapping");
+    expect_json_error("{\"name\":\"ok\",\"image\":\"i\",\"network_config\":\"- eth0\\n\"}",
+                      "spec: network_config: line 1: the top level must be a mapping");
+    expect_json_error("{\"name\":\"ok\",\"image\":\"i\",\"network_config\":\"\"}", "spec: network_config: must not be empty");
+    expect_json_error("{\"name\":\"ok\",\"image\":\"i\",\"seed\":\"maybe\"}", "spec: seed: expected true or false");
+    expect_json_error("{\"name\":\"ok\",\"image\":\"i\",\"seed\":false,\"hostname\":\"h\"}",
+                      "spec: hostname needs the cloud-init seed, which seed: false turns off");
+    expect_json_error("{\"name\":\"ok\",\"image\":\"i\",\"seed\":false,\"ssh_generate\":true}", "spec: ssh_generate needs");
+    expect_json_error("{\"name\":\"ok\",\"image\":\"i\",\"seed\":false,\"user_data\":\"\"}", "spec: user_data needs");
+
+    /* from a spec file: the item's line and column */
+    const char *y = "name: db\nimage: i\nssh_keys:\n  - ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOh54Q8UvAbXSCA9tVmjO0QQq2/b8dSeA2SjMDuPQnep\n"
+                    "  - ssh-rsa bm9wZQ==\n";
+    sv_vmspec *bad = NULL;
+    qv_error err = {0};
+    assert_int_equal(sv_vmspec_from_yaml("db.yaml", y, strlen(y), &bad, &err), -EINVAL);
+    assert_string_equal(err.msg, "db.yaml:5:5: ssh_keys: 'ssh-rsa bm9wZQ==…' is not an SSH public key: the key data "
+                                 "does not belong to a ssh-rsa key (truncated or mixed up?)");
+    const char *u = "name: db\nimage: i\nuser_data: |\n  #cloud-config\n  a: [\n";
+    assert_int_equal(sv_vmspec_from_yaml("db.yaml", u, strlen(u), &bad, &err), -EINVAL);
+    assert_non_null(strstr(err.msg, "db.yaml:3:12: user_data: not valid YAML: line 3"));
+}
+
 static void test_golden_tcg_default(void **state) {
     (void)state;
     _cleanup_(sv_vmspec_freep) sv_vmspec *s = spec_from("{\"name\":\"web-1\",\"image\":\"debian-12\"}");
@@ -244,6 +363,9 @@ int main(void) {
         cmocka_unit_test(test_golden_kvm_seed_kernel_runas),
         cmocka_unit_test(test_golden_minimal_no_agent_no_sandbox),
         cmocka_unit_test(test_commas_refused),
+        cmocka_unit_test(test_seed_defaults),
+        cmocka_unit_test(test_seed_fields_round_trip),
+        cmocka_unit_test(test_seed_field_errors),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
