@@ -18,6 +18,7 @@
 #include "supervisor/proc.h"
 #include "supervisor/qemuargv.h"
 #include "supervisor/qemucaps.h"
+#include "supervisor/seed.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -565,9 +566,23 @@ typedef struct prep_job {
     int64_t base_mtime_ns;
     char *dir;
     char *run_dir;
+    sv_vmspec *spec;   /* copies for the worker thread */
+    sv_config *config;
+    bool seed_changed;
     int status;
     qv_error err;
 } prep_job;
+
+static void prep_job_free(prep_job *job) {
+    if (!job)
+        return;
+    free(job->base);
+    free(job->dir);
+    free(job->run_dir);
+    sv_vmspec_free(job->spec);
+    sv_config_free(job->config);
+    free(job);
+}
 
 /* Worker thread: everything a start does on disk before QEMU runs. */
 static void prep_work(uv_work_t *w) {
@@ -584,6 +599,12 @@ static void prep_work(uv_work_t *w) {
                                    "base image %s changed since this VM's disk was made on it (size or mtime "
                                    "differs); the disk would be corrupt: restore the image or recreate the VM",
                                    job->base);
+        return;
+    }
+    /* the seed follows the spec and the node's DNS: rewritten when they changed */
+    r = sv_seed_prepare(job->spec, job->config, job->dir, &job->seed_changed, &job->err);
+    if (r < 0) {
+        job->status = r;
         return;
     }
     r = qv_mkdir_p(job->run_dir, 0750);
@@ -637,15 +658,14 @@ static void prep_after(uv_work_t *w, int status) {
     if (status < 0 && job->status == 0)
         job->status = qv_error_set(&job->err, ECANCELED, "cancelled");
     if (rt->vm && !c->shutting_down) {
+        if (job->seed_changed)
+            log_info("VM %s: cloud-init seed (re)written", rt->vm->name);
         if (job->status < 0)
             start_abandon(rt, job->err.code, job->err.msg);
         else
             maybe_launch(rt);
     }
-    free(job->base);
-    free(job->dir);
-    free(job->run_dir);
-    free(job);
+    prep_job_free(job);
     rt_unref(rt);
 }
 
@@ -755,7 +775,7 @@ static void launch(vmrt *rt) {
     snprintf(disk, sizeof disk, "%s/disk.qcow2", vm->dir);
     snprintf(serial, sizeof serial, "%s/serial.log", vm->dir);
     snprintf(logpath, sizeof logpath, "%s/qemu.log", vm->dir);
-    snprintf(seed, sizeof seed, "%s/seed.iso", vm->dir);
+    snprintf(seed, sizeof seed, "%s/" SV_SEED_ISO, vm->dir);
     if (!qmp_path[0] || !pidfile[0]) {
         start_abandon(rt, ENAMETOOLONG, "run directory path too long");
         return;
@@ -785,7 +805,7 @@ static void launch(vmrt *rt) {
         .serial_log = serial,
         .pidfile = pidfile,
         .qga_socket = vm->spec->agent ? qga_path : NULL,
-        .seed_iso = access(seed, F_OK) == 0 ? seed : NULL,
+        .seed_iso = vm->spec->seed && access(seed, F_OK) == 0 ? seed : NULL,
         .qmp_fd = 3,
         .ssh_port = port,
     };
@@ -878,7 +898,13 @@ static int begin_start(sv_vmctl *c, sv_vm *vm, bool policy, sv_vm_done_fn done, 
     job->run_dir = strdup(run_dir);
     job->base_size = vm->base_size;
     job->base_mtime_ns = vm->base_mtime_ns;
-    if (!job->base || !job->dir || !job->run_dir)
+    json_t *specj = sv_vmspec_to_json(vm->spec);
+    qv_error e2 = {0};
+    if (specj)
+        sv_vmspec_from_json(specj, &job->spec, &e2);
+    json_decref(specj);
+    job->config = sv_config_dup(cfg(c));
+    if (!job->base || !job->dir || !job->run_dir || !job->spec || !job->config)
         goto oom;
     uv_timer_stop(&rt->timer); /* a pending automatic restart is superseded */
     vm->state = to;
@@ -891,10 +917,7 @@ static int begin_start(sv_vmctl *c, sv_vm *vm, bool policy, sv_vm_done_fn done, 
     if (r < 0) {
         vm->state = SV_VM_STOPPED;
         persist(rt);
-        free(job->base);
-        free(job->dir);
-        free(job->run_dir);
-        free(job);
+        prep_job_free(job);
         return qv_error_set(err, -r, "cannot queue the start: %s", uv_strerror(r));
     }
     rt->refs++;
@@ -902,12 +925,7 @@ static int begin_start(sv_vmctl *c, sv_vm *vm, bool policy, sv_vm_done_fn done, 
     log_info("VM %s: starting", vm->name);
     return 0;
 oom:
-    if (job) {
-        free(job->base);
-        free(job->dir);
-        free(job->run_dir);
-    }
-    free(job);
+    prep_job_free(job);
     return qv_error_set(err, ENOMEM, "out of memory");
 }
 

@@ -6,6 +6,7 @@ crashes of QEMU and of the daemon (re-adoption, identity checks), start
 failures that show QEMU's error, and daemon crashes injected mid-start and
 mid-stop (QVISOR_TEST_CRASH_AT, test builds only)."""
 
+import hashlib
 import json
 import os
 import re
@@ -296,6 +297,45 @@ class Lifecycle(unittest.TestCase):
         self.assertEqual(self.node.qemu_pids(), [])
         self.assertEqual(self.run_files("halfstop"), [])
         self.assertIn("finishing the stop", self.node.log())
+
+    def test_seed_cdrom_seen_by_the_guest_and_regenerated(self):
+        self.create("seeded", ["qv.seed=print"], "--no-agent", "--hostname", "seed-host")
+        inst = os.path.join(self.node.state, "instances", "seeded")
+        self.start("seeded")
+        self.wait_marker("seeded", r"seed-done \S+")
+        seeds = guestlib.parse_seed(guestlib.read_markers(self.serial("seeded")))
+        (dev, seen), = [(d, v) for d, v in seeds.items() if v["label"] == "cidata"]
+        self.assertTrue(dev.startswith("/dev/sr"), dev)  # a CD-ROM, not a disk
+
+        def sha(name):
+            # the guest read what qvisor wrote: compare with the files in the ISO
+            out = subprocess.run(["isoinfo", "-i", os.path.join(inst, "seed.iso"), "-R", "-x", "/" + name],
+                                 capture_output=True, check=True).stdout
+            return hashlib.sha256(out).hexdigest()
+        for name in ("meta-data", "user-data", "network-config"):
+            self.assertEqual(seen["files"][name], sha(name), name)
+        def seed_id():
+            with open(os.path.join(inst, "seed.id")) as f:
+                return f.read()
+        first_id = seed_id()
+        self.stop("seeded")
+        # an unchanged spec keeps the seed; the node's DNS changing rewrites it
+        self.start("seeded", wait_ready=False)
+        self.assertEqual(seed_id(), first_id)
+        self.stop("seeded", "--force")
+        self.node.write_config(self.CONFIG + "network:\n  dns: [192.0.2.53]\n")
+        self.node.qvisor("config", "reload", check=0)
+        self.start("seeded")
+        self.wait_marker("seeded", r"seed-done \S+")
+        self.assertNotEqual(seed_id(), first_id)
+        seen = [v for v in guestlib.parse_seed(guestlib.read_markers(self.serial("seeded"))).values()
+                if v["label"] == "cidata"][0]
+        self.assertEqual(seen["files"]["network-config"], sha("network-config"))
+        self.assertIn("192.0.2.53", subprocess.run(
+            ["isoinfo", "-i", os.path.join(inst, "seed.iso"), "-R", "-x", "/network-config"],
+            capture_output=True, text=True, check=True).stdout)
+        self.assertIn("cloud-init seed (re)written", self.node.log())
+        self.stop("seeded")
 
     def test_vm_ssh_runs_ssh_with_the_forwarded_port(self):
         self.create("sshy", ["qv.acpi=off"], "--no-agent")
