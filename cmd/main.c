@@ -58,6 +58,7 @@ static const qv_cli_noun nouns[] = {
 static const qv_cli_verb top_verbs[] = {
     {"daemon", cmd_daemon, "run the qvisor daemon in the foreground"},
     {"version", cmd_version, "print the versions of this command and of the daemon"},
+    {"cleanup", cmd_cleanup, "remove what crashes left behind (orphan QEMUs, temp files, stale sockets)"},
     {"cidata", cmd_cidata, "write a cloud-init NoCloud seed ISO (like cloud-localds)"},
     {NULL, NULL, NULL},
 };

@@ -5,6 +5,7 @@
 #include "log.h"
 #include "util.h"
 #include "supervisor/image.h"
+#include "supervisor/sweep.h"
 #include "supervisor/vm.h"
 
 #include <errno.h>
@@ -420,5 +421,76 @@ void sv_api_vm_remove(sv_daemon *d, sv_ctl_req *req, json_t *params) {
     } else if (r < 0) {
         free(job);
         sv_ctl_reply_qv_error(req, &err);
+    }
+}
+
+/* ---- cleanup ----------------------------------------------------------------- */
+
+typedef struct sweep_job {
+    uv_work_t work;
+    sv_ctl_req *req;
+    sv_config *config;
+    sv_sweep_vm *vms;
+    size_t n_vms;
+    bool dry_run;
+    json_t *result;
+    int status;
+    qv_error err;
+} sweep_job;
+
+static void sweep_work(uv_work_t *w) {
+    sweep_job *job = w->data;
+    job->status = sv_sweep_run(job->config, job->vms, job->n_vms, job->dry_run, &job->result, &job->err);
+}
+
+static void sweep_after(uv_work_t *w, int status) {
+    sweep_job *job = w->data;
+    if (status < 0)
+        sv_ctl_reply_error(job->req, ECANCELED, "cancelled");
+    else if (job->status < 0)
+        sv_ctl_reply_qv_error(job->req, &job->err);
+    else
+        sv_ctl_reply(job->req, job->result);
+    sv_config_free(job->config);
+    free(job->vms);
+    free(job);
+}
+
+void sv_api_cleanup(sv_daemon *d, sv_ctl_req *req, json_t *params) {
+    json_t *dry = json_object_get(params, "dry_run");
+    if (dry && !json_is_boolean(dry)) {
+        sv_ctl_reply_error(req, EINVAL, "\"dry_run\" must be a boolean");
+        return;
+    }
+    size_t n = 0;
+    for (sv_vm *vm = sv_registry_first(d->registry); vm; vm = vm->next)
+        n++;
+    sweep_job *job = calloc(1, sizeof *job);
+    if (!job || !(job->config = sv_config_dup(d->config)) || !(job->vms = calloc(n ? n : 1, sizeof *job->vms))) {
+        if (job)
+            sv_config_free(job->config);
+        free(job);
+        sv_ctl_reply_error(req, ENOMEM, "out of memory");
+        return;
+    }
+    /* what the daemon supervises, as of now: the worker must not touch the registry */
+    for (sv_vm *vm = sv_registry_first(d->registry); vm; vm = vm->next) {
+        sv_sweep_vm *v = &job->vms[job->n_vms++];
+        snprintf(v->name, sizeof v->name, "%s", vm->name);
+        bool has_qemu = vm->state == SV_VM_RUNNING || vm->state == SV_VM_PAUSED || vm->state == SV_VM_STOPPING ||
+                        vm->state == SV_VM_STARTING;
+        v->pid = has_qemu ? vm->run.pid : 0;
+        v->busy = vm->state == SV_VM_CREATING || vm->state == SV_VM_REMOVING || vm->state == SV_VM_STARTING ||
+                  vm->state == SV_VM_STOPPING;
+    }
+    job->req = req;
+    job->dry_run = json_is_true(dry);
+    job->work.data = job;
+    int r = uv_queue_work(&d->loop, &job->work, sweep_work, sweep_after);
+    if (r < 0) {
+        sv_config_free(job->config);
+        free(job->vms);
+        free(job);
+        sv_ctl_reply_error(req, -r, "cannot queue the cleanup: %s", uv_strerror(r));
     }
 }

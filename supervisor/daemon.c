@@ -107,6 +107,7 @@ static const struct method {
     {"vm.start", true, sv_api_vm_start},
     {"vm.stop", true, sv_api_vm_stop},
     {"vm.restart", true, sv_api_vm_restart},
+    {"node.cleanup", true, sv_api_cleanup},
 };
 
 static void on_request(sv_ctl_req *req, const char *method, json_t *params, void *userdata) {

@@ -337,6 +337,52 @@ class Lifecycle(unittest.TestCase):
         self.assertIn("cloud-init seed (re)written", self.node.log())
         self.stop("seeded")
 
+    def test_cleanup_orphans_temp_files_and_stale_sockets(self):
+        self.create("keep", [], "--no-agent")
+        keep = self.start("keep", wait_ready=False)["pid"]
+        # an orphan QEMU that claims to be VM "ghost" of this node
+        ghost_dir = os.path.join(self.node.run_dir, "vm", "ghost")
+        os.makedirs(ghost_dir)
+        orphan = subprocess.Popen(["qemu-system-x86_64", "-name", "guest=ghost,debug-threads=on", "-S",
+                                   "-machine", "none", "-nodefaults", "-display", "none",
+                                   "-pidfile", os.path.join(ghost_dir, "qemu.pid")],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        bystander = subprocess.Popen(["sleep", "300"])
+        creating = os.path.join(self.node.state, "instances", ".dead.creating")
+        os.makedirs(creating)
+        partial = os.path.join(self.node.state, "images", ".half.qcow2.partial")
+        open(partial, "w").close()
+        stale = os.path.join(self.node.run_dir, "vm", "stale")
+        os.makedirs(stale)
+        open(os.path.join(stale, "qmp.sock"), "w").close()
+        try:
+            wait_for(lambda: os.path.exists(os.path.join(ghost_dir, "qemu.pid")), 10, "the orphan's pidfile")
+            j = self.node.qvisor_json("cleanup", "--dry-run")
+            acts = {(a.get("path") or a.get("pid")): a["action"] for a in j["actions"]}
+            self.assertEqual(acts[orphan.pid], "would stop (SIGTERM, then SIGKILL)")
+            self.assertEqual(acts[creating], "would remove")
+            self.assertEqual(acts[partial], "would remove")
+            self.assertEqual(acts[stale], "would remove")
+            self.assertNotIn(keep, acts)
+            self.assertIsNone(orphan.poll())  # dry run: nothing changed
+            self.assertTrue(os.path.exists(creating) and os.path.exists(partial) and os.path.exists(stale))
+
+            p = self.node.qvisor("cleanup", check=0, timeout=scaled(60))
+            self.assertIn(f"orphan QEMU of 'ghost' pid {orphan.pid}: stopped", p.stdout)
+            self.assertEqual(orphan.wait(timeout=10), 0)  # SIGTERM: QEMU exits cleanly
+            for path in (creating, partial, stale, ghost_dir):
+                self.assertFalse(os.path.exists(path), path)
+            self.assertTrue(proc_alive(keep))  # supervised: untouched
+            self.assertIsNone(bystander.poll())
+            self.assertEqual(self.show("keep")["state"], "running")
+            self.assertIn("nothing to clean up", self.node.qvisor("cleanup", check=0).stdout)
+        finally:
+            for p in (orphan, bystander):
+                if p.poll() is None:
+                    p.kill()
+                p.wait()
+        self.stop("keep", "--force")
+
     def test_vm_ssh_runs_ssh_with_the_forwarded_port(self):
         self.create("sshy", ["qv.acpi=off"], "--no-agent")
         port = self.start("sshy", wait_ready=False)["ssh_port"]
