@@ -685,7 +685,7 @@ static void caps_after(uv_work_t *w, int status) {
     if (c->caps_status < 0)
         log_error("cannot use %s: %s", c->caps_binary, c->caps_err.msg);
     else
-        log_info("QEMU %s (%s): %s; seccomp sandbox %s", c->caps.version, c->caps_binary, c->caps.kvm_detail,
+        log_info("QEMU %s (%s); KVM: %s; seccomp sandbox %s", c->caps.version, c->caps_binary, c->caps.kvm_detail,
                  c->caps.sandbox ? "supported" : "not supported");
     if (!c->shutting_down)
         for (vmrt *rt = c->rts; rt; rt = rt->next)
