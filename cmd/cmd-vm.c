@@ -230,8 +230,9 @@ file_error:
 static const char list_help[] =
     "Usage: qvisor vm list [--json]\n"
     "\n"
-    "Lists the VMs: name, state, QEMU pid, CPUs, memory, disk size, IP address,\n"
-    "uptime, GPUs (PCI addresses), image and disk path.\n"
+    "Lists the VMs: name, state, QEMU pid, CPUs, memory, disk size, IP address\n"
+    "and liveness of the guest agent (asked for at most 1 s), uptime, GPUs (PCI\n"
+    "addresses) and image.  --json adds the disk path and the SSH port.\n"
     "\n"
     "Exit: 0, 69 daemon not running.\n";
 
@@ -260,13 +261,13 @@ int cmd_vm_list(qv_cli *cli, int argc, char **argv) {
         qv_print_json(res, stdout);
         return QV_EXIT_OK;
     }
-    static const char *const headers[] = {"NAME", "STATE", "PID", "CPUS", "MEMORY", "DISK", "IP", "UPTIME", "GPUS",
-                                          "IMAGE", NULL};
+    static const char *const headers[] = {"NAME", "STATE", "PID", "CPUS", "MEMORY", "DISK", "IP", "AGENT", "UPTIME",
+                                          "GPUS", "IMAGE", NULL};
     qv_table *t = qv_table_new(headers);
     size_t i;
     json_t *vm;
     json_array_foreach(json_object_get(res, "vms"), i, vm) {
-        char pid[32], cpus[32], mem[32], disk[32], up[32], ip[64];
+        char pid[32], cpus[32], mem[32], disk[32], up[32], ip[64], agent[32];
         qv_format_size(json_integer_value(json_object_get(vm, "memory")), mem, sizeof mem);
         qv_format_size(json_integer_value(json_object_get(vm, "disk_size")), disk, sizeof disk);
         json_t *gpus = json_object_get(vm, "gpus");
@@ -296,6 +297,7 @@ int cmd_vm_list(qv_cli *cli, int argc, char **argv) {
                                mem,
                                disk,
                                or_dash(json_object_get(vm, "ip"), ip, sizeof ip),
+                               or_dash(json_object_get(vm, "agent"), agent, sizeof agent),
                                up,
                                gpu_list ? gpu_list : "-",
                                json_string_value(json_object_get(vm, "image")),

@@ -89,8 +89,11 @@ static int request_link(qga_conn *c, request *r, uint64_t deadline) {
     return 0;
 }
 
+static void timer_rearm(qga_conn *c);
+
 static void request_unlink(qga_conn *c, request *r) {
     qmp__timeq_remove(&c->timeq, &r->tnode);
+    timer_rearm(c); /* an answered command leaves no wake-up behind */
     if (r->prev)
         r->prev->next = r->next;
     else

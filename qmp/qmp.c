@@ -105,8 +105,11 @@ static int pending_link(qmp_conn *c, pending *p, uint64_t deadline) {
     return 0;
 }
 
+static void timer_rearm(qmp_conn *c);
+
 static void pending_unlink(qmp_conn *c, pending *p) {
     qmp__timeq_remove(&c->timeq, &p->tnode);
+    timer_rearm(c); /* an answered command leaves no wake-up behind */
     if (p->prev)
         p->prev->next = p->next;
     else
@@ -218,6 +221,7 @@ static void handshake_done(qmp_conn *c, pending *p, int status, json_t *result, 
     }
     c->state = ST_READY;
     qmp__timeq_remove(&c->timeq, &c->handshake);
+    timer_rearm(c);
     for (pending *q = c->head; q; q = q->next) {
         if (!q->line)
             continue;
@@ -352,6 +356,7 @@ static void conn_fail(qmp_conn *c, int status) {
     c->state = ST_DEAD;
     qmp__io_shutdown(&c->io);
     qmp__timeq_remove(&c->timeq, &c->handshake);
+    timer_rearm(c);
     fail_all(c, status);
     if (!c->closed && !c->disconnect_fired) {
         c->disconnect_fired = true;
@@ -530,6 +535,7 @@ void qmp_close(qmp_conn *c) {
         qmp__io_shutdown(&c->io);
     }
     qmp__timeq_remove(&c->timeq, &c->handshake);
+    timer_rearm(c);
     fail_all(c, QMP_ECANCELED);
     qmp__io_release(&c->io);
 }

@@ -362,7 +362,9 @@ typedef struct remove_job {
     char name[64];
 } remove_job;
 
-static void remove_now(sv_daemon *d, sv_ctl_req *req, const char *name) {
+static void remove_now(sv_daemon *d, sv_ctl_req *req, const char *vm_name) {
+    char name[64]; /* vm_name may point into the VM, which goes away */
+    snprintf(name, sizeof name, "%s", vm_name);
     qv_error err = {0};
     sv_vm *vm = sv_registry_find(d->registry, name);
     if (!vm) {

@@ -21,7 +21,7 @@
 
 /* A client that does not read its replies is dropped past this much queued output. */
 #define CTL_MAX_WRITE_QUEUE (16u << 20)
-#define CTL_READ_CHUNK 65536
+#define CTL_READ_CHUNK 8192
 #define CTL_PROGRESS_INTERVAL_MS 100
 #define CTL_PROGRESS_REPEAT_MS 1000
 

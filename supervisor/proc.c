@@ -112,6 +112,16 @@ int sv_proc_spawn(char *const argv[], int log_fd, const int *fds, size_t n_fds, 
     return 0;
 }
 
+bool sv_proc_alive(pid_t pid) {
+    char rel[64];
+    snprintf(rel, sizeof rel, "proc/%d/stat", (int)pid);
+    _cleanup_free_ char *stat = NULL;
+    if (pid <= 0 || qv_sysroot_read(rel, &stat, NULL) < 0)
+        return false;
+    const char *p = strrchr(stat, ')');
+    return p && p[1] == ' ' && p[2] != 'Z' && p[2] != 'X';
+}
+
 int sv_proc_start_time(pid_t pid, uint64_t *ret) {
     char rel[64];
     snprintf(rel, sizeof rel, "proc/%d/stat", (int)pid);

@@ -23,6 +23,10 @@ int sv_pidfd_open(pid_t pid);
 /* pidfd_send_signal(): signals exactly the process the pidfd refers to. */
 int sv_pidfd_signal(int pidfd, int sig);
 
+/* True when PID exists and is not a zombie (an exited process nobody has
+ * reaped yet: a QEMU whose parent, a killed daemon, is gone). */
+bool sv_proc_alive(pid_t pid);
+
 /* Field 22 of /proc/PID/stat (start time in clock ticks since boot), read
  * through the sysfs/procfs root. */
 int sv_proc_start_time(pid_t pid, uint64_t *ret);

@@ -1402,7 +1402,7 @@ static void adopt(sv_vmctl *c, sv_vm *vm) {
     }
     int pidfd = ours ? sv_pidfd_open(pid) : -ESRCH;
     if (pidfd < 0) {
-        if (pid > 0 && kill(pid, 0) == 0 && !ours)
+        if (pid > 0 && !ours && sv_proc_alive(pid))
             log_warning("VM %s: pid %d is now another process (command line or start time differ); not touched",
                         vm->name, (int)pid);
         rt->our_child = false;

@@ -11,6 +11,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -85,7 +86,7 @@ class Lifecycle(unittest.TestCase):
     # -- tests ------------------------------------------------------------------
 
     def test_full_lifecycle_disk_persists(self):
-        self.create("life", ["qv.disk=marker", "qv.agent=on"])
+        self.create("life", ["qv.disk=marker", "qv.agent=on", "qv.net=eth0:10.0.2.15/24:10.0.2.2"])
         j = self.start("life")
         pid = j["pid"]
         self.assertTrue(proc_alive(pid))
@@ -96,6 +97,12 @@ class Lifecycle(unittest.TestCase):
         self.assertEqual((row["name"], row["state"], row["pid"]), ("life", "running", pid))
         self.assertEqual(row["agent"], "ok")  # the guest's qemu-ga answered
         self.assertEqual(row["ssh_port"], j["ssh_port"])
+        # the address the guest agent reports (the guest configures it at boot)
+        wait_for(lambda: self.node.qvisor_json("vm", "list")["vms"][0]["ip"] == "10.0.2.15", 20, "the agent's IP")
+        self.assertIn({"interface": "eth0", "address": "10.0.2.15", "prefix": 24}, self.show("life")["addresses"])
+        # QEMU listens on the forwarded SSH port
+        with socket.create_connection(("127.0.0.1", j["ssh_port"]), timeout=5):
+            pass
         table = self.node.qvisor("vm", "list", check=0).stdout
         self.assertRegex(table, rf"life +running +{pid} ")
         self.assertEqual(self.run_files("life"), ["qemu.pid", "qga.sock", "qmp.sock"])
@@ -116,6 +123,12 @@ class Lifecycle(unittest.TestCase):
         self.assertIn("marker found qvisor-marker-boot-1", guestlib.read_markers(self.serial("life")))
         with open(self.serial("life") + ".1") as f:  # the previous boot's console is kept
             self.assertIn("marker written", f.read())
+        # restart: same disk, third boot
+        p = self.node.qvisor("--json", "vm", "restart", "life", timeout=scaled(120), check=0)
+        r = json.loads(p.stdout)
+        self.assertEqual(r["stop"]["result"], "clean")
+        self.assertNotEqual(r["start"]["pid"], pid)
+        self.wait_marker("life", r"^bootcount 3$")
         self.stop("life")
         self.node.qvisor("vm", "rm", "life", check=0)
         self.assertFalse(os.path.exists(os.path.join(self.node.state, "instances", "life")))
@@ -217,8 +230,10 @@ class Lifecycle(unittest.TestCase):
                          "--initrd", GUEST.initrd, "--no-agent", "--restart", "on-failure", check=0)
         pid = self.start("phoenix", wait_ready=False)["pid"]
         os.kill(pid, signal.SIGKILL)
-        wait_for(lambda: self.show("phoenix")["state"] == "running" and self.show("phoenix")["pid"] != pid,
-                 15, "restart by the on-failure policy")
+        def restarted():
+            vm = self.show("phoenix")
+            return vm["state"] == "running" and vm["pid"] not in (None, pid)
+        wait_for(restarted, 15, "restart by the on-failure policy")
         vm = self.show("phoenix")
         self.assertEqual(vm["restarts"], 1)
         self.assertIn("SIGKILL", vm["last_exit"])
@@ -289,9 +304,10 @@ class Lifecycle(unittest.TestCase):
         self.stop("half", "--force")
 
     def test_daemon_crash_mid_stop_is_finished(self):
-        self.create("halfstop", [], "--no-agent")
+        # a guest that ignores ACPI: the stop is still under way when the daemon dies
+        self.create("halfstop", ["qv.acpi=off"], "--no-agent")
         pid = self.start("halfstop")["pid"]
-        self.crash_daemon_at("stop-after-request", ["vm", "stop", "halfstop"])
+        self.crash_daemon_at("stop-after-request", ["vm", "stop", "halfstop", "--timeout", "2s"])
         wait_for(lambda: self.show("halfstop")["state"] == "stopped", 60, "the stop finished")
         self.assertFalse(proc_alive(pid))
         self.assertEqual(self.node.qemu_pids(), [])

@@ -536,6 +536,42 @@ static void test_error_reply(void **state) {
     ctx_finish(&x);
 }
 
+typedef struct timer_count {
+    const tloop *t;
+    int n;
+} timer_count;
+
+static void count_active_timers(uv_handle_t *h, void *arg) {
+    timer_count *tc = arg;
+    if (h->type == UV_TIMER && uv_is_active(h) && h != (const uv_handle_t *)&tc->t->watchdog)
+        tc->n++;
+}
+
+/* How many timers other than the test's watchdog are armed. */
+static int armed_timers(tloop *t) {
+    timer_count tc = {t, 0};
+    uv_walk(&t->loop, count_active_timers, &tc);
+    return tc.n;
+}
+
+static void test_answered_commands_leave_no_timer(void **state) {
+    (void)state;
+    ctx x;
+    ctx_open(&x, 0);
+    ctx_handshake(&x);
+    reply a;
+    reply_init(&a, &x.t);
+    assert_int_equal(qmp_send(x.c, "cont", NULL, 10000, reply_cb, &a), 0);
+    wait_received(&x, 2);
+    peer_writef(&x.p, "{\"return\": {}, \"id\": %lld}\n", (long long)peer_id(&x.p, 1));
+    wait_reply(&x, &a);
+    assert_int_equal(a.status, 0);
+    /* the 10 s deadline went with the reply: an idle connection wakes no one */
+    assert_int_equal(armed_timers(&x.t), 0);
+    reply_done(&a);
+    ctx_finish(&x);
+}
+
 static void test_eof_mid_reply(void **state) {
     (void)state;
     ctx x;
@@ -1090,6 +1126,7 @@ int main(void) {
         cmocka_unit_test(test_handshake_timeout),
         cmocka_unit_test(test_many_outstanding),
         cmocka_unit_test(test_error_reply),
+        cmocka_unit_test(test_answered_commands_leave_no_timer),
         cmocka_unit_test(test_eof_mid_reply),
         cmocka_unit_test(test_oversized_message),
         cmocka_unit_test(test_invalid_utf8),

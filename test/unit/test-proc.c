@@ -129,12 +129,29 @@ static void test_start_time_parsing_with_odd_comm(void **state) {
     qv_test_rm_rf(root);
 }
 
+static void test_alive_is_false_for_zombies(void **state) {
+    (void)state;
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0)
+        _exit(0);
+    /* until reaped it is a zombie: exited, not alive */
+    siginfo_t si;
+    assert_int_equal(waitid(P_PID, (id_t)pid, &si, WEXITED | WNOWAIT), 0);
+    assert_false(sv_proc_alive(pid));
+    assert_int_equal(waitpid(pid, NULL, 0), pid);
+    assert_false(sv_proc_alive(pid));
+    assert_true(sv_proc_alive(getpid()));
+    assert_false(sv_proc_alive(0));
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_spawn_maps_fds_and_detaches),
         cmocka_unit_test(test_exec_failure_is_reported),
         cmocka_unit_test(test_pidfd_signal_and_identity),
         cmocka_unit_test(test_start_time_parsing_with_odd_comm),
+        cmocka_unit_test(test_alive_is_false_for_zombies),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
