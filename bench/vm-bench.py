@@ -15,8 +15,9 @@ against bare QEMU started with the same command line in the same run.
              its monitor greeted, qmp_capabilities and `cont` were answered.
    The bare QEMU gets its monitor exactly as the daemon's does: a listening
    unix socket created first and passed as fd 3 (`-chardev socket,fd=3`), so
-   its argv is the daemon's but for -pidfile, and nothing polls for a
-   socket file.  Each VM start is followed by `vm stop --force`, each bare
+   its argv is the daemon's but for -pidfile (and a fresh port for the SSH
+   forward, picked as the daemon picks it), and nothing polls for a socket
+   file.  Each VM start is followed by `vm stop --force`, each bare
    QEMU by QMP `quit`; those are timed too.
 2. Concurrency: --vms VMs started at once, then stopped at once with
    --force: one CLI process each, or one control-socket request each,
@@ -45,6 +46,7 @@ import argparse
 import fcntl
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -235,6 +237,13 @@ class BareQemu:
         ls = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         ls.bind(self.sock_path)
         ls.listen(1)
+        # a free port for the SSH forward, picked as the daemon picks it
+        for i, a in enumerate(self.argv):
+            if "hostfwd=tcp:127.0.0.1:" in a:
+                with socket.socket() as ps:
+                    ps.bind(("127.0.0.1", 0))
+                    port = ps.getsockname()[1]
+                self.argv[i] = re.sub(r"(hostfwd=tcp:127\.0\.0\.1:)\d+", rf"\g<1>{port}", a)
         high = fcntl.fcntl(ls.fileno(), fcntl.F_DUPFD_CLOEXEC, 10)  # never 3 itself: dup2 must clear CLOEXEC
         try:
             self.proc = Spawned(self.argv, self.log_path, extra_fd=high, setsid=True)
