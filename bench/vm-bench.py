@@ -1,0 +1,812 @@
+#!/usr/bin/env python3
+"""VM lifecycle benchmark: the real daemon, the real CLI and real QEMU (TCG),
+against bare QEMU started with the same command line in the same run.
+
+  vm-bench.py [--rounds N] [--vms N] [--conc-rounds N] [--idle-vms N]
+              [--idle-seconds S] [--after-window S] [--strace-seconds S]
+              [--json PATH|-] [--check]
+
+1. Start latency.  N rounds, the order rotating each round:
+     qvisor  `qvisor vm start X` as a process, until it exits (the daemon
+             answers once QEMU's monitor answered and `cont` succeeded),
+     socket  the same request sent straight to the control socket (the
+             daemon's share, without the CLI's process start),
+     bare    QEMU spawned with the argv the daemon wrote to qemu.log, until
+             its monitor greeted, qmp_capabilities and `cont` were answered.
+   The bare QEMU gets its monitor exactly as the daemon's does: a listening
+   unix socket created first and passed as fd 3 (`-chardev socket,fd=3`), so
+   its argv is the daemon's but for -pidfile (and a fresh port for the SSH
+   forward, picked as the daemon picks it), and nothing polls for a socket
+   file.  Each VM start is followed by `vm stop --force`, each bare
+   QEMU by QMP `quit`; those are timed too.
+2. Concurrency: --vms VMs started at once, then stopped at once with
+   --force: one CLI process each, or one control-socket request each,
+   against as many bare QEMUs started at once with the VMs' own argv and
+   quit at once.  --conc-rounds rounds, the order rotating.
+3. Daemon memory: --idle-vms VMs defined and all started at once,
+   VmRSS/VmHWM/RssAnon of the daemon from /proc/PID/status (target: under
+   10 MB with 50 VMs).
+4. Idle: with those VMs running and nothing asking the daemon anything, its
+   CPU time (all threads, /proc/PID/task/*/schedstat, ns) and context
+   switches, first until --after-window seconds after the mass start (QMP
+   commands sent during a start carry 10 s deadlines), then for
+   --idle-seconds of steady state; then `strace -f -c` for
+   --strace-seconds if strace is installed.  Target: no wake-ups in the
+   steady state (no heartbeats are configured).
+
+The VMs' disk is a boot sector that halts (cli; hlt): SeaBIOS boots it in
+~0.2 s of TCG time and the guests then cost no CPU, so nothing needs to
+boot and the guests do not compete with what is measured.  64M of RAM and
+1 vCPU each.  Results are ratios and differences against the baseline of
+the same run: the machines are shared and noisy.  --check exits 1 when a
+target is missed.  Every QEMU started here is killed on the way out (their
+-pidfile lies in the private node's run directory), also on SIGTERM."""
+
+import argparse
+import fcntl
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+ROOT = os.environ.get("QVISOR_SOURCE_ROOT") or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if "QVISOR_BIN" not in os.environ:
+    _built = os.path.join(ROOT, "build", "cmd", "qvisor")
+    if os.path.exists(_built):
+        os.environ["QVISOR_BIN"] = _built
+sys.path.insert(0, os.path.join(ROOT, "test", "integration"))
+sys.path.insert(0, os.path.join(ROOT, "test", "guest"))
+import guestlib  # noqa: E402
+from qvtest import QVISOR, Node  # noqa: E402
+
+START_TARGET_MS = 20.0
+RSS_TARGET_KB = 10 * 1024
+
+CONFIG = ("vm_defaults:\n  cpus: 1\n  memory: 64M\n  disk: 1G\n  stop_timeout: 30s\n  kill_timeout: 5s\n"
+          "qemu:\n  accelerator: tcg\n")
+
+
+def now():
+    return time.perf_counter()
+
+
+def ms(seconds):
+    return round(seconds * 1000.0, 2)
+
+
+def med(xs):
+    return statistics.median(xs) if xs else float("nan")
+
+
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------
+# processes and /proc
+
+class Spawned:
+    """A process started with posix_spawn (as cheap as it gets from Python,
+    and the same for the CLI and for bare QEMU); stdout/stderr to a file."""
+
+    def __init__(self, argv, out_path, extra_fd=None, setsid=False):
+        self.out_path = out_path
+        with open(out_path, "wb") as out:
+            actions = [(os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
+                       (os.POSIX_SPAWN_DUP2, out.fileno(), 1),
+                       (os.POSIX_SPAWN_DUP2, out.fileno(), 2)]
+            if extra_fd is not None:
+                actions.append((os.POSIX_SPAWN_DUP2, extra_fd, 3))
+            self.pid = os.posix_spawnp(argv[0], argv, os.environ, file_actions=actions, setsid=setsid)
+        self.rc = None
+        self.done_at = None
+
+    def wait(self):
+        if self.rc is None:
+            _, status = os.waitpid(self.pid, 0)
+            self.done_at = now()
+            self.rc = os.waitstatus_to_exitcode(status)
+        return self.rc
+
+    def output(self):
+        with open(self.out_path, errors="replace") as f:
+            return f.read()
+
+    def kill(self):
+        if self.rc is None:
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.wait()
+
+
+def cpu_ns(pid):
+    """CPU time of every thread of pid, in ns (schedstat: not tick-rounded)."""
+    total = 0
+    for t in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{t}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass
+    return total
+
+
+def ctxt_switches(pid):
+    vol = invol = 0
+    for t in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{t}/status") as f:
+                for line in f:
+                    if line.startswith("voluntary_ctxt_switches:"):
+                        vol += int(line.split()[1])
+                    elif line.startswith("nonvoluntary_ctxt_switches:"):
+                        invol += int(line.split()[1])
+        except OSError:
+            pass
+    return vol, invol
+
+
+def proc_status(pid, keys=("VmRSS", "VmHWM", "RssAnon", "RssFile", "RssShmem", "VmSize", "Threads")):
+    out = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            k, _, v = line.partition(":")
+            if k in keys:
+                out[k] = int(v.split()[0])
+    return out
+
+
+# ---------------------------------------------------------------------------
+# QMP, minimal and blocking
+
+class Monitor:
+    def __init__(self, path, timeout=60.0):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        self.sock.connect(path)
+        self.f = self.sock.makefile("rb")
+        self.greeting = self._next()
+        if "QMP" not in self.greeting:
+            raise RuntimeError(f"no QMP greeting: {self.greeting}")
+
+    def _next(self):
+        while True:
+            line = self.f.readline()
+            if not line:
+                raise RuntimeError("monitor closed")
+            msg = json.loads(line)
+            if "event" not in msg:
+                return msg
+
+    def command(self, name):
+        self.sock.sendall(json.dumps({"execute": name}).encode() + b"\n")
+        msg = self._next()
+        if "error" in msg:
+            raise RuntimeError(f"{name}: {msg['error']}")
+        return msg.get("return")
+
+    def send(self, name):
+        self.sock.sendall(json.dumps({"execute": name}).encode() + b"\n")
+
+    def close(self):
+        self.f.close()
+        self.sock.close()
+
+
+class BareQemu:
+    """QEMU with a VM's argv, monitor on a listening socket passed as fd 3
+    (as the daemon does), -pidfile moved into the bench's directory."""
+
+    def __init__(self, argv, workdir, name):
+        self.argv = list(argv)
+        i = self.argv.index("-pidfile")
+        self.argv[i + 1] = os.path.join(workdir, name + ".pid")
+        mon = [a for a in self.argv if a.startswith("socket,id=qmp0,")]
+        if mon != ["socket,id=qmp0,fd=3,server=on,wait=off"]:
+            raise RuntimeError(f"unexpected monitor in the VM's argv: {mon}")
+        self.sock_path = os.path.join(workdir, name + ".qmp")
+        self.log_path = os.path.join(workdir, name + ".log")
+        self.proc = None
+        self.mon = None
+        self.t0 = self.t_up = None
+        # the agent socket lies in the VM's run directory, which the daemon
+        # makes at each start and removes at each stop: so does this
+        self.run_dirs = sorted({os.path.dirname(a.split("path=", 1)[1].split(",", 1)[0])
+                                for a in self.argv if a.startswith("socket,") and "path=" in a})
+        self.made_dirs = []
+
+    def spawn(self):
+        """Timed from here: listening socket, spawn (like the daemon's launch)."""
+        self.t0 = now()
+        for d in self.run_dirs:
+            if not os.path.isdir(d):
+                os.makedirs(d, 0o750)
+                self.made_dirs.append(d)
+        if os.path.exists(self.sock_path):
+            os.unlink(self.sock_path)
+        ls = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        ls.bind(self.sock_path)
+        ls.listen(1)
+        # a free port for the SSH forward, picked as the daemon picks it
+        for i, a in enumerate(self.argv):
+            if "hostfwd=tcp:127.0.0.1:" in a:
+                with socket.socket() as ps:
+                    ps.bind(("127.0.0.1", 0))
+                    port = ps.getsockname()[1]
+                self.argv[i] = re.sub(r"(hostfwd=tcp:127\.0\.0\.1:)\d+", rf"\g<1>{port}", a)
+        high = fcntl.fcntl(ls.fileno(), fcntl.F_DUPFD_CLOEXEC, 10)  # never 3 itself: dup2 must clear CLOEXEC
+        try:
+            self.proc = Spawned(self.argv, self.log_path, extra_fd=high, setsid=True)
+        finally:
+            os.close(high)
+            ls.close()
+
+    def until_running(self):
+        """Monitor greeting, qmp_capabilities, cont answered; returns seconds
+        since spawn()."""
+        try:
+            self.mon = Monitor(self.sock_path)
+            self.mon.command("qmp_capabilities")
+            self.mon.command("cont")
+        except Exception as e:
+            raise RuntimeError(f"bare QEMU: {e}\n{self.proc.output()[-2000:]}")
+        self.t_up = now()
+        return self.t_up - self.t0
+
+    def quit(self):
+        """QMP quit, wait for the exit; returns seconds."""
+        t = now()
+        try:
+            self.mon.send("quit")
+        except OSError:
+            pass
+        self.proc.wait()
+        self.mon.close()
+        took = now() - t
+        self.remove_dirs()
+        return took
+
+    def remove_dirs(self):
+        for d in self.made_dirs:
+            for f in os.listdir(d) if os.path.isdir(d) else ():
+                os.unlink(os.path.join(d, f))
+            if os.path.isdir(d):
+                os.rmdir(d)
+        self.made_dirs = []
+
+    def kill(self):
+        if self.proc:
+            self.proc.kill()
+        if self.mon:
+            self.mon.close()
+
+
+# ---------------------------------------------------------------------------
+
+class Bench:
+    def __init__(self, args):
+        self.a = args
+        self.node = Node(CONFIG)
+        self.bare_dir = os.path.join(self.node.run_dir, "bare")  # under run_dir: Node.cleanup kills them
+        self.out_dir = tempfile.mkdtemp(prefix="out-", dir=self.node.dir)
+        self.bares = []
+        self.res = {"config": {"rounds": args.rounds, "vms": args.vms, "idle_vms": args.idle_vms,
+                               "idle_seconds": args.idle_seconds, "accelerator": "tcg",
+                               "nproc": os.cpu_count()}}
+        self._n = 0
+
+    # -- helpers
+    def qv_argv(self, *args):
+        return [QVISOR, "--config", self.node.config, *args]
+
+    def out_path(self):
+        self._n += 1
+        return os.path.join(self.out_dir, f"{self._n}.out")
+
+    def qv(self, *args, want=0):
+        p = Spawned(self.qv_argv(*args), self.out_path())
+        rc = p.wait()
+        if want is not None and rc != want:
+            raise RuntimeError(f"qvisor {' '.join(args)}: exit {rc}\n{p.output()}\n--- daemon log ---\n"
+                               f"{self.node.log()[-3000:]}")
+        return p
+
+    def dpid(self):
+        return self.node.proc.pid
+
+    def argv_of(self, name):
+        """The argv of the VM's last start, from INSTANCE_DIR/qemu.log."""
+        with open(os.path.join(self.node.state, "instances", name, "qemu.log")) as f:
+            lines = f.read().splitlines()
+        i = max(k for k, line in enumerate(lines) if line.startswith("---- qvisor: starting"))
+        argv = lines[i + 1].split(" ")  # written space-joined, unquoted: fine while no argument holds a space
+        if argv[0] != "qemu-system-x86_64" and not argv[0].endswith("qemu-system-x86_64"):
+            raise RuntimeError(f"odd argv in qemu.log: {argv[:3]}")
+        return argv
+
+    def create(self, names):
+        for n in names:
+            self.qv("vm", "create", n, "--image", "halt")
+
+    def ctl_request(self, method, params, timeout=120):
+        """One request on the control socket; the reply (dict)."""
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(timeout)
+        s.connect(self.node.socket)
+        s.sendall(json.dumps({"id": 1, "method": method, "params": params}).encode() + b"\n")
+        buf = b""
+        while b"\n" not in buf:
+            chunk = s.recv(65536)
+            if not chunk:
+                raise RuntimeError(f"{method}: control socket closed")
+            buf += chunk
+        s.close()
+        reply = json.loads(buf.split(b"\n")[0])
+        if "error" in reply:
+            raise RuntimeError(f"{method}: {reply['error']}")
+        return reply["result"]
+
+    # -- setup
+    def setup(self):
+        self.node.start_daemon()
+        os.makedirs(self.bare_dir, exist_ok=True)
+        # The base image is a boot sector that halts (cli; hlt): SeaBIOS
+        # boots it from the virtio disk within ~0.2 s of TCG time and the
+        # vCPU then sleeps.  (A blank disk would go on to iPXE, which keeps
+        # both cores busy for ~8 s per VM and turns every number into noise.)
+        base = os.path.join(self.node.dir, "halt.raw")
+        sector = bytearray(1 << 20)
+        sector[0:4] = b"\xfa\xf4\xeb\xfd"  # cli; hlt; jmp back to hlt
+        sector[510:512] = b"\x55\xaa"
+        with open(base, "wb") as f:
+            f.write(sector)
+        self.qv("image", "import", base, "halt")
+        self.res["daemon_rss_kb"] = {"idle_no_vms": proc_status(self.dpid())}
+
+    # -- 1. start latency
+    def start_latency(self):
+        name = "lat"
+        self.create([name])
+        # warm-up (first start probes QEMU's capabilities), and the argv
+        self.qv("vm", "start", name)
+        self.qv("vm", "stop", name, "--force")
+        argv = self.argv_of(name)
+        self.res["qemu_argv"] = argv
+        b = BareQemu(argv, self.bare_dir, "lat")
+        self.bares.append(b)
+        b.spawn()
+        b.until_running()
+        b.quit()
+
+        t = {"qvisor": [], "socket": [], "bare": [], "qvisor_stop": [], "socket_stop": [], "bare_quit": [],
+             "cli_noop": []}
+        daemon_cpu = {"qvisor": [], "socket": []}
+        kinds = ["qvisor", "socket", "bare"]
+        for r in range(self.a.rounds):
+            order = kinds[r % 3:] + kinds[:r % 3]
+            for kind in order:
+                if kind == "qvisor":
+                    c0 = cpu_ns(self.dpid())
+                    t0 = now()
+                    self.qv("vm", "start", name)
+                    t["qvisor"].append(now() - t0)
+                    daemon_cpu["qvisor"].append(cpu_ns(self.dpid()) - c0)
+                    t0 = now()
+                    self.qv("vm", "stop", name, "--force")
+                    t["qvisor_stop"].append(now() - t0)
+                elif kind == "socket":
+                    c0 = cpu_ns(self.dpid())
+                    t0 = now()
+                    self.ctl_request("vm.start", {"name": name})
+                    t["socket"].append(now() - t0)
+                    daemon_cpu["socket"].append(cpu_ns(self.dpid()) - c0)
+                    t0 = now()
+                    self.ctl_request("vm.stop", {"name": name, "force": True})
+                    t["socket_stop"].append(now() - t0)
+                else:
+                    b = BareQemu(argv, self.bare_dir, "lat")
+                    self.bares.append(b)
+                    b.spawn()
+                    t["bare"].append(b.until_running())
+                    t["bare_quit"].append(b.quit())
+            # the CLI's own floor: a process that parses and prints, no daemon
+            t0 = now()
+            self.qv("--version")
+            t["cli_noop"].append(now() - t0)
+
+        m = {k: ms(med(v)) for k, v in t.items()}
+        paired = [a - b for a, b in zip(t["qvisor"], t["bare"])]
+        over = m["qvisor"] - m["bare"]
+        self.res["start_latency"] = {
+            "rounds": self.a.rounds,
+            "median_ms": m,
+            "min_ms": {k: ms(min(v)) for k, v in t.items()},
+            "overhead_ms": round(over, 2),
+            "overhead_paired_median_ms": ms(med(paired)),
+            "daemon_overhead_ms": round(m["socket"] - m["bare"], 2),
+            "ratio": round(m["qvisor"] / m["bare"], 3),
+            "daemon_cpu_ms_per_start": ms(med(daemon_cpu["qvisor"] + daemon_cpu["socket"]) / 1e9),
+            "target_ms": START_TARGET_MS,
+            "target_met": over < START_TARGET_MS,
+            "samples_ms": {k: [ms(x) for x in v] for k, v in t.items()},
+        }
+
+    # -- 2. concurrency
+    def concurrency(self):
+        n = self.a.vms
+        names = [f"c{i:02d}" for i in range(n)]
+        t0 = now()
+        self.create(names)
+        self.res["create_ms_per_vm"] = ms((now() - t0) / n)
+        # the argv of each VM, from one sequential start
+        for nm in names:
+            self.qv("vm", "start", nm)
+            self.qv("vm", "stop", nm, "--force")
+        argvs = [self.argv_of(nm) for nm in names]
+        rounds = []
+        kinds = ["qvisor", "socket", "bare"]
+        for r in range(self.a.conc_rounds):
+            row = {}
+            for kind in kinds[r % 3:] + kinds[:r % 3]:
+                if kind == "bare":
+                    row.update(self._conc_bare(names, argvs))
+                else:
+                    row.update(self._conc_daemon(kind, names))
+            rounds.append(row)
+        medr = {k: med([rw[k] for rw in rounds]) for k in rounds[0]}
+        tq, ts, tb = medr["qvisor_start_total"], medr["socket_start_total"], medr["bare_start_total"]
+        self.res["concurrency"] = {
+            "vms": n,
+            "rounds": len(rounds),
+            "median_ms": {k: ms(v) for k, v in medr.items()},
+            "start_ratio": round(tq / tb, 3),
+            "start_overhead_ms_total": ms(tq - tb),
+            "start_overhead_ms_per_vm": ms((tq - tb) / n),
+            "daemon_start_overhead_ms_per_vm": ms((ts - tb) / n),
+            "start_ms_per_vm": {"qvisor": ms(tq / n), "socket": ms(ts / n), "bare": ms(tb / n)},
+            "stop_ratio": round(medr["qvisor_stop_total"] / medr["bare_quit_total"], 3),
+            "daemon_cpu_ms_per_vm_start": ms(medr["qvisor_daemon_cpu_start"] / n),
+            "daemon_cpu_ms_per_vm_stop": ms(medr["qvisor_daemon_cpu_stop"] / n),
+            "rounds_ms": [{k: ms(v) for k, v in rw.items()} for rw in rounds],
+        }
+        self.res["daemon_rss_kb"]["after_concurrency"] = proc_status(self.dpid())
+
+    def _wait_all(self, procs):
+        ths = [threading.Thread(target=p.wait) for p in procs]
+        for th in ths:
+            th.start()
+        for th in ths:
+            th.join()
+
+    def _requests(self, method, params_list):
+        """Concurrent control-socket requests (a thread each); the time each
+        reply came, errors."""
+        done, errors = [None] * len(params_list), []
+
+        def one(i, params):
+            try:
+                self.ctl_request(method, params)
+                done[i] = now()
+            except Exception as e:  # reported by the caller
+                errors.append(e)
+        ths = [threading.Thread(target=one, args=(i, pr)) for i, pr in enumerate(params_list)]
+        for th in ths:
+            th.start()
+        for th in ths:
+            th.join()
+        if errors:
+            raise RuntimeError(f"concurrent {method} failed: {errors[0]}")
+        return done
+
+    def _conc_daemon(self, kind, names):
+        """All VMs started at once, then stopped at once: one CLI process
+        each (kind "qvisor") or one control-socket request each ("socket")."""
+        def run(verb, extra, params):
+            t0 = now()
+            if kind == "socket":
+                done = self._requests(f"vm.{verb}", [dict(name=nm, **params) for nm in names])
+            else:
+                procs = [Spawned(self.qv_argv("vm", verb, nm, *extra), self.out_path()) for nm in names]
+                self._wait_all(procs)
+                bad = [(nm, p.rc, p.output()) for nm, p in zip(names, procs) if p.rc != 0]
+                if bad:
+                    raise RuntimeError(f"concurrent vm {verb} failed: {bad[:3]}")
+                done = [p.done_at for p in procs]
+            return now() - t0, med([d - t0 for d in done])
+        c0 = cpu_ns(self.dpid())
+        t_start, each = run("start", [], {})
+        c1 = cpu_ns(self.dpid())
+        time.sleep(0.3)  # SeaBIOS reaches the halting boot sector
+        c2 = cpu_ns(self.dpid())
+        t_stop, _ = run("stop", ["--force"], {"force": True})
+        c3 = cpu_ns(self.dpid())
+        return {f"{kind}_start_total": t_start, f"{kind}_start_median_each": each, f"{kind}_stop_total": t_stop,
+                f"{kind}_daemon_cpu_start": (c1 - c0) / 1e9, f"{kind}_daemon_cpu_stop": (c3 - c2) / 1e9}
+
+    def _conc_bare(self, names, argvs):
+        bs = [BareQemu(a, self.bare_dir, nm) for nm, a in zip(names, argvs)]
+        self.bares.extend(bs)
+        errors = []
+
+        def up(b):
+            try:
+                b.until_running()
+            except Exception as e:  # reported below
+                errors.append(e)
+        t0 = now()
+        for b in bs:
+            b.spawn()
+        ths = [threading.Thread(target=up, args=(b,)) for b in bs]
+        for th in ths:
+            th.start()
+        for th in ths:
+            th.join()
+        t_start = now() - t0
+        if errors:
+            raise RuntimeError(f"bare QEMU failed: {errors[0]}")
+        each = med([b.t_up - t0 for b in bs])
+        time.sleep(0.3)
+        t0 = now()
+        for b in bs:
+            b.mon.send("quit")
+        for b in bs:
+            b.proc.wait()
+            b.mon.close()
+        t_stop = now() - t0
+        for b in bs:
+            b.remove_dirs()
+        return {"bare_start_total": t_start, "bare_start_median_each": each, "bare_quit_total": t_stop}
+
+    # -- 3./4. many VMs: memory, idle
+    def many(self):
+        n = self.a.idle_vms
+        have = [f"c{i:02d}" for i in range(self.a.vms)]
+        extra = [f"m{i:02d}" for i in range(max(0, n - len(have)))]
+        self.create(extra)
+        names = (have + extra)[:n]
+        self.res["daemon_rss_kb"][f"{n}_defined_stopped"] = proc_status(self.dpid())
+        t0 = now()
+        procs = [Spawned(self.qv_argv("vm", "start", nm), self.out_path()) for nm in names]
+        self._wait_all(procs)
+        t_start = now() - t0
+        started = [nm for nm, p in zip(names, procs) if p.rc == 0]
+        failed = [(nm, p.rc, p.output().strip()[-300:]) for nm, p in zip(names, procs) if p.rc != 0]
+        many = {"defined": n, "running": len(started), "start_all_ms": ms(t_start),
+                "start_failures": failed[:5]}
+        self.res["many"] = many
+        t_started = now()
+        time.sleep(self.a.settle)  # the last replies, agent connects, SeaBIOS reaches the halt
+        st = proc_status(self.dpid())
+        self.res["daemon_rss_kb"][f"{len(started)}_running"] = st
+        qrss = []
+        for nm in started:
+            try:
+                with open(os.path.join(self.node.run_dir, "vm", nm, "qemu.pid")) as f:
+                    qrss.append(proc_status(int(f.read().strip()))["VmRSS"])
+            except (OSError, ValueError, KeyError):
+                pass
+        many["qemu_rss_kb_median"] = int(med(qrss)) if qrss else None
+        stopped = self.res["daemon_rss_kb"][f"{n}_defined_stopped"]
+        if started:
+            many["daemon_rss_anon_kb_per_running_vm"] = round((st["RssAnon"] - stopped["RssAnon"]) / len(started), 1)
+
+        # Nothing talks to the daemon from here on.  First the seconds right
+        # after the starts (commands sent during a start had 10 s deadlines),
+        # then the steady state.
+        pid = self.dpid()
+        after = max(0.0, t_started + self.a.after_window - now())
+        idle = {"vms_running": len(started),
+                "after_start": self.window(pid, after),
+                "steady": self.window(pid, self.a.idle_seconds)}
+        idle["after_start"]["from_s"] = round(self.a.settle, 1)
+        idle["strace"] = self.strace(pid)
+        self.res["idle"] = idle
+
+        t0 = now()
+        procs = [Spawned(self.qv_argv("vm", "stop", nm, "--force"), self.out_path()) for nm in started]
+        self._wait_all(procs)
+        many["stop_all_ms"] = ms(now() - t0)
+        many["stop_failures"] = [(nm, p.rc) for nm, p in zip(started, procs) if p.rc != 0][:5]
+        self.res["daemon_rss_kb"]["end"] = proc_status(self.dpid())
+
+    @staticmethod
+    def window(pid, seconds):
+        """The daemon's CPU time and context switches (all threads) over
+        `seconds` of nothing asked of it."""
+        c0, (v0, i0), t0 = cpu_ns(pid), ctxt_switches(pid), now()
+        time.sleep(seconds)
+        c1, (v1, i1), t1 = cpu_ns(pid), ctxt_switches(pid), now()
+        dt = t1 - t0
+        return {"seconds": round(dt, 2), "cpu_ms": ms((c1 - c0) / 1e9),
+                "cpu_percent": round((c1 - c0) / 1e9 / dt * 100, 4) if dt else 0.0,
+                "voluntary_ctxt_switches": v1 - v0, "nonvoluntary_ctxt_switches": i1 - i0,
+                "wakeups_per_s": round((v1 - v0 + i1 - i0) / dt, 3) if dt else 0.0}
+
+    def strace(self, pid):
+        if not self.a.strace_seconds:
+            return None
+        if not shutil.which("strace"):
+            return {"skipped": "strace not installed"}
+        out = os.path.join(self.node.dir, "strace.txt")
+        p = subprocess.Popen(["strace", "-f", "-c", "-o", out, "-p", str(pid)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(self.a.strace_seconds)
+        p.send_signal(signal.SIGINT)
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+            return {"skipped": "strace did not detach"}
+        calls = {}
+        try:
+            with open(out) as f:
+                for line in f:
+                    cols = line.split()
+                    # % time, seconds, usecs/call, calls, [errors], syscall
+                    if len(cols) >= 5 and cols[0][0].isdigit() and cols[-1] != "total":
+                        calls[cols[-1]] = int(cols[3])
+        except OSError:
+            return {"skipped": "no strace output"}
+        return {"seconds": self.a.strace_seconds, "syscalls": sum(calls.values()), "by_name": calls,
+                "note": "attaching and detaching interrupt each thread's blocking call once"}
+
+    def cleanup(self):
+        for b in self.bares:
+            b.kill()
+        self.node.cleanup()
+
+
+# ---------------------------------------------------------------------------
+# report
+
+def report(res, out):
+    p = lambda *a: print(*a, file=out)  # noqa: E731
+    L = res.get("start_latency")
+    if L:
+        m = L["median_ms"]
+        p(f"1. start latency, {L['rounds']} rounds (median ms; min in brackets)")
+        for k, what in (("qvisor", "`qvisor vm start` (CLI process until it exits)"),
+                        ("socket", "vm.start on the control socket (no CLI)"),
+                        ("bare", "bare QEMU, same argv, until `cont` answered"),
+                        ("cli_noop", "`qvisor --version` (CLI process floor)"),
+                        ("qvisor_stop", "`qvisor vm stop --force`"),
+                        ("socket_stop", "vm.stop force on the control socket"),
+                        ("bare_quit", "bare QEMU: QMP quit until exit")):
+            p(f"   {what:52s} {m[k]:8.2f}  [{L['min_ms'][k]:.2f}]")
+        p(f"   overhead: {L['overhead_ms']:.2f} ms (paired median {L['overhead_paired_median_ms']:.2f}), "
+          f"ratio {L['ratio']:.2f}x; daemon alone {L['daemon_overhead_ms']:.2f} ms; "
+          f"daemon CPU {L['daemon_cpu_ms_per_start']:.2f} ms per start")
+        p(f"   target < {L['target_ms']:.0f} ms: {'met' if L['target_met'] else 'MISSED'}")
+    C = res.get("concurrency")
+    if C:
+        m = C["median_ms"]
+        p(f"2. {C['vms']} VMs at once, {C['rounds']} rounds (median ms)")
+        p(f"   {'':34s} {'all up':>8s} {'median VM':>10s} {'all stopped':>12s}")
+        for k, what in (("qvisor", "`qvisor vm start` / `stop --force`"), ("socket", "control socket requests"),
+                        ("bare", "bare QEMU / QMP quit")):
+            stop = m["bare_quit_total"] if k == "bare" else m[f"{k}_stop_total"]
+            p(f"   {what:34s} {m[k + '_start_total']:8.0f} {m[k + '_start_median_each']:10.0f} {stop:12.0f}")
+        p(f"   start: ratio {C['start_ratio']:.2f}x, overhead {C['start_overhead_ms_total']:.0f} ms in all, "
+          f"{C['start_overhead_ms_per_vm']:.1f} ms per VM ({C['daemon_start_overhead_ms_per_vm']:.1f} without "
+          f"the CLI); stop: ratio {C['stop_ratio']:.2f}x")
+        p(f"   daemon CPU per VM: start {C['daemon_cpu_ms_per_vm_start']:.2f} ms, "
+          f"stop {C['daemon_cpu_ms_per_vm_stop']:.2f} ms; vm create {res['create_ms_per_vm']:.1f} ms per VM "
+          f"(sequential)")
+    M = res.get("many")
+    R = res.get("daemon_rss_kb", {})
+    if R:
+        p("3. daemon memory (VmRSS / VmHWM / RssAnon kB)")
+        for k, v in R.items():
+            p(f"   {k:24s} {v.get('VmRSS', 0):7d} {v.get('VmHWM', 0):7d} {v.get('RssAnon', 0):7d}"
+              f"   threads {v.get('Threads', '?')}")
+        if M:
+            key = f"{M['running']}_running"
+            rss = R.get(key, {}).get("VmRSS")
+            hwm = R.get("end", R.get(key, {})).get("VmHWM")
+            p(f"   {M['defined']} defined, {M['running']} running (started at once in {M['start_all_ms']:.0f} ms, "
+              f"stopped in {M.get('stop_all_ms', 0):.0f} ms); QEMU RSS median {M['qemu_rss_kb_median']} kB")
+            if "daemon_rss_anon_kb_per_running_vm" in M:
+                p(f"   daemon RssAnon growth per VM from stopped to running: "
+                  f"{M['daemon_rss_anon_kb_per_running_vm']:.0f} kB")
+            if M["start_failures"]:
+                p(f"   start failures: {M['start_failures']}")
+            ok = rss is not None and rss < RSS_TARGET_KB and hwm < RSS_TARGET_KB
+            p(f"   target VmRSS and VmHWM < {RSS_TARGET_KB // 1024} MB: {'met' if ok else 'MISSED'}")
+    I = res.get("idle")
+    if I:
+        p(f"4. idle daemon, {I['vms_running']} VMs running (CPU of all threads, context switches)")
+        for key, what in (("after_start", f"{I['after_start']['from_s']:.0f} s after the starts"),
+                          ("steady", "steady state")):
+            w = I[key]
+            p(f"   {what:22s} {w['seconds']:5.1f} s: CPU {w['cpu_ms']:.3f} ms ({w['cpu_percent']:.4f}%), "
+              f"{w['voluntary_ctxt_switches']} + {w['nonvoluntary_ctxt_switches']} switches "
+              f"= {w['wakeups_per_s']:.2f}/s")
+        s = I.get("strace")
+        if s and "skipped" not in s:
+            p(f"   strace -f -c, {s['seconds']:.0f} s: {s['syscalls']} syscalls {s['by_name']} ({s['note']})")
+        elif s:
+            p(f"   strace: {s['skipped']}")
+        p(f"   target no wake-ups in the steady state: {'met' if idle_quiet(I) else 'MISSED'}")
+
+
+def idle_quiet(idle):
+    w = idle["steady"]
+    return w["voluntary_ctxt_switches"] + w["nonvoluntary_ctxt_switches"] == 0
+
+
+def targets_met(res):
+    ok = True
+    if "start_latency" in res:
+        ok &= res["start_latency"]["target_met"]
+    if "many" in res:
+        r = res["daemon_rss_kb"]
+        ok &= all(v["VmRSS"] < RSS_TARGET_KB for v in r.values())
+        ok &= r["end"]["VmHWM"] < RSS_TARGET_KB
+    if "idle" in res:
+        ok &= idle_quiet(res["idle"])
+    return ok
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=20, help="start-latency rounds (default 20)")
+    ap.add_argument("--vms", type=int, default=20, help="VMs started at once (default 20)")
+    ap.add_argument("--conc-rounds", type=int, default=3, help="concurrency rounds (default 3)")
+    ap.add_argument("--idle-vms", type=int, default=50, help="VMs defined and running for memory/idle (default 50)")
+    ap.add_argument("--idle-seconds", type=float, default=10.0)
+    ap.add_argument("--strace-seconds", type=float, default=5.0, help="0: no strace")
+    ap.add_argument("--settle", type=float, default=1.0, help="seconds after the mass start before measuring")
+    ap.add_argument("--after-window", type=float, default=11.0,
+                    help="the post-start window ends this long after the mass start returned (default 11)")
+    ap.add_argument("--json", metavar="PATH", help="also write the results as JSON ('-': stdout, report on stderr)")
+    ap.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
+    args = ap.parse_args()
+
+    if not guestlib.have_qemu():
+        print("qemu-system-x86_64 not found: skipped")
+        return 77
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # cleanup runs on meson's timeout too
+
+    t_all = now()
+    b = Bench(args)
+    try:
+        b.setup()
+        log("vm-bench: start latency ...")
+        b.start_latency()
+        log("vm-bench: concurrency ...")
+        b.concurrency()
+        if args.idle_vms:
+            log("vm-bench: many VMs, memory, idle ...")
+            b.many()
+    finally:
+        b.cleanup()
+    res = b.res
+    res["runtime_s"] = round(now() - t_all, 1)
+    res["all_targets_met"] = targets_met(res)
+    if args.json and args.json != "-":
+        with open(args.json, "w") as f:
+            json.dump(res, f, indent=2)
+            f.write("\n")
+    text_out = sys.stderr if args.json == "-" else sys.stdout
+    print(f"vm-bench ({res['config']['nproc']} CPUs, TCG, runtime {res['runtime_s']:.0f} s)", file=text_out)
+    report(res, text_out)
+    if args.json == "-":
+        json.dump(res, sys.stdout, indent=2)
+        print()
+    return 1 if args.check and not res["all_targets_met"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
