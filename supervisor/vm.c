@@ -1582,7 +1582,9 @@ int sv_vmctl_new(uv_loop_t *loop, sv_registry *registry, sv_config *const *confi
     c->registry = registry;
     c->config = config;
     c->refs = 1; /* dropped by sv_vmctl_shutdown */
-    caps_current(c); /* probe now, so the first start does not wait */
+    /* The QEMU probe runs at the first start, not here: a daemon that never
+     * starts a VM never runs QEMU, and a stop right after start is not held
+     * up by a probe in flight (work on a worker thread cannot be cancelled). */
     *ret = c;
     return 0;
 }

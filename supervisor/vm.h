@@ -17,8 +17,9 @@
 typedef struct sv_vmctl sv_vmctl;
 
 /* `config` points at the daemon's config pointer, so a reload is seen at
- * once.  Starts probing the QEMU binary (accelerator, sandbox) on a worker
- * thread; starts wait for it. */
+ * once.  The QEMU binary is probed (accelerator, sandbox) on a worker thread
+ * at the first start, and again when qemu.binary or the accelerator mode
+ * changes; starts wait for it. */
 int sv_vmctl_new(uv_loop_t *loop, sv_registry *registry, sv_config *const *config, sv_vmctl **ret, qv_error *err);
 /* Takes over every VM the previous daemon left running, starting or stopping
  * (identity checked; a pid that fails the check is never signalled) and
