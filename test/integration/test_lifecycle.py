@@ -203,6 +203,34 @@ class Lifecycle(unittest.TestCase):
         self.assertEqual(self.run_files("bad"), [])
         self.assertEqual(self.node.qemu_pids(), [])
 
+    def test_restart_always_after_poweroff_up_to_the_limit(self):
+        spec = os.path.join(self.node.dir, "looper.yaml")
+        with open(spec, "w") as f:  # restart_limit 2: two automatic restarts, then the policy gives up
+            f.write(f"name: looper\nimage: blank\nkernel: {GUEST.kernel}\ninitrd: {GUEST.initrd}\n"
+                    f"append: {guestlib.cmdline(['qv.poweroff=1'])}\nagent: false\n"
+                    "restart: always\nrestart_limit: 2\n")
+        self.node.qvisor("vm", "create", "-f", spec, check=0)
+        self.start("looper", wait_ready=False)
+        wait_for(lambda: "restart limit" in (self.show("looper")["last_exit"] or ""), 90, "the policy giving up")
+        vm = self.show("looper")
+        self.assertEqual((vm["state"], vm["restarts"]), ("stopped", 2))
+        self.assertIn("the guest powered off", vm["last_exit"])
+        self.assertEqual(self.count_log("VM looper: stopped: the guest powered off"), 3)
+
+    def test_changed_base_image_is_refused(self):
+        self.create("based", [], "--no-agent")
+        base = self.node.qvisor_json("image", "list")["images"][0]["path"]
+        st = os.stat(base)
+        os.utime(base, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))  # "changed" under its overlay
+        p = self.node.qvisor("vm", "start", "based", timeout=scaled(60))
+        self.assertEqual(p.returncode, 1, p.stderr)
+        self.assertIn("changed since this VM's disk was made", p.stderr)
+        self.assertEqual(self.show("based")["state"], "stopped")
+        self.assertEqual(self.node.qemu_pids(), [])
+        os.utime(base, ns=(st.st_atime_ns, st.st_mtime_ns))  # restored: starts again
+        self.start("based", wait_ready=False)
+        self.stop("based", "--force")
+
     def test_guest_poweroff_is_noticed(self):
         self.create("self-off", ["qv.poweroff=1"], "--no-agent")
         self.start("self-off")
