@@ -43,6 +43,7 @@
 #define QMP_CMD_TIMEOUT_MS 10000u
 #define AGENT_PING_MS 3000u      /* Proxmox's: an agent slower than this is not used for shutdown */
 #define ACPI_REPEAT_MS 5000u     /* a power button pressed before the guest listened is lost: press again */
+#define AGENT_FALLBACK_MS 15000u /* an agent shutdown that has not taken by then gets ACPI too */
 #define KILL_GRACE_MS 5000u      /* after SIGKILL: how often to complain while it lingers */
 #define AGENT_FRESH_MS 2000u     /* agent answers younger than this are reused by `vm list` */
 #define RESTART_RESET_S 60       /* a VM that ran this long has its restart counter reset */
@@ -978,8 +979,12 @@ static void press_power_button(vmrt *rt) {
 
 static void on_acpi_timer(uv_timer_t *t) {
     vmrt *rt = t->data;
-    if (rt->vm && rt->stage == STAGE_GRACEFUL && strcmp(rt->how, "ACPI power button") == 0)
+    if (rt->vm && rt->stage == STAGE_GRACEFUL) {
+        if (strcmp(rt->how, "ACPI power button") != 0)
+            log_info("VM %s: the guest agent's shutdown did not take; pressing the ACPI power button too",
+                     rt->vm->name);
         press_power_button(rt);
+    }
 }
 
 static void acpi(vmrt *rt) {
@@ -1011,8 +1016,12 @@ static void on_agent_ping(qga_conn *g, int status, json_t *result, const qmp_err
         rt->vm->agent = "ok";
         rt->how = "guest agent guest-shutdown";
         log_info("VM %s: asking the guest agent to shut down", rt->vm->name);
-        if (qga_shutdown(g, "powerdown", AGENT_PING_MS, on_agent_shutdown, rt) == 0)
+        if (qga_shutdown(g, "powerdown", AGENT_PING_MS, on_agent_shutdown, rt) == 0) {
+            /* guest-shutdown has no reply: an agent that took the request
+             * and did nothing (just starting, wedged) is backed up by ACPI */
+            uv_timer_start(&rt->acpi_timer, on_acpi_timer, AGENT_FALLBACK_MS, ACPI_REPEAT_MS);
             return;
+        }
     }
     if (status != 0)
         rt->vm->agent = "no answer";

@@ -129,6 +129,7 @@ class Lifecycle(unittest.TestCase):
         self.assertEqual(r["stop"]["result"], "clean")
         self.assertNotEqual(r["start"]["pid"], pid)
         self.wait_marker("life", r"^bootcount 3$")
+        self.wait_marker("life", r"^ready$")
         self.stop("life")
         self.node.qvisor("vm", "rm", "life", check=0)
         self.assertFalse(os.path.exists(os.path.join(self.node.state, "instances", "life")))
