@@ -912,6 +912,8 @@ static int begin_start(sv_vmctl *c, sv_vm *vm, bool policy, sv_vm_done_fn done, 
     vm->run = (sv_vm_run){.restarts = policy ? vm->run.restarts : 0};
     rt->policy_start = policy;
     rt->starting_prep = true;
+    free(rt->stop_reason);
+    rt->stop_reason = NULL;
     rt->stage = STAGE_NONE;
     persist(rt);
     r = uv_queue_work(c->loop, &job->work, prep_work, prep_after);
@@ -1198,6 +1200,8 @@ static void handle_gone(vmrt *rt, const char *how_exited) {
             snprintf(why, sizeof why, "%s", rt->stop_reason);
         else
             snprintf(why, sizeof why, "QEMU %s%s%s", how_exited, tail[0] ? ": " : "", tail);
+        free(rt->stop_reason); /* used up: it was this start's */
+        rt->stop_reason = NULL;
         log_info("VM %s: QEMU pid %d %s during start; cleaned up", vm->name, (int)pid, how_exited);
         start_abandon(rt, EIO, why);
         return;
