@@ -142,6 +142,17 @@ class Lifecycle(unittest.TestCase):
         p = self.node.qvisor("vm", "stop", "acpi", check=0)  # a second stop: exit 0
         self.assertIn("not running", p.stdout)
 
+    def test_agent_that_ignores_shutdown_is_backed_by_acpi(self):
+        self.create("stubborn", ["qv.agent=noshutdown"])
+        self.start("stubborn")
+        self.wait_marker("stubborn", r"agent started .*")
+        wait_for(lambda: self.node.qvisor_json("vm", "list")["vms"][0]["agent"] == "ok", 20, "the agent")
+        res = self.stop("stubborn")  # 30 s timeout; the ACPI backup comes after 15 s
+        self.assertEqual((res["result"], res["how"]), ("clean", "ACPI power button"))
+        self.assertGreaterEqual(res["seconds"], 15)
+        self.assertIn("guest agent's shutdown did not take", self.node.log())
+        self.assertIn("poweroff acpi", guestlib.read_markers(self.serial("stubborn")))
+
     def test_escalation_for_a_deaf_guest(self):
         self.create("deaf", ["qv.acpi=off"], "--no-agent")
         self.start("deaf")
