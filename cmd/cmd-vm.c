@@ -310,6 +310,15 @@ int cmd_vm_list(qv_cli *cli, int argc, char **argv) {
     return QV_EXIT_OK;
 }
 
+/* The one NAME argument of a verb, or a usage error (returns NULL). */
+static const char *one_name(int argc, char **argv, const char *help_path) {
+    if (argc - optind != 1) {
+        qv_cli_usage_error(help_path, "needs exactly one NAME");
+        return NULL;
+    }
+    return argv[optind];
+}
+
 static const char show_help[] =
     "Usage: qvisor vm show NAME [--json]\n"
     "\n"
@@ -340,11 +349,12 @@ int cmd_vm_show(qv_cli *cli, int argc, char **argv) {
     int c;
     while ((c = qv_cli_getopt(cli, argc, argv, "h", longopts, show_help)) != -1)
         return c == -2 ? QV_EXIT_OK : qv_cli_usage_error("vm show ", "bad option");
-    if (argc - optind != 1)
-        return qv_cli_usage_error("vm show ", "needs exactly one NAME");
+    const char *name = one_name(argc, argv, "vm show ");
+    if (!name)
+        return QV_EXIT_USAGE;
     qv_error err = {0};
     json_t *vm = NULL;
-    if (qv_cli_call(cli, "vm.show", json_pack("{s:s}", "name", argv[optind]), &vm, &err) < 0)
+    if (qv_cli_call(cli, "vm.show", json_pack("{s:s}", "name", name), &vm, &err) < 0)
         return qv_cli_fail(cli, &err);
     if (cli->json) {
         qv_print_json(vm, stdout);
@@ -360,15 +370,6 @@ int cmd_vm_show(qv_cli *cli, int argc, char **argv) {
  * gone); these only guard against a daemon that hangs. */
 #define START_WAIT_MS (10ull * 60 * 1000)
 #define STOP_WAIT_MS (2ull * 3600 * 1000)
-
-/* The one NAME argument of a verb, or a usage error (returns NULL). */
-static const char *one_name(int argc, char **argv, const char *help_path) {
-    if (argc - optind != 1) {
-        qv_cli_usage_error(help_path, "needs exactly one NAME");
-        return NULL;
-    }
-    return argv[optind];
-}
 
 static const char start_help[] =
     "Usage: qvisor vm start NAME [--json]\n"

@@ -479,9 +479,7 @@ void sv_api_cleanup(sv_daemon *d, sv_ctl_req *req, json_t *params) {
     for (sv_vm *vm = sv_registry_first(d->registry); vm; vm = vm->next) {
         sv_sweep_vm *v = &job->vms[job->n_vms++];
         snprintf(v->name, sizeof v->name, "%s", vm->name);
-        bool has_qemu = vm->state == SV_VM_RUNNING || vm->state == SV_VM_PAUSED || vm->state == SV_VM_STOPPING ||
-                        vm->state == SV_VM_STARTING;
-        v->pid = has_qemu ? vm->run.pid : 0;
+        v->pid = sv_vm_state_has_qemu(vm->state) ? vm->run.pid : 0;
         v->busy = vm->state == SV_VM_CREATING || vm->state == SV_VM_REMOVING || vm->state == SV_VM_STARTING ||
                   vm->state == SV_VM_STOPPING;
     }

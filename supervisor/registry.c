@@ -457,9 +457,12 @@ int sv_registry_remove(sv_registry *r, const char *name, qv_error *err) {
 
 /* ---- views ------------------------------------------------------------------- */
 
+bool sv_vm_state_has_qemu(sv_vm_state s) {
+    return s == SV_VM_STARTING || s == SV_VM_RUNNING || s == SV_VM_PAUSED || s == SV_VM_STOPPING;
+}
+
 static bool has_qemu(const sv_vm *vm) {
-    return vm->run.pid > 0 && (vm->state == SV_VM_STARTING || vm->state == SV_VM_RUNNING ||
-                               vm->state == SV_VM_PAUSED || vm->state == SV_VM_STOPPING);
+    return vm->run.pid > 0 && sv_vm_state_has_qemu(vm->state);
 }
 
 json_t *sv_vm_summary(const sv_vm *vm) {

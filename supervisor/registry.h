@@ -84,6 +84,9 @@ int sv_registry_create(sv_registry *r, uv_loop_t *loop, sv_vmspec *spec, sv_regi
  * and an unlink walk).  -EBUSY when it is in any other state. */
 int sv_registry_remove(sv_registry *r, const char *name, qv_error *err);
 
+/* The states in which the VM has (or is getting) a QEMU process. */
+bool sv_vm_state_has_qemu(sv_vm_state s);
+
 /* Writes the VM's state.json (atomic, durable). */
 int sv_registry_save(sv_registry *r, sv_vm *vm, qv_error *err);
 /* Replaces vm->last_exit (NULL clears it). */

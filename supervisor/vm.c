@@ -113,7 +113,6 @@ struct vmrt {
     stop_stage stage;
     const char *how;       /* the step that ended it */
     uint64_t stop_begin_ms;
-    uint64_t kill_ms;
     char *stop_reason;     /* set when the daemon itself stops the VM (why) */
     /* seen from this QEMU */
     bool shutdown_seen, shutdown_guest, panicked;
@@ -952,6 +951,19 @@ uint64_t sv_restart_backoff_ms(uint64_t restarts) {
 
 static void on_stage_timer(uv_timer_t *t);
 
+/* The stop's timeouts, from the spec, the node and the stop's own options. */
+static uint64_t graceful_ms(const vmrt *rt) {
+    uint64_t g, k;
+    sv_stop_timeouts(rt->vm->spec, cfg(rt->c), rt->vm->run.stop_timeout_ms, &g, &k);
+    return g;
+}
+
+static uint64_t kill_ms(const vmrt *rt) {
+    uint64_t g, k;
+    sv_stop_timeouts(rt->vm->spec, cfg(rt->c), rt->vm->run.stop_timeout_ms, &g, &k);
+    return k;
+}
+
 static void arm(vmrt *rt, uint64_t ms) {
     uv_timer_start(&rt->timer, on_stage_timer, ms, 0);
 }
@@ -1033,10 +1045,8 @@ static void on_agent_ping(qga_conn *g, int status, json_t *result, const qmp_err
 }
 
 static void stage_graceful(vmrt *rt) {
-    uint64_t graceful;
-    sv_stop_timeouts(rt->vm->spec, cfg(rt->c), rt->vm->run.stop_timeout_ms, &graceful, &rt->kill_ms);
     rt->stage = STAGE_GRACEFUL;
-    arm(rt, graceful);
+    arm(rt, graceful_ms(rt));
     if (rt->qga && rt->vm->spec->agent && !rt->paused) {
         rt->how = "guest agent";
         if (qga_ping(rt->qga, AGENT_PING_MS, on_agent_ping, rt) == 0)
@@ -1055,8 +1065,6 @@ static void on_quit(qmp_conn *q, int status, json_t *result, const qmp_error *e,
 }
 
 static void stage_quit(vmrt *rt) {
-    uint64_t graceful;
-    sv_stop_timeouts(rt->vm->spec, cfg(rt->c), rt->vm->run.stop_timeout_ms, &graceful, &rt->kill_ms);
     uv_timer_stop(&rt->acpi_timer);
     if (!rt->qmp) {
         stage_term(rt);
@@ -1069,21 +1077,17 @@ static void stage_quit(vmrt *rt) {
         stage_term(rt);
         return;
     }
-    arm(rt, rt->kill_ms);
+    arm(rt, kill_ms(rt));
 }
 
 static void stage_term(vmrt *rt) {
     uv_timer_stop(&rt->acpi_timer);
     rt->stage = STAGE_TERM;
     rt->how = "SIGTERM";
-    if (rt->kill_ms == 0) {
-        uint64_t graceful;
-        sv_stop_timeouts(rt->vm->spec, cfg(rt->c), 0, &graceful, &rt->kill_ms);
-    }
     log_warning("VM %s: sending SIGTERM to QEMU pid %d", rt->vm->name, rt->vm->run.pid);
     if (rt->watch)
         sv_pidfd_signal(rt->watch->pidfd, SIGTERM);
-    arm(rt, rt->kill_ms);
+    arm(rt, kill_ms(rt));
 }
 
 static void stage_kill(vmrt *rt) {
@@ -1470,8 +1474,7 @@ static void adopt(sv_vmctl *c, sv_vm *vm) {
 
 void sv_vmctl_adopt_all(sv_vmctl *c) {
     for (sv_vm *vm = sv_registry_first(c->registry); vm; vm = vm->next)
-        if (vm->state == SV_VM_STARTING || vm->state == SV_VM_RUNNING || vm->state == SV_VM_PAUSED ||
-            vm->state == SV_VM_STOPPING)
+        if (sv_vm_state_has_qemu(vm->state))
             adopt(c, vm);
     /* automatic restarts of VMs that died while the daemon was down
      * were scheduled by handle_gone */
