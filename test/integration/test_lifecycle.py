@@ -98,7 +98,7 @@ class Lifecycle(unittest.TestCase):
         self.assertEqual(row["agent"], "ok")  # the guest's qemu-ga answered
         self.assertEqual(row["ssh_port"], j["ssh_port"])
         # the address the guest agent reports (the guest configures it at boot)
-        wait_for(lambda: self.node.qvisor_json("vm", "list")["vms"][0]["ip"] == "10.0.2.15", 20, "the agent's IP")
+        wait_for(lambda: self.node.qvisor_json("vm", "list")["vms"][0]["ip"] == "10.0.2.15", scaled(120), "the agent's IP")
         self.assertIn({"interface": "eth0", "address": "10.0.2.15", "prefix": 24}, self.show("life")["addresses"])
         # QEMU listens on the forwarded SSH port
         with socket.create_connection(("127.0.0.1", j["ssh_port"]), timeout=5):
@@ -146,7 +146,7 @@ class Lifecycle(unittest.TestCase):
         self.create("stubborn", ["qv.agent=noshutdown"])
         self.start("stubborn")
         self.wait_marker("stubborn", r"agent started .*")
-        wait_for(lambda: self.node.qvisor_json("vm", "list")["vms"][0]["agent"] == "ok", 20, "the agent")
+        wait_for(lambda: self.node.qvisor_json("vm", "list")["vms"][0]["agent"] == "ok", scaled(120), "the agent")
         res = self.stop("stubborn")  # 30 s timeout; the ACPI backup comes after 15 s
         self.assertEqual((res["result"], res["how"]), ("clean", "ACPI power button"))
         self.assertGreaterEqual(res["seconds"], 15)
@@ -223,7 +223,7 @@ class Lifecycle(unittest.TestCase):
                     "restart: always\nrestart_limit: 2\n")
         self.node.qvisor("vm", "create", "-f", spec, check=0)
         self.start("looper", wait_ready=False)
-        wait_for(lambda: "restart limit" in (self.show("looper")["last_exit"] or ""), 90, "the policy giving up")
+        wait_for(lambda: "restart limit" in (self.show("looper")["last_exit"] or ""), scaled(300), "the policy giving up")
         vm = self.show("looper")
         self.assertEqual((vm["state"], vm["restarts"]), ("stopped", 2))
         self.assertIn("the guest powered off", vm["last_exit"])
@@ -246,7 +246,7 @@ class Lifecycle(unittest.TestCase):
     def test_guest_poweroff_is_noticed(self):
         self.create("self-off", ["qv.poweroff=1"], "--no-agent")
         self.start("self-off")
-        wait_for(lambda: self.show("self-off")["state"] == "stopped", 30, "the guest's own poweroff")
+        wait_for(lambda: self.show("self-off")["state"] == "stopped", scaled(120), "the guest's own poweroff")
         vm = self.show("self-off")
         self.assertIn("guest powered off", vm["last_exit"])
         self.assertEqual(self.run_files("self-off"), [])
@@ -273,7 +273,7 @@ class Lifecycle(unittest.TestCase):
         def restarted():
             vm = self.show("phoenix")
             return vm["state"] == "running" and vm["pid"] not in (None, pid)
-        wait_for(restarted, 15, "restart by the on-failure policy")
+        wait_for(restarted, scaled(60), "restart by the on-failure policy")
         vm = self.show("phoenix")
         self.assertEqual(vm["restarts"], 1)
         self.assertIn("SIGKILL", vm["last_exit"])
@@ -329,14 +329,14 @@ class Lifecycle(unittest.TestCase):
         self.node.stop_daemon()
         self.node.start_daemon(extra_env={"QVISOR_TEST_CRASH_AT": point})
         self.node.qvisor(*args, timeout=scaled(60))
-        wait_for(lambda: self.node.proc.poll() is not None, 30, f"daemon crash at {point}")
+        wait_for(lambda: self.node.proc.poll() is not None, scaled(60), f"daemon crash at {point}")
         self.assertEqual(self.node.proc.returncode, -signal.SIGKILL)
         self.node.start_daemon()
 
     def test_daemon_crash_mid_start_is_rolled_back(self):
         self.create("half", [], "--no-agent")
         self.crash_daemon_at("start-after-spawn", ["vm", "start", "half"])
-        wait_for(lambda: self.show("half")["state"] == "stopped", 30, "the half-started VM stopped")
+        wait_for(lambda: self.show("half")["state"] == "stopped", scaled(60), "the half-started VM stopped")
         self.assertIn("start interrupted", self.show("half")["last_exit"])
         wait_for(lambda: self.node.qemu_pids() == [], 10, "no orphan QEMU")
         self.assertEqual(self.run_files("half"), [])
@@ -348,7 +348,7 @@ class Lifecycle(unittest.TestCase):
         self.create("halfstop", ["qv.acpi=off"], "--no-agent")
         pid = self.start("halfstop")["pid"]
         self.crash_daemon_at("stop-after-request", ["vm", "stop", "halfstop", "--timeout", "2s"])
-        wait_for(lambda: self.show("halfstop")["state"] == "stopped", 60, "the stop finished")
+        wait_for(lambda: self.show("halfstop")["state"] == "stopped", scaled(120), "the stop finished")
         self.assertFalse(proc_alive(pid))
         self.assertEqual(self.node.qemu_pids(), [])
         self.assertEqual(self.run_files("halfstop"), [])
