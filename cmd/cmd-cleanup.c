@@ -13,7 +13,11 @@ static const char cleanup_help[] =
     "    supervise: SIGTERM, then SIGKILL after kill_timeout;\n"
     "  - temp directories of interrupted creates and removes, and partial image\n"
     "    imports no process has open;\n"
-    "  - sockets and pidfiles of VMs that have no QEMU.\n"
+    "  - sockets and pidfiles of VMs that have no QEMU;\n"
+    "  - PCI devices qvisor moved to vfio-pci for a VM that is not running (or\n"
+    "    no longer exists): given back to the driver recorded when they were\n"
+    "    taken (devices marked stuck are tried again).  Devices on vfio-pci that\n"
+    "    qvisor has no record of are left alone, with a message.\n"
     "Disks of defined VMs and base images are never touched.  The daemon does\n"
     "the work, so it sees which VMs are its own.\n"
     "\n"
@@ -53,8 +57,10 @@ int cmd_cleanup(qv_cli *cli, int argc, char **argv) {
         char where[64] = "";
         if (pid)
             snprintf(where, sizeof where, "pid %lld", (long long)json_integer_value(pid));
-        printf("%s %s: %s\n", json_string_value(json_object_get(a, "what")), path ? path : where,
-               json_string_value(json_object_get(a, "action")));
+        const char *detail = json_string_value(json_object_get(a, "detail"));
+        printf("%s %s: %s%s%s%s\n", json_string_value(json_object_get(a, "what")), path ? path : where,
+               json_string_value(json_object_get(a, "action")), detail ? " (" : "", detail ? detail : "",
+               detail ? ")" : "");
     }
     if (cli->verbosity >= 0 && json_array_size(actions) == 0)
         printf("nothing to clean up\n");

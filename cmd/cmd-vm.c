@@ -28,13 +28,22 @@ static const char create_help[] =
     "  -d, --disk SIZE          disk size, with a unit: 20G (not below the image's)\n"
     "  -f, --file SPEC.yaml     the spec as YAML (keys: name, image, cpus, memory,\n"
     "                           disk, stop_timeout, restart, restart_limit, kernel,\n"
-    "                           initrd, append, agent, seed, hostname, user,\n"
+    "                           initrd, append, agent, gpus, seed, hostname, user,\n"
     "                           ssh_keys, ssh_generate, user_data, network_config)\n"
     "      --restart POLICY     never | on-failure | always\n"
     "      --kernel PATH        boot this kernel directly (with --initrd, --append)\n"
     "      --initrd PATH\n"
     "      --append CMDLINE\n"
     "      --no-agent           no guest-agent channel\n"
+    "      --gpu ID[,keep][,take-group]\n"
+    "                           pass a GPU through with vfio-pci (repeatable): ID is\n"
+    "                           a PCI address or an INDEX from `qvisor gpu list`;\n"
+    "                           the other functions of its slot go along, every\n"
+    "                           member of its IOMMU group is moved to vfio-pci at\n"
+    "                           start and given back when QEMU is gone.  keep: stay\n"
+    "                           on vfio-pci between runs; take-group: members of its\n"
+    "                           group that a host driver holds (a NIC …) may be\n"
+    "                           taken from the host too (refused otherwise)\n"
     "      --json               print the new VM as JSON\n"
     "\n"
     "cloud-init seed (INSTANCE_DIR/NAME/seed.iso, attached as a read-only CD-ROM):\n"
@@ -54,9 +63,10 @@ static const char create_help[] =
     "at most daemon.max_request_size, 1M by default).\n"
     "\n"
     "Names: lowercase letters, digits and '-', at most 63 characters.\n"
-    "Exit: 0, 65 invalid spec (name, size, host name, key, user-data, …), 66 no\n"
-    "such image or unreadable file, 69 daemon not running, 73 a VM with that name\n"
-    "exists.\n";
+    "Exit: 0, 65 invalid spec (name, size, host name, key, user-data, …; a --gpu\n"
+    "that is not a display device), 66 no such image, GPU or unreadable file, 69\n"
+    "daemon not running or no IOMMU for the GPU, 73 a VM with that name exists,\n"
+    "75 the GPU (or its group) is held by another VM or by a host driver.\n";
 
 int cmd_vm_create(qv_cli *cli, int argc, char **argv) {
     enum {
@@ -72,6 +82,7 @@ int cmd_vm_create(qv_cli *cli, int argc, char **argv) {
         OPT_USER_DATA,
         OPT_NETWORK_CONFIG,
         OPT_NO_SEED,
+        OPT_GPU,
     };
     static const struct option longopts[] = {
         QV_CLI_COMMON_LONGOPTS,
@@ -92,10 +103,12 @@ int cmd_vm_create(qv_cli *cli, int argc, char **argv) {
         {"user-data", required_argument, NULL, OPT_USER_DATA},
         {"network-config", required_argument, NULL, OPT_NETWORK_CONFIG},
         {"no-seed", no_argument, NULL, OPT_NO_SEED},
+        {"gpu", required_argument, NULL, OPT_GPU},
         {NULL, 0, NULL, 0},
     };
     json_t *opts = json_object();
     json_t *ssh_keys = NULL; /* --ssh-key: added to the spec file's */
+    json_t *gpus = NULL;     /* --gpu: added to the spec file's */
     const char *file = NULL;
     qv_error ferr = {0};
     json_t *content = NULL;
@@ -125,6 +138,11 @@ int cmd_vm_create(qv_cli *cli, int argc, char **argv) {
         case OPT_SSH:
             json_object_set_new(opts, "ssh_generate", json_true());
             continue;
+        case OPT_GPU:
+            if (!gpus)
+                gpus = json_array();
+            json_array_append_new(gpus, json_string(optarg));
+            continue;
         case OPT_SSH_KEY:
             if (!ssh_keys)
                 ssh_keys = json_array();
@@ -143,6 +161,7 @@ int cmd_vm_create(qv_cli *cli, int argc, char **argv) {
         default:
             json_decref(opts);
             json_decref(ssh_keys);
+            json_decref(gpus);
             return qv_cli_usage_error("vm create ", "bad option");
         }
         json_object_set_new(opts, key, json_string(optarg));
@@ -150,6 +169,7 @@ int cmd_vm_create(qv_cli *cli, int argc, char **argv) {
     if (argc - optind > 1) {
         json_decref(opts);
         json_decref(ssh_keys);
+        json_decref(gpus);
         return qv_cli_usage_error("vm create ", "takes one NAME");
     }
     if (optind < argc)
@@ -166,6 +186,7 @@ int cmd_vm_create(qv_cli *cli, int argc, char **argv) {
             fprintf(stderr, "qvisor: error: cannot read %s: %s\n", file, strerror(-r));
             json_decref(opts);
             json_decref(ssh_keys);
+            json_decref(gpus);
             return r == -ENOENT ? QV_EXIT_NOINPUT : QV_EXIT_DATAERR;
         }
         qv_error err = {0};
@@ -173,6 +194,7 @@ int cmd_vm_create(qv_cli *cli, int argc, char **argv) {
         if (sv_vmspec_from_yaml(file, data, len, &s, &err) < 0) {
             json_decref(opts);
             json_decref(ssh_keys);
+            json_decref(gpus);
             return qv_cli_fail(cli, &err);
         }
         spec = sv_vmspec_to_json(s);
@@ -180,6 +202,14 @@ int cmd_vm_create(qv_cli *cli, int argc, char **argv) {
         json_decref(opts);
     } else {
         spec = opts;
+    }
+    if (gpus) {
+        json_t *all = json_object_get(spec, "gpus");
+        if (json_is_array(all))
+            json_array_extend(all, gpus);
+        else
+            json_object_set(spec, "gpus", gpus);
+        json_decref(gpus);
     }
     if (ssh_keys) {
         json_t *all = json_object_get(spec, "ssh_keys");
@@ -224,6 +254,7 @@ int cmd_vm_create(qv_cli *cli, int argc, char **argv) {
 file_error:
     json_decref(opts);
     json_decref(ssh_keys);
+    json_decref(gpus);
     return qv_cli_fail(cli, &ferr);
 }
 

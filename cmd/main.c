@@ -40,6 +40,11 @@ static const qv_cli_verb image_verbs[] = {
     {NULL, NULL, NULL},
 };
 
+static const qv_cli_verb gpu_verbs[] = {
+    {"list", cmd_gpu_list, "PCI display devices, their IOMMU groups and holders"},
+    {NULL, NULL, NULL},
+};
+
 static const qv_cli_verb config_verbs[] = {
     {"check", cmd_config_check, "validate a config file and print the effective settings"},
     {"show", cmd_config_show, "print the settings the running daemon uses"},
@@ -50,7 +55,7 @@ static const qv_cli_verb config_verbs[] = {
 static const qv_cli_noun nouns[] = {
     {"vm", vm_verbs, "virtual machines"},
     {"image", image_verbs, "base images"},
-    {"gpu", no_verbs, "PCI display devices for passthrough"},
+    {"gpu", gpu_verbs, "PCI display devices for passthrough"},
     {"node", no_verbs, "this node's capacity and usage"},
     {"config", config_verbs, "the node config"},
 };

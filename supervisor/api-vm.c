@@ -5,6 +5,7 @@
 #include "log.h"
 #include "util.h"
 #include "supervisor/image.h"
+#include "supervisor/passthrough.h"
 #include "supervisor/sweep.h"
 #include "supervisor/vm.h"
 
@@ -228,7 +229,8 @@ void sv_api_vm_create(sv_daemon *d, sv_ctl_req *req, json_t *params) {
     qv_error err = {0};
     sv_vmspec *spec = NULL;
     json_t *specj = json_object_get(params, "spec");
-    if (sv_vmspec_from_json(specj ? specj : params, &spec, &err) < 0 || sv_vmspec_complete(spec, d->config, &err) < 0) {
+    if (sv_vmspec_from_json(specj ? specj : params, &spec, &err) < 0 || sv_vmspec_complete(spec, d->config, &err) < 0 ||
+        sv_pt_prepare_spec(d->registry, d->config, spec, &err) < 0) {
         sv_vmspec_free(spec);
         sv_ctl_reply_qv_error(req, &err);
         return;
@@ -382,6 +384,7 @@ static void remove_now(sv_daemon *d, sv_ctl_req *req, const char *vm_name) {
         return;
     }
     log_info("removed VM %s and its disk", name);
+    sv_vmctl_release_orphans(d->vmctl); /* devices it kept on vfio-pci */
     sv_ctl_reply(req, NULL);
 }
 
@@ -426,10 +429,24 @@ void sv_api_vm_remove(sv_daemon *d, sv_ctl_req *req, json_t *params) {
     }
 }
 
+/* ---- GPUs ------------------------------------------------------------------- */
+
+void sv_api_gpu_list(sv_daemon *d, sv_ctl_req *req, json_t *params) {
+    (void)params;
+    json_t *res = NULL;
+    qv_error err = {0};
+    if (sv_pt_gpu_list_json(d->registry, d->config, &res, &err) < 0) {
+        sv_ctl_reply_qv_error(req, &err);
+        return;
+    }
+    sv_ctl_reply(req, res);
+}
+
 /* ---- cleanup ----------------------------------------------------------------- */
 
 typedef struct sweep_job {
     uv_work_t work;
+    sv_daemon *d;
     sv_ctl_req *req;
     sv_config *config;
     sv_sweep_vm *vms;
@@ -445,17 +462,41 @@ static void sweep_work(uv_work_t *w) {
     job->status = sv_sweep_run(job->config, job->vms, job->n_vms, job->dry_run, &job->result, &job->err);
 }
 
-static void sweep_after(uv_work_t *w, int status) {
-    sweep_job *job = w->data;
-    if (status < 0)
-        sv_ctl_reply_error(job->req, ECANCELED, "cancelled");
-    else if (job->status < 0)
-        sv_ctl_reply_qv_error(job->req, &job->err);
-    else
-        sv_ctl_reply(job->req, job->result);
+static void sweep_job_free(sweep_job *job) {
     sv_config_free(job->config);
     free(job->vms);
     free(job);
+}
+
+/* Devices go after the files and processes: an orphan QEMU that held one
+ * is gone by now. */
+static void devices_swept(json_t *items, void *userdata) {
+    sweep_job *job = userdata;
+    json_t *actions = json_object_get(job->result, "actions");
+    size_t i;
+    json_t *it;
+    json_array_foreach(items, i, it) {
+        json_t *vm = json_object_get(it, "vm");
+        json_array_append_new(actions, json_pack("{s:s, s:O, s:O, s:O, s:O}", "what", "vfio device", "path",
+                                                 json_object_get(it, "address"), "vm", vm, "action",
+                                                 json_object_get(it, "action"), "detail",
+                                                 json_object_get(it, "detail")));
+    }
+    sv_ctl_reply(job->req, job->result);
+    sweep_job_free(job);
+}
+
+static void sweep_after(uv_work_t *w, int status) {
+    sweep_job *job = w->data;
+    if (status < 0) {
+        sv_ctl_reply_error(job->req, ECANCELED, "cancelled");
+    } else if (job->status < 0) {
+        sv_ctl_reply_qv_error(job->req, &job->err);
+    } else {
+        sv_vmctl_release_devices(job->d->vmctl, job->dry_run, devices_swept, job);
+        return;
+    }
+    sweep_job_free(job);
 }
 
 void sv_api_cleanup(sv_daemon *d, sv_ctl_req *req, json_t *params) {
@@ -484,6 +525,7 @@ void sv_api_cleanup(sv_daemon *d, sv_ctl_req *req, json_t *params) {
                   vm->state == SV_VM_STOPPING;
     }
     job->req = req;
+    job->d = d;
     job->dry_run = json_is_true(dry);
     job->work.data = job;
     int r = uv_queue_work(&d->loop, &job->work, sweep_work, sweep_after);

@@ -49,6 +49,8 @@ static const sv_key keys[] = {
     {"vm_defaults", "stop_timeout", SV_K_DURATION, F(stop_timeout_ms), "60s", 0, 24ull * 3600 * 1000, NULL, false, false},
     {"vm_defaults", "kill_timeout", SV_K_DURATION, F(kill_timeout_ms), "10s", 0, 3600ull * 1000, NULL, false, false},
 
+    {"vfio", "sysfs_timeout", SV_K_DURATION, F(vfio_sysfs_timeout_ms), "10s", 100, 600ull * 1000, NULL, false, false},
+
     {"network", "nat_bridge", SV_K_IFNAME, F(nat_bridge), "qvbr0", 0, 0, NULL, false, false},
     {"network", "nat_subnet", SV_K_CIDR4, F(nat_subnet), "192.168.100.0/24", 8, 30, NULL, false, false},
     {"network", "nat_gateway", SV_K_IPV4, F(nat_gateway), "192.168.100.1", 0, 0, NULL, false, false},

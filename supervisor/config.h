@@ -47,6 +47,9 @@ typedef struct sv_config {
     uint64_t stop_timeout_ms;
     uint64_t kill_timeout_ms;
 
+    /* vfio */
+    uint64_t vfio_sysfs_timeout_ms; /* per device: how long its sysfs writes may take */
+
     /* network */
     char *nat_bridge;
     char *nat_subnet;  /* "a.b.c.d/len", normalised */

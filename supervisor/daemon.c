@@ -107,6 +107,7 @@ static const struct method {
     {"vm.start", true, sv_api_vm_start},
     {"vm.stop", true, sv_api_vm_stop},
     {"vm.restart", true, sv_api_vm_restart},
+    {"gpu.list", false, sv_api_gpu_list},
     {"node.cleanup", true, sv_api_cleanup},
 };
 

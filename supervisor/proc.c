@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/syscall.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -24,7 +25,11 @@ int sv_pidfd_signal(int pidfd, int sig) {
 }
 
 /* In the child, between fork and exec: only async-signal-safe calls. */
-static void child(char *const argv[], int log_fd, const int *fds, size_t n_fds, int err_fd) {
+#define LIMIT_FAILED 0x10000 /* or'ed into the errno the child reports: setrlimit, not exec */
+
+static void child(char *const argv[], int log_fd, const int *fds, size_t n_fds, const sv_proc_limits *limits,
+                  int err_fd) {
+    int fail_flag = 0;
     sigset_t none;
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
@@ -61,16 +66,24 @@ static void child(char *const argv[], int log_fd, const int *fds, size_t n_fds, 
     for (int fd = 3 + (int)n_fds; fd < err_fd; fd++)
         close(fd);
     close_range((unsigned)err_fd + 1, ~0u, 0);
+    if (limits && limits->memlock) {
+        /* VFIO pins all guest RAM; QEMU (maybe unprivileged after -runas) cannot raise this itself */
+        struct rlimit rl = {limits->memlock, limits->memlock};
+        if (setrlimit(RLIMIT_MEMLOCK, &rl) < 0) {
+            fail_flag = LIMIT_FAILED;
+            goto fail;
+        }
+    }
     execvp(argv[0], argv);
 fail:;
-    int e = errno;
+    int e = errno | fail_flag;
     ssize_t ignored = write(err_fd, &e, sizeof e);
     (void)ignored;
     _exit(127);
 }
 
-int sv_proc_spawn(char *const argv[], int log_fd, const int *fds, size_t n_fds, pid_t *ret_pid, int *ret_pidfd,
-                  qv_error *err) {
+int sv_proc_spawn(char *const argv[], int log_fd, const int *fds, size_t n_fds, const sv_proc_limits *limits,
+                  pid_t *ret_pid, int *ret_pidfd, qv_error *err) {
     int p[2];
     if (pipe2(p, O_CLOEXEC) < 0)
         return qv_error_set(err, errno, "pipe: %s", strerror(errno));
@@ -83,7 +96,7 @@ int sv_proc_spawn(char *const argv[], int log_fd, const int *fds, size_t n_fds, 
     }
     if (pid == 0) {
         close(p[0]);
-        child(argv, log_fd, fds, n_fds, p[1]);
+        child(argv, log_fd, fds, n_fds, limits, p[1]);
     }
     close(p[1]);
     int child_errno = 0;
@@ -96,6 +109,11 @@ int sv_proc_spawn(char *const argv[], int log_fd, const int *fds, size_t n_fds, 
         /* exec failed: reap the child, report why */
         while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
             ;
+        if (child_errno & LIMIT_FAILED) {
+            int e = child_errno & ~LIMIT_FAILED;
+            return qv_error_set(err, e, "cannot raise RLIMIT_MEMLOCK to %llu bytes for %s (VFIO pins guest RAM): %s",
+                                (unsigned long long)limits->memlock, argv[0], strerror(e));
+        }
         if (child_errno == ENOENT)
             return qv_error_set(err, EOPNOTSUPP, "%s not found (install qemu-system-x86 or set qemu.binary)",
                                 argv[0]);

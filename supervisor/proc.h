@@ -14,9 +14,13 @@
  * and stderr appended to log_fd, and fds[i] mapped to fd 3+i in the child;
  * nothing else is inherited.  An exec failure comes back over a CLOEXEC
  * pipe (EOF means the exec worked) as -errno with err set.  The child is
- * ours (reap it with waitpid).  *ret_pidfd is a pidfd for it (O_CLOEXEC). */
-int sv_proc_spawn(char *const argv[], int log_fd, const int *fds, size_t n_fds, pid_t *ret_pid, int *ret_pidfd,
-                  qv_error *err);
+ * ours (reap it with waitpid).  *ret_pidfd is a pidfd for it (O_CLOEXEC).
+ * limits (may be NULL) are set in the child before the exec. */
+typedef struct sv_proc_limits {
+    uint64_t memlock; /* RLIMIT_MEMLOCK soft and hard, bytes; 0: inherited */
+} sv_proc_limits;
+int sv_proc_spawn(char *const argv[], int log_fd, const int *fds, size_t n_fds, const sv_proc_limits *limits,
+                  pid_t *ret_pid, int *ret_pidfd, qv_error *err);
 
 /* pidfd_open(); -errno (-ESRCH: no such process). */
 int sv_pidfd_open(pid_t pid);

@@ -164,6 +164,23 @@ int sv_qemu_argv(const sv_vmspec *spec, const sv_qemu_env *env, const sv_vm_path
         add(&b, "virtserialport,bus=vser0.0,chardev=qga0,name=org.qemu.guest_agent.0");
     }
 
+    /* passthrough: each GPU on a PCIe root port of its own, its functions at
+     * the same function numbers as on the host (drivers expect the audio
+     * function next to the GPU), as Proxmox and libvirt lay them out */
+    for (size_t i = 0; i < paths->n_hostdevs; i++) {
+        const sv_hostdev *h = &paths->hostdevs[i];
+        bool first = i == 0 || paths->hostdevs[i - 1].gpu != h->gpu;
+        bool multi = (i + 1 < paths->n_hostdevs && paths->hostdevs[i + 1].gpu == h->gpu) || !first;
+        if (first) {
+            add(&b, "-device");
+            add(&b, "pcie-root-port,id=qv-hostport%u,bus=pcie.0,chassis=%u,port=0x%x", h->gpu, 16 + h->gpu,
+                16 + h->gpu);
+        }
+        add(&b, "-device");
+        add(&b, "vfio-pci,host=%s,id=hostpci%u.%u,bus=qv-hostport%u,addr=0x0.%u%s", h->bdf, h->gpu, h->function,
+            h->gpu, h->function, multi && h->function == 0 ? ",multifunction=on" : "");
+    }
+
     /* entropy for guests that generate SSH host keys at first boot */
     add(&b, "-object");
     add(&b, "rng-random,id=rng0,filename=/dev/urandom");

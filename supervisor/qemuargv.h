@@ -14,6 +14,13 @@ typedef struct sv_qemu_env {
     const char *run_as;  /* unprivileged user for -runas, or NULL */
 } sv_qemu_env;
 
+/* A host PCI function passed through with vfio-pci (already bound to it). */
+typedef struct sv_hostdev {
+    const char *bdf;   /* "0000:01:00.0" */
+    unsigned gpu;      /* which GPU of the spec: its functions share a root port */
+    unsigned function; /* PCI function, 0-7: the guest sees the same layout */
+} sv_hostdev;
+
 typedef struct sv_vm_paths {
     const char *disk;        /* the instance overlay (qcow2) */
     const char *serial_log;  /* the guest's serial console goes here */
@@ -22,6 +29,8 @@ typedef struct sv_vm_paths {
     const char *seed_iso;    /* cloud-init seed, NULL for none */
     int qmp_fd;              /* listening monitor socket, as numbered in QEMU */
     int ssh_port;            /* host port forwarded to guest port 22 on 127.0.0.1; 0 for none */
+    const sv_hostdev *hostdevs; /* passthrough functions, ordered by gpu then function */
+    size_t n_hostdevs;
 } sv_vm_paths;
 
 /* Builds the argv (NULL-terminated, caller frees with sv_argv_free).

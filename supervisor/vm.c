@@ -8,6 +8,7 @@
 #include "vm.h"
 
 #include "cleanup.h"
+#include "sysroot.h"
 #include "fileio.h"
 #include "log.h"
 #include "util.h"
@@ -17,10 +18,12 @@
 #include "supervisor/lifecycle.h"
 #include "supervisor/proc.h"
 #include "supervisor/qemuargv.h"
+#include "supervisor/passthrough.h"
 #include "supervisor/qemucaps.h"
 #include "supervisor/seed.h"
 
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -120,6 +123,15 @@ struct vmrt {
     /* agent */
     uint64_t agent_checked_ms;
     bool agent_busy;
+    /* GPU passthrough */
+    vfio_plan pt_plan;     /* bound for this start: what goes on QEMU's command line */
+    bool pt_ready;         /* the plan's devices are on vfio-pci */
+    bool pt_busy;          /* a take or give-back is in flight */
+    void (*after_release)(vmrt *rt);
+    char *gone_how;        /* handle_gone, waiting for the give-back */
+    pid_t gone_pid;
+    int abandon_code;      /* start_abandon, waiting for the give-back */
+    char *abandon_why;
 };
 
 static void launch(vmrt *rt);
@@ -206,6 +218,9 @@ static void rt_unref(vmrt *rt) {
     sv_vmctl *c = rt->c;
     if (--rt->refs == 0) {
         free(rt->stop_reason);
+        free(rt->gone_how);
+        free(rt->abandon_why);
+        vfio_plan_clear(&rt->pt_plan);
         free(rt);
         ctl_unref(c);
     }
@@ -620,9 +635,71 @@ static void prep_work(uv_work_t *w) {
         log_debug("cannot rotate %s: %s", a, strerror(errno));
 }
 
-/* A start whose QEMU never ran ends here (prep failed, probe failed, or a
- * stop came first). */
+static bool has_gpus(const sv_vm *vm) {
+    return vm->spec->gpus && vm->spec->gpus[0];
+}
+
+static void on_released(int status, const qv_error *err, const vfio_plan *plan, void *userdata) {
+    (void)plan;
+    vmrt *rt = userdata;
+    rt->pt_busy = false;
+    rt->pt_ready = false;
+    vfio_plan_clear(&rt->pt_plan);
+    if (rt->vm && status < 0)
+        log_error("VM %s: giving its GPUs back failed: %s (see `qvisor gpu list`, `qvisor cleanup`)", rt->vm->name,
+                  err->msg);
+    else if (rt->vm)
+        log_info("VM %s: GPUs given back to the host", rt->vm->name);
+    if (rt->vm && !rt->c->shutting_down)
+        rt->after_release(rt);
+    rt_unref(rt);
+}
+
+/* Gives back whatever the VM holds on vfio-pci (kept devices stay), then
+ * `then`, which runs at once when there is nothing to give back.  Only
+ * once QEMU is gone: a device leaves vfio-pci after its user. */
+static void release_devices(vmrt *rt, void (*then)(vmrt *rt)) {
+    sv_vm *vm = rt->vm;
+    if (!has_gpus(vm) && !sv_pt_holds(cfg(rt->c), vm->name)) {
+        then(rt);
+        return;
+    }
+    qv_error err = {0};
+    rt->after_release = then;
+    rt->pt_busy = true;
+    rt->refs++;
+    if (sv_pt_give_back(rt->c->loop, cfg(rt->c), vm->name, false, on_released, rt, &err) < 0) {
+        log_error("VM %s: cannot give its GPUs back: %s", vm->name, err.msg);
+        rt->pt_busy = false;
+        rt->refs--;
+        then(rt);
+    }
+}
+
+static void start_abandon_now(vmrt *rt, int code, const char *why);
+
+static void start_abandon_released(vmrt *rt) {
+    char why[sizeof(((qv_error *)0)->msg)];
+    snprintf(why, sizeof why, "%s", rt->abandon_why ? rt->abandon_why : "start failed");
+    free(rt->abandon_why);
+    rt->abandon_why = NULL;
+    start_abandon_now(rt, rt->abandon_code, why);
+}
+
+/* A start whose QEMU never ran (or died during the start) ends here:
+ * devices taken for it go back first. */
 static void start_abandon(vmrt *rt, int code, const char *why) {
+    if (has_gpus(rt->vm) || rt->pt_ready) {
+        rt->abandon_code = code;
+        free(rt->abandon_why);
+        rt->abandon_why = strdup(why);
+        release_devices(rt, start_abandon_released);
+        return;
+    }
+    start_abandon_now(rt, code, why);
+}
+
+static void start_abandon_now(vmrt *rt, int code, const char *why) {
     sv_vm *vm = rt->vm;
     rt->starting_prep = false;
     if (vm->state == SV_VM_STOPPING) {
@@ -727,6 +804,43 @@ static bool caps_current(sv_vmctl *c) {
     return false;
 }
 
+static void on_taken(int status, const qv_error *err, const vfio_plan *plan, void *userdata) {
+    vmrt *rt = userdata;
+    rt->pt_busy = false;
+    if (rt->vm && !rt->c->shutting_down) {
+        if (status < 0) {
+            start_abandon(rt, err->code, err->msg);
+        } else {
+            rt->pt_ready = true;
+            vfio_plan_clear(&rt->pt_plan);
+            rt->pt_plan.devs = malloc((plan->n ? plan->n : 1) * sizeof *plan->devs);
+            if (rt->pt_plan.devs) {
+                memcpy(rt->pt_plan.devs, plan->devs, plan->n * sizeof *plan->devs);
+                rt->pt_plan.n = plan->n;
+            }
+            log_info("VM %s: %zu PCI function%s on vfio-pci", rt->vm->name, plan->n, plan->n == 1 ? "" : "s");
+            if (!rt->pt_plan.devs)
+                start_abandon(rt, ENOMEM, "out of memory");
+            else
+                maybe_launch(rt);
+        }
+    }
+    rt_unref(rt);
+}
+
+/* Moves the VM's GPUs (and what must go with them) to vfio-pci, then
+ * comes back to maybe_launch. */
+static void take_devices(vmrt *rt) {
+    qv_error err = {0};
+    rt->pt_busy = true;
+    rt->refs++;
+    if (sv_pt_take(rt->c->loop, cfg(rt->c), rt->vm->spec, on_taken, rt, &err) < 0) {
+        rt->pt_busy = false;
+        rt->refs--;
+        start_abandon(rt, err.code, err.msg);
+    }
+}
+
 static void maybe_launch(vmrt *rt) {
     sv_vmctl *c = rt->c;
     if (rt->vm->state != SV_VM_STARTING) {
@@ -743,6 +857,10 @@ static void maybe_launch(vmrt *rt) {
     }
     if (c->caps_status < 0) {
         start_abandon(rt, c->caps_err.code, c->caps_err.msg);
+        return;
+    }
+    if (has_gpus(rt->vm) && !rt->pt_ready) {
+        take_devices(rt);
         return;
     }
     launch(rt);
@@ -809,6 +927,16 @@ static void launch(vmrt *rt) {
         .qmp_fd = 3,
         .ssh_port = port,
     };
+    sv_hostdev hostdevs[64];
+    size_t n_host = 0;
+    for (size_t i = 0; i < rt->pt_plan.n && n_host < QV_ARRAY_SIZE(hostdevs); i++)
+        if (rt->pt_plan.devs[i].pass)
+            hostdevs[n_host++] = (sv_hostdev){rt->pt_plan.devs[i].bdf, (unsigned)rt->pt_plan.devs[i].gpu,
+                                              (unsigned)rt->pt_plan.devs[i].function};
+    paths.hostdevs = hostdevs;
+    paths.n_hostdevs = n_host;
+    /* VFIO pins all guest RAM (and a little more for its own mappings) */
+    sv_proc_limits limits = {.memlock = n_host ? vm->spec->memory + (1ull << 30) : 0};
     char **argv = NULL;
     if (sv_qemu_argv(vm->spec, &env, &paths, &argv, &err) < 0) {
         start_abandon(rt, err.code, err.msg);
@@ -835,7 +963,7 @@ static void launch(vmrt *rt) {
 
     pid_t pid;
     int pidfd;
-    r = sv_proc_spawn(argv, logfd, &lfd, 1, &pid, &pidfd, &err);
+    r = sv_proc_spawn(argv, logfd, &lfd, 1, &limits, &pid, &pidfd, &err);
     sv_argv_free(argv);
     if (r < 0) {
         start_abandon(rt, err.code, err.msg);
@@ -865,7 +993,7 @@ static void launch(vmrt *rt) {
     }
     log_info("VM %s: QEMU started (pid %d, %s%s)", vm->name, (int)pid, kvm ? "KVM" : "TCG",
              env.sandbox ? ", seccomp sandbox" : "");
-    uv_timer_start(&rt->timer, on_start_timeout, START_TIMEOUT_MS, 0);
+    uv_timer_start(&rt->timer, on_start_timeout, sv_pt_start_timeout_ms(vm->spec, START_TIMEOUT_MS), 0);
     r = qmp_attach(rt);
     if (r < 0)
         start_fail_kill(rt, "cannot connect to the monitor socket");
@@ -882,6 +1010,8 @@ static int begin_start(sv_vmctl *c, sv_vm *vm, bool policy, sv_vm_done_fn done, 
         return qv_error_set(err, EBUSY, "VM '%s' is %s; try again when that is done", vm->name,
                             sv_vm_state_name(vm->state));
     vmrt *rt = get_rt(c, vm);
+    if (rt && rt->pt_busy)
+        return qv_error_set(err, EBUSY, "VM '%s': its GPUs are being given back; try again in a moment", vm->name);
     prep_job *job = calloc(1, sizeof *job);
     char run_dir[PATH_MAX], base[PATH_MAX];
     if (!rt || !job)
@@ -941,7 +1071,11 @@ void sv_stop_timeouts(const sv_vmspec *spec, const sv_config *c, uint64_t overri
                       uint64_t *ret_kill_ms) {
     uint64_t per16 = spec->memory / (16ull << 30);
     uint64_t base = spec->stop_timeout_ms ? spec->stop_timeout_ms : c->stop_timeout_ms;
-    *ret_graceful_ms = override_ms ? override_ms : base + per16 * 5000;
+    size_t gpus = 0;
+    while (spec->gpus && spec->gpus[gpus])
+        gpus++;
+    /* guest GPU drivers take their time to let go of the card */
+    *ret_graceful_ms = override_ms ? override_ms : base + per16 * 5000 + gpus * 10000;
     *ret_kill_ms = c->kill_timeout_ms + per16 * 1000;
 }
 
@@ -1152,6 +1286,9 @@ int sv_vm_stop(sv_vmctl *c, sv_vm *vm, const sv_stop_options *o, sv_vm_done_fn d
     vmrt *rt = get_rt(c, vm);
     if (!rt)
         return qv_error_set(err, ENOMEM, "out of memory");
+    if (rt->pt_busy && !rt->watch && !rt->starting_prep)
+        return qv_error_set(err, EBUSY, "VM '%s': its QEMU is gone and its GPUs are being given back; try again "
+                            "in a moment", vm->name);
     add_waiter(&rt->stop_waiters, done, userdata);
     if (vm->state == SV_VM_STOPPING) {
         if (o->force && rt->stage == STAGE_GRACEFUL) {
@@ -1179,6 +1316,18 @@ int sv_vm_stop(sv_vmctl *c, sv_vm *vm, const sv_stop_options *o, sv_vm_done_fn d
 
 /* ---- QEMU is gone ------------------------------------------------------- */
 
+static void gone_finish(vmrt *rt, pid_t pid, const char *how_exited);
+
+static void gone_released(vmrt *rt) {
+    char how[256];
+    snprintf(how, sizeof how, "%s", rt->gone_how ? rt->gone_how : "exited");
+    free(rt->gone_how);
+    rt->gone_how = NULL;
+    gone_finish(rt, rt->gone_pid, how);
+}
+
+/* The one place a QEMU's end is handled: its watch, channels, timers and
+ * run files go at once; its devices go back to the host; then the state. */
 static void handle_gone(vmrt *rt, const char *how_exited) {
     sv_vm *vm = rt->vm;
     pid_t pid = rt->watch ? rt->watch->pid : vm->run.pid;
@@ -1192,6 +1341,18 @@ static void handle_gone(vmrt *rt, const char *how_exited) {
     json_decref(vm->addresses);
     vm->addresses = NULL;
     vm->agent = NULL;
+    if (has_gpus(vm) || rt->pt_ready) {
+        free(rt->gone_how);
+        rt->gone_how = strdup(how_exited);
+        rt->gone_pid = pid;
+        release_devices(rt, gone_released);
+        return;
+    }
+    gone_finish(rt, pid, how_exited);
+}
+
+static void gone_finish(vmrt *rt, pid_t pid, const char *how_exited) {
+    sv_vm *vm = rt->vm;
     int64_t ran = vm->run.started_at ? (int64_t)time(NULL) - vm->run.started_at : 0;
 
     char why[sizeof(((qv_error *)0)->msg)];
@@ -1207,7 +1368,7 @@ static void handle_gone(vmrt *rt, const char *how_exited) {
         free(rt->stop_reason); /* used up: it was this start's */
         rt->stop_reason = NULL;
         log_info("VM %s: QEMU pid %d %s during start; cleaned up", vm->name, (int)pid, how_exited);
-        start_abandon(rt, EIO, why);
+        start_abandon_now(rt, EIO, why);
         return;
     }
     if (before == SV_VM_STOPPING) {
@@ -1477,7 +1638,9 @@ void sv_vmctl_adopt_all(sv_vmctl *c) {
         if (sv_vm_state_has_qemu(vm->state))
             adopt(c, vm);
     /* automatic restarts of VMs that died while the daemon was down
-     * were scheduled by handle_gone */
+     * were scheduled by handle_gone; devices taken for VMs that do not
+     * run (a crash between bind and QEMU, or a VM removed) go back */
+    sv_vmctl_release_orphans(c);
 }
 
 /* ---- agent refresh for `vm list` ------------------------------------ */
@@ -1630,4 +1793,152 @@ void sv_vmctl_shutdown(sv_vmctl *c) {
         release_rt(rt);
     }
     ctl_unref(c);
+}
+
+/* ---- devices nobody runs with ------------------------------------------- */
+
+typedef struct orphan_sweep {
+    sv_vmctl *c;
+    json_t *items;   /* [{address, vm, action, detail}] */
+    unsigned pending;
+    void (*done)(json_t *items, void *userdata);
+    void *userdata;
+} orphan_sweep;
+
+typedef struct orphan_job {
+    orphan_sweep *s;
+    vmrt *rt;        /* the VM's runtime when the VM exists */
+    char vm[64];
+} orphan_job;
+
+static void orphan_sweep_put(orphan_sweep *s) {
+    if (--s->pending > 0)
+        return;
+    if (s->done)
+        s->done(s->items, s->userdata);
+    json_decref(s->items);
+    ctl_unref(s->c);
+    free(s);
+}
+
+static void orphan_given_back(int status, const qv_error *err, const vfio_plan *plan, void *userdata) {
+    (void)plan;
+    orphan_job *j = userdata;
+    orphan_sweep *s = j->s;
+    char dir[PATH_MAX];
+    sv_pt_records_dir(cfg(s->c), dir, sizeof dir);
+    size_t i;
+    json_t *it;
+    json_array_foreach(s->items, i, it) {
+        if (strcmp(json_string_value(json_object_get(it, "vm")), j->vm) != 0 ||
+            strcmp(json_string_value(json_object_get(it, "action")), "give back") != 0)
+            continue;
+        vfio_record rec;
+        const char *bdf = json_string_value(json_object_get(it, "address"));
+        if (vfio_record_load(dir, bdf, &rec) == 0) {
+            json_object_set_new(it, "action", json_string("failed"));
+            json_object_set_new(it, "detail", json_string(rec.reason[0] ? rec.reason : (status < 0 ? err->msg : "?")));
+            log_error("cleanup: %s (held for VM %s): giving it back failed: %s", bdf, j->vm,
+                      rec.reason[0] ? rec.reason : status < 0 ? err->msg : "?");
+        } else {
+            json_object_set_new(it, "action", json_string("given back"));
+            log_info("cleanup: %s (held for VM %s, which is not running) given back to the host", bdf, j->vm);
+        }
+    }
+    if (j->rt) {
+        j->rt->pt_busy = false;
+        rt_unref(j->rt);
+    }
+    free(j);
+    orphan_sweep_put(s);
+}
+
+static bool vm_runs(const sv_vm *vm) {
+    return vm && (sv_vm_state_has_qemu(vm->state) || vm->state == SV_VM_CREATING);
+}
+
+void sv_vmctl_release_devices(sv_vmctl *c, bool dry_run, void (*done)(json_t *items, void *userdata),
+                              void *userdata) {
+    const sv_config *conf = cfg(c);
+    char dir[PATH_MAX];
+    sv_pt_records_dir(conf, dir, sizeof dir);
+    orphan_sweep *s = calloc(1, sizeof *s);
+    if (!s) {
+        if (done)
+            done(NULL, userdata);
+        return;
+    }
+    s->c = c;
+    c->refs++;
+    s->items = json_array();
+    s->pending = 1; /* ours, dropped at the end */
+    s->done = done;
+    s->userdata = userdata;
+    _cleanup_free_ vfio_record *recs = NULL;
+    size_t n = 0;
+    vfio_record_list(dir, &recs, &n);
+    /* devices on vfio-pci that nobody recorded: not ours to touch */
+    _cleanup_closedir_ DIR *d = NULL;
+    int dfd = qv_sysroot_open("sys/bus/pci/drivers/" VFIO_DRIVER, O_RDONLY | O_DIRECTORY);
+    if (dfd >= 0 && !(d = fdopendir(dfd)))
+        close(dfd);
+    struct dirent *de;
+    while (d && (de = readdir(d))) {
+        char bdf[VFIO_BDF_MAX];
+        if (vfio_bdf_normalize(de->d_name, bdf) < 0 || strcmp(bdf, de->d_name) != 0)
+            continue;
+        bool recorded = false;
+        for (size_t i = 0; i < n; i++)
+            recorded |= strcmp(recs[i].bdf, bdf) == 0;
+        if (!recorded)
+            json_array_append_new(s->items,
+                                  json_pack("{s:s, s:n, s:s, s:s}", "address", bdf, "vm", "action", "left alone",
+                                            "detail", "on vfio-pci, but qvisor has no record of binding it: not ours"));
+    }
+    /* recorded devices whose VM does not run (or no longer exists) */
+    for (size_t i = 0; i < n; i++) {
+        sv_vm *vm = sv_registry_find(c->registry, recs[i].vm);
+        vmrt *rt = vm ? vm->rt : NULL;
+        if (vm_runs(vm) || (rt && rt->pt_busy))
+            continue;
+        if (vm && recs[i].keep && recs[i].state == VFIO_REC_BOUND)
+            continue; /* kept on vfio-pci by choice while its VM exists */
+        const char *why = !vm ? "its VM no longer exists" : "its VM is not running";
+        json_array_append_new(s->items, json_pack("{s:s, s:s, s:s, s:s}", "address", recs[i].bdf, "vm", recs[i].vm,
+                                                  "action", dry_run ? "would give back" : "give back", "detail",
+                                                  recs[i].state == VFIO_REC_STUCK ? recs[i].reason : why));
+        if (dry_run)
+            continue;
+        if (recs[i].state == VFIO_REC_STUCK) {
+            /* a person asked for a cleanup: try again */
+            recs[i].state = VFIO_REC_BOUND;
+            vfio_record_save(dir, &recs[i]);
+        }
+        bool queued = false;
+        for (size_t k = 0; k < i; k++)
+            queued |= strcmp(recs[k].vm, recs[i].vm) == 0 && !vm_runs(sv_registry_find(c->registry, recs[k].vm));
+        if (queued)
+            continue; /* one give-back per VM covers all its records */
+        orphan_job *j = calloc(1, sizeof *j);
+        if (!j)
+            continue;
+        j->s = s;
+        snprintf(j->vm, sizeof j->vm, "%s", recs[i].vm);
+        if (rt) {
+            rt->pt_busy = true;
+            rt->refs++;
+            j->rt = rt;
+        }
+        qv_error err = {0};
+        s->pending++;
+        if (sv_pt_give_back(c->loop, conf, recs[i].vm, !vm, orphan_given_back, j, &err) < 0) {
+            log_error("cleanup: cannot give back the devices of %s: %s", recs[i].vm, err.msg);
+            orphan_given_back(-err.code, &err, NULL, j);
+        }
+    }
+    orphan_sweep_put(s);
+}
+
+void sv_vmctl_release_orphans(sv_vmctl *c) {
+    sv_vmctl_release_devices(c, false, NULL, NULL);
 }

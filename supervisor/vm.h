@@ -25,6 +25,16 @@ int sv_vmctl_new(uv_loop_t *loop, sv_registry *registry, sv_config *const *confi
  * (identity checked; a pid that fails the check is never signalled) and
  * finishes or rolls back their operations.  Call once, after sv_vmctl_new. */
 void sv_vmctl_adopt_all(sv_vmctl *c);
+
+/* Devices on vfio-pci that no running VM needs: recorded ones go back to
+ * their driver (kept ones only when their VM is gone; stuck ones are tried
+ * again); unrecorded ones are left alone.  done (may be NULL) gets
+ * [{address, vm, action, detail}] (borrowed) when every give-back ended;
+ * NULL on ENOMEM.  With dry_run nothing is changed. */
+void sv_vmctl_release_devices(sv_vmctl *c, bool dry_run, void (*done)(json_t *items, void *userdata),
+                              void *userdata);
+/* The same, without a report (daemon start, after `vm rm`). */
+void sv_vmctl_release_orphans(sv_vmctl *c);
 /* Daemon shutdown: pending requests fail with ECANCELED, every handle is
  * closed, VMs keep running (the next daemon adopts them).  Frees `c` once
  * the loop has closed the handles. */

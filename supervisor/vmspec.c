@@ -4,6 +4,7 @@
 #include "cleanup.h"
 #include "schema.h"
 #include "cloudinit/nocloud.h"
+#include "vfio/bind.h"
 
 #include <errno.h>
 #include <stddef.h>
@@ -55,6 +56,28 @@ static int check_network_config(const char *v, char *why, size_t size) {
     return r < 0 ? why_from(r, &e, "-: ", why, size) : 0;
 }
 
+/* "ID[,keep][,take-group]" with ID a PCI address or a `gpu list` index */
+static int check_gpu(const char *v, char *why, size_t size) {
+    char id[32];
+    size_t n = strcspn(v, ",");
+    snprintf(id, sizeof id, "%.*s", (int)(n < sizeof id ? n : sizeof id - 1), v);
+    bool index = n > 0 && n <= 3 && strspn(id, "0123456789") == n;
+    char addr[80];
+    snprintf(addr, sizeof addr, "%s%s", index ? "0000:00:00.0" : "", index ? v + n : v);
+    vfio_gpu_opt o;
+    qv_error e = {0};
+    int r = vfio_gpu_opt_parse(addr, &o, &e);
+    if (r < 0) {
+        if (strstr(e.msg, "unknown option"))
+            snprintf(why, size, "%s", strstr(e.msg, "unknown option"));
+        else
+            snprintf(why, size, "'%s': expected a PCI address (0000:01:00.0) or an index from `qvisor gpu list`, "
+                                "then ,keep or ,take-group", v);
+        return r;
+    }
+    return 0;
+}
+
 /* section, name, kind, field, default, min, max, enum names, allow empty, restart, check */
 static const sv_key keys[] = {
     {NULL, "name", SV_K_NAME, F(name), NULL, 0, 0, NULL, false, false},
@@ -69,6 +92,7 @@ static const sv_key keys[] = {
     {NULL, "initrd", SV_K_PATH, F(initrd), NULL, 0, 0, NULL, false, false},
     {NULL, "append", SV_K_STRING, F(append), NULL, 0, 0, NULL, true, false},
     {NULL, "agent", SV_K_BOOL, F(agent), "true", 0, 0, NULL, false, false},
+    {NULL, "gpus", SV_K_STRLIST, F(gpus), NULL, 0, 0, NULL, false, false, check_gpu},
     {NULL, "seed", SV_K_BOOL, F(seed), "true", 0, 0, NULL, false, false},
     {NULL, "hostname", SV_K_STRING, F(hostname), NULL, 0, 0, NULL, false, false, check_hostname},
     {NULL, "user", SV_K_STRING, F(user), CI_DEFAULT_USER, 0, 0, NULL, false, false, check_user},
@@ -134,6 +158,7 @@ json_t *sv_vmspec_to_json(const sv_vmspec *s) {
         {"memory", !s->memory}, {"disk", !s->disk},     {"stop_timeout", !s->stop_timeout_ms},
         {"hostname", !s->hostname}, {"user_data", !s->user_data}, {"network_config", !s->network_config},
         {"ssh_keys", !s->ssh_keys || !s->ssh_keys[0]},
+        {"gpus", !s->gpus || !s->gpus[0]},
     };
     for (size_t i = 0; j && i < QV_ARRAY_SIZE(opt); i++)
         if (opt[i].unset)

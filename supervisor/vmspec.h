@@ -29,6 +29,10 @@ typedef struct sv_vmspec {
     char *initrd;
     char *append;
     bool agent;               /* add the guest-agent channel (default true) */
+    /* passthrough GPUs: "ADDRESS[,keep][,take-group]" (vfio/bind.h); the
+     * daemon turns `gpu list` indexes into addresses at create.
+     * NULL-terminated, never NULL. */
+    char **gpus;
     /* cloud-init seed (supervisor/seed.h) */
     bool seed;                /* attach a NoCloud seed at all (default true) */
     char *hostname;           /* local-hostname; unset: the VM name (sv_vmspec_complete fills it) */

@@ -116,7 +116,7 @@ int vfio_plan_make(const vfio_gpu_list *l, char *const *gpus, vfio_plan *ret, qv
             goto fail;
         }
         if (g->dev.iommu_group < 0) {
-            r = qv_error_set(err, ENODEV,
+            r = qv_error_set(err, EOPNOTSUPP,
                              "GPU %s has no IOMMU group: the IOMMU is off; enable VT-d/AMD-Vi in the firmware "
                              "and boot with intel_iommu=on or amd_iommu=on (see `qvisor check`)",
                              o.bdf);

@@ -41,7 +41,7 @@ static void test_spawn_maps_fds_and_detaches(void **state) {
     int pidfd;
     qv_error err = {0};
     int fds[] = {datafd};
-    assert_int_equal(sv_proc_spawn(argv, logfd, fds, 1, &pid, &pidfd, &err), 0);
+    assert_int_equal(sv_proc_spawn(argv, logfd, fds, 1, NULL, &pid, &pidfd, &err), 0);
     int status;
     wait_exit(pidfd, pid, &status);
     assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
@@ -77,7 +77,7 @@ static void test_exec_failure_is_reported(void **state) {
     pid_t pid = 0;
     int pidfd = -1;
     qv_error err = {0};
-    assert_int_equal(sv_proc_spawn(argv, 2, NULL, 0, &pid, &pidfd, &err), -EOPNOTSUPP);
+    assert_int_equal(sv_proc_spawn(argv, 2, NULL, 0, NULL, &pid, &pidfd, &err), -EOPNOTSUPP);
     assert_non_null(strstr(err.msg, "/nonexistent/qemu-system-x86_64 not found"));
     assert_int_equal(waitpid(-1, NULL, WNOHANG), -1); /* the failed child was reaped */
 }
@@ -91,7 +91,7 @@ static void test_pidfd_signal_and_identity(void **state) {
     pid_t pid;
     int pidfd;
     qv_error err = {0};
-    assert_int_equal(sv_proc_spawn(argv, 2, NULL, 0, &pid, &pidfd, &err), 0);
+    assert_int_equal(sv_proc_spawn(argv, 2, NULL, 0, NULL, &pid, &pidfd, &err), 0);
     uint64_t start;
     assert_int_equal(sv_proc_start_time(pid, &start), 0);
     assert_true(sv_proc_is_our_qemu(pid, start, "vm1", "/run/qvisor/vm/vm1/qemu.pid"));

@@ -52,7 +52,8 @@ static void test_names_and_sizes(void **state) {
                       "spec: restart: expected one of never, on-failure, always, got 'sometimes'");
     expect_json_error("{\"name\": \"ok\", \"image\": \"deb\", \"kernel\": \"vmlinuz\"}", "spec: kernel: must be an absolute path");
     expect_json_error("{\"name\": \"ok\", \"image\": \"deb\", \"initrd\": \"/boot/initrd\"}", "initrd and append need kernel");
-    expect_json_error("{\"name\": \"ok\", \"image\": \"deb\", \"gpus\": []}", "spec: gpus: unknown key");
+    expect_json_error("{\"name\": \"ok\", \"image\": \"deb\", \"gpus\": [\"x\"]}", "spec: gpus[0]: 'x': expected a PCI address");
+    expect_json_error("{\"name\": \"ok\", \"image\": \"deb\", \"nics\": []}", "spec: nics: unknown key");
     expect_json_error("{\"image\": \"deb\"}", "spec: name: missing");
     expect_json_error("{\"name\": \"ok\"}", "spec: image: missing");
 }
@@ -327,6 +328,46 @@ static void test_golden_kvm_seed_kernel_runas(void **state) {
     sv_argv_free(argv);
 }
 
+static void test_golden_kvm_two_gpus(void **state) {
+    (void)state;
+    _cleanup_(sv_vmspec_freep) sv_vmspec *s = spec_from(
+        "{\"name\":\"ml-1\",\"image\":\"ubuntu\",\"cpus\":8,\"memory\":\"32G\","
+        "\"gpus\":[\"0000:01:00.0\",\"0000:41:00.0,keep\"]}");
+    sv_qemu_env env = {.binary = "qemu-system-x86_64", .kvm = true, .sandbox = true};
+    /* the first GPU with its audio function, the second a lone 3D controller */
+    sv_hostdev devs[] = {{"0000:01:00.0", 0, 0}, {"0000:01:00.1", 0, 1}, {"0000:41:00.0", 1, 0}};
+    sv_vm_paths p = {.disk = "/var/lib/qvisor/instances/ml-1/disk.qcow2",
+                     .serial_log = "/var/lib/qvisor/instances/ml-1/serial.log",
+                     .pidfile = "/run/qvisor/vm/ml-1/qemu.pid",
+                     .qmp_fd = 3,
+                     .hostdevs = devs,
+                     .n_hostdevs = 3};
+    char **argv = NULL;
+    qv_error err = {0};
+    assert_int_equal(sv_qemu_argv(s, &env, &p, &argv, &err), 0);
+    check_golden("kvm-two-gpus", argv);
+    sv_argv_free(argv);
+}
+
+static void test_gpus_in_the_spec(void **state) {
+    (void)state;
+    sv_vmspec *s = NULL;
+    qv_error err = {0};
+    const char *y = "name: a\nimage: i\ngpus: [\"01:00.0\", \"1,keep\", \"0000:41:00.0,take-group,keep\"]\n";
+    assert_int_equal(sv_vmspec_from_yaml("a.yaml", y, strlen(y), &s, &err), 0);
+    assert_string_equal(s->gpus[0], "01:00.0");
+    assert_string_equal(s->gpus[2], "0000:41:00.0,take-group,keep");
+    assert_null(s->gpus[3]);
+    sv_vmspec_free(s);
+    const char *bad = "name: a\nimage: i\ngpus: [\"01:00.0,turbo\"]\n";
+    assert_int_equal(sv_vmspec_from_yaml("a.yaml", bad, strlen(bad), &s, &err), -EINVAL);
+    assert_non_null(strstr(err.msg, "a.yaml:3:"));
+    assert_non_null(strstr(err.msg, "unknown option 'turbo'"));
+    const char *bad2 = "name: a\nimage: i\ngpus: [\"my-gpu\"]\n";
+    assert_int_equal(sv_vmspec_from_yaml("a.yaml", bad2, strlen(bad2), &s, &err), -EINVAL);
+    assert_non_null(strstr(err.msg, "PCI address"));
+}
+
 static void test_golden_minimal_no_agent_no_sandbox(void **state) {
     (void)state;
     _cleanup_(sv_vmspec_freep) sv_vmspec *s =
@@ -360,6 +401,8 @@ int main(void) {
         cmocka_unit_test(test_yaml_spec_file),
         cmocka_unit_test(test_mac),
         cmocka_unit_test(test_golden_tcg_default),
+        cmocka_unit_test(test_golden_kvm_two_gpus),
+        cmocka_unit_test(test_gpus_in_the_spec),
         cmocka_unit_test(test_golden_kvm_seed_kernel_runas),
         cmocka_unit_test(test_golden_minimal_no_agent_no_sandbox),
         cmocka_unit_test(test_commas_refused),
