@@ -17,6 +17,7 @@ the qvisor binary of the build under test with ldd.
 Standard library only.
 """
 
+import functools
 import glob
 import os
 import subprocess
@@ -58,8 +59,9 @@ def default_binary():
     return os.path.join(build, "cmd", "qvisor") if build else None
 
 
+@functools.lru_cache(maxsize=None)
 def asan_runtime(binary):
-    """Absolute path of the libasan a binary links, or None."""
+    """Absolute path of the libasan a binary links, or None (cached)."""
     if not binary or not os.path.exists(binary):
         return None
     try:
