@@ -65,6 +65,7 @@ static const qv_cli_verb top_verbs[] = {
     {"version", cmd_version, "print the versions of this command and of the daemon"},
     {"cleanup", cmd_cleanup, "remove what crashes left behind (orphan QEMUs, temp files, stale sockets)"},
     {"cidata", cmd_cidata, "write a cloud-init NoCloud seed ISO (like cloud-localds)"},
+    {"check", cmd_check, "tell whether this node can run VMs: QEMU, KVM, IOMMU, VFIO, hugepages, directories"},
     {NULL, NULL, NULL},
 };
 
@@ -76,7 +77,7 @@ static const char exit_codes[] =
     "  64  usage error (unknown command or option, missing argument)\n"
     "  65  bad input data (invalid name, size, file content)\n"
     "  66  no such VM, image, GPU or input file\n"
-    "  69  service unavailable (daemon not running, KVM or IOMMU missing)\n"
+    "  69  service unavailable (daemon not running, KVM or IOMMU missing; check: an item failed)\n"
     "  73  already exists (or already running)\n"
     "  75  temporary failure or timeout: try again\n"
     "  77  permission denied\n"

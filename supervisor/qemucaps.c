@@ -7,6 +7,7 @@
  * the probe boots a guest of its own that walks through the CPU modes a
  * real kernel uses and asks QEMU to exit with a known status at the end. */
 #include "qemucaps.h"
+#include "probeguest.h"
 
 #include "cleanup.h"
 #include "run.h"
@@ -27,12 +28,13 @@
 
 #include <linux/kvm.h>
 
-#define PROBE_ROM_SIZE 65536 /* QEMU wants a -bios image in multiples of 64 KiB */
+#define PROBE_ROM_SIZE SV__PROBE_ROM_SIZE /* QEMU wants a -bios image in multiples of 64 KiB */
 
 /* The guest, placed at the last 256 bytes of the ROM: linear 0xffffff00.
  * Assembled with GNU as (.code16/.code32/.code64) and a linker script
- * putting .text at 0xffffff00 and the reset stub at 0xfffffff0. */
-static const uint8_t probe_guest[256] = {
+ * putting .text at 0xffffff00 and the reset stub at 0xfffffff0.
+ * kvmprobe.c runs the same bytes on a bare KVM vCPU (probeguest.h). */
+const uint8_t sv__probe_guest[SV__PROBE_GUEST_SIZE] = {
     /* .code16, CS base 0xffff0000, IP 0xff00 */
     0xfa,                                     /* cli                                  */
     0xb0, 0x52, 0xe6, 0xe9,                   /* mov $'R',%al; out %al,$0xe9          */
@@ -101,7 +103,7 @@ static int write_payload(char *buf, size_t size, qv_error *err) {
         unlink(buf);
         return qv_error_set(err, ENOMEM, "out of memory");
     }
-    memcpy(rom + PROBE_ROM_SIZE - sizeof probe_guest, probe_guest, sizeof probe_guest);
+    memcpy(rom + PROBE_ROM_SIZE - sizeof sv__probe_guest, sv__probe_guest, sizeof sv__probe_guest);
     size_t done = 0;
     while (done < PROBE_ROM_SIZE) {
         ssize_t n = write(fd, rom + done, PROBE_ROM_SIZE - done);
