@@ -468,7 +468,9 @@ void sv_check_vfio_devices(sv_check_report *r, const sv_check_opts *o) {
         }
         if (rec->state == VFIO_REC_STUCK) {
             snprintf(hint, sizeof hint,
-                     "a sysfs write on it hung or failed: check dmesg; reboot if the device does not answer");
+                     "a sysfs write on it hung or failed: check dmesg; once the device answers, `qvisor cleanup` "
+                     "tries the give-back to %s again; reboot if it does not",
+                     rec->driver[0] ? rec->driver : "its state before (no driver)");
             add(r, "vfio-pci", SV_CHECK_WARN, hint, "%s held by VM %s is stuck: %s", what, rec->vm,
                 rec->reason[0] ? rec->reason : "no reason recorded");
             continue;
@@ -477,7 +479,8 @@ void sv_check_vfio_devices(sv_check_report *r, const sv_check_opts *o) {
         snprintf(vmdir, sizeof vmdir, "%s/%s", o->config->instances_dir, rec->vm);
         struct stat st;
         if (!qv_name_valid(rec->vm) || stat(vmdir, &st) < 0 || !S_ISDIR(st.st_mode)) {
-            give_back_hint(hint, sizeof hint, bdf, rec->driver);
+            snprintf(hint, sizeof hint, "`qvisor cleanup` gives it back to %s (the driver recorded when it was taken)",
+                     rec->driver[0] ? rec->driver : "no driver, as it was");
             add(r, "vfio-pci", SV_CHECK_WARN, hint, "%s is on vfio-pci for VM %s, which no longer exists", what,
                 rec->vm);
             continue;

@@ -70,8 +70,13 @@ static void child(char *const argv[], int log_fd, const int *fds, size_t n_fds, 
         /* VFIO pins all guest RAM; QEMU (maybe unprivileged after -runas) cannot raise this itself */
         struct rlimit rl = {limits->memlock, limits->memlock};
         if (setrlimit(RLIMIT_MEMLOCK, &rl) < 0) {
-            fail_flag = LIMIT_FAILED;
-            goto fail;
+            struct rlimit now;
+            if (!limits->memlock_best_effort || getrlimit(RLIMIT_MEMLOCK, &now) < 0) {
+                fail_flag = LIMIT_FAILED;
+                goto fail;
+            }
+            now.rlim_cur = now.rlim_max;
+            (void)setrlimit(RLIMIT_MEMLOCK, &now);
         }
     }
     execvp(argv[0], argv);

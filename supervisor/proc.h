@@ -18,6 +18,7 @@
  * limits (may be NULL) are set in the child before the exec. */
 typedef struct sv_proc_limits {
     uint64_t memlock; /* RLIMIT_MEMLOCK soft and hard, bytes; 0: inherited */
+    bool memlock_best_effort; /* tests only: no CAP_SYS_RESOURCE, go on with the hard limit */
 } sv_proc_limits;
 int sv_proc_spawn(char *const argv[], int log_fd, const int *fds, size_t n_fds, const sv_proc_limits *limits,
                   pid_t *ret_pid, int *ret_pidfd, qv_error *err);

@@ -7,6 +7,8 @@
  * never the monitor: cleanup runs from there, exactly once per process. */
 #include "vm.h"
 
+#include "qv-build.h"
+
 #include "cleanup.h"
 #include "sysroot.h"
 #include "fileio.h"
@@ -819,6 +821,7 @@ static void on_taken(int status, const qv_error *err, const vfio_plan *plan, voi
                 rt->pt_plan.n = plan->n;
             }
             log_info("VM %s: %zu PCI function%s on vfio-pci", rt->vm->name, plan->n, plan->n == 1 ? "" : "s");
+            sv_crash_point("start-after-bind");
             if (!rt->pt_plan.devs)
                 start_abandon(rt, ENOMEM, "out of memory");
             else
@@ -937,6 +940,10 @@ static void launch(vmrt *rt) {
     paths.n_hostdevs = n_host;
     /* VFIO pins all guest RAM (and a little more for its own mappings) */
     sv_proc_limits limits = {.memlock = n_host ? vm->spec->memory + (1ull << 30) : 0};
+#if QV_TEST_HOOKS
+    /* test machines lack CAP_SYS_RESOURCE; the fake QEMU checks the request in qemu.log */
+    limits.memlock_best_effort = getenv("QVISOR_TEST_MEMLOCK_BEST_EFFORT") != NULL;
+#endif
     char **argv = NULL;
     if (sv_qemu_argv(vm->spec, &env, &paths, &argv, &err) < 0) {
         start_abandon(rt, err.code, err.msg);
@@ -957,6 +964,9 @@ static void launch(vmrt *rt) {
     struct tm tm;
     strftime(stamp, sizeof stamp, "%Y-%m-%dT%H:%M:%S%z", localtime_r(&now, &tm));
     dprintf(logfd, "---- qvisor: starting %s at %s (%s) ----\n", vm->name, stamp, kvm ? "KVM" : "TCG");
+    if (limits.memlock)
+        dprintf(logfd, "RLIMIT_MEMLOCK %llu (guest RAM + 1 GiB: VFIO pins all guest memory)\n",
+                (unsigned long long)limits.memlock);
     for (char **a = argv; *a; a++)
         dprintf(logfd, "%s%s", *a, a[1] ? " " : "\n");
     rt->log_offset = lseek(logfd, 0, SEEK_END);
@@ -1830,8 +1840,9 @@ static void orphan_given_back(int status, const qv_error *err, const vfio_plan *
     size_t i;
     json_t *it;
     json_array_foreach(s->items, i, it) {
-        if (strcmp(json_string_value(json_object_get(it, "vm")), j->vm) != 0 ||
-            strcmp(json_string_value(json_object_get(it, "action")), "give back") != 0)
+        const char *vm = json_string_value(json_object_get(it, "vm"));
+        const char *action = json_string_value(json_object_get(it, "action"));
+        if (!vm || !action || strcmp(vm, j->vm) != 0 || strcmp(action, "give back") != 0)
             continue;
         vfio_record rec;
         const char *bdf = json_string_value(json_object_get(it, "address"));
