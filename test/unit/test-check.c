@@ -333,7 +333,7 @@ static void test_vfio_devices(void **st) {
     const sv_check_item *orphan = item("vfio-pci", 2);
     assert_int_equal(orphan->status, SV_CHECK_WARN);
     assert_string_equal(orphan->detail, "0000:02:00.0 (3D controller) is on vfio-pci for VM gone, which no longer exists");
-    assert_contains(orphan->hint, "give it back to amdgpu");
+    assert_contains(orphan->hint, "`qvisor cleanup` gives it back to amdgpu");
 
     const sv_check_item *stuck = item("vfio-pci", 3);
     assert_int_equal(stuck->status, SV_CHECK_WARN);
