@@ -68,6 +68,19 @@ static const char create_help[] =
     "daemon not running or no IOMMU for the GPU, 73 a VM with that name exists,\n"
     "75 the GPU (or its group) is held by another VM or by a host driver.\n";
 
+/* Options that repeat (--gpu, --ssh-key) add to the spec file's list;
+ * steals extra (may be NULL). */
+static void append_list(json_t *spec, const char *key, json_t *extra) {
+    if (!extra)
+        return;
+    json_t *all = json_object_get(spec, key);
+    if (json_is_array(all))
+        json_array_extend(all, extra);
+    else
+        json_object_set(spec, key, extra);
+    json_decref(extra);
+}
+
 int cmd_vm_create(qv_cli *cli, int argc, char **argv) {
     enum {
         OPT_RESTART = 0x200,
@@ -203,22 +216,8 @@ int cmd_vm_create(qv_cli *cli, int argc, char **argv) {
     } else {
         spec = opts;
     }
-    if (gpus) {
-        json_t *all = json_object_get(spec, "gpus");
-        if (json_is_array(all))
-            json_array_extend(all, gpus);
-        else
-            json_object_set(spec, "gpus", gpus);
-        json_decref(gpus);
-    }
-    if (ssh_keys) {
-        json_t *all = json_object_get(spec, "ssh_keys");
-        if (json_is_array(all))
-            json_array_extend(all, ssh_keys);
-        else
-            json_object_set(spec, "ssh_keys", ssh_keys);
-        json_decref(ssh_keys);
-    }
+    append_list(spec, "gpus", gpus);
+    append_list(spec, "ssh_keys", ssh_keys);
     if (!json_object_get(spec, "name")) {
         json_decref(spec);
         return qv_cli_usage_error("vm create ", "needs a NAME");
