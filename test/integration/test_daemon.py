@@ -31,7 +31,7 @@ class Usage(unittest.TestCase):
         p = self.run_q("--help")
         self.assertEqual(p.returncode, 0)
         for word in ("Exit codes:", "  64  usage", "  78  invalid configuration", "daemon", "config",
-                     "vm", "image", "gpu", "node", "gpu        PCI display devices for passthrough (no verbs"):
+                     "vm", "image", "gpu", "node", "gpu        PCI display devices for passthrough\n", "node       this node's capacity and usage (no verbs"):
             self.assertIn(word, p.stdout)
 
     def test_help_on_every_level(self):
@@ -48,7 +48,8 @@ class Usage(unittest.TestCase):
                              (["frobnicate"], "unknown command 'frobnicate'"),
                              (["config", "frob"], "unknown verb 'frob' for 'config'"),
                              (["vm", "frob"], "unknown verb 'frob' for 'vm'"),
-                             (["gpu", "list"], "unknown verb 'list' for 'gpu'"),
+                             (["gpu", "remove"], "unknown verb 'remove' for 'gpu'"),
+                             (["node", "status"], "unknown verb 'status' for 'node'"),
                              (["vm"], "Usage: qvisor vm"),
                              (["vm", "create", "x", "--image"], "requires an argument"),
                              (["--no-such-option", "version"], "unrecognized option"),
