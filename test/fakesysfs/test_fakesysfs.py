@@ -543,6 +543,7 @@ class Udev(Base):
         self.assertEqual(g["syspath"], f"/sys/devices/pci0000:00/{BRIDGE}/{GPU}")
         self.assertEqual((g["vendor_db"], g["model_db"]), ("NVIDIA Corporation", "TU104GL [Tesla T4]"))
         self.assertTrue(devs[BRIDGE]["bridge"])
+
         self.assertIsNone(devs[AST]["iommu_group"])
         self.assertIsNone(devs[USB]["driver"])
 
@@ -578,6 +579,19 @@ class Udev(Base):
         self.assertEqual(devs[GPU]["vendor_db"], "NVIDIA Corporation")
         self.assertEqual(devs[AUDIO]["model_db"], "TU104 HD Audio Controller")
         self.assertTrue(devs[BRIDGE]["bridge"])
+
+    def test_product_discovery_under_umockdev_description(self):
+        # vfio_gpu_list_get(), the code behind `qvisor gpu list`, on described devices
+        argv = fakesysfs.umockdev_run_argv(os.path.join(HERE, "gpus.umockdev"), [PROBE, "gpus"])
+        p = subprocess.run(argv, capture_output=True, text=True, timeout=60 * MULT)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        gpus = [json.loads(line) for line in p.stdout.splitlines()]
+        self.assertEqual([g["gpu"] for g in gpus], [GPU])
+        g = gpus[0]
+        self.assertEqual((g["index"], g["driver"], g["iommu_group"]), (0, "nouveau", 1))
+        self.assertEqual((g["vendor"], g["device"]), ("NVIDIA Corporation", "TU104GL [Tesla T4]"))
+        self.assertEqual(g["companions"], [AUDIO])
+        self.assertEqual(g["group"], [GPU, AUDIO])  # the bridge has a group of its own
 
 
 if __name__ == "__main__":

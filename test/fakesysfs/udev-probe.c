@@ -25,6 +25,7 @@
 
 #include "cleanup.h"
 #include "sysroot.h"
+#include "vfio/vfio.h"
 
 QV_DEFINE_TRIVIAL_CLEANUP(struct udev *, udev_unref)
 QV_DEFINE_TRIVIAL_CLEANUP(struct udev_enumerate *, udev_enumerate_unref)
@@ -137,6 +138,32 @@ static void cmd_read(const char *rel) {
     print_json(o);
 }
 
+/* The product's own discovery (vfio_gpu_list_get), one JSON line per GPU. */
+static int cmd_gpus(void) {
+    vfio_gpu_list l = {0};
+    qv_error err = {0};
+    int r = vfio_gpu_list_get(&l, &err);
+    if (r < 0) {
+        fprintf(stderr, "udev-probe: gpus: %s\n", err.msg);
+        return r;
+    }
+    for (size_t i = 0; i < l.n; i++) {
+        const vfio_gpu *g = &l.gpus[i];
+        json_t *comp = json_array(), *grp = json_array();
+        for (size_t k = 0; k < g->n_companions; k++)
+            json_array_append_new(comp, json_string(g->companions[k].bdf));
+        for (size_t k = 0; k < g->n_group; k++)
+            json_array_append_new(grp, json_string(g->group[k].bdf));
+        _cleanup_(json_decrefp) json_t *o = json_pack(
+            "{s:s, s:i, s:s, s:i, s:i, s:s, s:s, s:o, s:o}", "gpu", g->dev.bdf, "index", g->index, "driver",
+            g->dev.driver, "iommu_group", g->dev.iommu_group, "numa_node", g->dev.numa_node, "vendor",
+            g->dev.vendor_name, "device", g->dev.device_name, "companions", comp, "group", grp);
+        print_json(o);
+    }
+    vfio_gpu_list_clear(&l);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     int r = qv_sysroot_set(NULL);
     if (r < 0) {
@@ -150,6 +177,9 @@ int main(int argc, char **argv) {
                 fprintf(stderr, "udev-probe: enumerate: %s\n", strerror(-r));
                 return 1;
             }
+        } else if (strcmp(argv[i], "gpus") == 0) {
+            if (cmd_gpus() < 0)
+                return 1;
         } else if (strcmp(argv[i], "write") == 0 && i + 2 < argc) {
             cmd_write(argv[i + 1], argv[i + 2]);
             i += 2;
@@ -157,7 +187,7 @@ int main(int argc, char **argv) {
             cmd_read(argv[i + 1]);
             i += 1;
         } else {
-            fprintf(stderr, "usage: udev-probe [list | write REL VALUE | read REL]...\n");
+            fprintf(stderr, "usage: udev-probe [list | gpus | write REL VALUE | read REL]...\n");
             return 2;
         }
         fflush(stdout);
