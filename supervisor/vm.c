@@ -1907,7 +1907,8 @@ void sv_vmctl_release_devices(sv_vmctl *c, bool dry_run, void (*done)(json_t *it
                                             "detail", "on vfio-pci, but qvisor has no record of binding it: not ours"));
     }
     /* recorded devices whose VM does not run (or no longer exists) */
-    for (size_t i = 0; i < n; i++) {
+    _cleanup_free_ bool *queued_for = calloc(n ? n : 1, sizeof *queued_for);
+    for (size_t i = 0; queued_for && i < n; i++) {
         sv_vm *vm = sv_registry_find(c->registry, recs[i].vm);
         vmrt *rt = vm ? vm->rt : NULL;
         if (vm_runs(vm) || (rt && rt->pt_busy))
@@ -1925,11 +1926,12 @@ void sv_vmctl_release_devices(sv_vmctl *c, bool dry_run, void (*done)(json_t *it
             recs[i].state = VFIO_REC_BOUND;
             vfio_record_save(dir, &recs[i]);
         }
-        bool queued = false;
+        bool queued = false; /* one give-back per VM covers all its records */
         for (size_t k = 0; k < i; k++)
-            queued |= strcmp(recs[k].vm, recs[i].vm) == 0 && !vm_runs(sv_registry_find(c->registry, recs[k].vm));
+            queued |= queued_for[k] && strcmp(recs[k].vm, recs[i].vm) == 0;
         if (queued)
-            continue; /* one give-back per VM covers all its records */
+            continue;
+        queued_for[i] = true;
         orphan_job *j = calloc(1, sizeof *j);
         if (!j)
             continue;

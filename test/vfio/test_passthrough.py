@@ -295,6 +295,21 @@ class Passthrough(unittest.TestCase):
         self.assertEqual(self.records(), [])
         self.assertEqual(self.show("ml")["state"], "stopped")
 
+    def test_restart_repair_gives_back_what_is_not_kept(self):
+        # one GPU kept on vfio-pci by choice, one not: a crash after binding
+        # both must give the second back even though the first stays
+        self.node.stop_daemon()
+        self.start_daemon(QVISOR_TEST_CRASH_AT="start-after-bind")
+        self.create("mix", GPU + ",keep", SHARED + ",take-group")
+        self.node.qvisor("vm", "start", "mix", timeout=scaled(60))
+        wait_for(lambda: self.node.proc.poll() is not None, scaled(30), "the daemon crash")
+        self.assertEqual([self.fs.driver(b) for b in (GPU, AUDIO, SHARED, NIC)], ["vfio-pci"] * 4)
+        self.start_daemon()
+        wait_for(lambda: self.fs.driver(SHARED) == "amdgpu", scaled(10), "the unkept GPU given back at restart")
+        self.assert_host_has((SHARED, "amdgpu"), (NIC, "e1000e"))
+        self.assertEqual((self.fs.driver(GPU), self.fs.driver(AUDIO)), ("vfio-pci", "vfio-pci"))
+        self.assertEqual(self.records(), [GPU, AUDIO])
+
     def test_cleanup_gives_back_recorded_and_leaves_unrecorded(self):
         # a record left by a VM that is gone, with its device still on vfio-pci,
         # and a device someone else put on vfio-pci
