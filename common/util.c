@@ -164,3 +164,10 @@ void qv_format_size_human(uint64_t bytes, char *buf, size_t size) {
     }
     snprintf(buf, size, "%.1f%c", v, units[u]);
 }
+
+size_t qv_strv_len(char *const *v) {
+    size_t n = 0;
+    while (v && v[n])
+        n++;
+    return n;
+}

@@ -30,6 +30,8 @@ int qv_parse_uint(const char *s, uint64_t min, uint64_t max, uint64_t *ret);
 /* Case-sensitive exact-match lookup of s in a NULL-terminated list;
  * returns the index or -EINVAL. */
 int qv_string_index(const char *const *list, const char *s);
+/* Entries of a NULL-terminated string list; 0 for NULL. */
+size_t qv_strv_len(char *const *v);
 
 /* Monotonic clock in milliseconds / nanoseconds. */
 uint64_t qv_now_ms(void);

@@ -513,11 +513,6 @@ static bool is_bridge(const char *bdf) {
     return qv_sysroot_exists(rel) > 0;
 }
 
-/* "dddd:bb:ss" equal: functions of one slot (the GPU's audio, USB, ...). */
-static bool same_slot(const char *a, const char *b) {
-    return strncmp(a, b, 10) == 0;
-}
-
 static void append(char *buf, size_t size, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 static void append(char *buf, size_t size, const char *fmt, ...) {
     size_t len = strlen(buf);
@@ -547,7 +542,7 @@ static void check_gpu(sv_check_report *r, const char *bdf, unsigned class_code) 
         const char *m = members[i];
         if (strcmp(m, bdf) == 0 || is_bridge(m))
             continue;
-        if (same_slot(m, bdf)) {
+        if (vfio_bdf_same_slot(m, bdf)) {
             append(companions, sizeof companions, "%s%s", companions[0] ? ", " : "", m);
             continue;
         }

@@ -8,18 +8,12 @@
 #include <string.h>
 
 #include "cleanup.h"
+#include "util.h"
 #include "log.h"
 #include "vfio/job.h"
 
 void sv_pt_records_dir(const sv_config *c, char *buf, size_t len) {
     snprintf(buf, len, "%s/vfio", c->state_dir);
-}
-
-static size_t strv_len(char *const *v) {
-    size_t n = 0;
-    while (v && v[n])
-        n++;
-    return n;
 }
 
 /* ---- create ---------------------------------------------------------------- */
@@ -227,7 +221,7 @@ bool sv_pt_holds(const sv_config *c, const char *vm) {
 }
 
 uint64_t sv_pt_start_timeout_ms(const sv_vmspec *spec, uint64_t base_ms) {
-    return strv_len(spec->gpus) ? base_ms * 4 : base_ms;
+    return qv_strv_len(spec->gpus) ? base_ms * 4 : base_ms;
 }
 
 /* ---- gpu list ------------------------------------------------------------------ */

@@ -2,6 +2,7 @@
 #include "seed.h"
 
 #include "cleanup.h"
+#include "util.h"
 #include "fileio.h"
 #include "log.h"
 #include "run.h"
@@ -17,13 +18,6 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
-
-static size_t strv_len(char *const *v) {
-    size_t n = 0;
-    while (v && v[n])
-        n++;
-    return n;
-}
 
 static int fsync_path(const char *path, int flags) {
     _cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC | flags);
@@ -104,7 +98,7 @@ int sv_seed_prepare(const sv_vmspec *spec, const sv_config *node, const char *in
         if (r < 0)
             return r;
     }
-    size_t n_given = strv_len(spec->ssh_keys), n_keys = n_given + (generated ? 1 : 0);
+    size_t n_given = qv_strv_len(spec->ssh_keys), n_keys = n_given + (generated ? 1 : 0);
     _cleanup_free_ const char **keys = calloc(n_keys + 1, sizeof *keys);
     if (!keys)
         return qv_error_set(err, ENOMEM, "out of memory");
@@ -129,7 +123,7 @@ int sv_seed_prepare(const sv_vmspec *spec, const sv_config *node, const char *in
         cs.nics = &nic;
         cs.n_nics = 1;
         cs.dns_servers = (const char *const *)node->dns;
-        cs.n_dns_servers = strv_len(node->dns);
+        cs.n_dns_servers = qv_strv_len(node->dns);
     }
 
     /* A user-data of the user's replaces ours.  The SSH keys still have to

@@ -638,7 +638,7 @@ static void prep_work(uv_work_t *w) {
 }
 
 static bool has_gpus(const sv_vm *vm) {
-    return vm->spec->gpus && vm->spec->gpus[0];
+    return qv_strv_len(vm->spec->gpus) > 0;
 }
 
 static void on_released(int status, const qv_error *err, const vfio_plan *plan, void *userdata) {
@@ -691,7 +691,7 @@ static void start_abandon_released(vmrt *rt) {
 /* A start whose QEMU never ran (or died during the start) ends here:
  * devices taken for it go back first. */
 static void start_abandon(vmrt *rt, int code, const char *why) {
-    if (has_gpus(rt->vm) || rt->pt_ready) {
+    if (has_gpus(rt->vm)) {
         rt->abandon_code = code;
         free(rt->abandon_why);
         rt->abandon_why = strdup(why);
@@ -1081,9 +1081,7 @@ void sv_stop_timeouts(const sv_vmspec *spec, const sv_config *c, uint64_t overri
                       uint64_t *ret_kill_ms) {
     uint64_t per16 = spec->memory / (16ull << 30);
     uint64_t base = spec->stop_timeout_ms ? spec->stop_timeout_ms : c->stop_timeout_ms;
-    size_t gpus = 0;
-    while (spec->gpus && spec->gpus[gpus])
-        gpus++;
+    size_t gpus = qv_strv_len(spec->gpus);
     /* guest GPU drivers take their time to let go of the card */
     *ret_graceful_ms = override_ms ? override_ms : base + per16 * 5000 + gpus * 10000;
     *ret_kill_ms = c->kill_timeout_ms + per16 * 1000;
@@ -1351,7 +1349,7 @@ static void handle_gone(vmrt *rt, const char *how_exited) {
     json_decref(vm->addresses);
     vm->addresses = NULL;
     vm->agent = NULL;
-    if (has_gpus(vm) || rt->pt_ready) {
+    if (has_gpus(vm)) {
         free(rt->gone_how);
         rt->gone_how = strdup(how_exited);
         rt->gone_pid = pid;

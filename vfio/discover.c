@@ -147,10 +147,6 @@ static int enumerate_all(vfio_pci_dev **ret, size_t *ret_n, qv_error *err) {
     return 0;
 }
 
-static bool same_slot(const char *a, const char *b) {
-    return strncmp(a, b, 10) == 0; /* "dddd:bb:ss" */
-}
-
 /* Copies the devices of all[0..n) that match into a new array. */
 static int collect(const vfio_pci_dev *all, size_t n, const vfio_pci_dev *gpu, bool group, vfio_pci_dev **ret,
                    size_t *ret_n) {
@@ -160,7 +156,7 @@ static int collect(const vfio_pci_dev *all, size_t n, const vfio_pci_dev *gpu, b
     size_t k = 0;
     for (size_t i = 0; i < n; i++) {
         bool match = group ? (gpu->iommu_group >= 0 && all[i].iommu_group == gpu->iommu_group)
-                           : (same_slot(all[i].bdf, gpu->bdf) && strcmp(all[i].bdf, gpu->bdf) != 0);
+                           : (vfio_bdf_same_slot(all[i].bdf, gpu->bdf) && strcmp(all[i].bdf, gpu->bdf) != 0);
         if (match)
             out[k++] = all[i];
     }

@@ -73,3 +73,7 @@ int vfio_bdf_normalize(const char *in, char ret[VFIO_BDF_MAX]) {
     memcpy(ret, buf, sizeof(buf));
     return 0;
 }
+
+bool vfio_bdf_same_slot(const char *a, const char *b) {
+    return strncmp(a, b, 10) == 0;
+}

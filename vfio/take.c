@@ -78,10 +78,6 @@ bool vfio_plan_has(const vfio_plan *p, const char *bdf) {
     return false;
 }
 
-static bool same_slot(const char *a, const char *b) {
-    return strncmp(a, b, 10) == 0;
-}
-
 /* Drivers that hold a device without using it for the host. */
 static bool driver_is_placeholder(const char *d) {
     return !d[0] || strcmp(d, VFIO_DRIVER) == 0 || strcmp(d, "pci-stub") == 0;
@@ -134,7 +130,7 @@ int vfio_plan_make(const vfio_gpu_list *l, char *const *gpus, vfio_plan *ret, qv
             const vfio_pci_dev *m = &g->group[k];
             if (strcmp(m->bdf, g->dev.bdf) == 0 || m->bridge || vfio_plan_has(&p, m->bdf))
                 continue;
-            bool slot = same_slot(m->bdf, g->dev.bdf);
+            bool slot = vfio_bdf_same_slot(m->bdf, g->dev.bdf);
             if (!slot && !o.take_group && !driver_is_placeholder(m->driver)) {
                 r = qv_error_set(err, EBUSY,
                                  "GPU %s shares IOMMU group %d with %s (%s, driver %s), which the host is using; "

@@ -50,6 +50,9 @@ typedef struct vfio_gpu_list {
 bool vfio_class_is_display(unsigned class_code);
 /* "VGA controller", "3D controller", "Audio device", "PCI bridge", …; never NULL. */
 const char *vfio_class_name(unsigned class_code);
+/* True when two normalised addresses are functions of one slot
+ * ("dddd:bb:ss" equal): a GPU and its audio, USB … functions. */
+bool vfio_bdf_same_slot(const char *a, const char *b);
 /* Normalises "01:00.0", "0000:01:00.0" (any case) to "0000:01:00.0".
  * Returns 0 or -EINVAL. */
 int vfio_bdf_normalize(const char *in, char ret[VFIO_BDF_MAX]);

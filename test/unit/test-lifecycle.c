@@ -2,6 +2,7 @@
 #include "testlib.h"
 
 #include "supervisor/lifecycle.h"
+#include "supervisor/passthrough.h"
 #include "supervisor/vm.h"
 
 #include <errno.h>
@@ -73,6 +74,14 @@ static void test_stop_timeouts(void **state) {
     sv_stop_timeouts(&s, &c, 3000, &g, &k); /* --timeout is taken exactly */
     assert_int_equal(g, 3000);
     assert_int_equal(k, 14000);
+    char *gpus[] = {(char[]){"0000:01:00.0"}, (char[]){"0000:41:00.0"}, NULL};
+    s.gpus = gpus; /* guest GPU drivers: +10 s each */
+    sv_stop_timeouts(&s, &c, 0, &g, &k);
+    assert_int_equal(g, 70000);
+    assert_int_equal(k, 14000);
+    assert_int_equal(sv_pt_start_timeout_ms(&s, 60000), 240000); /* Proxmox's x4 */
+    s.gpus = NULL;
+    assert_int_equal(sv_pt_start_timeout_ms(&s, 60000), 60000);
 }
 
 static void test_restart_backoff(void **state) {
