@@ -1,0 +1,18 @@
+/* TAP devices the daemon opens itself and hands to QEMU as an fd. */
+#pragma once
+
+#include <stdbool.h>
+
+#include "error.h"
+
+/* Opens /dev/net/tun and attaches a TAP named `name` (≤ 15 characters)
+ * with IFF_TAP|IFF_NO_PI|IFF_VNET_HDR.  The TAP is not persistent: the
+ * kernel removes it when the last fd closes (QEMU's, once ours is closed
+ * after the spawn), so a QEMU that dies takes its TAP with it.  The fd is
+ * O_CLOEXEC.  -EBUSY when a TAP of that name is open elsewhere (or a
+ * persistent one of another owner exists), -ENOENT without /dev/net/tun. */
+int nd_tap_open(const char *name, int *ret_fd, qv_error *err);
+
+/* Opens /dev/vhost-net for one NIC (QEMU's vhostfd=), O_CLOEXEC.
+ * -ENOENT when the host has no vhost-net. */
+int nd_vhost_open(int *ret_fd, qv_error *err);
