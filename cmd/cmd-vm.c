@@ -28,7 +28,7 @@ static const char create_help[] =
     "  -d, --disk SIZE          disk size, with a unit: 20G (not below the image's)\n"
     "  -f, --file SPEC.yaml     the spec as YAML (keys: name, image, cpus, memory,\n"
     "                           disk, stop_timeout, restart, restart_limit, kernel,\n"
-    "                           initrd, append, agent, gpus, seed, hostname, user,\n"
+    "                           initrd, append, agent, gpus, nets, seed, hostname, user,\n"
     "                           ssh_keys, ssh_generate, user_data, network_config)\n"
     "      --restart POLICY     never | on-failure | always\n"
     "      --kernel PATH        boot this kernel directly (with --initrd, --append)\n"
@@ -44,6 +44,19 @@ static const char create_help[] =
     "                           on vfio-pci between runs; take-group: members of its\n"
     "                           group that a host driver holds (a NIC …) may be\n"
     "                           taken from the host too (refused otherwise)\n"
+    "      --net MODE[,KEY=VALUE...]\n"
+    "                           a NIC (repeatable, in order; default: one user NIC):\n"
+    "                           user             QEMU user networking, SSH forwarded\n"
+    "                                            from 127.0.0.1 (needs no root)\n"
+    "                           nat[,ip=A.B.C.D] a TAP on the node's NAT bridge\n"
+    "                                            (network.nat_*) with a static address,\n"
+    "                                            allocated from the subnet unless given\n"
+    "                           bridge[,bridge=BR][,vlan=ID][,ip=A.B.C.D/LEN[,gw=G]]\n"
+    "                                            a TAP on an existing bridge (default\n"
+    "                                            network.overlay_bridge), optionally in\n"
+    "                                            one VLAN; DHCP unless ip= is given\n"
+    "                           every NIC also takes mac=; by default MACs derive\n"
+    "                           from the VM name and are unique on the node\n"
     "      --json               print the new VM as JSON\n"
     "\n"
     "cloud-init seed (INSTANCE_DIR/NAME/seed.iso, attached as a read-only CD-ROM):\n"
@@ -56,8 +69,8 @@ static const char create_help[] =
     "      --user-data FILE     use FILE as user-data instead of the generated one\n"
     "                           (#cloud-config YAML, a #! script or MIME multipart);\n"
     "                           SSH keys then go to vendor-data\n"
-    "      --network-config FILE  use FILE as network-config (YAML) instead of\n"
-    "                           DHCP on the VM's NIC\n"
+    "      --network-config FILE  use FILE as network-config (YAML) instead of the\n"
+    "                           generated one (DHCP or the static address per NIC)\n"
     "      --no-seed            no seed at all (the image configures itself)\n"
     "FILEs are read here and their content is sent to the daemon (one request:\n"
     "at most daemon.max_request_size, 1M by default).\n"
@@ -66,7 +79,8 @@ static const char create_help[] =
     "Exit: 0, 65 invalid spec (name, size, host name, key, user-data, …; a --gpu\n"
     "that is not a display device), 66 no such image, GPU or unreadable file, 69\n"
     "daemon not running or no IOMMU for the GPU, 73 a VM with that name exists,\n"
-    "75 the GPU (or its group) is held by another VM or by a host driver.\n";
+    "75 the GPU (or its group) is held by another VM or by a host driver, a MAC or\n"
+    "nat address is another VM's, or the NAT subnet has no free address.\n";
 
 /* Options that repeat (--gpu, --ssh-key) add to the spec file's list;
  * steals extra (may be NULL). */
@@ -96,6 +110,7 @@ int cmd_vm_create(qv_cli *cli, int argc, char **argv) {
         OPT_NETWORK_CONFIG,
         OPT_NO_SEED,
         OPT_GPU,
+        OPT_NET,
     };
     static const struct option longopts[] = {
         QV_CLI_COMMON_LONGOPTS,
@@ -117,11 +132,13 @@ int cmd_vm_create(qv_cli *cli, int argc, char **argv) {
         {"network-config", required_argument, NULL, OPT_NETWORK_CONFIG},
         {"no-seed", no_argument, NULL, OPT_NO_SEED},
         {"gpu", required_argument, NULL, OPT_GPU},
+        {"net", required_argument, NULL, OPT_NET},
         {NULL, 0, NULL, 0},
     };
     json_t *opts = json_object();
     json_t *ssh_keys = NULL; /* --ssh-key: added to the spec file's */
     json_t *gpus = NULL;     /* --gpu: added to the spec file's */
+    json_t *nets = NULL;     /* --net: added to the spec file's */
     const char *file = NULL;
     qv_error ferr = {0};
     json_t *content = NULL;
@@ -156,6 +173,11 @@ int cmd_vm_create(qv_cli *cli, int argc, char **argv) {
                 gpus = json_array();
             json_array_append_new(gpus, json_string(optarg));
             continue;
+        case OPT_NET:
+            if (!nets)
+                nets = json_array();
+            json_array_append_new(nets, json_string(optarg));
+            continue;
         case OPT_SSH_KEY:
             if (!ssh_keys)
                 ssh_keys = json_array();
@@ -175,6 +197,7 @@ int cmd_vm_create(qv_cli *cli, int argc, char **argv) {
             json_decref(opts);
             json_decref(ssh_keys);
             json_decref(gpus);
+            json_decref(nets);
             return qv_cli_usage_error("vm create ", "bad option");
         }
         json_object_set_new(opts, key, json_string(optarg));
@@ -183,6 +206,7 @@ int cmd_vm_create(qv_cli *cli, int argc, char **argv) {
         json_decref(opts);
         json_decref(ssh_keys);
         json_decref(gpus);
+        json_decref(nets);
         return qv_cli_usage_error("vm create ", "takes one NAME");
     }
     if (optind < argc)
@@ -200,6 +224,7 @@ int cmd_vm_create(qv_cli *cli, int argc, char **argv) {
             json_decref(opts);
             json_decref(ssh_keys);
             json_decref(gpus);
+            json_decref(nets);
             return r == -ENOENT ? QV_EXIT_NOINPUT : QV_EXIT_DATAERR;
         }
         qv_error err = {0};
@@ -208,6 +233,7 @@ int cmd_vm_create(qv_cli *cli, int argc, char **argv) {
             json_decref(opts);
             json_decref(ssh_keys);
             json_decref(gpus);
+            json_decref(nets);
             return qv_cli_fail(cli, &err);
         }
         spec = sv_vmspec_to_json(s);
@@ -217,6 +243,7 @@ int cmd_vm_create(qv_cli *cli, int argc, char **argv) {
         spec = opts;
     }
     append_list(spec, "gpus", gpus);
+    append_list(spec, "nets", nets);
     append_list(spec, "ssh_keys", ssh_keys);
     if (!json_object_get(spec, "name")) {
         json_decref(spec);
@@ -254,6 +281,7 @@ file_error:
     json_decref(opts);
     json_decref(ssh_keys);
     json_decref(gpus);
+    json_decref(nets);
     return qv_cli_fail(cli, &ferr);
 }
 
@@ -360,6 +388,30 @@ static void print_kv(const char *prefix, json_t *obj) {
     const char *key;
     json_t *v;
     json_object_foreach(obj, key, v) {
+        if (!prefix[0] && strcmp(key, "nics") == 0 && json_is_array(v)) {
+            /* one line per NIC: mode, MAC, then what it has */
+            size_t i;
+            json_t *nic;
+            json_array_foreach(v, i, nic) {
+                char line[256];
+                int off = snprintf(line, sizeof line, "%s %s",
+                                   json_string_value(json_object_get(nic, "mode")),
+                                   json_string_value(json_object_get(nic, "mac")));
+                static const char *const extra[] = {"ip", "gateway", "bridge", "vlan", "tap", NULL};
+                for (size_t k = 0; extra[k] && off < (int)sizeof line; k++) {
+                    json_t *x = json_object_get(nic, extra[k]);
+                    if (json_is_string(x))
+                        off += snprintf(line + off, sizeof line - (size_t)off, " %s=%s", extra[k], json_string_value(x));
+                    else if (json_is_integer(x))
+                        off += snprintf(line + off, sizeof line - (size_t)off, " %s=%lld", extra[k],
+                                        (long long)json_integer_value(x));
+                }
+                char name[32];
+                snprintf(name, sizeof name, "nic%zu:", i);
+                printf("%-22s %s\n", name, line);
+            }
+            continue;
+        }
         if (json_is_object(v)) {
             char sub[128];
             snprintf(sub, sizeof sub, "%s%s.", prefix, key);
@@ -580,8 +632,10 @@ static const char ssh_help[] =
     "\n"
     "Runs ssh to the VM through the port qvisor forwards from 127.0.0.1 to the\n"
     "guest's port 22, as the VM's cloud-init user, with the key qvisor made\n"
-    "for it (`vm create --ssh`) when there is one.  The guest's host key is\n"
-    "remembered per VM in INSTANCE_DIR/known_hosts.\n"
+    "for it (`vm create --ssh`) when there is one.  A VM without a user-mode\n"
+    "NIC is reached on port 22 of its first static address (a nat NIC's, through\n"
+    "the NAT bridge).  The guest's host key is remembered per VM in\n"
+    "INSTANCE_DIR/known_hosts.\n"
     "\n"
     "  -l, --user USER   log in as USER instead\n"
     "\n"
@@ -611,7 +665,13 @@ int cmd_vm_ssh(qv_cli *cli, int argc, char **argv) {
     if (qv_cli_call(cli, "vm.show", json_pack("{s:s}", "name", name), &vm, &err) < 0)
         return qv_cli_fail(cli, &err);
     json_t *port = json_object_get(vm, "ssh_port");
-    if (!json_is_integer(port)) {
+    /* no user-mode NIC: the address of its first NIC that has a static one
+     * (a nat NIC is reachable from the node through the NAT bridge) */
+    const char *host = "127.0.0.1";
+    if (!json_is_integer(port) && json_is_string(json_object_get(vm, "ip")) &&
+        json_integer_value(json_object_get(vm, "pid")) > 0)
+        host = json_string_value(json_object_get(vm, "ip"));
+    if (!json_is_integer(port) && strcmp(host, "127.0.0.1") == 0) {
         fprintf(stderr, "qvisor: error: VM %s is %s: no SSH port to connect to (qvisor vm start %s)\n", name,
                 json_string_value(json_object_get(vm, "state")), name);
         json_decref(vm);
@@ -622,8 +682,8 @@ int cmd_vm_ssh(qv_cli *cli, int argc, char **argv) {
     if (!user)
         user = json_string_value(json_object_get(spec, "user"));
     char portarg[16], dest[160], known[4200], alias[96], key[4200];
-    snprintf(portarg, sizeof portarg, "%lld", (long long)json_integer_value(port));
-    snprintf(dest, sizeof dest, "%s@127.0.0.1", user ? user : "qvisor");
+    snprintf(portarg, sizeof portarg, "%lld", json_is_integer(port) ? (long long)json_integer_value(port) : 22ll);
+    snprintf(dest, sizeof dest, "%s@%s", user ? user : "qvisor", host);
     snprintf(known, sizeof known, "UserKnownHostsFile=%s/known_hosts", dir ? dir : ".");
     snprintf(alias, sizeof alias, "HostKeyAlias=qvisor-%s", name);
     snprintf(key, sizeof key, "%s/ssh/id_ed25519", dir ? dir : ".");

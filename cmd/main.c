@@ -45,6 +45,12 @@ static const qv_cli_verb gpu_verbs[] = {
     {NULL, NULL, NULL},
 };
 
+static const qv_cli_verb net_verbs[] = {
+    {"list", cmd_net_list, "VM networks (user, nat, bridges), NICs and address allocations"},
+    {"teardown", cmd_net_teardown, "take down what qvisor set up for the NAT network"},
+    {NULL, NULL, NULL},
+};
+
 static const qv_cli_verb config_verbs[] = {
     {"check", cmd_config_check, "validate a config file and print the effective settings"},
     {"show", cmd_config_show, "print the settings the running daemon uses"},
@@ -56,6 +62,7 @@ static const qv_cli_noun nouns[] = {
     {"vm", vm_verbs, "virtual machines"},
     {"image", image_verbs, "base images"},
     {"gpu", gpu_verbs, "PCI display devices for passthrough"},
+    {"net", net_verbs, "VM networks: NAT bridge, bridges, addresses"},
     {"node", no_verbs, "this node's capacity and usage"},
     {"config", config_verbs, "the node config"},
 };

@@ -5,6 +5,7 @@
 #include "log.h"
 #include "util.h"
 #include "supervisor/image.h"
+#include "supervisor/network.h"
 #include "supervisor/passthrough.h"
 #include "supervisor/sweep.h"
 #include "supervisor/vm.h"
@@ -230,7 +231,8 @@ void sv_api_vm_create(sv_daemon *d, sv_ctl_req *req, json_t *params) {
     sv_vmspec *spec = NULL;
     json_t *specj = json_object_get(params, "spec");
     if (sv_vmspec_from_json(specj ? specj : params, &spec, &err) < 0 || sv_vmspec_complete(spec, d->config, &err) < 0 ||
-        sv_pt_prepare_spec(d->registry, d->config, spec, &err) < 0) {
+        sv_pt_prepare_spec(d->registry, d->config, spec, &err) < 0 ||
+        sv_net_prepare_spec(d->registry, d->config, spec, &err) < 0) {
         sv_vmspec_free(spec);
         sv_ctl_reply_qv_error(req, &err);
         return;

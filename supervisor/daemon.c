@@ -108,6 +108,8 @@ static const struct method {
     {"vm.stop", true, sv_api_vm_stop},
     {"vm.restart", true, sv_api_vm_restart},
     {"gpu.list", false, sv_api_gpu_list},
+    {"net.list", false, sv_api_net_list},
+    {"net.teardown", true, sv_api_net_teardown},
     {"node.cleanup", true, sv_api_cleanup},
 };
 

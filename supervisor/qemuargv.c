@@ -10,6 +10,7 @@
 #include "qemuargv.h"
 
 #include "cleanup.h"
+#include "supervisor/network.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -63,18 +64,6 @@ static int check_no_comma(const char *what, const char *v, qv_error *err) {
     if (v && strchr(v, ','))
         return qv_error_set(err, EINVAL, "%s '%s' contains a comma, which QEMU cannot take in this position", what, v);
     return 0;
-}
-
-void sv_vm_mac(const char *vm_name, unsigned nic, char buf[18]) {
-    /* FNV-1a over name and NIC index: stable, cheap, well spread. */
-    uint32_t h = 2166136261u;
-    for (const char *p = vm_name; *p; p++) {
-        h ^= (unsigned char)*p;
-        h *= 16777619u;
-    }
-    h ^= nic;
-    h *= 16777619u;
-    snprintf(buf, 18, "0a:51:76:%02x:%02x:%02x", (h >> 16) & 0xff, (h >> 8) & 0xff, h & 0xff);
 }
 
 int sv_qemu_argv(const sv_vmspec *spec, const sv_qemu_env *env, const sv_vm_paths *paths, char ***ret_argv,
@@ -143,16 +132,39 @@ int sv_qemu_argv(const sv_vmspec *spec, const sv_qemu_env *env, const sv_vm_path
         add(&b, "ide-cd,drive=seed0,id=seed0-cd");
     }
 
-    /* network: user mode with SSH on loopback (rootless default) */
-    char mac[18];
-    sv_vm_mac(spec->name, 0, mac);
-    add(&b, "-netdev");
-    if (paths->ssh_port > 0)
-        add(&b, "user,id=net0,hostfwd=tcp:127.0.0.1:%d-:22", paths->ssh_port);
-    else
-        add(&b, "user,id=net0");
-    add(&b, "-device");
-    add(&b, "virtio-net-pci,netdev=net0,id=net0-nic,mac=%s", mac);
+    /* network: user mode (SSH forwarded from loopback on the first one) or
+     * a TAP the supervisor opened and passes as an fd (QEMU needs no
+     * privileges and runs no scripts) */
+    nd_nic nics[ND_NICS_MAX];
+    size_t n_nics;
+    int r = sv_net_nics(spec, nics, &n_nics, err);
+    if (r < 0) {
+        sv_argv_free(b.v);
+        return r;
+    }
+    bool forwarded = false;
+    for (size_t i = 0; i < n_nics; i++) {
+        add(&b, "-netdev");
+        if (nics[i].mode == ND_MODE_USER) {
+            if (paths->ssh_port > 0 && !forwarded)
+                add(&b, "user,id=net%zu,hostfwd=tcp:127.0.0.1:%d-:22", i, paths->ssh_port);
+            else
+                add(&b, "user,id=net%zu", i);
+            forwarded = forwarded || paths->ssh_port > 0;
+        } else {
+            int tap = paths->tap_fds ? paths->tap_fds[i] : -1, vhost = paths->vhost_fds ? paths->vhost_fds[i] : -1;
+            if (tap < 0) {
+                sv_argv_free(b.v);
+                return qv_error_set(err, EINVAL, "NIC %zu (%s) has no TAP", i, nd_mode_name(nics[i].mode));
+            }
+            if (vhost >= 0)
+                add(&b, "tap,id=net%zu,fd=%d,vhost=on,vhostfd=%d", i, tap, vhost);
+            else
+                add(&b, "tap,id=net%zu,fd=%d", i, tap);
+        }
+        add(&b, "-device");
+        add(&b, "virtio-net-pci,netdev=net%zu,id=net%zu-nic,mac=%s", i, i, nics[i].mac);
+    }
 
     /* guest agent on a virtio-serial port */
     if (spec->agent && paths->qga_socket) {

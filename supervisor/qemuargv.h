@@ -28,7 +28,12 @@ typedef struct sv_vm_paths {
     const char *qga_socket;  /* guest-agent socket (QEMU listens), NULL when spec->agent is off */
     const char *seed_iso;    /* cloud-init seed, NULL for none */
     int qmp_fd;              /* listening monitor socket, as numbered in QEMU */
-    int ssh_port;            /* host port forwarded to guest port 22 on 127.0.0.1; 0 for none */
+    int ssh_port;            /* host port forwarded to guest port 22 on 127.0.0.1 by the first
+                              * user-mode NIC; 0 for none */
+    /* per NIC index (supervisor/network.h): the TAP's and /dev/vhost-net's fd
+     * numbers as QEMU sees them, -1 for none; NULL when no NIC has a TAP */
+    const int *tap_fds;
+    const int *vhost_fds;
     const sv_hostdev *hostdevs; /* passthrough functions, ordered by gpu then function */
     size_t n_hostdevs;
 } sv_vm_paths;
@@ -38,8 +43,3 @@ typedef struct sv_vm_paths {
 int sv_qemu_argv(const sv_vmspec *spec, const sv_qemu_env *env, const sv_vm_paths *paths, char ***ret_argv,
                  qv_error *err);
 void sv_argv_free(char **argv);
-
-/* Locally administered unicast MAC derived from the VM name and NIC index
- * (stable across restarts): 52:54:00 is QEMU's prefix, so we use 0a:51:76
- * ("qv") with the locally-administered bit set. */
-void sv_vm_mac(const char *vm_name, unsigned nic, char buf[18]);

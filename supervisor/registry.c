@@ -7,6 +7,7 @@
 #include "qv-build.h"
 #include "util.h"
 #include "supervisor/image.h"
+#include "supervisor/network.h"
 #include "supervisor/seed.h"
 
 #include <dirent.h>
@@ -479,7 +480,19 @@ json_t *sv_vm_summary(const sv_vm *vm) {
     json_object_set_new(j, "pid", up ? json_integer(vm->run.pid) : json_null());
     int64_t uptime = (int64_t)time(NULL) - vm->run.started_at;
     json_object_set_new(j, "uptime_s", up && vm->run.started_at ? json_integer(uptime < 0 ? 0 : uptime) : json_null());
-    json_object_set_new(j, "ip", up && vm->ip ? json_string(vm->ip) : json_null());
+    /* the agent's answer, else the static address of the first NIC that has one */
+    nd_nic nics[ND_NICS_MAX];
+    size_t n_nics = 0;
+    if (sv_net_nics(vm->spec, nics, &n_nics, NULL) < 0)
+        n_nics = 0;
+    const char *ip = vm->ip;
+    char static_ip[ND_CIDR4_SIZE] = "";
+    for (size_t i = 0; !ip && i < n_nics; i++)
+        if (nics[i].ip[0]) {
+            snprintf(static_ip, sizeof static_ip, "%.*s", (int)strcspn(nics[i].ip, "/"), nics[i].ip);
+            ip = static_ip;
+        }
+    json_object_set_new(j, "ip", up && ip ? json_string(ip) : json_null());
     json_object_set_new(j, "agent", json_string(!vm->spec->agent ? "off" : up && vm->agent ? vm->agent : "-"));
     json_object_set_new(j, "ssh_port", up && vm->run.ssh_port ? json_integer(vm->run.ssh_port) : json_null());
     return j;
@@ -498,6 +511,24 @@ json_t *sv_vm_details(const sv_vm *vm) {
     json_object_set_new(j, "last_exit", vm->last_exit ? json_string(vm->last_exit) : json_null());
     json_object_set_new(j, "addresses", has_qemu(vm) && vm->addresses ? json_incref(vm->addresses) : json_array());
     json_object_set_new(j, "restarts", json_integer((json_int_t)vm->run.restarts));
+    json_t *nics = json_array();
+    nd_nic nic[ND_NICS_MAX];
+    size_t n = 0;
+    if (sv_net_nics(vm->spec, nic, &n, NULL) < 0)
+        n = 0;
+    for (size_t i = 0; i < n; i++) {
+        char tap[IFNAMSIZ] = "";
+        if (nic[i].mode != ND_MODE_USER)
+            nd_tap_name(vm->name, (unsigned)i, tap);
+        json_t *row = json_pack("{s:I, s:s, s:s, s:s?, s:s?, s:s?, s:s?}", "nic", (json_int_t)i, "mode",
+                                nd_mode_name(nic[i].mode), "mac", nic[i].mac, "ip", nic[i].ip[0] ? nic[i].ip : NULL,
+                                "bridge", nic[i].bridge[0] ? nic[i].bridge : NULL, "gateway",
+                                nic[i].gw[0] ? nic[i].gw : NULL, "tap", tap[0] ? tap : NULL);
+        if (nic[i].vlan)
+            json_object_set_new(row, "vlan", json_integer(nic[i].vlan));
+        json_array_append_new(nics, row);
+    }
+    json_object_set_new(j, "nics", nics);
     json_object_set_new(j, "started_at", has_qemu(vm) ? json_integer(vm->run.started_at) : json_null());
     return j;
 }

@@ -8,7 +8,7 @@
 #include "run.h"
 #include "cloudinit/iso9660.h"
 #include "cloudinit/nocloud.h"
-#include "supervisor/qemuargv.h"
+#include "supervisor/network.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -107,9 +107,30 @@ int sv_seed_prepare(const sv_vmspec *spec, const sv_config *node, const char *in
     if (generated)
         keys[n_given] = generated;
 
-    char mac[18];
-    sv_vm_mac(spec->name, 0, mac);
-    ci_nic nic = {.mac = mac, .dhcp4 = true}; /* QEMU's user networking serves DHCP */
+    /* network-config: user NICs DHCP (QEMU's user networking serves it);
+     * nat NICs get their static address, the subnet's prefix and the
+     * gateway; bridge NICs their static address, else DHCP */
+    nd_nic nics[ND_NICS_MAX];
+    size_t n_nics;
+    int rn = sv_net_nics(spec, nics, &n_nics, err);
+    if (rn < 0)
+        return rn;
+    ci_nic cnics[ND_NICS_MAX];
+    char ids[ND_NICS_MAX][8], addrs[ND_NICS_MAX][ND_CIDR4_SIZE];
+    unsigned nat_len = 24;
+    uint32_t nat_net;
+    nd_cidr4_parse(node->nat_subnet, &nat_net, &nat_len);
+    for (size_t i = 0; i < n_nics; i++) {
+        snprintf(ids[i], sizeof ids[i], "nic%zu", i);
+        cnics[i] = (ci_nic){.id = ids[i], .mac = nics[i].mac, .dhcp4 = true};
+        if (nics[i].mode == ND_MODE_NAT) {
+            snprintf(addrs[i], sizeof addrs[i], "%s/%u", nics[i].ip, nat_len);
+            cnics[i] = (ci_nic){.id = ids[i], .mac = nics[i].mac, .address = addrs[i], .gateway = node->nat_gateway};
+        } else if (nics[i].mode == ND_MODE_BRIDGE && nics[i].ip[0]) {
+            cnics[i] = (ci_nic){.id = ids[i], .mac = nics[i].mac, .address = nics[i].ip,
+                                .gateway = nics[i].gw[0] ? nics[i].gw : NULL};
+        }
+    }
     ci_seed_spec cs = {
         .hostname = spec->hostname ? spec->hostname : hostname,
         .user = spec->user,
@@ -120,8 +141,8 @@ int sv_seed_prepare(const sv_vmspec *spec, const sv_config *node, const char *in
         cs.network_config = spec->network_config;
         cs.network_config_len = strlen(spec->network_config);
     } else {
-        cs.nics = &nic;
-        cs.n_nics = 1;
+        cs.nics = cnics;
+        cs.n_nics = n_nics;
         cs.dns_servers = (const char *const *)node->dns;
         cs.n_dns_servers = qv_strv_len(node->dns);
     }

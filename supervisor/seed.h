@@ -34,8 +34,11 @@
  * spec->ssh_generate, INSTANCE_DIR/ssh/id_ed25519.pub (when user_data is
  * given and there are keys, that generated cloud-config goes to vendor-data
  * instead, which cloud-init applies under the user's user-data);
- * network-config: spec->network_config verbatim, else one NIC matched by
- * sv_vm_mac(name, 0) with DHCP and the node's network.dns servers.  The
+ * network-config: spec->network_config verbatim, else one entry per NIC
+ * (sv_net_nics) matched by its MAC: DHCP for user NICs and bridge NICs
+ * without an address, the static address, prefix and gateway for nat NICs
+ * (from network.nat_subnet and nat_gateway) and bridge NICs with ip=; the
+ * node's network.dns servers on each.  The
  * image timestamp is SOURCE_DATE_EPOCH when set, else the current time
  * (it only matters when the content changed: an unchanged seed is not
  * rewritten).

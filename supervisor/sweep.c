@@ -6,6 +6,8 @@
 #include "log.h"
 #include "sysroot.h"
 #include "util.h"
+#include "netdev/link.h"
+#include "netdev/nic.h"
 #include "supervisor/proc.h"
 #include "supervisor/registry.h"
 
@@ -215,6 +217,41 @@ static void scan_run_dirs(const sv_config *c, const sv_sweep_vm *vms, size_t n, 
     }
 }
 
+/* TAPs with our names that no running VM accounts for.  The kernel removes
+ * a TAP with its last fd, so one survives only while something still holds
+ * it (an orphan QEMU, killed above) or when it was made persistent. */
+static void scan_taps(const sv_sweep_vm *vms, size_t n_vms, bool dry_run, json_t *actions) {
+    _cleanup_free_ nd_link *links = NULL;
+    size_t n = 0;
+    qv_error e = {0};
+    if (nd_link_list(&links, &n, &e) < 0) {
+        log_warning("cannot list network links: %s", e.msg);
+        return;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (strcmp(links[i].kind, "tun") != 0 || !nd_tap_name_ours(links[i].name))
+            continue;
+        bool used = false;
+        for (size_t v = 0; v < n_vms && !used; v++) {
+            if (!vms[v].pid && !vms[v].busy)
+                continue;
+            for (unsigned k = 0; k < ND_NICS_MAX && !used; k++) {
+                char tap[IFNAMSIZ];
+                nd_tap_name(vms[v].name, k, tap);
+                used = strcmp(tap, links[i].name) == 0;
+            }
+        }
+        if (used)
+            continue;
+        if (dry_run) {
+            add(actions, "leftover TAP", links[i].name, 0, "would delete");
+            continue;
+        }
+        int r = nd_link_delete(links[i].name, &e);
+        add(actions, "leftover TAP", links[i].name, 0, r == 0 || r == -ENODEV ? "deleted" : e.msg);
+    }
+}
+
 int sv_sweep_run(const sv_config *c, const sv_sweep_vm *vms, size_t n_vms, bool dry_run, json_t **ret,
                    qv_error *err) {
     json_t *actions = json_array();
@@ -224,6 +261,7 @@ int sv_sweep_run(const sv_config *c, const sv_sweep_vm *vms, size_t n_vms, bool 
     scan_processes(c, vms, n_vms, dry_run, actions);
     scan_temp(c, vms, n_vms, dry_run, actions);
     scan_run_dirs(c, vms, n_vms, dry_run, actions);
+    scan_taps(vms, n_vms, dry_run, actions);
     *ret = json_pack("{s:o, s:b}", "actions", actions, "dry_run", dry_run);
     return 0;
 }

@@ -6,7 +6,8 @@
  *  - temp directories of interrupted creates and removes
  *    (INSTANCES/.NAME.creating, .NAME.removing) and partial image imports
  *    (IMAGES/.NAME.qcow2.partial) that no process has open;
- *  - run directories (sockets, pidfile) of VMs without a QEMU.
+ *  - run directories (sockets, pidfile) of VMs without a QEMU;
+ *  - TAPs named like ours (netdev/nic.h) that belong to no VM with a QEMU.
  *
  * sv_sweep_run() blocks (it waits for killed processes): the daemon runs
  * it on a worker thread, with the facts it needs copied in. */

@@ -20,6 +20,7 @@
 #include "supervisor/lifecycle.h"
 #include "supervisor/proc.h"
 #include "supervisor/qemuargv.h"
+#include "supervisor/network.h"
 #include "supervisor/passthrough.h"
 #include "supervisor/qemucaps.h"
 #include "supervisor/seed.h"
@@ -134,6 +135,8 @@ struct vmrt {
     pid_t gone_pid;
     int abandon_code;      /* start_abandon, waiting for the give-back */
     char *abandon_why;
+    /* NICs: TAP and vhost-net fds from the prep until QEMU has its copies */
+    sv_net_fds net;
 };
 
 static void launch(vmrt *rt);
@@ -243,6 +246,7 @@ static vmrt *get_rt(sv_vmctl *c, sv_vm *vm) {
     uv_timer_init(c->loop, &rt->timer);
     uv_timer_init(c->loop, &rt->acpi_timer);
     rt->timer.data = rt->acpi_timer.data = rt;
+    sv_net_fds_init(&rt->net);
     rt->refs = 2;
     c->refs++;
     rt->next = c->rts;
@@ -261,6 +265,7 @@ static void unlink_rt(vmrt *rt) {
 
 static void release_rt(vmrt *rt) {
     unlink_rt(rt);
+    sv_net_fds_close(&rt->net);
     if (rt->vm)
         rt->vm->rt = NULL;
     rt->vm = NULL;
@@ -586,6 +591,7 @@ typedef struct prep_job {
     sv_vmspec *spec;   /* copies for the worker thread */
     sv_config *config;
     bool seed_changed;
+    sv_net_fds net;
     int status;
     qv_error err;
 } prep_job;
@@ -598,6 +604,7 @@ static void prep_job_free(prep_job *job) {
     free(job->run_dir);
     sv_vmspec_free(job->spec);
     sv_config_free(job->config);
+    sv_net_fds_close(&job->net);
     free(job);
 }
 
@@ -635,6 +642,10 @@ static void prep_work(uv_work_t *w) {
     snprintf(b, sizeof b, "%s.1", a);
     if (rename(a, b) < 0 && errno != ENOENT)
         log_debug("cannot rotate %s: %s", a, strerror(errno));
+    /* TAPs last: nothing after them can fail, and a failed start closes them */
+    r = sv_net_setup(job->config, job->spec, &job->net, &job->err);
+    if (r < 0)
+        job->status = r;
 }
 
 static bool has_gpus(const sv_vm *vm) {
@@ -704,6 +715,7 @@ static void start_abandon(vmrt *rt, int code, const char *why) {
 static void start_abandon_now(vmrt *rt, int code, const char *why) {
     sv_vm *vm = rt->vm;
     rt->starting_prep = false;
+    sv_net_fds_close(&rt->net); /* the TAPs vanish with their fds */
     if (vm->state == SV_VM_STOPPING) {
         /* a stop arrived before QEMU existed */
         set_state(rt, SV_EV_EXITED);
@@ -739,10 +751,14 @@ static void prep_after(uv_work_t *w, int status) {
     if (rt->vm && !c->shutting_down) {
         if (job->seed_changed)
             log_info("VM %s: cloud-init seed (re)written", rt->vm->name);
-        if (job->status < 0)
+        if (job->status < 0) {
             start_abandon(rt, job->err.code, job->err.msg);
-        else
+        } else {
+            sv_net_fds_close(&rt->net);
+            rt->net = job->net; /* the runtime owns the fds now */
+            sv_net_fds_init(&job->net);
             maybe_launch(rt);
+        }
     }
     prep_job_free(job);
     rt_unref(rt);
@@ -910,10 +926,37 @@ static void launch(vmrt *rt) {
         start_abandon(rt, -r, why);
         return;
     }
-    int port = pick_port();
+    /* SSH is forwarded by the first user-mode NIC; a VM without one has no port */
+    nd_nic nics[ND_NICS_MAX];
+    size_t n_nics = 0;
+    if (sv_net_nics(vm->spec, nics, &n_nics, &err) < 0) {
+        start_abandon(rt, err.code, err.msg);
+        return;
+    }
+    bool user_nic = false;
+    for (size_t i = 0; i < n_nics; i++)
+        user_nic = user_nic || nics[i].mode == ND_MODE_USER;
+    int port = user_nic ? pick_port() : 0;
     if (port < 0) {
         start_abandon(rt, -port, "no free TCP port on 127.0.0.1 for the SSH forward");
         return;
+    }
+    /* fds as QEMU numbers them: 3 the monitor, then TAPs and vhost-net in NIC order */
+    if (!kvm)
+        sv_net_fds_drop_vhost(&rt->net); /* vhost-net needs KVM's irqfd */
+    int fds[1 + 2 * ND_NICS_MAX], tap_fds[ND_NICS_MAX], vhost_fds[ND_NICS_MAX];
+    size_t n_fds = 0;
+    fds[n_fds++] = lfd;
+    for (size_t i = 0; i < ND_NICS_MAX; i++) {
+        tap_fds[i] = vhost_fds[i] = -1;
+        if (rt->net.tap[i] >= 0) {
+            tap_fds[i] = 3 + (int)n_fds;
+            fds[n_fds++] = rt->net.tap[i];
+        }
+        if (rt->net.vhost[i] >= 0) {
+            vhost_fds[i] = 3 + (int)n_fds;
+            fds[n_fds++] = rt->net.vhost[i];
+        }
     }
     sv_qemu_env env = {
         .binary = conf->qemu_binary,
@@ -929,6 +972,8 @@ static void launch(vmrt *rt) {
         .seed_iso = vm->spec->seed && access(seed, F_OK) == 0 ? seed : NULL,
         .qmp_fd = 3,
         .ssh_port = port,
+        .tap_fds = tap_fds,
+        .vhost_fds = vhost_fds,
     };
     sv_hostdev hostdevs[64];
     size_t n_host = 0;
@@ -973,8 +1018,9 @@ static void launch(vmrt *rt) {
 
     pid_t pid;
     int pidfd;
-    r = sv_proc_spawn(argv, logfd, &lfd, 1, &limits, &pid, &pidfd, &err);
+    r = sv_proc_spawn(argv, logfd, fds, n_fds, &limits, &pid, &pidfd, &err);
     sv_argv_free(argv);
+    sv_net_fds_close(&rt->net); /* QEMU has them: its TAPs now live and die with it */
     if (r < 0) {
         start_abandon(rt, err.code, err.msg);
         return;
@@ -1033,6 +1079,7 @@ static int begin_start(sv_vmctl *c, sv_vm *vm, bool policy, sv_vm_done_fn done, 
     run_path(rt, NULL, run_dir, sizeof run_dir);
     job->rt = rt;
     job->work.data = job;
+    sv_net_fds_init(&job->net);
     job->base = strdup(base);
     job->dir = strdup(vm->dir);
     job->run_dir = strdup(run_dir);
@@ -1344,6 +1391,8 @@ static void handle_gone(vmrt *rt, const char *how_exited) {
     uv_timer_stop(&rt->timer);
     uv_timer_stop(&rt->acpi_timer);
     remove_run_files(rt);
+    sv_net_fds_close(&rt->net);
+    sv_net_remove_taps(vm->spec); /* normally gone with QEMU's fds already */
     free(vm->ip);
     vm->ip = NULL;
     json_decref(vm->addresses);
@@ -1645,6 +1694,8 @@ void sv_vmctl_adopt_all(sv_vmctl *c) {
     for (sv_vm *vm = sv_registry_first(c->registry); vm; vm = vm->next)
         if (sv_vm_state_has_qemu(vm->state))
             adopt(c, vm);
+        else
+            sv_net_remove_taps(vm->spec); /* a TAP a crash left behind */
     /* automatic restarts of VMs that died while the daemon was down
      * were scheduled by handle_gone; devices taken for VMs that do not
      * run (a crash between bind and QEMU, or a VM removed) go back */

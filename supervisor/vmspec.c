@@ -4,6 +4,8 @@
 #include "cleanup.h"
 #include "schema.h"
 #include "cloudinit/nocloud.h"
+#include "netdev/nic.h"
+#include "util.h"
 #include "vfio/bind.h"
 
 #include <errno.h>
@@ -78,6 +80,15 @@ static int check_gpu(const char *v, char *why, size_t size) {
     return 0;
 }
 
+static int check_net(const char *v, char *why, size_t size) {
+    nd_nic n;
+    qv_error e = {0};
+    int r = nd_nic_parse(v, &n, &e);
+    if (r < 0)
+        snprintf(why, size, "%s", e.msg);
+    return r;
+}
+
 /* section, name, kind, field, default, min, max, enum names, allow empty, restart, check */
 static const sv_key keys[] = {
     {NULL, "name", SV_K_NAME, F(name), NULL, 0, 0, NULL, false, false},
@@ -93,6 +104,7 @@ static const sv_key keys[] = {
     {NULL, "append", SV_K_STRING, F(append), NULL, 0, 0, NULL, true, false},
     {NULL, "agent", SV_K_BOOL, F(agent), "true", 0, 0, NULL, false, false},
     {NULL, "gpus", SV_K_STRLIST, F(gpus), NULL, 0, 0, NULL, false, false, check_gpu},
+    {NULL, "nets", SV_K_STRLIST, F(nets), NULL, 0, 0, NULL, false, false, check_net},
     {NULL, "seed", SV_K_BOOL, F(seed), "true", 0, 0, NULL, false, false},
     {NULL, "hostname", SV_K_STRING, F(hostname), NULL, 0, 0, NULL, false, false, check_hostname},
     {NULL, "user", SV_K_STRING, F(user), CI_DEFAULT_USER, 0, 0, NULL, false, false, check_user},
@@ -159,6 +171,7 @@ json_t *sv_vmspec_to_json(const sv_vmspec *s) {
         {"hostname", !s->hostname}, {"user_data", !s->user_data}, {"network_config", !s->network_config},
         {"ssh_keys", !s->ssh_keys || !s->ssh_keys[0]},
         {"gpus", !s->gpus || !s->gpus[0]},
+        {"nets", !s->nets || !s->nets[0]},
     };
     for (size_t i = 0; j && i < QV_ARRAY_SIZE(opt); i++)
         if (opt[i].unset)
@@ -191,6 +204,8 @@ int sv_vmspec_complete(sv_vmspec *s, const sv_config *node, qv_error *err) {
         if (!(s->hostname = strdup(h)))
             return qv_error_set(err, ENOMEM, "out of memory");
     }
+    if (qv_strv_len(s->nets) > ND_NICS_MAX)
+        return qv_error_set(err, EINVAL, "spec: nets: at most %d NICs per VM", ND_NICS_MAX);
     if (!s->cpus)
         s->cpus = node->vm_cpus;
     if (!s->memory)

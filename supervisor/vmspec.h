@@ -33,6 +33,10 @@ typedef struct sv_vmspec {
      * daemon turns `gpu list` indexes into addresses at create.
      * NULL-terminated, never NULL. */
     char **gpus;
+    /* NICs in the text form of netdev/nic.h ("nat,ip=…,mac=…"); the daemon
+     * completes them at create (MACs, nat addresses, the bridge).  Empty: one
+     * user-mode NIC.  NULL-terminated, never NULL. */
+    char **nets;
     /* cloud-init seed (supervisor/seed.h) */
     bool seed;                /* attach a NoCloud seed at all (default true) */
     char *hostname;           /* local-hostname; unset: the VM name (sv_vmspec_complete fills it) */

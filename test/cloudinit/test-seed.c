@@ -8,6 +8,8 @@
 #include "isoread.h"
 #include "cloudinit/nocloud.h"
 #include "supervisor/qemuargv.h"
+#include "netdev/nic.h"
+#include "netdev/nic.h"
 #include "supervisor/seed.h"
 
 #include <errno.h>
@@ -167,8 +169,8 @@ static void test_content(void **state) {
     char gen[200];
     snprintf(gen, sizeof gen, "  - '%s'\n", pub);
     contains(f.user, gen);
-    char mac[18];
-    sv_vm_mac("web-1", 0, mac);
+    char mac[ND_MAC_SIZE];
+    nd_mac_derive("web-1", 0, 0, mac);
     snprintf(want, sizeof want, "macaddress: '%s'\n", mac);
     contains(f.net, want);
     contains(f.net, "dhcp4: true\n");

@@ -5,6 +5,7 @@
 
 #include "cleanup.h"
 #include "fileio.h"
+#include "netdev/nic.h"
 #include "supervisor/qemuargv.h"
 #include "supervisor/vmspec.h"
 
@@ -118,21 +119,6 @@ static void test_yaml_spec_file(void **state) {
     const char *dup = "name: db\nname: db2\n";
     assert_int_equal(sv_vmspec_from_yaml("db.yaml", dup, strlen(dup), &bad, &err), -EINVAL);
     assert_string_equal(err.msg, "db.yaml:2:1: name: repeated key");
-}
-
-static void test_mac(void **state) {
-    (void)state;
-    char a[18], b[18], c[18];
-    sv_vm_mac("web-1", 0, a);
-    sv_vm_mac("web-1", 0, b);
-    sv_vm_mac("web-2", 0, c);
-    assert_string_equal(a, b);
-    assert_string_not_equal(a, c);
-    sv_vm_mac("web-1", 1, c);
-    assert_string_not_equal(a, c);
-    unsigned first = (unsigned)strtoul(a, NULL, 16);
-    assert_true(first & 0x02);   /* locally administered */
-    assert_false(first & 0x01);  /* unicast */
 }
 
 /* ---- golden argv ---- */
@@ -368,6 +354,59 @@ static void test_gpus_in_the_spec(void **state) {
     assert_non_null(strstr(err.msg, "PCI address"));
 }
 
+static void test_golden_three_nics(void **state) {
+    (void)state;
+    /* as the daemon completes them at create: MACs and the nat address filled in */
+    _cleanup_(sv_vmspec_freep) sv_vmspec *s = spec_from(
+        "{\"name\":\"edge\",\"image\":\"debian\",\"nets\":[\"user,mac=0a:51:76:00:00:01\","
+        "\"nat,ip=192.168.100.7,mac=0a:51:76:00:00:02\",\"bridge,bridge=ovl0,vlan=100,mac=0a:51:76:00:00:03\"]}");
+    sv_qemu_env env = {.binary = "qemu-system-x86_64", .kvm = true, .sandbox = true};
+    /* fds as QEMU sees them: 3 is the monitor, then the TAPs and vhost-net */
+    int taps[ND_NICS_MAX] = {-1, 4, 6, -1, -1, -1, -1, -1}, vhost[ND_NICS_MAX] = {-1, 5, -1, -1, -1, -1, -1, -1};
+    sv_vm_paths p = {.disk = "/var/lib/qvisor/instances/edge/disk.qcow2",
+                     .serial_log = "/var/lib/qvisor/instances/edge/serial.log",
+                     .pidfile = "/run/qvisor/vm/edge/qemu.pid",
+                     .qmp_fd = 3,
+                     .ssh_port = 2222,
+                     .tap_fds = taps,
+                     .vhost_fds = vhost};
+    char **argv = NULL;
+    qv_error err = {0};
+    assert_int_equal(sv_qemu_argv(s, &env, &p, &argv, &err), 0);
+    check_golden("kvm-three-nics", argv);
+    sv_argv_free(argv);
+
+    /* a TAP NIC without its fd is a bug of the caller, not a QEMU error */
+    p.tap_fds = NULL;
+    assert_int_equal(sv_qemu_argv(s, &env, &p, &argv, &err), -EINVAL);
+    assert_string_equal(err.msg, "NIC 1 (nat) has no TAP");
+}
+
+static void test_nets_in_the_spec(void **state) {
+    (void)state;
+    sv_vmspec *s = NULL;
+    qv_error err = {0};
+    const char *y = "name: a\nimage: i\nnets:\n  - nat\n  - bridge,bridge=ovl0,vlan=7\n";
+    assert_int_equal(sv_vmspec_from_yaml("a.yaml", y, strlen(y), &s, &err), 0);
+    assert_string_equal(s->nets[1], "bridge,bridge=ovl0,vlan=7");
+    json_t *j = sv_vmspec_to_json(s);
+    assert_int_equal(json_array_size(json_object_get(j, "nets")), 2);
+    json_decref(j);
+    sv_vmspec_free(s);
+    const char *bad = "name: a\nimage: i\nnets: [\"nat,vlan=3\"]\n";
+    assert_int_equal(sv_vmspec_from_yaml("a.yaml", bad, strlen(bad), &s, &err), -EINVAL);
+    assert_non_null(strstr(err.msg, "a.yaml:3:"));
+    assert_non_null(strstr(err.msg, "vlan is not a setting of a nat NIC"));
+    /* no nets: not in the JSON, and one user NIC */
+    _cleanup_(sv_vmspec_freep) sv_vmspec *plain = spec_from("{\"name\":\"p\",\"image\":\"i\"}");
+    j = sv_vmspec_to_json(plain);
+    assert_null(json_object_get(j, "nets"));
+    json_decref(j);
+    expect_json_error("{\"name\":\"ok\",\"image\":\"i\",\"nets\":[\"user\",\"user\",\"user\",\"user\",\"user\","
+                      "\"user\",\"user\",\"user\",\"user\"]}",
+                      "spec: nets: at most 8 NICs per VM");
+}
+
 static void test_golden_minimal_no_agent_no_sandbox(void **state) {
     (void)state;
     _cleanup_(sv_vmspec_freep) sv_vmspec *s =
@@ -399,9 +438,10 @@ int main(void) {
         cmocka_unit_test(test_defaults_from_node),
         cmocka_unit_test(test_long_values_survive_json),
         cmocka_unit_test(test_yaml_spec_file),
-        cmocka_unit_test(test_mac),
         cmocka_unit_test(test_golden_tcg_default),
         cmocka_unit_test(test_golden_kvm_two_gpus),
+        cmocka_unit_test(test_golden_three_nics),
+        cmocka_unit_test(test_nets_in_the_spec),
         cmocka_unit_test(test_gpus_in_the_spec),
         cmocka_unit_test(test_golden_kvm_seed_kernel_runas),
         cmocka_unit_test(test_golden_minimal_no_agent_no_sandbox),
