@@ -57,7 +57,9 @@ class Node:
         p = self.qvisor("--json", *args, check=0, **kw)
         return json.loads(p.stdout)
 
-    def start_daemon(self, wait=True, extra_env=None):
+    def start_daemon(self, wait=True, extra_env=None, wrap=()):
+        """wrap: a command prefix that execs the daemon (e.g. ["ip", "netns",
+        "exec", NS]), so the process is still the daemon's."""
         self._close_files()
         notify_path = os.path.join(self.dir, "notify.sock")
         if os.path.exists(notify_path):
@@ -67,7 +69,7 @@ class Node:
         env = dict(os.environ, NOTIFY_SOCKET=notify_path)
         env.update(extra_env or {})
         self.stderr = open(self.stderr_path, "a")
-        self.proc = subprocess.Popen([QVISOR, "--config", self.config, "daemon"], stdin=subprocess.DEVNULL,
+        self.proc = subprocess.Popen([*wrap, QVISOR, "--config", self.config, "daemon"], stdin=subprocess.DEVNULL,
                                      stdout=self.stderr, stderr=self.stderr, env=env)
         if wait:
             self.wait_notify("READY=1")
