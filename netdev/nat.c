@@ -24,8 +24,8 @@ static pthread_mutex_t nat_lock = PTHREAD_MUTEX_INITIALIZER;
 
 typedef struct record {
     char bridge[IFNAMSIZ];
-    char subnet[ND_CIDR4_SIZE];
-    char gateway[ND_IPV4_SIZE];
+    char subnet[ND_IPV4_CIDR_STRLEN];
+    char gateway[ND_IPV4_STRLEN];
     bool bridge_created, address_added, forwarding_enabled, table;
 } record;
 
@@ -141,8 +141,8 @@ static int ensure_locked(const nd_nat *n, qv_error *err) {
     /* the gateway address */
     unsigned len = 0;
     uint32_t net;
-    nd_cidr4_parse(n->subnet, &net, &len);
-    char addr[ND_CIDR4_SIZE];
+    nd_ipv4_cidr_parse(n->subnet, &net, &len);
+    char addr[ND_IPV4_CIDR_STRLEN];
     snprintf(addr, sizeof addr, "%s/%u", n->gateway, len);
     bool has = false;
     if ((r = nd_addr_has(n->bridge, addr, &has, err)) < 0)
@@ -201,8 +201,8 @@ json_t *nd_nat_status(const nd_nat *n) {
     bool present = nd_link_get(n->bridge, &l, NULL) == 0;
     unsigned len = 0;
     uint32_t net;
-    nd_cidr4_parse(n->subnet, &net, &len);
-    char addr[ND_CIDR4_SIZE];
+    nd_ipv4_cidr_parse(n->subnet, &net, &len);
+    char addr[ND_IPV4_CIDR_STRLEN];
     snprintf(addr, sizeof addr, "%s/%u", n->gateway, len);
     bool has = false, fwd = false, table = false;
     if (present)
@@ -257,8 +257,8 @@ int nd_nat_teardown(const nd_nat *n, bool dry_run, json_t **ret_actions, qv_erro
     }
     unsigned len = 0;
     uint32_t net;
-    nd_cidr4_parse(rec.subnet, &net, &len);
-    char addr[ND_CIDR4_SIZE];
+    nd_ipv4_cidr_parse(rec.subnet, &net, &len);
+    char addr[ND_IPV4_CIDR_STRLEN];
     snprintf(addr, sizeof addr, "%s/%u", rec.gateway, len);
     if (present && rec.bridge_created) {
         if (!dry_run && (r = nd_link_delete(rec.bridge, err)) < 0 && r != -ENODEV)

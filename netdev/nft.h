@@ -1,9 +1,16 @@
 /* The nftables table qvisor owns (`table ip qvisor`), through libnftables:
  * rendered as nft syntax by a pure function, applied as one atomic batch,
- * removed whole.  No `nft` program, no shell. */
+ * removed whole.  No `nft` program, no shell.
+ *
+ * Two habits of libnftables (1.0.x) the caller must live with: its netlink
+ * socket is opened without SOCK_CLOEXEC for the length of a call, so do not
+ * run these while another thread may fork and exec (call them from the
+ * thread that spawns children); and it exit()s the process when it cannot
+ * open that socket or allocate memory, rather than returning an error. */
 #pragma once
 
 #include <stdbool.h>
+#include <stddef.h>
 
 #include "error.h"
 

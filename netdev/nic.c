@@ -77,11 +77,11 @@ int nd_nic_parse(const char *text, nd_nic *ret, qv_error *err) {
                                         text, v);
                 nd_ipv4_format(a, n.ip);
             } else {
-                if (nd_cidr4_parse(v, &a, &len) < 0 || len == 0)
+                if (nd_ipv4_cidr_parse(v, &a, &len) < 0 || len == 0)
                     return qv_error_set(err, EINVAL, "'%s': ip of a bridge NIC is an address with its prefix like "
                                                      "10.1.0.5/24, got '%s'",
                                         text, v);
-                char s[ND_IPV4_SIZE];
+                char s[ND_IPV4_STRLEN];
                 nd_ipv4_format(a, s);
                 snprintf(n.ip, sizeof n.ip, "%s/%u", s, len);
             }
@@ -98,7 +98,7 @@ int nd_nic_parse(const char *text, nd_nic *ret, qv_error *err) {
         unsigned len;
         if (!n.ip[0])
             return qv_error_set(err, EINVAL, "'%s': gw needs a static ip (without one the NIC uses DHCP)", text);
-        nd_cidr4_parse(n.ip, &a, &len);
+        nd_ipv4_cidr_parse(n.ip, &a, &len);
         nd_ipv4_parse(n.gw, &g);
         if ((a & nd_ipv4_mask(len)) != (g & nd_ipv4_mask(len)) || a == g)
             return qv_error_set(err, EINVAL, "'%s': gateway %s is not another address of %s's subnet", text, n.gw,
@@ -198,38 +198,6 @@ bool nd_tap_name_ours(const char *ifname) {
     return true;
 }
 
-int nd_ipv4_parse(const char *s, uint32_t *ret) {
-    struct in_addr in;
-    if (!s || inet_pton(AF_INET, s, &in) != 1)
-        return -EINVAL;
-    *ret = ntohl(in.s_addr);
-    return 0;
-}
-
-void nd_ipv4_format(uint32_t a, char ret[ND_IPV4_SIZE]) {
-    snprintf(ret, ND_IPV4_SIZE, "%u.%u.%u.%u", a >> 24, (a >> 16) & 0xff, (a >> 8) & 0xff, a & 0xff);
-}
-
-int nd_cidr4_parse(const char *s, uint32_t *ret_addr, unsigned *ret_len) {
-    const char *slash = s ? strchr(s, '/') : NULL;
-    if (!slash || (size_t)(slash - s) >= ND_IPV4_SIZE)
-        return -EINVAL;
-    char a[ND_IPV4_SIZE];
-    memcpy(a, s, (size_t)(slash - s));
-    a[slash - s] = '\0';
-    uint64_t len;
-    uint32_t addr;
-    if (nd_ipv4_parse(a, &addr) < 0 || qv_parse_uint(slash + 1, 0, 32, &len) < 0)
-        return -EINVAL;
-    *ret_addr = addr;
-    *ret_len = (unsigned)len;
-    return 0;
-}
-
-uint32_t nd_ipv4_mask(unsigned len) {
-    return len == 0 ? 0 : len >= 32 ? 0xffffffffu : ~0u << (32 - len);
-}
-
 bool nd_ipv4_host_in(uint32_t a, uint32_t net, unsigned len) {
     uint32_t mask = nd_ipv4_mask(len);
     if ((a & mask) != (net & mask))
@@ -265,7 +233,7 @@ int nd_ipv4_alloc(uint32_t net, unsigned len, uint32_t gateway, const uint32_t *
         return 0;
     }
     free(sorted);
-    char s[ND_IPV4_SIZE];
+    char s[ND_IPV4_STRLEN];
     nd_ipv4_format(net, s);
     uint64_t hosts = (uint64_t)last - first + 1 - (gateway >= first && gateway <= last);
     return qv_error_set(err, QV_ECAPACITY,

@@ -9,11 +9,10 @@
 #include <stdint.h>
 
 #include "error.h"
+#include "netdev/ip.h"
 
 #define ND_NICS_MAX 8
 #define ND_MAC_SIZE 18        /* "0a:51:76:12:34:56" + NUL */
-#define ND_IPV4_SIZE 16       /* "255.255.255.255" + NUL */
-#define ND_CIDR4_SIZE 19      /* + "/32" */
 
 typedef enum nd_mode {
     ND_MODE_USER,   /* QEMU user networking, SSH forwarded from 127.0.0.1 */
@@ -31,8 +30,8 @@ typedef struct nd_nic {
     char mac[ND_MAC_SIZE];     /* lower case; "" until assigned at create */
     char bridge[IFNAMSIZ];     /* bridge mode; "" means network.overlay_bridge */
     unsigned vlan;             /* bridge mode: 1-4094, 0 for none */
-    char ip[ND_CIDR4_SIZE];    /* nat: "a.b.c.d" ("" allocates); bridge: "a.b.c.d/len" ("" means DHCP) */
-    char gw[ND_IPV4_SIZE];     /* bridge with ip: default gateway, optional */
+    char ip[ND_IPV4_CIDR_STRLEN];    /* nat: "a.b.c.d" ("" allocates); bridge: "a.b.c.d/len" ("" means DHCP) */
+    char gw[ND_IPV4_STRLEN];     /* bridge with ip: default gateway, optional */
 } nd_nic;
 
 const char *nd_mode_name(nd_mode m);
@@ -58,13 +57,6 @@ void nd_mac_derive(const char *vm_name, unsigned nic, unsigned salt, char ret[ND
 void nd_tap_name(const char *vm_name, unsigned nic, char ret[IFNAMSIZ]);
 /* Whether an interface name has the shape of one of our TAP names. */
 bool nd_tap_name_ours(const char *ifname);
-
-/* IPv4 in host byte order. */
-int nd_ipv4_parse(const char *s, uint32_t *ret);
-void nd_ipv4_format(uint32_t a, char ret[ND_IPV4_SIZE]);
-/* "a.b.c.d/len": address and prefix length (host bits may be set). */
-int nd_cidr4_parse(const char *s, uint32_t *ret_addr, unsigned *ret_len);
-uint32_t nd_ipv4_mask(unsigned len);
 
 /* Whether `a` is a usable host address of net/len (not the network or
  * broadcast address; /31 and /32 have no such reserved addresses). */

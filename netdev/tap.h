@@ -9,8 +9,11 @@
  * with IFF_TAP|IFF_NO_PI|IFF_VNET_HDR.  The TAP is not persistent: the
  * kernel removes it when the last fd closes (QEMU's, once ours is closed
  * after the spawn), so a QEMU that dies takes its TAP with it.  The fd is
- * O_CLOEXEC.  -EBUSY when a TAP of that name is open elsewhere (or a
- * persistent one of another owner exists), -ENOENT without /dev/net/tun. */
+ * O_CLOEXEC.  Only a new TAP is made (IFF_TUN_EXCL): -EBUSY when any link
+ * of that name exists, be it a TAP open elsewhere, a persistent leftover
+ * (never adopted: it would outlive the VM) or a link of another kind;
+ * -EINVAL for a name nd_ifname_valid() refuses, -ENOENT without
+ * /dev/net/tun. */
 int nd_tap_open(const char *name, int *ret_fd, qv_error *err);
 
 /* Opens /dev/vhost-net for one NIC (QEMU's vhostfd=), O_CLOEXEC.

@@ -65,7 +65,7 @@ int sv_net_prepare_spec(sv_registry *r, const sv_config *c, sv_vmspec *spec, qv_
         return qv_error_set(err, ENOMEM, "out of memory");
     uint32_t subnet, gateway;
     unsigned plen;
-    nd_cidr4_parse(c->nat_subnet, &subnet, &plen);
+    nd_ipv4_cidr_parse(c->nat_subnet, &subnet, &plen);
     nd_ipv4_parse(c->nat_gateway, &gateway);
     for (sv_vm *vm = sv_registry_first(r); vm; vm = vm->next) {
         if (strcmp(vm->name, spec->name) == 0)
@@ -351,7 +351,7 @@ json_t *sv_net_list_json(sv_registry *r, const sv_config *c) {
     json_t *nat_nics = json_array(), *user_nics = json_array(), *bridges = json_object();
     uint32_t subnet, gateway;
     unsigned plen;
-    nd_cidr4_parse(c->nat_subnet, &subnet, &plen);
+    nd_ipv4_cidr_parse(c->nat_subnet, &subnet, &plen);
     nd_ipv4_parse(c->nat_gateway, &gateway);
     size_t allocated = 0;
     if (c->overlay_bridge[0])

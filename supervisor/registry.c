@@ -486,7 +486,7 @@ json_t *sv_vm_summary(const sv_vm *vm) {
     if (sv_net_nics(vm->spec, nics, &n_nics, NULL) < 0)
         n_nics = 0;
     const char *ip = vm->ip;
-    char static_ip[ND_CIDR4_SIZE] = "";
+    char static_ip[ND_IPV4_CIDR_STRLEN] = "";
     for (size_t i = 0; !ip && i < n_nics; i++)
         if (nics[i].ip[0]) {
             snprintf(static_ip, sizeof static_ip, "%.*s", (int)strcspn(nics[i].ip, "/"), nics[i].ip);

@@ -116,10 +116,10 @@ int sv_seed_prepare(const sv_vmspec *spec, const sv_config *node, const char *in
     if (rn < 0)
         return rn;
     ci_nic cnics[ND_NICS_MAX];
-    char ids[ND_NICS_MAX][8], addrs[ND_NICS_MAX][ND_CIDR4_SIZE];
+    char ids[ND_NICS_MAX][8], addrs[ND_NICS_MAX][ND_IPV4_CIDR_STRLEN];
     unsigned nat_len = 24;
     uint32_t nat_net;
-    nd_cidr4_parse(node->nat_subnet, &nat_net, &nat_len);
+    nd_ipv4_cidr_parse(node->nat_subnet, &nat_net, &nat_len);
     for (size_t i = 0; i < n_nics; i++) {
         snprintf(ids[i], sizeof ids[i], "nic%zu", i);
         cnics[i] = (ci_nic){.id = ids[i], .mac = nics[i].mac, .dhcp4 = true};

@@ -217,6 +217,11 @@ class Network(unittest.TestCase):
 
     def test_bridge_nic_with_a_vlan(self):
         in_ns("ip", "link", "add", "ovl0", "type", "bridge", "vlan_filtering", "1")
+        info = json.loads(in_ns("ip", "-j", "-d", "link", "show", "dev", "ovl0").stdout)[0]
+        if info["linkinfo"]["info_data"].get("vlan_filtering") != 1:
+            # the kernel takes the flag and ignores it; test/netdev runs
+            # the VLAN code under the Debian guest kernel instead
+            self.skipTest("this kernel has no bridge VLAN filtering (CONFIG_BRIDGE_VLAN_FILTERING)")
         in_ns("ip", "link", "set", "ovl0", "up")
         self.create("vl", ["bridge,bridge=ovl0,vlan=100,ip=10.5.0.9/24"], ["qv.net=seed"])
         nic = self.nics("vl")[0]

@@ -131,7 +131,7 @@ static uint32_t ip(const char *s) {
 static void test_alloc(void **state) {
     (void)state;
     uint32_t net = ip("192.168.100.0"), gw = ip("192.168.100.1"), a;
-    char s[ND_IPV4_SIZE];
+    char s[ND_IPV4_STRLEN];
     assert_int_equal(nd_ipv4_alloc(net, 24, gw, NULL, 0, &a, NULL), 0);
     nd_ipv4_format(a, s);
     assert_string_equal(s, "192.168.100.2"); /* .0 is the network, .1 the gateway */
@@ -169,11 +169,11 @@ static void test_alloc(void **state) {
 
     uint32_t addr;
     unsigned len;
-    assert_int_equal(nd_cidr4_parse("10.1.2.3/8", &addr, &len), 0);
+    assert_int_equal(nd_ipv4_cidr_parse("10.1.2.3/8", &addr, &len), 0);
     assert_int_equal(len, 8);
-    assert_int_equal(nd_cidr4_parse("10.1.2.3/33", &addr, &len), -EINVAL);
-    assert_int_equal(nd_cidr4_parse("10.1.2.3", &addr, &len), -EINVAL);
-    assert_int_equal(nd_cidr4_parse("10.1.2/8", &addr, &len), -EINVAL);
+    assert_int_equal(nd_ipv4_cidr_parse("10.1.2.3/33", &addr, &len), -EINVAL);
+    assert_int_equal(nd_ipv4_cidr_parse("10.1.2.3", &addr, &len), -EINVAL);
+    assert_int_equal(nd_ipv4_cidr_parse("10.1.2/8", &addr, &len), -EINVAL);
     assert_int_equal(nd_ipv4_parse("1.2.3.4 ", &addr), -EINVAL);
     assert_int_equal(nd_ipv4_mask(0), 0);
     assert_int_equal(nd_ipv4_mask(32), 0xffffffffu);
