@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The tiny test guest works: boot, ACPI power button (and its absence), the
 marker disk, the cloud-init seed reader, the guest agent, static networking,
-guest-initiated poweroff and panic.
+networking from the seed's network-config, guest-initiated poweroff and panic.
 
 The guest is built by test/guest/build-tiny-guest (cached outside the repo) and
 booted with bare qemu-system-x86_64 under TCG. Boots run in a small thread pool
@@ -232,6 +232,92 @@ def scenario_net(img):
         return {"ready_s": ready}
 
 
+# as qvisor writes it (cloudinit/nocloud.c): the first NIC static, the second DHCP
+SEED_NET_CONFIG = b"""version: 2
+ethernets:
+  'nic0':
+    match:
+      macaddress: '0a:51:76:ab:cd:01'
+    dhcp4: false
+    addresses:
+    - '192.168.100.2/24'
+    routes:
+    - to: '0.0.0.0/0'
+      via: '192.168.100.1'
+    nameservers:
+      addresses:
+      - '10.0.0.1'
+  'nic1':
+    match:
+      macaddress: '0a:51:76:ab:cd:02'
+    dhcp4: true
+"""
+
+
+def qvisor_binary():
+    """The built qvisor (QVISOR_BIN under meson test), or None."""
+    cands = [os.environ.get("QVISOR_BIN")]
+    if os.environ.get("QVISOR_BUILD_ROOT"):
+        cands.append(os.path.join(os.environ["QVISOR_BUILD_ROOT"], "cmd", "qvisor"))
+    cands.append(os.path.join(gl.source_root(), "build", "cmd", "qvisor"))
+    for c in cands:
+        if c and os.access(c, os.X_OK):
+            return c
+    return None
+
+
+def scenario_net_seed(img):
+    work = tempfile.mkdtemp(prefix="qvg-netseed-")
+    try:
+        nc = os.path.join(work, "network-config")
+        with open(nc, "wb") as f:
+            f.write(SEED_NET_CONFIG)
+        iso = os.path.join(work, "seed.iso")
+        qvisor = qvisor_binary()
+        if qvisor:
+            subprocess.run([qvisor, "cidata", "-o", iso, "--network-config", nc, "-H", "tiny"], check=True)
+        elif shutil.which("genisoimage"):
+            with open(os.path.join(work, "meta-data"), "wb") as f:
+                f.write(b"instance-id: iid-qvisor-0002\n")
+            subprocess.run(["genisoimage", "-quiet", "-output", iso, "-volid", "cidata", "-joliet", "-rock",
+                            "meta-data", "network-config"], cwd=work, check=True)
+        else:
+            raise unittest.SkipTest("neither a built qvisor nor genisoimage to write the seed")
+        extra = [
+            "-drive", "file=%s,format=raw,media=cdrom,if=none,id=cd0,readonly=on" % iso,
+            "-device", "ide-cd,drive=cd0,bus=ide.0",
+            # nic0: a user network where the static address fits (slirp is 192.168.100.1)
+            "-netdev", "user,id=n0,restrict=on,net=192.168.100.0/24,host=192.168.100.1",
+            "-device", "virtio-net-pci,netdev=n0,mac=0a:51:76:ab:cd:01",
+            # nic1: slirp's DHCP on 10.0.2.0/24; its offer names the router
+            # (10.0.2.2) only without restrict=on. The guest sends nothing but
+            # DHCP and pings to slirp itself.
+            "-netdev", "user,id=n1",
+            "-device", "virtio-net-pci,netdev=n1,mac=0a:51:76:ab:cd:02",
+        ]
+        opts = ["qv.net=seed", "qv.ping=192.168.100.1,10.0.2.2"]
+        with gl.Guest(img, options=opts, extra_args=extra, name="netseed") as g:
+            ready = boot(g)
+            assert_clean(g)
+            static = g.find_markers(r"net (\S+) 192\.168\.100\.2/24 192\.168\.100\.1 0a:51:76:ab:cd:01")
+            _t.assertEqual(len(static), 1, g.diagnostics())
+            dhcp = g.find_markers(r"net (\S+) 10\.0\.2\.(\d+)/24 10\.0\.2\.2 0a:51:76:ab:cd:02")
+            _t.assertEqual(len(dhcp), 1, g.diagnostics())
+            _t.assertNotEqual(static[0].group(1), dhcp[0].group(1), g.diagnostics())
+            # slirp answers echo requests to its own gateway addresses itself
+            marks = g.markers()
+            _t.assertIn("ping 192.168.100.1 ok", marks, g.diagnostics())
+            _t.assertIn("ping 10.0.2.2 ok", marks, g.diagnostics())
+            # the network is up before the pings
+            _t.assertLess(marks.index("net %s 10.0.2.%s/24 10.0.2.2 0a:51:76:ab:cd:02" % dhcp[0].groups()),
+                          marks.index("ping 10.0.2.2 ok"))
+            g.qmp.command("quit")
+            g.wait_exit(gl.scaled(10))
+            return {"ready_s": ready}
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def scenario_panic(img):
     with gl.Guest(img, options=["qv.panic"], extra_args=["-device", "pvpanic"], name="panic") as g:
         boot(g)
@@ -246,6 +332,7 @@ def scenario_panic(img):
 SCENARIOS = [
     ("disk_marker", scenario_disk_marker),
     ("agent", scenario_agent),
+    ("net_seed", scenario_net_seed),
     ("seed", scenario_seed),
     ("powerdown", scenario_powerdown),
     ("acpi_off", scenario_acpi_off),
@@ -297,7 +384,7 @@ class TinyGuestTest(unittest.TestCase):
         with open(os.path.join(img.dir, "README")) as f:
             readme = f.read()
         for opt in ("qv.acpi=off", "qv.disk=marker", "qv.seed=print", "qv.agent=on",
-                    "qv.net=", "qv.ping=", "qv.poweroff=", "qv.panic"):
+                    "qv.net=", "qv.net=seed", "qv.ping=", "qv.poweroff=", "qv.panic"):
             self.assertIn(opt, readme)
 
     def test_builder_cached(self):
@@ -330,6 +417,9 @@ class TinyGuestTest(unittest.TestCase):
 
     def test_static_net_and_ping(self):
         self.scenario("net")
+
+    def test_net_from_seed_network_config(self):
+        self.scenario("net_seed")
 
     def test_panic(self):
         self.scenario("panic")
