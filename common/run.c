@@ -68,6 +68,9 @@ static int run(char *const argv[], int timeout_ms, qv_run_output_fn on_out, void
     posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
     posix_spawn_file_actions_adddup2(&fa, out[1], 1);
     posix_spawn_file_actions_adddup2(&fa, err[1], 2);
+    /* nothing else, even an fd a library opened without O_CLOEXEC on
+     * another thread (libnftables' netlink socket does, for a moment) */
+    posix_spawn_file_actions_addclosefrom_np(&fa, 3);
     posix_spawnattr_t attr;
     posix_spawnattr_init(&attr);
     sigset_t none, all;

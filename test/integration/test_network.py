@@ -96,6 +96,7 @@ class Network(unittest.TestCase):
             if name != "lo":
                 in_ns("ip", "link", "del", name, check=False)
         in_ns("nft", "flush", "ruleset", check=False)
+        in_ns("sh", "-c", "echo 0 > /proc/sys/net/ipv4/ip_forward")  # as a fresh namespace has it
 
     def start_daemon(self):
         self.node.start_daemon(wrap=["ip", "netns", "exec", NS])
@@ -201,6 +202,10 @@ class Network(unittest.TestCase):
         self.assertIn("10.77.0.3 is allocated to VM 'two'", p.stderr)
         p = self.create("four", ["nat,ip=10.77.0.1"], want=65)
         self.assertIn("not a free host address", p.stderr)
+        # MACs are unique on the node: another VM's, given explicitly, is refused
+        mac = self.nics("one")[0]["mac"]
+        p = self.create("four", [f"user,mac={mac}"], want=75)
+        self.assertIn(f"MAC {mac} is used by VM 'one'", p.stderr)
         # vm rm releases
         self.node.qvisor("vm", "rm", "two", check=0)
         self.create("five", ["nat"])
