@@ -220,7 +220,8 @@ int nd_ipv4_alloc(uint32_t net, unsigned len, uint32_t gateway, const uint32_t *
     uint32_t *sorted = malloc((n_used ? n_used : 1) * sizeof *sorted);
     if (!sorted)
         return qv_error_set(err, ENOMEM, "out of memory");
-    memcpy(sorted, used, n_used * sizeof *sorted);
+    if (n_used)
+        memcpy(sorted, used, n_used * sizeof *sorted);
     qsort(sorted, n_used, sizeof *sorted, cmp_u32);
     size_t i = 0;
     for (uint64_t a = first; a <= last; a++) {
