@@ -166,6 +166,12 @@ void qv_format_size_human(uint64_t bytes, char *buf, size_t size) {
     snprintf(buf, size, "%.1f%c", v, units[u]);
 }
 
+void qv_strv_free(char **v) {
+    for (char **p = v; p && *p; p++)
+        free(*p);
+    free(v);
+}
+
 size_t qv_strv_len(char *const *v) {
     size_t n = 0;
     while (v && v[n])

@@ -32,6 +32,11 @@ int qv_parse_uint(const char *s, uint64_t min, uint64_t max, uint64_t *ret);
 int qv_string_index(const char *const *list, const char *s);
 /* Entries of a NULL-terminated string list; 0 for NULL. */
 size_t qv_strv_len(char *const *v);
+/* Frees the strings and the list; accepts NULL. */
+void qv_strv_free(char **v);
+static inline void qv_strv_freep(char ***v) {
+    qv_strv_free(*v);
+}
 
 /* CPU numbers are below this: the kernel's largest NR_CPUS. */
 #define QV_CPU_MAX 8192
