@@ -7,7 +7,7 @@
 #include "testlib.h"
 
 #include "cleanup.h"
-#include "fileio.h"
+#include "faketopo.h"
 #include "supervisor/capacity.h"
 #include "sysroot.h"
 
@@ -43,114 +43,29 @@ static void w(const char *rel, const char *content) {
     qv_test_write(root, rel, content);
 }
 
-static void wf(const char *content, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void wf(const char *content, const char *fmt, ...) {
-    char rel[PATH_MAX];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(rel, sizeof rel, fmt, ap);
-    va_end(ap);
-    w(rel, content);
-}
-
 static void mkd(const char *rel) {
-    char path[PATH_MAX];
-    snprintf(path, sizeof path, "%s/%s", root, rel);
-    assert_int_equal(qv_mkdir_p(path, 0755), 0);
-}
-
-/* A relative symlink at rel, as sysfs has them. */
-static void ln(const char *target, const char *rel) {
-    char path[PATH_MAX], parent[PATH_MAX];
-    snprintf(path, sizeof path, "%s/%s", root, rel);
-    snprintf(parent, sizeof parent, "%s", path);
-    *strrchr(parent, '/') = '\0';
-    assert_int_equal(qv_mkdir_p(parent, 0755), 0);
-    assert_int_equal(symlink(target, path), 0);
+    qv_faketopo_mkdir(root, rel);
 }
 
 static void topology(unsigned cpu, int package, int core) {
-    char v[32];
-    snprintf(v, sizeof v, "%d\n", package);
-    wf(v, "sys/devices/system/cpu/cpu%u/topology/physical_package_id", cpu);
-    snprintf(v, sizeof v, "%d\n", core);
-    wf(v, "sys/devices/system/cpu/cpu%u/topology/core_id", cpu);
+    qv_faketopo_cpu_topology(root, cpu, package, core);
 }
 
 static void hugepages(const char *dir, unsigned kb, unsigned total, unsigned free_pages) {
-    char v[32];
-    snprintf(v, sizeof v, "%u\n", total);
-    wf(v, "%s/hugepages-%ukB/nr_hugepages", dir, kb);
-    snprintf(v, sizeof v, "%u\n", free_pages);
-    wf(v, "%s/hugepages-%ukB/free_hugepages", dir, kb);
-    wf("0\n", "%s/hugepages-%ukB/surplus_hugepages", dir, kb);
+    qv_faketopo_hugepages(root, dir, kb, total, free_pages);
 }
 
-/* A PCI network function at bdf with interface ifname, as sysfs links it:
- * sys/class/net/IF -> ../../devices/pci0000:3a/BDF/net/IF, IF/device -> ../../../BDF. */
 static void pci_nic(const char *ifname, const char *bdf, const char *numa) {
-    char rel[PATH_MAX], target[PATH_MAX];
-    snprintf(rel, sizeof rel, "sys/devices/pci0000:3a/%s/net/%s/device", bdf, ifname);
-    snprintf(target, sizeof target, "../../../%s", bdf);
-    ln(target, rel);
-    snprintf(rel, sizeof rel, "sys/devices/pci0000:3a/%s/net/%s/address", bdf, ifname);
-    w(rel, "52:54:00:12:34:56\n");
-    if (numa)
-        wf(numa, "sys/devices/pci0000:3a/%s/numa_node", bdf);
-    snprintf(rel, sizeof rel, "sys/class/net/%s", ifname);
-    snprintf(target, sizeof target, "../../devices/pci0000:3a/%s/net/%s", bdf, ifname);
-    ln(target, rel);
+    qv_faketopo_pci_nic(root, ifname, bdf, numa);
 }
 
-/* An interface without a device: lo, bridges, TAPs. */
 static void virtual_nic(const char *ifname) {
-    char rel[PATH_MAX], target[PATH_MAX];
-    snprintf(rel, sizeof rel, "sys/devices/virtual/net/%s/address", ifname);
-    w(rel, "00:00:00:00:00:00\n");
-    snprintf(rel, sizeof rel, "sys/class/net/%s", ifname);
-    snprintf(target, sizeof target, "../../devices/virtual/net/%s", ifname);
-    ln(target, rel);
+    qv_faketopo_virtual_nic(root, ifname);
 }
 
-/* The two-node machine of the file comment. */
+/* The two-node machine of the file comment (test/lib/faketopo.h). */
 static void two_node_tree(void) {
-    /* package p, core c, thread t: CPU c + 2p + 4t, as Linux numbers them */
-    for (unsigned p = 0; p < 2; p++)
-        for (unsigned c = 0; c < 2; c++)
-            for (unsigned t = 0; t < 2; t++)
-                topology(c + 2 * p + 4 * t, (int)p, (int)c);
-    w("sys/devices/system/cpu/online", "0-7\n");
-    w("sys/devices/system/node/online", "0-1\n");
-    w("sys/devices/system/node/possible", "0-1\n");
-    w("sys/devices/system/node/has_cpu", "0-1\n");
-    w("sys/devices/system/node/node0/cpulist", "0-1,4-5\n");
-    w("sys/devices/system/node/node1/cpulist", "2-3,6-7\n");
-    w("sys/devices/system/node/node0/meminfo", "Node 0 MemTotal:       16777216 kB\n"
-                                               "Node 0 MemFree:        10485760 kB\n"
-                                               "Node 0 MemUsed:         6291456 kB\n"
-                                               "Node 0 HugePages_Total:   512\n");
-    w("sys/devices/system/node/node1/meminfo", "Node 1 MemTotal:       33554432 kB\n"
-                                               "Node 1 MemFree:        20971520 kB\n"
-                                               "Node 1 MemUsed:        12582912 kB\n");
-    hugepages("sys/devices/system/node/node0/hugepages", 2048, 512, 500);
-    hugepages("sys/devices/system/node/node0/hugepages", 1048576, 2, 2);
-    hugepages("sys/devices/system/node/node1/hugepages", 2048, 1024, 1024);
-    hugepages("sys/devices/system/node/node1/hugepages", 1048576, 8, 6);
-    /* the machine-wide view, which must not be used when there are nodes */
-    w("proc/meminfo", "MemTotal:       99999999 kB\nMemFree:        1 kB\n");
-
-    /* an SR-IOV PF with 2 of 8 VFs enabled, on node 1 */
-    pci_nic("enp59s0f0", "0000:3b:00.0", "1\n");
-    w("sys/devices/pci0000:3a/0000:3b:00.0/sriov_totalvfs", "8\n");
-    w("sys/devices/pci0000:3a/0000:3b:00.0/sriov_numvfs", "2\n");
-    /* one of its VFs, bound to a host driver */
-    pci_nic("enp59s0f0v0", "0000:3b:02.0", "1\n");
-    ln("../0000:3b:00.0", "sys/devices/pci0000:3a/0000:3b:02.0/physfn");
-    /* a NIC whose firmware gave no node */
-    pci_nic("eno1", "0000:00:1f.6", "-1\n");
-    virtual_nic("lo");
-    virtual_nic("qvbr0");
-    virtual_nic("tap-web-0");
+    qv_faketopo_two_nodes(root);
 }
 
 static void test_two_nodes(void **st) {
