@@ -103,10 +103,11 @@ static int read_meminfo(const char *rel, uint64_t *ret_total, uint64_t *ret_free
 
 /* A CPU list file; an empty one (a CPU-less node) gives no CPUs. */
 static int read_cpulist(const char *rel, unsigned **ret, size_t *ret_n, qv_error *err) {
-    char line[8192];
-    int r = qv_sysroot_read_line(rel, line, sizeof line);
+    _cleanup_free_ char *line = NULL;
+    int r = qv_sysroot_read(rel, &line, NULL);
     if (r < 0)
         return qv_error_set(err, r, "cannot read /%s: %s", rel, strerror(-r));
+    line[strcspn(line, "\n")] = '\0';
     if (!line[0]) {
         *ret = NULL;
         *ret_n = 0;
@@ -491,9 +492,12 @@ json_t *sv_capacity_to_json(const sv_capacity *c) {
     json_t *nodes = json_array();
     for (size_t i = 0; nodes && i < c->n_nodes; i++) {
         const sv_numa_node *n = &c->nodes[i];
-        char list[8192];
-        if (qv_format_cpulist(n->cpus, n->n_cpus, list, sizeof list) < 0)
-            list[0] = '\0';
+        /* at most "NNNN," per CPU */
+        _cleanup_free_ char *list = malloc(n->n_cpus * 6 + 1);
+        if (!list || qv_format_cpulist(n->cpus, n->n_cpus, list, n->n_cpus * 6 + 1) < 0) {
+            json_decref(nodes);
+            return NULL;
+        }
         json_array_append_new(nodes,
                               json_pack("{s:i, s:s, s:I, s:I, s:I, s:I, s:o}", "id", n->id, "cpulist", list, "cpus",
                                         (json_int_t)n->n_cpus, "cores", (json_int_t)n->n_cores, "memory_total",

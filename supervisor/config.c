@@ -85,8 +85,13 @@ static const sv_key keys[] = {
     {NULL, "storage_pools", SV_K_MAP, F(storage_pools), NULL, 0, 0, NULL, false, false, NULL, &storage_pool_map},
 };
 
-#define KEY_POOLS (&keys[QV_ARRAY_SIZE(keys) - 2])
-#define KEY_STORAGE_POOLS (&keys[QV_ARRAY_SIZE(keys) - 1])
+/* The table entry of a top-level key. */
+static const sv_key *top_key(const char *name) {
+    for (size_t i = 0; i < QV_ARRAY_SIZE(keys); i++)
+        if (!keys[i].section && strcmp(keys[i].name, name) == 0)
+            return &keys[i];
+    abort(); /* a name from this file that is not in its table */
+}
 
 static const sv_schema schema = SV_SCHEMA(keys);
 
@@ -142,10 +147,10 @@ static int set_derived(sv_config *c) {
         }
     }
     int r;
-    if (!sv_config_pool(c, "default") && (r = sv_schema_map_add(KEY_POOLS, c, "default", true, NULL)) < 0)
+    if (!sv_config_pool(c, "default") && (r = sv_schema_map_add(top_key("pools"), c, "default", true, NULL)) < 0)
         return r;
     sv_storage_pool *def = (sv_storage_pool *)sv_config_storage_pool(c, "default");
-    if (!def && (r = sv_schema_map_add(KEY_STORAGE_POOLS, c, "default", true, (void **)&def)) < 0)
+    if (!def && (r = sv_schema_map_add(top_key("storage_pools"), c, "default", true, (void **)&def)) < 0)
         return r;
     if (!def->path && !(def->path = strdup(c->instances_dir)))
         return -ENOMEM;
@@ -175,7 +180,7 @@ static int validate_storage_pools(const char *name, const sv_config *c, qv_error
     }
     if (!sv_config_storage_pool(c, c->default_storage_pool)) {
         char have[1024];
-        sv_schema_render(KEY_STORAGE_POOLS, c, have, sizeof have);
+        sv_schema_render(top_key("storage_pools"), c, have, sizeof have);
         return qv_error_set(err, QV_ECONFIG, "%s: resources.default_storage_pool: no storage pool '%s' (there are: %s)",
                             name, c->default_storage_pool, have);
     }

@@ -35,6 +35,11 @@ static bool is_list_kind(sv_kind kind) {
     return kind == SV_K_IPLIST || kind == SV_K_STRLIST;
 }
 
+/* `optional` means something for the uint64_t kinds only. */
+static bool is_optional(const sv_key *k) {
+    return k->optional && (k->kind == SV_K_UINT || k->kind == SV_K_SIZE);
+}
+
 static void strv_free(char **v) {
     if (!v)
         return;
@@ -476,7 +481,7 @@ int sv_schema_apply_defaults(const sv_schema *s, void *obj) {
             *(void ***)FIELD(obj, k) = empty;
             continue;
         }
-        if (k->optional) {
+        if (is_optional(k)) {
             *(uint64_t *)FIELD(obj, k) = SV_UNSET;
             continue;
         }
@@ -676,7 +681,7 @@ static int yset(yctx *c, const sv_key *k, yaml_node_t *val) {
     }
     if (val->type != YAML_SCALAR_NODE)
         return yfail(c, val->start_mark, keyname, "expected a single value, got %s", node_kind(val));
-    if (is_null_scalar(val) && k->optional) {
+    if (is_null_scalar(val) && is_optional(k)) {
         *(uint64_t *)FIELD(c->obj, k) = SV_UNSET;
         return 0;
     }
@@ -907,7 +912,7 @@ static int jwalk(const sv_schema *s, void *obj, json_t *j, const char *section, 
             return qv_error_set(err, code, "%s: %s%s%s: unknown key", what, outer ? outer : "", outer ? "." : "",
                                 name);
         }
-        if (json_is_null(v) && k->optional) {
+        if (json_is_null(v) && is_optional(k)) {
             *(uint64_t *)FIELD(obj, k) = SV_UNSET;
             continue;
         }
@@ -941,7 +946,7 @@ static void format_ratio(double d, char *buf, size_t size) {
 
 void sv_schema_render(const sv_key *k, const void *obj, char *buf, size_t size) {
     const void *field = CFIELD(obj, k);
-    if (k->optional && *(const uint64_t *)field == SV_UNSET) {
+    if (is_optional(k) && *(const uint64_t *)field == SV_UNSET) {
         snprintf(buf, size, "unset");
         return;
     }
@@ -999,7 +1004,7 @@ json_t *sv_schema_to_json(const sv_schema *s, const void *obj) {
         const sv_key *k = &s->keys[i];
         const void *field = CFIELD(obj, k);
         json_t *v;
-        if (k->optional && *(const uint64_t *)field == SV_UNSET)
+        if (is_optional(k) && *(const uint64_t *)field == SV_UNSET)
             v = json_null();
         else switch (k->kind) {
         case SV_K_UINT:
