@@ -12,11 +12,9 @@
 #include "sysroot.h"
 
 #include <errno.h>
-#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #define GiB (1ull << 30)
 #define MiB (1ull << 20)
