@@ -2,6 +2,7 @@
 
 #include "cleanup.h"
 #include "fileio.h"
+#include "util.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -118,4 +119,43 @@ int qv_sysroot_exists(const char *rel) {
     if (fstatat(dfd, strip_slash(rel), &st, 0) == 0)
         return 1;
     return errno == ENOENT || errno == ENOTDIR ? 0 : -errno;
+}
+
+static int cmp_names(const void *a, const void *b) {
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+int qv_sysroot_list(const char *rel, char ***ret) {
+    int fd = qv_sysroot_open(rel, O_RDONLY | O_DIRECTORY);
+    if (fd < 0)
+        return fd;
+    _cleanup_closedir_ DIR *d = fdopendir(fd);
+    if (!d) {
+        int e = errno;
+        close(fd);
+        return -e;
+    }
+    _cleanup_(qv_strv_freep) char **names = calloc(1, sizeof *names);
+    if (!names)
+        return -ENOMEM;
+    size_t n = 0;
+    struct dirent *de;
+    while ((errno = 0, de = readdir(d))) {
+        if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
+            continue;
+        if (n >= INT_MAX - 1)
+            return -E2BIG;
+        char **grown = realloc(names, (n + 2) * sizeof *grown);
+        if (!grown)
+            return -ENOMEM;
+        names = grown;
+        if (!(names[n] = strdup(de->d_name)))
+            return -ENOMEM;
+        names[++n] = NULL;
+    }
+    if (errno)
+        return -errno;
+    qsort(names, n, sizeof *names, cmp_names);
+    *ret = TAKE_PTR(names);
+    return (int)n;
 }

@@ -29,3 +29,7 @@ int qv_sysroot_write(const char *rel, const char *s);
 int qv_sysroot_readlink(const char *rel, char *buf, size_t size);
 /* 1 if rel exists, 0 if not, negative errno on other errors. */
 int qv_sysroot_exists(const char *rel);
+/* The names in directory rel, without "." and "..", sorted: a
+ * NULL-terminated list the caller frees with qv_strv_free().  Returns the
+ * count or a negative errno (-ENOENT: no such directory). */
+int qv_sysroot_list(const char *rel, char ***ret);

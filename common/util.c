@@ -3,6 +3,7 @@
 #include <ctype.h>
 #include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
@@ -165,9 +166,96 @@ void qv_format_size_human(uint64_t bytes, char *buf, size_t size) {
     snprintf(buf, size, "%.1f%c", v, units[u]);
 }
 
+void qv_strv_free(char **v) {
+    for (char **p = v; p && *p; p++)
+        free(*p);
+    free(v);
+}
+
 size_t qv_strv_len(char *const *v) {
     size_t n = 0;
     while (v && v[n])
         n++;
     return n;
+}
+
+/* One CPU number of a list: digits only, below QV_CPU_MAX. */
+static int cpu_number(const char **p, unsigned *ret) {
+    const char *s = *p;
+    if (!isdigit((unsigned char)*s))
+        return -EINVAL;
+    unsigned long v = 0;
+    while (isdigit((unsigned char)*s)) {
+        v = v * 10 + (unsigned long)(*s - '0');
+        if (v >= QV_CPU_MAX)
+            return -ERANGE;
+        s++;
+    }
+    *ret = (unsigned)v;
+    *p = s;
+    return 0;
+}
+
+int qv_parse_cpulist(const char *s, unsigned **ret, size_t *ret_n) {
+    if (!s || !*s)
+        return -EINVAL;
+    unsigned char bits[QV_CPU_MAX / 8] = {0};
+    size_t n = 0;
+    const char *p = s;
+    for (;;) {
+        unsigned lo, hi;
+        int r = cpu_number(&p, &lo);
+        if (r < 0)
+            return r;
+        hi = lo;
+        if (*p == '-') {
+            p++;
+            r = cpu_number(&p, &hi);
+            if (r < 0)
+                return r;
+            if (hi < lo)
+                return -EINVAL;
+        }
+        for (unsigned c = lo; c <= hi; c++) {
+            if (!(bits[c / 8] & (1u << (c % 8))))
+                n++;
+            bits[c / 8] |= (unsigned char)(1u << (c % 8));
+        }
+        if (!*p)
+            break;
+        if (*p != ',')
+            return -EINVAL;
+        p++; /* an empty item after it fails in cpu_number() */
+    }
+    unsigned *cpus = malloc(n * sizeof *cpus);
+    if (!cpus)
+        return -ENOMEM;
+    size_t i = 0;
+    for (unsigned c = 0; c < QV_CPU_MAX; c++)
+        if (bits[c / 8] & (1u << (c % 8)))
+            cpus[i++] = c;
+    *ret = cpus;
+    *ret_n = n;
+    return 0;
+}
+
+int qv_format_cpulist(const unsigned *cpus, size_t n, char *buf, size_t size) {
+    if (!size)
+        return -ENOBUFS;
+    size_t off = 0;
+    buf[0] = '\0';
+    for (size_t i = 0; i < n;) {
+        size_t j = i;
+        while (j + 1 < n && cpus[j + 1] == cpus[j] + 1)
+            j++;
+        int w = j == i ? snprintf(buf + off, size - off, "%s%u", i ? "," : "", cpus[i])
+                       : snprintf(buf + off, size - off, "%s%u-%u", i ? "," : "", cpus[i], cpus[j]);
+        if (w < 0 || (size_t)w >= size - off) {
+            buf[0] = '\0';
+            return -ENOBUFS;
+        }
+        off += (size_t)w;
+        i = j + 1;
+    }
+    return 0;
 }

@@ -32,6 +32,26 @@ int qv_parse_uint(const char *s, uint64_t min, uint64_t max, uint64_t *ret);
 int qv_string_index(const char *const *list, const char *s);
 /* Entries of a NULL-terminated string list; 0 for NULL. */
 size_t qv_strv_len(char *const *v);
+/* Frees the strings and the list; accepts NULL. */
+void qv_strv_free(char **v);
+static inline void qv_strv_freep(char ***v) {
+    qv_strv_free(*v);
+}
+
+/* CPU numbers are below this: the kernel's largest NR_CPUS. */
+#define QV_CPU_MAX 8192
+
+/* CPU lists as the kernel writes them (sysfs cpulist, Cpus_allowed_list) and
+ * as `--pin` takes them: "0-3,8,10-11".  Items are N or N-M with N <= M,
+ * separated by single commas; no spaces, signs, newline or empty items.
+ * Overlapping items are merged, as the kernel merges them.  The empty string
+ * is -EINVAL (a CPU-less NUMA node's empty cpulist is the caller's case).
+ * *ret holds the CPUs sorted and without duplicates (caller frees), *ret_n
+ * their count (>= 1).  -EINVAL for junk, -ERANGE for a CPU >= QV_CPU_MAX. */
+int qv_parse_cpulist(const char *s, unsigned **ret, size_t *ret_n);
+/* The inverse for a sorted list without duplicates: ranges folded,
+ * "" for none.  -ENOBUFS when buf is too small (buf then holds ""). */
+int qv_format_cpulist(const unsigned *cpus, size_t n, char *buf, size_t size);
 
 /* Monotonic clock in milliseconds / nanoseconds. */
 uint64_t qv_now_ms(void);

@@ -21,6 +21,26 @@ static const char *const accel_names[] = {"auto", "kvm", "tcg", NULL};
 static const char *const level_names[] = {"error", "warning", "info", "debug", NULL};
 static const qv_log_level level_values[] = {QV_LOG_ERR, QV_LOG_WARNING, QV_LOG_INFO, QV_LOG_DEBUG};
 
+_Static_assert(SV_NO_QUOTA == SV_UNSET, "an unset quota is the schema's unset value");
+
+#define P(field) offsetof(sv_pool, field)
+static const sv_key pool_keys[] = {
+    {NULL, "cpus", SV_K_UINT, P(cpus), NULL, 0, 1u << 20, NULL, false, false, NULL, NULL, true},
+    {NULL, "memory", SV_K_SIZE, P(memory), NULL, 0, 1ull << 50, NULL, false, false, NULL, NULL, true},
+    {NULL, "gpus", SV_K_UINT, P(gpus), NULL, 0, 1024, NULL, false, false, NULL, NULL, true},
+};
+static const sv_schema pool_schema = SV_SCHEMA(pool_keys);
+static const sv_map pool_map = {&pool_schema, sizeof(sv_pool), P(name), "pool"};
+
+#define S(field) offsetof(sv_storage_pool, field)
+static const sv_key storage_pool_keys[] = {
+    /* required, except for "default" (instances_dir): checked in validate() */
+    {NULL, "path", SV_K_PATH, S(path), NULL, 0, 0, NULL, false, false},
+    {NULL, "thin_overcommit", SV_K_BOOL, S(thin_overcommit), "false", 0, 0, NULL, false, false},
+};
+static const sv_schema storage_pool_schema = SV_SCHEMA(storage_pool_keys);
+static const sv_map storage_pool_map = {&storage_pool_schema, sizeof(sv_storage_pool), S(name), "storage pool"};
+
 #define F(field) offsetof(sv_config, field)
 
 /* section, name, kind, field, default, min, max, enum names, allow empty, restart */
@@ -56,7 +76,22 @@ static const sv_key keys[] = {
     {"network", "nat_gateway", SV_K_IPV4, F(nat_gateway), "192.168.100.1", 0, 0, NULL, false, false},
     {"network", "overlay_bridge", SV_K_IFNAME, F(overlay_bridge), "", 0, 0, NULL, true, false},
     {"network", "dns", SV_K_IPLIST, F(dns), NULL, 0, 0, NULL, true, false},
+
+    {"resources", "cpu_overcommit", SV_K_RATIO, F(cpu_overcommit), "4.0", 0, 100, NULL, false, false},
+    {"resources", "memory_overcommit", SV_K_RATIO, F(memory_overcommit), "1.0", 0, 100, NULL, false, false},
+    {"resources", "default_storage_pool", SV_K_NAME, F(default_storage_pool), "default", 0, 0, NULL, false, false},
+
+    {NULL, "pools", SV_K_MAP, F(pools), NULL, 0, 0, NULL, false, false, NULL, &pool_map},
+    {NULL, "storage_pools", SV_K_MAP, F(storage_pools), NULL, 0, 0, NULL, false, false, NULL, &storage_pool_map},
 };
+
+/* The table entry of a top-level key. */
+static const sv_key *top_key(const char *name) {
+    for (size_t i = 0; i < QV_ARRAY_SIZE(keys); i++)
+        if (!keys[i].section && strcmp(keys[i].name, name) == 0)
+            return &keys[i];
+    abort(); /* a name from this file that is not in its table */
+}
 
 static const sv_schema schema = SV_SCHEMA(keys);
 
@@ -76,7 +111,22 @@ void sv_config_free(sv_config *c) {
     free(c);
 }
 
-/* Defaults that follow other keys: STATE_DIR/images, RUN_DIR/qvisor.sock. */
+const sv_pool *sv_config_pool(const sv_config *c, const char *name) {
+    for (size_t i = 0; c->pools && c->pools[i]; i++)
+        if (strcmp(c->pools[i]->name, name) == 0)
+            return c->pools[i];
+    return NULL;
+}
+
+const sv_storage_pool *sv_config_storage_pool(const sv_config *c, const char *name) {
+    for (size_t i = 0; c->storage_pools && c->storage_pools[i]; i++)
+        if (strcmp(c->storage_pools[i]->name, name) == 0)
+            return c->storage_pools[i];
+    return NULL;
+}
+
+/* Defaults that follow other keys: STATE_DIR/images, RUN_DIR/qvisor.sock,
+ * the "default" pools (the storage one at INSTANCES_DIR). */
 static int set_derived(sv_config *c) {
     struct {
         char **field;
@@ -95,6 +145,44 @@ static int set_derived(sv_config *c) {
             *derived[i].field = NULL;
             return -ENOMEM;
         }
+    }
+    int r;
+    if (!sv_config_pool(c, "default") && (r = sv_schema_map_add(top_key("pools"), c, "default", true, NULL)) < 0)
+        return r;
+    sv_storage_pool *def = (sv_storage_pool *)sv_config_storage_pool(c, "default");
+    if (!def && (r = sv_schema_map_add(top_key("storage_pools"), c, "default", true, (void **)&def)) < 0)
+        return r;
+    if (!def->path && !(def->path = strdup(c->instances_dir)))
+        return -ENOMEM;
+    return 0;
+}
+
+/* "/a/b/" and "/a/b" are one directory. */
+static bool same_dir(const char *a, const char *b) {
+    size_t la = strlen(a), lb = strlen(b);
+    while (la > 1 && a[la - 1] == '/')
+        la--;
+    while (lb > 1 && b[lb - 1] == '/')
+        lb--;
+    return la == lb && memcmp(a, b, la) == 0;
+}
+
+static int validate_storage_pools(const char *name, const sv_config *c, qv_error *err) {
+    for (size_t i = 0; c->storage_pools[i]; i++) {
+        const sv_storage_pool *p = c->storage_pools[i];
+        if (!p->path)
+            return qv_error_set(err, QV_ECONFIG, "%s: storage_pools.%s.path: required (the pool's directory)", name,
+                                p->name);
+        for (size_t j = 0; j < i; j++)
+            if (same_dir(p->path, c->storage_pools[j]->path))
+                return qv_error_set(err, QV_ECONFIG, "%s: storage_pools.%s.path: %s is already storage pool '%s'",
+                                    name, p->name, p->path, c->storage_pools[j]->name);
+    }
+    if (!sv_config_storage_pool(c, c->default_storage_pool)) {
+        char have[1024];
+        sv_schema_render(top_key("storage_pools"), c, have, sizeof have);
+        return qv_error_set(err, QV_ECONFIG, "%s: resources.default_storage_pool: no storage pool '%s' (there are: %s)",
+                            name, c->default_storage_pool, have);
     }
     return 0;
 }
@@ -119,7 +207,7 @@ static int validate(const char *name, const sv_config *c, qv_error *err) {
     if (c->overlay_bridge[0] && strcmp(c->overlay_bridge, c->nat_bridge) == 0)
         return qv_error_set(err, QV_ECONFIG, "%s: network.overlay_bridge: must differ from network.nat_bridge (%s)",
                             name, c->nat_bridge);
-    return 0;
+    return validate_storage_pools(name, c, err);
 }
 
 sv_config *sv_config_new_default(void) {
@@ -213,12 +301,7 @@ int sv_config_from_json(json_t *j, sv_config **ret, qv_error *err) {
 }
 
 void sv_config_visit(const sv_config *c, sv_config_visit_fn fn, void *userdata) {
-    for (size_t i = 0; i < QV_ARRAY_SIZE(keys); i++) {
-        char name[128], value[1024];
-        sv_schema_key_name(&keys[i], name, sizeof name);
-        sv_schema_render(&keys[i], c, value, sizeof value);
-        fn(name, value, userdata);
-    }
+    sv_schema_visit(&schema, c, fn, userdata);
 }
 
 json_t *sv_config_to_json(const sv_config *c) {
@@ -260,6 +343,16 @@ char *sv_config_keep_restart_keys(sv_config *fresh, sv_config *running) {
         char *tmp = *a;
         *a = *b;
         *b = tmp;
+    }
+    /* the default storage pool follows the instances_dir in effect */
+    sv_storage_pool *def = (sv_storage_pool *)sv_config_storage_pool(fresh, "default");
+    if (changed && def && !same_dir(fresh->instances_dir, running->instances_dir) &&
+        same_dir(def->path, running->instances_dir)) {
+        char *kept = strdup(fresh->instances_dir);
+        if (kept) {
+            free(def->path);
+            def->path = kept;
+        }
     }
     return changed;
 }

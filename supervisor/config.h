@@ -16,6 +16,26 @@ typedef enum sv_accel {
     SV_ACCEL_TCG,
 } sv_accel;
 
+/* A quota or limit that is not set: no limit.  (The schema's SV_UNSET.) */
+#define SV_NO_QUOTA UINT64_MAX
+
+/* A resource pool (config `pools.NAME`): every VM belongs to one ("default"
+ * unless it says otherwise).  Each quota bounds the sum over the pool's VMs
+ * and is SV_NO_QUOTA when not set. */
+typedef struct sv_pool {
+    char *name;
+    uint64_t cpus;   /* vCPUs */
+    uint64_t memory; /* bytes */
+    uint64_t gpus;   /* passed-through GPUs */
+} sv_pool;
+
+/* A storage pool (config `storage_pools.NAME`): a directory VM disks live in. */
+typedef struct sv_storage_pool {
+    char *name;
+    char *path;           /* absolute */
+    bool thin_overcommit; /* may allocate more virtual disk than there is free space */
+} sv_storage_pool;
+
 typedef struct sv_config {
     char *source; /* file the values came from; NULL for built-in defaults */
 
@@ -56,6 +76,17 @@ typedef struct sv_config {
     char *nat_gateway;
     char *overlay_bridge;
     char **dns;        /* NULL-terminated; never NULL after load */
+
+    /* resources */
+    double cpu_overcommit;      /* vCPUs allowed per logical CPU, > 0 */
+    double memory_overcommit;   /* guest memory allowed per byte of RAM, > 0 */
+    char *default_storage_pool; /* names an entry of storage_pools */
+
+    /* NULL-terminated, in config order.  Both always hold an entry "default"
+     * (first when the config does not name it): the resource pool without
+     * quotas, the storage pool at instances_dir. */
+    sv_pool **pools;
+    sv_storage_pool **storage_pools;
 } sv_config;
 
 /* Built-in defaults (what an empty file gives).  Returns NULL on ENOMEM. */
@@ -87,7 +118,8 @@ static inline void sv_config_freep(sv_config **c) {
 json_t *sv_config_to_json(const sv_config *c);
 
 /* Visits every key in table order with its dotted name and its effective
- * value rendered as text (lists joined with ", "). */
+ * value rendered as text (lists joined with ", ", unset quotas as "unset");
+ * pools give one key per entry and setting ("pools.default.cpus"). */
 typedef void (*sv_config_visit_fn)(const char *key, const char *value, void *userdata);
 void sv_config_visit(const sv_config *c, sv_config_visit_fn fn, void *userdata);
 
@@ -99,6 +131,10 @@ char *sv_config_restart_keys_changed(const sv_config *old, const sv_config *new_
  * changed (`running` gets the new ones, to be freed with it).  Returns the
  * changed keys as sv_config_restart_keys_changed() does. */
 char *sv_config_keep_restart_keys(sv_config *fresh, sv_config *running);
+
+/* The pool / storage pool called name (borrowed); NULL when there is none. */
+const sv_pool *sv_config_pool(const sv_config *c, const char *name);
+const sv_storage_pool *sv_config_storage_pool(const sv_config *c, const char *name);
 
 const char *sv_accel_to_string(sv_accel a);
 qv_log_level sv_config_log_level(const sv_config *c);

@@ -26,7 +26,26 @@ typedef enum sv_kind {
     SV_K_CIDR4,    /* a.b.c.d/len with len in [min, max], stored normalised */
     SV_K_IPLIST,   /* list of IPv4/IPv6 addresses, char ** NULL-terminated */
     SV_K_STRLIST,  /* list of non-empty strings (each passing check), char ** NULL-terminated */
+    SV_K_RATIO,    /* decimal number > 0 and <= max ("4", "1.5"), stored as double */
+    SV_K_MAP,      /* mapping of names the user chooses (qvisor names) to entries
+                    * described by `map`: NULL-terminated array of pointers to
+                    * entry structs, never NULL once defaults are applied */
 } sv_kind;
+
+/* The value of an optional SV_K_UINT or SV_K_SIZE key that is not set. */
+#define SV_UNSET UINT64_MAX
+
+struct sv_schema;
+
+/* What one entry of an SV_K_MAP key holds: a struct of entry_size bytes with
+ * its name (char *, owned) at name_offset and the keys of `entry` (which
+ * have no sections).  An entry given as null or {} holds the defaults. */
+typedef struct sv_map {
+    const struct sv_schema *entry;
+    size_t entry_size;
+    size_t name_offset;
+    const char *what; /* "pool": "'X' is not a valid pool name" */
+} sv_map;
 
 /* Extra validation of a string value (string kinds) or of each list item
  * (SV_K_STRLIST): 0, or a negative errno with the reason written to why
@@ -44,6 +63,11 @@ typedef struct sv_key {
     bool allow_empty;
     bool restart; /* node config: a running daemon keeps the old value */
     sv_check_fn check; /* NULL: none */
+    const sv_map *map; /* SV_K_MAP: the entries */
+    /* SV_K_UINT, SV_K_SIZE: the key may have no value (SV_UNSET), which is
+     * its default; YAML null (~ or nothing) and JSON null unset it, and JSON
+     * output shows null. */
+    bool optional;
 } sv_key;
 
 typedef struct sv_schema {
@@ -71,10 +95,25 @@ int sv_schema_load_yaml(const sv_schema *s, void *obj, const char *name, const c
 int sv_schema_load_json(const sv_schema *s, void *obj, json_t *j, const char *what, int error_code,
                         qv_error *err);
 
-/* One key's value as text ("2G", "60s", "a, b"; "[]" for an empty list). */
+/* One key's value as text ("2G", "60s", "4.0", "a, b"; "[]" for an empty
+ * list or map, a map's entry names otherwise; "unset" for an optional key
+ * without a value). */
 void sv_schema_render(const sv_key *k, const void *obj, char *buf, size_t size);
+/* Visits every key in table order with its dotted name and its value as
+ * sv_schema_render() writes it; a non-empty SV_K_MAP gives each entry's keys
+ * as "MAP.ENTRY.KEY" ("pools.batch.cpus") instead of itself. */
+typedef void (*sv_schema_visit_fn)(const char *key, const char *value, void *userdata);
+void sv_schema_visit(const sv_schema *s, const void *obj, sv_schema_visit_fn fn, void *userdata);
+
+/* Adds an entry called name, holding the entry defaults, to the SV_K_MAP key
+ * k of obj: first or last.  *ret_entry (may be NULL) is borrowed.  -EEXIST
+ * when there is one by that name, -EINVAL for a bad name, -ENOMEM. */
+int sv_schema_map_add(const sv_key *k, void *obj, const char *name, bool first, void **ret_entry);
+
 /* "section.name" or "name". */
 void sv_schema_key_name(const sv_key *k, char *buf, size_t size);
-/* {"section": {"name": value}}; integers as numbers, lists as arrays,
- * booleans as booleans, everything else rendered as text.  New reference. */
+/* {"section": {"name": value}}; integers as numbers, ratios as reals, lists
+ * as arrays, booleans as booleans, maps as objects of entry name to entry
+ * object, unset optional keys as null, everything else rendered as text.
+ * New reference. */
 json_t *sv_schema_to_json(const sv_schema *s, const void *obj);

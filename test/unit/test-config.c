@@ -106,8 +106,12 @@ static void count_keys(const char *key, const char *value, void *userdata) {
     char *text = userdata;
     const char *leaf = strrchr(key, '.');
     leaf = leaf ? leaf + 1 : key;
+    /* two spaces of indentation per level: "pools.default.cpus" is "\n    cpus:" */
+    int depth = 0;
+    for (const char *p = key; *p; p++)
+        depth += *p == '.';
     char pat[128];
-    snprintf(pat, sizeof pat, "\n%s%s:", strchr(key, '.') ? "  " : "", leaf);
+    snprintf(pat, sizeof pat, "\n%*s%s:", 2 * depth, "", leaf);
     if (!strstr(text, pat))
         fail_msg("config.example.yaml does not document %s", key);
 }
@@ -213,6 +217,185 @@ static void test_restart_keys(void **state) {
     assert_null(sv_config_restart_keys_changed(a, a));
 }
 
+static void test_keep_restart_keys_default_storage_pool(void **state) {
+    (void)state;
+    _cleanup_(sv_config_freep) sv_config *running = NULL;
+    _cleanup_(sv_config_freep) sv_config *fresh = NULL;
+    qv_error err = {0};
+    assert_int_equal(parse("paths:\n  state_dir: /old\n", &running, &err), 0);
+    assert_int_equal(parse("paths:\n  state_dir: /new\n", &fresh, &err), 0);
+    char *changed = sv_config_keep_restart_keys(fresh, running);
+    assert_non_null(changed);
+    free(changed);
+    /* the daemon keeps /old/instances until it restarts, and so does the
+     * storage pool that lives there */
+    assert_string_equal(fresh->instances_dir, "/old/instances");
+    assert_string_equal(sv_config_storage_pool(fresh, "default")->path, "/old/instances");
+}
+
+static void test_resources_defaults(void **state) {
+    (void)state;
+    _cleanup_(sv_config_freep) sv_config *c = NULL;
+    qv_error err = {0};
+    assert_int_equal(parse("paths:\n  state_dir: /srv/q\n", &c, &err), 0);
+    assert_true(c->cpu_overcommit == 4.0);
+    assert_true(c->memory_overcommit == 1.0);
+    assert_string_equal(c->default_storage_pool, "default");
+    /* the pools "default" exist without being configured */
+    assert_non_null(c->pools[0]);
+    assert_null(c->pools[1]);
+    const sv_pool *p = sv_config_pool(c, "default");
+    assert_ptr_equal(p, c->pools[0]);
+    assert_true(p->cpus == SV_NO_QUOTA && p->memory == SV_NO_QUOTA && p->gpus == SV_NO_QUOTA);
+    assert_null(c->storage_pools[1]);
+    const sv_storage_pool *sp = sv_config_storage_pool(c, "default");
+    assert_non_null(sp);
+    assert_string_equal(sp->path, "/srv/q/instances");
+    assert_false(sp->thin_overcommit);
+    assert_null(sv_config_pool(c, "batch"));
+    assert_null(sv_config_storage_pool(c, "fast"));
+}
+
+static void test_pools(void **state) {
+    (void)state;
+    _cleanup_(sv_config_freep) sv_config *c = NULL;
+    qv_error err = {0};
+    const char *y = "resources:\n"
+                    "  cpu_overcommit: 2.5\n"
+                    "  memory_overcommit: 1\n"
+                    "  default_storage_pool: fast\n"
+                    "pools:\n"
+                    "  batch:\n"
+                    "    cpus: 32\n"
+                    "    memory: 128G\n"
+                    "    gpus: 0\n"
+                    "  web:\n"
+                    "    memory: 16G\n"
+                    "storage_pools:\n"
+                    "  fast:\n"
+                    "    path: /srv/nvme\n"
+                    "    thin_overcommit: true\n"
+                    "  default:\n"
+                    "    thin_overcommit: true\n";
+    if (parse(y, &c, &err) < 0)
+        fail_msg("%s", err.msg);
+    assert_true(c->cpu_overcommit == 2.5);
+    assert_true(c->memory_overcommit == 1.0);
+    /* "default" comes first when the config does not list it */
+    assert_string_equal(c->pools[0]->name, "default");
+    assert_string_equal(c->pools[1]->name, "batch");
+    assert_string_equal(c->pools[2]->name, "web");
+    assert_null(c->pools[3]);
+    const sv_pool *b = sv_config_pool(c, "batch");
+    assert_true(b->cpus == 32 && b->memory == 128ull << 30 && b->gpus == 0);
+    const sv_pool *w = sv_config_pool(c, "web");
+    assert_true(w->cpus == SV_NO_QUOTA && w->memory == 16ull << 30 && w->gpus == SV_NO_QUOTA);
+    /* a listed "default" keeps its place and gets INSTANCES_DIR as its path */
+    assert_string_equal(c->storage_pools[0]->name, "fast");
+    assert_string_equal(c->storage_pools[1]->name, "default");
+    assert_null(c->storage_pools[2]);
+    assert_string_equal(c->storage_pools[1]->path, "/var/lib/qvisor/instances");
+    assert_true(c->storage_pools[1]->thin_overcommit);
+    assert_string_equal(sv_config_storage_pool(c, "fast")->path, "/srv/nvme");
+    assert_string_equal(c->default_storage_pool, "fast");
+
+    /* a deep copy */
+    _cleanup_(sv_config_freep) sv_config *d = sv_config_dup(c);
+    assert_non_null(d);
+    assert_ptr_not_equal(d->pools, c->pools);
+    assert_ptr_not_equal(d->pools[1], c->pools[1]);
+    assert_string_equal(d->pools[1]->name, "batch");
+    assert_true(d->pools[1]->cpus == 32);
+    assert_ptr_not_equal(d->storage_pools[0]->path, c->storage_pools[0]->path);
+    assert_string_equal(d->storage_pools[0]->path, "/srv/nvme");
+    assert_true(d->cpu_overcommit == 2.5);
+
+    /* JSON: stable keys, unset quotas as null, and back */
+    json_t *j = sv_config_to_json(c);
+    json_t *res = json_object_get(j, "resources");
+    assert_true(json_real_value(json_object_get(res, "cpu_overcommit")) == 2.5);
+    assert_string_equal(json_string_value(json_object_get(res, "default_storage_pool")), "fast");
+    json_t *jb = json_object_get(json_object_get(j, "pools"), "batch");
+    assert_true(json_integer_value(json_object_get(jb, "cpus")) == 32);
+    assert_string_equal(json_string_value(json_object_get(jb, "memory")), "128G");
+    assert_true(json_is_null(json_object_get(json_object_get(json_object_get(j, "pools"), "web"), "cpus")));
+    json_t *jf = json_object_get(json_object_get(j, "storage_pools"), "fast");
+    assert_string_equal(json_string_value(json_object_get(jf, "path")), "/srv/nvme");
+    assert_true(json_is_true(json_object_get(jf, "thin_overcommit")));
+    _cleanup_(sv_config_freep) sv_config *back = NULL;
+    assert_int_equal(sv_config_from_json(j, &back, &err), 0);
+    json_t *k = sv_config_to_json(back);
+    assert_true(json_equal(j, k));
+    assert_true(sv_config_pool(back, "web")->cpus == SV_NO_QUOTA);
+    json_decref(j);
+    json_decref(k);
+}
+
+static void visit_pools(const char *key, const char *value, void *userdata) {
+    char *out = userdata;
+    if (strncmp(key, "pools.", 6) != 0 && strncmp(key, "storage_pools.", 14) != 0 && strncmp(key, "resources.", 10) != 0)
+        return;
+    size_t n = strlen(out);
+    snprintf(out + n, 2048 - n, "%s=%s\n", key, value);
+}
+
+static void test_pools_visit(void **state) {
+    (void)state;
+    _cleanup_(sv_config_freep) sv_config *c = NULL;
+    qv_error err = {0};
+    assert_int_equal(parse("pools:\n  gpu:\n    gpus: 2\n", &c, &err), 0);
+    char out[2048] = "";
+    sv_config_visit(c, visit_pools, out);
+    assert_string_equal(out, "resources.cpu_overcommit=4.0\n"
+                             "resources.memory_overcommit=1.0\n"
+                             "resources.default_storage_pool=default\n"
+                             "pools.default.cpus=unset\n"
+                             "pools.default.memory=unset\n"
+                             "pools.default.gpus=unset\n"
+                             "pools.gpu.cpus=unset\n"
+                             "pools.gpu.memory=unset\n"
+                             "pools.gpu.gpus=2\n"
+                             "storage_pools.default.path=/var/lib/qvisor/instances\n"
+                             "storage_pools.default.thin_overcommit=false\n");
+}
+
+static void test_pools_errors(void **state) {
+    (void)state;
+    expect_error("resources:\n  cpu_overcommit: 0\n",
+                 "t.yaml:2:19: resources.cpu_overcommit: 0 is out of range (greater than 0, at most 100)");
+    expect_error("resources:\n  memory_overcommit: -1\n",
+                 "t.yaml:2:22: resources.memory_overcommit: expected a number like 4 or 1.5, got '-1'");
+    expect_error("resources:\n  memory_overcommit: lots\n",
+                 "t.yaml:2:22: resources.memory_overcommit: expected a number like 4 or 1.5, got 'lots'");
+    expect_error("pools:\n  Batch:\n    cpus: 4\n", "t.yaml:2:3: pools: 'Batch' is not a valid pool name");
+    expect_error("pools:\n  ../x: {}\n", "t.yaml:2:3: pools: '../x' is not a valid pool name");
+    expect_error("pools:\n  a: {}\n  a: {}\n", "t.yaml:3:3: pools.a: repeated key");
+    expect_error("pools:\n  a:\n    cpu: 4\n", "t.yaml:3:5: pools.a.cpu: unknown key");
+    expect_error("pools:\n  a:\n    cpus: four\n", "t.yaml:3:11: pools.a.cpus: expected a whole number, got 'four'");
+    expect_error("pools:\n  a:\n    cpus: -1\n", "t.yaml:3:11: pools.a.cpus: expected a whole number, got '-1'");
+    expect_error("pools:\n  a:\n    memory: 64\n",
+                 "t.yaml:3:13: pools.a.memory: expected a size with a unit (like 512M or 20G), got '64'");
+    expect_error("pools:\n  a:\n    gpus: 2000\n", "t.yaml:3:11: pools.a.gpus: 2000 is out of range (0 to 1024)");
+    expect_error("pools:\n  a: [1]\n", "t.yaml:2:6: pools.a: expected a mapping of settings, got a list");
+    expect_error("pools: [a]\n", "t.yaml:1:8: pools: expected a mapping of pool names to settings, got a list");
+    expect_error("storage_pools:\n  fast:\n    path: srv\n",
+                 "t.yaml:3:11: storage_pools.fast.path: must be an absolute path, got 'srv'");
+    expect_error("storage_pools:\n  fast:\n    thin_overcommit: yes\n",
+                 "t.yaml:3:22: storage_pools.fast.thin_overcommit: expected true or false, got 'yes'");
+    expect_error("storage_pools:\n  fast:\n    thin_overcommit: true\n",
+                 "t.yaml: storage_pools.fast.path: required (the pool's directory)");
+    expect_error("storage_pools:\n  a:\n    path: /srv/a/\n  b:\n    path: /srv/a\n",
+                 "t.yaml: storage_pools.b.path: /srv/a is already storage pool 'a'");
+    expect_error("storage_pools:\n  a:\n    path: /var/lib/qvisor/instances\n",
+                 "t.yaml: storage_pools.a.path: /var/lib/qvisor/instances is already storage pool 'default'");
+    expect_error("storage_pools:\n  My_Pool:\n    path: /srv\n",
+                 "t.yaml:2:3: storage_pools: 'My_Pool' is not a valid storage pool name");
+    expect_error("resources:\n  default_storage_pool: fast\n",
+                 "t.yaml: resources.default_storage_pool: no storage pool 'fast' (there are: default)");
+    expect_error("resources:\n  default_storage_pool: Fast\n",
+                 "t.yaml:2:25: resources.default_storage_pool: 'Fast' is not a valid name");
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_defaults),
@@ -225,6 +408,11 @@ int main(void) {
         cmocka_unit_test(test_json_round_trip),
         cmocka_unit_test(test_load_or_default),
         cmocka_unit_test(test_restart_keys),
+        cmocka_unit_test(test_keep_restart_keys_default_storage_pool),
+        cmocka_unit_test(test_resources_defaults),
+        cmocka_unit_test(test_pools),
+        cmocka_unit_test(test_pools_visit),
+        cmocka_unit_test(test_pools_errors),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,10 +1,11 @@
-/* Names, sizes, durations, errno mapping. */
+/* Names, sizes, durations, CPU lists, errno mapping. */
 #include "testlib.h"
 
 #include "error.h"
 #include "util.h"
 
 #include <errno.h>
+#include <stdlib.h>
 #include <string.h>
 
 static void test_names(void **state) {
@@ -83,6 +84,63 @@ static void test_uint(void **state) {
     assert_int_equal(qv_parse_uint("99999999999999999999999", 0, UINT64_MAX, &v), -ERANGE);
 }
 
+static void expect_cpulist(const char *s, const char *want) {
+    unsigned *cpus = NULL;
+    size_t n = 0;
+    int r = qv_parse_cpulist(s, &cpus, &n);
+    if (r < 0)
+        fail_msg("'%s': %d", s, r);
+    char buf[256];
+    assert_int_equal(qv_format_cpulist(cpus, n, buf, sizeof buf), 0);
+    if (strcmp(buf, want) != 0)
+        fail_msg("'%s' gave '%s', want '%s'", s, buf, want);
+    free(cpus);
+}
+
+static void test_cpulist(void **state) {
+    (void)state;
+    unsigned *cpus = NULL;
+    size_t n = 0;
+    assert_int_equal(qv_parse_cpulist("0-3,8,10-11", &cpus, &n), 0);
+    assert_int_equal(n, 7);
+    const unsigned want[] = {0, 1, 2, 3, 8, 10, 11};
+    for (size_t i = 0; i < n; i++)
+        assert_int_equal(cpus[i], want[i]);
+    free(cpus);
+
+    expect_cpulist("0", "0");
+    expect_cpulist("5-5", "5");
+    expect_cpulist("0-3,8,10-11", "0-3,8,10-11");
+    /* unsorted and overlapping items are merged, as the kernel does */
+    expect_cpulist("8,0-3,2-4,4", "0-4,8");
+    expect_cpulist("1,3,5,7", "1,3,5,7");
+    expect_cpulist("8191", "8191");
+
+    static const char *const bad[] = {
+        "",      ",",    "0,",   ",0",   "0,,1", "3-1",  "-1",  "1-",   "1--2", "a",   "0x1",
+        " 0",    "0 ",   "0\n", "0-3:2", "+1",   "1.0",  "0-1,a", "0;1",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        cpus = NULL;
+        int r = qv_parse_cpulist(bad[i], &cpus, &n);
+        if (r != -EINVAL)
+            fail_msg("'%s': got %d, want -EINVAL", bad[i], r);
+        assert_null(cpus);
+    }
+    assert_int_equal(qv_parse_cpulist("8192", &cpus, &n), -ERANGE);
+    assert_int_equal(qv_parse_cpulist("0-99999999999999999999", &cpus, &n), -ERANGE);
+    assert_int_equal(qv_parse_cpulist(NULL, &cpus, &n), -EINVAL);
+
+    char buf[8];
+    const unsigned many[] = {0, 2, 4, 6, 8};
+    assert_int_equal(qv_format_cpulist(many, 5, buf, sizeof buf), -ENOBUFS);
+    assert_string_equal(buf, "");
+    assert_int_equal(qv_format_cpulist(many, 4, buf, sizeof buf), 0);
+    assert_string_equal(buf, "0,2,4,6");
+    assert_int_equal(qv_format_cpulist(NULL, 0, buf, sizeof buf), 0);
+    assert_string_equal(buf, "");
+}
+
 static void test_errors(void **state) {
     (void)state;
     qv_error err = {0};
@@ -117,7 +175,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_names),      cmocka_unit_test(test_sizes),
         cmocka_unit_test(test_durations),  cmocka_unit_test(test_uint),
-        cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_errors),     cmocka_unit_test(test_cpulist),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
