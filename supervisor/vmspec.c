@@ -15,6 +15,7 @@
 #include <string.h>
 
 static const char *const restart_names[] = {"never", "on-failure", "always", NULL};
+static const char *const hugepage_names[] = {"none", "2M", "1G", NULL};
 
 #define F(field) offsetof(sv_vmspec, field)
 
@@ -89,6 +90,24 @@ static int check_net(const char *v, char *why, size_t size) {
     return r;
 }
 
+static int check_pin(const char *v, char *why, size_t size) {
+    unsigned *cpus = NULL;
+    size_t n;
+    int r = qv_parse_cpulist(v, &cpus, &n);
+    free(cpus);
+    if (r < 0)
+        snprintf(why, size, "'%s' is not a CPU list like 0-3,8 (host CPUs, at most %d)", v, QV_CPU_MAX);
+    return r;
+}
+
+static int check_numa(const char *v, char *why, size_t size) {
+    uint64_t node;
+    if (strcmp(v, "auto") == 0 || qv_parse_uint(v, 0, 1023, &node) == 0)
+        return 0;
+    snprintf(why, size, "'%s': expected auto or a NUMA node number", v);
+    return -EINVAL;
+}
+
 /* section, name, kind, field, default, min, max, enum names, allow empty, restart, check */
 static const sv_key keys[] = {
     {NULL, "name", SV_K_NAME, F(name), NULL, 0, 0, NULL, false, false},
@@ -105,6 +124,11 @@ static const sv_key keys[] = {
     {NULL, "agent", SV_K_BOOL, F(agent), "true", 0, 0, NULL, false, false},
     {NULL, "gpus", SV_K_STRLIST, F(gpus), NULL, 0, 0, NULL, false, false, check_gpu},
     {NULL, "nets", SV_K_STRLIST, F(nets), NULL, 0, 0, NULL, false, false, check_net},
+    {NULL, "pool", SV_K_NAME, F(pool), "default", 0, 0, NULL, false, false},
+    {NULL, "storage_pool", SV_K_NAME, F(storage_pool), NULL, 0, 0, NULL, false, false},
+    {NULL, "hugepages", SV_K_ENUM, F(hugepages), "none", 0, 0, hugepage_names, false, false},
+    {NULL, "numa", SV_K_STRING, F(numa), NULL, 0, 0, NULL, false, false, check_numa},
+    {NULL, "pin", SV_K_STRING, F(pin), NULL, 0, 0, NULL, false, false, check_pin},
     {NULL, "seed", SV_K_BOOL, F(seed), "true", 0, 0, NULL, false, false},
     {NULL, "hostname", SV_K_STRING, F(hostname), NULL, 0, 0, NULL, false, false, check_hostname},
     {NULL, "user", SV_K_STRING, F(user), CI_DEFAULT_USER, 0, 0, NULL, false, false, check_user},
@@ -118,6 +142,10 @@ static const sv_schema schema = SV_SCHEMA(keys);
 
 const char *sv_restart_to_string(int r) {
     return r >= 0 && r <= SV_RESTART_ALWAYS ? restart_names[r] : "never";
+}
+
+uint64_t sv_hugepage_bytes(int h) {
+    return h == SV_HUGEPAGES_2M ? 2ull << 20 : h == SV_HUGEPAGES_1G ? 1ull << 30 : 0;
 }
 
 sv_vmspec *sv_vmspec_new(void) {
@@ -172,6 +200,7 @@ json_t *sv_vmspec_to_json(const sv_vmspec *s) {
         {"ssh_keys", !s->ssh_keys || !s->ssh_keys[0]},
         {"gpus", !s->gpus || !s->gpus[0]},
         {"nets", !s->nets || !s->nets[0]},
+        {"storage_pool", !s->storage_pool}, {"numa", !s->numa}, {"pin", !s->pin},
     };
     for (size_t i = 0; j && i < QV_ARRAY_SIZE(opt); i++)
         if (opt[i].unset)
@@ -206,6 +235,10 @@ int sv_vmspec_complete(sv_vmspec *s, const sv_config *node, qv_error *err) {
     }
     if (qv_strv_len(s->nets) > ND_NICS_MAX)
         return qv_error_set(err, EINVAL, "spec: nets: at most %d NICs per VM", ND_NICS_MAX);
+    if (s->pin && s->numa && strcmp(s->numa, "auto") == 0)
+        return qv_error_set(err, EINVAL, "spec: pin and numa: auto exclude each other (auto chooses the CPUs)");
+    if (!s->storage_pool && !(s->storage_pool = strdup(node->default_storage_pool)))
+        return qv_error_set(err, ENOMEM, "out of memory");
     if (!s->cpus)
         s->cpus = node->vm_cpus;
     if (!s->memory)

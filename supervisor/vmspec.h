@@ -16,6 +16,12 @@ typedef enum sv_restart {
     SV_RESTART_ALWAYS,
 } sv_restart;
 
+typedef enum sv_hugepages_size {
+    SV_HUGEPAGES_NONE,
+    SV_HUGEPAGES_2M,
+    SV_HUGEPAGES_1G,
+} sv_hugepages_size;
+
 typedef struct sv_vmspec {
     char *name;               /* [a-z0-9][a-z0-9-]{0,62}, required */
     char *image;              /* base image name in the images directory, required */
@@ -37,6 +43,12 @@ typedef struct sv_vmspec {
      * completes them at create (MACs, nat addresses, the bridge).  Empty: one
      * user-mode NIC.  NULL-terminated, never NULL. */
     char **nets;
+    /* node resources (docs/resources.md) */
+    char *pool;               /* resource pool (default "default"), for quotas */
+    char *storage_pool;       /* where the disk lives; unset: the node's default_storage_pool */
+    int hugepages;            /* sv_hugepages_size: guest RAM on hugepages */
+    char *numa;               /* NULL, "auto" or a node number: bind memory (and CPUs) to a node */
+    char *pin;                /* host CPU list for the vCPU and emulator threads, NULL: none */
     /* cloud-init seed (supervisor/seed.h) */
     bool seed;                /* attach a NoCloud seed at all (default true) */
     char *hostname;           /* local-hostname; unset: the VM name (sv_vmspec_complete fills it) */
@@ -68,3 +80,5 @@ json_t *sv_vmspec_to_json(const sv_vmspec *s);
 int sv_vmspec_complete(sv_vmspec *s, const sv_config *node, qv_error *err);
 
 const char *sv_restart_to_string(int r);
+/* Page size in bytes of an sv_hugepages_size (0 for none). */
+uint64_t sv_hugepage_bytes(int h);
