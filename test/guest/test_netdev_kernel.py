@@ -122,17 +122,35 @@ class Cache:
         if self.private:
             shutil.rmtree(self.dir, ignore_errors=True)
 
-    def prune(self, keep, max_age=2 * 86400):
-        """Removes entries other than `keep` not used for max_age seconds."""
+    def prune(self, keep, initrds=8, modules_age=7 * 86400, grace=600):
+        """Marks `keep` used and removes what was not: beyond the `initrds`
+        most recently used initramfs images (each build of test-netdev makes
+        a new one), module sets unused for modules_age seconds.  Nothing
+        used in the last `grace` seconds goes (another run may be about to
+        boot it)."""
         now = time.time()
+        entries = []
         for name in os.listdir(self.dir):
             path = os.path.join(self.dir, name)
-            if name in keep:
-                os.utime(path)
+            try:
+                if name in keep:
+                    os.utime(path)
+                    continue
+                entries.append((os.lstat(path).st_mtime, name, path))
+            except OSError:
+                pass
+        n_initrd = len([k for k in keep if k.startswith("initrd-")])
+        for mtime, name, path in sorted(entries, reverse=True):
+            if now - mtime < grace:
+                continue
+            if name.startswith("initrd-"):
+                n_initrd += 1
+                if n_initrd <= initrds:
+                    continue
+            elif now - mtime < modules_age:
                 continue
             try:
-                if now - os.lstat(path).st_mtime > max_age:
-                    shutil.rmtree(path) if os.path.isdir(path) else os.unlink(path)
+                shutil.rmtree(path) if os.path.isdir(path) else os.unlink(path)
             except OSError:
                 pass
 
@@ -244,6 +262,7 @@ def kernel_modules(cache, deb, krel):
                 f.write(data[n])
         with open(os.path.join(tmp, "order"), "w") as f:
             f.write("\n".join(order) + "\n")
+        os.chmod(tmp, 0o755)
         shutil.rmtree(out, ignore_errors=True)
         os.rename(tmp, out)
         sys.stderr.write("netdev-guest: modules from %s in %.1f s: %s\n"
@@ -379,6 +398,7 @@ def build_initramfs(cache, binary, moddir, order, krel):
     fd, tmp = tempfile.mkstemp(prefix=name + ".", dir=cache.dir)
     with os.fdopen(fd, "wb") as f:
         c.write(f)
+    os.chmod(tmp, 0o644)
     os.rename(tmp, out)
     sys.stderr.write("netdev-guest: initramfs %s (%d KiB, %d libraries) in %.1f s\n"
                      % (name, os.path.getsize(out) >> 10, len(libs), time.monotonic() - t0))
