@@ -158,10 +158,17 @@ class Cache:
 # ---- kernel modules ---------------------------------------------------------
 
 def _modinfo(data):
-    """The .modinfo fields of a module image: {key: [values]}."""
+    """The .modinfo fields of a module image that matter here: {key: [values]}.
+    (bytes.find, not a regular expression: 400 MB of modules go through it.)"""
     info = {}
-    for m in re.finditer(rb"(?<=\0)(depends|softdep|alias|vermagic)=([^\0]*)", data):
-        info.setdefault(m.group(1).decode(), []).append(m.group(2).decode(errors="replace"))
+    for key in (b"depends", b"softdep", b"alias"):
+        needle = b"\0" + key + b"="
+        i = data.find(needle)
+        while i >= 0:
+            start = i + len(needle)
+            end = data.find(b"\0", start)
+            info.setdefault(key.decode(), []).append(data[start:end].decode(errors="replace"))
+            i = data.find(needle, end)
     return info
 
 
