@@ -1,22 +1,37 @@
 /* netdev/: IPv4 parsing, the nftables text, and (as root) links, addresses,
- * TAPs, bridge VLANs and the nftables table against the real kernel.
+ * TAPs, bridge VLANs and the nftables table against the real kernel; and the
+ * daemon's start-time NIC setup (sv_net_setup) on top of them, for a bridge
+ * NIC in a VLAN and for a nat NIC with its NAT network.
  *
  * The kernel tests run only inside a private network namespace: main()
  * calls unshare(CLONE_NEWNET) before any test, so every link, address and
  * table made here dies with the process and the host's network is never
- * touched.  Where unshare fails (not root) they are skipped. */
+ * touched.  Where unshare fails (not root) they are skipped.
+ *
+ * The VLAN parts need a kernel with CONFIG_BRIDGE_VLAN_FILTERING and say
+ * "# skipped: ..." without it; test/guest/test_netdev_kernel.py runs this
+ * program under the tiny test guest's Debian kernel, which has it (and
+ * vhost-net), and fails if they were skipped there. */
 #include "testlib.h"
 
 #include "cleanup.h"
 #include "error.h"
+#include "fileio.h"
 #include "netdev/ip.h"
 #include "netdev/link.h"
+#include "netdev/nat.h"
 #include "netdev/nft.h"
+#include "netdev/nic.h"
 #include "netdev/tap.h"
+#include "supervisor/config.h"
+#include "supervisor/network.h"
+#include "supervisor/vmspec.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <jansson.h>
 #include <libmnl/libmnl.h>
+#include <limits.h>
 #include <linux/if_link.h>
 #include <linux/if_tun.h>
 #include <linux/rtnetlink.h>
@@ -593,6 +608,235 @@ static void test_nft_table(void **state) {
     assert_int_equal(nd_nft_table_delete(&err), 0);
 }
 
+/* ---- sv_net_setup: what a VM start does with its NICs --------------------- */
+
+static sv_vmspec *net_spec(const char *name, const char *nic) {
+    json_t *j = json_pack("{s:s, s:s, s:[s]}", "name", name, "image", "i", "nets", nic);
+    assert_non_null(j);
+    sv_vmspec *s = NULL;
+    qv_error err = {0};
+    if (sv_vmspec_from_json(j, &s, &err) < 0)
+        fail_msg("%s", err.msg);
+    json_decref(j);
+    _cleanup_(sv_config_freep) sv_config *c = sv_config_new_default();
+    assert_non_null(c);
+    if (sv_vmspec_complete(s, c, &err) < 0)
+        fail_msg("%s", err.msg);
+    return s;
+}
+
+static void replace_string(char **field, const char *value) {
+    free(*field);
+    *field = strdup(value);
+    assert_non_null(*field);
+}
+
+static void assert_fds_none(const sv_net_fds *f, size_t from) {
+    for (size_t i = from; i < ND_NICS_MAX; i++) {
+        assert_int_equal(f->tap[i], -1);
+        assert_int_equal(f->vhost[i], -1);
+    }
+}
+
+static void test_net_setup_bridge_vlan(void **state) {
+    (void)state;
+    REQUIRE_NETNS();
+    _cleanup_(sv_config_freep) sv_config *c = sv_config_new_default();
+    assert_non_null(c);
+    _cleanup_(sv_vmspec_freep) sv_vmspec *spec = net_spec("vt", "bridge,bridge=ovl0,vlan=100,mac=0a:51:76:00:00:09");
+    char tap[IFNAMSIZ];
+    nd_tap_name("vt", 0, tap);
+    assert_string_equal(tap, "qv-vt-0");
+    assert_int_equal(nd_bridge_create("ovl0", NULL), 0);
+    assert_int_equal(nd_link_set_up("ovl0", NULL), 0);
+
+    /* filtering off: refused before a TAP exists (the VM would see every VLAN) */
+    sv_net_fds fds;
+    sv_net_fds_init(&fds);
+    qv_error err = {0};
+    assert_int_equal(sv_net_setup(c, spec, &fds, &err), -EOPNOTSUPP);
+    assert_int_equal(err.code, EOPNOTSUPP);
+    assert_non_null(strstr(err.msg, "needs VLAN filtering"));
+    assert_non_null(strstr(err.msg, "ovl0"));
+    assert_false(link_exists(tap));
+    assert_fds_none(&fds, 0);
+
+    int r = set_vlan_filtering("ovl0", true);
+    if (r == -EOPNOTSUPP) {
+        assert_int_equal(nd_link_delete("ovl0", NULL), 0);
+        SKIP_TEST("the kernel has no bridge VLAN filtering: sv_net_setup with vlan= not run\n");
+    }
+    assert_int_equal(r, 0);
+    bool filtering = false;
+    assert_int_equal(nd_bridge_vlan_filtering("ovl0", &filtering, NULL), 0);
+    assert_true(filtering);
+
+    err = (qv_error){0};
+    r = sv_net_setup(c, spec, &fds, &err);
+    if (r < 0)
+        fail_msg("sv_net_setup: %d %s", r, err.msg);
+    assert_true(fds.tap[0] >= 0);
+    bool vhost = access("/dev/vhost-net", R_OK | W_OK) == 0;
+    assert_true(vhost ? fds.vhost[0] >= 0 : fds.vhost[0] == -1);
+    assert_fds_none(&fds, 1);
+
+    nd_link l, br;
+    assert_int_equal(nd_link_get("ovl0", &br, NULL), 0);
+    assert_int_equal(nd_link_get(tap, &l, NULL), 0);
+    assert_string_equal(l.kind, "tun");
+    assert_int_equal(l.master, br.index);
+    assert_true(l.up);
+    /* VLAN 100 only (out of the default VLAN 1), as PVID */
+    assert_port_vlans(tap, 100, 100);
+
+    /* the TAP is not persistent: closing the fds removes it */
+    sv_net_fds_close(&fds);
+    assert_fds_none(&fds, 0);
+    assert_false(link_exists(tap));
+
+    /* filtering turned off again: refused again, nothing left behind */
+    assert_int_equal(set_vlan_filtering("ovl0", false), 0);
+    err = (qv_error){0};
+    assert_int_equal(sv_net_setup(c, spec, &fds, &err), -EOPNOTSUPP);
+    assert_non_null(strstr(err.msg, "needs VLAN filtering"));
+    assert_false(link_exists(tap));
+    assert_fds_none(&fds, 0);
+
+    assert_int_equal(nd_link_delete("ovl0", NULL), 0);
+}
+
+#define FORWARD_PATH "/proc/sys/net/ipv4/ip_forward"
+
+/* The namespace's own ip_forward (/proc/sys/net is per network namespace). */
+static bool forwarding(void) {
+    _cleanup_free_ char *v = NULL;
+    assert_int_equal(qv_read_file(FORWARD_PATH, 16, &v, NULL), 0);
+    assert_true(v[0] == '0' || v[0] == '1');
+    return v[0] == '1';
+}
+
+static void set_forwarding(bool on) {
+    assert_true(in_netns); /* never the host's */
+    _cleanup_close_ int fd = open(FORWARD_PATH, O_WRONLY | O_CLOEXEC);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, on ? "1\n" : "0\n", 2), 2);
+}
+
+static json_t *load_record(const char *path) {
+    json_error_t je;
+    json_t *j = json_load_file(path, 0, &je);
+    if (!j)
+        fail_msg("%s: %s", path, je.text);
+    return j;
+}
+
+static bool created(json_t *rec, const char *what) {
+    json_t *v = json_object_get(json_object_get(rec, "created"), what);
+    assert_true(json_is_boolean(v));
+    return json_is_true(v);
+}
+
+/* One start and stop of a VM with a nat NIC, then the teardown; the NAT
+ * network is made from nothing, with forwarding `fwd_before`. */
+static void nat_round(const sv_config *c, const sv_vmspec *spec, bool fwd_before) {
+    char tap[IFNAMSIZ];
+    nd_tap_name(spec->name, 0, tap);
+    nd_nat nat;
+    char record[PATH_MAX];
+    sv_net_nat(c, &nat, record);
+    set_forwarding(fwd_before);
+    assert_false(link_exists(c->nat_bridge));
+
+    sv_net_fds fds;
+    sv_net_fds_init(&fds);
+    qv_error err = {0};
+    int r = sv_net_setup(c, spec, &fds, &err);
+    if (r < 0)
+        fail_msg("sv_net_setup: %d %s", r, err.msg);
+    assert_true(fds.tap[0] >= 0);
+    assert_fds_none(&fds, 1);
+
+    /* the bridge, up, with the gateway address; the TAP on it */
+    nd_link br, l;
+    assert_int_equal(nd_link_get(c->nat_bridge, &br, NULL), 0);
+    assert_string_equal(br.kind, "bridge");
+    assert_true(br.up);
+    char gw[ND_IPV4_CIDR_STRLEN + 4];
+    snprintf(gw, sizeof gw, "%s/%s", c->nat_gateway, strchr(c->nat_subnet, '/') + 1);
+    bool has = false;
+    assert_int_equal(nd_addr_has(c->nat_bridge, gw, &has, NULL), 0);
+    assert_true(has);
+    assert_int_equal(nd_link_get(tap, &l, NULL), 0);
+    assert_int_equal(l.master, br.index);
+    assert_true(l.up);
+    /* forwarding, and the masquerade rule for the subnet */
+    assert_true(forwarding());
+    bool table = false;
+    assert_int_equal(nd_nft_table_exists(&table, NULL), 0);
+    assert_true(table);
+    char rule[128];
+    snprintf(rule, sizeof rule, "ip saddr %s ip daddr != %s masquerade", c->nat_subnet, c->nat_subnet);
+    assert_int_equal(count_in_table(rule), 1);
+
+    /* the record: what qvisor made, so teardown undoes only that */
+    json_t *rec = load_record(record);
+    assert_string_equal(json_string_value(json_object_get(rec, "bridge")), c->nat_bridge);
+    assert_string_equal(json_string_value(json_object_get(rec, "subnet")), c->nat_subnet);
+    assert_string_equal(json_string_value(json_object_get(rec, "gateway")), c->nat_gateway);
+    assert_true(created(rec, "bridge"));
+    assert_true(created(rec, "address"));
+    assert_true(created(rec, "table"));
+    assert_int_equal(created(rec, "forwarding"), !fwd_before);
+    json_decref(rec);
+
+    /* a VM's TAP still on the bridge: teardown refuses and changes nothing */
+    err = (qv_error){0};
+    assert_int_equal(nd_nat_teardown(&nat, false, NULL, &err), -EBUSY);
+    assert_non_null(strstr(err.msg, tap));
+    assert_true(link_exists(c->nat_bridge));
+    assert_int_equal(access(record, F_OK), 0);
+
+    sv_net_fds_close(&fds);
+    assert_false(link_exists(tap));
+    /* the network stays for the next start */
+    assert_true(link_exists(c->nat_bridge));
+
+    json_t *actions = NULL;
+    err = (qv_error){0};
+    r = nd_nat_teardown(&nat, false, &actions, &err);
+    if (r < 0)
+        fail_msg("nd_nat_teardown: %d %s", r, err.msg);
+    assert_true(json_is_array(actions));
+    assert_int_equal(json_array_size(actions), fwd_before ? 2 : 3);
+    json_decref(actions);
+    assert_false(link_exists(c->nat_bridge));
+    assert_int_equal(nd_nft_table_exists(&table, NULL), 0);
+    assert_false(table);
+    assert_int_equal(forwarding(), fwd_before);
+    assert_int_equal(access(record, F_OK), -1);
+    assert_int_equal(errno, ENOENT);
+}
+
+static void test_net_setup_nat(void **state) {
+    (void)state;
+    REQUIRE_NETNS();
+    _cleanup_free_ char *dir = qv_test_mkdtemp("qv-netdev-");
+    _cleanup_(sv_config_freep) sv_config *c = sv_config_new_default();
+    assert_non_null(c);
+    replace_string(&c->state_dir, dir);
+    replace_string(&c->nat_bridge, "qvt-nat0");
+    _cleanup_(sv_vmspec_freep) sv_vmspec *spec = net_spec("vn", "nat,ip=192.168.100.7,mac=0a:51:76:00:00:0a");
+    bool fwd = forwarding(); /* inherited from the host's namespace */
+
+    /* forwarding off before: qvisor turns it on, and off again at teardown */
+    nat_round(c, spec, false);
+    /* on before: qvisor leaves it alone */
+    nat_round(c, spec, true);
+
+    set_forwarding(fwd);
+    qv_test_rm_rf(dir);
+}
+
 int main(void) {
     /* Everything below that touches the kernel runs in a network namespace
      * of its own, or not at all. */
@@ -621,6 +865,8 @@ int main(void) {
         cmocka_unit_test(test_vhost),
         cmocka_unit_test(test_bridge_vlans),
         cmocka_unit_test(test_nft_table),
+        cmocka_unit_test(test_net_setup_bridge_vlan),
+        cmocka_unit_test(test_net_setup_nat),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
