@@ -28,7 +28,8 @@ static const char create_help[] =
     "  -d, --disk SIZE          disk size, with a unit: 20G (not below the image's)\n"
     "  -f, --file SPEC.yaml     the spec as YAML (keys: name, image, cpus, memory,\n"
     "                           disk, stop_timeout, restart, restart_limit, kernel,\n"
-    "                           initrd, append, agent, gpus, nets, seed, hostname, user,\n"
+    "                           initrd, append, agent, gpus, nets, pool, storage_pool,\n"
+    "                           hugepages, numa, pin, seed, hostname, user,\n"
     "                           ssh_keys, ssh_generate, user_data, network_config)\n"
     "      --restart POLICY     never | on-failure | always\n"
     "      --kernel PATH        boot this kernel directly (with --initrd, --append)\n"
@@ -57,6 +58,16 @@ static const char create_help[] =
     "                                            one VLAN; DHCP unless ip= is given\n"
     "                           every NIC also takes mac=; by default MACs derive\n"
     "                           from the VM name and are unique on the node\n"
+    "      --pool NAME          resource pool (quotas in the node config; default\n"
+    "                           default)\n"
+    "      --storage-pool NAME  where the disk lives (storage_pools in the node\n"
+    "                           config; default resources.default_storage_pool)\n"
+    "      --hugepages 2M|1G    back guest RAM with hugepages of that size (checked\n"
+    "                           against free pages at start; never overcommitted)\n"
+    "      --numa auto|N        bind guest memory and vCPUs to a NUMA node: N, or\n"
+    "                           auto (the node of its GPUs, else the emptiest)\n"
+    "      --pin CPULIST        pin the vCPU and emulator threads to these host\n"
+    "                           CPUs (0-3,8)\n"
     "      --json               print the new VM as JSON\n"
     "\n"
     "cloud-init seed (INSTANCE_DIR/NAME/seed.iso, attached as a read-only CD-ROM):\n"
@@ -80,7 +91,8 @@ static const char create_help[] =
     "that is not a display device), 66 no such image, GPU or unreadable file, 69\n"
     "daemon not running or no IOMMU for the GPU, 73 a VM with that name exists,\n"
     "75 the GPU (or its group) is held by another VM or by a host driver, a MAC or\n"
-    "nat address is another VM's, or the NAT subnet has no free address.\n";
+    "nat address is another VM's, the NAT subnet has no free address, or the node,\n"
+    "its pool or its storage pool has no room for it (capacity × overcommit).\n";
 
 /* Options that repeat (--gpu, --ssh-key) add to the spec file's list;
  * steals extra (may be NULL). */
@@ -111,6 +123,11 @@ int cmd_vm_create(qv_cli *cli, int argc, char **argv) {
         OPT_NO_SEED,
         OPT_GPU,
         OPT_NET,
+        OPT_POOL,
+        OPT_STORAGE_POOL,
+        OPT_HUGEPAGES,
+        OPT_NUMA,
+        OPT_PIN,
     };
     static const struct option longopts[] = {
         QV_CLI_COMMON_LONGOPTS,
@@ -133,6 +150,11 @@ int cmd_vm_create(qv_cli *cli, int argc, char **argv) {
         {"no-seed", no_argument, NULL, OPT_NO_SEED},
         {"gpu", required_argument, NULL, OPT_GPU},
         {"net", required_argument, NULL, OPT_NET},
+        {"pool", required_argument, NULL, OPT_POOL},
+        {"storage-pool", required_argument, NULL, OPT_STORAGE_POOL},
+        {"hugepages", required_argument, NULL, OPT_HUGEPAGES},
+        {"numa", required_argument, NULL, OPT_NUMA},
+        {"pin", required_argument, NULL, OPT_PIN},
         {NULL, 0, NULL, 0},
     };
     json_t *opts = json_object();
@@ -159,6 +181,11 @@ int cmd_vm_create(qv_cli *cli, int argc, char **argv) {
         case OPT_APPEND: key = "append"; break;
         case OPT_HOSTNAME: key = "hostname"; break;
         case OPT_USER: key = "user"; break;
+        case OPT_POOL: key = "pool"; break;
+        case OPT_STORAGE_POOL: key = "storage_pool"; break;
+        case OPT_HUGEPAGES: key = "hugepages"; break;
+        case OPT_NUMA: key = "numa"; break;
+        case OPT_PIN: key = "pin"; break;
         case OPT_NO_AGENT:
             json_object_set_new(opts, "agent", json_false());
             continue;

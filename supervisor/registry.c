@@ -141,13 +141,14 @@ static int write_json(const char *dir, const char *file, json_t *j, qv_error *er
 
 static json_t *state_json(const sv_vm *vm) {
     const sv_vm_run *run = &vm->run;
-    return json_pack("{s:s, s:I, s:I, s:I, s:I, s:s?, s:{s:i, s:I, s:I, s:i, s:b, s:I, s:I}}", "state",
+    return json_pack("{s:s, s:I, s:I, s:I, s:I, s:s?, s:{s:i, s:I, s:I, s:i, s:b, s:I, s:I, s:i}}", "state",
                      sv_vm_state_name(vm->state), "created_at", (json_int_t)vm->created_at, "disk_size",
                      (json_int_t)vm->disk_size, "base_size", (json_int_t)vm->base_size, "base_mtime_ns",
                      (json_int_t)vm->base_mtime_ns, "last_exit", vm->last_exit, "run", "pid", run->pid,
                      "start_ticks", (json_int_t)run->start_ticks, "started_at", (json_int_t)run->started_at,
                      "ssh_port", run->ssh_port, "stop_force", run->stop_force, "stop_timeout_ms",
-                     (json_int_t)run->stop_timeout_ms, "restarts", (json_int_t)run->restarts);
+                     (json_int_t)run->stop_timeout_ms, "restarts", (json_int_t)run->restarts, "numa_node",
+                     run->numa_node);
 }
 
 int sv_registry_save(sv_registry *r, sv_vm *vm, qv_error *err) {
@@ -223,6 +224,8 @@ static int load_vm(sv_registry *r, const char *name, qv_error *err) {
     vm->run.stop_force = json_is_true(json_object_get(run, "stop_force"));
     vm->run.stop_timeout_ms = (uint64_t)json_integer_value(json_object_get(run, "stop_timeout_ms"));
     vm->run.restarts = (uint64_t)json_integer_value(json_object_get(run, "restarts"));
+    json_t *node = json_object_get(run, "numa_node");
+    vm->run.numa_node = json_is_integer(node) ? (int)json_integer_value(node) : -1;
     json_decref(st);
     link_vm(r, vm);
     return 0;

@@ -38,6 +38,7 @@ typedef struct sv_vm_run {
     bool stop_force;          /* a stop in progress skips the graceful step */
     uint64_t stop_timeout_ms; /* a stop in progress: its graceful timeout (0: the VM's) */
     uint64_t restarts;        /* automatic restarts in a row (restart policy) */
+    int numa_node;            /* while QEMU runs: the NUMA node it is bound to, -1 for none */
 } sv_vm_run;
 
 typedef struct sv_vm {

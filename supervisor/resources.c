@@ -1,0 +1,94 @@
+/* The node's resources in the daemon (see resources.h). */
+#include "resources.h"
+
+#include "cleanup.h"
+#include "log.h"
+#include "util.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+int sv_resources_capacity(sv_capacity *ret, qv_error *err) {
+    int r = sv_capacity_read(ret, err);
+    if (r < 0)
+        return r;
+    vfio_gpu_list l = {0};
+    qv_error e = {0};
+    if (vfio_gpu_list_get(&l, &e) < 0) {
+        log_debug("no GPU list for the capacity: %s", e.msg);
+        return 0;
+    }
+    r = sv_capacity_add_gpus(ret, &l);
+    vfio_gpu_list_clear(&l);
+    if (r < 0) {
+        sv_capacity_clear(ret);
+        return qv_error_set(err, -r, "out of memory");
+    }
+    return 0;
+}
+
+static int spec_numa_node(const sv_vmspec *s) {
+    uint64_t n;
+    if (s->numa && qv_parse_uint(s->numa, 0, 1023, &n) == 0)
+        return (int)n;
+    return -1;
+}
+
+void sv_resources_vm_usage(const sv_vm *vm, sv_vm_usage *ret) {
+    const sv_vmspec *s = vm->spec;
+    *ret = (sv_vm_usage){
+        .name = vm->name,
+        .pool = s->pool,
+        .cpus = s->cpus,
+        .memory = s->memory,
+        .gpus = qv_strv_len(s->gpus),
+        .hugepage_size = sv_hugepage_bytes(s->hugepages),
+        .numa_node = spec_numa_node(s),
+    };
+    if (sv_vm_state_has_qemu(vm->state) && vm->run.pid > 0)
+        ret->numa_node = vm->run.numa_node;
+}
+
+int sv_resources_usage(sv_registry *r, bool all, sv_vm_usage **ret, size_t *ret_n) {
+    size_t n = 0;
+    for (sv_vm *vm = sv_registry_first(r); vm; vm = vm->next)
+        n++;
+    sv_vm_usage *u = calloc(n ? n : 1, sizeof *u);
+    if (!u)
+        return -ENOMEM;
+    size_t k = 0;
+    for (sv_vm *vm = sv_registry_first(r); vm; vm = vm->next)
+        if (all || sv_vm_state_has_qemu(vm->state))
+            sv_resources_vm_usage(vm, &u[k++]);
+    *ret = u;
+    *ret_n = k;
+    return 0;
+}
+
+int sv_resources_admit(sv_registry *r, const sv_config *c, const sv_vmspec *spec, bool all, int numa_node,
+                       qv_error *err) {
+    sv_admission_policy policy;
+    int rc = sv_admission_policy_init(&policy, c, spec->pool, err);
+    if (rc < 0)
+        return rc;
+    _cleanup_free_ sv_vm_usage *usage = NULL;
+    size_t n = 0;
+    if ((rc = sv_resources_usage(r, all, &usage, &n)) < 0)
+        return qv_error_set(err, -rc, "out of memory");
+    sv_capacity cap = {0};
+    if ((rc = sv_resources_capacity(&cap, err)) < 0)
+        return rc;
+    sv_vm_usage me = {
+        .name = spec->name,
+        .pool = spec->pool,
+        .cpus = spec->cpus,
+        .memory = spec->memory,
+        .gpus = qv_strv_len(spec->gpus),
+        .hugepage_size = sv_hugepage_bytes(spec->hugepages),
+        .numa_node = numa_node,
+    };
+    rc = sv_admission_check(&cap, &policy, usage, n, &me, err);
+    sv_capacity_clear(&cap);
+    return rc;
+}

@@ -1,0 +1,33 @@
+/* The node's resources as the daemon uses them: what the node has (with its
+ * GPUs) and what the VMs of the registry take, in the terms of the
+ * admission rules (supervisor/admission.h).
+ *
+ * Which VMs count: at create every defined VM (composition against the
+ * node, as MAAS counts composed VMs), at start those that have a QEMU
+ * (starting, running, paused, stopping). */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "error.h"
+#include "supervisor/admission.h"
+#include "supervisor/capacity.h"
+#include "supervisor/config.h"
+#include "supervisor/registry.h"
+
+/* Capacity with the GPUs libudev finds (none when it cannot enumerate). */
+int sv_resources_capacity(sv_capacity *ret, qv_error *err);
+
+/* What one VM takes: its spec's vCPUs, RAM, GPUs, hugepage size and pool;
+ * its NUMA node is the one it runs bound to, else the spec's number. */
+void sv_resources_vm_usage(const sv_vm *vm, sv_vm_usage *ret);
+/* The usage of every VM (all = true) or of those with a QEMU; entries borrow
+ * from the registry.  *ret freed by the caller. */
+int sv_resources_usage(sv_registry *r, bool all, sv_vm_usage **ret, size_t *ret_n);
+
+/* Admission of `spec` (as VM `name`) against the VMs that count (all: at
+ * create; else: at start), with its NUMA node (-1: none).  0 or
+ * -QV_ECAPACITY / -ENOENT (no such pool) / -EINVAL with err set. */
+int sv_resources_admit(sv_registry *r, const sv_config *c, const sv_vmspec *spec, bool all, int numa_node,
+                       qv_error *err);
