@@ -7,6 +7,7 @@
 #include "supervisor/image.h"
 #include "supervisor/network.h"
 #include "supervisor/passthrough.h"
+#include "supervisor/resources.h"
 #include "supervisor/sweep.h"
 #include "supervisor/vm.h"
 
@@ -237,6 +238,23 @@ void sv_api_vm_create(sv_daemon *d, sv_ctl_req *req, json_t *params) {
         sv_ctl_reply_qv_error(req, &err);
         return;
     }
+    /* room on the node, in its pool and in its storage pool: every defined VM counts */
+    int numa = -1;
+    uint64_t node;
+    if (spec->numa && qv_parse_uint(spec->numa, 0, 1023, &node) == 0)
+        numa = (int)node;
+    sv_storage_usage su;
+    int fit = -1;
+    if (sv_resources_admit(d->registry, d->config, spec, true, numa, &err) < 0 ||
+        sv_resources_storage(d->registry, d->config, sv_resources_storage_pool_of(d->config, spec), &su, &err) < 0 ||
+        (fit = sv_storage_fit(&su, spec->disk, &err)) < 0) {
+        sv_vmspec_free(spec);
+        sv_ctl_reply_qv_error(req, &err);
+        return;
+    }
+    if (fit == SV_STORAGE_THIN)
+        log_warning("VM %s: storage pool %s is thinly overcommitted: its disks could outgrow its free space", spec->name,
+                    su.pool);
     if (sv_registry_create(d->registry, &d->loop, spec, create_done, req, &err) < 0) {
         sv_vmspec_free(spec);
         sv_ctl_reply_qv_error(req, &err);

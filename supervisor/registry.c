@@ -231,6 +231,21 @@ static int load_vm(sv_registry *r, const char *name, qv_error *err) {
     return 0;
 }
 
+/* A disk in another storage pool than the instances directory is
+ * POOL/NAME.qcow2, and INSTANCE_DIR/disk.qcow2 is a symlink to it.  This
+ * removes the pool's file of an instance directory (a leftover of an
+ * interrupted create or remove, or one being removed). */
+static void remove_pool_disk(const char *instance_dir) {
+    char link[PATH_MAX], target[PATH_MAX];
+    snprintf(link, sizeof link, "%s/disk.qcow2", instance_dir);
+    ssize_t n = readlink(link, target, sizeof target - 1);
+    if (n <= 0)
+        return;
+    target[n] = '\0';
+    if (target[0] == '/' && unlink(target) < 0 && errno != ENOENT)
+        log_warning("cannot remove %s: %s", target, strerror(errno));
+}
+
 int sv_registry_load(const sv_config *c, sv_registry **ret, int *cleaned, qv_error *err) {
     sv_registry *r = calloc(1, sizeof *r);
     if (!r || !(r->config = sv_config_dup(c))) {
@@ -255,6 +270,7 @@ int sv_registry_load(const sv_config *c, sv_registry **ret, int *cleaned, qv_err
             char path[PATH_MAX];
             snprintf(path, sizeof path, "%s/%s", c->instances_dir, n);
             log_info("removing %s left by an interrupted %s", path, creating ? "create" : "remove");
+            remove_pool_disk(path);
             qv_rm_rf(path);
             n_cleaned++;
             continue;
@@ -333,9 +349,33 @@ static void create_work(uv_work_t *w) {
         goto fail;
     }
     snprintf(disk, sizeof disk, "%s/disk.qcow2", tmp);
+    /* a storage pool other than the instances directory holds the disk
+     * itself; the instance directory links to it */
+    const sv_storage_pool *pool = sv_config_storage_pool(c, vm->spec->storage_pool ? vm->spec->storage_pool
+                                                                                     : c->default_storage_pool);
+    char pool_disk[PATH_MAX + 80] = "";
+    if (pool && strcmp(pool->path, c->instances_dir) != 0) {
+        snprintf(pool_disk, sizeof pool_disk, "%s/%s.qcow2", pool->path, vm->name);
+        if ((r = qv_mkdir_p(pool->path, 0750)) < 0) {
+            qv_error_set(err, r, "cannot create storage pool directory %s: %s", pool->path, strerror(-r));
+            goto fail_tmp;
+        }
+        if (access(pool_disk, F_OK) == 0) {
+            r = qv_error_set(err, EEXIST, "%s exists already in storage pool %s (not qvisor's: left alone)",
+                             pool_disk, pool->name);
+            pool_disk[0] = '\0';
+            goto fail_tmp;
+        }
+        if (symlink(pool_disk, disk) < 0) {
+            r = qv_error_set(err, errno, "cannot link %s: %s", disk, strerror(errno));
+            pool_disk[0] = '\0';
+            goto fail_tmp;
+        }
+    }
     char size[32];
     snprintf(size, sizeof size, "%llu", (unsigned long long)vm->spec->disk);
-    const char *args[] = {"create", "-q", "-f", "qcow2", "-b", base, "-F", "qcow2", disk, size, NULL};
+    const char *args[] = {"create", "-q", "-f", "qcow2", "-b", base, "-F", "qcow2", pool_disk[0] ? pool_disk : disk,
+                          size, NULL};
     qv_run_result res;
     r = sv_qemu_img(c, args, NULL, NULL, &res, err);
     if (r < 0)
@@ -378,6 +418,7 @@ static void create_work(uv_work_t *w) {
     return;
 
 fail_tmp:
+    remove_pool_disk(tmp);
     qv_rm_rf(tmp);
 fail:
     job->status = r < 0 ? r : -EIO;
@@ -451,6 +492,7 @@ int sv_registry_remove(sv_registry *r, const char *name, qv_error *err) {
     if (rename(vm->dir, tmp) < 0 && errno != ENOENT)
         return qv_error_set(err, errno, "cannot remove %s: %s", vm->dir, strerror(errno));
     sv_crash_point("remove-after-rename");
+    remove_pool_disk(tmp);
     int rc = qv_rm_rf(tmp);
     if (rc < 0)
         log_warning("could not remove all of %s: %s (cleaned at the next start)", tmp, strerror(-rc));

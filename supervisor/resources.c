@@ -6,8 +6,12 @@
 #include "util.h"
 
 #include <errno.h>
+#include <limits.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
 
 int sv_resources_capacity(sv_capacity *ret, qv_error *err) {
     int r = sv_capacity_read(ret, err);
@@ -91,4 +95,39 @@ int sv_resources_admit(sv_registry *r, const sv_config *c, const sv_vmspec *spec
     rc = sv_admission_check(&cap, &policy, usage, n, &me, err);
     sv_capacity_clear(&cap);
     return rc;
+}
+
+const char *sv_resources_storage_pool_of(const sv_config *c, const sv_vmspec *spec) {
+    return spec->storage_pool ? spec->storage_pool : c->default_storage_pool;
+}
+
+int sv_resources_storage(sv_registry *r, const sv_config *c, const char *pool, sv_storage_usage *ret,
+                         qv_error *err) {
+    const sv_storage_pool *p = sv_config_storage_pool(c, pool);
+    if (!p)
+        return qv_error_set(err, ENOENT, "no storage pool '%s' (storage_pools in the node config)", pool);
+    *ret = (sv_storage_usage){.pool = p->name, .thin_overcommit = p->thin_overcommit};
+    /* the directory may not exist yet: its nearest existing parent's file system */
+    char dir[PATH_MAX];
+    snprintf(dir, sizeof dir, "%s", p->path);
+    struct statvfs fs;
+    while (statvfs(dir, &fs) < 0) {
+        char *slash = strrchr(dir, '/');
+        if (errno != ENOENT || !slash || slash == dir)
+            return qv_error_set(err, errno, "cannot look at storage pool %s (%s): %s", p->name, p->path,
+                                strerror(errno));
+        *slash = '\0';
+    }
+    ret->free = (uint64_t)fs.f_bavail * fs.f_frsize;
+    for (sv_vm *vm = sv_registry_first(r); vm; vm = vm->next) {
+        if (strcmp(sv_resources_storage_pool_of(c, vm->spec), p->name) != 0)
+            continue;
+        ret->allocated += vm->disk_size ? vm->disk_size : vm->spec->disk;
+        char disk[PATH_MAX];
+        struct stat st;
+        snprintf(disk, sizeof disk, "%s/disk.qcow2", vm->dir);
+        if (stat(disk, &st) == 0)
+            ret->used += (uint64_t)st.st_blocks * 512;
+    }
+    return 0;
 }

@@ -26,6 +26,14 @@ void sv_resources_vm_usage(const sv_vm *vm, sv_vm_usage *ret);
  * from the registry.  *ret freed by the caller. */
 int sv_resources_usage(sv_registry *r, bool all, sv_vm_usage **ret, size_t *ret_n);
 
+/* A storage pool as sv_storage_fit() sees it: statvfs of its directory,
+ * and the virtual and occupied sizes of the disks of the registry's VMs in
+ * it.  -ENOENT when the config has no such pool. */
+int sv_resources_storage(sv_registry *r, const sv_config *c, const char *pool, sv_storage_usage *ret,
+                         qv_error *err);
+/* The storage pool of a VM's spec (its own, else the default). */
+const char *sv_resources_storage_pool_of(const sv_config *c, const sv_vmspec *spec);
+
 /* Admission of `spec` (as VM `name`) against the VMs that count (all: at
  * create; else: at start), with its NUMA node (-1: none).  0 or
  * -QV_ECAPACITY / -ENOENT (no such pool) / -EINVAL with err set. */
