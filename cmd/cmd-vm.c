@@ -313,11 +313,14 @@ file_error:
 }
 
 static const char list_help[] =
-    "Usage: qvisor vm list [--json]\n"
+    "Usage: qvisor vm list [--pool POOL] [--json]\n"
     "\n"
     "Lists the VMs: name, state, QEMU pid, CPUs, memory, disk size, IP address\n"
     "and liveness of the guest agent (asked for at most 1 s), uptime, GPUs (PCI\n"
-    "addresses) and image.  --json adds the disk path and the SSH port.\n"
+    "addresses), image and resource pool.  --json adds the disk path and the SSH\n"
+    "port.\n"
+    "\n"
+    "  --pool POOL   only the VMs of this resource pool\n"
     "\n"
     "Exit: 0, 69 daemon not running.\n";
 
@@ -332,22 +335,35 @@ static const char *or_dash(json_t *v, char *buf, size_t size) {
 }
 
 int cmd_vm_list(qv_cli *cli, int argc, char **argv) {
-    static const struct option longopts[] = {QV_CLI_COMMON_LONGOPTS, {NULL, 0, NULL, 0}};
+    static const struct option longopts[] = {
+        QV_CLI_COMMON_LONGOPTS, {"pool", required_argument, NULL, 'P'}, {NULL, 0, NULL, 0}};
+    const char *pool = NULL;
     int c;
-    while ((c = qv_cli_getopt(cli, argc, argv, "h", longopts, list_help)) != -1)
-        return c == -2 ? QV_EXIT_OK : qv_cli_usage_error("vm list ", "bad option");
+    while ((c = qv_cli_getopt(cli, argc, argv, "h", longopts, list_help)) != -1) {
+        if (c == -2)
+            return QV_EXIT_OK;
+        if (c != 'P')
+            return qv_cli_usage_error("vm list ", "bad option");
+        pool = optarg;
+    }
     if (optind < argc)
         return qv_cli_usage_error("vm list ", "takes no arguments");
     qv_error err = {0};
     json_t *res = NULL;
     if (qv_cli_call(cli, "vm.list", NULL, &res, &err) < 0)
         return qv_cli_fail(cli, &err);
+    if (pool) {
+        json_t *vms = json_object_get(res, "vms");
+        for (size_t k = json_array_size(vms); k-- > 0;)
+            if (strcmp(json_string_value(json_object_get(json_array_get(vms, k), "pool")) ?: "default", pool) != 0)
+                json_array_remove(vms, k);
+    }
     if (cli->json) {
         qv_print_json(res, stdout);
         return QV_EXIT_OK;
     }
     static const char *const headers[] = {"NAME", "STATE", "PID", "CPUS", "MEMORY", "DISK", "IP", "AGENT", "UPTIME",
-                                          "GPUS", "IMAGE", NULL};
+                                          "GPUS", "IMAGE", "POOL", NULL};
     qv_table *t = qv_table_new(headers);
     size_t i;
     json_t *vm;
@@ -386,6 +402,7 @@ int cmd_vm_list(qv_cli *cli, int argc, char **argv) {
                                up,
                                gpu_list ? gpu_list : "-",
                                json_string_value(json_object_get(vm, "image")),
+                               json_string_value(json_object_get(vm, "pool")),
                                NULL};
         qv_table_add(t, cells);
     }

@@ -19,8 +19,6 @@ typedef struct qv_cli_noun {
     const char *summary;
 } qv_cli_noun;
 
-static const qv_cli_verb no_verbs[] = {{NULL, NULL, NULL}};
-
 static const qv_cli_verb vm_verbs[] = {
     {"create", cmd_vm_create, "define a VM with its own disk on a base image"},
     {"list", cmd_vm_list, "list VMs with state, pid, resources, IP, uptime"},
@@ -51,6 +49,11 @@ static const qv_cli_verb net_verbs[] = {
     {NULL, NULL, NULL},
 };
 
+static const qv_cli_verb node_verbs[] = {
+    {"status", cmd_node_status, "capacity and usage: CPUs, memory, NUMA nodes, hugepages, GPUs, NICs, pools"},
+    {NULL, NULL, NULL},
+};
+
 static const qv_cli_verb config_verbs[] = {
     {"check", cmd_config_check, "validate a config file and print the effective settings"},
     {"show", cmd_config_show, "print the settings the running daemon uses"},
@@ -63,7 +66,7 @@ static const qv_cli_noun nouns[] = {
     {"image", image_verbs, "base images"},
     {"gpu", gpu_verbs, "PCI display devices for passthrough"},
     {"net", net_verbs, "VM networks: NAT bridge, bridges, addresses"},
-    {"node", no_verbs, "this node's capacity and usage"},
+    {"node", node_verbs, "this node's capacity and usage"},
     {"config", config_verbs, "the node config"},
 };
 
@@ -114,23 +117,17 @@ static void print_main_help(FILE *out) {
     for (const qv_cli_verb *v = top_verbs; v->name; v++)
         fprintf(out, "  %-10s %s\n", v->name, v->summary);
     fprintf(out, "\nNouns (qvisor NOUN --help lists the verbs):\n");
-    for (size_t i = 0; i < sizeof nouns / sizeof nouns[0]; i++) {
-        const char *note = nouns[i].verbs[0].name ? "" : " (no verbs in this version yet)";
-        fprintf(out, "  %-10s %s%s\n", nouns[i].name, nouns[i].summary, note);
-    }
+    for (size_t i = 0; i < sizeof nouns / sizeof nouns[0]; i++)
+        fprintf(out, "  %-10s %s\n", nouns[i].name, nouns[i].summary);
     fprintf(out, "\n%s", exit_codes);
 }
 
 static void print_noun_help(const qv_cli_noun *n, FILE *out) {
     fprintf(out, "Usage: qvisor %s VERB [ARGS]\n\n%s.\n\n", n->name, n->summary);
-    if (!n->verbs[0].name) {
-        fprintf(out, "No '%s' verbs exist in qvisor %s yet.\n", n->name, QV_VERSION);
-    } else {
-        fprintf(out, "Verbs:\n");
-        for (const qv_cli_verb *v = n->verbs; v->name; v++)
-            fprintf(out, "  %-10s %s\n", v->name, v->summary);
-        fprintf(out, "\nqvisor %s VERB --help describes each verb.\n", n->name);
-    }
+    fprintf(out, "Verbs:\n");
+    for (const qv_cli_verb *v = n->verbs; v->name; v++)
+        fprintf(out, "  %-10s %s\n", v->name, v->summary);
+    fprintf(out, "\nqvisor %s VERB --help describes each verb.\n", n->name);
     fprintf(out, "\n%s", exit_codes);
 }
 

@@ -42,6 +42,7 @@ void sv_api_vm_start(sv_daemon *d, sv_ctl_req *req, json_t *params);
 void sv_api_vm_stop(sv_daemon *d, sv_ctl_req *req, json_t *params);
 void sv_api_vm_restart(sv_daemon *d, sv_ctl_req *req, json_t *params);
 void sv_api_gpu_list(sv_daemon *d, sv_ctl_req *req, json_t *params);
+void sv_api_node_status(sv_daemon *d, sv_ctl_req *req, json_t *params);
 void sv_api_net_list(sv_daemon *d, sv_ctl_req *req, json_t *params);
 void sv_api_net_teardown(sv_daemon *d, sv_ctl_req *req, json_t *params);
 void sv_api_cleanup(sv_daemon *d, sv_ctl_req *req, json_t *params);

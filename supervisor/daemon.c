@@ -109,6 +109,7 @@ static const struct method {
     {"vm.restart", true, sv_api_vm_restart},
     {"gpu.list", false, sv_api_gpu_list},
     {"net.list", false, sv_api_net_list},
+    {"node.status", false, sv_api_node_status},
     {"net.teardown", true, sv_api_net_teardown},
     {"node.cleanup", true, sv_api_cleanup},
 };

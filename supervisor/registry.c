@@ -522,6 +522,7 @@ json_t *sv_vm_summary(const sv_vm *vm) {
     json_t *gpus = json_object_get(j, "gpus");
     for (char **g = vm->spec->gpus; gpus && g && *g; g++)
         json_array_append_new(gpus, json_stringn(*g, strcspn(*g, ","))); /* the address, without options */
+    json_object_set_new(j, "pool", json_string(vm->spec->pool ? vm->spec->pool : "default"));
     json_object_set_new(j, "pid", up ? json_integer(vm->run.pid) : json_null());
     int64_t uptime = (int64_t)time(NULL) - vm->run.started_at;
     json_object_set_new(j, "uptime_s", up && vm->run.started_at ? json_integer(uptime < 0 ? 0 : uptime) : json_null());

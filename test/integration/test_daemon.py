@@ -31,14 +31,16 @@ class Usage(unittest.TestCase):
         p = self.run_q("--help")
         self.assertEqual(p.returncode, 0)
         for word in ("Exit codes:", "  64  usage", "  78  invalid configuration", "daemon", "config",
-                     "vm", "image", "gpu", "node", "gpu        PCI display devices for passthrough\n", "node       this node's capacity and usage (no verbs"):
+                     "vm", "image", "gpu", "node", "gpu        PCI display devices for passthrough\n", "node       this node's capacity and usage\n",
+                     "net        VM networks"):
             self.assertIn(word, p.stdout)
 
     def test_help_on_every_level(self):
         for args in (["vm", "--help"], ["vm", "create", "--help"], ["vm", "list", "--help"],
                      ["image", "import", "--help"], ["gpu", "--help"], ["config", "--help"], ["config", "check", "--help"],
                      ["config", "show", "--help"], ["config", "reload", "--help"], ["daemon", "--help"],
-                     ["version", "--help"], ["image", "help"]):
+                     ["version", "--help"], ["image", "help"], ["node", "--help"], ["node", "status", "--help"],
+                     ["net", "--help"], ["net", "list", "--help"], ["net", "teardown", "--help"]):
             p = self.run_q(*args)
             self.assertEqual(p.returncode, 0, args)
             self.assertIn("Usage: qvisor", p.stdout, args)
@@ -49,7 +51,8 @@ class Usage(unittest.TestCase):
                              (["config", "frob"], "unknown verb 'frob' for 'config'"),
                              (["vm", "frob"], "unknown verb 'frob' for 'vm'"),
                              (["gpu", "remove"], "unknown verb 'remove' for 'gpu'"),
-                             (["node", "status"], "unknown verb 'status' for 'node'"),
+                             (["node", "frob"], "unknown verb 'frob' for 'node'"),
+                             (["net", "frob"], "unknown verb 'frob' for 'net'"),
                              (["vm"], "Usage: qvisor vm"),
                              (["vm", "create", "x", "--image"], "requires an argument"),
                              (["--no-such-option", "version"], "unrecognized option"),
