@@ -88,7 +88,7 @@ static void render(json_t *s, bool draw) {
     json_t *run = json_object_get(json_object_get(s, "usage"), "running");
     json_t *lim = json_object_get(s, "limits");
     json_t *oc = json_object_get(s, "overcommit");
-    printf("node: %lld CPUs (%lld cores), %s memory (%s free); overcommit: cpu %.2g, memory %.2g\n", num(s, "cpus"),
+    printf("node: %lld CPUs (%lld cores), %s memory (%s free); overcommit: cpu %.1f, memory %.1f\n", num(s, "cpus"),
            num(s, "cores"), size(num(s, "memory_total"), a), size(num(s, "memory_free"), b),
            json_real_value(json_object_get(oc, "cpu")), json_real_value(json_object_get(oc, "memory")));
     snprintf(extra, sizeof extra, "  (%lld VMs; running: %lld vCPUs)", num(def, "vms"), num(run, "cpus"));
