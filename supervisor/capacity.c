@@ -413,6 +413,21 @@ int sv_capacity_read(sv_capacity *ret, qv_error *err) {
                   qv_sysroot_path());
         r = read_flat_node(&c, err);
     }
+    if (r == 0 && c.numa && c.n_nodes == 1) {
+        /* One node is the whole machine, and /proc/meminfo says what the
+         * kernel can hand out.  They agree on ordinary machines; where a
+         * node's meminfo lags (memory initialised lazily, as in some
+         * microVMs: node0 6 GiB, /proc/meminfo 23.5 GiB), the machine's
+         * count is the truth. */
+        uint64_t total, free_bytes;
+        qv_error e = {0};
+        if (read_meminfo("proc/meminfo", &total, &free_bytes, &e) == 0 && total != c.nodes[0].mem_total) {
+            log_debug("capacity: node 0 reports %llu bytes, /proc/meminfo %llu: using /proc/meminfo",
+                      (unsigned long long)c.nodes[0].mem_total, (unsigned long long)total);
+            c.nodes[0].mem_total = total;
+            c.nodes[0].mem_free = free_bytes;
+        }
+    }
     if (r == 0 && count_cores(&c) < 0)
         r = qv_error_set(err, ENOMEM, "out of memory");
     if (r == 0)
