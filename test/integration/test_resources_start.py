@@ -74,7 +74,13 @@ class StartResources(unittest.TestCase):
         self.node.qvisor("image", "import", base, "blank", check=0)
 
     def tearDown(self):
-        self.node.cleanup()
+        try:
+            # a clean exit (the sanitizer build aborts on a leak or an error)
+            self.assertIn(self.node.stop_daemon(), (0, None), self.node.log()[-4000:])
+            for word in ("AddressSanitizer", "LeakSanitizer", "runtime error"):
+                self.assertNotIn(word, self.node.log())
+        finally:
+            self.node.cleanup()
 
     def create(self, name, *extra):
         self.node.qvisor("vm", "create", name, "--image", "blank", "--kernel", GUEST.kernel, "--initrd",
@@ -159,7 +165,7 @@ class StartResources(unittest.TestCase):
             for name, value in (("cpuset.cpus", str(cpus[0])), ("cpuset.mems", mems)):
                 with open(os.path.join(group, name), "w") as f:
                     f.write(value)
-            self.node.stop_daemon()
+            self.assertEqual(self.node.stop_daemon(), 0)
             tasks = os.path.join(group, "tasks")
             # the wrapper joins the group, then execs the daemon
             self.node.start_daemon(wrap=[sys.executable, "-c", "import os, sys; open(sys.argv[1], 'w').write("
@@ -176,8 +182,9 @@ class StartResources(unittest.TestCase):
             self.assertFalse(os.path.exists(os.path.join(self.node.run_dir, "vm", "confined")))
             self.assertEqual(self.state_json("confined")["run"]["numa_node"], -1)
         finally:
-            self.node.stop_daemon()
+            rc = self.node.stop_daemon()  # out of the group before it goes
             os.rmdir(group)
+        self.assertIn(rc, (0, None), self.node.log()[-4000:])
 
     def test_numa_node_binds_guest_memory(self):
         self.create("bound", "--numa", "0")
@@ -204,7 +211,7 @@ class StartResources(unittest.TestCase):
         # would refuse the VM on this machine): the spec gets its hugepages
         # while the daemon is down, as if they had been free at create.
         self.create("huge", "--memory", f"{memory}M")
-        self.node.stop_daemon()
+        self.assertEqual(self.node.stop_daemon(), 0)
         spec_path = os.path.join(self.node.state, "instances", "huge", "spec.json")
         with open(spec_path) as f:
             spec = json.load(f)
