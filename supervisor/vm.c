@@ -510,6 +510,8 @@ static void on_vcpus(qmp_conn *q, int status, const qmp_vcpu *cpus, size_t n_cpu
     vmrt *rt = userdata;
     if (status == QMP_ECANCELED || rt->vm == NULL || rt->vm->state != SV_VM_STARTING || rt->cont_sent)
         return;
+    if (rt->stop_reason)
+        return; /* already failing (timeout): QEMU is being killed, keep the first reason */
     sv_vm *vm = rt->vm;
     char why[sizeof(((qv_error *)0)->msg) + 32];
     if (status < 0) {
