@@ -445,7 +445,8 @@ static void test_golden_numa_bind(void **state) {
 static void test_golden_hugepages_2m_on_node(void **state) {
     (void)state;
     _cleanup_(sv_vmspec_freep) sv_vmspec *s = spec_from(
-        "{\"name\":\"hp-2m\",\"image\":\"debian-12\",\"cpus\":2,\"memory\":\"3G\",\"hugepages\":\"2M\",\"numa\":\"auto\"}");
+        "{\"name\":\"hp-2m\",\"image\":\"debian-12\",\"cpus\":2,\"memory\":\"3G\",\"hugepages\":\"2M\","
+        "\"numa\":\"auto\"}");
     sv_qemu_env env = {.binary = "qemu-system-x86_64", .kvm = true, .sandbox = true};
     /* auto chose node 0 */
     sv_vm_paths p = {.disk = "/var/lib/qvisor/instances/hp-2m/disk.qcow2",
