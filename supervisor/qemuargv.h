@@ -36,10 +36,18 @@ typedef struct sv_vm_paths {
     const int *vhost_fds;
     const sv_hostdev *hostdevs; /* passthrough functions, ordered by gpu then function */
     size_t n_hostdevs;
+    /* guest RAM bound to host NUMA node numa_node (policy bind) when
+     * numa_bind is set; zeroed: no binding */
+    bool numa_bind;
+    unsigned numa_node;
 } sv_vm_paths;
 
 /* Builds the argv (NULL-terminated, caller frees with sv_argv_free).
- * Returns 0 or -ENOMEM/-EINVAL with err set. */
+ * Guest RAM is an explicit memory backend (`-machine …,memory-backend=ram0`,
+ * same size as -m) when it is on hugepages (spec->hugepages: memfd with
+ * hugetlb, preallocated) or bound to a NUMA node (paths->numa_bind).
+ * Returns 0 or -ENOMEM/-EINVAL with err set (EINVAL: a path with a comma,
+ * RAM that is not a whole number of hugepages, a NIC without its TAP). */
 int sv_qemu_argv(const sv_vmspec *spec, const sv_qemu_env *env, const sv_vm_paths *paths, char ***ret_argv,
                  qv_error *err);
 void sv_argv_free(char **argv);

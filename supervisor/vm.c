@@ -22,7 +22,9 @@
 #include "supervisor/qemuargv.h"
 #include "supervisor/network.h"
 #include "supervisor/passthrough.h"
+#include "supervisor/placement.h"
 #include "supervisor/qemucaps.h"
+#include "supervisor/resources.h"
 #include "supervisor/seed.h"
 
 #include <arpa/inet.h>
@@ -113,6 +115,7 @@ struct vmrt {
     bool waiting_caps;
     bool cont_sent;
     bool policy_start;     /* started by the restart policy, not by a user */
+    sv_start_placement place; /* this start's NUMA node and CPUs (decided before it began) */
     off_t log_offset;      /* where this QEMU's output starts in qemu.log */
     /* stop */
     waiter *stop_waiters;
@@ -226,6 +229,7 @@ static void rt_unref(vmrt *rt) {
         free(rt->gone_how);
         free(rt->abandon_why);
         vfio_plan_clear(&rt->pt_plan);
+        sv_start_placement_clear(&rt->place);
         free(rt);
         ctl_unref(c);
     }
@@ -247,6 +251,7 @@ static vmrt *get_rt(sv_vmctl *c, sv_vm *vm) {
     uv_timer_init(c->loop, &rt->acpi_timer);
     rt->timer.data = rt->acpi_timer.data = rt;
     sv_net_fds_init(&rt->net);
+    rt->place.numa_node = -1;
     rt->refs = 2;
     c->refs++;
     rt->next = c->rts;
@@ -490,6 +495,53 @@ static void on_cont(qmp_conn *q, int status, json_t *result, const qmp_error *e,
     started(rt);
 }
 
+static void send_cont(vmrt *rt) {
+    rt->cont_sent = true;
+    if (!rt->qmp || qmp_cont(rt->qmp, QMP_CMD_TIMEOUT_MS, on_cont, rt) < 0)
+        start_fail_kill(rt, "cannot send cont");
+}
+
+/* query-cpus-fast answered while -S holds the vCPUs: pin them and every
+ * other thread of QEMU (the emulator threads) to the start's CPUs, then
+ * resume.  A stop that arrived meanwhile has quit QEMU: nothing to do. */
+static void on_vcpus(qmp_conn *q, int status, const qmp_vcpu *cpus, size_t n_cpus, const qmp_error *e,
+                     void *userdata) {
+    (void)q;
+    vmrt *rt = userdata;
+    if (status == QMP_ECANCELED || rt->vm == NULL || rt->vm->state != SV_VM_STARTING || rt->cont_sent)
+        return;
+    if (rt->stop_reason)
+        return; /* already failing (timeout): QEMU is being killed, keep the first reason */
+    sv_vm *vm = rt->vm;
+    char why[sizeof(((qv_error *)0)->msg) + 32];
+    if (status < 0) {
+        snprintf(why, sizeof why, "query-cpus-fast failed: %s", e ? e->desc : strerror(-status));
+        start_fail_kill(rt, why);
+        return;
+    }
+    pid_t tids[1024];
+    if (n_cpus == 0 || n_cpus > QV_ARRAY_SIZE(tids)) {
+        snprintf(why, sizeof why, "query-cpus-fast listed %zu vCPUs", n_cpus);
+        start_fail_kill(rt, why);
+        return;
+    }
+    for (size_t i = 0; i < n_cpus; i++)
+        tids[i] = cpus[i].thread_id;
+    qv_error err = {0};
+    size_t emulator = 0;
+    if (sv_pin_threads((pid_t)vm->run.pid, tids, n_cpus, rt->place.cpus, rt->place.n_cpus, &emulator, &err) < 0) {
+        snprintf(why, sizeof why, "pinning failed: %s", err.msg);
+        start_fail_kill(rt, why);
+        return;
+    }
+    char list[256];
+    if (qv_format_cpulist(rt->place.cpus, rt->place.n_cpus, list, sizeof list) < 0)
+        snprintf(list, sizeof list, "?");
+    log_info("VM %s: %zu vCPU thread%s and %zu emulator thread%s pinned to CPUs %s", vm->name, n_cpus,
+             n_cpus == 1 ? "" : "s", emulator, emulator == 1 ? "" : "s", list);
+    send_cont(rt);
+}
+
 static void on_qmp_ready(qmp_conn *q, void *userdata) {
     vmrt *rt = userdata;
     sv_vm *vm = rt->vm;
@@ -497,11 +549,13 @@ static void on_qmp_ready(qmp_conn *q, void *userdata) {
     qmp_version(q, &maj, &min, &mic);
     log_debug("VM %s: monitor ready (QEMU %d.%d.%d)", vm->name, maj, min, mic);
     if (vm->state == SV_VM_STARTING && !rt->cont_sent) {
-        /* Setup while the vCPUs are held by -S goes here (vCPU pinning with
-         * query-cpus-fast).  Nothing to do yet: resume at once. */
-        rt->cont_sent = true;
-        if (qmp_cont(q, QMP_CMD_TIMEOUT_MS, on_cont, rt) < 0)
-            start_fail_kill(rt, "cannot send cont");
+        /* setup while -S holds the vCPUs: pinning; `cont` when it is done */
+        if (rt->place.n_cpus) {
+            if (qmp_query_cpus_fast(q, QMP_CMD_TIMEOUT_MS, on_vcpus, rt) < 0)
+                start_fail_kill(rt, "cannot send query-cpus-fast");
+            return;
+        }
+        send_cont(rt);
     }
 }
 
@@ -719,7 +773,7 @@ static void start_abandon_now(vmrt *rt, int code, const char *why) {
     if (vm->state == SV_VM_STOPPING) {
         /* a stop arrived before QEMU existed */
         set_state(rt, SV_EV_EXITED);
-        vm->run = (sv_vm_run){.restarts = vm->run.restarts};
+        vm->run = (sv_vm_run){.restarts = vm->run.restarts, .numa_node = -1};
         persist(rt);
         json_t *res = json_pack("{s:s, s:s, s:f}", "result", "clean", "how", "start aborted before QEMU ran",
                                 "seconds", 0.0);
@@ -732,7 +786,7 @@ static void start_abandon_now(vmrt *rt, int code, const char *why) {
     char msg[sizeof(((qv_error *)0)->msg)];
     snprintf(msg, sizeof msg, "start failed: %s", why);
     sv_vm_set_last_exit(vm, msg);
-    vm->run = (sv_vm_run){.restarts = vm->run.restarts};
+    vm->run = (sv_vm_run){.restarts = vm->run.restarts, .numa_node = -1};
     persist(rt);
     log_warning("VM %s: %s", vm->name, msg);
     fail_waiters(&rt->start_waiters, code, "VM '%s' did not start: %s", vm->name, why);
@@ -974,6 +1028,8 @@ static void launch(vmrt *rt) {
         .ssh_port = port,
         .tap_fds = tap_fds,
         .vhost_fds = vhost_fds,
+        .numa_bind = rt->place.bind_memory,
+        .numa_node = rt->place.numa_node >= 0 ? (unsigned)rt->place.numa_node : 0,
     };
     sv_hostdev hostdevs[64];
     size_t n_host = 0;
@@ -1035,6 +1091,7 @@ static void launch(vmrt *rt) {
     sv_proc_start_time(pid, &vm->run.start_ticks);
     vm->run.started_at = (int64_t)now;
     vm->run.ssh_port = port;
+    vm->run.numa_node = rt->place.numa_node;
     persist(rt);
     sv_crash_point("start-after-spawn");
     r = watch_start(rt, pid, pidfd);
@@ -1053,6 +1110,44 @@ static void launch(vmrt *rt) {
     r = qmp_attach(rt);
     if (r < 0)
         start_fail_kill(rt, "cannot connect to the monitor socket");
+}
+
+/* Admission and placement of a start (docs/resources.md): the VMs that have
+ * a QEMU count; the NUMA node (auto, N) and the CPUs (pin, else the node's)
+ * are decided and checked here, before QEMU exists.  *ret is set only on
+ * success. */
+static int start_placement(sv_vmctl *c, sv_vm *vm, sv_start_placement *ret, qv_error *err) {
+    const sv_vmspec *s = vm->spec;
+    sv_start_placement place = {.numa_node = -1};
+    int r;
+    if (s->numa || s->pin) {
+        sv_capacity cap = {0};
+        if ((r = sv_resources_capacity(&cap, err)) < 0)
+            return r;
+        sv_admission_policy policy;
+        _cleanup_free_ sv_vm_usage *usage = NULL;
+        size_t n = 0;
+        r = sv_admission_policy_init(&policy, cfg(c), s->pool, err);
+        if (r == 0 && (r = sv_resources_usage(c->registry, false, &usage, &n)) < 0)
+            r = qv_error_set(err, -r, "out of memory");
+        if (r == 0)
+            r = sv_start_place(&cap, &policy, usage, n, s, &place, err);
+        sv_capacity_clear(&cap);
+        if (r < 0)
+            return r;
+    } else {
+        /* nothing to place: only the spec's own checks (no capacity read) */
+        static const sv_capacity none = {0};
+        if ((r = sv_start_place(&none, NULL, NULL, 0, s, &place, err)) < 0)
+            return r;
+    }
+    r = sv_resources_admit(c->registry, cfg(c), s, false, place.numa_node, err);
+    if (r < 0) {
+        sv_start_placement_clear(&place);
+        return r;
+    }
+    *ret = place;
+    return 0;
 }
 
 static int begin_start(sv_vmctl *c, sv_vm *vm, bool policy, sv_vm_done_fn done, void *userdata, qv_error *err) {
@@ -1093,9 +1188,18 @@ static int begin_start(sv_vmctl *c, sv_vm *vm, bool policy, sv_vm_done_fn done, 
     job->config = sv_config_dup(cfg(c));
     if (!job->base || !job->dir || !job->run_dir || !job->spec || !job->config)
         goto oom;
+    /* the node's resources: refused here, before anything changed */
+    sv_start_placement place;
+    r = start_placement(c, vm, &place, err);
+    if (r < 0) {
+        prep_job_free(job);
+        return r;
+    }
+    sv_start_placement_clear(&rt->place);
+    rt->place = place;
     uv_timer_stop(&rt->timer); /* a pending automatic restart is superseded */
     vm->state = to;
-    vm->run = (sv_vm_run){.restarts = policy ? vm->run.restarts : 0};
+    vm->run = (sv_vm_run){.restarts = policy ? vm->run.restarts : 0, .numa_node = -1};
     rt->policy_start = policy;
     rt->starting_prep = true;
     free(rt->stop_reason);
@@ -1438,7 +1542,7 @@ static void gone_finish(vmrt *rt, pid_t pid, const char *how_exited) {
             snprintf(why, sizeof why, "stopped on request (%s: %s)", clean ? "clean" : "forced", how);
         sv_vm_set_last_exit(vm, why);
         set_state(rt, SV_EV_EXITED);
-        vm->run = (sv_vm_run){0};
+        vm->run = (sv_vm_run){.numa_node = -1};
         persist(rt);
         log_info("VM %s: QEMU pid %d %s; %s after %.1f s; cleaned up", vm->name, (int)pid, how_exited,
                  clean ? "clean stop" : "forced stop", secs);
@@ -1478,7 +1582,7 @@ static void gone_finish(vmrt *rt, pid_t pid, const char *how_exited) {
     uint64_t restarts = vm->run.restarts;
     set_state(rt, ev);
     sv_vm_set_last_exit(vm, why);
-    vm->run = (sv_vm_run){.restarts = restarts};
+    vm->run = (sv_vm_run){.restarts = restarts, .numa_node = -1};
     persist(rt);
     if (ev == SV_EV_CRASHED)
         log_warning("VM %s: crashed: %s; cleaned up", vm->name, why);
@@ -1505,8 +1609,16 @@ static void on_restart_timer(uv_timer_t *t) {
     if (vm->state != SV_VM_CRASHED && vm->state != SV_VM_STOPPED)
         return; /* someone started it meanwhile */
     qv_error err = {0};
-    if (begin_start(rt->c, vm, true, policy_start_done, NULL, &err) < 0)
+    if (begin_start(rt->c, vm, true, policy_start_done, NULL, &err) < 0) {
+        /* refused before it began (capacity, a CPU gone, …): say so, and try
+         * again later within the restart limit, as after a failed start */
         log_error("VM %s: automatic restart failed: %s", vm->name, err.msg);
+        char why[sizeof err.msg + 32];
+        snprintf(why, sizeof why, "automatic restart refused: %s", err.msg);
+        sv_vm_set_last_exit(vm, why);
+        persist(rt);
+        schedule_restart(rt);
+    }
 }
 
 static void schedule_restart(vmrt *rt) {
@@ -1647,7 +1759,7 @@ static void adopt(sv_vmctl *c, sv_vm *vm) {
             vm->state = SV_VM_STOPPED;
             sv_vm_set_last_exit(vm, was == SV_VM_STARTING ? "start interrupted by a daemon restart; QEMU never ran"
                                                           : "stopped while the daemon was not running");
-            vm->run = (sv_vm_run){0};
+            vm->run = (sv_vm_run){.numa_node = -1};
             remove_run_files(rt);
             persist(rt);
             log_info("VM %s: %s", vm->name, vm->last_exit);

@@ -421,6 +421,72 @@ static void test_golden_minimal_no_agent_no_sandbox(void **state) {
     sv_argv_free(argv);
 }
 
+static void test_golden_numa_bind(void **state) {
+    (void)state;
+    /* --numa 1: guest RAM bound to node 1, no hugepages */
+    _cleanup_(sv_vmspec_freep) sv_vmspec *s =
+        spec_from("{\"name\":\"db-1\",\"image\":\"debian-12\",\"cpus\":4,\"memory\":\"8G\",\"numa\":\"1\"}");
+    sv_qemu_env env = {.binary = "qemu-system-x86_64", .kvm = true, .sandbox = true};
+    sv_vm_paths p = {.disk = "/var/lib/qvisor/instances/db-1/disk.qcow2",
+                     .serial_log = "/var/lib/qvisor/instances/db-1/serial.log",
+                     .pidfile = "/run/qvisor/vm/db-1/qemu.pid",
+                     .qga_socket = "/run/qvisor/vm/db-1/qga.sock",
+                     .qmp_fd = 3,
+                     .ssh_port = 40023,
+                     .numa_bind = true,
+                     .numa_node = 1};
+    char **argv = NULL;
+    qv_error err = {0};
+    assert_int_equal(sv_qemu_argv(s, &env, &p, &argv, &err), 0);
+    check_golden("kvm-numa-bind", argv);
+    sv_argv_free(argv);
+}
+
+static void test_golden_hugepages_2m_on_node(void **state) {
+    (void)state;
+    _cleanup_(sv_vmspec_freep) sv_vmspec *s = spec_from(
+        "{\"name\":\"hp-2m\",\"image\":\"debian-12\",\"cpus\":2,\"memory\":\"3G\",\"hugepages\":\"2M\","
+        "\"numa\":\"auto\"}");
+    sv_qemu_env env = {.binary = "qemu-system-x86_64", .kvm = true, .sandbox = true};
+    /* auto chose node 0 */
+    sv_vm_paths p = {.disk = "/var/lib/qvisor/instances/hp-2m/disk.qcow2",
+                     .serial_log = "/var/lib/qvisor/instances/hp-2m/serial.log",
+                     .pidfile = "/run/qvisor/vm/hp-2m/qemu.pid",
+                     .qga_socket = "/run/qvisor/vm/hp-2m/qga.sock",
+                     .qmp_fd = 3,
+                     .ssh_port = 40024,
+                     .numa_bind = true,
+                     .numa_node = 0};
+    char **argv = NULL;
+    qv_error err = {0};
+    assert_int_equal(sv_qemu_argv(s, &env, &p, &argv, &err), 0);
+    check_golden("kvm-hugepages-2m-node0", argv);
+    sv_argv_free(argv);
+}
+
+static void test_golden_hugepages_1g(void **state) {
+    (void)state;
+    _cleanup_(sv_vmspec_freep) sv_vmspec *s = spec_from(
+        "{\"name\":\"hp-1g\",\"image\":\"debian-12\",\"cpus\":8,\"memory\":\"16G\",\"hugepages\":\"1G\"}");
+    sv_qemu_env env = {.binary = "qemu-system-x86_64", .kvm = true, .sandbox = true};
+    sv_vm_paths p = {.disk = "/var/lib/qvisor/instances/hp-1g/disk.qcow2",
+                     .serial_log = "/var/lib/qvisor/instances/hp-1g/serial.log",
+                     .pidfile = "/run/qvisor/vm/hp-1g/qemu.pid",
+                     .qga_socket = "/run/qvisor/vm/hp-1g/qga.sock",
+                     .qmp_fd = 3};
+    char **argv = NULL;
+    qv_error err = {0};
+    assert_int_equal(sv_qemu_argv(s, &env, &p, &argv, &err), 0);
+    check_golden("kvm-hugepages-1g", argv);
+    sv_argv_free(argv);
+
+    /* RAM that is not a whole number of pages: QEMU could not map it */
+    _cleanup_(sv_vmspec_freep) sv_vmspec *odd = spec_from(
+        "{\"name\":\"hp-odd\",\"image\":\"debian-12\",\"memory\":\"1536M\",\"hugepages\":\"1G\"}");
+    assert_int_equal(sv_qemu_argv(odd, &env, &p, &argv, &err), -EINVAL);
+    assert_string_equal(err.msg, "memory 1536M is not a whole number of 1G hugepages");
+}
+
 static void test_commas_refused(void **state) {
     (void)state;
     _cleanup_(sv_vmspec_freep) sv_vmspec *s = spec_from("{\"name\":\"x\",\"image\":\"y\"}");
@@ -445,6 +511,9 @@ int main(void) {
         cmocka_unit_test(test_gpus_in_the_spec),
         cmocka_unit_test(test_golden_kvm_seed_kernel_runas),
         cmocka_unit_test(test_golden_minimal_no_agent_no_sandbox),
+        cmocka_unit_test(test_golden_numa_bind),
+        cmocka_unit_test(test_golden_hugepages_2m_on_node),
+        cmocka_unit_test(test_golden_hugepages_1g),
         cmocka_unit_test(test_commas_refused),
         cmocka_unit_test(test_seed_defaults),
         cmocka_unit_test(test_seed_fields_round_trip),
