@@ -83,6 +83,7 @@ static sv_vm *vm_new(const sv_registry *r, sv_vmspec *spec) {
         return NULL;
     snprintf(vm->name, sizeof vm->name, "%s", spec->name);
     vm->spec = spec;
+    vm->run.numa_node = -1;
     if (asprintf(&vm->dir, "%s/%s", r->config->instances_dir, vm->name) < 0) {
         vm->dir = NULL;
         vm->spec = NULL;
