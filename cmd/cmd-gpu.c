@@ -18,11 +18,6 @@ static const char list_help[] =
     "\n"
     "Exit: 0, 69 daemon not running.\n";
 
-static const char *str(json_t *o, const char *key) {
-    const char *s = json_string_value(json_object_get(o, key));
-    return s && *s ? s : NULL;
-}
-
 int cmd_gpu_list(qv_cli *cli, int argc, char **argv) {
     static const struct option longopts[] = {QV_CLI_COMMON_LONGOPTS, {NULL, 0, NULL, 0}};
     int c;
@@ -53,9 +48,9 @@ int cmd_gpu_list(qv_cli *cli, int argc, char **argv) {
     json_array_foreach(gpus, i, g) {
         char index[16], ids[16], name[256], group[16], numa[16], with[128] = "";
         snprintf(index, sizeof index, "%lld", (long long)json_integer_value(json_object_get(g, "index")));
-        snprintf(ids, sizeof ids, "%s:%s", str(g, "vendor_id"), str(g, "device_id"));
-        const char *vendor = str(g, "vendor"), *device = str(g, "device");
-        snprintf(name, sizeof name, "%s%s%s", vendor ? vendor : str(g, "class_name"), device ? " " : "",
+        snprintf(ids, sizeof ids, "%s:%s", qv_json_str(g, "vendor_id"), qv_json_str(g, "device_id"));
+        const char *vendor = qv_json_str(g, "vendor"), *device = qv_json_str(g, "device");
+        snprintf(name, sizeof name, "%s%s%s", vendor ? vendor : qv_json_str(g, "class_name"), device ? " " : "",
                  device ? device : "");
         json_t *grp = json_object_get(g, "iommu_group");
         snprintf(group, sizeof group, "%s", json_is_integer(grp) ? "" : "none");
@@ -69,13 +64,13 @@ int cmd_gpu_list(qv_cli *cli, int argc, char **argv) {
         json_t *m;
         json_array_foreach(json_object_get(g, "companions"), k, m) {
             size_t len = strlen(with);
-            snprintf(with + len, sizeof with - len, "%s.%s", len ? "," : "", str(m, "address") + 11);
+            snprintf(with + len, sizeof with - len, "%s.%s", len ? "," : "", qv_json_str(m, "address") + 11);
         }
         char vm[96];
-        const char *holder = str(g, "vm"), *binding = str(g, "binding");
+        const char *holder = qv_json_str(g, "vm"), *binding = qv_json_str(g, "binding");
         snprintf(vm, sizeof vm, "%s%s%s%s", holder ? holder : "-", binding ? " (" : "", binding ? binding : "",
                  binding ? ")" : "");
-        const char *cells[] = {index, str(g, "address"), ids, name, str(g, "driver"), group, numa,
+        const char *cells[] = {index, qv_json_str(g, "address"), ids, name, qv_json_str(g, "driver"), group, numa,
                                with[0] ? with : NULL, vm, NULL};
         qv_table_add(t, cells);
     }
@@ -87,16 +82,16 @@ int cmd_gpu_list(qv_cli *cli, int argc, char **argv) {
         if (json_array_size(grp) <= 1)
             continue;
         printf("\nIOMMU group %lld of %s:\n", (long long)json_integer_value(json_object_get(g, "iommu_group")),
-               str(g, "address"));
+               qv_json_str(g, "address"));
         size_t k;
         json_t *m;
         json_array_foreach(grp, k, m) {
-            const char *drv = str(m, "driver");
-            printf("  %s  %-28s %s%s\n", str(m, "address"), str(m, "class_name"), drv ? drv : "no driver",
+            const char *drv = qv_json_str(m, "driver");
+            printf("  %s  %-28s %s%s\n", qv_json_str(m, "address"), qv_json_str(m, "class_name"), drv ? drv : "no driver",
                    json_is_true(json_object_get(m, "bridge")) ? " (bridge: stays)" : "");
         }
-        if (str(g, "stuck_reason"))
-            printf("  stuck: %s\n", str(g, "stuck_reason"));
+        if (qv_json_str(g, "stuck_reason"))
+            printf("  stuck: %s\n", qv_json_str(g, "stuck_reason"));
     }
     json_decref(res);
     return QV_EXIT_OK;

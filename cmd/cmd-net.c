@@ -22,11 +22,6 @@ static const char list_help[] =
     "\n"
     "Exit: 0, 69 daemon not running.\n";
 
-static const char *str(json_t *o, const char *key) {
-    const char *s = json_string_value(json_object_get(o, key));
-    return s && *s ? s : NULL;
-}
-
 static const char *yes(json_t *o, const char *key) {
     return json_is_true(json_object_get(o, key)) ? "yes" : "no";
 }
@@ -45,7 +40,7 @@ static void print_nics(json_t *nics) {
         snprintf(idx, sizeof idx, "%lld", (long long)json_integer_value(json_object_get(n, "nic")));
         if (json_is_integer(json_object_get(n, "vlan")))
             snprintf(vlan, sizeof vlan, "%lld", (long long)json_integer_value(json_object_get(n, "vlan")));
-        const char *cells[] = {str(n, "vm"), idx, str(n, "mac"), str(n, "ip"), vlan, str(n, "tap"),
+        const char *cells[] = {qv_json_str(n, "vm"), idx, qv_json_str(n, "mac"), qv_json_str(n, "ip"), vlan, qv_json_str(n, "tap"),
                                json_is_true(json_object_get(n, "running")) ? "running" : "stopped", NULL};
         qv_table_add(t, cells);
     }
@@ -71,15 +66,15 @@ int cmd_net_list(qv_cli *cli, int argc, char **argv) {
     size_t i;
     json_t *net;
     json_array_foreach(json_object_get(res, "networks"), i, net) {
-        const char *mode = str(net, "mode");
+        const char *mode = qv_json_str(net, "mode");
         if (i)
             printf("\n");
         if (strcmp(mode, "user") == 0) {
             printf("user: QEMU user networking, SSH forwarded from 127.0.0.1\n");
         } else if (strcmp(mode, "nat") == 0) {
             json_t *created = json_object_get(net, "created");
-            printf("nat: bridge %s, subnet %s, gateway %s\n", str(net, "bridge"), str(net, "subnet"),
-                   str(net, "gateway"));
+            printf("nat: bridge %s, subnet %s, gateway %s\n", qv_json_str(net, "bridge"), qv_json_str(net, "subnet"),
+                   qv_json_str(net, "gateway"));
             printf("  bridge present: %s (up: %s, created by qvisor: %s), gateway address: %s, forwarding: %s, "
                    "masquerade table: %s\n",
                    yes(net, "present"), yes(net, "up"), json_is_object(created) ? yes(created, "bridge") : "no",
@@ -89,7 +84,7 @@ int cmd_net_list(qv_cli *cli, int argc, char **argv) {
                    (long long)json_integer_value(json_object_get(net, "free")),
                    (long long)json_integer_value(json_object_get(net, "addresses")));
         } else {
-            printf("bridge: %s (present: %s, up: %s, VLAN filtering: %s)\n", str(net, "bridge"), yes(net, "present"),
+            printf("bridge: %s (present: %s, up: %s, VLAN filtering: %s)\n", qv_json_str(net, "bridge"), yes(net, "present"),
                    yes(net, "up"), yes(net, "vlan_filtering"));
         }
         print_nics(json_object_get(net, "nics"));
@@ -139,7 +134,7 @@ int cmd_net_teardown(qv_cli *cli, int argc, char **argv) {
     size_t i;
     json_t *a;
     json_array_foreach(actions, i, a)
-        printf("%s %s: %s\n", str(a, "what"), str(a, "name"), str(a, "action"));
+        printf("%s %s: %s\n", qv_json_str(a, "what"), qv_json_str(a, "name"), qv_json_str(a, "action"));
     json_decref(res);
     return QV_EXIT_OK;
 }

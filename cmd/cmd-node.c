@@ -35,11 +35,6 @@ static long long num(json_t *o, const char *key) {
     return (long long)json_integer_value(json_object_get(o, key));
 }
 
-static const char *str(json_t *o, const char *key) {
-    const char *s = json_string_value(json_object_get(o, key));
-    return s && *s ? s : NULL;
-}
-
 /* "[#######.............]  " on a terminal, "" otherwise */
 static void bar(bool draw, double used, double limit) {
     if (!draw)
@@ -102,7 +97,7 @@ static void render(json_t *s, bool draw) {
         long long id = num(n, "id");
         json_t *bound = json_object_get(n, "bound");
         printf("\nNUMA node %lld: CPUs %s (%lld cores), %s memory (%s free)\n", id,
-               str(n, "cpulist") ? str(n, "cpulist") : "-", num(n, "cores"), size(num(n, "memory_total"), a),
+               qv_json_str(n, "cpulist") ? qv_json_str(n, "cpulist") : "-", num(n, "cores"), size(num(n, "memory_total"), a),
                size(num(n, "memory_free"), b));
         line_count(draw, "vCPUs bound", num(bound, "cpus"), num(n, "cpus"), "of its CPUs", "");
         line_size(draw, "mem bound", num(bound, "memory"), num(n, "memory_total"), "");
@@ -118,8 +113,8 @@ static void render(json_t *s, bool draw) {
         json_array_foreach(json_object_get(s, "gpus"), k, x) {
             if (!json_is_integer(json_object_get(x, "numa_node")) || num(x, "numa_node") != id)
                 continue;
-            const char *vm = str(x, "vm");
-            printf("  GPU          %s %s: %s%s\n", str(x, "device"), str(x, "model") ? str(x, "model") : "",
+            const char *vm = qv_json_str(x, "vm");
+            printf("  GPU          %s %s: %s%s\n", qv_json_str(x, "device"), qv_json_str(x, "model") ? qv_json_str(x, "model") : "",
                    vm ? vm : "free", vm ? (json_is_true(json_object_get(x, "running")) ? " (running)" : " (stopped)")
                                     : "");
         }
@@ -129,21 +124,21 @@ static void render(json_t *s, bool draw) {
                 continue;
             json_t *sr = json_object_get(x, "sriov");
             if (json_is_object(sr))
-                printf("  NIC          %s (%s): SR-IOV, %lld of %lld VFs enabled\n", str(x, "name"), str(x, "device"),
+                printf("  NIC          %s (%s): SR-IOV, %lld of %lld VFs enabled\n", qv_json_str(x, "name"), qv_json_str(x, "device"),
                        num(sr, "num_vfs"), num(sr, "total_vfs"));
             else
-                printf("  NIC          %s (%s)\n", str(x, "name"), str(x, "device"));
+                printf("  NIC          %s (%s)\n", qv_json_str(x, "name"), qv_json_str(x, "device"));
         }
     }
     /* devices whose NUMA node the kernel does not know */
     json_array_foreach(json_object_get(s, "gpus"), k, x)
         if (!json_is_integer(json_object_get(x, "numa_node")))
-            printf("\nGPU %s (NUMA node unknown): %s\n", str(x, "device"), str(x, "vm") ? str(x, "vm") : "free");
+            printf("\nGPU %s (NUMA node unknown): %s\n", qv_json_str(x, "device"), qv_json_str(x, "vm") ? qv_json_str(x, "vm") : "free");
 
     printf("\npools:\n");
     json_array_foreach(json_object_get(s, "pools"), i, n) {
         json_t *u = json_object_get(n, "used"), *q = json_object_get(n, "quota");
-        printf(" %s (%lld VMs)\n", str(n, "name"), num(u, "vms"));
+        printf(" %s (%lld VMs)\n", qv_json_str(n, "name"), num(u, "vms"));
         json_t *qc = json_object_get(q, "cpus"), *qm = json_object_get(q, "memory"), *qg = json_object_get(q, "gpus");
         line_count(draw, "vCPUs", num(u, "cpus"), json_is_integer(qc) ? json_integer_value(qc) : -1, "vCPUs", "");
         line_size(draw, "memory", num(u, "memory"), json_is_integer(qm) ? json_integer_value(qm) : -1, "");
@@ -151,10 +146,10 @@ static void render(json_t *s, bool draw) {
     }
     printf("\nstorage pools:\n");
     json_array_foreach(json_object_get(s, "storage_pools"), i, n) {
-        printf(" %s%s (%s)%s\n", str(n, "name"), json_is_true(json_object_get(n, "default")) ? " [default]" : "",
-               str(n, "path"), json_is_true(json_object_get(n, "thin_overcommit")) ? ", thin overcommit" : "");
-        if (str(n, "error")) {
-            printf("  %s\n", str(n, "error"));
+        printf(" %s%s (%s)%s\n", qv_json_str(n, "name"), json_is_true(json_object_get(n, "default")) ? " [default]" : "",
+               qv_json_str(n, "path"), json_is_true(json_object_get(n, "thin_overcommit")) ? ", thin overcommit" : "");
+        if (qv_json_str(n, "error")) {
+            printf("  %s\n", qv_json_str(n, "error"));
             continue;
         }
         /* what the disks could grow to, against what they hold plus what is free */

@@ -76,3 +76,8 @@ void qv_print_json(json_t *v, FILE *out) {
     fputc('\n', out);
     json_decref(v);
 }
+
+const char *qv_json_str(json_t *o, const char *key) {
+    const char *s = json_string_value(json_object_get(o, key));
+    return s && *s ? s : NULL;
+}

@@ -18,3 +18,6 @@ void qv_table_free(qv_table *t);
 
 /* Prints JSON (indent 2, insertion order) with a final newline; steals ref. */
 void qv_print_json(json_t *v, FILE *out);
+
+/* The non-empty string value of o[key] (borrowed), else NULL. */
+const char *qv_json_str(json_t *o, const char *key);

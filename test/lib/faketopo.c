@@ -2,10 +2,14 @@
 
 #include "testlib.h"
 
+#include "sysroot.h"
+#include "supervisor/capacity.h"
+
 #include "fileio.h"
 
 #include <limits.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -106,4 +110,24 @@ void qv_faketopo_two_nodes(const char *root) {
     qv_faketopo_virtual_nic(root, "lo");
     qv_faketopo_virtual_nic(root, "qvbr0");
     qv_faketopo_virtual_nic(root, "tap-web-0");
+}
+
+void qv_faketopo_fixture_up(const char *prefix, char **ret_root, sv_capacity *ret_cap) {
+    char *root = qv_test_mkdtemp(prefix);
+    unsetenv("QVISOR_SYSROOT");
+    assert_int_equal(qv_sysroot_set(root), 0);
+    qv_faketopo_two_nodes(root);
+    qv_error err = {0};
+    if (sv_capacity_read(ret_cap, &err) < 0)
+        fail_msg("%s", err.msg);
+    assert_int_equal(sv_capacity_add_gpu(ret_cap, "0000:41:00.0", "A10", 1), 0);
+    *ret_root = root;
+}
+
+void qv_faketopo_fixture_down(char **root, sv_capacity *cap) {
+    sv_capacity_clear(cap);
+    qv_sysroot_set(NULL);
+    qv_test_rm_rf(*root);
+    free(*root);
+    *root = NULL;
 }

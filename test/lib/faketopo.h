@@ -11,6 +11,13 @@
  * holds nonsense that must not be used when there are nodes. */
 void qv_faketopo_two_nodes(const char *root);
 
+/* A test fixture: a temp dir with the two-node machine as the sysfs root,
+ * its capacity read, plus a GPU "0000:41:00.0" ("A10") on node 1; and
+ * the matching cleanup. */
+struct sv_capacity;
+void qv_faketopo_fixture_up(const char *prefix, char **ret_root, struct sv_capacity *ret_cap);
+void qv_faketopo_fixture_down(char **root, struct sv_capacity *cap);
+
 /* Helpers for variations. */
 void qv_faketopo_link(const char *root, const char *target, const char *rel);
 void qv_faketopo_mkdir(const char *root, const char *rel);

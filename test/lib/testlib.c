@@ -1,6 +1,7 @@
 #include "testlib.h"
 
 #include "fileio.h"
+#include "supervisor/vmspec.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -46,4 +47,21 @@ void qv_test_write(const char *dir, const char *rel, const char *content) {
     assert_non_null(f);
     fputs(content, f);
     fclose(f);
+}
+
+sv_vmspec *qv_test_spec(const char *json) {
+    json_t *j = json_loads(json, 0, NULL);
+    assert_non_null(j);
+    sv_vmspec *s = NULL;
+    qv_error err = {0};
+    if (sv_vmspec_from_json(j, &s, &err) < 0)
+        fail_msg("%s", err.msg);
+    json_decref(j);
+    sv_config *c = sv_config_new_default();
+    assert_non_null(c);
+    int r = sv_vmspec_complete(s, c, &err);
+    sv_config_free(c);
+    if (r < 0)
+        fail_msg("%s", err.msg);
+    return s;
 }

@@ -18,3 +18,8 @@ void qv_test_rm_rf(const char *path);
 
 /* Writes a file below dir (creating parent directories). */
 void qv_test_write(const char *dir, const char *rel, const char *content);
+
+/* A VM spec from JSON, completed with the built-in node defaults (fails the
+ * test on an error).  Free with sv_vmspec_free(). */
+struct sv_vmspec;
+struct sv_vmspec *qv_test_spec(const char *json);

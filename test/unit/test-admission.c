@@ -24,14 +24,7 @@ static sv_admission_policy pol;
 
 static int setup(void **st) {
     (void)st;
-    root = qv_test_mkdtemp("qv-admission");
-    unsetenv("QVISOR_SYSROOT");
-    assert_int_equal(qv_sysroot_set(root), 0);
-    qv_faketopo_two_nodes(root);
-    qv_error err = {0};
-    if (sv_capacity_read(&cap, &err) < 0)
-        fail_msg("%s", err.msg);
-    assert_int_equal(sv_capacity_add_gpu(&cap, "0000:41:00.0", "A10", 1), 0);
+    qv_faketopo_fixture_up("qv-admission", &root, &cap);
     pol = (sv_admission_policy){.cpu_overcommit = 4.0, .memory_overcommit = 1.0, .pool = "default",
                                 .pool_cpus = SV_NO_QUOTA, .pool_memory = SV_NO_QUOTA, .pool_gpus = SV_NO_QUOTA};
     return 0;
@@ -39,10 +32,7 @@ static int setup(void **st) {
 
 static int teardown(void **st) {
     (void)st;
-    sv_capacity_clear(&cap);
-    qv_sysroot_set(NULL);
-    qv_test_rm_rf(root);
-    free(root);
+    qv_faketopo_fixture_down(&root, &cap);
     return 0;
 }
 

@@ -611,18 +611,9 @@ static void test_nft_table(void **state) {
 /* ---- sv_net_setup: what a VM start does with its NICs --------------------- */
 
 static sv_vmspec *net_spec(const char *name, const char *nic) {
-    json_t *j = json_pack("{s:s, s:s, s:[s]}", "name", name, "image", "i", "nets", nic);
-    assert_non_null(j);
-    sv_vmspec *s = NULL;
-    qv_error err = {0};
-    if (sv_vmspec_from_json(j, &s, &err) < 0)
-        fail_msg("%s", err.msg);
-    json_decref(j);
-    _cleanup_(sv_config_freep) sv_config *c = sv_config_new_default();
-    assert_non_null(c);
-    if (sv_vmspec_complete(s, c, &err) < 0)
-        fail_msg("%s", err.msg);
-    return s;
+    char json[256];
+    snprintf(json, sizeof json, "{\"name\":\"%s\",\"image\":\"i\",\"nets\":[\"%s\"]}", name, nic);
+    return qv_test_spec(json);
 }
 
 static void replace_string(char **field, const char *value) {

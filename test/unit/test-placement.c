@@ -32,14 +32,7 @@ static sv_admission_policy pol;
 
 static int setup(void **st) {
     (void)st;
-    root = qv_test_mkdtemp("qv-placement");
-    unsetenv("QVISOR_SYSROOT");
-    assert_int_equal(qv_sysroot_set(root), 0);
-    qv_faketopo_two_nodes(root);
-    qv_error err = {0};
-    if (sv_capacity_read(&cap, &err) < 0)
-        fail_msg("%s", err.msg);
-    assert_int_equal(sv_capacity_add_gpu(&cap, "0000:41:00.0", "A10", 1), 0);
+    qv_faketopo_fixture_up("qv-placement", &root, &cap);
     pol = (sv_admission_policy){.cpu_overcommit = 4.0, .memory_overcommit = 1.0, .pool = "default",
                                 .pool_cpus = SV_NO_QUOTA, .pool_memory = SV_NO_QUOTA, .pool_gpus = SV_NO_QUOTA};
     return 0;
@@ -47,25 +40,12 @@ static int setup(void **st) {
 
 static int teardown(void **st) {
     (void)st;
-    sv_capacity_clear(&cap);
-    qv_sysroot_set(NULL);
-    qv_test_rm_rf(root);
-    free(root);
+    qv_faketopo_fixture_down(&root, &cap);
     return 0;
 }
 
 static sv_vmspec *spec(const char *json) {
-    json_t *j = json_loads(json, 0, NULL);
-    assert_non_null(j);
-    sv_vmspec *s = NULL;
-    qv_error err = {0};
-    if (sv_vmspec_from_json(j, &s, &err) < 0)
-        fail_msg("%s", err.msg);
-    json_decref(j);
-    _cleanup_(sv_config_freep) sv_config *c = sv_config_new_default();
-    if (sv_vmspec_complete(s, c, &err) < 0)
-        fail_msg("%s", err.msg);
-    return s;
+    return qv_test_spec(json);
 }
 
 /* Places `json` against `usage`; returns the placement (asserting success). */
