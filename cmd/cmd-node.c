@@ -18,7 +18,9 @@ static const char status_help[] =
     "             (what `vm start` admits against), each against its limit:\n"
     "             capacity × resources.cpu_overcommit / memory_overcommit\n"
     "  NUMA node  its CPUs and cores, memory total and free, the vCPUs and memory\n"
-    "             of running VMs bound to it (--numa, --pin), hugepages per size\n"
+    "             of running VMs bound to it (--numa) against its CPUs ×\n"
+    "             cpu_overcommit and its memory, the vCPUs of running VMs pinned\n"
+    "             to its CPUs (--pin), hugepages per size\n"
     "             (free/total), GPUs (free or the VM that holds them), NICs with\n"
     "             SR-IOV virtual functions (enabled/total)\n"
     "  pools      per resource pool: vCPUs, memory and GPUs of its VMs against\n"
@@ -99,7 +101,9 @@ static void render(json_t *s, bool draw) {
         printf("\nNUMA node %lld: CPUs %s (%lld cores), %s memory (%s free)\n", id,
                qv_json_str(n, "cpulist") ? qv_json_str(n, "cpulist") : "-", num(n, "cores"), size(num(n, "memory_total"), a),
                size(num(n, "memory_free"), b));
-        line_count(draw, "vCPUs bound", num(bound, "cpus"), num(n, "cpus"), "of its CPUs", "");
+        snprintf(extra, sizeof extra, "  (%lld CPUs × %.1f; %lld vCPUs pinned here)", num(n, "cpus"),
+                 json_real_value(json_object_get(oc, "cpu")), num(n, "pinned_vcpus"));
+        line_count(draw, "vCPUs bound", num(bound, "cpus"), num(n, "vcpu_limit"), "vCPUs", extra);
         line_size(draw, "mem bound", num(bound, "memory"), num(n, "memory_total"), "");
         json_array_foreach(json_object_get(n, "hugepages"), k, x) {
             char label[32];

@@ -68,6 +68,25 @@ void sv_api_node_status(sv_daemon *d, sv_ctl_req *req, json_t *params) {
         int id = (int)json_integer_value(json_object_get(node, "id"));
         sv_usage_sum(running, n_running, NULL, id, &t);
         json_object_set_new(node, "bound", total_json(&t));
+        /* vCPUs of running VMs pinned (--pin) to any CPU of this node */
+        const sv_numa_node *nn = sv_capacity_node(&cap, id);
+        uint64_t pinned = 0;
+        for (sv_vm *vm = sv_registry_first(d->registry); nn && vm; vm = vm->next) {
+            unsigned *cpus = NULL;
+            size_t n = 0;
+            if (!vm->spec->pin || !sv_vm_state_has_qemu(vm->state) || qv_parse_cpulist(vm->spec->pin, &cpus, &n) < 0)
+                continue;
+            bool here = false;
+            for (size_t a = 0; a < n && !here; a++)
+                for (size_t b = 0; b < nn->n_cpus && !here; b++)
+                    here = cpus[a] == nn->cpus[b];
+            free(cpus);
+            if (here)
+                pinned += vm->spec->cpus;
+        }
+        json_object_set_new(node, "pinned_vcpus", json_integer((json_int_t)pinned));
+        json_object_set_new(node, "vcpu_limit",
+                            json_integer((json_int_t)((double)(nn ? nn->n_cpus : 0) * c->cpu_overcommit)));
     }
     /* GPUs: who holds each */
     json_t *gpu;

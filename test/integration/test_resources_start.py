@@ -137,6 +137,10 @@ class StartResources(unittest.TestCase):
         for tid, (comm, allowed) in others.items():
             self.assertEqual(allowed, want, f"emulator thread {tid} ({comm})")
         self.assertRegex(self.node.log(), rf"VM pinned: 2 vCPU threads and \d+ emulator threads? pinned to CPUs {want}")
+        # node status counts them on the node that holds the CPU
+        st = self.node.qvisor_json("node", "status")
+        self.assertEqual(st["nodes"][0]["pinned_vcpus"], 2)
+        self.assertEqual(st["usage"]["running"]["cpus"], 2)
         # a VM without pin or NUMA is left alone: it runs where the daemon may
         self.create("free")
         free_pid = self.start("free")["pid"]
