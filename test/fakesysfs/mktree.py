@@ -216,8 +216,16 @@ def build(root, scenario=None, force=False):
     nd = os.path.join(sysd, "devices", "system", "node")
     os.makedirs(nd)
     _write(os.path.join(nd, "online"), f"0-{nodes[-1]}\n" if nodes[-1] else "0\n", 0o444)
+    # like a kernel, each node has CPUs and memory: two CPUs (2n, 2n+1) and
+    # 16 GiB each, so capacity reads and admission work on this tree
     for n in nodes:
         os.makedirs(os.path.join(nd, f"node{n}"))
+        _write(os.path.join(nd, f"node{n}", "cpulist"), f"{2 * n}-{2 * n + 1}\n", 0o444)
+        _write(os.path.join(nd, f"node{n}", "meminfo"),
+               f"Node {n} MemTotal:       16777216 kB\nNode {n} MemFree:        15728640 kB\n", 0o444)
+    cpud = os.path.join(sysd, "devices", "system", "cpu")
+    os.makedirs(cpud, exist_ok=True)
+    _write(os.path.join(cpud, "online"), f"0-{2 * nodes[-1] + 1}\n", 0o444)
 
     pools = sc.get("hugepages", {"2048kB": {"nr": 0, "free": 0}})
     for size, pool in pools.items():

@@ -75,7 +75,9 @@ def link_exists(name):
 
 
 class Network(unittest.TestCase):
-    CONFIG = ("vm_defaults:\n  memory: 256M\n  disk: 1G\n  stop_timeout: 20s\n  kill_timeout: 5s\n"
+    # one vCPU each: the /29 test defines 5 VMs, which must fit this 2-CPU
+    # node's 8 vCPUs (cpu_overcommit 4.0) at create
+    CONFIG = ("vm_defaults:\n  cpus: 1\n  memory: 256M\n  disk: 1G\n  stop_timeout: 20s\n  kill_timeout: 5s\n"
               "network:\n  nat_bridge: qvt-br0\n  nat_subnet: 10.77.0.0/24\n  nat_gateway: 10.77.0.1\n"
               "  dns: [10.77.0.1]\n")
 
