@@ -4,6 +4,7 @@
 #include "cleanup.h"
 #include "sysroot.h"
 #include "util.h"
+#include "supervisor/resources.h"
 #include "vfio/bind.h"
 
 #include <errno.h>
@@ -84,15 +85,8 @@ int sv_start_place(const sv_capacity *cap, const sv_admission_policy *policy, co
         if (!cap->numa || cap->n_nodes == 1) {
             p.numa_node = cap->nodes[0].id; /* nowhere else to go; admission says whether it fits */
         } else {
-            sv_vm_usage me = {
-                .name = spec->name,
-                .pool = spec->pool,
-                .cpus = spec->cpus,
-                .memory = spec->memory,
-                .gpus = qv_strv_len(spec->gpus),
-                .hugepage_size = page,
-                .numa_node = -1,
-            };
+            sv_vm_usage me;
+            sv_resources_spec_usage(spec, -1, &me);
             int nodes[64];
             size_t n = gpu_nodes(cap, spec, nodes, QV_ARRAY_SIZE(nodes));
             int r = sv_placement_choose(cap, policy, usage, n_usage, &me, nodes, n, err);

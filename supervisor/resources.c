@@ -39,17 +39,21 @@ static int spec_numa_node(const sv_vmspec *s) {
     return -1;
 }
 
-void sv_resources_vm_usage(const sv_vm *vm, sv_vm_usage *ret) {
-    const sv_vmspec *s = vm->spec;
+void sv_resources_spec_usage(const sv_vmspec *spec, int numa_node, sv_vm_usage *ret) {
     *ret = (sv_vm_usage){
-        .name = vm->name,
-        .pool = s->pool,
-        .cpus = s->cpus,
-        .memory = s->memory,
-        .gpus = qv_strv_len(s->gpus),
-        .hugepage_size = sv_hugepage_bytes(s->hugepages),
-        .numa_node = spec_numa_node(s),
+        .name = spec->name,
+        .pool = spec->pool,
+        .cpus = spec->cpus,
+        .memory = spec->memory,
+        .gpus = qv_strv_len(spec->gpus),
+        .hugepage_size = sv_hugepage_bytes(spec->hugepages),
+        .numa_node = numa_node,
     };
+}
+
+void sv_resources_vm_usage(const sv_vm *vm, sv_vm_usage *ret) {
+    sv_resources_spec_usage(vm->spec, spec_numa_node(vm->spec), ret);
+    ret->name = vm->name;
     if (sv_vm_state_has_qemu(vm->state) && vm->run.pid > 0)
         ret->numa_node = vm->run.numa_node;
 }
@@ -83,15 +87,8 @@ int sv_resources_admit(sv_registry *r, const sv_config *c, const sv_vmspec *spec
     sv_capacity cap = {0};
     if ((rc = sv_resources_capacity(&cap, err)) < 0)
         return rc;
-    sv_vm_usage me = {
-        .name = spec->name,
-        .pool = spec->pool,
-        .cpus = spec->cpus,
-        .memory = spec->memory,
-        .gpus = qv_strv_len(spec->gpus),
-        .hugepage_size = sv_hugepage_bytes(spec->hugepages),
-        .numa_node = numa_node,
-    };
+    sv_vm_usage me;
+    sv_resources_spec_usage(spec, numa_node, &me);
     rc = sv_admission_check(&cap, &policy, usage, n, &me, err);
     sv_capacity_clear(&cap);
     return rc;

@@ -19,6 +19,9 @@
 /* Capacity with the GPUs libudev finds (none when it cannot enumerate). */
 int sv_resources_capacity(sv_capacity *ret, qv_error *err);
 
+/* What a spec asks for, bound to `numa_node` (-1: none); name and pool
+ * borrow from spec. */
+void sv_resources_spec_usage(const sv_vmspec *spec, int numa_node, sv_vm_usage *ret);
 /* What one VM takes: its spec's vCPUs, RAM, GPUs, hugepage size and pool;
  * its NUMA node is the one it runs bound to, else the spec's number. */
 void sv_resources_vm_usage(const sv_vm *vm, sv_vm_usage *ret);
