@@ -185,7 +185,8 @@ int cmd_node_status(qv_cli *cli, int argc, char **argv) {
         if (qv_cli_call(cli, "node.status", NULL, &res, &err) < 0)
             return qv_cli_fail(cli, &err);
         if (cli->json) {
-            qv_print_json(res, stdout);
+            qv_print_json(res, stdout); /* takes the reference */
+            res = NULL;
         } else {
             if (every && draw)
                 printf("\033[H\033[2J");
