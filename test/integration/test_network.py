@@ -163,6 +163,16 @@ class Network(unittest.TestCase):
             self.assertIn("ping 10.77.0.1 ok", log, log)
             self.assertIn(f"ping {peer} ok", log, log)
         self.assertEqual(self.show("a")["ip"], "10.77.0.2")  # known without an agent
+        # vm ssh of a VM without a user-mode NIC goes to port 22 of its address
+        fakebin = os.path.join(self.node.dir, "bin")
+        os.makedirs(fakebin)
+        with open(os.path.join(fakebin, "ssh"), "w") as f:
+            f.write("#!/bin/sh\necho \"$@\"\n")
+        os.chmod(os.path.join(fakebin, "ssh"), 0o755)
+        env = dict(os.environ, PATH=fakebin + ":" + os.environ["PATH"])
+        p = self.node.qvisor("vm", "ssh", "a", "--", "uptime", env=env, check=0)
+        self.assertIn("-p 22 ", p.stdout)
+        self.assertIn("qvisor@10.77.0.2 -- uptime", p.stdout)
 
         # stop removes the TAP
         self.node.qvisor("vm", "stop", "a", "--force", timeout=scaled(60), check=None)
