@@ -3,6 +3,7 @@
 #include "testlib.h"
 
 #include "sysroot.h"
+#include "supervisor/admission.h"
 #include "supervisor/capacity.h"
 
 #include "fileio.h"
@@ -112,7 +113,8 @@ void qv_faketopo_two_nodes(const char *root) {
     qv_faketopo_virtual_nic(root, "tap-web-0");
 }
 
-void qv_faketopo_fixture_up(const char *prefix, char **ret_root, sv_capacity *ret_cap) {
+void qv_faketopo_fixture_up(const char *prefix, char **ret_root, sv_capacity *ret_cap,
+                            sv_admission_policy *ret_policy) {
     char *root = qv_test_mkdtemp(prefix);
     unsetenv("QVISOR_SYSROOT");
     assert_int_equal(qv_sysroot_set(root), 0);
@@ -121,6 +123,9 @@ void qv_faketopo_fixture_up(const char *prefix, char **ret_root, sv_capacity *re
     if (sv_capacity_read(ret_cap, &err) < 0)
         fail_msg("%s", err.msg);
     assert_int_equal(sv_capacity_add_gpu(ret_cap, "0000:41:00.0", "A10", 1), 0);
+    *ret_policy = (sv_admission_policy){.cpu_overcommit = 4.0, .memory_overcommit = 1.0, .pool = "default",
+                                        .pool_cpus = SV_NO_QUOTA, .pool_memory = SV_NO_QUOTA,
+                                        .pool_gpus = SV_NO_QUOTA};
     *ret_root = root;
 }
 

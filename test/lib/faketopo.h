@@ -12,10 +12,13 @@
 void qv_faketopo_two_nodes(const char *root);
 
 /* A test fixture: a temp dir with the two-node machine as the sysfs root,
- * its capacity read, plus a GPU "0000:41:00.0" ("A10") on node 1; and
+ * its capacity read, plus a GPU "0000:41:00.0" ("A10") on node 1, and the
+ * built-in policy (ratios 4.0 and 1.0, pool "default" without quotas); and
  * the matching cleanup. */
 struct sv_capacity;
-void qv_faketopo_fixture_up(const char *prefix, char **ret_root, struct sv_capacity *ret_cap);
+struct sv_admission_policy;
+void qv_faketopo_fixture_up(const char *prefix, char **ret_root, struct sv_capacity *ret_cap,
+                            struct sv_admission_policy *ret_policy);
 void qv_faketopo_fixture_down(char **root, struct sv_capacity *cap);
 
 /* Helpers for variations. */

@@ -32,9 +32,7 @@ static sv_admission_policy pol;
 
 static int setup(void **st) {
     (void)st;
-    qv_faketopo_fixture_up("qv-placement", &root, &cap);
-    pol = (sv_admission_policy){.cpu_overcommit = 4.0, .memory_overcommit = 1.0, .pool = "default",
-                                .pool_cpus = SV_NO_QUOTA, .pool_memory = SV_NO_QUOTA, .pool_gpus = SV_NO_QUOTA};
+    qv_faketopo_fixture_up("qv-placement", &root, &cap, &pol);
     return 0;
 }
 

@@ -145,17 +145,7 @@ static void check_golden(const char *name, char **argv) {
 }
 
 static sv_vmspec *spec_from(const char *json) {
-    json_t *j = json_loads(json, 0, NULL);
-    assert_non_null(j);
-    sv_vmspec *s = NULL;
-    qv_error err = {0};
-    if (sv_vmspec_from_json(j, &s, &err) < 0)
-        fail_msg("%s", err.msg);
-    json_decref(j);
-    sv_config *c = node();
-    assert_int_equal(sv_vmspec_complete(s, c, &err), 0);
-    sv_config_free(c);
-    return s;
+    return qv_test_spec(json);
 }
 
 static const char key1[] =
