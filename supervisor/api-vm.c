@@ -245,7 +245,7 @@ void sv_api_vm_create(sv_daemon *d, sv_ctl_req *req, json_t *params) {
         numa = (int)node;
     sv_storage_usage su;
     int fit = -1;
-    if (sv_resources_admit(d->registry, d->config, spec, true, numa, &err) < 0 ||
+    if (sv_resources_admit(d->registry, d->config, NULL, spec, true, numa, &err) < 0 ||
         sv_resources_storage(d->registry, d->config, sv_resources_storage_pool_of(d->config, spec), &su, &err) < 0 ||
         (fit = sv_storage_fit(&su, spec->disk, &err)) < 0) {
         sv_vmspec_free(spec);

@@ -74,8 +74,8 @@ int sv_resources_usage(sv_registry *r, bool all, sv_vm_usage **ret, size_t *ret_
     return 0;
 }
 
-int sv_resources_admit(sv_registry *r, const sv_config *c, const sv_vmspec *spec, bool all, int numa_node,
-                       qv_error *err) {
+int sv_resources_admit(sv_registry *r, const sv_config *c, const sv_capacity *cap, const sv_vmspec *spec, bool all,
+                       int numa_node, qv_error *err) {
     sv_admission_policy policy;
     int rc = sv_admission_policy_init(&policy, c, spec->pool, err);
     if (rc < 0)
@@ -84,13 +84,16 @@ int sv_resources_admit(sv_registry *r, const sv_config *c, const sv_vmspec *spec
     size_t n = 0;
     if ((rc = sv_resources_usage(r, all, &usage, &n)) < 0)
         return qv_error_set(err, -rc, "out of memory");
-    sv_capacity cap = {0};
-    if ((rc = sv_resources_capacity(&cap, err)) < 0)
-        return rc;
+    sv_capacity read = {0};
+    if (!cap) {
+        if ((rc = sv_resources_capacity(&read, err)) < 0)
+            return rc;
+        cap = &read;
+    }
     sv_vm_usage me;
     sv_resources_spec_usage(spec, numa_node, &me);
-    rc = sv_admission_check(&cap, &policy, usage, n, &me, err);
-    sv_capacity_clear(&cap);
+    rc = sv_admission_check(cap, &policy, usage, n, &me, err);
+    sv_capacity_clear(&read);
     return rc;
 }
 

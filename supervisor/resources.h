@@ -38,7 +38,8 @@ int sv_resources_storage(sv_registry *r, const sv_config *c, const char *pool, s
 const char *sv_resources_storage_pool_of(const sv_config *c, const sv_vmspec *spec);
 
 /* Admission of `spec` (as VM `name`) against the VMs that count (all: at
- * create; else: at start), with its NUMA node (-1: none).  0 or
- * -QV_ECAPACITY / -ENOENT (no such pool) / -EINVAL with err set. */
-int sv_resources_admit(sv_registry *r, const sv_config *c, const sv_vmspec *spec, bool all, int numa_node,
-                       qv_error *err);
+ * create; else: at start), with its NUMA node (-1: none), on capacity `cap`
+ * (NULL: read now).  0 or -QV_ECAPACITY / -ENOENT (no such pool) / -EINVAL
+ * with err set. */
+int sv_resources_admit(sv_registry *r, const sv_config *c, const sv_capacity *cap, const sv_vmspec *spec, bool all,
+                       int numa_node, qv_error *err);

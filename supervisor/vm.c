@@ -1119,33 +1119,23 @@ static void launch(vmrt *rt) {
 static int start_placement(sv_vmctl *c, sv_vm *vm, sv_start_placement *ret, qv_error *err) {
     const sv_vmspec *s = vm->spec;
     sv_start_placement place = {.numa_node = -1};
-    int r;
-    if (s->numa || s->pin) {
-        sv_capacity cap = {0};
-        if ((r = sv_resources_capacity(&cap, err)) < 0)
-            return r;
-        sv_admission_policy policy;
-        _cleanup_free_ sv_vm_usage *usage = NULL;
-        size_t n = 0;
-        r = sv_admission_policy_init(&policy, cfg(c), s->pool, err);
-        if (r == 0 && (r = sv_resources_usage(c->registry, false, &usage, &n)) < 0)
-            r = qv_error_set(err, -r, "out of memory");
-        if (r == 0)
-            r = sv_start_place(&cap, &policy, usage, n, s, &place, err);
-        sv_capacity_clear(&cap);
-        if (r < 0)
-            return r;
-    } else {
-        /* nothing to place: only the spec's own checks (no capacity read) */
-        static const sv_capacity none = {0};
-        if ((r = sv_start_place(&none, NULL, NULL, 0, s, &place, err)) < 0)
-            return r;
-    }
-    r = sv_resources_admit(c->registry, cfg(c), s, false, place.numa_node, err);
-    if (r < 0) {
-        sv_start_placement_clear(&place);
+    sv_capacity cap = {0};
+    int r = sv_resources_capacity(&cap, err); /* once: for placement and admission */
+    if (r < 0)
         return r;
-    }
+    sv_admission_policy policy;
+    _cleanup_free_ sv_vm_usage *usage = NULL;
+    size_t n = 0;
+    r = sv_admission_policy_init(&policy, cfg(c), s->pool, err);
+    if (r == 0 && (r = sv_resources_usage(c->registry, false, &usage, &n)) < 0)
+        r = qv_error_set(err, -r, "out of memory");
+    if (r == 0)
+        r = sv_start_place(&cap, &policy, usage, n, s, &place, err);
+    if (r == 0 && (r = sv_resources_admit(c->registry, cfg(c), &cap, s, false, place.numa_node, err)) < 0)
+        sv_start_placement_clear(&place);
+    sv_capacity_clear(&cap);
+    if (r < 0)
+        return r;
     *ret = place;
     return 0;
 }

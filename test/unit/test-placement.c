@@ -204,24 +204,27 @@ static void test_admission_at_start(void **st) {
 
     /* 48 GiB: 40 used by web, 8 left */
     _cleanup_(sv_vmspec_freep) sv_vmspec *fits = spec("{\"name\":\"new\",\"image\":\"i\",\"memory\":\"8G\"}");
-    if (sv_resources_admit(r, c, fits, false, -1, &err) < 0)
+    if (sv_resources_admit(r, c, NULL, fits, false, -1, &err) < 0)
         fail_msg("%s", err.msg);
     /* at create every defined VM counts */
-    assert_int_equal(sv_resources_admit(r, c, fits, true, -1, &err), -QV_ECAPACITY);
+    assert_int_equal(sv_resources_admit(r, c, NULL, fits, true, -1, &err), -QV_ECAPACITY);
 
     _cleanup_(sv_vmspec_freep) sv_vmspec *big = spec("{\"name\":\"new\",\"image\":\"i\",\"memory\":\"9G\"}");
-    assert_int_equal(sv_resources_admit(r, c, big, false, -1, &err), -QV_ECAPACITY);
+    assert_int_equal(sv_resources_admit(r, c, NULL, big, false, -1, &err), -QV_ECAPACITY);
+    /* a capacity the caller read already (a start reads it once) decides alike */
+    assert_int_equal(sv_resources_admit(r, c, &cap, fits, false, -1, &err), 0);
+    assert_int_equal(sv_resources_admit(r, c, &cap, big, false, -1, &err), -QV_ECAPACITY);
     assert_string_equal(err.msg, "not enough memory: VMs use 40.0 GiB, this one asks 9.0 GiB, the node allows "
                                  "48.0 GiB (48.0 GiB × memory_overcommit 1.0)");
 
     /* hugepages that are not free: refused at start, with the message */
     _cleanup_(sv_vmspec_freep) sv_vmspec *hp =
         spec("{\"name\":\"new\",\"image\":\"i\",\"memory\":\"3G\",\"hugepages\":\"1G\",\"numa\":\"0\"}");
-    assert_int_equal(sv_resources_admit(r, c, hp, false, 0, &err), -QV_ECAPACITY);
+    assert_int_equal(sv_resources_admit(r, c, NULL, hp, false, 0, &err), -QV_ECAPACITY);
     assert_string_equal(err.msg, "not enough free 1G hugepages on NUMA node 0: 0 of 2 pages are in use, this one "
                                  "asks 3 pages (3.0 GiB), 2 are free (2.0 GiB); hugepage-backed memory is never "
                                  "overcommitted");
-    assert_int_equal(sv_resources_admit(r, c, hp, false, 1, &err), 0);
+    assert_int_equal(sv_resources_admit(r, c, NULL, hp, false, 1, &err), 0);
     sv_registry_free(r);
 }
 
