@@ -48,6 +48,13 @@ static const char *mac_owner(const taken *t, size_t n, const char *mac) {
     return NULL;
 }
 
+static taken *take(taken *t, size_t *n, const char *mac, const char *vm) {
+    taken *x = &t[(*n)++];
+    snprintf(x->mac, sizeof x->mac, "%s", mac);
+    x->vm = vm;
+    return x;
+}
+
 static const char *ip_owner(const taken *t, size_t n, uint32_t ip) {
     for (size_t i = 0; i < n; i++)
         if (t[i].ip == ip)
@@ -75,9 +82,7 @@ int sv_net_prepare_spec(sv_registry *r, const sv_config *c, sv_vmspec *spec, qv_
         if (sv_net_nics(vm->spec, nics, &n, NULL) < 0)
             continue; /* validated when it was loaded */
         for (size_t i = 0; i < n; i++) {
-            taken *x = &t[n_taken++];
-            snprintf(x->mac, sizeof x->mac, "%s", nics[i].mac);
-            x->vm = vm->name;
+            taken *x = take(t, &n_taken, nics[i].mac, vm->name);
             if (nics[i].mode == ND_MODE_NAT && nics[i].ip[0])
                 nd_ipv4_parse(nics[i].ip, &x->ip);
         }
@@ -94,6 +99,7 @@ int sv_net_prepare_spec(sv_registry *r, const sv_config *c, sv_vmspec *spec, qv_
         nics[n++] = (nd_nic){.mode = ND_MODE_USER};
 
     /* given MACs first, so a derived one never takes a MAC named later */
+    taken *mine[ND_NICS_MAX];
     for (size_t i = 0; i < n; i++) {
         if (!nics[i].mac[0])
             continue;
@@ -102,9 +108,7 @@ int sv_net_prepare_spec(sv_registry *r, const sv_config *c, sv_vmspec *spec, qv_
             return qv_error_set(err, EINVAL, "NIC %zu: MAC %s is given to two NICs of this VM", i, nics[i].mac);
         if (who)
             return qv_error_set(err, EBUSY, "NIC %zu: MAC %s is used by VM '%s'", i, nics[i].mac, who);
-        taken *x = &t[n_taken++];
-        snprintf(x->mac, sizeof x->mac, "%s", nics[i].mac);
-        x->vm = spec->name;
+        mine[i] = take(t, &n_taken, nics[i].mac, spec->name);
     }
     for (size_t i = 0; i < n; i++) {
         nd_nic *nic = &nics[i];
@@ -113,14 +117,10 @@ int sv_net_prepare_spec(sv_registry *r, const sv_config *c, sv_vmspec *spec, qv_
             do
                 nd_mac_derive(spec->name, (unsigned)i, salt++, nic->mac);
             while (mac_owner(t, n_taken, nic->mac) && salt < 1000);
-            taken *x = &t[n_taken++];
-            snprintf(x->mac, sizeof x->mac, "%s", nic->mac);
-            x->vm = spec->name;
+            if (mac_owner(t, n_taken, nic->mac))
+                return qv_error_set(err, EBUSY, "NIC %zu: no free MAC derived from the name; give one with mac=", i);
+            mine[i] = take(t, &n_taken, nic->mac, spec->name);
         }
-        taken *mine = &t[n_taken - 1];
-        for (size_t k = 0; k < n_taken; k++)
-            if (strcmp(t[k].mac, nic->mac) == 0)
-                mine = &t[k];
         if (nic->mode == ND_MODE_BRIDGE) {
             if (!nic->bridge[0]) {
                 if (!c->overlay_bridge[0])
@@ -161,7 +161,7 @@ int sv_net_prepare_spec(sv_registry *r, const sv_config *c, sv_vmspec *spec, qv_
                 return rc;
             nd_ipv4_format(a, nic->ip);
         }
-        mine->ip = a;
+        mine[i]->ip = a;
     }
 
     /* the completed list replaces the spec's */
