@@ -24,20 +24,7 @@ static const char key1[] =
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOh54Q8UvAbXSCA9tVmjO0QQq2/b8dSeA2SjMDuPQnep alice@test";
 
 static sv_vmspec *spec_from(const char *json) {
-    json_error_t je;
-    json_t *j = json_loads(json, 0, &je);
-    if (!j)
-        fail_msg("%s: %s", json, je.text);
-    sv_vmspec *s = NULL;
-    qv_error err = {0};
-    if (sv_vmspec_from_json(j, &s, &err) < 0)
-        fail_msg("%s", err.msg);
-    json_decref(j);
-    sv_config *c = sv_config_new_default();
-    if (sv_vmspec_complete(s, c, &err) < 0)
-        fail_msg("%s", err.msg);
-    sv_config_free(c);
-    return s;
+    return qv_test_spec(json);
 }
 
 static sv_config *node_with_dns(const char *dns) {

@@ -50,8 +50,10 @@ void qv_test_write(const char *dir, const char *rel, const char *content) {
 }
 
 sv_vmspec *qv_test_spec(const char *json) {
-    json_t *j = json_loads(json, 0, NULL);
-    assert_non_null(j);
+    json_error_t je;
+    json_t *j = json_loads(json, 0, &je);
+    if (!j)
+        fail_msg("%s: %s", json, je.text);
     sv_vmspec *s = NULL;
     qv_error err = {0};
     if (sv_vmspec_from_json(j, &s, &err) < 0)
