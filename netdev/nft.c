@@ -1,6 +1,7 @@
 #include "netdev/nft.h"
 
 #include "cleanup.h"
+#include "dlib.h"
 #include "log.h"
 #include "netdev/ip.h"
 
@@ -10,7 +11,34 @@
 #include <stdlib.h>
 #include <string.h>
 
-QV_DEFINE_TRIVIAL_CLEANUP(struct nft_ctx *, nft_ctx_free)
+/* libnftables and its libraries (libnftnl, libxtables, libgmp) are loaded
+ * only when a NAT network is touched (see common/dlib.h) */
+#define NFT_FUNCTIONS(X) \
+    X(nft_ctx_new) \
+    X(nft_ctx_free) \
+    X(nft_ctx_buffer_output) \
+    X(nft_ctx_buffer_error) \
+    X(nft_ctx_get_output_buffer) \
+    X(nft_ctx_get_error_buffer) \
+    X(nft_run_cmd_from_buffer)
+
+static struct {
+#define X(f) __typeof__(f) *f;
+    NFT_FUNCTIONS(X)
+#undef X
+} N;
+
+static const qv_dlsym nft_syms[] = {
+#define X(f) QV_DLSYM(N.f, #f),
+    NFT_FUNCTIONS(X)
+#undef X
+};
+static qv_dlib nft_lib = QV_DLIB_INIT("libnftables.so.1", "the NAT network's nftables table", nft_syms);
+
+static void nft_ctx_freep(struct nft_ctx **ctx) {
+    if (*ctx)
+        N.nft_ctx_free(*ctx);
+}
 
 int nd_nft_render_nat(const char *const *subnets, size_t n, char **ret, qv_error *err) {
     if (n > 0 && !subnets)
@@ -92,22 +120,27 @@ static void nft_error_summary(const char *buf, char *out, size_t size) {
 /* Runs cmd with output and errors captured.  Returns 0 or a negative errno;
  * on failure msg gets the first line of the error text. */
 static int nft_run(const char *cmd, char **ret_output, char *msg, size_t msg_size) {
-    _cleanup_(nft_ctx_freep) struct nft_ctx *ctx = nft_ctx_new(NFT_CTX_DEFAULT);
+    qv_error lerr = {0};
+    if (qv_dlib_load(&nft_lib, &lerr) < 0) {
+        snprintf(msg, msg_size, "%s", lerr.msg);
+        return -lerr.code;
+    }
+    _cleanup_(nft_ctx_freep) struct nft_ctx *ctx = N.nft_ctx_new(NFT_CTX_DEFAULT);
     if (!ctx) {
         snprintf(msg, msg_size, "cannot create a libnftables context");
         return -ENOMEM;
     }
-    if (nft_ctx_buffer_output(ctx) != 0 || nft_ctx_buffer_error(ctx) != 0) {
+    if (N.nft_ctx_buffer_output(ctx) != 0 || N.nft_ctx_buffer_error(ctx) != 0) {
         snprintf(msg, msg_size, "cannot buffer libnftables output");
         return -ENOMEM;
     }
-    if (nft_run_cmd_from_buffer(ctx, cmd) != 0) {
-        const char *e = nft_ctx_get_error_buffer(ctx);
+    if (N.nft_run_cmd_from_buffer(ctx, cmd) != 0) {
+        const char *e = N.nft_ctx_get_error_buffer(ctx);
         nft_error_summary(e, msg, msg_size);
         return -nft_errno(e ? e : "");
     }
     if (ret_output) {
-        const char *out = nft_ctx_get_output_buffer(ctx);
+        const char *out = N.nft_ctx_get_output_buffer(ctx);
         char *copy = strdup(out ? out : "");
         if (!copy) {
             snprintf(msg, msg_size, "out of memory");

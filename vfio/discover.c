@@ -12,27 +12,69 @@
 #include <unistd.h>
 
 #include "cleanup.h"
+#include "dlib.h"
 #include "vfio/vfio.h"
+
+/* libudev is loaded when discovery first runs, not at every qvisor start
+ * (see common/dlib.h) */
+#define UDEV_FUNCTIONS(X) \
+    X(udev_device_get_driver) \
+    X(udev_device_get_property_value) \
+    X(udev_device_get_sysattr_value) \
+    X(udev_device_get_sysname) \
+    X(udev_device_get_syspath) \
+    X(udev_device_new_from_subsystem_sysname) \
+    X(udev_device_new_from_syspath) \
+    X(udev_device_unref) \
+    X(udev_enumerate_add_match_subsystem) \
+    X(udev_enumerate_get_list_entry) \
+    X(udev_enumerate_new) \
+    X(udev_enumerate_scan_devices) \
+    X(udev_enumerate_unref) \
+    X(udev_hwdb_get_properties_list_entry) \
+    X(udev_hwdb_new) \
+    X(udev_hwdb_unref) \
+    X(udev_list_entry_get_name) \
+    X(udev_list_entry_get_next) \
+    X(udev_list_entry_get_value) \
+    X(udev_new) \
+    X(udev_unref)
+
+static struct {
+#define X(f) __typeof__(f) *f;
+    UDEV_FUNCTIONS(X)
+#undef X
+} U;
+
+static const qv_dlsym udev_syms[] = {
+#define X(f) QV_DLSYM(U.f, #f),
+    UDEV_FUNCTIONS(X)
+#undef X
+};
+static qv_dlib udev_lib = QV_DLIB_INIT("libudev.so.1", "PCI device discovery", udev_syms);
+
+/* udev_list_entry_foreach() would call libudev by its linked name */
+#define list_foreach(e, first) for ((e) = (first); (e); (e) = U.udev_list_entry_get_next(e))
 
 static void udev_unrefp(struct udev **u) {
     if (*u)
-        udev_unref(*u);
+        U.udev_unref(*u);
 }
 static void udev_enumerate_unrefp(struct udev_enumerate **e) {
     if (*e)
-        udev_enumerate_unref(*e);
+        U.udev_enumerate_unref(*e);
 }
 static void udev_device_unrefp(struct udev_device **d) {
     if (*d)
-        udev_device_unref(*d);
+        U.udev_device_unref(*d);
 }
 static void udev_hwdb_unrefp(struct udev_hwdb **h) {
     if (*h)
-        udev_hwdb_unref(*h);
+        U.udev_hwdb_unref(*h);
 }
 
 static unsigned attr_hex(struct udev_device *d, const char *name) {
-    const char *v = udev_device_get_sysattr_value(d, name);
+    const char *v = U.udev_device_get_sysattr_value(d, name);
     return v ? (unsigned)strtoul(v, NULL, 16) : 0;
 }
 
@@ -43,22 +85,22 @@ static void copy_name(char *dst, size_t size, const char *src) {
 /* Names from the device's udev properties, else from the hwdb directly (a
  * device that udev has not processed has no properties). */
 static void fill_names(struct udev *udev, struct udev_device *d, vfio_pci_dev *p) {
-    copy_name(p->vendor_name, sizeof(p->vendor_name), udev_device_get_property_value(d, "ID_VENDOR_FROM_DATABASE"));
-    copy_name(p->device_name, sizeof(p->device_name), udev_device_get_property_value(d, "ID_MODEL_FROM_DATABASE"));
+    copy_name(p->vendor_name, sizeof(p->vendor_name), U.udev_device_get_property_value(d, "ID_VENDOR_FROM_DATABASE"));
+    copy_name(p->device_name, sizeof(p->device_name), U.udev_device_get_property_value(d, "ID_MODEL_FROM_DATABASE"));
     if (p->vendor_name[0] && p->device_name[0])
         return;
-    _cleanup_(udev_hwdb_unrefp) struct udev_hwdb *hwdb = udev_hwdb_new(udev);
+    _cleanup_(udev_hwdb_unrefp) struct udev_hwdb *hwdb = U.udev_hwdb_new(udev);
     if (!hwdb)
         return;
     char modalias[64];
     snprintf(modalias, sizeof(modalias), "pci:v%08Xd%08X", p->vendor, p->device);
     struct udev_list_entry *e;
-    udev_list_entry_foreach(e, udev_hwdb_get_properties_list_entry(hwdb, modalias, 0)) {
-        const char *key = udev_list_entry_get_name(e);
+    list_foreach(e, U.udev_hwdb_get_properties_list_entry(hwdb, modalias, 0)) {
+        const char *key = U.udev_list_entry_get_name(e);
         if (!p->vendor_name[0] && strcmp(key, "ID_VENDOR_FROM_DATABASE") == 0)
-            copy_name(p->vendor_name, sizeof(p->vendor_name), udev_list_entry_get_value(e));
+            copy_name(p->vendor_name, sizeof(p->vendor_name), U.udev_list_entry_get_value(e));
         else if (!p->device_name[0] && strcmp(key, "ID_MODEL_FROM_DATABASE") == 0)
-            copy_name(p->device_name, sizeof(p->device_name), udev_list_entry_get_value(e));
+            copy_name(p->device_name, sizeof(p->device_name), U.udev_list_entry_get_value(e));
     }
 }
 
@@ -80,18 +122,18 @@ static int read_group(const char *syspath) {
 
 static int fill_dev(struct udev *udev, struct udev_device *d, vfio_pci_dev *p) {
     memset(p, 0, sizeof(*p));
-    const char *sysname = udev_device_get_sysname(d);
+    const char *sysname = U.udev_device_get_sysname(d);
     if (!sysname || vfio_bdf_normalize(sysname, p->bdf) < 0)
         return -EINVAL;
     p->class_code = attr_hex(d, "class") & 0xffffff;
     p->vendor = attr_hex(d, "vendor");
     p->device = attr_hex(d, "device");
-    copy_name(p->driver, sizeof(p->driver), udev_device_get_driver(d));
-    const char *numa = udev_device_get_sysattr_value(d, "numa_node");
+    copy_name(p->driver, sizeof(p->driver), U.udev_device_get_driver(d));
+    const char *numa = U.udev_device_get_sysattr_value(d, "numa_node");
     p->numa_node = numa ? atoi(numa) : -1;
     if (p->numa_node < 0)
         p->numa_node = -1;
-    const char *syspath = udev_device_get_syspath(d);
+    const char *syspath = U.udev_device_get_syspath(d);
     p->iommu_group = syspath ? read_group(syspath) : -1;
     char bus[PATH_MAX];
     struct stat st;
@@ -107,23 +149,26 @@ static int dev_cmp(const void *a, const void *b) {
 
 /* Every PCI function, sorted by address. */
 static int enumerate_all(vfio_pci_dev **ret, size_t *ret_n, qv_error *err) {
-    _cleanup_(udev_unrefp) struct udev *udev = udev_new();
+    int rc = qv_dlib_load(&udev_lib, err);
+    if (rc < 0)
+        return rc;
+    _cleanup_(udev_unrefp) struct udev *udev = U.udev_new();
     if (!udev)
         return qv_error_set(err, -ENOMEM, "libudev: cannot start");
-    _cleanup_(udev_enumerate_unrefp) struct udev_enumerate *en = udev_enumerate_new(udev);
+    _cleanup_(udev_enumerate_unrefp) struct udev_enumerate *en = U.udev_enumerate_new(udev);
     if (!en)
         return qv_error_set(err, -ENOMEM, "libudev: cannot enumerate");
-    int rc = udev_enumerate_add_match_subsystem(en, "pci");
+    rc = U.udev_enumerate_add_match_subsystem(en, "pci");
     if (rc >= 0)
-        rc = udev_enumerate_scan_devices(en);
+        rc = U.udev_enumerate_scan_devices(en);
     if (rc < 0)
         return qv_error_set(err, rc, "libudev: cannot list PCI devices: %s", strerror(-rc));
     vfio_pci_dev *all = NULL;
     size_t n = 0, cap = 0;
     struct udev_list_entry *e;
-    udev_list_entry_foreach(e, udev_enumerate_get_list_entry(en)) {
+    list_foreach(e, U.udev_enumerate_get_list_entry(en)) {
         _cleanup_(udev_device_unrefp) struct udev_device *d =
-            udev_device_new_from_syspath(udev, udev_list_entry_get_name(e));
+            U.udev_device_new_from_syspath(udev, U.udev_list_entry_get_name(e));
         if (!d)
             continue; /* vanished between the scan and now */
         vfio_pci_dev p;
@@ -230,13 +275,16 @@ int vfio_pci_dev_get(const char *bdf, vfio_pci_dev *ret, qv_error *err) {
     char norm[VFIO_BDF_MAX];
     if (vfio_bdf_normalize(bdf, norm) < 0)
         return qv_error_set(err, -EINVAL, "'%s' is not a PCI address (expected like 0000:01:00.0)", bdf);
-    _cleanup_(udev_unrefp) struct udev *udev = udev_new();
+    int rc = qv_dlib_load(&udev_lib, err);
+    if (rc < 0)
+        return rc;
+    _cleanup_(udev_unrefp) struct udev *udev = U.udev_new();
     if (!udev)
         return qv_error_set(err, -ENOMEM, "libudev: cannot start");
-    _cleanup_(udev_device_unrefp) struct udev_device *d = udev_device_new_from_subsystem_sysname(udev, "pci", norm);
+    _cleanup_(udev_device_unrefp) struct udev_device *d = U.udev_device_new_from_subsystem_sysname(udev, "pci", norm);
     if (!d)
         return qv_error_set(err, -ENOENT, "PCI device %s does not exist", norm);
-    int rc = fill_dev(udev, d, ret);
+    rc = fill_dev(udev, d, ret);
     if (rc < 0)
         return qv_error_set(err, rc, "PCI device %s: unreadable", norm);
     return 0;

@@ -395,5 +395,34 @@ class MalformedInputSmoke(unittest.TestCase):
         return p.returncode == 0 and json.loads(p.stdout)["daemon"] is not None
 
 
+class OnDemandLibraries(unittest.TestCase):
+    """libudev and libnftables are loaded when first needed (common/dlib.h),
+    so that every qvisor process does not pay for mapping them."""
+
+    def test_not_linked(self):
+        p = subprocess.run(["readelf", "-d", QVISOR], capture_output=True, text=True, check=True)
+        needed = [line for line in p.stdout.splitlines() if "(NEEDED)" in line]
+        self.assertTrue(needed, p.stdout)
+        for lib in ("libudev", "libnftables", "libnftnl", "libxtables", "libgmp"):
+            self.assertFalse([n for n in needed if lib in n], needed)
+
+    def test_unusable_library_is_named(self):
+        node = Node()
+        self.addCleanup(node.cleanup)
+        # a libudev.so.1 that is no ELF object: dlopen fails, as for a
+        # missing package
+        libdir = os.path.join(node.dir, "lib")
+        os.mkdir(libdir)
+        with open(os.path.join(libdir, "libudev.so.1"), "w") as f:
+            f.write("not a library\n")
+        node.start_daemon(extra_env={"LD_LIBRARY_PATH": libdir})
+        p = node.qvisor("gpu", "list")
+        self.assertEqual(p.returncode, 69, p.stderr)
+        self.assertIn("PCI device discovery needs libudev.so.1, which is not usable", p.stderr)
+        # the daemon itself is fine, and so is everything that needs no udev
+        node.qvisor("image", "list", check=0)
+        self.assertEqual(node.stop_daemon(), 0)
+
+
 if __name__ == "__main__":
     unittest.main(verbosity=2)
