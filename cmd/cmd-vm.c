@@ -14,6 +14,16 @@
 #include <time.h>
 #include <unistd.h>
 
+/* Waits for operations: a start is bounded by the daemon's own start
+ * timeout, a stop by its escalation (the daemon always answers once QEMU is
+ * gone); these only guard against a daemon that hangs. */
+#define START_WAIT_MS (10ull * 60 * 1000)
+#define STOP_WAIT_MS (2ull * 3600 * 1000)
+
+static void print_created(const qv_cli *cli, json_t *vm);
+static int create_then_start(qv_cli *cli, json_t *vm);
+static void print_start(const qv_cli *cli, json_t *res, const char *name);
+
 static const char create_help[] =
     "Usage: qvisor vm create NAME --image IMAGE [OPTIONS]\n"
     "       qvisor vm create -f SPEC.yaml [NAME] [OPTIONS]\n"
@@ -68,7 +78,10 @@ static const char create_help[] =
     "                           auto (the node of its GPUs, else the emptiest)\n"
     "      --pin CPULIST        pin the vCPU and emulator threads to these host\n"
     "                           CPUs (0-3,8)\n"
-    "      --json               print the new VM as JSON\n"
+    "      --start              start it once it is defined (as qvisor vm start);\n"
+    "                           a start that fails leaves the VM defined\n"
+    "      --json               print the new VM as JSON ({\"created\": VM,\n"
+    "                           \"started\": START} with --start)\n"
     "\n"
     "cloud-init seed (INSTANCE_DIR/NAME/seed.iso, attached as a read-only CD-ROM):\n"
     "      --hostname NAME      the guest's host name (default: the VM name)\n"
@@ -92,7 +105,9 @@ static const char create_help[] =
     "daemon not running or no IOMMU for the GPU, 73 a VM with that name exists,\n"
     "75 the GPU (or its group) is held by another VM or by a host driver, a MAC or\n"
     "nat address is another VM's, the NAT subnet has no free address, or the node,\n"
-    "its pool or its storage pool has no room for it (capacity × overcommit).\n";
+    "its pool or its storage pool has no room for it (capacity × overcommit).\n"
+    "With --start, a VM that was created but did not start gives the exit code of\n"
+    "qvisor vm start (1 QEMU failed, 75 no room among the running VMs, ...).\n";
 
 /* Options that repeat (--gpu, --ssh-key) add to the spec file's list;
  * steals extra (may be NULL). */
@@ -128,6 +143,7 @@ int cmd_vm_create(qv_cli *cli, int argc, char **argv) {
         OPT_HUGEPAGES,
         OPT_NUMA,
         OPT_PIN,
+        OPT_START,
     };
     static const struct option longopts[] = {
         QV_CLI_COMMON_LONGOPTS,
@@ -155,6 +171,7 @@ int cmd_vm_create(qv_cli *cli, int argc, char **argv) {
         {"hugepages", required_argument, NULL, OPT_HUGEPAGES},
         {"numa", required_argument, NULL, OPT_NUMA},
         {"pin", required_argument, NULL, OPT_PIN},
+        {"start", no_argument, NULL, OPT_START},
         {NULL, 0, NULL, 0},
     };
     json_t *opts = json_object();
@@ -162,6 +179,7 @@ int cmd_vm_create(qv_cli *cli, int argc, char **argv) {
     json_t *gpus = NULL;     /* --gpu: added to the spec file's */
     json_t *nets = NULL;     /* --net: added to the spec file's */
     const char *file = NULL;
+    bool start = false;
     qv_error ferr = {0};
     json_t *content = NULL;
     int c;
@@ -219,6 +237,9 @@ int cmd_vm_create(qv_cli *cli, int argc, char **argv) {
             continue;
         case 'f':
             file = optarg;
+            continue;
+        case OPT_START:
+            start = true;
             continue;
         default:
             json_decref(opts);
@@ -284,10 +305,25 @@ int cmd_vm_create(qv_cli *cli, int argc, char **argv) {
     json_t *vm = NULL;
     if (qv_cli_call(cli, "vm.create", json_pack("{s:o}", "spec", spec), &vm, &err) < 0)
         return qv_cli_fail(cli, &err);
+    if (start)
+        return create_then_start(cli, vm);
     if (cli->json) {
         qv_print_json(vm, stdout);
         return QV_EXIT_OK;
     }
+    print_created(cli, vm);
+    json_decref(vm);
+    return QV_EXIT_OK;
+
+file_error:
+    json_decref(opts);
+    json_decref(ssh_keys);
+    json_decref(gpus);
+    json_decref(nets);
+    return qv_cli_fail(cli, &ferr);
+}
+
+static void print_created(const qv_cli *cli, json_t *vm) {
     if (cli->verbosity >= 0) {
         const char *name = json_string_value(json_object_get(vm, "name"));
         json_t *sp = json_object_get(vm, "spec");
@@ -301,15 +337,30 @@ int cmd_vm_create(qv_cli *cli, int argc, char **argv) {
                    dir, user ? user : "?", name, dir, user ? user : "?", name);
         }
     }
-    json_decref(vm);
-    return QV_EXIT_OK;
+}
 
-file_error:
-    json_decref(opts);
-    json_decref(ssh_keys);
-    json_decref(gpus);
-    json_decref(nets);
-    return qv_cli_fail(cli, &ferr);
+/* vm create --start: the definition stays whatever the start does (never
+ * removed implicitly); the start's error and exit code are the command's.
+ * Steals vm. */
+static int create_then_start(qv_cli *cli, json_t *vm) {
+    const char *name = json_string_value(json_object_get(vm, "name"));
+    if (!cli->json)
+        print_created(cli, vm);
+    qv_error err = {0};
+    json_t *res = NULL;
+    if (qv_cli_call_long(cli, "vm.start", json_pack("{s:s}", "name", name), START_WAIT_MS, &res, &err) < 0) {
+        qv_error_prefix(&err, "VM %s was created, but did not start", name);
+        json_decref(vm);
+        return qv_cli_fail(cli, &err);
+    }
+    if (cli->json)
+        qv_print_json(json_pack("{s:o,s:o}", "created", vm, "started", res), stdout);
+    else {
+        print_start(cli, res, name);
+        json_decref(res);
+        json_decref(vm);
+    }
+    return QV_EXIT_OK;
 }
 
 static const char list_help[] =
@@ -491,11 +542,6 @@ int cmd_vm_show(qv_cli *cli, int argc, char **argv) {
     return QV_EXIT_OK;
 }
 
-/* Waits for operations: a start is bounded by the daemon's own start
- * timeout, a stop by its escalation (the daemon always answers once QEMU is
- * gone); these only guard against a daemon that hangs. */
-#define START_WAIT_MS (10ull * 60 * 1000)
-#define STOP_WAIT_MS (2ull * 3600 * 1000)
 
 static const char start_help[] =
     "Usage: qvisor vm start NAME [--json]\n"

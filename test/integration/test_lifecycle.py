@@ -215,6 +215,28 @@ class Lifecycle(unittest.TestCase):
         self.assertEqual(self.run_files("bad"), [])
         self.assertEqual(self.node.qemu_pids(), [])
 
+    def test_create_with_start(self):
+        p = self.node.qvisor("--json", "vm", "create", "quick", "--image", "blank", "--kernel", GUEST.kernel,
+                             "--initrd", GUEST.initrd, "--append", guestlib.cmdline([]), "--no-agent", "--start",
+                             timeout=scaled(60), check=0)
+        j = json.loads(p.stdout)
+        self.assertEqual(j["created"]["name"], "quick")
+        self.assertTrue(proc_alive(j["started"]["pid"]))
+        self.assertEqual((self.show("quick")["state"], self.show("quick")["pid"]), ("running", j["started"]["pid"]))
+        self.wait_marker("quick", r"^ready$")
+        self.stop("quick")
+        # a start that fails leaves the VM defined, with the start's exit code
+        bogus = os.path.join(self.node.dir, "not-a-kernel")
+        with open(bogus, "w") as f:
+            f.write("this is not a kernel\n")
+        p = self.node.qvisor("vm", "create", "half", "--image", "blank", "--kernel", bogus, "--start",
+                             timeout=scaled(60))
+        self.assertEqual(p.returncode, 1, p.stderr)
+        self.assertIn("created VM half", p.stdout)
+        self.assertIn("VM half was created, but did not start", p.stderr)
+        self.assertEqual(self.show("half")["state"], "stopped")
+        self.assertEqual(self.node.qemu_pids(), [])
+
     def test_restart_always_after_poweroff_up_to_the_limit(self):
         spec = os.path.join(self.node.dir, "looper.yaml")
         with open(spec, "w") as f:  # restart_limit 2: two automatic restarts, then the policy gives up
@@ -270,12 +292,18 @@ class Lifecycle(unittest.TestCase):
                          "--initrd", GUEST.initrd, "--no-agent", "--restart", "on-failure", check=0)
         pid = self.start("phoenix", wait_ready=False)["pid"]
         os.kill(pid, signal.SIGKILL)
+        killed_at = time.clock_gettime(time.CLOCK_BOOTTIME)
         def restarted():
             vm = self.show("phoenix")
             return vm["state"] == "running" and vm["pid"] not in (None, pid)
         wait_for(restarted, scaled(60), "restart by the on-failure policy")
         vm = self.show("phoenix")
         self.assertEqual(vm["restarts"], 1)
+        # the first restart waits out its backoff (1 s): the new QEMU was born
+        # at least that long after the kill
+        with open(f"/proc/{vm['pid']}/stat") as f:
+            born = int(f.read().split(")")[-1].split()[19]) / os.sysconf("SC_CLK_TCK")
+        self.assertGreaterEqual(born - killed_at, 0.95)
         self.assertIn("SIGKILL", vm["last_exit"])
         # a user stop is not a failure: no restart
         self.stop("phoenix", "--force")
@@ -285,8 +313,11 @@ class Lifecycle(unittest.TestCase):
     def test_daemon_kill9_readopts_running_vms(self):
         names = ["a1", "a2", "a3"]
         pids = {}
-        for n in names:
-            self.create(n, [], "--no-agent")
+        for n in names:  # a1 has a guest agent: re-adoption reconnects it
+            if n == "a1":
+                self.create(n, ["qv.agent=on"])
+            else:
+                self.create(n, [], "--no-agent")
             pids[n] = self.start(n, wait_ready=False)["pid"]
         for n in names:
             self.wait_marker(n, r"^ready$")
@@ -314,9 +345,11 @@ class Lifecycle(unittest.TestCase):
             self.assertEqual(vms["stale"]["state"], "crashed")
             self.assertIsNone(bystander.poll(), "an unrelated process was signalled")
             self.assertIn(f"pid {bystander.pid} is now another process", self.node.log())
+            wait_for(lambda: self.show("a1")["agent"] == "ok", scaled(30), "the agent of a1 reconnected")
             for n in names:
                 res = self.stop(n)
                 self.assertEqual(res["result"], "clean")
+                self.assertEqual(res["how"], "guest agent guest-shutdown" if n == "a1" else "ACPI power button")
                 self.assertFalse(proc_alive(pids[n]))
             self.assertEqual(self.node.qemu_pids(), [])
         finally:
