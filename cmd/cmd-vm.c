@@ -30,7 +30,8 @@ static const char create_help[] =
     "                           disk, stop_timeout, restart, restart_limit, kernel,\n"
     "                           initrd, append, agent, gpus, nets, pool, storage_pool,\n"
     "                           hugepages, numa, pin, seed, hostname, user,\n"
-    "                           ssh_keys, ssh_generate, user_data, network_config)\n"
+    "                           ssh_keys, ssh_generate, password_hash, packages,\n"
+    "                           runcmd, user_data, network_config)\n"
     "      --restart POLICY     never | on-failure | always\n"
     "      --kernel PATH        boot this kernel directly (with --initrd, --append)\n"
     "      --initrd PATH\n"
@@ -77,9 +78,18 @@ static const char create_help[] =
     "                           repeatable, adds to the spec file's ssh_keys\n"
     "      --ssh                generate a key pair in INSTANCE_DIR/NAME/ssh/ and\n"
     "                           authorize it (then: qvisor vm ssh NAME)\n"
+    "      --password-hash HASH the user's password as a crypt(3) hash, not the\n"
+    "                           password: mkpasswd -m sha-512 (default: password\n"
+    "                           login locked)\n"
+    "      --package NAME[=VERSION]\n"
+    "                           install a package at first boot (repeatable, adds\n"
+    "                           to the spec file's packages)\n"
+    "      --runcmd CMD         run CMD (one line, through sh) at first boot\n"
+    "                           (repeatable, in order, after the spec file's runcmd)\n"
     "      --user-data FILE     use FILE as user-data instead of the generated one\n"
     "                           (#cloud-config YAML, a #! script or MIME multipart);\n"
-    "                           SSH keys then go to vendor-data\n"
+    "                           SSH keys then go to vendor-data; excludes\n"
+    "                           --password-hash, --package and --runcmd\n"
     "      --network-config FILE  use FILE as network-config (YAML) instead of the\n"
     "                           generated one (DHCP or the static address per NIC)\n"
     "      --no-seed            no seed at all (the image configures itself)\n"
@@ -87,14 +97,15 @@ static const char create_help[] =
     "at most daemon.max_request_size, 1M by default).\n"
     "\n"
     "Names: lowercase letters, digits and '-', at most 63 characters.\n"
-    "Exit: 0, 65 invalid spec (name, size, host name, key, user-data, …; a --gpu\n"
-    "that is not a display device), 66 no such image, GPU or unreadable file, 69\n"
-    "daemon not running or no IOMMU for the GPU, 73 a VM with that name exists,\n"
-    "75 the GPU (or its group) is held by another VM or by a host driver, a MAC or\n"
-    "nat address is another VM's, the NAT subnet has no free address, or the node,\n"
-    "its pool or its storage pool has no room for it (capacity × overcommit).\n";
+    "Exit: 0, 65 invalid spec (name, size, host name, key, password hash, package,\n"
+    "command, user-data, …; a --gpu that is not a display device), 66 no such\n"
+    "image, GPU or unreadable file, 69 daemon not running or no IOMMU for the GPU,\n"
+    "73 a VM with that name exists, 75 the GPU (or its group) is held by another VM\n"
+    "or by a host driver, a MAC or nat address is another VM's, the NAT subnet has\n"
+    "no free address, or the node, its pool or its storage pool has no room for it\n"
+    "(capacity × overcommit).\n";
 
-/* Options that repeat (--gpu, --ssh-key) add to the spec file's list;
+/* Options that repeat (--gpu, --ssh-key, --package, …) add to the spec file's list;
  * steals extra (may be NULL). */
 static void append_list(json_t *spec, const char *key, json_t *extra) {
     if (!extra)
@@ -128,6 +139,9 @@ int cmd_vm_create(qv_cli *cli, int argc, char **argv) {
         OPT_HUGEPAGES,
         OPT_NUMA,
         OPT_PIN,
+        OPT_PASSWORD_HASH,
+        OPT_PACKAGE,
+        OPT_RUNCMD,
     };
     static const struct option longopts[] = {
         QV_CLI_COMMON_LONGOPTS,
@@ -155,12 +169,18 @@ int cmd_vm_create(qv_cli *cli, int argc, char **argv) {
         {"hugepages", required_argument, NULL, OPT_HUGEPAGES},
         {"numa", required_argument, NULL, OPT_NUMA},
         {"pin", required_argument, NULL, OPT_PIN},
+        {"password-hash", required_argument, NULL, OPT_PASSWORD_HASH},
+        {"package", required_argument, NULL, OPT_PACKAGE},
+        {"runcmd", required_argument, NULL, OPT_RUNCMD},
         {NULL, 0, NULL, 0},
     };
     json_t *opts = json_object();
     json_t *ssh_keys = NULL; /* --ssh-key: added to the spec file's */
     json_t *gpus = NULL;     /* --gpu: added to the spec file's */
     json_t *nets = NULL;     /* --net: added to the spec file's */
+    json_t *packages = NULL; /* --package: added to the spec file's */
+    json_t *runcmd = NULL;   /* --runcmd: added to the spec file's */
+    json_t *text;
     const char *file = NULL;
     qv_error ferr = {0};
     json_t *content = NULL;
@@ -205,6 +225,25 @@ int cmd_vm_create(qv_cli *cli, int argc, char **argv) {
                 nets = json_array();
             json_array_append_new(nets, json_string(optarg));
             continue;
+        case OPT_PASSWORD_HASH:
+        case OPT_PACKAGE:
+        case OPT_RUNCMD:
+            /* json_string() takes UTF-8 only; without this check the value
+             * would be dropped */
+            if (!(text = json_string(optarg))) {
+                qv_error_set(&ferr, EINVAL, "--%s: the value is not valid UTF-8",
+                             c == OPT_PASSWORD_HASH ? "password-hash" : c == OPT_PACKAGE ? "package" : "runcmd");
+                goto file_error;
+            }
+            if (c == OPT_PASSWORD_HASH) {
+                json_object_set_new(opts, "password_hash", text);
+                continue;
+            }
+            json_t **list = c == OPT_PACKAGE ? &packages : &runcmd;
+            if (!*list)
+                *list = json_array();
+            json_array_append_new(*list, text);
+            continue;
         case OPT_SSH_KEY:
             if (!ssh_keys)
                 ssh_keys = json_array();
@@ -225,6 +264,8 @@ int cmd_vm_create(qv_cli *cli, int argc, char **argv) {
             json_decref(ssh_keys);
             json_decref(gpus);
             json_decref(nets);
+            json_decref(packages);
+            json_decref(runcmd);
             return qv_cli_usage_error("vm create ", "bad option");
         }
         json_object_set_new(opts, key, json_string(optarg));
@@ -234,6 +275,8 @@ int cmd_vm_create(qv_cli *cli, int argc, char **argv) {
         json_decref(ssh_keys);
         json_decref(gpus);
         json_decref(nets);
+        json_decref(packages);
+        json_decref(runcmd);
         return qv_cli_usage_error("vm create ", "takes one NAME");
     }
     if (optind < argc)
@@ -252,6 +295,8 @@ int cmd_vm_create(qv_cli *cli, int argc, char **argv) {
             json_decref(ssh_keys);
             json_decref(gpus);
             json_decref(nets);
+            json_decref(packages);
+            json_decref(runcmd);
             return r == -ENOENT ? QV_EXIT_NOINPUT : QV_EXIT_DATAERR;
         }
         qv_error err = {0};
@@ -261,6 +306,8 @@ int cmd_vm_create(qv_cli *cli, int argc, char **argv) {
             json_decref(ssh_keys);
             json_decref(gpus);
             json_decref(nets);
+            json_decref(packages);
+            json_decref(runcmd);
             return qv_cli_fail(cli, &err);
         }
         spec = sv_vmspec_to_json(s);
@@ -272,6 +319,8 @@ int cmd_vm_create(qv_cli *cli, int argc, char **argv) {
     append_list(spec, "gpus", gpus);
     append_list(spec, "nets", nets);
     append_list(spec, "ssh_keys", ssh_keys);
+    append_list(spec, "packages", packages);
+    append_list(spec, "runcmd", runcmd);
     if (!json_object_get(spec, "name")) {
         json_decref(spec);
         return qv_cli_usage_error("vm create ", "needs a NAME");
@@ -309,6 +358,8 @@ file_error:
     json_decref(ssh_keys);
     json_decref(gpus);
     json_decref(nets);
+    json_decref(packages);
+    json_decref(runcmd);
     return qv_cli_fail(cli, &ferr);
 }
 
