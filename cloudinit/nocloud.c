@@ -760,3 +760,118 @@ int ci_ssh_key_check(const char *key, qv_error *err) {
                             key, type);
     return 0;
 }
+
+static const char *const crypt_methods[] = {"y", "gy", "7", "2a", "2b", "2x", "2y", "6", "5", "sha1", "1", NULL};
+
+int ci_password_hash_check(const char *hash, qv_error *err) {
+    static const char how[] = "pass a crypt(3) hash such as $6$SALT$HASH or $y$…, not the password itself "
+                              "(e.g. from `mkpasswd -m sha-512` or `openssl passwd -6`)";
+    size_t n = strlen(hash);
+    if (n == 0)
+        return qv_error_set(err, EINVAL, "the password hash is empty: %s", how);
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)hash[i] < 0x20 || hash[i] == 0x7f)
+            return qv_error_set(err, EINVAL, "the password hash must be one line without control characters: %s",
+                                how);
+    if (n > CI_PASSWORD_HASH_MAX)
+        return qv_error_set(err, EINVAL, "the password hash is longer than %d bytes: %s", CI_PASSWORD_HASH_MAX, how);
+    /* "$ID$": a method crypt knows */
+    size_t idlen = hash[0] == '$' ? strcspn(hash + 1, "$") : 0;
+    bool known = false;
+    for (size_t i = 0; crypt_methods[i] && idlen; i++)
+        known |= strlen(crypt_methods[i]) == idlen && memcmp(hash + 1, crypt_methods[i], idlen) == 0;
+    if (!known || hash[1 + idlen] != '$')
+        return qv_error_set(err, EINVAL, "this does not look like a password hash (it does not start with $ID$ of "
+                                         "a crypt method): %s", how);
+    /* then [PARAMS$]SALT$HASH */
+    const char *rest = hash + 2 + idlen;
+    size_t fields = 1;
+    for (const char *p = rest; *p; p++) {
+        if (*p == '$')
+            fields++;
+        else if (!isalnum((unsigned char)*p) && !strchr("./=,", *p))
+            return qv_error_set(err, EINVAL, "this does not look like a password hash (it has characters a crypt "
+                                             "hash has not, such as spaces): %s", how);
+    }
+    if (fields < 2 || rest[strlen(rest) - 1] == '$')
+        return qv_error_set(err, EINVAL, "this does not look like a password hash (no SALT$HASH after the method): %s",
+                            how);
+    return 0;
+}
+
+static bool pkg_char(char c, bool version) {
+    return isalnum((unsigned char)c) || strchr("+._-", c) || (version && strchr("~:", c));
+}
+
+int ci_package_check(const char *pkg, qv_error *err) {
+    static const char form[] = "NAME or NAME=VERSION: a letter or digit, then letters, digits and + . _ -; "
+                               "a version may also hold ~ and :";
+    size_t n = strlen(pkg);
+    if (n == 0)
+        return qv_error_set(err, EINVAL, "the package name is empty");
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)pkg[i] < 0x20 || pkg[i] == 0x7f)
+            return qv_error_set(err, EINVAL, "a package name must not hold control characters (%s)", form);
+    if (n > CI_PACKAGE_MAX)
+        return qv_error_set(err, EINVAL, "package '%.40s…' is longer than %d characters", pkg, CI_PACKAGE_MAX);
+    if (strchr(pkg, ' '))
+        return qv_error_set(err, EINVAL, "'%s' is not one package name: give one package per item", pkg);
+    const char *eq = strchr(pkg, '=');
+    size_t nl = eq ? (size_t)(eq - pkg) : n;
+    bool ok = nl > 0 && isalnum((unsigned char)pkg[0]);
+    for (size_t i = 1; ok && i < nl; i++)
+        ok = pkg_char(pkg[i], false);
+    if (ok && eq) {
+        ok = eq[1] != '\0';
+        for (const char *p = eq + 1; ok && *p; p++)
+            ok = pkg_char(*p, true);
+    }
+    if (!ok)
+        return qv_error_set(err, EINVAL, "'%s' is not a package name (%s)", pkg, form);
+    return 0;
+}
+
+/* The code point at *p (valid UTF-8, as YAML and JSON give), advancing p;
+ * -1 for a malformed sequence. */
+static long utf8_next(const unsigned char **p) {
+    const unsigned char *s = *p;
+    if (s[0] < 0x80) {
+        *p += 1;
+        return s[0];
+    }
+    int len = (s[0] & 0xe0) == 0xc0 ? 2 : (s[0] & 0xf0) == 0xe0 ? 3 : (s[0] & 0xf8) == 0xf0 ? 4 : 0;
+    if (!len)
+        return -1;
+    long cp = s[0] & (0x7f >> len);
+    for (int i = 1; i < len; i++) {
+        if ((s[i] & 0xc0) != 0x80)
+            return -1;
+        cp = cp << 6 | (s[i] & 0x3f);
+    }
+    static const long min[] = {0, 0, 0x80, 0x800, 0x10000};
+    if (cp < min[len] || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+        return -1;
+    *p += len;
+    return cp;
+}
+
+int ci_runcmd_check(const char *cmd, qv_error *err) {
+    size_t n = strlen(cmd);
+    if (n == 0)
+        return qv_error_set(err, EINVAL, "the command is empty");
+    if (n > CI_RUNCMD_MAX)
+        return qv_error_set(err, EINVAL, "command '%.40s…' is longer than %d bytes (a script belongs in user_data)",
+                            cmd, CI_RUNCMD_MAX);
+    for (const unsigned char *p = (const unsigned char *)cmd; *p;) {
+        long cp = utf8_next(&p);
+        if (cp < 0)
+            return qv_error_set(err, EINVAL, "the command is not valid UTF-8");
+        if (cp == '\n' || cp == '\r')
+            return qv_error_set(err, EINVAL, "a command must be one line: give each command its own item "
+                                             "(a multi-line script belongs in user_data)");
+        if (cp < 0x20 || (cp >= 0x7f && cp <= 0x9f))
+            return qv_error_set(err, EINVAL, "the command holds the control character U+%04lX (only printable "
+                                             "text is taken: no tabs, NUL or escapes)", (unsigned long)cp);
+    }
+    return 0;
+}

@@ -124,3 +124,27 @@ int ci_user_name_check(const char *user, qv_error *err);
  * CI_SSH_KEY_MAX bytes.  A private key gets a message saying so. */
 #define CI_SSH_KEY_MAX 16384
 int ci_ssh_key_check(const char *key, qv_error *err);
+
+/* A password for the user, as /etc/shadow holds it: a crypt(3) hash
+ * "$ID$[PARAMS$]SALT$HASH" with a method ID libxcrypt knows (y, gy, 7, 2a,
+ * 2b, 2x, 2y, 6, 5, sha1, 1), then characters of the crypt alphabet
+ * [A-Za-z0-9./], '$' between fields and the '=' and ',' of parameters
+ * (rounds=5000); the last field (the hash) not empty; one line of at most
+ * CI_PASSWORD_HASH_MAX bytes.  Anything else, plain text in particular, is
+ * refused with a message saying to pass a hash (mkpasswd); the messages
+ * never quote the value, which may be a password. */
+#define CI_PASSWORD_HASH_MAX 512
+int ci_password_hash_check(const char *hash, qv_error *err);
+
+/* One entry of cloud-init's `packages`: NAME or NAME=VERSION (an apt pin),
+ * NAME a letter or digit then letters, digits and + . _ -, VERSION letters,
+ * digits and + . _ - ~ :, at most CI_PACKAGE_MAX bytes.  So nothing that
+ * apt-get could take for an option, and no spaces: one package per item. */
+#define CI_PACKAGE_MAX 256
+int ci_package_check(const char *pkg, qv_error *err);
+
+/* One entry of cloud-init's `runcmd`, which runs it with sh -c: 1 to
+ * CI_RUNCMD_MAX bytes of printable UTF-8 (spaces, quotes, $ and ; are the
+ * user's business); no line breaks, tabs or other control characters. */
+#define CI_RUNCMD_MAX 4096
+int ci_runcmd_check(const char *cmd, qv_error *err);

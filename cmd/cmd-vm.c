@@ -40,7 +40,8 @@ static const char create_help[] =
     "                           disk, stop_timeout, restart, restart_limit, kernel,\n"
     "                           initrd, append, agent, gpus, nets, pool, storage_pool,\n"
     "                           hugepages, numa, pin, seed, hostname, user,\n"
-    "                           ssh_keys, ssh_generate, user_data, network_config)\n"
+    "                           ssh_keys, ssh_generate, password_hash, packages,\n"
+    "                           runcmd, user_data, network_config)\n"
     "      --restart POLICY     never | on-failure | always\n"
     "      --kernel PATH        boot this kernel directly (with --initrd, --append)\n"
     "      --initrd PATH\n"
@@ -90,9 +91,18 @@ static const char create_help[] =
     "                           repeatable, adds to the spec file's ssh_keys\n"
     "      --ssh                generate a key pair in INSTANCE_DIR/NAME/ssh/ and\n"
     "                           authorize it (then: qvisor vm ssh NAME)\n"
+    "      --password-hash HASH the user's password as a crypt(3) hash, not the\n"
+    "                           password: mkpasswd -m sha-512 (default: password\n"
+    "                           login locked)\n"
+    "      --package NAME[=VERSION]\n"
+    "                           install a package at first boot (repeatable, adds\n"
+    "                           to the spec file's packages)\n"
+    "      --runcmd CMD         run CMD (one line, through sh) at first boot\n"
+    "                           (repeatable, in order, after the spec file's runcmd)\n"
     "      --user-data FILE     use FILE as user-data instead of the generated one\n"
     "                           (#cloud-config YAML, a #! script or MIME multipart);\n"
-    "                           SSH keys then go to vendor-data\n"
+    "                           SSH keys then go to vendor-data; excludes\n"
+    "                           --password-hash, --package and --runcmd\n"
     "      --network-config FILE  use FILE as network-config (YAML) instead of the\n"
     "                           generated one (DHCP or the static address per NIC)\n"
     "      --no-seed            no seed at all (the image configures itself)\n"
@@ -100,26 +110,51 @@ static const char create_help[] =
     "at most daemon.max_request_size, 1M by default).\n"
     "\n"
     "Names: lowercase letters, digits and '-', at most 63 characters.\n"
-    "Exit: 0, 65 invalid spec (name, size, host name, key, user-data, …; a --gpu\n"
-    "that is not a display device), 66 no such image, GPU or unreadable file, 69\n"
-    "daemon not running or no IOMMU for the GPU, 73 a VM with that name exists,\n"
-    "75 the GPU (or its group) is held by another VM or by a host driver, a MAC or\n"
-    "nat address is another VM's, the NAT subnet has no free address, or the node,\n"
-    "its pool or its storage pool has no room for it (capacity × overcommit).\n"
+    "Exit: 0, 65 invalid spec (name, size, host name, key, password hash, package,\n"
+    "command, user-data, …; a --gpu that is not a display device), 66 no such\n"
+    "image, GPU or unreadable file, 69 daemon not running or no IOMMU for the GPU,\n"
+    "73 a VM with that name exists, 75 the GPU (or its group) is held by another VM\n"
+    "or by a host driver, a MAC or nat address is another VM's, the NAT subnet has\n"
+    "no free address, or the node, its pool or its storage pool has no room for it\n"
+    "(capacity × overcommit).\n"
     "With --start, a VM that was created but did not start gives the exit code of\n"
     "qvisor vm start (1 QEMU failed, 75 no room among the running VMs, ...).\n";
 
-/* Options that repeat (--gpu, --ssh-key) add to the spec file's list;
- * steals extra (may be NULL). */
-static void append_list(json_t *spec, const char *key, json_t *extra) {
-    if (!extra)
-        return;
-    json_t *all = json_object_get(spec, key);
-    if (json_is_array(all))
-        json_array_extend(all, extra);
-    else
-        json_object_set(spec, key, extra);
-    json_decref(extra);
+/* Options that repeat (--gpu, --net, --ssh-key, --package, --runcmd)
+ * collect in lists {KEY: [...]}, which add to the spec file's lists. */
+static void add_to_list(json_t *lists, const char *key, json_t *value) {
+    json_t *l = json_object_get(lists, key);
+    if (!l)
+        json_object_set_new(lists, key, l = json_array());
+    json_array_append_new(l, value);
+}
+
+static void append_lists(json_t *spec, json_t *lists) {
+    const char *key;
+    json_t *extra;
+    json_object_foreach(lists, key, extra) {
+        json_t *all = json_object_get(spec, key);
+        if (json_is_array(all))
+            json_array_extend(all, extra);
+        else
+            json_object_set(spec, key, extra);
+    }
+}
+
+static const char *long_name(const struct option *longopts, int c) {
+    for (; longopts->name; longopts++)
+        if (longopts->val == c)
+            return longopts->name;
+    return "?";
+}
+
+/* An option's value as a JSON string; json_string() takes UTF-8 only and
+ * would drop anything else without a word. */
+static json_t *opt_string(const char *option, const char *value, qv_error *err) {
+    json_t *j = json_string(value);
+    if (!j)
+        qv_error_set(err, EINVAL, "--%s: the value is not valid UTF-8", option);
+    return j;
 }
 
 int cmd_vm_create(qv_cli *cli, int argc, char **argv) {
@@ -143,6 +178,9 @@ int cmd_vm_create(qv_cli *cli, int argc, char **argv) {
         OPT_HUGEPAGES,
         OPT_NUMA,
         OPT_PIN,
+        OPT_PASSWORD_HASH,
+        OPT_PACKAGE,
+        OPT_RUNCMD,
         OPT_START,
     };
     static const struct option longopts[] = {
@@ -171,23 +209,23 @@ int cmd_vm_create(qv_cli *cli, int argc, char **argv) {
         {"hugepages", required_argument, NULL, OPT_HUGEPAGES},
         {"numa", required_argument, NULL, OPT_NUMA},
         {"pin", required_argument, NULL, OPT_PIN},
+        {"password-hash", required_argument, NULL, OPT_PASSWORD_HASH},
+        {"package", required_argument, NULL, OPT_PACKAGE},
+        {"runcmd", required_argument, NULL, OPT_RUNCMD},
         {"start", no_argument, NULL, OPT_START},
         {NULL, 0, NULL, 0},
     };
-    json_t *opts = json_object();
-    json_t *ssh_keys = NULL; /* --ssh-key: added to the spec file's */
-    json_t *gpus = NULL;     /* --gpu: added to the spec file's */
-    json_t *nets = NULL;     /* --net: added to the spec file's */
+    _cleanup_(json_decrefp) json_t *opts = json_object();
+    _cleanup_(json_decrefp) json_t *lists = json_object(); /* the repeatable options */
     const char *file = NULL;
     bool start = false;
     qv_error ferr = {0};
-    json_t *content = NULL;
+    json_t *content = NULL, *text;
     int c;
     while ((c = qv_cli_getopt(cli, argc, argv, "hi:c:m:d:f:", longopts, create_help)) != -1) {
         const char *key = NULL;
         switch (c) {
         case -2:
-            json_decref(opts);
             return QV_EXIT_OK;
         case 'i': key = "image"; break;
         case 'c': key = "cpus"; break;
@@ -204,6 +242,7 @@ int cmd_vm_create(qv_cli *cli, int argc, char **argv) {
         case OPT_HUGEPAGES: key = "hugepages"; break;
         case OPT_NUMA: key = "numa"; break;
         case OPT_PIN: key = "pin"; break;
+        case OPT_PASSWORD_HASH: key = "password_hash"; break;
         case OPT_NO_AGENT:
             json_object_set_new(opts, "agent", json_false());
             continue;
@@ -214,25 +253,26 @@ int cmd_vm_create(qv_cli *cli, int argc, char **argv) {
             json_object_set_new(opts, "ssh_generate", json_true());
             continue;
         case OPT_GPU:
-            if (!gpus)
-                gpus = json_array();
-            json_array_append_new(gpus, json_string(optarg));
-            continue;
         case OPT_NET:
-            if (!nets)
-                nets = json_array();
-            json_array_append_new(nets, json_string(optarg));
+        case OPT_PACKAGE:
+        case OPT_RUNCMD:
+            if (!(text = opt_string(long_name(longopts, c), optarg, &ferr)))
+                return qv_cli_fail(cli, &ferr);
+            add_to_list(lists, c == OPT_GPU ? "gpus" : c == OPT_NET ? "nets" : c == OPT_PACKAGE ? "packages" : "runcmd",
+                        text);
             continue;
-        case OPT_SSH_KEY:
-            if (!ssh_keys)
-                ssh_keys = json_array();
-            if (qv_cli_read_ssh_keys(optarg, ssh_keys, &ferr) < 0)
-                goto file_error;
+        case OPT_SSH_KEY: {
+            json_t *keys = json_object_get(lists, "ssh_keys");
+            if (!keys)
+                json_object_set_new(lists, "ssh_keys", keys = json_array());
+            if (qv_cli_read_ssh_keys(optarg, keys, &ferr) < 0)
+                return qv_cli_fail(cli, &ferr);
             continue;
+        }
         case OPT_USER_DATA:
         case OPT_NETWORK_CONFIG:
             if (qv_cli_read_seed_file(c == OPT_USER_DATA ? "user-data" : "network-config", optarg, &content, &ferr) < 0)
-                goto file_error;
+                return qv_cli_fail(cli, &ferr);
             json_object_set_new(opts, c == OPT_USER_DATA ? "user_data" : "network_config", content);
             continue;
         case 'f':
@@ -242,23 +282,19 @@ int cmd_vm_create(qv_cli *cli, int argc, char **argv) {
             start = true;
             continue;
         default:
-            json_decref(opts);
-            json_decref(ssh_keys);
-            json_decref(gpus);
-            json_decref(nets);
             return qv_cli_usage_error("vm create ", "bad option");
         }
-        json_object_set_new(opts, key, json_string(optarg));
+        if (!(text = opt_string(long_name(longopts, c), optarg, &ferr)))
+            return qv_cli_fail(cli, &ferr);
+        json_object_set_new(opts, key, text);
     }
-    if (argc - optind > 1) {
-        json_decref(opts);
-        json_decref(ssh_keys);
-        json_decref(gpus);
-        json_decref(nets);
+    if (argc - optind > 1)
         return qv_cli_usage_error("vm create ", "takes one NAME");
+    if (optind < argc) {
+        if (!(text = opt_string("NAME", argv[optind], &ferr)))
+            return qv_cli_fail(cli, &ferr);
+        json_object_set_new(opts, "name", text);
     }
-    if (optind < argc)
-        json_object_set_new(opts, "name", json_string(argv[optind]));
 
     /* The spec file, if any, is parsed here so errors name its lines; the
      * daemon validates the merged result again. */
@@ -269,30 +305,18 @@ int cmd_vm_create(qv_cli *cli, int argc, char **argv) {
         int r = qv_read_file(file, 1 << 20, &data, &len);
         if (r < 0) {
             fprintf(stderr, "qvisor: error: cannot read %s: %s\n", file, strerror(-r));
-            json_decref(opts);
-            json_decref(ssh_keys);
-            json_decref(gpus);
-            json_decref(nets);
             return r == -ENOENT ? QV_EXIT_NOINPUT : QV_EXIT_DATAERR;
         }
         qv_error err = {0};
         _cleanup_(sv_vmspec_freep) sv_vmspec *s = NULL;
-        if (sv_vmspec_from_yaml(file, data, len, &s, &err) < 0) {
-            json_decref(opts);
-            json_decref(ssh_keys);
-            json_decref(gpus);
-            json_decref(nets);
+        if (sv_vmspec_from_yaml(file, data, len, &s, &err) < 0)
             return qv_cli_fail(cli, &err);
-        }
         spec = sv_vmspec_to_json(s);
         json_object_update(spec, opts);
-        json_decref(opts);
     } else {
-        spec = opts;
+        spec = TAKE_PTR(opts);
     }
-    append_list(spec, "gpus", gpus);
-    append_list(spec, "nets", nets);
-    append_list(spec, "ssh_keys", ssh_keys);
+    append_lists(spec, lists);
     if (!json_object_get(spec, "name")) {
         json_decref(spec);
         return qv_cli_usage_error("vm create ", "needs a NAME");
@@ -314,13 +338,6 @@ int cmd_vm_create(qv_cli *cli, int argc, char **argv) {
     print_created(cli, vm);
     json_decref(vm);
     return QV_EXIT_OK;
-
-file_error:
-    json_decref(opts);
-    json_decref(ssh_keys);
-    json_decref(gpus);
-    json_decref(nets);
-    return qv_cli_fail(cli, &ferr);
 }
 
 static void print_created(const qv_cli *cli, json_t *vm) {

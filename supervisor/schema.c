@@ -653,6 +653,8 @@ static int yset(yctx *c, const sv_key *k, yaml_node_t *val) {
         if (val->type != YAML_SEQUENCE_NODE)
             return yfail(c, val->start_mark, keyname, "expected %s, got %s", list_of(k), node_kind(val));
         size_t n = (size_t)(val->data.sequence.items.top - val->data.sequence.items.start);
+        if (k->max && n > k->max)
+            return yfail(c, val->start_mark, keyname, "at most %llu items, got %zu", (unsigned long long)k->max, n);
         char **v = calloc(n + 1, sizeof *v);
         if (!v)
             return qv_error_set(c->err, ENOMEM, "out of memory");
@@ -851,6 +853,9 @@ static int jset(const sv_key *k, void *obj, json_t *v, const char *prefix, const
     if (is_list_kind(k->kind)) {
         if (!json_is_array(v))
             return qv_error_set(err, code, "%s: %s: expected %s", what, keyname, list_of(k));
+        if (k->max && json_array_size(v) > k->max)
+            return qv_error_set(err, code, "%s: %s: at most %llu items, got %zu", what, keyname,
+                                (unsigned long long)k->max, json_array_size(v));
         char **items = calloc(json_array_size(v) + 1, sizeof *items);
         if (!items)
             return qv_error_set(err, ENOMEM, "out of memory");

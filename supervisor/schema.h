@@ -58,7 +58,7 @@ typedef struct sv_key {
     sv_kind kind;
     size_t offset;
     const char *def; /* default as a user would write it; NULL: none */
-    uint64_t min, max;
+    uint64_t min, max; /* SV_K_STRLIST, SV_K_IPLIST: max, when set, is the most items */
     const char *const *enum_names; /* SV_K_ENUM, NULL-terminated */
     bool allow_empty;
     bool restart; /* node config: a running daemon keeps the old value */

@@ -136,6 +136,11 @@ int sv_seed_prepare(const sv_vmspec *spec, const sv_config *node, const char *in
         .user = spec->user,
         .ssh_keys = keys,
         .n_ssh_keys = n_keys,
+        .password_hash = spec->password_hash,
+        .packages = (const char *const *)spec->packages,
+        .n_packages = qv_strv_len(spec->packages),
+        .runcmd = (const char *const *)spec->runcmd,
+        .n_runcmd = qv_strv_len(spec->runcmd),
     };
     if (spec->network_config) {
         cs.network_config = spec->network_config;
@@ -152,6 +157,12 @@ int sv_seed_prepare(const sv_vmspec *spec, const sv_config *node, const char *in
      * cloud-init merges under the user-data (the user-data's keys win). */
     _cleanup_free_ char *vendor = NULL;
     if (spec->user_data) {
+        /* create refuses these with a user-data (sv_vmspec_complete); a
+         * spec.json edited by hand must not lose them silently either */
+        if (cs.password_hash || cs.n_packages || cs.n_runcmd)
+            return qv_error_set(err, EINVAL,
+                                "cloud-init seed: %s needs the generated user-data, which user_data replaces",
+                                cs.password_hash ? "password_hash" : cs.n_packages ? "packages" : "runcmd");
         if (n_keys) {
             ci_seed_spec gen = {.hostname = cs.hostname, .user = cs.user, .ssh_keys = keys, .n_ssh_keys = n_keys};
             ci_seed g;

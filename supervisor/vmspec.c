@@ -47,6 +47,24 @@ static int check_ssh_key(const char *v, char *why, size_t size) {
     return r < 0 ? why_from(r, &e, "", why, size) : 0;
 }
 
+static int check_password_hash(const char *v, char *why, size_t size) {
+    qv_error e = {0};
+    int r = ci_password_hash_check(v, &e);
+    return r < 0 ? why_from(r, &e, "", why, size) : 0;
+}
+
+static int check_package(const char *v, char *why, size_t size) {
+    qv_error e = {0};
+    int r = ci_package_check(v, &e);
+    return r < 0 ? why_from(r, &e, "", why, size) : 0;
+}
+
+static int check_runcmd(const char *v, char *why, size_t size) {
+    qv_error e = {0};
+    int r = ci_runcmd_check(v, &e);
+    return r < 0 ? why_from(r, &e, "", why, size) : 0;
+}
+
 static int check_user_data(const char *v, char *why, size_t size) {
     qv_error e = {0};
     int r = ci_user_data_check("-", v, strlen(v), &e);
@@ -134,6 +152,9 @@ static const sv_key keys[] = {
     {NULL, "user", SV_K_STRING, F(user), CI_DEFAULT_USER, 0, 0, NULL, false, false, check_user},
     {NULL, "ssh_keys", SV_K_STRLIST, F(ssh_keys), NULL, 0, 0, NULL, false, false, check_ssh_key},
     {NULL, "ssh_generate", SV_K_BOOL, F(ssh_generate), "false", 0, 0, NULL, false, false},
+    {NULL, "password_hash", SV_K_STRING, F(password_hash), NULL, 0, 0, NULL, false, false, check_password_hash},
+    {NULL, "packages", SV_K_STRLIST, F(packages), NULL, 0, SV_PACKAGES_MAX, NULL, false, false, check_package},
+    {NULL, "runcmd", SV_K_STRLIST, F(runcmd), NULL, 0, SV_RUNCMD_MAX, NULL, false, false, check_runcmd},
     {NULL, "user_data", SV_K_STRING, F(user_data), NULL, 0, 0, NULL, true, false, check_user_data},
     {NULL, "network_config", SV_K_STRING, F(network_config), NULL, 0, 0, NULL, false, false, check_network_config},
 };
@@ -198,6 +219,9 @@ json_t *sv_vmspec_to_json(const sv_vmspec *s) {
         {"memory", !s->memory}, {"disk", !s->disk},     {"stop_timeout", !s->stop_timeout_ms},
         {"hostname", !s->hostname}, {"user_data", !s->user_data}, {"network_config", !s->network_config},
         {"ssh_keys", !s->ssh_keys || !s->ssh_keys[0]},
+        {"password_hash", !s->password_hash},
+        {"packages", !s->packages || !s->packages[0]},
+        {"runcmd", !s->runcmd || !s->runcmd[0]},
         {"gpus", !s->gpus || !s->gpus[0]},
         {"nets", !s->nets || !s->nets[0]},
         {"storage_pool", !s->storage_pool}, {"numa", !s->numa}, {"pin", !s->pin},
@@ -220,6 +244,9 @@ int sv_vmspec_complete(sv_vmspec *s, const sv_config *node, qv_error *err) {
         const char *unused = s->hostname                         ? "hostname"
                              : s->ssh_keys && s->ssh_keys[0]    ? "ssh_keys"
                              : s->ssh_generate                  ? "ssh_generate"
+                             : s->password_hash                 ? "password_hash"
+                             : s->packages && s->packages[0]    ? "packages"
+                             : s->runcmd && s->runcmd[0]        ? "runcmd"
                              : s->user_data                     ? "user_data"
                              : s->network_config                ? "network_config"
                                                                 : NULL;
@@ -232,6 +259,19 @@ int sv_vmspec_complete(sv_vmspec *s, const sv_config *node, qv_error *err) {
             h[n - 1] = '\0';
         if (!(s->hostname = strdup(h)))
             return qv_error_set(err, ENOMEM, "out of memory");
+    }
+    if (s->user_data) {
+        /* They go into the generated user-data, which user_data replaces:
+         * dropping them silently would leave a guest without them. */
+        const char *gen = s->password_hash                 ? "password_hash"
+                          : s->packages && s->packages[0] ? "packages"
+                          : s->runcmd && s->runcmd[0]     ? "runcmd"
+                                                          : NULL;
+        if (gen)
+            return qv_error_set(err, EINVAL,
+                                "spec: %s and user_data exclude each other: user_data replaces the generated "
+                                "user-data, where %s would go (set it in your own user-data instead)",
+                                gen, gen);
     }
     if (qv_strv_len(s->nets) > ND_NICS_MAX)
         return qv_error_set(err, EINVAL, "spec: nets: at most %d NICs per VM", ND_NICS_MAX);

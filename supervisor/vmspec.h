@@ -55,9 +55,18 @@ typedef struct sv_vmspec {
     char *user;               /* login user (default CI_DEFAULT_USER) */
     char **ssh_keys;          /* public key lines (content, not paths); NULL-terminated, never NULL */
     bool ssh_generate;        /* generate INSTANCE_DIR/ssh/id_ed25519 at create and authorize it */
-    char *user_data;          /* replaces the generated user-data (checked by ci_user_data_check) */
+    char *password_hash;      /* crypt(3) hash for the user (ci_password_hash_check); NULL: password login locked */
+    char **packages;          /* cloud-init packages (ci_package_check); NULL-terminated, never NULL */
+    char **runcmd;            /* cloud-init runcmd, each through sh (ci_runcmd_check); idem */
+    /* replaces the generated user-data (checked by ci_user_data_check);
+     * excludes password_hash, packages and runcmd, which go into that */
+    char *user_data;
     char *network_config;     /* replaces the generated network-config (a YAML mapping) */
 } sv_vmspec;
+
+/* The most packages and runcmd items a spec takes. */
+#define SV_PACKAGES_MAX 256
+#define SV_RUNCMD_MAX 64
 
 sv_vmspec *sv_vmspec_new(void);
 void sv_vmspec_free(sv_vmspec *s);

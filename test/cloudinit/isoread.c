@@ -287,8 +287,11 @@ static void check_vd_common(const uint8_t *vd, size_t len, const char *what) {
         for (int i = 0; i < 16; i++)
             CHECK(t[i] >= '0' && t[i] <= '9', "%s: date %d is not 16 digits\n", what, d);
     }
+    /* the root directory record embedded at 156-189 (ECMA-119 8.4.18) */
     const uint8_t *root = vd + 156;
     CHECK(root[0] == 34 && root[32] == 1 && root[33] == 0 && (root[25] & 2), "%s: root directory record\n", what);
+    CHECK(both16(root + 28, "root record volume sequence number") == 1, "%s: root record volume sequence number\n",
+          what);
 }
 
 static int cmp_rd_name(const void *a, const void *b) {
@@ -390,7 +393,9 @@ void rd_parse(const uint8_t *img, size_t len, rd_image *out) {
               f->iso_id);
         susp_walk fw = {0};
         susp_entries(d->su, d->su_len, &fw, f->iso_id);
-        CHECK(fw.has_px && fw.has_nm, "ISO: '%s' lacks PX or NM\n", f->iso_id);
+        /* TF too: the writer puts one on every file (docs/cloudinit.md);
+         * without it Linux shows the record's date instead */
+        CHECK(fw.has_px && fw.has_nm && fw.has_tf, "ISO: '%s' lacks PX, TF or NM\n", f->iso_id);
         CHECK((fw.mode & 0170000) == 0100000, "'%s': PX mode %o is not a regular file\n", f->iso_id, fw.mode);
         snprintf(f->name, sizeof f->name, "%s", fw.nm);
         f->mode = fw.mode;

@@ -127,8 +127,12 @@ static void test_reader_catches_defects(void **state) {
     rd_image *im = malloc(sizeof *im);
     assert_int_equal(rd_try_parse(img, len, im), 0);
     /* sectors: 16 PVD, 17 SVD, 20 ISO M path table, 23 ISO root, 24 Joliet
-     * root, 25 CE, 26.. data; first file record at 23*2048 + 132 + 96 */
+     * root, 25 CE, 26.. data; first file record at 23*2048 + 132 + 96, its
+     * TF after the identifier META_DATA.;1, a pad byte and the 36-byte PX */
     const size_t pvd = 16 * 2048, svd = 17 * 2048, iso = 23 * 2048, jol = 24 * 2048, file1 = iso + 132 + 96;
+    const size_t file1_tf = file1 + 33 + 12 + 1 + 36;
+    assert_memory_equal(img + file1 + 33, "META_DATA.;1", 12);
+    assert_memory_equal(img + file1_tf, "TF", 2);
     const struct {
         size_t off;
         uint8_t xor;
@@ -142,6 +146,8 @@ static void test_reader_catches_defects(void **state) {
         {svd + 84, 1, "Joliet volume space size"},
         {svd + 90, 1, "Joliet escape sequence"},
         {pvd + 156 + 9, 1, "BE half of the root extent in the PVD"},
+        {pvd + 156 + 31, 1, "BE half of the root's volume sequence number in the PVD"},
+        {svd + 156 + 31, 1, "BE half of the root's volume sequence number in the Joliet SVD"},
         {20 * 2048 + 5, 1, "root location in the M path table"},
         {19 * 2048 + 2, 1, "root location in the L path table"},
         {iso + 9, 1, "BE half of '.' extent"},
@@ -150,6 +156,7 @@ static void test_reader_catches_defects(void **state) {
         {file1, 1, "odd record length"},
         {file1 + 17, 1, "BE half of a file size"},
         {file1 + 33, 'M' ^ 'Z', "ISO sort order"},
+        {file1_tf, 'T' ^ 'X', "a file without TF"},
         {jol + 34 + 34 + 33 + 1, 1, "Joliet name"},
         {jol + 34 + 34 + 9, 1, "Joliet extent"},
         {25 * 2048 + 8 + 9, 1, "ER identifier"},

@@ -1,5 +1,6 @@
 /* supervisor/seed.c: a VM's seed.iso from its spec and the node config,
- * read back with the independent ISO reader; rewritten only when its
+ * read back with the independent ISO reader (user-data also parsed: the
+ * password hash, packages and runcmd as strings); rewritten only when its
  * content changes; removed with seed: false; the --ssh key pair. */
 #include "testlib.h"
 
@@ -19,6 +20,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <yaml.h>
 
 static const char key1[] =
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOh54Q8UvAbXSCA9tVmjO0QQq2/b8dSeA2SjMDuPQnep alice@test";
@@ -294,6 +296,104 @@ static void test_user_data_and_network_config(void **state) {
     free(dir);
 }
 
+/* A user-data parsed back with libyaml: a value must be a quoted scalar (a
+ * string to cloud-init's YAML 1.1 loader), never a mapping or a plain one. */
+static yaml_node_t *ymap_get(yaml_document_t *d, yaml_node_t *map, const char *key) {
+    assert_non_null(map);
+    assert_int_equal(map->type, YAML_MAPPING_NODE);
+    for (yaml_node_pair_t *pr = map->data.mapping.pairs.start; pr < map->data.mapping.pairs.top; pr++) {
+        yaml_node_t *k = yaml_document_get_node(d, pr->key);
+        if (k->type == YAML_SCALAR_NODE && strcmp((char *)k->data.scalar.value, key) == 0)
+            return yaml_document_get_node(d, pr->value);
+    }
+    return NULL;
+}
+
+static void assert_yseq_strings(yaml_document_t *d, yaml_node_t *seq, const char *const *want, size_t n) {
+    assert_non_null(seq);
+    assert_int_equal(seq->type, YAML_SEQUENCE_NODE);
+    assert_int_equal(seq->data.sequence.items.top - seq->data.sequence.items.start, n);
+    for (size_t i = 0; i < n; i++) {
+        yaml_node_t *it = yaml_document_get_node(d, seq->data.sequence.items.start[i]);
+        assert_int_equal(it->type, YAML_SCALAR_NODE);
+        assert_string_equal((char *)it->data.scalar.value, want[i]);
+        assert_true(it->data.scalar.style == YAML_SINGLE_QUOTED_SCALAR_STYLE ||
+                    it->data.scalar.style == YAML_DOUBLE_QUOTED_SCALAR_STYLE);
+    }
+}
+
+static void test_password_packages_runcmd(void **state) {
+    (void)state;
+    char *dir = qv_test_mkdtemp("sv-seed");
+    _cleanup_(sv_config_freep) sv_config *node = node_with_dns(NULL);
+    qv_error err = {0};
+    static const char hash[] = "$6$saltsalt$qFmFH.bQmmtXzyBY0s9v7Oicd2z4XSIecDzlB5KiA2/jctKu9YterLp8wwnSq.qc.eoxqOmSuNp2xS0ktL3nh/";
+    static const char *const pkgs[] = {"qemu-guest-agent", "nginx=1.22.1-9", "yes"};
+    static const char *const cmds[] = {"echo \"a: b\"; ls", "- c", "printf '%s\\n' 'it''s' > /root/ok"};
+    _cleanup_(sv_vmspec_freep) sv_vmspec *s = spec_from(
+        "{\"name\":\"pk\",\"image\":\"i\",\"user\":\"alice\","
+        "\"password_hash\":\"$6$saltsalt$qFmFH.bQmmtXzyBY0s9v7Oicd2z4XSIecDzlB5KiA2/jctKu9YterLp8wwnSq.qc.eoxqOmSuNp2xS0ktL3nh/\","
+        "\"packages\":[\"qemu-guest-agent\",\"nginx=1.22.1-9\",\"yes\"],"
+        "\"runcmd\":[\"echo \\\"a: b\\\"; ls\",\"- c\",\"printf '%s\\\\n' 'it''s' > /root/ok\"]}");
+    if (sv_seed_prepare(s, node, dir, NULL, &err) < 0)
+        fail_msg("%s", err.msg);
+    seed_files f;
+    read_seed(dir, &f);
+    assert_int_equal(f.n, 3);
+    assert_null(f.vendor);
+
+    yaml_parser_t p;
+    yaml_document_t d;
+    assert_true(yaml_parser_initialize(&p));
+    yaml_parser_set_input_string(&p, (const unsigned char *)f.user, strlen(f.user));
+    if (!yaml_parser_load(&p, &d))
+        fail_msg("user-data does not parse: %s\n%s", p.problem, f.user);
+    yaml_parser_delete(&p);
+    yaml_node_t *root = yaml_document_get_root_node(&d);
+    assert_non_null(root);
+    yaml_node_t *users = ymap_get(&d, root, "users");
+    assert_true(users && users->type == YAML_SEQUENCE_NODE);
+    yaml_node_t *user = yaml_document_get_node(&d, users->data.sequence.items.start[0]);
+    yaml_node_t *pw = ymap_get(&d, user, "passwd");
+    assert_non_null(pw);
+    assert_string_equal((char *)pw->data.scalar.value, hash);
+    assert_int_equal(pw->data.scalar.style, YAML_SINGLE_QUOTED_SCALAR_STYLE);
+    yaml_node_t *lock = ymap_get(&d, user, "lock_passwd");
+    assert_string_equal((char *)lock->data.scalar.value, "false");
+    assert_string_equal((char *)ymap_get(&d, user, "name")->data.scalar.value, "alice");
+    assert_yseq_strings(&d, ymap_get(&d, root, "packages"), pkgs, 3);
+    assert_yseq_strings(&d, ymap_get(&d, root, "runcmd"), cmds, 3);
+    yaml_document_delete(&d);
+    seed_files_done(&f);
+
+    /* another command: another instance-id, so cloud-init runs again */
+    char id1[CI_INSTANCE_ID_SIZE], id2[CI_INSTANCE_ID_SIZE];
+    read_id(dir, id1);
+    free(s->runcmd[1]);
+    s->runcmd[1] = strdup("true");
+    bool changed = false;
+    assert_int_equal(sv_seed_prepare(s, node, dir, &changed, &err), 0);
+    assert_true(changed);
+    read_id(dir, id2);
+    assert_string_not_equal(id1, id2);
+
+    /* with a user-data of the user's they had nowhere to go: a spec.json
+     * edited past create's check is refused, not half applied */
+    char *d2 = qv_test_mkdtemp("sv-seed");
+    s->user_data = strdup("#!/bin/sh\n");
+    assert_int_equal(sv_seed_prepare(s, node, d2, NULL, &err), -EINVAL);
+    assert_string_equal(err.msg, "cloud-init seed: password_hash needs the generated user-data, which user_data "
+                                 "replaces");
+    char iso[PATH_MAX];
+    snprintf(iso, sizeof iso, "%s/seed.iso", d2);
+    assert_int_equal(access(iso, F_OK), -1);
+
+    qv_test_rm_rf(d2);
+    free(d2);
+    qv_test_rm_rf(dir);
+    free(dir);
+}
+
 static void test_timestamp(void **state) {
     (void)state;
     char *d1 = qv_test_mkdtemp("sv-seed"), *d2 = qv_test_mkdtemp("sv-seed");
@@ -333,6 +433,7 @@ int main(void) {
         cmocka_unit_test(test_content),
         cmocka_unit_test(test_rewritten_only_when_changed),
         cmocka_unit_test(test_user_data_and_network_config),
+        cmocka_unit_test(test_password_packages_runcmd),
         cmocka_unit_test(test_timestamp),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -1,9 +1,14 @@
 #!/usr/bin/env python3
 """The judge that matters most: a real Linux kernel (the tiny test guest)
-mounts seeds written by `qvisor cidata` with its iso9660 driver, as a
-CD-ROM and as a virtio disk, and prints the Rock Ridge names and SHA-256 of
-every file on its serial console.  Both must match what we wrote, for a
-typical seed and for one with many files, an empty file and a large one."""
+mounts seeds with its iso9660 driver, as a CD-ROM and as a virtio disk, and
+prints the Rock Ridge names and SHA-256 of every file on its serial console.
+Both must match what we wrote: a typical seed with an empty file and one
+with a 5 MB user-data, written by `qvisor cidata`, and a seed of 50 files
+(a root directory of several sectors, empty files, a file of exactly one
+sector, a 64-character name) written by the same library through ci-tool,
+since `qvisor cidata` only takes the NoCloud files.
+
+Usage: test_seed_kernel.py CI_TOOL"""
 
 import hashlib
 import os
@@ -17,6 +22,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "guest"))
 import guestlib as gl  # noqa: E402
 
 QVISOR = os.environ.get("QVISOR_BIN", "qvisor")
+CI_TOOL = os.path.abspath(sys.argv.pop(1)) if len(sys.argv) > 1 and not sys.argv[1].startswith("-") else None
 
 
 def write_seed(work, files, extra_args=()):
@@ -73,6 +79,44 @@ class SeedMountedByKernel(unittest.TestCase):
             }
             iso = write_seed(work, files)
             self.boot_and_compare(iso, {n: hashlib.sha256(d).hexdigest() for n, d in files.items()})
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+    def test_fifty_files(self):
+        if not CI_TOOL:
+            self.skipTest("no ci-tool given (test_seed_kernel.py CI_TOOL)")
+        work = tempfile.mkdtemp(prefix="qv-seedk-")
+        try:
+            src = os.path.join(work, "src")
+            os.mkdir(src)
+            files = {}
+            for i in range(50):
+                # long names: the root directory spans several sectors
+                name = "file-%02d-with-a-rather-long-name-to-fill-the-directory.txt" % i
+                data = (b"%d\n" % i) * (i * 37)
+                if i in (3, 4):
+                    data = b""
+                elif i == 5:
+                    name, data = "n" * 64, b"longest name\n"
+                elif i == 6:
+                    name, data = "Mixed.Case_name.tar.gz", bytes(range(256)) * 8  # exactly one sector
+                elif i == 7:
+                    name = "user-data"
+                elif i == 8:
+                    name = "meta-data"
+                files[name] = data
+            args = [CI_TOOL, "mkiso", "-o", os.path.join(work, "seed.iso")]
+            for k, (name, data) in enumerate(files.items()):
+                path = os.path.join(src, "f%d" % k)
+                with open(path, "wb") as f:
+                    f.write(data)
+                args.append("%s=%s" % (name, path))
+            subprocess.run(args, check=True, capture_output=True)
+            with open(os.path.join(work, "seed.iso"), "rb") as f:
+                pvd = f.read(17 * 2048)[16 * 2048:]
+            self.assertGreater(int.from_bytes(pvd[156 + 10:156 + 14], "little"), 2048, "root in one sector")
+            self.boot_and_compare(os.path.join(work, "seed.iso"),
+                                  {n: hashlib.sha256(d).hexdigest() for n, d in files.items()})
         finally:
             shutil.rmtree(work, ignore_errors=True)
 

@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
 """cloud-init seeds through the real CLI and daemon: `vm create` with
---hostname, --user, --ssh-key, --ssh, --user-data, --network-config and
---no-seed (and the same keys in a spec file) writes INSTANCE/seed.iso, read
-back here with a small Joliet reader; bad input is refused with exit 65 (66
-for a missing file) and leaves no instance directory, also when the seed
-fails inside the daemon."""
+--hostname, --user, --ssh-key, --ssh, --password-hash, --package, --runcmd,
+--user-data, --network-config and --no-seed (and the same keys in a spec
+file) writes INSTANCE/seed.iso, read back here with a small Joliet reader;
+bad input is refused with exit 65 (66 for a missing file) and leaves no
+instance directory, also when the seed fails inside the daemon."""
 
 import json
 import os
+import re
 import socket
 import stat
 import subprocess
@@ -52,6 +53,50 @@ def iso_files(path):
             out[name.decode("utf-16-be")] = img[ext * SECTOR:ext * SECTOR + sz].decode()
         pos += n
     return label, out
+
+
+def yaml_quoted(text):
+    """The string a quoted YAML flow scalar on one line stands for: 'single'
+    ('' is a quote) or "double" (JSON's escapes are a subset of YAML's, enough
+    for the tests).  Anything else (a plain scalar, which YAML 1.1 may turn
+    into a bool or a date, or a mapping) is an AssertionError."""
+    m = re.fullmatch(r"'((?:[^']|'')*)'", text)
+    if m:
+        return m.group(1).replace("''", "'")
+    if re.fullmatch(r'"(?:[^"\\]|\\.)*"', text):
+        return json.loads(text)
+    raise AssertionError(f"not a quoted string: {text!r}")
+
+
+def yaml_value(v):
+    """A value of the generated user-data: ours (true, false) are plain."""
+    return yaml_quoted(v) if v.startswith(("'", '"')) else v
+
+
+def cloud_config(text):
+    """The generated user-data, read the way its emitter writes it (block
+    style, two-space indent, every user value quoted, never folded):
+    {top-level key: value or [items]}, with "users" a list of mappings."""
+    lines = text.split("\n")
+    assert lines[0] == "#cloud-config", lines[0]
+    out, key, sub = {}, None, None
+    for line in lines[1:]:
+        if not line:
+            continue
+        if line[0] not in " -":  # a top-level key, a value or a block after it
+            key, _, v = line.partition(":")
+            out[key] = yaml_value(v.strip()) if v.strip() else []
+        elif key == "users" and line.startswith("- "):  # a user's first key
+            out[key].append({})
+            line = "  " + line[2:]
+        if line.startswith("- "):  # an item of a top-level list
+            out[key].append(yaml_quoted(line[2:]))
+        elif line.startswith("  - "):  # an item of a user's list
+            out[key][-1][sub].append(yaml_quoted(line[4:]))
+        elif line.startswith("  "):  # a user's key
+            sub, _, v = line[2:].partition(":")
+            out[key][-1][sub] = yaml_value(v.strip()) if v.strip() else []
+    return out
 
 
 def vm_mac(name, nic=0):
@@ -172,6 +217,103 @@ class VmSeed(unittest.TestCase):
         self.assertIn(f"'{self.pub}'", files["vendor-data"])
         self.assertIn(" bob'", files["vendor-data"])
         self.assertIn("local-hostname: 'ff'", files["meta-data"])
+
+    HASH = "$6$saltsalt$qFmFH.bQmmtXzyBY0s9v7Oicd2z4XSIecDzlB5KiA2/jctKu9YterLp8wwnSq.qc.eoxqOmSuNp2xS0ktL3nh/"
+
+    def test_password_packages_runcmd(self):
+        cmds = ['echo "a: b"; ls', "- c", "printf '%s\\n' it''s > /root/ok", "yes"]
+        args = ["vm", "create", "pk", "--image", "base", "--user", "alice", "--password-hash", self.HASH,
+                "--package", "qemu-guest-agent", "--package", "nginx=1.22.1-9"]
+        for c in cmds:
+            args += ["--runcmd", c]
+        j = self.node.qvisor_json(*args)
+        self.assertEqual((j["spec"]["password_hash"], j["spec"]["packages"], j["spec"]["runcmd"]),
+                         (self.HASH, ["qemu-guest-agent", "nginx=1.22.1-9"], cmds))
+        ud = self.seed("pk")["user-data"]
+        cc = cloud_config(ud)
+        # each value one quoted string: no "a" key, no nested list
+        self.assertEqual(cc["runcmd"], cmds, ud)
+        self.assertEqual(cc["packages"], ["qemu-guest-agent", "nginx=1.22.1-9"], ud)
+        self.assertEqual(len(cc["users"]), 1, ud)
+        user = cc["users"][0]
+        self.assertEqual((user["name"], user["passwd"], user["lock_passwd"]), ("alice", self.HASH, "false"), ud)
+        self.assertEqual(sorted(cc), ["hostname", "manage_etc_hosts", "packages", "runcmd", "users"])
+
+        # without them: no packages, no runcmd, password login locked
+        self.node.qvisor("vm", "create", "plain", "--image", "base", check=0)
+        cc = cloud_config(self.seed("plain")["user-data"])
+        self.assertNotIn("packages", cc)
+        self.assertNotIn("runcmd", cc)
+        self.assertNotIn("passwd", cc["users"][0])
+        self.assertEqual(cc["users"][0]["lock_passwd"], "true")
+
+    def test_password_packages_runcmd_from_a_spec_file(self):
+        # the options add to the file's lists, after them; the hash replaces
+        spec = self.write("vm.yaml", (
+            "name: ff\nimage: base\n"
+            "password_hash: '$y$j9T$F5Jx5fExrKuPp53xLKQ..1$X3DX6M94c7o.9agCG9G317fhZg9SqC.5i5rd.RhAtQ7'\n"
+            "packages: [curl, 'libc6=2:2.36-9+deb12u4']\n"
+            "runcmd:\n  - 'echo \"from: file\" > /root/a'\n  - touch /root/b\n"))
+        j = self.node.qvisor_json("vm", "create", "-f", spec, "--package", "jq", "--runcmd", "echo cli",
+                                  "--password-hash", self.HASH)
+        self.assertEqual(j["spec"]["packages"], ["curl", "libc6=2:2.36-9+deb12u4", "jq"])
+        cc = cloud_config(self.seed("ff")["user-data"])
+        self.assertEqual(cc["packages"], ["curl", "libc6=2:2.36-9+deb12u4", "jq"])
+        self.assertEqual(cc["runcmd"], ['echo "from: file" > /root/a', "touch /root/b", "echo cli"])
+        self.assertEqual(cc["users"][0]["passwd"], self.HASH)
+
+    def test_password_packages_runcmd_refused(self):
+        ud = self.write("ud", "#cloud-config\n")
+        cases = [
+            (["--password-hash", "hunter2"], "spec: password_hash: this does not look like a password hash"),
+            (["--password-hash", "$6$salt$hash\n"], "spec: password_hash: the password hash must be one line"),
+            (["--password-hash", "$6$onlysalt"], "no SALT$HASH after the method"),
+            (["--package", "curl wget"], "spec: packages[0]: 'curl wget' is not one package name: give one "
+                                         "package per item"),
+            (["--package", "curl", "--package", "-oDebug::pkgProblemResolver=1"],
+             "spec: packages[1]: '-oDebug::pkgProblemResolver=1' is not a package name"),
+            (["--package", "curl;reboot"], "'curl;reboot' is not a package name"),
+            (["--runcmd", "ls", "--runcmd", "echo a\necho b"], "spec: runcmd[1]: a command must be one line"),
+            (["--runcmd", "echo\ta"], "spec: runcmd[0]: the command holds the control character U+0009"),
+            (["--runcmd", ""], "spec: runcmd[0]: list items must not be empty"),
+            (["--runcmd", "x" * 4097], "is longer than 4096 bytes"),
+            (["--runcmd", "echo \udcff"], "--runcmd: the value is not valid UTF-8"),
+            (["--runcmd", "true"] * 65, "spec: runcmd: at most 64 items, got 65"),
+            (["--user-data", ud, "--package", "curl"],
+             "spec: packages and user_data exclude each other: user_data replaces the generated user-data"),
+            (["--user-data", ud, "--runcmd", "ls"], "spec: runcmd and user_data exclude each other"),
+            (["--user-data", ud, "--password-hash", self.HASH], "spec: password_hash and user_data exclude"),
+            (["--no-seed", "--package", "curl"], "spec: packages needs the cloud-init seed"),
+        ]
+        for extra, msg in cases:
+            p = self.node.qvisor("vm", "create", "bad", "--image", "base", *extra)
+            self.assertEqual(p.returncode, 65, (extra[:4], p.stderr))
+            self.assertIn(msg, p.stderr, extra[:4])
+        # a password is never echoed back
+        p = self.node.qvisor("vm", "create", "bad", "--image", "base", "--password-hash", "correct horse")
+        self.assertEqual(p.returncode, 65, p.stderr)
+        self.assertIn("not the password itself (e.g. from `mkpasswd -m sha-512`", p.stderr)
+        self.assertNotIn("horse", p.stderr)
+
+        # from a spec file: its line and column; an unquoted "a: b" is a
+        # mapping, refused rather than taken apart
+        for text, msg in (
+                ("runcmd:\n  - ls\n  - echo a: b\n", "bad.yaml:5:5: runcmd: list items must be single values"),
+                ("packages:\n  - 'curl wget'\n", "bad.yaml:4:5: packages: 'curl wget' is not one package name"),
+                ("password_hash: hunter2\n", "bad.yaml:3:16: password_hash: this does not look like a password"),
+                ("user_data: '#!/bin/sh'\nruncmd: [ls]\n", "spec: runcmd and user_data exclude each other")):
+            spec = self.write("bad.yaml", "name: bad\nimage: base\n" + text)
+            p = self.node.qvisor("vm", "create", "-f", spec)
+            self.assertEqual(p.returncode, 65, (text, p.stderr))
+            self.assertIn(msg, p.stderr, text)
+        self.assertEqual(self.instances(), [])
+        self.assertEqual(self.node.qvisor_json("vm", "list")["vms"], [])
+
+    def test_help_names_the_options(self):
+        p = self.node.qvisor("vm", "create", "--help", check=0)
+        for word in ("--password-hash HASH", "mkpasswd -m sha-512", "--package NAME[=VERSION]", "--runcmd CMD",
+                     "password_hash, packages,", "excludes\n                           --password-hash"):
+            self.assertIn(word, p.stdout)
 
     def test_no_seed(self):
         j = self.node.qvisor_json("vm", "create", "bare", "--image", "base", "--no-seed")

@@ -1,7 +1,7 @@
 /* The schema's list kinds and per-key checks, on a private table (the node
  * config and the VM spec have their own tests): strings lists from YAML and
- * JSON, item checks with positions, copies, rendering; ratios, optional
- * numbers and maps of named entries. */
+ * JSON, item checks with positions, a cap on the number of items, copies,
+ * rendering; ratios, optional numbers and maps of named entries. */
 #include "testlib.h"
 
 #include "cleanup.h"
@@ -30,7 +30,7 @@ static int check_word(const char *v, char *why, size_t size) {
 #define F(field) offsetof(obj, field)
 static const sv_key keys[] = {
     {NULL, "word", SV_K_STRING, F(word), NULL, 0, 0, NULL, false, false, check_word},
-    {NULL, "tags", SV_K_STRLIST, F(tags), NULL, 0, 0, NULL, false, false, check_word},
+    {NULL, "tags", SV_K_STRLIST, F(tags), NULL, 0, 3, NULL, false, false, check_word}, /* at most 3 */
     {"net", "ips", SV_K_IPLIST, F(ips), NULL, 0, 0, NULL, true, false},
     {NULL, "flag", SV_K_BOOL, F(flag), "false", 0, 0, NULL, false, false},
 };
@@ -144,6 +144,7 @@ static void test_string_list_yaml_errors(void **state) {
     expect_yaml_error("tags: [a, '']\n", "t.yaml:1:11: tags: list items must not be empty");
     expect_yaml_error("tags: [a, ~]\n", "t.yaml:1:11: tags: list items must not be empty");
     expect_yaml_error("tags: [a]\ntags: [b]\n", "t.yaml:2:1: tags: repeated key");
+    expect_yaml_error("tags:\n- a\n- b\n- c\n- d\n", "t.yaml:2:1: tags: at most 3 items, got 4");
     expect_yaml_error("word: a b\n", "t.yaml:1:7: word: 'a b' has a space");
     /* the address list keeps its own wording */
     expect_yaml_error("net:\n  ips: [x]\n", "t.yaml:2:9: net.ips: 'x' is not an IP address");
@@ -156,6 +157,7 @@ static void test_string_list_json_errors(void **state) {
     expect_json_error("{\"tags\": [\"a\", 1]}", "obj: tags[1]: expected a string");
     expect_json_error("{\"tags\": [\"a\", \"x y\"]}", "obj: tags[1]: 'x y' has a space");
     expect_json_error("{\"tags\": [\"\"]}", "obj: tags[0]: list items must not be empty");
+    expect_json_error("{\"tags\": [\"a\", \"b\", \"c\", \"d\"]}", "obj: tags: at most 3 items, got 4");
     expect_json_error("{\"word\": \"x y\"}", "obj: word: 'x y' has a space");
     expect_json_error("{\"net\": {\"ips\": [\"x\"]}}", "obj: net.ips: 'x' is not an IP address");
     /* null leaves the default */

@@ -5,6 +5,7 @@
 
 #include "cleanup.h"
 #include "fileio.h"
+#include "cloudinit/nocloud.h"
 #include "netdev/nic.h"
 #include "supervisor/qemuargv.h"
 #include "supervisor/vmspec.h"
@@ -267,6 +268,220 @@ static void test_seed_field_errors(void **state) {
     assert_non_null(strstr(err.msg, "db.yaml:3:12: user_data: not valid YAML: line 3"));
 }
 
+/* password_hash, packages and runcmd: what goes into the generated user-data */
+static void test_user_data_keys(void **state) {
+    (void)state;
+    const char *y = "name: web\n"
+                    "image: debian-12\n"
+                    "password_hash: $6$rounds=5000$saltsalt$Xx9r/Yw.Ab3\n"
+                    "packages:\n"
+                    "  - qemu-guest-agent\n"
+                    "  - nginx=1.22.1-9\n"
+                    "  - libc6=2:2.36~rc1+b1\n"
+                    "runcmd:\n"
+                    "  - 'echo \"a: b\"; ls'\n"
+                    "  - \"printf '%s\\\\n' yes > /root/ok\"\n"
+                    "  - - not a string\n";
+    _cleanup_(sv_vmspec_freep) sv_vmspec *s = NULL;
+    qv_error err = {0};
+    /* a nested list is no command */
+    assert_int_equal(sv_vmspec_from_yaml("vm.yaml", y, strlen(y), &s, &err), -EINVAL);
+    assert_string_equal(err.msg, "vm.yaml:11:5: runcmd: list items must be single values (strings)");
+    size_t good = strstr(y, "  - - not") - y;
+    if (sv_vmspec_from_yaml("vm.yaml", y, good, &s, &err) < 0)
+        fail_msg("%s", err.msg);
+    assert_string_equal(s->password_hash, "$6$rounds=5000$saltsalt$Xx9r/Yw.Ab3");
+    assert_string_equal(s->packages[0], "qemu-guest-agent");
+    assert_string_equal(s->packages[1], "nginx=1.22.1-9");
+    assert_string_equal(s->packages[2], "libc6=2:2.36~rc1+b1");
+    assert_null(s->packages[3]);
+    assert_string_equal(s->runcmd[0], "echo \"a: b\"; ls");
+    assert_string_equal(s->runcmd[1], "printf '%s\\n' yes > /root/ok");
+    assert_null(s->runcmd[2]);
+
+    /* spec.json and the wire: the same values come back */
+    json_t *j = sv_vmspec_to_json(s);
+    _cleanup_(sv_vmspec_freep) sv_vmspec *again = NULL;
+    if (sv_vmspec_from_json(j, &again, &err) < 0)
+        fail_msg("%s", err.msg);
+    json_decref(j);
+    assert_string_equal(again->password_hash, s->password_hash);
+    assert_string_equal(again->packages[2], s->packages[2]);
+    assert_null(again->packages[3]);
+    assert_string_equal(again->runcmd[0], s->runcmd[0]);
+    assert_null(again->runcmd[2]);
+
+    /* unset: absent from the JSON, empty lists */
+    _cleanup_(sv_vmspec_freep) sv_vmspec *plain = spec_from("{\"name\":\"x\",\"image\":\"i\"}");
+    assert_null(plain->password_hash);
+    assert_non_null(plain->packages);
+    assert_null(plain->packages[0]);
+    assert_non_null(plain->runcmd);
+    assert_null(plain->runcmd[0]);
+    j = sv_vmspec_to_json(plain);
+    assert_null(json_object_get(j, "password_hash"));
+    assert_null(json_object_get(j, "packages"));
+    assert_null(json_object_get(j, "runcmd"));
+    json_decref(j);
+
+    /* every crypt method libxcrypt knows, as /etc/shadow holds them */
+    static const char *const hashes[] = {
+        "$y$j9T$F5Jx5fExrKuPp53xLKQ..1$X3DX6M94c7o.9agCG9G317fhZg9SqC.5i5rd.RhAtQ7",
+        "$gy$j9T$F5Jx5fExrKuPp53xLKQ..1$X3DX6M94c7o.9agCG9G317fhZg9SqC.5i5rd.RhAtQ7",
+        "$7$CU..../....1dJLx2.L2QgQLv5/0e5LB.$Mzt4brnO7dTMdiTUFgpyW0YVqDRTg2KTn5Nr8QUjyTA",
+        "$2b$12$EXRkfkdmXn2gzds2SSitu.MW9.gAVqa9eLS1//RYtYCmB1eLHg.9q",
+        "$2a$05$bvIG6Nmid91Mu9RcmmWZfO5HJIMCT8riNW0hEp8f6/FuA2/mHZFpe",
+        "$6$saltsalt$qFmFH.bQmmtXzyBY0s9v7Oicd2z4XSIecDzlB5KiA2/jctKu9YterLp8wwnSq.qc.eoxqOmSuNp2xS0ktL3nh/",
+        "$5$rounds=80000$wnsT7Yr92oJoP28r$cKhJImk5mfuSKV9b3mumNzlbstFUplKtQXXMo4G6Ep5",
+        "$1$saltsalt$qjXMvbEw8oaL.CzflDugX/",
+        "$sha1$40000$jtNX3nZ2$hBNaIXkt4wBI2o5rsi8KejSjNqIq",
+        "$6$$emptysalt",
+    };
+    for (size_t i = 0; i < QV_ARRAY_SIZE(hashes); i++) {
+        json_t *h = json_pack("{s:s, s:s, s:s}", "name", "h", "image", "i", "password_hash", hashes[i]);
+        _cleanup_(sv_vmspec_freep) sv_vmspec *hs = NULL;
+        if (sv_vmspec_from_json(h, &hs, &err) < 0)
+            fail_msg("%s: %s", hashes[i], err.msg);
+        json_decref(h);
+    }
+}
+
+static void test_user_data_key_errors(void **state) {
+    (void)state;
+    /* plain text: refused, not quoted (it may be the password) */
+    static const char *const not_hashes[] = {
+        "hunter2", "secret password", "$ecret$pass$word", "$6$onlysalt", "$6$salt$", "$6salt$hash",
+        "$6$salt$ha sh", "$6$salt$hash\n", "$6$salt$h\xc3\xa4sh", "abJnggxhB/yWI", "!$6$salt$hash",
+    };
+    for (size_t i = 0; i < QV_ARRAY_SIZE(not_hashes); i++) {
+        json_t *h = json_pack("{s:s, s:s, s:s}", "name", "h", "image", "i", "password_hash", not_hashes[i]);
+        _cleanup_(sv_vmspec_freep) sv_vmspec *hs = NULL;
+        qv_error err = {0};
+        assert_int_equal(sv_vmspec_from_json(h, &hs, &err), -EINVAL);
+        json_decref(h);
+        if (!strstr(err.msg, "spec: password_hash: ") || !strstr(err.msg, "not the password itself") ||
+            !strstr(err.msg, "mkpasswd -m sha-512"))
+            fail_msg("'%s': %s", not_hashes[i], err.msg);
+        if (strlen(not_hashes[i]) > 3 && strstr(err.msg, not_hashes[i] + 1))
+            fail_msg("'%s' is quoted in: %s", not_hashes[i], err.msg);
+    }
+    expect_json_error("{\"name\":\"ok\",\"image\":\"i\",\"password_hash\":\"hunter2\"}",
+                      "spec: password_hash: this does not look like a password hash (it does not start with $ID$ of "
+                      "a crypt method): pass a crypt(3) hash such as $6$SALT$HASH or $y$…, not the password itself "
+                      "(e.g. from `mkpasswd -m sha-512` or `openssl passwd -6`)");
+    expect_json_error("{\"name\":\"ok\",\"image\":\"i\",\"password_hash\":\"$6$salt$hash\\n\"}",
+                      "spec: password_hash: the password hash must be one line without control characters");
+    expect_json_error("{\"name\":\"ok\",\"image\":\"i\",\"password_hash\":\"$6$ab$c d\"}",
+                      "spec: password_hash: this does not look like a password hash (it has characters a crypt "
+                      "hash has not, such as spaces)");
+    expect_json_error("{\"name\":\"ok\",\"image\":\"i\",\"password_hash\":\"$6$salt\"}",
+                      "spec: password_hash: this does not look like a password hash (no SALT$HASH after the method)");
+    expect_json_error("{\"name\":\"ok\",\"image\":\"i\",\"password_hash\":\"\"}", "spec: password_hash: must not be empty");
+    expect_json_error("{\"name\":\"ok\",\"image\":\"i\",\"password_hash\":[\"$6$a$b\"]}",
+                      "spec: password_hash: expected a single value");
+
+    expect_json_error("{\"name\":\"ok\",\"image\":\"i\",\"packages\":\"curl\"}", "spec: packages: expected a list of strings");
+    expect_json_error("{\"name\":\"ok\",\"image\":\"i\",\"packages\":[\"curl\",\"\"]}",
+                      "spec: packages[1]: list items must not be empty");
+    expect_json_error("{\"name\":\"ok\",\"image\":\"i\",\"packages\":[\"curl wget\"]}",
+                      "spec: packages[0]: 'curl wget' is not one package name: give one package per item");
+    expect_json_error("{\"name\":\"ok\",\"image\":\"i\",\"packages\":[\"curl\",\"-oAPT::Get::Foo=1\"]}",
+                      "spec: packages[1]: '-oAPT::Get::Foo=1' is not a package name (NAME or NAME=VERSION: a letter "
+                      "or digit, then letters, digits and + . _ -; a version may also hold ~ and :)");
+    expect_json_error("{\"name\":\"ok\",\"image\":\"i\",\"packages\":[\"curl;reboot\"]}",
+                      "spec: packages[0]: 'curl;reboot' is not a package name");
+    expect_json_error("{\"name\":\"ok\",\"image\":\"i\",\"packages\":[\"nginx=\"]}",
+                      "spec: packages[0]: 'nginx=' is not a package name");
+    expect_json_error("{\"name\":\"ok\",\"image\":\"i\",\"packages\":[\"a=1=2\"]}",
+                      "spec: packages[0]: 'a=1=2' is not a package name");
+    expect_json_error("{\"name\":\"ok\",\"image\":\"i\",\"packages\":[\"nginx\\tcurl\"]}",
+                      "spec: packages[0]: a package name must not hold control characters");
+
+    expect_json_error("{\"name\":\"ok\",\"image\":\"i\",\"runcmd\":\"ls\"}", "spec: runcmd: expected a list of strings");
+    expect_json_error("{\"name\":\"ok\",\"image\":\"i\",\"runcmd\":[[\"ls\",\"-l\"]]}", "spec: runcmd[0]: expected a string");
+    expect_json_error("{\"name\":\"ok\",\"image\":\"i\",\"runcmd\":[\"ls\",\"echo a\\necho b\"]}",
+                      "spec: runcmd[1]: a command must be one line: give each command its own item (a multi-line "
+                      "script belongs in user_data)");
+    expect_json_error("{\"name\":\"ok\",\"image\":\"i\",\"runcmd\":[\"echo\\ta\"]}",
+                      "spec: runcmd[0]: the command holds the control character U+0009 (only printable text is "
+                      "taken: no tabs, NUL or escapes)");
+    expect_json_error("{\"name\":\"ok\",\"image\":\"i\",\"runcmd\":[\"echo \\u001b[2J\"]}",
+                      "spec: runcmd[0]: the command holds the control character U+001B");
+    expect_json_error("{\"name\":\"ok\",\"image\":\"i\",\"runcmd\":[\"echo \\u0085\"]}",
+                      "spec: runcmd[0]: the command holds the control character U+0085");
+    expect_json_error("{\"name\":\"ok\",\"image\":\"i\",\"runcmd\":[\"\"]}", "spec: runcmd[0]: list items must not be empty");
+
+    /* sizes: 4096 bytes per command, 64 commands, 256 packages */
+    char cmd[CI_RUNCMD_MAX + 2];
+    memset(cmd, 'x', sizeof cmd - 1);
+    cmd[sizeof cmd - 1] = '\0';
+    json_t *runcmd = json_array();
+    json_array_append_new(runcmd, json_stringn(cmd, CI_RUNCMD_MAX));
+    json_t *j = json_pack("{s:s, s:s, s:o}", "name", "ok", "image", "i", "runcmd", runcmd);
+    _cleanup_(sv_vmspec_freep) sv_vmspec *s = NULL;
+    qv_error err = {0};
+    if (sv_vmspec_from_json(j, &s, &err) < 0)
+        fail_msg("%s", err.msg);
+    json_array_append_new(runcmd, json_string(cmd));
+    assert_int_equal(sv_vmspec_from_json(j, &s, &err), -EINVAL);
+    assert_string_equal(err.msg, "spec: runcmd[1]: command 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx…' is longer than "
+                                 "4096 bytes (a script belongs in user_data)");
+    json_array_clear(runcmd);
+    for (int i = 0; i < SV_RUNCMD_MAX; i++)
+        json_array_append_new(runcmd, json_string("true"));
+    sv_vmspec_free(s);
+    s = NULL;
+    if (sv_vmspec_from_json(j, &s, &err) < 0)
+        fail_msg("%s", err.msg);
+    json_array_append_new(runcmd, json_string("true"));
+    assert_int_equal(sv_vmspec_from_json(j, &s, &err), -EINVAL);
+    assert_string_equal(err.msg, "spec: runcmd: at most 64 items, got 65");
+    json_t *pkgs = json_array();
+    for (int i = 0; i <= SV_PACKAGES_MAX; i++)
+        json_array_append_new(pkgs, json_string("curl"));
+    json_object_set_new(j, "runcmd", json_array());
+    json_object_set_new(j, "packages", pkgs);
+    assert_int_equal(sv_vmspec_from_json(j, &s, &err), -EINVAL);
+    assert_string_equal(err.msg, "spec: packages: at most 256 items, got 257");
+    json_decref(j);
+
+    /* with the user's own user-data there is no generated one to put them in */
+    expect_json_error("{\"name\":\"ok\",\"image\":\"i\",\"user_data\":\"#!/bin/sh\\n\",\"packages\":[\"curl\"]}",
+                      "spec: packages and user_data exclude each other: user_data replaces the generated user-data, "
+                      "where packages would go (set it in your own user-data instead)");
+    expect_json_error("{\"name\":\"ok\",\"image\":\"i\",\"user_data\":\"\",\"runcmd\":[\"ls\"]}",
+                      "spec: runcmd and user_data exclude each other");
+    expect_json_error("{\"name\":\"ok\",\"image\":\"i\",\"user_data\":\"#cloud-config\\n\",\"password_hash\":\"$6$a$b\"}",
+                      "spec: password_hash and user_data exclude each other");
+    expect_json_error("{\"name\":\"ok\",\"image\":\"i\",\"seed\":false,\"runcmd\":[\"ls\"]}", "spec: runcmd needs the cloud-init seed");
+    expect_json_error("{\"name\":\"ok\",\"image\":\"i\",\"seed\":false,\"packages\":[\"a\"]}", "spec: packages needs");
+    expect_json_error("{\"name\":\"ok\",\"image\":\"i\",\"seed\":false,\"password_hash\":\"$6$a$b\"}",
+                      "spec: password_hash needs");
+
+    /* from a spec file: line and column of the value or item */
+    static const struct {
+        const char *yaml, *msg;
+    } file_cases[] = {
+        {"name: db\nimage: i\npassword_hash: hunter2\n",
+         "db.yaml:3:16: password_hash: this does not look like a password hash (it does not start with $ID$ of a "
+         "crypt method): pass a crypt(3) hash such as $6$SALT$HASH or $y$…, not the password itself (e.g. from "
+         "`mkpasswd -m sha-512` or `openssl passwd -6`)"},
+        {"name: db\nimage: i\npackages:\n  - curl\n  - curl wget\n",
+         "db.yaml:5:5: packages: 'curl wget' is not one package name: give one package per item"},
+        {"name: db\nimage: i\nruncmd:\n  - ls\n  - \"echo a\\necho b\"\n",
+         "db.yaml:5:5: runcmd: a command must be one line: give each command its own item (a multi-line script "
+         "belongs in user_data)"},
+        /* unquoted, "a: b" makes a mapping: refused, not taken apart */
+        {"name: db\nimage: i\nruncmd:\n  - echo a: b\n", "db.yaml:4:5: runcmd: list items must be single values (strings)"},
+    };
+    for (size_t i = 0; i < QV_ARRAY_SIZE(file_cases); i++) {
+        sv_vmspec *bad = NULL;
+        assert_int_equal(sv_vmspec_from_yaml("db.yaml", file_cases[i].yaml, strlen(file_cases[i].yaml), &bad, &err),
+                         -EINVAL);
+        assert_string_equal(err.msg, file_cases[i].msg);
+    }
+}
+
 static void test_golden_tcg_default(void **state) {
     (void)state;
     _cleanup_(sv_vmspec_freep) sv_vmspec *s = spec_from("{\"name\":\"web-1\",\"image\":\"debian-12\"}");
@@ -508,6 +723,8 @@ int main(void) {
         cmocka_unit_test(test_seed_defaults),
         cmocka_unit_test(test_seed_fields_round_trip),
         cmocka_unit_test(test_seed_field_errors),
+        cmocka_unit_test(test_user_data_keys),
+        cmocka_unit_test(test_user_data_key_errors),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
