@@ -14,6 +14,7 @@
  * All the metadata is built in one buffer; file data is then written from
  * the caller's memory with writev, so nothing is copied twice. */
 #include "iso9660.h"
+#include "util.h"
 
 #include "fileio.h"
 
@@ -358,7 +359,7 @@ static int layout_make(iso__layout *l, const char *label, const ci_iso_file *fil
 
     /* ISO ids are assigned in the order of the real names, so a collision
      * is resolved the same way whatever order the caller used. */
-    qsort(l->ents, n, sizeof *l->ents, cmp_orig);
+    qv_qsort(l->ents, n, sizeof *l->ents, cmp_orig);
     for (size_t i = 0; i < n; i++) {
         if (i > 0 && strcmp(l->ents[i - 1].f->name, l->ents[i].f->name) == 0) {
             r = qv_error_set(err, EEXIST, "file name '%s' appears twice", l->ents[i].f->name);
@@ -374,10 +375,10 @@ static int layout_make(iso__layout *l, const char *label, const ci_iso_file *fil
                 break;
         }
     }
-    qsort(l->ents, n, sizeof *l->ents, cmp_iso);
+    qv_qsort(l->ents, n, sizeof *l->ents, cmp_iso);
     for (size_t i = 0; i < n; i++)
         l->jol[i] = &l->ents[i];
-    qsort(l->jol, n, sizeof *l->jol, cmp_jol);
+    qv_qsort(l->jol, n, sizeof *l->jol, cmp_jol);
 
     l->iso_root = SECT_ISO_ROOT;
     l->iso_root_sects = iso_dir_sectors(l);

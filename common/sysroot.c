@@ -155,7 +155,7 @@ int qv_sysroot_list(const char *rel, char ***ret) {
     }
     if (errno)
         return -errno;
-    qsort(names, n, sizeof *names, cmp_names);
+    qv_qsort(names, n, sizeof *names, cmp_names);
     *ret = TAKE_PTR(names);
     return (int)n;
 }

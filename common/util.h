@@ -4,6 +4,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 
 #define QV_NAME_MAX 63
 
@@ -32,6 +33,13 @@ int qv_parse_uint(const char *s, uint64_t min, uint64_t max, uint64_t *ret);
 int qv_string_index(const char *const *list, const char *s);
 /* Entries of a NULL-terminated string list; 0 for NULL. */
 size_t qv_strv_len(char *const *v);
+
+/* qsort() for arrays that may be empty: qsort(NULL, 0, ...) is undefined
+ * behaviour (its base must be valid), and UBSan says so. */
+static inline void qv_qsort(void *base, size_t n, size_t size, int (*cmp)(const void *, const void *)) {
+    if (n > 1)
+        qsort(base, n, size, cmp);
+}
 /* Frees the strings and the list; accepts NULL. */
 void qv_strv_free(char **v);
 static inline void qv_strv_freep(char ***v) {

@@ -3,6 +3,7 @@
  * NLM_F_ACK so that success is confirmed, not assumed; requests that read
  * one object carry it too, so the exchange always ends with the ack. */
 #include "netdev/link.h"
+#include "util.h"
 
 #include "cleanup.h"
 #include "log.h"
@@ -363,7 +364,7 @@ int nd_link_list(nd_link **ret, size_t *ret_n, qv_error *err) {
     }
     /* the kernel dumps in hash order */
     if (c.n > 0)
-        qsort(c.links, c.n, sizeof *c.links, link_cmp);
+        qv_qsort(c.links, c.n, sizeof *c.links, link_cmp);
     *ret = c.links;
     *ret_n = c.n;
     return 0;

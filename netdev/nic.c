@@ -222,7 +222,7 @@ int nd_ipv4_alloc(uint32_t net, unsigned len, uint32_t gateway, const uint32_t *
         return qv_error_set(err, ENOMEM, "out of memory");
     if (n_used)
         memcpy(sorted, used, n_used * sizeof *sorted);
-    qsort(sorted, n_used, sizeof *sorted, cmp_u32);
+    qv_qsort(sorted, n_used, sizeof *sorted, cmp_u32);
     size_t i = 0;
     for (uint64_t a = first; a <= last; a++) {
         while (i < n_used && sorted[i] < a)

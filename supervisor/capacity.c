@@ -167,7 +167,7 @@ static int read_hugepages(const char *dir, sv_hugepages **ret, size_t *ret_n, qv
             return qv_error_set(err, r, "cannot read /%s: %s", rel, strerror(-r));
         k++;
     }
-    qsort(hp, k, sizeof *hp, cmp_hugepages);
+    qv_qsort(hp, k, sizeof *hp, cmp_hugepages);
     *ret = TAKE_PTR(hp);
     *ret_n = k;
     return 0;
@@ -216,14 +216,14 @@ static int count_cores(sv_capacity *c) {
         core_id *mine = ids + at;
         for (size_t j = 0; j < n->n_cpus; j++)
             mine[j] = cpu_core(n->cpus[j]);
-        qsort(mine, n->n_cpus, sizeof *mine, cmp_core);
+        qv_qsort(mine, n->n_cpus, sizeof *mine, cmp_core);
         n->n_cores = 0;
         for (size_t j = 0; j < n->n_cpus; j++)
             n->n_cores += j == 0 || cmp_core(&mine[j - 1], &mine[j]) != 0;
         at += n->n_cpus;
     }
     /* a core is on one node; counting globally guards against odd tables */
-    qsort(ids, all, sizeof *ids, cmp_core);
+    qv_qsort(ids, all, sizeof *ids, cmp_core);
     for (size_t j = 0; j < all; j++)
         total += j == 0 || cmp_core(&ids[j - 1], &ids[j]) != 0;
     c->n_cores = total;
@@ -275,7 +275,7 @@ static int read_numa_nodes(sv_capacity *c, qv_error *err) {
             k++;
     if (!k)
         return 0;
-    qsort(ids, k, sizeof *ids, cmp_uint);
+    qv_qsort(ids, k, sizeof *ids, cmp_uint);
     c->nodes = calloc(k, sizeof *c->nodes);
     if (!c->nodes)
         return qv_error_set(err, ENOMEM, "out of memory");
@@ -502,7 +502,7 @@ json_t *sv_capacity_to_json(const sv_capacity *c) {
             if (!seen)
                 sv_capacity_hugepages(c, -1, size, &sizes[k++]);
         }
-    qsort(sizes, k, sizeof *sizes, cmp_hugepages);
+    qv_qsort(sizes, k, sizeof *sizes, cmp_hugepages);
 
     json_t *nodes = json_array();
     for (size_t i = 0; nodes && i < c->n_nodes; i++) {

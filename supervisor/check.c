@@ -341,7 +341,7 @@ static int list_dir(const char *rel, char ***ret) {
     }
     closedir(d);
     if (n > 1)
-        qsort(names, n, sizeof *names, cmp_names);
+        qv_qsort(names, n, sizeof *names, cmp_names);
     *ret = names;
     return (int)n;
 }
@@ -612,7 +612,7 @@ void sv_check_hugepages(sv_check_report *r, const sv_check_opts *o) {
     for (int i = 0; i < n && n_kbs < QV_ARRAY_SIZE(kbs); i++)
         if (sscanf(sizes[i], "hugepages-%" SCNu64 "kB", &kbs[n_kbs]) == 1)
             n_kbs++;
-    qsort(kbs, n_kbs, sizeof kbs[0], cmp_u64);
+    qv_qsort(kbs, n_kbs, sizeof kbs[0], cmp_u64);
     char detail[512] = "";
     uint64_t total = 0, total_free = 0;
     for (size_t i = 0; i < n_kbs; i++) {

@@ -180,7 +180,7 @@ int sv_image_list(const sv_config *c, json_t **ret, qv_error *err) {
         names = grown;
         names[n++] = name;
     }
-    qsort(names, n, sizeof *names, cmp_names);
+    qv_qsort(names, n, sizeof *names, cmp_names);
     int r = 0;
     for (size_t i = 0; i < n; i++) {
         json_t *info = NULL;

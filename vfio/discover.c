@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "cleanup.h"
+#include "util.h"
 #include "dlib.h"
 #include "vfio/vfio.h"
 
@@ -186,7 +187,7 @@ static int enumerate_all(vfio_pci_dev **ret, size_t *ret_n, qv_error *err) {
         all[n++] = p;
     }
     if (n)
-        qsort(all, n, sizeof(*all), dev_cmp);
+        qv_qsort(all, n, sizeof(*all), dev_cmp);
     *ret = all;
     *ret_n = n;
     return 0;

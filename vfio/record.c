@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "cleanup.h"
+#include "util.h"
 #include "fileio.h"
 #include "vfio/vfio.h"
 
@@ -138,7 +139,7 @@ int vfio_record_list(const char *dir, vfio_record **ret, size_t *ret_n) {
         list[n++] = r;
     }
     if (n)
-        qsort(list, n, sizeof(*list), record_cmp);
+        qv_qsort(list, n, sizeof(*list), record_cmp);
     *ret = list;
     *ret_n = n;
     return 0;
