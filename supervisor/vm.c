@@ -111,6 +111,8 @@ struct vmrt {
     bool paused;           /* QEMU says the guest is paused (QMP STOP) */
     unsigned pause_ops;    /* our stop/cont commands QEMU has not answered yet */
     bool pause_target;     /* where the last of them leads: paused (stop) or running (cont) */
+    bool status_pending;   /* re-adopted: query-status asked, not answered yet */
+    bool stop_waits_status; /* a graceful stop waits for that answer (paused or not) */
     /* start */
     waiter *start_waiters;
     bool starting_prep;    /* prep or probe in flight, QEMU not spawned yet */
@@ -1422,14 +1424,9 @@ static void on_stage_timer(uv_timer_t *t) {
     }
 }
 
-/* Starts (or joins) the stop of a VM that has, or will have, a QEMU. */
-static void begin_stop_sequence(vmrt *rt, bool force) {
-    rt->stop_begin_ms = qv_now_ms();
-    if (!rt->watch) {
-        if (!rt->starting_prep)
-            log_error("VM %s: stopping but no QEMU is known", rt->vm->name);
-        return; /* the start in flight sees the stop when it completes */
-    }
+/* quit for a forced stop, a paused guest or one that never ran; else the
+ * graceful step. */
+static void stop_first_step(vmrt *rt, bool force) {
     if (guest_paused(rt) && !force) {
         /* QEMU would queue an ACPI request or a guest-shutdown until the
          * guest runs again: powered off on a later resume, or never */
@@ -1441,6 +1438,21 @@ static void begin_stop_sequence(vmrt *rt, bool force) {
     } else {
         stage_graceful(rt);
     }
+}
+
+/* Starts (or joins) the stop of a VM that has, or will have, a QEMU. */
+static void begin_stop_sequence(vmrt *rt, bool force) {
+    rt->stop_begin_ms = qv_now_ms();
+    if (!rt->watch) {
+        if (!rt->starting_prep)
+            log_error("VM %s: stopping but no QEMU is known", rt->vm->name);
+        return; /* the start in flight sees the stop when it completes */
+    }
+    if (rt->status_pending && !force) {
+        rt->stop_waits_status = true; /* on_adopt_status takes the first step */
+        return;
+    }
+    stop_first_step(rt, force);
 }
 
 int sv_vm_stop(sv_vmctl *c, sv_vm *vm, const sv_stop_options *o, sv_vm_done_fn done, void *userdata,
@@ -1462,9 +1474,10 @@ int sv_vm_stop(sv_vmctl *c, sv_vm *vm, const sv_stop_options *o, sv_vm_done_fn d
                             "in a moment", vm->name);
     add_waiter(&rt->stop_waiters, done, userdata);
     if (vm->state == SV_VM_STOPPING) {
-        if (o->force && rt->stage == STAGE_GRACEFUL) {
+        if (o->force && (rt->stage == STAGE_GRACEFUL || rt->stop_waits_status)) {
             log_info("VM %s: stop forced while the guest shuts down", vm->name);
             vm->run.stop_force = true;
+            rt->stop_waits_status = false;
             persist(rt);
             stage_quit(rt);
         }
@@ -1841,6 +1854,43 @@ static pid_t pid_from_pidfile(vmrt *rt, uint64_t *ret_ticks) {
     return (pid_t)pid;
 }
 
+/* query-status of a re-adopted QEMU.  state.json says running or paused
+ * as of the last STOP/RESUME it saw; a daemon that died between QEMU's
+ * answer and that write left it wrong, and QEMU sends no events for the
+ * past.  A stop waiting for this goes on now: quit for a paused guest, and
+ * quit too when QEMU cannot say (a monitor that cannot answer this cannot
+ * deliver ACPI either). */
+static void on_adopt_status(qmp_conn *q, int status, const qmp_run_status *st, const qmp_error *e,
+                            void *userdata) {
+    (void)q;
+    vmrt *rt = userdata;
+    bool stop_waits = rt->stop_waits_status;
+    rt->status_pending = rt->stop_waits_status = false;
+    if (status == QMP_ECANCELED || !rt->vm)
+        return;
+    sv_vm *vm = rt->vm;
+    if (status == 0) {
+        /* every run state but running and a guest's own suspend (S3) is a
+         * vm_stop, announced by a STOP event when it happens live */
+        bool paused = !st->running && strcmp(st->status ? st->status : "", "suspended") != 0;
+        if ((vm->state == SV_VM_RUNNING && paused) || (vm->state == SV_VM_PAUSED && !paused))
+            log_info("VM %s: QEMU reports the guest %s (%s), its saved state said %s", vm->name,
+                     paused ? "paused" : "running", st->status ? st->status : "?", sv_vm_state_name(vm->state));
+        note_paused(rt, paused);
+    } else {
+        log_warning("VM %s: query-status after re-adoption failed: %s", vm->name,
+                    e ? e->desc : strerror(-status));
+    }
+    if (stop_waits && vm->state == SV_VM_STOPPING && rt->stage == STAGE_NONE)
+        stop_first_step(rt, vm->run.stop_force || status < 0);
+}
+
+/* Asks a re-adopted QEMU whether its guest is paused (on_adopt_status). */
+static void adopt_query_status(vmrt *rt) {
+    if (rt->qmp && qmp_query_status(rt->qmp, QMP_CMD_TIMEOUT_MS, on_adopt_status, rt) == 0)
+        rt->status_pending = true;
+}
+
 static void adopt(sv_vmctl *c, sv_vm *vm) {
     vmrt *rt = get_rt(c, vm);
     if (!rt)
@@ -1892,6 +1942,8 @@ static void adopt(sv_vmctl *c, sv_vm *vm) {
     rt->cont_sent = true;
     if (qmp_attach(rt) < 0)
         log_warning("VM %s: cannot reconnect to the monitor; a stop will use signals", vm->name);
+    else if (vm->state != SV_VM_STARTING)
+        adopt_query_status(rt);
     switch (vm->state) {
     case SV_VM_STARTING:
         log_info("VM %s: QEMU pid %d was half-started by the previous daemon; stopping it", vm->name, (int)pid);
