@@ -85,6 +85,13 @@ class Lifecycle(unittest.TestCase):
     def markers(self, name):
         return guestlib.read_markers(self.serial(name))
 
+    def assert_daemon_exits_cleanly(self):
+        """SIGTERM: exit 0, and no sanitizer report (the ASan build aborts
+        on an error and reports leaks at exit)."""
+        self.assertEqual(self.node.stop_daemon(), 0, self.node.log()[-4000:])
+        for word in ("AddressSanitizer", "LeakSanitizer", "runtime error"):
+            self.assertNotIn(word, self.node.log())
+
     def run_files(self, name):
         d = os.path.join(self.node.run_dir, "vm", name)
         return sorted(os.listdir(d)) if os.path.isdir(d) else []
@@ -508,6 +515,7 @@ class Lifecycle(unittest.TestCase):
         # one transition each way, although QEMU's event and its answer both say so
         self.assertEqual(self.count_log("VM nap: paused\n"), 1)
         self.assertEqual(self.count_log("VM nap: resumed\n"), 1)
+        self.assert_daemon_exits_cleanly()
 
     def test_stop_of_a_paused_vm_quits_without_acpi(self):
         # debug logging shows every QMP event: POWERDOWN would mean QEMU got
@@ -551,6 +559,7 @@ class Lifecycle(unittest.TestCase):
         wait_for(lambda: self.node.qvisor_json("vm", "list")["vms"][0]["agent"] == "ok", scaled(120), "the agent")
         res = self.stop("sleeper")
         self.assertEqual((res["result"], res["how"]), ("clean", "guest agent guest-shutdown"))
+        self.assert_daemon_exits_cleanly()
 
     def test_pause_and_resume_in_the_wrong_state(self):
         self.create("idle", ["qv.acpi=off"], "--no-agent")
@@ -597,6 +606,7 @@ class Lifecycle(unittest.TestCase):
         p = self.node.qvisor("vm", "pause", "idle")
         self.assertEqual(p.returncode, 69, p.stderr)
         self.assertIn("is crashed", p.stderr)
+        self.assert_daemon_exits_cleanly()
 
     def test_paused_vm_is_readopted_after_a_daemon_restart(self):
         # "kept": paused, state.json says so.  "lost": paused, but the daemon
@@ -657,6 +667,7 @@ class Lifecycle(unittest.TestCase):
             self.assertFalse([m for m in self.markers(n) if m.startswith("poweroff")], n)
         self.assertFalse(proc_alive(pids["lost"]))
         self.assertEqual(self.node.qemu_pids(), [])
+        self.assert_daemon_exits_cleanly()
 
 if __name__ == "__main__":
     unittest.main(verbosity=2)
