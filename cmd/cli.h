@@ -84,6 +84,8 @@ int cmd_vm_rm(qv_cli *cli, int argc, char **argv);
 int cmd_vm_start(qv_cli *cli, int argc, char **argv);
 int cmd_vm_stop(qv_cli *cli, int argc, char **argv);
 int cmd_vm_restart(qv_cli *cli, int argc, char **argv);
+int cmd_vm_pause(qv_cli *cli, int argc, char **argv);
+int cmd_vm_resume(qv_cli *cli, int argc, char **argv);
 int cmd_vm_ssh(qv_cli *cli, int argc, char **argv);
 int cmd_cidata(qv_cli *cli, int argc, char **argv);
 int cmd_cleanup(qv_cli *cli, int argc, char **argv);

@@ -1,4 +1,4 @@
-/* qvisor vm create | list | show | rm */
+/* qvisor vm create | list | show | start | stop | restart | pause | resume | ssh | rm */
 #include "cli.h"
 #include "output.h"
 #include "vm-seed.h"
@@ -610,14 +610,15 @@ static const char stop_help[] =
     "     power button (pressed again every 5 s);\n"
     "  2. after the stop timeout (the VM's stop_timeout, scaled up for large\n"
     "     RAM): QMP quit, then SIGTERM, then SIGKILL (kill_timeout apart).\n"
-    "A paused VM is never sent ACPI (it would power off on resume): it is quit.\n"
+    "A paused VM is never sent ACPI or an agent shutdown (it would power off on\n"
+    "resume): it is quit at once, which counts as forced (exit 3).\n"
     "\n"
     "  -t, --timeout TIME   how long the guest may take to shut down (30s, 2m)\n"
     "      --force          skip the guest: quit, then signals\n"
     "\n"
     "Exit: 0 the guest shut down cleanly (or the VM was not running, or --force),\n"
-    "3 stopped, but forced after the timeout, 66 no such VM, 69 daemon not\n"
-    "running, 75 busy (being created or removed).\n";
+    "3 stopped, but forced (after the timeout, or at once: a paused guest), 66\n"
+    "no such VM, 69 daemon not running, 75 busy (being created or removed).\n";
 
 /* Shared by stop and restart: parses -t/--force into params. */
 static int stop_args(qv_cli *cli, int argc, char **argv, const char *help, const char *path, json_t *params) {
@@ -732,6 +733,68 @@ int cmd_vm_restart(qv_cli *cli, int argc, char **argv) {
     int code = stop_exit(stop, force);
     json_decref(res);
     return code;
+}
+
+static const char pause_help[] =
+    "Usage: qvisor vm pause NAME [--json]\n"
+    "\n"
+    "Pauses the guest (QMP stop): its vCPUs stop, QEMU and the guest's memory\n"
+    "stay.  Returns once QEMU has paused it; the VM is then `paused` until\n"
+    "`qvisor vm resume NAME`.  A paused VM's `vm stop` quits QEMU at once (no\n"
+    "ACPI or agent shutdown, which the guest would only see on resume), so it\n"
+    "ends as a forced stop (exit 3; 0 with --force).  A paused VM stays paused\n"
+    "across a daemon restart.\n"
+    "\n"
+    "Exit: 0 paused (or already paused), 1 QEMU refused or its monitor is not\n"
+    "connected, 66 no such VM, 69 daemon not running or the VM not running\n"
+    "(stopped or crashed), 75 busy (starting, stopping, being created or removed).\n";
+
+static const char resume_help[] =
+    "Usage: qvisor vm resume NAME [--json]\n"
+    "\n"
+    "Resumes a paused guest (QMP cont) and returns once QEMU runs it again.\n"
+    "\n"
+    "Exit: 0 running (or was not paused), 1 QEMU refused or its monitor is not\n"
+    "connected, 66 no such VM, 69 daemon not running or the VM not running\n"
+    "(stopped or crashed), 75 busy (starting, stopping, being created or removed).\n";
+
+/* Shared by pause and resume: one NAME, one request, one line. */
+static int pause_resume(qv_cli *cli, int argc, char **argv, bool pause) {
+    const char *path = pause ? "vm pause " : "vm resume ";
+    static const struct option longopts[] = {QV_CLI_COMMON_LONGOPTS, {NULL, 0, NULL, 0}};
+    int c;
+    while ((c = qv_cli_getopt(cli, argc, argv, "h", longopts, pause ? pause_help : resume_help)) != -1)
+        return c == -2 ? QV_EXIT_OK : qv_cli_usage_error(path, "bad option");
+    const char *name = one_name(argc, argv, path);
+    if (!name)
+        return QV_EXIT_USAGE;
+    qv_error err = {0};
+    json_t *res = NULL;
+    if (qv_cli_call(cli, pause ? "vm.pause" : "vm.resume", json_pack("{s:s}", "name", name), &res, &err) < 0)
+        return qv_cli_fail(cli, &err);
+    if (cli->json) {
+        qv_print_json(res, stdout);
+        return QV_EXIT_OK;
+    }
+    if (cli->verbosity >= 0) {
+        const char *r = json_string_value(json_object_get(res, "result"));
+        if (r && strcmp(r, "already-paused") == 0)
+            printf("VM %s is already paused\n", name);
+        else if (r && strcmp(r, "not-paused") == 0)
+            printf("VM %s is not paused\n", name);
+        else
+            printf("%s VM %s\n", pause ? "paused" : "resumed", name);
+    }
+    json_decref(res);
+    return QV_EXIT_OK;
+}
+
+int cmd_vm_pause(qv_cli *cli, int argc, char **argv) {
+    return pause_resume(cli, argc, argv, true);
+}
+
+int cmd_vm_resume(qv_cli *cli, int argc, char **argv) {
+    return pause_resume(cli, argc, argv, false);
 }
 
 static const char ssh_help[] =

@@ -26,6 +26,8 @@ static const qv_cli_verb vm_verbs[] = {
     {"start", cmd_vm_start, "start a VM"},
     {"stop", cmd_vm_stop, "shut a VM down (agent or ACPI, then forced after a timeout)"},
     {"restart", cmd_vm_restart, "stop and start a VM (the disk stays)"},
+    {"pause", cmd_vm_pause, "pause a VM's guest (its vCPUs stop; QEMU stays)"},
+    {"resume", cmd_vm_resume, "resume a paused VM"},
     {"ssh", cmd_vm_ssh, "ssh into a VM through its forwarded port"},
     {"rm", cmd_vm_rm, "delete a VM and its disk"},
     {NULL, NULL, NULL},
@@ -87,7 +89,8 @@ static const char exit_codes[] =
     "  64  usage error (unknown command or option, missing argument)\n"
     "  65  bad input data (invalid name, size, file content)\n"
     "  66  no such VM, image, GPU or input file\n"
-    "  69  service unavailable (daemon not running, KVM or IOMMU missing; check: an item failed)\n"
+    "  69  service unavailable (daemon not running, KVM or IOMMU missing; check: an item failed;\n"
+    "      vm pause/resume/ssh: the VM is not running)\n"
     "  73  already exists (or already running)\n"
     "  75  temporary failure or timeout: try again\n"
     "  77  permission denied\n"

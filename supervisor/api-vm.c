@@ -378,6 +378,29 @@ void sv_api_vm_restart(sv_daemon *d, sv_ctl_req *req, json_t *params) {
         sv_ctl_reply_qv_error(req, &err);
 }
 
+/* vm.pause / vm.resume: the reply comes once QEMU answered, with the new
+ * state; nothing to do is a success too ("already-paused", "not-paused"). */
+static void pause_resume(sv_daemon *d, sv_ctl_req *req, json_t *params, bool pause) {
+    sv_vm *vm = vm_param(d, req, params);
+    if (!vm)
+        return;
+    qv_error err = {0};
+    int r = (pause ? sv_vm_pause : sv_vm_resume)(d->vmctl, vm, op_done, req, &err);
+    if (r < 0)
+        sv_ctl_reply_qv_error(req, &err);
+    else if (r == 1)
+        sv_ctl_reply(req, json_pack("{s:s, s:s, s:s}", "name", vm->name, "state", sv_vm_state_name(vm->state),
+                                    "result", pause ? "already-paused" : "not-paused"));
+}
+
+void sv_api_vm_pause(sv_daemon *d, sv_ctl_req *req, json_t *params) {
+    pause_resume(d, req, params, true);
+}
+
+void sv_api_vm_resume(sv_daemon *d, sv_ctl_req *req, json_t *params) {
+    pause_resume(d, req, params, false);
+}
+
 typedef struct remove_job {
     sv_daemon *d;
     sv_ctl_req *req;

@@ -41,6 +41,8 @@ void sv_api_vm_remove(sv_daemon *d, sv_ctl_req *req, json_t *params);
 void sv_api_vm_start(sv_daemon *d, sv_ctl_req *req, json_t *params);
 void sv_api_vm_stop(sv_daemon *d, sv_ctl_req *req, json_t *params);
 void sv_api_vm_restart(sv_daemon *d, sv_ctl_req *req, json_t *params);
+void sv_api_vm_pause(sv_daemon *d, sv_ctl_req *req, json_t *params);
+void sv_api_vm_resume(sv_daemon *d, sv_ctl_req *req, json_t *params);
 void sv_api_gpu_list(sv_daemon *d, sv_ctl_req *req, json_t *params);
 void sv_api_node_status(sv_daemon *d, sv_ctl_req *req, json_t *params);
 void sv_api_net_list(sv_daemon *d, sv_ctl_req *req, json_t *params);

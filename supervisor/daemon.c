@@ -107,6 +107,8 @@ static const struct method {
     {"vm.start", true, sv_api_vm_start},
     {"vm.stop", true, sv_api_vm_stop},
     {"vm.restart", true, sv_api_vm_restart},
+    {"vm.pause", true, sv_api_vm_pause},
+    {"vm.resume", true, sv_api_vm_resume},
     {"gpu.list", false, sv_api_gpu_list},
     {"net.list", false, sv_api_net_list},
     {"node.status", false, sv_api_node_status},

@@ -16,6 +16,8 @@ typedef enum sv_vm_event {
     SV_EV_EXITED,        /* QEMU is gone and it was expected: guest poweroff or our stop */
     SV_EV_CRASHED,       /* QEMU is gone unexpectedly: signal, error exit, guest panic */
     SV_EV_REMOVE,        /* request: vm rm */
+    SV_EV_PAUSE,         /* request: vm pause (the move happens when QEMU answers `stop`) */
+    SV_EV_RESUME,        /* request: vm resume (the move happens when QEMU answers `cont`) */
     SV_EV__COUNT,
 } sv_vm_event;
 
@@ -24,9 +26,12 @@ const char *sv_vm_event_name(sv_vm_event e);
 /* What `event` does in state `from`:
  *   0          a transition: *ret_to is the new state (may equal `from`)
  *   1          nothing to do, the request is already satisfied (stop of a
- *              stopped VM): *ret_to = from
+ *              stopped VM, pause of a paused one, resume of a running one):
+ *              *ret_to = from
  *   -EALREADY  start of a VM that is running or paused (exit 73)
  *   -EBUSY     the VM is in the middle of something else (exit 75)
+ *   -EHOSTDOWN pause or resume of a VM without a QEMU (stopped, crashed;
+ *              exit 69, as `vm ssh` of a VM that is not running)
  *   -EINVAL    the event cannot happen in that state (a daemon bug if it
  *              does: logged, ignored)
  * The table lives in lifecycle.c and in docs/lifecycle.md. */

@@ -109,6 +109,10 @@ struct vmrt {
     qmp_conn *qmp;
     qga_conn *qga;
     bool paused;           /* QEMU says the guest is paused (QMP STOP) */
+    unsigned pause_ops;    /* our stop/cont commands QEMU has not answered yet */
+    bool pause_target;     /* where the last of them leads: paused (stop) or running (cont) */
+    bool status_pending;   /* re-adopted: query-status asked, not answered yet */
+    bool stop_waits_status; /* a graceful stop waits for that answer (paused or not) */
     /* start */
     waiter *start_waiters;
     bool starting_prep;    /* prep or probe in flight, QEMU not spawned yet */
@@ -153,6 +157,12 @@ static const sv_config *cfg(const sv_vmctl *c) {
 }
 
 /* ---- small helpers ------------------------------------------------------ */
+
+/* Paused, or will be once QEMU has run the stop/cont commands already sent
+ * (it runs them in order, so an ACPI request sent now lands after them). */
+static bool guest_paused(const vmrt *rt) {
+    return rt->pause_ops ? rt->pause_target : rt->paused;
+}
 
 static void ctl_unref(sv_vmctl *c) {
     if (--c->refs == 0 && c->shutting_down) {
@@ -421,11 +431,32 @@ static int watch_start(vmrt *rt, pid_t pid, int pidfd) {
 
 static void started(vmrt *rt);
 
+/* QEMU says the guest is paused, or runs again: a STOP or RESUME event, the
+ * answer to our own `stop` or `cont`, or query-status after a re-adoption.
+ * Whichever of these comes first moves a running or paused VM along the
+ * table; the others find it there already, so it moves (and is persisted
+ * and logged) once. */
+static void note_paused(vmrt *rt, bool paused) {
+    sv_vm *vm = rt->vm;
+    rt->paused = paused;
+    sv_vm_state want = paused ? SV_VM_PAUSED : SV_VM_RUNNING;
+    if ((vm->state == SV_VM_RUNNING || vm->state == SV_VM_PAUSED) && vm->state != want) {
+        set_state(rt, paused ? SV_EV_PAUSED : SV_EV_RESUMED);
+        persist(rt);
+        log_info("VM %s: %s", vm->name, paused ? "paused" : "resumed");
+    }
+    if (paused && vm->state == SV_VM_STOPPING && rt->stage == STAGE_GRACEFUL) {
+        log_info("VM %s: paused during a graceful stop; no ACPI to a paused guest, forcing", vm->name);
+        stage_quit(rt);
+    }
+}
+
 static void on_qmp_event(qmp_conn *q, const char *name, json_t *data, const qmp_timestamp *ts, void *userdata) {
     (void)q;
     (void)ts;
     vmrt *rt = userdata;
     sv_vm *vm = rt->vm;
+    log_debug("VM %s: QMP event %s", vm->name, name);
     if (strcmp(name, "SHUTDOWN") == 0) {
         rt->shutdown_seen = true;
         rt->shutdown_guest = json_is_true(json_object_get(data, "guest"));
@@ -438,23 +469,9 @@ static void on_qmp_event(qmp_conn *q, const char *name, json_t *data, const qmp_
         rt->panicked = true;
         log_warning("VM %s: the guest kernel panicked", vm->name);
     } else if (strcmp(name, "STOP") == 0) {
-        rt->paused = true;
-        if (vm->state == SV_VM_RUNNING) {
-            set_state(rt, SV_EV_PAUSED);
-            persist(rt);
-            log_info("VM %s: paused", vm->name);
-        }
-        if (vm->state == SV_VM_STOPPING && rt->stage == STAGE_GRACEFUL) {
-            log_info("VM %s: paused during a graceful stop; no ACPI to a paused guest, forcing", vm->name);
-            stage_quit(rt);
-        }
+        note_paused(rt, true);
     } else if (strcmp(name, "RESUME") == 0) {
-        rt->paused = false;
-        if (vm->state == SV_VM_PAUSED) {
-            set_state(rt, SV_EV_RESUMED);
-            persist(rt);
-            log_info("VM %s: resumed", vm->name);
-        }
+        note_paused(rt, false);
     }
 }
 
@@ -1260,7 +1277,7 @@ static void on_acpi_ack(qmp_conn *q, int status, json_t *result, const qmp_error
 }
 
 static void press_power_button(vmrt *rt) {
-    if (rt->paused) {
+    if (guest_paused(rt)) {
         /* never ACPI to a paused guest: QEMU would queue it until resume */
         stage_quit(rt);
         return;
@@ -1309,7 +1326,7 @@ static void on_agent_ping(qga_conn *g, int status, json_t *result, const qmp_err
     vmrt *rt = userdata;
     if (status == QMP_ECANCELED || !rt->vm || rt->stage != STAGE_GRACEFUL)
         return;
-    if (status == 0 && !rt->paused) {
+    if (status == 0 && !guest_paused(rt)) {
         rt->vm->agent = "ok";
         rt->how = "guest agent guest-shutdown";
         log_info("VM %s: asking the guest agent to shut down", rt->vm->name);
@@ -1330,7 +1347,7 @@ static void on_agent_ping(qga_conn *g, int status, json_t *result, const qmp_err
 static void stage_graceful(vmrt *rt) {
     rt->stage = STAGE_GRACEFUL;
     arm(rt, graceful_ms(rt));
-    if (rt->qga && rt->vm->spec->agent && !rt->paused) {
+    if (rt->qga && rt->vm->spec->agent && !guest_paused(rt)) {
         rt->how = "guest agent";
         if (qga_ping(rt->qga, AGENT_PING_MS, on_agent_ping, rt) == 0)
             return;
@@ -1407,6 +1424,22 @@ static void on_stage_timer(uv_timer_t *t) {
     }
 }
 
+/* quit for a forced stop, a paused guest or one that never ran; else the
+ * graceful step. */
+static void stop_first_step(vmrt *rt, bool force) {
+    if (guest_paused(rt) && !force) {
+        /* QEMU would queue an ACPI request or a guest-shutdown until the
+         * guest runs again: powered off on a later resume, or never */
+        log_info("VM %s: the guest is paused: no ACPI or agent shutdown to a paused guest; quitting QEMU",
+                 rt->vm->name);
+        stage_quit(rt);
+    } else if (force || !rt->cont_sent) {
+        stage_quit(rt);
+    } else {
+        stage_graceful(rt);
+    }
+}
+
 /* Starts (or joins) the stop of a VM that has, or will have, a QEMU. */
 static void begin_stop_sequence(vmrt *rt, bool force) {
     rt->stop_begin_ms = qv_now_ms();
@@ -1415,10 +1448,11 @@ static void begin_stop_sequence(vmrt *rt, bool force) {
             log_error("VM %s: stopping but no QEMU is known", rt->vm->name);
         return; /* the start in flight sees the stop when it completes */
     }
-    if (force || rt->paused || !rt->cont_sent)
-        stage_quit(rt);
-    else
-        stage_graceful(rt);
+    if (rt->status_pending && !force) {
+        rt->stop_waits_status = true; /* on_adopt_status takes the first step */
+        return;
+    }
+    stop_first_step(rt, force);
 }
 
 int sv_vm_stop(sv_vmctl *c, sv_vm *vm, const sv_stop_options *o, sv_vm_done_fn done, void *userdata,
@@ -1440,9 +1474,10 @@ int sv_vm_stop(sv_vmctl *c, sv_vm *vm, const sv_stop_options *o, sv_vm_done_fn d
                             "in a moment", vm->name);
     add_waiter(&rt->stop_waiters, done, userdata);
     if (vm->state == SV_VM_STOPPING) {
-        if (o->force && rt->stage == STAGE_GRACEFUL) {
+        if (o->force && (rt->stage == STAGE_GRACEFUL || rt->stop_waits_status)) {
             log_info("VM %s: stop forced while the guest shuts down", vm->name);
             vm->run.stop_force = true;
+            rt->stop_waits_status = false;
             persist(rt);
             stage_quit(rt);
         }
@@ -1461,6 +1496,106 @@ int sv_vm_stop(sv_vmctl *c, sv_vm *vm, const sv_stop_options *o, sv_vm_done_fn d
     begin_stop_sequence(rt, o->force || from == SV_VM_STARTING);
     sv_crash_point("stop-after-request");
     return 0;
+}
+
+/* ---- pause and resume ------------------------------------------------ */
+
+typedef struct pause_op {
+    vmrt *rt;
+    bool pause;
+    sv_vm_done_fn done;
+    void *userdata;
+} pause_op;
+
+static json_t *pause_result(const sv_vm *vm, const char *result) {
+    return json_pack("{s:s, s:s, s:s}", "name", vm->name, "state", sv_vm_state_name(vm->state), "result", result);
+}
+
+/* QEMU answered our `stop` or `cont`.  Commands and events come in order on
+ * the monitor, so at this point the guest is as this command left it (a
+ * later command's answer comes later): the state follows now unless the
+ * STOP/RESUME event did it first.  A QEMU that went away meanwhile cancels
+ * the command (the pidfd handles the rest). */
+static void on_pause_reply(qmp_conn *q, int status, json_t *result, const qmp_error *e, void *userdata) {
+    (void)q;
+    (void)result;
+    pause_op *op = userdata;
+    vmrt *rt = op->rt;
+    const char *cmd = op->pause ? "stop" : "cont";
+    rt->pause_ops--;
+    if (!rt->vm) {
+        qv_error err = {0};
+        qv_error_set(&err, ECANCELED, "the VM is gone");
+        op->done(-err.code, NULL, &err, op->userdata);
+    } else if (status < 0) {
+        qv_error err = {0};
+        if (status == QMP_ECANCELED || status == QMP_EDISCONNECTED)
+            qv_error_set(&err, ECANCELED, "VM '%s': QEMU's monitor went away before it answered %s", rt->vm->name,
+                         cmd);
+        else
+            qv_error_set(&err, EIO, "VM '%s': QEMU did not %s the guest: %s", rt->vm->name,
+                         op->pause ? "pause" : "resume", e ? e->desc : strerror(-status));
+        log_warning("%s", err.msg);
+        op->done(-err.code, NULL, &err, op->userdata);
+    } else {
+        note_paused(rt, op->pause);
+        json_t *res = pause_result(rt->vm, op->pause ? "paused" : "resumed");
+        op->done(0, res, NULL, op->userdata);
+        json_decref(res);
+    }
+    free(op);
+}
+
+/* vm pause / vm resume.  A request is judged against the state the
+ * commands already sent lead to, so that `pause` followed at once by
+ * `resume` resumes (QEMU runs them in order) instead of finding the VM
+ * still running and doing nothing. */
+static int pause_resume(sv_vmctl *c, sv_vm *vm, bool pause, sv_vm_done_fn done, void *userdata, qv_error *err) {
+    const char *verb = pause ? "pause" : "resume";
+    if (c->shutting_down)
+        return qv_error_set(err, ECANCELED, "the daemon is stopping");
+    vmrt *rt = vm->rt;
+    sv_vm_state from = vm->state;
+    if (rt && rt->pause_ops && (from == SV_VM_RUNNING || from == SV_VM_PAUSED))
+        from = rt->pause_target ? SV_VM_PAUSED : SV_VM_RUNNING;
+    sv_vm_state to;
+    int r = sv_vm_next_state(from, pause ? SV_EV_PAUSE : SV_EV_RESUME, &to);
+    if (r == 1)
+        return 1;
+    if (r == -EHOSTDOWN)
+        return qv_error_set(err, EHOSTDOWN, "VM '%s' is %s: there is no QEMU to %s (qvisor vm start %s)", vm->name,
+                            sv_vm_state_name(vm->state), verb, vm->name);
+    if (r < 0)
+        return qv_error_set(err, EBUSY, "VM '%s' is %s; try again when that is done", vm->name,
+                            sv_vm_state_name(vm->state));
+    if (!rt || !rt->qmp)
+        return qv_error_set(err, EIO, "VM '%s': no connection to QEMU's monitor; cannot %s it", vm->name, verb);
+    pause_op *op = calloc(1, sizeof *op);
+    if (!op)
+        return qv_error_set(err, ENOMEM, "out of memory");
+    op->rt = rt;
+    op->pause = pause;
+    op->done = done;
+    op->userdata = userdata;
+    r = pause ? qmp_stop(rt->qmp, QMP_CMD_TIMEOUT_MS, on_pause_reply, op)
+              : qmp_cont(rt->qmp, QMP_CMD_TIMEOUT_MS, on_pause_reply, op);
+    if (r < 0) {
+        free(op);
+        return qv_error_set(err, EIO, "VM '%s': cannot send %s to QEMU's monitor: %s", vm->name,
+                            pause ? "stop" : "cont", strerror(-r));
+    }
+    rt->pause_ops++;
+    rt->pause_target = pause;
+    log_info("VM %s: %s requested", vm->name, pause ? "pause" : "resume");
+    return 0;
+}
+
+int sv_vm_pause(sv_vmctl *c, sv_vm *vm, sv_vm_done_fn done, void *userdata, qv_error *err) {
+    return pause_resume(c, vm, true, done, userdata, err);
+}
+
+int sv_vm_resume(sv_vmctl *c, sv_vm *vm, sv_vm_done_fn done, void *userdata, qv_error *err) {
+    return pause_resume(c, vm, false, done, userdata, err);
 }
 
 /* ---- QEMU is gone ------------------------------------------------------- */
@@ -1719,6 +1854,43 @@ static pid_t pid_from_pidfile(vmrt *rt, uint64_t *ret_ticks) {
     return (pid_t)pid;
 }
 
+/* query-status of a re-adopted QEMU.  state.json says running or paused
+ * as of the last STOP/RESUME it saw; a daemon that died between QEMU's
+ * answer and that write left it wrong, and QEMU sends no events for the
+ * past.  A stop waiting for this goes on now: quit for a paused guest, and
+ * quit too when QEMU cannot say (a monitor that cannot answer this cannot
+ * deliver ACPI either). */
+static void on_adopt_status(qmp_conn *q, int status, const qmp_run_status *st, const qmp_error *e,
+                            void *userdata) {
+    (void)q;
+    vmrt *rt = userdata;
+    bool stop_waits = rt->stop_waits_status;
+    rt->status_pending = rt->stop_waits_status = false;
+    if (status == QMP_ECANCELED || !rt->vm)
+        return;
+    sv_vm *vm = rt->vm;
+    if (status == 0) {
+        /* every run state but running and a guest's own suspend (S3) is a
+         * vm_stop, announced by a STOP event when it happens live */
+        bool paused = !st->running && strcmp(st->status ? st->status : "", "suspended") != 0;
+        if ((vm->state == SV_VM_RUNNING && paused) || (vm->state == SV_VM_PAUSED && !paused))
+            log_info("VM %s: QEMU reports the guest %s (%s), its saved state said %s", vm->name,
+                     paused ? "paused" : "running", st->status ? st->status : "?", sv_vm_state_name(vm->state));
+        note_paused(rt, paused);
+    } else {
+        log_warning("VM %s: query-status after re-adoption failed: %s", vm->name,
+                    e ? e->desc : strerror(-status));
+    }
+    if (stop_waits && vm->state == SV_VM_STOPPING && rt->stage == STAGE_NONE)
+        stop_first_step(rt, vm->run.stop_force || status < 0);
+}
+
+/* Asks a re-adopted QEMU whether its guest is paused (on_adopt_status). */
+static void adopt_query_status(vmrt *rt) {
+    if (rt->qmp && qmp_query_status(rt->qmp, QMP_CMD_TIMEOUT_MS, on_adopt_status, rt) == 0)
+        rt->status_pending = true;
+}
+
 static void adopt(sv_vmctl *c, sv_vm *vm) {
     vmrt *rt = get_rt(c, vm);
     if (!rt)
@@ -1770,6 +1942,8 @@ static void adopt(sv_vmctl *c, sv_vm *vm) {
     rt->cont_sent = true;
     if (qmp_attach(rt) < 0)
         log_warning("VM %s: cannot reconnect to the monitor; a stop will use signals", vm->name);
+    else if (vm->state != SV_VM_STARTING)
+        adopt_query_status(rt);
     switch (vm->state) {
     case SV_VM_STARTING:
         log_info("VM %s: QEMU pid %d was half-started by the previous daemon; stopping it", vm->name, (int)pid);

@@ -62,6 +62,16 @@ typedef struct sv_stop_options {
 int sv_vm_stop(sv_vmctl *c, sv_vm *vm, const sv_stop_options *o, sv_vm_done_fn done, void *userdata,
                qv_error *err);
 
+/* Pause (QMP stop) or resume (QMP cont) the guest of a running or paused
+ * VM.  Returns 1 when there is nothing to do (pause of a paused VM, resume
+ * of a running one), a negative errno with err when refused (-EHOSTDOWN no
+ * QEMU: stopped or crashed; -EBUSY starting, stopping, being created or
+ * removed; -EIO no monitor connection); otherwise 0, and `done` gets
+ * {"name", "state", "result": "paused"|"resumed"} once QEMU answered (the
+ * VM is then in its new state), or EIO when QEMU refused. */
+int sv_vm_pause(sv_vmctl *c, sv_vm *vm, sv_vm_done_fn done, void *userdata, qv_error *err);
+int sv_vm_resume(sv_vmctl *c, sv_vm *vm, sv_vm_done_fn done, void *userdata, qv_error *err);
+
 /* Stop (if running) then start; `done` gets {"stop": …, "start": …}. */
 int sv_vm_restart(sv_vmctl *c, sv_vm *vm, const sv_stop_options *o, sv_vm_done_fn done, void *userdata,
                   qv_error *err);

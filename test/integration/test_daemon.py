@@ -40,10 +40,21 @@ class Usage(unittest.TestCase):
                      ["image", "import", "--help"], ["gpu", "--help"], ["config", "--help"], ["config", "check", "--help"],
                      ["config", "show", "--help"], ["config", "reload", "--help"], ["daemon", "--help"],
                      ["version", "--help"], ["image", "help"], ["node", "--help"], ["node", "status", "--help"],
-                     ["net", "--help"], ["net", "list", "--help"], ["net", "teardown", "--help"]):
+                     ["net", "--help"], ["net", "list", "--help"], ["net", "teardown", "--help"],
+                     ["vm", "pause", "--help"], ["vm", "resume", "--help"]):
             p = self.run_q(*args)
             self.assertEqual(p.returncode, 0, args)
             self.assertIn("Usage: qvisor", p.stdout, args)
+
+    def test_vm_pause_and_resume_are_verbs_with_exit_codes(self):
+        p = self.run_q("vm", "--help")
+        self.assertRegex(p.stdout, r"\n  pause +pause a VM's guest")
+        self.assertRegex(p.stdout, r"\n  resume +resume a paused VM")
+        for verb in ("pause", "resume"):
+            p = self.run_q("vm", verb, "--help")
+            self.assertIn(f"Usage: qvisor vm {verb} NAME", p.stdout)
+            self.assertRegex(p.stdout, r"69 daemon not running or the VM not running\s+\(stopped or crashed\)")
+            self.assertIn("75 busy", p.stdout)
 
     def test_usage_errors(self):
         for args, needle in (([], "Usage: qvisor"),
@@ -54,6 +65,9 @@ class Usage(unittest.TestCase):
                              (["node", "frob"], "unknown verb 'frob' for 'node'"),
                              (["net", "frob"], "unknown verb 'frob' for 'net'"),
                              (["vm"], "Usage: qvisor vm"),
+                             (["vm", "pause"], "needs exactly one NAME"),
+                             (["vm", "resume", "a", "b"], "needs exactly one NAME"),
+                             (["vm", "pause", "a", "--force"], "unrecognized option"),
                              (["vm", "create", "x", "--image"], "requires an argument"),
                              (["--no-such-option", "version"], "unrecognized option"),
                              (["config", "check", "--bogus"], "unrecognized option"),

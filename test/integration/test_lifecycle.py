@@ -3,8 +3,10 @@
 tiny test guest: start/list/stop/start/rm with disk persistence, ACPI and
 agent shutdown, the escalation for a guest that ignores the power button,
 crashes of QEMU and of the daemon (re-adoption, identity checks), start
-failures that show QEMU's error, and daemon crashes injected mid-start and
-mid-stop (QVISOR_TEST_CRASH_AT, test builds only)."""
+failures that show QEMU's error, daemon crashes injected mid-start and
+mid-stop (QVISOR_TEST_CRASH_AT, test builds only), and pause/resume (a
+paused guest makes no progress, is never sent ACPI, and stays paused across
+a daemon restart)."""
 
 import hashlib
 import json
@@ -19,7 +21,7 @@ import unittest
 
 sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "guest"))
-from qvtest import Node, scaled, wait_for  # noqa: E402
+from qvtest import QVISOR, Node, scaled, wait_for  # noqa: E402
 import guestlib  # noqa: E402
 
 GUEST = None
@@ -75,6 +77,20 @@ class Lifecycle(unittest.TestCase):
     def stop(self, name, *args, want=0):
         p = self.node.qvisor("--json", "vm", "stop", name, *args, timeout=scaled(120), check=want)
         return json.loads(p.stdout)
+
+    def pause(self, name, verb="pause"):
+        """vm pause (or resume) NAME, which must succeed: its JSON result."""
+        return json.loads(self.node.qvisor("--json", "vm", verb, name, check=0).stdout)
+
+    def markers(self, name):
+        return guestlib.read_markers(self.serial(name))
+
+    def assert_daemon_exits_cleanly(self):
+        """SIGTERM: exit 0, and no sanitizer report (the ASan build aborts
+        on an error and reports leaks at exit)."""
+        self.assertEqual(self.node.stop_daemon(), 0, self.node.log()[-4000:])
+        for word in ("AddressSanitizer", "LeakSanitizer", "runtime error"):
+            self.assertNotIn(word, self.node.log())
 
     def run_files(self, name):
         d = os.path.join(self.node.run_dir, "vm", name)
@@ -491,6 +507,200 @@ class Lifecycle(unittest.TestCase):
         self.assertEqual(p.returncode, 69)
         self.assertIn("no SSH port", p.stderr)
 
+
+    # -- pause and resume ---------------------------------------------------------
+
+    def test_pause_stops_the_guest_and_resume_continues_it(self):
+        # The guest powers itself off 6 s after "ready", counted in its own
+        # time, which stands still while it is paused: paused for longer than
+        # that, it must still be there; resumed, it must get there.
+        self.create("nap", ["qv.poweroff=6"], "--no-agent")
+        pid = self.start("nap")["pid"]
+        res = self.pause("nap")
+        self.assertEqual((res["name"], res["state"], res["result"]), ("nap", "paused", "paused"))
+        row = self.node.qvisor_json("vm", "list")["vms"][0]
+        self.assertEqual((row["state"], row["pid"]), ("paused", pid))
+        self.assertEqual(self.show("nap")["state"], "paused")
+        self.assertRegex(self.node.qvisor("vm", "list", check=0).stdout, rf"nap +paused +{pid} ")
+        serial_size = os.path.getsize(self.serial("nap"))
+        time.sleep(9)  # wall time, longer than the guest's timer: not scaled
+        self.assertEqual(os.path.getsize(self.serial("nap")), serial_size, "a paused guest wrote to its console")
+        self.assertNotIn("poweroff timer", self.markers("nap"))
+        self.assertTrue(proc_alive(pid))
+        self.assertEqual(self.show("nap")["state"], "paused")
+        # nothing to do is a success; start is refused as for a running VM
+        self.assertEqual(self.pause("nap")["result"], "already-paused")
+        self.assertIn("VM nap is already paused", self.node.qvisor("vm", "pause", "nap", check=0).stdout)
+        p = self.node.qvisor("vm", "start", "nap")
+        self.assertEqual(p.returncode, 73, p.stderr)
+        self.assertIn("already paused", p.stderr)
+
+        p = self.node.qvisor("vm", "resume", "nap", check=0)
+        self.assertIn("resumed VM nap", p.stdout)
+        self.assertEqual(self.show("nap")["state"], "running")  # the answer came with the new state
+        res = self.pause("nap", "resume")
+        self.assertEqual((res["state"], res["result"]), ("running", "not-paused"))
+        self.assertIn("VM nap is not paused", self.node.qvisor("vm", "resume", "nap", check=0).stdout)
+        # the guest goes on where it stood: its timer fires, it powers off
+        wait_for(lambda: self.show("nap")["state"] == "stopped", scaled(60), "the guest's own poweroff after resume")
+        self.assertIn("poweroff timer", self.markers("nap"))
+        self.assertIn("the guest powered off", self.show("nap")["last_exit"])
+        # one transition each way, although QEMU's event and its answer both say so
+        self.assertEqual(self.count_log("VM nap: paused\n"), 1)
+        self.assertEqual(self.count_log("VM nap: resumed\n"), 1)
+        self.assert_daemon_exits_cleanly()
+
+    def test_stop_of_a_paused_vm_quits_without_acpi(self):
+        # debug logging shows every QMP event: POWERDOWN would mean QEMU got
+        # a system_powerdown (it queues the ACPI event for a paused guest)
+        self.node.write_config(self.CONFIG + "log_level: debug\n")
+        self.node.qvisor("config", "reload", check=0)
+        # a guest that honours ACPI and has an agent: unpaused, a stop uses them
+        self.create("sleeper", ["qv.agent=on"])
+        pid = self.start("sleeper")["pid"]
+        self.assertIsNotNone(self.wait_marker("sleeper", r"^acpi on$"))
+        self.assertIsNotNone(self.wait_marker("sleeper", r"agent started .*"))
+        wait_for(lambda: self.node.qvisor_json("vm", "list")["vms"][0]["agent"] == "ok", scaled(120), "the agent")
+        self.pause("sleeper")
+        log_from = len(self.node.log())
+
+        res = self.stop("sleeper", want=3)  # quit is not a clean guest shutdown: forced, exit 3
+        self.assertEqual((res["result"], res["how"]), ("forced", "QMP quit"))
+        self.assertLess(res["seconds"], 15)  # not the 30 s stop timeout
+        log = self.node.log()[log_from:]
+        self.assertIn("VM sleeper: the guest is paused: no ACPI or agent shutdown to a paused guest; quitting QEMU",
+                      log)
+        self.assertIn("VM sleeper: sending quit to QEMU", log)
+        self.assertNotIn("ACPI power button", log)
+        self.assertNotIn("asking the guest agent", log)
+        self.assertNotIn("QMP event POWERDOWN", log)
+        self.assertIn("VM sleeper: QMP event STOP", self.node.log())  # events are logged: the check above can fail
+        self.assertFalse([m for m in self.markers("sleeper") if m.startswith("poweroff")])
+        self.assertFalse(proc_alive(pid))
+        vm = self.show("sleeper")
+        self.assertEqual(vm["state"], "stopped")
+        self.assertIn("forced", vm["last_exit"])
+        self.assertEqual(self.run_files("sleeper"), [])
+        # with --force the same stop is what was asked for: exit 0
+        self.start("sleeper", wait_ready=False)
+        self.pause("sleeper")
+        res = self.stop("sleeper", "--force", want=0)
+        self.assertEqual((res["result"], res["how"]), ("forced", "QMP quit"))
+        # the control: the same guest, not paused, is shut down by its agent
+        self.start("sleeper")
+        self.assertIsNotNone(self.wait_marker("sleeper", r"agent started .*"))
+        wait_for(lambda: self.node.qvisor_json("vm", "list")["vms"][0]["agent"] == "ok", scaled(120), "the agent")
+        res = self.stop("sleeper")
+        self.assertEqual((res["result"], res["how"]), ("clean", "guest agent guest-shutdown"))
+        self.assert_daemon_exits_cleanly()
+
+    def test_pause_and_resume_in_the_wrong_state(self):
+        self.create("idle", ["qv.acpi=off"], "--no-agent")
+        for verb in ("pause", "resume"):
+            p = self.node.qvisor("vm", verb, "idle")
+            self.assertEqual(p.returncode, 69, (verb, p.stderr))
+            self.assertIn("VM 'idle' is stopped: there is no QEMU to " + verb, p.stderr)
+            p = self.node.qvisor("vm", verb, "nosuch")
+            self.assertEqual(p.returncode, 66, (verb, p.stderr))
+        self.start("idle", wait_ready=False)
+        self.assertIsNotNone(self.wait_marker("idle", r"^acpi off$"))
+        # pause and resume sent at once on one connection: QEMU runs stop then
+        # cont, so the resume must not find "running" and do nothing
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(scaled(30))
+            s.connect(self.node.socket)
+            s.sendall(b'{"id": 1, "method": "vm.pause", "params": {"name": "idle"}}\n'
+                      b'{"id": 2, "method": "vm.resume", "params": {"name": "idle"}}\n')
+            f = s.makefile("r")
+            replies = {r["id"]: r for r in (json.loads(f.readline()) for _ in range(2))}
+        self.assertEqual(replies[1]["result"]["result"], "paused", replies)
+        self.assertEqual(replies[2]["result"]["result"], "resumed", replies)
+        self.assertEqual(replies[2]["result"]["state"], "running", replies)
+        self.assertEqual(self.show("idle")["state"], "running")
+        # stopping (a guest that ignores ACPI takes its stop timeout): busy
+        stopper = subprocess.Popen([QVISOR, "--config", self.node.config, "vm", "stop", "idle", "--timeout", "60s"],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_for(lambda: self.show("idle")["state"] == "stopping", scaled(30), "the stop under way")
+            for verb in ("pause", "resume"):
+                p = self.node.qvisor("vm", verb, "idle")
+                self.assertEqual(p.returncode, 75, (verb, p.stderr))
+                self.assertIn("is stopping; try again", p.stderr)
+            self.stop("idle", "--force")
+            self.assertEqual(stopper.wait(timeout=scaled(60)), 3)  # the first stop: forced unasked
+        finally:
+            if stopper.poll() is None:
+                stopper.kill()
+                stopper.wait()
+        # crashed: no QEMU either
+        pid = self.start("idle", wait_ready=False)["pid"]
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: self.show("idle")["state"] == "crashed", scaled(10), "state crashed")
+        p = self.node.qvisor("vm", "pause", "idle")
+        self.assertEqual(p.returncode, 69, p.stderr)
+        self.assertIn("is crashed", p.stderr)
+        self.assert_daemon_exits_cleanly()
+
+    def test_paused_vm_is_readopted_after_a_daemon_restart(self):
+        # "kept": paused, state.json says so.  "lost": paused, but the daemon
+        # died before it wrote that down (state.json still says running).
+        # "halting": paused, and the daemon died just after it saved a
+        # graceful stop, before sending anything.  The next daemon asks QEMU
+        # (query-status) and never sends ACPI to the two it stops.
+        self.create("kept", ["qv.poweroff=8"], "--no-agent")
+        self.create("lost", [], "--no-agent")  # both honour ACPI
+        self.create("halting", [], "--no-agent")
+        pid_kept = self.start("kept")["pid"]
+        self.pause("kept")
+        pids = {n: self.start(n, wait_ready=False)["pid"] for n in ("lost", "halting")}
+        for n in ("lost", "halting"):
+            self.assertIsNotNone(self.wait_marker(n, r"^acpi on$"))
+            self.pause(n)
+        self.node.stop_daemon(signal.SIGKILL)
+
+        def edit_state(name, **changes):
+            path = os.path.join(self.node.state, "instances", name, "state.json")
+            with open(path) as f:
+                st = json.load(f)
+            self.assertEqual(st["state"], "paused")
+            st.update(changes)
+            with open(path, "w") as f:
+                json.dump(st, f)
+            return path
+        lost_path = edit_state("lost", state="running")
+        edit_state("halting", state="stopping")  # run.stop_force false: graceful
+        log_from = len(self.node.log())
+
+        self.node.start_daemon()
+        vms = {v["name"]: v for v in self.node.qvisor_json("vm", "list")["vms"]}
+        self.assertEqual((vms["kept"]["state"], vms["kept"]["pid"]), ("paused", pid_kept))
+        wait_for(lambda: self.show("lost")["state"] == "paused", scaled(10), "the lost pause found again")
+        wait_for(lambda: self.show("halting")["state"] == "stopped", scaled(30), "the interrupted stop finished")
+        log = self.node.log()[log_from:]
+        self.assertIn(f"VM kept: re-adopted QEMU pid {pid_kept} (paused)", log)
+        self.assertIn("VM lost: QEMU reports the guest paused (paused), its saved state said running", log)
+        with open(lost_path) as f:
+            self.assertEqual(json.load(f)["state"], "paused")  # and written down this time
+        self.assertIn("VM halting: finishing the stop", log)
+        self.assertIn("VM halting: the guest is paused: no ACPI", log)
+        self.assertFalse(proc_alive(pids["halting"]))
+        self.assertIn("forced", self.show("halting")["last_exit"])
+
+        # resumed by the new daemon, the guest goes on to its timer's poweroff
+        self.assertEqual(self.pause("kept", "resume")["state"], "running")
+        wait_for(lambda: self.show("kept")["state"] == "stopped", scaled(60), "kept's own poweroff after resume")
+        self.assertIn("poweroff timer", self.markers("kept"))
+        # and the re-found pause is honoured: quit, no ACPI
+        res = self.stop("lost", want=3)
+        self.assertEqual((res["result"], res["how"]), ("forced", "QMP quit"))
+        log = self.node.log()[log_from:]
+        self.assertIn("VM lost: the guest is paused: no ACPI", log)
+        self.assertNotIn("ACPI power button", log)
+        for n in ("lost", "halting"):
+            self.assertFalse([m for m in self.markers(n) if m.startswith("poweroff")], n)
+        self.assertFalse(proc_alive(pids["lost"]))
+        self.assertEqual(self.node.qemu_pids(), [])
+        self.assert_daemon_exits_cleanly()
 
 if __name__ == "__main__":
     unittest.main(verbosity=2)

@@ -9,17 +9,18 @@
 #include <string.h>
 
 /* The table as docs/lifecycle.md prints it: each cell is a target state
- * name, "=" (already satisfied), "ALREADY", "BUSY" or "" (cannot happen). */
+ * name, "=" (already satisfied), "ALREADY", "BUSY", "DOWN" (no QEMU to ask)
+ * or "" (cannot happen). */
 static const char *const expected[][SV_EV__COUNT] = {
-    /*               start       started    start-failed stop        paused      resumed     exited      crashed     remove */
-    [SV_VM_CREATING] = {"BUSY",     "",        "",        "BUSY",     "",         "",         "",         "",         "BUSY"},
-    [SV_VM_STOPPED] = {"starting", "",        "",        "=",        "",         "",         "",         "",         "removing"},
-    [SV_VM_STARTING] = {"BUSY",    "running", "stopped", "stopping", "starting", "starting", "stopped",  "stopped",  "BUSY"},
-    [SV_VM_RUNNING] = {"ALREADY",  "",        "",        "stopping", "paused",   "running",  "stopped",  "crashed",  "BUSY"},
-    [SV_VM_PAUSED] = {"ALREADY",   "",        "",        "stopping", "paused",   "running",  "stopped",  "crashed",  "BUSY"},
-    [SV_VM_STOPPING] = {"BUSY",    "",        "",        "stopping", "stopping", "stopping", "stopped",  "stopped",  "BUSY"},
-    [SV_VM_CRASHED] = {"starting", "",        "",        "=",        "",         "",         "",         "",         "removing"},
-    [SV_VM_REMOVING] = {"BUSY",    "",        "",        "BUSY",     "",         "",         "",         "",         "BUSY"},
+    /*               start       started    start-failed stop        paused      resumed     exited      crashed     remove      pause      resume */
+    [SV_VM_CREATING] = {"BUSY",     "",        "",        "BUSY",     "",         "",         "",         "",         "BUSY",     "BUSY",    "BUSY"},
+    [SV_VM_STOPPED] = {"starting", "",        "",        "=",        "",         "",         "",         "",         "removing", "DOWN",    "DOWN"},
+    [SV_VM_STARTING] = {"BUSY",    "running", "stopped", "stopping", "starting", "starting", "stopped",  "stopped",  "BUSY",     "BUSY",    "BUSY"},
+    [SV_VM_RUNNING] = {"ALREADY",  "",        "",        "stopping", "paused",   "running",  "stopped",  "crashed",  "BUSY",     "paused",  "="},
+    [SV_VM_PAUSED] = {"ALREADY",   "",        "",        "stopping", "paused",   "running",  "stopped",  "crashed",  "BUSY",     "=",       "running"},
+    [SV_VM_STOPPING] = {"BUSY",    "",        "",        "stopping", "stopping", "stopping", "stopped",  "stopped",  "BUSY",     "BUSY",    "BUSY"},
+    [SV_VM_CRASHED] = {"starting", "",        "",        "=",        "",         "",         "",         "",         "removing", "DOWN",    "DOWN"},
+    [SV_VM_REMOVING] = {"BUSY",    "",        "",        "BUSY",     "",         "",         "",         "",         "BUSY",     "BUSY",    "BUSY"},
 };
 
 static void test_every_cell(void **state) {
@@ -38,6 +39,8 @@ static void test_every_cell(void **state) {
                 snprintf(got, sizeof got, "ALREADY");
             else if (r == -EBUSY)
                 snprintf(got, sizeof got, "BUSY");
+            else if (r == -EHOSTDOWN)
+                snprintf(got, sizeof got, "DOWN");
             else
                 snprintf(got, sizeof got, "%s", r == -EINVAL ? "" : "?");
             if (strcmp(got, want) != 0)
@@ -54,6 +57,8 @@ static void test_out_of_range(void **state) {
     assert_int_equal(sv_vm_next_state((sv_vm_state)42, SV_EV_START, &to), -EINVAL);
     assert_int_equal(sv_vm_next_state(SV_VM_STOPPED, SV_EV__COUNT, &to), -EINVAL);
     assert_string_equal(sv_vm_event_name(SV_EV__COUNT), "unknown");
+    assert_string_equal(sv_vm_event_name(SV_EV_PAUSE), "pause");
+    assert_string_equal(sv_vm_event_name(SV_EV_RESUME), "resume");
 }
 
 static void test_stop_timeouts(void **state) {
