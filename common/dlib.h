@@ -4,12 +4,16 @@
  * objects between them; linked normally, every `qvisor` process would map
  * and relocate them before main(), which is most of the start-up time of a
  * short verb such as `qvisor cidata`.  A module lists the functions it uses
- * in a qv_dlib and asks for them with qv_dlib_load() before its first call.
+ * and asks for them with qv_dlib_load() before its first call:
  *
- *     static void *(*my_new)(void);
- *     static const qv_dlsym syms[] = {QV_DLSYM(my_new, "udev_new"), ...};
- *     static qv_dlib lib = QV_DLIB_INIT("libudev.so.1", "GPU discovery", syms);
- *     if (qv_dlib_load(&lib, err) < 0) return ...;
+ *     #define UDEV_FUNCTIONS(X, s) X(s, udev_new) X(s, udev_unref)
+ *     QV_DLIB_DEFINE(U, UDEV_FUNCTIONS, "libudev.so.1", "PCI device discovery");
+ *     ...
+ *     if (qv_dlib_load(&U_lib, err) < 0) return ...;
+ *     struct udev *u = U.udev_new();
+ *
+ * The pointers are typed from the library's own header, so a call is
+ * checked as if it were linked.
  */
 #pragma once
 
@@ -40,6 +44,16 @@ typedef struct qv_dlib {
 #define QV_DLIB_INIT(soname_, purpose_, syms_) \
     {.soname = (soname_), .purpose = (purpose_), .syms = (syms_), \
      .n_syms = sizeof(syms_) / sizeof((syms_)[0]), .lock = PTHREAD_MUTEX_INITIALIZER}
+
+/* Defines `static struct {...} VAR` with one pointer per function in LIST
+ * (LIST(X, s) expands X(s, function) for each) and `static qv_dlib
+ * VAR_lib` that fills them. */
+#define QV_DLIB_DEFINE(VAR, LIST, soname_, purpose_) \
+    static struct { LIST(QV__DLIB_MEMBER, VAR) } VAR; \
+    static const qv_dlsym VAR##_syms[] = {LIST(QV__DLIB_SYM, VAR)}; \
+    static qv_dlib VAR##_lib = QV_DLIB_INIT(soname_, purpose_, VAR##_syms)
+#define QV__DLIB_MEMBER(s, f) __typeof__(f) *f;
+#define QV__DLIB_SYM(s, f) QV_DLSYM(s.f, #f),
 
 /* Loads lib and fills every slot, once per process; thread-safe.  Returns 0,
  * or -EOPNOTSUPP with a message naming the library, what needs it and why

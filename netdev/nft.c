@@ -13,27 +13,15 @@
 
 /* libnftables and its libraries (libnftnl, libxtables, libgmp) are loaded
  * only when a NAT network is touched (see common/dlib.h) */
-#define NFT_FUNCTIONS(X) \
-    X(nft_ctx_new) \
-    X(nft_ctx_free) \
-    X(nft_ctx_buffer_output) \
-    X(nft_ctx_buffer_error) \
-    X(nft_ctx_get_output_buffer) \
-    X(nft_ctx_get_error_buffer) \
-    X(nft_run_cmd_from_buffer)
-
-static struct {
-#define X(f) __typeof__(f) *f;
-    NFT_FUNCTIONS(X)
-#undef X
-} N;
-
-static const qv_dlsym nft_syms[] = {
-#define X(f) QV_DLSYM(N.f, #f),
-    NFT_FUNCTIONS(X)
-#undef X
-};
-static qv_dlib nft_lib = QV_DLIB_INIT("libnftables.so.1", "the NAT network's nftables table", nft_syms);
+#define NFT_FUNCTIONS(X, s) \
+    X(s, nft_ctx_new) \
+    X(s, nft_ctx_free) \
+    X(s, nft_ctx_buffer_output) \
+    X(s, nft_ctx_buffer_error) \
+    X(s, nft_ctx_get_output_buffer) \
+    X(s, nft_ctx_get_error_buffer) \
+    X(s, nft_run_cmd_from_buffer)
+QV_DLIB_DEFINE(N, NFT_FUNCTIONS, "libnftables.so.1", "the NAT network's nftables table");
 
 static void nft_ctx_freep(struct nft_ctx **ctx) {
     if (*ctx)
@@ -121,7 +109,7 @@ static void nft_error_summary(const char *buf, char *out, size_t size) {
  * on failure msg gets the first line of the error text. */
 static int nft_run(const char *cmd, char **ret_output, char *msg, size_t msg_size) {
     qv_error lerr = {0};
-    if (qv_dlib_load(&nft_lib, &lerr) < 0) {
+    if (qv_dlib_load(&N_lib, &lerr) < 0) {
         snprintf(msg, msg_size, "%s", lerr.msg);
         return -lerr.code;
     }

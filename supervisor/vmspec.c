@@ -29,40 +29,35 @@ static int why_from(int r, const qv_error *e, const char *prefix, char *why, siz
     return r;
 }
 
-static int check_hostname(const char *v, char *why, size_t size) {
+/* A cloudinit check (value, error) as a schema check (value, why). */
+static int ci_check(int (*check)(const char *, qv_error *), const char *v, char *why, size_t size) {
     qv_error e = {0};
-    int r = ci_hostname_check(v, &e);
+    int r = check(v, &e);
     return r < 0 ? why_from(r, &e, "", why, size) : 0;
+}
+
+static int check_hostname(const char *v, char *why, size_t size) {
+    return ci_check(ci_hostname_check, v, why, size);
 }
 
 static int check_user(const char *v, char *why, size_t size) {
-    qv_error e = {0};
-    int r = ci_user_name_check(v, &e);
-    return r < 0 ? why_from(r, &e, "", why, size) : 0;
+    return ci_check(ci_user_name_check, v, why, size);
 }
 
 static int check_ssh_key(const char *v, char *why, size_t size) {
-    qv_error e = {0};
-    int r = ci_ssh_key_check(v, &e);
-    return r < 0 ? why_from(r, &e, "", why, size) : 0;
+    return ci_check(ci_ssh_key_check, v, why, size);
 }
 
 static int check_password_hash(const char *v, char *why, size_t size) {
-    qv_error e = {0};
-    int r = ci_password_hash_check(v, &e);
-    return r < 0 ? why_from(r, &e, "", why, size) : 0;
+    return ci_check(ci_password_hash_check, v, why, size);
 }
 
 static int check_package(const char *v, char *why, size_t size) {
-    qv_error e = {0};
-    int r = ci_package_check(v, &e);
-    return r < 0 ? why_from(r, &e, "", why, size) : 0;
+    return ci_check(ci_package_check, v, why, size);
 }
 
 static int check_runcmd(const char *v, char *why, size_t size) {
-    qv_error e = {0};
-    int r = ci_runcmd_check(v, &e);
-    return r < 0 ? why_from(r, &e, "", why, size) : 0;
+    return ci_check(ci_runcmd_check, v, why, size);
 }
 
 static int check_user_data(const char *v, char *why, size_t size) {

@@ -18,41 +18,29 @@
 
 /* libudev is loaded when discovery first runs, not at every qvisor start
  * (see common/dlib.h) */
-#define UDEV_FUNCTIONS(X) \
-    X(udev_device_get_driver) \
-    X(udev_device_get_property_value) \
-    X(udev_device_get_sysattr_value) \
-    X(udev_device_get_sysname) \
-    X(udev_device_get_syspath) \
-    X(udev_device_new_from_subsystem_sysname) \
-    X(udev_device_new_from_syspath) \
-    X(udev_device_unref) \
-    X(udev_enumerate_add_match_subsystem) \
-    X(udev_enumerate_get_list_entry) \
-    X(udev_enumerate_new) \
-    X(udev_enumerate_scan_devices) \
-    X(udev_enumerate_unref) \
-    X(udev_hwdb_get_properties_list_entry) \
-    X(udev_hwdb_new) \
-    X(udev_hwdb_unref) \
-    X(udev_list_entry_get_name) \
-    X(udev_list_entry_get_next) \
-    X(udev_list_entry_get_value) \
-    X(udev_new) \
-    X(udev_unref)
-
-static struct {
-#define X(f) __typeof__(f) *f;
-    UDEV_FUNCTIONS(X)
-#undef X
-} U;
-
-static const qv_dlsym udev_syms[] = {
-#define X(f) QV_DLSYM(U.f, #f),
-    UDEV_FUNCTIONS(X)
-#undef X
-};
-static qv_dlib udev_lib = QV_DLIB_INIT("libudev.so.1", "PCI device discovery", udev_syms);
+#define UDEV_FUNCTIONS(X, s) \
+    X(s, udev_device_get_driver) \
+    X(s, udev_device_get_property_value) \
+    X(s, udev_device_get_sysattr_value) \
+    X(s, udev_device_get_sysname) \
+    X(s, udev_device_get_syspath) \
+    X(s, udev_device_new_from_subsystem_sysname) \
+    X(s, udev_device_new_from_syspath) \
+    X(s, udev_device_unref) \
+    X(s, udev_enumerate_add_match_subsystem) \
+    X(s, udev_enumerate_get_list_entry) \
+    X(s, udev_enumerate_new) \
+    X(s, udev_enumerate_scan_devices) \
+    X(s, udev_enumerate_unref) \
+    X(s, udev_hwdb_get_properties_list_entry) \
+    X(s, udev_hwdb_new) \
+    X(s, udev_hwdb_unref) \
+    X(s, udev_list_entry_get_name) \
+    X(s, udev_list_entry_get_next) \
+    X(s, udev_list_entry_get_value) \
+    X(s, udev_new) \
+    X(s, udev_unref)
+QV_DLIB_DEFINE(U, UDEV_FUNCTIONS, "libudev.so.1", "PCI device discovery");
 
 /* udev_list_entry_foreach() would call libudev by its linked name */
 #define list_foreach(e, first) for ((e) = (first); (e); (e) = U.udev_list_entry_get_next(e))
@@ -150,7 +138,7 @@ static int dev_cmp(const void *a, const void *b) {
 
 /* Every PCI function, sorted by address. */
 static int enumerate_all(vfio_pci_dev **ret, size_t *ret_n, qv_error *err) {
-    int rc = qv_dlib_load(&udev_lib, err);
+    int rc = qv_dlib_load(&U_lib, err);
     if (rc < 0)
         return rc;
     _cleanup_(udev_unrefp) struct udev *udev = U.udev_new();
@@ -276,7 +264,7 @@ int vfio_pci_dev_get(const char *bdf, vfio_pci_dev *ret, qv_error *err) {
     char norm[VFIO_BDF_MAX];
     if (vfio_bdf_normalize(bdf, norm) < 0)
         return qv_error_set(err, -EINVAL, "'%s' is not a PCI address (expected like 0000:01:00.0)", bdf);
-    int rc = qv_dlib_load(&udev_lib, err);
+    int rc = qv_dlib_load(&U_lib, err);
     if (rc < 0)
         return rc;
     _cleanup_(udev_unrefp) struct udev *udev = U.udev_new();

@@ -5,25 +5,25 @@
 
 #include "dlib.h"
 
+#include <math.h>
 #include <pthread.h>
 #include <string.h>
 
 /* libm is not linked into this test (nothing here calls it directly), so
  * the lookup really goes through dlopen */
-static double (*p_cos)(double);
-static double (*p_sqrt)(double);
+#define LIBM_FUNCTIONS(X, s) X(s, cos) X(s, sqrt)
+QV_DLIB_DEFINE(M, LIBM_FUNCTIONS, "libm.so.6", "the test");
 
 static void test_loads_and_resolves(void **state) {
     (void)state;
-    static const qv_dlsym syms[] = {QV_DLSYM(p_cos, "cos"), QV_DLSYM(p_sqrt, "sqrt")};
-    static qv_dlib lib = QV_DLIB_INIT("libm.so.6", "the test", syms);
     qv_error err = {0};
-    assert_int_equal(qv_dlib_load(&lib, &err), 0);
-    assert_non_null(p_cos);
-    assert_true(p_cos(0.0) == 1.0);
-    assert_true(p_sqrt(49.0) == 7.0);
+    assert_null(M.cos);
+    assert_int_equal(qv_dlib_load(&M_lib, &err), 0);
+    assert_non_null(M.cos);
+    assert_true(M.cos(0.0) == 1.0);
+    assert_true(M.sqrt(49.0) == 7.0);
     /* a second call is a no-op that succeeds */
-    assert_int_equal(qv_dlib_load(&lib, NULL), 0);
+    assert_int_equal(qv_dlib_load(&M_lib, NULL), 0);
 }
 
 static void test_missing_library(void **state) {
