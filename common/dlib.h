@@ -2,8 +2,8 @@
  *
  * libudev (GPU discovery) and libnftables (NAT networks) pull in five shared
  * objects between them; linked normally, every `qvisor` process would map
- * and relocate them before main(), which is most of the start-up time of a
- * short verb such as `qvisor cidata`.  A module lists the functions it uses
+ * and relocate them before main(): about a quarter of the start-up time of
+ * a short verb such as `qvisor cidata`.  A module lists the functions it uses
  * and asks for them with qv_dlib_load() before its first call:
  *
  *     #define UDEV_FUNCTIONS(X, s) X(s, udev_new) X(s, udev_unref)
