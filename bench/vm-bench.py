@@ -13,8 +13,9 @@ against bare QEMU started with the same command line in the same run.
              daemon's share, without the CLI's process start),
      bare    QEMU spawned with the argv the daemon wrote to qemu.log, until
              its monitor greeted, qmp_capabilities and `cont` were answered.
-   The bare QEMU gets its monitor exactly as the daemon's does: a listening
-   unix socket created first and passed as fd 3 (`-chardev socket,fd=3`), so
+   The bare QEMU gets its monitor and agent sockets exactly as the daemon's
+   does: listening unix sockets created first and passed as fds 3 and 4
+   (`-chardev socket,fd=3`), so
    its argv is the daemon's but for -pidfile (and a fresh port for the SSH
    forward, picked as the daemon picks it), and nothing polls for a socket
    file.  Each VM start is followed by `vm stop --force`, each bare
@@ -101,14 +102,15 @@ class Spawned:
     """A process started with posix_spawn (as cheap as it gets from Python,
     and the same for the CLI and for bare QEMU); stdout/stderr to a file."""
 
-    def __init__(self, argv, out_path, extra_fd=None, setsid=False):
+    def __init__(self, argv, out_path, extra_fds=(), setsid=False):
+        """extra_fds: fds that become 3, 4, ... in the child."""
         self.out_path = out_path
         with open(out_path, "wb") as out:
             actions = [(os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
                        (os.POSIX_SPAWN_DUP2, out.fileno(), 1),
                        (os.POSIX_SPAWN_DUP2, out.fileno(), 2)]
-            if extra_fd is not None:
-                actions.append((os.POSIX_SPAWN_DUP2, extra_fd, 3))
+            for i, fd in enumerate(extra_fds):
+                actions.append((os.POSIX_SPAWN_DUP2, fd, 3 + i))
             self.pid = os.posix_spawnp(argv[0], argv, os.environ, file_actions=actions, setsid=setsid)
         self.rc = None
         self.done_at = None
@@ -208,8 +210,9 @@ class Monitor:
 
 
 class BareQemu:
-    """QEMU with a VM's argv, monitor on a listening socket passed as fd 3
-    (as the daemon does), -pidfile moved into the bench's directory."""
+    """QEMU with a VM's argv, monitor and guest agent on listening sockets
+    passed as fds 3 and 4 (as the daemon does), -pidfile moved into the
+    bench's directory."""
 
     def __init__(self, argv, workdir, name):
         self.argv = list(argv)
@@ -218,29 +221,29 @@ class BareQemu:
         mon = [a for a in self.argv if a.startswith("socket,id=qmp0,")]
         if mon != ["socket,id=qmp0,fd=3,server=on,wait=off"]:
             raise RuntimeError(f"unexpected monitor in the VM's argv: {mon}")
+        agent = [a for a in self.argv if a.startswith("socket,id=qga0,")]
+        if agent not in ([], ["socket,id=qga0,fd=4,server=on,wait=off"]):
+            raise RuntimeError(f"unexpected agent channel in the VM's argv: {agent}")
         self.sock_path = os.path.join(workdir, name + ".qmp")
+        self.agent_path = os.path.join(workdir, name + ".qga") if agent else None
         self.log_path = os.path.join(workdir, name + ".log")
         self.proc = None
         self.mon = None
         self.t0 = self.t_up = None
-        # the agent socket lies in the VM's run directory, which the daemon
-        # makes at each start and removes at each stop: so does this
-        self.run_dirs = sorted({os.path.dirname(a.split("path=", 1)[1].split(",", 1)[0])
-                                for a in self.argv if a.startswith("socket,") and "path=" in a})
-        self.made_dirs = []
 
     def spawn(self):
         """Timed from here: listening socket, spawn (like the daemon's launch)."""
         self.t0 = now()
-        for d in self.run_dirs:
-            if not os.path.isdir(d):
-                os.makedirs(d, 0o750)
-                self.made_dirs.append(d)
-        if os.path.exists(self.sock_path):
-            os.unlink(self.sock_path)
-        ls = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        ls.bind(self.sock_path)
-        ls.listen(1)
+        listeners = []
+        for path in (self.sock_path, self.agent_path):
+            if not path:
+                continue
+            if os.path.exists(path):
+                os.unlink(path)
+            ls = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            ls.bind(path)
+            ls.listen(1)
+            listeners.append(ls)
         # a free port for the SSH forward, picked as the daemon picks it
         for i, a in enumerate(self.argv):
             if "hostfwd=tcp:127.0.0.1:" in a:
@@ -248,12 +251,15 @@ class BareQemu:
                     ps.bind(("127.0.0.1", 0))
                     port = ps.getsockname()[1]
                 self.argv[i] = re.sub(r"(hostfwd=tcp:127\.0\.0\.1:)\d+", rf"\g<1>{port}", a)
-        high = fcntl.fcntl(ls.fileno(), fcntl.F_DUPFD_CLOEXEC, 10)  # never 3 itself: dup2 must clear CLOEXEC
+        # never 3 or 4 themselves: dup2 must clear CLOEXEC
+        high = [fcntl.fcntl(ls.fileno(), fcntl.F_DUPFD_CLOEXEC, 10) for ls in listeners]
         try:
-            self.proc = Spawned(self.argv, self.log_path, extra_fd=high, setsid=True)
+            self.proc = Spawned(self.argv, self.log_path, extra_fds=high, setsid=True)
         finally:
-            os.close(high)
-            ls.close()
+            for fd in high:
+                os.close(fd)
+            for ls in listeners:
+                ls.close()
 
     def until_running(self):
         """Monitor greeting, qmp_capabilities, cont answered; returns seconds
@@ -277,16 +283,13 @@ class BareQemu:
         self.proc.wait()
         self.mon.close()
         took = now() - t
-        self.remove_dirs()
+        self.remove_sockets()
         return took
 
-    def remove_dirs(self):
-        for d in self.made_dirs:
-            for f in os.listdir(d) if os.path.isdir(d) else ():
-                os.unlink(os.path.join(d, f))
-            if os.path.isdir(d):
-                os.rmdir(d)
-        self.made_dirs = []
+    def remove_sockets(self):
+        for path in (self.sock_path, self.agent_path):
+            if path and os.path.exists(path):
+                os.unlink(path)
 
     def kill(self):
         if self.proc:
@@ -568,7 +571,7 @@ class Bench:
             b.mon.close()
         t_stop = now() - t0
         for b in bs:
-            b.remove_dirs()
+            b.remove_sockets()
         return {"bare_start_total": t_start, "bare_start_median_each": each, "bare_quit_total": t_stop}
 
     # -- 3./4. many VMs: memory, idle

@@ -74,7 +74,7 @@ int sv_qemu_argv(const sv_vmspec *spec, const sv_qemu_env *env, const sv_vm_path
                  qv_error *err) {
     const char *checked[][2] = {
         {"disk path", paths->disk},          {"serial log path", paths->serial_log},
-        {"pidfile path", paths->pidfile},    {"agent socket path", paths->qga_socket},
+        {"pidfile path", paths->pidfile},
         {"seed ISO path", paths->seed_iso},  {"kernel path", spec->kernel},
         {"initrd path", spec->initrd},       {"run-as user", env->run_as},
     };
@@ -189,11 +189,11 @@ int sv_qemu_argv(const sv_vmspec *spec, const sv_qemu_env *env, const sv_vm_path
     }
 
     /* guest agent on a virtio-serial port */
-    if (spec->agent && paths->qga_socket) {
+    if (spec->agent && paths->qga_fd > 0) {
         add(&b, "-device");
         add(&b, "virtio-serial-pci,id=vser0");
         add(&b, "-chardev");
-        add(&b, "socket,id=qga0,path=%s,server=on,wait=off", paths->qga_socket);
+        add(&b, "socket,id=qga0,fd=%d,server=on,wait=off", paths->qga_fd);
         add(&b, "-device");
         add(&b, "virtserialport,bus=vser0.0,chardev=qga0,name=org.qemu.guest_agent.0");
     }

@@ -25,9 +25,10 @@ typedef struct sv_vm_paths {
     const char *disk;        /* the instance overlay (qcow2) */
     const char *serial_log;  /* the guest's serial console goes here */
     const char *pidfile;     /* QEMU writes its pid: our identity mark for cleanup */
-    const char *qga_socket;  /* guest-agent socket (QEMU listens), NULL when spec->agent is off */
     const char *seed_iso;    /* cloud-init seed, NULL for none */
     int qmp_fd;              /* listening monitor socket, as numbered in QEMU */
+    int qga_fd;              /* listening guest-agent socket, as numbered in QEMU; 0: no
+                              * agent channel (spec->agent off) */
     int ssh_port;            /* host port forwarded to guest port 22 on 127.0.0.1 by the first
                               * user-mode NIC; 0 for none */
     /* per NIC index (supervisor/network.h): the TAP's and /dev/vhost-net's fd

@@ -984,16 +984,24 @@ static void launch(vmrt *rt) {
     snprintf(serial, sizeof serial, "%s/serial.log", vm->dir);
     snprintf(logpath, sizeof logpath, "%s/qemu.log", vm->dir);
     snprintf(seed, sizeof seed, "%s/" SV_SEED_ISO, vm->dir);
-    if (!qmp_path[0] || !pidfile[0]) {
+    if (!qmp_path[0] || !qga_path[0] || !pidfile[0]) {
         start_abandon(rt, ENAMETOOLONG, "run directory path too long");
         return;
     }
 
-    _cleanup_close_ int lfd = -1;
+    /* the daemon binds both sockets and QEMU inherits them: no socket file
+     * is made by QEMU (which may run as another user), and they exist
+     * before QEMU does */
+    _cleanup_close_ int lfd = -1, afd = -1;
+    const char *failed = qmp_path;
     int r = qmp_listen_socket(qmp_path, &lfd);
+    if (r >= 0 && vm->spec->agent) {
+        failed = qga_path;
+        r = qmp_listen_socket(qga_path, &afd);
+    }
     if (r < 0) {
         char why[PATH_MAX + 64];
-        snprintf(why, sizeof why, "cannot listen on %s: %s", qmp_path, strerror(-r));
+        snprintf(why, sizeof why, "cannot listen on %s: %s", failed, strerror(-r));
         start_abandon(rt, -r, why);
         return;
     }
@@ -1012,12 +1020,18 @@ static void launch(vmrt *rt) {
         start_abandon(rt, -port, "no free TCP port on 127.0.0.1 for the SSH forward");
         return;
     }
-    /* fds as QEMU numbers them: 3 the monitor, then TAPs and vhost-net in NIC order */
+    /* fds as QEMU numbers them: 3 the monitor, 4 the agent (when it has
+     * one), then TAPs and vhost-net in NIC order */
     if (!kvm)
         sv_net_fds_drop_vhost(&rt->net); /* vhost-net needs KVM's irqfd */
-    int fds[1 + 2 * ND_NICS_MAX], tap_fds[ND_NICS_MAX], vhost_fds[ND_NICS_MAX];
+    int fds[2 + 2 * ND_NICS_MAX], tap_fds[ND_NICS_MAX], vhost_fds[ND_NICS_MAX];
     size_t n_fds = 0;
     fds[n_fds++] = lfd;
+    int qga_fd = 0;
+    if (afd >= 0) {
+        qga_fd = 3 + (int)n_fds;
+        fds[n_fds++] = afd;
+    }
     for (size_t i = 0; i < ND_NICS_MAX; i++) {
         tap_fds[i] = vhost_fds[i] = -1;
         if (rt->net.tap[i] >= 0) {
@@ -1039,7 +1053,7 @@ static void launch(vmrt *rt) {
         .disk = disk,
         .serial_log = serial,
         .pidfile = pidfile,
-        .qga_socket = vm->spec->agent ? qga_path : NULL,
+        .qga_fd = qga_fd,
         .seed_iso = vm->spec->seed && access(seed, F_OK) == 0 ? seed : NULL,
         .qmp_fd = 3,
         .ssh_port = port,

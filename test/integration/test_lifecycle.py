@@ -51,7 +51,13 @@ class Lifecycle(unittest.TestCase):
         self.node.qvisor("image", "import", base, "blank", check=0)
 
     def tearDown(self):
-        self.node.cleanup()
+        # every test ends with the daemon stopping cleanly: exit 0 and, in the
+        # ASan build, no sanitizer report (leaks are reported at exit)
+        try:
+            if self.node.proc and self.node.proc.poll() is None:
+                self.assert_daemon_exits_cleanly()
+        finally:
+            self.node.cleanup()
 
     # -- helpers --------------------------------------------------------------
 
@@ -66,7 +72,11 @@ class Lifecycle(unittest.TestCase):
         return os.path.join(self.node.state, "instances", name, "serial.log")
 
     def wait_marker(self, name, pattern, timeout=60):
-        return guestlib.wait_marker_in_file(self.serial(name), pattern, scaled(timeout))
+        """The guest's marker matching pattern; fails the test when it does
+        not come within the (scaled) timeout."""
+        m = guestlib.wait_marker_in_file(self.serial(name), pattern, scaled(timeout))
+        self.assertIsNotNone(m, f"no marker {pattern!r} from {name} within {scaled(timeout):.0f} s")
+        return m
 
     def start(self, name, wait_ready=True):
         j = self.node.qvisor_json("vm", "start", name, timeout=scaled(60))

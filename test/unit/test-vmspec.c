@@ -489,7 +489,7 @@ static void test_golden_tcg_default(void **state) {
     sv_vm_paths p = {.disk = "/var/lib/qvisor/instances/web-1/disk.qcow2",
                      .serial_log = "/var/lib/qvisor/instances/web-1/serial.log",
                      .pidfile = "/run/qvisor/vm/web-1/qemu.pid",
-                     .qga_socket = "/run/qvisor/vm/web-1/qga.sock",
+                     .qga_fd = 4,
                      .qmp_fd = 3,
                      .ssh_port = 40022};
     char **argv = NULL;
@@ -508,7 +508,7 @@ static void test_golden_kvm_seed_kernel_runas(void **state) {
     sv_vm_paths p = {.disk = "/srv/vms/gpu-box/disk.qcow2",
                      .serial_log = "/srv/vms/gpu-box/serial.log",
                      .pidfile = "/run/qvisor/vm/gpu-box/qemu.pid",
-                     .qga_socket = "/run/qvisor/vm/gpu-box/qga.sock",
+                     .qga_fd = 6,
                      .seed_iso = "/srv/vms/gpu-box/seed.iso",
                      .qmp_fd = 5,
                      .ssh_port = 0};
@@ -618,7 +618,7 @@ static void test_golden_minimal_no_agent_no_sandbox(void **state) {
         spec_from("{\"name\":\"tiny\",\"image\":\"busybox\",\"cpus\":1,\"memory\":\"128M\",\"agent\":false}");
     sv_qemu_env env = {.binary = "qemu-system-x86_64", .kvm = false, .sandbox = false};
     sv_vm_paths p = {.disk = "/tmp/i/tiny/disk.qcow2", .serial_log = "/tmp/i/tiny/serial.log",
-                     .pidfile = "/tmp/r/tiny/qemu.pid", .qga_socket = "/tmp/r/tiny/qga.sock", .qmp_fd = 3};
+                     .pidfile = "/tmp/r/tiny/qemu.pid", .qga_fd = 4, .qmp_fd = 3};
     char **argv = NULL;
     qv_error err = {0};
     assert_int_equal(sv_qemu_argv(s, &env, &p, &argv, &err), 0);
@@ -635,7 +635,7 @@ static void test_golden_numa_bind(void **state) {
     sv_vm_paths p = {.disk = "/var/lib/qvisor/instances/db-1/disk.qcow2",
                      .serial_log = "/var/lib/qvisor/instances/db-1/serial.log",
                      .pidfile = "/run/qvisor/vm/db-1/qemu.pid",
-                     .qga_socket = "/run/qvisor/vm/db-1/qga.sock",
+                     .qga_fd = 4,
                      .qmp_fd = 3,
                      .ssh_port = 40023,
                      .numa_bind = true,
@@ -657,7 +657,7 @@ static void test_golden_hugepages_2m_on_node(void **state) {
     sv_vm_paths p = {.disk = "/var/lib/qvisor/instances/hp-2m/disk.qcow2",
                      .serial_log = "/var/lib/qvisor/instances/hp-2m/serial.log",
                      .pidfile = "/run/qvisor/vm/hp-2m/qemu.pid",
-                     .qga_socket = "/run/qvisor/vm/hp-2m/qga.sock",
+                     .qga_fd = 4,
                      .qmp_fd = 3,
                      .ssh_port = 40024,
                      .numa_bind = true,
@@ -677,7 +677,7 @@ static void test_golden_hugepages_1g(void **state) {
     sv_vm_paths p = {.disk = "/var/lib/qvisor/instances/hp-1g/disk.qcow2",
                      .serial_log = "/var/lib/qvisor/instances/hp-1g/serial.log",
                      .pidfile = "/run/qvisor/vm/hp-1g/qemu.pid",
-                     .qga_socket = "/run/qvisor/vm/hp-1g/qga.sock",
+                     .qga_fd = 4,
                      .qmp_fd = 3};
     char **argv = NULL;
     qv_error err = {0};
