@@ -45,22 +45,16 @@ QV_DLIB_DEFINE(U, UDEV_FUNCTIONS, "libudev.so.1", "PCI device discovery");
 /* udev_list_entry_foreach() would call libudev by its linked name */
 #define list_foreach(e, first) for ((e) = (first); (e); (e) = U.udev_list_entry_get_next(e))
 
-static void udev_unrefp(struct udev **u) {
-    if (*u)
-        U.udev_unref(*u);
-}
-static void udev_enumerate_unrefp(struct udev_enumerate **e) {
-    if (*e)
-        U.udev_enumerate_unref(*e);
-}
-static void udev_device_unrefp(struct udev_device **d) {
-    if (*d)
-        U.udev_device_unref(*d);
-}
-static void udev_hwdb_unrefp(struct udev_hwdb **h) {
-    if (*h)
-        U.udev_hwdb_unref(*h);
-}
+/* cleanup helpers (udev_unrefp, ...) through the loaded library */
+#define UDEV_CLEANUP(type, unref) \
+    static void unref##p(struct type **p) { \
+        if (*p) \
+            U.unref(*p); \
+    }
+UDEV_CLEANUP(udev, udev_unref)
+UDEV_CLEANUP(udev_enumerate, udev_enumerate_unref)
+UDEV_CLEANUP(udev_device, udev_device_unref)
+UDEV_CLEANUP(udev_hwdb, udev_hwdb_unref)
 
 static unsigned attr_hex(struct udev_device *d, const char *name) {
     const char *v = U.udev_device_get_sysattr_value(d, name);
