@@ -20,6 +20,11 @@
 #define START_WAIT_MS (10ull * 60 * 1000)
 #define STOP_WAIT_MS (2ull * 3600 * 1000)
 
+/* vm.start, waiting as long as a start may take (vm start, vm create --start). */
+static int request_start(qv_cli *cli, const char *name, json_t **ret, qv_error *err) {
+    return qv_cli_call_long(cli, "vm.start", json_pack("{s:s}", "name", name), START_WAIT_MS, ret, err);
+}
+
 static void print_created(const qv_cli *cli, json_t *vm);
 static int create_then_start(qv_cli *cli, json_t *vm);
 static void print_start(const qv_cli *cli, json_t *res, const char *name);
@@ -365,7 +370,7 @@ static int create_then_start(qv_cli *cli, json_t *vm) {
         print_created(cli, vm);
     qv_error err = {0};
     json_t *res = NULL;
-    if (qv_cli_call_long(cli, "vm.start", json_pack("{s:s}", "name", name), START_WAIT_MS, &res, &err) < 0) {
+    if (request_start(cli, name, &res, &err) < 0) {
         qv_error_prefix(&err, "VM %s was created, but did not start", name);
         json_decref(vm);
         return qv_cli_fail(cli, &err);
@@ -591,7 +596,7 @@ int cmd_vm_start(qv_cli *cli, int argc, char **argv) {
         return QV_EXIT_USAGE;
     qv_error err = {0};
     json_t *res = NULL;
-    if (qv_cli_call_long(cli, "vm.start", json_pack("{s:s}", "name", name), START_WAIT_MS, &res, &err) < 0)
+    if (request_start(cli, name, &res, &err) < 0)
         return qv_cli_fail(cli, &err);
     if (cli->json)
         qv_print_json(json_incref(res), stdout);

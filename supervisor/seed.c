@@ -159,10 +159,10 @@ int sv_seed_prepare(const sv_vmspec *spec, const sv_config *node, const char *in
     if (spec->user_data) {
         /* create refuses these with a user-data (sv_vmspec_complete); a
          * spec.json edited by hand must not lose them silently either */
-        if (cs.password_hash || cs.n_packages || cs.n_runcmd)
+        const char *key = sv_vmspec_generated_user_data_key(spec);
+        if (key)
             return qv_error_set(err, EINVAL,
-                                "cloud-init seed: %s needs the generated user-data, which user_data replaces",
-                                cs.password_hash ? "password_hash" : cs.n_packages ? "packages" : "runcmd");
+                                "cloud-init seed: %s needs the generated user-data, which user_data replaces", key);
         if (n_keys) {
             ci_seed_spec gen = {.hostname = cs.hostname, .user = cs.user, .ssh_keys = keys, .n_ssh_keys = n_keys};
             ci_seed g;

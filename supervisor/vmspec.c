@@ -227,6 +227,13 @@ json_t *sv_vmspec_to_json(const sv_vmspec *s) {
     return j;
 }
 
+const char *sv_vmspec_generated_user_data_key(const sv_vmspec *s) {
+    return s->password_hash                 ? "password_hash"
+           : s->packages && s->packages[0] ? "packages"
+           : s->runcmd && s->runcmd[0]     ? "runcmd"
+                                           : NULL;
+}
+
 int sv_vmspec_complete(sv_vmspec *s, const sv_config *node, qv_error *err) {
     if (!s->name)
         return qv_error_set(err, EINVAL, "spec: name: missing (every VM needs a name)");
@@ -236,12 +243,11 @@ int sv_vmspec_complete(sv_vmspec *s, const sv_config *node, qv_error *err) {
         return qv_error_set(err, EINVAL, "spec: initrd and append need kernel");
     if (!s->seed) {
         /* Settings that only go into the seed would be dropped silently. */
+        const char *generated = sv_vmspec_generated_user_data_key(s);
         const char *unused = s->hostname                         ? "hostname"
                              : s->ssh_keys && s->ssh_keys[0]    ? "ssh_keys"
                              : s->ssh_generate                  ? "ssh_generate"
-                             : s->password_hash                 ? "password_hash"
-                             : s->packages && s->packages[0]    ? "packages"
-                             : s->runcmd && s->runcmd[0]        ? "runcmd"
+                             : generated                        ? generated
                              : s->user_data                     ? "user_data"
                              : s->network_config                ? "network_config"
                                                                 : NULL;
@@ -258,10 +264,7 @@ int sv_vmspec_complete(sv_vmspec *s, const sv_config *node, qv_error *err) {
     if (s->user_data) {
         /* They go into the generated user-data, which user_data replaces:
          * dropping them silently would leave a guest without them. */
-        const char *gen = s->password_hash                 ? "password_hash"
-                          : s->packages && s->packages[0] ? "packages"
-                          : s->runcmd && s->runcmd[0]     ? "runcmd"
-                                                          : NULL;
+        const char *gen = sv_vmspec_generated_user_data_key(s);
         if (gen)
             return qv_error_set(err, EINVAL,
                                 "spec: %s and user_data exclude each other: user_data replaces the generated "

@@ -88,6 +88,11 @@ json_t *sv_vmspec_to_json(const sv_vmspec *s);
  * with kernel, no seed settings with seed off). */
 int sv_vmspec_complete(sv_vmspec *s, const sv_config *node, qv_error *err);
 
+/* The first of password_hash, packages, runcmd that s sets: keys that only
+ * the generated user-data carries (so user_data, which replaces it, and
+ * seed: false exclude them); NULL when none is set. */
+const char *sv_vmspec_generated_user_data_key(const sv_vmspec *s);
+
 const char *sv_restart_to_string(int r);
 /* Page size in bytes of an sv_hugepages_size (0 for none). */
 uint64_t sv_hugepage_bytes(int h);
