@@ -146,20 +146,24 @@ static void append_lists(json_t *spec, json_t *lists) {
     }
 }
 
-static const char *long_name(const struct option *longopts, int c) {
-    for (; longopts->name; longopts++)
-        if (longopts->val == c)
-            return longopts->name;
-    return "?";
-}
-
-/* An option's value as a JSON string; json_string() takes UTF-8 only and
- * would drop anything else without a word. */
-static json_t *opt_string(const char *option, const char *value, qv_error *err) {
+/* An argument as a JSON string; json_string() takes UTF-8 only and would
+ * drop anything else without a word.  what names it in the error. */
+static json_t *arg_string(const char *what, const char *value, qv_error *err) {
     json_t *j = json_string(value);
     if (!j)
-        qv_error_set(err, EINVAL, "--%s: the value is not valid UTF-8", option);
+        qv_error_set(err, EINVAL, "%s: the value is not valid UTF-8", what);
     return j;
+}
+
+/* The same for the value of option c ("--NAME" in the error). */
+static json_t *opt_string(const struct option *longopts, int c, const char *value, qv_error *err) {
+    const char *name = "?";
+    for (const struct option *o = longopts; o->name; o++)
+        if (o->val == c)
+            name = o->name;
+    char what[64];
+    snprintf(what, sizeof what, "--%s", name);
+    return arg_string(what, value, err);
 }
 
 int cmd_vm_create(qv_cli *cli, int argc, char **argv) {
@@ -261,7 +265,7 @@ int cmd_vm_create(qv_cli *cli, int argc, char **argv) {
         case OPT_NET:
         case OPT_PACKAGE:
         case OPT_RUNCMD:
-            if (!(text = opt_string(long_name(longopts, c), optarg, &ferr)))
+            if (!(text = opt_string(longopts, c, optarg, &ferr)))
                 return qv_cli_fail(cli, &ferr);
             add_to_list(lists, c == OPT_GPU ? "gpus" : c == OPT_NET ? "nets" : c == OPT_PACKAGE ? "packages" : "runcmd",
                         text);
@@ -289,14 +293,14 @@ int cmd_vm_create(qv_cli *cli, int argc, char **argv) {
         default:
             return qv_cli_usage_error("vm create ", "bad option");
         }
-        if (!(text = opt_string(long_name(longopts, c), optarg, &ferr)))
+        if (!(text = opt_string(longopts, c, optarg, &ferr)))
             return qv_cli_fail(cli, &ferr);
         json_object_set_new(opts, key, text);
     }
     if (argc - optind > 1)
         return qv_cli_usage_error("vm create ", "takes one NAME");
     if (optind < argc) {
-        if (!(text = opt_string("NAME", argv[optind], &ferr)))
+        if (!(text = arg_string("NAME", argv[optind], &ferr)))
             return qv_cli_fail(cli, &ferr);
         json_object_set_new(opts, "name", text);
     }

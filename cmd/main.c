@@ -90,7 +90,7 @@ static const char exit_codes[] =
     "  65  bad input data (invalid name, size, file content)\n"
     "  66  no such VM, image, GPU or input file\n"
     "  69  service unavailable (daemon not running, KVM or IOMMU missing; check: an item failed;\n"
-    "      vm pause/resume/ssh: the VM is not running)\n"
+    "      libudev or libnftables cannot be loaded; vm pause/resume/ssh: the VM is not running)\n"
     "  73  already exists (or already running)\n"
     "  75  temporary failure or timeout: try again\n"
     "  77  permission denied\n"

@@ -104,6 +104,11 @@ class VmDefinition(unittest.TestCase):
             (["vm", "create", "ok", "--image", "nope"], 66, "no image 'nope'"),
             (["vm", "create", "ok"], 64, "needs --image"),
             (["vm", "create", "--image", "base"], 64, "needs a NAME"),
+            # not UTF-8: refused, not dropped (the VM would get the default)
+            (["vm", "create", "ok", "--image", "base", "--hostname", "h\udcff"], 65,
+             "--hostname: the value is not valid UTF-8"),
+            (["vm", "create", "ok", "--image", "base", "--net", "user\udcff"], 65, "--net: the value is not valid UTF-8"),
+            (["vm", "create", "\udcffx", "--image", "base"], 65, "NAME: the value is not valid UTF-8"),
         ]
         for args, code, msg in cases:
             p = self.node.qvisor(*args)
