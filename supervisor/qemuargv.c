@@ -144,14 +144,21 @@ int sv_qemu_argv(const sv_vmspec *spec, const sv_qemu_env *env, const sv_vm_path
     add(&b, "-device");
     add(&b, "virtio-blk-pci,drive=disk0,id=virtio-disk0,bootindex=1");
 
-    /* cloud-init seed, read-only CD-ROM on the q35 AHCI controller */
+    /* cloud-init seed: a read-only CD-ROM on a virtio-scsi controller.  Not
+     * ide-cd: on q35 that hangs off the ICH9 AHCI controller, and cloud
+     * kernels (Debian's linux-image-cloud-amd64) have no AHCI driver, so
+     * cloud-init never saw its seed.  virtio_scsi + sr_mod is in every
+     * mainstream cloud and generic kernel; a scsi-cd medium can also be
+     * swapped at run time (docs/cloudinit.md). */
     if (paths->seed_iso) {
         add(&b, "-blockdev");
         add(&b, "driver=file,filename=%s,node-name=seed0-file,read-only=on", paths->seed_iso);
         add(&b, "-blockdev");
         add(&b, "driver=raw,file=seed0-file,node-name=seed0,read-only=on");
         add(&b, "-device");
-        add(&b, "ide-cd,drive=seed0,id=seed0-cd");
+        add(&b, "virtio-scsi-pci,id=scsi0");
+        add(&b, "-device");
+        add(&b, "scsi-cd,bus=scsi0.0,drive=seed0,id=seed0-cd");
     }
 
     /* network: user mode (SSH forwarded from loopback on the first one) or

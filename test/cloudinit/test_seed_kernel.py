@@ -50,7 +50,9 @@ class SeedMountedByKernel(unittest.TestCase):
     def boot_and_compare(self, iso, expected):
         extra = [
             "-drive", "file=%s,format=raw,media=cdrom,if=none,id=cd0,readonly=on" % iso,
-            "-device", "ide-cd,drive=cd0,bus=ide.0",
+            # the CD-ROM as qvisor attaches a VM's seed: on virtio-scsi
+            "-device", "virtio-scsi-pci,id=scsi0",
+            "-device", "scsi-cd,bus=scsi0.0,drive=cd0",
             "-drive", "file=%s,format=raw,if=none,id=vd0,readonly=on" % iso,
             "-device", "virtio-blk-pci,drive=vd0",
         ]
