@@ -333,16 +333,15 @@ static int make_network_config(const ci_seed_spec *s, ci_blob *ret, qv_error *er
             y_seq_end(&y);
         }
         if (n->gateway) {
-            /* "to: default" needs a recent netplan; 0.0.0.0/0 works everywhere */
-            y_lit(&y, "routes");
-            y_seq(&y);
-            y_map(&y);
-            y_lit(&y, "to");
-            y_str(&y, ip_family(n->gateway) == 6 ? "::/0" : "0.0.0.0/0");
-            y_lit(&y, "via");
+            /* gateway4/gateway6, not routes: [{to: 0.0.0.0/0, via: GW}].
+             * cloud-init's ENI renderer (Debian with ifupdown) turns such a
+             * route into "post-up route add default gw GW || true", which
+             * needs net-tools and fails silently without it: no default
+             * route.  A gateway becomes a native "gateway GW" line there,
+             * Gateway= for networkd, and netplan takes it as it is (with a
+             * deprecation warning since 0.103, still honoured). */
+            y_lit(&y, ip_family(n->gateway) == 6 ? "gateway6" : "gateway4");
             y_str(&y, n->gateway);
-            y_map_end(&y);
-            y_seq_end(&y);
         }
         if (s->n_dns_servers || s->n_dns_search) {
             y_lit(&y, "nameservers");
