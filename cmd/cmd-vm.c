@@ -502,8 +502,31 @@ static const char show_help[] =
     "Usage: qvisor vm show NAME [--json]\n"
     "\n"
     "Everything about one VM: state, spec, disk, log files, last exit reason.\n"
+    "Sizes and durations as a user writes them (768M, 4G, 30s); --json gives\n"
+    "bytes and milliseconds.\n"
     "\n"
     "Exit: 0, 66 no such VM, 69 daemon not running.\n";
+
+/* Human output shows sizes and durations as a user writes them (768M, 4G,
+ * 30s); --json keeps bytes and milliseconds.  Keys by their full name. */
+static bool human_number(const char *name, json_t *v, char *buf, size_t size) {
+    static const char *const sizes[] = {"memory:", "disk_size:", "spec.memory:", "spec.disk:"};
+    static const char *const durations[] = {"spec.stop_timeout:"};
+    if (!json_is_integer(v) || json_integer_value(v) < 0)
+        return false;
+    uint64_t n = (uint64_t)json_integer_value(v);
+    for (size_t i = 0; i < QV_ARRAY_SIZE(sizes); i++)
+        if (strcmp(name, sizes[i]) == 0) {
+            qv_format_size(n, buf, size);
+            return true;
+        }
+    for (size_t i = 0; i < QV_ARRAY_SIZE(durations); i++)
+        if (strcmp(name, durations[i]) == 0) {
+            qv_format_duration_ms(n, buf, size);
+            return true;
+        }
+    return false;
+}
 
 static void print_kv(const char *prefix, json_t *obj) {
     const char *key;
@@ -539,10 +562,14 @@ static void print_kv(const char *prefix, json_t *obj) {
             print_kv(sub, v);
             continue;
         }
+        char name[160], number[32];
+        snprintf(name, sizeof name, "%s%s:", prefix, key);
+        if (human_number(name, v, number, sizeof number)) {
+            printf("%-22s %s\n", name, number);
+            continue;
+        }
         _cleanup_free_ char *text = json_is_string(v) ? strdup(json_string_value(v))
                                                       : json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT);
-        char name[160];
-        snprintf(name, sizeof name, "%s%s:", prefix, key);
         printf("%-22s %s\n", name, json_is_null(v) ? "-" : text);
     }
 }
@@ -573,21 +600,31 @@ static const char start_help[] =
     "Usage: qvisor vm start NAME [--json]\n"
     "\n"
     "Starts QEMU for the VM and waits until it runs the guest (not until the\n"
-    "guest has booted).  Prints the QEMU pid and the SSH port forwarded from\n"
-    "127.0.0.1.  When QEMU fails, its own error message is shown and nothing is\n"
+    "guest has booted).  Prints the QEMU pid and how to reach the guest by SSH:\n"
+    "the port forwarded from 127.0.0.1 by a user-mode NIC, else port 22 of the\n"
+    "first static address (both are what `vm ssh` uses).  When QEMU fails, its own error message is shown and nothing is\n"
     "left running.\n"
     "\n"
     "Exit: 0 started, 1 QEMU failed to start, 66 no such VM, 69 daemon not\n"
     "running, 73 already running or paused, 75 busy with another operation\n"
     "(starting, stopping, being created).\n";
 
+/* How to reach the guest: the forwarded port of a user-mode NIC, else port 22
+ * of the first static address (what `vm ssh` uses), else the agent's report. */
 static void print_start(const qv_cli *cli, json_t *res, const char *name) {
     if (cli->verbosity < 0)
         return;
-    char port[32];
-    json_t *p = json_object_get(res, "ssh_port");
-    printf("started VM %s (pid %lld, ssh on 127.0.0.1:%s)\n", name,
-           (long long)json_integer_value(json_object_get(res, "pid")), or_dash(p, port, sizeof port));
+    long long pid = (long long)json_integer_value(json_object_get(res, "pid"));
+    json_t *port = json_object_get(res, "ssh_port");
+    const char *ip = json_string_value(json_object_get(res, "ip"));
+    if (json_is_integer(port))
+        printf("started VM %s (pid %lld, ssh on 127.0.0.1:%lld)\n", name, pid, (long long)json_integer_value(port));
+    else if (ip)
+        printf("started VM %s (pid %lld, ssh on %s:22: qvisor vm ssh %s)\n", name, pid, ip, name);
+    else
+        printf("started VM %s (pid %lld; no forwarded port or static address: qvisor vm list shows the "
+               "address the guest agent reports)\n",
+               name, pid);
 }
 
 int cmd_vm_start(qv_cli *cli, int argc, char **argv) {

@@ -528,21 +528,25 @@ json_t *sv_vm_summary(const sv_vm *vm) {
     int64_t uptime = (int64_t)time(NULL) - vm->run.started_at;
     json_object_set_new(j, "uptime_s", up && vm->run.started_at ? json_integer(uptime < 0 ? 0 : uptime) : json_null());
     /* the agent's answer, else the static address of the first NIC that has one */
-    nd_nic nics[ND_NICS_MAX];
-    size_t n_nics = 0;
-    if (sv_net_nics(vm->spec, nics, &n_nics, NULL) < 0)
-        n_nics = 0;
-    const char *ip = vm->ip;
-    char static_ip[ND_IPV4_CIDR_STRLEN] = "";
-    for (size_t i = 0; !ip && i < n_nics; i++)
-        if (nics[i].ip[0]) {
-            snprintf(static_ip, sizeof static_ip, "%.*s", (int)strcspn(nics[i].ip, "/"), nics[i].ip);
-            ip = static_ip;
-        }
+    char static_ip[ND_IPV4_CIDR_STRLEN];
+    const char *ip = vm->ip ? vm->ip : sv_vm_static_ip(vm, static_ip) ? static_ip : NULL;
     json_object_set_new(j, "ip", up && ip ? json_string(ip) : json_null());
     json_object_set_new(j, "agent", json_string(!vm->spec->agent ? "off" : up && vm->agent ? vm->agent : "-"));
     json_object_set_new(j, "ssh_port", up && vm->run.ssh_port ? json_integer(vm->run.ssh_port) : json_null());
     return j;
+}
+
+bool sv_vm_static_ip(const sv_vm *vm, char ret[ND_IPV4_CIDR_STRLEN]) {
+    nd_nic nics[ND_NICS_MAX];
+    size_t n_nics = 0;
+    if (sv_net_nics(vm->spec, nics, &n_nics, NULL) < 0)
+        return false;
+    for (size_t i = 0; i < n_nics; i++)
+        if (nics[i].ip[0]) {
+            snprintf(ret, ND_IPV4_CIDR_STRLEN, "%.*s", (int)strcspn(nics[i].ip, "/"), nics[i].ip);
+            return true;
+        }
+    return false;
 }
 
 json_t *sv_vm_details(const sv_vm *vm) {

@@ -13,6 +13,7 @@
 
 #include "error.h"
 #include "supervisor/config.h"
+#include "netdev/ip.h"
 #include "supervisor/vmspec.h"
 
 typedef enum sv_vm_state {
@@ -103,5 +104,9 @@ void sv_crash_point(const char *point);
 /* {"name", "state", "image", "cpus", "memory", "disk_size", "disk", "pid",
  * "ip", "gpus", "uptime_s", …}: the `vm list` row.  New reference. */
 json_t *sv_vm_summary(const sv_vm *vm);
+/* The first static address of the VM's NICs (without the prefix length) into
+ * ret: true; false when no NIC has one.  What `vm ssh` and `vm start` name
+ * when no user-mode NIC forwards a port. */
+bool sv_vm_static_ip(const sv_vm *vm, char ret[ND_IPV4_CIDR_STRLEN]);
 /* Everything `vm show` prints: summary + spec + paths + last exit. */
 json_t *sv_vm_details(const sv_vm *vm);

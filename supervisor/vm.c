@@ -630,6 +630,8 @@ static json_t *start_result(const vmrt *rt) {
     json_t *j = json_pack("{s:s, s:s, s:i}", "name", vm->name, "state", sv_vm_state_name(vm->state), "pid",
                           vm->run.pid);
     json_object_set_new(j, "ssh_port", vm->run.ssh_port ? json_integer(vm->run.ssh_port) : json_null());
+    char ip[ND_IPV4_CIDR_STRLEN];
+    json_object_set_new(j, "ip", sv_vm_static_ip(vm, ip) ? json_string(ip) : json_null());
     return j;
 }
 

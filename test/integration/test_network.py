@@ -140,7 +140,9 @@ class Network(unittest.TestCase):
         self.assertNotEqual(a["mac"], b["mac"])
         self.assertFalse(link_exists("qvt-br0"))  # on demand: nothing before the first start
 
-        self.node.qvisor("vm", "start", "a", timeout=scaled(60), check=0)
+        p = self.node.qvisor("vm", "start", "a", timeout=scaled(60), check=0)
+        # no user-mode NIC: the start says how to reach the guest
+        self.assertIn("ssh on 10.77.0.2:22: qvisor vm ssh a", p.stdout)
         self.node.qvisor("vm", "start", "b", timeout=scaled(60), check=0)
         # the bridge, its address, forwarding and the masquerade table
         addr = in_ns("ip", "-o", "-4", "addr", "show", "dev", "qvt-br0").stdout

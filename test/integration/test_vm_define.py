@@ -82,6 +82,11 @@ class VmDefinition(unittest.TestCase):
         self.assertTrue(show["qemu_log"].startswith(show["dir"]))
         p = self.node.qvisor("vm", "list", check=0)
         self.assertRegex(p.stdout, r"web-1 +stopped +- +3 +512M +4G")
+        # vm show: sizes as a user writes them (--json keeps bytes)
+        self.assertEqual((show["memory"], show["disk_size"]), (512 << 20, 4 << 30))
+        p = self.node.qvisor("vm", "show", "web-1", check=0)
+        self.assertRegex(p.stdout, r"(?m)^memory: +512M$")
+        self.assertRegex(p.stdout, r"(?m)^disk_size: +4G$")
 
         p = self.node.qvisor("image", "rm", "base")
         self.assertEqual(p.returncode, 75)
