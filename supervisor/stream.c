@@ -49,8 +49,10 @@ int sv_frame_feed(sv_frame_dec *d, const char *data, size_t len, sv_frame_cb cb,
             data += d->want;
             len -= d->want;
         } else {
+            if (len == 0)
+                return 0; /* the header ended the chunk */
             if (!d->buf) {
-                d->buf = malloc(d->want); /* want > len >= 0: not 0 */
+                d->buf = malloc(d->want); /* want > len > 0 */
                 if (!d->buf)
                     return -ENOMEM;
             }
