@@ -1,4 +1,5 @@
-/* qvisor vm create | list | show | start | stop | restart | pause | resume | ssh | rm */
+/* qvisor vm create | list | show | start | stop | restart | pause | resume | ssh | rm
+ * (vm console and vm log: cmd-console.c) */
 #include "cli.h"
 #include "output.h"
 #include "vm-seed.h"

@@ -29,6 +29,8 @@ static const qv_cli_verb vm_verbs[] = {
     {"pause", cmd_vm_pause, "pause a VM's guest (its vCPUs stop; QEMU stays)"},
     {"resume", cmd_vm_resume, "resume a paused VM"},
     {"ssh", cmd_vm_ssh, "ssh into a VM through its forwarded port"},
+    {"console", cmd_vm_console, "attach this terminal to a VM's serial console (Ctrl-] detaches)"},
+    {"log", cmd_vm_log, "print a VM's serial console log (-n last lines, -f follow)"},
     {"rm", cmd_vm_rm, "delete a VM and its disk"},
     {NULL, NULL, NULL},
 };
@@ -90,9 +92,11 @@ static const char exit_codes[] =
     "  65  bad input data (invalid name, size, file content)\n"
     "  66  no such VM, image, GPU or input file\n"
     "  69  service unavailable (daemon not running, KVM or IOMMU missing; check: an item failed;\n"
-    "      libudev or libnftables cannot be loaded; vm pause/resume/ssh: the VM is not running)\n"
+    "      libudev or libnftables cannot be loaded; vm pause/resume/ssh/console: the VM is not\n"
+    "      running, vm console: it stopped while attached)\n"
     "  73  already exists (or already running)\n"
-    "  75  temporary failure or timeout: try again\n"
+    "  75  temporary failure or timeout: try again (vm console: the console is in use, or the\n"
+    "      daemon went away while attached)\n"
     "  77  permission denied\n"
     "  78  invalid configuration\n";
 

@@ -14,6 +14,8 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <limits.h>
+#include <unistd.h>
 
 /* The "name" param, validated; replies and returns NULL when bad. */
 static const char *name_param(sv_ctl_req *req, json_t *params, const char *what) {
@@ -427,6 +429,7 @@ static void remove_now(sv_daemon *d, sv_ctl_req *req, const char *vm_name) {
         return;
     }
     log_info("removed VM %s and its disk", name);
+    sv_logstream_end(&d->logstreams, name, "removed", "the VM was removed");
     sv_vmctl_release_orphans(d->vmctl); /* devices it kept on vfio-pci */
     sv_ctl_reply(req, NULL);
 }
@@ -578,4 +581,90 @@ void sv_api_cleanup(sv_daemon *d, sv_ctl_req *req, json_t *params) {
         free(job);
         sv_ctl_reply_error(req, -r, "cannot queue the cleanup: %s", uv_strerror(r));
     }
+}
+
+/* ---- serial console and log (docs/console.md) ------------------------------ */
+
+typedef struct stream_job {
+    sv_daemon *d;
+    char name[64];
+    int qemu_fd;
+    char *path;
+    int64_t lines;
+    bool follow;
+} stream_job;
+
+static void on_console_stream(int fd, const sv_ctl_peer *peer, void *userdata) {
+    (void)peer;
+    stream_job *job = userdata;
+    if (job->d->vmctl) {
+        sv_vm_console_attach(job->d->vmctl, job->name, fd, job->qemu_fd);
+    } else { /* the daemon is stopping */
+        close(job->qemu_fd);
+        if (fd >= 0)
+            close(fd);
+    }
+    free(job);
+}
+
+void sv_api_vm_console(sv_daemon *d, sv_ctl_req *req, json_t *params) {
+    sv_vm *vm = vm_param(d, req, params);
+    if (!vm)
+        return;
+    const sv_ctl_peer *peer = sv_ctl_req_peer(req);
+    stream_job *job = calloc(1, sizeof *job);
+    if (!job) {
+        sv_ctl_reply_error(req, ENOMEM, "out of memory");
+        return;
+    }
+    qv_error err = {0};
+    if (sv_vm_console_open(d->vmctl, vm, peer->uid, peer->pid, &job->qemu_fd, &err) < 0) {
+        free(job);
+        sv_ctl_reply_qv_error(req, &err);
+        return;
+    }
+    job->d = d;
+    snprintf(job->name, sizeof job->name, "%s", vm->name);
+    sv_ctl_reply_stream(req, json_pack("{s:s, s:s}", "name", vm->name, "state", sv_vm_state_name(vm->state)),
+                        on_console_stream, job);
+}
+
+static void on_log_stream(int fd, const sv_ctl_peer *peer, void *userdata) {
+    (void)peer;
+    stream_job *job = userdata;
+    qv_error err = {0};
+    if (fd >= 0 && !job->d->stopping &&
+        sv_logstream_new(&job->d->loop, fd, job->name, job->path, job->lines, job->follow, &job->d->logstreams,
+                         &err) < 0)
+        log_warning("vm log %s: %s", job->name, err.msg);
+    else if (fd >= 0 && job->d->stopping)
+        close(fd);
+    free(job->path);
+    free(job);
+}
+
+void sv_api_vm_log(sv_daemon *d, sv_ctl_req *req, json_t *params) {
+    sv_vm *vm = vm_param(d, req, params);
+    if (!vm)
+        return;
+    json_t *jl = json_object_get(params, "lines");
+    json_t *jf = json_object_get(params, "follow");
+    if ((jl && !json_is_null(jl) && (!json_is_integer(jl) || json_integer_value(jl) < 0)) ||
+        (jf && !json_is_boolean(jf))) {
+        sv_ctl_reply_error(req, EINVAL, "\"lines\" must be a number >= 0 (or null: all), \"follow\" a boolean");
+        return;
+    }
+    stream_job *job = calloc(1, sizeof *job);
+    char path[PATH_MAX];
+    snprintf(path, sizeof path, "%s/serial.log", vm->dir);
+    if (!job || !(job->path = strdup(path))) {
+        free(job);
+        sv_ctl_reply_error(req, ENOMEM, "out of memory");
+        return;
+    }
+    job->d = d;
+    snprintf(job->name, sizeof job->name, "%s", vm->name);
+    job->lines = json_is_integer(jl) ? (int64_t)json_integer_value(jl) : -1;
+    job->follow = json_is_true(jf);
+    sv_ctl_reply_stream(req, json_pack("{s:s, s:s}", "name", vm->name, "path", path), on_log_stream, job);
 }

@@ -9,6 +9,7 @@
 #include "util.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -47,6 +48,11 @@ struct ctl_client {
     int refs; /* the handle + one per request and per write in flight */
     bool closing;
     bool close_after_write;
+    /* a streaming reply is on its way: no more requests; once it is out the
+     * connection goes to stream_fn (docs/protocol.md, "Streams") */
+    bool streaming;
+    sv_ctl_stream_fn stream_fn;
+    void *stream_userdata;
     char rbuf[CTL_READ_CHUNK];
 };
 
@@ -88,6 +94,11 @@ static void client_close(ctl_client *c) {
     if (c->closing)
         return;
     c->closing = true;
+    if (c->stream_fn) { /* the handover never happened */
+        sv_ctl_stream_fn fn = c->stream_fn;
+        c->stream_fn = NULL;
+        fn(-1, &c->peer, c->stream_userdata);
+    }
     sv_ctl_server *s = c->server;
     if (c->prev)
         c->prev->next = c->next;
@@ -99,6 +110,21 @@ static void client_close(ctl_client *c) {
     uv_close((uv_handle_t *)&c->pipe, on_client_closed);
 }
 
+/* The streaming reply is out: the socket goes to its new owner (a
+ * duplicate, so that closing the handle here does not end the connection). */
+static void hand_over(ctl_client *c) {
+    sv_ctl_stream_fn fn = c->stream_fn;
+    void *userdata = c->stream_userdata;
+    c->stream_fn = NULL;
+    uv_os_fd_t fd;
+    int dup = -1;
+    if (uv_fileno((uv_handle_t *)&c->pipe, &fd) == 0)
+        dup = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+    sv_ctl_peer peer = c->peer;
+    client_close(c);
+    fn(dup, &peer, userdata);
+}
+
 static void on_write_done(uv_write_t *w, int status) {
     ctl_write *cw = (ctl_write *)w;
     ctl_client *c = cw->client;
@@ -107,6 +133,8 @@ static void on_write_done(uv_write_t *w, int status) {
     if (!c->closing) {
         if (status < 0)
             client_close(c);
+        else if (c->stream_fn && uv_stream_get_write_queue_size((uv_stream_t *)&c->pipe) == 0)
+            hand_over(c);
         else if (c->close_after_write && uv_stream_get_write_queue_size((uv_stream_t *)&c->pipe) == 0)
             client_close(c);
     }
@@ -169,7 +197,7 @@ const sv_ctl_peer *sv_ctl_req_peer(const sv_ctl_req *req) {
 
 static void req_finish(sv_ctl_req *req, json_t *msg) {
     ctl_client *c = req->client;
-    if (!c->closing && !c->server->closing)
+    if (!c->closing && !c->server->closing && !c->streaming)
         client_send(c, msg);
     else
         json_decref(msg);
@@ -183,6 +211,28 @@ void sv_ctl_reply(sv_ctl_req *req, json_t *result) {
     if (!result)
         result = json_object();
     req_finish(req, json_pack("{s:O, s:o}", "id", req->id, "result", result));
+}
+
+void sv_ctl_reply_stream(sv_ctl_req *req, json_t *result, sv_ctl_stream_fn on_stream, void *userdata) {
+    ctl_client *c = req->client;
+    if (c->closing || c->server->closing || c->streaming) {
+        json_decref(result);
+        json_decref(req->id);
+        json_decref(req->last_progress);
+        free(req);
+        on_stream(-1, &c->peer, userdata);
+        client_unref(c);
+        return;
+    }
+    if (!result)
+        result = json_object();
+    c->refs++; /* the reply below may close the client */
+    uv_read_stop((uv_stream_t *)&c->pipe);
+    c->stream_fn = on_stream;
+    c->stream_userdata = userdata;
+    req_finish(req, json_pack("{s:O, s:o}", "id", req->id, "result", result));
+    c->streaming = true; /* after the reply: nothing else goes out */
+    client_unref(c);
 }
 
 void sv_ctl_reply_error(sv_ctl_req *req, int code, const char *fmt, ...) {
@@ -285,7 +335,7 @@ static int on_line(const char *line, size_t len, void *userdata) {
     s->opts.handler(req, json_string_value(method), p, s->opts.userdata);
     json_decref(p);
     json_decref(msg);
-    return c->closing ? 1 : 0;
+    return c->closing || c->streaming ? 1 : 0;
 }
 
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
@@ -296,7 +346,7 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
 
 static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
     ctl_client *c = stream->data;
-    if (nread == 0 || c->closing)
+    if (nread == 0 || c->closing || c->streaming)
         return;
     if (nread < 0) {
         client_close(c);
@@ -484,6 +534,9 @@ typedef struct call_state {
     sv_ctl_progress_fn on_progress;
     void *userdata;
     bool heard; /* a progress message arrived since the last read */
+    const char *chunk; /* the bytes being fed, and once the reply came: */
+    size_t chunk_len;
+    size_t rest_at;    /* where the bytes after the reply line begin in chunk */
 } call_state;
 
 static int on_reply_line(const char *line, size_t len, void *userdata) {
@@ -502,6 +555,11 @@ static int on_reply_line(const char *line, size_t len, void *userdata) {
             return 0;
         }
         st->reply = msg;
+        /* a line inside the chunk, or one completed by its first newline */
+        if (line >= st->chunk && line < st->chunk + st->chunk_len)
+            st->rest_at = (size_t)(line - st->chunk) + len + 1;
+        else
+            st->rest_at = (size_t)((const char *)memchr(st->chunk, '\n', st->chunk_len) - st->chunk) + 1;
         return 1;
     }
     if (json_is_null(id) && json_object_get(msg, "error")) {
@@ -517,8 +575,11 @@ int sv_ctl_call(const char *path, const char *method, json_t *params, int timeou
     return sv_ctl_call_progress(path, method, params, timeout_ms, NULL, NULL, ret_result, err);
 }
 
-int sv_ctl_call_progress(const char *path, const char *method, json_t *params, int timeout_ms,
-                         sv_ctl_progress_fn on_progress, void *userdata, json_t **ret_result, qv_error *err) {
+/* One request; with ret_fd the connection is kept and handed back with the
+ * bytes after the reply line (a stream). */
+static int ctl_call(const char *path, const char *method, json_t *params, int timeout_ms,
+                    sv_ctl_progress_fn on_progress, void *userdata, json_t **ret_result, int *ret_fd,
+                    char **ret_rest, size_t *ret_rest_len, qv_error *err) {
     struct sockaddr_un sa = {.sun_family = AF_UNIX};
     if (strlen(path) >= sizeof sa.sun_path)
         return qv_error_set(err, ENAMETOOLONG, "control socket path %s is too long", path);
@@ -592,7 +653,19 @@ int sv_ctl_call_progress(const char *path, const char *method, json_t *params, i
                 r = qv_error_set(err, ECONNRESET, "the daemon closed the connection without answering");
             break;
         }
+        st.chunk = buf;
+        st.chunk_len = (size_t)got;
         int fr = qv_linebuf_feed(&lb, buf, (size_t)got, on_reply_line, &st);
+        if (st.reply && ret_rest) {
+            size_t rest = (size_t)got - st.rest_at;
+            *ret_rest = malloc(rest ? rest : 1);
+            if (!*ret_rest) {
+                r = qv_error_set(err, ENOMEM, "out of memory");
+                break;
+            }
+            memcpy(*ret_rest, buf + st.rest_at, rest);
+            *ret_rest_len = rest;
+        }
         if (fr < 0 && !st.reply) {
             r = qv_error_set(err, EPROTO, "malformed reply from the daemon");
             break;
@@ -604,8 +677,10 @@ int sv_ctl_call_progress(const char *path, const char *method, json_t *params, i
         }
     }
     qv_linebuf_free(&lb);
-    if (r < 0)
+    if (r < 0) {
+        json_decref(st.reply);
         return r;
+    }
 
     json_t *e = json_object_get(st.reply, "error");
     if (e) {
@@ -619,5 +694,28 @@ int sv_ctl_call_progress(const char *path, const char *method, json_t *params, i
     if (ret_result)
         *ret_result = json_incref(result ? result : json_null());
     json_decref(st.reply);
+    if (ret_fd)
+        *ret_fd = TAKE_FD(fd);
+    return 0;
+}
+
+int sv_ctl_call_progress(const char *path, const char *method, json_t *params, int timeout_ms,
+                         sv_ctl_progress_fn on_progress, void *userdata, json_t **ret_result, qv_error *err) {
+    return ctl_call(path, method, params, timeout_ms, on_progress, userdata, ret_result, NULL, NULL, NULL, err);
+}
+
+int sv_ctl_call_stream(const char *path, const char *method, json_t *params, int timeout_ms, json_t **ret_result,
+                       int *ret_fd, char **ret_rest, size_t *ret_rest_len, qv_error *err) {
+    char *rest = NULL;
+    size_t rest_len = 0;
+    int fd = -1;
+    int r = ctl_call(path, method, params, timeout_ms, NULL, NULL, ret_result, &fd, &rest, &rest_len, err);
+    if (r < 0) {
+        free(rest);
+        return r;
+    }
+    *ret_fd = fd;
+    *ret_rest = rest;
+    *ret_rest_len = rest_len;
     return 0;
 }

@@ -65,6 +65,20 @@ void sv_ctl_reply(sv_ctl_req *req, json_t *result);
 void sv_ctl_reply_error(sv_ctl_req *req, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 void sv_ctl_reply_qv_error(sv_ctl_req *req, const qv_error *err);
 
+/* Called once the reply of a streaming request is written: fd is the
+ * connection's socket (a new descriptor, O_CLOEXEC; the callee owns it and
+ * speaks docs/protocol.md's "Streams" on it), or -1 when the client went away
+ * or the server closed first.  peer is borrowed for the call. */
+typedef void (*sv_ctl_stream_fn)(int fd, const sv_ctl_peer *peer, void *userdata);
+/* Replies with result (reference stolen; NULL means {}) and hands the
+ * connection over: the server reads no further request from it, and once the
+ * reply is out calls on_stream (exactly once) and forgets the connection.
+ * Call it from the handler itself, before it returns, so that no byte after
+ * the request line is taken for a request (clients send nothing after a
+ * streaming request until its reply).  Replies to other requests still in
+ * flight on that connection are dropped.  Frees req. */
+void sv_ctl_reply_stream(sv_ctl_req *req, json_t *result, sv_ctl_stream_fn on_stream, void *userdata);
+
 /* True when the client asked for progress messages ("progress": true) and
  * is still connected: work that has to set up reporting may skip it otherwise. */
 bool sv_ctl_req_wants_progress(const sv_ctl_req *req);
@@ -85,6 +99,14 @@ void sv_ctl_progress(sv_ctl_req *req, json_t *progress);
  * new reference on success. */
 int sv_ctl_call(const char *path, const char *method, json_t *params, int timeout_ms, json_t **ret_result,
                 qv_error *err);
+
+/* Blocking client of a streaming method: sends one request, waits for its
+ * reply (timeout_ms), and on success hands back the connection (*ret_fd,
+ * O_CLOEXEC, blocking) with the bytes that followed the reply line in the
+ * same read (*ret_rest, malloc'd, *ret_rest_len may be 0): the start of the
+ * stream.  Errors as sv_ctl_call(). */
+int sv_ctl_call_stream(const char *path, const char *method, json_t *params, int timeout_ms, json_t **ret_result,
+                       int *ret_fd, char **ret_rest, size_t *ret_rest_len, qv_error *err);
 
 /* Called with each progress message's "progress" value (borrowed). */
 typedef void (*sv_ctl_progress_fn)(json_t *progress, void *userdata);

@@ -11,6 +11,7 @@
 #include "supervisor/ctl.h"
 #include "supervisor/daemon.h"
 #include "supervisor/registry.h"
+#include "supervisor/serlog.h"
 #include "supervisor/vm.h"
 
 typedef struct sv_daemon {
@@ -20,6 +21,7 @@ typedef struct sv_daemon {
     sv_registry *registry;
     sv_vmctl *vmctl;
     sv_ctl_server *ctl;
+    sv_logstream *logstreams; /* vm.log streams still open */
     uv_signal_t signals[3];
     size_t n_signals;
     int lock_fd;
@@ -43,6 +45,8 @@ void sv_api_vm_stop(sv_daemon *d, sv_ctl_req *req, json_t *params);
 void sv_api_vm_restart(sv_daemon *d, sv_ctl_req *req, json_t *params);
 void sv_api_vm_pause(sv_daemon *d, sv_ctl_req *req, json_t *params);
 void sv_api_vm_resume(sv_daemon *d, sv_ctl_req *req, json_t *params);
+void sv_api_vm_console(sv_daemon *d, sv_ctl_req *req, json_t *params);
+void sv_api_vm_log(sv_daemon *d, sv_ctl_req *req, json_t *params);
 void sv_api_gpu_list(sv_daemon *d, sv_ctl_req *req, json_t *params);
 void sv_api_node_status(sv_daemon *d, sv_ctl_req *req, json_t *params);
 void sv_api_net_list(sv_daemon *d, sv_ctl_req *req, json_t *params);

@@ -109,6 +109,10 @@ static const struct method {
     {"vm.restart", true, sv_api_vm_restart},
     {"vm.pause", true, sv_api_vm_pause},
     {"vm.resume", true, sv_api_vm_resume},
+    /* not changes, but a console is a root shell on many guests and the
+     * serial log can hold what it printed: the same people only */
+    {"vm.console", true, sv_api_vm_console},
+    {"vm.log", true, sv_api_vm_log},
     {"gpu.list", false, sv_api_gpu_list},
     {"net.list", false, sv_api_net_list},
     {"node.status", false, sv_api_node_status},
@@ -146,6 +150,7 @@ static void daemon_stop(sv_daemon *d, const char *why) {
     sv_notify("STOPPING=1");
     sv_vmctl_shutdown(d->vmctl);
     d->vmctl = NULL;
+    sv_logstream_end(&d->logstreams, NULL, "daemon", "the qvisor daemon is stopping");
     sv_ctl_server_close(d->ctl);
     d->ctl = NULL;
     for (size_t i = 0; i < d->n_signals; i++)

@@ -130,9 +130,15 @@ int sv_qemu_argv(const sv_vmspec *spec, const sv_qemu_env *env, const sv_vm_path
     add(&b, "-mon");
     add(&b, "chardev=qmp0,mode=control");
 
-    /* serial console to a log file */
+    /* serial console: a socket the daemon listens on (vm console) that
+     * also logs everything to serial.log, attached or not; QEMU drops
+     * (after logging) what the guest writes while nobody is connected */
     add(&b, "-chardev");
-    add(&b, "file,id=serial0,path=%s", paths->serial_log);
+    if (paths->console_fd > 0)
+        add(&b, "socket,id=serial0,fd=%d,server=on,wait=off,logfile=%s,logappend=off", paths->console_fd,
+            paths->serial_log);
+    else
+        add(&b, "file,id=serial0,path=%s", paths->serial_log);
     add(&b, "-serial");
     add(&b, "chardev:serial0");
 

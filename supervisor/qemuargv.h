@@ -29,6 +29,8 @@ typedef struct sv_vm_paths {
     int qmp_fd;              /* listening monitor socket, as numbered in QEMU */
     int qga_fd;              /* listening guest-agent socket, as numbered in QEMU; 0: no
                               * agent channel (spec->agent off) */
+    int console_fd;          /* listening serial-console socket, as numbered in QEMU (it
+                              * logs to serial_log too); 0: serial_log alone */
     int ssh_port;            /* host port forwarded to guest port 22 on 127.0.0.1 by the first
                               * user-mode NIC; 0 for none */
     /* per NIC index (supervisor/network.h): the TAP's and /dev/vhost-net's fd

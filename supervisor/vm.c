@@ -23,6 +23,8 @@
 #include "supervisor/network.h"
 #include "supervisor/passthrough.h"
 #include "supervisor/placement.h"
+#include "supervisor/console.h"
+#include "supervisor/stream.h"
 #include "supervisor/qemucaps.h"
 #include "supervisor/resources.h"
 #include "supervisor/seed.h"
@@ -38,6 +40,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -144,6 +147,12 @@ struct vmrt {
     char *abandon_why;
     /* NICs: TAP and vhost-net fds from the prep until QEMU has its copies */
     sv_net_fds net;
+    /* serial console: one client at a time (docs/console.md) */
+    bool console_held;     /* answered to a client: reserved, or relaying */
+    sv_relay *console;     /* the relay once the client's connection came */
+    uid_t console_uid;
+    pid_t console_pid;
+    time_t console_since;
 };
 
 static void launch(vmrt *rt);
@@ -294,7 +303,7 @@ static void run_path(const vmrt *rt, const char *file, char *buf, size_t len) {
 }
 
 static void remove_run_files(const vmrt *rt) {
-    static const char *const files[] = {"qmp.sock", "qga.sock", "qemu.pid"};
+    static const char *const files[] = {"qmp.sock", "qga.sock", "console.sock", "qemu.pid"};
     char p[PATH_MAX];
     for (size_t i = 0; i < QV_ARRAY_SIZE(files); i++) {
         run_path(rt, files[i], p, sizeof p);
@@ -977,29 +986,34 @@ static void launch(vmrt *rt) {
         c->accel_warned = true;
     }
 
-    char qmp_path[PATH_MAX], qga_path[PATH_MAX], pidfile[PATH_MAX], disk[PATH_MAX], serial[PATH_MAX],
-        logpath[PATH_MAX], seed[PATH_MAX];
+    char qmp_path[PATH_MAX], qga_path[PATH_MAX], con_path[PATH_MAX], pidfile[PATH_MAX], disk[PATH_MAX],
+        serial[PATH_MAX], logpath[PATH_MAX], seed[PATH_MAX];
     run_path(rt, "qmp.sock", qmp_path, sizeof qmp_path);
     run_path(rt, "qga.sock", qga_path, sizeof qga_path);
+    run_path(rt, "console.sock", con_path, sizeof con_path);
     run_path(rt, "qemu.pid", pidfile, sizeof pidfile);
     snprintf(disk, sizeof disk, "%s/disk.qcow2", vm->dir);
     snprintf(serial, sizeof serial, "%s/serial.log", vm->dir);
     snprintf(logpath, sizeof logpath, "%s/qemu.log", vm->dir);
     snprintf(seed, sizeof seed, "%s/" SV_SEED_ISO, vm->dir);
-    if (!qmp_path[0] || !qga_path[0] || !pidfile[0]) {
+    if (!qmp_path[0] || !qga_path[0] || !con_path[0] || !pidfile[0]) {
         start_abandon(rt, ENAMETOOLONG, "run directory path too long");
         return;
     }
 
-    /* the daemon binds both sockets and QEMU inherits them: no socket file
+    /* the daemon binds the sockets and QEMU inherits them: no socket file
      * is made by QEMU (which may run as another user), and they exist
      * before QEMU does */
-    _cleanup_close_ int lfd = -1, afd = -1;
+    _cleanup_close_ int lfd = -1, afd = -1, cfd = -1;
     const char *failed = qmp_path;
     int r = qmp_listen_socket(qmp_path, &lfd);
     if (r >= 0 && vm->spec->agent) {
         failed = qga_path;
         r = qmp_listen_socket(qga_path, &afd);
+    }
+    if (r >= 0) {
+        failed = con_path;
+        r = qmp_listen_socket(con_path, &cfd);
     }
     if (r < 0) {
         char why[PATH_MAX + 64];
@@ -1023,10 +1037,10 @@ static void launch(vmrt *rt) {
         return;
     }
     /* fds as QEMU numbers them: 3 the monitor, 4 the agent (when it has
-     * one), then TAPs and vhost-net in NIC order */
+     * one), then the serial console, then TAPs and vhost-net in NIC order */
     if (!kvm)
         sv_net_fds_drop_vhost(&rt->net); /* vhost-net needs KVM's irqfd */
-    int fds[2 + 2 * ND_NICS_MAX], tap_fds[ND_NICS_MAX], vhost_fds[ND_NICS_MAX];
+    int fds[3 + 2 * ND_NICS_MAX], tap_fds[ND_NICS_MAX], vhost_fds[ND_NICS_MAX];
     size_t n_fds = 0;
     fds[n_fds++] = lfd;
     int qga_fd = 0;
@@ -1034,6 +1048,8 @@ static void launch(vmrt *rt) {
         qga_fd = 3 + (int)n_fds;
         fds[n_fds++] = afd;
     }
+    int console_fd = 3 + (int)n_fds;
+    fds[n_fds++] = cfd;
     for (size_t i = 0; i < ND_NICS_MAX; i++) {
         tap_fds[i] = vhost_fds[i] = -1;
         if (rt->net.tap[i] >= 0) {
@@ -1056,6 +1072,7 @@ static void launch(vmrt *rt) {
         .serial_log = serial,
         .pidfile = pidfile,
         .qga_fd = qga_fd,
+        .console_fd = console_fd,
         .seed_iso = vm->spec->seed && access(seed, F_OK) == 0 ? seed : NULL,
         .qmp_fd = 3,
         .ssh_port = port,
@@ -1614,6 +1631,95 @@ int sv_vm_resume(sv_vmctl *c, sv_vm *vm, sv_vm_done_fn done, void *userdata, qv_
     return pause_resume(c, vm, false, done, userdata, err);
 }
 
+/* ---- serial console ------------------------------------------------------- */
+
+/* Ends the attached console (end: stolen), or cancels a reservation whose
+ * client connection has not come yet. */
+static void console_end(vmrt *rt, json_t *end) {
+    rt->console_held = false;
+    if (rt->console)
+        sv_relay_end(rt->console, end);
+    else
+        json_decref(end);
+}
+
+static void on_console_over(void *userdata) {
+    vmrt *rt = userdata;
+    rt->console = NULL;
+    rt->console_held = false;
+    if (rt->vm)
+        log_info("VM %s: console detached (uid %u)", rt->vm->name, (unsigned)rt->console_uid);
+    rt_unref(rt);
+}
+
+int sv_vm_console_open(sv_vmctl *c, sv_vm *vm, uid_t uid, pid_t pid, int *ret_fd, qv_error *err) {
+    vmrt *rt = vm->rt;
+    if (!rt || !rt->watch || !sv_vm_state_has_qemu(vm->state))
+        return qv_error_set(err, EHOSTDOWN, "VM '%s' is %s: it has no console (qvisor vm start %s)", vm->name,
+                            sv_vm_state_name(vm->state), vm->name);
+    if (rt->console_held) {
+        char since[32];
+        struct tm tm;
+        strftime(since, sizeof since, "%H:%M:%S", localtime_r(&rt->console_since, &tm));
+        return qv_error_set(err, EBUSY,
+                            "the console of VM '%s' is in use by uid %u (pid %d) since %s; one client at a time "
+                            "(it detaches with Ctrl-])",
+                            vm->name, (unsigned)rt->console_uid, (int)rt->console_pid, since);
+    }
+    char path[PATH_MAX];
+    if (sv_vm_run_path(cfg(c), vm->name, "console.sock", path, sizeof path) < 0)
+        return qv_error_set(err, ENAMETOOLONG, "run directory path too long");
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    if (strlen(path) >= sizeof sa.sun_path)
+        return qv_error_set(err, ENAMETOOLONG, "%s is too long for a socket path", path);
+    strcpy(sa.sun_path, path);
+    _cleanup_close_ int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd < 0)
+        return qv_error_set(err, errno, "socket: %s", strerror(errno));
+    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
+        int e = errno;
+        if (e == ENOENT)
+            return qv_error_set(err, EOPNOTSUPP,
+                                "VM '%s' has no console socket: its QEMU was started by a qvisor without "
+                                "consoles (restart the VM to get one; serial.log: qvisor vm log %s)",
+                                vm->name, vm->name);
+        return qv_error_set(err, e == EAGAIN ? EBUSY : e, "cannot connect to %s: %s", path, strerror(e));
+    }
+    rt->console_held = true;
+    rt->console_uid = uid;
+    rt->console_pid = pid;
+    rt->console_since = time(NULL);
+    *ret_fd = TAKE_FD(fd);
+    return 0;
+}
+
+void sv_vm_console_attach(sv_vmctl *c, const char *name, int client_fd, int qemu_fd) {
+    sv_vm *vm = c->shutting_down ? NULL : sv_registry_find(c->registry, name);
+    vmrt *rt = vm ? vm->rt : NULL;
+    if (client_fd < 0) { /* the client went away before the handover */
+        close(qemu_fd);
+        if (rt && !rt->console)
+            rt->console_held = false;
+        return;
+    }
+    sv_relay_limits lim = SV_RELAY_LIMITS_DEFAULT;
+    sv_relay *relay;
+    if (!rt || !rt->console_held || rt->console) {
+        /* it stopped between the answer and now: say so, and that is all */
+        if (sv_relay_new(c->loop, client_fd, qemu_fd, &lim, NULL, NULL, &relay) == 0)
+            sv_relay_end(relay, json_pack("{s:s}", "reason", "stopped"));
+        return;
+    }
+    rt->refs++;
+    if (sv_relay_new(c->loop, client_fd, qemu_fd, &lim, on_console_over, rt, &relay) < 0) {
+        rt->console_held = false;
+        rt_unref(rt);
+        return;
+    }
+    rt->console = relay;
+    log_info("VM %s: console attached by uid %u (pid %d)", name, (unsigned)rt->console_uid, (int)rt->console_pid);
+}
+
 /* ---- QEMU is gone ------------------------------------------------------- */
 
 static void gone_finish(vmrt *rt, pid_t pid, const char *how_exited);
@@ -1632,6 +1738,7 @@ static void handle_gone(vmrt *rt, const char *how_exited) {
     sv_vm *vm = rt->vm;
     pid_t pid = rt->watch ? rt->watch->pid : vm->run.pid;
     watch_close(rt);
+    console_end(rt, json_pack("{s:s, s:s}", "reason", "stopped", "how", how_exited));
     detach_channels(rt);
     uv_timer_stop(&rt->timer);
     uv_timer_stop(&rt->acpi_timer);
@@ -2124,6 +2231,7 @@ void sv_vm_forget(sv_vmctl *c, sv_vm *vm) {
     vmrt *rt = vm->rt;
     if (!rt)
         return;
+    console_end(rt, json_pack("{s:s}", "reason", "removed"));
     detach_channels(rt);
     watch_close(rt);
     release_rt(rt);
@@ -2139,6 +2247,8 @@ void sv_vmctl_shutdown(sv_vmctl *c) {
                      "the daemon is stopping; the start is finished or rolled back when it runs again");
         fail_waiters(&rt->stop_waiters, ECANCELED,
                      "the daemon is stopping; the stop is finished when it runs again");
+        console_end(rt, json_pack("{s:s, s:s}", "reason", "daemon", "message",
+                                  "the qvisor daemon is stopping; the VM keeps running"));
         detach_channels(rt);
         watch_close(rt);
         release_rt(rt);

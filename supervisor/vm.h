@@ -8,6 +8,7 @@
 #include <jansson.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <sys/types.h>
 #include <uv.h>
 
 #include "error.h"
@@ -75,6 +76,19 @@ int sv_vm_resume(sv_vmctl *c, sv_vm *vm, sv_vm_done_fn done, void *userdata, qv_
 /* Stop (if running) then start; `done` gets {"stop": …, "start": …}. */
 int sv_vm_restart(sv_vmctl *c, sv_vm *vm, const sv_stop_options *o, sv_vm_done_fn done, void *userdata,
                   qv_error *err);
+
+/* The serial console (docs/console.md).  Connects to the console socket of
+ * the VM's QEMU and reserves the console for the client uid/pid: -EHOSTDOWN
+ * no QEMU, -EBUSY another client holds it (the message names it),
+ * -EOPNOTSUPP a QEMU started without a console socket.  On success
+ * *ret_qemu_fd is the connection (non-blocking); it goes to
+ * sv_vm_console_attach() once the client's connection is handed over. */
+int sv_vm_console_open(sv_vmctl *c, sv_vm *vm, uid_t uid, pid_t pid, int *ret_qemu_fd, qv_error *err);
+/* Relays between client_fd and qemu_fd (both taken; client_fd -1: the
+ * client went away, the reservation is released) until the client detaches
+ * or the VM stops (end frame {"reason": "stopped"}), or the daemon stops
+ * ({"reason": "daemon"}). */
+void sv_vm_console_attach(sv_vmctl *c, const char *vm_name, int client_fd, int qemu_fd);
 
 /* Drops the engine's state of a stopped VM before the registry removes it. */
 void sv_vm_forget(sv_vmctl *c, sv_vm *vm);

@@ -131,7 +131,7 @@ class Lifecycle(unittest.TestCase):
             pass
         table = self.node.qvisor("vm", "list", check=0).stdout
         self.assertRegex(table, rf"life +running +{pid} ")
-        self.assertEqual(self.run_files("life"), ["qemu.pid", "qga.sock", "qmp.sock"])
+        self.assertEqual(self.run_files("life"), ["console.sock", "qemu.pid", "qga.sock", "qmp.sock"])
         self.wait_marker("life", r"^marker written$")
 
         res = self.stop("life")

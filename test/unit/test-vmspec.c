@@ -490,6 +490,7 @@ static void test_golden_tcg_default(void **state) {
                      .serial_log = "/var/lib/qvisor/instances/web-1/serial.log",
                      .pidfile = "/run/qvisor/vm/web-1/qemu.pid",
                      .qga_fd = 4,
+                     .console_fd = 5,
                      .qmp_fd = 3,
                      .ssh_port = 40022};
     char **argv = NULL;
