@@ -1,6 +1,6 @@
 /* qvisor vm console | log: the two streaming verbs (docs/console.md).
  *
- * Both send one request and then read frames (supervisor/stream.h) on the
+ * Both send one request and then read frames (common/frame.h) on the
  * same connection; the console also sends the terminal's bytes.  Every way
  * out goes through finish(), which puts the terminal back first. */
 #include "cli.h"
@@ -8,7 +8,7 @@
 #include "cleanup.h"
 #include "fileio.h"
 #include "util.h"
-#include "supervisor/stream.h"
+#include "frame.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -102,14 +102,14 @@ static void notice(stream *st, const char *payload, size_t len) {
 static int on_frame(char type, const char *payload, size_t len, void *userdata) {
     stream *st = userdata;
     switch (type) {
-    case SV_FRAME_DATA:
+    case QV_FRAME_DATA:
         if (!st->out_gone && qv_write_all(STDOUT_FILENO, payload, len) < 0)
             st->out_gone = true;
         return 0;
-    case SV_FRAME_NOTICE:
+    case QV_FRAME_NOTICE:
         notice(st, payload, len);
         return 0;
-    default: /* SV_FRAME_END */
+    default: /* QV_FRAME_END */
         st->end = json_loadb(payload, len, 0, NULL);
         if (!st->end)
             st->end = json_object();
@@ -159,15 +159,15 @@ static int finish(stream *st, int sig, bool detached, bool lost) {
 /* Runs the stream on fd until it ends; rest: bytes already read after the
  * reply.  Returns the exit code. */
 static int run_stream(stream *st, int fd, const char *rest, size_t rest_len) {
-    sv_frame_dec dec;
-    sv_frame_dec_init(&dec);
+    qv_frame_dec dec;
+    qv_frame_dec_init(&dec);
     bool tty = st->console && isatty(STDIN_FILENO);
     bool in_open = st->console; /* reading the terminal */
     bool wr_shut = false;
     char inbuf[INPUT_MAX];
     size_t in_len = 0;
     int code = -1;
-    int r = sv_frame_feed(&dec, rest, rest_len, on_frame, st);
+    int r = qv_frame_feed(&dec, rest, rest_len, on_frame, st);
     if (r < 0)
         st->fail = r;
     fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
@@ -228,12 +228,12 @@ static int run_stream(stream *st, int fd, const char *rest, size_t rest_len) {
                 code = finish(st, 0, false, true);
                 break;
             }
-            r = sv_frame_feed(&dec, buf, (size_t)n, on_frame, st);
+            r = qv_frame_feed(&dec, buf, (size_t)n, on_frame, st);
             if (r < 0)
                 st->fail = r;
         }
     }
-    sv_frame_dec_free(&dec);
+    qv_frame_dec_free(&dec);
     if (code >= 0)
         return code;
     if (st->out_gone) { /* vm log | head: nobody reads any more */

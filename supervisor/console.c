@@ -1,7 +1,7 @@
 /* Serial-console relay (see console.h). */
 #include "console.h"
 
-#include "supervisor/stream.h"
+#include "supervisor/fsink.h"
 
 #include <errno.h>
 #include <stdbool.h>
@@ -116,7 +116,7 @@ static void on_client_input_end(sv_fsink *s, int status, void *userdata) {
 static void on_client_drain(sv_fsink *s, void *userdata) {
     sv_relay *r = userdata;
     if (r->dropped_unreported && sv_fsink_queued(s) <= r->lim.out_resume) {
-        sv_fsink_send_json(s, SV_FRAME_NOTICE, json_pack("{s:I}", "dropped", (json_int_t)r->dropped_unreported));
+        sv_fsink_send_json(s, QV_FRAME_NOTICE, json_pack("{s:I}", "dropped", (json_int_t)r->dropped_unreported));
         r->dropped_unreported = 0;
     }
 }
@@ -161,7 +161,7 @@ static void on_qemu_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf) {
         r->dropped_unreported += n;
         return;
     }
-    sv_fsink_send(r->client, SV_FRAME_DATA, buf->base, n);
+    sv_fsink_send(r->client, QV_FRAME_DATA, buf->base, n);
 }
 
 int sv_relay_new(uv_loop_t *loop, int client_fd, int qemu_fd, const sv_relay_limits *lim, sv_relay_end_fn on_end,

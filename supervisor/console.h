@@ -1,5 +1,5 @@
 /* The serial-console relay: bytes between a client's stream (a framed sink,
- * supervisor/stream.h) and a connection to QEMU's console socket, with
+ * common/frame.h) and a connection to QEMU's console socket, with
  * bounded buffers both ways (docs/console.md):
  *
  *   guest -> client  QEMU is read all the time, whatever the client does (a

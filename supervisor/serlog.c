@@ -3,7 +3,7 @@
 
 #include "cleanup.h"
 #include "log.h"
-#include "supervisor/stream.h"
+#include "supervisor/fsink.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -141,7 +141,7 @@ static int reopen(sv_logstream *ls) {
         if (r < 0)
             return r;
         if (cut)
-            sv_fsink_send_json(ls->sink, SV_FRAME_NOTICE,
+            sv_fsink_send_json(ls->sink, QV_FRAME_NOTICE,
                                json_pack("{s:I, s:I}", "skipped", (json_int_t)ls->offset, "scan_limit",
                                          (json_int_t)SV_LOG_TAIL_SCAN));
         ls->lines = -1; /* later files (new boots) come whole */
@@ -159,7 +159,7 @@ static void pump(sv_logstream *ls) {
             return;
         }
         if (n > 0) {
-            if (sv_fsink_send(ls->sink, SV_FRAME_DATA, buf, (size_t)n) < 0)
+            if (sv_fsink_send(ls->sink, QV_FRAME_DATA, buf, (size_t)n) < 0)
                 return; /* the sink is closing; its on_closed ends us */
             ls->offset += (uint64_t)n;
             continue;
@@ -174,7 +174,7 @@ static void pump(sv_logstream *ls) {
                 return;
             }
             if (r == 1)
-                sv_fsink_send_json(ls->sink, SV_FRAME_NOTICE, json_pack("{s:s}", "boot", "new"));
+                sv_fsink_send_json(ls->sink, QV_FRAME_NOTICE, json_pack("{s:s}", "boot", "new"));
             if (r > 0)
                 continue;
             struct stat st;

@@ -24,7 +24,7 @@
 #include "supervisor/passthrough.h"
 #include "supervisor/placement.h"
 #include "supervisor/console.h"
-#include "supervisor/stream.h"
+#include "frame.h"
 #include "supervisor/qemucaps.h"
 #include "supervisor/resources.h"
 #include "supervisor/seed.h"

@@ -6,7 +6,7 @@
 
 #include "supervisor/console.h"
 #include "supervisor/serlog.h"
-#include "supervisor/stream.h"
+#include "frame.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -31,13 +31,13 @@ static int collect(char type, const char *payload, size_t len, void *userdata) {
     f->types[f->n] = type;
     memcpy(f->payload[f->n], payload, len);
     f->len[f->n++] = len;
-    return type == SV_FRAME_END ? 7 : 0;
+    return type == QV_FRAME_END ? 7 : 0;
 }
 
 static size_t put(char *buf, char type, const char *payload, size_t len) {
-    sv_frame_header(buf, type, (uint32_t)len);
-    memcpy(buf + SV_FRAME_HEADER, payload, len);
-    return SV_FRAME_HEADER + len;
+    qv_frame_header(buf, type, (uint32_t)len);
+    memcpy(buf + QV_FRAME_HEADER, payload, len);
+    return QV_FRAME_HEADER + len;
 }
 
 static void test_frames_any_split(void **state) {
@@ -50,12 +50,12 @@ static void test_frames_any_split(void **state) {
     n += put(buf + n, 'E', "{}", 2);
     n += put(buf + n, 'D', "after", 5);
     for (size_t step = 1; step <= n; step++) {
-        sv_frame_dec d;
-        sv_frame_dec_init(&d);
+        qv_frame_dec d;
+        qv_frame_dec_init(&d);
         frames f = {0};
         int r = 0;
         for (size_t at = 0; at < n && r == 0; at += step)
-            r = sv_frame_feed(&d, buf + at, at + step > n ? n - at : step, collect, &f);
+            r = qv_frame_feed(&d, buf + at, at + step > n ? n - at : step, collect, &f);
         assert_int_equal(r, 7); /* the end frame stops the feed */
         assert_int_equal(f.n, 4);
         assert_memory_equal(f.types, "DDNE", 4);
@@ -63,23 +63,23 @@ static void test_frames_any_split(void **state) {
         assert_memory_equal(f.payload[0], "ab\0c", 4);
         assert_int_equal(f.len[1], 0);
         assert_memory_equal(f.payload[2], "{\"dropped\":3}", 13);
-        sv_frame_dec_free(&d);
+        qv_frame_dec_free(&d);
     }
 }
 
 static void test_frames_bad(void **state) {
     (void)state;
-    sv_frame_dec d;
-    sv_frame_dec_init(&d);
+    qv_frame_dec d;
+    qv_frame_dec_init(&d);
     frames f = {0};
-    char hdr[SV_FRAME_HEADER];
-    sv_frame_header(hdr, 'X', 1);
-    assert_int_equal(sv_frame_feed(&d, hdr, sizeof hdr, collect, &f), -EPROTO);
-    sv_frame_dec_free(&d);
-    sv_frame_dec_init(&d);
-    sv_frame_header(hdr, 'D', SV_FRAME_MAX + 1);
-    assert_int_equal(sv_frame_feed(&d, hdr, sizeof hdr, collect, &f), -EPROTO);
-    sv_frame_dec_free(&d);
+    char hdr[QV_FRAME_HEADER];
+    qv_frame_header(hdr, 'X', 1);
+    assert_int_equal(qv_frame_feed(&d, hdr, sizeof hdr, collect, &f), -EPROTO);
+    qv_frame_dec_free(&d);
+    qv_frame_dec_init(&d);
+    qv_frame_header(hdr, 'D', QV_FRAME_MAX + 1);
+    assert_int_equal(qv_frame_feed(&d, hdr, sizeof hdr, collect, &f), -EPROTO);
+    qv_frame_dec_free(&d);
 }
 
 /* ---- tail ---- */
@@ -165,11 +165,11 @@ typedef struct {
 
 static int count_frames(char type, const char *payload, size_t len, void *userdata) {
     client_view *v = userdata;
-    if (type == SV_FRAME_DATA)
+    if (type == QV_FRAME_DATA)
         v->data += len;
-    else if (type == SV_FRAME_NOTICE && strstr(payload, "dropped"))
+    else if (type == QV_FRAME_NOTICE && strstr(payload, "dropped"))
         v->dropped += strtoull(strchr(payload, ':') + 1, NULL, 10);
-    else if (type == SV_FRAME_END)
+    else if (type == QV_FRAME_END)
         v->ends++;
     return 0;
 }
@@ -209,14 +209,14 @@ static void test_relay_slow_client_drops_and_says_so(void **state) {
 
     /* now the client reads everything */
     fcntl(cl[1], F_SETFL, O_NONBLOCK);
-    sv_frame_dec d;
-    sv_frame_dec_init(&d);
+    qv_frame_dec d;
+    qv_frame_dec_init(&d);
     client_view v = {0};
     for (int i = 0; i < 2000 && v.data + v.dropped < written; i++) {
         char buf[65536];
         ssize_t n;
         while ((n = read(cl[1], buf, sizeof buf)) > 0)
-            assert_int_equal(sv_frame_feed(&d, buf, (size_t)n, count_frames, &v), 0);
+            assert_int_equal(qv_frame_feed(&d, buf, (size_t)n, count_frames, &v), 0);
         run_a_while(&loop, 1);
     }
     assert_int_equal(v.data + v.dropped, written); /* every byte delivered or reported */
@@ -229,7 +229,7 @@ static void test_relay_slow_client_drops_and_says_so(void **state) {
     char b;
     assert_int_equal(read(qe[1], &b, 1), 0); /* QEMU sees the hang-up */
     close(qe[1]);
-    sv_frame_dec_free(&d);
+    qv_frame_dec_free(&d);
     assert_int_equal(uv_loop_close(&loop), 0);
 }
 
@@ -269,16 +269,16 @@ static void test_relay_input_backpressure(void **state) {
     sv_relay_end(r, json_pack("{s:s}", "reason", "stopped"));
     run_a_while(&loop, 100);
     assert_true(rs.ended);
-    sv_frame_dec d;
-    sv_frame_dec_init(&d);
+    qv_frame_dec d;
+    qv_frame_dec_init(&d);
     client_view v = {0};
     char buf[4096];
     ssize_t n;
     while ((n = read(cl[1], buf, sizeof buf)) > 0)
-        sv_frame_feed(&d, buf, (size_t)n, count_frames, &v);
+        qv_frame_feed(&d, buf, (size_t)n, count_frames, &v);
     assert_int_equal(n, 0); /* closed after the end frame */
     assert_int_equal(v.ends, 1);
-    sv_frame_dec_free(&d);
+    qv_frame_dec_free(&d);
     close(cl[1]);
     close(qe[1]);
     assert_int_equal(uv_loop_close(&loop), 0);

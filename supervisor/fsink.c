@@ -1,83 +1,10 @@
-/* Stream frames (see stream.h). */
-#include "stream.h"
+/* The daemon's end of a framed stream (see fsink.h). */
+#include "supervisor/fsink.h"
 
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-
-void sv_frame_header(char hdr[SV_FRAME_HEADER], char type, uint32_t len) {
-    hdr[0] = type;
-    hdr[1] = (char)(len >> 24);
-    hdr[2] = (char)(len >> 16);
-    hdr[3] = (char)(len >> 8);
-    hdr[4] = (char)len;
-}
-
-void sv_frame_dec_init(sv_frame_dec *d) {
-    *d = (sv_frame_dec){0};
-}
-
-void sv_frame_dec_free(sv_frame_dec *d) {
-    free(d->buf);
-    *d = (sv_frame_dec){0};
-}
-
-int sv_frame_feed(sv_frame_dec *d, const char *data, size_t len, sv_frame_cb cb, void *userdata) {
-    while (len > 0) {
-        if (d->hdr_len < SV_FRAME_HEADER) {
-            size_t n = SV_FRAME_HEADER - d->hdr_len;
-            if (n > len)
-                n = len;
-            memcpy(d->hdr + d->hdr_len, data, n);
-            d->hdr_len += n;
-            data += n;
-            len -= n;
-            if (d->hdr_len < SV_FRAME_HEADER)
-                return 0;
-            const unsigned char *h = (const unsigned char *)d->hdr;
-            d->want = (size_t)h[1] << 24 | (size_t)h[2] << 16 | (size_t)h[3] << 8 | h[4];
-            d->len = 0;
-            if ((d->hdr[0] != SV_FRAME_DATA && d->hdr[0] != SV_FRAME_NOTICE && d->hdr[0] != SV_FRAME_END) ||
-                d->want > SV_FRAME_MAX)
-                return -EPROTO;
-        }
-        int r;
-        if (d->len == 0 && len >= d->want) {
-            /* the whole payload is in this chunk: no copy */
-            r = cb(d->hdr[0], data, d->want, userdata);
-            data += d->want;
-            len -= d->want;
-        } else {
-            if (len == 0)
-                return 0; /* the header ended the chunk */
-            if (!d->buf) {
-                d->buf = malloc(d->want); /* want > len > 0 */
-                if (!d->buf)
-                    return -ENOMEM;
-            }
-            size_t n = d->want - d->len;
-            if (n > len)
-                n = len;
-            memcpy(d->buf + d->len, data, n);
-            d->len += n;
-            data += n;
-            len -= n;
-            if (d->len < d->want)
-                return 0;
-            r = cb(d->hdr[0], d->buf, d->want, userdata);
-            free(d->buf);
-            d->buf = NULL;
-        }
-        d->hdr_len = 0;
-        d->len = d->want = 0;
-        if (r != 0)
-            return r;
-    }
-    return 0;
-}
-
-/* ---- framed sink ------------------------------------------------------- */
 
 #define FSINK_READ_CHUNK 16384
 
@@ -188,14 +115,14 @@ int sv_fsink_new(uv_loop_t *loop, int fd, const sv_fsink_cbs *cbs, void *userdat
 int sv_fsink_send(sv_fsink *s, char type, const void *data, size_t len) {
     if (s->ending)
         return -EPIPE;
-    fsink_write *fw = malloc(sizeof *fw + SV_FRAME_HEADER + len);
+    fsink_write *fw = malloc(sizeof *fw + QV_FRAME_HEADER + len);
     if (!fw)
         return -ENOMEM;
     fw->s = s;
-    sv_frame_header(fw->data, type, (uint32_t)len);
+    qv_frame_header(fw->data, type, (uint32_t)len);
     if (len)
-        memcpy(fw->data + SV_FRAME_HEADER, data, len);
-    uv_buf_t b = uv_buf_init(fw->data, (unsigned)(SV_FRAME_HEADER + len));
+        memcpy(fw->data + QV_FRAME_HEADER, data, len);
+    uv_buf_t b = uv_buf_init(fw->data, (unsigned)(QV_FRAME_HEADER + len));
     int r = uv_write(&fw->w, (uv_stream_t *)&s->pipe, &b, 1, on_fsink_write);
     if (r < 0) {
         free(fw);
@@ -239,7 +166,7 @@ void sv_fsink_end(sv_fsink *s, json_t *end) {
         return;
     }
     if (end)
-        sv_fsink_send_json(s, SV_FRAME_END, end);
+        sv_fsink_send_json(s, QV_FRAME_END, end);
     if (s->closing)
         return;
     s->ending = true;

@@ -1,55 +1,16 @@
-/* Framing of a control connection after a streaming reply (vm.console,
- * vm.log; docs/protocol.md, "Streams").  The daemon sends frames:
+/* The daemon's end of a stream (frames: common/frame.h).
  *
- *   type (1 byte) | length (4 bytes, big-endian) | payload
- *
- *   'D'  data: bytes of the guest's console or of its log, as they are
- *   'N'  a notice (JSON object): bytes dropped, a new boot, …
- *   'E'  the end (JSON object with "reason"); nothing follows it
- *
- * so that the guest's bytes (any bytes, not necessarily UTF-8) stay apart
- * from what qvisor has to say about them.  The client sends raw bytes (the
- * console's input) or nothing (a log). */
-#pragma once
-
-#include <stddef.h>
-#include <stdint.h>
-
-#define SV_FRAME_HEADER 5
-#define SV_FRAME_MAX (1u << 20) /* longest payload a decoder accepts */
-
-enum { SV_FRAME_DATA = 'D', SV_FRAME_NOTICE = 'N', SV_FRAME_END = 'E' };
-
-/* Writes the header of a frame of `type` with `len` payload bytes. */
-void sv_frame_header(char hdr[SV_FRAME_HEADER], char type, uint32_t len);
-
-/* Called once per complete frame; payload is valid for the call only.
- * Return 0 to go on; anything else stops the feed, which returns it. */
-typedef int (*sv_frame_cb)(char type, const char *payload, size_t len, void *userdata);
-
-typedef struct sv_frame_dec {
-    char hdr[SV_FRAME_HEADER];
-    size_t hdr_len;
-    char *buf; /* payload so far */
-    size_t len, want;
-} sv_frame_dec;
-
-void sv_frame_dec_init(sv_frame_dec *d);
-void sv_frame_dec_free(sv_frame_dec *d);
-/* Feeds bytes as they arrive.  Returns 0 when all were consumed, the
- * callback's non-zero value, -EPROTO for an unknown type or a payload over
- * SV_FRAME_MAX (framing is lost), -ENOMEM. */
-int sv_frame_feed(sv_frame_dec *d, const char *data, size_t len, sv_frame_cb cb, void *userdata);
-
-/* ---- the daemon's end of a stream ------------------------------------------
-
  * A framed sink: the connection handed over by sv_ctl_reply_stream(), with
  * the frames above going out and the client's raw bytes coming in.  All on
  * the loop; writes are queued (sv_fsink_queued() says how much: the owner
  * bounds it). */
+#pragma once
+
 #include <jansson.h>
 #include <stdbool.h>
 #include <uv.h>
+
+#include "frame.h"
 
 #define SV_FSINK_LINGER_MS 2000 /* the longest an ended sink waits for its last frames to go out */
 
