@@ -336,6 +336,36 @@ int sv_fw_prepare_spec(const sv_config *c, sv_vmspec *spec, qv_error *err) {
     return 0;
 }
 
+int sv_fw_start_check(const sv_vmspec *spec, const char *instance_dir, bool *ret_restored, qv_error *err) {
+    *ret_restored = false;
+    if (spec->firmware == SV_FIRMWARE_BIOS)
+        return 0;
+    if (!spec->firmware_code || !spec->firmware_vars)
+        return qv_error_set(err, EINVAL, "firmware %s, but the spec records no OVMF files",
+                            sv_firmware_to_string(spec->firmware));
+    if (!usable_file(spec->firmware_code))
+        return qv_error_set(err, EOPNOTSUPP,
+                            "firmware %s: the OVMF code this VM was created with, %s, is missing (was the ovmf "
+                            "package removed? apt-get install ovmf)",
+                            sv_firmware_to_string(spec->firmware), spec->firmware_code);
+    char vars[PATH_MAX];
+    if ((size_t)snprintf(vars, sizeof vars, "%s/" SV_FW_VARS_FILE, instance_dir) >= sizeof vars)
+        return qv_error_set(err, ENAMETOOLONG, "instance directory path too long");
+    struct stat st;
+    if (lstat(vars, &st) == 0) {
+        if (!S_ISREG(st.st_mode))
+            return qv_error_set(err, EINVAL, "%s is not a regular file", vars);
+        return 0;
+    }
+    if (errno != ENOENT)
+        return qv_error_set(err, errno, "cannot look at %s: %s", vars, strerror(errno));
+    int r = sv_fw_vars_copy(spec->firmware_vars, vars, err);
+    if (r < 0)
+        return r;
+    *ret_restored = true;
+    return 0;
+}
+
 int sv_fw_vars_copy(const char *template_path, const char *path, qv_error *err) {
     _cleanup_free_ char *data = NULL;
     size_t len = 0;

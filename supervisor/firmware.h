@@ -11,6 +11,7 @@
 #pragma once
 
 #include <limits.h>
+#include <stdbool.h>
 #include <stddef.h>
 
 #include "error.h"
@@ -63,6 +64,12 @@ int sv_fw_resolve(const char *dir, int want, sv_fw_choice *ret, qv_error *err);
  * the spec names (readable regular files, no comma: -ENOENT, -EINVAL).
  * Nothing to do for bios. */
 int sv_fw_prepare_spec(const sv_config *c, sv_vmspec *spec, qv_error *err);
+
+/* Start of a UEFI VM (no-op for bios): its recorded code file must exist
+ * (-EOPNOTSUPP naming it and the package otherwise); a missing
+ * INSTANCE_DIR/efivars.fd is copied again from spec->firmware_vars and
+ * *ret_restored set.  *ret_restored is false otherwise. */
+int sv_fw_start_check(const sv_vmspec *spec, const char *instance_dir, bool *ret_restored, qv_error *err);
 
 /* Copies the template to path (mode 0600), atomically and durably: the
  * VM's own variable store.  -EFBIG for a template above SV_FW_VARS_MAX,
