@@ -9,7 +9,7 @@
 #include <string.h>
 
 static const char check_help[] =
-    "Usage: qvisor check [--need FEATURE]... [--json]\n"
+    "Usage: qvisor check [--need kvm|vfio|hugepages|uefi]... [--json]\n"
     "\n"
     "Tells whether this node can run VMs, without the daemon and without changing\n"
     "anything: one line per item, OK, WARN or FAIL, with a hint below what is not\n"
@@ -21,14 +21,16 @@ static const char check_help[] =
     "VMs, as the daemon decides it), cpu (vmx/svm), iommu (groups, or the kernel\n"
     "parameters that turn it on), vfio (modules), vfio-pci (each device on it and\n"
     "the VM that holds it), gpu (each display device's IOMMU group), hugepages,\n"
-    "and the state, images, instances and run directories.\n"
+    "ovmf and ovmf-secure (UEFI firmware for --firmware uefi and uefi-secure,\n"
+    "from QEMU's firmware descriptors or paths.firmware_dir), and the state,\n"
+    "images, instances and run directories.\n"
     "\n"
     "Without --need, only what every VM needs fails: QEMU, qemu-img, the\n"
     "directories, and KVM when qemu.accelerator is kvm.  An unusable KVM with\n"
     "accelerator auto is a warning (VMs run with TCG, much slower).\n"
     "\n"
     "  -n, --need FEATURE   also fail when FEATURE is missing: kvm, vfio,\n"
-    "                       hugepages (repeatable, or a comma list)\n"
+    "                       hugepages, uefi (repeatable, or a comma list)\n"
     "\n"
     "Exit: 0 nothing failed, 69 something failed, 78 invalid config.\n";
 
@@ -51,6 +53,8 @@ static json_t *report_json(const sv_check_report *r, unsigned needs) {
         json_array_append_new(need_list, json_string("vfio"));
     if (needs & SV_NEED_HUGEPAGES)
         json_array_append_new(need_list, json_string("hugepages"));
+    if (needs & SV_NEED_UEFI)
+        json_array_append_new(need_list, json_string("uefi"));
     return json_pack("{s:b, s:o, s:o}", "ok", sv_check_report_ok(r), "needs", need_list, "items", items);
 }
 
@@ -87,7 +91,7 @@ int cmd_check(qv_cli *cli, int argc, char **argv) {
         if (c != 'n')
             return qv_cli_usage_error("check ", "bad option");
         if (sv_check_parse_needs(optarg, &needs) < 0)
-            return qv_cli_usage_error("check ", "--need takes kvm, vfio or hugepages (or a comma list), got '%s'",
+            return qv_cli_usage_error("check ", "--need takes kvm, vfio, hugepages or uefi (or a comma list), got '%s'",
                                       optarg);
     }
     if (optind < argc)

@@ -45,7 +45,8 @@ static const char create_help[] =
     "  -f, --file SPEC.yaml     the spec as YAML (keys: name, image, cpus, memory,\n"
     "                           disk, stop_timeout, restart, restart_limit, kernel,\n"
     "                           initrd, append, agent, gpus, nets, pool, storage_pool,\n"
-    "                           hugepages, numa, pin, seed, hostname, user,\n"
+    "                           hugepages, numa, pin, firmware, cpu_model, seed,\n"
+    "                           hostname, user,\n"
     "                           ssh_keys, ssh_generate, password_hash, packages,\n"
     "                           runcmd, user_data, network_config)\n"
     "      --restart POLICY     never | on-failure | always\n"
@@ -85,6 +86,15 @@ static const char create_help[] =
     "                           auto (the node of its GPUs, else the emptiest)\n"
     "      --pin CPULIST        pin the vCPU and emulator threads to these host\n"
     "                           CPUs (0-3,8)\n"
+    "      --firmware bios|uefi|uefi-secure\n"
+    "                           what the guest boots from (default bios, SeaBIOS):\n"
+    "                           uefi is OVMF, uefi-secure OVMF with Secure Boot\n"
+    "                           (Microsoft keys enrolled, SMM); the VM gets its own\n"
+    "                           variable store INSTANCE_DIR/NAME/efivars.fd.  GPU\n"
+    "                           passthrough guests usually want uefi\n"
+    "      --cpu-model NAME     a CPU model QEMU lists (qemu-system-x86_64 -cpu\n"
+    "                           help), checked now; default host under KVM, max\n"
+    "                           under TCG (host needs KVM)\n"
     "      --start              start it once it is defined (as qvisor vm start);\n"
     "                           a start that fails leaves the VM defined\n"
     "      --json               print the new VM as JSON ({\"created\": VM,\n"
@@ -117,8 +127,10 @@ static const char create_help[] =
     "\n"
     "Names: lowercase letters, digits and '-', at most 63 characters.\n"
     "Exit: 0, 65 invalid spec (name, size, host name, key, password hash, package,\n"
-    "command, user-data, …; a --gpu that is not a display device), 66 no such\n"
-    "image, GPU or unreadable file, 69 daemon not running or no IOMMU for the GPU,\n"
+    "command, user-data, …; a --gpu that is not a display device, a --firmware or\n"
+    "--cpu-model this QEMU does not know), 66 no such image, GPU or unreadable\n"
+    "file, 69 daemon not running, no IOMMU for the GPU, no OVMF for --firmware\n"
+    "uefi/uefi-secure (apt-get install ovmf), --cpu-model host without KVM,\n"
     "73 a VM with that name exists, 75 the GPU (or its group) is held by another VM\n"
     "or by a host driver, a MAC or nat address is another VM's, the NAT subnet has\n"
     "no free address, or the node, its pool or its storage pool has no room for it\n"
@@ -192,6 +204,8 @@ int cmd_vm_create(qv_cli *cli, int argc, char **argv) {
         OPT_PACKAGE,
         OPT_RUNCMD,
         OPT_START,
+        OPT_FIRMWARE,
+        OPT_CPU_MODEL,
     };
     static const struct option longopts[] = {
         QV_CLI_COMMON_LONGOPTS,
@@ -223,6 +237,8 @@ int cmd_vm_create(qv_cli *cli, int argc, char **argv) {
         {"package", required_argument, NULL, OPT_PACKAGE},
         {"runcmd", required_argument, NULL, OPT_RUNCMD},
         {"start", no_argument, NULL, OPT_START},
+        {"firmware", required_argument, NULL, OPT_FIRMWARE},
+        {"cpu-model", required_argument, NULL, OPT_CPU_MODEL},
         {NULL, 0, NULL, 0},
     };
     _cleanup_(json_decrefp) json_t *opts = json_object();
@@ -252,6 +268,8 @@ int cmd_vm_create(qv_cli *cli, int argc, char **argv) {
         case OPT_HUGEPAGES: key = "hugepages"; break;
         case OPT_NUMA: key = "numa"; break;
         case OPT_PIN: key = "pin"; break;
+        case OPT_FIRMWARE: key = "firmware"; break;
+        case OPT_CPU_MODEL: key = "cpu_model"; break;
         case OPT_PASSWORD_HASH: key = "password_hash"; break;
         case OPT_NO_AGENT:
             json_object_set_new(opts, "agent", json_false());

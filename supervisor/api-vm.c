@@ -4,6 +4,7 @@
 #include "cleanup.h"
 #include "log.h"
 #include "util.h"
+#include "supervisor/firmware.h"
 #include "supervisor/image.h"
 #include "supervisor/network.h"
 #include "supervisor/passthrough.h"
@@ -229,12 +230,11 @@ static void create_done(int status, sv_vm *vm, const qv_error *err, void *userda
     sv_ctl_reply(req, sv_vm_details(vm));
 }
 
-void sv_api_vm_create(sv_daemon *d, sv_ctl_req *req, json_t *params) {
+/* The rest of a create, once the spec is checked against the node: GPUs,
+ * NICs, room, then the registry's work.  Takes spec. */
+static void create_continue(sv_daemon *d, sv_ctl_req *req, sv_vmspec *spec) {
     qv_error err = {0};
-    sv_vmspec *spec = NULL;
-    json_t *specj = json_object_get(params, "spec");
-    if (sv_vmspec_from_json(specj ? specj : params, &spec, &err) < 0 || sv_vmspec_complete(spec, d->config, &err) < 0 ||
-        sv_pt_prepare_spec(d->registry, d->config, spec, &err) < 0 ||
+    if (sv_pt_prepare_spec(d->registry, d->config, spec, &err) < 0 ||
         sv_net_prepare_spec(d->registry, d->config, spec, &err) < 0) {
         sv_vmspec_free(spec);
         sv_ctl_reply_qv_error(req, &err);
@@ -261,6 +261,56 @@ void sv_api_vm_create(sv_daemon *d, sv_ctl_req *req, json_t *params) {
         sv_vmspec_free(spec);
         sv_ctl_reply_qv_error(req, &err);
     }
+}
+
+typedef struct create_wait {
+    sv_daemon *d;
+    sv_ctl_req *req;
+    sv_vmspec *spec;
+} create_wait;
+
+/* A named cpu_model, against the CPU models this node's QEMU lists. */
+static void create_with_caps(int status, const sv_qemu_caps *caps, bool kvm, const qv_error *e, void *userdata) {
+    create_wait *w = userdata;
+    qv_error err = {0};
+    if (status < 0) {
+        err = *e;
+        qv_error_prefix(&err, "cannot check cpu_model '%s'", w->spec->cpu_model);
+    } else if (sv_qemu_cpu_model_check(caps, kvm, w->spec->cpu_model, &err) == 0) {
+        create_continue(w->d, w->req, w->spec);
+        free(w);
+        return;
+    }
+    sv_vmspec_free(w->spec);
+    sv_ctl_reply_qv_error(w->req, &err);
+    free(w);
+}
+
+void sv_api_vm_create(sv_daemon *d, sv_ctl_req *req, json_t *params) {
+    qv_error err = {0};
+    sv_vmspec *spec = NULL;
+    json_t *specj = json_object_get(params, "spec");
+    /* firmware first: a node without OVMF refuses before anything is reserved */
+    if (sv_vmspec_from_json(specj ? specj : params, &spec, &err) < 0 || sv_vmspec_complete(spec, d->config, &err) < 0 ||
+        sv_fw_prepare_spec(d->config, spec, &err) < 0) {
+        sv_vmspec_free(spec);
+        sv_ctl_reply_qv_error(req, &err);
+        return;
+    }
+    if (!spec->cpu_model) {
+        create_continue(d, req, spec);
+        return;
+    }
+    /* the QEMU probe (once per binary) runs on a worker; nothing is
+     * allocated for the VM (NAT addresses, GPUs) before it answered */
+    create_wait *w = calloc(1, sizeof *w);
+    if (!w) {
+        sv_vmspec_free(spec);
+        sv_ctl_reply_error(req, ENOMEM, "out of memory");
+        return;
+    }
+    *w = (create_wait){d, req, spec};
+    sv_vmctl_with_caps(d->vmctl, create_with_caps, w);
 }
 
 /* The VM named by params, or NULL after replying. */

@@ -6,6 +6,7 @@
 #include "run.h"
 #include "sysroot.h"
 #include "util.h"
+#include "supervisor/firmware.h"
 #include "vfio/vfio.h"
 
 #include <ctype.h>
@@ -35,8 +36,8 @@ const char *sv_check_status_name(int status) {
 }
 
 int sv_check_parse_needs(const char *list, unsigned *needs) {
-    static const char *const names[] = {"kvm", "vfio", "hugepages", NULL};
-    static const unsigned bits[] = {SV_NEED_KVM, SV_NEED_VFIO, SV_NEED_HUGEPAGES};
+    static const char *const names[] = {"kvm", "vfio", "hugepages", "uefi", NULL};
+    static const unsigned bits[] = {SV_NEED_KVM, SV_NEED_VFIO, SV_NEED_HUGEPAGES, SV_NEED_UEFI};
     unsigned add = 0;
     const char *p = list;
     do {
@@ -697,6 +698,29 @@ static void check_dir(sv_check_report *r, const char *name, const char *path) {
         path, parent);
 }
 
+/* ---- UEFI firmware --------------------------------------------------------- */
+
+void sv_check_firmware(sv_check_report *r, const sv_check_opts *o) {
+    static const struct {
+        const char *item;
+        int firmware;
+    } builds[] = {{"ovmf", SV_FIRMWARE_UEFI}, {"ovmf-secure", SV_FIRMWARE_UEFI_SECURE}};
+    for (size_t i = 0; i < QV_ARRAY_SIZE(builds); i++) {
+        sv_fw_choice fw;
+        qv_error err = {0};
+        const char *fwname = sv_firmware_to_string(builds[i].firmware);
+        if (sv_fw_resolve(o->config->firmware_dir, builds[i].firmware, &fw, &err) == 0) {
+            add(r, builds[i].item, SV_CHECK_OK, NULL, "--firmware %s: %s with %s (from %s)", fwname, fw.code, fw.vars,
+                fw.source);
+            continue;
+        }
+        char hint[256];
+        snprintf(hint, sizeof hint, "apt-get install ovmf%s (needed by vm create --firmware %s)",
+                 o->config->firmware_dir[0] ? ", or fix paths.firmware_dir" : "", fwname);
+        add(r, builds[i].item, severity(o, SV_NEED_UEFI), hint, "%s", err.msg);
+    }
+}
+
 void sv_check_dirs(sv_check_report *r, const sv_check_opts *o) {
     check_dir(r, "state-dir", o->config->state_dir);
     check_dir(r, "images-dir", o->config->images_dir);
@@ -719,5 +743,6 @@ void sv_check_all(sv_check_report *r, const sv_check_opts *o) {
     sv_check_vfio_devices(r, o);
     sv_check_gpu_groups(r, o);
     sv_check_hugepages(r, o);
+    sv_check_firmware(r, o);
     sv_check_dirs(r, o);
 }

@@ -32,6 +32,7 @@ enum {
     SV_NEED_KVM = 1 << 0,
     SV_NEED_VFIO = 1 << 1,
     SV_NEED_HUGEPAGES = 1 << 2,
+    SV_NEED_UEFI = 1 << 3,
 };
 
 typedef struct sv_check_item {
@@ -56,7 +57,7 @@ typedef struct sv_check_opts {
 
 /* "ok", "warn", "fail". */
 const char *sv_check_status_name(int status);
-/* Adds the bits of a comma-separated list of "kvm", "vfio", "hugepages"
+/* Adds the bits of a comma-separated list of "kvm", "vfio", "hugepages", "uefi"
  * to *needs.  -EINVAL (and *needs untouched) for anything else. */
 int sv_check_parse_needs(const char *list, unsigned *needs);
 
@@ -65,7 +66,7 @@ bool sv_check_report_ok(const sv_check_report *r);
 void sv_check_report_clear(sv_check_report *r);
 
 /* Everything, in the order it is shown: qemu, qemu-img, kvm, accel, cpu,
- * iommu, vfio, vfio-pci, gpu, hugepages, state-dir, images-dir,
+ * iommu, vfio, vfio-pci, gpu, hugepages, ovmf, ovmf-secure, state-dir, images-dir,
  * instances-dir, run-dir.  Runs QEMU (up to ~6.5 s when it hangs) and the
  * KVM probe (up to its timeout). */
 void sv_check_all(sv_check_report *r, const sv_check_opts *o);
@@ -96,6 +97,9 @@ void sv_check_vfio_devices(sv_check_report *r, const sv_check_opts *o);
 void sv_check_gpu_groups(sv_check_report *r, const sv_check_opts *o);
 /* "hugepages": reserved and free pages per size. */
 void sv_check_hugepages(sv_check_report *r, const sv_check_opts *o);
+/* "ovmf", "ovmf-secure": the firmware `vm create --firmware uefi` and
+ * uefi-secure would get (supervisor/firmware.h, paths.firmware_dir). */
+void sv_check_firmware(sv_check_report *r, const sv_check_opts *o);
 /* "state-dir", "images-dir", "instances-dir", "run-dir": each exists and
  * is writable, or its nearest existing parent is (nothing is created). */
 void sv_check_dirs(sv_check_report *r, const sv_check_opts *o);

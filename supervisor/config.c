@@ -19,6 +19,16 @@
 
 static const char *const accel_names[] = {"auto", "kvm", "tcg", NULL};
 static const char *const level_names[] = {"error", "warning", "info", "debug", NULL};
+
+/* "" (the system's) or an absolute directory without a comma: its paths go
+ * into QEMU options. */
+static int check_firmware_dir(const char *v, char *why, size_t size) {
+    if (*v && (v[0] != '/' || strchr(v, ','))) {
+        snprintf(why, size, "expected \"\" or an absolute path without a comma, got '%s'", v);
+        return -EINVAL;
+    }
+    return 0;
+}
 static const qv_log_level level_values[] = {QV_LOG_ERR, QV_LOG_WARNING, QV_LOG_INFO, QV_LOG_DEBUG};
 
 _Static_assert(SV_NO_QUOTA == SV_UNSET, "an unset quota is the schema's unset value");
@@ -52,6 +62,7 @@ static const sv_key keys[] = {
     {"paths", "instances_dir", SV_K_PATH, F(instances_dir), NULL, 0, 0, NULL, false, true},
     {"paths", "run_dir", SV_K_PATH, F(run_dir), "/run/qvisor", 0, 0, NULL, false, true},
     {"paths", "sysfs_root", SV_K_PATH, F(sysfs_root), "/", 0, 0, NULL, false, true},
+    {"paths", "firmware_dir", SV_K_STRING, F(firmware_dir), "", 0, 0, NULL, true, false, check_firmware_dir},
 
     {"daemon", "socket", SV_K_PATH, F(socket_path), NULL, 0, 0, NULL, false, true},
     {"daemon", "socket_group", SV_K_STRING, F(socket_group), "", 0, 0, NULL, true, true},

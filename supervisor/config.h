@@ -47,6 +47,7 @@ typedef struct sv_config {
     char *instances_dir; /* default STATE_DIR/instances */
     char *run_dir;
     char *sysfs_root;
+    char *firmware_dir;  /* "": the system's firmware descriptors and OVMF (supervisor/firmware.h) */
 
     /* daemon */
     char *socket_path; /* default RUN_DIR/qvisor.sock */

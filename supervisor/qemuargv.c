@@ -10,7 +10,11 @@
  * - Guest RAM on hugepages is a memfd with hugetlb (no hugetlbfs mount to
  *   manage), shared and preallocated: QEMU fails at start rather than the
  *   guest taking SIGBUS later, as libvirt does.  NUMA binding is the
- *   backend's host-nodes/policy=bind (mbind), which seccomp allows. */
+ *   backend's host-nodes/policy=bind (mbind), which seccomp allows.
+ * - UEFI firmware is pflash on blockdevs, as libvirt does: the shared code
+ *   read-only, the VM's own variable store writable.  Secure Boot needs
+ *   SMM and `cfi.pflash01.secure`, so that only SMM code may write the
+ *   variables (else the guest OS could rewrite the keys). */
 #include "qemuargv.h"
 
 #include "cleanup.h"
@@ -77,12 +81,20 @@ int sv_qemu_argv(const sv_vmspec *spec, const sv_qemu_env *env, const sv_vm_path
         {"pidfile path", paths->pidfile},
         {"seed ISO path", paths->seed_iso},  {"kernel path", spec->kernel},
         {"initrd path", spec->initrd},       {"run-as user", env->run_as},
+        {"firmware code path", spec->firmware_code}, {"firmware variables path", paths->firmware_vars},
+        {"CPU model", spec->cpu_model},
     };
     for (size_t i = 0; i < QV_ARRAY_SIZE(checked); i++) {
         int r = check_no_comma(checked[i][0], checked[i][1], err);
         if (r < 0)
             return r;
     }
+
+    bool uefi = spec->firmware == SV_FIRMWARE_UEFI || spec->firmware == SV_FIRMWARE_UEFI_SECURE;
+    bool secure = spec->firmware == SV_FIRMWARE_UEFI_SECURE;
+    if (uefi && (!spec->firmware_code || !paths->firmware_vars))
+        return qv_error_set(err, EINVAL, "firmware %s without its %s", sv_firmware_to_string(spec->firmware),
+                            spec->firmware_code ? "variable store" : "code file");
 
     uint64_t page = sv_hugepage_bytes(spec->hugepages);
     if (page && spec->memory % page != 0)
@@ -103,9 +115,10 @@ int sv_qemu_argv(const sv_vmspec *spec, const sv_qemu_env *env, const sv_vm_path
     add(&b, "-display");
     add(&b, "none");
     add(&b, "-machine");
-    add(&b, "q35,accel=%s%s", env->kvm ? "kvm" : "tcg", backend ? ",memory-backend=ram0" : "");
+    add(&b, "q35,accel=%s%s%s%s", env->kvm ? "kvm" : "tcg", secure ? ",smm=on" : "",
+        backend ? ",memory-backend=ram0" : "", uefi ? ",pflash0=pflash0,pflash1=pflash1" : "");
     add(&b, "-cpu");
-    add(&b, "%s", env->kvm ? "host" : "max");
+    add(&b, "%s", spec->cpu_model ? spec->cpu_model : env->kvm ? "host" : "max");
     add(&b, "-smp");
     add(&b, "%llu", (unsigned long long)spec->cpus);
     add(&b, "-m");
@@ -141,6 +154,22 @@ int sv_qemu_argv(const sv_vmspec *spec, const sv_qemu_env *env, const sv_vm_path
         add(&b, "file,id=serial0,path=%s", paths->serial_log);
     add(&b, "-serial");
     add(&b, "chardev:serial0");
+
+    /* UEFI: the shared code read-only, the VM's own variable store */
+    if (uefi) {
+        add(&b, "-blockdev");
+        add(&b, "driver=file,filename=%s,node-name=pflash0-file,read-only=on", spec->firmware_code);
+        add(&b, "-blockdev");
+        add(&b, "driver=raw,file=pflash0-file,node-name=pflash0,read-only=on");
+        add(&b, "-blockdev");
+        add(&b, "driver=file,filename=%s,node-name=pflash1-file", paths->firmware_vars);
+        add(&b, "-blockdev");
+        add(&b, "driver=raw,file=pflash1-file,node-name=pflash1");
+        if (secure) {
+            add(&b, "-global");
+            add(&b, "driver=cfi.pflash01,property=secure,value=on");
+        }
+    }
 
     /* system disk */
     add(&b, "-blockdev");

@@ -26,6 +26,8 @@ typedef struct sv_vm_paths {
     const char *serial_log;  /* the guest's serial console goes here */
     const char *pidfile;     /* QEMU writes its pid: our identity mark for cleanup */
     const char *seed_iso;    /* cloud-init seed, NULL for none */
+    const char *firmware_vars; /* UEFI (spec->firmware): the VM's own variable store, writable
+                                * pflash1; the code is spec->firmware_code */
     int qmp_fd;              /* listening monitor socket, as numbered in QEMU */
     int qga_fd;              /* listening guest-agent socket, as numbered in QEMU; 0: no
                               * agent channel (spec->agent off) */
@@ -49,8 +51,12 @@ typedef struct sv_vm_paths {
  * Guest RAM is an explicit memory backend (`-machine …,memory-backend=ram0`,
  * same size as -m) when it is on hugepages (spec->hugepages: memfd with
  * hugetlb, preallocated) or bound to a NUMA node (paths->numa_bind).
+ * UEFI is OVMF on two pflash blockdevs (code read-only, the VM's variable
+ * store writable); uefi-secure adds SMM and pflash that only SMM may write.
+ * The CPU model is spec->cpu_model, else host under KVM and max under TCG.
  * Returns 0 or -ENOMEM/-EINVAL with err set (EINVAL: a path with a comma,
- * RAM that is not a whole number of hugepages, a NIC without its TAP). */
+ * RAM that is not a whole number of hugepages, a NIC without its TAP, UEFI
+ * without its files). */
 int sv_qemu_argv(const sv_vmspec *spec, const sv_qemu_env *env, const sv_vm_paths *paths, char ***ret_argv,
                  qv_error *err);
 void sv_argv_free(char **argv);

@@ -22,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/ioctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -341,11 +342,94 @@ static int probe_version(const char *binary, sv_qemu_caps *caps, qv_error *err) 
     return r;
 }
 
+size_t sv_qemu_cpu_models_parse(const char *out, sv_qemu_caps *caps) {
+    size_t off = 0, n = 0;
+    caps->cpu_models[0] = '\0';
+    const char *list = strstr(out, "Available CPUs:");
+    for (const char *line = list ? strchr(list, '\n') : NULL; line && *++line && *line != '\n';
+         line = strchr(line, '\n')) {
+        if (strncmp(line, "x86 ", 4) != 0)
+            continue;
+        const char *name = line + 4;
+        while (*name == ' ')
+            name++;
+        size_t len = strcspn(name, " \t\n");
+        if (len == 0 || off + len + 2 > sizeof caps->cpu_models)
+            continue;
+        memcpy(caps->cpu_models + off, name, len);
+        off += len;
+        caps->cpu_models[off++] = '\0';
+        caps->cpu_models[off] = '\0';
+        n++;
+    }
+    caps->n_cpu_models = n;
+    return n;
+}
+
+bool sv_qemu_caps_has_cpu_model(const sv_qemu_caps *caps, const char *model) {
+    for (const char *m = caps->cpu_models; *m; m += strlen(m) + 1)
+        if (strcmp(m, model) == 0)
+            return true;
+    return false;
+}
+
+int sv_qemu_cpu_model_check(const sv_qemu_caps *caps, bool kvm, const char *model, qv_error *err) {
+    if (strcmp(model, "host") == 0 && !kvm)
+        return qv_error_set(err, EOPNOTSUPP,
+                            "cpu_model host needs KVM, and VMs on this node run under TCG (KVM: %s); use max, a "
+                            "named model, or leave cpu_model unset (host under KVM, max under TCG)",
+                            caps->kvm_detail[0] ? caps->kvm_detail : "not probed");
+    if (caps->n_cpu_models == 0)
+        return qv_error_set(err, EPROTO, "cannot check cpu_model '%s': QEMU listed no CPU models (%s)", model,
+                            caps->cpu_models_detail[0] ? caps->cpu_models_detail : "-cpu help printed none");
+    if (sv_qemu_caps_has_cpu_model(caps, model))
+        return 0;
+    /* similar: the same name in another case, or names that contain it */
+    char similar[256] = "";
+    size_t off = 0, n = 0;
+    for (int pass = 0; pass < 2; pass++)
+        for (const char *m = caps->cpu_models; *m && n < 5; m += strlen(m) + 1) {
+            bool same = strcasecmp(m, model) == 0;
+            if ((pass == 0 && !same) || (pass == 1 && (same || !strcasestr(m, model))))
+                continue;
+            int w = snprintf(similar + off, sizeof similar - off, "%s%s", n ? ", " : "", m);
+            if (w < 0 || (size_t)w >= sizeof similar - off)
+                break;
+            off += (size_t)w;
+            n++;
+        }
+    return qv_error_set(err, EINVAL, "cpu_model '%s': QEMU %s has no such CPU model%s%s (the list: %s -cpu help)",
+                        model, caps->version, n ? "; similar: " : "", similar, "qemu-system-x86_64");
+}
+
+/* `BINARY -cpu help`: the CPU models; no list is not fatal (only a VM
+ * with a named cpu_model needs it). */
+static void probe_cpu_models(const char *binary, sv_qemu_caps *caps) {
+    char *argv[] = {(char *)binary, (char *)"-cpu", (char *)"help", NULL};
+    qv_run_result res;
+    int r = qv_run(argv, SV_QEMU_PROBE_VERSION_TIMEOUT_MS, NULL, NULL, &res);
+    if (r < 0) {
+        snprintf(caps->cpu_models_detail, sizeof caps->cpu_models_detail, "'%s -cpu help': %s", binary,
+                 strerror(-r));
+        return;
+    }
+    if (!qv_run_ok(&res)) {
+        char how[64];
+        qv_run_describe(&res, how, sizeof how);
+        snprintf(caps->cpu_models_detail, sizeof caps->cpu_models_detail, "'%s -cpu help' %s", binary, how);
+    } else if (sv_qemu_cpu_models_parse(res.out, caps) == 0) {
+        snprintf(caps->cpu_models_detail, sizeof caps->cpu_models_detail, "'%s -cpu help' listed no x86 models",
+                 binary);
+    }
+    qv_run_result_free(&res);
+}
+
 int sv_qemu_caps_probe(const char *binary, bool want_kvm, sv_qemu_caps *ret, qv_error *err) {
     sv_qemu_caps caps = {0};
     int r = probe_version(binary, &caps, err);
     if (r < 0)
         return r;
+    probe_cpu_models(binary, &caps);
 
     char payload[PATH_MAX];
     r = write_payload(payload, sizeof payload, err);

@@ -20,6 +20,11 @@ typedef struct sv_qemu_caps {
     char kvm_detail[256];     /* "KVM works", or why not: "/dev/kvm: No such file or directory",
                                * "QEMU aborted: failed to set MSR 0x10a to 0x69",
                                * "KVM internal error: emulation failure", "not probed (accelerator: tcg)" */
+    /* the CPU models `BINARY -cpu help` lists ("486", "EPYC-Rome", "host", "max"),
+     * each NUL-terminated, in its order; n_cpu_models 0 when it listed none */
+    char cpu_models[8192];
+    size_t n_cpu_models;
+    char cpu_models_detail[256]; /* "" or why there is no list */
 } sv_qemu_caps;
 
 /* The probe guest is 256 bytes of x86 code at the top of a 64 KiB -bios
@@ -33,8 +38,9 @@ typedef struct sv_qemu_caps {
 #define SV_QEMU_PROBE_SANDBOX "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
 
 /* Time limits of sv_qemu_caps_probe(), per QEMU run.  A probe runs QEMU at
- * most three times (-version, TCG+sandbox, KVM), so it is over within
- * 1.5 + 2.5 + 2.5 s even when QEMU hangs; it takes about 0.2 s when not (measured here: 0.13-0.26 s). */
+ * most four times (-version, -cpu help, TCG+sandbox, KVM), so it is over
+ * within 1.5 + 1.5 + 2.5 + 2.5 s even when QEMU hangs; it takes about 0.3 s
+ * when not (measured here: 0.13-0.26 s before -cpu help, which adds ~0.1 s). */
 #define SV_QEMU_PROBE_VERSION_TIMEOUT_MS 1500
 #define SV_QEMU_PROBE_GUEST_TIMEOUT_MS 2500
 
@@ -56,7 +62,19 @@ typedef struct sv_qemu_guest_run {
 int sv_qemu_probe_guest(const char *binary, bool kvm, bool sandbox, int timeout_ms, sv_qemu_guest_run *ret,
                         qv_error *err);
 
-/* Probes `binary` (PATH lookup or absolute): version, sandbox, and with
+/* Reads `-cpu help` output: the name after "x86 " on each line of the
+ * "Available CPUs:" list, into caps->cpu_models.  Returns the number of
+ * names (0 when there is no such list); names that do not fit are dropped. */
+size_t sv_qemu_cpu_models_parse(const char *out, sv_qemu_caps *caps);
+/* Whether caps lists model (exact name, as QEMU takes it). */
+bool sv_qemu_caps_has_cpu_model(const sv_qemu_caps *caps, const char *model);
+/* A VM's cpu_model against this node (kvm: the resolved accelerator):
+ * 0; -EOPNOTSUPP for "host" when VMs run under TCG (QEMU refuses it); -EINVAL
+ * for a name QEMU does not list, with up to five similar ones as a hint;
+ * -EPROTO when QEMU listed no models (cpu_models_detail says why). */
+int sv_qemu_cpu_model_check(const sv_qemu_caps *caps, bool kvm, const char *model, qv_error *err);
+
+/* Probes `binary` (PATH lookup or absolute): version, CPU models, sandbox, and with
  * want_kvm also KVM (first /dev/kvm: open, KVM_GET_API_VERSION == 12,
  * KVM_CREATE_VM; then the probe guest under KVM).  want_kvm false gives
  * kvm false with kvm_detail "not probed (accelerator: tcg)".  Returns 0,

@@ -6,6 +6,7 @@
 #include "log.h"
 #include "qv-build.h"
 #include "util.h"
+#include "supervisor/firmware.h"
 #include "supervisor/image.h"
 #include "supervisor/network.h"
 #include "supervisor/seed.h"
@@ -388,6 +389,15 @@ static void create_work(uv_work_t *w) {
         goto fail_tmp;
     if ((r = sv_seed_prepare(vm->spec, c, tmp, NULL, err)) < 0)
         goto fail_tmp;
+    /* UEFI: the VM's own variable store, from the template create chose;
+     * the daemon's user owns it like the disk: QEMU opens both before
+     * -runas drops its privileges */
+    if (vm->spec->firmware != SV_FIRMWARE_BIOS) {
+        char vars[PATH_MAX + 16];
+        snprintf(vars, sizeof vars, "%s/" SV_FW_VARS_FILE, tmp);
+        if ((r = sv_fw_vars_copy(vm->spec->firmware_vars, vars, err)) < 0)
+            goto fail_tmp;
+    }
 
     r = sv_image_stamp(base, &vm->base_size, &vm->base_mtime_ns, err);
     if (r < 0)
@@ -558,6 +568,8 @@ json_t *sv_vm_details(const sv_vm *vm) {
     json_object_set_new(j, "qemu_log", json_string(p));
     snprintf(p, sizeof p, "%s/serial.log", vm->dir);
     json_object_set_new(j, "serial_log", json_string(p));
+    snprintf(p, sizeof p, "%s/" SV_FW_VARS_FILE, vm->dir);
+    json_object_set_new(j, "firmware_vars_store", vm->spec->firmware != SV_FIRMWARE_BIOS ? json_string(p) : json_null());
     json_object_set_new(j, "created_at", json_integer((json_int_t)vm->created_at));
     json_object_set_new(j, "last_exit", vm->last_exit ? json_string(vm->last_exit) : json_null());
     json_object_set_new(j, "addresses", has_qemu(vm) && vm->addresses ? json_incref(vm->addresses) : json_array());

@@ -25,6 +25,7 @@
 #include "supervisor/placement.h"
 #include "supervisor/console.h"
 #include "frame.h"
+#include "supervisor/firmware.h"
 #include "supervisor/qemucaps.h"
 #include "supervisor/resources.h"
 #include "supervisor/seed.h"
@@ -76,6 +77,13 @@ typedef enum stop_stage {
 typedef struct watch watch;
 typedef struct vmrt vmrt;
 
+/* sv_vmctl_with_caps() calls waiting for a probe */
+typedef struct caps_waiter {
+    sv_vmctl_caps_fn done;
+    void *userdata;
+    struct caps_waiter *next;
+} caps_waiter;
+
 struct sv_vmctl {
     uv_loop_t *loop;
     sv_registry *registry;
@@ -91,6 +99,7 @@ struct sv_vmctl {
     char *caps_binary;
     bool caps_want_kvm;
     bool accel_warned;
+    caps_waiter *caps_waiters;
 };
 
 struct watch {
@@ -673,6 +682,7 @@ typedef struct prep_job {
     sv_vmspec *spec;   /* copies for the worker thread */
     sv_config *config;
     bool seed_changed;
+    bool vars_restored; /* UEFI: the variable store was missing and is a fresh copy */
     sv_net_fds net;
     int status;
     qv_error err;
@@ -705,6 +715,14 @@ static void prep_work(uv_work_t *w) {
                                    "base image %s changed since this VM's disk was made on it (size or mtime "
                                    "differs); the disk would be corrupt: restore the image or recreate the VM",
                                    job->base);
+        return;
+    }
+    /* UEFI: the recorded code must still be there; a variable store deleted
+     * by hand is made again from its template (the guest loses its boot
+     * entries and settings, nothing else) */
+    r = sv_fw_start_check(job->spec, job->dir, &job->vars_restored, &job->err);
+    if (r < 0) {
+        job->status = r;
         return;
     }
     /* the seed follows the spec and the node's DNS: rewritten when they changed */
@@ -833,6 +851,10 @@ static void prep_after(uv_work_t *w, int status) {
     if (rt->vm && !c->shutting_down) {
         if (job->seed_changed)
             log_info("VM %s: cloud-init seed (re)written", rt->vm->name);
+        if (job->vars_restored)
+            log_warning("VM %s: its UEFI variable store %s/" SV_FW_VARS_FILE " was missing; made a fresh copy of %s "
+                        "(boot entries and firmware settings start over)",
+                        rt->vm->name, job->dir, job->spec->firmware_vars);
         if (job->status < 0) {
             start_abandon(rt, job->err.code, job->err.msg);
         } else {
@@ -853,6 +875,53 @@ static void caps_work(uv_work_t *w) {
     c->caps_status = sv_qemu_caps_probe(c->caps_binary, c->caps_want_kvm, &c->caps, &c->caps_err);
 }
 
+/* The probe's answer to one sv_vmctl_with_caps() caller, with the
+ * accelerator resolved the way launch() will. */
+static void caps_deliver(sv_vmctl *c, sv_vmctl_caps_fn done, void *userdata) {
+    qv_error err = {0};
+    if (c->shutting_down) {
+        qv_error_set(&err, ECANCELED, "the daemon is stopping");
+        done(-ECANCELED, NULL, false, &err, userdata);
+        return;
+    }
+    if (c->caps_state != CAPS_DONE || c->caps_status < 0) {
+        if (c->caps_state == CAPS_DONE)
+            err = c->caps_err;
+        else
+            qv_error_set(&err, ENOMEM, "cannot probe QEMU");
+        done(-err.code, NULL, false, &err, userdata);
+        return;
+    }
+    bool kvm = false;
+    if (sv_qemu_accel_resolve(sv_accel_to_string(cfg(c)->accelerator), &c->caps, &kvm, NULL, 0, &err) < 0) {
+        done(-err.code, NULL, false, &err, userdata);
+        return;
+    }
+    done(0, &c->caps, kvm, NULL, userdata);
+}
+
+static bool caps_current(sv_vmctl *c);
+
+void sv_vmctl_with_caps(sv_vmctl *c, sv_vmctl_caps_fn done, void *userdata) {
+    if (c->shutting_down || caps_current(c) || c->caps_state != CAPS_PROBING) {
+        caps_deliver(c, done, userdata);
+        return;
+    }
+    caps_waiter *w = calloc(1, sizeof *w);
+    if (!w) {
+        qv_error err;
+        qv_error_set(&err, ENOMEM, "out of memory");
+        done(-ENOMEM, NULL, false, &err, userdata);
+        return;
+    }
+    w->done = done;
+    w->userdata = userdata;
+    caps_waiter **p = &c->caps_waiters;
+    while (*p)
+        p = &(*p)->next;
+    *p = w;
+}
+
 static void caps_after(uv_work_t *w, int status) {
     sv_vmctl *c = w->data;
     free(w);
@@ -870,6 +939,14 @@ static void caps_after(uv_work_t *w, int status) {
                 rt->waiting_caps = false;
                 maybe_launch(rt);
             }
+    caps_waiter *w8 = c->caps_waiters;
+    c->caps_waiters = NULL;
+    while (w8) {
+        caps_waiter *next = w8->next;
+        caps_deliver(c, w8->done, w8->userdata);
+        free(w8);
+        w8 = next;
+    }
     ctl_unref(c);
 }
 
@@ -985,9 +1062,15 @@ static void launch(vmrt *rt) {
         log_warning("%s", warning);
         c->accel_warned = true;
     }
+    /* checked at create, but the node may have changed since (KVM gone,
+     * another QEMU): QEMU's own refusal would be less clear */
+    if (vm->spec->cpu_model && sv_qemu_cpu_model_check(&c->caps, kvm, vm->spec->cpu_model, &err) < 0) {
+        start_abandon(rt, err.code, err.msg);
+        return;
+    }
 
     char qmp_path[PATH_MAX], qga_path[PATH_MAX], con_path[PATH_MAX], pidfile[PATH_MAX], disk[PATH_MAX],
-        serial[PATH_MAX], logpath[PATH_MAX], seed[PATH_MAX];
+        serial[PATH_MAX], logpath[PATH_MAX], seed[PATH_MAX], vars[PATH_MAX];
     run_path(rt, "qmp.sock", qmp_path, sizeof qmp_path);
     run_path(rt, "qga.sock", qga_path, sizeof qga_path);
     run_path(rt, "console.sock", con_path, sizeof con_path);
@@ -996,6 +1079,7 @@ static void launch(vmrt *rt) {
     snprintf(serial, sizeof serial, "%s/serial.log", vm->dir);
     snprintf(logpath, sizeof logpath, "%s/qemu.log", vm->dir);
     snprintf(seed, sizeof seed, "%s/" SV_SEED_ISO, vm->dir);
+    snprintf(vars, sizeof vars, "%s/" SV_FW_VARS_FILE, vm->dir);
     if (!qmp_path[0] || !qga_path[0] || !con_path[0] || !pidfile[0]) {
         start_abandon(rt, ENAMETOOLONG, "run directory path too long");
         return;
@@ -1074,6 +1158,7 @@ static void launch(vmrt *rt) {
         .qga_fd = qga_fd,
         .console_fd = console_fd,
         .seed_iso = vm->spec->seed && access(seed, F_OK) == 0 ? seed : NULL,
+        .firmware_vars = vm->spec->firmware != SV_FIRMWARE_BIOS ? vars : NULL,
         .qmp_fd = 3,
         .ssh_port = port,
         .tap_fds = tap_fds,
@@ -2241,6 +2326,12 @@ void sv_vmctl_shutdown(sv_vmctl *c) {
     if (!c)
         return;
     c->shutting_down = true;
+    while (c->caps_waiters) {
+        caps_waiter *w = c->caps_waiters;
+        c->caps_waiters = w->next;
+        caps_deliver(c, w->done, w->userdata);
+        free(w);
+    }
     while (c->rts) {
         vmrt *rt = c->rts;
         fail_waiters(&rt->start_waiters, ECANCELED,

@@ -13,6 +13,7 @@
 
 #include "error.h"
 #include "supervisor/config.h"
+#include "supervisor/qemucaps.h"
 #include "supervisor/registry.h"
 
 typedef struct sv_vmctl sv_vmctl;
@@ -22,6 +23,16 @@ typedef struct sv_vmctl sv_vmctl;
  * at the first start, and again when qemu.binary or the accelerator mode
  * changes; starts wait for it. */
 int sv_vmctl_new(uv_loop_t *loop, sv_registry *registry, sv_config *const *config, sv_vmctl **ret, qv_error *err);
+/* What this node's QEMU can do, for checks at create (a named cpu_model):
+ * done gets 0, the probe's caps (borrowed, valid during the call) and
+ * whether VMs run under KVM (the configured accelerator resolved as a start
+ * would), or a negative errno with err (QEMU cannot be run, accelerator kvm
+ * without a working KVM, ECANCELED when the daemon stops first).  Called at
+ * once when the cached probe is current, else after the probe. */
+typedef void (*sv_vmctl_caps_fn)(int status, const sv_qemu_caps *caps, bool kvm, const qv_error *err,
+                                 void *userdata);
+void sv_vmctl_with_caps(sv_vmctl *c, sv_vmctl_caps_fn done, void *userdata);
+
 /* Takes over every VM the previous daemon left running, starting or stopping
  * (identity checked; a pid that fails the check is never signalled) and
  * finishes or rolls back their operations.  Call once, after sv_vmctl_new. */

@@ -8,6 +8,7 @@
 #include "util.h"
 #include "vfio/bind.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -16,6 +17,7 @@
 
 static const char *const restart_names[] = {"never", "on-failure", "always", NULL};
 static const char *const hugepage_names[] = {"none", "2M", "1G", NULL};
+static const char *const firmware_names[] = {"bios", "uefi", "uefi-secure", NULL};
 
 #define F(field) offsetof(sv_vmspec, field)
 
@@ -121,6 +123,23 @@ static int check_numa(const char *v, char *why, size_t size) {
     return -EINVAL;
 }
 
+/* A QEMU CPU model name (Skylake-Client-v4, EPYC, max): no options after a
+ * comma (CPU flags are not supported), nothing QEMU could read as more. */
+static int check_cpu_model(const char *v, char *why, size_t size) {
+    size_t n = strlen(v);
+    bool ok = n > 0 && n <= 64 && (isalnum((unsigned char)v[0]));
+    for (size_t i = 0; ok && i < n; i++)
+        ok = isalnum((unsigned char)v[i]) || strchr("._-", v[i]);
+    if (!ok) {
+        snprintf(why, size,
+                 "'%s' is not a CPU model name (letters, digits, '.', '_' and '-', at most 64; CPU flags such as "
+                 "+vmx are not supported): see qemu-system-x86_64 -cpu help",
+                 v);
+        return -EINVAL;
+    }
+    return 0;
+}
+
 /* section, name, kind, field, default, min, max, enum names, allow empty, restart, check */
 static const sv_key keys[] = {
     {NULL, "name", SV_K_NAME, F(name), NULL, 0, 0, NULL, false, false},
@@ -142,6 +161,10 @@ static const sv_key keys[] = {
     {NULL, "hugepages", SV_K_ENUM, F(hugepages), "none", 0, 0, hugepage_names, false, false},
     {NULL, "numa", SV_K_STRING, F(numa), NULL, 0, 0, NULL, false, false, check_numa},
     {NULL, "pin", SV_K_STRING, F(pin), NULL, 0, 0, NULL, false, false, check_pin},
+    {NULL, "firmware", SV_K_ENUM, F(firmware), "bios", 0, 0, firmware_names, false, false},
+    {NULL, "firmware_code", SV_K_PATH, F(firmware_code), NULL, 0, 0, NULL, false, false},
+    {NULL, "firmware_vars", SV_K_PATH, F(firmware_vars), NULL, 0, 0, NULL, false, false},
+    {NULL, "cpu_model", SV_K_STRING, F(cpu_model), NULL, 0, 0, NULL, false, false, check_cpu_model},
     {NULL, "seed", SV_K_BOOL, F(seed), "true", 0, 0, NULL, false, false},
     {NULL, "hostname", SV_K_STRING, F(hostname), NULL, 0, 0, NULL, false, false, check_hostname},
     {NULL, "user", SV_K_STRING, F(user), CI_DEFAULT_USER, 0, 0, NULL, false, false, check_user},
@@ -158,6 +181,10 @@ static const sv_schema schema = SV_SCHEMA(keys);
 
 const char *sv_restart_to_string(int r) {
     return r >= 0 && r <= SV_RESTART_ALWAYS ? restart_names[r] : "never";
+}
+
+const char *sv_firmware_to_string(int f) {
+    return f >= 0 && f <= SV_FIRMWARE_UEFI_SECURE ? firmware_names[f] : "bios";
 }
 
 uint64_t sv_hugepage_bytes(int h) {
@@ -220,6 +247,8 @@ json_t *sv_vmspec_to_json(const sv_vmspec *s) {
         {"gpus", !s->gpus || !s->gpus[0]},
         {"nets", !s->nets || !s->nets[0]},
         {"storage_pool", !s->storage_pool}, {"numa", !s->numa}, {"pin", !s->pin},
+        {"firmware_code", !s->firmware_code}, {"firmware_vars", !s->firmware_vars},
+        {"cpu_model", !s->cpu_model},
     };
     for (size_t i = 0; j && i < QV_ARRAY_SIZE(opt); i++)
         if (opt[i].unset)
@@ -271,6 +300,12 @@ int sv_vmspec_complete(sv_vmspec *s, const sv_config *node, qv_error *err) {
                                 "user-data, where %s would go (set it in your own user-data instead)",
                                 gen, gen);
     }
+    if (s->firmware == SV_FIRMWARE_BIOS && (s->firmware_code || s->firmware_vars))
+        return qv_error_set(err, EINVAL, "spec: %s needs firmware uefi or uefi-secure",
+                            s->firmware_code ? "firmware_code" : "firmware_vars");
+    if (!s->firmware_code != !s->firmware_vars)
+        return qv_error_set(err, EINVAL, "spec: firmware_code and firmware_vars go together (or leave both out: "
+                                         "create finds OVMF)");
     if (qv_strv_len(s->nets) > ND_NICS_MAX)
         return qv_error_set(err, EINVAL, "spec: nets: at most %d NICs per VM", ND_NICS_MAX);
     if (s->pin && s->numa && strcmp(s->numa, "auto") == 0)

@@ -22,6 +22,13 @@ typedef enum sv_hugepages_size {
     SV_HUGEPAGES_1G,
 } sv_hugepages_size;
 
+/* What the guest boots from (docs/firmware.md). */
+typedef enum sv_firmware {
+    SV_FIRMWARE_BIOS,        /* SeaBIOS, QEMU's default */
+    SV_FIRMWARE_UEFI,        /* OVMF */
+    SV_FIRMWARE_UEFI_SECURE, /* OVMF's Secure Boot build, Microsoft keys enrolled, SMM */
+} sv_firmware;
+
 typedef struct sv_vmspec {
     char *name;               /* [a-z0-9][a-z0-9-]{0,62}, required */
     char *image;              /* base image name in the images directory, required */
@@ -49,6 +56,14 @@ typedef struct sv_vmspec {
     int hugepages;            /* sv_hugepages_size: guest RAM on hugepages */
     char *numa;               /* NULL, "auto" or a node number: bind memory (and CPUs) to a node */
     char *pin;                /* host CPU list for the vCPU and emulator threads, NULL: none */
+    /* firmware: stored resolved at create (default bios).  For uefi and
+     * uefi-secure, create also records the OVMF code and the variable-store
+     * template it chose (supervisor/firmware.h), so that a later OVMF
+     * package does not switch a VM's firmware build under it. */
+    int firmware;             /* sv_firmware */
+    char *firmware_code;      /* absolute path, read-only pflash0; NULL for bios */
+    char *firmware_vars;      /* the template INSTANCE_DIR/efivars.fd was copied from */
+    char *cpu_model;          /* a model QEMU lists (-cpu help); NULL: host under KVM, max under TCG */
     /* cloud-init seed (supervisor/seed.h) */
     bool seed;                /* attach a NoCloud seed at all (default true) */
     char *hostname;           /* local-hostname; unset: the VM name (sv_vmspec_complete fills it) */
@@ -94,5 +109,7 @@ int sv_vmspec_complete(sv_vmspec *s, const sv_config *node, qv_error *err);
 const char *sv_vmspec_generated_user_data_key(const sv_vmspec *s);
 
 const char *sv_restart_to_string(int r);
+/* "bios", "uefi", "uefi-secure". */
+const char *sv_firmware_to_string(int f);
 /* Page size in bytes of an sv_hugepages_size (0 for none). */
 uint64_t sv_hugepage_bytes(int h);

@@ -14,7 +14,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from qvtest import Node, scaled  # noqa: E402
 
 ORDER = ["qemu", "qemu-img", "kvm", "accel", "cpu", "iommu", "vfio", "vfio-pci", "gpu", "hugepages",
-         "state-dir", "images-dir", "instances-dir", "run-dir"]
+         "ovmf", "ovmf-secure", "state-dir", "images-dir", "instances-dir", "run-dir"]
 
 
 def clean_env(**extra):
@@ -119,6 +119,30 @@ class Check(unittest.TestCase):
             self.assertTrue(items["kvm"]["status"] == "fail" or items["accel"]["status"] == "fail")
         self.assertEqual(j["needs"], ["kvm"])
 
+    def test_ovmf(self):
+        # this node has Debian's ovmf (scripts/debian-packages.txt): found
+        # through QEMU's firmware descriptors
+        code, j, items = self.check_json("--need", "uefi")
+        self.assertEqual(items["ovmf"]["status"], "ok", items["ovmf"])
+        self.assertIn("/usr/share/OVMF/OVMF_CODE_4M.fd", items["ovmf"]["detail"])
+        self.assertIn("/usr/share/qemu/firmware/", items["ovmf"]["detail"])
+        self.assertEqual(items["ovmf-secure"]["status"], "ok", items["ovmf-secure"])
+        self.assertIn("OVMF_VARS_4M.ms.fd", items["ovmf-secure"]["detail"])
+        self.assertEqual(j["needs"], ["uefi"])
+        # a node without OVMF (paths.firmware_dir: an empty directory):
+        # WARN, FAIL with --need uefi
+        empty = os.path.join(self.node.dir, "no-firmware")
+        os.mkdir(empty)
+        self.node.write_config(f"  firmware_dir: {empty}\n")  # continues the paths section
+        code, j, items = self.check_json()
+        for name in ("ovmf", "ovmf-secure"):
+            self.assertEqual(items[name]["status"], "warn", items[name])
+            self.assertIn("apt-get install ovmf", items[name]["hint"])
+        code, j, items = self.check_json("--need", "uefi")
+        self.assertEqual(code, 69)
+        self.assertEqual(items["ovmf"]["status"], "fail")
+        self.assertIn("OVMF_CODE_4M.fd is missing", items["ovmf"]["detail"])
+
     # ---- fake trees ------------------------------------------------------
 
     def test_fake_tree_without_iommu(self):
@@ -214,7 +238,7 @@ class Check(unittest.TestCase):
     def test_usage_and_config_errors(self):
         p = self.check("--need", "gpu")
         self.assertEqual(p.returncode, 64)
-        self.assertIn("--need takes kvm, vfio or hugepages", p.stderr)
+        self.assertIn("--need takes kvm, vfio, hugepages or uefi", p.stderr)
         p = self.check("extra")
         self.assertEqual(p.returncode, 64)
         p = self.check("--help")

@@ -157,6 +157,8 @@ static void test_parse_needs(void **st) {
     assert_int_equal(n, SV_NEED_KVM);
     assert_int_equal(sv_check_parse_needs("vfio,hugepages", &n), 0);
     assert_int_equal(n, SV_NEED_KVM | SV_NEED_VFIO | SV_NEED_HUGEPAGES);
+    assert_int_equal(sv_check_parse_needs("uefi", &n), 0);
+    assert_int_equal(n, SV_NEED_KVM | SV_NEED_VFIO | SV_NEED_HUGEPAGES | SV_NEED_UEFI);
     const char *bad[] = {"", "gpu", "kvm,", ",kvm", "kvm,,vfio", "KVM", "kvm vfio"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         unsigned m = SV_NEED_VFIO;
@@ -446,6 +448,38 @@ static void test_hugepages(void **st) {
 
 /* ---- directories -------------------------------------------------------- */
 
+/* ---- UEFI firmware ------------------------------------------------------------ */
+
+static void test_firmware(void **st) {
+    (void)st;
+    /* a node without OVMF: WARN, FAIL only with --need uefi */
+    set_path(&cfg->firmware_dir, "%s/fw", root);
+    w("fw/README", "nothing here");
+    sv_check_opts o = opts(0);
+    sv_check_firmware(&rep, &o);
+    assert_int_equal(rep.n, 2);
+    assert_int_equal(item("ovmf", 0)->status, SV_CHECK_WARN);
+    assert_contains(item("ovmf", 0)->detail, "OVMF_CODE_4M.fd is missing");
+    assert_contains(item("ovmf", 0)->hint, "apt-get install ovmf");
+    assert_int_equal(item("ovmf-secure", 0)->status, SV_CHECK_WARN);
+    assert_true(sv_check_report_ok(&rep));
+    fresh();
+    o = opts(SV_NEED_UEFI);
+    sv_check_firmware(&rep, &o);
+    assert_int_equal(item("ovmf", 0)->status, SV_CHECK_FAIL);
+    assert_int_equal(item("ovmf-secure", 0)->status, SV_CHECK_FAIL);
+    assert_false(sv_check_report_ok(&rep));
+    /* the plain build only */
+    fresh();
+    w("fw/OVMF_CODE_4M.fd", "code");
+    w("fw/OVMF_VARS_4M.fd", "vars");
+    sv_check_firmware(&rep, &o);
+    assert_int_equal(item("ovmf", 0)->status, SV_CHECK_OK);
+    assert_contains(item("ovmf", 0)->detail, "/fw/OVMF_CODE_4M.fd with ");
+    assert_int_equal(item("ovmf-secure", 0)->status, SV_CHECK_FAIL);
+    assert_contains(item("ovmf-secure", 0)->detail, "OVMF_CODE_4M.secboot.fd is missing");
+}
+
 static void test_dirs(void **st) {
     (void)st;
     sv_check_opts o = opts(0);
@@ -639,6 +673,7 @@ static void test_missing_binaries(void **st) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_parse_needs, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_firmware, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cpu_flags, setup, teardown),
         cmocka_unit_test_setup_teardown(test_iommu_on, setup, teardown),
         cmocka_unit_test_setup_teardown(test_iommu_off_intel, setup, teardown),

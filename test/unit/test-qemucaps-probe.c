@@ -58,6 +58,11 @@ static void test_probe(void **state) {
     /* Debian's QEMU is built with seccomp */
     assert_true(c.sandbox);
     assert_string_equal(c.sandbox_detail, "sandbox works");
+    /* the CPU models of `-cpu help` (Debian's 7.2 lists about 115) */
+    assert_true(c.n_cpu_models > 20);
+    assert_true(sv_qemu_caps_has_cpu_model(&c, "max"));
+    assert_true(sv_qemu_caps_has_cpu_model(&c, "host"));
+    assert_true(sv_qemu_caps_has_cpu_model(&c, "qemu64"));
     if (c.kvm) {
         assert_string_equal(c.kvm_detail, "KVM works");
     } else {

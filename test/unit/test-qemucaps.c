@@ -112,6 +112,16 @@ static const char fake_qemu[] =
     "  echo 'Copyright (c) 2003-2024 Fabrice Bellard and the QEMU Project developers'\n"
     "  exit 0\n"
     "fi\n"
+    "if [ \"$1\" = -cpu ]; then\n"
+    "  case \"$QV_FAKE_QEMU_MODE\" in\n"
+    "  nocpus) echo 'fake-qemu: -cpu help: unsupported' >&2; exit 1;;\n"
+    "  esac\n"
+    "  printf 'Available CPUs:\\nx86 486                   (alias configured by machine type)\\n'\n"
+    "  printf 'x86 EPYC-Rome-v1         AMD EPYC-Rome Processor\\nx86 Skylake-Client-v4  Intel Core\\n'\n"
+    "  printf 'x86 host                  processor with all supported host features \\n'\n"
+    "  printf 'x86 max                   Enables all features\\n\\nRecognized CPUID flags:\\n  3dnow avx\\n'\n"
+    "  exit 0\n"
+    "fi\n"
     "case \"$QV_FAKE_QEMU_MODE\" in\n"
     "ok) printf RPL; exit 85;;\n"
     "abort)\n"
@@ -229,6 +239,18 @@ static void test_caps_from_fake(void **state) {
     assert_false(c.kvm);
     assert_string_equal(c.kvm_detail, "not probed (accelerator: tcg)");
 
+    /* the CPU models, in QEMU's order, without the flags after the list */
+    assert_int_equal(c.n_cpu_models, 5);
+    assert_true(sv_qemu_caps_has_cpu_model(&c, "EPYC-Rome-v1"));
+    assert_true(sv_qemu_caps_has_cpu_model(&c, "max"));
+    assert_false(sv_qemu_caps_has_cpu_model(&c, "avx"));
+    assert_false(sv_qemu_caps_has_cpu_model(&c, "Available"));
+
+    setenv("QV_FAKE_QEMU_MODE", "nocpus", 1);
+    assert_int_equal(sv_qemu_caps_probe(fake_path, false, &c, &err), 0);
+    assert_int_equal(c.n_cpu_models, 0);
+    assert_non_null(strstr(c.cpu_models_detail, "-cpu help' exited with status 1"));
+
     setenv("QV_FAKE_QEMU_MODE", "nosandbox", 1);
     assert_int_equal(sv_qemu_caps_probe(fake_path, false, &c, &err), 0);
     assert_false(c.sandbox);
@@ -241,6 +263,51 @@ static void test_caps_from_fake(void **state) {
     setenv("QV_FAKE_QEMU_MODE", "failversion", 1);
     assert_int_equal(sv_qemu_caps_probe(fake_path, false, &c, &err), -EPROTO);
     assert_non_null(strstr(err.msg, "exited with status 2: cannot start"));
+}
+
+static void test_cpu_model_check(void **state) {
+    (void)state;
+    sv_qemu_caps c = {0};
+    snprintf(c.version, sizeof c.version, "7.2.22");
+    snprintf(c.kvm_detail, sizeof c.kvm_detail, "QEMU aborted: failed to set MSR 0x10a to 0x69");
+    const char *help = "Available CPUs:\n"
+                       "x86 486                   (alias configured by machine type)\n"
+                       "x86 Skylake-Client        (alias configured by machine type)\n"
+                       "x86 Skylake-Client-IBRS   (alias of Skylake-Client-v2)\n"
+                       "x86 Skylake-Client-v4     Intel Core Processor (Skylake) [IBRS, no TSX]\n"
+                       "x86 Skylake-Server        (alias configured by machine type)\n"
+                       "x86 qemu64                (alias configured by machine type)\n"
+                       "x86 host                  processor with all supported host features \n"
+                       "x86 max                   Enables all features supported by the accelerator\n"
+                       "\n"
+                       "Recognized CPUID flags:\n"
+                       "  3dnow 3dnowext 3dnowprefetch abm ace2\n";
+    assert_int_equal(sv_qemu_cpu_models_parse(help, &c), 8);
+    qv_error err = {0};
+    assert_int_equal(sv_qemu_cpu_model_check(&c, false, "Skylake-Client-v4", &err), 0);
+    assert_int_equal(sv_qemu_cpu_model_check(&c, false, "max", &err), 0);
+    assert_int_equal(sv_qemu_cpu_model_check(&c, true, "host", &err), 0);
+    /* host under TCG: QEMU would refuse it at start */
+    assert_int_equal(sv_qemu_cpu_model_check(&c, false, "host", &err), -EOPNOTSUPP);
+    assert_string_equal(err.msg, "cpu_model host needs KVM, and VMs on this node run under TCG (KVM: QEMU aborted: "
+                                 "failed to set MSR 0x10a to 0x69); use max, a named model, or leave cpu_model unset "
+                                 "(host under KVM, max under TCG)");
+    /* unknown: names similar ones, the same name in another case first */
+    assert_int_equal(sv_qemu_cpu_model_check(&c, false, "skylake-client", &err), -EINVAL);
+    assert_string_equal(err.msg, "cpu_model 'skylake-client': QEMU 7.2.22 has no such CPU model; similar: "
+                                 "Skylake-Client, Skylake-Client-IBRS, Skylake-Client-v4 (the list: "
+                                 "qemu-system-x86_64 -cpu help)");
+    assert_int_equal(sv_qemu_cpu_model_check(&c, false, "Pentium9000", &err), -EINVAL);
+    assert_string_equal(err.msg, "cpu_model 'Pentium9000': QEMU 7.2.22 has no such CPU model (the list: "
+                                 "qemu-system-x86_64 -cpu help)");
+    /* the flags after the list are not models */
+    assert_int_equal(sv_qemu_cpu_model_check(&c, false, "abm", &err), -EINVAL);
+    /* no list at all: cannot tell */
+    sv_qemu_caps none = {0};
+    assert_int_equal(sv_qemu_cpu_models_parse("qemu: unknown option\n", &none), 0);
+    snprintf(none.cpu_models_detail, sizeof none.cpu_models_detail, "'qemu -cpu help' exited with status 1");
+    assert_int_equal(sv_qemu_cpu_model_check(&none, false, "max", &err), -EPROTO);
+    assert_non_null(strstr(err.msg, "QEMU listed no CPU models ('qemu -cpu help' exited with status 1)"));
 }
 
 static void test_caps_missing_binary(void **state) {
@@ -264,6 +331,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_guest_hangs, fake_setup, fake_teardown),
         cmocka_unit_test_setup_teardown(test_caps_from_fake, fake_setup, fake_teardown),
         cmocka_unit_test(test_caps_missing_binary),
+        cmocka_unit_test(test_cpu_model_check),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

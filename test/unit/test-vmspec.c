@@ -704,6 +704,119 @@ static void test_commas_refused(void **state) {
     assert_non_null(strstr(err.msg, "disk path '/tmp/a,b/disk.qcow2' contains a comma"));
 }
 
+/* ---- firmware and CPU model ---- */
+
+static void test_firmware_and_cpu_model_keys(void **state) {
+    (void)state;
+    /* bios by default, and always written out: an old spec.json without the
+     * key keeps meaning what it meant */
+    _cleanup_(sv_vmspec_freep) sv_vmspec *plain = spec_from("{\"name\":\"p\",\"image\":\"i\"}");
+    assert_int_equal(plain->firmware, SV_FIRMWARE_BIOS);
+    assert_null(plain->cpu_model);
+    json_t *j = sv_vmspec_to_json(plain);
+    assert_string_equal(json_string_value(json_object_get(j, "firmware")), "bios");
+    assert_null(json_object_get(j, "firmware_code"));
+    assert_null(json_object_get(j, "firmware_vars"));
+    assert_null(json_object_get(j, "cpu_model"));
+    json_decref(j);
+
+    const char *y = "name: u\nimage: i\nfirmware: uefi-secure\ncpu_model: Skylake-Client-v4\n"
+                    "firmware_code: /usr/share/OVMF/OVMF_CODE_4M.ms.fd\nfirmware_vars: /usr/share/OVMF/OVMF_VARS_4M.ms.fd\n";
+    sv_vmspec *s = NULL;
+    qv_error err = {0};
+    assert_int_equal(sv_vmspec_from_yaml("u.yaml", y, strlen(y), &s, &err), 0);
+    assert_int_equal(s->firmware, SV_FIRMWARE_UEFI_SECURE);
+    assert_string_equal(s->cpu_model, "Skylake-Client-v4");
+    _cleanup_(sv_config_freep) sv_config *c = node();
+    assert_int_equal(sv_vmspec_complete(s, c, &err), 0);
+    j = sv_vmspec_to_json(s);
+    assert_string_equal(json_string_value(json_object_get(j, "firmware")), "uefi-secure");
+    assert_string_equal(json_string_value(json_object_get(j, "firmware_code")), "/usr/share/OVMF/OVMF_CODE_4M.ms.fd");
+    assert_string_equal(json_string_value(json_object_get(j, "cpu_model")), "Skylake-Client-v4");
+    json_decref(j);
+    sv_vmspec_free(s);
+
+    expect_json_error("{\"name\":\"ok\",\"image\":\"i\",\"firmware\":\"efi\"}",
+                      "spec: firmware: expected one of bios, uefi, uefi-secure, got 'efi'");
+    expect_json_error("{\"name\":\"ok\",\"image\":\"i\",\"cpu_model\":\"max,+vmx\"}",
+                      "spec: cpu_model: 'max,+vmx' is not a CPU model name");
+    expect_json_error("{\"name\":\"ok\",\"image\":\"i\",\"cpu_model\":\"-help\"}", "is not a CPU model name");
+    expect_json_error("{\"name\":\"ok\",\"image\":\"i\",\"cpu_model\":\"\"}", "spec: cpu_model: must not be empty");
+    expect_json_error("{\"name\":\"ok\",\"image\":\"i\",\"firmware_code\":\"/x\",\"firmware_vars\":\"/y\"}",
+                      "spec: firmware_code needs firmware uefi or uefi-secure");
+    expect_json_error("{\"name\":\"ok\",\"image\":\"i\",\"firmware\":\"uefi\",\"firmware_code\":\"/x\"}",
+                      "spec: firmware_code and firmware_vars go together");
+    expect_json_error("{\"name\":\"ok\",\"image\":\"i\",\"firmware\":\"uefi\",\"firmware_vars\":\"vars.fd\"}",
+                      "spec: firmware_vars: must be an absolute path");
+}
+
+static char **uefi_argv(const char *json, bool kvm, const char *vars) {
+    _cleanup_(sv_vmspec_freep) sv_vmspec *s = spec_from(json);
+    sv_qemu_env env = {.binary = "qemu-system-x86_64", .kvm = kvm, .sandbox = true};
+    sv_vm_paths p = {.disk = "/var/lib/qvisor/instances/efi-1/disk.qcow2",
+                     .serial_log = "/var/lib/qvisor/instances/efi-1/serial.log",
+                     .pidfile = "/run/qvisor/vm/efi-1/qemu.pid",
+                     .seed_iso = "/var/lib/qvisor/instances/efi-1/seed.iso",
+                     .firmware_vars = vars,
+                     .qga_fd = 4,
+                     .qmp_fd = 3,
+                     .ssh_port = 40025};
+    char **argv = NULL;
+    qv_error err = {0};
+    if (sv_qemu_argv(s, &env, &p, &argv, &err) < 0)
+        fail_msg("%s", err.msg);
+    return argv;
+}
+
+static void test_golden_uefi(void **state) {
+    (void)state;
+    char **argv = uefi_argv("{\"name\":\"efi-1\",\"image\":\"debian-12\",\"firmware\":\"uefi\","
+                            "\"firmware_code\":\"/usr/share/OVMF/OVMF_CODE_4M.fd\","
+                            "\"firmware_vars\":\"/usr/share/OVMF/OVMF_VARS_4M.fd\"}",
+                            false, "/var/lib/qvisor/instances/efi-1/efivars.fd");
+    check_golden("tcg-uefi", argv);
+    sv_argv_free(argv);
+}
+
+static void test_golden_uefi_secure(void **state) {
+    (void)state;
+    char **argv = uefi_argv("{\"name\":\"efi-1\",\"image\":\"debian-12\",\"firmware\":\"uefi-secure\","
+                            "\"firmware_code\":\"/usr/share/OVMF/OVMF_CODE_4M.ms.fd\","
+                            "\"firmware_vars\":\"/usr/share/OVMF/OVMF_VARS_4M.ms.fd\",\"hugepages\":\"2M\"}",
+                            true, "/var/lib/qvisor/instances/efi-1/efivars.fd");
+    check_golden("kvm-uefi-secure-hugepages", argv);
+    sv_argv_free(argv);
+}
+
+static void test_golden_cpu_model(void **state) {
+    (void)state;
+    /* a named model wins over host (KVM) and max (TCG) */
+    char **argv = uefi_argv("{\"name\":\"efi-1\",\"image\":\"debian-12\",\"cpu_model\":\"EPYC-Rome\"}", true, NULL);
+    check_golden("kvm-cpu-model", argv);
+    sv_argv_free(argv);
+}
+
+static void test_uefi_argv_errors(void **state) {
+    (void)state;
+    sv_qemu_env env = {.binary = "qemu-system-x86_64"};
+    sv_vm_paths p = {.disk = "/tmp/d", .serial_log = "/tmp/s", .pidfile = "/tmp/p", .qmp_fd = 3,
+                     .firmware_vars = "/tmp/a,b/efivars.fd"};
+    char **argv = NULL;
+    qv_error err = {0};
+    _cleanup_(sv_vmspec_freep) sv_vmspec *s = spec_from(
+        "{\"name\":\"x\",\"image\":\"y\",\"firmware\":\"uefi\",\"firmware_code\":\"/c\",\"firmware_vars\":\"/v\"}");
+    assert_int_equal(sv_qemu_argv(s, &env, &p, &argv, &err), -EINVAL);
+    assert_non_null(strstr(err.msg, "firmware variables path '/tmp/a,b/efivars.fd' contains a comma"));
+    p.firmware_vars = NULL;
+    assert_int_equal(sv_qemu_argv(s, &env, &p, &argv, &err), -EINVAL);
+    assert_string_equal(err.msg, "firmware uefi without its variable store");
+    free(s->firmware_code);
+    s->firmware_code = strdup("/a,b/OVMF_CODE_4M.fd");
+    p.firmware_vars = "/tmp/v";
+    assert_int_equal(sv_qemu_argv(s, &env, &p, &argv, &err), -EINVAL);
+    assert_non_null(strstr(err.msg, "firmware code path '/a,b/OVMF_CODE_4M.fd' contains a comma"));
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_names_and_sizes),
@@ -726,6 +839,11 @@ int main(void) {
         cmocka_unit_test(test_seed_field_errors),
         cmocka_unit_test(test_user_data_keys),
         cmocka_unit_test(test_user_data_key_errors),
+        cmocka_unit_test(test_firmware_and_cpu_model_keys),
+        cmocka_unit_test(test_golden_uefi),
+        cmocka_unit_test(test_golden_uefi_secure),
+        cmocka_unit_test(test_golden_cpu_model),
+        cmocka_unit_test(test_uefi_argv_errors),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
