@@ -224,7 +224,12 @@ static const char *what_of(int want) {
     return want == SV_FIRMWARE_UEFI_SECURE ? "OVMF's Secure Boot build with Microsoft keys enrolled" : "OVMF";
 }
 
-int sv_fw_resolve(const char *dir, int want, sv_fw_choice *ret, qv_error *err) {
+static bool same_files(const sv_fw_choice *a, const sv_fw_choice *only) {
+    return !only || (strcmp(a->code, only->code) == 0 && strcmp(a->vars, only->vars) == 0);
+}
+
+/* sv_fw_resolve, or (only != NULL) the offer whose files are exactly only's. */
+static int resolve(const char *dir, int want, const sv_fw_choice *only, sv_fw_choice *ret, qv_error *err) {
     bool system = !dir || !*dir;
     const char *ovmf = system ? SV_FW_OVMF_DIR : dir;
     _cleanup_free_ descriptor *list = calloc(SV_FW_DESCRIPTORS_MAX, sizeof *list);
@@ -262,6 +267,8 @@ int sv_fw_resolve(const char *dir, int want, sv_fw_choice *ret, qv_error *err) {
                       usable_file(c.code) ? c.vars : c.code);
             continue;
         }
+        if (!same_files(&c, only))
+            continue;
         snprintf(c.source, sizeof c.source, "%s", list[i].path);
         *ret = c;
         return 0;
@@ -284,6 +291,8 @@ int sv_fw_resolve(const char *dir, int want, sv_fw_choice *ret, qv_error *err) {
             memcpy(c.code, alt, sizeof alt);
     }
     const char *missing = !usable_file(c.code) ? c.code : !usable_file(c.vars) ? c.vars : NULL;
+    if (only && (missing || !same_files(&c, only)))
+        return -ENOENT;
     if (!missing) {
         char why[512];
         if (check_filename("OVMF", c.code, why, sizeof why) < 0 || check_filename("OVMF", c.vars, why, sizeof why) < 0)
@@ -304,6 +313,10 @@ int sv_fw_resolve(const char *dir, int want, sv_fw_choice *ret, qv_error *err) {
                         sv_firmware_to_string(want), what_of(want), dir, missing);
 }
 
+int sv_fw_resolve(const char *dir, int want, sv_fw_choice *ret, qv_error *err) {
+    return resolve(dir, want, NULL, ret, err);
+}
+
 int sv_fw_prepare_spec(const sv_config *c, sv_vmspec *spec, qv_error *err) {
     if (spec->firmware == SV_FIRMWARE_BIOS)
         return 0;
@@ -317,6 +330,20 @@ int sv_fw_prepare_spec(const sv_config *c, sv_vmspec *spec, qv_error *err) {
             if (!usable_file(files[i][1]))
                 return qv_error_set(err, ENOENT, "spec: %s: %s is not a readable file", files[i][0], files[i][1]);
         }
+        /* Only a build this node offers: the daemon (root) copies the
+         * template and QEMU opens both before it drops privileges, and the
+         * guest reads its flash, so any other file would be read for the
+         * client (/etc/shadow as "firmware_vars").  A custom build gets a
+         * descriptor in /etc/qemu/firmware. */
+        sv_fw_choice named = {0}, offered;
+        snprintf(named.code, sizeof named.code, "%s", spec->firmware_code);
+        snprintf(named.vars, sizeof named.vars, "%s", spec->firmware_vars);
+        if (resolve(c->firmware_dir, spec->firmware, &named, &offered, NULL) < 0)
+            return qv_error_set(err, EINVAL,
+                                "spec: firmware_code %s with firmware_vars %s is no %s build this node offers: "
+                                "name a pair a firmware descriptor lists (" SV_FW_ETC_DIR ", " SV_FW_SHARE_DIR
+                                "), or leave both out",
+                                spec->firmware_code, spec->firmware_vars, sv_firmware_to_string(spec->firmware));
         return 0;
     }
     sv_fw_choice fw;

@@ -298,6 +298,25 @@ static void test_prepare_spec(void **state) {
         "\"firmware_vars\":\"/nonexistent/v.fd\"}");
     assert_int_equal(sv_fw_prepare_spec(cfg, named, &err), -ENOENT);
     assert_string_equal(err.msg, "spec: firmware_code: /nonexistent/c.fd is not a readable file");
+
+    /* readable files that no descriptor (nor the fallback) offers: the
+     * daemon would copy them and QEMU open them as root for the client */
+    put("other.fd", "secret");
+    _cleanup_free_ char *other = at("other.fd"), *vars = at("OVMF_VARS_4M.fd");
+    char text[3 * PATH_MAX];
+    snprintf(text, sizeof text,
+             "{\"name\":\"n\",\"image\":\"i\",\"firmware\":\"uefi\",\"firmware_code\":\"%s\","
+             "\"firmware_vars\":\"%s\"}", code, other);
+    _cleanup_(sv_vmspec_freep) sv_vmspec *foreign = qv_test_spec(text);
+    assert_int_equal(sv_fw_prepare_spec(cfg, foreign, &err), -EINVAL);
+    assert_non_null(strstr(err.msg, "is no uefi build this node offers"));
+    /* the pair the node offers is taken as named */
+    snprintf(text, sizeof text,
+             "{\"name\":\"n\",\"image\":\"i\",\"firmware\":\"uefi\",\"firmware_code\":\"%s\","
+             "\"firmware_vars\":\"%s\"}", code, vars);
+    _cleanup_(sv_vmspec_freep) sv_vmspec *offered = qv_test_spec(text);
+    assert_int_equal(sv_fw_prepare_spec(cfg, offered, &err), 0);
+    assert_string_equal(offered->firmware_vars, vars);
 }
 
 static void test_vars_copy(void **state) {
