@@ -134,6 +134,69 @@ def build_tiny_guest(force=False):
         return _image
 
 
+CLOUD_GUEST_VARIANTS = ("cloud", "generic")
+_cloud_images = {}
+
+
+class CloudGuestUnavailable(GuestError):
+    """build-cloud-guest cannot run here (not root, no debootstrap and no
+    package archive, ...) or failed: a test should skip, not fail."""
+
+
+def build_cloud_guest(variant="cloud", force=False):
+    """Run test/guest/build-cloud-guest for VARIANT ("cloud": the genericcloud-like
+    image, BIOS boot; "generic": the generic kernel, BIOS and UEFI) and return
+    the path of its qcow2 image (debian12-VARIANT.qcow2). Cached on disk by the
+    builder (a second run is a no-op) and remembered for the process.
+
+    Never boot the image itself: make an overlay
+    (qemu-img create -f qcow2 -b IMG -F qcow2 OVERLAY). The manifest next to
+    it (cloud_guest_manifest()) names kernels, cloud-init and boot modes.
+    Raises CloudGuestUnavailable when the builder cannot run or fails; a cold
+    build takes a few minutes (docs/test-guest.md)."""
+    if variant not in CLOUD_GUEST_VARIANTS:
+        raise ValueError("unknown cloud guest variant %r (want one of %s)"
+                         % (variant, ", ".join(CLOUD_GUEST_VARIANTS)))
+    with _image_lock:
+        if variant in _cloud_images and not force:
+            return _cloud_images[variant]
+        script = os.path.join(source_root(), "test", "guest", "build-cloud-guest")
+        if not os.access(script, os.X_OK):
+            raise CloudGuestUnavailable("%s is missing or not executable" % script)
+        cmd = [script] + (["--force"] if force else []) + [variant]
+        try:
+            p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, timeout=max(1800, scaled(1800)))
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise CloudGuestUnavailable("build-cloud-guest %s: %s" % (variant, e))
+        if p.returncode != 0:
+            raise CloudGuestUnavailable("build-cloud-guest %s failed (rc %d):\n%s"
+                                        % (variant, p.returncode, p.stderr[-4000:]))
+        lines = [l for l in p.stdout.splitlines() if l.strip()]
+        image = os.path.join(lines[-1].strip(), "debian12-%s.qcow2" % variant) if lines else ""
+        if not image or not os.path.isfile(image):
+            raise CloudGuestUnavailable("build-cloud-guest %s made no image %r:\n%s"
+                                        % (variant, image, p.stderr[-4000:]))
+        _cloud_images[variant] = image
+        return image
+
+
+def cloud_guest_manifest(image):
+    """The manifest next to a build_cloud_guest() image, as a dict: keys
+    "VARIANT.kernel", "VARIANT.cloud_init", "VARIANT.boot" ("bios", or
+    "bios uefi uefi-secureboot"), ..."""
+    out = {}
+    try:
+        with open(os.path.join(os.path.dirname(image), "manifest")) as f:
+            for line in f:
+                k, sep, v = line.rstrip("\n").partition("=")
+                if sep:
+                    out[k] = v
+    except OSError:
+        pass
+    return out
+
+
 def cmdline(options=()):
     """The kernel command line: BASE_APPEND plus the qv.* options given."""
     return " ".join([BASE_APPEND] + list(options))
