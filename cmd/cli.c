@@ -53,19 +53,28 @@ int qv_cli_call(qv_cli *cli, const char *method, json_t *params, json_t **ret_re
     return qv_cli_call_progress(cli, method, params, NULL, NULL, ret_result, err);
 }
 
+int qv_cli_socket_path(qv_cli *cli, const char **ret, qv_error *err) {
+    if (cli->socket_path) {
+        *ret = cli->socket_path;
+        return 0;
+    }
+    const sv_config *c;
+    int r = qv_cli_config(cli, &c, err);
+    if (r < 0)
+        return r;
+    *ret = c->socket_path;
+    return 0;
+}
+
 int qv_cli_call_progress(qv_cli *cli, const char *method, json_t *params, sv_ctl_progress_fn on_progress,
                          void *userdata, json_t **ret_result, qv_error *err) {
-    const char *path = cli->socket_path;
-    if (!path) {
-        const sv_config *c;
-        int r = qv_cli_config(cli, &c, err);
-        if (r < 0) {
-            json_decref(params);
-            return r;
-        }
-        path = c->socket_path;
+    const char *path;
+    int r = qv_cli_socket_path(cli, &path, err);
+    if (r < 0) {
+        json_decref(params);
+        return r;
     }
-    int r = sv_ctl_call_progress(path, method, params, (int)cli->timeout_ms, on_progress, userdata, ret_result, err);
+    r = sv_ctl_call_progress(path, method, params, (int)cli->timeout_ms, on_progress, userdata, ret_result, err);
     json_decref(params);
     return r;
 }

@@ -52,6 +52,9 @@ int qv_cli_getopt(qv_cli *cli, int argc, char **argv, const char *shortopts, con
  * --config, else the default path, else built-in defaults when the default
  * file does not exist.  Exit-code mapping of failures is 78. */
 int qv_cli_config(qv_cli *cli, const sv_config **ret, qv_error *err);
+/* The control socket: --socket, else daemon.socket of the config (loaded on
+ * demand).  *ret is borrowed from cli. */
+int qv_cli_socket_path(qv_cli *cli, const char **ret, qv_error *err);
 /* One request to the daemon (socket from --socket or the config); params
  * (may be NULL) is stolen. */
 int qv_cli_call(qv_cli *cli, const char *method, json_t *params, json_t **ret_result, qv_error *err);

@@ -252,18 +252,14 @@ static int run_stream(stream *st, int fd, const char *rest, size_t rest_len) {
 /* Sends the request; on success *ret_fd is the stream. */
 static int open_stream(qv_cli *cli, const char *method, json_t *params, int *ret_fd, char **ret_rest,
                        size_t *ret_len, qv_error *err) {
-    const char *path = cli->socket_path;
-    if (!path) {
-        const sv_config *c;
-        int r = qv_cli_config(cli, &c, err);
-        if (r < 0) {
-            json_decref(params);
-            return r;
-        }
-        path = c->socket_path;
+    const char *path;
+    int r = qv_cli_socket_path(cli, &path, err);
+    if (r < 0) {
+        json_decref(params);
+        return r;
     }
     json_t *res = NULL;
-    int r = sv_ctl_call_stream(path, method, params, (int)cli->timeout_ms, &res, ret_fd, ret_rest, ret_len, err);
+    r = sv_ctl_call_stream(path, method, params, (int)cli->timeout_ms, &res, ret_fd, ret_rest, ret_len, err);
     json_decref(params);
     json_decref(res);
     return r;
