@@ -15,7 +15,10 @@ makes (the daemon runs in it):
   main     --hostname, --ssh-key, --runcmd, a nat NIC (static address, default
            route through the gateway) and a bridge NIC that takes a lease from
            a DHCP server (busybox udhcpd) on a bridge the test made
-  noagent  --no-agent --ssh, a nat NIC: stopped through ACPI
+  noagent  --no-agent --ssh, a nat NIC, booted with BIOS (the generic image
+           boots both ways): stopped through ACPI
+and the generic class a third one, `sb`, with --firmware uefi-secure
+(Debian's signed shim, grub and kernel; the kernel says Secure Boot is on).
 An "outside" host in a second namespace, reachable only through the NAT
 bridge's masquerade (it has no route back to the NAT subnet), is pinged from
 the guest.  Then main is stopped (through the agent), started again (the
@@ -119,6 +122,8 @@ class RealGuest:
     FIRMWARE = None   # bios | uefi
     RENDERER = None   # eni | netplan: what cloud-init in that guest renders
     NAT_MAIN = None   # static address of main's nat NIC
+    NOAGENT_FIRMWARE = "bios"  # the image must boot this way too
+    SECURE_BOOT = False        # also boot a third VM with uefi-secure
     CONFIG = ("vm_defaults:\n  cpus: 1\n  memory: 1G\n  stop_timeout: 90s\n  kill_timeout: 10s\n"
               "network:\n  nat_bridge: qvt-rgbr0\n  nat_subnet: 10.77.0.0/24\n  nat_gateway: 10.77.0.1\n"
               f"  dns: [{DNS}]\n")
@@ -190,8 +195,8 @@ class RealGuest:
         except OSError as e:
             return str(e)
 
-    def create(self, name, *args):
-        return self.qv_json("vm", "create", name, "--image", self.IMAGE, "--firmware", self.FIRMWARE,
+    def create(self, name, *args, firmware=None):
+        return self.qv_json("vm", "create", name, "--image", self.IMAGE, "--firmware", firmware or self.FIRMWARE,
                             "--disk", "4G", *args, "--start", timeout=scaled(180))
 
     # -- the test --------------------------------------------------------------
@@ -203,7 +208,7 @@ class RealGuest:
                               "--runcmd", "date +%s.%N >> /var/lib/qv-runcmd",
                               "--net", f"nat,ip={self.NAT_MAIN}", "--net", f"bridge,bridge={DHCP_BRIDGE}")
         self.assertEqual(created["started"]["state"], "running")
-        self.create("noagent", "--no-agent", "--ssh", "--net", "nat")
+        self.create("noagent", "--no-agent", "--ssh", "--net", "nat", firmware=self.NOAGENT_FIRMWARE)
         noagent_ip = self.qv_json("vm", "show", "noagent")["nics"][0]["ip"]
 
         # boot to ssh, through firmware, bootloader, cloud-init
@@ -262,6 +267,10 @@ class RealGuest:
         self.assertEqual((res["result"], res["how"]), ("clean", "ACPI power button"))
         TIMES[f"{self.IMAGE}/{self.FIRMWARE}: ACPI stop"] = round(time.monotonic() - t1, 1)
         self.assertTrue(noagent_ip.startswith("10.77.0."))
+        if self.SECURE_BOOT:
+            # booted while main restarts: Debian's signed shim, grub and
+            # kernel under OVMF's Secure Boot build with Microsoft's keys
+            self.create("sb", "--no-agent", "--ssh", "--net", "nat", firmware="uefi-secure")
 
         # state the next boot must find
         token = os.urandom(8).hex()
@@ -291,6 +300,13 @@ class RealGuest:
             self.assertTrue(os.path.exists(os.path.join(self.node.state, "instances", "main", "efivars.fd")))
 
         self.check_console("main")
+
+        if self.SECURE_BOOT:
+            wait_for(lambda: self.vm_ssh("sb", "true", check=False).returncode == 0, 600, "ssh to sb")
+            dmesg = self.vm_ssh("sb", "sudo", "dmesg").stdout
+            self.assertIn("Secure boot enabled", dmesg)
+            self.assertEqual(self.qv_json("vm", "stop", "sb", timeout=scaled(180))["result"], "clean")
+            self.qv("vm", "rm", "sb")
 
         res = self.qv_json("vm", "stop", "main", timeout=scaled(180))
         self.assertEqual(res["result"], "clean")
@@ -340,6 +356,7 @@ class GenericImageUefi(RealGuest, unittest.TestCase):
     FIRMWARE = "uefi"
     RENDERER = "netplan"
     NAT_MAIN = "10.77.0.30"
+    SECURE_BOOT = True
 
 
 if __name__ == "__main__":
