@@ -139,6 +139,7 @@ struct vmrt {
     const char *how;       /* the step that ended it */
     uint64_t stop_begin_ms;
     char *stop_reason;     /* set when the daemon itself stops the VM (why) */
+    bool monitor_failed;   /* stop_reason is a monitor failure during start */
     /* seen from this QEMU */
     bool shutdown_seen, shutdown_guest, panicked;
     char shutdown_reason[32];
@@ -493,18 +494,27 @@ static void on_qmp_event(qmp_conn *q, const char *name, json_t *data, const qmp_
     }
 }
 
+static void start_fail_kill(vmrt *rt, const char *why);
+
 static void on_qmp_disconnect(qmp_conn *q, int status, void *userdata) {
     vmrt *rt = userdata;
     /* The exit itself is learnt from the pidfd; a monitor lost while QEMU
      * lives only means the stop must use signals. */
     if (rt->watch)
         log_debug("VM %s: monitor connection closed (%s)", rt->vm->name, strerror(-status));
+    char why[256];
+    snprintf(why, sizeof why, "its monitor failed: %s", qmp_failure(q)[0] ? qmp_failure(q) : strerror(-status));
     if (rt->qmp == q) {
         qmp_close(q);
         rt->qmp = NULL;
     }
-    if (rt->vm->state == SV_VM_STARTING && rt->watch)
-        log_warning("VM %s: monitor lost during start: %s", rt->vm->name, strerror(-status));
+    /* A start cannot succeed without its monitor: fail it now, not at the
+     * start deadline.  QEMU's own words (the tail of qemu.log) are added
+     * once it is gone. */
+    if (rt->vm->state == SV_VM_STARTING && rt->watch && !rt->stop_reason) {
+        start_fail_kill(rt, why);
+        rt->monitor_failed = true;
+    }
 }
 
 static void start_fail_kill(vmrt *rt, const char *why) {
@@ -1329,6 +1339,7 @@ static int begin_start(sv_vmctl *c, sv_vm *vm, bool policy, sv_vm_done_fn done, 
     rt->starting_prep = true;
     free(rt->stop_reason);
     rt->stop_reason = NULL;
+    rt->monitor_failed = false;
     rt->stage = STAGE_NONE;
     persist(rt);
     r = uv_queue_work(c->loop, &job->work, prep_work, prep_after);
@@ -1855,12 +1866,17 @@ static void gone_finish(vmrt *rt, pid_t pid, const char *how_exited) {
     if (before == SV_VM_STARTING) {
         char tail[1024];
         log_tail(rt, rt->log_offset, tail, sizeof tail);
-        if (rt->stop_reason)
-            snprintf(why, sizeof why, "%s", rt->stop_reason);
+        /* A monitor that closed because QEMU exited by itself is not the
+         * cause: QEMU's exit and its words are. */
+        bool own_exit = rt->monitor_failed && strncmp(how_exited, "exited", 6) == 0;
+        if (rt->stop_reason && !own_exit)
+            snprintf(why, sizeof why, "%s (QEMU %s)%s%s", rt->stop_reason, how_exited,
+                     tail[0] ? "; QEMU said: " : "", tail);
         else
             snprintf(why, sizeof why, "QEMU %s%s%s", how_exited, tail[0] ? ": " : "", tail);
         free(rt->stop_reason); /* used up: it was this start's */
         rt->stop_reason = NULL;
+        rt->monitor_failed = false;
         log_info("VM %s: QEMU pid %d %s during start; cleaned up", vm->name, (int)pid, how_exited);
         start_abandon_now(rt, EIO, why);
         return;
