@@ -52,6 +52,7 @@
 #endif
 
 #define START_TIMEOUT_MS 60000u  /* QEMU up and `cont` answered */
+#define CAPS_RETRY_MS 10000u     /* a failed probe of an unchanged binary is repeated at most this often */
 #define QMP_CMD_TIMEOUT_MS 10000u
 #define AGENT_PING_MS 3000u      /* Proxmox's: an agent slower than this is not used for shutdown */
 #define ACPI_REPEAT_MS 5000u     /* a power button pressed before the guest listened is lost: press again */
@@ -98,6 +99,8 @@ struct sv_vmctl {
     qv_error caps_err;
     char *caps_binary;
     bool caps_want_kvm;
+    uint64_t caps_done_ms;      /* when the last probe ended (uv_now) */
+    sv_qemu_binary_stamp caps_stamp;   /* the binary as that probe found it */
     bool accel_warned;
     caps_waiter *caps_waiters;
 };
@@ -938,6 +941,8 @@ static void caps_after(uv_work_t *w, int status) {
     if (status < 0 && c->caps_status == 0)
         c->caps_status = qv_error_set(&c->caps_err, ECANCELED, "probe cancelled");
     c->caps_state = CAPS_DONE;
+    uv_update_time(c->loop);
+    c->caps_done_ms = uv_now(c->loop);
     if (c->caps_status < 0)
         log_error("cannot use %s: %s", c->caps_binary, c->caps_err.msg);
     else
@@ -960,14 +965,24 @@ static void caps_after(uv_work_t *w, int status) {
     ctl_unref(c);
 }
 
-/* Probes the configured QEMU unless the cached answer is for it. */
+/* Probes the configured QEMU unless the cached answer is for it.  A
+ * successful probe stands until the binary or the accelerator mode changes
+ * in the config.  A failed one stands too, for CAPS_RETRY_MS or until the
+ * binary itself changes (size, mtime, inode: reinstalled or fixed): every
+ * start and create in between gets its error at once, and a broken binary
+ * is not run again for each of them. */
 static bool caps_current(sv_vmctl *c) {
     const sv_config *conf = cfg(c);
     bool want_kvm = conf->accelerator != SV_ACCEL_TCG;
     if (c->caps_state == CAPS_PROBING)
         return false;
-    if (c->caps_state == CAPS_DONE && c->caps_status == 0 && c->caps_binary &&
-        strcmp(c->caps_binary, conf->qemu_binary) == 0 && c->caps_want_kvm == want_kvm)
+    bool same = c->caps_state == CAPS_DONE && c->caps_binary && strcmp(c->caps_binary, conf->qemu_binary) == 0 &&
+                c->caps_want_kvm == want_kvm;
+    if (same && c->caps_status == 0)
+        return true;
+    sv_qemu_binary_stamp now;
+    sv_qemu_binary_stamp_get(conf->qemu_binary, &now);
+    if (same && uv_now(c->loop) - c->caps_done_ms < CAPS_RETRY_MS && sv_qemu_binary_stamp_equal(&now, &c->caps_stamp))
         return true;
     uv_work_t *w = calloc(1, sizeof *w);
     char *bin = strdup(conf->qemu_binary);
@@ -979,6 +994,7 @@ static bool caps_current(sv_vmctl *c) {
     free(c->caps_binary);
     c->caps_binary = bin;
     c->caps_want_kvm = want_kvm;
+    c->caps_stamp = now; /* before the probe: a change while it runs probes again */
     c->caps_state = CAPS_PROBING;
     c->accel_warned = false;
     w->data = c;

@@ -3,7 +3,9 @@
 start deadline (60 s) or never: a QEMU whose monitor misbehaves (bad JSON,
 an oversized greeting, closing after the greeting, a wrong id in the
 handshake) fails the start at once with the monitor's error and QEMU's own
-words, leaving nothing running.
+words, leaving nothing running; a QEMU binary whose -version fails fails the
+waiting starts at once, and is not run again for each start (nor in a
+loop) until it changes or CAPS_RETRY_MS has passed.
 
 The QEMU is test/integration/fake-qemu-monitor.py, set as `qemu.binary`; it
 runs the real QEMU for the daemon's capability probe."""
@@ -93,6 +95,32 @@ class StartFailures(unittest.TestCase):
                 self.assertIn(f"fake-qemu: this monitor will misbehave ({mode})", p.stderr)
                 self.assertLess(secs, scaled(15), "answered at the start deadline, not when the monitor failed")
                 self.assert_nothing_left()
+
+    def test_failed_version_probe_fails_starts_at_once_and_is_not_repeated(self):
+        self.set_mode("version-fails")
+        p, secs = self.start()
+        sys.stderr.write(f"-version fails: vm start answered in {secs:.2f} s\n")
+        self.assertEqual(p.returncode, 1, p.stderr)
+        self.assertIn(f"'{self.fake} -version' exited with status 1", p.stderr)
+        self.assertIn("cannot load libfoo.so.1", p.stderr)
+        self.assertLess(secs, scaled(15))
+        self.assertEqual(self.version_runs(), 1)
+        # no probe loop behind the answer, and further starts get the cached
+        # answer without running the binary again
+        time.sleep(1)
+        p, _ = self.start()
+        self.assertEqual(p.returncode, 1, p.stderr)
+        self.assertIn("exited with status 1", p.stderr)
+        self.assertEqual(self.version_runs(), 1)
+        self.assertEqual(self.node.qemu_pids(), [])
+        # a changed binary (fixed, reinstalled) is probed again at once
+        self.set_mode("")
+        st = os.stat(self.fake)
+        os.utime(self.fake, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+        j = json.loads(self.node.qvisor("--json", "vm", "start", "vm", timeout=scaled(90), check=0).stdout)
+        self.assertEqual(j["state"], "running")
+        self.assertEqual(self.version_runs(), 2)
+        self.node.qvisor("vm", "stop", "--force", "vm", timeout=scaled(60), check=0)
 
 
 if __name__ == "__main__":
