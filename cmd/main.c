@@ -90,7 +90,7 @@ static const char exit_codes[] =
     "   3  vm stop/restart: the VM stopped, but had to be forced (quit or signals)\n"
     "  64  usage error (unknown command or option, missing argument)\n"
     "  65  bad input data (invalid name, size, file content)\n"
-    "  66  no such VM, image, GPU or input file\n"
+    "  66  no such VM, image, GPU or input file (vm create: --kernel, --initrd)\n"
     "  69  service unavailable (daemon not running, KVM or IOMMU missing; check: an item failed;\n"
     "      libudev or libnftables cannot be loaded; vm pause/resume/ssh/console: the VM is not\n"
     "      running, vm console: it stopped while attached; vm create/start: no OVMF for\n"

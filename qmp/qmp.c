@@ -12,6 +12,8 @@
 #include "linebuf.h"
 #include "log.h"
 
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -53,9 +55,11 @@ struct qmp_conn {
     size_t n_pending;
     qmp__timeq timeq;
     qmp__tnode handshake; /* deadline of greeting + negotiation */
+    char why[160];        /* what broke the connection, for qmp_failure() */
 };
 
 static void conn_fail(qmp_conn *c, int status);
+static void conn_fail_why(qmp_conn *c, int status, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
 /* ---- pending bookkeeping ---- */
 
@@ -216,7 +220,7 @@ static void handshake_done(qmp_conn *c, pending *p, int status, json_t *result, 
         return; /* the connection failed, which says it all */
     if (status != 0) {
         log_debug("qmp: qmp_capabilities failed: %s", err ? err->desc : "bad reply");
-        conn_fail(c, QMP_EPROTO);
+        conn_fail_why(c, QMP_EPROTO, "qmp_capabilities failed: %s", err ? err->desc : "bad reply");
         return;
     }
     c->state = ST_READY;
@@ -238,7 +242,7 @@ static void handshake_done(qmp_conn *c, pending *p, int status, json_t *result, 
 static void handle_greeting(qmp_conn *c, json_t *msg, json_t *qmp) {
     if (c->state != ST_GREETING || !json_is_object(qmp)) {
         log_debug("qmp: unexpected or malformed greeting");
-        conn_fail(c, QMP_EPROTO);
+        conn_fail_why(c, QMP_EPROTO, c->state != ST_GREETING ? "a second greeting" : "a malformed greeting");
         return;
     }
     c->greeting = json_incref(msg);
@@ -274,7 +278,7 @@ static void handle_greeting(qmp_conn *c, json_t *msg, json_t *qmp) {
 
 static void handle_event(qmp_conn *c, json_t *msg, json_t *name) {
     if (!json_is_string(name)) {
-        conn_fail(c, QMP_EPROTO);
+        conn_fail_why(c, QMP_EPROTO, "an event without a name");
         return;
     }
     qmp_timestamp ts = {-1, -1};
@@ -291,11 +295,20 @@ static void handle_reply(qmp_conn *c, json_t *msg) {
     json_t *error = json_object_get(msg, "error");
     qmp_error e;
     if (error && qmp__parse_error(error, &e) < 0) {
-        conn_fail(c, QMP_EPROTO);
+        conn_fail_why(c, QMP_EPROTO, "a malformed error reply");
         return;
     }
     uint64_t id;
-    pending *p = qmp__get_id(msg, &id) ? pending_find(c, id) : NULL;
+    bool has_id = qmp__get_id(msg, &id);
+    pending *p = has_id ? pending_find(c, id) : NULL;
+    if (c->state == ST_NEGOTIATING && (!p || p->dispatch != handshake_done)) {
+        /* qmp_capabilities is the only command on the wire yet (nothing
+         * timed out, nothing else was written): any other reply cannot be
+         * an answer to us, and waiting would only end at the handshake
+         * timeout */
+        conn_fail_why(c, QMP_EPROTO, "a reply to qmp_capabilities with a wrong id");
+        return;
+    }
     if (!p || p->line) {
         /* A late reply to a timed-out command, a reply to something never
          * sent, or QEMU's id-less answer to unparsable input. */
@@ -327,7 +340,11 @@ static int on_line(const char *line, size_t len, void *userdata) {
         return 0;
     json_t *msg = qmp__parse_object(line, len);
     if (!msg) {
-        conn_fail(c, QMP_EPROTO);
+        size_t n = len;
+        while (n && (line[n - 1] == '\n' || line[n - 1] == '\r'))
+            n--;
+        conn_fail_why(c, QMP_EPROTO, "invalid JSON (or not an object): '%.*s%s'", (int)(n > 40 ? 40 : n), line,
+                      n > 40 ? "..." : "");
         return 1;
     }
     handle_message(c, msg);
@@ -342,7 +359,7 @@ void qmp__feed(qmp_conn *c, const char *buf, size_t len) {
     int r = qv_linebuf_feed(&c->lb, buf, len, on_line, c);
     if (r == -EMSGSIZE) {
         log_debug("qmp: message over %u bytes", QMP_MAX_MESSAGE);
-        conn_fail(c, QMP_EPROTO);
+        conn_fail_why(c, QMP_EPROTO, "a message over %u bytes", QMP_MAX_MESSAGE);
     } else if (r < 0) {
         conn_fail(c, r);
     }
@@ -350,9 +367,29 @@ void qmp__feed(qmp_conn *c, const char *buf, size_t len) {
 
 /* ---- connection ---- */
 
+static void conn_fail_why(qmp_conn *c, int status, const char *fmt, ...) {
+    if (c->state == ST_DEAD)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(c->why, sizeof c->why, fmt, ap);
+    va_end(ap);
+    conn_fail(c, status);
+}
+
 static void conn_fail(qmp_conn *c, int status) {
     if (c->state == ST_DEAD)
         return;
+    if (!c->why[0]) {
+        const char *when = c->state == ST_CONNECTING    ? "connecting"
+                           : c->state == ST_GREETING    ? "waiting for the greeting"
+                           : c->state == ST_NEGOTIATING ? "negotiating capabilities"
+                                                        : NULL;
+        const char *what = status == QMP_EDISCONNECTED ? "the peer closed the connection"
+                           : status == QMP_ETIMEDOUT   ? "no handshake in time"
+                                                       : strerror(-status);
+        snprintf(c->why, sizeof c->why, "%s%s%s", what, when ? " while " : "", when ? when : "");
+    }
     c->state = ST_DEAD;
     qmp__io_shutdown(&c->io);
     qmp__timeq_remove(&c->timeq, &c->handshake);
@@ -555,6 +592,10 @@ int qmp_version(qmp_conn *c, int *ret_major, int *ret_minor, int *ret_micro) {
     if (ret_micro)
         *ret_micro = (int)json_integer_value(mc);
     return 0;
+}
+
+const char *qmp_failure(const qmp_conn *c) {
+    return c->why;
 }
 
 json_t *qmp_greeting(qmp_conn *c) {

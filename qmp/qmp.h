@@ -138,6 +138,11 @@ int qmp_send(qmp_conn *conn, const char *command, json_t *args, uint64_t timeout
 /* The greeting's QEMU version; -ENODATA before the greeting or when it
  * carried none. */
 int qmp_version(qmp_conn *conn, int *ret_major, int *ret_minor, int *ret_micro);
+/* Why the connection failed, in words ("invalid JSON (or not an object):
+ * '...'", "a message over 10485760 bytes", "the peer closed the connection
+ * while negotiating capabilities", ...); "" while it has not.  Valid until
+ * qmp_close(). */
+const char *qmp_failure(const qmp_conn *c);
 /* The greeting object ({"QMP": ...}), borrowed; NULL before it arrived. */
 json_t *qmp_greeting(qmp_conn *conn);
 /* True between on_ready and the connection's failure or close. */

@@ -292,7 +292,7 @@ void sv_api_vm_create(sv_daemon *d, sv_ctl_req *req, json_t *params) {
     json_t *specj = json_object_get(params, "spec");
     /* firmware first: a node without OVMF refuses before anything is reserved */
     if (sv_vmspec_from_json(specj ? specj : params, &spec, &err) < 0 || sv_vmspec_complete(spec, d->config, &err) < 0 ||
-        sv_fw_prepare_spec(d->config, spec, &err) < 0) {
+        sv_vmspec_check_boot(spec, &err) < 0 || sv_fw_prepare_spec(d->config, spec, &err) < 0) {
         sv_vmspec_free(spec);
         sv_ctl_reply_qv_error(req, &err);
         return;

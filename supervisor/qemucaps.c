@@ -24,6 +24,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/ioctl.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -482,4 +483,44 @@ int sv_qemu_accel_resolve(const char *accel, const sv_qemu_caps *caps, bool *ret
     }
     *ret_kvm = which != 2 && works;
     return 0;
+}
+
+static int stamp_path(const char *path, sv_qemu_binary_stamp *ret) {
+    struct stat st;
+    if (stat(path, &st) < 0 || !S_ISREG(st.st_mode))
+        return -ENOENT;
+    *ret = (sv_qemu_binary_stamp){
+        .dev = st.st_dev,
+        .ino = st.st_ino,
+        .size = st.st_size,
+        .mtime_ns = (int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec,
+        .ctime_ns = (int64_t)st.st_ctim.tv_sec * 1000000000 + st.st_ctim.tv_nsec,
+    };
+    return 0;
+}
+
+void sv_qemu_binary_stamp_get(const char *binary, sv_qemu_binary_stamp *ret) {
+    *ret = (sv_qemu_binary_stamp){0};
+    if (strchr(binary, '/')) {
+        stamp_path(binary, ret);
+        return;
+    }
+    const char *path = getenv("PATH");
+    if (!path || !*path)
+        path = "/usr/local/bin:/usr/bin:/bin";
+    for (const char *p = path; *p;) {
+        size_t n = strcspn(p, ":");
+        char full[PATH_MAX];
+        if (snprintf(full, sizeof full, "%.*s/%s", (int)n, n ? p : ".", binary) < (int)sizeof full &&
+            access(full, X_OK) == 0 && stamp_path(full, ret) == 0)
+            return;
+        p += n;
+        if (*p == ':')
+            p++;
+    }
+}
+
+bool sv_qemu_binary_stamp_equal(const sv_qemu_binary_stamp *a, const sv_qemu_binary_stamp *b) {
+    return a->dev == b->dev && a->ino == b->ino && a->size == b->size && a->mtime_ns == b->mtime_ns &&
+           a->ctime_ns == b->ctime_ns;
 }

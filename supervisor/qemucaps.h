@@ -7,6 +7,8 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
 
 #include "error.h"
 
@@ -82,6 +84,21 @@ int sv_qemu_cpu_model_check(const sv_qemu_caps *caps, bool kvm, const char *mode
  * (-ENOENT, -EACCES, ...), does not answer -version in time (-ETIMEDOUT)
  * or does not print a QEMU version (-EPROTO). */
 int sv_qemu_caps_probe(const char *binary, bool want_kvm, sv_qemu_caps *ret, qv_error *err);
+
+/* What identifies an installed binary: the file `binary` names (a path, or
+ * the first executable of that name in PATH, as exec finds it).  A binary
+ * that cannot be found stamps as all zero.  The daemon keeps a failed probe
+ * while its binary's stamp stays the same. */
+typedef struct sv_qemu_binary_stamp {
+    dev_t dev;
+    ino_t ino;
+    off_t size;
+    int64_t mtime_ns;
+    int64_t ctime_ns;
+} sv_qemu_binary_stamp;
+
+void sv_qemu_binary_stamp_get(const char *binary, sv_qemu_binary_stamp *ret);
+bool sv_qemu_binary_stamp_equal(const sv_qemu_binary_stamp *a, const sv_qemu_binary_stamp *b);
 
 /* Resolves the configured accelerator ("auto", "kvm" or "tcg", as in the
  * config's qemu.accelerator) against caps: *ret_kvm tells whether VMs use

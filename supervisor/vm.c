@@ -52,6 +52,7 @@
 #endif
 
 #define START_TIMEOUT_MS 60000u  /* QEMU up and `cont` answered */
+#define CAPS_RETRY_MS 10000u     /* a failed probe of an unchanged binary is repeated at most this often */
 #define QMP_CMD_TIMEOUT_MS 10000u
 #define AGENT_PING_MS 3000u      /* Proxmox's: an agent slower than this is not used for shutdown */
 #define ACPI_REPEAT_MS 5000u     /* a power button pressed before the guest listened is lost: press again */
@@ -98,6 +99,8 @@ struct sv_vmctl {
     qv_error caps_err;
     char *caps_binary;
     bool caps_want_kvm;
+    uint64_t caps_done_ms;      /* when the last probe ended (uv_now) */
+    sv_qemu_binary_stamp caps_stamp;   /* the binary as that probe found it */
     bool accel_warned;
     caps_waiter *caps_waiters;
 };
@@ -139,6 +142,7 @@ struct vmrt {
     const char *how;       /* the step that ended it */
     uint64_t stop_begin_ms;
     char *stop_reason;     /* set when the daemon itself stops the VM (why) */
+    bool monitor_failed;   /* stop_reason is a monitor failure during start */
     /* seen from this QEMU */
     bool shutdown_seen, shutdown_guest, panicked;
     char shutdown_reason[32];
@@ -493,18 +497,27 @@ static void on_qmp_event(qmp_conn *q, const char *name, json_t *data, const qmp_
     }
 }
 
+static void start_fail_kill(vmrt *rt, const char *why);
+
 static void on_qmp_disconnect(qmp_conn *q, int status, void *userdata) {
     vmrt *rt = userdata;
     /* The exit itself is learnt from the pidfd; a monitor lost while QEMU
      * lives only means the stop must use signals. */
     if (rt->watch)
         log_debug("VM %s: monitor connection closed (%s)", rt->vm->name, strerror(-status));
+    char why[256];
+    snprintf(why, sizeof why, "its monitor failed: %s", qmp_failure(q)[0] ? qmp_failure(q) : strerror(-status));
     if (rt->qmp == q) {
         qmp_close(q);
         rt->qmp = NULL;
     }
-    if (rt->vm->state == SV_VM_STARTING && rt->watch)
-        log_warning("VM %s: monitor lost during start: %s", rt->vm->name, strerror(-status));
+    /* A start cannot succeed without its monitor: fail it now, not at the
+     * start deadline.  QEMU's own words (the tail of qemu.log) are added
+     * once it is gone. */
+    if (rt->vm->state == SV_VM_STARTING && rt->watch && !rt->stop_reason) {
+        start_fail_kill(rt, why);
+        rt->monitor_failed = true;
+    }
 }
 
 static void start_fail_kill(vmrt *rt, const char *why) {
@@ -928,6 +941,8 @@ static void caps_after(uv_work_t *w, int status) {
     if (status < 0 && c->caps_status == 0)
         c->caps_status = qv_error_set(&c->caps_err, ECANCELED, "probe cancelled");
     c->caps_state = CAPS_DONE;
+    uv_update_time(c->loop);
+    c->caps_done_ms = uv_now(c->loop);
     if (c->caps_status < 0)
         log_error("cannot use %s: %s", c->caps_binary, c->caps_err.msg);
     else
@@ -950,14 +965,24 @@ static void caps_after(uv_work_t *w, int status) {
     ctl_unref(c);
 }
 
-/* Probes the configured QEMU unless the cached answer is for it. */
+/* Probes the configured QEMU unless the cached answer is for it.  A
+ * successful probe stands until the binary or the accelerator mode changes
+ * in the config.  A failed one stands too, for CAPS_RETRY_MS or until the
+ * binary itself changes (size, mtime, inode: reinstalled or fixed): every
+ * start and create in between gets its error at once, and a broken binary
+ * is not run again for each of them. */
 static bool caps_current(sv_vmctl *c) {
     const sv_config *conf = cfg(c);
     bool want_kvm = conf->accelerator != SV_ACCEL_TCG;
     if (c->caps_state == CAPS_PROBING)
         return false;
-    if (c->caps_state == CAPS_DONE && c->caps_status == 0 && c->caps_binary &&
-        strcmp(c->caps_binary, conf->qemu_binary) == 0 && c->caps_want_kvm == want_kvm)
+    bool same = c->caps_state == CAPS_DONE && c->caps_binary && strcmp(c->caps_binary, conf->qemu_binary) == 0 &&
+                c->caps_want_kvm == want_kvm;
+    if (same && c->caps_status == 0)
+        return true;
+    sv_qemu_binary_stamp now;
+    sv_qemu_binary_stamp_get(conf->qemu_binary, &now);
+    if (same && uv_now(c->loop) - c->caps_done_ms < CAPS_RETRY_MS && sv_qemu_binary_stamp_equal(&now, &c->caps_stamp))
         return true;
     uv_work_t *w = calloc(1, sizeof *w);
     char *bin = strdup(conf->qemu_binary);
@@ -969,6 +994,7 @@ static bool caps_current(sv_vmctl *c) {
     free(c->caps_binary);
     c->caps_binary = bin;
     c->caps_want_kvm = want_kvm;
+    c->caps_stamp = now; /* before the probe: a change while it runs probes again */
     c->caps_state = CAPS_PROBING;
     c->accel_warned = false;
     w->data = c;
@@ -1329,6 +1355,7 @@ static int begin_start(sv_vmctl *c, sv_vm *vm, bool policy, sv_vm_done_fn done, 
     rt->starting_prep = true;
     free(rt->stop_reason);
     rt->stop_reason = NULL;
+    rt->monitor_failed = false;
     rt->stage = STAGE_NONE;
     persist(rt);
     r = uv_queue_work(c->loop, &job->work, prep_work, prep_after);
@@ -1855,12 +1882,17 @@ static void gone_finish(vmrt *rt, pid_t pid, const char *how_exited) {
     if (before == SV_VM_STARTING) {
         char tail[1024];
         log_tail(rt, rt->log_offset, tail, sizeof tail);
-        if (rt->stop_reason)
-            snprintf(why, sizeof why, "%s", rt->stop_reason);
+        /* A monitor that closed because QEMU exited by itself is not the
+         * cause: QEMU's exit and its words are. */
+        bool own_exit = rt->monitor_failed && strncmp(how_exited, "exited", 6) == 0;
+        if (rt->stop_reason && !own_exit)
+            snprintf(why, sizeof why, "%s (QEMU %s)%s%s", rt->stop_reason, how_exited,
+                     tail[0] ? "; QEMU said: " : "", tail);
         else
             snprintf(why, sizeof why, "QEMU %s%s%s", how_exited, tail[0] ? ": " : "", tail);
         free(rt->stop_reason); /* used up: it was this start's */
         rt->stop_reason = NULL;
+        rt->monitor_failed = false;
         log_info("VM %s: QEMU pid %d %s during start; cleaned up", vm->name, (int)pid, how_exited);
         start_abandon_now(rt, EIO, why);
         return;

@@ -10,10 +10,15 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <sys/vfs.h>
+#include <unistd.h>
+#include <linux/magic.h>
 
 static const char *const restart_names[] = {"never", "on-failure", "always", NULL};
 static const char *const hugepage_names[] = {"none", "2M", "1G", NULL};
@@ -320,5 +325,74 @@ int sv_vmspec_complete(sv_vmspec *s, const sv_config *node, qv_error *err) {
         s->disk = node->vm_disk;
     if (!s->stop_timeout_ms)
         s->stop_timeout_ms = node->stop_timeout_ms;
+    return 0;
+}
+
+/* Filesystems whose files the kernel makes up as they are read: their
+ * sizes say nothing and their content is not a boot file. */
+static const char *pseudo_fs(long type) {
+    switch (type) {
+    case PROC_SUPER_MAGIC: return "/proc";
+    case SYSFS_MAGIC: return "/sys";
+    case DEBUGFS_MAGIC: return "debugfs";
+    case TRACEFS_MAGIC: return "tracefs";
+    case SECURITYFS_MAGIC: return "securityfs";
+    case CGROUP_SUPER_MAGIC:
+    case CGROUP2_SUPER_MAGIC: return "cgroupfs";
+    default: return NULL;
+    }
+}
+
+static int check_boot_file(const char *key, const char *path, qv_error *err) {
+    for (const unsigned char *p = (const unsigned char *)path; *p; p++) {
+        if (*p == ',')
+            return qv_error_set(err, EINVAL, "spec: %s: '%s' contains a comma, which QEMU's -%s cannot take", key,
+                                path, key);
+        if (*p < 0x20 || *p == 0x7f)
+            return qv_error_set(err, EINVAL, "spec: %s: the path contains a control character (0x%02x)", key, *p);
+    }
+    _cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+    if (fd < 0) {
+        int e = errno;
+        if (e == ENOENT || e == ENOTDIR)
+            return qv_error_set(err, ENOENT, "spec: %s: %s: no such file", key, path);
+        return qv_error_set(err, EINVAL, "spec: %s: cannot open %s: %s", key, path, strerror(e));
+    }
+    struct stat st;
+    if (fstat(fd, &st) < 0)
+        return qv_error_set(err, EINVAL, "spec: %s: cannot stat %s: %s", key, path, strerror(errno));
+    if (S_ISDIR(st.st_mode))
+        return qv_error_set(err, EINVAL, "spec: %s: %s is a directory, not a %s file", key, path, key);
+    if (!S_ISREG(st.st_mode))
+        return qv_error_set(err, EINVAL, "spec: %s: %s is not a regular file (%s)", key, path,
+                            S_ISCHR(st.st_mode) || S_ISBLK(st.st_mode) ? "a device"
+                            : S_ISFIFO(st.st_mode)                     ? "a FIFO"
+                                                                        : "a socket");
+    struct statfs fs;
+    const char *pseudo = fstatfs(fd, &fs) == 0 ? pseudo_fs((long)fs.f_type) : NULL;
+    if (pseudo)
+        return qv_error_set(err, EINVAL, "spec: %s: %s is a %s file, not a %s file", key, path, pseudo, key);
+    if (st.st_size == 0)
+        return qv_error_set(err, EINVAL, "spec: %s: %s is empty", key, path);
+    return 0;
+}
+
+int sv_vmspec_check_boot(const sv_vmspec *s, qv_error *err) {
+    int r;
+    if (s->kernel && (r = check_boot_file("kernel", s->kernel, err)) < 0)
+        return r;
+    if (s->initrd && (r = check_boot_file("initrd", s->initrd, err)) < 0)
+        return r;
+    if (s->append) {
+        size_t n = strlen(s->append);
+        if (n > SV_APPEND_MAX)
+            return qv_error_set(err, EINVAL,
+                                "spec: append: %zu bytes; the kernel takes at most %d (COMMAND_LINE_SIZE on x86) "
+                                "and would cut the rest",
+                                n, SV_APPEND_MAX);
+        for (const unsigned char *p = (const unsigned char *)s->append; *p; p++)
+            if (*p < 0x20 || *p == 0x7f)
+                return qv_error_set(err, EINVAL, "spec: append: contains a control character (0x%02x)", *p);
+    }
     return 0;
 }

@@ -103,6 +103,20 @@ json_t *sv_vmspec_to_json(const sv_vmspec *s);
  * with kernel, no seed settings with seed off). */
 int sv_vmspec_complete(sv_vmspec *s, const sv_config *node, qv_error *err);
 
+/* The kernel's COMMAND_LINE_SIZE on x86, with its terminating NUL: a longer
+ * `append` would be cut. */
+#define SV_APPEND_MAX 2047
+
+/* What a direct kernel boot will need at start, checked at create so that a
+ * spec that can never start is refused: kernel and initrd name readable,
+ * non-empty regular files (not directories, devices, FIFOs, nor files of
+ * /proc, /sys and the like), with no comma (QEMU's option syntax) and no
+ * control characters in their paths; `append` has no control characters
+ * and at most SV_APPEND_MAX bytes.  A missing file is -ENOENT (exit 66),
+ * everything else -EINVAL (65).  Every such check lives here, so that it can
+ * move with the opening of the files. */
+int sv_vmspec_check_boot(const sv_vmspec *s, qv_error *err);
+
 /* The first of password_hash, packages, runcmd that s sets: keys that only
  * the generated user-data carries (so user_data, which replaces it, and
  * seed: false exclude them); NULL when none is set. */

@@ -124,6 +124,49 @@ class VmDefinition(unittest.TestCase):
         self.assertEqual(p.returncode, 73)
         self.assertEqual(self.instances(), ["ok"])  # failed creates left nothing
 
+    def test_boot_files_checked_at_create(self):
+        """A spec whose kernel boot can never start is refused at create:
+        missing files 66, anything else 65; nothing is left behind."""
+        d = self.node.dir
+        kernel = os.path.join(d, "vmlinuz")
+        with open(kernel, "wb") as f:
+            f.write(b"not really a kernel, but a readable regular file")
+        comma = os.path.join(d, "vm,linuz")
+        os.symlink(kernel, comma)
+        empty = os.path.join(d, "empty")
+        open(empty, "w").close()
+        fifo = os.path.join(d, "fifo")
+        os.mkfifo(fifo)
+        k = ["vm", "create", "ok", "--image", "base", "--kernel"]
+        cases = [
+            ([*k, "/nonexistent"], 66, "spec: kernel: /nonexistent: no such file"),
+            ([*k, kernel, "--initrd", "/nonexistent/initrd"], 66, "spec: initrd: /nonexistent/initrd: no such file"),
+            ([*k, comma], 65, "contains a comma, which QEMU's -kernel cannot take"),
+            ([*k, kernel + "\n"], 65, "control character (0x0a)"),
+            ([*k, "/"], 65, "/ is a directory, not a kernel file"),
+            ([*k, "/dev/zero"], 65, "/dev/zero is not a regular file (a device)"),
+            ([*k, fifo], 65, "is not a regular file (a FIFO)"),
+            ([*k, "/proc/self/environ"], 65, "/proc/self/environ is a /proc file"),
+            ([*k, "/sys/kernel/uevent_seqnum"], 65, "is a /sys file"),
+            ([*k, empty], 65, "is empty"),
+            ([*k, "vmlinuz"], 65, "must be an absolute path"),
+            ([*k, kernel, "--append", "x" * 100000], 65, "append: 100000 bytes; the kernel takes at most 2047"),
+            ([*k, kernel, "--append", "console=ttyS0\nquiet"], 65, "append: contains a control character"),
+        ]
+        for args, code, msg in cases:
+            p = self.node.qvisor(*args)
+            self.assertEqual(p.returncode, code, (args, p.stderr))
+            self.assertIn(msg, p.stderr, args)
+        self.assertEqual(self.instances(), [])
+        # the same from a spec file
+        spec = os.path.join(d, "vm.yaml")
+        with open(spec, "w") as f:
+            f.write("name: ok\nimage: base\nkernel: /nonexistent\n")
+        self.assertEqual(self.node.qvisor("vm", "create", "-f", spec).returncode, 66)
+        # the longest append the kernel takes, with commas (fine in -append)
+        self.node.qvisor(*k, kernel, "--append", "a,b " + "x" * 2043, check=0)
+        self.assertEqual(self.instances(), ["ok"])
+
     def test_spec_file(self):
         spec = os.path.join(self.node.dir, "vm.yaml")
         with open(spec, "w") as f:

@@ -215,6 +215,72 @@ static void test_greeting_variants(void **state) {
     }
 }
 
+/* During negotiation qmp_capabilities is the only command on the wire, so a
+ * reply that does not carry its id (another, none, a string) breaks the
+ * protocol: the handshake fails at once instead of at its timeout.  Each
+ * failure also says in words what broke (qmp_failure()). */
+static void test_handshake_wrong_id(void **state) {
+    (void)state;
+    /* the held query-status's id, one never sent, none, a string */
+    static const char *const ids[] = {"\"id\": 1, ", "\"id\": 100, ", "", "\"id\": \"2\", "};
+    for (size_t i = 0; i < QV_ARRAY_SIZE(ids); i++) {
+        ctx x;
+        ctx_open(&x, 60000);
+        x.p.auto_caps = false;
+        reply r;
+        reply_init(&r, &x.t);
+        assert_int_equal(qmp_send(x.c, "query-status", NULL, 0, reply_cb, &r), 0);
+        assert_string_equal(qmp_failure(x.c), "");
+        peer_writes(&x.p, QMP_TEST_GREETING);
+        wait_received(&x, 1);
+        assert_string_equal(peer_command(&x.p, 0), "qmp_capabilities");
+        uint64_t t0 = qv_now_ms();
+        assert_int_equal(peer_id(&x.p, 0), 2);
+        peer_writef(&x.p, "{%s\"return\": {}}\n", ids[i]);
+        assert_true(tloop_wait(&x.t, &x.disconnects, 1, 2000));
+        assert_true(qv_now_ms() - t0 < 2000);
+        assert_int_equal(x.disconnect_status, QMP_EPROTO);
+        assert_string_equal(qmp_failure(x.c), "a reply to qmp_capabilities with a wrong id");
+        assert_int_equal(x.ready, 0);
+        assert_int_equal(r.calls, 1);
+        assert_int_equal(r.status, QMP_EPROTO);
+        reply_done(&r);
+        ctx_finish(&x);
+    }
+}
+
+/* What qmp_failure() says for the other ways a monitor fails. */
+static void test_failure_words(void **state) {
+    (void)state;
+    static const struct {
+        const char *input;
+        int status;
+        const char *words;
+    } v[] = {
+        {"{\"QMP\": 1}\n", QMP_EPROTO, "a malformed greeting"},
+        {"{\"QMP\"\n", QMP_EPROTO, "invalid JSON (or not an object): '{\"QMP\"'"},
+        {QMP_TEST_GREETING QMP_TEST_GREETING, QMP_EPROTO, "a second greeting"},
+        {QMP_TEST_GREETING, QMP_EDISCONNECTED, "the peer closed the connection while negotiating capabilities"},
+        {"", QMP_EDISCONNECTED, "the peer closed the connection while waiting for the greeting"},
+    };
+    for (size_t i = 0; i < QV_ARRAY_SIZE(v); i++) {
+        ctx x;
+        ctx_open(&x, 0);
+        x.p.auto_caps = false;
+        if (v[i].input[0])
+            peer_writes(&x.p, v[i].input);
+        if (v[i].status == QMP_EDISCONNECTED) {
+            if (v[i].input[0])
+                wait_received(&x, 1);
+            peer_eof(&x.p);
+        }
+        assert_true(tloop_wait(&x.t, &x.disconnects, 1, 2000));
+        assert_int_equal(x.disconnect_status, v[i].status);
+        assert_string_equal(qmp_failure(x.c), v[i].words);
+        ctx_finish(&x);
+    }
+}
+
 /* ---- framing ---- */
 
 static void test_one_byte_at_a_time(void **state) {
@@ -1119,6 +1185,8 @@ int main(void) {
     signal(SIGPIPE, SIG_IGN);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_greeting_variants),
+        cmocka_unit_test(test_handshake_wrong_id),
+        cmocka_unit_test(test_failure_words),
         cmocka_unit_test(test_one_byte_at_a_time),
         cmocka_unit_test(test_many_in_one_write),
         cmocka_unit_test(test_event_between_command_and_reply),

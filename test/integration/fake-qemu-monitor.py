@@ -1,0 +1,95 @@
+#!/usr/bin/env python3
+"""Stands in for qemu-system-x86_64 (config `qemu.binary`) in
+test_start_failures.py: a QEMU whose monitor misbehaves, or whose -version
+fails.
+
+The mode is read at each run from the file FAKE_QEMU_MODE_FILE names (the
+test changes it between starts without restarting the daemon); every run
+appends its argv as one JSON line to FAKE_QEMU_RUNS when that is set.
+
+- `version-fails`: `-version` prints to stderr and exits 1 (a broken
+  install or a wrapper); anything else runs the real QEMU.
+- otherwise the daemon's capability probe (no `-pidfile` in argv) runs the
+  real QEMU, and a VM start accepts the monitor connection on fd 3 (the
+  listening socket the daemon passes) and then:
+  - `bad-json`: sends a line that is not JSON;
+  - `big-greeting`: sends a greeting larger than QMP_MAX_MESSAGE (10 MiB);
+  - `close-after-greeting`: sends the greeting, reads qmp_capabilities, closes;
+  - `wrong-id`: answers qmp_capabilities with another id;
+  having said so on stderr (which is qemu.log) first; then it sleeps: the
+  daemon must kill it."""
+
+import json
+import os
+import socket
+import sys
+import time
+
+REAL = os.environ.get("FAKE_QEMU_REAL", "qemu-system-x86_64")
+GREETING = (b'{"QMP": {"version": {"qemu": {"micro": 22, "minor": 2, "major": 7}, "package": ""}, '
+            b'"capabilities": []}}\n')
+
+
+def mode():
+    path = os.environ.get("FAKE_QEMU_MODE_FILE")
+    if not path:
+        return ""
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except FileNotFoundError:
+        return ""
+
+
+def read_line(conn):
+    buf = b""
+    while not buf.endswith(b"\n"):
+        chunk = conn.recv(4096)
+        if not chunk:
+            break
+        buf += chunk
+    return buf
+
+
+def misbehave(m):
+    # QEMU's own words come first (the daemon kills it once the monitor fails)
+    sys.stderr.write(f"fake-qemu: this monitor will misbehave ({m})\n")
+    sys.stderr.flush()
+    lsock = socket.socket(fileno=3)
+    conn, _ = lsock.accept()
+    if m == "bad-json":
+        conn.sendall(b'{"QMP": {"version": \n')
+    elif m == "big-greeting":
+        try:
+            conn.sendall(b'{"QMP": {"version": {}, "padding": "' + b"x" * (11 << 20) + b'"}}\n')
+        except BrokenPipeError:
+            pass  # the daemon stopped reading at 10 MiB
+    elif m == "close-after-greeting":
+        conn.sendall(GREETING)
+        read_line(conn)
+        conn.close()
+    elif m == "wrong-id":
+        conn.sendall(GREETING)
+        cmd = json.loads(read_line(conn))
+        conn.sendall(json.dumps({"return": {}, "id": cmd["id"] + 1000}).encode() + b"\n")
+    while True:
+        time.sleep(3600)
+
+
+def main():
+    argv = sys.argv[1:]
+    runs = os.environ.get("FAKE_QEMU_RUNS")
+    if runs:
+        with open(runs, "a") as f:
+            f.write(json.dumps(argv) + "\n")
+    m = mode()
+    if m == "version-fails" and argv == ["-version"]:
+        sys.stderr.write("fake-qemu: cannot load libfoo.so.1: no such file\n")
+        sys.exit(1)
+    if "-pidfile" in argv and m not in ("", "version-fails"):
+        misbehave(m)
+    os.execvp(REAL, [REAL] + argv)
+
+
+if __name__ == "__main__":
+    main()
