@@ -9,6 +9,8 @@
 #include "util.h"
 #include "supervisor/vmspec.h"
 
+#include <arpa/inet.h>
+#include <ctype.h>
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -872,10 +874,26 @@ static const char ssh_help[] =
     "the NAT bridge).  The guest's host key is remembered per VM in\n"
     "INSTANCE_DIR/known_hosts.\n"
     "\n"
-    "  -l, --user USER   log in as USER instead\n"
+    "  -l, --user USER   log in as USER instead (before or after NAME)\n"
     "\n"
-    "Exit: ssh's own exit status once it runs; 66 no such VM, 69 daemon not\n"
+    "Everything after NAME and its options (or after \"--\") is the remote\n"
+    "command, passed on whole.\n"
+    "\n"
+    "Exit: ssh's own exit status once it runs; 64 a bad user name, 65 the VM's\n"
+    "user name is not one ssh can take safely, 66 no such VM, 69 daemon not\n"
     "running or the VM not running, 1 ssh cannot be run.\n";
+
+/* A login name ssh takes as one: what useradd allows (and '$' at the end of
+ * machine accounts), nothing ssh could read as an option or a host. */
+static bool ssh_user_ok(const char *u) {
+    size_t len = strlen(u);
+    if (len == 0 || len > 256 || u[0] == '-')
+        return false;
+    for (size_t i = 0; i < len; i++)
+        if (!isalnum((unsigned char)u[i]) && !strchr("._-$", u[i]))
+            return false;
+    return true;
+}
 
 int cmd_vm_ssh(qv_cli *cli, int argc, char **argv) {
     static const struct option longopts[] = {
@@ -893,8 +911,18 @@ int cmd_vm_ssh(qv_cli *cli, int argc, char **argv) {
     if (optind >= argc)
         return qv_cli_usage_error("vm ssh ", "needs a NAME");
     const char *name = argv[optind++];
-    if (optind < argc && strcmp(argv[optind], "--") == 0)
-        optind++;
+    /* options may follow NAME too (vm ssh NAME -l USER -- CMD); getopt
+     * carries on from optind and stops at "--" or the command */
+    while ((c = qv_cli_getopt(cli, argc, argv, "+hl:", longopts, ssh_help)) != -1) {
+        if (c == -2)
+            return QV_EXIT_OK;
+        if (c != 'l')
+            return qv_cli_usage_error("vm ssh ", "bad option");
+        user = optarg;
+    }
+    if (user && !ssh_user_ok(user))
+        return qv_cli_usage_error("vm ssh ", "bad user name (letters, digits, '.', '_', '-', '$', not starting "
+                                             "with '-', at most 256 bytes)");
     qv_error err = {0};
     json_t *vm = NULL;
     if (qv_cli_call(cli, "vm.show", json_pack("{s:s}", "name", name), &vm, &err) < 0)
@@ -914,15 +942,31 @@ int cmd_vm_ssh(qv_cli *cli, int argc, char **argv) {
     }
     const char *dir = json_string_value(json_object_get(vm, "dir"));
     json_t *spec = json_object_get(vm, "spec");
-    if (!user)
+    if (!user) {
         user = json_string_value(json_object_get(spec, "user"));
-    char portarg[16], dest[160], known[4200], alias[96], key[4200];
-    snprintf(portarg, sizeof portarg, "%lld", json_is_integer(port) ? (long long)json_integer_value(port) : 22ll);
-    snprintf(dest, sizeof dest, "%s@%s", user ? user : "qvisor", host);
-    snprintf(known, sizeof known, "UserKnownHostsFile=%s/known_hosts", dir ? dir : ".");
-    snprintf(alias, sizeof alias, "HostKeyAlias=qvisor-%s", name);
-    snprintf(key, sizeof key, "%s/ssh/id_ed25519", dir ? dir : ".");
-    const char *args[64];
+        if (user && !ssh_user_ok(user)) {
+            fprintf(stderr, "qvisor: error: VM %s has a user name ssh cannot take safely; use -l USER\n", name);
+            json_decref(vm);
+            return QV_EXIT_DATAERR;
+        }
+    }
+    unsigned char probe[sizeof(struct in6_addr)];
+    if (inet_pton(AF_INET, host, probe) != 1 && inet_pton(AF_INET6, host, probe) != 1) {
+        fprintf(stderr, "qvisor: error: VM %s: the daemon gave no usable address\n", name);
+        json_decref(vm);
+        return QV_EXIT_DATAERR;
+    }
+    _cleanup_free_ char *portarg = NULL, *dest = NULL, *known = NULL, *alias = NULL, *key = NULL;
+    if (asprintf(&portarg, "%lld", json_is_integer(port) ? (long long)json_integer_value(port) : 22ll) < 0 ||
+        asprintf(&dest, "%s@%s", user ? user : "qvisor", host) < 0 ||
+        asprintf(&known, "UserKnownHostsFile=%s/known_hosts", dir ? dir : ".") < 0 ||
+        asprintf(&alias, "HostKeyAlias=qvisor-%s", name) < 0 || asprintf(&key, "%s/ssh/id_ed25519", dir ? dir : ".") < 0)
+        abort();
+    /* fixed arguments, "--", the remote command, NULL */
+    size_t cap = 16 + (size_t)(argc - optind);
+    _cleanup_free_ const char **args = calloc(cap, sizeof *args);
+    if (!args)
+        abort();
     size_t n = 0;
     args[n++] = "ssh";
     args[n++] = "-p";
@@ -940,7 +984,7 @@ int cmd_vm_ssh(qv_cli *cli, int argc, char **argv) {
     args[n++] = dest;
     if (optind < argc) {
         args[n++] = "--";
-        for (int i = optind; i < argc && n < QV_ARRAY_SIZE(args) - 1; i++)
+        for (int i = optind; i < argc; i++)
             args[n++] = argv[i];
     }
     args[n] = NULL;
