@@ -334,7 +334,7 @@ int cmd_vm_create(qv_cli *cli, int argc, char **argv) {
         size_t len;
         int r = qv_read_file(file, 1 << 20, &data, &len);
         if (r < 0) {
-            fprintf(stderr, "qvisor: error: cannot read %s: %s\n", file, strerror(-r));
+            qv_fprintf(stderr, "qvisor: error: cannot read %s: %s\n", file, strerror(-r));
             return r == -ENOENT ? QV_EXIT_NOINPUT : QV_EXIT_DATAERR;
         }
         qv_error err = {0};
@@ -374,11 +374,11 @@ static void print_created(const qv_cli *cli, json_t *vm) {
     if (cli->verbosity >= 0) {
         const char *name = json_string_value(json_object_get(vm, "name"));
         json_t *sp = json_object_get(vm, "spec");
-        printf("created VM %s (disk %s)\n", name, json_string_value(json_object_get(vm, "disk")));
+        qv_printf("created VM %s (disk %s)\n", name, json_string_value(json_object_get(vm, "disk")));
         if (json_is_true(json_object_get(sp, "ssh_generate"))) {
             const char *user = json_string_value(json_object_get(sp, "user"));
             const char *dir = json_string_value(json_object_get(vm, "dir"));
-            printf("SSH key pair: %s/ssh/id_ed25519 (login user %s). Once the VM runs:\n"
+            qv_printf("SSH key pair: %s/ssh/id_ed25519 (login user %s). Once the VM runs:\n"
                    "  qvisor vm ssh %s\n"
                    "  ssh -i %s/ssh/id_ed25519 -p PORT %s@127.0.0.1   (PORT: see `qvisor vm show %s`)\n",
                    dir, user ? user : "?", name, dir, user ? user : "?", name);
@@ -573,7 +573,8 @@ static void print_kv(const char *prefix, json_t *obj) {
                 }
                 char name[32];
                 snprintf(name, sizeof name, "nic%zu:", i);
-                printf("%-22s %s\n", name, line);
+                _cleanup_free_ char *safe = qv_term_safe(line, false);
+                qv_printf("%-22s %s\n", name, safe);
             }
             continue;
         }
@@ -586,12 +587,13 @@ static void print_kv(const char *prefix, json_t *obj) {
         char name[160], number[32];
         snprintf(name, sizeof name, "%s%s:", prefix, key);
         if (human_number(name, v, number, sizeof number)) {
-            printf("%-22s %s\n", name, number);
+            qv_printf("%-22s %s\n", name, number);
             continue;
         }
         _cleanup_free_ char *text = json_is_string(v) ? strdup(json_string_value(v))
                                                       : json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT);
-        printf("%-22s %s\n", name, json_is_null(v) ? "-" : text);
+        _cleanup_free_ char *safe = qv_term_safe(json_is_null(v) || !text ? "-" : text, false); /* one line */
+        qv_printf("%-22s %s\n", name, safe);
     }
 }
 
@@ -639,11 +641,11 @@ static void print_start(const qv_cli *cli, json_t *res, const char *name) {
     json_t *port = json_object_get(res, "ssh_port");
     const char *ip = json_string_value(json_object_get(res, "ip"));
     if (json_is_integer(port))
-        printf("started VM %s (pid %lld, ssh on 127.0.0.1:%lld)\n", name, pid, (long long)json_integer_value(port));
+        qv_printf("started VM %s (pid %lld, ssh on 127.0.0.1:%lld)\n", name, pid, (long long)json_integer_value(port));
     else if (ip)
-        printf("started VM %s (pid %lld, ssh on %s:22: qvisor vm ssh %s)\n", name, pid, ip, name);
+        qv_printf("started VM %s (pid %lld, ssh on %s:22: qvisor vm ssh %s)\n", name, pid, ip, name);
     else
-        printf("started VM %s (pid %lld; no forwarded port or static address: qvisor vm list shows the "
+        qv_printf("started VM %s (pid %lld; no forwarded port or static address: qvisor vm list shows the "
                "address the guest agent reports)\n",
                name, pid);
 }
@@ -733,11 +735,11 @@ static void print_stop(const qv_cli *cli, json_t *stop, const char *name) {
     const char *how = json_string_value(json_object_get(stop, "how"));
     double secs = json_number_value(json_object_get(stop, "seconds"));
     if (!r || strcmp(r, "already-stopped") == 0)
-        printf("VM %s is not running\n", name);
+        qv_printf("VM %s is not running\n", name);
     else if (strcmp(r, "clean") == 0)
-        printf("stopped VM %s: the guest shut down (%s, %.1f s)\n", name, how ? how : "?", secs);
+        qv_printf("stopped VM %s: the guest shut down (%s, %.1f s)\n", name, how ? how : "?", secs);
     else
-        printf("stopped VM %s: forced (%s, %.1f s)\n", name, how ? how : "?", secs);
+        qv_printf("stopped VM %s: forced (%s, %.1f s)\n", name, how ? how : "?", secs);
 }
 
 int cmd_vm_stop(qv_cli *cli, int argc, char **argv) {
@@ -846,11 +848,11 @@ static int pause_resume(qv_cli *cli, int argc, char **argv, bool pause) {
     if (cli->verbosity >= 0) {
         const char *r = json_string_value(json_object_get(res, "result"));
         if (r && strcmp(r, "already-paused") == 0)
-            printf("VM %s is already paused\n", name);
+            qv_printf("VM %s is already paused\n", name);
         else if (r && strcmp(r, "not-paused") == 0)
-            printf("VM %s is not paused\n", name);
+            qv_printf("VM %s is not paused\n", name);
         else
-            printf("%s VM %s\n", pause ? "paused" : "resumed", name);
+            qv_printf("%s VM %s\n", pause ? "paused" : "resumed", name);
     }
     json_decref(res);
     return QV_EXIT_OK;
@@ -935,7 +937,7 @@ int cmd_vm_ssh(qv_cli *cli, int argc, char **argv) {
         json_integer_value(json_object_get(vm, "pid")) > 0)
         host = json_string_value(json_object_get(vm, "ip"));
     if (!json_is_integer(port) && strcmp(host, "127.0.0.1") == 0) {
-        fprintf(stderr, "qvisor: error: VM %s is %s: no SSH port to connect to (qvisor vm start %s)\n", name,
+        qv_fprintf(stderr, "qvisor: error: VM %s is %s: no SSH port to connect to (qvisor vm start %s)\n", name,
                 json_string_value(json_object_get(vm, "state")), name);
         json_decref(vm);
         return QV_EXIT_UNAVAILABLE;
@@ -945,14 +947,14 @@ int cmd_vm_ssh(qv_cli *cli, int argc, char **argv) {
     if (!user) {
         user = json_string_value(json_object_get(spec, "user"));
         if (user && !ssh_user_ok(user)) {
-            fprintf(stderr, "qvisor: error: VM %s has a user name ssh cannot take safely; use -l USER\n", name);
+            qv_fprintf(stderr, "qvisor: error: VM %s has a user name ssh cannot take safely; use -l USER\n", name);
             json_decref(vm);
             return QV_EXIT_DATAERR;
         }
     }
     unsigned char probe[sizeof(struct in6_addr)];
     if (inet_pton(AF_INET, host, probe) != 1 && inet_pton(AF_INET6, host, probe) != 1) {
-        fprintf(stderr, "qvisor: error: VM %s: the daemon gave no usable address\n", name);
+        qv_fprintf(stderr, "qvisor: error: VM %s: the daemon gave no usable address\n", name);
         json_decref(vm);
         return QV_EXIT_DATAERR;
     }
@@ -990,7 +992,7 @@ int cmd_vm_ssh(qv_cli *cli, int argc, char **argv) {
     args[n] = NULL;
     fflush(stdout);
     execvp("ssh", (char *const *)args);
-    fprintf(stderr, "qvisor: error: cannot run ssh: %s (install openssh-client)\n", strerror(errno));
+    qv_fprintf(stderr, "qvisor: error: cannot run ssh: %s (install openssh-client)\n", strerror(errno));
     json_decref(vm);
     return QV_EXIT_FAILED;
 }
@@ -1027,6 +1029,6 @@ int cmd_vm_rm(qv_cli *cli, int argc, char **argv) {
                          &err) < 0)
         return qv_cli_fail(cli, &err);
     if (cli->verbosity >= 0)
-        printf("removed VM %s\n", name);
+        qv_printf("removed VM %s\n", name);
     return QV_EXIT_OK;
 }

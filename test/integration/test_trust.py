@@ -46,6 +46,8 @@ class FakeDaemon:
                 f.flush()
 
     def close(self):
+        self.sock.shutdown(socket.SHUT_RDWR)  # wakes accept(); close() alone does not
+        self.thread.join()
         self.sock.close()
         subprocess.run(["rm", "-rf", self.dir])
 
@@ -102,6 +104,52 @@ class VmSsh(unittest.TestCase):
         # a long but valid name goes through whole
         a = self.argv("a", "-l", "u" * 200)
         self.assertEqual(a[-1], "u" * 200 + "@127.0.0.1")
+
+
+EVIL = "\x1b]0;pwned\x07\x1b[2J10.0.0.1 evil\nfake-vm  running"
+
+
+class HumanOutput(unittest.TestCase):
+    """Whatever the daemon relays (agent addresses, exit reasons, versions),
+    human output hands the terminal no control character."""
+
+    def setUp(self):
+        vm = {"name": "a", "state": "running", "pid": 4242, "cpus": 1, "memory": 1 << 30, "disk_size": 1 << 30,
+              "ip": EVIL, "agent": "ok\x1b[31m", "uptime_s": 60, "gpus": ["0000:01:00.0\x1b[2J"],
+              "image": "img\x9b2J", "pool": "default"}
+        show = dict(vm, last_exit="the guest powered off (\x1b[2J)", addresses=[{"interface": "eth0\x1b",
+                                                                                     "address": EVIL, "prefix": 24}])
+        self.fake = FakeDaemon({"vm.list": {"vms": [vm]}, "vm.show": show})
+
+    def tearDown(self):
+        self.fake.close()
+
+    def run_q(self, *args):
+        p = subprocess.run([QVISOR, "-s", self.fake.path, *args], capture_output=True, timeout=scaled(30),
+                           stdin=subprocess.DEVNULL)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        return p.stdout
+
+    def assert_clean(self, out, lines):
+        for b in out:
+            self.assertTrue(b >= 0x20 and b != 0x7f or b in b"\n", (hex(b), out))
+        self.assertNotIn(b"\xc2\x9b", out)
+        self.assertEqual(out.count(b"\n"), lines, out)
+
+    def test_vm_list(self):
+        out = self.run_q("vm", "list")
+        self.assert_clean(out, 2)
+        self.assertIn(b"\\x1B]0;pwned\\x07\\x1B[2J10.0.0.1 evil\\x0Afake-vm", out)
+
+    def test_vm_show(self):
+        out = self.run_q("vm", "show", "a")
+        self.assert_clean(out, out.count(b"\n"))
+        self.assertIn(b"the guest powered off (\\x1B[2J)", out)
+        self.assertNotIn(b"\nfake-vm", out)
+
+    def test_json_is_json(self):
+        out = self.run_q("--json", "vm", "list")
+        self.assertEqual(json.loads(out)["vms"][0]["ip"], EVIL)
 
 
 if __name__ == "__main__":
