@@ -1,4 +1,5 @@
 /* Helpers shared by every verb. */
+#include "output.h"
 #include "cli.h"
 
 #include "log.h"
@@ -10,7 +11,7 @@
 
 int qv_cli_fail(const qv_cli *cli, const qv_error *err) {
     (void)cli;
-    fprintf(stderr, "qvisor: error: %s\n", err->msg[0] ? err->msg : qv_strerror(err->code));
+    qv_fprintf(stderr, "qvisor: error: %s\n", err->msg[0] ? err->msg : qv_strerror(err->code));
     return qv_exit_code_for_errno(err->code ? err->code : EIO);
 }
 
@@ -20,7 +21,7 @@ int qv_cli_usage_error(const char *help_path, const char *fmt, ...) {
     fputs("qvisor: ", stderr);
     vfprintf(stderr, fmt, ap);
     va_end(ap);
-    fprintf(stderr, "\nTry 'qvisor %s--help'.\n", help_path);
+    qv_fprintf(stderr, "\nTry 'qvisor %s--help'.\n", help_path);
     return QV_EXIT_USAGE;
 }
 

@@ -72,12 +72,12 @@ static void report_print(const sv_check_report *r, bool quiet) {
         const sv_check_item *it = &r->items[i];
         if (quiet && it->status == SV_CHECK_OK)
             continue;
-        printf("%-4s  %-*s  %s\n", status_label(it->status), width, it->name, it->detail);
+        qv_printf("%-4s  %-*s  %s\n", status_label(it->status), width, it->name, it->detail);
         if (it->hint[0])
-            printf("      hint: %s\n", it->hint);
+            qv_printf("      hint: %s\n", it->hint);
     }
     if (!quiet)
-        printf("%s: %zu failed, %zu warning%s\n", fails ? "not ready" : "ready", fails, warns, warns == 1 ? "" : "s");
+        qv_printf("%s: %zu failed, %zu warning%s\n", fails ? "not ready" : "ready", fails, warns, warns == 1 ? "" : "s");
 }
 
 int cmd_check(qv_cli *cli, int argc, char **argv) {

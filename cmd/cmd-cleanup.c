@@ -58,12 +58,12 @@ int cmd_cleanup(qv_cli *cli, int argc, char **argv) {
         if (pid)
             snprintf(where, sizeof where, "pid %lld", (long long)json_integer_value(pid));
         const char *detail = json_string_value(json_object_get(a, "detail"));
-        printf("%s %s: %s%s%s%s\n", json_string_value(json_object_get(a, "what")), path ? path : where,
+        qv_printf("%s %s: %s%s%s%s\n", json_string_value(json_object_get(a, "what")), path ? path : where,
                json_string_value(json_object_get(a, "action")), detail ? " (" : "", detail ? detail : "",
                detail ? ")" : "");
     }
     if (cli->verbosity >= 0 && json_array_size(actions) == 0)
-        printf("nothing to clean up\n");
+        qv_printf("nothing to clean up\n");
     json_decref(res);
     return QV_EXIT_OK;
 }

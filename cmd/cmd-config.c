@@ -14,7 +14,7 @@ static void add_row(const char *key, const char *value, void *userdata) {
 }
 
 static void print_config(const sv_config *c, const char *source_note) {
-    printf("# %s\n", source_note);
+    qv_printf("# %s\n", source_note);
     static const char *const headers[] = {"KEY", "VALUE", NULL};
     qv_table *t = qv_table_new(headers);
     sv_config_visit(c, add_row, t);
@@ -51,7 +51,7 @@ int cmd_config_check(qv_cli *cli, int argc, char **argv) {
     bool defaulted;
     int r = sv_config_load_or_default(path, named, &cfg, &defaulted, &err);
     if (r < 0) {
-        fprintf(stderr, "qvisor: error: %s\n", err.msg);
+        qv_fprintf(stderr, "qvisor: error: %s\n", err.msg);
         return r == -ENOENT ? QV_EXIT_NOINPUT : QV_EXIT_CONFIG;
     }
     char note[4200];
@@ -128,7 +128,7 @@ int cmd_config_reload(qv_cli *cli, int argc, char **argv) {
         qv_print_json(result, stdout);
     else {
         if (cli->verbosity >= 0)
-            printf("config reloaded from %s\n", json_string_value(json_object_get(result, "config")));
+            qv_printf("config reloaded from %s\n", json_string_value(json_object_get(result, "config")));
         json_decref(result);
     }
     return QV_EXIT_OK;

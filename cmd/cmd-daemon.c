@@ -71,16 +71,16 @@ int cmd_version(qv_cli *cli, int argc, char **argv) {
                       stdout);
         return QV_EXIT_OK;
     }
-    printf("client: qvisor %s\n", QV_VERSION);
+    qv_printf("client: qvisor %s\n", QV_VERSION);
     if (daemon) {
         json_int_t up = json_integer_value(json_object_get(daemon, "uptime_ms")) / 1000;
-        printf("daemon: qvisor %s (pid %lld, up %lldh%02lldm%02llds, socket %s)\n",
+        qv_printf("daemon: qvisor %s (pid %lld, up %lldh%02lldm%02llds, socket %s)\n",
                json_string_value(json_object_get(daemon, "version")),
                (long long)json_integer_value(json_object_get(daemon, "pid")), (long long)(up / 3600),
                (long long)(up / 60 % 60), (long long)(up % 60), json_string_value(json_object_get(daemon, "socket")));
         json_decref(daemon);
     } else {
-        printf("daemon: not running (%s)\n", err.msg);
+        qv_printf("daemon: not running (%s)\n", err.msg);
     }
     return QV_EXIT_OK;
 }

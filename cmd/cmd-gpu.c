@@ -36,7 +36,7 @@ int cmd_gpu_list(qv_cli *cli, int argc, char **argv) {
     json_t *gpus = json_object_get(res, "gpus");
     if (json_array_size(gpus) == 0) {
         if (cli->verbosity >= 0)
-            printf("no PCI display devices on this node\n");
+            qv_printf("no PCI display devices on this node\n");
         json_decref(res);
         return QV_EXIT_OK;
     }
@@ -81,17 +81,17 @@ int cmd_gpu_list(qv_cli *cli, int argc, char **argv) {
         json_t *grp = json_object_get(g, "group");
         if (json_array_size(grp) <= 1)
             continue;
-        printf("\nIOMMU group %lld of %s:\n", (long long)json_integer_value(json_object_get(g, "iommu_group")),
+        qv_printf("\nIOMMU group %lld of %s:\n", (long long)json_integer_value(json_object_get(g, "iommu_group")),
                qv_json_str(g, "address"));
         size_t k;
         json_t *m;
         json_array_foreach(grp, k, m) {
             const char *drv = qv_json_str(m, "driver");
-            printf("  %s  %-28s %s%s\n", qv_json_str(m, "address"), qv_json_str(m, "class_name"), drv ? drv : "no driver",
+            qv_printf("  %s  %-28s %s%s\n", qv_json_str(m, "address"), qv_json_str(m, "class_name"), drv ? drv : "no driver",
                    json_is_true(json_object_get(m, "bridge")) ? " (bridge: stays)" : "");
         }
         if (qv_json_str(g, "stuck_reason"))
-            printf("  stuck: %s\n", qv_json_str(g, "stuck_reason"));
+            qv_printf("  stuck: %s\n", qv_json_str(g, "stuck_reason"));
     }
     json_decref(res);
     return QV_EXIT_OK;

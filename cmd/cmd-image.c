@@ -152,7 +152,7 @@ int cmd_image_import(qv_cli *cli, int argc, char **argv) {
     const char *path = argv[optind];
     char abs[PATH_MAX];
     if (!realpath(path, abs)) {
-        fprintf(stderr, "qvisor: error: %s: %s\n", path, strerror(errno));
+        qv_fprintf(stderr, "qvisor: error: %s: %s\n", path, strerror(errno));
         return errno == ENOENT ? QV_EXIT_NOINPUT : QV_EXIT_DATAERR;
     }
     char name[QV_NAME_MAX + 8];
@@ -163,7 +163,7 @@ int cmd_image_import(qv_cli *cli, int argc, char **argv) {
         snprintf(name, sizeof name, "%.*s", (int)strcspn(base, "."), base);
     }
     if (!qv_name_valid(name)) {
-        fprintf(stderr, "qvisor: error: '%s' is not a valid image name; give one: qvisor image import %s NAME\n", name,
+        qv_fprintf(stderr, "qvisor: error: '%s' is not a valid image name; give one: qvisor image import %s NAME\n", name,
                 path);
         return QV_EXIT_DATAERR;
     }
@@ -174,7 +174,7 @@ int cmd_image_import(qv_cli *cli, int argc, char **argv) {
     if (bar.draw)
         bar_draw(&bar, 0);
     else if (cli->verbosity >= 0 && !cli->json)
-        fprintf(stderr, "importing %s as image '%s'...\n", abs, name);
+        qv_fprintf(stderr, "importing %s as image '%s'...\n", abs, name);
     /* progress is asked for even when not drawn: it keeps a long import
      * within --request-timeout */
     int r = qv_cli_call_progress(cli, "image.import", json_pack("{s:s, s:s}", "source", abs, "name", name),
@@ -187,7 +187,7 @@ int cmd_image_import(qv_cli *cli, int argc, char **argv) {
     } else {
         char vsize[32];
         qv_format_size_human((uint64_t)json_integer_value(json_object_get(img, "virtual_size")), vsize, sizeof vsize);
-        printf("imported %s (%s virtual) as %s\n", name, vsize, json_string_value(json_object_get(img, "path")));
+        qv_printf("imported %s (%s virtual) as %s\n", name, vsize, json_string_value(json_object_get(img, "path")));
         json_decref(img);
     }
     return QV_EXIT_OK;
@@ -211,6 +211,6 @@ int cmd_image_rm(qv_cli *cli, int argc, char **argv) {
     if (qv_cli_call(cli, "image.remove", json_pack("{s:s}", "name", argv[optind]), NULL, &err) < 0)
         return qv_cli_fail(cli, &err);
     if (cli->verbosity >= 0)
-        printf("removed image %s\n", argv[optind]);
+        qv_printf("removed image %s\n", argv[optind]);
     return QV_EXIT_OK;
 }

@@ -28,7 +28,7 @@ static const char *yes(json_t *o, const char *key) {
 
 static void print_nics(json_t *nics) {
     if (json_array_size(nics) == 0) {
-        printf("  no NICs\n");
+        qv_printf("  no NICs\n");
         return;
     }
     static const char *const headers[] = {"VM", "NIC", "MAC", "ADDRESS", "VLAN", "TAP", "STATE", NULL};
@@ -68,23 +68,23 @@ int cmd_net_list(qv_cli *cli, int argc, char **argv) {
     json_array_foreach(json_object_get(res, "networks"), i, net) {
         const char *mode = qv_json_str(net, "mode");
         if (i)
-            printf("\n");
+            qv_printf("\n");
         if (strcmp(mode, "user") == 0) {
-            printf("user: QEMU user networking, SSH forwarded from 127.0.0.1\n");
+            qv_printf("user: QEMU user networking, SSH forwarded from 127.0.0.1\n");
         } else if (strcmp(mode, "nat") == 0) {
             json_t *created = json_object_get(net, "created");
-            printf("nat: bridge %s, subnet %s, gateway %s\n", qv_json_str(net, "bridge"), qv_json_str(net, "subnet"),
+            qv_printf("nat: bridge %s, subnet %s, gateway %s\n", qv_json_str(net, "bridge"), qv_json_str(net, "subnet"),
                    qv_json_str(net, "gateway"));
-            printf("  bridge present: %s (up: %s, created by qvisor: %s), gateway address: %s, forwarding: %s, "
+            qv_printf("  bridge present: %s (up: %s, created by qvisor: %s), gateway address: %s, forwarding: %s, "
                    "masquerade table: %s\n",
                    yes(net, "present"), yes(net, "up"), json_is_object(created) ? yes(created, "bridge") : "no",
                    yes(net, "gateway_address"), yes(net, "forwarding"), yes(net, "table"));
-            printf("  addresses: %lld allocated, %lld free of %lld\n",
+            qv_printf("  addresses: %lld allocated, %lld free of %lld\n",
                    (long long)json_integer_value(json_object_get(net, "allocated")),
                    (long long)json_integer_value(json_object_get(net, "free")),
                    (long long)json_integer_value(json_object_get(net, "addresses")));
         } else {
-            printf("bridge: %s (present: %s, up: %s, VLAN filtering: %s)\n", qv_json_str(net, "bridge"), yes(net, "present"),
+            qv_printf("bridge: %s (present: %s, up: %s, VLAN filtering: %s)\n", qv_json_str(net, "bridge"), yes(net, "present"),
                    yes(net, "up"), yes(net, "vlan_filtering"));
         }
         print_nics(json_object_get(net, "nics"));
@@ -130,11 +130,11 @@ int cmd_net_teardown(qv_cli *cli, int argc, char **argv) {
     }
     json_t *actions = json_object_get(res, "actions");
     if (json_array_size(actions) == 0 && cli->verbosity >= 0)
-        printf("nothing to tear down: qvisor has not set up a NAT network here\n");
+        qv_printf("nothing to tear down: qvisor has not set up a NAT network here\n");
     size_t i;
     json_t *a;
     json_array_foreach(actions, i, a)
-        printf("%s %s: %s\n", qv_json_str(a, "what"), qv_json_str(a, "name"), qv_json_str(a, "action"));
+        qv_printf("%s %s: %s\n", qv_json_str(a, "what"), qv_json_str(a, "name"), qv_json_str(a, "action"));
     json_decref(res);
     return QV_EXIT_OK;
 }

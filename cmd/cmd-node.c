@@ -51,7 +51,7 @@ static void bar(bool draw, double used, double limit) {
         b[1 + i] = i < fill ? '#' : '.';
     b[WIDTH + 1] = ']';
     b[WIDTH + 2] = '\0';
-    printf("%s%s ", b, used > limit && limit > 0 ? "!" : " ");
+    qv_printf("%s%s ", b, used > limit && limit > 0 ? "!" : " ");
 }
 
 static const char *size(long long bytes, char buf[32]) {
@@ -61,22 +61,22 @@ static const char *size(long long bytes, char buf[32]) {
 
 static void line_count(bool draw, const char *label, long long used, long long limit, const char *unit,
                        const char *extra) {
-    printf("  %-12s ", label);
+    qv_printf("  %-12s ", label);
     bar(draw, (double)used, (double)limit);
     if (limit >= 0)
-        printf("%lld / %lld %s%s\n", used, limit, unit, extra);
+        qv_printf("%lld / %lld %s%s\n", used, limit, unit, extra);
     else
-        printf("%lld %s (no limit)%s\n", used, unit, extra);
+        qv_printf("%lld %s (no limit)%s\n", used, unit, extra);
 }
 
 static void line_size(bool draw, const char *label, long long used, long long limit, const char *extra) {
     char a[32], b[32];
-    printf("  %-12s ", label);
+    qv_printf("  %-12s ", label);
     bar(draw, (double)used, (double)limit);
     if (limit >= 0)
-        printf("%s / %s%s\n", size(used, a), size(limit, b), extra);
+        qv_printf("%s / %s%s\n", size(used, a), size(limit, b), extra);
     else
-        printf("%s (no limit)%s\n", size(used, a), extra);
+        qv_printf("%s (no limit)%s\n", size(used, a), extra);
 }
 
 static void render(json_t *s, bool draw) {
@@ -85,7 +85,7 @@ static void render(json_t *s, bool draw) {
     json_t *run = json_object_get(json_object_get(s, "usage"), "running");
     json_t *lim = json_object_get(s, "limits");
     json_t *oc = json_object_get(s, "overcommit");
-    printf("node: %lld CPUs (%lld cores), %s memory (%s free); overcommit: cpu %.1f, memory %.1f\n", num(s, "cpus"),
+    qv_printf("node: %lld CPUs (%lld cores), %s memory (%s free); overcommit: cpu %.1f, memory %.1f\n", num(s, "cpus"),
            num(s, "cores"), size(num(s, "memory_total"), a), size(num(s, "memory_free"), b),
            json_real_value(json_object_get(oc, "cpu")), json_real_value(json_object_get(oc, "memory")));
     snprintf(extra, sizeof extra, "  (%lld VMs; running: %lld vCPUs)", num(def, "vms"), num(run, "cpus"));
@@ -98,7 +98,7 @@ static void render(json_t *s, bool draw) {
     json_array_foreach(json_object_get(s, "nodes"), i, n) {
         long long id = num(n, "id");
         json_t *bound = json_object_get(n, "bound");
-        printf("\nNUMA node %lld: CPUs %s (%lld cores), %s memory (%s free)\n", id,
+        qv_printf("\nNUMA node %lld: CPUs %s (%lld cores), %s memory (%s free)\n", id,
                qv_json_str(n, "cpulist") ? qv_json_str(n, "cpulist") : "-", num(n, "cores"), size(num(n, "memory_total"), a),
                size(num(n, "memory_free"), b));
         snprintf(extra, sizeof extra, "  (%lld CPUs × %.1f; %lld vCPUs pinned here)", num(n, "cpus"),
@@ -110,15 +110,15 @@ static void render(json_t *s, bool draw) {
             qv_format_size((uint64_t)num(x, "page_size"), a, sizeof a);
             snprintf(label, sizeof label, "hugepg %s", a);
             long long total = num(x, "total");
-            printf("  %-12s ", label);
+            qv_printf("  %-12s ", label);
             bar(draw, (double)(total - num(x, "free")), (double)total);
-            printf("%lld / %lld pages in use\n", total - num(x, "free"), total);
+            qv_printf("%lld / %lld pages in use\n", total - num(x, "free"), total);
         }
         json_array_foreach(json_object_get(s, "gpus"), k, x) {
             if (!json_is_integer(json_object_get(x, "numa_node")) || num(x, "numa_node") != id)
                 continue;
             const char *vm = qv_json_str(x, "vm");
-            printf("  GPU          %s %s: %s%s\n", qv_json_str(x, "device"), qv_json_str(x, "model") ? qv_json_str(x, "model") : "",
+            qv_printf("  GPU          %s %s: %s%s\n", qv_json_str(x, "device"), qv_json_str(x, "model") ? qv_json_str(x, "model") : "",
                    vm ? vm : "free", vm ? (json_is_true(json_object_get(x, "running")) ? " (running)" : " (stopped)")
                                     : "");
         }
@@ -128,32 +128,32 @@ static void render(json_t *s, bool draw) {
                 continue;
             json_t *sr = json_object_get(x, "sriov");
             if (json_is_object(sr))
-                printf("  NIC          %s (%s): SR-IOV, %lld of %lld VFs enabled\n", qv_json_str(x, "name"), qv_json_str(x, "device"),
+                qv_printf("  NIC          %s (%s): SR-IOV, %lld of %lld VFs enabled\n", qv_json_str(x, "name"), qv_json_str(x, "device"),
                        num(sr, "num_vfs"), num(sr, "total_vfs"));
             else
-                printf("  NIC          %s (%s)\n", qv_json_str(x, "name"), qv_json_str(x, "device"));
+                qv_printf("  NIC          %s (%s)\n", qv_json_str(x, "name"), qv_json_str(x, "device"));
         }
     }
     /* devices whose NUMA node the kernel does not know */
     json_array_foreach(json_object_get(s, "gpus"), k, x)
         if (!json_is_integer(json_object_get(x, "numa_node")))
-            printf("\nGPU %s (NUMA node unknown): %s\n", qv_json_str(x, "device"), qv_json_str(x, "vm") ? qv_json_str(x, "vm") : "free");
+            qv_printf("\nGPU %s (NUMA node unknown): %s\n", qv_json_str(x, "device"), qv_json_str(x, "vm") ? qv_json_str(x, "vm") : "free");
 
-    printf("\npools:\n");
+    qv_printf("\npools:\n");
     json_array_foreach(json_object_get(s, "pools"), i, n) {
         json_t *u = json_object_get(n, "used"), *q = json_object_get(n, "quota");
-        printf(" %s (%lld VMs)\n", qv_json_str(n, "name"), num(u, "vms"));
+        qv_printf(" %s (%lld VMs)\n", qv_json_str(n, "name"), num(u, "vms"));
         json_t *qc = json_object_get(q, "cpus"), *qm = json_object_get(q, "memory"), *qg = json_object_get(q, "gpus");
         line_count(draw, "vCPUs", num(u, "cpus"), json_is_integer(qc) ? json_integer_value(qc) : -1, "vCPUs", "");
         line_size(draw, "memory", num(u, "memory"), json_is_integer(qm) ? json_integer_value(qm) : -1, "");
         line_count(draw, "GPUs", num(u, "gpus"), json_is_integer(qg) ? json_integer_value(qg) : -1, "GPUs", "");
     }
-    printf("\nstorage pools:\n");
+    qv_printf("\nstorage pools:\n");
     json_array_foreach(json_object_get(s, "storage_pools"), i, n) {
-        printf(" %s%s (%s)%s\n", qv_json_str(n, "name"), json_is_true(json_object_get(n, "default")) ? " [default]" : "",
+        qv_printf(" %s%s (%s)%s\n", qv_json_str(n, "name"), json_is_true(json_object_get(n, "default")) ? " [default]" : "",
                qv_json_str(n, "path"), json_is_true(json_object_get(n, "thin_overcommit")) ? ", thin overcommit" : "");
         if (qv_json_str(n, "error")) {
-            printf("  %s\n", qv_json_str(n, "error"));
+            qv_printf("  %s\n", qv_json_str(n, "error"));
             continue;
         }
         /* what the disks could grow to, against what they hold plus what is free */
@@ -189,7 +189,7 @@ int cmd_node_status(qv_cli *cli, int argc, char **argv) {
             res = NULL;
         } else {
             if (every && draw)
-                printf("\033[H\033[2J");
+                fputs("\033[H\033[2J", stdout); /* ours: clear the screen */
             render(res, draw);
         }
         json_decref(res);
@@ -199,6 +199,6 @@ int cmd_node_status(qv_cli *cli, int argc, char **argv) {
         struct timespec ts = {.tv_sec = (time_t)every};
         nanosleep(&ts, NULL);
         if (!draw && !cli->json)
-            printf("\n");
+            qv_printf("\n");
     }
 }

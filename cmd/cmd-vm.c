@@ -9,6 +9,8 @@
 #include "util.h"
 #include "supervisor/vmspec.h"
 
+#include <arpa/inet.h>
+#include <ctype.h>
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -334,7 +336,7 @@ int cmd_vm_create(qv_cli *cli, int argc, char **argv) {
         size_t len;
         int r = qv_read_file(file, 1 << 20, &data, &len);
         if (r < 0) {
-            fprintf(stderr, "qvisor: error: cannot read %s: %s\n", file, strerror(-r));
+            qv_fprintf(stderr, "qvisor: error: cannot read %s: %s\n", file, strerror(-r));
             return r == -ENOENT ? QV_EXIT_NOINPUT : QV_EXIT_DATAERR;
         }
         qv_error err = {0};
@@ -374,11 +376,11 @@ static void print_created(const qv_cli *cli, json_t *vm) {
     if (cli->verbosity >= 0) {
         const char *name = json_string_value(json_object_get(vm, "name"));
         json_t *sp = json_object_get(vm, "spec");
-        printf("created VM %s (disk %s)\n", name, json_string_value(json_object_get(vm, "disk")));
+        qv_printf("created VM %s (disk %s)\n", name, json_string_value(json_object_get(vm, "disk")));
         if (json_is_true(json_object_get(sp, "ssh_generate"))) {
             const char *user = json_string_value(json_object_get(sp, "user"));
             const char *dir = json_string_value(json_object_get(vm, "dir"));
-            printf("SSH key pair: %s/ssh/id_ed25519 (login user %s). Once the VM runs:\n"
+            qv_printf("SSH key pair: %s/ssh/id_ed25519 (login user %s). Once the VM runs:\n"
                    "  qvisor vm ssh %s\n"
                    "  ssh -i %s/ssh/id_ed25519 -p PORT %s@127.0.0.1   (PORT: see `qvisor vm show %s`)\n",
                    dir, user ? user : "?", name, dir, user ? user : "?", name);
@@ -573,7 +575,8 @@ static void print_kv(const char *prefix, json_t *obj) {
                 }
                 char name[32];
                 snprintf(name, sizeof name, "nic%zu:", i);
-                printf("%-22s %s\n", name, line);
+                _cleanup_free_ char *safe = qv_term_safe(line, false);
+                qv_printf("%-22s %s\n", name, safe);
             }
             continue;
         }
@@ -586,12 +589,13 @@ static void print_kv(const char *prefix, json_t *obj) {
         char name[160], number[32];
         snprintf(name, sizeof name, "%s%s:", prefix, key);
         if (human_number(name, v, number, sizeof number)) {
-            printf("%-22s %s\n", name, number);
+            qv_printf("%-22s %s\n", name, number);
             continue;
         }
         _cleanup_free_ char *text = json_is_string(v) ? strdup(json_string_value(v))
                                                       : json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT);
-        printf("%-22s %s\n", name, json_is_null(v) ? "-" : text);
+        _cleanup_free_ char *safe = qv_term_safe(json_is_null(v) || !text ? "-" : text, false); /* one line */
+        qv_printf("%-22s %s\n", name, safe);
     }
 }
 
@@ -639,11 +643,11 @@ static void print_start(const qv_cli *cli, json_t *res, const char *name) {
     json_t *port = json_object_get(res, "ssh_port");
     const char *ip = json_string_value(json_object_get(res, "ip"));
     if (json_is_integer(port))
-        printf("started VM %s (pid %lld, ssh on 127.0.0.1:%lld)\n", name, pid, (long long)json_integer_value(port));
+        qv_printf("started VM %s (pid %lld, ssh on 127.0.0.1:%lld)\n", name, pid, (long long)json_integer_value(port));
     else if (ip)
-        printf("started VM %s (pid %lld, ssh on %s:22: qvisor vm ssh %s)\n", name, pid, ip, name);
+        qv_printf("started VM %s (pid %lld, ssh on %s:22: qvisor vm ssh %s)\n", name, pid, ip, name);
     else
-        printf("started VM %s (pid %lld; no forwarded port or static address: qvisor vm list shows the "
+        qv_printf("started VM %s (pid %lld; no forwarded port or static address: qvisor vm list shows the "
                "address the guest agent reports)\n",
                name, pid);
 }
@@ -733,11 +737,11 @@ static void print_stop(const qv_cli *cli, json_t *stop, const char *name) {
     const char *how = json_string_value(json_object_get(stop, "how"));
     double secs = json_number_value(json_object_get(stop, "seconds"));
     if (!r || strcmp(r, "already-stopped") == 0)
-        printf("VM %s is not running\n", name);
+        qv_printf("VM %s is not running\n", name);
     else if (strcmp(r, "clean") == 0)
-        printf("stopped VM %s: the guest shut down (%s, %.1f s)\n", name, how ? how : "?", secs);
+        qv_printf("stopped VM %s: the guest shut down (%s, %.1f s)\n", name, how ? how : "?", secs);
     else
-        printf("stopped VM %s: forced (%s, %.1f s)\n", name, how ? how : "?", secs);
+        qv_printf("stopped VM %s: forced (%s, %.1f s)\n", name, how ? how : "?", secs);
 }
 
 int cmd_vm_stop(qv_cli *cli, int argc, char **argv) {
@@ -846,11 +850,11 @@ static int pause_resume(qv_cli *cli, int argc, char **argv, bool pause) {
     if (cli->verbosity >= 0) {
         const char *r = json_string_value(json_object_get(res, "result"));
         if (r && strcmp(r, "already-paused") == 0)
-            printf("VM %s is already paused\n", name);
+            qv_printf("VM %s is already paused\n", name);
         else if (r && strcmp(r, "not-paused") == 0)
-            printf("VM %s is not paused\n", name);
+            qv_printf("VM %s is not paused\n", name);
         else
-            printf("%s VM %s\n", pause ? "paused" : "resumed", name);
+            qv_printf("%s VM %s\n", pause ? "paused" : "resumed", name);
     }
     json_decref(res);
     return QV_EXIT_OK;
@@ -874,10 +878,26 @@ static const char ssh_help[] =
     "the NAT bridge).  The guest's host key is remembered per VM in\n"
     "INSTANCE_DIR/known_hosts.\n"
     "\n"
-    "  -l, --user USER   log in as USER instead\n"
+    "  -l, --user USER   log in as USER instead (before or after NAME)\n"
     "\n"
-    "Exit: ssh's own exit status once it runs; 66 no such VM, 69 daemon not\n"
+    "Everything after NAME and its options (or after \"--\") is the remote\n"
+    "command, passed on whole.\n"
+    "\n"
+    "Exit: ssh's own exit status once it runs; 64 a bad user name, 65 the VM's\n"
+    "user name is not one ssh can take safely, 66 no such VM, 69 daemon not\n"
     "running or the VM not running, 1 ssh cannot be run.\n";
+
+/* A login name ssh takes as one: what useradd allows (and '$' at the end of
+ * machine accounts), nothing ssh could read as an option or a host. */
+static bool ssh_user_ok(const char *u) {
+    size_t len = strlen(u);
+    if (len == 0 || len > 256 || u[0] == '-')
+        return false;
+    for (size_t i = 0; i < len; i++)
+        if (!isalnum((unsigned char)u[i]) && !strchr("._-$", u[i]))
+            return false;
+    return true;
+}
 
 int cmd_vm_ssh(qv_cli *cli, int argc, char **argv) {
     static const struct option longopts[] = {
@@ -895,8 +915,18 @@ int cmd_vm_ssh(qv_cli *cli, int argc, char **argv) {
     if (optind >= argc)
         return qv_cli_usage_error("vm ssh ", "needs a NAME");
     const char *name = argv[optind++];
-    if (optind < argc && strcmp(argv[optind], "--") == 0)
-        optind++;
+    /* options may follow NAME too (vm ssh NAME -l USER -- CMD); getopt
+     * carries on from optind and stops at "--" or the command */
+    while ((c = qv_cli_getopt(cli, argc, argv, "+hl:", longopts, ssh_help)) != -1) {
+        if (c == -2)
+            return QV_EXIT_OK;
+        if (c != 'l')
+            return qv_cli_usage_error("vm ssh ", "bad option");
+        user = optarg;
+    }
+    if (user && !ssh_user_ok(user))
+        return qv_cli_usage_error("vm ssh ", "bad user name (letters, digits, '.', '_', '-', '$', not starting "
+                                             "with '-', at most 256 bytes)");
     qv_error err = {0};
     json_t *vm = NULL;
     if (qv_cli_call(cli, "vm.show", json_pack("{s:s}", "name", name), &vm, &err) < 0)
@@ -909,22 +939,38 @@ int cmd_vm_ssh(qv_cli *cli, int argc, char **argv) {
         json_integer_value(json_object_get(vm, "pid")) > 0)
         host = json_string_value(json_object_get(vm, "ip"));
     if (!json_is_integer(port) && strcmp(host, "127.0.0.1") == 0) {
-        fprintf(stderr, "qvisor: error: VM %s is %s: no SSH port to connect to (qvisor vm start %s)\n", name,
+        qv_fprintf(stderr, "qvisor: error: VM %s is %s: no SSH port to connect to (qvisor vm start %s)\n", name,
                 json_string_value(json_object_get(vm, "state")), name);
         json_decref(vm);
         return QV_EXIT_UNAVAILABLE;
     }
     const char *dir = json_string_value(json_object_get(vm, "dir"));
     json_t *spec = json_object_get(vm, "spec");
-    if (!user)
+    if (!user) {
         user = json_string_value(json_object_get(spec, "user"));
-    char portarg[16], dest[160], known[4200], alias[96], key[4200];
-    snprintf(portarg, sizeof portarg, "%lld", json_is_integer(port) ? (long long)json_integer_value(port) : 22ll);
-    snprintf(dest, sizeof dest, "%s@%s", user ? user : "qvisor", host);
-    snprintf(known, sizeof known, "UserKnownHostsFile=%s/known_hosts", dir ? dir : ".");
-    snprintf(alias, sizeof alias, "HostKeyAlias=qvisor-%s", name);
-    snprintf(key, sizeof key, "%s/ssh/id_ed25519", dir ? dir : ".");
-    const char *args[64];
+        if (user && !ssh_user_ok(user)) {
+            qv_fprintf(stderr, "qvisor: error: VM %s has a user name ssh cannot take safely; use -l USER\n", name);
+            json_decref(vm);
+            return QV_EXIT_DATAERR;
+        }
+    }
+    unsigned char probe[sizeof(struct in6_addr)];
+    if (inet_pton(AF_INET, host, probe) != 1 && inet_pton(AF_INET6, host, probe) != 1) {
+        qv_fprintf(stderr, "qvisor: error: VM %s: the daemon gave no usable address\n", name);
+        json_decref(vm);
+        return QV_EXIT_DATAERR;
+    }
+    _cleanup_free_ char *portarg = NULL, *dest = NULL, *known = NULL, *alias = NULL, *key = NULL;
+    if (asprintf(&portarg, "%lld", json_is_integer(port) ? (long long)json_integer_value(port) : 22ll) < 0 ||
+        asprintf(&dest, "%s@%s", user ? user : "qvisor", host) < 0 ||
+        asprintf(&known, "UserKnownHostsFile=%s/known_hosts", dir ? dir : ".") < 0 ||
+        asprintf(&alias, "HostKeyAlias=qvisor-%s", name) < 0 || asprintf(&key, "%s/ssh/id_ed25519", dir ? dir : ".") < 0)
+        abort();
+    /* fixed arguments, "--", the remote command, NULL */
+    size_t cap = 16 + (size_t)(argc - optind);
+    _cleanup_free_ const char **args = calloc(cap, sizeof *args);
+    if (!args)
+        abort();
     size_t n = 0;
     args[n++] = "ssh";
     args[n++] = "-p";
@@ -942,13 +988,13 @@ int cmd_vm_ssh(qv_cli *cli, int argc, char **argv) {
     args[n++] = dest;
     if (optind < argc) {
         args[n++] = "--";
-        for (int i = optind; i < argc && n < QV_ARRAY_SIZE(args) - 1; i++)
+        for (int i = optind; i < argc; i++)
             args[n++] = argv[i];
     }
     args[n] = NULL;
     fflush(stdout);
     execvp("ssh", (char *const *)args);
-    fprintf(stderr, "qvisor: error: cannot run ssh: %s (install openssh-client)\n", strerror(errno));
+    qv_fprintf(stderr, "qvisor: error: cannot run ssh: %s (install openssh-client)\n", strerror(errno));
     json_decref(vm);
     return QV_EXIT_FAILED;
 }
@@ -985,6 +1031,6 @@ int cmd_vm_rm(qv_cli *cli, int argc, char **argv) {
                          &err) < 0)
         return qv_cli_fail(cli, &err);
     if (cli->verbosity >= 0)
-        printf("removed VM %s\n", name);
+        qv_printf("removed VM %s\n", name);
     return QV_EXIT_OK;
 }

@@ -1,6 +1,7 @@
 /* qvisor: the command.  Global options, then a top-level verb or NOUN VERB,
  * dispatched through tables (no verb pretends to work: later capabilities
  * appear here when they exist). */
+#include "output.h"
 #include "cli.h"
 
 #include "log.h"
@@ -228,10 +229,10 @@ int main(int argc, char **argv) {
             print_main_help(stdout);
             return QV_EXIT_OK;
         case 'V':
-            printf("qvisor %s\n", QV_VERSION);
+            qv_printf("qvisor %s\n", QV_VERSION);
             return QV_EXIT_OK;
         default:
-            fprintf(stderr, "Try 'qvisor --help'.\n");
+            qv_fprintf(stderr, "Try 'qvisor --help'.\n");
             return QV_EXIT_USAGE;
         }
     }
@@ -247,7 +248,7 @@ int main(int argc, char **argv) {
     sv_config_free(cli.config);
     fflush(stdout);
     if (ferror(stdout)) {
-        fprintf(stderr, "qvisor: error: writing the output failed\n");
+        qv_fprintf(stderr, "qvisor: error: writing the output failed\n");
         return r ? r : QV_EXIT_FAILED;
     }
     return r;

@@ -1,7 +1,86 @@
 #include "output.h"
 
+#include <stdarg.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+
+/* Length of the valid UTF-8 sequence at s (2..4), or 0. */
+static size_t utf8_len(const unsigned char *s) {
+    size_t n;
+    uint32_t cp;
+    if (s[0] >= 0xc2 && s[0] <= 0xdf) {
+        n = 2;
+        cp = s[0] & 0x1f;
+    } else if (s[0] >= 0xe0 && s[0] <= 0xef) {
+        n = 3;
+        cp = s[0] & 0x0f;
+    } else if (s[0] >= 0xf0 && s[0] <= 0xf4) {
+        n = 4;
+        cp = s[0] & 0x07;
+    } else {
+        return 0;
+    }
+    for (size_t i = 1; i < n; i++) {
+        if ((s[i] & 0xc0) != 0x80)
+            return 0;
+        cp = cp << 6 | (s[i] & 0x3f);
+    }
+    if ((n == 3 && cp < 0x800) || (n == 4 && (cp < 0x10000 || cp > 0x10ffff)) || (cp >= 0xd800 && cp <= 0xdfff))
+        return 0; /* overlong, out of range, surrogate */
+    return n;
+}
+
+char *qv_term_safe(const char *s, bool keep_lines) {
+    size_t len = strlen(s);
+    char *out = malloc(len * 4 + 1); /* every byte as \xNN at most */
+    if (!out)
+        abort();
+    const unsigned char *p = (const unsigned char *)s;
+    char *o = out;
+    while (*p) {
+        size_t n = *p >= 0x80 ? utf8_len(p) : 1;
+        bool c1 = n == 2 && p[0] == 0xc2 && p[1] < 0xa0; /* U+0080..U+009F: CSI and friends */
+        if (n > 1 && !c1) {
+            memcpy(o, p, n);
+            o += n;
+            p += n;
+            continue;
+        }
+        if (n == 1 && (*p >= 0x20 && *p != 0x7f ? true : keep_lines && (*p == '\n' || *p == '\t'))) {
+            *o++ = (char)*p++;
+            continue;
+        }
+        for (size_t i = 0; i < (c1 ? 2u : 1u); i++)
+            o += sprintf(o, "\\x%02X", *p++);
+    }
+    *o = '\0';
+    return out;
+}
+
+static void vout(FILE *out, const char *fmt, va_list ap) {
+    char *text;
+    if (vasprintf(&text, fmt, ap) < 0)
+        abort();
+    char *safe = qv_term_safe(text, true);
+    fputs(safe, out);
+    free(safe);
+    free(text);
+}
+
+void qv_printf(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vout(stdout, fmt, ap);
+    va_end(ap);
+}
+
+void qv_fprintf(FILE *out, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vout(out, fmt, ap);
+    va_end(ap);
+}
 
 struct qv_table {
     size_t cols;
@@ -10,10 +89,7 @@ struct qv_table {
 };
 
 static char *dup_cell(const char *s) {
-    char *d = strdup(s ? s : "-");
-    if (!d)
-        abort();
-    return d;
+    return qv_term_safe(s ? s : "-", false);
 }
 
 qv_table *qv_table_new(const char *const *headers) {

@@ -18,6 +18,9 @@
 #include "linebuf.h"
 #include "log.h"
 
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -581,8 +584,35 @@ static int parse_address(json_t *a, qga_ip_address *ret) {
     json_int_t p = json_integer_value(prefix);
     if (p < 0 || p > max)
         return QMP_EBADREPLY;
-    *ret = (qga_ip_address){.family = family, .address = json_string_value(addr), .prefix = (unsigned)p};
+    /* the agent's text never goes further: what it means, written by us */
+    unsigned char bin[sizeof(struct in6_addr)];
+    if (inet_pton(family, json_string_value(addr), bin) != 1)
+        return QMP_EBADREPLY;
+    *ret = (qga_ip_address){.family = family, .prefix = (unsigned)p};
+    _Static_assert(sizeof ret->address >= INET6_ADDRSTRLEN, "room for any address");
+    if (!inet_ntop(family, bin, ret->address, sizeof ret->address))
+        return QMP_EBADREPLY;
     return 0;
+}
+
+/* Printable ASCII (spaces allowed: "Ethernet 2"), 1..QGA_MAX_IFNAME bytes. */
+static bool ifname_ok(const char *s, size_t len) {
+    if (len == 0 || len > QGA_MAX_IFNAME || strlen(s) != len)
+        return false;
+    for (size_t i = 0; i < len; i++)
+        if (s[i] < 0x20 || s[i] > 0x7e)
+            return false;
+    return true;
+}
+
+/* "52:54:00:12:34:56": hex octets and colons (up to 20 octets, InfiniBand's). */
+static bool mac_ok(const char *s, size_t len) {
+    if (len == 0 || len > 20 * 3 - 1 || len % 3 != 2 || strlen(s) != len)
+        return false;
+    for (size_t i = 0; i < len; i++)
+        if (i % 3 == 2 ? s[i] != ':' : !isxdigit((unsigned char)s[i]))
+            return false;
+    return true;
 }
 
 /* Parses the reply into l; strings point into result. */
@@ -590,9 +620,11 @@ static int parse_interfaces(json_t *result, iface_list *l) {
     if (!json_is_array(result))
         return QMP_EBADREPLY;
     size_t n = json_array_size(result), n_addrs = 0;
+    if (n > QGA_MAX_INTERFACES)
+        return QMP_EBADREPLY;
     for (size_t i = 0; i < n; i++) {
         json_t *ips = json_object_get(json_array_get(result, i), "ip-addresses");
-        if (ips && !json_is_array(ips))
+        if (ips && (!json_is_array(ips) || json_array_size(ips) > QGA_MAX_ADDRESSES))
             return QMP_EBADREPLY;
         n_addrs += json_array_size(ips);
     }
@@ -606,7 +638,9 @@ static int parse_interfaces(json_t *result, iface_list *l) {
         json_t *name = json_object_get(e, "name");
         json_t *mac = json_object_get(e, "hardware-address");
         json_t *ips = json_object_get(e, "ip-addresses");
-        if (!json_is_string(name) || (mac && !json_is_string(mac)))
+        if (!json_is_string(name) || !ifname_ok(json_string_value(name), json_string_length(name)))
+            return QMP_EBADREPLY;
+        if (mac && (!json_is_string(mac) || !mac_ok(json_string_value(mac), json_string_length(mac))))
             return QMP_EBADREPLY;
         qga_interface *it = &l->ifaces[i];
         *it = (qga_interface){.name = json_string_value(name), .mac = json_string_value(mac), .addrs = l->addrs + k};

@@ -55,15 +55,26 @@ typedef void (*qga_info_cb)(qga_conn *conn, int status, const char *version, jso
 int qga_info(qga_conn *conn, uint64_t timeout_ms, qga_info_cb cb, void *userdata);
 
 /* guest-network-get-interfaces, parsed.  Everything is borrowed for the
- * duration of the callback. */
+ * duration of the callback.
+ *
+ * The agent is the guest's (a compromised guest says what it likes), so the
+ * reply is checked before anyone sees it, and refused whole (QMP_EBADREPLY)
+ * when anything is off: addresses must parse (inet_pton) and are handed on
+ * re-formatted by inet_ntop, prefixes in range, interface names printable
+ * ASCII of at most QGA_MAX_IFNAME bytes, MACs hex octets and colons, at most
+ * QGA_MAX_INTERFACES interfaces of at most QGA_MAX_ADDRESSES addresses. */
+#define QGA_MAX_IFNAME 64
+#define QGA_MAX_INTERFACES 256
+#define QGA_MAX_ADDRESSES 64
+
 typedef struct qga_ip_address {
-    int family;          /* AF_INET or AF_INET6 */
-    const char *address; /* "192.0.2.2", "fe80::1" */
-    unsigned prefix;     /* 0..32 or 0..128 */
+    int family;            /* AF_INET or AF_INET6 */
+    char address[46];      /* "192.0.2.2", "fe80::1": inet_ntop's form (INET6_ADDRSTRLEN) */
+    unsigned prefix;       /* 0..32 or 0..128 */
 } qga_ip_address;
 
 typedef struct qga_interface {
-    const char *name;
+    const char *name; /* printable ASCII, 1..QGA_MAX_IFNAME bytes */
     const char *mac; /* "52:54:00:12:34:56"; NULL when the agent gave none */
     const qga_ip_address *addrs;
     size_t n_addrs;

@@ -68,6 +68,8 @@ static const sv_key keys[] = {
     {"daemon", "socket_group", SV_K_STRING, F(socket_group), "", 0, 0, NULL, true, true},
     {"daemon", "max_request_size", SV_K_SIZE, F(max_request_size), "1M", 4096, 64ull << 20, NULL, false, false},
     {"daemon", "max_clients", SV_K_UINT, F(max_clients), "64", 1, 4096, NULL, false, false},
+    {"daemon", "request_line_timeout", SV_K_DURATION, F(ctl_line_timeout_ms), "5s", 100, 600ull * 1000, NULL, false, true},
+    {"daemon", "idle_timeout", SV_K_DURATION, F(ctl_idle_timeout_ms), "60s", 100, 24ull * 3600 * 1000, NULL, false, true},
 
     {"qemu", "binary", SV_K_STRING, F(qemu_binary), "qemu-system-x86_64", 0, 0, NULL, false, false},
     {"qemu", "img_binary", SV_K_STRING, F(qemu_img_binary), "qemu-img", 0, 0, NULL, false, false},

@@ -54,6 +54,8 @@ typedef struct sv_config {
     char *socket_group;
     uint64_t max_request_size;
     uint64_t max_clients;
+    uint64_t ctl_line_timeout_ms; /* daemon.request_line_timeout: a request line, first byte to newline */
+    uint64_t ctl_idle_timeout_ms; /* daemon.idle_timeout: a connection with nothing in flight */
 
     /* qemu */
     char *qemu_binary;

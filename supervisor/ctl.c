@@ -5,7 +5,6 @@
 #include "fileio.h"
 #include "linebuf.h"
 #include "log.h"
-#include "sysroot.h"
 #include "util.h"
 
 #include <errno.h>
@@ -25,6 +24,10 @@
 #define CTL_READ_CHUNK 8192
 #define CTL_PROGRESS_INTERVAL_MS 100
 #define CTL_PROGRESS_REPEAT_MS 1000
+#define CTL_LINE_TIMEOUT_MS 5000
+#define CTL_IDLE_TIMEOUT_MS 60000
+/* supplementary groups looked at when authorising a peer (NGROUPS_MAX is 65536) */
+#define CTL_MAX_PEER_GROUPS 65536
 
 typedef struct ctl_client ctl_client;
 
@@ -41,11 +44,14 @@ struct sv_ctl_server {
 
 struct ctl_client {
     uv_pipe_t pipe;
+    uv_timer_t timer; /* line and idle timeouts */
     sv_ctl_server *server;
     ctl_client *prev, *next;
     qv_linebuf lb;
     sv_ctl_peer peer;
-    int refs; /* the handle + one per request and per write in flight */
+    int refs; /* the two handles + one per request and per write in flight */
+    unsigned requests; /* requests in flight */
+    uint64_t line_started; /* loop time of the first byte of the partial line, or 0 */
     bool closing;
     bool close_after_write;
     /* a streaming reply is on its way: no more requests; once it is out the
@@ -94,6 +100,7 @@ static void client_close(ctl_client *c) {
     if (c->closing)
         return;
     c->closing = true;
+    uv_close((uv_handle_t *)&c->timer, on_client_closed);
     if (c->stream_fn) { /* the handover never happened */
         sv_ctl_stream_fn fn = c->stream_fn;
         c->stream_fn = NULL;
@@ -108,6 +115,36 @@ static void client_close(ctl_client *c) {
         c->next->prev = c->prev;
     s->n_clients--;
     uv_close((uv_handle_t *)&c->pipe, on_client_closed);
+}
+
+static void on_timeout(uv_timer_t *t) {
+    ctl_client *c = t->data;
+    log_debug("control client pid %d: %s; closing it", (int)c->peer.pid,
+              c->line_started ? "request line not finished in time" : "idle");
+    client_close(c);
+}
+
+/* Arms the timer for what the connection is doing now: finishing a line,
+ * waiting for a request, or (a request in flight, or a stream) nothing. */
+static void client_rearm(ctl_client *c) {
+    if (c->closing)
+        return;
+    const sv_ctl_options *o = &c->server->opts;
+    uint64_t now = uv_now(c->server->loop);
+    if (c->streaming || c->stream_fn) {
+        uv_timer_stop(&c->timer);
+    } else if (qv_linebuf_pending(&c->lb) > 0) {
+        if (!c->line_started)
+            c->line_started = now;
+        uint64_t end = c->line_started + o->line_timeout_ms;
+        uv_timer_start(&c->timer, on_timeout, end > now ? end - now : 0, 0);
+    } else {
+        c->line_started = 0;
+        if (c->requests == 0)
+            uv_timer_start(&c->timer, on_timeout, o->idle_timeout_ms, 0);
+        else
+            uv_timer_stop(&c->timer);
+    }
 }
 
 /* The streaming reply is out: the socket goes to its new owner (a
@@ -204,6 +241,8 @@ static void req_finish(sv_ctl_req *req, json_t *msg) {
     json_decref(req->id);
     json_decref(req->last_progress);
     free(req);
+    c->requests--;
+    client_rearm(c);
     client_unref(c);
 }
 
@@ -220,6 +259,7 @@ void sv_ctl_reply_stream(sv_ctl_req *req, json_t *result, sv_ctl_stream_fn on_st
         json_decref(req->id);
         json_decref(req->last_progress);
         free(req);
+        c->requests--;
         on_stream(-1, &c->peer, userdata);
         client_unref(c);
         return;
@@ -228,6 +268,7 @@ void sv_ctl_reply_stream(sv_ctl_req *req, json_t *result, sv_ctl_stream_fn on_st
         result = json_object();
     c->refs++; /* the reply below may close the client */
     uv_read_stop((uv_stream_t *)&c->pipe);
+    uv_timer_stop(&c->timer); /* a stream is not a request: no timeout */
     c->stream_fn = on_stream;
     c->stream_userdata = userdata;
     req_finish(req, json_pack("{s:O, s:o}", "id", req->id, "result", result));
@@ -289,6 +330,7 @@ static int on_line(const char *line, size_t len, void *userdata) {
     ctl_client *c = userdata;
     if (c->closing)
         return 1;
+    c->line_started = 0; /* a partial line after this one starts its own clock */
     if (blank(line, len))
         return 0;
 
@@ -330,6 +372,7 @@ static int on_line(const char *line, size_t len, void *userdata) {
     req->id = json_incref(id);
     req->wants_progress = json_is_true(progress);
     c->refs++;
+    c->requests++;
     json_t *p = json_is_object(params) ? json_incref(params) : json_object();
     sv_ctl_server *s = c->server;
     s->opts.handler(req, json_string_value(method), p, s->opts.userdata);
@@ -363,32 +406,31 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
     } else if (r < 0 && !c->closing) {
         client_close(c);
     }
+    client_rearm(c);
     client_unref(c);
 }
 
 /* True if gid is the peer's primary group or one of its supplementary
- * groups (from /proc/PID/status, read through the sysfs/procfs root). */
-static bool peer_in_group(const sv_ctl_peer *p, gid_t gid) {
+ * groups, as the kernel recorded them when the peer connected
+ * (SO_PEERGROUPS): never looked up again later, when the pid may belong to
+ * another process. */
+static bool peer_in_group(int fd, const sv_ctl_peer *p, gid_t gid) {
     if (p->gid == gid)
         return true;
-    char rel[64];
-    snprintf(rel, sizeof rel, "proc/%d/status", (int)p->pid);
-    _cleanup_free_ char *status = NULL;
-    if (qv_sysroot_read(rel, &status, NULL) < 0)
-        return false;
-    const char *g = strstr(status, "\nGroups:");
-    if (!g)
-        return false;
-    g += strlen("\nGroups:");
-    while (*g && *g != '\n') {
-        char *end;
-        unsigned long v = strtoul(g, &end, 10);
-        if (end == g)
-            break;
-        if ((gid_t)v == gid)
-            return true;
-        g = end;
+    gid_t small[64];
+    _cleanup_free_ gid_t *big = NULL;
+    gid_t *groups = small;
+    socklen_t len = sizeof small;
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups, &len) < 0) {
+        if (errno != ERANGE || len > CTL_MAX_PEER_GROUPS * sizeof(gid_t) || !(big = malloc(len)))
+            return false;
+        groups = big;
+        if (getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups, &len) < 0)
+            return false;
     }
+    for (size_t i = 0; i < len / sizeof(gid_t); i++)
+        if (groups[i] == gid)
+            return true;
     return false;
 }
 
@@ -403,9 +445,11 @@ static void on_connection(uv_stream_t *listener, int status) {
         free(c);
         return;
     }
+    uv_timer_init(s->loop, &c->timer);
     c->pipe.data = c;
+    c->timer.data = c;
     c->server = s;
-    c->refs = 1;
+    c->refs = 2;
     s->refs++;
     qv_linebuf_init(&c->lb, s->opts.max_request);
     c->next = s->clients;
@@ -426,16 +470,18 @@ static void on_connection(uv_stream_t *listener, int status) {
         return;
     }
     c->peer = (sv_ctl_peer){.pid = cred.pid, .uid = cred.uid, .gid = cred.gid};
-    c->peer.may_write = cred.uid == 0 || cred.uid == geteuid() ||
-                        (s->opts.group != (gid_t)-1 && peer_in_group(&c->peer, s->opts.group));
+    bool privileged = cred.uid == 0 || cred.uid == geteuid();
+    c->peer.may_write = privileged || (s->opts.group != (gid_t)-1 && peer_in_group(fd, &c->peer, s->opts.group));
 
-    if (s->n_clients > s->opts.max_clients) {
+    if (s->n_clients > s->opts.max_clients + (privileged ? s->opts.reserved_clients : 0)) {
         c->close_after_write = true;
         client_send_error(c, NULL, EAGAIN, "too many control connections; try again");
         return;
     }
     if (uv_read_start((uv_stream_t *)&c->pipe, on_alloc, on_read) < 0)
         client_close(c);
+    else
+        client_rearm(c);
 }
 
 /* 1 if something accepts connections at path, 0 if not. */
@@ -477,6 +523,10 @@ int sv_ctl_server_new(uv_loop_t *loop, const sv_ctl_options *opts, sv_ctl_server
         s->opts.progress_interval_ms = CTL_PROGRESS_INTERVAL_MS;
     if (!s->opts.progress_repeat_ms)
         s->opts.progress_repeat_ms = CTL_PROGRESS_REPEAT_MS;
+    if (!s->opts.line_timeout_ms)
+        s->opts.line_timeout_ms = CTL_LINE_TIMEOUT_MS;
+    if (!s->opts.idle_timeout_ms)
+        s->opts.idle_timeout_ms = CTL_IDLE_TIMEOUT_MS;
     s->refs = 1;
     if (!s->path) {
         free(s);

@@ -10,8 +10,17 @@
  *
  *   interim:  {"id": 7, "progress": {"percent": 42.5}}   (any number of them)
  *
- * The server frames, parses and authenticates (SO_PEERCRED); the handler
- * decides what each method does and may answer later (asynchronously). */
+ * The server frames, parses and authenticates (SO_PEERCRED, SO_PEERGROUPS,
+ * both taken when the connection is accepted); the handler decides what each
+ * method does and may answer later (asynchronously).
+ *
+ * A connection may not hold a slot for nothing: a request line must be
+ * complete within line_timeout_ms of its first byte, and a connection with
+ * no request in flight is closed after idle_timeout_ms without one.  A
+ * connection handed over as a stream (sv_ctl_reply_stream) is no longer the
+ * server's and has no timeout.  reserved_clients slots above max_clients
+ * are kept for root and the daemon's own user, so that a flood of other
+ * users' connections cannot lock them out. */
 #pragma once
 
 #include <jansson.h>
@@ -42,6 +51,9 @@ typedef struct sv_ctl_options {
     gid_t group;          /* (gid_t)-1: keep the creator's group */
     size_t max_request;   /* longest request line */
     size_t max_clients;   /* connections at once */
+    size_t reserved_clients;   /* more, for root and the server's own user only */
+    unsigned line_timeout_ms;  /* a started request line must end within this (0: 5 s) */
+    unsigned idle_timeout_ms;  /* a connection with nothing in flight lives this long (0: 60 s) */
     unsigned progress_interval_ms; /* least time between progress messages (0: 100 ms) */
     unsigned progress_repeat_ms;   /* an unchanged value is sent again after this (0: 1000 ms) */
     sv_ctl_handler handler;

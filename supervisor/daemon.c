@@ -24,6 +24,10 @@
 #include <unistd.h>
 #include <uv.h>
 
+/* Control connections kept, above daemon.max_clients, for root and the
+ * daemon's own user: other users' connections cannot lock them out. */
+#define CTL_RESERVED_CLIENTS 4
+
 /* Loads the config the daemon was started with.  A missing default file means
  * built-in defaults; a missing file named with --config is an error. */
 static int load_config(const sv_daemon_options *opts, sv_config **ret, qv_error *err) {
@@ -277,6 +281,9 @@ int sv_daemon_run(const sv_daemon_options *opts, qv_error *err) {
         .group = group,
         .max_request = d.config->max_request_size,
         .max_clients = d.config->max_clients,
+        .reserved_clients = CTL_RESERVED_CLIENTS,
+        .line_timeout_ms = (unsigned)d.config->ctl_line_timeout_ms,
+        .idle_timeout_ms = (unsigned)d.config->ctl_idle_timeout_ms,
         .handler = on_request,
         .userdata = &d,
     };

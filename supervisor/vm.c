@@ -484,6 +484,11 @@ static void on_qmp_event(qmp_conn *q, const char *name, json_t *data, const qmp_
         rt->shutdown_guest = json_is_true(json_object_get(data, "guest"));
         const char *reason = json_string_value(json_object_get(data, "reason"));
         snprintf(rt->shutdown_reason, sizeof rt->shutdown_reason, "%s", reason ? reason : "");
+        /* QEMU's ShutdownCause names ("guest-shutdown"): anything else is
+         * kept out of last_exit, which `vm show` prints */
+        for (char *ch = rt->shutdown_reason; *ch; ch++)
+            if (!((*ch >= 'a' && *ch <= 'z') || (*ch >= '0' && *ch <= '9') || *ch == '-'))
+                *ch = '?';
         if (reason && strcmp(reason, "guest-panic") == 0)
             rt->panicked = true;
         log_debug("VM %s: SHUTDOWN (guest %d, reason %s)", vm->name, rt->shutdown_guest, reason ? reason : "?");
@@ -2268,7 +2273,13 @@ static void on_interfaces(qga_conn *g, int status, const qga_interface *ifs, siz
             free(vm->ip);
             vm->ip = first4 ? strdup(first4) : first6 ? strdup(first6) : NULL;
         } else {
-            vm->agent = "no answer";
+            vm->agent = status == QMP_EBADREPLY ? "bad reply" : "no answer";
+            if (status == QMP_EBADREPLY) { /* refused (qga.h says why): nothing of it is kept */
+                json_decref(vm->addresses);
+                vm->addresses = NULL;
+                free(vm->ip);
+                vm->ip = NULL;
+            }
         }
     }
     rt->agent_busy = false;

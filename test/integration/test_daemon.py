@@ -302,6 +302,87 @@ class Authorisation(unittest.TestCase):
         self.assertIn("refused config.reload from uid 65534", self.node.log())
 
 
+    def test_supplementary_group_may_write(self):
+        """The socket group as a supplementary group of the peer counts (the
+        kernel's record of it at connect, SO_PEERGROUPS)."""
+        if os.getuid() != 0:
+            self.skipTest("needs root to switch users")
+        self.node.start_daemon()
+        os.chmod(self.node.config, 0o644)
+        cmd = ["setpriv", "--reuid=daemon", "--regid=daemon", "--groups=65534", QVISOR, "--config",
+               self.node.config, "config", "reload"]
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=scaled(30), stdin=subprocess.DEVNULL)
+        self.assertEqual(p.returncode, 0, p.stderr)
+
+
+class IdleConnections(unittest.TestCase):
+    """Attackers who open connections and say nothing, or half a line, do
+    not lock anyone out: root has reserved slots and the daemon drops them."""
+
+    def setUp(self):
+        self.node = Node("daemon:\n  max_clients: 64\n  request_line_timeout: 1s\n  idle_timeout: 3s\n",
+                         world_readable=True)
+        self.node.start_daemon()
+        os.chmod(self.node.socket, 0o666)
+
+    def tearDown(self):
+        self.node.cleanup()
+
+    def test_flood_of_idle_connections(self):
+        if os.getuid() != 0:
+            self.skipTest("needs root to switch users")
+        # 70 connections as nobody: 64 silent or with half a line, the rest refused
+        code = ("import socket, sys, time\n"
+                "conns = []\n"
+                "for i in range(70):\n"
+                "    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)\n"
+                "    s.connect(sys.argv[1])\n"
+                "    if i % 2:\n"
+                "        s.sendall(b'{\"id\":1,\"method\":')\n"
+                "    conns.append(s)\n"
+                "print('ready', flush=True)\n"
+                "sys.stdin.read()\n"
+                "closed = 0\n"
+                "for s in conns:\n"
+                "    s.settimeout(0.1)\n"
+                "    try:\n"
+                "        while s.recv(4096): pass\n"
+                "        closed += 1\n"
+                "    except ConnectionResetError:\n"
+                "        closed += 1\n"
+                "    except socket.timeout:\n"
+                "        pass\n"
+                "print('closed', closed, flush=True)\n")
+        attacker = subprocess.Popen(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+                                     sys.executable, "-c", code, self.node.socket],
+                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        try:
+            self.assertEqual(attacker.stdout.readline(), "ready\n")
+            # root still gets an answer while they hold every ordinary slot
+            p = self.node.qvisor("version", timeout=scaled(10), check=0)
+            self.assertIn("daemon: qvisor", p.stdout)
+            # after the idle timeout every one of them was closed by the daemon
+            time.sleep(scaled(4))
+            attacker.stdin.close()
+            out = attacker.stdout.readline()
+            self.assertEqual(out, "closed 70\n")
+        finally:
+            attacker.kill()
+            attacker.wait()
+        p = self.node.qvisor("version", user="nobody", timeout=scaled(10), check=0)
+        self.assertIn("daemon: qvisor", p.stdout)
+
+    def test_half_line_is_dropped_before_idle_timeout(self):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(scaled(10))
+        s.connect(self.node.socket)
+        s.sendall(b'{"id":1,"method":"ping"')
+        t0 = time.monotonic()
+        self.assertEqual(s.recv(4096), b"")  # closed, without a reply
+        self.assertLess(time.monotonic() - t0, scaled(3))
+        s.close()
+
+
 class MalformedInputSmoke(unittest.TestCase):
     """Random bytes, truncated and oversized JSON, floods of connections: the
     daemon answers or drops the connection, and keeps serving."""
@@ -389,9 +470,11 @@ class MalformedInputSmoke(unittest.TestCase):
                 socks.append(self.connect())
             except OSError:
                 break
-        # the ones over the limit get EAGAIN and are closed; the daemon lives
+        # the ones over the limit (8, and 4 reserved for root and the
+        # daemon's user: this test runs as one of them) get EAGAIN and are
+        # closed; the daemon lives
         refused = 0
-        for s in socks[8:]:
+        for s in socks[8 + 4:]:
             line = s.makefile("rb").readline()
             if line and json.loads(line)["error"]["code"] == "EAGAIN":
                 refused += 1

@@ -419,6 +419,75 @@ static void test_helpers(void **state) {
     gctx_finish(&g);
 }
 
+/* A compromised guest's agent: escape sequences and spaces in addresses and
+ * names, names too long, more interfaces or addresses than anyone has.  Each
+ * reply is refused whole; a valid one comes out in inet_ntop's form. */
+static void test_hostile_interfaces(void **state) {
+    (void)state;
+    static const char *const hostile[] = {
+        "[{\"name\": \"eth0\", \"ip-addresses\": [{\"ip-address-type\": \"ipv4\", \"ip-address\": "
+        "\"\\u001b]0;pwned\\u0007\\u001b[2J10.0.0.1 evil\", \"prefix\": 24}]}]",
+        "[{\"name\": \"eth0\", \"ip-addresses\": [{\"ip-address-type\": \"ipv4\", \"ip-address\": "
+        "\"10.0.0.1 \", \"prefix\": 24}]}]",
+        "[{\"name\": \"eth0\", \"ip-addresses\": [{\"ip-address-type\": \"ipv6\", \"ip-address\": "
+        "\"10.0.0.1\", \"prefix\": 64}]}]",
+        "[{\"name\": \"eth\\u001b[31m0\"}]",
+        "[{\"name\": \"eth\\u009b0\"}]",
+        "[{\"name\": \"\"}]",
+        "[{\"name\": \"eth0\", \"hardware-address\": \"52:54:00:12:34:56\\u001b[2J\"}]",
+        "[{\"name\": \"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\"}]", /* 65 */
+    };
+    enum { N_HOSTILE = sizeof hostile / sizeof *hostile };
+    gctx g;
+    gctx_open(&g);
+    ifaces_rec rec[N_HOSTILE + 3] = {0};
+    for (size_t i = 0; i < N_HOSTILE + 3; i++)
+        assert_int_equal(qga_network_get_interfaces(g.c, 0, ifaces_cb, &rec[i]), 0);
+    for (size_t i = 0; i < N_HOSTILE; i++) {
+        wait_received(&g, (int)i + 2);
+        answer(&g, (int)i + 1, hostile[i]);
+    }
+    /* too many interfaces, too many addresses on one */
+    size_t big = 300 * 40 + 64;
+    char *many = malloc(big), *p = many;
+    p += sprintf(p, "[");
+    for (int i = 0; i < QGA_MAX_INTERFACES + 1; i++)
+        p += sprintf(p, "%s{\"name\": \"e%d\"}", i ? ", " : "", i);
+    sprintf(p, "]");
+    wait_received(&g, N_HOSTILE + 2);
+    answer(&g, N_HOSTILE + 1, many);
+    p = many;
+    p += sprintf(p, "[{\"name\": \"eth0\", \"ip-addresses\": [");
+    for (int i = 0; i < QGA_MAX_ADDRESSES + 1; i++)
+        p += sprintf(p, "%s{\"ip-address-type\": \"ipv4\", \"ip-address\": \"10.0.0.%d\", \"prefix\": 8}",
+                     i ? ", " : "", i);
+    sprintf(p, "]}]");
+    wait_received(&g, N_HOSTILE + 3);
+    answer(&g, N_HOSTILE + 2, many);
+    free(many);
+    /* valid, written oddly: comes out canonical */
+    wait_received(&g, N_HOSTILE + 4);
+    answer(&g, N_HOSTILE + 3,
+           "[{\"name\": \"Ethernet 2\", \"hardware-address\": \"52:54:00:AB:cd:ef\", \"ip-addresses\": "
+           "[{\"ip-address-type\": \"ipv6\", \"ip-address\": \"FE80:0:0:0:0:0:0:0001\", \"prefix\": 64}, "
+           "{\"ip-address-type\": \"ipv6\", \"ip-address\": \"::ffff:10.0.0.1\", \"prefix\": 128}]}]");
+    assert_true(tloop_wait(&g.t, &rec[N_HOSTILE + 2].calls, 1, 2000));
+    for (size_t i = 0; i < N_HOSTILE + 2; i++) {
+        if (rec[i].status != QMP_EBADREPLY)
+            fail_msg("reply %zu accepted: %s", i, json_dumps(rec[i].list, 0));
+        json_decref(rec[i].list);
+    }
+    assert_int_equal(rec[N_HOSTILE + 2].status, 0);
+    json_t *want = json_loads("[{\"name\": \"Ethernet 2\", \"mac\": \"52:54:00:AB:cd:ef\", \"addrs\": "
+                              "[\"inet6 fe80::1/64\", \"inet6 ::ffff:10.0.0.1/128\"]}]",
+                              0, NULL);
+    if (!json_equal(want, rec[N_HOSTILE + 2].list))
+        fail_msg("interfaces: %s", json_dumps(rec[N_HOSTILE + 2].list, 0));
+    json_decref(want);
+    json_decref(rec[N_HOSTILE + 2].list);
+    gctx_finish(&g);
+}
+
 static void test_shutdown_without_reply(void **state) {
     (void)state;
     gctx g;
@@ -585,6 +654,7 @@ int main(void) {
         cmocka_unit_test(test_timeout_then_resync),
         cmocka_unit_test(test_garbage_reply),
         cmocka_unit_test(test_helpers),
+        cmocka_unit_test(test_hostile_interfaces),
         cmocka_unit_test(test_shutdown_without_reply),
         cmocka_unit_test(test_eof),
         cmocka_unit_test(test_close_from_callback),

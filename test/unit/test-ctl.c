@@ -15,6 +15,8 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <sys/wait.h>
+#include <grp.h>
 #include <unistd.h>
 
 /* Short enough for quick tests, long enough that back-to-back calls fall
@@ -29,13 +31,22 @@ typedef struct fixture {
     char path[256];
     sv_ctl_req *held; /* a request answered later */
     int handled;
+    int stream_fd; /* a connection handed over by "stream", or -1 */
 } fixture;
+
+static void on_stream(int fd, const sv_ctl_peer *peer, void *userdata) {
+    (void)peer;
+    fixture *f = userdata;
+    f->stream_fd = fd;
+}
 
 static void handler(sv_ctl_req *req, const char *method, json_t *params, void *userdata) {
     fixture *f = userdata;
     f->handled++;
     if (strcmp(method, "echo") == 0)
         sv_ctl_reply(req, json_pack("{s:O}", "params", params));
+    else if (strcmp(method, "stream") == 0)
+        sv_ctl_reply_stream(req, NULL, on_stream, f);
     else if (strcmp(method, "later") == 0 && !f->held)
         f->held = req;
     else if (strcmp(method, "whoami") == 0)
@@ -45,13 +56,19 @@ static void handler(sv_ctl_req *req, const char *method, json_t *params, void *u
         sv_ctl_reply_error(req, ENOENT, "no method %s", method);
 }
 
-static int setup(void **state) {
+/* Short timeouts for the tests of timeouts (scaled for slow builds). */
+#define LINE_TIMEOUT_MS 150
+#define IDLE_TIMEOUT_MS 400
+
+static int setup_with(void **state, unsigned line_timeout_ms, unsigned idle_timeout_ms, size_t reserved) {
     fixture *f = calloc(1, sizeof *f);
+    f->stream_fd = -1;
     f->dir = qv_test_mkdtemp("qv-ctl");
     snprintf(f->path, sizeof f->path, "%s/ctl.sock", f->dir);
     assert_int_equal(uv_loop_init(&f->loop), 0);
     sv_ctl_options o = {
         .path = f->path, .mode = 0660, .group = (gid_t)-1, .max_request = 1024, .max_clients = 4,
+        .reserved_clients = reserved, .line_timeout_ms = line_timeout_ms, .idle_timeout_ms = idle_timeout_ms,
         .handler = handler, .userdata = f, .progress_interval_ms = PROGRESS_INTERVAL_MS,
         .progress_repeat_ms = PROGRESS_REPEAT_MS,
     };
@@ -61,11 +78,22 @@ static int setup(void **state) {
     return 0;
 }
 
+static int setup(void **state) {
+    return setup_with(state, 0, 0, 0);
+}
+
+static int setup_short(void **state) {
+    return setup_with(state, (unsigned)qv_test_timeout_ms(LINE_TIMEOUT_MS), (unsigned)qv_test_timeout_ms(IDLE_TIMEOUT_MS),
+                      1);
+}
+
 static int teardown(void **state) {
     fixture *f = *state;
     sv_ctl_server_close(f->server);
     if (f->held)
         sv_ctl_reply(f->held, NULL); /* discarded: the server is closing */
+    if (f->stream_fd >= 0)
+        close(f->stream_fd);
     assert_int_equal(uv_run(&f->loop, UV_RUN_DEFAULT), 0);
     assert_int_equal(uv_loop_close(&f->loop), 0); /* no handle left behind */
     struct stat st;
@@ -496,6 +524,161 @@ static void test_stale_socket_replaced_live_one_refused(void **state) {
     assert_int_equal(sv_ctl_server_new(&f->loop, &o, &second, &err), -EEXIST);
 }
 
+/* Runs the loop until fd reads EOF (true) or for at most ms (false);
+ * bytes read are dropped. */
+static bool wait_eof(fixture *f, int fd, uint64_t ms) {
+    uint64_t end = qv_now_ms() + ms;
+    while (qv_now_ms() < end) {
+        uv_run(&f->loop, UV_RUN_NOWAIT);
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        if (poll(&p, 1, 1) <= 0)
+            continue;
+        char b[256];
+        if (read(fd, b, sizeof b) <= 0)
+            return true;
+    }
+    return false;
+}
+
+/* Half a request line, then nothing: dropped after the line timeout, while
+ * it would still be within the idle timeout. */
+static void test_half_line_is_dropped(void **state) {
+    fixture *f = *state;
+    int fd = connect_to(f->path);
+    send_str(fd, "{\"id\":1,\"method\":");
+    uint64_t t0 = qv_now_ms();
+    assert_true(wait_eof(f, fd, qv_test_timeout_ms(5000)));
+    assert_true(qv_now_ms() - t0 < qv_test_timeout_ms(IDLE_TIMEOUT_MS));
+    close(fd);
+    /* a line that trickles in, each byte in time, still has one deadline */
+    fd = connect_to(f->path);
+    t0 = qv_now_ms();
+    bool eof = false;
+    for (int i = 0; i < 200 && !eof; i++) {
+        send_str(fd, " ");
+        eof = wait_eof(f, fd, 20);
+    }
+    assert_true(eof);
+    assert_true(qv_now_ms() - t0 < qv_test_timeout_ms(IDLE_TIMEOUT_MS));
+    close(fd);
+}
+
+/* A connection that never sends anything is closed; so is one whose
+ * requests are answered and that then says nothing more. */
+static void test_idle_connection_is_closed(void **state) {
+    fixture *f = *state;
+    int fd = connect_to(f->path);
+    assert_true(wait_eof(f, fd, qv_test_timeout_ms(5000)));
+    close(fd);
+    assert_int_equal(sv_ctl_server_clients(f->server), 0);
+
+    fd = connect_to(f->path);
+    send_str(fd, "{\"id\":1,\"method\":\"echo\"}\n");
+    json_t *r = one_reply(f, fd);
+    json_decref(r);
+    assert_true(wait_eof(f, fd, qv_test_timeout_ms(5000)));
+    close(fd);
+}
+
+/* A request in flight keeps its connection past the idle timeout, and the
+ * idle clock starts again once it is answered. */
+static void test_request_in_flight_is_not_idle(void **state) {
+    fixture *f = *state;
+    int fd = connect_to(f->path);
+    send_str(fd, "{\"id\":1,\"method\":\"later\"}\n");
+    sv_ctl_req *req = wait_held(f);
+    assert_false(wait_eof(f, fd, 3 * qv_test_timeout_ms(IDLE_TIMEOUT_MS)));
+    sv_ctl_reply(req, NULL);
+    json_t *r = one_reply(f, fd);
+    assert_int_equal(json_integer_value(json_object_get(r, "id")), 1);
+    json_decref(r);
+    assert_true(wait_eof(f, fd, qv_test_timeout_ms(5000)));
+    close(fd);
+}
+
+/* A stream handed over is not a request: no timeout cuts it. */
+static void test_stream_has_no_timeout(void **state) {
+    fixture *f = *state;
+    int fd = connect_to(f->path);
+    send_str(fd, "{\"id\":1,\"method\":\"stream\"}\n");
+    json_t *r = one_reply(f, fd);
+    json_decref(r);
+    for (int i = 0; i < 100 && f->stream_fd < 0; i++) {
+        uv_run(&f->loop, UV_RUN_NOWAIT);
+        usleep(1000);
+    }
+    assert_true(f->stream_fd >= 0);
+    assert_false(wait_eof(f, fd, 3 * qv_test_timeout_ms(IDLE_TIMEOUT_MS)));
+    send_str(f->stream_fd, "still here\n");
+    bool eof;
+    assert_string_equal(read_lines(f, fd, 1, &eof), "still here\n");
+    close(fd);
+}
+
+/* Other users' connections fill max_clients: root still gets in, on a
+ * reserved slot, and only as many times as there are reserved slots. */
+static void test_reserved_slot_for_root(void **state) {
+    fixture *f = *state;
+    if (geteuid() != 0)
+        skip();
+    assert_int_equal(chmod(f->dir, 0755), 0);
+    assert_int_equal(chmod(f->path, 0666), 0);
+    int ready[2], hold[2];
+    assert_int_equal(pipe(ready), 0);
+    assert_int_equal(pipe(hold), 0);
+    pid_t pid = fork();
+    if (pid == 0) {
+        close(hold[1]);
+        close(ready[0]);
+        if (setgroups(0, NULL) < 0 || setresgid(65534, 65534, 65534) < 0 || setresuid(65534, 65534, 65534) < 0)
+            _exit(1);
+        struct sockaddr_un sa = {.sun_family = AF_UNIX};
+        strcpy(sa.sun_path, f->path);
+        for (int i = 0; i < 4; i++) {
+            int c = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+            if (connect(c, (struct sockaddr *)&sa, sizeof sa) < 0)
+                _exit(2);
+        }
+        char b = 'x';
+        if (write(ready[1], &b, 1) != 1)
+            _exit(1);
+        (void)read(hold[0], &b, 1); /* until the parent is done */
+        _exit(0);
+    }
+    close(ready[1]);
+    close(hold[0]);
+    char b;
+    if (read(ready[0], &b, 1) != 1) {
+        int status;
+        waitpid(pid, &status, 0);
+        fail_msg("the unprivileged client could not connect (status %d)", status);
+    }
+    for (int i = 0; i < 1000 && sv_ctl_server_clients(f->server) < 4; i++) {
+        uv_run(&f->loop, UV_RUN_NOWAIT);
+        usleep(1000);
+    }
+    assert_int_equal(sv_ctl_server_clients(f->server), 4);
+    int fd = connect_to(f->path);
+    send_str(fd, "{\"id\":1,\"method\":\"whoami\"}\n");
+    json_t *r = one_reply(f, fd);
+    json_t *res = json_object_get(r, "result");
+    if (!res)
+        fail_msg("root was refused: %s", json_dumps(r, 0));
+    assert_int_equal(json_integer_value(json_object_get(res, "uid")), 0);
+    json_decref(r);
+    int fd2 = connect_to(f->path); /* past the one reserved slot */
+    r = one_reply(f, fd2);
+    assert_string_equal(json_string_value(json_object_get(json_object_get(r, "error"), "code")), "EAGAIN");
+    json_decref(r);
+    close(fd);
+    close(fd2);
+    close(hold[1]);
+    close(ready[0]);
+    int status;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_partial_writes_and_pipelining, setup, teardown),
@@ -509,6 +692,11 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_blocking_client, setup, teardown),
         cmocka_unit_test_setup_teardown(test_blocking_client_progress_resets_timeout, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stale_socket_replaced_live_one_refused, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_half_line_is_dropped, setup_short, teardown),
+        cmocka_unit_test_setup_teardown(test_idle_connection_is_closed, setup_short, teardown),
+        cmocka_unit_test_setup_teardown(test_request_in_flight_is_not_idle, setup_short, teardown),
+        cmocka_unit_test_setup_teardown(test_stream_has_no_timeout, setup_short, teardown),
+        cmocka_unit_test_setup_teardown(test_reserved_slot_for_root, setup_short, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
