@@ -1,0 +1,201 @@
+#!/usr/bin/env python3
+"""Trust boundaries of the directories qvisor writes (issue 15), from the
+attacker's side: somebody who can write a storage pool directory or the
+instances directory plants symlinks where qvisor will create or remove a
+file.  Each test names a victim file outside, which must stay untouched.
+
+Covered: a link planted in a pool under a VM's future disk name (refused,
+never followed, also while swapped in a loop), a pool disk swapped after
+create (`vm rm` leaves it), `.NAME.creating/` and `.NAME.removing/`
+directories holding `disk.qcow2 -> victim` (start-up recovery and `vm rm`),
+and that genuine leftovers of a crash are still cleaned."""
+
+import os
+import subprocess
+import sys
+import threading
+import unittest
+
+sys.path.insert(0, os.path.dirname(__file__))
+from qvtest import Node, scaled  # noqa: E402
+
+PRECIOUS = "precious, not qvisor's\n"
+
+
+class Base(unittest.TestCase):
+    def setUp(self):
+        self.node = Node()
+        self.pool = os.path.join(self.node.dir, "pool")
+        self.outside = os.path.join(self.node.dir, "outside")
+        os.makedirs(self.pool)
+        os.makedirs(self.outside)
+        self.node.write_config(f"storage_pools:\n  fast:\n    path: {self.pool}\nvm_defaults:\n  disk: 1G\n"
+                               "resources:\n  cpu_overcommit: 64.0\n  memory_overcommit: 64.0\n")
+        self.node.start_daemon()
+        raw = os.path.join(self.node.dir, "base.raw")
+        subprocess.run(["qemu-img", "create", "-q", "-f", "raw", raw, "64M"], check=True)
+        self.node.qvisor("image", "import", raw, "base", check=0)
+        self.instances = os.path.join(self.node.state, "instances")
+
+    def tearDown(self):
+        self.node.cleanup()
+
+    def victim(self, name="victim"):
+        path = os.path.join(self.outside, name)
+        with open(path, "w") as f:
+            f.write(PRECIOUS)
+        return path
+
+    def assertUntouched(self, path):
+        self.assertTrue(os.path.isfile(path) and not os.path.islink(path), path)
+        with open(path) as f:
+            self.assertEqual(f.read(), PRECIOUS, path)
+
+    def create(self, name, *args, want=0):
+        return self.node.qvisor("vm", "create", name, "--image", "base", "--cpus", "1", "--memory", "128M",
+                                "--storage-pool", "fast", *args, check=want)
+
+
+class PoolLinks(Base):
+    def test_link_under_the_disk_name_is_refused(self):
+        victim = self.victim()
+        os.symlink(victim, os.path.join(self.pool, "v1.qcow2"))
+        p = self.create("v1", want=73)
+        self.assertIn("exists already in storage pool", p.stderr)
+        self.assertUntouched(victim)
+        # a dangling link: nothing is created at its target
+        target = os.path.join(self.outside, "new.qcow2")
+        os.symlink(target, os.path.join(self.pool, "v2.qcow2"))
+        self.create("v2", want=73)
+        self.assertFalse(os.path.lexists(target))
+        self.assertEqual(self.node.qvisor("vm", "show", "v1").returncode, 66)
+        self.assertEqual(sorted(os.listdir(self.instances)), [])
+
+    def test_link_swapped_in_a_loop_during_creates(self):
+        victim = self.victim()
+        stop = threading.Event()
+        names = [f"s{i}" for i in range(12)]
+
+        def flip():
+            while not stop.is_set():
+                for n in names:
+                    link = os.path.join(self.pool, f"{n}.qcow2")
+                    try:
+                        os.symlink(victim, link)
+                        os.unlink(link)
+                    except OSError:
+                        pass  # qvisor's file is there: the name is taken
+
+        t = threading.Thread(target=flip)
+        t.start()
+        try:
+            for n in names:
+                p = self.create(n, want=None)
+                self.assertIn(p.returncode, (0, 73), p.stderr)
+        finally:
+            stop.set()
+            t.join()
+        self.assertUntouched(victim)
+        for n in names:  # every disk that exists is a real file of its own
+            path = os.path.join(self.pool, f"{n}.qcow2")
+            if self.node.qvisor("vm", "show", n).returncode == 0:
+                self.assertFalse(os.path.islink(path), path)
+                self.assertTrue(os.path.isfile(path), path)
+
+    def test_rm_leaves_a_disk_it_did_not_make(self):
+        self.create("r1")
+        self.create("r2")
+        disk1 = os.path.join(self.pool, "r1.qcow2")
+        disk2 = os.path.join(self.pool, "r2.qcow2")
+        self.assertTrue(os.path.isfile(disk1))
+        # r1's disk swapped for a link to the victim, r2's for another file
+        victim = self.victim()
+        os.unlink(disk1)
+        os.symlink(victim, disk1)
+        other = self.victim("other")
+        os.unlink(disk2)
+        os.link(other, disk2)  # two links: not a disk qvisor made
+        self.node.qvisor("vm", "rm", "r1", check=0)
+        self.node.qvisor("vm", "rm", "r2", check=0)
+        self.assertUntouched(victim)
+        self.assertUntouched(other)
+        self.assertTrue(os.path.islink(disk1))
+        self.assertTrue(os.path.exists(disk2))
+        self.assertIn("not the disk qvisor made", self.node.log())
+        # the normal case: vm rm removes the pool's disk
+        self.create("r3")
+        self.node.qvisor("vm", "rm", "r3", check=0)
+        self.assertFalse(os.path.lexists(os.path.join(self.pool, "r3.qcow2")))
+
+
+class InstanceLinks(Base):
+    def plant(self, dirname, target):
+        d = os.path.join(self.instances, dirname)
+        os.makedirs(d)
+        os.symlink(target, os.path.join(d, "disk.qcow2"))
+        with open(os.path.join(d, "spec.json"), "w") as f:
+            f.write("{}\n")
+
+    def test_recovery_unlinks_only_what_it_made(self):
+        os.makedirs(self.instances, exist_ok=True)
+        v1, v2 = self.victim("v1"), self.victim("v2")
+        self.plant(".ghost.creating", v1)
+        self.plant(".ghost.removing", v2)
+        # a link to the pool file of a live VM, under that VM's name
+        self.create("live")
+        live_disk = os.path.join(self.pool, "live.qcow2")
+        self.plant(".live.removing", live_disk)
+        # a temp directory that is itself a link to a directory outside
+        sub = os.path.join(self.outside, "dir")
+        os.makedirs(sub)
+        v3 = self.victim("dir/v3")
+        os.symlink(sub, os.path.join(self.instances, ".linked.creating"))
+        # and a link through a pool-looking path that is no pool
+        self.plant(".fake.creating", os.path.join(self.outside, "fake.qcow2"))
+        fake = self.victim("fake.qcow2")
+
+        self.assertEqual(self.node.stop_daemon(), 0)
+        self.node.start_daemon()
+        for v in (v1, v2, v3, fake):
+            self.assertUntouched(v)
+        self.assertTrue(os.path.isfile(live_disk))
+        self.assertEqual(sorted(os.listdir(self.instances)), ["live"])
+        self.assertEqual(os.listdir(sub), ["v3"])
+        vms = self.node.qvisor_json("vm", "list")["vms"]
+        self.assertEqual([v["name"] for v in vms], ["live"])
+
+    def test_rm_through_a_swapped_disk_link(self):
+        self.create("gone")
+        victim = self.victim()
+        link = os.path.join(self.instances, "gone", "disk.qcow2")
+        os.unlink(link)
+        os.symlink(victim, link)
+        self.node.qvisor("vm", "rm", "gone", check=0)
+        self.assertUntouched(victim)
+        self.assertEqual(sorted(os.listdir(self.instances)), [])
+        # and a planted stale .NAME.removing is not followed either
+        self.create("again")
+        self.plant(".again.removing", victim)
+        self.node.qvisor("vm", "rm", "again", check=0)
+        self.assertUntouched(victim)
+        self.assertFalse(os.path.lexists(os.path.join(self.pool, "again.qcow2")))
+
+    def crash_during(self, point, args):
+        self.node.stop_daemon()
+        self.node.start_daemon(extra_env={"QVISOR_TEST_CRASH_AT": point})
+        self.assertNotEqual(self.node.qvisor(*args).returncode, 0)
+        self.assertEqual(self.node.proc.wait(timeout=scaled(10)), -9)
+        self.node.start_daemon()
+
+    def test_genuine_leftovers_still_cleaned(self):
+        self.crash_during("create-after-disk", ["vm", "create", "half", "--image", "base", "--storage-pool", "fast"])
+        self.assertEqual(os.listdir(self.pool), [])
+        self.assertEqual(os.listdir(self.instances), [])
+        self.create("gone")
+        self.crash_during("remove-after-rename", ["vm", "rm", "gone"])
+        self.assertEqual(os.listdir(self.pool), [])
+        self.assertEqual(os.listdir(self.instances), [])
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
