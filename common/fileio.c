@@ -125,12 +125,34 @@ static int exchange_in(qv_atomic *a) {
     return r;
 }
 
+/* QV_ATOMIC_REGULAR: the new file goes in only where nothing is or a
+ * regular file was.  The check is made on the entry swapped out, after the
+ * swap, so nothing can be put under the name between check and use; what
+ * is not a regular file is swapped back.  Returns 0 or -errno (-EEXIST: the
+ * name holds something else, left as it was). */
+static int replace_regular(qv_atomic *a) {
+    if (renameat2(a->dfd, a->tmp, a->dfd, a->base, RENAME_NOREPLACE) == 0)
+        return 0;
+    if (errno != EEXIST)
+        return -errno;
+    if (renameat2(a->dfd, a->tmp, a->dfd, a->base, RENAME_EXCHANGE) < 0)
+        return -errno;
+    struct stat st;
+    if (fstatat(a->dfd, a->tmp, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(st.st_mode))
+        return unlinkat(a->dfd, a->tmp, 0) < 0 && errno != ENOENT ? -errno : 0;
+    if (renameat2(a->dfd, a->tmp, a->dfd, a->base, RENAME_EXCHANGE) < 0)
+        return -errno;
+    return -EEXIST;
+}
+
 int qv_atomic_commit(qv_atomic *a, unsigned flags) {
     bool durable = flags & QV_ATOMIC_DURABLE;
     int r = 0;
     if (fchmod(a->fd, a->mode) < 0 || (durable && fsync(a->fd) < 0))
         r = -errno;
-    if (r == 0)
+    if (r == 0 && (flags & QV_ATOMIC_REGULAR))
+        r = replace_regular(a);
+    else if (r == 0)
         r = durable ? 1 : exchange_in(a); /* 1: rename over the old file */
     if (r == 1)
         r = renameat(a->dfd, a->tmp, a->dfd, a->base) < 0 ? -errno : 0;

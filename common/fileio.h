@@ -25,7 +25,14 @@ typedef struct qv_atomic {
     char base[256];
 } qv_atomic;
 
-enum { QV_ATOMIC_DURABLE = 1 };
+enum {
+    QV_ATOMIC_DURABLE = 1,
+    /* replace path only when it is absent or a regular file: a symlink (never
+     * followed), a device node, a FIFO, a directory stay as they are and the
+     * commit fails with -EEXIST.  Checked on the swapped-out entry, so race
+     * free (RENAME_NOREPLACE, else RENAME_EXCHANGE and swap back). */
+    QV_ATOMIC_REGULAR = 2,
+};
 
 int qv_atomic_begin(const char *path, mode_t mode, qv_atomic *a);
 /* Consumes a (fds closed) in every case.  On failure the temp file is gone

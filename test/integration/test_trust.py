@@ -197,5 +197,62 @@ class InstanceLinks(Base):
         self.assertEqual(os.listdir(self.instances), [])
 
 
+class CidataOutput(unittest.TestCase):
+    """`qvisor cidata -o PATH` replaces a regular file only (exit 73 else);
+    no daemon needed.  Stand-ins for device nodes: a FIFO and a symlink in a
+    temp dir, never real /dev nodes."""
+
+    def setUp(self):
+        import tempfile
+        self.dir = tempfile.mkdtemp(prefix="qv-cidata-")
+        self.ud = os.path.join(self.dir, "user-data")
+        with open(self.ud, "w") as f:
+            f.write("#cloud-config\n")
+
+    def tearDown(self):
+        import shutil
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def cidata(self, out):
+        return subprocess.run([os.environ.get("QVISOR_BIN", "qvisor"), "cidata", "-o", out, "-u", self.ud],
+                              capture_output=True, text=True, timeout=scaled(30))
+
+    def listing(self):
+        return sorted(os.listdir(self.dir))
+
+    def test_fifo_is_not_replaced(self):
+        fifo = os.path.join(self.dir, "fifo")
+        os.mkfifo(fifo)
+        p = self.cidata(fifo)
+        self.assertEqual(p.returncode, 73, p.stderr)
+        self.assertIn("not a regular file", p.stderr)
+        import stat
+        self.assertTrue(stat.S_ISFIFO(os.lstat(fifo).st_mode))
+        self.assertEqual(self.listing(), ["fifo", "user-data"])  # no temp file left
+
+    def test_symlink_is_not_followed_nor_replaced(self):
+        target = os.path.join(self.dir, "target")
+        with open(target, "w") as f:
+            f.write(PRECIOUS)
+        link = os.path.join(self.dir, "seed.iso")
+        os.symlink(target, link)
+        p = self.cidata(link)
+        self.assertEqual(p.returncode, 73, p.stderr)
+        self.assertTrue(os.path.islink(link))
+        with open(target) as f:
+            self.assertEqual(f.read(), PRECIOUS)
+        # a directory neither
+        os.mkdir(os.path.join(self.dir, "d"))
+        self.assertEqual(self.cidata(os.path.join(self.dir, "d")).returncode, 73)
+
+    def test_regular_file_and_absent_are_written(self):
+        out = os.path.join(self.dir, "seed.iso")
+        self.assertEqual(self.cidata(out).returncode, 0)
+        first = os.stat(out).st_ino
+        self.assertEqual(self.cidata(out).returncode, 0)  # replaced
+        self.assertNotEqual(os.stat(out).st_ino, first)
+        self.assertEqual(self.listing(), ["seed.iso", "user-data"])
+
+
 if __name__ == "__main__":
     unittest.main(verbosity=2)

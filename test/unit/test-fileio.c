@@ -281,6 +281,42 @@ static void test_create_at_and_unlink_own(void **state) {
     qv_test_rm_rf(dir);
 }
 
+static int commit_regular(const char *path) {
+    qv_atomic a;
+    int r = qv_atomic_begin(path, 0644, &a);
+    if (r < 0)
+        return r;
+    assert_int_equal(qv_write_all(a.fd, "new", 3), 0);
+    return qv_atomic_commit(&a, QV_ATOMIC_REGULAR);
+}
+
+static void test_atomic_regular_only(void **state) {
+    (void)state;
+    _cleanup_free_ char *dir = qv_test_mkdtemp("qv-fileio");
+    qv_test_write(dir, "target", "old");
+    char p[PATH_MAX], t[PATH_MAX];
+    snprintf(p, sizeof p, "%s/out", dir);
+    assert_int_equal(commit_regular(p), 0); /* absent: created */
+    assert_int_equal(commit_regular(p), 0); /* a regular file: replaced */
+    snprintf(p, sizeof p, "%s/fifo", dir);
+    assert_int_equal(mkfifo(p, 0600), 0);
+    assert_int_equal(commit_regular(p), -EEXIST);
+    struct stat st;
+    assert_int_equal(lstat(p, &st), 0);
+    assert_true(S_ISFIFO(st.st_mode));
+    snprintf(t, sizeof t, "%s/target", dir);
+    snprintf(p, sizeof p, "%s/link", dir);
+    assert_int_equal(symlink(t, p), 0);
+    assert_int_equal(commit_regular(p), -EEXIST);
+    assert_int_equal(lstat(p, &st), 0);
+    assert_true(S_ISLNK(st.st_mode));
+    _cleanup_free_ char *data = NULL;
+    assert_int_equal(qv_read_file(t, 64, &data, NULL), 0);
+    assert_string_equal(data, "old");
+    assert_int_equal(count_entries(dir), 4); /* target out fifo link: no temp file left */
+    qv_test_rm_rf(dir);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_atomic_write_replaces_and_leaves_no_temp),
@@ -289,6 +325,7 @@ int main(void) {
         cmocka_unit_test(test_mkdir_p),
         cmocka_unit_test(test_rm_rf_at_never_follows),
         cmocka_unit_test(test_create_at_and_unlink_own),
+        cmocka_unit_test(test_atomic_regular_only),
         cmocka_unit_test(test_sysroot_fake_tree),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
