@@ -11,13 +11,16 @@ directories holding `disk.qcow2 -> victim` (start-up recovery and `vm rm`),
 and that genuine leftovers of a crash are still cleaned."""
 
 import os
+import stat
 import subprocess
 import sys
 import threading
 import unittest
 
 sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "guest"))
 from qvtest import Node, scaled  # noqa: E402
+import guestlib  # noqa: E402
 
 PRECIOUS = "precious, not qvisor's\n"
 
@@ -252,6 +255,79 @@ class CidataOutput(unittest.TestCase):
         self.assertEqual(self.cidata(out).returncode, 0)  # replaced
         self.assertNotEqual(os.stat(out).st_ino, first)
         self.assertEqual(self.listing(), ["seed.iso", "user-data"])
+
+
+class Modes(unittest.TestCase):
+    """Issue 13: what a VM has on disk is not readable by other users, after
+    create and after a start with the tiny guest (real QEMU, TCG)."""
+
+    def setUp(self):
+        self.node = Node(world_readable=True)
+        self.pool = os.path.join(self.node.dir, "pool")
+        self.node.write_config(f"storage_pools:\n  fast:\n    path: {self.pool}\n"
+                               "vm_defaults:\n  memory: 256M\n  disk: 1G\n  stop_timeout: 30s\n  kill_timeout: 5s\n")
+        self.node.start_daemon()
+        base = os.path.join(self.node.dir, "blank.qcow2")
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", base, "1G"], check=True)
+        self.node.qvisor("image", "import", base, "blank", check=0)
+        self.instances = os.path.join(self.node.state, "instances")
+
+    def tearDown(self):
+        self.node.cleanup()
+
+    def modes(self, name):
+        d = os.path.join(self.instances, name)
+        out = {".": stat.S_IMODE(os.stat(d).st_mode)}
+        for f in os.listdir(d):
+            st = os.lstat(os.path.join(d, f))
+            if stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode):
+                out[f] = stat.S_IMODE(st.st_mode)
+        return out
+
+    def assertNotOthers(self, modes, want):
+        for f, m in modes.items():
+            self.assertEqual(m & 0o007, 0, f"{f}: {m:o}")  # nothing for others
+            self.assertEqual(m & 0o022, 0, f"{f}: {m:o}")  # nor group writes
+        for f, m in want.items():
+            self.assertEqual(modes.get(f), m, f"{f}: {modes.get(f, 0):o}, want {m:o}")
+
+    def test_modes_after_create_and_start(self):
+        guest = guestlib.build_tiny_guest()
+        for name, pool in (("here", ()), ("far", ("--storage-pool", "fast"))):
+            self.node.qvisor("vm", "create", name, "--image", "blank", "--kernel", guest.kernel, "--initrd",
+                             guest.initrd, "--append", guestlib.cmdline(["qv.console=echo"]), "--no-agent",
+                             "--no-seed", *pool, check=0)
+        self.assertNotOthers(self.modes("here"), {".": 0o750, "disk.qcow2": 0o600, "spec.json": 0o640,
+                                                  "state.json": 0o640})
+        self.assertNotOthers(self.modes("far"), {".": 0o750})
+        self.assertEqual(stat.S_IMODE(os.stat(os.path.join(self.pool, "far.qcow2")).st_mode), 0o600)
+        for i in range(2):  # the second start rotates serial.log to serial.log.1
+            self.node.qvisor("vm", "start", "here", timeout=scaled(60), check=0)
+            serial = os.path.join(self.instances, "here", "serial.log")
+            self.assertIsNotNone(guestlib.wait_marker_in_file(serial, r"^ready$", scaled(60)))
+            self.node.qvisor("vm", "stop", "here", "--force", timeout=scaled(60), check=0)
+        self.assertNotOthers(self.modes("here"), {".": 0o750, "disk.qcow2": 0o600, "serial.log": 0o640,
+                                                  "serial.log.1": 0o640, "qemu.log": 0o640})
+
+    def test_check_warns_of_writable_dirs(self):
+        os.makedirs(self.pool, exist_ok=True)
+        os.chmod(self.pool, 0o777)
+        os.makedirs(self.instances, exist_ok=True)
+        os.chmod(self.instances, 0o770)
+        p = self.node.qvisor("--json", "check", timeout=scaled(60))
+        import json
+        warns = [i for i in json.loads(p.stdout)["items"] if i["status"] == "warn"]
+        pool = [i for i in warns if i["name"] == "storage-pool fast"]
+        self.assertEqual(len(pool), 1, p.stdout)
+        self.assertIn("every user", pool[0]["detail"])
+        self.assertIn("chmod go-w", pool[0]["hint"])
+        inst = [i for i in warns if i["name"] == "instances-dir"]
+        self.assertEqual(len(inst), 1, p.stdout)
+        self.assertIn("its group", inst[0]["detail"])
+        os.chmod(self.pool, 0o750)
+        os.chmod(self.instances, 0o750)
+        p = self.node.qvisor("--json", "check", timeout=scaled(60))
+        self.assertNotIn("chmod go-w", p.stdout)
 
 
 if __name__ == "__main__":
