@@ -41,7 +41,11 @@ class Base(unittest.TestCase):
         self.instances = os.path.join(self.node.state, "instances")
 
     def tearDown(self):
-        self.node.cleanup()
+        try:
+            for word in ("AddressSanitizer", "LeakSanitizer", "runtime error"):
+                self.assertNotIn(word, self.node.log())
+        finally:
+            self.node.cleanup()
 
     def victim(self, name="victim"):
         path = os.path.join(self.outside, name)
@@ -273,7 +277,11 @@ class Modes(unittest.TestCase):
         self.instances = os.path.join(self.node.state, "instances")
 
     def tearDown(self):
-        self.node.cleanup()
+        try:
+            for word in ("AddressSanitizer", "LeakSanitizer", "runtime error"):
+                self.assertNotIn(word, self.node.log())
+        finally:
+            self.node.cleanup()
 
     def modes(self, name):
         d = os.path.join(self.instances, name)
