@@ -783,7 +783,7 @@ int ci_iso_write_file_atomic(const char *path, mode_t mode, unsigned flags, cons
                              const ci_iso_file *files, size_t n, int64_t timestamp, qv_error *err) {
     if (!path || !*path)
         return qv_error_set(err, EINVAL, "no output path");
-    if (flags & ~(unsigned)CI_ISO_DURABLE)
+    if (flags & ~(unsigned)(CI_ISO_DURABLE | CI_ISO_REGULAR))
         return qv_error_set(err, EINVAL, "unknown flags 0x%x", flags);
 
     /* Validate before creating anything. */
@@ -805,7 +805,10 @@ int ci_iso_write_file_atomic(const char *path, mode_t mode, unsigned flags, cons
         qv_atomic_abort(&a);
         return qv_error_set(err, r, "writing '%s': %s", path, strerror(-r));
     }
-    r = qv_atomic_commit(&a, (flags & CI_ISO_DURABLE) ? QV_ATOMIC_DURABLE : 0);
+    r = qv_atomic_commit(&a, ((flags & CI_ISO_DURABLE) ? QV_ATOMIC_DURABLE : 0) |
+                                 ((flags & CI_ISO_REGULAR) ? QV_ATOMIC_REGULAR : 0));
+    if (r == -EEXIST && (flags & CI_ISO_REGULAR))
+        return qv_error_set(err, EEXIST, "'%s' exists and is not a regular file: not replaced", path);
     if (r < 0)
         return qv_error_set(err, r, "replacing '%s': %s", path, strerror(-r));
     return 0;

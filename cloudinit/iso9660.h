@@ -59,6 +59,9 @@ enum {
      * also after a host crash the path holds the old or the whole new image
      * (costs two fsyncs: 0.3-5 ms on a virtual disk, more than the rest) */
     CI_ISO_DURABLE = 1u << 0,
+    /* replace path only when it is absent or a regular file (a symlink, a
+     * device node, a FIFO stay; -EEXIST): QV_ATOMIC_REGULAR */
+    CI_ISO_REGULAR = 1u << 1,
 };
 
 /* Replaces path atomically: the image goes to a temporary file in the same

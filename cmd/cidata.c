@@ -2,7 +2,8 @@
  * cloud-localds (which needs genisoimage; this does not).
  *
  * Exit codes: 0 written, 64 usage, 65 invalid content, 66 unreadable input,
- * 1 the image could not be written. */
+ * 73 the output exists and is not a regular file, 1 the image could not be
+ * written. */
 #include "cli.h"
 
 #include "cleanup.h"
@@ -11,6 +12,7 @@
 #include "error.h"
 #include "fileio.h"
 
+#include <errno.h>
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -25,7 +27,9 @@ static const char cidata_usage[] =
     "Joliet) atomically: a temporary file renamed over the output, so a reader\n"
     "never sees a partial image.  No genisoimage, xorriso or mkisofs is needed.\n"
     "\n"
-    "  -o, --output FILE          the image to write (replaced atomically)\n"
+    "  -o, --output FILE          the image to write (replaced atomically; only a\n"
+    "                             regular file is replaced, never a symlink,\n"
+    "                             device node or FIFO)\n"
     "  -u, --user-data FILE       user-data: #cloud-config YAML, a #! script or a\n"
     "                             MIME multipart message (default: empty)\n"
     "      --meta-data FILE       meta-data (default: generated, with an instance-id\n"
@@ -44,7 +48,8 @@ static const char cidata_usage[] =
     "byte-identical images.\n"
     "\n"
     "Exit status: 0 written, 64 usage error, 65 invalid content, 66 an input\n"
-    "file cannot be read, 1 the image cannot be written.\n";
+    "file cannot be read, 73 the output exists and is not a regular file, 1 the\n"
+    "image cannot be written.\n";
 
 static int cidata_usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static int cidata_usage_error(const char *fmt, ...) {
@@ -104,7 +109,7 @@ int cmd_cidata(qv_cli *cli, int argc, char **argv) {
     const char *output = NULL, *hostname = NULL, *label = CI_DEFAULT_LABEL;
     cidata_input user = {0}, meta = {0}, net = {0}, vendor = {0};
     int c, rc;
-    unsigned flags = 0;
+    unsigned flags = CI_ISO_REGULAR;
 
     optind = 0; /* the caller may have run getopt already */
     opterr = 0;
@@ -222,7 +227,7 @@ int cmd_cidata(qv_cli *cli, int argc, char **argv) {
     files[n++] = (ci_iso_file){.name = "meta-data", .data = meta.data, .size = meta.len};
 
     if (ci_iso_write_file_atomic(output, 0644, flags, label, files, n, ts, &err) < 0) {
-        rc = cidata_fail(QV_EXIT_FAILED, "%s", err.msg);
+        rc = cidata_fail(err.code == EEXIST ? QV_EXIT_CANTCREAT : QV_EXIT_FAILED, "%s", err.msg);
         goto out;
     }
     if (cli && cli->verbosity > 0)

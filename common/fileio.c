@@ -4,7 +4,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
+#include <dirent.h>
 #include <libgen.h>
 #include <limits.h>
 #include <stdbool.h>
@@ -125,12 +125,34 @@ static int exchange_in(qv_atomic *a) {
     return r;
 }
 
+/* QV_ATOMIC_REGULAR: the new file goes in only where nothing is or a
+ * regular file was.  The check is made on the entry swapped out, after the
+ * swap, so nothing can be put under the name between check and use; what
+ * is not a regular file is swapped back.  Returns 0 or -errno (-EEXIST: the
+ * name holds something else, left as it was). */
+static int replace_regular(qv_atomic *a) {
+    if (renameat2(a->dfd, a->tmp, a->dfd, a->base, RENAME_NOREPLACE) == 0)
+        return 0;
+    if (errno != EEXIST)
+        return -errno;
+    if (renameat2(a->dfd, a->tmp, a->dfd, a->base, RENAME_EXCHANGE) < 0)
+        return -errno;
+    struct stat st;
+    if (fstatat(a->dfd, a->tmp, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(st.st_mode))
+        return unlinkat(a->dfd, a->tmp, 0) < 0 && errno != ENOENT ? -errno : 0;
+    if (renameat2(a->dfd, a->tmp, a->dfd, a->base, RENAME_EXCHANGE) < 0)
+        return -errno;
+    return -EEXIST;
+}
+
 int qv_atomic_commit(qv_atomic *a, unsigned flags) {
     bool durable = flags & QV_ATOMIC_DURABLE;
     int r = 0;
     if (fchmod(a->fd, a->mode) < 0 || (durable && fsync(a->fd) < 0))
         r = -errno;
-    if (r == 0)
+    if (r == 0 && (flags & QV_ATOMIC_REGULAR))
+        r = replace_regular(a);
+    else if (r == 0)
         r = durable ? 1 : exchange_in(a); /* 1: rename over the old file */
     if (r == 1)
         r = renameat(a->dfd, a->tmp, a->dfd, a->base) < 0 ? -errno : 0;
@@ -184,21 +206,114 @@ int qv_mkdir_p(const char *path, mode_t mode) {
     return 0;
 }
 
-/* per thread: creates and removes run on libuv worker threads */
-static _Thread_local int rm_rf_errno;
+enum { RM_RF_MAX_DEPTH = 64 };
 
-static int rm_one(const char *p, const struct stat *st, int flag, struct FTW *ftw) {
-    (void)st;
-    (void)ftw;
-    int r = flag == FTW_DP ? rmdir(p) : unlink(p);
-    if (r < 0 && errno != ENOENT && !rm_rf_errno)
-        rm_rf_errno = errno;
-    return 0;
+static int rm_rf_at(int dirfd, const char *name, dev_t dev, unsigned depth) {
+    struct stat st;
+    if (fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW) < 0)
+        return errno == ENOENT ? 0 : -errno;
+    if (!S_ISDIR(st.st_mode))
+        return unlinkat(dirfd, name, 0) < 0 && errno != ENOENT ? -errno : 0;
+    if (st.st_dev != dev)
+        return -EXDEV; /* a mount point: not ours to empty */
+    if (depth >= RM_RF_MAX_DEPTH)
+        return -ELOOP;
+    int fd = qv_open_dir_at(dirfd, name);
+    if (fd < 0)
+        return fd == -ENOENT ? 0 : fd;
+    DIR *d = fdopendir(fd);
+    if (!d) {
+        int r = -errno;
+        close(fd);
+        return r;
+    }
+    int first = 0;
+    for (struct dirent *e; (e = readdir(d));) {
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
+            continue;
+        int r = rm_rf_at(fd, e->d_name, dev, depth + 1);
+        if (r < 0 && !first)
+            first = r;
+    }
+    closedir(d);
+    if (unlinkat(dirfd, name, AT_REMOVEDIR) < 0 && errno != ENOENT && !first)
+        first = -errno;
+    return first;
+}
+
+int qv_rm_rf_at(int dirfd, const char *name) {
+    struct stat st;
+    if (!*name || strchr(name, '/') || strcmp(name, ".") == 0 || strcmp(name, "..") == 0)
+        return -EINVAL;
+    if (fstat(dirfd, &st) < 0)
+        return -errno;
+    return rm_rf_at(dirfd, name, st.st_dev, 0);
 }
 
 int qv_rm_rf(const char *path) {
-    rm_rf_errno = 0;
-    if (nftw(path, rm_one, 16, FTW_DEPTH | FTW_PHYS | FTW_MOUNT) < 0 && errno != ENOENT)
+    char dir_buf[PATH_MAX], base_buf[PATH_MAX];
+    size_t len = strlen(path);
+    while (len > 1 && path[len - 1] == '/')
+        len--;
+    if (len == 0 || len >= sizeof dir_buf)
+        return len ? -ENAMETOOLONG : -EINVAL;
+    memcpy(dir_buf, path, len);
+    dir_buf[len] = '\0';
+    strcpy(base_buf, dir_buf);
+    const char *base = basename(base_buf);
+    _cleanup_close_ int dfd = open(dirname(dir_buf), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd < 0)
+        return errno == ENOENT ? 0 : -errno;
+    return qv_rm_rf_at(dfd, base);
+}
+
+int qv_open_dir_at(int dirfd, const char *name) {
+    int fd = openat(dirfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    return fd < 0 ? -errno : fd;
+}
+
+int qv_create_at(int dirfd, const char *name, int flags, mode_t mode) {
+    int fd = openat(dirfd, name, flags | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC | O_NOCTTY, mode);
+    if (fd < 0)
         return -errno;
-    return -rm_rf_errno;
+    if (fchmod(fd, mode) < 0) {
+        int r = -errno;
+        close(fd);
+        unlinkat(dirfd, name, 0);
+        return r;
+    }
+    return fd;
+}
+
+int qv_open_regular_at(int dirfd, const char *name, int flags, mode_t mode) {
+    /* O_NONBLOCK: a FIFO planted under the name must not hang the open */
+    _cleanup_close_ int fd =
+        openat(dirfd, name, flags | O_CREAT | O_NOFOLLOW | O_CLOEXEC | O_NOCTTY | O_NONBLOCK, mode);
+    if (fd < 0)
+        return errno == ENXIO ? -EINVAL : -errno; /* ENXIO: a FIFO without a reader */
+    struct stat st;
+    if (fstat(fd, &st) < 0)
+        return -errno;
+    if (!S_ISREG(st.st_mode))
+        return -EINVAL;
+    int fl = fcntl(fd, F_GETFL);
+    if (fl < 0 || fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) < 0 || fchmod(fd, mode) < 0)
+        return -errno;
+    return TAKE_FD(fd);
+}
+
+int qv_fd_path(int fd, char *buf, size_t len) {
+    int n = snprintf(buf, len, "/proc/%d/fd/%d", (int)getpid(), fd);
+    return n < 0 || (size_t)n >= len ? -ENAMETOOLONG : 0;
+}
+
+int qv_unlink_own_file_at(int dirfd, const char *name, const struct stat *want) {
+    struct stat st;
+    if (fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW) < 0)
+        return -errno;
+    if (!S_ISREG(st.st_mode) || st.st_nlink != 1 || st.st_uid != geteuid())
+        return -EPERM;
+    if (want && (st.st_dev != want->st_dev || st.st_ino != want->st_ino))
+        return -EPERM;
+    return unlinkat(dirfd, name, 0) < 0 ? -errno : 0;
 }

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <stddef.h>
+#include <sys/stat.h>
 #include <sys/types.h>
 
 /* Reads path (relative to dirfd, or AT_FDCWD) up to max bytes; more is
@@ -24,7 +25,14 @@ typedef struct qv_atomic {
     char base[256];
 } qv_atomic;
 
-enum { QV_ATOMIC_DURABLE = 1 };
+enum {
+    QV_ATOMIC_DURABLE = 1,
+    /* replace path only when it is absent or a regular file: a symlink (never
+     * followed), a device node, a FIFO, a directory stay as they are and the
+     * commit fails with -EEXIST.  Checked on the swapped-out entry, so race
+     * free (RENAME_NOREPLACE, else RENAME_EXCHANGE and swap back). */
+    QV_ATOMIC_REGULAR = 2,
+};
 
 int qv_atomic_begin(const char *path, mode_t mode, qv_atomic *a);
 /* Consumes a (fds closed) in every case.  On failure the temp file is gone
@@ -42,5 +50,49 @@ int qv_write_all(int fd, const void *buf, size_t len);
 int qv_mkdir_p(const char *path, mode_t mode);
 
 /* rm -rf that never follows symlinks nor leaves the file system of path.
- * A missing path is fine.  Returns 0 or the first -errno. */
+ * A missing path is fine.  Returns 0 or the first -errno.  Only the
+ * directories above path are resolved by name (they are the caller's own);
+ * everything from path down goes through qv_rm_rf_at(). */
 int qv_rm_rf(const char *path);
+
+/* ---- names relative to a directory fd ---------------------------------------
+ * Every file qvisor creates or removes inside a directory that somebody else
+ * may write (a storage pool, the instances directory) is reached by one name
+ * relative to an open directory, never by a path checked first and used
+ * later: a symlink or a directory swapped in between cannot redirect it. */
+
+/* Removes `name` in dirfd, recursively when it is a directory: each directory
+ * is opened with openat(O_DIRECTORY|O_NOFOLLOW), entries go with unlinkat()
+ * relative to it, a symlink is removed itself and never followed, and a
+ * directory on another file system (a mount point) is left alone (-EXDEV).
+ * A missing name is fine.  Returns 0 or the first -errno. */
+int qv_rm_rf_at(int dirfd, const char *name);
+
+/* openat(dirfd, name, O_DIRECTORY|O_NOFOLLOW|O_CLOEXEC): a real directory,
+ * not a symlink to one.  Returns the fd (caller owns it) or -errno
+ * (-ENOTDIR or -ELOOP for anything else). */
+int qv_open_dir_at(int dirfd, const char *name);
+
+/* Creates `name` in dirfd as a new regular file, O_EXCL|O_NOFOLLOW: an
+ * existing name of any kind, a dangling symlink included, is -EEXIST.  The
+ * mode is set with fchmod, whatever the umask.  flags adds to O_CREAT|O_EXCL|
+ * O_NOFOLLOW|O_CLOEXEC (O_WRONLY or O_RDWR, O_APPEND).  Returns the fd
+ * (caller owns it) or -errno. */
+int qv_create_at(int dirfd, const char *name, int flags, mode_t mode);
+
+/* Opens `name` in dirfd for writing, creating it when absent, never through a
+ * symlink (-ELOOP) and only when it is a regular file (-EINVAL otherwise: a
+ * FIFO is not opened, so this never blocks).  The mode is set with fchmod.
+ * Returns the fd (caller owns it) or -errno. */
+int qv_open_regular_at(int dirfd, const char *name, int flags, mode_t mode);
+
+/* "/proc/PID/fd/N" of this process: a path another process (a child that
+ * takes file names, like qemu-img) opens to reach exactly the file fd is,
+ * whatever its name became.  -ENAMETOOLONG when it does not fit. */
+int qv_fd_path(int fd, char *buf, size_t len);
+
+/* Unlinks `name` in dirfd only when it is a regular file with one link,
+ * owned by this process's effective user and, when want is not NULL, the
+ * very file want describes (st_dev, st_ino).  -ENOENT when absent, -EPERM
+ * when it is something else (left alone).  Returns 0 or -errno. */
+int qv_unlink_own_file_at(int dirfd, const char *name, const struct stat *want);

@@ -721,11 +721,33 @@ void sv_check_firmware(sv_check_report *r, const sv_check_opts *o) {
     }
 }
 
+/* A directory VM disks and instance files live in that another user may
+ * write: that user can plant names qvisor will create or remove (qvisor
+ * refuses and never follows them, but such a user can still delete or
+ * replace VMs' files).  Reported only when it is so. */
+static void check_dir_writers(sv_check_report *r, const char *name, const char *path) {
+    struct stat st;
+    if (stat(path, &st) < 0 || !S_ISDIR(st.st_mode) || !(st.st_mode & (S_IWGRP | S_IWOTH)))
+        return;
+    char hint[PATH_MAX + 64];
+    snprintf(hint, sizeof hint, "chmod go-w %s (qvisor itself needs no other writer)", path);
+    add(r, name, SV_CHECK_WARN, hint, "%s is writable by %s (mode %04o): they can delete or swap VMs' files", path,
+        (st.st_mode & S_IWOTH) ? "every user" : "its group", (unsigned)(st.st_mode & 07777));
+}
+
 void sv_check_dirs(sv_check_report *r, const sv_check_opts *o) {
     check_dir(r, "state-dir", o->config->state_dir);
     check_dir(r, "images-dir", o->config->images_dir);
     check_dir(r, "instances-dir", o->config->instances_dir);
     check_dir(r, "run-dir", o->config->run_dir);
+    check_dir_writers(r, "instances-dir", o->config->instances_dir);
+    for (sv_storage_pool **p = o->config->storage_pools; p && *p; p++) {
+        if (strcmp((*p)->path, o->config->instances_dir) == 0)
+            continue;
+        char item[96];
+        snprintf(item, sizeof item, "storage-pool %s", (*p)->name);
+        check_dir_writers(r, item, (*p)->path);
+    }
 }
 
 /* ---- all ------------------------------------------------------------------- */

@@ -262,6 +262,11 @@ int sv_daemon_run(const sv_daemon_options *opts, qv_error *err) {
     r = make_dirs(d.config, err);
     if (r < 0)
         goto out;
+    /* a second line of defence: whatever is created without an explicit
+     * mode (QEMU's own files, a helper's output) is not readable by others.
+     * After make_dirs: the run directory stays traversable for the socket's
+     * group. */
+    umask(027);
     r = take_lock(&d, err);
     if (r < 0)
         goto out;

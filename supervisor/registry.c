@@ -143,7 +143,7 @@ static int write_json(const char *dir, const char *file, json_t *j, qv_error *er
 
 static json_t *state_json(const sv_vm *vm) {
     const sv_vm_run *run = &vm->run;
-    return json_pack("{s:s, s:I, s:I, s:I, s:I, s:s?, s:{s:i, s:I, s:I, s:i, s:b, s:I, s:I, s:i}}", "state",
+    json_t *j = json_pack("{s:s, s:I, s:I, s:I, s:I, s:s?, s:{s:i, s:I, s:I, s:i, s:b, s:I, s:I, s:i}}", "state",
                      sv_vm_state_name(vm->state), "created_at", (json_int_t)vm->created_at, "disk_size",
                      (json_int_t)vm->disk_size, "base_size", (json_int_t)vm->base_size, "base_mtime_ns",
                      (json_int_t)vm->base_mtime_ns, "last_exit", vm->last_exit, "run", "pid", run->pid,
@@ -151,6 +151,11 @@ static json_t *state_json(const sv_vm *vm) {
                      "ssh_port", run->ssh_port, "stop_force", run->stop_force, "stop_timeout_ms",
                      (json_int_t)run->stop_timeout_ms, "restarts", (json_int_t)run->restarts, "numa_node",
                      run->numa_node);
+    if (j && vm->disk_ino) {
+        json_object_set_new(j, "disk_dev", json_integer((json_int_t)vm->disk_dev));
+        json_object_set_new(j, "disk_ino", json_integer((json_int_t)vm->disk_ino));
+    }
+    return j;
 }
 
 int sv_registry_save(sv_registry *r, sv_vm *vm, qv_error *err) {
@@ -216,6 +221,8 @@ static int load_vm(sv_registry *r, const char *name, qv_error *err) {
     vm->disk_size = (uint64_t)json_integer_value(json_object_get(st, "disk_size"));
     vm->base_size = (uint64_t)json_integer_value(json_object_get(st, "base_size"));
     vm->base_mtime_ns = json_integer_value(json_object_get(st, "base_mtime_ns"));
+    vm->disk_dev = (uint64_t)json_integer_value(json_object_get(st, "disk_dev"));
+    vm->disk_ino = (uint64_t)json_integer_value(json_object_get(st, "disk_ino"));
     const char *le = json_string_value(json_object_get(st, "last_exit"));
     vm->last_exit = le ? strdup(le) : NULL;
     json_t *run = json_object_get(st, "run");
@@ -235,17 +242,64 @@ static int load_vm(sv_registry *r, const char *name, qv_error *err) {
 
 /* A disk in another storage pool than the instances directory is
  * POOL/NAME.qcow2, and INSTANCE_DIR/disk.qcow2 is a symlink to it.  This
- * removes the pool's file of an instance directory (a leftover of an
- * interrupted create or remove, or one being removed). */
-static void remove_pool_disk(const char *instance_dir) {
-    char link[PATH_MAX], target[PATH_MAX];
-    snprintf(link, sizeof link, "%s/disk.qcow2", instance_dir);
-    ssize_t n = readlink(link, target, sizeof target - 1);
+ * removes the pool's file of the instance directory tmpfd (a leftover of an
+ * interrupted create or remove, or one being removed) -- but only what
+ * qvisor can prove it made: the link must name exactly POOL/NAME.qcow2 of a
+ * configured pool, and the file there must be a regular file of ours with
+ * one link (qv_unlink_own_file_at), the very file create recorded when
+ * `want` is given.  Anybody who can write the instances directory can plant
+ * such a directory with a link to anywhere: the link's target is never
+ * opened nor unlinked by its own name. */
+static void remove_pool_disk(const sv_config *c, int tmpfd, const char *name, const struct stat *want) {
+    char target[PATH_MAX];
+    ssize_t n = readlinkat(tmpfd, "disk.qcow2", target, sizeof target - 1);
     if (n <= 0)
-        return;
+        return; /* no link: the disk, if any, is in the directory itself */
     target[n] = '\0';
-    if (target[0] == '/' && unlink(target) < 0 && errno != ENOENT)
-        log_warning("cannot remove %s: %s", target, strerror(errno));
+    char file[QV_NAME_MAX + 16];
+    snprintf(file, sizeof file, "%s.qcow2", name);
+    for (size_t i = 0; c->storage_pools && c->storage_pools[i]; i++) {
+        const sv_storage_pool *pool = c->storage_pools[i];
+        size_t plen = strlen(pool->path);
+        if (strcmp(pool->path, c->instances_dir) == 0 || strncmp(target, pool->path, plen) != 0 ||
+            target[plen] != '/' || strcmp(target + plen + 1, file) != 0)
+            continue;
+        _cleanup_close_ int pfd = open(pool->path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        int r = pfd < 0 ? -errno : qv_unlink_own_file_at(pfd, file, want);
+        if (r == -EPERM)
+            log_warning("%s is not the disk qvisor made for VM '%s': left alone", target, name);
+        else if (r < 0 && r != -ENOENT)
+            log_warning("cannot remove %s: %s", target, strerror(-r));
+        return;
+    }
+    log_warning("the disk link of VM '%s' names %s, not its file in a storage pool: left alone", name, target);
+}
+
+/* The VM name of a leftover ".NAME.creating" or ".NAME.removing"; false
+ * for any other entry. */
+static bool leftover_name(const char *entry, char ret[QV_NAME_MAX + 1], bool *ret_creating) {
+    size_t len = strlen(entry);
+    if (len < 11 || entry[0] != '.' || len - 10 > QV_NAME_MAX)
+        return false;
+    bool creating = strcmp(entry + len - 9, ".creating") == 0;
+    if (!creating && strcmp(entry + len - 9, ".removing") != 0)
+        return false;
+    snprintf(ret, QV_NAME_MAX + 1, "%.*s", (int)(len - 10), entry + 1);
+    *ret_creating = creating;
+    return qv_name_valid(ret);
+}
+
+/* Removes INSTANCES_DIR/ENTRY, the temp directory of VM `name`, with its pool
+ * disk (see remove_pool_disk).  Never through a symlink: ENTRY itself a link
+ * is only unlinked. */
+static int remove_temp_dir(const sv_config *c, int instfd, const char *entry, const char *name,
+                           const struct stat *want) {
+    int tmpfd = qv_open_dir_at(instfd, entry);
+    if (tmpfd >= 0) {
+        remove_pool_disk(c, tmpfd, name, want);
+        close(tmpfd);
+    }
+    return qv_rm_rf_at(instfd, entry);
 }
 
 int sv_registry_load(const sv_config *c, sv_registry **ret, int *cleaned, qv_error *err) {
@@ -265,15 +319,19 @@ int sv_registry_load(const sv_config *c, sv_registry **ret, int *cleaned, qv_err
         const char *n = e->d_name;
         if (strcmp(n, ".") == 0 || strcmp(n, "..") == 0)
             continue;
-        size_t len = strlen(n);
-        bool creating = len > 10 && n[0] == '.' && strcmp(n + len - 9, ".creating") == 0;
-        bool removing = len > 10 && n[0] == '.' && strcmp(n + len - 9, ".removing") == 0;
-        if (creating || removing) {
-            char path[PATH_MAX];
-            snprintf(path, sizeof path, "%s/%s", c->instances_dir, n);
-            log_info("removing %s left by an interrupted %s", path, creating ? "create" : "remove");
-            remove_pool_disk(path);
-            qv_rm_rf(path);
+        char vm_name[QV_NAME_MAX + 1];
+        bool creating;
+        if (leftover_name(n, vm_name, &creating)) {
+            log_info("removing %s/%s left by an interrupted %s", c->instances_dir, n, creating ? "create" : "remove");
+            /* a live VM of that name owns POOL/NAME.qcow2: an interrupted
+             * create or remove never leaves both behind */
+            struct stat st;
+            if (fstatat(dirfd(d), vm_name, &st, AT_SYMLINK_NOFOLLOW) == 0) {
+                log_warning("%s/%s is beside a VM of that name: its pool disk is left alone", c->instances_dir, n);
+                qv_rm_rf_at(dirfd(d), n);
+            } else {
+                remove_temp_dir(c, dirfd(d), n, vm_name, NULL);
+            }
             n_cleaned++;
             continue;
         }
@@ -320,9 +378,11 @@ static void create_work(uv_work_t *w) {
     sv_vm *vm = job->vm;
     const sv_config *c = job->config;
     qv_error *err = &job->err;
-    char tmp[PATH_MAX], base[PATH_MAX], disk[PATH_MAX + 16];
-    int dfd = -1;
-    snprintf(tmp, sizeof tmp, "%s/.%s.creating", c->instances_dir, vm->name);
+    char tmp[PATH_MAX], tmpname[QV_NAME_MAX + 16], base[PATH_MAX];
+    int instfd = -1, tmpfd = -1, poolfd = -1, diskfd = -1;
+    struct stat disk_st = {0};
+    snprintf(tmpname, sizeof tmpname, ".%s.creating", vm->name);
+    snprintf(tmp, sizeof tmp, "%s/%s", c->instances_dir, tmpname);
 
     int r = sv_image_path(c, vm->spec->image, base, sizeof base, err);
     if (r < 0)
@@ -342,42 +402,68 @@ static void create_work(uv_work_t *w) {
         goto fail;
     }
     r = qv_mkdir_p(c->instances_dir, 0750);
+    if (r >= 0 && (instfd = open(c->instances_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0)
+        r = -errno;
     if (r >= 0) {
-        qv_rm_rf(tmp);
-        r = mkdir(tmp, 0750) < 0 ? -errno : 0;
+        /* a stale temp directory of this name: a leftover, or planted */
+        remove_temp_dir(c, instfd, tmpname, vm->name, NULL);
+        r = mkdirat(instfd, tmpname, 0750) < 0 ? -errno : 0;
     }
+    if (r >= 0 && (tmpfd = qv_open_dir_at(instfd, tmpname)) < 0)
+        r = tmpfd;
+    if (r >= 0 && fchmod(tmpfd, 0750) < 0)
+        r = -errno;
     if (r < 0) {
         qv_error_set(err, r, "cannot create %s: %s", tmp, strerror(-r));
-        goto fail;
+        goto fail_tmp;
     }
-    snprintf(disk, sizeof disk, "%s/disk.qcow2", tmp);
     /* a storage pool other than the instances directory holds the disk
-     * itself; the instance directory links to it */
+     * itself; the instance directory links to it.  The file is made here,
+     * O_EXCL|O_NOFOLLOW relative to the directory, and qemu-img writes that
+     * very file through /proc/PID/fd/N: a name planted in the pool (a
+     * symlink, dangling or not) is refused, never followed. */
     const sv_storage_pool *pool = sv_config_storage_pool(c, vm->spec->storage_pool ? vm->spec->storage_pool
                                                                                      : c->default_storage_pool);
-    char pool_disk[PATH_MAX + 80] = "";
+    char pool_disk[PATH_MAX + 80] = "", file[QV_NAME_MAX + 16];
+    snprintf(file, sizeof file, "%s.qcow2", vm->name);
     if (pool && strcmp(pool->path, c->instances_dir) != 0) {
-        snprintf(pool_disk, sizeof pool_disk, "%s/%s.qcow2", pool->path, vm->name);
+        snprintf(pool_disk, sizeof pool_disk, "%s/%s", pool->path, file);
         if ((r = qv_mkdir_p(pool->path, 0750)) < 0) {
             qv_error_set(err, r, "cannot create storage pool directory %s: %s", pool->path, strerror(-r));
             goto fail_tmp;
         }
-        if (access(pool_disk, F_OK) == 0) {
+        if ((poolfd = open(pool->path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0) {
+            r = qv_error_set(err, errno, "cannot open storage pool directory %s: %s", pool->path, strerror(errno));
+            goto fail_tmp;
+        }
+        diskfd = qv_create_at(poolfd, file, O_RDWR, 0600);
+        if (diskfd == -EEXIST) {
             r = qv_error_set(err, EEXIST, "%s exists already in storage pool %s (not qvisor's: left alone)",
                              pool_disk, pool->name);
-            pool_disk[0] = '\0';
             goto fail_tmp;
         }
-        if (symlink(pool_disk, disk) < 0) {
-            r = qv_error_set(err, errno, "cannot link %s: %s", disk, strerror(errno));
-            pool_disk[0] = '\0';
+        if (diskfd >= 0 && symlinkat(pool_disk, tmpfd, "disk.qcow2") < 0) {
+            r = qv_error_set(err, errno, "cannot link %s/disk.qcow2: %s", tmp, strerror(errno));
             goto fail_tmp;
         }
+    } else {
+        diskfd = qv_create_at(tmpfd, "disk.qcow2", O_RDWR, 0600);
     }
-    char size[32];
+    if (diskfd < 0) {
+        r = qv_error_set(err, -diskfd, "cannot create the disk of VM '%s': %s", vm->name, strerror(-diskfd));
+        goto fail_tmp;
+    }
+    if (fstat(diskfd, &disk_st) < 0) {
+        r = qv_error_set(err, errno, "cannot stat the disk of VM '%s': %s", vm->name, strerror(errno));
+        goto fail_tmp;
+    }
+    char disk[64], size[32];
+    if ((r = qv_fd_path(diskfd, disk, sizeof disk)) < 0) {
+        qv_error_set(err, r, "cannot name the disk's fd");
+        goto fail_tmp;
+    }
     snprintf(size, sizeof size, "%llu", (unsigned long long)vm->spec->disk);
-    const char *args[] = {"create", "-q", "-f", "qcow2", "-b", base, "-F", "qcow2", pool_disk[0] ? pool_disk : disk,
-                          size, NULL};
+    const char *args[] = {"create", "-q", "-f", "qcow2", "-b", base, "-F", "qcow2", disk, size, NULL};
     qv_run_result res;
     r = sv_qemu_img(c, args, NULL, NULL, &res, err);
     if (r < 0)
@@ -403,6 +489,8 @@ static void create_work(uv_work_t *w) {
     if (r < 0)
         goto fail_tmp;
     vm->disk_size = vm->spec->disk;
+    vm->disk_dev = (uint64_t)disk_st.st_dev;
+    vm->disk_ino = (uint64_t)disk_st.st_ino;
     vm->created_at = (int64_t)time(NULL);
     vm->state = SV_VM_STOPPED;
     json_t *specj = sv_vmspec_to_json(vm->spec);
@@ -416,23 +504,27 @@ static void create_work(uv_work_t *w) {
     if (r < 0)
         goto fail_tmp;
     sv_crash_point("create-before-rename");
-    if (rename(tmp, vm->dir) < 0) {
+    /* NOREPLACE: an empty directory planted under the name is not replaced */
+    if (renameat2(instfd, tmpname, instfd, vm->name, RENAME_NOREPLACE) < 0) {
         r = qv_error_set(err, errno, "cannot move %s into place: %s", tmp, strerror(errno));
         goto fail_tmp;
     }
-    dfd = open(c->instances_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd >= 0) {
-        fsync(dfd);
-        close(dfd);
-    }
+    fsync(instfd);
     job->status = 0;
-    return;
+    goto out;
 
 fail_tmp:
-    remove_pool_disk(tmp);
-    qv_rm_rf(tmp);
+    if (diskfd >= 0 && poolfd >= 0)
+        qv_unlink_own_file_at(poolfd, file, &disk_st);
+    if (instfd >= 0)
+        qv_rm_rf_at(instfd, tmpname);
 fail:
     job->status = r < 0 ? r : -EIO;
+out:
+    qv_closep(&diskfd);
+    qv_closep(&poolfd);
+    qv_closep(&tmpfd);
+    qv_closep(&instfd);
 }
 
 static void create_after(uv_work_t *w, int status) {
@@ -497,16 +589,21 @@ int sv_registry_remove(sv_registry *r, const char *name, qv_error *err) {
         return qv_error_set(err, ENOENT, "no VM named '%s'", name);
     if (vm->state != SV_VM_STOPPED && vm->state != SV_VM_CRASHED)
         return qv_error_set(err, EBUSY, "VM '%s' is %s; stop it first", name, sv_vm_state_name(vm->state));
-    char tmp[PATH_MAX];
-    snprintf(tmp, sizeof tmp, "%s/.%s.removing", r->config->instances_dir, name);
-    qv_rm_rf(tmp);
-    if (rename(vm->dir, tmp) < 0 && errno != ENOENT)
+    const sv_config *c = r->config;
+    char tmpname[QV_NAME_MAX + 16];
+    snprintf(tmpname, sizeof tmpname, ".%s.removing", name);
+    _cleanup_close_ int instfd = open(c->instances_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (instfd < 0)
+        return qv_error_set(err, errno, "cannot open %s: %s", c->instances_dir, strerror(errno));
+    qv_rm_rf_at(instfd, tmpname); /* a stale one: its pool disk, if any, is not this VM's */
+    if (renameat(instfd, name, instfd, tmpname) < 0 && errno != ENOENT)
         return qv_error_set(err, errno, "cannot remove %s: %s", vm->dir, strerror(errno));
     sv_crash_point("remove-after-rename");
-    remove_pool_disk(tmp);
-    int rc = qv_rm_rf(tmp);
+    struct stat want = {.st_dev = (dev_t)vm->disk_dev, .st_ino = (ino_t)vm->disk_ino};
+    int rc = remove_temp_dir(c, instfd, tmpname, name, vm->disk_ino ? &want : NULL);
     if (rc < 0)
-        log_warning("could not remove all of %s: %s (cleaned at the next start)", tmp, strerror(-rc));
+        log_warning("could not remove all of %s/%s: %s (cleaned at the next start)", c->instances_dir, tmpname,
+                    strerror(-rc));
     unlink_vm(r, vm);
     vm_free(vm);
     return 0;

@@ -52,6 +52,8 @@ typedef struct sv_vm {
     uint64_t disk_size;     /* virtual size of the overlay */
     uint64_t base_size;     /* the base image's file size and mtime when the */
     int64_t base_mtime_ns;  /* disk was made: a base that changed is refused */
+    uint64_t disk_dev;      /* the disk file create made (st_dev, st_ino): */
+    uint64_t disk_ino;      /* vm rm removes a pool's file only if it is that one; 0 unknown */
     sv_vm_run run;
     /* Not persisted: what the lifecycle engine (vm.c) knows right now. */
     void *rt;               /* its per-VM runtime, NULL when none */

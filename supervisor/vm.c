@@ -754,12 +754,26 @@ static void prep_work(uv_work_t *w) {
         job->status = qv_error_set(&job->err, r, "cannot create %s: %s", job->run_dir, strerror(-r));
         return;
     }
-    /* keep the previous boot's console next to this one */
-    char a[PATH_MAX], b[PATH_MAX + 8];
-    snprintf(a, sizeof a, "%s/serial.log", job->dir);
-    snprintf(b, sizeof b, "%s.1", a);
-    if (rename(a, b) < 0 && errno != ENOENT)
-        log_debug("cannot rotate %s: %s", a, strerror(errno));
+    /* keep the previous boot's console next to this one; QEMU truncates
+     * serial.log but keeps its mode: made here 0640, relative to the
+     * directory and never through a symlink */
+    _cleanup_close_ int dfd = open(job->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd < 0) {
+        job->status = qv_error_set(&job->err, errno, "cannot open %s: %s", job->dir, strerror(errno));
+        return;
+    }
+    if (renameat(dfd, "serial.log", dfd, "serial.log.1") < 0 && errno != ENOENT)
+        log_debug("cannot rotate %s/serial.log: %s", job->dir, strerror(errno));
+    _cleanup_close_ int old = openat(dfd, "serial.log.1", O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+    struct stat st;
+    if (old >= 0 && fstat(old, &st) == 0 && S_ISREG(st.st_mode))
+        fchmod(old, 0640); /* one an older qvisor made 0644 */
+    r = qv_open_regular_at(dfd, "serial.log", O_WRONLY, 0640);
+    if (r < 0) {
+        job->status = qv_error_set(&job->err, r, "cannot create %s/serial.log: %s", job->dir, strerror(-r));
+        return;
+    }
+    close(r);
     /* TAPs last: nothing after them can fail, and a failed start closes them */
     r = sv_net_setup(job->config, job->spec, &job->net, &job->err);
     if (r < 0)
@@ -1216,9 +1230,14 @@ static void launch(vmrt *rt) {
         start_abandon(rt, err.code, err.msg);
         return;
     }
-    _cleanup_close_ int logfd = open(logpath, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
+    /* relative to the instance directory, never through a symlink, 0640
+     * whatever an older qvisor or the umask left */
+    _cleanup_close_ int vmdirfd = open(vm->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    _cleanup_close_ int logfd =
+        vmdirfd < 0 ? -errno : qv_open_regular_at(vmdirfd, "qemu.log", O_WRONLY | O_APPEND, 0640);
     if (logfd < 0) {
-        int e = errno;
+        int e = -logfd;
+        logfd = -1;
         sv_argv_free(argv);
         char why[PATH_MAX + 64];
         snprintf(why, sizeof why, "cannot open %s: %s", logpath, strerror(e));

@@ -6,6 +6,7 @@
 #include "sysroot.h"
 
 #include <errno.h>
+#include <stdbool.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <stdlib.h>
@@ -165,12 +166,166 @@ static void test_sysroot_fake_tree(void **state) {
     qv_test_rm_rf(other);
 }
 
+static bool exists_nofollow(const char *dir, const char *name) {
+    char p[PATH_MAX];
+    snprintf(p, sizeof p, "%s/%s", dir, name);
+    struct stat st;
+    return lstat(p, &st) == 0;
+}
+
+/* The victim: a file and a directory outside the tree being removed, reached
+ * only through symlinks planted inside it. */
+static void test_rm_rf_at_never_follows(void **state) {
+    (void)state;
+    _cleanup_free_ char *dir = qv_test_mkdtemp("qv-fileio");
+    qv_test_write(dir, "outside/keep", "precious");
+    qv_test_write(dir, "outside/sub/keep2", "precious");
+    qv_test_write(dir, "tree/a/b/file", "x");
+    qv_test_write(dir, "tree/top", "x");
+    char p[PATH_MAX], t[PATH_MAX];
+    snprintf(t, sizeof t, "%s/outside/keep", dir);
+    snprintf(p, sizeof p, "%s/tree/disk.qcow2", dir);
+    assert_int_equal(symlink(t, p), 0);
+    snprintf(t, sizeof t, "%s/outside", dir);
+    snprintf(p, sizeof p, "%s/tree/a/linkdir", dir);
+    assert_int_equal(symlink(t, p), 0);
+    snprintf(p, sizeof p, "%s/tree/fifo", dir);
+    assert_int_equal(mkfifo(p, 0600), 0);
+
+    _cleanup_close_ int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    assert_true(dfd >= 0);
+    assert_int_equal(qv_rm_rf_at(dfd, "tree"), 0);
+    assert_false(exists_nofollow(dir, "tree"));
+    assert_true(exists_nofollow(dir, "outside/keep"));
+    assert_true(exists_nofollow(dir, "outside/sub/keep2"));
+    assert_int_equal(qv_rm_rf_at(dfd, "tree"), 0); /* missing is fine */
+
+    /* the name itself a symlink to a directory: the link goes, not the directory's content */
+    snprintf(t, sizeof t, "%s/outside", dir);
+    snprintf(p, sizeof p, "%s/.vm.removing", dir);
+    assert_int_equal(symlink(t, p), 0);
+    assert_int_equal(qv_rm_rf_at(dfd, ".vm.removing"), 0);
+    assert_false(exists_nofollow(dir, ".vm.removing"));
+    assert_true(exists_nofollow(dir, "outside/keep"));
+    /* the path form too */
+    assert_int_equal(symlink(t, p), 0);
+    assert_int_equal(qv_rm_rf(p), 0);
+    assert_true(exists_nofollow(dir, "outside/keep"));
+    assert_false(exists_nofollow(dir, ".vm.removing"));
+
+    assert_int_equal(qv_rm_rf_at(dfd, ".."), -EINVAL);
+    assert_int_equal(qv_rm_rf_at(dfd, "outside/keep"), -EINVAL);
+    assert_int_equal(qv_open_dir_at(dfd, "nothing"), -ENOENT);
+    snprintf(p, sizeof p, "%s/dirlink", dir);
+    assert_int_equal(symlink(t, p), 0);
+    assert_int_equal(qv_open_dir_at(dfd, "dirlink"), -ENOTDIR); /* O_DIRECTORY|O_NOFOLLOW on a link */
+    int fd = qv_open_dir_at(dfd, "outside");
+    assert_true(fd >= 0);
+    close(fd);
+    qv_test_rm_rf(dir);
+}
+
+static void test_create_at_and_unlink_own(void **state) {
+    (void)state;
+    _cleanup_free_ char *dir = qv_test_mkdtemp("qv-fileio");
+    qv_test_write(dir, "outside", "precious");
+    _cleanup_close_ int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    char p[PATH_MAX], t[PATH_MAX];
+    snprintf(t, sizeof t, "%s/outside", dir);
+    snprintf(p, sizeof p, "%s/vm.qcow2", dir);
+    assert_int_equal(symlink(t, p), 0);
+    snprintf(p, sizeof p, "%s/dangling.qcow2", dir);
+    assert_int_equal(symlink("/nonexistent/qv-test-target", p), 0);
+
+    /* a planted link, dangling or not, is EEXIST: nothing is created through it */
+    mode_t old = umask(0);
+    assert_int_equal(qv_create_at(dfd, "vm.qcow2", O_WRONLY, 0600), -EEXIST);
+    assert_int_equal(qv_create_at(dfd, "dangling.qcow2", O_WRONLY, 0600), -EEXIST);
+    assert_int_equal(access("/nonexistent/qv-test-target", F_OK), -1);
+    int fd = qv_create_at(dfd, "new.qcow2", O_RDWR, 0600);
+    umask(old);
+    assert_true(fd >= 0);
+    struct stat st, want;
+    assert_int_equal(fstat(fd, &want), 0);
+    assert_int_equal(want.st_mode & 07777, 0600); /* whatever the umask */
+    /* the fd's path reaches the same file whatever its name becomes */
+    char fp[64];
+    assert_int_equal(qv_fd_path(fd, fp, sizeof fp), 0);
+    assert_int_equal(renameat(dfd, "new.qcow2", dfd, "moved.qcow2"), 0);
+    assert_int_equal(stat(fp, &st), 0);
+    assert_int_equal(st.st_ino, want.st_ino);
+    assert_int_equal(renameat(dfd, "moved.qcow2", dfd, "new.qcow2"), 0);
+    close(fd);
+
+    /* unlink only what is ours: not a link, not another file under the name */
+    assert_int_equal(qv_unlink_own_file_at(dfd, "vm.qcow2", NULL), -EPERM);
+    assert_true(exists_nofollow(dir, "vm.qcow2"));
+    assert_int_equal(qv_unlink_own_file_at(dfd, "outside", &want), -EPERM);
+    assert_int_equal(linkat(dfd, "new.qcow2", dfd, "hard", 0), 0);
+    assert_int_equal(qv_unlink_own_file_at(dfd, "new.qcow2", &want), -EPERM); /* two links */
+    assert_int_equal(unlinkat(dfd, "hard", 0), 0);
+    assert_int_equal(qv_unlink_own_file_at(dfd, "new.qcow2", &want), 0);
+    assert_int_equal(qv_unlink_own_file_at(dfd, "new.qcow2", &want), -ENOENT);
+    assert_true(exists_nofollow(dir, "outside"));
+
+    /* open-or-create of a regular file only: never through a link, never a FIFO */
+    assert_int_equal(qv_open_regular_at(dfd, "vm.qcow2", O_WRONLY, 0640), -ELOOP);
+    snprintf(p, sizeof p, "%s/fifo", dir);
+    assert_int_equal(mkfifo(p, 0600), 0);
+    assert_int_equal(qv_open_regular_at(dfd, "fifo", O_WRONLY, 0640), -EINVAL);
+    fd = qv_open_regular_at(dfd, "serial.log", O_WRONLY | O_APPEND, 0640);
+    assert_true(fd >= 0);
+    assert_int_equal(fstat(fd, &st), 0);
+    assert_int_equal(st.st_mode & 07777, 0640);
+    close(fd);
+    qv_test_rm_rf(dir);
+}
+
+static int commit_regular(const char *path) {
+    qv_atomic a;
+    int r = qv_atomic_begin(path, 0644, &a);
+    if (r < 0)
+        return r;
+    assert_int_equal(qv_write_all(a.fd, "new", 3), 0);
+    return qv_atomic_commit(&a, QV_ATOMIC_REGULAR);
+}
+
+static void test_atomic_regular_only(void **state) {
+    (void)state;
+    _cleanup_free_ char *dir = qv_test_mkdtemp("qv-fileio");
+    qv_test_write(dir, "target", "old");
+    char p[PATH_MAX], t[PATH_MAX];
+    snprintf(p, sizeof p, "%s/out", dir);
+    assert_int_equal(commit_regular(p), 0); /* absent: created */
+    assert_int_equal(commit_regular(p), 0); /* a regular file: replaced */
+    snprintf(p, sizeof p, "%s/fifo", dir);
+    assert_int_equal(mkfifo(p, 0600), 0);
+    assert_int_equal(commit_regular(p), -EEXIST);
+    struct stat st;
+    assert_int_equal(lstat(p, &st), 0);
+    assert_true(S_ISFIFO(st.st_mode));
+    snprintf(t, sizeof t, "%s/target", dir);
+    snprintf(p, sizeof p, "%s/link", dir);
+    assert_int_equal(symlink(t, p), 0);
+    assert_int_equal(commit_regular(p), -EEXIST);
+    assert_int_equal(lstat(p, &st), 0);
+    assert_true(S_ISLNK(st.st_mode));
+    _cleanup_free_ char *data = NULL;
+    assert_int_equal(qv_read_file(t, 64, &data, NULL), 0);
+    assert_string_equal(data, "old");
+    assert_int_equal(count_entries(dir), 4); /* target out fifo link: no temp file left */
+    qv_test_rm_rf(dir);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_atomic_write_replaces_and_leaves_no_temp),
         cmocka_unit_test(test_streaming_atomic_exchange_and_abort),
         cmocka_unit_test(test_read_limits),
         cmocka_unit_test(test_mkdir_p),
+        cmocka_unit_test(test_rm_rf_at_never_follows),
+        cmocka_unit_test(test_create_at_and_unlink_own),
+        cmocka_unit_test(test_atomic_regular_only),
         cmocka_unit_test(test_sysroot_fake_tree),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
