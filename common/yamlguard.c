@@ -1,0 +1,317 @@
+/* The byte-level pre-check in front of libyaml: see yamlguard.h.
+ *
+ * It follows just enough of YAML to know where a '[' or '{' opens a flow
+ * collection: quoted scalars ('' and "" with their escapes), comments (a
+ * '#' after white space), block scalars (| and > with the lines indented
+ * under them) and plain scalars that continue on the next line.  Block
+ * structure is a stack of indentation columns, one per level ("- " items
+ * on one line add theirs).  Every step looks at one byte and moves on, so
+ * the whole pass is linear in the input. */
+#include "yamlguard.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <string.h>
+
+typedef enum { M_NORMAL, M_SQUOTE, M_DQUOTE, M_BLOCK } guard_mode;
+
+typedef struct guard {
+    const unsigned char *p;
+    size_t len;
+    size_t line;     /* 1-based */
+    size_t ls;       /* offset where the current line starts */
+    guard_mode mode;
+    int flow;        /* open [ ] / { } collections */
+    int stack[QV_YAML_MAX_DEPTH];
+    int n;           /* block levels on the stack */
+    bool tok_start;  /* a node may start here: a quote opens a quoted scalar */
+    bool in_plain;   /* inside a plain scalar, which may continue on the next line */
+    int last_block_col; /* column of the innermost block item or key on this line */
+    int bs_parent;   /* block scalar: indentation of its parent */
+    int bs_indent;   /* block scalar: indentation of its text; 0 until the first line */
+    qv_yaml_guard_error *ret;
+} guard;
+
+static int fail(guard *g, int code, size_t off, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+
+static int fail(guard *g, int code, size_t off, const char *fmt, ...) {
+    if (g->ret) {
+        g->ret->line = g->line;
+        g->ret->column = off - g->ls + 1;
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(g->ret->why, sizeof g->ret->why, fmt, ap);
+        va_end(ap);
+    }
+    return -code;
+}
+
+static bool is_ws(int c) {
+    return c == ' ' || c == '\t' || c == '\r' || c == '\n';
+}
+
+static bool is_flow_ind(int c) {
+    return c == ',' || c == '[' || c == ']' || c == '{' || c == '}';
+}
+
+static int push_level(guard *g, int col, size_t off) {
+    if (g->n > 0 && g->stack[g->n - 1] >= col)
+        return 0;
+    if (g->n == QV_YAML_MAX_DEPTH)
+        return fail(g, ELOOP, off, "indented more than %d levels deep", QV_YAML_MAX_DEPTH);
+    g->stack[g->n++] = col;
+    return 0;
+}
+
+/* "---" or "..." at column 0 followed by white space or the end of the line */
+static bool doc_marker(const guard *g, size_t le) {
+    const unsigned char *s = g->p + g->ls;
+    if (le - g->ls < 3 || !((s[0] == '-' && s[1] == '-' && s[2] == '-') || (s[0] == '.' && s[1] == '.' && s[2] == '.')))
+        return false;
+    return le - g->ls == 3 || is_ws(s[3]);
+}
+
+/* Scans bytes [k, le) of the current line. */
+static int scan(guard *g, size_t k, size_t le) {
+    const unsigned char *p = g->p;
+    while (k < le) {
+        int c = p[k];
+        if (g->mode == M_SQUOTE) {
+            if (c == '\'') {
+                if (k + 1 < le && p[k + 1] == '\'') {
+                    k += 2;
+                    continue;
+                }
+                g->mode = M_NORMAL;
+            }
+            k++;
+            continue;
+        }
+        if (g->mode == M_DQUOTE) {
+            if (c == '\\') {
+                k += 2; /* an escaped line break is a continuation: still quoted */
+                continue;
+            }
+            if (c == '"')
+                g->mode = M_NORMAL;
+            k++;
+            continue;
+        }
+        if (c == ' ' || c == '\t' || c == '\r') {
+            k++;
+            continue;
+        }
+        int col = (int)(k - g->ls);
+        int next = k + 1 < le ? p[k + 1] : '\n';
+        if (c == '#' && (k == g->ls || p[k - 1] == ' ' || p[k - 1] == '\t')) {
+            g->in_plain = false; /* a comment ends a plain scalar */
+            return 0;
+        }
+        if (c == ':' && (is_ws(next) || (g->flow > 0 && is_flow_ind(next)))) {
+            g->in_plain = false;
+            g->tok_start = true;
+            k++;
+            continue;
+        }
+        if (c == ',' && g->flow > 0) {
+            g->in_plain = false;
+            g->tok_start = true;
+            k++;
+            continue;
+        }
+        if (c == '[' || c == '{') {
+            /* in a block-context plain scalar these are just text */
+            if (g->flow > 0 || g->tok_start) {
+                if (++g->flow > QV_YAML_MAX_DEPTH)
+                    return fail(g, ELOOP, k, "more than %d nested [ ] / { } collections", QV_YAML_MAX_DEPTH);
+                g->in_plain = false;
+                g->tok_start = true;
+            }
+            k++;
+            continue;
+        }
+        if (c == ']' || c == '}') {
+            if (g->flow > 0) {
+                g->flow--;
+                g->in_plain = false;
+                g->tok_start = false;
+            }
+            k++;
+            continue;
+        }
+        if (!g->tok_start) {
+            /* more of a plain scalar (or junk libyaml will refuse): a quote
+             * here does not open a quoted scalar */
+            g->in_plain = true;
+            k++;
+            continue;
+        }
+        if ((c == '-' || c == '?') && is_ws(next)) {
+            if (g->flow == 0) {
+                g->last_block_col = col;
+                size_t q = k + 1;
+                while (q < le && (p[q] == ' ' || p[q] == '\t'))
+                    q++;
+                if (q < le && p[q] != '#' && p[q] != '\r') {
+                    int r = push_level(g, (int)(q - g->ls), q);
+                    if (r < 0)
+                        return r;
+                }
+            }
+            k++;
+            continue;
+        }
+        if (c == '\'' || c == '"') {
+            if (g->flow == 0)
+                g->last_block_col = col;
+            g->mode = c == '\'' ? M_SQUOTE : M_DQUOTE;
+            g->tok_start = false;
+            g->in_plain = false;
+            k++;
+            continue;
+        }
+        if ((c == '|' || c == '>') && g->flow == 0) {
+            int explicit_indent = 0;
+            for (size_t q = k + 1; q < le && q < k + 3; q++)
+                if (p[q] >= '1' && p[q] <= '9')
+                    explicit_indent = p[q] - '0';
+                else if (p[q] != '+' && p[q] != '-')
+                    break;
+            g->mode = M_BLOCK;
+            g->bs_parent = g->last_block_col;
+            g->bs_indent = explicit_indent ? (g->bs_parent < 0 ? 0 : g->bs_parent) + explicit_indent : 0;
+            g->tok_start = false;
+            g->in_plain = false;
+            return 0; /* the rest of the header line is indicators and a comment */
+        }
+        if (c == '&' || c == '!' || c == '*') {
+            /* an anchor or a tag is followed by its node; an alias is one */
+            while (k < le && !is_ws(p[k]) && !(g->flow > 0 && is_flow_ind(p[k])))
+                k++;
+            if (c == '*') {
+                g->tok_start = false;
+                g->in_plain = false;
+            }
+            continue;
+        }
+        /* a plain scalar starts */
+        if (g->flow == 0)
+            g->last_block_col = col;
+        g->in_plain = true;
+        g->tok_start = false;
+        k++;
+    }
+    return 0;
+}
+
+static int line(guard *g, size_t le) {
+    const unsigned char *p = g->p;
+    size_t j = g->ls;
+    while (j < le && p[j] == ' ')
+        j++;
+    int indent = (int)(j - g->ls);
+    bool blank = true;
+    for (size_t q = j; q < le; q++)
+        if (!is_ws(p[q])) {
+            blank = false;
+            break;
+        }
+
+    if (doc_marker(g, le)) {
+        /* ends a block scalar; libyaml refuses one inside quotes */
+        if (g->mode == M_BLOCK)
+            g->mode = M_NORMAL;
+        if (g->mode == M_NORMAL) {
+            g->in_plain = false;
+            g->tok_start = true;
+            g->last_block_col = -1;
+            if (g->flow == 0)
+                g->n = 0;
+            return scan(g, g->ls + 3, le);
+        }
+    }
+    if (g->mode == M_BLOCK) {
+        if (blank)
+            return 0;
+        if (g->bs_indent == 0 && indent > g->bs_parent) {
+            g->bs_indent = indent;
+            return 0;
+        }
+        if (g->bs_indent > 0 && indent >= g->bs_indent)
+            return 0;
+        g->mode = M_NORMAL;
+    }
+    if (g->mode != M_NORMAL)
+        return scan(g, g->ls, le);
+    if (blank)
+        return 0; /* a plain scalar may go on after an empty line */
+    if (p[j] == '#') {
+        g->in_plain = false;
+        return 0;
+    }
+    int top = g->n > 0 ? g->stack[g->n - 1] : -1;
+    if (g->in_plain && (g->flow > 0 || indent > top)) {
+        g->tok_start = false; /* the plain scalar continues */
+    } else {
+        g->in_plain = false;
+        g->tok_start = true;
+        if (g->flow == 0) {
+            g->last_block_col = indent;
+            while (g->n > 0 && g->stack[g->n - 1] > indent)
+                g->n--;
+            int r = push_level(g, indent, j);
+            if (r < 0)
+                return r;
+        }
+    }
+    return scan(g, j, le);
+}
+
+/* Every bracket counts, quoted or not: a second line of defence should the
+ * model above ever disagree with libyaml about what is quoted. */
+static int raw_brackets(guard *g) {
+    int open = 0;
+    g->line = 1;
+    g->ls = 0;
+    for (size_t i = 0; i < g->len; i++) {
+        int c = g->p[i];
+        if (c == '\n') {
+            g->line++;
+            g->ls = i + 1;
+        } else if (c == '[' || c == '{') {
+            if (++open > QV_YAML_MAX_RAW_BRACKETS)
+                return fail(g, ELOOP, i, "more than %d '[' or '{' not closed (counting those in strings too)",
+                            QV_YAML_MAX_RAW_BRACKETS);
+        } else if ((c == ']' || c == '}') && open > 0) {
+            open--;
+        }
+    }
+    return 0;
+}
+
+int qv_yaml_guard(const void *data, size_t len, qv_yaml_guard_error *ret) {
+    if (len > QV_YAML_MAX_SIZE) {
+        if (ret) {
+            ret->line = ret->column = 0;
+            snprintf(ret->why, sizeof ret->why, "%zu bytes is more than the %u allowed for YAML", len,
+                     QV_YAML_MAX_SIZE);
+        }
+        return -EFBIG;
+    }
+    guard g = {.p = data, .len = len, .line = 1, .last_block_col = -1, .ret = ret};
+    for (size_t i = 0; i <= len;) {
+        const unsigned char *nl = i < len ? memchr(g.p + i, '\n', len - i) : NULL;
+        size_t le = nl ? (size_t)(nl - g.p) : len;
+        g.ls = i;
+        int r = line(&g, le);
+        if (r < 0)
+            return r;
+        if (!nl)
+            break;
+        i = le + 1;
+        g.line++;
+    }
+    return raw_brackets(&g);
+}

@@ -1,0 +1,177 @@
+/* The pre-check in front of libyaml (common/yamlguard.c) and the parsers
+ * that run it: deep or large input is refused quickly, ordinary YAML is not. */
+#include "testlib.h"
+
+#include "cleanup.h"
+#include "cloudinit/nocloud.h"
+#include "supervisor/config.h"
+#include "supervisor/vmspec.h"
+#include "yamlguard.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+/* prefix + n copies of unit + suffix, in a new buffer */
+static char *repeat(const char *prefix, const char *unit, size_t n, const char *suffix) {
+    size_t pl = strlen(prefix), ul = strlen(unit), sl = strlen(suffix);
+    char *b = malloc(pl + ul * n + sl + 1);
+    assert_non_null(b);
+    memcpy(b, prefix, pl);
+    for (size_t i = 0; i < n; i++)
+        memcpy(b + pl + i * ul, unit, ul);
+    memcpy(b + pl + ul * n, suffix, sl + 1);
+    return b;
+}
+
+static int guard(const char *s, qv_yaml_guard_error *e) {
+    return qv_yaml_guard(s, strlen(s), e);
+}
+
+static void test_ordinary_yaml_passes(void **state) {
+    (void)state;
+    static const char *ok[] = {
+        "",
+        "#cloud-config\n"
+        "users:\n"
+        "  - name: ann\n"
+        "    ssh_authorized_keys: [ssh-ed25519 AAAA x@y]\n"
+        "runcmd:\n"
+        "  - [sh, -c, 'echo \"[[[[\" > /x']\n"
+        "  - |\n"
+        "    if [ -f /x ]; then echo '{{{{{'; fi\n"
+        "    [[ -d /y ]] && echo ok\n"
+        "write_files:\n"
+        "  - path: /etc/x\n"
+        "    content: >-\n"
+        "      folded [text {here\n"
+        "# a comment [[[[[[[[[[[[\n"
+        "key: value # [[[[[[\n"
+        "plain: it's fine [ and on\n"
+        "  the next line 'too\n"
+        "other: {a: [1, 2, {b: c}], 'd': \"e\"}\n",
+        "network:\n  version: 2\n  ethernets:\n    nic0:\n      match: {macaddress: \"52:54:00:12:34:56\"}\n"
+        "      dhcp4: true\n",
+        "--- |\n  text [[[[\n...\n",
+    };
+    for (size_t i = 0; i < QV_ARRAY_SIZE(ok); i++) {
+        qv_yaml_guard_error e = {0};
+        if (guard(ok[i], &e) != 0)
+            fail_msg("case %zu refused: line %zu: %s", i, e.line, e.why);
+    }
+    /* exactly the limit (the column of "x" is a level of its own) */
+    _cleanup_free_ char *flow = repeat("a: ", "[", QV_YAML_MAX_DEPTH, "");
+    assert_int_equal(guard(flow, NULL), 0);
+    _cleanup_free_ char *seq = repeat("", "- ", QV_YAML_MAX_DEPTH - 1, "x\n");
+    assert_int_equal(guard(seq, NULL), 0);
+    /* brackets in quotes and comments are not nesting (up to the raw limit) */
+    _cleanup_free_ char *quoted = repeat("a: '", "[", QV_YAML_MAX_RAW_BRACKETS, "'\n");
+    assert_int_equal(guard(quoted, NULL), 0);
+}
+
+static void test_deep_flow_refused(void **state) {
+    (void)state;
+    qv_yaml_guard_error e = {0};
+    _cleanup_free_ char *flow = repeat("x: 1\na: ", "[", QV_YAML_MAX_DEPTH + 1, "");
+    assert_int_equal(guard(flow, &e), -ELOOP);
+    assert_int_equal(e.line, 2);
+    assert_int_equal(e.column, 4 + QV_YAML_MAX_DEPTH);
+    assert_non_null(strstr(e.why, "more than 64 nested"));
+    _cleanup_free_ char *mixed = repeat("a: ", "{b: [", 40, "");
+    assert_int_equal(guard(mixed, NULL), -ELOOP);
+    /* one per line, in a flow collection */
+    _cleanup_free_ char *lines = repeat("a:\n", "  [\n", 100, "");
+    assert_int_equal(guard(lines, NULL), -ELOOP);
+}
+
+static void test_deep_block_refused(void **state) {
+    (void)state;
+    qv_yaml_guard_error e = {0};
+    _cleanup_free_ char *seq = repeat("", "- ", QV_YAML_MAX_DEPTH, "x\n");
+    assert_int_equal(guard(seq, &e), -ELOOP);
+    assert_non_null(strstr(e.why, "indented more than 64"));
+    /* a mapping nested by indentation */
+    char *b = malloc(200 * 300);
+    size_t n = 0;
+    for (int i = 0; i < 100; i++)
+        n += (size_t)sprintf(b + n, "%*sk%d:\n", i, "", i);
+    assert_int_equal(qv_yaml_guard(b, n, &e), -ELOOP);
+    assert_int_equal(e.line, QV_YAML_MAX_DEPTH + 1);
+    free(b);
+}
+
+/* Places where a quote is text to libyaml: the model must not take them
+ * for the start of a quoted scalar and then skip the brackets after. */
+static void test_quotes_that_are_text(void **state) {
+    (void)state;
+    static const char *prefixes[] = {
+        "a: b\n  'c\nd: ",            /* plain scalar continued on the next line */
+        "a: [b\n'c, ",                /* the same inside a flow collection */
+        "a: it's\nb: ",               /* a quote inside a plain scalar */
+        "a: |\n  'c\nd: ",            /* a quote in a block scalar */
+        "- k: |\n    x\n  'c\nd: ",   /* the block scalar ends at the key's indentation */
+        "a: \"x\\\"\nd: ",            /* an escaped quote */
+        "a: 'x''\nd: ",               /* a doubled quote */
+    };
+    for (size_t i = 0; i < QV_ARRAY_SIZE(prefixes); i++) {
+        _cleanup_free_ char *s = repeat(prefixes[i], "[", 1000, "");
+        if (guard(s, NULL) != -ELOOP)
+            fail_msg("case %zu not refused", i);
+    }
+    /* and should the model ever be fooled, every bracket counts */
+    _cleanup_free_ char *raw = repeat("a: '", "[", QV_YAML_MAX_RAW_BRACKETS + 1, "'\n");
+    assert_int_equal(guard(raw, NULL), -ELOOP);
+}
+
+static void test_size_limit(void **state) {
+    (void)state;
+    size_t n = QV_YAML_MAX_SIZE + 1;
+    char *b = malloc(n);
+    memset(b, '#', n);
+    qv_yaml_guard_error e = {0};
+    assert_int_equal(qv_yaml_guard(b, n, &e), -EFBIG);
+    assert_int_equal(e.line, 0);
+    assert_int_equal(qv_yaml_guard(b, n - 1, NULL), 0);
+    free(b);
+}
+
+static double now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
+}
+
+/* Issue 15: every YAML entry point refuses the attack, in milliseconds
+ * rather than the minutes libyaml would take (generous bound: sanitizers). */
+static void test_entry_points_refuse_the_attack(void **state) {
+    (void)state;
+    _cleanup_free_ char *ud = repeat("#cloud-config\na: ", "[", 200000, "");
+    _cleanup_free_ char *spec = repeat("cpus: ", "[", 200000, "");
+    _cleanup_free_ char *conf = repeat("daemon:\n  log_level: ", "[", 200000, "");
+    double t = now();
+    qv_error e = {0};
+    assert_int_equal(ci_user_data_check("user-data", ud, strlen(ud), &e), -EINVAL);
+    assert_string_equal(e.msg, "user-data: line 2, column 68: more than 64 nested [ ] / { } collections");
+    assert_int_equal(ci_yaml_mapping_check("network-config", ud, strlen(ud), &e), -EINVAL);
+    sv_vmspec *s = NULL;
+    assert_int_equal(sv_vmspec_from_yaml("spec.yaml", spec, strlen(spec), &s, &e), -EINVAL);
+    assert_string_equal(e.msg, "spec.yaml:1:71: more than 64 nested [ ] / { } collections");
+    sv_config *c = NULL;
+    assert_int_equal(sv_config_parse("qvisor.yaml", conf, strlen(conf), &c, &e), -QV_ECONFIG);
+    assert_string_equal(e.msg, "qvisor.yaml:2:78: more than 64 nested [ ] / { } collections");
+    assert_true(now() - t < (double)qv_test_timeout_ms(2000) / 1000);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_ordinary_yaml_passes),
+        cmocka_unit_test(test_deep_flow_refused),
+        cmocka_unit_test(test_deep_block_refused),
+        cmocka_unit_test(test_quotes_that_are_text),
+        cmocka_unit_test(test_size_limit),
+        cmocka_unit_test(test_entry_points_refuse_the_attack),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
