@@ -73,6 +73,17 @@ class YamlLimits(unittest.TestCase):
                 self.assertIn(key, err["message"])
                 self.assertLess(res["seconds"], scaled(5))
 
+    def test_deep_json_request(self):
+        """jansson stops at 2048 levels, in linear time: no limit of ours."""
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(scaled(5))
+        s.connect(self.node.socket)
+        s.sendall(b'{"id": 1, "method": "ping", "params": {"a": ' + b"[" * 200000 + b"}}\n")
+        err = json.loads(s.makefile().readline())["error"]
+        self.assertEqual(err["code"], "EBADMSG")
+        self.assertIn("maximum parsing depth reached", err["message"])
+        s.close()
+
     def test_cli_refuses_spec_file_and_user_data(self):
         spec = self.write("spec.yaml", "name: x\nimage: base\ncpus: " + DEEP + "\n")
         start = time.monotonic()
