@@ -9,6 +9,7 @@
  * the whole pass is linear in the input. */
 #include "yamlguard.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -186,14 +187,22 @@ static int scan(guard *g, size_t k, size_t le) {
             g->in_plain = false;
             return 0; /* the rest of the header line is indicators and a comment */
         }
-        if (c == '&' || c == '!' || c == '*') {
-            /* an anchor or a tag is followed by its node; an alias is one */
-            while (k < le && !is_ws(p[k]) && !(g->flow > 0 && is_flow_ind(p[k])))
+        if (c == '&' || c == '*') {
+            /* an anchor is followed by its node, an alias is one; their names
+             * are [0-9A-Za-z_-] (libyaml), so "*a: [" is a key and a value */
+            k++;
+            while (k < le && (isalnum(p[k]) || p[k] == '_' || p[k] == '-'))
                 k++;
             if (c == '*') {
                 g->tok_start = false;
                 g->in_plain = false;
             }
+            continue;
+        }
+        if (c == '!') {
+            /* a tag runs to white space (libyaml wants one after it) */
+            while (k < le && !is_ws(p[k]) && !(g->flow > 0 && is_flow_ind(p[k])))
+                k++;
             continue;
         }
         /* a plain scalar starts */
