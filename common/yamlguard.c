@@ -4,8 +4,11 @@
  * collection: quoted scalars ('' and "" with their escapes), comments (a
  * '#' after white space), block scalars (| and > with the lines indented
  * under them) and plain scalars that continue on the next line.  Block
- * structure is a stack of indentation columns, one per level ("- " items
- * on one line add theirs).  Every step looks at one byte and moves on, so
+ * structure is libyaml's own stack of indentation columns: a sequence opens
+ * at the column of its "- ", a mapping at the column of its first key (a
+ * "key: " on one line), and a line less indented closes those deeper; it
+ * decides where a plain scalar goes on and where a block scalar ends.
+ * Every step looks at one byte and moves on, so
  * the whole pass is linear in the input. */
 #include "yamlguard.h"
 
@@ -29,7 +32,7 @@ typedef struct guard {
     int n;           /* block levels on the stack */
     bool tok_start;  /* a node may start here: a quote opens a quoted scalar */
     bool in_plain;   /* inside a plain scalar, which may continue on the next line */
-    int last_block_col; /* column of the innermost block item or key on this line */
+    int key_col;     /* column where the last node on this line started (-1: none) */
     int bs_parent;   /* block scalar: indentation of its parent */
     int bs_indent;   /* block scalar: indentation of its text; 0 until the first line */
     qv_yaml_guard_error *ret;
@@ -111,6 +114,13 @@ static int scan(guard *g, size_t k, size_t le) {
             return 0;
         }
         if (c == ':' && (is_ws(next) || (g->flow > 0 && is_flow_ind(next)))) {
+            if (g->flow == 0 && g->key_col >= 0) {
+                /* a block mapping at the column of its key */
+                int r = push_level(g, g->key_col, g->ls + (size_t)g->key_col);
+                if (r < 0)
+                    return r;
+                g->key_col = -1;
+            }
             g->in_plain = false;
             g->tok_start = true;
             k++;
@@ -125,6 +135,8 @@ static int scan(guard *g, size_t k, size_t le) {
         if (c == '[' || c == '{') {
             /* in a block-context plain scalar these are just text */
             if (g->flow > 0 || g->tok_start) {
+                if (g->flow == 0)
+                    g->key_col = col; /* "[a, b]: c" */
                 if (++g->flow > QV_YAML_MAX_DEPTH)
                     return fail(g, ELOOP, k, "more than %d nested [ ] / { } collections", QV_YAML_MAX_DEPTH);
                 g->in_plain = false;
@@ -151,22 +163,18 @@ static int scan(guard *g, size_t k, size_t le) {
         }
         if ((c == '-' || c == '?') && is_ws(next)) {
             if (g->flow == 0) {
-                g->last_block_col = col;
-                size_t q = k + 1;
-                while (q < le && (p[q] == ' ' || p[q] == '\t'))
-                    q++;
-                if (q < le && p[q] != '#' && p[q] != '\r') {
-                    int r = push_level(g, (int)(q - g->ls), q);
-                    if (r < 0)
-                        return r;
-                }
+                /* a block sequence (or complex key) at the column of its "- " */
+                int r = push_level(g, col, k);
+                if (r < 0)
+                    return r;
+                g->key_col = -1;
             }
             k++;
             continue;
         }
         if (c == '\'' || c == '"') {
             if (g->flow == 0)
-                g->last_block_col = col;
+                g->key_col = col;
             g->mode = c == '\'' ? M_SQUOTE : M_DQUOTE;
             g->tok_start = false;
             g->in_plain = false;
@@ -181,13 +189,15 @@ static int scan(guard *g, size_t k, size_t le) {
                 else if (p[q] != '+' && p[q] != '-')
                     break;
             g->mode = M_BLOCK;
-            g->bs_parent = g->last_block_col;
+            g->bs_parent = g->n > 0 ? g->stack[g->n - 1] : -1;
             g->bs_indent = explicit_indent ? (g->bs_parent < 0 ? 0 : g->bs_parent) + explicit_indent : 0;
             g->tok_start = false;
             g->in_plain = false;
             return 0; /* the rest of the header line is indicators and a comment */
         }
         if (c == '&' || c == '*') {
+            if (c == '*' && g->flow == 0)
+                g->key_col = col;
             /* an anchor is followed by its node, an alias is one; their names
              * are [0-9A-Za-z_-] (libyaml), so "*a: [" is a key and a value */
             k++;
@@ -207,7 +217,7 @@ static int scan(guard *g, size_t k, size_t le) {
         }
         /* a plain scalar starts */
         if (g->flow == 0)
-            g->last_block_col = col;
+            g->key_col = col;
         g->in_plain = true;
         g->tok_start = false;
         k++;
@@ -235,7 +245,7 @@ static int line(guard *g, size_t le) {
         if (g->mode == M_NORMAL) {
             g->in_plain = false;
             g->tok_start = true;
-            g->last_block_col = -1;
+            g->key_col = -1;
             if (g->flow == 0)
                 g->n = 0;
             return scan(g, g->ls + 3, le);
@@ -266,14 +276,10 @@ static int line(guard *g, size_t le) {
     } else {
         g->in_plain = false;
         g->tok_start = true;
-        if (g->flow == 0) {
-            g->last_block_col = indent;
+        g->key_col = -1;
+        if (g->flow == 0)
             while (g->n > 0 && g->stack[g->n - 1] > indent)
                 g->n--;
-            int r = push_level(g, indent, j);
-            if (r < 0)
-                return r;
-        }
     }
     return scan(g, j, le);
 }
@@ -309,7 +315,7 @@ int qv_yaml_guard(const void *data, size_t len, qv_yaml_guard_error *ret) {
         }
         return -EFBIG;
     }
-    guard g = {.p = data, .len = len, .line = 1, .last_block_col = -1, .ret = ret};
+    guard g = {.p = data, .len = len, .line = 1, .key_col = -1, .ret = ret};
     for (size_t i = 0; i <= len;) {
         const unsigned char *nl = i < len ? memchr(g.p + i, '\n', len - i) : NULL;
         size_t le = nl ? (size_t)(nl - g.p) : len;

@@ -61,10 +61,10 @@ static void test_ordinary_yaml_passes(void **state) {
         if (guard(ok[i], &e) != 0)
             fail_msg("case %zu refused: line %zu: %s", i, e.line, e.why);
     }
-    /* exactly the limit (the column of "x" is a level of its own) */
+    /* exactly the limit */
     _cleanup_free_ char *flow = repeat("a: ", "[", QV_YAML_MAX_DEPTH, "");
     assert_int_equal(guard(flow, NULL), 0);
-    _cleanup_free_ char *seq = repeat("", "- ", QV_YAML_MAX_DEPTH - 1, "x\n");
+    _cleanup_free_ char *seq = repeat("", "- ", QV_YAML_MAX_DEPTH, "x\n");
     assert_int_equal(guard(seq, NULL), 0);
     /* brackets in quotes and comments are not nesting (up to the raw limit) */
     _cleanup_free_ char *quoted = repeat("a: '", "[", QV_YAML_MAX_RAW_BRACKETS, "'\n");
@@ -94,7 +94,7 @@ static void test_deep_flow_refused(void **state) {
 static void test_deep_block_refused(void **state) {
     (void)state;
     qv_yaml_guard_error e = {0};
-    _cleanup_free_ char *seq = repeat("", "- ", QV_YAML_MAX_DEPTH, "x\n");
+    _cleanup_free_ char *seq = repeat("", "- ", QV_YAML_MAX_DEPTH + 1, "x\n");
     assert_int_equal(guard(seq, &e), -ELOOP);
     assert_non_null(strstr(e.why, "indented more than 64"));
     /* a mapping nested by indentation */
@@ -118,6 +118,8 @@ static void test_quotes_that_are_text(void **state) {
         "a: [b\n'c, ",                /* the same inside a flow collection */
         "a: it's\nb: ",               /* a quote inside a plain scalar */
         "a: |\n  'c\nd: ",            /* a quote in a block scalar */
+        "- a\n  'b\n- ",              /* a plain item continued: libyaml's indent is the "- " */
+        "- a: b\n  ",                 /* not a continuation: the mapping is at column 2 */
         "*d: ",                       /* an alias as a key (found by fuzz-cidata) */
         "&a: ",                       /* an anchor's name ends where [0-9A-Za-z_-] do */
     };
