@@ -35,6 +35,7 @@ typedef struct guard {
     int key_col;     /* column where the last node on this line started (-1: none) */
     int bs_parent;   /* block scalar: indentation of its parent */
     int bs_indent;   /* block scalar: indentation of its text; 0 until the first line */
+    int bs_blank;    /* block scalar: most spaces on a blank line before its first line */
     qv_yaml_guard_error *ret;
 } guard;
 
@@ -89,6 +90,7 @@ static int scan(guard *g, size_t k, size_t le) {
                     continue;
                 }
                 g->mode = M_NORMAL;
+                g->tok_start = true; /* libyaml's scanner starts a token right after */
             }
             k++;
             continue;
@@ -98,8 +100,10 @@ static int scan(guard *g, size_t k, size_t le) {
                 k += 2; /* an escaped line break is a continuation: still quoted */
                 continue;
             }
-            if (c == '"')
+            if (c == '"') {
                 g->mode = M_NORMAL;
+                g->tok_start = true;
+            }
             k++;
             continue;
         }
@@ -109,14 +113,19 @@ static int scan(guard *g, size_t k, size_t le) {
         }
         int col = (int)(k - g->ls);
         int next = k + 1 < le ? p[k + 1] : '\n';
-        if (c == '#' && (k == g->ls || p[k - 1] == ' ' || p[k - 1] == '\t')) {
+        /* where a token may start, '#' opens a comment even without a space */
+        if (c == '#' && (g->tok_start || k == g->ls || p[k - 1] == ' ' || p[k - 1] == '\t')) {
             g->in_plain = false; /* a comment ends a plain scalar */
             return 0;
         }
-        if (c == ':' && (is_ws(next) || (g->flow > 0 && is_flow_ind(next)))) {
-            if (g->flow == 0 && g->key_col >= 0) {
-                /* a block mapping at the column of its key */
-                int r = push_level(g, g->key_col, g->ls + (size_t)g->key_col);
+        /* in a flow collection libyaml takes any ':' where a token may
+         * start for a value indicator */
+        if (c == ':' && (is_ws(next) || (g->flow > 0 && (is_flow_ind(next) || g->tok_start)))) {
+            if (g->flow == 0) {
+                /* a block mapping at the column of its key, or of the ':'
+                 * when there is none */
+                int kc = g->key_col >= 0 ? g->key_col : col;
+                int r = push_level(g, kc, g->ls + (size_t)kc);
                 if (r < 0)
                     return r;
                 g->key_col = -1;
@@ -135,7 +144,7 @@ static int scan(guard *g, size_t k, size_t le) {
         if (c == '[' || c == '{') {
             /* in a block-context plain scalar these are just text */
             if (g->flow > 0 || g->tok_start) {
-                if (g->flow == 0)
+                if (g->flow == 0 && g->key_col < 0)
                     g->key_col = col; /* "[a, b]: c" */
                 if (++g->flow > QV_YAML_MAX_DEPTH)
                     return fail(g, ELOOP, k, "more than %d nested [ ] / { } collections", QV_YAML_MAX_DEPTH);
@@ -149,7 +158,7 @@ static int scan(guard *g, size_t k, size_t le) {
             if (g->flow > 0) {
                 g->flow--;
                 g->in_plain = false;
-                g->tok_start = false;
+                g->tok_start = true; /* "[][" is two flow sequences to the scanner */
             }
             k++;
             continue;
@@ -161,7 +170,7 @@ static int scan(guard *g, size_t k, size_t le) {
             k++;
             continue;
         }
-        if ((c == '-' || c == '?') && is_ws(next)) {
+        if ((c == '-' && is_ws(next)) || (c == '?' && (is_ws(next) || g->flow > 0))) {
             if (g->flow == 0) {
                 /* a block sequence (or complex key) at the column of its "- " */
                 int r = push_level(g, col, k);
@@ -173,7 +182,7 @@ static int scan(guard *g, size_t k, size_t le) {
             continue;
         }
         if (c == '\'' || c == '"') {
-            if (g->flow == 0)
+            if (g->flow == 0 && g->key_col < 0)
                 g->key_col = col;
             g->mode = c == '\'' ? M_SQUOTE : M_DQUOTE;
             g->tok_start = false;
@@ -191,32 +200,32 @@ static int scan(guard *g, size_t k, size_t le) {
             g->mode = M_BLOCK;
             g->bs_parent = g->n > 0 ? g->stack[g->n - 1] : -1;
             g->bs_indent = explicit_indent ? (g->bs_parent < 0 ? 0 : g->bs_parent) + explicit_indent : 0;
+            g->bs_blank = 0;
             g->tok_start = false;
             g->in_plain = false;
             return 0; /* the rest of the header line is indicators and a comment */
         }
         if (c == '&' || c == '*') {
-            if (c == '*' && g->flow == 0)
-                g->key_col = col;
+            if (g->flow == 0 && g->key_col < 0)
+                g->key_col = col; /* "&a key: v" is a key from the '&' on */
             /* an anchor is followed by its node, an alias is one; their names
              * are [0-9A-Za-z_-] (libyaml), so "*a: [" is a key and a value */
             k++;
             while (k < le && (isalnum(p[k]) || p[k] == '_' || p[k] == '-'))
                 k++;
-            if (c == '*') {
-                g->tok_start = false;
-                g->in_plain = false;
-            }
+            g->in_plain = false;
             continue;
         }
         if (c == '!') {
+            if (g->flow == 0 && g->key_col < 0)
+                g->key_col = col;
             /* a tag runs to white space (libyaml wants one after it) */
             while (k < le && !is_ws(p[k]) && !(g->flow > 0 && is_flow_ind(p[k])))
                 k++;
             continue;
         }
         /* a plain scalar starts */
-        if (g->flow == 0)
+        if (g->flow == 0 && g->key_col < 0)
             g->key_col = col;
         g->in_plain = true;
         g->tok_start = false;
@@ -252,11 +261,21 @@ static int line(guard *g, size_t le) {
         }
     }
     if (g->mode == M_BLOCK) {
-        if (blank)
+        if (blank) {
+            if (g->bs_indent == 0 && indent > g->bs_blank)
+                g->bs_blank = indent; /* libyaml counts these when it detects the indentation */
             return 0;
-        if (g->bs_indent == 0 && indent > g->bs_parent) {
-            g->bs_indent = indent;
-            return 0;
+        }
+        if (g->bs_indent == 0) {
+            int want = g->bs_blank;
+            if (want < g->bs_parent + 1)
+                want = g->bs_parent + 1;
+            if (want < 1)
+                want = 1;
+            if (indent >= want) {
+                g->bs_indent = indent;
+                return 0;
+            }
         }
         if (g->bs_indent > 0 && indent >= g->bs_indent)
             return 0;
@@ -271,6 +290,12 @@ static int line(guard *g, size_t le) {
         return 0;
     }
     int top = g->n > 0 ? g->stack[g->n - 1] : -1;
+    bool continued = g->in_plain && (g->flow > 0 || indent > top);
+    if (!continued && indent == 0 && p[j] == '%') {
+        g->in_plain = false; /* a directive: "%YAML 1.1" */
+        g->tok_start = true;
+        return 0;
+    }
     if (g->in_plain && (g->flow > 0 || indent > top)) {
         g->tok_start = false; /* the plain scalar continues */
     } else {
@@ -306,6 +331,28 @@ static int raw_brackets(guard *g) {
     return 0;
 }
 
+/* libyaml's line breaks: LF, CR LF, CR, NEL, LS and PS (UTF-8).  Returns
+ * where the line ends and sets *ret_next to where the next one starts. */
+static size_t line_end(const unsigned char *p, size_t i, size_t len, size_t *ret_next) {
+    for (; i < len; i++) {
+        size_t t = 0;
+        if (p[i] == '\n')
+            t = 1;
+        else if (p[i] == '\r')
+            t = i + 1 < len && p[i + 1] == '\n' ? 2 : 1;
+        else if (p[i] == 0xC2 && i + 1 < len && p[i + 1] == 0x85)
+            t = 2;
+        else if (p[i] == 0xE2 && i + 2 < len && p[i + 1] == 0x80 && (p[i + 2] == 0xA8 || p[i + 2] == 0xA9))
+            t = 3;
+        if (t) {
+            *ret_next = i + t;
+            return i;
+        }
+    }
+    *ret_next = len + 1;
+    return len;
+}
+
 int qv_yaml_guard(const void *data, size_t len, qv_yaml_guard_error *ret) {
     if (len > QV_YAML_MAX_SIZE) {
         if (ret) {
@@ -316,16 +363,19 @@ int qv_yaml_guard(const void *data, size_t len, qv_yaml_guard_error *ret) {
         return -EFBIG;
     }
     guard g = {.p = data, .len = len, .line = 1, .key_col = -1, .ret = ret};
-    for (size_t i = 0; i <= len;) {
-        const unsigned char *nl = i < len ? memchr(g.p + i, '\n', len - i) : NULL;
-        size_t le = nl ? (size_t)(nl - g.p) : len;
+    size_t i = 0;
+    if (len >= 2 && ((g.p[0] == 0xFF && g.p[1] == 0xFE) || (g.p[0] == 0xFE && g.p[1] == 0xFF)))
+        return fail(&g, EILSEQ, 0, "UTF-16 is not accepted: use UTF-8");
+    if (len >= 3 && g.p[0] == 0xEF && g.p[1] == 0xBB && g.p[2] == 0xBF)
+        i = 3; /* libyaml skips a UTF-8 byte order mark */
+    while (i <= len) {
+        size_t next;
+        size_t le = line_end(g.p, i, len, &next);
         g.ls = i;
         int r = line(&g, le);
         if (r < 0)
             return r;
-        if (!nl)
-            break;
-        i = le + 1;
+        i = next;
         g.line++;
     }
     return raw_brackets(&g);

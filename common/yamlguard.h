@@ -24,7 +24,8 @@ typedef struct qv_yaml_guard_error {
     char why[160]; /* "nested deeper than 64 [ ] / { } collections" */
 } qv_yaml_guard_error;
 
-/* 0 when data is within the limits; -EFBIG (larger than QV_YAML_MAX_SIZE) or
- * -ELOOP (too deep) with *ret filled (may be NULL).  Does not validate YAML:
- * libyaml does that afterwards. */
+/* 0 when data is within the limits; -EFBIG (larger than QV_YAML_MAX_SIZE),
+ * -ELOOP (too deep) or -EILSEQ (UTF-16, which the pass cannot follow) with
+ * *ret filled (may be NULL).  Does not validate YAML: libyaml does that
+ * afterwards. */
 int qv_yaml_guard(const void *data, size_t len, qv_yaml_guard_error *ret);

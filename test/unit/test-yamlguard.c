@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <yaml.h>
 
 /* prefix + n copies of unit + suffix, in a new buffer */
 static char *repeat(const char *prefix, const char *unit, size_t n, const char *suffix) {
@@ -122,6 +123,17 @@ static void test_quotes_that_are_text(void **state) {
         "- a: b\n  ",                 /* not a continuation: the mapping is at column 2 */
         "*d: ",                       /* an alias as a key (found by fuzz-cidata) */
         "&a: ",                       /* an anchor's name ends where [0-9A-Za-z_-] do */
+        /* found by comparing with libyaml on random token soup (below) */
+        "[]",                         /* a token starts right after ']' */
+        "''",                         /* ... and after a closing quote */
+        "|#\n\n",                     /* a block scalar's text is indented at least 1 */
+        "a: |\n    \n  x\n",          /* ... and at least as deep as blank lines before it */
+        "%YAML 1.1\n\n",              /* a directive is not a plain scalar */
+        "a: b\r",                     /* CR alone breaks a line */
+        "a: b\xc2\x85",                /* so does NEL */
+        "\xef\xbb\xbf",                 /* libyaml skips a byte order mark */
+        "!t : \n\n  \n    ---\n",      /* a tag starts a key: the mapping is at its column */
+        "[:\" #'b c'[[: \"",           /* in flow, ':' is an indicator wherever a token starts */
     };
     for (size_t i = 0; i < QV_ARRAY_SIZE(prefixes); i++) {
         _cleanup_free_ char *s = repeat(prefixes[i], "[", 200, "");
@@ -133,6 +145,56 @@ static void test_quotes_that_are_text(void **state) {
     assert_int_equal(guard(raw, NULL), -ELOOP);
 }
 
+/* libyaml's scanner itself is the reference: whatever the pre-check lets
+ * through must not open more than QV_YAML_MAX_DEPTH flow collections in
+ * it.  Random sequences of YAML's tricky tokens, then 100 '['. */
+static int libyaml_flow_depth(const char *data, size_t size) {
+    yaml_parser_t parser;
+    assert_true(yaml_parser_initialize(&parser));
+    yaml_parser_set_input_string(&parser, (const unsigned char *)data, size);
+    int deepest = 0;
+    for (;;) {
+        yaml_event_t ev;
+        int ok = yaml_parser_parse(&parser, &ev);
+        if (parser.flow_level > deepest)
+            deepest = parser.flow_level;
+        if (!ok)
+            break;
+        yaml_event_type_t t = ev.type;
+        yaml_event_delete(&ev);
+        if (t == YAML_STREAM_END_EVENT)
+            break;
+    }
+    yaml_parser_delete(&parser);
+    return deepest;
+}
+
+static void test_against_libyaml(void **state) {
+    (void)state;
+    static const char *tokens[] = {
+        "- ", "-", ": ", ":", "'", "\"", "|", "|2", ">", "#", " #", "\n", "\n", "\n", " ", "  ", "    ",
+        "*a", "&a", "!t ", "!t", "? ", ",", "{", "}", "]", "[", "a", "b c", "---\n", "...\n", "\\", "''",
+        "\t", "%YAML 1.1\n", "k: ", "- k: ", "\n  ", "\n    ", "\r\n", "\r", "*a: ", "@",
+    };
+    uint32_t x = 2463534242u;
+    char buf[1024];
+    for (int it = 0; it < 200000; it++) {
+        size_t n = 0;
+        x ^= x << 13, x ^= x >> 17, x ^= x << 5;
+        int k = 1 + (int)(x % 12);
+        for (int i = 0; i < k; i++) {
+            x ^= x << 13, x ^= x >> 17, x ^= x << 5;
+            const char *t = tokens[x % QV_ARRAY_SIZE(tokens)];
+            memcpy(buf + n, t, strlen(t));
+            n += strlen(t);
+        }
+        memset(buf + n, '[', 100);
+        n += 100;
+        if (qv_yaml_guard(buf, n, NULL) == 0 && libyaml_flow_depth(buf, n) > QV_YAML_MAX_DEPTH)
+            fail_msg("let through: %.*s", (int)n - 100, buf);
+    }
+}
+
 static void test_size_limit(void **state) {
     (void)state;
     size_t n = QV_YAML_MAX_SIZE + 1;
@@ -142,6 +204,7 @@ static void test_size_limit(void **state) {
     assert_int_equal(qv_yaml_guard(b, n, &e), -EFBIG);
     assert_int_equal(e.line, 0);
     assert_int_equal(qv_yaml_guard(b, n - 1, NULL), 0);
+    assert_int_equal(qv_yaml_guard("\xff\xfe[\0", 4, &e), -EILSEQ);
     free(b);
 }
 
@@ -178,6 +241,7 @@ int main(void) {
         cmocka_unit_test(test_deep_flow_refused),
         cmocka_unit_test(test_deep_block_refused),
         cmocka_unit_test(test_quotes_that_are_text),
+        cmocka_unit_test(test_against_libyaml),
         cmocka_unit_test(test_size_limit),
         cmocka_unit_test(test_entry_points_refuse_the_attack),
     };
