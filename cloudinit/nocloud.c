@@ -3,6 +3,7 @@
 
 #include "cleanup.h"
 #include "sha256.h"
+#include "yamlguard.h"
 
 #include <arpa/inet.h>
 #include <ctype.h>
@@ -545,6 +546,16 @@ static bool is_mime_multipart(const char *p, size_t len) {
 
 typedef enum { TOP_ANY, TOP_MAPPING } ci__top;
 
+/* Runs before libyaml, whose scanner is quadratic in the nesting. */
+static int guard_check(const char *what, const void *data, size_t len, qv_error *err) {
+    qv_yaml_guard_error ge;
+    if (qv_yaml_guard(data, len, &ge) == 0)
+        return 0;
+    return ge.line ? qv_error_set(err, EINVAL, "%s: line %zu, column %zu: %s", what, ge.line, ge.column, ge.why)
+                   : qv_error_set(err, EINVAL, "%s: %s", what, ge.why);
+}
+
+/* Callers run guard_check() first. */
 static int yaml_check(const char *what, const void *data, size_t len, ci__top top, qv_error *err) {
     yaml_parser_t parser;
     if (!yaml_parser_initialize(&parser))
@@ -588,6 +599,9 @@ static int yaml_check(const char *what, const void *data, size_t len, ci__top to
 }
 
 int ci_yaml_mapping_check(const char *what, const void *data, size_t len, qv_error *err) {
+    int r = guard_check(what, data, len, err);
+    if (r < 0)
+        return r;
     return yaml_check(what, data, len, TOP_MAPPING, err);
 }
 
@@ -605,7 +619,10 @@ int ci_user_data_check(const char *what, const void *data, size_t len, qv_error 
                             what);
     bool cloud_config = starts_with(p, len, "#cloud-config") &&
                         (len == 13 || p[13] == '\n' || p[13] == '\r' || p[13] == ' ' || p[13] == '\t');
-    int r = yaml_check(what, data, len, cloud_config ? TOP_MAPPING : TOP_ANY, err);
+    int r = guard_check(what, data, len, err);
+    if (r < 0)
+        return r;
+    r = yaml_check(what, data, len, cloud_config ? TOP_MAPPING : TOP_ANY, err);
     if (r < 0 && err) {
         size_t used = strlen(err->msg);
         snprintf(err->msg + used, sizeof err->msg - used,

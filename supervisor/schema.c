@@ -3,6 +3,7 @@
 
 #include "cleanup.h"
 #include "util.h"
+#include "yamlguard.h"
 
 #include <arpa/inet.h>
 #include <ctype.h>
@@ -753,6 +754,11 @@ int sv_schema_load_yaml(const sv_schema *s, void *obj, const char *name, const c
     yctx c = {.schema = s, .obj = obj, .name = name, .code = error_code, .err = err};
     if (memchr(data, '\0', len))
         return qv_error_set(err, error_code, "%s: contains a NUL byte", name);
+    /* before libyaml, whose scanner is quadratic in the nesting */
+    qv_yaml_guard_error ge;
+    if (qv_yaml_guard(data, len, &ge) < 0)
+        return ge.line ? qv_error_set(err, error_code, "%s:%zu:%zu: %s", name, ge.line, ge.column, ge.why)
+                       : qv_error_set(err, error_code, "%s: %s", name, ge.why);
     yaml_parser_t parser;
     yaml_document_t doc;
     if (!yaml_parser_initialize(&parser))

@@ -7,6 +7,7 @@
  * client on a socketpair, so nothing carries over between inputs. */
 #include "qmp/qmp-internal.h"
 
+#include <arpa/inet.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -83,9 +84,18 @@ static void g_ifaces(qga_conn *c, int status, const qga_interface *ifs, size_t n
                      void *ud) {
     (void)status;
     (void)err;
-    for (size_t i = 0; i < n; i++)
-        if (!ifs[i].name || (ifs[i].n_addrs && !ifs[i].addrs[ifs[i].n_addrs - 1].address))
+    /* qga.h's promise: every address handed on parses, prefixes in range */
+    for (size_t i = 0; i < n; i++) {
+        if (!ifs[i].name)
             abort();
+        for (size_t a = 0; a < ifs[i].n_addrs; a++) {
+            const qga_ip_address *ad = &ifs[i].addrs[a];
+            unsigned char bin[16];
+            if ((ad->family != AF_INET && ad->family != AF_INET6) || inet_pton(ad->family, ad->address, bin) != 1 ||
+                ad->prefix > (ad->family == AF_INET ? 32u : 128u))
+                abort();
+        }
+    }
     g_close_maybe(ud, c);
 }
 static void g_disconnect(qga_conn *c, int status, void *ud) {
