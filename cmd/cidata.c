@@ -47,9 +47,9 @@ static const char cidata_usage[] =
     "The image timestamp is SOURCE_DATE_EPOCH when set, so equal inputs give\n"
     "byte-identical images.\n"
     "\n"
-    "Exit status: 0 written, 64 usage error, 65 invalid content, 66 an input\n"
-    "file cannot be read, 73 the output exists and is not a regular file, 1 the\n"
-    "image cannot be written.\n";
+    "Exit status: 0 written, 64 usage error, 65 invalid content or label, 66 an\n"
+    "input file cannot be read, 73 the output exists and is not a regular file,\n"
+    "1 the image cannot be written.\n";
 
 static int cidata_usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static int cidata_usage_error(const char *fmt, ...) {
@@ -185,8 +185,8 @@ int cmd_cidata(qv_cli *cli, int argc, char **argv) {
         return cidata_usage_error("--hostname only applies to generated meta-data, not with --meta-data");
 
     qv_error err = {0};
-    if (ci_iso_validate_label(label, &err) < 0)
-        return cidata_usage_error("%s", err.msg);
+    if (ci_iso_validate_label(label, &err) < 0) /* the option is there, its value is bad: 65 */
+        return cidata_fail(QV_EXIT_DATAERR, "%s", err.msg);
     int64_t ts;
     if (ci_iso_timestamp(&ts, &err) < 0)
         return cidata_fail(QV_EXIT_DATAERR, "%s", err.msg);

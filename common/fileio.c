@@ -16,10 +16,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-int qv_read_file_at(int dirfd, const char *path, size_t max, char **ret, size_t *ret_len) {
-    _cleanup_close_ int fd = openat(dirfd, path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
-    if (fd < 0)
-        return -errno;
+/* Reads fd to its end, at most max bytes (-EFBIG beyond). */
+static int read_all(int fd, size_t max, char **ret, size_t *ret_len) {
     size_t cap = 4096, len = 0;
     _cleanup_free_ char *buf = malloc(cap + 1);
     if (!buf)
@@ -49,6 +47,29 @@ int qv_read_file_at(int dirfd, const char *path, size_t max, char **ret, size_t 
         *ret_len = len;
     *ret = TAKE_PTR(buf);
     return 0;
+}
+
+int qv_read_file_at(int dirfd, const char *path, size_t max, char **ret, size_t *ret_len) {
+    _cleanup_close_ int fd = openat(dirfd, path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+    if (fd < 0)
+        return -errno;
+    return read_all(fd, max, ret, ret_len);
+}
+
+int qv_read_regular_file(const char *path, size_t max, char **ret, size_t *ret_len) {
+    /* O_NONBLOCK: opening a FIFO with no writer must not hang */
+    _cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+    if (fd < 0)
+        return -errno;
+    struct stat st;
+    if (fstat(fd, &st) < 0)
+        return -errno;
+    if (!S_ISREG(st.st_mode))
+        return -EINVAL;
+    int fl = fcntl(fd, F_GETFL);
+    if (fl < 0 || fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) < 0)
+        return -errno;
+    return read_all(fd, max, ret, ret_len);
 }
 
 int qv_read_file(const char *path, size_t max, char **ret, size_t *ret_len) {

@@ -9,6 +9,9 @@
  * -EFBIG.  *ret is NUL-terminated and owned by the caller; ret_len may be NULL. */
 int qv_read_file_at(int dirfd, const char *path, size_t max, char **ret, size_t *ret_len);
 int qv_read_file(const char *path, size_t max, char **ret, size_t *ret_len);
+/* The same for a file that must be a regular one (symlinks followed): a
+ * FIFO, device or directory is -EINVAL at once, never blocks. */
+int qv_read_regular_file(const char *path, size_t max, char **ret, size_t *ret_len);
 
 /* Streaming atomic replacement: qv_atomic_begin() opens a temp file next to
  * path (a->fd, O_CLOEXEC), the caller writes it, qv_atomic_commit() renames

@@ -8,6 +8,8 @@
 #include "util.h"
 
 #include <arpa/inet.h>
+#include <pwd.h>
+#include <sys/un.h>
 #include <errno.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -79,7 +81,7 @@ static const sv_key keys[] = {
     {"vm_defaults", "cpus", SV_K_UINT, F(vm_cpus), "2", 1, 1024, NULL, false, false},
     {"vm_defaults", "memory", SV_K_SIZE, F(vm_memory), "2G", 16ull << 20, 16ull << 40, NULL, false, false},
     {"vm_defaults", "disk", SV_K_SIZE, F(vm_disk), "20G", 1ull << 20, 64ull << 40, NULL, false, false},
-    {"vm_defaults", "stop_timeout", SV_K_DURATION, F(stop_timeout_ms), "60s", 0, 24ull * 3600 * 1000, NULL, false, false},
+    {"vm_defaults", "stop_timeout", SV_K_DURATION, F(stop_timeout_ms), "60s", 1000, 24ull * 3600 * 1000, NULL, false, false},
     {"vm_defaults", "kill_timeout", SV_K_DURATION, F(kill_timeout_ms), "10s", 0, 3600ull * 1000, NULL, false, false},
 
     {"vfio", "sysfs_timeout", SV_K_DURATION, F(vfio_sysfs_timeout_ms), "10s", 100, 600ull * 1000, NULL, false, false},
@@ -217,6 +219,14 @@ static int validate(const char *name, const sv_config *c, qv_error *err) {
         return qv_error_set(err, QV_ECONFIG,
                             "%s: network.nat_gateway: %s is not a usable host address in network.nat_subnet %s", name,
                             c->nat_gateway, c->nat_subnet);
+    /* a socket path longer than sun_path would only fail when the daemon binds */
+    if (strlen(c->socket_path) >= sizeof(((struct sockaddr_un *)0)->sun_path))
+        return qv_error_set(err, QV_ECONFIG,
+                            "%s: daemon.socket: %s is %zu bytes, longer than a unix socket path can be (%zu)", name,
+                            c->socket_path, strlen(c->socket_path), sizeof(((struct sockaddr_un *)0)->sun_path) - 1);
+    /* QEMU would fail at every start (-runas) with a user the node lacks */
+    if (c->run_as[0] && !getpwnam(c->run_as))
+        return qv_error_set(err, QV_ECONFIG, "%s: qemu.run_as: no user named '%s' on this node", name, c->run_as);
     if (c->overlay_bridge[0] && strcmp(c->overlay_bridge, c->nat_bridge) == 0)
         return qv_error_set(err, QV_ECONFIG, "%s: network.overlay_bridge: must differ from network.nat_bridge (%s)",
                             name, c->nat_bridge);
@@ -274,9 +284,11 @@ int sv_config_parse(const char *name, const char *data, size_t len, sv_config **
 int sv_config_load(const char *path, sv_config **ret, qv_error *err) {
     _cleanup_free_ char *data = NULL;
     size_t len;
-    int r = qv_read_file(path, CONFIG_MAX_FILE, &data, &len);
+    int r = qv_read_regular_file(path, CONFIG_MAX_FILE, &data, &len);
     if (r == -EFBIG)
         return qv_error_set(err, QV_ECONFIG, "%s: larger than %u bytes", path, CONFIG_MAX_FILE);
+    if (r == -EINVAL)
+        return qv_error_set(err, QV_ECONFIG, "config %s is not a regular file", path);
     if (r < 0)
         return qv_error_set(err, r, "cannot read config %s: %s", path, strerror(-r));
     return sv_config_parse(path, data, len, ret, err);

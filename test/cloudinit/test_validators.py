@@ -275,8 +275,11 @@ def cli_tests(tmp):
     check(r.returncode == 64, "cidata --bogus: %d" % r.returncode)
     r = cli("-o")
     check(r.returncode == 64, "cidata -o without argument: %d" % r.returncode)
+    # a bad label is bad data (65), not a usage error
     r = cli("-o", out, "--label", "bad label")
-    check(r.returncode == 64 and b"label" in r.stderr, "cidata bad label: %d" % r.returncode)
+    check(r.returncode == 65 and b"label" in r.stderr, "cidata bad label: %d" % r.returncode)
+    r = cli("-o", out, "--label", "a" * 100)
+    check(r.returncode == 65 and b"label" in r.stderr, "cidata 100-character label: %d" % r.returncode)
     r = cli("-o", out, "-H", "h", "--meta-data", md)
     check(r.returncode == 64, "cidata -H with --meta-data: %d" % r.returncode)
     r = cli("-o", out, "-x")

@@ -10,6 +10,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 static int parse(const char *text, sv_config **ret, qv_error *err) {
     return sv_config_parse("t.yaml", text, strlen(text), ret, err);
@@ -157,6 +159,32 @@ static void test_error_classes(void **state) {
     expect_error("qemu:\n  binary: [unclosed\n", "t.yaml:3:1: YAML syntax error");
     expect_error("log_level: info\n---\nlog_level: debug\n", "t.yaml:3:1: more than one YAML document");
     expect_error("daemon:\n  max_request_size: 1K\n", "t.yaml:2:21: daemon.max_request_size: 1K is out of range");
+    /* settings that parse but could never work on this node */
+    expect_error("vm_defaults:\n  stop_timeout: 0s\n", "t.yaml:2:17: vm_defaults.stop_timeout: 0s is out of range");
+    expect_error("qemu:\n  run_as: no-such-user-qv\n", "t.yaml: qemu.run_as: no user named 'no-such-user-qv' on this node");
+    char long_socket[256];
+    snprintf(long_socket, sizeof long_socket, "daemon:\n  socket: /run/%0120d.sock\n", 0);
+    expect_error(long_socket, "t.yaml: daemon.socket: /run/");
+    expect_error("paths:\n  run_dir: /run/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\n",
+                 "t.yaml: daemon.socket: /run/aaaaaaaa");
+}
+
+static void test_load_fifo(void **state) {
+    (void)state;
+    /* a FIFO named as the config: refused at once, never a read that waits
+     * for a writer */
+    char dir[] = "/tmp/qv-config-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char path[64];
+    snprintf(path, sizeof path, "%s/fifo.yaml", dir);
+    assert_int_equal(mkfifo(path, 0600), 0);
+    sv_config *c = NULL;
+    qv_error err = {0};
+    assert_int_equal(sv_config_load(path, &c, &err), -QV_ECONFIG);
+    assert_non_null(strstr(err.msg, "is not a regular file"));
+    assert_null(c);
+    unlink(path);
+    rmdir(dir);
 }
 
 static void test_load_missing_file(void **state) {
@@ -405,6 +433,7 @@ int main(void) {
         cmocka_unit_test(test_example_documents_every_key),
         cmocka_unit_test(test_error_classes),
         cmocka_unit_test(test_load_missing_file),
+        cmocka_unit_test(test_load_fifo),
         cmocka_unit_test(test_json_round_trip),
         cmocka_unit_test(test_load_or_default),
         cmocka_unit_test(test_restart_keys),
