@@ -56,11 +56,10 @@ int qv_read_file_at(int dirfd, const char *path, size_t max, char **ret, size_t 
     return read_all(fd, max, ret, ret_len);
 }
 
-int qv_read_regular_file(const char *path, size_t max, char **ret, size_t *ret_len) {
-    /* O_NONBLOCK: opening a FIFO with no writer must not hang */
-    _cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
-    if (fd < 0)
-        return -errno;
+/* fd was opened O_NONBLOCK so that a FIFO could not hang the open: 0 when
+ * it is a regular file (blocking again from now on), -EINVAL for anything
+ * else. */
+static int regular_blocking(int fd) {
     struct stat st;
     if (fstat(fd, &st) < 0)
         return -errno;
@@ -69,7 +68,15 @@ int qv_read_regular_file(const char *path, size_t max, char **ret, size_t *ret_l
     int fl = fcntl(fd, F_GETFL);
     if (fl < 0 || fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) < 0)
         return -errno;
-    return read_all(fd, max, ret, ret_len);
+    return 0;
+}
+
+int qv_read_regular_file(const char *path, size_t max, char **ret, size_t *ret_len) {
+    _cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+    if (fd < 0)
+        return -errno;
+    int r = regular_blocking(fd);
+    return r < 0 ? r : read_all(fd, max, ret, ret_len);
 }
 
 int qv_read_file(const char *path, size_t max, char **ret, size_t *ret_len) {
@@ -312,13 +319,10 @@ int qv_open_regular_at(int dirfd, const char *name, int flags, mode_t mode) {
         openat(dirfd, name, flags | O_CREAT | O_NOFOLLOW | O_CLOEXEC | O_NOCTTY | O_NONBLOCK, mode);
     if (fd < 0)
         return errno == ENXIO ? -EINVAL : -errno; /* ENXIO: a FIFO without a reader */
-    struct stat st;
-    if (fstat(fd, &st) < 0)
-        return -errno;
-    if (!S_ISREG(st.st_mode))
-        return -EINVAL;
-    int fl = fcntl(fd, F_GETFL);
-    if (fl < 0 || fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) < 0 || fchmod(fd, mode) < 0)
+    int r = regular_blocking(fd);
+    if (r < 0)
+        return r;
+    if (fchmod(fd, mode) < 0)
         return -errno;
     return TAKE_FD(fd);
 }
