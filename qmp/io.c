@@ -206,6 +206,11 @@ int qmp__io_start_read(qmp__io *io) {
     return uv_read_start((uv_stream_t *)&io->pipe, io_alloc_cb, io_read_cb);
 }
 
+void qmp__io_stop_read(qmp__io *io) {
+    if (!io->shut)
+        uv_read_stop((uv_stream_t *)&io->pipe);
+}
+
 static void io_write_cb(uv_write_t *req, int status) {
     io_write *w = qmp__container_of(req, io_write, req);
     qmp__io *io = req->data;

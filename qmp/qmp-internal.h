@@ -83,6 +83,7 @@ int qmp__io_init(qmp__io *io, uv_loop_t *loop, const qmp__io_ops *ops);
 int qmp__io_connect(qmp__io *io, const char *path);
 int qmp__io_open(qmp__io *io, int fd);
 int qmp__io_start_read(qmp__io *io);
+void qmp__io_stop_read(qmp__io *io);
 /* Writes [0xFF if ff_prefix] data "\n"; takes ownership of data (malloc'd)
  * in every case.  done may be NULL. */
 int qmp__io_write_line(qmp__io *io, bool ff_prefix, char *data, size_t len, qmp__write_done done,

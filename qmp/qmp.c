@@ -55,6 +55,10 @@ struct qmp_conn {
     size_t n_pending;
     qmp__timeq timeq;
     qmp__tnode handshake; /* deadline of greeting + negotiation */
+    qmp__tnode hold;      /* reading paused until then: too many events */
+    uint64_t ev_window;   /* start of the current second of events */
+    unsigned ev_count;    /* events delivered in it */
+    uint64_t ev_held;     /* times reading was paused for it (logged once) */
     char why[160];        /* what broke the connection, for qmp_failure() */
 };
 
@@ -287,6 +291,21 @@ static void handle_event(qmp_conn *c, json_t *msg, json_t *name) {
     json_t *usec = json_object_get(t, "microseconds");
     if (json_is_integer(sec) && json_is_integer(usec))
         ts = (qmp_timestamp){json_integer_value(sec), json_integer_value(usec)};
+    uint64_t now = uv_now(c->io.loop);
+    if (now - c->ev_window >= 1000) {
+        c->ev_window = now;
+        c->ev_count = 0;
+    }
+    if (++c->ev_count == QMP_EVENTS_PER_SECOND && c->hold.idx == SIZE_MAX &&
+        qmp__timeq_push(&c->timeq, &c->hold, c->ev_window + 1000) == 0) {
+        /* the rest of this read is still handled; then nothing until the
+         * second is over */
+        if (c->ev_held++ == 0)
+            log_warning("QMP: more than %u events in a second; reading paused until the second is over (logged "
+                        "once per connection)", QMP_EVENTS_PER_SECOND);
+        qmp__io_stop_read(&c->io);
+        timer_rearm(c);
+    }
     if (c->opts.on_event)
         c->opts.on_event(c, json_string_value(name), json_object_get(msg, "data"), &ts, c->opts.userdata);
 }
@@ -440,6 +459,15 @@ static void io_on_timer(qmp__io *io) {
             conn_fail(c, QMP_ETIMEDOUT);
             return;
         }
+        if (top == &c->hold) {
+            qmp__timeq_remove(&c->timeq, top);
+            int r = qmp__io_start_read(io);
+            if (r < 0) {
+                conn_fail(c, r);
+                return;
+            }
+            continue;
+        }
         pending *p = qmp__container_of(top, pending, tnode);
         pending_unlink(c, p);
         pending_complete(c, p, QMP_ETIMEDOUT, NULL, NULL);
@@ -487,6 +515,7 @@ static int conn_new(uv_loop_t *loop, const qmp_options *opts, qmp_conn **ret) {
     c->next_id = 1;
     qv_linebuf_init(&c->lb, QMP_MAX_MESSAGE);
     qmp__tnode_init(&c->handshake);
+    qmp__tnode_init(&c->hold);
     c->n_buckets = 64;
     c->buckets = calloc(c->n_buckets, sizeof *c->buckets);
     if (!c->buckets) {

@@ -52,6 +52,13 @@
  * cap).  A longer one is a protocol error. */
 #define QMP_MAX_MESSAGE (10u * 1024u * 1024u)
 
+/* Events delivered per connection and second at most.  QEMU rate-limits
+ * its chatty events itself (RTC_CHANGE, WATCHDOG… once a second); a QEMU
+ * that sends more (a guest that controls it, STOP/RESUME in a loop) is not
+ * read for the rest of that second, so a flood costs bounded CPU and the
+ * rest waits in the socket (replies too: commands may time out). */
+#define QMP_EVENTS_PER_SECOND 500u
+
 #define QMP_ECOMMAND (-EREMOTEIO)
 #define QMP_ETIMEDOUT (-ETIMEDOUT)
 #define QMP_EPROTO (-EPROTO)

@@ -364,6 +364,36 @@ static void test_many_in_one_write(void **state) {
     ctx_finish(&x);
 }
 
+/* A QEMU that sends events faster than QMP_EVENTS_PER_SECOND is not read
+ * for the rest of that second (a guest that controls its QEMU cannot make
+ * the daemon spend a core on it); what waited is delivered afterwards, in
+ * order.  Fails without the pause: all events arrive at once. */
+static void test_event_flood_paused(void **state) {
+    (void)state;
+    ctx x;
+    ctx_open(&x, 0);
+    ctx_handshake(&x);
+    const int n = 3 * (int)QMP_EVENTS_PER_SECOND;
+    size_t cap = (size_t)n * 100, len = 0;
+    char *buf = malloc(cap);
+    assert_non_null(buf);
+    for (int i = 0; i < n; i++)
+        len += (size_t)snprintf(buf + len, cap - len,
+                                "{\"event\": \"%s\", \"timestamp\": {\"seconds\": %d, \"microseconds\": 0}}\n",
+                                i % 2 ? "RESUME" : "STOP", i);
+    peer_write(&x.p, buf, len);
+    free(buf);
+    assert_true(tloop_wait(&x.t, &x.events, (int)QMP_EVENTS_PER_SECOND, 5000));
+    /* the rest of the read that crossed the limit, and nothing more */
+    tloop_run_for(&x.t, 300);
+    assert_true(x.events < 2 * (int)QMP_EVENTS_PER_SECOND);
+    /* then one second's worth a second, in wire order */
+    assert_true(tloop_wait(&x.t, &x.events, n, 10000));
+    for (int i = 0; i < n; i++)
+        assert_int_equal(json_integer_value(json_object_get(json_array_get(x.event_log, (size_t)i), "seconds")), i);
+    ctx_finish(&x);
+}
+
 static void test_event_between_command_and_reply(void **state) {
     (void)state;
     ctx x;
@@ -1190,6 +1220,7 @@ int main(void) {
         cmocka_unit_test(test_one_byte_at_a_time),
         cmocka_unit_test(test_many_in_one_write),
         cmocka_unit_test(test_event_between_command_and_reply),
+        cmocka_unit_test(test_event_flood_paused),
         cmocka_unit_test(test_late_reply_after_timeout),
         cmocka_unit_test(test_handshake_timeout),
         cmocka_unit_test(test_many_outstanding),
