@@ -60,6 +60,10 @@
 #define KILL_GRACE_MS 5000u      /* after SIGKILL: how often to complain while it lingers */
 #define AGENT_FRESH_MS 2000u     /* agent answers younger than this are reused by `vm list` */
 #define RESTART_RESET_S 60       /* a VM that ran this long has its restart counter reset */
+#define PERSIST_COALESCE_MS 1000u /* pause/resume: state.json written at most this often */
+#define PERSIST_RETRY_MS 5000u    /* a state that could not be saved: tried again this often */
+#define PAUSE_LOG_BURST 10u       /* pause/resume changes logged one by one per window… */
+#define PAUSE_LOG_WINDOW_MS 10000u /* …then counted, and the count logged at the window's end */
 
 typedef struct waiter {
     sv_vm_done_fn done;
@@ -118,7 +122,15 @@ struct vmrt {
     vmrt *next;
     uv_timer_t timer;      /* start timeout, stop stages, restart backoff */
     uv_timer_t acpi_timer; /* ACPI repeats during a graceful stop */
+    uv_timer_t persist_timer; /* a coalesced or retried write of state.json */
     int refs;
+    /* state.json (persist, persist_soon) */
+    bool persist_due;      /* the state in memory is newer than state.json */
+    bool persist_failing;  /* the last write failed (logged once per streak) */
+    uint64_t persist_last_ms;
+    /* pause/resume changes logged in this window, and those only counted */
+    uint64_t pause_window_ms;
+    unsigned pause_logged, pause_unlogged;
     watch *watch;          /* the current QEMU, NULL when none */
     bool our_child;        /* spawned by this daemon (waitid gives its status) */
     qmp_conn *qmp;
@@ -143,6 +155,7 @@ struct vmrt {
     uint64_t stop_begin_ms;
     char *stop_reason;     /* set when the daemon itself stops the VM (why) */
     bool monitor_failed;   /* stop_reason is a monitor failure during start */
+    int fail_code;         /* errno a start killed by start_fail_code fails with */
     /* seen from this QEMU */
     bool shutdown_seen, shutdown_guest, panicked;
     char shutdown_reason[32];
@@ -193,10 +206,54 @@ static void ctl_unref(sv_vmctl *c) {
     }
 }
 
-static void persist(vmrt *rt) {
+static void on_persist_timer(uv_timer_t *t);
+
+/* Writes state.json now (it holds everything in memory, so a pending
+ * coalesced write is done too).  A write that fails is logged once and
+ * tried again every PERSIST_RETRY_MS until it succeeds; the caller decides
+ * whether what it did must be undone (docs/lifecycle.md, "State on disk"). */
+static int persist_err(vmrt *rt, qv_error *err) {
+    sv_vm *vm = rt->vm;
+    uv_timer_stop(&rt->persist_timer);
+    rt->persist_due = false;
+    rt->persist_last_ms = uv_now(rt->c->loop);
+    int r = sv_registry_save(rt->c->registry, vm, err);
+    if (r < 0) {
+        if (!rt->persist_failing)
+            log_error("VM %s: cannot save its state: %s; trying again every %u s", vm->name, err->msg,
+                      PERSIST_RETRY_MS / 1000u);
+        rt->persist_failing = true;
+        rt->persist_due = true;
+        uv_timer_start(&rt->persist_timer, on_persist_timer, PERSIST_RETRY_MS, 0);
+        return r;
+    }
+    if (rt->persist_failing)
+        log_info("VM %s: its state is saved again", vm->name);
+    rt->persist_failing = false;
+    return 0;
+}
+
+static int persist(vmrt *rt) {
     qv_error err = {0};
-    if (sv_registry_save(rt->c->registry, rt->vm, &err) < 0)
-        log_error("VM %s: cannot save its state: %s", rt->vm->name, err.msg);
+    return persist_err(rt, &err);
+}
+
+/* For changes a re-adopting daemon learns from QEMU anyway (paused or
+ * running: query-status): written at most once per PERSIST_COALESCE_MS, so
+ * a guest that makes its QEMU send STOP/RESUME in a loop costs one small
+ * write a second, not one fsync per event. */
+static void persist_soon(vmrt *rt) {
+    if (rt->persist_due)
+        return; /* a write is pending already, and will carry this change */
+    rt->persist_due = true;
+    uint64_t now = uv_now(rt->c->loop), at = rt->persist_last_ms + PERSIST_COALESCE_MS;
+    uv_timer_start(&rt->persist_timer, on_persist_timer, at > now ? at - now : 0, 0);
+}
+
+static void on_persist_timer(uv_timer_t *t) {
+    vmrt *rt = t->data;
+    if (rt->vm && rt->persist_due)
+        persist(rt);
 }
 
 static void set_state(vmrt *rt, sv_vm_event ev) {
@@ -253,7 +310,7 @@ static void fail_waiters(waiter **list, int code, const char *fmt, ...) {
     complete(list, -code, NULL, &err);
 }
 
-/* rt->refs: its two timers, the pidfd watch and queued start work. */
+/* rt->refs: its three timers, the pidfd watch and queued start work. */
 static void rt_unref(vmrt *rt) {
     sv_vmctl *c = rt->c;
     if (--rt->refs == 0) {
@@ -281,10 +338,11 @@ static vmrt *get_rt(sv_vmctl *c, sv_vm *vm) {
     rt->vm = vm;
     uv_timer_init(c->loop, &rt->timer);
     uv_timer_init(c->loop, &rt->acpi_timer);
-    rt->timer.data = rt->acpi_timer.data = rt;
+    uv_timer_init(c->loop, &rt->persist_timer);
+    rt->timer.data = rt->acpi_timer.data = rt->persist_timer.data = rt;
     sv_net_fds_init(&rt->net);
     rt->place.numa_node = -1;
-    rt->refs = 2;
+    rt->refs = 3;
     c->refs++;
     rt->next = c->rts;
     c->rts = rt;
@@ -308,6 +366,7 @@ static void release_rt(vmrt *rt) {
     rt->vm = NULL;
     uv_close((uv_handle_t *)&rt->timer, rt_close_cb);
     uv_close((uv_handle_t *)&rt->acpi_timer, rt_close_cb);
+    uv_close((uv_handle_t *)&rt->persist_timer, rt_close_cb);
 }
 
 static void run_path(const vmrt *rt, const char *file, char *buf, size_t len) {
@@ -458,14 +517,35 @@ static void started(vmrt *rt);
  * Whichever of these comes first moves a running or paused VM along the
  * table; the others find it there already, so it moves (and is persisted
  * and logged) once. */
+/* The first PAUSE_LOG_BURST changes of a window are logged one by one, the
+ * rest are counted and the count logged once the window is over: a guest
+ * cannot fill the journal through its QEMU. */
+static void log_pause_change(vmrt *rt, bool paused) {
+    const char *name = rt->vm->name;
+    uint64_t now = uv_now(rt->c->loop);
+    if (now - rt->pause_window_ms >= PAUSE_LOG_WINDOW_MS) {
+        if (rt->pause_unlogged)
+            log_warning("VM %s: %u more pause/resume changes in %.0f s were not logged one by one", name,
+                        rt->pause_unlogged, (double)(now - rt->pause_window_ms) / 1000.0);
+        rt->pause_window_ms = now;
+        rt->pause_logged = rt->pause_unlogged = 0;
+    }
+    if (rt->pause_logged < PAUSE_LOG_BURST) {
+        rt->pause_logged++;
+        log_info("VM %s: %s", name, paused ? "paused" : "resumed");
+    } else {
+        rt->pause_unlogged++;
+    }
+}
+
 static void note_paused(vmrt *rt, bool paused) {
     sv_vm *vm = rt->vm;
     rt->paused = paused;
     sv_vm_state want = paused ? SV_VM_PAUSED : SV_VM_RUNNING;
     if ((vm->state == SV_VM_RUNNING || vm->state == SV_VM_PAUSED) && vm->state != want) {
         set_state(rt, paused ? SV_EV_PAUSED : SV_EV_RESUMED);
-        persist(rt);
-        log_info("VM %s: %s", vm->name, paused ? "paused" : "resumed");
+        persist_soon(rt);
+        log_pause_change(rt, paused);
     }
     if (paused && vm->state == SV_VM_STOPPING && rt->stage == STAGE_GRACEFUL) {
         log_info("VM %s: paused during a graceful stop; no ACPI to a paused guest, forcing", vm->name);
@@ -503,6 +583,7 @@ static void on_qmp_event(qmp_conn *q, const char *name, json_t *data, const qmp_
 }
 
 static void start_fail_kill(vmrt *rt, const char *why);
+static void start_fail_code(vmrt *rt, int code, const char *why);
 
 static void on_qmp_disconnect(qmp_conn *q, int status, void *userdata) {
     vmrt *rt = userdata;
@@ -525,12 +606,18 @@ static void on_qmp_disconnect(qmp_conn *q, int status, void *userdata) {
     }
 }
 
-static void start_fail_kill(vmrt *rt, const char *why) {
+/* The start fails with errno `code` (the exit code it maps to). */
+static void start_fail_code(vmrt *rt, int code, const char *why) {
     log_warning("VM %s: start failed: %s; killing QEMU", rt->vm->name, why);
     free(rt->stop_reason);
     rt->stop_reason = strdup(why);
+    rt->fail_code = code;
     if (rt->watch)
         sv_pidfd_signal(rt->watch->pidfd, SIGKILL); /* paused before cont: nothing to lose */
+}
+
+static void start_fail_kill(vmrt *rt, const char *why) {
+    start_fail_code(rt, EIO, why);
 }
 
 static void on_cont(qmp_conn *q, int status, json_t *result, const qmp_error *e, void *userdata) {
@@ -675,7 +762,16 @@ static void started(vmrt *rt) {
     sv_vm *vm = rt->vm;
     uv_timer_stop(&rt->timer);
     set_state(rt, SV_EV_STARTED);
-    persist(rt);
+    qv_error perr = {0};
+    if (persist_err(rt, &perr) < 0) {
+        /* on disk it is still "starting": a daemon restart would stop it, so
+         * the start fails now rather than later (the guest ran a moment) */
+        vm->state = SV_VM_STARTING;
+        char why[sizeof perr.msg + 32];
+        snprintf(why, sizeof why, "cannot record that it runs: %s", perr.msg);
+        start_fail_code(rt, perr.code, why);
+        return;
+    }
     log_info("VM %s: running (QEMU pid %d%s)", vm->name, vm->run.pid, rt->policy_start ? ", restarted by policy" : "");
     agent_attach(rt);
     json_t *res = start_result(rt);
@@ -1277,7 +1373,8 @@ static void launch(vmrt *rt) {
     vm->run.started_at = (int64_t)now;
     vm->run.ssh_port = port;
     vm->run.numa_node = rt->place.numa_node;
-    persist(rt);
+    qv_error perr = {0};
+    bool recorded = persist_err(rt, &perr) == 0;
     sv_crash_point("start-after-spawn");
     r = watch_start(rt, pid, pidfd);
     if (r < 0) {
@@ -1292,6 +1389,13 @@ static void launch(vmrt *rt) {
     log_info("VM %s: QEMU started (pid %d, %s%s)", vm->name, (int)pid, kvm ? "KVM" : "TCG",
              env.sandbox ? ", seccomp sandbox" : "");
     uv_timer_start(&rt->timer, on_start_timeout, sv_pt_start_timeout_ms(vm->spec, START_TIMEOUT_MS), 0);
+    if (!recorded) {
+        /* a QEMU whose pid is not on disk would be lost to a daemon restart */
+        char why[sizeof perr.msg + 32];
+        snprintf(why, sizeof why, "cannot record its pid: %s", perr.msg);
+        start_fail_code(rt, perr.code, why);
+        return;
+    }
     r = qmp_attach(rt);
     if (r < 0)
         start_fail_kill(rt, "cannot connect to the monitor socket");
@@ -1372,23 +1476,31 @@ static int begin_start(sv_vmctl *c, sv_vm *vm, bool policy, sv_vm_done_fn done, 
     }
     sv_start_placement_clear(&rt->place);
     rt->place = place;
-    uv_timer_stop(&rt->timer); /* a pending automatic restart is superseded */
+    /* "starting" is on disk before anything happens, or nothing happens:
+     * a daemon that dies later must find the start it has to undo */
+    const sv_vm_state from = vm->state;
+    const sv_vm_run run_before = vm->run;
     vm->state = to;
     vm->run = (sv_vm_run){.restarts = policy ? vm->run.restarts : 0, .numa_node = -1};
+    qv_error perr = {0};
+    r = persist_err(rt, &perr);
+    if (r == 0 && (r = uv_queue_work(c->loop, &job->work, prep_work, prep_after)) < 0)
+        qv_error_set(&perr, -r, "cannot queue the start: %s", uv_strerror(r));
+    if (r < 0) {
+        vm->state = from;
+        vm->run = run_before;
+        persist(rt); /* undone on disk too (or retried until it is) */
+        prep_job_free(job);
+        return qv_error_set(err, perr.code, "VM '%s' not started: %s", vm->name, perr.msg);
+    }
+    uv_timer_stop(&rt->timer); /* a pending automatic restart is superseded */
     rt->policy_start = policy;
     rt->starting_prep = true;
     free(rt->stop_reason);
     rt->stop_reason = NULL;
     rt->monitor_failed = false;
+    rt->fail_code = 0;
     rt->stage = STAGE_NONE;
-    persist(rt);
-    r = uv_queue_work(c->loop, &job->work, prep_work, prep_after);
-    if (r < 0) {
-        vm->state = SV_VM_STOPPED;
-        persist(rt);
-        prep_job_free(job);
-        return qv_error_set(err, -r, "cannot queue the start: %s", uv_strerror(r));
-    }
     rt->refs++;
     add_waiter(&rt->start_waiters, done, userdata);
     log_info("VM %s: starting", vm->name);
@@ -1918,7 +2030,9 @@ static void gone_finish(vmrt *rt, pid_t pid, const char *how_exited) {
         rt->stop_reason = NULL;
         rt->monitor_failed = false;
         log_info("VM %s: QEMU pid %d %s during start; cleaned up", vm->name, (int)pid, how_exited);
-        start_abandon_now(rt, EIO, why);
+        int code = rt->fail_code && !own_exit ? rt->fail_code : EIO;
+        rt->fail_code = 0;
+        start_abandon_now(rt, code, why);
         return;
     }
     if (before == SV_VM_STOPPING) {
@@ -1932,12 +2046,22 @@ static void gone_finish(vmrt *rt, pid_t pid, const char *how_exited) {
         sv_vm_set_last_exit(vm, why);
         set_state(rt, SV_EV_EXITED);
         vm->run = (sv_vm_run){.numa_node = -1};
-        persist(rt);
+        qv_error perr = {0};
+        int saved = persist_err(rt, &perr);
         log_info("VM %s: QEMU pid %d %s; %s after %.1f s; cleaned up", vm->name, (int)pid, how_exited,
                  clean ? "clean stop" : "forced stop", secs);
-        json_t *res = json_pack("{s:s, s:s, s:f}", "result", clean ? "clean" : "forced", "how", how, "seconds", secs);
-        complete(&rt->stop_waiters, 0, res, NULL);
-        json_decref(res);
+        if (saved < 0) {
+            /* a stop is never undone: it happened, and the answer says that
+             * the disk does not know yet (the write is retried) */
+            fail_waiters(&rt->stop_waiters, perr.code,
+                         "VM '%s' stopped (%s: %s), but its state could not be saved: %s; the daemon keeps "
+                         "trying", vm->name, clean ? "clean" : "forced", how, perr.msg);
+        } else {
+            json_t *res =
+                json_pack("{s:s, s:s, s:f}", "result", clean ? "clean" : "forced", "how", how, "seconds", secs);
+            complete(&rt->stop_waiters, 0, res, NULL);
+            json_decref(res);
+        }
         free(rt->stop_reason);
         rt->stop_reason = NULL;
         rt->stage = STAGE_NONE;
@@ -2404,6 +2528,8 @@ void sv_vmctl_shutdown(sv_vmctl *c) {
                                   "the qvisor daemon is stopping; the VM keeps running"));
         detach_channels(rt);
         watch_close(rt);
+        if (rt->vm && rt->persist_due)
+            persist(rt); /* a coalesced write still pending */
         release_rt(rt);
     }
     ctl_unref(c);

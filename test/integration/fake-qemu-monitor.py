@@ -17,12 +17,21 @@ appends its argv as one JSON line to FAKE_QEMU_RUNS when that is set.
   - `close-after-greeting`: sends the greeting, reads qmp_capabilities, closes;
   - `wrong-id`: answers qmp_capabilities with another id;
   having said so on stderr (which is qemu.log) first; then it sleeps: the
-  daemon must kill it."""
+  daemon must kill it.
+- `flood`: a well-behaved monitor (every command gets `{"return": {}}`,
+  query-status says running, quit exits 0) that, once `cont` came, sends
+  STOP/RESUME pairs as fast as it can for FAKE_QEMU_FLOOD_SECONDS (a guest
+  that controls its QEMU), ending with RESUME, and writes how many events it
+  sent to FAKE_QEMU_FLOOD_COUNT.  `system_powerdown` is a guest that honours
+  ACPI: POWERDOWN, SHUTDOWN (guest), exit 0.  With FAKE_QEMU_FILL_AT_CONT
+  set, it fills the file system by writing that file until ENOSPC before it
+  answers `cont` (the disk fills up while a start is under way)."""
 
 import json
 import os
 import socket
 import sys
+import threading
 import time
 
 REAL = os.environ.get("FAKE_QEMU_REAL", "qemu-system-x86_64")
@@ -76,6 +85,73 @@ def misbehave(m):
         time.sleep(3600)
 
 
+def event(name):
+    t = time.time()
+    return json.dumps({"event": name, "data": {},
+                       "timestamp": {"seconds": int(t), "microseconds": int(t % 1 * 1e6)}}).encode() + b"\n"
+
+
+def flood():
+    lsock = socket.socket(fileno=3)
+    conn, _ = lsock.accept()
+    lock = threading.Lock()
+    seconds = float(os.environ.get("FAKE_QEMU_FLOOD_SECONDS", "10"))
+
+    def send(b):
+        with lock:
+            conn.sendall(b)
+
+    def flooder():
+        n = 0
+        end = time.monotonic() + seconds
+        pair = event("STOP") + event("RESUME")
+        while time.monotonic() < end:
+            send(pair * 50)
+            n += 100
+        with open(os.environ["FAKE_QEMU_FLOOD_COUNT"], "w") as f:
+            f.write(f"{n}\n")
+
+    send(GREETING)
+    buf = b""
+    while True:
+        chunk = conn.recv(65536)
+        if not chunk:
+            return
+        buf += chunk
+        while b"\n" in buf:
+            line, buf = buf.split(b"\n", 1)
+            if not line.strip():
+                continue
+            cmd = json.loads(line)
+            ret = {}
+            if cmd.get("execute") == "query-status":
+                ret = {"status": "running", "running": True, "singlestep": False}
+            if cmd.get("execute") == "cont" and os.environ.get("FAKE_QEMU_FILL_AT_CONT"):
+                fill(os.environ["FAKE_QEMU_FILL_AT_CONT"])
+            send(json.dumps({"return": ret, "id": cmd.get("id")}).encode() + b"\n")
+            if cmd.get("execute") == "cont" and seconds > 0:
+                threading.Thread(target=flooder, daemon=True).start()
+            elif cmd.get("execute") == "quit":
+                send(event("SHUTDOWN"))
+                os._exit(0)
+            elif cmd.get("execute") == "system_powerdown":
+                send(event("POWERDOWN"))
+                send(json.dumps({"event": "SHUTDOWN", "data": {"guest": True, "reason": "guest-shutdown"},
+                                 "timestamp": {"seconds": 0, "microseconds": 0}}).encode() + b"\n")
+                os._exit(0)
+
+
+def fill(path):
+    """Writes path until the file system is full."""
+    with open(path, "ab") as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        except OSError:
+            pass
+
+
 def main():
     argv = sys.argv[1:]
     runs = os.environ.get("FAKE_QEMU_RUNS")
@@ -86,6 +162,9 @@ def main():
     if m == "version-fails" and argv == ["-version"]:
         sys.stderr.write("fake-qemu: cannot load libfoo.so.1: no such file\n")
         sys.exit(1)
+    if "-pidfile" in argv and m == "flood":
+        flood()
+        sys.exit(0)
     if "-pidfile" in argv and m not in ("", "version-fails"):
         misbehave(m)
     os.execvp(REAL, [REAL] + argv)

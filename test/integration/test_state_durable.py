@@ -1,0 +1,195 @@
+#!/usr/bin/env python3
+"""What a VM's state costs and whether it is kept (issue 15 #5 and #8).
+
+- A guest that makes its QEMU send STOP/RESUME events in a loop: the daemon
+  reads at most QMP_EVENTS_PER_SECOND events a second from it, writes
+  state.json at most about once a second (not once per event), logs a
+  bounded number of lines, keeps answering other clients, and ends up with
+  the last state on disk.
+- A full state directory (a small tmpfs): a start whose state cannot be
+  saved fails with 75 and leaves nothing running, before QEMU runs or after
+  (the disk fills while QEMU is being started); a clean stop says it
+  happened and that the state could not be saved, and the state reaches the
+  disk once there is room again.
+
+The QEMU is test/integration/fake-qemu-monitor.py in mode `flood`: a
+well-behaved monitor, with a flood of events when asked."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+import unittest
+
+sys.path.insert(0, os.path.dirname(__file__))
+from qvtest import Node, scaled, wait_for  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+FAKE = os.path.join(HERE, "fake-qemu-monitor.py")
+
+
+class Base(unittest.TestCase):
+    tmpfs = False
+    flood_seconds = 0
+
+    def setUp(self):
+        self.node = Node()
+        self.mounted = False
+        if self.tmpfs:
+            os.makedirs(self.node.state)
+            subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m,mode=0755", "qv-it-full", self.node.state],
+                           check=True)
+            self.mounted = True
+        mode_file = os.path.join(self.node.dir, "fake-mode")
+        with open(mode_file, "w") as f:
+            f.write("flood\n")
+        self.count_file = os.path.join(self.node.dir, "flood-count")
+        self.filler = os.path.join(self.node.state, "filler")
+        self.node.write_config(f"qemu:\n  binary: {FAKE}\n  accelerator: tcg\n"
+                               "vm_defaults:\n  memory: 128M\n  disk: 8M\n")
+        self.env = {"FAKE_QEMU_MODE_FILE": mode_file, "FAKE_QEMU_FLOOD_COUNT": self.count_file,
+                    "FAKE_QEMU_FLOOD_SECONDS": str(self.flood_seconds)}
+        self.node.start_daemon(extra_env=self.env)
+        base = os.path.join(self.node.dir, "blank.qcow2")
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", base, "4M"], check=True)
+        self.node.qvisor("image", "import", base, "blank", check=0)
+        self.node.qvisor("vm", "create", "vm", "--image", "blank", "--no-seed", "--no-agent", check=0)
+        self.state_json = os.path.join(self.node.state, "instances", "vm", "state.json")
+
+    def tearDown(self):
+        try:
+            if os.path.exists(self.filler):
+                os.unlink(self.filler)
+            self.assertEqual(self.node.stop_daemon(), 0, self.node.log()[-4000:])
+            for word in ("AddressSanitizer", "LeakSanitizer", "runtime error"):
+                self.assertNotIn(word, self.node.log())
+        finally:
+            for pid in self.node.qemu_pids():
+                os.kill(pid, 9)
+            if self.mounted:
+                subprocess.run(["umount", "-l", self.node.state], check=False)
+            self.node.cleanup()
+
+    def disk_state(self):
+        with open(self.state_json) as f:
+            return json.load(f)
+
+    def fill(self):
+        with open(self.filler, "ab") as f:
+            try:
+                while True:
+                    f.write(b"\0" * 65536)
+                    f.flush()
+            except OSError:
+                pass
+
+    def restart_daemon(self):
+        self.assertEqual(self.node.stop_daemon(), 0)
+        self.node.start_daemon(extra_env=self.env)
+
+
+class EventFlood(Base):
+    flood_seconds = 8
+
+    def test_flood_costs_one_write_a_second(self):
+        p = self.node.qvisor("vm", "start", "vm", timeout=scaled(60))
+        self.assertEqual(p.returncode, 0, p.stderr)
+        # state.json is replaced at each write (a new inode, maybe a reused
+        # number, and a new mtime): sample it
+        inodes, lists = set(), 0
+        t0 = time.monotonic()
+        while not os.path.exists(self.count_file) and time.monotonic() - t0 < scaled(60):
+            try:
+                st = os.stat(self.state_json)
+                inodes.add((st.st_ino, st.st_mtime_ns))
+            except FileNotFoundError:
+                pass
+            if lists < 3 and time.monotonic() - t0 > 2 * (lists + 1):
+                # other clients are answered during the flood
+                self.assertEqual(self.node.qvisor("vm", "list", timeout=scaled(30)).returncode, 0)
+                lists += 1
+            time.sleep(0.01)
+        secs = time.monotonic() - t0
+        with open(self.count_file) as f:
+            events = int(f.read())
+        sys.stderr.write(f"flood: {events} events in {self.flood_seconds} s; state.json written "
+                         f"{len(inodes)} times while sampling {secs:.1f} s\n")
+        # the fake sends as fast as the daemon reads: QMP_EVENTS_PER_SECOND
+        # (500) a second, plus what the socket buffers (~2,000); unthrottled
+        # the daemon took 4.7 million in these 8 s
+        self.assertGreater(events, 400 * self.flood_seconds, "the fake QEMU did not flood")
+        self.assertLess(events, 750 * secs + 10000, "a flood of events is read as fast as QEMU sends it")
+        self.assertLessEqual(len(inodes), secs + 3, "state.json written per event, not coalesced")
+        # the last event was RESUME: that is what ends up on disk
+        wait_for(lambda: self.disk_state()["state"] == "running", scaled(5), "the last state on disk")
+        self.assertEqual(self.node.qvisor_json("vm", "show", "vm")["state"], "running")
+        # a bounded log: ten changes per 10 s window one by one, then counts
+        log = self.node.log()
+        changes = sum(1 for line in log.splitlines() if line.endswith(": paused") or line.endswith(": resumed"))
+        self.assertLessEqual(changes, 10 * (secs / 10 + 2), "every pause/resume logged")
+        p = self.node.qvisor("vm", "stop", "--force", "vm", timeout=scaled(60))
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertEqual(self.node.qemu_pids(), [])
+
+
+class FullDisk(Base):
+    tmpfs = True
+
+    def assert_stopped_everywhere(self):
+        self.assertEqual(self.node.qvisor_json("vm", "show", "vm")["state"], "stopped")
+        self.assertEqual(self.disk_state()["state"], "stopped")
+        self.assertEqual(self.node.qemu_pids(), [])
+
+    def test_start_that_cannot_be_saved_fails_and_runs_nothing(self):
+        self.fill()
+        p = self.node.qvisor("vm", "start", "vm", timeout=scaled(60))
+        self.assertEqual(p.returncode, 75, p.stderr)
+        self.assertIn("not started", p.stderr)
+        self.assertIn("No space left on device", p.stderr)
+        self.assert_stopped_everywhere()
+        # with room again it starts, and a daemon restart finds it running
+        os.unlink(self.filler)
+        self.assertEqual(self.node.qvisor("vm", "start", "vm", timeout=scaled(60)).returncode, 0)
+        self.restart_daemon()
+        self.assertEqual(self.node.qvisor_json("vm", "show", "vm")["state"], "running")
+        self.assertEqual(self.node.qvisor("vm", "stop", "vm", timeout=scaled(60)).returncode, 0)
+
+    def test_disk_full_while_starting_kills_qemu(self):
+        self.restart_daemon()
+        self.env["FAKE_QEMU_FILL_AT_CONT"] = self.filler
+        self.restart_daemon()
+        p = self.node.qvisor("vm", "start", "vm", timeout=scaled(60))
+        self.assertEqual(p.returncode, 75, p.stderr)
+        self.assertIn("cannot record that it runs", p.stderr)
+        self.assertIn("No space left on device", p.stderr)
+        self.assertEqual(self.node.qvisor_json("vm", "show", "vm")["state"], "stopped")
+        self.assertEqual(self.node.qemu_pids(), [])
+        # what the disk says ("starting", no QEMU) reads as stopped after a restart
+        del self.env["FAKE_QEMU_FILL_AT_CONT"]
+        os.unlink(self.filler)
+        self.restart_daemon()
+        self.assert_stopped_everywhere()
+
+    def test_clean_stop_on_a_full_disk_says_so_and_is_saved_later(self):
+        self.assertEqual(self.node.qvisor("vm", "start", "vm", timeout=scaled(60)).returncode, 0)
+        self.fill()
+        p = self.node.qvisor("vm", "stop", "vm", timeout=scaled(60))
+        self.assertEqual(p.returncode, 75, p.stderr)
+        self.assertIn("stopped (clean", p.stderr)
+        self.assertIn("state could not be saved", p.stderr)
+        self.assertEqual(self.node.qvisor_json("vm", "show", "vm")["state"], "stopped")
+        self.assertEqual(self.node.qemu_pids(), [])
+        self.assertNotEqual(self.disk_state()["state"], "stopped")
+        # room again: the daemon's retry writes it, and a restart agrees
+        os.unlink(self.filler)
+        wait_for(lambda: self.disk_state()["state"] == "stopped", scaled(15), "the state written after a retry")
+        self.assertIn("its state is saved again", self.node.log())
+        self.restart_daemon()
+        vm = self.node.qvisor_json("vm", "show", "vm")
+        self.assertEqual(vm["state"], "stopped")
+        self.assertIn("clean", vm["last_exit"])
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
