@@ -145,13 +145,15 @@ int sv_qemu_argv(const sv_vmspec *spec, const sv_qemu_env *env, const sv_vm_path
 
     /* serial console: a socket the daemon listens on (vm console) that
      * also logs everything to serial.log, attached or not; QEMU drops
-     * (after logging) what the guest writes while nobody is connected */
+     * (after logging) what the guest writes while nobody is connected.
+     * Appending (the start made it empty): the daemon empties a log that
+     * grows past SV_SERIAL_LOG_MAX, and QEMU then goes on at its start */
     add(&b, "-chardev");
     if (paths->console_fd > 0)
-        add(&b, "socket,id=serial0,fd=%d,server=on,wait=off,logfile=%s,logappend=off", paths->console_fd,
+        add(&b, "socket,id=serial0,fd=%d,server=on,wait=off,logfile=%s,logappend=on", paths->console_fd,
             paths->serial_log);
     else
-        add(&b, "file,id=serial0,path=%s", paths->serial_log);
+        add(&b, "file,id=serial0,path=%s,append=on", paths->serial_log);
     add(&b, "-serial");
     add(&b, "chardev:serial0");
 

@@ -2,15 +2,19 @@
 #include "serlog.h"
 
 #include "cleanup.h"
+#include "fileio.h"
 #include "log.h"
 #include "supervisor/fsink.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <jansson.h>
+#include <limits.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #define TAIL_CHUNK 65536
@@ -263,4 +267,87 @@ void sv_logstream_end(sv_logstream **list, const char *vm_name, const char *reas
             stream_end(ls, json_pack("{s:s, s:s}", "reason", reason, "message", message));
         ls = next;
     }
+}
+
+/* ---- the cap on serial.log ------------------------------------------------ */
+
+struct sv_serial_cap {
+    uv_fs_event_t watch;
+    int fd; /* serial.log, O_WRONLY | O_APPEND: fstat, ftruncate, the note */
+    uint64_t max;
+    uint64_t truncations;
+    char vm_name[64];
+};
+
+static void serial_cap_closed(uv_handle_t *h) {
+    sv_serial_cap *cap = h->data;
+    if (cap->fd >= 0)
+        close(cap->fd);
+    free(cap);
+}
+
+static void on_serial_change(uv_fs_event_t *w, const char *filename, int events, int status) {
+    (void)filename;
+    (void)events;
+    sv_serial_cap *cap = w->data;
+    struct stat st;
+    if (status < 0 || fstat(cap->fd, &st) < 0 || (uint64_t)st.st_size <= cap->max)
+        return;
+    if (ftruncate(cap->fd, 0) < 0) {
+        log_warning("VM %s: serial.log is over %llu bytes and cannot be truncated: %s", cap->vm_name,
+                    (unsigned long long)cap->max, strerror(errno));
+        return;
+    }
+    cap->truncations++;
+    char stamp[64];
+    time_t now = time(NULL);
+    struct tm tm;
+    strftime(stamp, sizeof stamp, "%Y-%m-%dT%H:%M:%S%z", localtime_r(&now, &tm));
+    dprintf(cap->fd, "\n---- qvisor: serial.log reached %llu bytes at %s; what came before was dropped ----\n",
+            (unsigned long long)st.st_size, stamp);
+    if (cap->truncations == 1 || cap->truncations % 100 == 0)
+        log_warning("VM %s: serial.log went over %llu bytes and was emptied (%llu times since QEMU started)",
+                    cap->vm_name, (unsigned long long)cap->max, (unsigned long long)cap->truncations);
+}
+
+int sv_serial_cap_start(uv_loop_t *loop, const char *dir, const char *vm_name, uint64_t max, sv_serial_cap **ret,
+                        qv_error *err) {
+    _cleanup_close_ int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd < 0)
+        return qv_error_set(err, errno, "%s: %s", dir, strerror(errno));
+    int fd = qv_open_regular_at(dfd, "serial.log", O_WRONLY | O_APPEND | O_NOCTTY, 0640);
+    if (fd < 0)
+        return qv_error_set(err, -fd, "%s/serial.log: %s", dir, strerror(-fd));
+    sv_serial_cap *cap = calloc(1, sizeof *cap);
+    if (!cap) {
+        close(fd);
+        return qv_error_set(err, ENOMEM, "out of memory");
+    }
+    cap->fd = fd;
+    cap->max = max;
+    snprintf(cap->vm_name, sizeof cap->vm_name, "%s", vm_name);
+    int r = uv_fs_event_init(loop, &cap->watch);
+    if (r < 0) {
+        close(fd);
+        free(cap);
+        return qv_error_set(err, -r, "cannot watch %s/serial.log: %s", dir, uv_strerror(r));
+    }
+    cap->watch.data = cap;
+    char path[PATH_MAX];
+    snprintf(path, sizeof path, "%s/serial.log", dir);
+    r = uv_fs_event_start(&cap->watch, on_serial_change, path, 0);
+    if (r < 0) {
+        uv_close((uv_handle_t *)&cap->watch, serial_cap_closed);
+        return qv_error_set(err, -r, "cannot watch %s: %s", path, uv_strerror(r));
+    }
+    on_serial_change(&cap->watch, NULL, 0, 0); /* already over it (a re-adopted VM) */
+    *ret = cap;
+    return 0;
+}
+
+void sv_serial_cap_stop(sv_serial_cap *cap) {
+    if (!cap)
+        return;
+    uv_fs_event_stop(&cap->watch);
+    uv_close((uv_handle_t *)&cap->watch, serial_cap_closed);
 }

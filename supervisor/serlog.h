@@ -36,3 +36,19 @@ int sv_logstream_new(uv_loop_t *loop, int client_fd, const char *vm_name, const 
 /* Ends the streams of one VM (vm_name) or of all (NULL) with
  * {"reason": reason, "message": message}. */
 void sv_logstream_end(sv_logstream **list, const char *vm_name, const char *reason, const char *message);
+
+/* A running VM's serial.log is kept under SV_SERIAL_LOG_MAX: QEMU appends
+ * to it (logappend=on), and when a write takes it past the cap the daemon
+ * truncates it and writes a line saying so, so a guest that prints without
+ * end cannot fill the disk.  The file is watched (inotify), not polled: an
+ * idle VM costs no wake-ups. */
+#define SV_SERIAL_LOG_MAX (16u << 20)
+
+typedef struct sv_serial_cap sv_serial_cap;
+
+/* Watches dir/serial.log (opened relative to dir, never through a symlink;
+ * it must exist).  max: the cap in bytes. */
+int sv_serial_cap_start(uv_loop_t *loop, const char *dir, const char *vm_name, uint64_t max, sv_serial_cap **ret,
+                        qv_error *err);
+/* Stops watching and frees (NULL is fine). */
+void sv_serial_cap_stop(sv_serial_cap *cap);

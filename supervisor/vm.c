@@ -29,6 +29,7 @@
 #include "supervisor/qemucaps.h"
 #include "supervisor/resources.h"
 #include "supervisor/seed.h"
+#include "supervisor/serlog.h"
 
 #include <arpa/inet.h>
 #include <dirent.h>
@@ -179,6 +180,7 @@ struct vmrt {
     uid_t console_uid;
     pid_t console_pid;
     time_t console_since;
+    sv_serial_cap *serial_cap; /* keeps serial.log bounded while QEMU runs */
 };
 
 static void launch(vmrt *rt);
@@ -360,6 +362,8 @@ static void unlink_rt(vmrt *rt) {
 
 static void release_rt(vmrt *rt) {
     unlink_rt(rt);
+    sv_serial_cap_stop(rt->serial_cap);
+    rt->serial_cap = NULL;
     sv_net_fds_close(&rt->net);
     if (rt->vm)
         rt->vm->rt = NULL;
@@ -367,6 +371,13 @@ static void release_rt(vmrt *rt) {
     uv_close((uv_handle_t *)&rt->timer, rt_close_cb);
     uv_close((uv_handle_t *)&rt->acpi_timer, rt_close_cb);
     uv_close((uv_handle_t *)&rt->persist_timer, rt_close_cb);
+}
+
+static void serial_cap_start(vmrt *rt) {
+    qv_error err = {0};
+    if (!rt->serial_cap &&
+        sv_serial_cap_start(rt->c->loop, rt->vm->dir, rt->vm->name, SV_SERIAL_LOG_MAX, &rt->serial_cap, &err) < 0)
+        log_warning("VM %s: serial.log is not kept bounded: %s", rt->vm->name, err.msg);
 }
 
 static void run_path(const vmrt *rt, const char *file, char *buf, size_t len) {
@@ -1388,6 +1399,7 @@ static void launch(vmrt *rt) {
     }
     log_info("VM %s: QEMU started (pid %d, %s%s)", vm->name, (int)pid, kvm ? "KVM" : "TCG",
              env.sandbox ? ", seccomp sandbox" : "");
+    serial_cap_start(rt);
     uv_timer_start(&rt->timer, on_start_timeout, sv_pt_start_timeout_ms(vm->spec, START_TIMEOUT_MS), 0);
     if (!recorded) {
         /* a QEMU whose pid is not on disk would be lost to a daemon restart */
@@ -1986,6 +1998,8 @@ static void handle_gone(vmrt *rt, const char *how_exited) {
     sv_vm *vm = rt->vm;
     pid_t pid = rt->watch ? rt->watch->pid : vm->run.pid;
     watch_close(rt);
+    sv_serial_cap_stop(rt->serial_cap);
+    rt->serial_cap = NULL;
     console_end(rt, json_pack("{s:s, s:s}", "reason", "stopped", "how", how_exited));
     detach_channels(rt);
     uv_timer_stop(&rt->timer);
@@ -2328,6 +2342,7 @@ static void adopt(sv_vmctl *c, sv_vm *vm) {
     }
     rt->our_child = false;
     rt->cont_sent = true;
+    serial_cap_start(rt);
     if (qmp_attach(rt) < 0)
         log_warning("VM %s: cannot reconnect to the monitor; a stop will use signals", vm->name);
     else if (vm->state != SV_VM_STARTING)

@@ -25,7 +25,10 @@ appends its argv as one JSON line to FAKE_QEMU_RUNS when that is set.
   sent to FAKE_QEMU_FLOOD_COUNT.  `system_powerdown` is a guest that honours
   ACPI: POWERDOWN, SHUTDOWN (guest), exit 0.  With FAKE_QEMU_FILL_AT_CONT
   set, it fills the file system by writing that file until ENOSPC before it
-  answers `cont` (the disk fills up while a start is under way)."""
+  answers `cont` (the disk fills up while a start is under way).  With
+  FAKE_QEMU_SERIAL_BYTES set, it appends that many bytes to the serial log
+  its argv names once `cont` came (a guest that prints without end), then
+  writes "done" to FAKE_QEMU_SERIAL_DONE."""
 
 import json
 import os
@@ -91,7 +94,26 @@ def event(name):
                        "timestamp": {"seconds": int(t), "microseconds": int(t % 1 * 1e6)}}).encode() + b"\n"
 
 
-def flood():
+def serial_log_path(argv):
+    for a in argv:
+        for part in a.split(","):
+            if part.startswith("logfile="):
+                return part[len("logfile="):]
+    return None
+
+
+def print_forever(path, n):
+    chunk = b"guest: " + b"x" * 65527 + b"\n"
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+    left = n
+    while left > 0:
+        left -= os.write(fd, chunk[:min(left, len(chunk))])
+    os.close(fd)
+    with open(os.environ["FAKE_QEMU_SERIAL_DONE"], "w") as f:
+        f.write("done\n")
+
+
+def flood(argv):
     lsock = socket.socket(fileno=3)
     conn, _ = lsock.accept()
     lock = threading.Lock()
@@ -129,6 +151,9 @@ def flood():
             if cmd.get("execute") == "cont" and os.environ.get("FAKE_QEMU_FILL_AT_CONT"):
                 fill(os.environ["FAKE_QEMU_FILL_AT_CONT"])
             send(json.dumps({"return": ret, "id": cmd.get("id")}).encode() + b"\n")
+            if cmd.get("execute") == "cont" and os.environ.get("FAKE_QEMU_SERIAL_BYTES"):
+                threading.Thread(target=print_forever, daemon=True,
+                                 args=(serial_log_path(argv), int(os.environ["FAKE_QEMU_SERIAL_BYTES"]))).start()
             if cmd.get("execute") == "cont" and seconds > 0:
                 threading.Thread(target=flooder, daemon=True).start()
             elif cmd.get("execute") == "quit":
@@ -163,7 +188,7 @@ def main():
         sys.stderr.write("fake-qemu: cannot load libfoo.so.1: no such file\n")
         sys.exit(1)
     if "-pidfile" in argv and m == "flood":
-        flood()
+        flood(argv)
         sys.exit(0)
     if "-pidfile" in argv and m not in ("", "version-fails"):
         misbehave(m)

@@ -11,6 +11,8 @@
   (the disk fills while QEMU is being started); a clean stop says it
   happened and that the state could not be saved, and the state reaches the
   disk once there is room again.
+- A guest that prints without end: serial.log stays near its 16 MiB cap
+  (the daemon empties it and says so), it does not fill the disk.
 
 The QEMU is test/integration/fake-qemu-monitor.py in mode `flood`: a
 well-behaved monitor, with a flood of events when asked."""
@@ -189,6 +191,32 @@ class FullDisk(Base):
         vm = self.node.qvisor_json("vm", "show", "vm")
         self.assertEqual(vm["state"], "stopped")
         self.assertIn("clean", vm["last_exit"])
+
+
+class SerialLog(Base):
+    def test_serial_log_is_kept_bounded(self):
+        done = os.path.join(self.node.dir, "serial-done")
+        self.env.update(FAKE_QEMU_SERIAL_BYTES=str(64 << 20), FAKE_QEMU_SERIAL_DONE=done)
+        self.restart_daemon()
+        self.assertEqual(self.node.qvisor("vm", "start", "vm", timeout=scaled(60)).returncode, 0)
+        serial = os.path.join(self.node.state, "instances", "vm", "serial.log")
+        biggest = 0
+        deadline = time.monotonic() + scaled(120)
+        while not os.path.exists(done) and time.monotonic() < deadline:
+            biggest = max(biggest, os.stat(serial).st_size)
+            time.sleep(0.01)
+        self.assertTrue(os.path.exists(done), "the fake guest did not finish printing")
+        size = os.stat(serial).st_size
+        sys.stderr.write(f"serial.log: 64 MiB printed; at most {biggest / 2**20:.1f} MiB seen, "
+                         f"{size / 2**20:.1f} MiB at the end\n")
+        self.assertLess(max(biggest, size), 32 << 20, "serial.log grew without bound")
+        with open(serial, "rb") as f:
+            self.assertIn(b"---- qvisor: serial.log reached", f.read())
+        self.assertIn("serial.log went over", self.node.log())
+        # `vm log` still reads it
+        p = self.node.qvisor("vm", "log", "vm", "-n", "1")
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertEqual(self.node.qvisor("vm", "stop", "--force", "vm", timeout=scaled(60)).returncode, 0)
 
 
 if __name__ == "__main__":
