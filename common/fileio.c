@@ -18,14 +18,24 @@
 
 /* Reads fd to its end, at most max bytes (-EFBIG beyond). */
 static int read_all(int fd, size_t max, char **ret, size_t *ret_len) {
-    size_t cap = 4096, len = 0;
+    size_t cap = max < 4096 ? max : 4096, len = 0;
     _cleanup_free_ char *buf = malloc(cap + 1);
     if (!buf)
         return -ENOMEM;
     for (;;) {
         if (len == cap) {
-            if (cap >= max)
-                return -EFBIG;
+            if (cap >= max) {
+                /* exactly max bytes, or more? */
+                char probe;
+                ssize_t n;
+                while ((n = read(fd, &probe, 1)) < 0 && errno == EINTR)
+                    ;
+                if (n < 0)
+                    return -errno;
+                if (n > 0)
+                    return -EFBIG;
+                break;
+            }
             cap = cap * 2 > max ? max : cap * 2;
             char *nb = realloc(buf, cap + 1);
             if (!nb)
@@ -98,6 +108,8 @@ int qv_write_all(int fd, const void *buf, size_t len) {
     return 0;
 }
 
+static int atomic_begin_in(qv_atomic *a);
+
 int qv_atomic_begin(const char *path, mode_t mode, qv_atomic *a) {
     *a = (qv_atomic){.fd = -1, .dfd = -1, .mode = mode};
     char dir_buf[PATH_MAX], base_buf[PATH_MAX];
@@ -112,11 +124,29 @@ int qv_atomic_begin(const char *path, mode_t mode, qv_atomic *a) {
     a->dfd = open(dirname(dir_buf), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (a->dfd < 0)
         return -errno;
+    return atomic_begin_in(a);
+}
+
+int qv_atomic_begin_at(int dirfd, const char *name, mode_t mode, qv_atomic *a) {
+    *a = (qv_atomic){.fd = -1, .dfd = -1, .mode = mode};
+    if (!*name || strchr(name, '/'))
+        return -EINVAL;
+    if (strlen(name) >= sizeof a->base)
+        return -ENAMETOOLONG;
+    strcpy(a->base, name);
+    a->dfd = fcntl(dirfd, F_DUPFD_CLOEXEC, 3);
+    if (a->dfd < 0)
+        return -errno;
+    return atomic_begin_in(a);
+}
+
+/* a->dfd and a->base are set: creates the temp file beside base. */
+static int atomic_begin_in(qv_atomic *a) {
     uint64_t rnd;
     if (getrandom(&rnd, sizeof rnd, GRND_NONBLOCK) != sizeof rnd)
         rnd = (uint64_t)getpid() ^ ((uint64_t)(uintptr_t)&rnd << 16);
     snprintf(a->tmp, sizeof a->tmp, ".%.200s.%016llx.tmp", a->base, (unsigned long long)rnd);
-    a->fd = openat(a->dfd, a->tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode);
+    a->fd = openat(a->dfd, a->tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, a->mode);
     if (a->fd < 0) {
         int r = -errno;
         close(a->dfd);
@@ -196,17 +226,27 @@ int qv_atomic_commit(qv_atomic *a, unsigned flags) {
     return r;
 }
 
+static int write_atomic(qv_atomic *a, const void *data, size_t len);
+
 int qv_write_file_atomic(const char *path, const void *data, size_t len, mode_t mode) {
     qv_atomic a;
     int r = qv_atomic_begin(path, mode, &a);
-    if (r < 0)
-        return r;
-    r = qv_write_all(a.fd, data, len);
+    return r < 0 ? r : write_atomic(&a, data, len);
+}
+
+int qv_write_file_atomic_at(int dirfd, const char *name, const void *data, size_t len, mode_t mode) {
+    qv_atomic a;
+    int r = qv_atomic_begin_at(dirfd, name, mode, &a);
+    return r < 0 ? r : write_atomic(&a, data, len);
+}
+
+static int write_atomic(qv_atomic *a, const void *data, size_t len) {
+    int r = qv_write_all(a->fd, data, len);
     if (r < 0) {
-        qv_atomic_abort(&a);
+        qv_atomic_abort(a);
         return r;
     }
-    return qv_atomic_commit(&a, QV_ATOMIC_DURABLE);
+    return qv_atomic_commit(a, QV_ATOMIC_DURABLE);
 }
 
 int qv_mkdir_p(const char *path, mode_t mode) {
@@ -298,6 +338,26 @@ int qv_rm_rf(const char *path) {
 int qv_open_dir_at(int dirfd, const char *name) {
     int fd = openat(dirfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
     return fd < 0 ? -errno : fd;
+}
+
+int qv_open_dir_nofollow(const char *path) {
+    char dir_buf[PATH_MAX], base_buf[PATH_MAX];
+    if (!*path || strlen(path) >= sizeof dir_buf)
+        return *path ? -ENAMETOOLONG : -EINVAL;
+    strcpy(dir_buf, path);
+    strcpy(base_buf, path);
+    _cleanup_close_ int pfd = open(dirname(dir_buf), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (pfd < 0)
+        return -errno;
+    return qv_open_dir_at(pfd, basename(base_buf));
+}
+
+int qv_read_regular_file_at(int dirfd, const char *name, size_t max, char **ret, size_t *ret_len) {
+    _cleanup_close_ int fd = openat(dirfd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+    if (fd < 0)
+        return -errno;
+    int r = regular_blocking(fd);
+    return r < 0 ? r : read_all(fd, max, ret, ret_len);
 }
 
 int qv_create_at(int dirfd, const char *name, int flags, mode_t mode) {

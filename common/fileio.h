@@ -38,6 +38,9 @@ enum {
 };
 
 int qv_atomic_begin(const char *path, mode_t mode, qv_atomic *a);
+/* The same for `name` (no '/') in the directory dirfd, which is duplicated
+ * (the caller keeps its fd): nothing on the way is resolved again. */
+int qv_atomic_begin_at(int dirfd, const char *name, mode_t mode, qv_atomic *a);
 /* Consumes a (fds closed) in every case.  On failure the temp file is gone
  * and path is unchanged. */
 int qv_atomic_commit(qv_atomic *a, unsigned flags);
@@ -45,6 +48,7 @@ void qv_atomic_abort(qv_atomic *a);
 
 /* Replaces path with data, durably (qv_atomic with QV_ATOMIC_DURABLE). */
 int qv_write_file_atomic(const char *path, const void *data, size_t len, mode_t mode);
+int qv_write_file_atomic_at(int dirfd, const char *name, const void *data, size_t len, mode_t mode);
 
 /* Writes all of buf to fd, retrying on EINTR and short writes. */
 int qv_write_all(int fd, const void *buf, size_t len);
@@ -88,6 +92,16 @@ int qv_create_at(int dirfd, const char *name, int flags, mode_t mode);
  * FIFO is not opened, so this never blocks).  The mode is set with fchmod.
  * Returns the fd (caller owns it) or -errno. */
 int qv_open_regular_at(int dirfd, const char *name, int flags, mode_t mode);
+
+/* The directory at path, whose last component must not be a symlink
+ * (-ELOOP or -ENOTDIR then): a directory qvisor made and someone replaced.
+ * Returns the fd or -errno. */
+int qv_open_dir_nofollow(const char *path);
+
+/* Reads `name` in dirfd, at most max bytes (-EFBIG beyond), only when it is
+ * a regular file reached without a symlink (-ELOOP; -EINVAL for a FIFO, a
+ * device…).  *ret is NUL-terminated. */
+int qv_read_regular_file_at(int dirfd, const char *name, size_t max, char **ret, size_t *ret_len);
 
 /* "/proc/PID/fd/N" of this process: a path another process (a child that
  * takes file names, like qemu-img) opens to reach exactly the file fd is,

@@ -166,27 +166,40 @@ int sv_registry_save(sv_registry *r, sv_vm *vm, qv_error *err) {
     return rc;
 }
 
+/* Files of an instance directory are reached through the directory's fd,
+ * opened without following a symlink in its place (issue 15: someone who
+ * can write the instances directory must not redirect qvisor's writes). */
 static int write_json(const char *dir, const char *file, json_t *j, qv_error *err) {
-    char path[PATH_MAX];
-    snprintf(path, sizeof path, "%s/%s", dir, file);
     _cleanup_free_ char *text = j ? json_dumps(j, JSON_INDENT(2) | JSON_PRESERVE_ORDER) : NULL;
     if (!text)
         return qv_error_set(err, ENOMEM, "out of memory");
     size_t len = strlen(text);
     text[len] = '\n'; /* room of the NUL; written length includes it */
-    int r = qv_write_file_atomic(path, text, len + 1, 0640);
+    _cleanup_close_ int dfd = qv_open_dir_nofollow(dir);
+    int r = dfd < 0 ? dfd : qv_write_file_atomic_at(dfd, file, text, len + 1, 0640);
     if (r < 0)
-        return qv_error_set(err, r, "cannot write %s: %s", path, strerror(-r));
+        return qv_error_set(err, -r, "cannot write %s/%s: %s", dir, file, strerror(-r));
     return 0;
 }
 
+/* spec.json holds user-data and network-config (each bounded by the request
+ * size); anything bigger was not written by qvisor */
+#define INSTANCE_JSON_MAX (128u << 20)
+
 static json_t *read_json(const char *dir, const char *file, qv_error *err) {
-    char path[PATH_MAX];
-    snprintf(path, sizeof path, "%s/%s", dir, file);
+    _cleanup_close_ int dfd = qv_open_dir_nofollow(dir);
+    _cleanup_free_ char *text = NULL;
+    size_t len = 0;
+    int r = dfd < 0 ? dfd : qv_read_regular_file_at(dfd, file, INSTANCE_JSON_MAX, &text, &len);
+    if (r < 0) {
+        qv_error_set(err, EBADMSG, "%s/%s: %s", dir, file,
+                     r == -EINVAL ? "not a regular file" : r == -EFBIG ? "too large" : strerror(-r));
+        return NULL;
+    }
     json_error_t je;
-    json_t *j = json_load_file(path, JSON_REJECT_DUPLICATES, &je);
+    json_t *j = json_loadb(text, len, JSON_REJECT_DUPLICATES, &je);
     if (!j)
-        qv_error_set(err, EBADMSG, "%s: %s", path, je.text);
+        qv_error_set(err, EBADMSG, "%s/%s: %s", dir, file, je.text);
     return j;
 }
 
@@ -470,17 +483,25 @@ static void create_work(uv_work_t *w) {
         goto fail_tmp;
     qv_run_result_free(&res);
     sv_crash_point("create-after-disk");
-    /* the SSH key and the cloud-init seed: a failure leaves nothing behind */
-    if (vm->spec->seed && vm->spec->ssh_generate && (r = sv_seed_ssh_keygen(vm->name, tmp, err)) < 0)
+    /* the SSH key and the cloud-init seed: a failure leaves nothing behind.
+     * Written through /proc/PID/fd/N of the directory made above, so that a
+     * name swapped in the instances directory meanwhile is not followed
+     * (ssh-keygen, a child, reaches it the same way). */
+    char at[64];
+    if ((r = qv_fd_path(tmpfd, at, sizeof at)) < 0) {
+        qv_error_set(err, -r, "cannot name the fd of %s", tmp);
         goto fail_tmp;
-    if ((r = sv_seed_prepare(vm->spec, c, tmp, NULL, err)) < 0)
+    }
+    if (vm->spec->seed && vm->spec->ssh_generate && (r = sv_seed_ssh_keygen(vm->name, at, err)) < 0)
+        goto fail_tmp;
+    if ((r = sv_seed_prepare(vm->spec, c, at, NULL, err)) < 0)
         goto fail_tmp;
     /* UEFI: the VM's own variable store, from the template create chose;
      * the daemon's user owns it like the disk: QEMU opens both before
      * -runas drops its privileges */
     if (vm->spec->firmware != SV_FIRMWARE_BIOS) {
         char vars[PATH_MAX + 16];
-        snprintf(vars, sizeof vars, "%s/" SV_FW_VARS_FILE, tmp);
+        snprintf(vars, sizeof vars, "%s/" SV_FW_VARS_FILE, at);
         if ((r = sv_fw_vars_copy(vm->spec->firmware_vars, vars, err)) < 0)
             goto fail_tmp;
     }

@@ -842,16 +842,27 @@ static void prep_work(uv_work_t *w) {
                                    job->base);
         return;
     }
+    /* The instance directory is reached through its fd from here on (a
+     * directory swapped for a symlink is refused, and one swapped later is
+     * not followed): /proc/PID/fd/N where a function takes a path. */
+    _cleanup_close_ int dfd = qv_open_dir_nofollow(job->dir);
+    char at[64];
+    if (dfd < 0 || (r = qv_fd_path(dfd, at, sizeof at)) < 0) {
+        r = dfd < 0 ? dfd : r;
+        job->status = qv_error_set(&job->err, -r, "cannot open %s: %s", job->dir,
+                                   r == -ENOTDIR || r == -ELOOP ? "not a directory (a symlink?)" : strerror(-r));
+        return;
+    }
     /* UEFI: the recorded code must still be there; a variable store deleted
      * by hand is made again from its template (the guest loses its boot
      * entries and settings, nothing else) */
-    r = sv_fw_start_check(job->spec, job->dir, &job->vars_restored, &job->err);
+    r = sv_fw_start_check(job->spec, at, &job->vars_restored, &job->err);
     if (r < 0) {
         job->status = r;
         return;
     }
     /* the seed follows the spec and the node's DNS: rewritten when they changed */
-    r = sv_seed_prepare(job->spec, job->config, job->dir, &job->seed_changed, &job->err);
+    r = sv_seed_prepare(job->spec, job->config, at, &job->seed_changed, &job->err);
     if (r < 0) {
         job->status = r;
         return;
@@ -864,11 +875,6 @@ static void prep_work(uv_work_t *w) {
     /* keep the previous boot's console next to this one; QEMU truncates
      * serial.log but keeps its mode: made here 0640, relative to the
      * directory and never through a symlink */
-    _cleanup_close_ int dfd = open(job->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd < 0) {
-        job->status = qv_error_set(&job->err, errno, "cannot open %s: %s", job->dir, strerror(errno));
-        return;
-    }
     if (renameat(dfd, "serial.log", dfd, "serial.log.1") < 0 && errno != ENOENT)
         log_debug("cannot rotate %s/serial.log: %s", job->dir, strerror(errno));
     _cleanup_close_ int old = openat(dfd, "serial.log.1", O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);

@@ -187,6 +187,36 @@ class InstanceLinks(Base):
         self.assertUntouched(victim)
         self.assertFalse(os.path.lexists(os.path.join(self.pool, "again.qcow2")))
 
+    def test_state_not_written_through_a_swapped_instance_dir(self):
+        self.create("swap")
+        real = os.path.join(self.outside, "real")
+        d = os.path.join(self.instances, "swap")
+        os.rename(d, real)
+        os.symlink(real, d)
+        with open(os.path.join(real, "state.json")) as f:
+            before = f.read()
+        p = self.node.qvisor("vm", "start", "swap", timeout=scaled(60))
+        self.assertNotEqual(p.returncode, 0, "started through a symlinked instance directory")
+        self.assertIn("not started: cannot write", p.stderr)
+        with open(os.path.join(real, "state.json")) as f:
+            self.assertEqual(f.read(), before)
+        self.assertEqual(self.node.qemu_pids(), [])
+
+    def test_instance_json_not_read_through_a_link(self):
+        self.create("peek")
+        secret = os.path.join(self.outside, "secret")
+        with open(secret, "w") as f:
+            f.write("hunter2-root-only\n")
+        spec = os.path.join(self.instances, "peek", "spec.json")
+        os.unlink(spec)
+        os.symlink(secret, spec)
+        self.assertEqual(self.node.stop_daemon(), 0)
+        self.node.start_daemon()
+        self.assertNotIn("hunter", self.node.log())  # jansson quotes the token it stopped at
+        self.assertIn("spec.json", self.node.log())
+        vms = self.node.qvisor_json("vm", "list")["vms"]
+        self.assertNotIn("peek", [v["name"] for v in vms])
+
     def crash_during(self, point, args):
         self.node.stop_daemon()
         self.node.start_daemon(extra_env={"QVISOR_TEST_CRASH_AT": point})

@@ -109,6 +109,19 @@ static void test_read_limits(void **state) {
     assert_int_equal(qv_read_file(path, 4096, &data, NULL), -EFBIG);
     assert_int_equal(qv_read_file(path, 10000, &data, NULL), 0);
     assert_int_equal(strlen(data), sizeof big - 1);
+    free(data);
+    data = NULL;
+    /* exactly max bytes fit; one more does not, also under 4 KiB */
+    assert_int_equal(qv_read_file(path, sizeof big - 1, &data, NULL), 0);
+    assert_int_equal(strlen(data), sizeof big - 1);
+    free(data);
+    data = NULL;
+    assert_int_equal(qv_read_file(path, 100, &data, NULL), -EFBIG);
+    qv_test_write(dir, "small", "0123456789");
+    snprintf(path, sizeof path, "%s/small", dir);
+    assert_int_equal(qv_read_file(path, 9, &data, NULL), -EFBIG);
+    assert_int_equal(qv_read_file(path, 10, &data, NULL), 0);
+    assert_string_equal(data, "0123456789");
     qv_test_rm_rf(dir);
 }
 
@@ -317,6 +330,41 @@ static void test_atomic_regular_only(void **state) {
     qv_test_rm_rf(dir);
 }
 
+/* The instance-directory helpers: a directory replaced by a symlink is not
+ * entered, a file replaced by a symlink (or a FIFO) is not read, and an
+ * atomic write relative to a directory fd lands in that directory. */
+static void test_dir_fd_helpers(void **state) {
+    (void)state;
+    _cleanup_free_ char *dir = qv_test_mkdtemp("qv-fileio");
+    char sub[PATH_MAX], link[PATH_MAX], p[PATH_MAX];
+    snprintf(sub, sizeof sub, "%s/real", dir);
+    snprintf(link, sizeof link, "%s/link", dir);
+    assert_int_equal(mkdir(sub, 0750), 0);
+    assert_int_equal(symlink(sub, link), 0);
+    int r = qv_open_dir_nofollow(link);
+    assert_true(r == -ENOTDIR || r == -ELOOP); /* O_DIRECTORY | O_NOFOLLOW on a link: ENOTDIR */
+    int dfd = qv_open_dir_nofollow(sub);
+    assert_true(dfd >= 0);
+    assert_int_equal(qv_write_file_atomic_at(dfd, "state.json", "{}\n", 3, 0640), 0);
+    assert_int_equal(qv_write_file_atomic_at(dfd, "a/b", "x", 1, 0640), -EINVAL);
+    _cleanup_free_ char *data = NULL;
+    assert_int_equal(qv_read_regular_file_at(dfd, "state.json", 64, &data, NULL), 0);
+    assert_string_equal(data, "{}\n");
+    struct stat st;
+    snprintf(p, sizeof p, "%s/state.json", sub);
+    assert_int_equal(stat(p, &st), 0);
+    assert_int_equal(st.st_mode & 07777, 0640);
+    assert_int_equal(qv_read_regular_file_at(dfd, "state.json", 2, &data, NULL), -EFBIG);
+    qv_test_write(dir, "secret", "root only");
+    snprintf(p, sizeof p, "%s/secret", dir);
+    assert_int_equal(symlinkat(p, dfd, "spec.json"), 0);
+    assert_int_equal(qv_read_regular_file_at(dfd, "spec.json", 64, &data, NULL), -ELOOP);
+    assert_int_equal(mkfifoat(dfd, "fifo", 0600), 0);
+    assert_int_equal(qv_read_regular_file_at(dfd, "fifo", 64, &data, NULL), -EINVAL);
+    close(dfd);
+    qv_test_rm_rf(dir);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_atomic_write_replaces_and_leaves_no_temp),
@@ -326,6 +374,7 @@ int main(void) {
         cmocka_unit_test(test_rm_rf_at_never_follows),
         cmocka_unit_test(test_create_at_and_unlink_own),
         cmocka_unit_test(test_atomic_regular_only),
+        cmocka_unit_test(test_dir_fd_helpers),
         cmocka_unit_test(test_sysroot_fake_tree),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
