@@ -555,7 +555,12 @@ static void note_paused(vmrt *rt, bool paused) {
     sv_vm_state want = paused ? SV_VM_PAUSED : SV_VM_RUNNING;
     if ((vm->state == SV_VM_RUNNING || vm->state == SV_VM_PAUSED) && vm->state != want) {
         set_state(rt, paused ? SV_EV_PAUSED : SV_EV_RESUMED);
-        persist_soon(rt);
+        /* our own stop/cont (a request) is written at once; what QEMU did
+         * by itself is coalesced */
+        if (rt->pause_ops)
+            persist(rt);
+        else
+            persist_soon(rt);
         log_pause_change(rt, paused);
     }
     if (paused && vm->state == SV_VM_STOPPING && rt->stage == STAGE_GRACEFUL) {
@@ -1838,6 +1843,8 @@ static void on_pause_reply(qmp_conn *q, int status, json_t *result, const qmp_er
         op->done(-err.code, NULL, &err, op->userdata);
     } else {
         note_paused(rt, op->pause);
+        if (rt->persist_due)
+            persist(rt); /* what a request answers is on disk */
         json_t *res = pause_result(rt->vm, op->pause ? "paused" : "resumed");
         op->done(0, res, NULL, op->userdata);
         json_decref(res);

@@ -114,14 +114,19 @@ def print_forever(path, n):
 
 
 def flood(argv):
+    """Serves one monitor connection after the other, as QEMU does (a
+    restarted daemon connects again)."""
     lsock = socket.socket(fileno=3)
-    conn, _ = lsock.accept()
+    state = {"conn": None}
     lock = threading.Lock()
     seconds = float(os.environ.get("FAKE_QEMU_FLOOD_SECONDS", "10"))
 
     def send(b):
         with lock:
-            conn.sendall(b)
+            try:
+                state["conn"].sendall(b)
+            except OSError:
+                pass  # that connection is gone; the next one gets what follows
 
     def flooder():
         n = 0
@@ -133,6 +138,15 @@ def flood(argv):
         with open(os.environ["FAKE_QEMU_FLOOD_COUNT"], "w") as f:
             f.write(f"{n}\n")
 
+    while True:
+        conn, _ = lsock.accept()
+        with lock:
+            state["conn"] = conn
+        serve(conn, send, argv, seconds, flooder)
+        conn.close()
+
+
+def serve(conn, send, argv, seconds, flooder):
     send(GREETING)
     buf = b""
     while True:
