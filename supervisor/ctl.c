@@ -29,6 +29,8 @@
 /* supplementary groups looked at when authorising a peer (NGROUPS_MAX is 65536) */
 #define CTL_MAX_PEER_GROUPS 65536
 
+_Static_assert(SV_CTL_MAX_FDS <= 253, "SCM_MAX_FD");
+
 typedef struct ctl_client ctl_client;
 
 struct sv_ctl_server {
@@ -43,13 +45,16 @@ struct sv_ctl_server {
 };
 
 struct ctl_client {
-    uv_pipe_t pipe;
+    uv_pipe_t pipe;   /* replies go out here; requests are not read through it, */
+    uv_poll_t poll;   /* but with recvmsg() on rfd when this says it is readable */
+    int rfd;          /* a duplicate of the socket, for poll and recvmsg */
+    bool polling;     /* poll is initialised */
     uv_timer_t timer; /* line and idle timeouts */
     sv_ctl_server *server;
     ctl_client *prev, *next;
     qv_linebuf lb;
     sv_ctl_peer peer;
-    int refs; /* the two handles + one per request and per write in flight */
+    int refs; /* the (two or three) handles + one per request and per write in flight */
     unsigned requests; /* requests in flight */
     uint64_t line_started; /* loop time of the first byte of the partial line, or 0 */
     bool closing;
@@ -59,6 +64,18 @@ struct ctl_client {
     bool streaming;
     sv_ctl_stream_fn stream_fn;
     void *stream_userdata;
+    /* Descriptors (SCM_RIGHTS) belong to the request line they came with:
+     * the kernel ends a read after the bytes that carried them, so they are
+     * the line's whose '\n' is at or after the last byte of that read
+     * (pend_end[i] - 1, offsets in the byte stream).  At most SV_CTL_MAX_FDS
+     * are held at once, pending here or by requests in flight. */
+    int pend_fds[SV_CTL_MAX_FDS];
+    uint64_t pend_end[SV_CTL_MAX_FDS];
+    size_t n_pend;
+    size_t fds_held;      /* pending + those of requests in flight */
+    uint64_t rx_off;      /* stream offset of the chunk being fed */
+    const char *chunk;    /* the chunk being fed, for line offsets */
+    size_t chunk_len;
     char rbuf[CTL_READ_CHUNK];
 };
 
@@ -68,6 +85,8 @@ struct sv_ctl_req {
     bool wants_progress;    /* the request said "progress": true */
     json_t *last_progress;  /* the value last sent, or NULL */
     uint64_t last_progress_ms;
+    int fds[SV_CTL_MAX_FDS]; /* those the line came with; -1 once taken */
+    size_t n_fds;
 };
 
 typedef struct ctl_write {
@@ -96,11 +115,33 @@ static void on_client_closed(uv_handle_t *h) {
     client_unref(h->data);
 }
 
+static void on_poll_closed(uv_handle_t *h) {
+    ctl_client *c = h->data;
+    qv_closep(&c->rfd);
+    client_unref(c);
+}
+
+static void close_fds(int *fds, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        qv_closep(&fds[i]);
+}
+
+/* Stops reading requests (a stream, a framing error, a close). */
+static void client_stop_reading(ctl_client *c) {
+    if (uv_is_active((uv_handle_t *)&c->poll))
+        uv_poll_stop(&c->poll);
+}
+
 static void client_close(ctl_client *c) {
     if (c->closing)
         return;
     c->closing = true;
     uv_close((uv_handle_t *)&c->timer, on_client_closed);
+    if (c->polling)
+        uv_close((uv_handle_t *)&c->poll, on_poll_closed);
+    close_fds(c->pend_fds, c->n_pend);
+    c->fds_held -= c->n_pend;
+    c->n_pend = 0;
     if (c->stream_fn) { /* the handover never happened */
         sv_ctl_stream_fn fn = c->stream_fn;
         c->stream_fn = NULL;
@@ -232,16 +273,38 @@ const sv_ctl_peer *sv_ctl_req_peer(const sv_ctl_req *req) {
     return &req->client->peer;
 }
 
+/* Frees req and what it holds (descriptors not taken are closed). */
+static void req_free(sv_ctl_req *req) {
+    ctl_client *c = req->client;
+    close_fds(req->fds, req->n_fds);
+    c->fds_held -= req->n_fds;
+    json_decref(req->id);
+    json_decref(req->last_progress);
+    free(req);
+    c->requests--;
+}
+
+int sv_ctl_req_take_fd(sv_ctl_req *req, json_t *params, const char *key, int *ret_fd, qv_error *err) {
+    json_t *v = json_object_get(params, key);
+    if (!v)
+        return 0;
+    if (!json_is_integer(v) || json_integer_value(v) < 0 || (size_t)json_integer_value(v) >= req->n_fds)
+        return qv_error_set(err, EINVAL, "\"%s\" must be the index of a file descriptor sent with the request (%zu sent)",
+                            key, req->n_fds);
+    size_t i = (size_t)json_integer_value(v);
+    if (req->fds[i] < 0)
+        return qv_error_set(err, EINVAL, "\"%s\": file descriptor %zu is named twice", key, i);
+    *ret_fd = TAKE_FD(req->fds[i]);
+    return 1;
+}
+
 static void req_finish(sv_ctl_req *req, json_t *msg) {
     ctl_client *c = req->client;
     if (!c->closing && !c->server->closing && !c->streaming)
         client_send(c, msg);
     else
         json_decref(msg);
-    json_decref(req->id);
-    json_decref(req->last_progress);
-    free(req);
-    c->requests--;
+    req_free(req);
     client_rearm(c);
     client_unref(c);
 }
@@ -256,10 +319,7 @@ void sv_ctl_reply_stream(sv_ctl_req *req, json_t *result, sv_ctl_stream_fn on_st
     ctl_client *c = req->client;
     if (c->closing || c->server->closing || c->streaming) {
         json_decref(result);
-        json_decref(req->id);
-        json_decref(req->last_progress);
-        free(req);
-        c->requests--;
+        req_free(req);
         on_stream(-1, &c->peer, userdata);
         client_unref(c);
         return;
@@ -267,7 +327,7 @@ void sv_ctl_reply_stream(sv_ctl_req *req, json_t *result, sv_ctl_stream_fn on_st
     if (!result)
         result = json_object();
     c->refs++; /* the reply below may close the client */
-    uv_read_stop((uv_stream_t *)&c->pipe);
+    client_stop_reading(c);
     uv_timer_stop(&c->timer); /* a stream is not a request: no timeout */
     c->stream_fn = on_stream;
     c->stream_userdata = userdata;
@@ -325,28 +385,58 @@ static bool blank(const char *s, size_t n) {
     return true;
 }
 
+/* Moves the pending descriptors that belong to the line whose '\n' is at
+ * stream offset nl_off into fds (room for SV_CTL_MAX_FDS); returns how many. */
+static size_t take_line_fds(ctl_client *c, uint64_t nl_off, int *fds) {
+    size_t n = 0;
+    while (n < c->n_pend && c->pend_end[n] - 1 <= nl_off) {
+        fds[n] = c->pend_fds[n];
+        n++;
+    }
+    memmove(c->pend_fds, c->pend_fds + n, (c->n_pend - n) * sizeof *c->pend_fds);
+    memmove(c->pend_end, c->pend_end + n, (c->n_pend - n) * sizeof *c->pend_end);
+    c->n_pend -= n;
+    return n;
+}
+
 /* One request line.  Returns non-zero to stop reading this client. */
 static int on_line(const char *line, size_t len, void *userdata) {
     ctl_client *c = userdata;
     if (c->closing)
         return 1;
     c->line_started = 0; /* a partial line after this one starts its own clock */
-    if (blank(line, len))
-        return 0;
+
+    /* where its '\n' is: inside the chunk, or (a line carried over from
+     * earlier reads) the chunk's first one */
+    uint64_t nl_off;
+    if (line >= c->chunk && line < c->chunk + c->chunk_len)
+        nl_off = c->rx_off + (uint64_t)(line - c->chunk) + len;
+    else
+        nl_off = c->rx_off + (uint64_t)((const char *)memchr(c->chunk, '\n', c->chunk_len) - c->chunk);
+    int fds[SV_CTL_MAX_FDS];
+    size_t n_fds = take_line_fds(c, nl_off, fds);
+    const char *problem = NULL;
+    json_t *msg = NULL;
+    if (blank(line, len)) {
+        if (n_fds)
+            client_send_error(c, NULL, EINVAL, "file descriptors sent with an empty line");
+        goto refuse;
+    }
 
     json_error_t jerr;
-    json_t *msg = json_loadb(line, len, JSON_REJECT_DUPLICATES, &jerr);
+    msg = json_loadb(line, len, JSON_REJECT_DUPLICATES, &jerr);
     if (!msg) {
         char why[256];
         snprintf(why, sizeof why, "invalid JSON at byte %d: %s", jerr.position, jerr.text);
         client_send_error(c, NULL, EBADMSG, why);
-        return 0;
+        goto refuse;
     }
     json_t *id = json_object_get(msg, "id");
     json_t *method = json_object_get(msg, "method");
     json_t *params = json_object_get(msg, "params");
     json_t *progress = json_object_get(msg, "progress");
-    const char *problem = NULL;
+    json_t *nfds = json_object_get(msg, "fds");
+    char why[160];
     if (!json_is_object(msg))
         problem = "a request must be a JSON object";
     else if (!id || !(json_is_integer(id) || json_is_string(id)))
@@ -357,20 +447,32 @@ static int on_line(const char *line, size_t len, void *userdata) {
         problem = "\"params\" must be an object";
     else if (progress && !json_is_boolean(progress))
         problem = "\"progress\" must be true or false";
+    else if (nfds && (!json_is_integer(nfds) || json_integer_value(nfds) < 0 ||
+                      json_integer_value(nfds) > SV_CTL_MAX_FDS))
+        problem = "\"fds\" must be the number of file descriptors sent with the request (at most 8)";
+    else if ((size_t)json_integer_value(nfds) != n_fds) {
+        /* descriptors nobody asked for, or fewer than announced: no guessing */
+        snprintf(why, sizeof why, "the request says \"fds\": %lld, but %zu file descriptors came with it",
+                 (long long)json_integer_value(nfds), n_fds);
+        problem = why;
+    }
     if (problem) {
         client_send_error(c, json_is_integer(id) || json_is_string(id) ? id : NULL, EINVAL, problem);
-        json_decref(msg);
-        return 0;
+        goto refuse;
     }
 
     sv_ctl_req *req = calloc(1, sizeof *req);
     if (!req) {
         json_decref(msg);
+        close_fds(fds, n_fds);
+        c->fds_held -= n_fds;
         return 1;
     }
     req->client = c;
     req->id = json_incref(id);
     req->wants_progress = json_is_true(progress);
+    memcpy(req->fds, fds, n_fds * sizeof *fds);
+    req->n_fds = n_fds;
     c->refs++;
     c->requests++;
     json_t *p = json_is_object(params) ? json_incref(params) : json_object();
@@ -379,32 +481,98 @@ static int on_line(const char *line, size_t len, void *userdata) {
     json_decref(p);
     json_decref(msg);
     return c->closing || c->streaming ? 1 : 0;
+
+refuse:
+    json_decref(msg);
+    close_fds(fds, n_fds);
+    c->fds_held -= n_fds;
+    return 0;
 }
 
-static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
-    (void)suggested;
+/* Refuses a client that sent more descriptors than it may hold: they are
+ * closed, it gets an error and the connection ends. */
+static void too_many_fds(ctl_client *c) {
+    close_fds(c->pend_fds, c->n_pend);
+    c->fds_held -= c->n_pend;
+    c->n_pend = 0;
+    client_stop_reading(c);
+    c->close_after_write = true;
+    char why[128];
+    snprintf(why, sizeof why, "too many file descriptors (at most %d at once, sent with the request that names them)",
+             SV_CTL_MAX_FDS);
+    client_send_error(c, NULL, EINVAL, why);
+}
+
+/* The descriptors of one read (SCM_RIGHTS): held until their line is
+ * complete.  Returns false when the client was refused. */
+static bool receive_fds(ctl_client *c, struct msghdr *mh, uint64_t end) {
+    bool truncated = mh->msg_flags & MSG_CTRUNC; /* the kernel closed the rest */
+    for (struct cmsghdr *cm = CMSG_FIRSTHDR(mh); cm; cm = CMSG_NXTHDR(mh, cm)) {
+        if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS)
+            continue;
+        size_t n = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        const unsigned char *data = CMSG_DATA(cm);
+        for (size_t i = 0; i < n; i++) {
+            int fd;
+            memcpy(&fd, data + i * sizeof fd, sizeof fd);
+            if (c->fds_held >= SV_CTL_MAX_FDS) {
+                close(fd);
+                truncated = true;
+                continue;
+            }
+            c->pend_fds[c->n_pend] = fd;
+            c->pend_end[c->n_pend++] = end;
+            c->fds_held++;
+        }
+    }
+    if (truncated) {
+        log_debug("control client pid %d sent too many file descriptors; dropping it", (int)c->peer.pid);
+        too_many_fds(c);
+        return false;
+    }
+    return true;
+}
+
+static void on_poll(uv_poll_t *h, int status, int events) {
+    (void)events;
     ctl_client *c = h->data;
-    *buf = uv_buf_init(c->rbuf, sizeof c->rbuf);
-}
-
-static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
-    ctl_client *c = stream->data;
-    if (nread == 0 || c->closing || c->streaming)
+    if (c->closing || c->streaming)
         return;
-    if (nread < 0) {
+    if (status < 0) {
+        client_close(c);
+        return;
+    }
+    union {
+        struct cmsghdr align;
+        char buf[CMSG_SPACE(sizeof(int) * SV_CTL_MAX_FDS)];
+    } control;
+    struct iovec iov = {.iov_base = c->rbuf, .iov_len = sizeof c->rbuf};
+    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.buf,
+                        .msg_controllen = sizeof control.buf};
+    ssize_t nread = recvmsg(c->rfd, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+    if (nread < 0 && (errno == EAGAIN || errno == EINTR))
+        return;
+    if (nread <= 0) { /* descriptors come with at least one byte: none here */
         client_close(c);
         return;
     }
     c->refs++; /* the handler may close the client while we are in here */
-    int r = qv_linebuf_feed(&c->lb, buf->base, (size_t)nread, on_line, c);
-    if (r == -EMSGSIZE && !c->closing) {
-        char why[128];
-        snprintf(why, sizeof why, "request larger than %zu bytes", c->lb.max_line);
-        uv_read_stop(stream);
-        c->close_after_write = true;
-        client_send_error(c, NULL, EMSGSIZE, why);
-    } else if (r < 0 && !c->closing) {
-        client_close(c);
+    if (receive_fds(c, &mh, c->rx_off + (uint64_t)nread)) {
+        c->chunk = c->rbuf;
+        c->chunk_len = (size_t)nread;
+        int r = qv_linebuf_feed(&c->lb, c->rbuf, (size_t)nread, on_line, c);
+        c->chunk = NULL;
+        c->chunk_len = 0;
+        c->rx_off += (uint64_t)nread;
+        if (r == -EMSGSIZE && !c->closing) {
+            char why[128];
+            snprintf(why, sizeof why, "request larger than %zu bytes", c->lb.max_line);
+            client_stop_reading(c);
+            c->close_after_write = true;
+            client_send_error(c, NULL, EMSGSIZE, why);
+        } else if (r < 0 && !c->closing) {
+            client_close(c);
+        }
     }
     client_rearm(c);
     client_unref(c);
@@ -441,6 +609,7 @@ static void on_connection(uv_stream_t *listener, int status) {
     ctl_client *c = calloc(1, sizeof *c);
     if (!c)
         return;
+    c->rfd = -1;
     if (uv_pipe_init(s->loop, &c->pipe, 0) < 0) {
         free(c);
         return;
@@ -448,6 +617,7 @@ static void on_connection(uv_stream_t *listener, int status) {
     uv_timer_init(s->loop, &c->timer);
     c->pipe.data = c;
     c->timer.data = c;
+    c->poll.data = c;
     c->server = s;
     c->refs = 2;
     s->refs++;
@@ -458,14 +628,21 @@ static void on_connection(uv_stream_t *listener, int status) {
     s->clients = c;
     s->n_clients++;
 
-    if (uv_accept(listener, (uv_stream_t *)&c->pipe) < 0) {
+    /* requests are read with recvmsg() (a plain read() discards the
+     * descriptors a request may carry) on a duplicate of the socket that a
+     * uv_poll_t watches: libuv keeps one watcher per descriptor number */
+    uv_os_fd_t fd;
+    if (uv_accept(listener, (uv_stream_t *)&c->pipe) < 0 || uv_fileno((uv_handle_t *)&c->pipe, &fd) < 0 ||
+        (c->rfd = fcntl(fd, F_DUPFD_CLOEXEC, 3)) < 0 || uv_poll_init(s->loop, &c->poll, c->rfd) < 0) {
+        qv_closep(&c->rfd);
         client_close(c);
         return;
     }
-    uv_os_fd_t fd;
+    c->refs++;
+    c->polling = true;
     struct ucred cred;
     socklen_t len = sizeof cred;
-    if (uv_fileno((uv_handle_t *)&c->pipe, &fd) < 0 || getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0) {
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0) {
         client_close(c);
         return;
     }
@@ -478,7 +655,7 @@ static void on_connection(uv_stream_t *listener, int status) {
         client_send_error(c, NULL, EAGAIN, "too many control connections; try again");
         return;
     }
-    if (uv_read_start((uv_stream_t *)&c->pipe, on_alloc, on_read) < 0)
+    if (uv_poll_start(&c->poll, UV_READABLE | UV_DISCONNECT, on_poll) < 0)
         client_close(c);
     else
         client_rearm(c);
@@ -625,12 +802,41 @@ int sv_ctl_call(const char *path, const char *method, json_t *params, int timeou
     return sv_ctl_call_progress(path, method, params, timeout_ms, NULL, NULL, ret_result, err);
 }
 
+/* Writes the request line, the descriptors (SCM_RIGHTS) with its first
+ * byte so that they arrive with it. */
+static int send_request(int fd, const char *line, size_t len, const int *fds, size_t n_fds) {
+    if (n_fds == 0)
+        return qv_write_all(fd, line, len);
+    union {
+        struct cmsghdr align;
+        char buf[CMSG_SPACE(sizeof(int) * SV_CTL_MAX_FDS)];
+    } control;
+    memset(&control, 0, sizeof control);
+    struct iovec iov = {.iov_base = (void *)line, .iov_len = len};
+    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.buf,
+                        .msg_controllen = CMSG_SPACE(sizeof(int) * n_fds)};
+    struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+    cm->cmsg_level = SOL_SOCKET;
+    cm->cmsg_type = SCM_RIGHTS;
+    cm->cmsg_len = CMSG_LEN(sizeof(int) * n_fds);
+    memcpy(CMSG_DATA(cm), fds, sizeof(int) * n_fds);
+    ssize_t n;
+    do
+        n = sendmsg(fd, &mh, MSG_NOSIGNAL);
+    while (n < 0 && errno == EINTR);
+    if (n < 0)
+        return -errno;
+    return qv_write_all(fd, line + n, len - (size_t)n);
+}
+
 /* One request; with ret_fd the connection is kept and handed back with the
  * bytes after the reply line (a stream). */
-static int ctl_call(const char *path, const char *method, json_t *params, int timeout_ms,
-                    sv_ctl_progress_fn on_progress, void *userdata, json_t **ret_result, int *ret_fd,
+static int ctl_call(const char *path, const char *method, json_t *params, const int *fds, size_t n_fds,
+                    int timeout_ms, sv_ctl_progress_fn on_progress, void *userdata, json_t **ret_result, int *ret_fd,
                     char **ret_rest, size_t *ret_rest_len, qv_error *err) {
     struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    if (n_fds > SV_CTL_MAX_FDS)
+        return qv_error_set(err, E2BIG, "at most %d file descriptors go with one request", SV_CTL_MAX_FDS);
     if (strlen(path) >= sizeof sa.sun_path)
         return qv_error_set(err, ENAMETOOLONG, "control socket path %s is too long", path);
     strcpy(sa.sun_path, path);
@@ -651,6 +857,8 @@ static int ctl_call(const char *path, const char *method, json_t *params, int ti
     json_t *req = json_pack("{s:I, s:s, s:O?}", "id", st.id, "method", method, "params", params);
     if (req && on_progress)
         json_object_set_new(req, "progress", json_true());
+    if (req && n_fds)
+        json_object_set_new(req, "fds", json_integer((json_int_t)n_fds));
     _cleanup_free_ char *text = req ? json_dumps(req, JSON_COMPACT) : NULL;
     json_decref(req);
     if (!text)
@@ -663,7 +871,7 @@ static int ctl_call(const char *path, const char *method, json_t *params, int ti
     line[len] = '\n';
     /* If the daemon hangs up while we write (it refuses an oversized request
      * and closes), its reply saying why is still there to read. */
-    int write_err = qv_write_all(fd, line, len + 1);
+    int write_err = send_request(fd, line, len + 1, fds, n_fds);
     if (write_err < 0)
         shutdown(fd, SHUT_WR);
 
@@ -751,7 +959,15 @@ static int ctl_call(const char *path, const char *method, json_t *params, int ti
 
 int sv_ctl_call_progress(const char *path, const char *method, json_t *params, int timeout_ms,
                          sv_ctl_progress_fn on_progress, void *userdata, json_t **ret_result, qv_error *err) {
-    return ctl_call(path, method, params, timeout_ms, on_progress, userdata, ret_result, NULL, NULL, NULL, err);
+    return ctl_call(path, method, params, NULL, 0, timeout_ms, on_progress, userdata, ret_result, NULL, NULL, NULL,
+                    err);
+}
+
+int sv_ctl_call_fds(const char *path, const char *method, json_t *params, const int *fds, size_t n_fds,
+                    int timeout_ms, sv_ctl_progress_fn on_progress, void *userdata, json_t **ret_result,
+                    qv_error *err) {
+    return ctl_call(path, method, params, fds, n_fds, timeout_ms, on_progress, userdata, ret_result, NULL, NULL,
+                    NULL, err);
 }
 
 int sv_ctl_call_stream(const char *path, const char *method, json_t *params, int timeout_ms, json_t **ret_result,
@@ -759,7 +975,7 @@ int sv_ctl_call_stream(const char *path, const char *method, json_t *params, int
     char *rest = NULL;
     size_t rest_len = 0;
     int fd = -1;
-    int r = ctl_call(path, method, params, timeout_ms, NULL, NULL, ret_result, &fd, &rest, &rest_len, err);
+    int r = ctl_call(path, method, params, NULL, 0, timeout_ms, NULL, NULL, ret_result, &fd, &rest, &rest_len, err);
     if (r < 0) {
         free(rest);
         return r;

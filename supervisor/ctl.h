@@ -20,7 +20,16 @@
  * connection handed over as a stream (sv_ctl_reply_stream) is no longer the
  * server's and has no timeout.  reserved_clients slots above max_clients
  * are kept for root and the daemon's own user, so that a flood of other
- * users' connections cannot lock them out. */
+ * users' connections cannot lock them out.
+ *
+ * A request may carry file descriptors (SCM_RIGHTS, sent with its first
+ * bytes; "fds": N in the request says how many): files a client opened with
+ * its own rights, so that the daemon never opens a path a client named.
+ * The request names them by index in its params ("kernel_fd": 0), and the
+ * handler takes them with sv_ctl_req_take_fd().  A connection holds at most
+ * SV_CTL_MAX_FDS at once; one that sends more is refused and closed, and
+ * descriptors a request did not announce, or that its handler did not take,
+ * are closed. */
 #pragma once
 
 #include <jansson.h>
@@ -71,6 +80,16 @@ void sv_ctl_server_close(sv_ctl_server *s);
 size_t sv_ctl_server_clients(const sv_ctl_server *s);
 
 const sv_ctl_peer *sv_ctl_req_peer(const sv_ctl_req *req);
+
+/* The most file descriptors one connection holds at once (one request's). */
+#define SV_CTL_MAX_FDS 8
+
+/* Takes the descriptor that params[key] names (its index among those sent
+ * with the request): 1 with *ret_fd (O_CLOEXEC, the caller owns it), 0 when
+ * params has no key, -EINVAL (err set) when it names none or one already
+ * taken.  Call it from the handler, before replying; descriptors not taken
+ * are closed with the reply.  The caller checks what the file is. */
+int sv_ctl_req_take_fd(sv_ctl_req *req, json_t *params, const char *key, int *ret_fd, qv_error *err);
 /* Replies with result (reference stolen; NULL means {}), frees req. */
 void sv_ctl_reply(sv_ctl_req *req, json_t *result);
 /* Replies with an error (code: errno or QV_E*, either sign), frees req. */
@@ -122,6 +141,12 @@ int sv_ctl_call_stream(const char *path, const char *method, json_t *params, int
 
 /* Called with each progress message's "progress" value (borrowed). */
 typedef void (*sv_ctl_progress_fn)(json_t *progress, void *userdata);
+/* sv_ctl_call_progress() (on_progress may be NULL) that sends fds (at most
+ * SV_CTL_MAX_FDS, borrowed: still the caller's) with the request. */
+int sv_ctl_call_fds(const char *path, const char *method, json_t *params, const int *fds, size_t n_fds,
+                    int timeout_ms, sv_ctl_progress_fn on_progress, void *userdata, json_t **ret_result,
+                    qv_error *err);
+
 /* sv_ctl_call() that opts in to progress messages when on_progress is
  * non-NULL, and then restarts the timeout at each one: timeout_ms becomes
  * the longest silence, not the longest request. */

@@ -16,6 +16,8 @@
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <sys/wait.h>
+#include <dirent.h>
+#include <fcntl.h>
 #include <grp.h>
 #include <unistd.h>
 
@@ -49,7 +51,21 @@ static void handler(sv_ctl_req *req, const char *method, json_t *params, void *u
         sv_ctl_reply_stream(req, NULL, on_stream, f);
     else if (strcmp(method, "later") == 0 && !f->held)
         f->held = req;
-    else if (strcmp(method, "whoami") == 0)
+    else if (strcmp(method, "fstat") == 0) { /* the inode of the file "a_fd" names */
+        int fd = -1;
+        qv_error err = {0};
+        int r = sv_ctl_req_take_fd(req, params, "a_fd", &fd, &err);
+        struct stat st;
+        if (r < 0)
+            sv_ctl_reply_qv_error(req, &err);
+        else if (r == 0 || fstat(fd, &st) < 0)
+            sv_ctl_reply_error(req, EINVAL, "no a_fd");
+        else
+            sv_ctl_reply(req, json_pack("{s:I, s:b}", "ino", (json_int_t)st.st_ino, "cloexec",
+                                        (fcntl(fd, F_GETFD) & FD_CLOEXEC) != 0));
+        if (fd >= 0)
+            close(fd);
+    } else if (strcmp(method, "whoami") == 0)
         sv_ctl_reply(req, json_pack("{s:i, s:b}", "uid", (int)sv_ctl_req_peer(req)->uid, "may_write",
                                     sv_ctl_req_peer(req)->may_write));
     else
@@ -679,6 +695,136 @@ static void test_reserved_slot_for_root(void **state) {
     assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
 }
 
+/* Descriptors open in this process (the server's side runs here). */
+static int count_fds(void) {
+    DIR *d = opendir("/proc/self/fd");
+    int n = 0;
+    for (struct dirent *e; (e = readdir(d));)
+        n += e->d_name[0] != '.';
+    closedir(d);
+    return n;
+}
+
+/* Sends text with n copies of fd attached to its first byte. */
+static void send_with_fds(int sock, const char *text, int fd, size_t n) {
+    size_t space = CMSG_SPACE(sizeof(int) * n);
+    char *control = calloc(1, space);
+    struct iovec iov = {.iov_base = (void *)text, .iov_len = strlen(text)};
+    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control, .msg_controllen = space};
+    struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+    cm->cmsg_level = SOL_SOCKET;
+    cm->cmsg_type = SCM_RIGHTS;
+    cm->cmsg_len = CMSG_LEN(sizeof(int) * n);
+    for (size_t i = 0; i < n; i++)
+        memcpy(CMSG_DATA(cm) + i * sizeof(int), &fd, sizeof(int));
+    assert_int_equal(sendmsg(sock, &mh, 0), (ssize_t)strlen(text));
+    free(control);
+}
+
+static void test_fds_go_with_their_request(void **state) {
+    fixture *f = *state;
+    int base = count_fds();
+    int file = open(f->path, O_PATH | O_CLOEXEC); /* any file will do: the socket's */
+    struct stat st;
+    assert_int_equal(fstat(file, &st), 0);
+    int fd = connect_to(f->path);
+    /* a request before, split by the descriptors of the next: each line gets its own */
+    send_str(fd, "{\"id\":1,\"method\":\"echo\"");
+    send_with_fds(fd, "}\n{\"id\":2,\"method\":\"fstat\",\"fds\":2,", file, 2);
+    send_str(fd, "\"params\":{\"a_fd\":1}}\n");
+    json_t *a = one_reply(f, fd), *b = one_reply(f, fd);
+    assert_int_equal(json_integer_value(json_object_get(a, "id")), 1);
+    assert_non_null(json_object_get(a, "result"));
+    json_t *res = json_object_get(b, "result");
+    assert_int_equal(json_integer_value(json_object_get(res, "ino")), (json_int_t)st.st_ino);
+    assert_true(json_is_true(json_object_get(res, "cloexec")));
+    json_decref(a);
+    json_decref(b);
+    /* descriptors sent with a request that does not announce them */
+    send_with_fds(fd, "{\"id\":3,\"method\":\"echo\"}\n", file, 3);
+    a = one_reply(f, fd);
+    assert_int_equal(json_integer_value(json_object_get(a, "id")), 3);
+    assert_string_equal(json_string_value(json_object_get(json_object_get(a, "error"), "code")), "EINVAL");
+    json_decref(a);
+    /* an index that was not sent */
+    send_with_fds(fd, "{\"id\":4,\"method\":\"fstat\",\"fds\":1,\"params\":{\"a_fd\":1}}\n", file, 1);
+    a = one_reply(f, fd);
+    assert_string_equal(json_string_value(json_object_get(json_object_get(a, "error"), "code")), "EINVAL");
+    json_decref(a);
+    /* none left open on the server's side: the one not taken went with the reply */
+    close(fd);
+    for (int i = 0; i < 50 && count_fds() != base + 1; i++) {
+        uv_run(&f->loop, UV_RUN_NOWAIT);
+        usleep(1000);
+    }
+    assert_int_equal(count_fds(), base + 1);
+    close(file);
+}
+
+static void test_too_many_fds_are_refused_and_closed(void **state) {
+    fixture *f = *state;
+    int base = count_fds();
+    int file = open(f->path, O_PATH | O_CLOEXEC);
+    for (int round = 0; round < 20; round++) {
+        int fd = connect_to(f->path);
+        send_with_fds(fd, "{\"id\":1,\"method\":\"fstat\",\"fds\":100,\"params\":{\"a_fd\":0}}\n", file, 100);
+        bool eof;
+        char *s = read_lines(f, fd, 2, &eof);
+        assert_non_null(strstr(s, "too many file descriptors"));
+        assert_true(eof); /* and the connection is closed */
+        close(fd);
+    }
+    /* nine, one over the limit, in two messages of one line */
+    int fd = connect_to(f->path);
+    send_with_fds(fd, "{\"id\":1,", file, 5);
+    uv_run(&f->loop, UV_RUN_NOWAIT);
+    send_with_fds(fd, "\"method\":\"echo\"}\n", file, 4);
+    bool eof;
+    char *s = read_lines(f, fd, 2, &eof);
+    assert_non_null(strstr(s, "too many file descriptors"));
+    close(fd);
+    for (int i = 0; i < 50 && count_fds() != base + 1; i++) {
+        uv_run(&f->loop, UV_RUN_NOWAIT);
+        usleep(1000);
+    }
+    assert_int_equal(count_fds(), base + 1); /* just `file` */
+    close(file);
+}
+
+typedef struct {
+    const char *path;
+    int fd;
+    int r;
+    qv_error err;
+    json_t *result;
+} fds_call_args;
+
+static void *fds_call_thread(void *p) {
+    fds_call_args *a = p;
+    int fds[2] = {a->fd, a->fd};
+    json_t *params = json_pack("{s:i}", "a_fd", 1); /* borrowed by the call */
+    a->r = sv_ctl_call_fds(a->path, "fstat", params, fds, 2, 2000, NULL, NULL, &a->result, &a->err);
+    json_decref(params);
+    return NULL;
+}
+
+static void test_blocking_client_sends_fds(void **state) {
+    fixture *f = *state;
+    fds_call_args a = {.path = f->path, .fd = open(f->path, O_PATH | O_CLOEXEC)};
+    struct stat st;
+    assert_int_equal(fstat(a.fd, &st), 0);
+    pthread_t t;
+    pthread_create(&t, NULL, fds_call_thread, &a);
+    for (int i = 0; i < 3000 && pthread_tryjoin_np(t, NULL) != 0; i++) {
+        uv_run(&f->loop, UV_RUN_NOWAIT);
+        usleep(1000);
+    }
+    assert_int_equal(a.r, 0);
+    assert_int_equal(json_integer_value(json_object_get(a.result, "ino")), (json_int_t)st.st_ino);
+    json_decref(a.result);
+    close(a.fd);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_partial_writes_and_pipelining, setup, teardown),
@@ -690,6 +836,9 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_no_progress_unless_asked, setup, teardown),
         cmocka_unit_test_setup_teardown(test_peer_credentials, setup, teardown),
         cmocka_unit_test_setup_teardown(test_blocking_client, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_fds_go_with_their_request, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_too_many_fds_are_refused_and_closed, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_blocking_client_sends_fds, setup, teardown),
         cmocka_unit_test_setup_teardown(test_blocking_client_progress_resets_timeout, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stale_socket_replaced_live_one_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_half_line_is_dropped, setup_short, teardown),
