@@ -2,10 +2,14 @@
 #include "output.h"
 #include "cli.h"
 
+#include "cleanup.h"
+#include "fileio.h"
 #include "log.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <stdarg.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -78,6 +82,36 @@ int qv_cli_call_progress(qv_cli *cli, const char *method, json_t *params, sv_ctl
     r = sv_ctl_call_progress(path, method, params, (int)cli->timeout_ms, on_progress, userdata, ret_result, err);
     json_decref(params);
     return r;
+}
+
+int qv_cli_call_fds(qv_cli *cli, const char *method, json_t *params, const int *fds, size_t n_fds,
+                    sv_ctl_progress_fn on_progress, void *userdata, json_t **ret_result, qv_error *err) {
+    const char *path;
+    int r = qv_cli_socket_path(cli, &path, err);
+    if (r == 0)
+        r = sv_ctl_call_fds(path, method, params, fds, n_fds, (int)cli->timeout_ms, on_progress, userdata, ret_result,
+                            err);
+    json_decref(params);
+    return r;
+}
+
+int qv_cli_open_input(const char *what, const char *path, int *ret_fd, char **ret_name, qv_error *err) {
+    _cleanup_close_ int fd = qv_open_regular_file(path);
+    if (fd == -ENOENT || fd == -ENOTDIR)
+        return qv_error_set(err, ENOENT, "%s %s: no such file", what, path);
+    if (fd == -EACCES || fd == -EPERM)
+        return qv_error_set(err, EACCES, "%s %s: permission denied (qvisor reads it with your rights)", what, path);
+    if (fd == -EINVAL)
+        return qv_error_set(err, EINVAL, "%s %s is not a regular file", what, path);
+    if (fd < 0)
+        return qv_error_set(err, -fd, "%s %s: %s", what, path, strerror(-fd));
+    char abs[PATH_MAX];
+    char *name = strdup(path[0] == '/' || !realpath(path, abs) ? path : abs);
+    if (!name)
+        return qv_error_set(err, ENOMEM, "out of memory");
+    *ret_name = name;
+    *ret_fd = TAKE_FD(fd);
+    return 0;
 }
 
 int qv_cli_call_long(qv_cli *cli, const char *method, json_t *params, uint64_t wait_ms, json_t **ret_result,

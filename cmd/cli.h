@@ -71,6 +71,19 @@ int qv_cli_call_long(qv_cli *cli, const char *method, json_t *params, uint64_t w
 int qv_cli_call_progress(qv_cli *cli, const char *method, json_t *params, sv_ctl_progress_fn on_progress,
                          void *userdata, json_t **ret_result, qv_error *err);
 
+/* qv_cli_call_progress() (on_progress may be NULL) that sends fds (borrowed)
+ * with the request, for the daemon to read files with the user's rights. */
+int qv_cli_call_fds(qv_cli *cli, const char *method, json_t *params, const int *fds, size_t n_fds,
+                    sv_ctl_progress_fn on_progress, void *userdata, json_t **ret_result, qv_error *err);
+
+/* Opens a file the user named (what: "kernel", "source", …) with the
+ * user's own rights, for the daemon: a regular file (symlinks followed),
+ * never blocking on a FIFO.  *ret_fd is the caller's, *ret_name its absolute
+ * name (malloc'd; what the daemon shows).  Errors name the file: ENOENT
+ * (exit 66) missing, EACCES (77) not readable by the user, EINVAL (65) not a
+ * regular file. */
+int qv_cli_open_input(const char *what, const char *path, int *ret_fd, char **ret_name, qv_error *err);
+
 /* Verbs (one file per noun). */
 int cmd_daemon(qv_cli *cli, int argc, char **argv);
 int cmd_version(qv_cli *cli, int argc, char **argv);

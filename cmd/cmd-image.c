@@ -126,40 +126,56 @@ static void bar_finish(import_bar *b, bool ok) {
 }
 
 static const char import_help[] =
-    "Usage: qvisor image import PATH [NAME] [--json]\n"
+    "Usage: qvisor image import PATH [NAME] [--format FORMAT] [--json]\n"
     "\n"
-    "Copies the disk image at PATH (any format qemu-img reads) into the images\n"
-    "directory as NAME.qcow2, verifies it with qemu-img, and makes it read-only\n"
-    "so VM disks built on it never see it change.  NAME defaults to the file\n"
-    "name without its extension (it must be a valid name: lowercase letters,\n"
-    "digits and '-').\n"
+    "Copies the disk image at PATH into the images directory as NAME.qcow2,\n"
+    "verifies it with qemu-img, and makes it read-only so VM disks built on it\n"
+    "never see it change.  NAME defaults to the file name without its extension\n"
+    "(it must be a valid name: lowercase letters, digits and '-').\n"
+    "\n"
+    "PATH is opened here, with your rights, and handed to the daemon: you can\n"
+    "import only what you can read.  It must be a qcow2, vdi, vhdx or vpc image\n"
+    "without a backing file; a raw image needs --format raw (any file is a raw\n"
+    "image, so it is never assumed).\n"
+    "\n"
+    "      --format FORMAT      the format PATH is in: qcow2, vdi, vhdx, vpc or raw\n"
+    "                           (default: whichever of the first four it is)\n"
     "\n"
     "On a terminal a progress bar shows on stderr while the data is copied\n"
     "(not with --json or --quiet, nor when stderr is not a terminal).  The\n"
     "import may run longer than --request-timeout as long as the daemon keeps\n"
     "reporting progress; the timeout then bounds the silence between reports.\n"
     "\n"
-    "Exit: 0, 65 invalid name or unreadable image, 66 PATH does not exist,\n"
-    "69 daemon not running, 73 NAME exists already.\n";
+    "Exit: 0, 65 invalid name, PATH is not a regular file or not an image in\n"
+    "those formats, 66 PATH does not exist, 69 daemon not running, 73 NAME\n"
+    "exists already, 77 you may not read PATH.\n";
 
 int cmd_image_import(qv_cli *cli, int argc, char **argv) {
-    static const struct option longopts[] = {QV_CLI_COMMON_LONGOPTS, {NULL, 0, NULL, 0}};
+    enum { OPT_FORMAT = 0x200 };
+    static const struct option longopts[] = {
+        QV_CLI_COMMON_LONGOPTS, {"format", required_argument, NULL, OPT_FORMAT}, {NULL, 0, NULL, 0}};
+    const char *format = NULL;
     int c;
-    while ((c = qv_cli_getopt(cli, argc, argv, "h", longopts, import_help)) != -1)
+    while ((c = qv_cli_getopt(cli, argc, argv, "h", longopts, import_help)) != -1) {
+        if (c == OPT_FORMAT) {
+            format = optarg;
+            continue;
+        }
         return c == -2 ? QV_EXIT_OK : qv_cli_usage_error("image import ", "bad option");
+    }
     if (argc - optind < 1 || argc - optind > 2)
         return qv_cli_usage_error("image import ", "needs PATH and optionally NAME");
     const char *path = argv[optind];
-    char abs[PATH_MAX];
-    if (!realpath(path, abs)) {
-        qv_fprintf(stderr, "qvisor: error: %s: %s\n", path, strerror(errno));
-        return errno == ENOENT ? QV_EXIT_NOINPUT : QV_EXIT_DATAERR;
-    }
+    qv_error err = {0};
+    _cleanup_close_ int fd = -1;
+    _cleanup_free_ char *abs = NULL;
+    if (qv_cli_open_input("source", path, &fd, &abs, &err) < 0)
+        return qv_cli_fail(cli, &err);
     char name[QV_NAME_MAX + 8];
     if (argc - optind == 2) {
         snprintf(name, sizeof name, "%s", argv[optind + 1]);
     } else {
-        const char *base = strrchr(abs, '/') + 1;
+        const char *base = strrchr(abs, '/') ? strrchr(abs, '/') + 1 : abs;
         snprintf(name, sizeof name, "%.*s", (int)strcspn(base, "."), base);
     }
     if (!qv_name_valid(name)) {
@@ -167,7 +183,6 @@ int cmd_image_import(qv_cli *cli, int argc, char **argv) {
                 path);
         return QV_EXIT_DATAERR;
     }
-    qv_error err = {0};
     json_t *img = NULL;
     import_bar bar = {.name = name, .shown = -1,
                       .draw = cli->verbosity >= 0 && !cli->json && isatty(STDERR_FILENO)};
@@ -177,8 +192,13 @@ int cmd_image_import(qv_cli *cli, int argc, char **argv) {
         qv_fprintf(stderr, "importing %s as image '%s'...\n", abs, name);
     /* progress is asked for even when not drawn: it keeps a long import
      * within --request-timeout */
-    int r = qv_cli_call_progress(cli, "image.import", json_pack("{s:s, s:s}", "source", abs, "name", name),
-                                 on_import_progress, &bar, &img, &err);
+    json_t *params = json_pack("{s:i, s:s, s:s, s:s?}", "source_fd", 0, "name", name, "source", abs, "format", format);
+    if (!params) { /* a name that is not UTF-8 */
+        bar_finish(&bar, false);
+        qv_fprintf(stderr, "qvisor: error: %s: the name is not valid UTF-8\n", path);
+        return QV_EXIT_DATAERR;
+    }
+    int r = qv_cli_call_fds(cli, "image.import", params, &fd, 1, on_import_progress, &bar, &img, &err);
     bar_finish(&bar, r >= 0);
     if (r < 0)
         return qv_cli_fail(cli, &err);

@@ -81,12 +81,19 @@ static int regular_blocking(int fd) {
     return 0;
 }
 
-int qv_read_regular_file(const char *path, size_t max, char **ret, size_t *ret_len) {
+int qv_open_regular_file(const char *path) {
     _cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
     if (fd < 0)
         return -errno;
     int r = regular_blocking(fd);
-    return r < 0 ? r : read_all(fd, max, ret, ret_len);
+    return r < 0 ? r : TAKE_FD(fd);
+}
+
+int qv_read_regular_file(const char *path, size_t max, char **ret, size_t *ret_len) {
+    _cleanup_close_ int fd = qv_open_regular_file(path);
+    if (fd < 0)
+        return fd;
+    return read_all(fd, max, ret, ret_len);
 }
 
 int qv_read_file(const char *path, size_t max, char **ret, size_t *ret_len) {

@@ -12,6 +12,10 @@ int qv_read_file(const char *path, size_t max, char **ret, size_t *ret_len);
 /* The same for a file that must be a regular one (symlinks followed): a
  * FIFO, device or directory is -EINVAL at once, never blocks. */
 int qv_read_regular_file(const char *path, size_t max, char **ret, size_t *ret_len);
+/* Opens path for reading (O_RDONLY|O_CLOEXEC|O_NOCTTY, symlinks followed)
+ * when it is a regular file: a FIFO, device or directory is -EINVAL at once,
+ * never blocks.  Returns the fd (blocking; caller owns it) or -errno. */
+int qv_open_regular_file(const char *path);
 
 /* Streaming atomic replacement: qv_atomic_begin() opens a temp file next to
  * path (a->fd, O_CLOEXEC), the caller writes it, qv_atomic_commit() renames

@@ -14,6 +14,7 @@
 
 #include <errno.h>
 #include <stdlib.h>
+#include <sys/stat.h>
 #include <string.h>
 #include <limits.h>
 #include <unistd.h>
@@ -45,7 +46,9 @@ typedef struct image_job {
     uv_work_t work;
     sv_ctl_req *req; /* NULL once answered */
     sv_config *config;
-    char *src;
+    int src_fd;   /* import: the file the client opened, -1 otherwise */
+    char *src;    /* import: what the client called it (for messages only) */
+    char *format; /* import: the format the client named, or NULL */
     char *name;
     json_t *result;
     int status;
@@ -64,7 +67,9 @@ static void image_job_free(image_job *job) {
     if (job->reporting)
         uv_mutex_destroy(&job->lock);
     sv_config_free(job->config);
+    qv_closep(&job->src_fd);
     free(job->src);
+    free(job->format);
     free(job->name);
     free(job);
 }
@@ -141,8 +146,8 @@ static void image_list_work(uv_work_t *w) {
 
 static void image_import_work(uv_work_t *w) {
     image_job *job = w->data;
-    job->status = sv_image_import(job->config, job->src, job->name, job->reporting ? on_qemu_img_output : NULL, job,
-                                  &job->err);
+    job->status = sv_image_import(job->config, job->src_fd, job->src, job->name, job->format,
+                                  job->reporting ? on_qemu_img_output : NULL, job, &job->err);
     if (job->status == 0)
         job->status = sv_image_info(job->config, job->name, &job->result, &job->err);
 }
@@ -159,14 +164,18 @@ static void image_after(uv_work_t *w, int status) {
 }
 
 /* Runs image work off the loop (qemu-img can take a while), reporting
- * progress when asked to and the client wants it. */
-static void queue_image_job(sv_daemon *d, sv_ctl_req *req, uv_work_cb work, const char *src, const char *name,
-                            bool progress) {
+ * progress when asked to and the client wants it.  Takes src_fd (-1: none). */
+static void queue_image_job(sv_daemon *d, sv_ctl_req *req, uv_work_cb work, int src_fd, const char *src,
+                            const char *format, const char *name, bool progress) {
     image_job *job = calloc(1, sizeof *job);
+    if (job)
+        job->src_fd = src_fd;
     if (!job || !(job->config = sv_config_dup(d->config)) || (src && !(job->src = strdup(src))) ||
-        (name && !(job->name = strdup(name)))) {
+        (format && !(job->format = strdup(format))) || (name && !(job->name = strdup(name)))) {
         if (job)
             image_job_free(job);
+        else if (src_fd >= 0)
+            close(src_fd);
         sv_ctl_reply_error(req, ENOMEM, "out of memory");
         return;
     }
@@ -183,20 +192,55 @@ static void queue_image_job(sv_daemon *d, sv_ctl_req *req, uv_work_cb work, cons
 
 void sv_api_image_list(sv_daemon *d, sv_ctl_req *req, json_t *params) {
     (void)params;
-    queue_image_job(d, req, image_list_work, NULL, NULL, false);
+    queue_image_job(d, req, image_list_work, -1, NULL, NULL, NULL, false);
 }
 
+int sv_api_take_file(sv_ctl_req *req, json_t *params, const char *key, const char *what, const char *label,
+                     int *ret_fd, qv_error *err) {
+    _cleanup_close_ int fd = -1;
+    int r = sv_ctl_req_take_fd(req, params, key, &fd, err);
+    if (r <= 0)
+        return r;
+    struct stat st;
+    if (fstat(fd, &st) < 0)
+        return qv_error_set(err, errno, "%s %s: %s", what, label, strerror(errno));
+    if (!S_ISREG(st.st_mode))
+        return qv_error_set(err, EINVAL, "%s %s is not a regular file (%s)", what, label,
+                            S_ISDIR(st.st_mode)                        ? "a directory"
+                            : S_ISCHR(st.st_mode) || S_ISBLK(st.st_mode) ? "a device"
+                            : S_ISFIFO(st.st_mode)                     ? "a FIFO"
+                                                                        : "not a file");
+    *ret_fd = TAKE_FD(fd);
+    return 1;
+}
+
+/* {"source_fd": N (the file, opened by the client), "source": its name
+ * (shown, never opened), "name", "format" (optional)} */
 void sv_api_image_import(sv_daemon *d, sv_ctl_req *req, json_t *params) {
-    const char *src = json_string_value(json_object_get(params, "source"));
-    if (!src || src[0] != '/') {
-        sv_ctl_reply_error(req, EINVAL, "\"source\" must be an absolute path");
-        return;
-    }
     const char *name = name_param(req, params, "image");
     if (!name)
         return;
-    log_info("importing image %s from %s", name, src);
-    queue_image_job(d, req, image_import_work, src, name, true);
+    json_t *srcj = json_object_get(params, "source");
+    json_t *fmtj = json_object_get(params, "format");
+    if (json_is_null(fmtj))
+        fmtj = NULL;
+    if ((srcj && !json_is_string(srcj)) || (fmtj && !json_is_string(fmtj))) {
+        sv_ctl_reply_error(req, EINVAL, "\"source\" and \"format\" must be strings");
+        return;
+    }
+    const char *src = srcj ? json_string_value(srcj) : "the source";
+    qv_error err = {0};
+    int fd = -1;
+    int r = sv_api_take_file(req, params, "source_fd", "source", src, &fd, &err);
+    if (r == 0) /* the daemon opens no file a client names */
+        r = qv_error_set(&err, EINVAL, "\"source_fd\" missing: the client opens the file and sends it with the "
+                                       "request (\"source\" is only its name)");
+    if (r < 0) {
+        sv_ctl_reply_qv_error(req, &err);
+        return;
+    }
+    log_info("importing image %s from %s (pid %d's file)", name, src, (int)sv_ctl_req_peer(req)->pid);
+    queue_image_job(d, req, image_import_work, fd, src, json_string_value(fmtj), name, true);
 }
 
 void sv_api_image_remove(sv_daemon *d, sv_ctl_req *req, json_t *params) {

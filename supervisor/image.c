@@ -197,19 +197,82 @@ int sv_image_list(const sv_config *c, json_t **ret, qv_error *err) {
     return 0;
 }
 
-int sv_image_import(const sv_config *c, const char *src, const char *name, qv_run_output_fn progress,
-                    void *userdata, qv_error *err) {
+const char *const sv_image_formats[] = {"qcow2", "vdi", "vhdx", "vpc", NULL};
+
+/* A format the source may be given in: those probed, and raw. */
+static bool format_known(const char *format) {
+    if (strcmp(format, "raw") == 0)
+        return true;
+    for (size_t i = 0; sv_image_formats[i]; i++)
+        if (strcmp(format, sv_image_formats[i]) == 0)
+            return true;
+    return false;
+}
+
+/* What the probe found that would make qemu-img read other files than the
+ * source (as root): a backing file, an external data file.  NULL when none. */
+static const char *names_other_files(json_t *info) {
+    if (json_object_get(info, "backing-filename") || json_object_get(info, "full-backing-filename"))
+        return "a backing file";
+    json_t *data = json_object_get(json_object_get(info, "format-specific"), "data");
+    if (json_object_get(data, "data-file") || json_is_true(json_object_get(data, "data-file-raw")))
+        return "an external data file";
+    return NULL;
+}
+
+int sv_image_probe(const sv_config *c, int src_fd, const char *label, const char *format, const char **ret_format,
+                   qv_error *err) {
+    char src[64];
+    int r = qv_fd_path(src_fd, src, sizeof src);
+    if (r < 0)
+        return qv_error_set(err, r, "cannot name the source's descriptor");
+    if (format && !format_known(format))
+        return qv_error_set(err, EINVAL, "format '%s' is not one qvisor imports (qcow2, vdi, vhdx, vpc, raw)", format);
+    const char *const single[] = {format, NULL};
+    const char *const *formats = format ? single : sv_image_formats;
+    qv_error last = {0};
+    for (size_t i = 0; formats[i]; i++) {
+        json_t *info = NULL;
+        qv_error e = {0};
+        r = sv_qemu_img_info(c, src, formats[i], &info, &e);
+        if (r == -EOPNOTSUPP) {
+            *err = e;
+            return r;
+        }
+        if (r < 0) {
+            last = e;
+            continue;
+        }
+        const char *other = names_other_files(info);
+        json_decref(info);
+        if (other)
+            return qv_error_set(err, EINVAL,
+                                "%s is a %s image with %s; import a self-contained copy (qemu-img convert -O qcow2)",
+                                label, formats[i], other);
+        *ret_format = formats[i];
+        return 0;
+    }
+    if (format)
+        return qv_error_set(err, EINVAL, "%s is not a %s image: %s", label, format, last.msg);
+    return qv_error_set(err, EINVAL, "%s is not a disk image (qcow2, vdi, vhdx or vpc); use --format raw for a raw image",
+                        label);
+}
+
+int sv_image_import(const sv_config *c, int src_fd, const char *label, const char *name, const char *format,
+                    qv_run_output_fn progress, void *userdata, qv_error *err) {
     char path[PATH_MAX], tmp[PATH_MAX];
     int r = sv_image_path(c, name, path, sizeof path, err);
     if (r < 0)
         return r;
-    if (src[0] != '/')
-        return qv_error_set(err, EINVAL, "the source '%s' must be an absolute path", src);
     struct stat st;
-    if (stat(src, &st) < 0)
-        return qv_error_set(err, errno == ENOENT ? ENOENT : errno, "cannot read %s: %s", src, strerror(errno));
-    if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode))
-        return qv_error_set(err, EINVAL, "%s is not a file or block device", src);
+    if (fstat(src_fd, &st) < 0)
+        return qv_error_set(err, errno, "%s: %s", label, strerror(errno));
+    if (!S_ISREG(st.st_mode))
+        return qv_error_set(err, EINVAL, "%s is not a regular file", label);
+    const char *fmt = NULL;
+    r = sv_image_probe(c, src_fd, label, format, &fmt, err);
+    if (r < 0)
+        return r;
     if (access(path, F_OK) == 0)
         return qv_error_set(err, EEXIST, "an image named '%s' exists already (remove it first)", name);
     r = qv_mkdir_p(c->images_dir, 0750);
@@ -218,7 +281,23 @@ int sv_image_import(const sv_config *c, const char *src, const char *name, qv_ru
     snprintf(tmp, sizeof tmp, "%s/.%s" IMAGE_SUFFIX ".partial", c->images_dir, name);
     unlink(tmp); /* a leftover of an interrupted import */
 
-    const char *args[] = {"convert", "-p", "-O", "qcow2", src, tmp, NULL};
+    /* The source is the very file the client opened (/proc/PID/fd/N), in the
+     * format the probe found, named explicitly (no probing, no raw by
+     * accident) and, for qcow2, with no backing file whatever its header
+     * says by now: the client may rewrite its file between the probe and
+     * the copy. */
+    char src[64];
+    if ((r = qv_fd_path(src_fd, src, sizeof src)) < 0)
+        return qv_error_set(err, r, "cannot name the source's descriptor");
+    json_t *opts = json_pack("{s:s, s:{s:s, s:s}}", "driver", fmt, "file", "driver", "file", "filename", src);
+    if (opts && strcmp(fmt, "qcow2") == 0)
+        json_object_set_new(opts, "backing", json_null());
+    _cleanup_free_ char *dump = opts ? json_dumps(opts, JSON_COMPACT) : NULL;
+    json_decref(opts);
+    _cleanup_free_ char *spec = NULL;
+    if (!dump || asprintf(&spec, "json:%s", dump) < 0)
+        return qv_error_set(err, ENOMEM, "out of memory");
+    const char *args[] = {"convert", "-p", "-O", "qcow2", spec, tmp, NULL};
     qv_run_result res;
     r = sv_qemu_img(c, args, progress, userdata, &res, err);
     if (r < 0) {

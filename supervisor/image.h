@@ -20,12 +20,28 @@ int sv_image_info(const sv_config *c, const char *name, json_t **ret, qv_error *
 /* Every image, sorted by name (array, new reference). */
 int sv_image_list(const sv_config *c, json_t **ret, qv_error *err);
 
-/* Converts SRC (any format qemu-img reads) into IMAGES_DIR/NAME.qcow2 via a
- * temp file, fsyncs, renames, makes it read-only, and verifies it with
- * `qemu-img info`.  progress (may be NULL) gets qemu-img's "(x.yz/100%)"
- * output.  -EEXIST if NAME exists, -ENOENT if SRC does not. */
-int sv_image_import(const sv_config *c, const char *src, const char *name, qv_run_output_fn progress,
-                    void *userdata, qv_error *err);
+/* The formats an import recognises by itself; raw only when asked for
+ * (anything is a raw image), vmdk not at all (its descriptor names other
+ * files).  NULL-terminated. */
+extern const char *const sv_image_formats[];
+
+/* What the import source src_fd is: `qemu-img info` with each format of
+ * sv_image_formats named explicitly (no probing), or only `format` when it
+ * is given.  *ret_format is static.  -EINVAL (exit 65) when it is none of
+ * them ("not a disk image", label naming the file), or when it names other
+ * files (a backing file, an external data file) that qemu-img would open as
+ * root. */
+int sv_image_probe(const sv_config *c, int src_fd, const char *label, const char *format, const char **ret_format,
+                   qv_error *err);
+
+/* Converts the file src_fd (the client opened it; never a path) into
+ * IMAGES_DIR/NAME.qcow2 via a temp file, fsyncs, renames, makes it
+ * read-only, and verifies it with `qemu-img info`.  format: as
+ * sv_image_probe(); label names the source in messages.  progress (may be
+ * NULL) gets qemu-img's "(x.yz/100%)" output.  -EEXIST if NAME exists,
+ * -EINVAL when the source is no regular file or no image (above). */
+int sv_image_import(const sv_config *c, int src_fd, const char *label, const char *name, const char *format,
+                    qv_run_output_fn progress, void *userdata, qv_error *err);
 int sv_image_remove(const sv_config *c, const char *name, qv_error *err);
 
 /* Reads what `qemu-img convert -p` prints on stdout — records like

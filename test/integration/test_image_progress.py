@@ -92,10 +92,12 @@ class ImportProgress(unittest.TestCase):
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         s.connect(self.node.socket)
         s.settimeout(scaled(30))
-        req = {"id": "imp-1", "method": "image.import", "progress": True,
-               "params": {"source": self.source, "name": "big"}}
+        req = {"id": "imp-1", "method": "image.import", "progress": True, "fds": 1,
+               "params": {"source_fd": 0, "source": self.source, "name": "big", "format": "raw"}}
         t0 = time.monotonic()
-        s.sendall((json.dumps(req) + "\n").encode())
+        src = os.open(self.source, os.O_RDONLY | os.O_CLOEXEC)
+        self.addCleanup(os.close, src)
+        socket.send_fds(s, [(json.dumps(req) + "\n").encode()], [src])
         f = s.makefile("r")
         progress = []
         while True:
@@ -114,8 +116,8 @@ class ImportProgress(unittest.TestCase):
         self.assertTrue(any(0 < p < 100 for p in progress), progress)
         self.assertLessEqual(len(progress), took * 10 + took + 3, (took, progress))
         # the connection goes on; a request without "progress" gets only its reply
-        s.sendall(b'{"id": 2, "method": "image.import", "params": {"source": "%s", "name": "big-2"}}\n'
-                  % self.source.encode())
+        socket.send_fds(s, [b'{"id": 2, "method": "image.import", "fds": 1, "params": {"source_fd": 0, "name": "big-2", "format": "raw"}}\n'],
+                        [src])
         msg = json.loads(f.readline())
         self.assertEqual(msg["id"], 2)
         self.assertEqual(msg["result"]["name"], "big-2")
@@ -130,7 +132,7 @@ class ImportProgress(unittest.TestCase):
         # The import takes longer than --request-timeout: progress keeps it
         # alive, and the keepalive bridges qemu-img's pause before its last
         # "100%" (it reports nothing for about a second there).
-        code, out, term = self.run_on_tty("--request-timeout", "2s", "image", "import", self.source)
+        code, out, term = self.run_on_tty("--request-timeout", "2s", "image", "import", "--format", "raw", self.source)
         took = time.monotonic() - t0
         self.assertEqual(code, 0, term)
         self.assertGreater(took, 2, "the import should outlast the timeout")
@@ -153,8 +155,8 @@ class ImportProgress(unittest.TestCase):
 
     def test_failure_on_a_terminal_wipes_the_bar(self):
         self.start()
-        self.node.qvisor("image", "import", self.source, "big", check=0)
-        code, out, term = self.run_on_tty("image", "import", self.source, "big")
+        self.node.qvisor("image", "import", "--format", "raw", self.source, "big", check=0)
+        code, out, term = self.run_on_tty("image", "import", "--format", "raw", self.source, "big")
         self.assertEqual(code, 73)
         self.assertEqual(out, "")
         # drawn at 0%, wiped with spaces, then the error on a clean line
@@ -162,16 +164,16 @@ class ImportProgress(unittest.TestCase):
 
     def test_no_progress_without_a_terminal_or_with_json_or_quiet(self):
         self.start()
-        p = self.node.qvisor("image", "import", self.source, "big", check=0)
+        p = self.node.qvisor("image", "import", "--format", "raw", self.source, "big", check=0)
         self.assertEqual(p.stderr, f"importing {self.source} as image 'big'...\n")
         self.assertNotIn("%", p.stdout)
         self.assert_same_data("big")
         # --json and --quiet keep a terminal quiet too
-        code, out, term = self.run_on_tty("--json", "image", "import", self.source, "big-json")
+        code, out, term = self.run_on_tty("--json", "image", "import", "--format", "raw", self.source, "big-json")
         self.assertEqual(code, 0, term)
         self.assertEqual(term, "")
         self.assertEqual(json.loads(out)["name"], "big-json")
-        code, out, term = self.run_on_tty("-q", "image", "import", self.source, "big-quiet")
+        code, out, term = self.run_on_tty("-q", "image", "import", "--format", "raw", self.source, "big-quiet")
         self.assertEqual(code, 0, term)
         self.assertEqual(term, "")
         self.assertIn("imported big-quiet", out)

@@ -37,7 +37,7 @@ class Base(unittest.TestCase):
         self.node.start_daemon()
         raw = os.path.join(self.node.dir, "base.raw")
         subprocess.run(["qemu-img", "create", "-q", "-f", "raw", raw, "64M"], check=True)
-        self.node.qvisor("image", "import", raw, "base", check=0)
+        self.node.qvisor("image", "import", raw, "base", "--format", "raw", check=0)
         self.instances = os.path.join(self.node.state, "instances")
 
     def tearDown(self):

@@ -20,7 +20,7 @@ class VmDefinition(unittest.TestCase):
         self.node.start_daemon()
         self.raw = os.path.join(self.node.dir, "base.raw")
         subprocess.run(["qemu-img", "create", "-q", "-f", "raw", self.raw, "1G"], check=True)
-        self.node.qvisor("image", "import", self.raw, "base", check=0)
+        self.node.qvisor("image", "import", self.raw, "base", "--format", "raw", check=0)
 
     def tearDown(self):
         self.node.cleanup()
@@ -45,13 +45,16 @@ class VmDefinition(unittest.TestCase):
         self.assertRegex(p.stdout, r"debian-12 +qcow2 +2\.0G")
 
     def test_image_errors(self):
-        p = self.node.qvisor("image", "import", self.raw, "base")
+        p = self.node.qvisor("image", "import", self.raw, "base", "--format", "raw")
         self.assertEqual(p.returncode, 73)
         p = self.node.qvisor("image", "import", os.path.join(self.node.dir, "missing.img"))
         self.assertEqual(p.returncode, 66)
         p = self.node.qvisor("image", "import", self.raw, "Bad_Name")
         self.assertEqual(p.returncode, 65)
-        # qemu-img reads any regular file as raw, so only non-files are refused
+        # any regular file is a raw image: raw is never assumed
+        p = self.node.qvisor("image", "import", self.raw, "other")
+        self.assertEqual(p.returncode, 65, p.stderr)
+        self.assertIn("--format raw", p.stderr)
         p = self.node.qvisor("image", "import", self.node.dir, "dir")
         self.assertEqual(p.returncode, 65, p.stderr)
         p = self.node.qvisor("image", "rm", "nope")

@@ -114,7 +114,7 @@ class VmSeed(unittest.TestCase):
         self.node.start_daemon()
         raw = os.path.join(self.node.dir, "base.raw")
         subprocess.run(["qemu-img", "create", "-q", "-f", "raw", raw, "1G"], check=True)
-        self.node.qvisor("image", "import", raw, "base", check=0)
+        self.node.qvisor("image", "import", raw, "base", "--format", "raw", check=0)
         self.key = os.path.join(self.node.dir, "alice")
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "alice@test", "-f", self.key],
                        check=True)
