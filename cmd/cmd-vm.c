@@ -53,9 +53,11 @@ static const char create_help[] =
     "                           runcmd, user_data, network_config)\n"
     "      --restart POLICY     never | on-failure | always\n"
     "      --kernel PATH        boot this kernel directly (with --initrd, --append):\n"
-    "                           an absolute path of a readable regular file, no\n"
-    "                           comma (missing: exit 66)\n"
-    "      --initrd PATH        the same for the initramfs\n"
+    "                           a non-empty regular file of at most 256 MiB, opened\n"
+    "                           here with your rights (missing: exit 66, not yours\n"
+    "                           to read: 77) and copied into the VM's directory,\n"
+    "                           so the VM boots this file whatever happens to PATH\n"
+    "      --initrd PATH        the same for the initramfs (at most 2 GiB)\n"
     "      --append CMDLINE     at most 2047 bytes (the kernel's COMMAND_LINE_SIZE)\n"
     "      --no-agent           no guest-agent channel\n"
     "      --gpu ID[,keep][,take-group]\n"
@@ -127,18 +129,20 @@ static const char create_help[] =
     "                           generated one (DHCP or the static address per NIC)\n"
     "      --no-seed            no seed at all (the image configures itself)\n"
     "FILEs are read here and their content is sent to the daemon (one request:\n"
-    "at most daemon.max_request_size, 1M by default).\n"
+    "at most daemon.max_request_size, 1M by default); the kernel and initrd (also\n"
+    "those of a spec file) are opened here and passed to the daemon as open files.\n"
     "\n"
     "Names: lowercase letters, digits and '-', at most 63 characters.\n"
     "Exit: 0, 65 invalid spec (name, size, host name, key, password hash, package,\n"
-    "command, user-data, …; a --gpu that is not a display device, a --firmware or\n"
-    "--cpu-model this QEMU does not know), 66 no such image, GPU or unreadable\n"
-    "file, 69 daemon not running, no IOMMU for the GPU, no OVMF for --firmware\n"
-    "uefi/uefi-secure (apt-get install ovmf), --cpu-model host without KVM,\n"
+    "command, user-data, …; a kernel or initrd that is no usable file, a --gpu that\n"
+    "is not a display device, a --firmware or --cpu-model this QEMU does not know),\n"
+    "66 no such image, GPU or file, 69 daemon not running, no IOMMU for the GPU,\n"
+    "no OVMF for --firmware uefi/uefi-secure (apt-get install ovmf), --cpu-model\n"
+    "host without KVM,\n"
     "73 a VM with that name exists, 75 the GPU (or its group) is held by another VM\n"
     "or by a host driver, a MAC or nat address is another VM's, the NAT subnet has\n"
     "no free address, or the node, its pool or its storage pool has no room for it\n"
-    "(capacity × overcommit).\n"
+    "(capacity × overcommit), 77 a file you may not read.\n"
     "With --start, a VM that was created but did not start gives the exit code of\n"
     "qvisor vm start (1 QEMU failed, 75 no room among the running VMs, ...).\n";
 
@@ -181,6 +185,11 @@ static json_t *opt_string(const struct option *longopts, int c, const char *valu
     char what[64];
     snprintf(what, sizeof what, "--%s", name);
     return arg_string(what, value, err);
+}
+
+static void close_fds(int *fds, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        qv_closep(&fds[i]);
 }
 
 int cmd_vm_create(qv_cli *cli, int argc, char **argv) {
@@ -357,9 +366,32 @@ int cmd_vm_create(qv_cli *cli, int argc, char **argv) {
         json_decref(spec);
         return qv_cli_usage_error("vm create ", "needs --image IMAGE");
     }
+    /* the kernel and initrd are opened here, with the user's rights, and
+     * sent; the spec keeps their (absolute) names */
     qv_error err = {0};
+    json_t *params = json_pack("{s:o}", "spec", spec);
+    int fds[2] = {-1, -1};
+    size_t n_fds = 0;
+    static const char *const boot_keys[] = {"kernel", "initrd"};
+    for (size_t i = 0; i < 2; i++) {
+        const char *path = json_string_value(json_object_get(spec, boot_keys[i]));
+        if (!path)
+            continue;
+        char *name = NULL, key[16];
+        if (qv_cli_open_input(boot_keys[i], path, &fds[n_fds], &name, &err) < 0) {
+            json_decref(params);
+            close_fds(fds, n_fds);
+            return qv_cli_fail(cli, &err);
+        }
+        json_object_set_new(spec, boot_keys[i], json_string(name));
+        free(name);
+        snprintf(key, sizeof key, "%s_fd", boot_keys[i]);
+        json_object_set_new(params, key, json_integer((json_int_t)n_fds++));
+    }
     json_t *vm = NULL;
-    if (qv_cli_call(cli, "vm.create", json_pack("{s:o}", "spec", spec), &vm, &err) < 0)
+    int r = qv_cli_call_fds(cli, "vm.create", params, fds, n_fds, NULL, NULL, &vm, &err);
+    close_fds(fds, n_fds);
+    if (r < 0)
         return qv_cli_fail(cli, &err);
     if (start)
         return create_then_start(cli, vm);

@@ -99,7 +99,7 @@ static const char exit_codes[] =
     "  73  already exists (or already running)\n"
     "  75  temporary failure or timeout: try again (vm console: the console is in use, or the\n"
     "      daemon went away while attached)\n"
-    "  77  permission denied\n"
+    "  77  permission denied (also: a file named on the command line you may not read)\n"
     "  78  invalid configuration\n";
 
 static void print_main_help(FILE *out) {

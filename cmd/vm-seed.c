@@ -10,7 +10,7 @@
 #include <string.h>
 
 static int read_input(const char *what, const char *path, size_t max, char **ret, size_t *ret_len, qv_error *err) {
-    int r = qv_read_file(path, max, ret, ret_len);
+    int r = qv_read_regular_file(path, max, ret, ret_len); /* a FIFO would hang us */
     if (r == -EFBIG)
         return qv_error_set(err, EINVAL, "%s file %s is larger than %zu KiB", what, path, max >> 10);
     if (r < 0)

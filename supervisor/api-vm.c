@@ -274,13 +274,24 @@ static void create_done(int status, sv_vm *vm, const qv_error *err, void *userda
     sv_ctl_reply(req, sv_vm_details(vm));
 }
 
+/* The client's boot files (kernel_fd, initrd_fd), -1 for none. */
+typedef struct boot_fds {
+    int kernel, initrd;
+} boot_fds;
+
+static void boot_fds_close(boot_fds *b) {
+    qv_closep(&b->kernel);
+    qv_closep(&b->initrd);
+}
+
 /* The rest of a create, once the spec is checked against the node: GPUs,
- * NICs, room, then the registry's work.  Takes spec. */
-static void create_continue(sv_daemon *d, sv_ctl_req *req, sv_vmspec *spec) {
+ * NICs, room, then the registry's work.  Takes spec and the boot files. */
+static void create_continue(sv_daemon *d, sv_ctl_req *req, sv_vmspec *spec, boot_fds boot) {
     qv_error err = {0};
     if (sv_pt_prepare_spec(d->registry, d->config, spec, &err) < 0 ||
         sv_net_prepare_spec(d->registry, d->config, spec, &err) < 0) {
         sv_vmspec_free(spec);
+        boot_fds_close(&boot);
         sv_ctl_reply_qv_error(req, &err);
         return;
     }
@@ -295,14 +306,16 @@ static void create_continue(sv_daemon *d, sv_ctl_req *req, sv_vmspec *spec) {
         sv_resources_storage(d->registry, d->config, sv_resources_storage_pool_of(d->config, spec), &su, &err) < 0 ||
         (fit = sv_storage_fit(&su, spec->disk, &err)) < 0) {
         sv_vmspec_free(spec);
+        boot_fds_close(&boot);
         sv_ctl_reply_qv_error(req, &err);
         return;
     }
     if (fit == SV_STORAGE_THIN)
         log_warning("VM %s: storage pool %s is thinly overcommitted: its disks could outgrow its free space", spec->name,
                     su.pool);
-    if (sv_registry_create(d->registry, &d->loop, spec, create_done, req, &err) < 0) {
+    if (sv_registry_create(d->registry, &d->loop, spec, boot.kernel, boot.initrd, create_done, req, &err) < 0) {
         sv_vmspec_free(spec);
+        boot_fds_close(&boot);
         sv_ctl_reply_qv_error(req, &err);
     }
 }
@@ -311,6 +324,7 @@ typedef struct create_wait {
     sv_daemon *d;
     sv_ctl_req *req;
     sv_vmspec *spec;
+    boot_fds boot;
 } create_wait;
 
 /* A named cpu_model, against the CPU models this node's QEMU lists. */
@@ -321,28 +335,39 @@ static void create_with_caps(int status, const sv_qemu_caps *caps, bool kvm, con
         err = *e;
         qv_error_prefix(&err, "cannot check cpu_model '%s'", w->spec->cpu_model);
     } else if (sv_qemu_cpu_model_check(caps, kvm, w->spec->cpu_model, &err) == 0) {
-        create_continue(w->d, w->req, w->spec);
+        create_continue(w->d, w->req, w->spec, w->boot);
         free(w);
         return;
     }
     sv_vmspec_free(w->spec);
+    boot_fds_close(&w->boot);
     sv_ctl_reply_qv_error(w->req, &err);
     free(w);
 }
 
+/* {"spec": SPEC, "kernel_fd": N, "initrd_fd": N}: the kernel and initrd
+ * are the client's files, sent with the request; spec's kernel and initrd
+ * only name them. */
 void sv_api_vm_create(sv_daemon *d, sv_ctl_req *req, json_t *params) {
     qv_error err = {0};
     sv_vmspec *spec = NULL;
+    boot_fds boot = {-1, -1};
     json_t *specj = json_object_get(params, "spec");
     /* firmware first: a node without OVMF refuses before anything is reserved */
     if (sv_vmspec_from_json(specj ? specj : params, &spec, &err) < 0 || sv_vmspec_complete(spec, d->config, &err) < 0 ||
-        sv_vmspec_check_boot(spec, &err) < 0 || sv_fw_prepare_spec(d->config, spec, &err) < 0) {
+        sv_api_take_file(req, params, "kernel_fd", "kernel", spec->kernel ? spec->kernel : "(unnamed)", &boot.kernel,
+                         &err) < 0 ||
+        sv_api_take_file(req, params, "initrd_fd", "initrd", spec->initrd ? spec->initrd : "(unnamed)", &boot.initrd,
+                         &err) < 0 ||
+        sv_vmspec_check_boot(spec, boot.kernel, boot.initrd, &err) < 0 ||
+        sv_fw_prepare_spec(d->config, spec, &err) < 0) {
         sv_vmspec_free(spec);
+        boot_fds_close(&boot);
         sv_ctl_reply_qv_error(req, &err);
         return;
     }
     if (!spec->cpu_model) {
-        create_continue(d, req, spec);
+        create_continue(d, req, spec, boot);
         return;
     }
     /* the QEMU probe (once per binary) runs on a worker; nothing is
@@ -350,10 +375,11 @@ void sv_api_vm_create(sv_daemon *d, sv_ctl_req *req, json_t *params) {
     create_wait *w = calloc(1, sizeof *w);
     if (!w) {
         sv_vmspec_free(spec);
+        boot_fds_close(&boot);
         sv_ctl_reply_error(req, ENOMEM, "out of memory");
         return;
     }
-    *w = (create_wait){d, req, spec};
+    *w = (create_wait){d, req, spec, boot};
     sv_vmctl_with_caps(d->vmctl, create_with_caps, w);
 }
 

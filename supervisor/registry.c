@@ -63,6 +63,8 @@ static void vm_free(sv_vm *vm) {
     sv_vmspec_free(vm->spec);
     free(vm->dir);
     free(vm->last_exit);
+    free(vm->kernel_source);
+    free(vm->initrd_source);
     free(vm->ip);
     json_decref(vm->addresses);
     free(vm);
@@ -155,6 +157,10 @@ static json_t *state_json(const sv_vm *vm) {
         json_object_set_new(j, "disk_dev", json_integer((json_int_t)vm->disk_dev));
         json_object_set_new(j, "disk_ino", json_integer((json_int_t)vm->disk_ino));
     }
+    if (j && vm->kernel_source)
+        json_object_set_new(j, "kernel_source", json_string(vm->kernel_source));
+    if (j && vm->initrd_source)
+        json_object_set_new(j, "initrd_source", json_string(vm->initrd_source));
     return j;
 }
 
@@ -238,6 +244,10 @@ static int load_vm(sv_registry *r, const char *name, qv_error *err) {
     vm->disk_ino = (uint64_t)json_integer_value(json_object_get(st, "disk_ino"));
     const char *le = json_string_value(json_object_get(st, "last_exit"));
     vm->last_exit = le ? strdup(le) : NULL;
+    const char *ks = json_string_value(json_object_get(st, "kernel_source"));
+    vm->kernel_source = ks ? strdup(ks) : NULL;
+    const char *is = json_string_value(json_object_get(st, "initrd_source"));
+    vm->initrd_source = is ? strdup(is) : NULL;
     json_t *run = json_object_get(st, "run");
     vm->run.pid = (int)json_integer_value(json_object_get(run, "pid"));
     vm->run.start_ticks = (uint64_t)json_integer_value(json_object_get(run, "start_ticks"));
@@ -378,12 +388,45 @@ typedef struct create_job {
     uv_work_t work;
     sv_registry *registry;
     sv_vm *vm;
+    int kernel_fd, initrd_fd; /* the client's files to copy, -1 for none */
     sv_config *config; /* copy for the worker thread */
     sv_registry_done_fn done;
     void *userdata;
     int status;
     qv_error err;
 } create_job;
+
+/* Copies the client's file src (a boot file, at most max bytes: it was
+ * checked, but the client may still write it) into dirfd as name, a new
+ * file (O_EXCL|O_NOFOLLOW), mode 0640, synced. */
+static int copy_boot_file(int src, int dirfd, const char *name, uint64_t max, qv_error *err) {
+    _cleanup_close_ int out = qv_create_at(dirfd, name, O_WRONLY, 0640);
+    if (out < 0)
+        return qv_error_set(err, -out, "cannot create the VM's %s: %s", name, strerror(-out));
+    static _Thread_local char buf[1 << 17];
+    uint64_t total = 0;
+    for (off_t off = 0;;) {
+        ssize_t n = pread(src, buf, sizeof buf, off);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            return qv_error_set(err, errno, "cannot read the %s: %s", name, strerror(errno));
+        if (n == 0)
+            break;
+        total += (uint64_t)n;
+        if (total > max)
+            return qv_error_set(err, EINVAL, "spec: %s: larger than %llu MiB", name, (unsigned long long)(max >> 20));
+        int r = qv_write_all(out, buf, (size_t)n);
+        if (r < 0)
+            return qv_error_set(err, -r, "cannot write the VM's %s: %s", name, strerror(-r));
+        off += n;
+    }
+    if (total == 0)
+        return qv_error_set(err, EINVAL, "spec: %s: the file is empty", name);
+    if (fsync(out) < 0)
+        return qv_error_set(err, errno, "cannot write the VM's %s: %s", name, strerror(errno));
+    return 0;
+}
 
 /* Worker thread: everything that touches the disk. */
 static void create_work(uv_work_t *w) {
@@ -483,6 +526,11 @@ static void create_work(uv_work_t *w) {
         goto fail_tmp;
     qv_run_result_free(&res);
     sv_crash_point("create-after-disk");
+    /* the boot files, copied: a defined VM boots what it was created with */
+    if (job->kernel_fd >= 0 && (r = copy_boot_file(job->kernel_fd, tmpfd, SV_VM_KERNEL_FILE, SV_KERNEL_MAX, err)) < 0)
+        goto fail_tmp;
+    if (job->initrd_fd >= 0 && (r = copy_boot_file(job->initrd_fd, tmpfd, SV_VM_INITRD_FILE, SV_INITRD_MAX, err)) < 0)
+        goto fail_tmp;
     /* the SSH key and the cloud-init seed: a failure leaves nothing behind.
      * Written through /proc/PID/fd/N of the directory made above, so that a
      * name swapped in the instances directory meanwhile is not followed
@@ -546,11 +594,15 @@ out:
     qv_closep(&poolfd);
     qv_closep(&tmpfd);
     qv_closep(&instfd);
+    qv_closep(&job->kernel_fd);
+    qv_closep(&job->initrd_fd);
 }
 
 static void create_after(uv_work_t *w, int status) {
     create_job *job = w->data;
     sv_vm *vm = job->vm;
+    qv_closep(&job->kernel_fd); /* when the work never ran */
+    qv_closep(&job->initrd_fd);
     if (status < 0 && job->status == 0)
         job->status = qv_error_set(&job->err, -status, "create was cancelled");
     if (job->status < 0) {
@@ -564,10 +616,42 @@ static void create_after(uv_work_t *w, int status) {
     free(job);
 }
 
-int sv_registry_create(sv_registry *r, uv_loop_t *loop, sv_vmspec *spec, sv_registry_done_fn done, void *userdata,
-                       qv_error *err) {
+/* The spec names the instance directory's copies of the boot files from
+ * now on, vm keeps where they came from. */
+static int boot_files_to_copies(sv_vm *vm) {
+    sv_vmspec *s = vm->spec;
+    char *kernel = NULL, *initrd = NULL;
+    if ((s->kernel && asprintf(&kernel, "%s/" SV_VM_KERNEL_FILE, vm->dir) < 0) ||
+        (s->initrd && asprintf(&initrd, "%s/" SV_VM_INITRD_FILE, vm->dir) < 0)) {
+        free(kernel);
+        return -ENOMEM;
+    }
+    vm->kernel_source = s->kernel;
+    vm->initrd_source = s->initrd;
+    s->kernel = kernel;
+    s->initrd = initrd;
+    return 0;
+}
+
+/* Puts the client's names back in the spec (it is the caller's again). */
+static void boot_files_to_sources(sv_vm *vm) {
+    sv_vmspec *s = vm->spec;
+    if (vm->kernel_source) {
+        free(s->kernel);
+        s->kernel = TAKE_PTR(vm->kernel_source);
+    }
+    if (vm->initrd_source) {
+        free(s->initrd);
+        s->initrd = TAKE_PTR(vm->initrd_source);
+    }
+}
+
+int sv_registry_create(sv_registry *r, uv_loop_t *loop, sv_vmspec *spec, int kernel_fd, int initrd_fd,
+                       sv_registry_done_fn done, void *userdata, qv_error *err) {
     if (sv_registry_find(r, spec->name))
         return qv_error_set(err, EEXIST, "a VM named '%s' exists already", spec->name);
+    if (!spec->kernel != (kernel_fd < 0) || !spec->initrd != (initrd_fd < 0))
+        return qv_error_set(err, EINVAL, "spec: kernel and initrd go with their files");
     char base[PATH_MAX];
     int rc = sv_image_path(r->config, spec->image, base, sizeof base, err);
     if (rc < 0)
@@ -576,10 +660,12 @@ int sv_registry_create(sv_registry *r, uv_loop_t *loop, sv_vmspec *spec, sv_regi
         return qv_error_set(err, ENOENT, "no image '%s' (see `qvisor image list`)", spec->image);
     create_job *job = calloc(1, sizeof *job);
     sv_vm *vm = job ? vm_new(r, spec) : NULL;
-    if (!vm || !(job->config = sv_config_dup(r->config))) {
+    if (!vm || !(job->config = sv_config_dup(r->config)) || boot_files_to_copies(vm) < 0) {
         if (vm)
             vm->spec = NULL;
         vm_free(vm);
+        if (job)
+            sv_config_free(job->config);
         free(job);
         return qv_error_set(err, ENOMEM, "out of memory");
     }
@@ -590,9 +676,12 @@ int sv_registry_create(sv_registry *r, uv_loop_t *loop, sv_vmspec *spec, sv_regi
     job->done = done;
     job->userdata = userdata;
     job->work.data = job;
+    job->kernel_fd = kernel_fd;
+    job->initrd_fd = initrd_fd;
     rc = uv_queue_work(loop, &job->work, create_work, create_after);
     if (rc < 0) {
         unlink_vm(r, vm);
+        boot_files_to_sources(vm);
         vm->spec = NULL; /* still the caller's */
         vm_free(vm);
         sv_config_free(job->config);
@@ -689,6 +778,9 @@ json_t *sv_vm_details(const sv_vm *vm) {
     snprintf(p, sizeof p, "%s/" SV_FW_VARS_FILE, vm->dir);
     json_object_set_new(j, "firmware_vars_store", vm->spec->firmware != SV_FIRMWARE_BIOS ? json_string(p) : json_null());
     json_object_set_new(j, "created_at", json_integer((json_int_t)vm->created_at));
+    /* the boot files the spec names are copies in the instance directory */
+    json_object_set_new(j, "kernel_source", vm->kernel_source ? json_string(vm->kernel_source) : json_null());
+    json_object_set_new(j, "initrd_source", vm->initrd_source ? json_string(vm->initrd_source) : json_null());
     json_object_set_new(j, "last_exit", vm->last_exit ? json_string(vm->last_exit) : json_null());
     json_object_set_new(j, "addresses", has_qemu(vm) && vm->addresses ? json_incref(vm->addresses) : json_array());
     json_object_set_new(j, "restarts", json_integer((json_int_t)vm->run.restarts));

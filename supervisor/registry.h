@@ -54,6 +54,11 @@ typedef struct sv_vm {
     int64_t base_mtime_ns;  /* disk was made: a base that changed is refused */
     uint64_t disk_dev;      /* the disk file create made (st_dev, st_ino): */
     uint64_t disk_ino;      /* vm rm removes a pool's file only if it is that one; 0 unknown */
+    /* where the kernel and initrd were copied from at create (the client's
+     * names for its files: shown, never opened), NULL for none or for VMs
+     * created before boot files were copied */
+    char *kernel_source;
+    char *initrd_source;
     sv_vm_run run;
     /* Not persisted: what the lifecycle engine (vm.c) knows right now. */
     void *rt;               /* its per-VM runtime, NULL when none */
@@ -76,14 +81,23 @@ sv_vm *sv_registry_first(sv_registry *r);
 /* VM names using base image `image`, as "a, b" (caller frees); NULL if none. */
 char *sv_registry_users_of_image(sv_registry *r, const char *image);
 
+/* The instance directory's copies of a direct kernel boot's files. */
+#define SV_VM_KERNEL_FILE "kernel"
+#define SV_VM_INITRD_FILE "initrd"
+
 /* Creates a VM asynchronously (qemu-img runs on a worker thread).  The name
  * is reserved at once (state creating); `done` is called exactly once with 0
  * and the VM, or a negative errno and err filled.  Returns a negative errno
  * (with err) when the request is refused before any work starts: -EEXIST,
- * -ENOENT (no such image), -EINVAL. */
+ * -ENOENT (no such image), -EINVAL; the spec and the fds are then still the
+ * caller's.  Otherwise spec is taken, and so are kernel_fd and initrd_fd
+ * (the client's files, checked with sv_vmspec_check_boot(); -1 for none):
+ * the worker copies them into the instance directory (SV_VM_KERNEL_FILE,
+ * SV_VM_INITRD_FILE, 0640) and the stored spec names those copies, while
+ * vm->kernel_source and initrd_source keep the names spec gave. */
 typedef void (*sv_registry_done_fn)(int status, sv_vm *vm, const qv_error *err, void *userdata);
-int sv_registry_create(sv_registry *r, uv_loop_t *loop, sv_vmspec *spec, sv_registry_done_fn done, void *userdata,
-                       qv_error *err);
+int sv_registry_create(sv_registry *r, uv_loop_t *loop, sv_vmspec *spec, int kernel_fd, int initrd_fd,
+                       sv_registry_done_fn done, void *userdata, qv_error *err);
 /* Removes a stopped or crashed VM and its directory (synchronously: a rename
  * and an unlink walk).  -EBUSY when it is in any other state. */
 int sv_registry_remove(sv_registry *r, const char *name, qv_error *err);

@@ -343,45 +343,39 @@ static const char *pseudo_fs(long type) {
     }
 }
 
-static int check_boot_file(const char *key, const char *path, qv_error *err) {
-    for (const unsigned char *p = (const unsigned char *)path; *p; p++) {
-        if (*p == ',')
-            return qv_error_set(err, EINVAL, "spec: %s: '%s' contains a comma, which QEMU's -%s cannot take", key,
-                                path, key);
-        if (*p < 0x20 || *p == 0x7f)
-            return qv_error_set(err, EINVAL, "spec: %s: the path contains a control character (0x%02x)", key, *p);
-    }
-    _cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
-    if (fd < 0) {
-        int e = errno;
-        if (e == ENOENT || e == ENOTDIR)
-            return qv_error_set(err, ENOENT, "spec: %s: %s: no such file", key, path);
-        return qv_error_set(err, EINVAL, "spec: %s: cannot open %s: %s", key, path, strerror(e));
-    }
+static int check_boot_file(const char *key, const char *label, int fd, uint64_t max, qv_error *err) {
     struct stat st;
     if (fstat(fd, &st) < 0)
-        return qv_error_set(err, EINVAL, "spec: %s: cannot stat %s: %s", key, path, strerror(errno));
+        return qv_error_set(err, EINVAL, "spec: %s: cannot stat %s: %s", key, label, strerror(errno));
     if (S_ISDIR(st.st_mode))
-        return qv_error_set(err, EINVAL, "spec: %s: %s is a directory, not a %s file", key, path, key);
+        return qv_error_set(err, EINVAL, "spec: %s: %s is a directory, not a %s file", key, label, key);
     if (!S_ISREG(st.st_mode))
-        return qv_error_set(err, EINVAL, "spec: %s: %s is not a regular file (%s)", key, path,
+        return qv_error_set(err, EINVAL, "spec: %s: %s is not a regular file (%s)", key, label,
                             S_ISCHR(st.st_mode) || S_ISBLK(st.st_mode) ? "a device"
                             : S_ISFIFO(st.st_mode)                     ? "a FIFO"
                                                                         : "a socket");
     struct statfs fs;
     const char *pseudo = fstatfs(fd, &fs) == 0 ? pseudo_fs((long)fs.f_type) : NULL;
     if (pseudo)
-        return qv_error_set(err, EINVAL, "spec: %s: %s is a %s file, not a %s file", key, path, pseudo, key);
+        return qv_error_set(err, EINVAL, "spec: %s: %s is a %s file, not a %s file", key, label, pseudo, key);
     if (st.st_size == 0)
-        return qv_error_set(err, EINVAL, "spec: %s: %s is empty", key, path);
+        return qv_error_set(err, EINVAL, "spec: %s: %s is empty", key, label);
+    if ((uint64_t)st.st_size > max)
+        return qv_error_set(err, EINVAL, "spec: %s: %s is larger than %llu MiB", key, label,
+                            (unsigned long long)(max >> 20));
     return 0;
 }
 
-int sv_vmspec_check_boot(const sv_vmspec *s, qv_error *err) {
+int sv_vmspec_check_boot(const sv_vmspec *s, int kernel_fd, int initrd_fd, qv_error *err) {
     int r;
-    if (s->kernel && (r = check_boot_file("kernel", s->kernel, err)) < 0)
+    if (!s->kernel != (kernel_fd < 0) || !s->initrd != (initrd_fd < 0))
+        return qv_error_set(err, EINVAL, "spec: %s: the client opens the file and sends it with the request "
+                                         "(\"%s_fd\"); the daemon opens no file a client names",
+                            !s->kernel != (kernel_fd < 0) ? "kernel" : "initrd",
+                            !s->kernel != (kernel_fd < 0) ? "kernel" : "initrd");
+    if (s->kernel && (r = check_boot_file("kernel", s->kernel, kernel_fd, SV_KERNEL_MAX, err)) < 0)
         return r;
-    if (s->initrd && (r = check_boot_file("initrd", s->initrd, err)) < 0)
+    if (s->initrd && (r = check_boot_file("initrd", s->initrd, initrd_fd, SV_INITRD_MAX, err)) < 0)
         return r;
     if (s->append) {
         size_t n = strlen(s->append);

@@ -38,7 +38,11 @@ typedef struct sv_vmspec {
     uint64_t stop_timeout_ms; /* 0: node default */
     int restart;              /* sv_restart */
     uint64_t restart_limit;   /* on-failure: restarts in a row before giving up */
-    char *kernel;             /* optional direct kernel boot (absolute paths) */
+    /* optional direct kernel boot (absolute paths).  At create they name the
+     * client's files (shown as where they came from, never opened: the
+     * client sends them); create copies the files into the instance
+     * directory and the stored spec names the copies there */
+    char *kernel;
     char *initrd;
     char *append;
     bool agent;               /* add the guest-agent channel (default true) */
@@ -107,15 +111,23 @@ int sv_vmspec_complete(sv_vmspec *s, const sv_config *node, qv_error *err);
  * `append` would be cut. */
 #define SV_APPEND_MAX 2047
 
+/* The largest kernel and initrd a VM takes: create copies them into its
+ * instance directory (a bzImage is some 10 MiB, a distribution initrd some
+ * 100 MiB). */
+#define SV_KERNEL_MAX (256ull << 20)
+#define SV_INITRD_MAX (2ull << 30)
+
 /* What a direct kernel boot will need at start, checked at create so that a
- * spec that can never start is refused: kernel and initrd name readable,
+ * spec that can never start is refused.  The kernel and initrd are files
+ * the client opened with its own rights and sent (kernel_fd, initrd_fd, -1
+ * for none; s->kernel and s->initrd are then only their names): readable,
  * non-empty regular files (not directories, devices, FIFOs, nor files of
- * /proc, /sys and the like), with no comma (QEMU's option syntax) and no
- * control characters in their paths; `append` has no control characters
- * and at most SV_APPEND_MAX bytes.  A missing file is -ENOENT (exit 66),
- * everything else -EINVAL (65).  Every such check lives here, so that it can
- * move with the opening of the files. */
-int sv_vmspec_check_boot(const sv_vmspec *s, qv_error *err);
+ * /proc, /sys and the like) of at most SV_KERNEL_MAX / SV_INITRD_MAX bytes;
+ * a name without its file, or a file without its name, is refused.
+ * `append` has no control characters and at most SV_APPEND_MAX bytes.
+ * Everything is -EINVAL (exit 65); a missing file is the client's to report
+ * (66). */
+int sv_vmspec_check_boot(const sv_vmspec *s, int kernel_fd, int initrd_fd, qv_error *err);
 
 /* The first of password_hash, packages, runcmd that s sets: keys that only
  * the generated user-data carries (so user_data, which replaces it, and

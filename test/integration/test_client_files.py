@@ -137,6 +137,44 @@ class Import(Base):
         self.assertEqual(self.images(), [])
 
 
+class BootFiles(Base):
+    def setUp(self):
+        super().setUp()
+        base = self.member_file("base.qcow2", qcow2="64M")
+        self.node.qvisor("image", "import", base, "base", check=0)
+        self.kernel = self.member_file("vmlinuz", text="the member's kernel\n")
+        self.instances = os.path.join(self.node.state, "instances")
+
+    def create(self, name, *args, want):
+        return self.as_member("vm", "create", name, "--image", "base", "--cpus", "1", "--memory", "128M", *args,
+                              want=want)
+
+    def test_files_the_member_cannot_read_are_refused(self):
+        p = self.create("a", "--kernel", "/etc/shadow", want=77)
+        self.assertIn("kernel /etc/shadow: permission denied", p.stderr)
+        p = self.create("b", "--kernel", self.kernel, "--initrd", "/root/.bashrc", want=77)
+        self.assertIn("initrd /root/.bashrc: permission denied", p.stderr)
+        spec = self.member_file("vm.yaml", text="name: c\nimage: base\nkernel: /etc/shadow\n")
+        self.as_member("vm", "create", "-f", spec, want=77)
+        self.assertEqual(self.node.qvisor_json("vm", "list")["vms"], [])
+        self.assertEqual(os.listdir(self.instances) if os.path.isdir(self.instances) else [], [])
+
+    def test_the_vm_keeps_the_kernel_it_was_created_with(self):
+        self.create("k", "--kernel", self.kernel, want=0)
+        copy = os.path.join(self.instances, "k", "kernel")
+        with open(self.kernel, "w") as f:
+            f.write("changed after create\n")
+        with open(copy) as f:
+            self.assertEqual(f.read(), "the member's kernel\n")
+        st = os.stat(copy)
+        self.assertEqual((st.st_uid, st.st_mode & 0o777), (0, 0o640))  # the daemon's, not the member's
+        vm = self.node.qvisor_json("vm", "show", "k")
+        self.assertEqual(vm["spec"]["kernel"], copy)
+        self.assertEqual(vm["kernel_source"], self.kernel)
+        self.as_member("vm", "rm", "k", want=0)
+        self.assertFalse(os.path.exists(copy))
+
+
 class Flood(Base):
     def test_descriptors_beyond_the_limit_cost_the_daemon_nothing(self):
         mine = self.member_file("mine.qcow2", qcow2="1M")

@@ -205,8 +205,11 @@ class Daemon(unittest.TestCase):
         self.node.write_config("daemon:\n  max_request_size: 4K\n")
         self.node.start_daemon()
         spec = os.path.join(self.node.dir, "big.yaml")
+        kernel = os.path.join(self.node.dir, "vmlinuz")  # the CLI opens it before it sends anything
+        with open(kernel, "w") as f:
+            f.write("a kernel\n")
         with open(spec, "w") as f:
-            f.write("name: big\nimage: base\nkernel: /vmlinuz\nappend: '" + "x" * (900 << 10) + "'\n")
+            f.write(f"name: big\nimage: base\nkernel: {kernel}\nappend: '" + "x" * (900 << 10) + "'\n")
         p = self.node.qvisor("vm", "create", "-f", spec)
         self.assertEqual(p.returncode, 65, p.stderr)
         self.assertIn("request larger than 4096 bytes", p.stderr)

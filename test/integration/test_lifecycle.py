@@ -117,7 +117,12 @@ class Lifecycle(unittest.TestCase):
         pid = j["pid"]
         self.assertTrue(proc_alive(pid))
         with open(f"/proc/{pid}/cmdline", "rb") as f:
-            self.assertIn(b"guest=life,", f.read())
+            args = f.read().split(b"\0")
+        self.assertIn(b"guest=life,", b"\0".join(args))
+        # QEMU boots the copies made at create, not the files the CLI was given
+        inst = os.path.join(self.node.state, "instances", "life").encode()
+        self.assertEqual(args[args.index(b"-kernel") + 1], inst + b"/kernel")
+        self.assertEqual(args[args.index(b"-initrd") + 1], inst + b"/initrd")
         self.assertIsInstance(j["ssh_port"], int)
         row = self.node.qvisor_json("vm", "list")["vms"][0]
         self.assertEqual((row["name"], row["state"], row["pid"]), ("life", "running", pid))
