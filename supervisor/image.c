@@ -258,6 +258,60 @@ int sv_image_probe(const sv_config *c, int src_fd, const char *label, const char
                         label);
 }
 
+/* A qcow2 header may name other files (a backing file, an external data
+ * file), and qemu-img runs as root: the check that it names none would be
+ * worth nothing if the client could rewrite its header after it.  So a
+ * qcow2 source (by its magic, or because the client said so) is first
+ * copied, up to the size it had, into a file only root can reach, and the
+ * probe and the conversion read that copy.  The other formats qvisor
+ * imports name no other file in QEMU (vdi, and vhdx/vpc without the
+ * differencing disks QEMU does not open), raw none.  *ret_fd: the copy, or
+ * -1 when none is needed.  Returns 0 or -errno. */
+static int private_copy(int images_dfd, const char *copy_name, int src_fd, const char *label, const char *format,
+                        int *ret_fd, qv_error *err) {
+    *ret_fd = -1;
+    unsigned char magic[4] = {0};
+    if (!(format && strcmp(format, "qcow2") == 0) &&
+        (pread(src_fd, magic, sizeof magic, 0) != (ssize_t)sizeof magic || memcmp(magic, "QFI\xfb", 4) != 0))
+        return 0;
+    struct stat st;
+    if (fstat(src_fd, &st) < 0)
+        return qv_error_set(err, errno, "%s: %s", label, strerror(errno));
+    unlinkat(images_dfd, copy_name, 0); /* a leftover of an interrupted import */
+    _cleanup_close_ int fd = qv_create_at(images_dfd, copy_name, O_RDWR, 0600);
+    if (fd < 0)
+        return qv_error_set(err, -fd, "cannot create a private copy of %s: %s", label, strerror(-fd));
+    off_t in = 0, left = st.st_size;
+    bool plain = false; /* copy_file_range refused (another file system type): read and write */
+    char buf[1 << 16];
+    while (left > 0) {
+        ssize_t n;
+        if (!plain) {
+            n = copy_file_range(src_fd, &in, fd, NULL, (size_t)(left < (1 << 30) ? left : (1 << 30)), 0);
+            if (n < 0 && (errno == EXDEV || errno == EINVAL || errno == ENOSYS || errno == EOPNOTSUPP)) {
+                plain = true;
+                continue;
+            }
+        } else {
+            n = pread(src_fd, buf, (size_t)(left < (off_t)sizeof buf ? left : (off_t)sizeof buf), in);
+            if (n > 0 && qv_write_all(fd, buf, (size_t)n) < 0)
+                n = -1;
+            if (n > 0)
+                in += n;
+        }
+        if (n < 0) {
+            int e = errno;
+            unlinkat(images_dfd, copy_name, 0);
+            return qv_error_set(err, e, "cannot copy %s: %s", label, strerror(e));
+        }
+        if (n == 0)
+            break; /* it shrank meanwhile: what is there is the image */
+        left -= n;
+    }
+    *ret_fd = TAKE_FD(fd);
+    return 0;
+}
+
 int sv_image_import(const sv_config *c, int src_fd, const char *label, const char *name, const char *format,
                     qv_run_output_fn progress, void *userdata, qv_error *err) {
     char path[PATH_MAX], tmp[PATH_MAX];
@@ -269,15 +323,29 @@ int sv_image_import(const sv_config *c, int src_fd, const char *label, const cha
         return qv_error_set(err, errno, "%s: %s", label, strerror(errno));
     if (!S_ISREG(st.st_mode))
         return qv_error_set(err, EINVAL, "%s is not a regular file", label);
-    const char *fmt = NULL;
-    r = sv_image_probe(c, src_fd, label, format, &fmt, err);
-    if (r < 0)
-        return r;
     if (access(path, F_OK) == 0)
         return qv_error_set(err, EEXIST, "an image named '%s' exists already (remove it first)", name);
     r = qv_mkdir_p(c->images_dir, 0750);
     if (r < 0)
         return qv_error_set(err, r, "cannot create %s: %s", c->images_dir, strerror(-r));
+    _cleanup_close_ int images_dfd = qv_open_dir_nofollow(c->images_dir);
+    if (images_dfd < 0)
+        return qv_error_set(err, -images_dfd, "cannot open %s: %s", c->images_dir, strerror(-images_dfd));
+    char copy_name[NAME_MAX + 1];
+    snprintf(copy_name, sizeof copy_name, ".%s" IMAGE_SUFFIX ".source.partial", name);
+    _cleanup_close_ int copy_fd = -1;
+    r = private_copy(images_dfd, copy_name, src_fd, label, format, &copy_fd, err);
+    if (r < 0)
+        return r;
+    if (copy_fd >= 0)
+        src_fd = copy_fd; /* from here on, only the copy is read */
+    const char *fmt = NULL;
+    r = sv_image_probe(c, src_fd, label, format, &fmt, err);
+    if (r < 0) {
+        if (copy_fd >= 0)
+            unlinkat(images_dfd, copy_name, 0);
+        return r;
+    }
     snprintf(tmp, sizeof tmp, "%s/.%s" IMAGE_SUFFIX ".partial", c->images_dir, name);
     unlink(tmp); /* a leftover of an interrupted import */
 
@@ -300,6 +368,8 @@ int sv_image_import(const sv_config *c, int src_fd, const char *label, const cha
     const char *args[] = {"convert", "-p", "-O", "qcow2", spec, tmp, NULL};
     qv_run_result res;
     r = sv_qemu_img(c, args, progress, userdata, &res, err);
+    if (copy_fd >= 0)
+        unlinkat(images_dfd, copy_name, 0);
     if (r < 0) {
         unlink(tmp);
         return r;

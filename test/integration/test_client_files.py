@@ -35,16 +35,20 @@ def settled_fds(pid, want):
 
 
 class Base(unittest.TestCase):
+    def extra_config(self):
+        return ""
+
     def setUp(self):
         if os.getuid() != 0:
             self.skipTest("needs root to switch users")
-        self.node = Node("daemon:\n  socket_group: nogroup\nvm_defaults:\n  disk: 1G\n"
-                         "resources:\n  cpu_overcommit: 64.0\n  memory_overcommit: 64.0\n", world_readable=True)
-        self.node.start_daemon()
-        os.chmod(self.node.config, 0o644)
         # the member's own files: readable by it, in a directory it may enter
         self.files = tempfile.mkdtemp(prefix="qv-member-")
         os.chmod(self.files, 0o755)
+        self.node = Node("daemon:\n  socket_group: nogroup\nvm_defaults:\n  disk: 1G\n"
+                         "resources:\n  cpu_overcommit: 64.0\n  memory_overcommit: 64.0\n" + self.extra_config(),
+                         world_readable=True)
+        self.node.start_daemon()
+        os.chmod(self.node.config, 0o644)
 
     def tearDown(self):
         try:
@@ -135,6 +139,55 @@ class Import(Base):
         self.assertEqual(reply["error"]["code"], "EINVAL", reply)
         self.assertIn("source_fd", reply["error"]["message"])
         self.assertEqual(self.images(), [])
+
+
+FAKE_QEMU_IMG = '''#!/usr/bin/env python3
+# qemu-img that, before a convert, rewrites the client's source file (the
+# same inode the daemon holds) to a qcow2 whose external data file is a
+# root-only secret: a client racing the import between check and copy
+import os, shutil, sys
+if sys.argv[1:2] == ["convert"]:
+    with open(os.environ["RACE_EVIL"], "rb") as src, open(os.environ["RACE_SOURCE"], "r+b") as dst:
+        dst.write(src.read())
+        dst.truncate()
+os.execvp("qemu-img", ["qemu-img"] + sys.argv[1:])
+'''
+
+
+class HeaderRace(Base):
+    """The client rewrites its qcow2 between the daemon's check (no backing
+    file, no data file) and the copy: the copy must not follow the new
+    header (the daemon checks and copies a private copy of the source)."""
+
+    def extra_config(self):
+        fake = os.path.join(self.files, "qemu-img")
+        with open(fake, "w") as f:
+            f.write(FAKE_QEMU_IMG)
+        os.chmod(fake, 0o755)
+        return f"qemu:\n  img_binary: {fake}\n"
+
+    def test_rewritten_header_is_not_followed(self):
+        secret = os.path.join(self.files, "secret.raw")
+        evil = os.path.join(self.files, "evil.qcow2")
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-o", f"data_file={secret},data_file_raw=on",
+                        evil, "1M"], check=True)
+        with open(secret, "wb") as f:
+            f.write(b"ROOT-ONLY-SECRET" * 65536)
+        os.chmod(secret, 0o600)
+        source = self.member_file("clean.qcow2", qcow2="1M")
+        env = dict(os.environ, RACE_EVIL=evil, RACE_SOURCE=source)
+        self.node.stop_daemon()
+        self.node.start_daemon(extra_env=env)
+        self.as_member("image", "import", source, "raced", want=0)
+        with open(source, "rb") as f:  # the race did happen
+            self.assertEqual(f.read(), open(evil, "rb").read())
+        out = os.path.join(self.files, "out.raw")
+        subprocess.run(["qemu-img", "convert", "-O", "raw",
+                        os.path.join(self.node.state, "images", "raced.qcow2"), out], check=True)
+        with open(out, "rb") as f:
+            leaked = b"ROOT-ONLY-SECRET" in f.read()
+        self.assertFalse(leaked, "the import read a root-only file named by the client")
+        self.assertEqual(os.listdir(os.path.join(self.node.state, "images")), ["raced.qcow2"])
 
 
 class BootFiles(Base):
