@@ -346,8 +346,19 @@ int sv_image_import(const sv_config *c, int src_fd, const char *label, const cha
             unlinkat(images_dfd, copy_name, 0);
         return r;
     }
-    snprintf(tmp, sizeof tmp, "%s/.%s" IMAGE_SUFFIX ".partial", c->images_dir, name);
-    unlink(tmp); /* a leftover of an interrupted import */
+    /* The new image is an unnamed file in the images directory (O_TMPFILE)
+     * that qemu-img reaches as /proc/PID/fd/N, linked under its name once
+     * it is complete: no temp name a user who can write the directory could
+     * swap for a symlink, and nothing left behind by a crash. */
+    snprintf(tmp, sizeof tmp, "%s/(new image %s)", c->images_dir, name);
+    char tmpfd_path[64];
+    _cleanup_close_ int fd = openat(images_dfd, ".", O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+    if (fd < 0 || (r = qv_fd_path(fd, tmpfd_path, sizeof tmpfd_path)) < 0) {
+        r = fd < 0 ? -errno : r;
+        if (copy_fd >= 0)
+            unlinkat(images_dfd, copy_name, 0);
+        return qv_error_set(err, -r, "cannot create a file in %s: %s", c->images_dir, strerror(-r));
+    }
 
     /* The source is the very file the client opened (/proc/PID/fd/N), in the
      * format the probe found, named explicitly (no probing, no raw by
@@ -365,42 +376,33 @@ int sv_image_import(const sv_config *c, int src_fd, const char *label, const cha
     _cleanup_free_ char *spec = NULL;
     if (!dump || asprintf(&spec, "json:%s", dump) < 0)
         return qv_error_set(err, ENOMEM, "out of memory");
-    const char *args[] = {"convert", "-p", "-O", "qcow2", spec, tmp, NULL};
+    const char *args[] = {"convert", "-p", "-O", "qcow2", spec, tmpfd_path, NULL};
     qv_run_result res;
     r = sv_qemu_img(c, args, progress, userdata, &res, err);
     if (copy_fd >= 0)
         unlinkat(images_dfd, copy_name, 0);
-    if (r < 0) {
-        unlink(tmp);
+    if (r < 0)
         return r;
-    }
     qv_run_result_free(&res);
 
     json_t *info = NULL;
-    r = sv_qemu_img_info(c, tmp, "qcow2", &info, err);
+    r = sv_qemu_img_info(c, tmpfd_path, "qcow2", &info, err);
     json_decref(info);
-    if (r < 0) {
-        unlink(tmp);
+    if (r < 0)
         return r;
-    }
-    _cleanup_close_ int fd = open(tmp, O_RDONLY | O_CLOEXEC);
-    if (fd < 0 || fsync(fd) < 0 || fchmod(fd, 0444) < 0) {
+    if (fsync(fd) < 0 || fchmod(fd, 0444) < 0) {
         int e = errno;
-        unlink(tmp);
         return qv_error_set(err, e, "cannot finish %s: %s", tmp, strerror(e));
     }
-    /* link() instead of rename(): never replaces an image that appeared meanwhile */
-    if (link(tmp, path) < 0) {
+    /* a link to the very file (never rename: it would replace an image
+     * that appeared meanwhile) */
+    if (linkat(AT_FDCWD, tmpfd_path, images_dfd, strrchr(path, '/') + 1, AT_SYMLINK_FOLLOW) < 0) {
         int e = errno;
-        unlink(tmp);
         if (e == EEXIST)
             return qv_error_set(err, EEXIST, "an image named '%s' exists already", name);
         return qv_error_set(err, e, "cannot create %s: %s", path, strerror(e));
     }
-    unlink(tmp);
-    _cleanup_close_ int dfd = open(c->images_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd >= 0)
-        fsync(dfd);
+    fsync(images_dfd);
     return 0;
 }
 

@@ -146,10 +146,16 @@ FAKE_QEMU_IMG = '''#!/usr/bin/env python3
 # same inode the daemon holds) to a qcow2 whose external data file is a
 # root-only secret: a client racing the import between check and copy
 import os, shutil, sys
-if sys.argv[1:2] == ["convert"]:
+if sys.argv[1:2] == ["convert"] and "RACE_EVIL" in os.environ:
     with open(os.environ["RACE_EVIL"], "rb") as src, open(os.environ["RACE_SOURCE"], "r+b") as dst:
         dst.write(src.read())
         dst.truncate()
+# or swaps the daemon's temp name in the images directory for a symlink (a
+# directory others may write)
+if sys.argv[1:2] == ["convert"] and "RACE_PLANT" in os.environ:
+    if os.path.lexists(os.environ["RACE_PLANT"]):
+        os.unlink(os.environ["RACE_PLANT"])
+    os.symlink(os.environ["RACE_VICTIM"], os.environ["RACE_PLANT"])
 os.execvp("qemu-img", ["qemu-img"] + sys.argv[1:])
 '''
 
@@ -188,6 +194,23 @@ class HeaderRace(Base):
             leaked = b"ROOT-ONLY-SECRET" in f.read()
         self.assertFalse(leaked, "the import read a root-only file named by the client")
         self.assertEqual(os.listdir(os.path.join(self.node.state, "images")), ["raced.qcow2"])
+
+
+    def test_temp_name_swapped_for_a_symlink_is_not_followed(self):
+        victim = os.path.join(self.files, "victim")
+        with open(victim, "w") as f:
+            f.write("precious\n")
+        source = self.member_file("clean.qcow2", qcow2="1M")
+        images = os.path.join(self.node.state, "images")
+        env = dict(os.environ, RACE_PLANT=os.path.join(images, ".swapped.qcow2.partial"), RACE_VICTIM=victim)
+        self.node.stop_daemon()
+        self.node.start_daemon(extra_env=env)
+        self.as_member("image", "import", source, "swapped", want=0)
+        with open(victim, "rb") as f:
+            self.assertEqual(f.read(64), b"precious\n", "qemu-img wrote through the planted symlink")
+        info = json.loads(subprocess.run(["qemu-img", "info", "--output=json", os.path.join(images, "swapped.qcow2")],
+                                         capture_output=True, check=True).stdout)
+        self.assertEqual((info["format"], info["virtual-size"]), ("qcow2", 1 << 20))
 
 
 class BootFiles(Base):
