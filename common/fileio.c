@@ -394,6 +394,14 @@ int qv_open_regular_at(int dirfd, const char *name, int flags, mode_t mode) {
     return TAKE_FD(fd);
 }
 
+int qv_open_existing_at(int dirfd, const char *name, int flags) {
+    _cleanup_close_ int fd = openat(dirfd, name, flags | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+    if (fd < 0)
+        return errno == ENXIO ? -EINVAL : -errno;
+    int r = regular_blocking(fd);
+    return r < 0 ? r : TAKE_FD(fd);
+}
+
 int qv_fd_path(int fd, char *buf, size_t len) {
     int n = snprintf(buf, len, "/proc/%d/fd/%d", (int)getpid(), fd);
     return n < 0 || (size_t)n >= len ? -ENAMETOOLONG : 0;

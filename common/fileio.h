@@ -107,6 +107,12 @@ int qv_open_dir_nofollow(const char *path);
  * device…).  *ret is NUL-terminated. */
 int qv_read_regular_file_at(int dirfd, const char *name, size_t max, char **ret, size_t *ret_len);
 
+/* Opens an existing `name` in dirfd (AT_FDCWD: a path) only when it is a
+ * regular file (-EINVAL otherwise, without blocking on a FIFO).  flags
+ * adds to O_CLOEXEC|O_NOCTTY: the access mode, O_NOFOLLOW for a name that
+ * must not be a symlink.  Returns the fd (caller owns it) or -errno. */
+int qv_open_existing_at(int dirfd, const char *name, int flags);
+
 /* "/proc/PID/fd/N" of this process: a path another process (a child that
  * takes file names, like qemu-img) opens to reach exactly the file fd is,
  * whatever its name became.  -ENAMETOOLONG when it does not fit. */

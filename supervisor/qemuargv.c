@@ -7,6 +7,14 @@
  * - With -runas, QEMU 7.2 dies of SIGSYS if the sandbox also denies
  *   privilege changes (it drops its uid after seccomp is installed), so
  *   elevateprivileges=deny is only set when QEMU does not change user.
+ *   `children` is no way out: it denies the set*id calls in QEMU itself too (and
+ *   sets no_new_privs).  Once -runas has run, QEMU has checked that
+ *   setuid(0) fails: the calls it may still make cannot regain root.
+ * - Disks, seed, firmware and the serial log come as fds the daemon opened
+ *   (-add-fd, /dev/fdset/N), as libvirt passes them; a qcow2 overlay's
+ *   backing is a blockdev of its own, so the name in its header is never
+ *   followed.  An fdset hands QEMU a dup of an fd whose access mode
+ *   matches, so each fd is opened with exactly the mode QEMU asks for.
  * - Guest RAM on hugepages is a memfd with hugetlb (no hugetlbfs mount to
  *   manage), shared and preallocated: QEMU fails at start rather than the
  *   guest taking SIGBUS later, as libvirt does.  NUMA binding is the
@@ -65,6 +73,15 @@ void sv_argv_free(char **argv) {
     for (char **p = argv; *p; p++)
         free(*p);
     free(argv);
+}
+
+/* How QEMU names a file it gets as fd (an fdset of the same number) or,
+ * without one, its path. */
+static const char *fdset_name(char *buf, size_t len, int fd, const char *path) {
+    if (fd <= 0)
+        return path;
+    snprintf(buf, len, "/dev/fdset/%d", fd);
+    return buf;
 }
 
 /* QEMU option values use ',' as separator; a literal comma is doubled. */
@@ -137,6 +154,26 @@ int sv_qemu_argv(const sv_vmspec *spec, const sv_qemu_env *env, const sv_vm_path
     add(&b, "-msg");
     add(&b, "timestamp=on");
 
+    /* the files the daemon opened, each in an fdset of its own number */
+    const struct {
+        int fd;
+        const char *opaque;
+    } fdsets[] = {
+        {paths->disk_fd, "disk0"},        {paths->base_fd, "base0"},       {paths->seed_fd, "seed0"},
+        {paths->fw_code_fd, "pflash0"},   {paths->fw_vars_fd, "pflash1"},  {paths->serial_fd, "serial0"},
+    };
+    for (size_t i = 0; i < QV_ARRAY_SIZE(fdsets); i++)
+        if (fdsets[i].fd > 0) {
+            add(&b, "-add-fd");
+            add(&b, "fd=%d,set=%d,opaque=%s", fdsets[i].fd, fdsets[i].fd, fdsets[i].opaque);
+        }
+    char disk_name[32], base_name[32], seed_name[32], code_name[32], vars_name[32], serial_name[32];
+    const char *disk = fdset_name(disk_name, sizeof disk_name, paths->disk_fd, paths->disk);
+    const char *seed = fdset_name(seed_name, sizeof seed_name, paths->seed_fd, paths->seed_iso);
+    const char *code = fdset_name(code_name, sizeof code_name, paths->fw_code_fd, spec->firmware_code);
+    const char *vars = fdset_name(vars_name, sizeof vars_name, paths->fw_vars_fd, paths->firmware_vars);
+    const char *serial = fdset_name(serial_name, sizeof serial_name, paths->serial_fd, paths->serial_log);
+
     /* monitor on the pre-bound listening socket */
     add(&b, "-chardev");
     add(&b, "socket,id=qmp0,fd=%d,server=on,wait=off", paths->qmp_fd);
@@ -150,21 +187,20 @@ int sv_qemu_argv(const sv_vmspec *spec, const sv_qemu_env *env, const sv_vm_path
      * grows past SV_SERIAL_LOG_MAX, and QEMU then goes on at its start */
     add(&b, "-chardev");
     if (paths->console_fd > 0)
-        add(&b, "socket,id=serial0,fd=%d,server=on,wait=off,logfile=%s,logappend=on", paths->console_fd,
-            paths->serial_log);
+        add(&b, "socket,id=serial0,fd=%d,server=on,wait=off,logfile=%s,logappend=on", paths->console_fd, serial);
     else
-        add(&b, "file,id=serial0,path=%s,append=on", paths->serial_log);
+        add(&b, "file,id=serial0,path=%s,append=on", serial);
     add(&b, "-serial");
     add(&b, "chardev:serial0");
 
     /* UEFI: the shared code read-only, the VM's own variable store */
     if (uefi) {
         add(&b, "-blockdev");
-        add(&b, "driver=file,filename=%s,node-name=pflash0-file,read-only=on", spec->firmware_code);
+        add(&b, "driver=file,filename=%s,node-name=pflash0-file,read-only=on", code);
         add(&b, "-blockdev");
         add(&b, "driver=raw,file=pflash0-file,node-name=pflash0,read-only=on");
         add(&b, "-blockdev");
-        add(&b, "driver=file,filename=%s,node-name=pflash1-file", paths->firmware_vars);
+        add(&b, "driver=file,filename=%s,node-name=pflash1-file", vars);
         add(&b, "-blockdev");
         add(&b, "driver=raw,file=pflash1-file,node-name=pflash1");
         if (secure) {
@@ -173,11 +209,18 @@ int sv_qemu_argv(const sv_vmspec *spec, const sv_qemu_env *env, const sv_vm_path
         }
     }
 
-    /* system disk */
+    /* system disk: the overlay on its base, which has no backing of its own */
+    if (paths->base_fd > 0) {
+        add(&b, "-blockdev");
+        add(&b, "driver=file,filename=%s,node-name=base0-file,read-only=on",
+            fdset_name(base_name, sizeof base_name, paths->base_fd, NULL));
+        add(&b, "-blockdev");
+        add(&b, "driver=qcow2,file=base0-file,node-name=base0,read-only=on,backing=");
+    }
     add(&b, "-blockdev");
-    add(&b, "driver=file,filename=%s,node-name=disk0-file,discard=unmap", paths->disk);
+    add(&b, "driver=file,filename=%s,node-name=disk0-file,discard=unmap", disk);
     add(&b, "-blockdev");
-    add(&b, "driver=qcow2,file=disk0-file,node-name=disk0,discard=unmap");
+    add(&b, "driver=qcow2,file=disk0-file,node-name=disk0,discard=unmap%s", paths->base_fd > 0 ? ",backing=base0" : "");
     add(&b, "-device");
     add(&b, "virtio-blk-pci,drive=disk0,id=virtio-disk0,bootindex=1");
 
@@ -187,9 +230,9 @@ int sv_qemu_argv(const sv_vmspec *spec, const sv_qemu_env *env, const sv_vm_path
      * cloud-init never saw its seed.  virtio_scsi + sr_mod is in every
      * mainstream cloud and generic kernel; a scsi-cd medium can also be
      * swapped at run time (docs/cloudinit.md). */
-    if (paths->seed_iso) {
+    if (seed) {
         add(&b, "-blockdev");
-        add(&b, "driver=file,filename=%s,node-name=seed0-file,read-only=on", paths->seed_iso);
+        add(&b, "driver=file,filename=%s,node-name=seed0-file,read-only=on", seed);
         add(&b, "-blockdev");
         add(&b, "driver=raw,file=seed0-file,node-name=seed0,read-only=on");
         add(&b, "-device");
@@ -266,11 +309,18 @@ int sv_qemu_argv(const sv_vmspec *spec, const sv_qemu_env *env, const sv_vm_path
     add(&b, "virtio-rng-pci,rng=rng0");
 
     if (spec->kernel) {
+        /* the files the daemon opened: QEMU reopens them through its own fd */
         add(&b, "-kernel");
-        add(&b, "%s", spec->kernel);
+        if (paths->kernel_fd > 0)
+            add(&b, "/proc/self/fd/%d", paths->kernel_fd);
+        else
+            add(&b, "%s", spec->kernel);
         if (spec->initrd) {
             add(&b, "-initrd");
-            add(&b, "%s", spec->initrd);
+            if (paths->initrd_fd > 0)
+                add(&b, "/proc/self/fd/%d", paths->initrd_fd);
+            else
+                add(&b, "%s", spec->initrd);
         }
         if (spec->append) {
             add(&b, "-append");

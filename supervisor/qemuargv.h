@@ -11,7 +11,7 @@ typedef struct sv_qemu_env {
     const char *binary;  /* qemu-system-x86_64 or an absolute path */
     bool kvm;            /* resolved accelerator: true KVM, false TCG */
     bool sandbox;        /* this QEMU supports -sandbox (seccomp) */
-    const char *run_as;  /* unprivileged user for -runas, or NULL */
+    const char *run_as;  /* unprivileged user for -runas, or NULL: QEMU stays root */
 } sv_qemu_env;
 
 /* A host PCI function passed through with vfio-pci (already bound to it). */
@@ -39,6 +39,21 @@ typedef struct sv_vm_paths {
      * numbers as QEMU sees them, -1 for none; NULL when no NIC has a TAP */
     const int *tap_fds;
     const int *vhost_fds;
+    /* Files the daemon opened itself and hands over, each fd as QEMU numbers
+     * it, 0 for none.  A block or log file's fd is put in an fdset of the
+     * same number (-add-fd fd=N,set=N) and named /dev/fdset/N, so the path
+     * above is unused; kernel and initrd are read through /proc/self/fd/N.
+     * launch() always passes them: QEMU opens no file of the VM by name. */
+    int disk_fd;     /* the overlay, O_RDWR */
+    int base_fd;     /* O_RDONLY: the overlay's backing, a qcow2 given explicitly
+                      * (backing=base0), so QEMU never follows the name in the
+                      * overlay's header; 0 with disk_fd set: the header decides */
+    int seed_fd;     /* O_RDONLY */
+    int fw_code_fd;  /* O_RDONLY */
+    int fw_vars_fd;  /* O_RDWR */
+    int serial_fd;   /* O_WRONLY|O_APPEND, the serial log (the daemon may empty it) */
+    int kernel_fd;   /* O_RDONLY */
+    int initrd_fd;   /* O_RDONLY */
     const sv_hostdev *hostdevs; /* passthrough functions, ordered by gpu then function */
     size_t n_hostdevs;
     /* guest RAM bound to host NUMA node numa_node (policy bind) when

@@ -208,8 +208,9 @@ int sv_seed_prepare(const sv_vmspec *spec, const sv_config *node, const char *in
     }
     ci_iso_file files[CI_SEED_FILES_MAX];
     size_t n = ci_seed_files(&seed, files);
-    /* 0640 like spec.json: user-data may hold password hashes */
-    r = ci_iso_write_file_atomic(iso, 0640, CI_ISO_DURABLE, CI_DEFAULT_LABEL, files, n, ts, err);
+    /* 0600 like the disk (a disk image QEMU gets as an fd), and user-data
+     * may hold password hashes */
+    r = ci_iso_write_file_atomic(iso, 0600, CI_ISO_DURABLE, CI_DEFAULT_LABEL, files, n, ts, err);
     if (r == 0) {
         char line[CI_INSTANCE_ID_SIZE + 1];
         int len = snprintf(line, sizeof line, "%s\n", seed.instance_id);

@@ -37,6 +37,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <netinet/in.h>
+#include <pwd.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1207,6 +1208,83 @@ static void maybe_launch(vmrt *rt) {
     launch(rt);
 }
 
+/* The files QEMU gets as fds (qemuargv.h), opened here by the daemon; -1
+ * for none.  Closed once QEMU has its copies. */
+typedef struct vm_files {
+    int disk, base, seed, fw_code, fw_vars, serial, kernel, initrd;
+} vm_files;
+
+static void vm_files_close(vm_files *f) {
+    int *all[] = {&f->disk, &f->base, &f->seed, &f->fw_code, &f->fw_vars, &f->serial, &f->kernel, &f->initrd};
+    for (size_t i = 0; i < QV_ARRAY_SIZE(all); i++)
+        if (*all[i] >= 0) {
+            close(*all[i]);
+            *all[i] = -1;
+        }
+}
+
+/* Opens what QEMU needs of the VM's files, each with the access mode QEMU
+ * will ask its fdset for.  qvisor's own files are reached relative to the
+ * instance directory and never through a symlink; the disk (a symlink into
+ * its storage pool when it lives in one) must be the very file create made.
+ * Returns 0 or -errno with err set; *f is filled as far as it got. */
+static int open_vm_files(const sv_vm *vm, int dirfd, const char *base, vm_files *f, qv_error *err) {
+    const sv_vmspec *s = vm->spec;
+    *f = (vm_files){-1, -1, -1, -1, -1, -1, -1, -1};
+    int r = f->disk = qv_open_existing_at(dirfd, "disk.qcow2", O_RDWR);
+    struct stat st;
+    if (r >= 0 && vm->disk_ino &&
+        (fstat(f->disk, &st) < 0 || (uint64_t)st.st_dev != vm->disk_dev || (uint64_t)st.st_ino != vm->disk_ino))
+        return qv_error_set(err, EPERM, "%s/disk.qcow2 is not the disk qvisor made for VM '%s' (another file is in "
+                            "its place)", vm->dir, vm->name);
+    if (r < 0)
+        return qv_error_set(err, -r, "cannot open %s/disk.qcow2: %s", vm->dir, strerror(-r));
+    if ((r = f->base = qv_open_existing_at(AT_FDCWD, base, O_RDONLY | O_NOFOLLOW)) < 0)
+        return qv_error_set(err, -r, "cannot open base image %s: %s", base, strerror(-r));
+    if (s->seed) {
+        r = f->seed = qv_open_existing_at(dirfd, SV_SEED_ISO, O_RDONLY | O_NOFOLLOW);
+        if (r < 0 && r != -ENOENT)
+            return qv_error_set(err, -r, "cannot open %s/" SV_SEED_ISO ": %s", vm->dir, strerror(-r));
+    }
+    if (s->firmware != SV_FIRMWARE_BIOS && s->firmware_code) {
+        /* the node's firmware (a package's file, maybe a symlink), read-only */
+        if ((r = f->fw_code = qv_open_existing_at(AT_FDCWD, s->firmware_code, O_RDONLY)) < 0)
+            return qv_error_set(err, -r, "cannot open firmware %s: %s", s->firmware_code, strerror(-r));
+        if ((r = f->fw_vars = qv_open_existing_at(dirfd, SV_FW_VARS_FILE, O_RDWR | O_NOFOLLOW)) < 0)
+            return qv_error_set(err, -r, "cannot open %s/" SV_FW_VARS_FILE ": %s", vm->dir, strerror(-r));
+    }
+    /* disk images are 0600 whatever an older qvisor left (seeds were 0640) */
+    int images[] = {f->disk, f->seed, f->fw_vars};
+    for (size_t i = 0; i < QV_ARRAY_SIZE(images); i++)
+        if (images[i] >= 0 && fchmod(images[i], 0600) < 0)
+            return qv_error_set(err, errno, "cannot make the files of VM '%s' 0600: %s", vm->name, strerror(errno));
+    /* made empty (0640) by the prep; appended to, so that QEMU goes on at
+     * the start of a log the daemon emptied (serlog.h) */
+    if ((r = f->serial = qv_open_regular_at(dirfd, "serial.log", O_WRONLY | O_APPEND, 0640)) < 0)
+        return qv_error_set(err, -r, "cannot open %s/serial.log: %s", vm->dir, strerror(-r));
+    if (s->kernel && (r = f->kernel = qv_open_existing_at(AT_FDCWD, s->kernel, O_RDONLY)) < 0)
+        return qv_error_set(err, -r, "cannot open kernel %s: %s", s->kernel, strerror(-r));
+    if (s->kernel && s->initrd && (r = f->initrd = qv_open_existing_at(AT_FDCWD, s->initrd, O_RDONLY)) < 0)
+        return qv_error_set(err, -r, "cannot open initrd %s: %s", s->initrd, strerror(-r));
+    return 0;
+}
+
+/* The user QEMU drops to: NULL when it stays root (the daemon is not root,
+ * or qemu.run_as is root); -ENOENT (err set) when the node lacks the user. */
+static int qemu_user(const sv_config *conf, const char **ret, qv_error *err) {
+    *ret = NULL;
+    if (geteuid() != 0 || !conf->run_as[0] || strcmp(conf->run_as, "root") == 0)
+        return 0;
+    struct passwd *pw = getpwnam(conf->run_as);
+    if (!pw)
+        return qv_error_set(err, QV_ECONFIG,
+                            "qemu.run_as: no user named '%s' on this node (run scripts/setup, which creates it, or "
+                            "set qemu.run_as)", conf->run_as);
+    if (pw->pw_uid != 0)
+        *ret = conf->run_as;
+    return 0;
+}
+
 static void launch(vmrt *rt) {
     sv_vmctl *c = rt->c;
     const sv_config *conf = cfg(c);
@@ -1283,11 +1361,32 @@ static void launch(vmrt *rt) {
         start_abandon(rt, -port, "no free TCP port on 127.0.0.1 for the SSH forward");
         return;
     }
+    const char *run_as;
+    if (qemu_user(conf, &run_as, &err) < 0) {
+        start_abandon(rt, err.code, err.msg);
+        return;
+    }
+    _cleanup_close_ int vmdirfd = open(vm->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (vmdirfd < 0) {
+        char why[PATH_MAX + 64];
+        snprintf(why, sizeof why, "cannot open %s: %s", vm->dir, strerror(errno));
+        start_abandon(rt, errno, why);
+        return;
+    }
+    char base[PATH_MAX];
+    vm_files files;
+    if (sv_image_path(conf, vm->spec->image, base, sizeof base, &err) < 0 ||
+        open_vm_files(vm, vmdirfd, base, &files, &err) < 0) {
+        vm_files_close(&files);
+        start_abandon(rt, err.code, err.msg);
+        return;
+    }
     /* fds as QEMU numbers them: 3 the monitor, 4 the agent (when it has
-     * one), then the serial console, then TAPs and vhost-net in NIC order */
+     * one), then the serial console, then TAPs and vhost-net in NIC order,
+     * then the VM's files (vm_files order) */
     if (!kvm)
         sv_net_fds_drop_vhost(&rt->net); /* vhost-net needs KVM's irqfd */
-    int fds[3 + 2 * ND_NICS_MAX], tap_fds[ND_NICS_MAX], vhost_fds[ND_NICS_MAX];
+    int fds[3 + 2 * ND_NICS_MAX + 8], tap_fds[ND_NICS_MAX], vhost_fds[ND_NICS_MAX];
     size_t n_fds = 0;
     fds[n_fds++] = lfd;
     int qga_fd = 0;
@@ -1308,11 +1407,21 @@ static void launch(vmrt *rt) {
             fds[n_fds++] = rt->net.vhost[i];
         }
     }
+    int file_fds[8];
+    int *const file_src[] = {&files.disk,    &files.base,   &files.seed,   &files.fw_code,
+                             &files.fw_vars, &files.serial, &files.kernel, &files.initrd};
+    for (size_t i = 0; i < QV_ARRAY_SIZE(file_src); i++) {
+        file_fds[i] = 0;
+        if (*file_src[i] >= 0) {
+            file_fds[i] = 3 + (int)n_fds;
+            fds[n_fds++] = *file_src[i];
+        }
+    }
     sv_qemu_env env = {
         .binary = conf->qemu_binary,
         .kvm = kvm,
         .sandbox = c->caps.sandbox,
-        .run_as = conf->run_as[0] && geteuid() == 0 ? conf->run_as : NULL,
+        .run_as = run_as,
     };
     sv_vm_paths paths = {
         .disk = disk,
@@ -1320,7 +1429,15 @@ static void launch(vmrt *rt) {
         .pidfile = pidfile,
         .qga_fd = qga_fd,
         .console_fd = console_fd,
-        .seed_iso = vm->spec->seed && access(seed, F_OK) == 0 ? seed : NULL,
+        .seed_iso = files.seed >= 0 ? seed : NULL,
+        .disk_fd = file_fds[0],
+        .base_fd = file_fds[1],
+        .seed_fd = file_fds[2],
+        .fw_code_fd = file_fds[3],
+        .fw_vars_fd = file_fds[4],
+        .serial_fd = file_fds[5],
+        .kernel_fd = file_fds[6],
+        .initrd_fd = file_fds[7],
         .firmware_vars = vm->spec->firmware != SV_FIRMWARE_BIOS ? vars : NULL,
         .qmp_fd = 3,
         .ssh_port = port,
@@ -1345,18 +1462,18 @@ static void launch(vmrt *rt) {
 #endif
     char **argv = NULL;
     if (sv_qemu_argv(vm->spec, &env, &paths, &argv, &err) < 0) {
+        vm_files_close(&files);
         start_abandon(rt, err.code, err.msg);
         return;
     }
     /* relative to the instance directory, never through a symlink, 0640
      * whatever an older qvisor or the umask left */
-    _cleanup_close_ int vmdirfd = open(vm->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    _cleanup_close_ int logfd =
-        vmdirfd < 0 ? -errno : qv_open_regular_at(vmdirfd, "qemu.log", O_WRONLY | O_APPEND, 0640);
+    _cleanup_close_ int logfd = qv_open_regular_at(vmdirfd, "qemu.log", O_WRONLY | O_APPEND, 0640);
     if (logfd < 0) {
         int e = -logfd;
         logfd = -1;
         sv_argv_free(argv);
+        vm_files_close(&files);
         char why[PATH_MAX + 64];
         snprintf(why, sizeof why, "cannot open %s: %s", logpath, strerror(e));
         start_abandon(rt, e, why);
@@ -1380,6 +1497,7 @@ static void launch(vmrt *rt) {
     r = sv_proc_spawn(argv, logfd, fds, n_fds, &limits, &pid, &pidfd, &err);
     sv_argv_free(argv);
     sv_net_fds_close(&rt->net); /* QEMU has them: its TAPs now live and die with it */
+    vm_files_close(&files);
     if (r < 0) {
         start_abandon(rt, err.code, err.msg);
         return;

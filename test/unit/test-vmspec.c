@@ -485,13 +485,18 @@ static void test_user_data_key_errors(void **state) {
 static void test_golden_tcg_default(void **state) {
     (void)state;
     _cleanup_(sv_vmspec_freep) sv_vmspec *s = spec_from("{\"name\":\"web-1\",\"image\":\"debian-12\"}");
-    sv_qemu_env env = {.binary = "qemu-system-x86_64", .kvm = false, .sandbox = true};
+    /* as launch() makes it with the default config: QEMU drops to
+     * qvisor-qemu, the VM's files come as fds after the sockets */
+    sv_qemu_env env = {.binary = "qemu-system-x86_64", .kvm = false, .sandbox = true, .run_as = "qvisor-qemu"};
     sv_vm_paths p = {.disk = "/var/lib/qvisor/instances/web-1/disk.qcow2",
                      .serial_log = "/var/lib/qvisor/instances/web-1/serial.log",
                      .pidfile = "/run/qvisor/vm/web-1/qemu.pid",
                      .qga_fd = 4,
                      .console_fd = 5,
                      .qmp_fd = 3,
+                     .disk_fd = 6,
+                     .base_fd = 7,
+                     .serial_fd = 8,
                      .ssh_port = 40022};
     char **argv = NULL;
     qv_error err = {0};
@@ -512,6 +517,12 @@ static void test_golden_kvm_seed_kernel_runas(void **state) {
                      .qga_fd = 6,
                      .seed_iso = "/srv/vms/gpu-box/seed.iso",
                      .qmp_fd = 5,
+                     .disk_fd = 7,
+                     .base_fd = 8,
+                     .seed_fd = 9,
+                     .serial_fd = 10,
+                     .kernel_fd = 11,
+                     .initrd_fd = 12,
                      .ssh_port = 0};
     char **argv = NULL;
     qv_error err = {0};
@@ -760,6 +771,12 @@ static char **uefi_argv(const char *json, bool kvm, const char *vars) {
                      .firmware_vars = vars,
                      .qga_fd = 4,
                      .qmp_fd = 3,
+                     .disk_fd = 5,
+                     .base_fd = 6,
+                     .seed_fd = 7,
+                     .fw_code_fd = vars ? 8 : 0,
+                     .fw_vars_fd = vars ? 9 : 0,
+                     .serial_fd = 10,
                      .ssh_port = 40025};
     char **argv = NULL;
     qv_error err = {0};
