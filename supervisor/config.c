@@ -31,6 +31,16 @@ static int check_firmware_dir(const char *v, char *why, size_t size) {
     }
     return 0;
 }
+/* A user name, or root (QEMU keeps root: the explicit opt-out).  Whether
+ * the node has that user is checked last, in validate(). */
+static int check_run_as(const char *v, char *why, size_t size) {
+    if (!*v) {
+        snprintf(why, size, "expected a user name (default " SV_QEMU_USER "), or root to leave QEMU root "
+                            "(not recommended)");
+        return -EINVAL;
+    }
+    return 0;
+}
 static const qv_log_level level_values[] = {QV_LOG_ERR, QV_LOG_WARNING, QV_LOG_INFO, QV_LOG_DEBUG};
 
 _Static_assert(SV_NO_QUOTA == SV_UNSET, "an unset quota is the schema's unset value");
@@ -76,7 +86,7 @@ static const sv_key keys[] = {
     {"qemu", "binary", SV_K_STRING, F(qemu_binary), "qemu-system-x86_64", 0, 0, NULL, false, false},
     {"qemu", "img_binary", SV_K_STRING, F(qemu_img_binary), "qemu-img", 0, 0, NULL, false, false},
     {"qemu", "accelerator", SV_K_ENUM, F(accelerator), "auto", 0, 0, accel_names, false, false},
-    {"qemu", "run_as", SV_K_STRING, F(run_as), "", 0, 0, NULL, true, false},
+    {"qemu", "run_as", SV_K_STRING, F(run_as), SV_QEMU_USER, 0, 0, NULL, true, false, check_run_as},
 
     {"vm_defaults", "cpus", SV_K_UINT, F(vm_cpus), "2", 1, 1024, NULL, false, false},
     {"vm_defaults", "memory", SV_K_SIZE, F(vm_memory), "2G", 16ull << 20, 16ull << 40, NULL, false, false},
@@ -224,13 +234,20 @@ static int validate(const char *name, const sv_config *c, qv_error *err) {
         return qv_error_set(err, QV_ECONFIG,
                             "%s: daemon.socket: %s is %zu bytes, longer than a unix socket path can be (%zu)", name,
                             c->socket_path, strlen(c->socket_path), sizeof(((struct sockaddr_un *)0)->sun_path) - 1);
-    /* QEMU would fail at every start (-runas) with a user the node lacks */
-    if (c->run_as[0] && !getpwnam(c->run_as))
-        return qv_error_set(err, QV_ECONFIG, "%s: qemu.run_as: no user named '%s' on this node", name, c->run_as);
     if (c->overlay_bridge[0] && strcmp(c->overlay_bridge, c->nat_bridge) == 0)
         return qv_error_set(err, QV_ECONFIG, "%s: network.overlay_bridge: must differ from network.nat_bridge (%s)",
                             name, c->nat_bridge);
-    return validate_storage_pools(name, c, err);
+    int r = validate_storage_pools(name, c, err);
+    if (r < 0)
+        return r;
+    /* QEMU would fail at every start (-runas) with a user the node lacks;
+     * last, so that every other check still runs on a node without it */
+    if (!getpwnam(c->run_as))
+        return qv_error_set(err, QV_ECONFIG,
+                            "%s: qemu.run_as: no user named '%s' on this node (scripts/setup creates " SV_QEMU_USER
+                            "; or set qemu.run_as to another user, or to root: not recommended)",
+                            name, c->run_as);
+    return 0;
 }
 
 sv_config *sv_config_new_default(void) {

@@ -3,6 +3,9 @@
  * and out-of-range values are errors that name file:line:column and key. */
 #pragma once
 
+/* The system user QEMU runs as by default (scripts/setup creates it). */
+#define SV_QEMU_USER "qvisor-qemu"
+
 #include <jansson.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -61,7 +64,7 @@ typedef struct sv_config {
     char *qemu_binary;
     char *qemu_img_binary;
     int accelerator; /* an sv_accel */
-    char *run_as;
+    char *run_as;    /* QEMU drops to this user when the daemon is root; "root": it does not */
 
     /* vm_defaults */
     uint64_t vm_cpus;

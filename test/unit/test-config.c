@@ -45,6 +45,12 @@ static void test_defaults(void **state) {
     assert_non_null(c->dns);
     assert_null(c->dns[0]);
     assert_int_equal(sv_config_log_level(c), QV_LOG_INFO);
+    assert_string_equal(c->run_as, "qvisor-qemu"); /* QEMU is unprivileged unless told otherwise */
+    sv_config_free(c);
+    c = NULL;
+    /* root is the explicit opt-out */
+    assert_int_equal(parse("qemu:\n  run_as: root\n", &c, &err), 0);
+    assert_string_equal(c->run_as, "root");
 }
 
 static void test_derived_paths_follow_state_dir(void **state) {
@@ -161,7 +167,10 @@ static void test_error_classes(void **state) {
     expect_error("daemon:\n  max_request_size: 1K\n", "t.yaml:2:21: daemon.max_request_size: 1K is out of range");
     /* settings that parse but could never work on this node */
     expect_error("vm_defaults:\n  stop_timeout: 0s\n", "t.yaml:2:17: vm_defaults.stop_timeout: 0s is out of range");
-    expect_error("qemu:\n  run_as: no-such-user-qv\n", "t.yaml: qemu.run_as: no user named 'no-such-user-qv' on this node");
+    expect_error("qemu:\n  run_as: no-such-user-qv\n", "t.yaml: qemu.run_as: no user named 'no-such-user-qv' on this node "
+                 "(scripts/setup creates qvisor-qemu; or set qemu.run_as to another user, or to root: not recommended)");
+    /* "" used to mean "QEMU stays root": that now has to be said (root) */
+    expect_error("qemu:\n  run_as: \"\"\n", "t.yaml:2:11: qemu.run_as: expected a user name (default qvisor-qemu)");
     char long_socket[256];
     snprintf(long_socket, sizeof long_socket, "daemon:\n  socket: /run/%0120d.sock\n", 0);
     expect_error(long_socket, "t.yaml: daemon.socket: /run/");
