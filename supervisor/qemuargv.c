@@ -215,7 +215,9 @@ int sv_qemu_argv(const sv_vmspec *spec, const sv_qemu_env *env, const sv_vm_path
         add(&b, "driver=file,filename=%s,node-name=base0-file,read-only=on",
             fdset_name(base_name, sizeof base_name, paths->base_fd, NULL));
         add(&b, "-blockdev");
-        add(&b, "driver=qcow2,file=base0-file,node-name=base0,read-only=on,backing=");
+        /* JSON: the key=value syntax has no null, and QEMU 7.2 deprecates "" */
+        add(&b, "{\"driver\":\"qcow2\",\"file\":\"base0-file\",\"node-name\":\"base0\",\"read-only\":true,"
+                "\"backing\":null}");
     }
     add(&b, "-blockdev");
     add(&b, "driver=file,filename=%s,node-name=disk0-file,discard=unmap", disk);

@@ -9,6 +9,7 @@ bzImage under OVMF, plain and with Secure Boot."""
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import unittest
@@ -163,7 +164,11 @@ class Firmware(unittest.TestCase):
         self.assertIn("efi: EFI v2.70 by EDK II", text)  # the kernel came up under OVMF
         self.assertIn("secureboot: Secure boot disabled", text)
         log = self.qemu_log("efi")
-        self.assertIn(f"-blockdev driver=file,filename={vars_store},node-name=pflash1-file", log)
+        # the store comes as an fd the daemon opened (an fdset), not by name
+        m = re.search(r"-add-fd fd=(\d+),set=(\d+),opaque=pflash1 ", log)
+        self.assertIsNotNone(m, log)
+        self.assertIn(f"-blockdev driver=file,filename=/dev/fdset/{m.group(2)},node-name=pflash1-file", log)
+        self.assertNotIn(vars_store, log.split("\n", 1)[1])
         self.assertIn(",pflash0=pflash0,pflash1=pflash1", log)
         self.assertEqual(self.stop("efi")["result"], "clean")
         # the firmware wrote its variables (boot options) into the VM's own store

@@ -145,6 +145,10 @@ class Unprivileged(unittest.TestCase):
             for fd in fds[1:]:
                 self.assertTrue(same_file_description(pid, fds[0], fd),
                                 f"QEMU's fds {fds[0]} and {fd} on {path} are two opens")
+        # QEMU took all of it without a complaint (a deprecated spelling,
+        # a file it could not lock)
+        with open(os.path.join(self.instance(), "qemu.log")) as f:
+            self.assertNotIn("warning", f.read())
         # the guest really uses them: the disk was written, the seed read
         self.wait_marker(r"^marker written$")
         self.assertTrue(any(m.startswith("seed ") for m in guestlib.read_markers(
