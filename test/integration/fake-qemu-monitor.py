@@ -95,10 +95,20 @@ def event(name):
 
 
 def serial_log_path(argv):
+    """The serial log as this process can open it: the daemon passes it as
+    an fdset (-add-fd fd=M,set=N, logfile=/dev/fdset/N), so fd M."""
+    sets = {}
+    for i, a in enumerate(argv[:-1]):
+        if a == "-add-fd":
+            opts = dict(kv.split("=", 1) for kv in argv[i + 1].split(","))
+            sets[opts["set"]] = opts["fd"]
     for a in argv:
         for part in a.split(","):
             if part.startswith("logfile="):
-                return part[len("logfile="):]
+                path = part[len("logfile="):]
+                if path.startswith("/dev/fdset/"):
+                    return f"/proc/self/fd/{sets[path[len('/dev/fdset/'):]]}"
+                return path
     return None
 
 
