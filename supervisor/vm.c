@@ -1366,11 +1366,12 @@ static void launch(vmrt *rt) {
         start_abandon(rt, err.code, err.msg);
         return;
     }
-    _cleanup_close_ int vmdirfd = open(vm->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    _cleanup_close_ int vmdirfd = qv_open_dir_nofollow(vm->dir);
     if (vmdirfd < 0) {
         char why[PATH_MAX + 64];
-        snprintf(why, sizeof why, "cannot open %s: %s", vm->dir, strerror(errno));
-        start_abandon(rt, errno, why);
+        snprintf(why, sizeof why, "cannot open %s: %s", vm->dir,
+                 vmdirfd == -ENOTDIR || vmdirfd == -ELOOP ? "not a directory (a symlink?)" : strerror(-vmdirfd));
+        start_abandon(rt, -vmdirfd, why);
         return;
     }
     char base[PATH_MAX];
