@@ -121,8 +121,11 @@ class Lifecycle(unittest.TestCase):
         self.assertIn(b"guest=life,", b"\0".join(args))
         # QEMU boots the copies made at create, not the files the CLI was given
         inst = os.path.join(self.node.state, "instances", "life").encode()
-        self.assertEqual(args[args.index(b"-kernel") + 1], inst + b"/kernel")
-        self.assertEqual(args[args.index(b"-initrd") + 1], inst + b"/initrd")
+        # (as fds the daemon opened: QEMU names them /proc/self/fd/N)
+        for opt, copy in ((b"-kernel", b"/kernel"), (b"-initrd", b"/initrd")):
+            arg = args[args.index(opt) + 1].decode()
+            self.assertTrue(arg.startswith("/proc/self/fd/"), arg)
+            self.assertEqual(os.readlink(f"/proc/{pid}/fd/{arg.rsplit('/', 1)[1]}").encode(), inst + copy)
         self.assertIsInstance(j["ssh_port"], int)
         row = self.node.qvisor_json("vm", "list")["vms"][0]
         self.assertEqual((row["name"], row["state"], row["pid"]), ("life", "running", pid))

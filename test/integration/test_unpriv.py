@@ -138,7 +138,11 @@ class Unprivileged(unittest.TestCase):
                  os.path.join(self.instance(), "seed.iso"),
                  os.path.join(self.instance(), "serial.log"),
                  os.path.join(self.instance(), "qemu.log"))  # its stdout and stderr
-        self.assertEqual({t for t in links.values() if t.startswith(self.node.state + "/")}, set(files))
+        # plus the kernel and initrd create copied into the instance directory,
+        # given as fds too (-kernel /proc/self/fd/N: QEMU reads them through
+        # its own open of that name at startup, then has the fd it was given)
+        boot = (os.path.join(self.instance(), "kernel"), os.path.join(self.instance(), "initrd"))
+        self.assertEqual({t for t in links.values() if t.startswith(self.node.state + "/")}, set(files + boot))
         for path in files:
             fds = [fd for fd, target in links.items() if target == path]
             self.assertTrue(fds, f"QEMU has no fd on {path}")
