@@ -92,6 +92,13 @@ class Node:
         except FileNotFoundError:
             return ""
 
+    SANITIZER_WORDS = ("AddressSanitizer", "LeakSanitizer", "runtime error")
+
+    def sanitizer_reports(self):
+        """The sanitizer words found in the daemon's log (none: clean)."""
+        log = self.log()
+        return [w for w in self.SANITIZER_WORDS if w in log]
+
     def stop_daemon(self, sig=signal.SIGTERM):
         if not self.proc or self.proc.poll() is not None:
             return self.proc.returncode if self.proc else None
