@@ -40,13 +40,15 @@ class Base(unittest.TestCase):
     flood_seconds = 0
 
     def setUp(self):
+        # cleanups run even when setUp fails half-way (tearDown does not),
+        # last registered first: the tmpfs goes, then the node
         self.node = Node()
-        self.mounted = False
+        self.addCleanup(self.node.cleanup)
         if self.tmpfs:
             os.makedirs(self.node.state)
             subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m,mode=0755", "qv-it-full", self.node.state],
                            check=True)
-            self.mounted = True
+            self.addCleanup(subprocess.run, ["umount", "-l", self.node.state], check=False)
         mode_file = os.path.join(self.node.dir, "fake-mode")
         with open(mode_file, "w") as f:
             f.write("flood\n")
@@ -72,9 +74,6 @@ class Base(unittest.TestCase):
         finally:
             for pid in self.node.qemu_pids():
                 os.kill(pid, 9)
-            if self.mounted:
-                subprocess.run(["umount", "-l", self.node.state], check=False)
-            self.node.cleanup()
 
     def disk_state(self):
         with open(self.state_json) as f:
