@@ -11,8 +11,8 @@
 #include <stdio.h>
 
 #include "error.h"
-#include "supervisor/config.h"
-#include "supervisor/ctl.h"
+#include "spec/config.h"
+#include "ctl/ctl.h"
 
 typedef struct qv_cli {
     const char *config_path; /* --config, or the built-in default */

@@ -3,7 +3,7 @@
 #include "output.h"
 
 #include "sysroot.h"
-#include "supervisor/check.h"
+#include "host/check.h"
 
 #include <stdlib.h>
 #include <string.h>

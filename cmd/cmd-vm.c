@@ -7,7 +7,7 @@
 #include "cleanup.h"
 #include "fileio.h"
 #include "util.h"
-#include "supervisor/vmspec.h"
+#include "spec/vmspec.h"
 
 #include <arpa/inet.h>
 #include <ctype.h>

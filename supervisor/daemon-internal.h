@@ -1,5 +1,5 @@
 /* The daemon's state, shared by daemon.c and the files that implement its
- * control methods (api-*.c).  Not for other modules. */
+ * control methods (the files of supervisor/api/).  Not for other modules. */
 #pragma once
 
 #include <stdbool.h>
@@ -7,12 +7,12 @@
 #include <time.h>
 #include <uv.h>
 
-#include "supervisor/config.h"
-#include "supervisor/ctl.h"
+#include "spec/config.h"
+#include "ctl/ctl.h"
 #include "supervisor/daemon.h"
-#include "supervisor/registry.h"
-#include "supervisor/serlog.h"
-#include "supervisor/vm.h"
+#include "supervisor/vm/registry.h"
+#include "supervisor/vm/serlog.h"
+#include "supervisor/vm/vm.h"
 
 typedef struct sv_daemon {
     uv_loop_t loop;
@@ -32,7 +32,11 @@ typedef struct sv_daemon {
 
 typedef void (*method_fn)(sv_daemon *d, sv_ctl_req *req, json_t *params);
 
-/* api-vm.c */
+/* The "name" param, validated (what names it in the message); replies and
+ * returns NULL when bad.  supervisor/api/vm.c */
+const char *sv_api_name_param(sv_ctl_req *req, json_t *params, const char *what);
+
+/* supervisor/api/image.c */
 void sv_api_image_list(sv_daemon *d, sv_ctl_req *req, json_t *params);
 void sv_api_image_import(sv_daemon *d, sv_ctl_req *req, json_t *params);
 /* The file params[key] names among the request's descriptors (see
@@ -41,6 +45,7 @@ void sv_api_image_import(sv_daemon *d, sv_ctl_req *req, json_t *params);
 int sv_api_take_file(sv_ctl_req *req, json_t *params, const char *key, const char *what, const char *label,
                      int *ret_fd, qv_error *err);
 void sv_api_image_remove(sv_daemon *d, sv_ctl_req *req, json_t *params);
+/* supervisor/api/vm.c */
 void sv_api_vm_create(sv_daemon *d, sv_ctl_req *req, json_t *params);
 void sv_api_vm_list(sv_daemon *d, sv_ctl_req *req, json_t *params);
 void sv_api_vm_show(sv_daemon *d, sv_ctl_req *req, json_t *params);
@@ -52,8 +57,10 @@ void sv_api_vm_pause(sv_daemon *d, sv_ctl_req *req, json_t *params);
 void sv_api_vm_resume(sv_daemon *d, sv_ctl_req *req, json_t *params);
 void sv_api_vm_console(sv_daemon *d, sv_ctl_req *req, json_t *params);
 void sv_api_vm_log(sv_daemon *d, sv_ctl_req *req, json_t *params);
-void sv_api_gpu_list(sv_daemon *d, sv_ctl_req *req, json_t *params);
+/* supervisor/api/node.c */
 void sv_api_node_status(sv_daemon *d, sv_ctl_req *req, json_t *params);
+void sv_api_gpu_list(sv_daemon *d, sv_ctl_req *req, json_t *params);
+void sv_api_cleanup(sv_daemon *d, sv_ctl_req *req, json_t *params);
+/* supervisor/api/net.c */
 void sv_api_net_list(sv_daemon *d, sv_ctl_req *req, json_t *params);
 void sv_api_net_teardown(sv_daemon *d, sv_ctl_req *req, json_t *params);
-void sv_api_cleanup(sv_daemon *d, sv_ctl_req *req, json_t *params);

@@ -1,12 +1,12 @@
 /* Daemon: config, single-instance lock, control socket, signals. */
-#include "daemon.h"
-#include "daemon-internal.h"
+#include "supervisor/daemon.h"
+#include "supervisor/daemon-internal.h"
 
 #include "cleanup.h"
-#include "config.h"
-#include "ctl.h"
+#include "spec/config.h"
+#include "ctl/ctl.h"
 #include "fileio.h"
-#include "notify.h"
+#include "supervisor/notify.h"
 #include "qv-build.h"
 #include "sysroot.h"
 #include "util.h"

@@ -1,4 +1,4 @@
-#include "notify.h"
+#include "supervisor/notify.h"
 
 #include "cleanup.h"
 

@@ -1,4 +1,4 @@
-/* supervisor/seed.c: a VM's seed.iso from its spec and the node config,
+/* supervisor/vm/seed.c: a VM's seed.iso from its spec and the node config,
  * read back with the independent ISO reader (user-data also parsed: the
  * password hash, packages and runcmd as strings); rewritten only when its
  * content changes; removed with seed: false; the --ssh key pair. */
@@ -8,10 +8,10 @@
 #include "fileio.h"
 #include "isoread.h"
 #include "cloudinit/nocloud.h"
-#include "supervisor/qemuargv.h"
+#include "supervisor/vm/qemuargv.h"
 #include "netdev/nic.h"
 #include "netdev/nic.h"
-#include "supervisor/seed.h"
+#include "supervisor/vm/seed.h"
 
 #include <errno.h>
 #include <limits.h>

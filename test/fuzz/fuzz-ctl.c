@@ -1,6 +1,6 @@
 /* libFuzzer target for the control socket's request side: framing of
  * newline-delimited requests (common/linebuf.c), JSON parsing and request
- * validation (supervisor/ctl.c), the size limit, progress, streaming
+ * validation (ctl/ctl.c), the size limit, progress, streaming
  * hand-over, and the spec validation behind vm.create (the method most
  * exposed to outside input).
  *
@@ -10,8 +10,8 @@
  * JSON object with an "id" and either "result", "error" or "progress".
  *
  * Input: the bytes a client sends. */
-#include "supervisor/ctl.h"
-#include "supervisor/vmspec.h"
+#include "ctl/ctl.h"
+#include "spec/vmspec.h"
 
 #include <errno.h>
 #include <poll.h>

@@ -1,5 +1,5 @@
 /* libFuzzer target for the spec and node-config loaders: YAML and JSON
- * through supervisor/schema.c, the checks the keys run (user_data,
+ * through spec/schema.c, the checks the keys run (user_data,
  * network_config, names, sizes...), and the round trip the CLI relies on:
  * a spec read from YAML is sent to the daemon as JSON and must be accepted
  * there again, and the same for a config (sv_config_to_json is what
@@ -7,8 +7,8 @@
  *
  * Input: byte 0 selects the loader (VM spec or node config, YAML or JSON),
  * the rest is the file or request body. */
-#include "supervisor/config.h"
-#include "supervisor/vmspec.h"
+#include "spec/config.h"
+#include "spec/vmspec.h"
 
 #include <stdint.h>
 #include <stdio.h>

@@ -1,6 +1,6 @@
 #include "fakekvm.h"
 
-#include "supervisor/probeguest.h"
+#include "host/probeguest.h"
 
 #include <errno.h>
 #include <signal.h>

@@ -1,10 +1,10 @@
-/* A scripted fake of the kernel's KVM for the probe in supervisor/kvmprobe.h:
+/* A scripted fake of the kernel's KVM for the probe in host/kvmprobe.h:
  * sv_kvm_ops whose open and ioctls fail where a test says, and whose KVM_RUN
  * plays a script of exits.  The probe runs its vCPU in a child process, so
  * the fake's state is set before the probe and only read by the child. */
 #pragma once
 
-#include "supervisor/kvmprobe.h"
+#include "host/kvmprobe.h"
 
 #define FAKE_KVM_DEVICE "/fake/kvm"
 

@@ -3,8 +3,8 @@
 #include "testlib.h"
 
 #include "sysroot.h"
-#include "supervisor/admission.h"
-#include "supervisor/capacity.h"
+#include "supervisor/resources/admission.h"
+#include "host/capacity.h"
 
 #include "fileio.h"
 

@@ -1,5 +1,5 @@
 /* Fake NUMA topologies written into a test's sysfs root (a temp dir), for
- * supervisor/capacity.c and what is built on it. */
+ * host/capacity.c and what is built on it. */
 #pragma once
 
 /* The two-node machine: 2 packages x 2 cores x 2 threads (CPUs c + 2p + 4t),

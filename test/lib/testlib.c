@@ -1,7 +1,7 @@
 #include "testlib.h"
 
 #include "fileio.h"
-#include "supervisor/vmspec.h"
+#include "spec/vmspec.h"
 
 #include <errno.h>
 #include <limits.h>

@@ -7,7 +7,7 @@
 
 #include "cleanup.h"
 #include "faketopo.h"
-#include "supervisor/admission.h"
+#include "supervisor/resources/admission.h"
 #include "sysroot.h"
 
 #include <errno.h>

@@ -8,7 +8,7 @@
 
 #include "cleanup.h"
 #include "faketopo.h"
-#include "supervisor/capacity.h"
+#include "host/capacity.h"
 #include "sysroot.h"
 
 #include <errno.h>

@@ -7,7 +7,7 @@
 #include "fakekvm.h"
 #include "fileio.h"
 #include "sysroot.h"
-#include "supervisor/check.h"
+#include "host/check.h"
 #include "vfio/vfio.h"
 
 #include <errno.h>

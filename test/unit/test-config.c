@@ -2,7 +2,7 @@
  * file:line:column, reload bookkeeping. */
 #include "testlib.h"
 
-#include "supervisor/config.h"
+#include "spec/config.h"
 #include "cleanup.h"
 
 #include <errno.h>

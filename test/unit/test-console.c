@@ -4,8 +4,8 @@
  * guest that does not read holds the client's input back). */
 #include "testlib.h"
 
-#include "supervisor/console.h"
-#include "supervisor/serlog.h"
+#include "supervisor/vm/console.h"
+#include "supervisor/vm/serlog.h"
 #include "frame.h"
 
 #include <errno.h>

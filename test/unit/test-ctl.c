@@ -4,7 +4,7 @@
  * left. */
 #include "testlib.h"
 
-#include "supervisor/ctl.h"
+#include "ctl/ctl.h"
 #include "util.h"
 
 #include <errno.h>

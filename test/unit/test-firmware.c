@@ -6,7 +6,7 @@
 
 #include "cleanup.h"
 #include "fileio.h"
-#include "supervisor/firmware.h"
+#include "host/firmware.h"
 
 #include <errno.h>
 #include <limits.h>

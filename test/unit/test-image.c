@@ -1,7 +1,7 @@
 /* Reading `qemu-img convert -p` progress from output chunks split anywhere. */
 #include "testlib.h"
 
-#include "supervisor/image.h"
+#include "supervisor/images/image.h"
 
 #include <string.h>
 

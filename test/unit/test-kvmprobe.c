@@ -4,7 +4,7 @@
 
 #include "fakekvm.h"
 #include "qv-build.h"
-#include "supervisor/kvmprobe.h"
+#include "host/kvmprobe.h"
 
 #include <errno.h>
 #include <stdio.h>

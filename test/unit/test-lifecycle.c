@@ -1,9 +1,9 @@
 /* The VM state table (every cell), stop timeouts and restart backoff. */
 #include "testlib.h"
 
-#include "supervisor/lifecycle.h"
-#include "supervisor/passthrough.h"
-#include "supervisor/vm.h"
+#include "supervisor/vm/lifecycle.h"
+#include "supervisor/vm/gpus.h"
+#include "supervisor/vm/vm.h"
 
 #include <errno.h>
 #include <string.h>

@@ -23,9 +23,9 @@
 #include "netdev/nft.h"
 #include "netdev/nic.h"
 #include "netdev/tap.h"
-#include "supervisor/config.h"
-#include "supervisor/network.h"
-#include "supervisor/vmspec.h"
+#include "spec/config.h"
+#include "supervisor/vm/nics.h"
+#include "spec/vmspec.h"
 
 #include <errno.h>
 #include <fcntl.h>

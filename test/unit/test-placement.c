@@ -1,4 +1,4 @@
-/* The start side of issue 8 (supervisor/placement.h, supervisor/resources.h)
+/* The start side of issue 8 (supervisor/resources/placement.h, supervisor/resources/resources.h)
  * on the two-node fake machine of test/lib/faketopo.h: node 0 has CPUs
  * 0,1,4,5 and 16 GiB, node 1 CPUs 2,3,6,7 and 32 GiB; 1G hugepages 2 free on
  * node 0 and 6 free on node 1; a GPU 0000:41:00.0 on node 1.  What a start
@@ -10,9 +10,9 @@
 #include "cleanup.h"
 #include "faketopo.h"
 #include "fileio.h"
-#include "supervisor/placement.h"
-#include "supervisor/registry.h"
-#include "supervisor/resources.h"
+#include "supervisor/resources/placement.h"
+#include "supervisor/vm/registry.h"
+#include "supervisor/resources/resources.h"
 #include "sysroot.h"
 #include "util.h"
 

@@ -3,7 +3,7 @@
 
 #include "cleanup.h"
 #include "sysroot.h"
-#include "supervisor/proc.h"
+#include "supervisor/vm/proc.h"
 
 #include <errno.h>
 #include <fcntl.h>

@@ -5,7 +5,7 @@
 
 #include "cleanup.h"
 #include "util.h"
-#include "supervisor/qemucaps.h"
+#include "host/qemucaps.h"
 
 #include <errno.h>
 #include <stdio.h>

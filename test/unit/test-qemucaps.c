@@ -3,7 +3,7 @@
 #include "testlib.h"
 
 #include "cleanup.h"
-#include "supervisor/qemucaps.h"
+#include "host/qemucaps.h"
 
 #include <errno.h>
 #include <limits.h>

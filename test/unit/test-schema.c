@@ -5,7 +5,7 @@
 #include "testlib.h"
 
 #include "cleanup.h"
-#include "supervisor/schema.h"
+#include "spec/schema.h"
 
 #include <errno.h>
 #include <stdio.h>

@@ -7,8 +7,8 @@
 #include "fileio.h"
 #include "cloudinit/nocloud.h"
 #include "netdev/nic.h"
-#include "supervisor/qemuargv.h"
-#include "supervisor/vmspec.h"
+#include "supervisor/vm/qemuargv.h"
+#include "spec/vmspec.h"
 
 #include <errno.h>
 #include <limits.h>

@@ -4,8 +4,8 @@
 
 #include "cleanup.h"
 #include "cloudinit/nocloud.h"
-#include "supervisor/config.h"
-#include "supervisor/vmspec.h"
+#include "spec/config.h"
+#include "spec/vmspec.h"
 #include "yamlguard.h"
 
 #include <errno.h>

@@ -1,0 +1,200 @@
+#include "supervisor/vm/proc.h"
+
+#include "cleanup.h"
+#include "fileio.h"
+#include "sysroot.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+int sv_pidfd_open(pid_t pid) {
+    int fd = (int)syscall(SYS_pidfd_open, pid, 0);
+    return fd < 0 ? -errno : fd;
+}
+
+int sv_pidfd_signal(int pidfd, int sig) {
+    return syscall(SYS_pidfd_send_signal, pidfd, sig, NULL, 0) < 0 ? -errno : 0;
+}
+
+/* In the child, between fork and exec: only async-signal-safe calls. */
+#define LIMIT_FAILED 0x10000 /* or'ed into the errno the child reports: setrlimit, not exec */
+
+static void child(char *const argv[], int log_fd, const int *fds, size_t n_fds, const sv_proc_limits *limits,
+                  int err_fd) {
+    int fail_flag = 0;
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+    for (int s = 1; s < NSIG; s++)
+        signal(s, SIG_DFL);
+    if (setsid() < 0)
+        goto fail;
+    /* Move everything we keep above the target range first, so mapping
+     * fds[i] -> 3+i never clobbers a source that is still needed. */
+    int high = 3 + (int)n_fds + 3;
+    int moved[64];
+    if (n_fds > 60)
+        goto fail;
+    for (size_t i = 0; i < n_fds; i++) {
+        moved[i] = fcntl(fds[i], F_DUPFD, high);
+        if (moved[i] < 0)
+            goto fail;
+        high = moved[i] + 1;
+    }
+    int log_moved = fcntl(log_fd, F_DUPFD, high);
+    if (log_moved < 0)
+        goto fail;
+    int err_moved = fcntl(err_fd, F_DUPFD_CLOEXEC, log_moved + 1);
+    if (err_moved < 0)
+        goto fail;
+    err_fd = err_moved;
+    int null = open("/dev/null", O_RDONLY);
+    if (null < 0 || dup2(null, 0) < 0 || dup2(log_moved, 1) < 0 || dup2(log_moved, 2) < 0)
+        goto fail;
+    for (size_t i = 0; i < n_fds; i++)
+        if (dup2(moved[i], 3 + (int)i) < 0)
+            goto fail;
+    /* Close everything else except the error pipe (CLOEXEC: gone at exec). */
+    for (int fd = 3 + (int)n_fds; fd < err_fd; fd++)
+        close(fd);
+    close_range((unsigned)err_fd + 1, ~0u, 0);
+    if (limits && limits->memlock) {
+        /* VFIO pins all guest RAM; QEMU (maybe unprivileged after -runas) cannot raise this itself */
+        struct rlimit rl = {limits->memlock, limits->memlock};
+        if (setrlimit(RLIMIT_MEMLOCK, &rl) < 0) {
+            struct rlimit now;
+            if (!limits->memlock_best_effort || getrlimit(RLIMIT_MEMLOCK, &now) < 0) {
+                fail_flag = LIMIT_FAILED;
+                goto fail;
+            }
+            now.rlim_cur = now.rlim_max;
+            (void)setrlimit(RLIMIT_MEMLOCK, &now);
+        }
+    }
+    execvp(argv[0], argv);
+fail:;
+    int e = errno | fail_flag;
+    ssize_t ignored = write(err_fd, &e, sizeof e);
+    (void)ignored;
+    _exit(127);
+}
+
+int sv_proc_spawn(char *const argv[], int log_fd, const int *fds, size_t n_fds, const sv_proc_limits *limits,
+                  pid_t *ret_pid, int *ret_pidfd, qv_error *err) {
+    int p[2];
+    if (pipe2(p, O_CLOEXEC) < 0)
+        return qv_error_set(err, errno, "pipe: %s", strerror(errno));
+    pid_t pid = fork();
+    if (pid < 0) {
+        int e = errno;
+        close(p[0]);
+        close(p[1]);
+        return qv_error_set(err, e, "fork: %s", strerror(e));
+    }
+    if (pid == 0) {
+        close(p[0]);
+        child(argv, log_fd, fds, n_fds, limits, p[1]);
+    }
+    close(p[1]);
+    int child_errno = 0;
+    ssize_t n;
+    do
+        n = read(p[0], &child_errno, sizeof child_errno);
+    while (n < 0 && errno == EINTR);
+    close(p[0]);
+    if (n > 0) {
+        /* exec failed: reap the child, report why */
+        while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
+            ;
+        if (child_errno & LIMIT_FAILED) {
+            int e = child_errno & ~LIMIT_FAILED;
+            return qv_error_set(err, e, "cannot raise RLIMIT_MEMLOCK to %llu bytes for %s (VFIO pins guest RAM): %s",
+                                (unsigned long long)limits->memlock, argv[0], strerror(e));
+        }
+        if (child_errno == ENOENT)
+            return qv_error_set(err, EOPNOTSUPP, "%s not found (install qemu-system-x86 or set qemu.binary)",
+                                argv[0]);
+        return qv_error_set(err, child_errno, "cannot run %s: %s", argv[0], strerror(child_errno));
+    }
+    int pidfd = sv_pidfd_open(pid);
+    if (pidfd < 0) {
+        kill(pid, SIGKILL);
+        waitpid(pid, NULL, 0);
+        return qv_error_set(err, -pidfd, "pidfd_open: %s", strerror(-pidfd));
+    }
+    *ret_pid = pid;
+    *ret_pidfd = pidfd;
+    return 0;
+}
+
+bool sv_proc_alive(pid_t pid) {
+    char rel[64];
+    snprintf(rel, sizeof rel, "proc/%d/stat", (int)pid);
+    _cleanup_free_ char *stat = NULL;
+    if (pid <= 0 || qv_sysroot_read(rel, &stat, NULL) < 0)
+        return false;
+    const char *p = strrchr(stat, ')');
+    return p && p[1] == ' ' && p[2] != 'Z' && p[2] != 'X';
+}
+
+int sv_proc_start_time(pid_t pid, uint64_t *ret) {
+    char rel[64];
+    snprintf(rel, sizeof rel, "proc/%d/stat", (int)pid);
+    _cleanup_free_ char *stat = NULL;
+    int r = qv_sysroot_read(rel, &stat, NULL);
+    if (r < 0)
+        return r;
+    /* comm (field 2) may contain spaces and ')': fields resume after the last ')' */
+    const char *p = strrchr(stat, ')');
+    if (!p)
+        return -EBADMSG;
+    p++;
+    for (int field = 3; field < 22; field++) {
+        p = strchr(p + 1, ' ');
+        if (!p)
+            return -EBADMSG;
+    }
+    char *end;
+    unsigned long long v = strtoull(p + 1, &end, 10);
+    if (end == p + 1)
+        return -EBADMSG;
+    *ret = v;
+    return 0;
+}
+
+bool sv_proc_is_our_qemu(pid_t pid, uint64_t start_time, const char *vm_name, const char *pidfile) {
+    if (pid <= 1)
+        return false;
+    uint64_t st;
+    if (sv_proc_start_time(pid, &st) < 0 || st != start_time)
+        return false;
+    char rel[64];
+    snprintf(rel, sizeof rel, "proc/%d/cmdline", (int)pid);
+    _cleanup_free_ char *cmd = NULL;
+    size_t len;
+    if (qv_sysroot_read(rel, &cmd, &len) < 0)
+        return false;
+    char want_name[128];
+    snprintf(want_name, sizeof want_name, "guest=%s,", vm_name);
+    bool name_ok = false, pidfile_ok = false;
+    /* cmdline is NUL-separated arguments */
+    for (size_t off = 0; off < len;) {
+        const char *arg = cmd + off;
+        size_t alen = strlen(arg);
+        const char *next = off + alen + 1 < len ? arg + alen + 1 : NULL;
+        if (next && strcmp(arg, "-name") == 0 && strncmp(next, want_name, strlen(want_name)) == 0)
+            name_ok = true;
+        if (next && strcmp(arg, "-pidfile") == 0 && strcmp(next, pidfile) == 0)
+            pidfile_ok = true;
+        off += alen + 1;
+    }
+    return name_ok && pidfile_ok;
+}

@@ -1,0 +1,123 @@
+/* The VM lifecycle engine: starts QEMU processes, watches them, stops them,
+ * notices when they die, applies restart policies and re-adopts running VMs
+ * after a daemon restart.  Everything runs on the daemon's libuv loop;
+ * blocking work (probes, seed ISOs) runs on worker threads.  The state table
+ * is supervisor/vm/lifecycle.h; docs/lifecycle.md tells the whole story. */
+#pragma once
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <uv.h>
+
+#include "error.h"
+#include "spec/config.h"
+#include "host/qemucaps.h"
+#include "supervisor/vm/registry.h"
+
+typedef struct sv_vmctl sv_vmctl;
+
+/* `config` points at the daemon's config pointer, so a reload is seen at
+ * once.  The QEMU binary is probed (accelerator, sandbox) on a worker thread
+ * at the first start, and again when qemu.binary or the accelerator mode
+ * changes; starts wait for it. */
+int sv_vmctl_new(uv_loop_t *loop, sv_registry *registry, sv_config *const *config, sv_vmctl **ret, qv_error *err);
+/* What this node's QEMU can do, for checks at create (a named cpu_model):
+ * done gets 0, the probe's caps (borrowed, valid during the call) and
+ * whether VMs run under KVM (the configured accelerator resolved as a start
+ * would), or a negative errno with err (QEMU cannot be run, accelerator kvm
+ * without a working KVM, ECANCELED when the daemon stops first).  Called at
+ * once when the cached probe is current, else after the probe. */
+typedef void (*sv_vmctl_caps_fn)(int status, const sv_qemu_caps *caps, bool kvm, const qv_error *err,
+                                 void *userdata);
+void sv_vmctl_with_caps(sv_vmctl *c, sv_vmctl_caps_fn done, void *userdata);
+
+/* Takes over every VM the previous daemon left running, starting or stopping
+ * (identity checked; a pid that fails the check is never signalled) and
+ * finishes or rolls back their operations.  Call once, after sv_vmctl_new. */
+void sv_vmctl_adopt_all(sv_vmctl *c);
+
+/* Devices on vfio-pci that no running VM needs: recorded ones go back to
+ * their driver (kept ones only when their VM is gone; stuck ones are tried
+ * again); unrecorded ones are left alone.  done (may be NULL) gets
+ * [{address, vm, action, detail}] (borrowed) when every give-back ended;
+ * NULL on ENOMEM.  With dry_run nothing is changed. */
+void sv_vmctl_release_devices(sv_vmctl *c, bool dry_run, void (*done)(json_t *items, void *userdata),
+                              void *userdata);
+/* The same, without a report (daemon start, after `vm rm`). */
+void sv_vmctl_release_orphans(sv_vmctl *c);
+/* Daemon shutdown: pending requests fail with ECANCELED, every handle is
+ * closed, VMs keep running (the next daemon adopts them).  Frees `c` once
+ * the loop has closed the handles. */
+void sv_vmctl_shutdown(sv_vmctl *c);
+
+/* Completion of a start, stop or restart: status 0 with a result object
+ * (borrowed), or a negative errno with err. */
+typedef void (*sv_vm_done_fn)(int status, json_t *result, const qv_error *err, void *userdata);
+
+/* Starts a stopped or crashed VM.  Returns a negative errno with err when
+ * refused at once (-EALREADY running, -EBUSY in another operation, ...);
+ * otherwise `done` runs exactly once, when QEMU runs the guest (status 0)
+ * or the start failed (QEMU's own error output in the message). */
+int sv_vm_start(sv_vmctl *c, sv_vm *vm, sv_vm_done_fn done, void *userdata, qv_error *err);
+
+typedef struct sv_stop_options {
+    bool force;          /* skip the graceful step: QMP quit, then signals */
+    uint64_t timeout_ms; /* graceful timeout; 0: the VM's stop_timeout, scaled */
+} sv_stop_options;
+
+/* Stops a VM (see docs/lifecycle.md for the escalation).  `done` gets
+ * {"result": "clean"|"forced"|"already-stopped", "how": …, "seconds": …}
+ * once QEMU is gone and cleaned up.  A stop of a starting VM aborts the
+ * start; a second stop joins the first (and can make it forced). */
+int sv_vm_stop(sv_vmctl *c, sv_vm *vm, const sv_stop_options *o, sv_vm_done_fn done, void *userdata,
+               qv_error *err);
+
+/* Pause (QMP stop) or resume (QMP cont) the guest of a running or paused
+ * VM.  Returns 1 when there is nothing to do (pause of a paused VM, resume
+ * of a running one), a negative errno with err when refused (-EHOSTDOWN no
+ * QEMU: stopped or crashed; -EBUSY starting, stopping, being created or
+ * removed; -EIO no monitor connection); otherwise 0, and `done` gets
+ * {"name", "state", "result": "paused"|"resumed"} once QEMU answered (the
+ * VM is then in its new state), or EIO when QEMU refused. */
+int sv_vm_pause(sv_vmctl *c, sv_vm *vm, sv_vm_done_fn done, void *userdata, qv_error *err);
+int sv_vm_resume(sv_vmctl *c, sv_vm *vm, sv_vm_done_fn done, void *userdata, qv_error *err);
+
+/* Stop (if running) then start; `done` gets {"stop": …, "start": …}. */
+int sv_vm_restart(sv_vmctl *c, sv_vm *vm, const sv_stop_options *o, sv_vm_done_fn done, void *userdata,
+                  qv_error *err);
+
+/* The serial console (docs/console.md).  Connects to the console socket of
+ * the VM's QEMU and reserves the console for the client uid/pid: -EHOSTDOWN
+ * no QEMU, -EBUSY another client holds it (the message names it),
+ * -EOPNOTSUPP a QEMU started without a console socket.  On success
+ * *ret_qemu_fd is the connection (non-blocking); it goes to
+ * sv_vm_console_attach() once the client's connection is handed over. */
+int sv_vm_console_open(sv_vmctl *c, sv_vm *vm, uid_t uid, pid_t pid, int *ret_qemu_fd, qv_error *err);
+/* Relays between client_fd and qemu_fd (both taken; client_fd -1: the
+ * client went away, the reservation is released) until the client detaches
+ * or the VM stops (end frame {"reason": "stopped"}), or the daemon stops
+ * ({"reason": "daemon"}). */
+void sv_vm_console_attach(sv_vmctl *c, const char *vm_name, int client_fd, int qemu_fd);
+
+/* Drops the engine's state of a stopped VM before the registry removes it. */
+void sv_vm_forget(sv_vmctl *c, sv_vm *vm);
+
+/* Asks the guest agent of every running VM for its addresses (at most
+ * `timeout_ms` each, all at once) unless asked within the last few seconds,
+ * then calls done.  Never fails: a silent agent is shown as "no answer". */
+void sv_vmctl_refresh_agents(sv_vmctl *c, uint64_t timeout_ms, void (*done)(void *userdata), void *userdata);
+
+/* Runtime facts for `vm show`: socket paths, accelerator, monitor and
+ * agent connection (new reference). */
+json_t *sv_vm_runtime_json(sv_vmctl *c, const sv_vm *vm);
+
+/* The graceful and kill timeouts of a stop, scaled for big guests (pure;
+ * unit-tested): graceful = override, else the VM's stop_timeout plus 5 s per
+ * 16 GiB of RAM; kill = the node's kill_timeout plus 1 s per 16 GiB. */
+void sv_stop_timeouts(const sv_vmspec *spec, const sv_config *c, uint64_t override_ms, uint64_t *ret_graceful_ms,
+                      uint64_t *ret_kill_ms);
+/* Automatic restart delay after `restarts` restarts in a row: 1 s, 2 s, 4 s
+ * ... capped at 60 s (pure). */
+uint64_t sv_restart_backoff_ms(uint64_t restarts);
