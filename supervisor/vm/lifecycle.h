@@ -1,5 +1,5 @@
 /* The VM state table: which request or event moves a VM from which state to
- * which.  Pure (no I/O); supervisor/vm/vm.c consults it before every change and
+ * which.  Pure (no I/O); the engine (supervisor/vm/engine.c) consults it before every change and
  * docs/lifecycle.md prints it.  One table, so the daemon, the docs and the
  * tests cannot disagree. */
 #pragma once

@@ -60,7 +60,7 @@ typedef struct sv_vm {
     char *kernel_source;
     char *initrd_source;
     sv_vm_run run;
-    /* Not persisted: what the lifecycle engine (vm.c) knows right now. */
+    /* Not persisted: what the lifecycle engine (supervisor/vm/engine.h) knows right now. */
     void *rt;               /* its per-VM runtime, NULL when none */
     char *ip;               /* first address the guest agent reported */
     json_t *addresses;      /* every address the agent reported (array), NULL when unknown */

@@ -1,0 +1,324 @@
+/* The engine's core: per-VM runtimes (vmrt) and their references, the
+ * state changes through the table, state.json writes (now, coalesced,
+ * retried), waiters, run-directory files; sv_vmctl itself (new, forget,
+ * shutdown). */
+#include "supervisor/vm/engine.h"
+
+/* ---- small helpers ------------------------------------------------------ */
+
+/* Paused, or will be once QEMU has run the stop/cont commands already sent
+ * (it runs them in order, so an ACPI request sent now lands after them). */
+bool vm__guest_paused(const vmrt *rt) {
+    return rt->pause_ops ? rt->pause_target : rt->paused;
+}
+
+void vm__ctl_unref(sv_vmctl *c) {
+    if (--c->refs == 0 && c->shutting_down) {
+        free(c->caps_binary);
+        free(c);
+    }
+}
+
+static void on_persist_timer(uv_timer_t *t);
+
+/* Writes state.json now (it holds everything in memory, so a pending
+ * coalesced write is done too).  A write that fails is logged once and
+ * tried again every PERSIST_RETRY_MS until it succeeds; the caller decides
+ * whether what it did must be undone (docs/lifecycle.md, "State on disk"). */
+int vm__persist_err(vmrt *rt, qv_error *err) {
+    sv_vm *vm = rt->vm;
+    uv_timer_stop(&rt->persist_timer);
+    rt->persist_due = false;
+    rt->persist_last_ms = uv_now(rt->c->loop);
+    int r = sv_registry_save(rt->c->registry, vm, err);
+    if (r < 0) {
+        if (!rt->persist_failing)
+            log_error("VM %s: cannot save its state: %s; trying again every %u s", vm->name, err->msg,
+                      PERSIST_RETRY_MS / 1000u);
+        rt->persist_failing = true;
+        rt->persist_due = true;
+        uv_timer_start(&rt->persist_timer, on_persist_timer, PERSIST_RETRY_MS, 0);
+        return r;
+    }
+    if (rt->persist_failing)
+        log_info("VM %s: its state is saved again", vm->name);
+    rt->persist_failing = false;
+    return 0;
+}
+
+int vm__persist(vmrt *rt) {
+    qv_error err = {0};
+    return vm__persist_err(rt, &err);
+}
+
+/* For changes a re-adopting daemon learns from QEMU anyway (paused or
+ * running: query-status): written at most once per PERSIST_COALESCE_MS, so
+ * a guest that makes its QEMU send STOP/RESUME in a loop costs one small
+ * write a second, not one fsync per event. */
+void vm__persist_soon(vmrt *rt) {
+    if (rt->persist_due)
+        return; /* a write is pending already, and will carry this change */
+    rt->persist_due = true;
+    uint64_t now = uv_now(rt->c->loop), at = rt->persist_last_ms + PERSIST_COALESCE_MS;
+    uv_timer_start(&rt->persist_timer, on_persist_timer, at > now ? at - now : 0, 0);
+}
+
+static void on_persist_timer(uv_timer_t *t) {
+    vmrt *rt = t->data;
+    if (rt->vm && rt->persist_due)
+        vm__persist(rt);
+}
+
+void vm__set_state(vmrt *rt, sv_vm_event ev) {
+    sv_vm *vm = rt->vm;
+    sv_vm_state to;
+    int r = sv_vm_next_state(vm->state, ev, &to);
+    if (r < 0) {
+        log_warning("VM %s: event %s in state %s ignored", vm->name, sv_vm_event_name(ev),
+                    sv_vm_state_name(vm->state));
+        return;
+    }
+    if (to != vm->state)
+        log_debug("VM %s: %s -> %s (%s)", vm->name, sv_vm_state_name(vm->state), sv_vm_state_name(to),
+                  sv_vm_event_name(ev));
+    vm->state = to;
+}
+
+void vm__add_waiter(waiter **list, sv_vm_done_fn done, void *userdata) {
+    if (!done)
+        return;
+    waiter *w = calloc(1, sizeof *w);
+    if (!w) {
+        log_error("out of memory: a request will get no answer");
+        return;
+    }
+    w->done = done;
+    w->userdata = userdata;
+    waiter **p = list;
+    while (*p)
+        p = &(*p)->next;
+    *p = w;
+}
+
+/* Completes and frees every waiter of a list (the list is detached first:
+ * a callback may add new waiters). */
+void vm__complete(waiter **list, int status, json_t *result, const qv_error *err) {
+    waiter *w = *list;
+    *list = NULL;
+    while (w) {
+        waiter *next = w->next;
+        w->done(status, result, err, w->userdata);
+        free(w);
+        w = next;
+    }
+}
+
+void vm__fail_waiters(waiter **list, int code, const char *fmt, ...) {
+    qv_error err = {.code = code};
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err.msg, sizeof err.msg, fmt, ap);
+    va_end(ap);
+    vm__complete(list, -code, NULL, &err);
+}
+
+/* rt->refs: its three timers, the pidfd watch and queued start work. */
+void vm__rt_unref(vmrt *rt) {
+    sv_vmctl *c = rt->c;
+    if (--rt->refs == 0) {
+        free(rt->stop_reason);
+        free(rt->gone_how);
+        free(rt->abandon_why);
+        vfio_plan_clear(&rt->pt_plan);
+        sv_start_placement_clear(&rt->place);
+        free(rt);
+        vm__ctl_unref(c);
+    }
+}
+
+static void rt_close_cb(uv_handle_t *h) {
+    vm__rt_unref(h->data);
+}
+
+vmrt *vm__get_rt(sv_vmctl *c, sv_vm *vm) {
+    if (vm->rt)
+        return vm->rt;
+    vmrt *rt = calloc(1, sizeof *rt);
+    if (!rt)
+        return NULL;
+    rt->c = c;
+    rt->vm = vm;
+    uv_timer_init(c->loop, &rt->timer);
+    uv_timer_init(c->loop, &rt->acpi_timer);
+    uv_timer_init(c->loop, &rt->persist_timer);
+    rt->timer.data = rt->acpi_timer.data = rt->persist_timer.data = rt;
+    sv_net_fds_init(&rt->net);
+    rt->place.numa_node = -1;
+    rt->refs = 3;
+    c->refs++;
+    rt->next = c->rts;
+    c->rts = rt;
+    vm->rt = rt;
+    return rt;
+}
+
+static void unlink_rt(vmrt *rt) {
+    for (vmrt **p = &rt->c->rts; *p; p = &(*p)->next)
+        if (*p == rt) {
+            *p = rt->next;
+            return;
+        }
+}
+
+static void release_rt(vmrt *rt) {
+    unlink_rt(rt);
+    sv_serial_cap_stop(rt->serial_cap);
+    rt->serial_cap = NULL;
+    sv_net_fds_close(&rt->net);
+    if (rt->vm)
+        rt->vm->rt = NULL;
+    rt->vm = NULL;
+    uv_close((uv_handle_t *)&rt->timer, rt_close_cb);
+    uv_close((uv_handle_t *)&rt->acpi_timer, rt_close_cb);
+    uv_close((uv_handle_t *)&rt->persist_timer, rt_close_cb);
+}
+
+void vm__serial_cap_start(vmrt *rt) {
+    qv_error err = {0};
+    if (!rt->serial_cap &&
+        sv_serial_cap_start(rt->c->loop, rt->vm->dir, rt->vm->name, SV_SERIAL_LOG_MAX, &rt->serial_cap, &err) < 0)
+        log_warning("VM %s: serial.log is not kept bounded: %s", rt->vm->name, err.msg);
+}
+
+void vm__run_path(const vmrt *rt, const char *file, char *buf, size_t len) {
+    if (sv_vm_run_path(cfg(rt->c), rt->vm->name, file, buf, len) < 0)
+        buf[0] = '\0';
+}
+
+void vm__remove_run_files(const vmrt *rt) {
+    static const char *const files[] = {"qmp.sock", "qga.sock", "console.sock", "qemu.pid"};
+    char p[PATH_MAX];
+    for (size_t i = 0; i < QV_ARRAY_SIZE(files); i++) {
+        vm__run_path(rt, files[i], p, sizeof p);
+        if (p[0] && unlink(p) < 0 && errno != ENOENT)
+            log_warning("VM %s: cannot remove %s: %s", rt->vm->name, p, strerror(errno));
+    }
+    vm__run_path(rt, NULL, p, sizeof p);
+    if (p[0])
+        rmdir(p); /* only when empty */
+}
+
+/* A free TCP port on 127.0.0.1 for the SSH forward (the kernel picks it). */
+int vm__pick_port(void) {
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -errno;
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof a;
+    int r = 0;
+    if (bind(fd, (struct sockaddr *)&a, sizeof a) < 0 || getsockname(fd, (struct sockaddr *)&a, &len) < 0)
+        r = -errno;
+    close(fd);
+    return r < 0 ? r : ntohs(a.sin_port);
+}
+
+/* The tail of what QEMU wrote to qemu.log since `offset`: its error
+ * message when it dies at start.  Lines are joined with "; ". */
+void vm__log_tail(const vmrt *rt, off_t offset, char *buf, size_t len) {
+    buf[0] = '\0';
+    char path[PATH_MAX];
+    snprintf(path, sizeof path, "%s/qemu.log", rt->vm->dir);
+    _cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return;
+    struct stat st;
+    if (fstat(fd, &st) < 0 || st.st_size <= offset)
+        return;
+    off_t from = st.st_size - offset > 2048 ? st.st_size - 2048 : offset;
+    char raw[2049];
+    ssize_t n = pread(fd, raw, sizeof raw - 1, from);
+    if (n <= 0)
+        return;
+    raw[n] = '\0';
+    size_t out = 0;
+    for (char *save = NULL, *line = strtok_r(raw, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+        /* drop QEMU's "-msg timestamp=on" prefix: "2026-11-21T10:00:00.000000Z " */
+        if (strlen(line) > 28 && line[4] == '-' && line[10] == 'T' && line[27] == ' ')
+            line += 28;
+        if (!*line)
+            continue;
+        int w = snprintf(buf + out, len - out, "%s%s", out ? "; " : "", line);
+        if (w < 0 || (size_t)w >= len - out)
+            break;
+        out += (size_t)w;
+    }
+}
+
+const char *vm__signal_name(int sig) {
+    switch (sig) {
+    case SIGKILL: return "SIGKILL";
+    case SIGTERM: return "SIGTERM";
+    case SIGSEGV: return "SIGSEGV";
+    case SIGABRT: return "SIGABRT";
+    case SIGBUS: return "SIGBUS";
+    case SIGINT: return "SIGINT";
+    case SIGHUP: return "SIGHUP";
+    case SIGSYS: return "SIGSYS";
+    default: return "a signal";
+    }
+}
+
+/* ---- create, forget, shutdown ------------------------------------------ */
+
+int sv_vmctl_new(uv_loop_t *loop, sv_registry *registry, sv_config *const *config, sv_vmctl **ret, qv_error *err) {
+    sv_vmctl *c = calloc(1, sizeof *c);
+    if (!c)
+        return qv_error_set(err, ENOMEM, "out of memory");
+    c->loop = loop;
+    c->registry = registry;
+    c->config = config;
+    c->refs = 1; /* dropped by sv_vmctl_shutdown */
+    /* The QEMU probe runs at the first start, not here: a daemon that never
+     * starts a VM never runs QEMU, and a stop right after start is not held
+     * up by a probe in flight (work on a worker thread cannot be cancelled). */
+    *ret = c;
+    return 0;
+}
+
+void sv_vm_forget(sv_vmctl *c, sv_vm *vm) {
+    (void)c;
+    vmrt *rt = vm->rt;
+    if (!rt)
+        return;
+    vm__console_end(rt, json_pack("{s:s}", "reason", "removed"));
+    vm__detach_channels(rt);
+    vm__watch_close(rt);
+    release_rt(rt);
+}
+
+void sv_vmctl_shutdown(sv_vmctl *c) {
+    if (!c)
+        return;
+    c->shutting_down = true;
+    while (c->caps_waiters) {
+        caps_waiter *w = c->caps_waiters;
+        c->caps_waiters = w->next;
+        vm__caps_deliver(c, w->done, w->userdata);
+        free(w);
+    }
+    while (c->rts) {
+        vmrt *rt = c->rts;
+        vm__fail_waiters(&rt->start_waiters, ECANCELED,
+                     "the daemon is stopping; the start is finished or rolled back when it runs again");
+        vm__fail_waiters(&rt->stop_waiters, ECANCELED,
+                     "the daemon is stopping; the stop is finished when it runs again");
+        vm__console_end(rt, json_pack("{s:s, s:s}", "reason", "daemon", "message",
+                                  "the qvisor daemon is stopping; the VM keeps running"));
+        vm__detach_channels(rt);
+        vm__watch_close(rt);
+        if (rt->vm && rt->persist_due)
+            vm__persist(rt); /* a coalesced write still pending */
+        release_rt(rt);
+    }
+    vm__ctl_unref(c);
+}

@@ -1,0 +1,258 @@
+/* The VM lifecycle engine's private header: what the files of the engine
+ * (engine.c, start.c, caps.c, launch.c, monitor.c, stop.c, exit.c, adopt.c,
+ * orphans.c) share.  Not for anything outside supervisor/vm/.  See vm.h for
+ * the engine's API and docs/lifecycle.md.
+ *
+ * One `vmrt` per VM holds what the engine knows beyond the registry: the
+ * pidfd watch of the current QEMU, the monitor and agent connections, the
+ * timers of the operation in progress and the requests waiting for it.
+ * The authority on "QEMU is gone" is the pidfd (the process really exited),
+ * never the monitor: cleanup runs from there, exactly once per process. */
+#pragma once
+
+#include "supervisor/vm/vm.h"
+
+#include "qv-build.h"
+
+#include "cleanup.h"
+#include "sysroot.h"
+#include "fileio.h"
+#include "log.h"
+#include "util.h"
+#include "qmp/qga.h"
+#include "qmp/qmp.h"
+#include "supervisor/images/image.h"
+#include "supervisor/vm/lifecycle.h"
+#include "supervisor/vm/proc.h"
+#include "supervisor/vm/qemuargv.h"
+#include "supervisor/vm/nics.h"
+#include "supervisor/vm/gpus.h"
+#include "supervisor/resources/placement.h"
+#include "supervisor/vm/console.h"
+#include "frame.h"
+#include "host/firmware.h"
+#include "host/qemucaps.h"
+#include "supervisor/resources/resources.h"
+#include "supervisor/vm/seed.h"
+#include "supervisor/vm/serlog.h"
+
+#include <arpa/inet.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <netinet/in.h>
+#include <pwd.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#ifndef P_PIDFD
+#define P_PIDFD 3
+#endif
+
+#define START_TIMEOUT_MS 60000u  /* QEMU up and `cont` answered */
+#define CAPS_RETRY_MS 10000u     /* a failed probe of an unchanged binary is repeated at most this often */
+#define QMP_CMD_TIMEOUT_MS 10000u
+#define AGENT_PING_MS 3000u      /* Proxmox's: an agent slower than this is not used for shutdown */
+#define ACPI_REPEAT_MS 5000u     /* a power button pressed before the guest listened is lost: press again */
+#define AGENT_FALLBACK_MS 15000u /* an agent shutdown that has not taken by then gets ACPI too */
+#define KILL_GRACE_MS 5000u      /* after SIGKILL: how often to complain while it lingers */
+#define AGENT_FRESH_MS 2000u     /* agent answers younger than this are reused by `vm list` */
+#define RESTART_RESET_S 60       /* a VM that ran this long has its restart counter reset */
+#define PERSIST_COALESCE_MS 1000u /* pause/resume: state.json written at most this often */
+#define PERSIST_RETRY_MS 5000u    /* a state that could not be saved: tried again this often */
+#define PAUSE_LOG_BURST 10u       /* pause/resume changes logged one by one per window… */
+#define PAUSE_LOG_WINDOW_MS 10000u /* …then counted, and the count logged at the window's end */
+
+typedef struct waiter {
+    sv_vm_done_fn done;
+    void *userdata;
+    struct waiter *next;
+} waiter;
+
+typedef enum stop_stage {
+    STAGE_NONE,
+    STAGE_GRACEFUL, /* agent guest-shutdown or ACPI, waiting for the guest */
+    STAGE_QUIT,     /* QMP quit sent */
+    STAGE_TERM,     /* SIGTERM sent */
+    STAGE_KILL,     /* SIGKILL sent */
+} stop_stage;
+
+typedef struct watch watch;
+typedef struct vmrt vmrt;
+
+/* sv_vmctl_with_caps() calls waiting for a probe */
+typedef struct caps_waiter {
+    sv_vmctl_caps_fn done;
+    void *userdata;
+    struct caps_waiter *next;
+} caps_waiter;
+
+struct sv_vmctl {
+    uv_loop_t *loop;
+    sv_registry *registry;
+    sv_config *const *config;
+    vmrt *rts;
+    unsigned refs;      /* open handles and queued work; freed at 0 once shut down */
+    bool shutting_down;
+    /* what the QEMU binary can do (probed once per binary and accelerator mode) */
+    enum { CAPS_NONE, CAPS_PROBING, CAPS_DONE } caps_state;
+    sv_qemu_caps caps;
+    int caps_status;
+    qv_error caps_err;
+    char *caps_binary;
+    bool caps_want_kvm;
+    uint64_t caps_done_ms;      /* when the last probe ended (uv_now) */
+    sv_qemu_binary_stamp caps_stamp;   /* the binary as that probe found it */
+    bool accel_warned;
+    caps_waiter *caps_waiters;
+};
+
+struct watch {
+    uv_poll_t poll;
+    int pidfd;
+    pid_t pid;
+    vmrt *rt;
+};
+
+struct vmrt {
+    sv_vmctl *c;
+    sv_vm *vm;             /* NULL once forgotten */
+    vmrt *next;
+    uv_timer_t timer;      /* start timeout, stop stages, restart backoff */
+    uv_timer_t acpi_timer; /* ACPI repeats during a graceful stop */
+    uv_timer_t persist_timer; /* a coalesced or retried write of state.json */
+    int refs;
+    /* state.json (vm__persist, vm__persist_soon) */
+    bool persist_due;      /* the state in memory is newer than state.json */
+    bool persist_failing;  /* the last write failed (logged once per streak) */
+    uint64_t persist_last_ms;
+    /* pause/resume changes logged in this window, and those only counted */
+    uint64_t pause_window_ms;
+    unsigned pause_logged, pause_unlogged;
+    watch *watch;          /* the current QEMU, NULL when none */
+    bool our_child;        /* spawned by this daemon (waitid gives its status) */
+    qmp_conn *qmp;
+    qga_conn *qga;
+    bool paused;           /* QEMU says the guest is paused (QMP STOP) */
+    unsigned pause_ops;    /* our stop/cont commands QEMU has not answered yet */
+    bool pause_target;     /* where the last of them leads: paused (stop) or running (cont) */
+    bool status_pending;   /* re-adopted: query-status asked, not answered yet */
+    bool stop_waits_status; /* a graceful stop waits for that answer (paused or not) */
+    /* start */
+    waiter *start_waiters;
+    bool starting_prep;    /* prep or probe in flight, QEMU not spawned yet */
+    bool waiting_caps;
+    bool cont_sent;
+    bool policy_start;     /* vm__started by the restart policy, not by a user */
+    sv_start_placement place; /* this start's NUMA node and CPUs (decided before it began) */
+    off_t log_offset;      /* where this QEMU's output starts in qemu.log */
+    /* stop */
+    waiter *stop_waiters;
+    stop_stage stage;
+    const char *how;       /* the step that ended it */
+    uint64_t stop_begin_ms;
+    char *stop_reason;     /* set when the daemon itself stops the VM (why) */
+    bool monitor_failed;   /* stop_reason is a monitor failure during start */
+    int fail_code;         /* errno a start killed by vm__start_fail_code fails with */
+    /* seen from this QEMU */
+    bool shutdown_seen, shutdown_guest, panicked;
+    char shutdown_reason[32];
+    /* agent */
+    uint64_t agent_checked_ms;
+    bool agent_busy;
+    /* GPU passthrough */
+    vfio_plan pt_plan;     /* bound for this start: what goes on QEMU's command line */
+    bool pt_ready;         /* the plan's devices are on vfio-pci */
+    bool pt_busy;          /* a take or give-back is in flight */
+    void (*after_release)(vmrt *rt);
+    char *gone_how;        /* vm__handle_gone, waiting for the give-back */
+    pid_t gone_pid;
+    int abandon_code;      /* vm__start_abandon, waiting for the give-back */
+    char *abandon_why;
+    /* NICs: TAP and vhost-net fds from the prep until QEMU has its copies */
+    sv_net_fds net;
+    /* serial console: one client at a time (docs/console.md) */
+    bool console_held;     /* answered to a client: reserved, or relaying */
+    sv_relay *console;     /* the relay once the client's connection came */
+    uid_t console_uid;
+    pid_t console_pid;
+    time_t console_since;
+    sv_serial_cap *serial_cap; /* keeps serial.log bounded while QEMU runs */
+};
+
+
+static inline const sv_config *cfg(const sv_vmctl *c) {
+    return *c->config;
+}
+
+/* ---- engine.c ---- */
+
+bool vm__guest_paused(const vmrt *rt);
+void vm__ctl_unref(sv_vmctl *c);
+int vm__persist_err(vmrt *rt, qv_error *err);
+int vm__persist(vmrt *rt);
+void vm__persist_soon(vmrt *rt);
+void vm__set_state(vmrt *rt, sv_vm_event ev);
+void vm__add_waiter(waiter **list, sv_vm_done_fn done, void *userdata);
+void vm__complete(waiter **list, int status, json_t *result, const qv_error *err);
+void vm__fail_waiters(waiter **list, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+void vm__rt_unref(vmrt *rt);
+vmrt *vm__get_rt(sv_vmctl *c, sv_vm *vm);
+void vm__serial_cap_start(vmrt *rt);
+void vm__run_path(const vmrt *rt, const char *file, char *buf, size_t len);
+void vm__remove_run_files(const vmrt *rt);
+int vm__pick_port(void);
+void vm__log_tail(const vmrt *rt, off_t offset, char *buf, size_t len);
+const char *vm__signal_name(int sig);
+
+/* ---- start.c ---- */
+
+void vm__started(vmrt *rt);
+void vm__on_start_timeout(uv_timer_t *t);
+bool vm__has_gpus(const sv_vm *vm);
+void vm__release_devices(vmrt *rt, void (*then)(vmrt *rt));
+void vm__start_abandon(vmrt *rt, int code, const char *why);
+void vm__start_abandon_now(vmrt *rt, int code, const char *why);
+void vm__maybe_launch(vmrt *rt);
+int vm__begin_start(sv_vmctl *c, sv_vm *vm, bool policy, sv_vm_done_fn done, void *userdata, qv_error *err);
+
+/* ---- caps.c ---- */
+
+void vm__caps_deliver(sv_vmctl *c, sv_vmctl_caps_fn done, void *userdata);
+bool vm__caps_current(sv_vmctl *c);
+
+/* ---- launch.c ---- */
+
+void vm__launch(vmrt *rt);
+
+/* ---- monitor.c ---- */
+
+void vm__note_paused(vmrt *rt, bool paused);
+void vm__start_fail_code(vmrt *rt, int code, const char *why);
+void vm__start_fail_kill(vmrt *rt, const char *why);
+int vm__qmp_attach(vmrt *rt);
+void vm__agent_attach(vmrt *rt);
+void vm__detach_channels(vmrt *rt);
+void vm__console_end(vmrt *rt, json_t *end);
+
+/* ---- stop.c ---- */
+
+void vm__stage_quit(vmrt *rt);
+void vm__stop_first_step(vmrt *rt, bool force);
+void vm__begin_stop_sequence(vmrt *rt, bool force);
+
+/* ---- exit.c ---- */
+
+void vm__watch_close(vmrt *rt);
+int vm__watch_start(vmrt *rt, pid_t pid, int pidfd);
+void vm__handle_gone(vmrt *rt, const char *how_exited);
+void vm__schedule_restart(vmrt *rt);

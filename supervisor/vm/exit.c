@@ -1,0 +1,320 @@
+/* QEMU is gone: the pidfd watch (the authority that a QEMU exited), the
+ * cleanup that runs once per process, the restart policy, and `vm restart`
+ * (stop, then start). */
+#include "supervisor/vm/engine.h"
+
+/* ---- the pidfd watch: QEMU really exited ----------------------------- */
+
+static void watch_close_cb(uv_handle_t *h) {
+    watch *w = h->data;
+    close(w->pidfd);
+    vm__rt_unref(w->rt);
+    free(w);
+}
+
+void vm__watch_close(vmrt *rt) {
+    watch *w = rt->watch;
+    if (!w)
+        return;
+    rt->watch = NULL;
+    uv_poll_stop(&w->poll);
+    uv_close((uv_handle_t *)&w->poll, watch_close_cb);
+}
+
+static void on_pidfd(uv_poll_t *h, int status, int events) {
+    (void)events;
+    watch *w = h->data;
+    vmrt *rt = w->rt;
+    char how[96];
+    siginfo_t si = {0};
+    if (status < 0) {
+        log_warning("VM %s: watching QEMU pid %d failed (%s); treating it as gone", rt->vm->name, (int)w->pid,
+                    uv_strerror(status));
+        snprintf(how, sizeof how, "was lost from sight");
+    } else {
+        int r = waitid((idtype_t)P_PIDFD, (id_t)w->pidfd, &si, WEXITED | WNOHANG);
+        if (r == 0 && si.si_pid == 0)
+            return; /* spurious wake-up: not exited yet */
+        if (r == 0 && si.si_code == CLD_EXITED)
+            snprintf(how, sizeof how, "exited with status %d", si.si_status);
+        else if (r == 0)
+            snprintf(how, sizeof how, "was killed by %s (%d)", vm__signal_name(si.si_status), si.si_status);
+        else /* adopted after a daemon restart: not our child, no status */
+            snprintf(how, sizeof how, "exited");
+    }
+    vm__handle_gone(rt, how);
+}
+
+int vm__watch_start(vmrt *rt, pid_t pid, int pidfd) {
+    watch *w = calloc(1, sizeof *w);
+    if (!w)
+        return -ENOMEM;
+    w->pidfd = pidfd;
+    w->pid = pid;
+    w->rt = rt;
+    int r = uv_poll_init(rt->c->loop, &w->poll, pidfd);
+    if (r < 0) {
+        free(w);
+        return r;
+    }
+    w->poll.data = w;
+    rt->refs++;
+    rt->watch = w;
+    uv_poll_start(&w->poll, UV_READABLE, on_pidfd);
+    return 0;
+}
+
+/* ---- QEMU is gone ------------------------------------------------------- */
+
+static void gone_finish(vmrt *rt, pid_t pid, const char *how_exited);
+
+static void gone_released(vmrt *rt) {
+    char how[256];
+    snprintf(how, sizeof how, "%s", rt->gone_how ? rt->gone_how : "exited");
+    free(rt->gone_how);
+    rt->gone_how = NULL;
+    gone_finish(rt, rt->gone_pid, how);
+}
+
+/* The one place a QEMU's end is handled: its watch, channels, timers and
+ * run files go at once; its devices go back to the host; then the state. */
+void vm__handle_gone(vmrt *rt, const char *how_exited) {
+    sv_vm *vm = rt->vm;
+    pid_t pid = rt->watch ? rt->watch->pid : vm->run.pid;
+    vm__watch_close(rt);
+    sv_serial_cap_stop(rt->serial_cap);
+    rt->serial_cap = NULL;
+    vm__console_end(rt, json_pack("{s:s, s:s}", "reason", "stopped", "how", how_exited));
+    vm__detach_channels(rt);
+    uv_timer_stop(&rt->timer);
+    uv_timer_stop(&rt->acpi_timer);
+    vm__remove_run_files(rt);
+    sv_net_fds_close(&rt->net);
+    sv_net_remove_taps(vm->spec); /* normally gone with QEMU's fds already */
+    free(vm->ip);
+    vm->ip = NULL;
+    json_decref(vm->addresses);
+    vm->addresses = NULL;
+    vm->agent = NULL;
+    if (vm__has_gpus(vm)) {
+        free(rt->gone_how);
+        rt->gone_how = strdup(how_exited);
+        rt->gone_pid = pid;
+        vm__release_devices(rt, gone_released);
+        return;
+    }
+    gone_finish(rt, pid, how_exited);
+}
+
+static void gone_finish(vmrt *rt, pid_t pid, const char *how_exited) {
+    sv_vm *vm = rt->vm;
+    int64_t ran = vm->run.started_at ? (int64_t)time(NULL) - vm->run.started_at : 0;
+
+    char why[sizeof(((qv_error *)0)->msg)];
+    bool restart = false;
+    sv_vm_state before = vm->state;
+    if (before == SV_VM_STARTING) {
+        char tail[1024];
+        vm__log_tail(rt, rt->log_offset, tail, sizeof tail);
+        /* A monitor that closed because QEMU exited by itself is not the
+         * cause: QEMU's exit and its words are. */
+        bool own_exit = rt->monitor_failed && strncmp(how_exited, "exited", 6) == 0;
+        if (rt->stop_reason && !own_exit)
+            snprintf(why, sizeof why, "%s (QEMU %s)%s%s", rt->stop_reason, how_exited,
+                     tail[0] ? "; QEMU said: " : "", tail);
+        else
+            snprintf(why, sizeof why, "QEMU %s%s%s", how_exited, tail[0] ? ": " : "", tail);
+        free(rt->stop_reason); /* used up: it was this start's */
+        rt->stop_reason = NULL;
+        rt->monitor_failed = false;
+        log_info("VM %s: QEMU pid %d %s during start; cleaned up", vm->name, (int)pid, how_exited);
+        int code = rt->fail_code && !own_exit ? rt->fail_code : EIO;
+        rt->fail_code = 0;
+        vm__start_abandon_now(rt, code, why);
+        return;
+    }
+    if (before == SV_VM_STOPPING) {
+        bool clean = rt->stage == STAGE_GRACEFUL || rt->stage == STAGE_NONE;
+        const char *how = rt->stage == STAGE_NONE ? "the guest powered off" : rt->how ? rt->how : "?";
+        double secs = (double)(qv_now_ms() - rt->stop_begin_ms) / 1000.0;
+        if (rt->stop_reason)
+            snprintf(why, sizeof why, "%s", rt->stop_reason);
+        else
+            snprintf(why, sizeof why, "stopped on request (%s: %s)", clean ? "clean" : "forced", how);
+        sv_vm_set_last_exit(vm, why);
+        vm__set_state(rt, SV_EV_EXITED);
+        vm->run = (sv_vm_run){.numa_node = -1};
+        qv_error perr = {0};
+        int saved = vm__persist_err(rt, &perr);
+        log_info("VM %s: QEMU pid %d %s; %s after %.1f s; cleaned up", vm->name, (int)pid, how_exited,
+                 clean ? "clean stop" : "forced stop", secs);
+        if (saved < 0) {
+            /* a stop is never undone: it happened, and the answer says that
+             * the disk does not know yet (the write is retried) */
+            vm__fail_waiters(&rt->stop_waiters, perr.code,
+                         "VM '%s' stopped (%s: %s), but its state could not be saved: %s; the daemon keeps "
+                         "trying", vm->name, clean ? "clean" : "forced", how, perr.msg);
+        } else {
+            json_t *res =
+                json_pack("{s:s, s:s, s:f}", "result", clean ? "clean" : "forced", "how", how, "seconds", secs);
+            vm__complete(&rt->stop_waiters, 0, res, NULL);
+            json_decref(res);
+        }
+        free(rt->stop_reason);
+        rt->stop_reason = NULL;
+        rt->stage = STAGE_NONE;
+        return;
+    }
+    /* running or paused: nobody asked for this */
+    sv_vm_event ev;
+    const sv_vmspec *s = vm->spec;
+    if (rt->panicked) {
+        ev = SV_EV_CRASHED;
+        snprintf(why, sizeof why, "the guest kernel panicked (QEMU %s)", how_exited);
+    } else if (rt->shutdown_seen && rt->shutdown_guest) {
+        ev = SV_EV_EXITED;
+        snprintf(why, sizeof why, "the guest powered off (%s)", rt->shutdown_reason);
+    } else if (rt->shutdown_seen && strcmp(how_exited, "exited with status 0") == 0) {
+        ev = SV_EV_EXITED;
+        snprintf(why, sizeof why, "QEMU was told to quit by something other than qvisor (%s)",
+                 rt->shutdown_reason[0] ? rt->shutdown_reason : "no reason given");
+    } else {
+        char tail[512];
+        vm__log_tail(rt, rt->log_offset, tail, sizeof tail);
+        ev = SV_EV_CRASHED;
+        if (rt->our_child)
+            snprintf(why, sizeof why, "QEMU %s%s%s", how_exited, tail[0] ? ": " : "", tail);
+        else
+            snprintf(why, sizeof why, "QEMU %s unexpectedly", how_exited);
+    }
+    restart = s->restart == SV_RESTART_ALWAYS || (s->restart == SV_RESTART_ON_FAILURE && ev == SV_EV_CRASHED);
+    if (ran >= RESTART_RESET_S)
+        vm->run.restarts = 0;
+    uint64_t restarts = vm->run.restarts;
+    vm__set_state(rt, ev);
+    sv_vm_set_last_exit(vm, why);
+    vm->run = (sv_vm_run){.restarts = restarts, .numa_node = -1};
+    vm__persist(rt);
+    if (ev == SV_EV_CRASHED)
+        log_warning("VM %s: crashed: %s; cleaned up", vm->name, why);
+    else
+        log_info("VM %s: stopped: %s; cleaned up", vm->name, why);
+    if (restart)
+        vm__schedule_restart(rt);
+}
+
+/* ---- restart policy -------------------------------------------------- */
+
+static void policy_start_done(int status, json_t *result, const qv_error *err, void *userdata) {
+    (void)status;
+    (void)result;
+    (void)err;
+    (void)userdata; /* logged by the engine itself */
+}
+
+static void on_restart_timer(uv_timer_t *t) {
+    vmrt *rt = t->data;
+    if (!rt->vm || rt->c->shutting_down)
+        return;
+    sv_vm *vm = rt->vm;
+    if (vm->state != SV_VM_CRASHED && vm->state != SV_VM_STOPPED)
+        return; /* someone vm__started it meanwhile */
+    qv_error err = {0};
+    if (vm__begin_start(rt->c, vm, true, policy_start_done, NULL, &err) < 0) {
+        /* refused before it began (capacity, a CPU gone, …): say so, and try
+         * again later within the restart limit, as after a failed start */
+        log_error("VM %s: automatic restart failed: %s", vm->name, err.msg);
+        char why[sizeof err.msg + 32];
+        snprintf(why, sizeof why, "automatic restart refused: %s", err.msg);
+        sv_vm_set_last_exit(vm, why);
+        vm__persist(rt);
+        vm__schedule_restart(rt);
+    }
+}
+
+void vm__schedule_restart(vmrt *rt) {
+    sv_vm *vm = rt->vm;
+    if (vm->run.restarts >= vm->spec->restart_limit) {
+        log_error("VM %s: restart policy %s gives up after %llu restarts in a row", vm->name,
+                  sv_restart_to_string(vm->spec->restart), (unsigned long long)vm->run.restarts);
+        char why[sizeof(((qv_error *)0)->msg)];
+        snprintf(why, sizeof why, "%s; restart limit (%llu) reached", vm->last_exit ? vm->last_exit : "stopped",
+                 (unsigned long long)vm->spec->restart_limit);
+        sv_vm_set_last_exit(vm, why);
+        vm__persist(rt);
+        return;
+    }
+    uint64_t delay = sv_restart_backoff_ms(vm->run.restarts);
+    vm->run.restarts++;
+    vm__persist(rt);
+    log_info("VM %s: restart policy %s: starting again in %.0f s (restart %llu of at most %llu)", vm->name,
+             sv_restart_to_string(vm->spec->restart), (double)delay / 1000.0, (unsigned long long)vm->run.restarts,
+             (unsigned long long)vm->spec->restart_limit);
+    uv_timer_start(&rt->timer, on_restart_timer, delay, 0);
+}
+
+/* ---- restart (stop + start) ------------------------------------------ */
+
+typedef struct restart_job {
+    sv_vmctl *c;
+    sv_vm *vm;
+    json_t *stop_result;
+    sv_vm_done_fn done;
+    void *userdata;
+} restart_job;
+
+static void restart_started(int status, json_t *result, const qv_error *err, void *userdata) {
+    restart_job *job = userdata;
+    if (status < 0) {
+        job->done(status, NULL, err, job->userdata);
+    } else {
+        json_t *res = json_pack("{s:O, s:O}", "stop", job->stop_result, "start", result);
+        job->done(0, res, NULL, job->userdata);
+        json_decref(res);
+    }
+    json_decref(job->stop_result);
+    free(job);
+}
+
+static void restart_stopped(int status, json_t *result, const qv_error *err, void *userdata) {
+    restart_job *job = userdata;
+    if (status < 0) {
+        job->done(status, NULL, err, job->userdata);
+        free(job);
+        return;
+    }
+    job->stop_result = result ? json_incref(result) : json_pack("{s:s}", "result", "already-stopped");
+    qv_error e = {0};
+    if (vm__begin_start(job->c, job->vm, false, restart_started, job, &e) < 0) {
+        job->done(-e.code, NULL, &e, job->userdata);
+        json_decref(job->stop_result);
+        free(job);
+    }
+}
+
+int sv_vm_restart(sv_vmctl *c, sv_vm *vm, const sv_stop_options *o, sv_vm_done_fn done, void *userdata,
+                  qv_error *err) {
+    restart_job *job = calloc(1, sizeof *job);
+    if (!job)
+        return qv_error_set(err, ENOMEM, "out of memory");
+    job->c = c;
+    job->vm = vm;
+    job->done = done;
+    job->userdata = userdata;
+    int r = sv_vm_stop(c, vm, o, restart_stopped, job, err);
+    if (r < 0) {
+        free(job);
+        return r;
+    }
+    if (r == 1) {
+        /* not running: a plain start (the reply still names the stop step) */
+        job->stop_result = json_pack("{s:s}", "result", "already-stopped");
+        r = vm__begin_start(c, vm, false, restart_started, job, err);
+        if (r < 0) {
+            json_decref(job->stop_result);
+            free(job);
+            return r;
+        }
+    }
+    return 0;
+}

@@ -1,0 +1,338 @@
+/* Spawning QEMU: the files it gets as fds, the user it runs as, its argv,
+ * the log header, the spawn itself, and the monitor connection. */
+#include "supervisor/vm/engine.h"
+
+/* The files QEMU gets as fds (qemuargv.h), opened here by the daemon; -1
+ * for none.  Closed once QEMU has its copies. */
+typedef struct vm_files {
+    int disk, base, seed, fw_code, fw_vars, serial, kernel, initrd;
+} vm_files;
+
+static void vm_files_close(vm_files *f) {
+    int *all[] = {&f->disk, &f->base, &f->seed, &f->fw_code, &f->fw_vars, &f->serial, &f->kernel, &f->initrd};
+    for (size_t i = 0; i < QV_ARRAY_SIZE(all); i++)
+        if (*all[i] >= 0) {
+            close(*all[i]);
+            *all[i] = -1;
+        }
+}
+
+/* Opens what QEMU needs of the VM's files, each with the access mode QEMU
+ * will ask its fdset for.  qvisor's own files are reached relative to the
+ * instance directory and never through a symlink; the disk (a symlink into
+ * its storage pool when it lives in one) must be the very file create made.
+ * Returns 0 or -errno with err set; *f is filled as far as it got. */
+static int open_vm_files(const sv_vm *vm, int dirfd, const char *base, vm_files *f, qv_error *err) {
+    const sv_vmspec *s = vm->spec;
+    *f = (vm_files){-1, -1, -1, -1, -1, -1, -1, -1};
+    int r = f->disk = qv_open_existing_at(dirfd, "disk.qcow2", O_RDWR);
+    struct stat st;
+    if (r >= 0 && vm->disk_ino &&
+        (fstat(f->disk, &st) < 0 || (uint64_t)st.st_dev != vm->disk_dev || (uint64_t)st.st_ino != vm->disk_ino))
+        return qv_error_set(err, EPERM, "%s/disk.qcow2 is not the disk qvisor made for VM '%s' (another file is in "
+                            "its place)", vm->dir, vm->name);
+    if (r < 0)
+        return qv_error_set(err, -r, "cannot open %s/disk.qcow2: %s", vm->dir, strerror(-r));
+    if ((r = f->base = qv_open_existing_at(AT_FDCWD, base, O_RDONLY | O_NOFOLLOW)) < 0)
+        return qv_error_set(err, -r, "cannot open base image %s: %s", base, strerror(-r));
+    if (s->seed) {
+        r = f->seed = qv_open_existing_at(dirfd, SV_SEED_ISO, O_RDONLY | O_NOFOLLOW);
+        if (r < 0 && r != -ENOENT)
+            return qv_error_set(err, -r, "cannot open %s/" SV_SEED_ISO ": %s", vm->dir, strerror(-r));
+    }
+    if (s->firmware != SV_FIRMWARE_BIOS && s->firmware_code) {
+        /* the node's firmware (a package's file, maybe a symlink), read-only */
+        if ((r = f->fw_code = qv_open_existing_at(AT_FDCWD, s->firmware_code, O_RDONLY)) < 0)
+            return qv_error_set(err, -r, "cannot open firmware %s: %s", s->firmware_code, strerror(-r));
+        if ((r = f->fw_vars = qv_open_existing_at(dirfd, SV_FW_VARS_FILE, O_RDWR | O_NOFOLLOW)) < 0)
+            return qv_error_set(err, -r, "cannot open %s/" SV_FW_VARS_FILE ": %s", vm->dir, strerror(-r));
+    }
+    /* disk images are 0600 whatever an older qvisor left (seeds were 0640) */
+    int images[] = {f->disk, f->seed, f->fw_vars};
+    for (size_t i = 0; i < QV_ARRAY_SIZE(images); i++)
+        if (images[i] >= 0 && fchmod(images[i], 0600) < 0)
+            return qv_error_set(err, errno, "cannot make the files of VM '%s' 0600: %s", vm->name, strerror(errno));
+    /* made empty (0640) by the prep; appended to, so that QEMU goes on at
+     * the start of a log the daemon emptied (serlog.h) */
+    if ((r = f->serial = qv_open_regular_at(dirfd, "serial.log", O_WRONLY | O_APPEND, 0640)) < 0)
+        return qv_error_set(err, -r, "cannot open %s/serial.log: %s", vm->dir, strerror(-r));
+    if (s->kernel && (r = f->kernel = qv_open_existing_at(AT_FDCWD, s->kernel, O_RDONLY)) < 0)
+        return qv_error_set(err, -r, "cannot open kernel %s: %s", s->kernel, strerror(-r));
+    if (s->kernel && s->initrd && (r = f->initrd = qv_open_existing_at(AT_FDCWD, s->initrd, O_RDONLY)) < 0)
+        return qv_error_set(err, -r, "cannot open initrd %s: %s", s->initrd, strerror(-r));
+    return 0;
+}
+
+/* The user QEMU drops to: NULL when it stays root (the daemon is not root,
+ * or qemu.run_as is root); -ENOENT (err set) when the node lacks the user. */
+static int qemu_user(const sv_config *conf, const char **ret, qv_error *err) {
+    *ret = NULL;
+    if (geteuid() != 0 || !conf->run_as[0] || strcmp(conf->run_as, "root") == 0)
+        return 0;
+    struct passwd *pw = getpwnam(conf->run_as);
+    if (!pw)
+        return qv_error_set(err, QV_ECONFIG,
+                            "qemu.run_as: no user named '%s' on this node (run scripts/setup, which creates it, or "
+                            "set qemu.run_as)", conf->run_as);
+    if (pw->pw_uid != 0)
+        *ret = conf->run_as;
+    return 0;
+}
+
+void vm__launch(vmrt *rt) {
+    sv_vmctl *c = rt->c;
+    const sv_config *conf = cfg(c);
+    sv_vm *vm = rt->vm;
+    qv_error err = {0};
+    rt->starting_prep = false;
+
+    bool kvm = false;
+    char warning[512] = "";
+    if (sv_qemu_accel_resolve(sv_accel_to_string(conf->accelerator), &c->caps, &kvm, warning, sizeof warning,
+                              &err) < 0) {
+        vm__start_abandon(rt, err.code, err.msg);
+        return;
+    }
+    if (warning[0] && !c->accel_warned) {
+        log_warning("%s", warning);
+        c->accel_warned = true;
+    }
+    /* checked at create, but the node may have changed since (KVM gone,
+     * another QEMU): QEMU's own refusal would be less clear */
+    if (vm->spec->cpu_model && sv_qemu_cpu_model_check(&c->caps, kvm, vm->spec->cpu_model, &err) < 0) {
+        vm__start_abandon(rt, err.code, err.msg);
+        return;
+    }
+
+    char qmp_path[PATH_MAX], qga_path[PATH_MAX], con_path[PATH_MAX], pidfile[PATH_MAX], disk[PATH_MAX],
+        serial[PATH_MAX], logpath[PATH_MAX], seed[PATH_MAX], vars[PATH_MAX];
+    vm__run_path(rt, "qmp.sock", qmp_path, sizeof qmp_path);
+    vm__run_path(rt, "qga.sock", qga_path, sizeof qga_path);
+    vm__run_path(rt, "console.sock", con_path, sizeof con_path);
+    vm__run_path(rt, "qemu.pid", pidfile, sizeof pidfile);
+    snprintf(disk, sizeof disk, "%s/disk.qcow2", vm->dir);
+    snprintf(serial, sizeof serial, "%s/serial.log", vm->dir);
+    snprintf(logpath, sizeof logpath, "%s/qemu.log", vm->dir);
+    snprintf(seed, sizeof seed, "%s/" SV_SEED_ISO, vm->dir);
+    snprintf(vars, sizeof vars, "%s/" SV_FW_VARS_FILE, vm->dir);
+    if (!qmp_path[0] || !qga_path[0] || !con_path[0] || !pidfile[0]) {
+        vm__start_abandon(rt, ENAMETOOLONG, "run directory path too long");
+        return;
+    }
+
+    /* the daemon binds the sockets and QEMU inherits them: no socket file
+     * is made by QEMU (which may run as another user), and they exist
+     * before QEMU does */
+    _cleanup_close_ int lfd = -1, afd = -1, cfd = -1;
+    const char *failed = qmp_path;
+    int r = qmp_listen_socket(qmp_path, &lfd);
+    if (r >= 0 && vm->spec->agent) {
+        failed = qga_path;
+        r = qmp_listen_socket(qga_path, &afd);
+    }
+    if (r >= 0) {
+        failed = con_path;
+        r = qmp_listen_socket(con_path, &cfd);
+    }
+    if (r < 0) {
+        char why[PATH_MAX + 64];
+        snprintf(why, sizeof why, "cannot listen on %s: %s", failed, strerror(-r));
+        vm__start_abandon(rt, -r, why);
+        return;
+    }
+    /* SSH is forwarded by the first user-mode NIC; a VM without one has no port */
+    nd_nic nics[ND_NICS_MAX];
+    size_t n_nics = 0;
+    if (sv_net_nics(vm->spec, nics, &n_nics, &err) < 0) {
+        vm__start_abandon(rt, err.code, err.msg);
+        return;
+    }
+    bool user_nic = false;
+    for (size_t i = 0; i < n_nics; i++)
+        user_nic = user_nic || nics[i].mode == ND_MODE_USER;
+    int port = user_nic ? vm__pick_port() : 0;
+    if (port < 0) {
+        vm__start_abandon(rt, -port, "no free TCP port on 127.0.0.1 for the SSH forward");
+        return;
+    }
+    const char *run_as;
+    if (qemu_user(conf, &run_as, &err) < 0) {
+        vm__start_abandon(rt, err.code, err.msg);
+        return;
+    }
+    _cleanup_close_ int vmdirfd = qv_open_dir_nofollow(vm->dir);
+    if (vmdirfd < 0) {
+        char why[PATH_MAX + 64];
+        snprintf(why, sizeof why, "cannot open %s: %s", vm->dir,
+                 vmdirfd == -ENOTDIR || vmdirfd == -ELOOP ? "not a directory (a symlink?)" : strerror(-vmdirfd));
+        vm__start_abandon(rt, -vmdirfd, why);
+        return;
+    }
+    char base[PATH_MAX];
+    vm_files files;
+    if (sv_image_path(conf, vm->spec->image, base, sizeof base, &err) < 0 ||
+        open_vm_files(vm, vmdirfd, base, &files, &err) < 0) {
+        vm_files_close(&files);
+        vm__start_abandon(rt, err.code, err.msg);
+        return;
+    }
+    /* fds as QEMU numbers them: 3 the monitor, 4 the agent (when it has
+     * one), then the serial console, then TAPs and vhost-net in NIC order,
+     * then the VM's files (vm_files order) */
+    if (!kvm)
+        sv_net_fds_drop_vhost(&rt->net); /* vhost-net needs KVM's irqfd */
+    int fds[3 + 2 * ND_NICS_MAX + 8], tap_fds[ND_NICS_MAX], vhost_fds[ND_NICS_MAX];
+    size_t n_fds = 0;
+    fds[n_fds++] = lfd;
+    int qga_fd = 0;
+    if (afd >= 0) {
+        qga_fd = 3 + (int)n_fds;
+        fds[n_fds++] = afd;
+    }
+    int console_fd = 3 + (int)n_fds;
+    fds[n_fds++] = cfd;
+    for (size_t i = 0; i < ND_NICS_MAX; i++) {
+        tap_fds[i] = vhost_fds[i] = -1;
+        if (rt->net.tap[i] >= 0) {
+            tap_fds[i] = 3 + (int)n_fds;
+            fds[n_fds++] = rt->net.tap[i];
+        }
+        if (rt->net.vhost[i] >= 0) {
+            vhost_fds[i] = 3 + (int)n_fds;
+            fds[n_fds++] = rt->net.vhost[i];
+        }
+    }
+    int file_fds[8];
+    int *const file_src[] = {&files.disk,    &files.base,   &files.seed,   &files.fw_code,
+                             &files.fw_vars, &files.serial, &files.kernel, &files.initrd};
+    for (size_t i = 0; i < QV_ARRAY_SIZE(file_src); i++) {
+        file_fds[i] = 0;
+        if (*file_src[i] >= 0) {
+            file_fds[i] = 3 + (int)n_fds;
+            fds[n_fds++] = *file_src[i];
+        }
+    }
+    sv_qemu_env env = {
+        .binary = conf->qemu_binary,
+        .kvm = kvm,
+        .sandbox = c->caps.sandbox,
+        .run_as = run_as,
+    };
+    sv_vm_paths paths = {
+        .disk = disk,
+        .serial_log = serial,
+        .pidfile = pidfile,
+        .qga_fd = qga_fd,
+        .console_fd = console_fd,
+        .seed_iso = files.seed >= 0 ? seed : NULL,
+        .disk_fd = file_fds[0],
+        .base_fd = file_fds[1],
+        .seed_fd = file_fds[2],
+        .fw_code_fd = file_fds[3],
+        .fw_vars_fd = file_fds[4],
+        .serial_fd = file_fds[5],
+        .kernel_fd = file_fds[6],
+        .initrd_fd = file_fds[7],
+        .firmware_vars = vm->spec->firmware != SV_FIRMWARE_BIOS ? vars : NULL,
+        .qmp_fd = 3,
+        .ssh_port = port,
+        .tap_fds = tap_fds,
+        .vhost_fds = vhost_fds,
+        .numa_bind = rt->place.bind_memory,
+        .numa_node = rt->place.numa_node >= 0 ? (unsigned)rt->place.numa_node : 0,
+    };
+    sv_hostdev hostdevs[64];
+    size_t n_host = 0;
+    for (size_t i = 0; i < rt->pt_plan.n && n_host < QV_ARRAY_SIZE(hostdevs); i++)
+        if (rt->pt_plan.devs[i].pass)
+            hostdevs[n_host++] = (sv_hostdev){rt->pt_plan.devs[i].bdf, (unsigned)rt->pt_plan.devs[i].gpu,
+                                              (unsigned)rt->pt_plan.devs[i].function};
+    paths.hostdevs = hostdevs;
+    paths.n_hostdevs = n_host;
+    /* VFIO pins all guest RAM (and a little more for its own mappings) */
+    sv_proc_limits limits = {.memlock = n_host ? vm->spec->memory + (1ull << 30) : 0};
+#if QV_TEST_HOOKS
+    /* test machines lack CAP_SYS_RESOURCE; the fake QEMU checks the request in qemu.log */
+    limits.memlock_best_effort = getenv("QVISOR_TEST_MEMLOCK_BEST_EFFORT") != NULL;
+#endif
+    char **argv = NULL;
+    if (sv_qemu_argv(vm->spec, &env, &paths, &argv, &err) < 0) {
+        vm_files_close(&files);
+        vm__start_abandon(rt, err.code, err.msg);
+        return;
+    }
+    /* relative to the instance directory, never through a symlink, 0640
+     * whatever an older qvisor or the umask left */
+    _cleanup_close_ int logfd = qv_open_regular_at(vmdirfd, "qemu.log", O_WRONLY | O_APPEND, 0640);
+    if (logfd < 0) {
+        int e = -logfd;
+        logfd = -1;
+        sv_argv_free(argv);
+        vm_files_close(&files);
+        char why[PATH_MAX + 64];
+        snprintf(why, sizeof why, "cannot open %s: %s", logpath, strerror(e));
+        vm__start_abandon(rt, e, why);
+        return;
+    }
+    /* a header, then the command line, as libvirt does: the log explains itself */
+    char stamp[64];
+    time_t now = time(NULL);
+    struct tm tm;
+    strftime(stamp, sizeof stamp, "%Y-%m-%dT%H:%M:%S%z", localtime_r(&now, &tm));
+    dprintf(logfd, "---- qvisor: starting %s at %s (%s) ----\n", vm->name, stamp, kvm ? "KVM" : "TCG");
+    if (limits.memlock)
+        dprintf(logfd, "RLIMIT_MEMLOCK %llu (guest RAM + 1 GiB: VFIO pins all guest memory)\n",
+                (unsigned long long)limits.memlock);
+    for (char **a = argv; *a; a++)
+        dprintf(logfd, "%s%s", *a, a[1] ? " " : "\n");
+    rt->log_offset = lseek(logfd, 0, SEEK_END);
+
+    pid_t pid;
+    int pidfd;
+    r = sv_proc_spawn(argv, logfd, fds, n_fds, &limits, &pid, &pidfd, &err);
+    sv_argv_free(argv);
+    sv_net_fds_close(&rt->net); /* QEMU has them: its TAPs now live and die with it */
+    vm_files_close(&files);
+    if (r < 0) {
+        vm__start_abandon(rt, err.code, err.msg);
+        return;
+    }
+    rt->our_child = true;
+    rt->cont_sent = false;
+    rt->paused = false;
+    rt->shutdown_seen = rt->shutdown_guest = rt->panicked = false;
+    rt->shutdown_reason[0] = '\0';
+    vm->run.pid = pid;
+    vm->run.start_ticks = 0;
+    sv_proc_start_time(pid, &vm->run.start_ticks);
+    vm->run.started_at = (int64_t)now;
+    vm->run.ssh_port = port;
+    vm->run.numa_node = rt->place.numa_node;
+    qv_error perr = {0};
+    bool recorded = vm__persist_err(rt, &perr) == 0;
+    sv_crash_point("start-after-spawn");
+    r = vm__watch_start(rt, pid, pidfd);
+    if (r < 0) {
+        /* cannot watch it: do not leave it running unwatched */
+        sv_pidfd_signal(pidfd, SIGKILL);
+        waitpid(pid, NULL, 0);
+        close(pidfd);
+        vm__remove_run_files(rt);
+        vm__start_abandon(rt, -r, "cannot watch the QEMU process");
+        return;
+    }
+    log_info("VM %s: QEMU vm__started (pid %d, %s%s)", vm->name, (int)pid, kvm ? "KVM" : "TCG",
+             env.sandbox ? ", seccomp sandbox" : "");
+    vm__serial_cap_start(rt);
+    uv_timer_start(&rt->timer, vm__on_start_timeout, sv_pt_start_timeout_ms(vm->spec, START_TIMEOUT_MS), 0);
+    if (!recorded) {
+        /* a QEMU whose pid is not on disk would be lost to a daemon restart */
+        char why[sizeof perr.msg + 32];
+        snprintf(why, sizeof why, "cannot record its pid: %s", perr.msg);
+        vm__start_fail_code(rt, perr.code, why);
+        return;
+    }
+    r = vm__qmp_attach(rt);
+    if (r < 0)
+        vm__start_fail_kill(rt, "cannot connect to the monitor socket");
+}

@@ -1,0 +1,434 @@
+/* Starting a VM: admission and placement, the preparation on a worker
+ * (disk check, seed, firmware variables, NICs), GPUs to vfio-pci, the
+ * start timeout, giving up (start_abandon), and `started`. */
+#include "supervisor/vm/engine.h"
+
+/* ---- start ------------------------------------------------------------- */
+
+static json_t *start_result(const vmrt *rt) {
+    const sv_vm *vm = rt->vm;
+    json_t *j = json_pack("{s:s, s:s, s:i}", "name", vm->name, "state", sv_vm_state_name(vm->state), "pid",
+                          vm->run.pid);
+    json_object_set_new(j, "ssh_port", vm->run.ssh_port ? json_integer(vm->run.ssh_port) : json_null());
+    char ip[ND_IPV4_CIDR_STRLEN];
+    json_object_set_new(j, "ip", sv_vm_static_ip(vm, ip) ? json_string(ip) : json_null());
+    return j;
+}
+
+void vm__started(vmrt *rt) {
+    sv_vm *vm = rt->vm;
+    uv_timer_stop(&rt->timer);
+    vm__set_state(rt, SV_EV_STARTED);
+    qv_error perr = {0};
+    if (vm__persist_err(rt, &perr) < 0) {
+        /* on disk it is still "starting": a daemon restart would stop it, so
+         * the start fails now rather than later (the guest ran a moment) */
+        vm->state = SV_VM_STARTING;
+        char why[sizeof perr.msg + 32];
+        snprintf(why, sizeof why, "cannot record that it runs: %s", perr.msg);
+        vm__start_fail_code(rt, perr.code, why);
+        return;
+    }
+    log_info("VM %s: running (QEMU pid %d%s)", vm->name, vm->run.pid, rt->policy_start ? ", restarted by policy" : "");
+    vm__agent_attach(rt);
+    json_t *res = start_result(rt);
+    vm__complete(&rt->start_waiters, 0, res, NULL);
+    json_decref(res);
+}
+
+void vm__on_start_timeout(uv_timer_t *t) {
+    vmrt *rt = t->data;
+    if (rt->vm && rt->vm->state == SV_VM_STARTING)
+        vm__start_fail_kill(rt, "QEMU did not answer on its monitor in time");
+}
+
+typedef struct prep_job {
+    uv_work_t work;
+    vmrt *rt;
+    char *base;
+    uint64_t base_size;
+    int64_t base_mtime_ns;
+    char *dir;
+    char *run_dir;
+    sv_vmspec *spec;   /* copies for the worker thread */
+    sv_config *config;
+    bool seed_changed;
+    bool vars_restored; /* UEFI: the variable store was missing and is a fresh copy */
+    sv_net_fds net;
+    int status;
+    qv_error err;
+} prep_job;
+
+static void prep_job_free(prep_job *job) {
+    if (!job)
+        return;
+    free(job->base);
+    free(job->dir);
+    free(job->run_dir);
+    sv_vmspec_free(job->spec);
+    sv_config_free(job->config);
+    sv_net_fds_close(&job->net);
+    free(job);
+}
+
+/* Worker thread: everything a start does on disk before QEMU runs. */
+static void prep_work(uv_work_t *w) {
+    prep_job *job = w->data;
+    uint64_t size;
+    int64_t mtime;
+    int r = sv_image_stamp(job->base, &size, &mtime, &job->err);
+    if (r < 0) {
+        job->status = r;
+        return;
+    }
+    if (job->base_size && (size != job->base_size || mtime != job->base_mtime_ns)) {
+        job->status = qv_error_set(&job->err, ESTALE,
+                                   "base image %s changed since this VM's disk was made on it (size or mtime "
+                                   "differs); the disk would be corrupt: restore the image or recreate the VM",
+                                   job->base);
+        return;
+    }
+    /* The instance directory is reached through its fd from here on (a
+     * directory swapped for a symlink is refused, and one swapped later is
+     * not followed): /proc/PID/fd/N where a function takes a path. */
+    _cleanup_close_ int dfd = qv_open_dir_nofollow(job->dir);
+    char at[64];
+    if (dfd < 0 || (r = qv_fd_path(dfd, at, sizeof at)) < 0) {
+        r = dfd < 0 ? dfd : r;
+        job->status = qv_error_set(&job->err, -r, "cannot open %s: %s", job->dir,
+                                   r == -ENOTDIR || r == -ELOOP ? "not a directory (a symlink?)" : strerror(-r));
+        return;
+    }
+    /* UEFI: the recorded code must still be there; a variable store deleted
+     * by hand is made again from its template (the guest loses its boot
+     * entries and settings, nothing else) */
+    r = sv_fw_start_check(job->spec, at, &job->vars_restored, &job->err);
+    if (r < 0) {
+        job->status = r;
+        return;
+    }
+    /* the seed follows the spec and the node's DNS: rewritten when they changed */
+    r = sv_seed_prepare(job->spec, job->config, at, &job->seed_changed, &job->err);
+    if (r < 0) {
+        job->status = r;
+        return;
+    }
+    r = qv_mkdir_p(job->run_dir, 0750);
+    if (r < 0) {
+        job->status = qv_error_set(&job->err, r, "cannot create %s: %s", job->run_dir, strerror(-r));
+        return;
+    }
+    /* keep the previous boot's console next to this one; QEMU truncates
+     * serial.log but keeps its mode: made here 0640, relative to the
+     * directory and never through a symlink */
+    if (renameat(dfd, "serial.log", dfd, "serial.log.1") < 0 && errno != ENOENT)
+        log_debug("cannot rotate %s/serial.log: %s", job->dir, strerror(errno));
+    _cleanup_close_ int old = openat(dfd, "serial.log.1", O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+    struct stat st;
+    if (old >= 0 && fstat(old, &st) == 0 && S_ISREG(st.st_mode))
+        fchmod(old, 0640); /* one an older qvisor made 0644 */
+    r = qv_open_regular_at(dfd, "serial.log", O_WRONLY, 0640);
+    if (r < 0) {
+        job->status = qv_error_set(&job->err, r, "cannot create %s/serial.log: %s", job->dir, strerror(-r));
+        return;
+    }
+    close(r);
+    /* TAPs last: nothing after them can fail, and a failed start closes them */
+    r = sv_net_setup(job->config, job->spec, &job->net, &job->err);
+    if (r < 0)
+        job->status = r;
+}
+
+bool vm__has_gpus(const sv_vm *vm) {
+    return qv_strv_len(vm->spec->gpus) > 0;
+}
+
+static void on_released(int status, const qv_error *err, const vfio_plan *plan, void *userdata) {
+    (void)plan;
+    vmrt *rt = userdata;
+    rt->pt_busy = false;
+    rt->pt_ready = false;
+    vfio_plan_clear(&rt->pt_plan);
+    if (rt->vm && status < 0)
+        log_error("VM %s: giving its GPUs back failed: %s (see `qvisor gpu list`, `qvisor cleanup`)", rt->vm->name,
+                  err->msg);
+    else if (rt->vm)
+        log_info("VM %s: GPUs given back to the host", rt->vm->name);
+    if (rt->vm && !rt->c->shutting_down)
+        rt->after_release(rt);
+    vm__rt_unref(rt);
+}
+
+/* Gives back whatever the VM holds on vfio-pci (kept devices stay), then
+ * `then`, which runs at once when there is nothing to give back.  Only
+ * once QEMU is gone: a device leaves vfio-pci after its user. */
+void vm__release_devices(vmrt *rt, void (*then)(vmrt *rt)) {
+    sv_vm *vm = rt->vm;
+    if (!vm__has_gpus(vm) && !sv_pt_holds(cfg(rt->c), vm->name)) {
+        then(rt);
+        return;
+    }
+    qv_error err = {0};
+    rt->after_release = then;
+    rt->pt_busy = true;
+    rt->refs++;
+    if (sv_pt_give_back(rt->c->loop, cfg(rt->c), vm->name, false, on_released, rt, &err) < 0) {
+        log_error("VM %s: cannot give its GPUs back: %s", vm->name, err.msg);
+        rt->pt_busy = false;
+        rt->refs--;
+        then(rt);
+    }
+}
+
+
+static void start_abandon_released(vmrt *rt) {
+    char why[sizeof(((qv_error *)0)->msg)];
+    snprintf(why, sizeof why, "%s", rt->abandon_why ? rt->abandon_why : "start failed");
+    free(rt->abandon_why);
+    rt->abandon_why = NULL;
+    vm__start_abandon_now(rt, rt->abandon_code, why);
+}
+
+/* A start whose QEMU never ran (or died during the start) ends here:
+ * devices taken for it go back first. */
+void vm__start_abandon(vmrt *rt, int code, const char *why) {
+    if (vm__has_gpus(rt->vm)) {
+        rt->abandon_code = code;
+        free(rt->abandon_why);
+        rt->abandon_why = strdup(why);
+        vm__release_devices(rt, start_abandon_released);
+        return;
+    }
+    vm__start_abandon_now(rt, code, why);
+}
+
+void vm__start_abandon_now(vmrt *rt, int code, const char *why) {
+    sv_vm *vm = rt->vm;
+    rt->starting_prep = false;
+    sv_net_fds_close(&rt->net); /* the TAPs vanish with their fds */
+    if (vm->state == SV_VM_STOPPING) {
+        /* a stop arrived before QEMU existed */
+        vm__set_state(rt, SV_EV_EXITED);
+        vm->run = (sv_vm_run){.restarts = vm->run.restarts, .numa_node = -1};
+        vm__persist(rt);
+        json_t *res = json_pack("{s:s, s:s, s:f}", "result", "clean", "how", "start aborted before QEMU ran",
+                                "seconds", 0.0);
+        vm__complete(&rt->stop_waiters, 0, res, NULL);
+        json_decref(res);
+        vm__fail_waiters(&rt->start_waiters, ECANCELED, "start of VM '%s' aborted by a stop request", vm->name);
+        return;
+    }
+    vm__set_state(rt, SV_EV_START_FAILED);
+    char msg[sizeof(((qv_error *)0)->msg)];
+    snprintf(msg, sizeof msg, "start failed: %s", why);
+    sv_vm_set_last_exit(vm, msg);
+    vm->run = (sv_vm_run){.restarts = vm->run.restarts, .numa_node = -1};
+    vm__persist(rt);
+    log_warning("VM %s: %s", vm->name, msg);
+    vm__fail_waiters(&rt->start_waiters, code, "VM '%s' did not start: %s", vm->name, why);
+    if (rt->policy_start)
+        vm__schedule_restart(rt);
+}
+
+
+static void prep_after(uv_work_t *w, int status) {
+    prep_job *job = w->data;
+    vmrt *rt = job->rt;
+    const sv_vmctl *c = rt->c;
+    if (status < 0 && job->status == 0)
+        job->status = qv_error_set(&job->err, ECANCELED, "cancelled");
+    if (rt->vm && !c->shutting_down) {
+        if (job->seed_changed)
+            log_info("VM %s: cloud-init seed (re)written", rt->vm->name);
+        if (job->vars_restored)
+            log_warning("VM %s: its UEFI variable store %s/" SV_FW_VARS_FILE " was missing; made a fresh copy of %s "
+                        "(boot entries and firmware settings start over)",
+                        rt->vm->name, job->dir, job->spec->firmware_vars);
+        if (job->status < 0) {
+            vm__start_abandon(rt, job->err.code, job->err.msg);
+        } else {
+            sv_net_fds_close(&rt->net);
+            rt->net = job->net; /* the runtime owns the fds now */
+            sv_net_fds_init(&job->net);
+            vm__maybe_launch(rt);
+        }
+    }
+    prep_job_free(job);
+    vm__rt_unref(rt);
+}
+
+static void on_taken(int status, const qv_error *err, const vfio_plan *plan, void *userdata) {
+    vmrt *rt = userdata;
+    rt->pt_busy = false;
+    if (rt->vm && !rt->c->shutting_down) {
+        if (status < 0) {
+            vm__start_abandon(rt, err->code, err->msg);
+        } else {
+            rt->pt_ready = true;
+            vfio_plan_clear(&rt->pt_plan);
+            rt->pt_plan.devs = malloc((plan->n ? plan->n : 1) * sizeof *plan->devs);
+            if (rt->pt_plan.devs) {
+                memcpy(rt->pt_plan.devs, plan->devs, plan->n * sizeof *plan->devs);
+                rt->pt_plan.n = plan->n;
+            }
+            log_info("VM %s: %zu PCI function%s on vfio-pci", rt->vm->name, plan->n, plan->n == 1 ? "" : "s");
+            sv_crash_point("start-after-bind");
+            if (!rt->pt_plan.devs)
+                vm__start_abandon(rt, ENOMEM, "out of memory");
+            else
+                vm__maybe_launch(rt);
+        }
+    }
+    vm__rt_unref(rt);
+}
+
+/* Moves the VM's GPUs (and what must go with them) to vfio-pci, then
+ * comes back to vm__maybe_launch. */
+static void take_devices(vmrt *rt) {
+    qv_error err = {0};
+    rt->pt_busy = true;
+    rt->refs++;
+    if (sv_pt_take(rt->c->loop, cfg(rt->c), rt->vm->spec, on_taken, rt, &err) < 0) {
+        rt->pt_busy = false;
+        rt->refs--;
+        vm__start_abandon(rt, err.code, err.msg);
+    }
+}
+
+void vm__maybe_launch(vmrt *rt) {
+    sv_vmctl *c = rt->c;
+    if (rt->vm->state != SV_VM_STARTING) {
+        vm__start_abandon(rt, ECANCELED, "a stop request came first");
+        return;
+    }
+    if (!vm__caps_current(c)) {
+        if (c->caps_state == CAPS_PROBING) {
+            rt->waiting_caps = true;
+            return;
+        }
+        vm__start_abandon(rt, ENOMEM, "cannot probe QEMU");
+        return;
+    }
+    if (c->caps_status < 0) {
+        vm__start_abandon(rt, c->caps_err.code, c->caps_err.msg);
+        return;
+    }
+    if (vm__has_gpus(rt->vm) && !rt->pt_ready) {
+        take_devices(rt);
+        return;
+    }
+    vm__launch(rt);
+}
+
+/* Admission and placement of a start (docs/resources.md): the VMs that have
+ * a QEMU count; the NUMA node (auto, N) and the CPUs (pin, else the node's)
+ * are decided and checked here, before QEMU exists.  *ret is set only on
+ * success. */
+static int start_placement(sv_vmctl *c, sv_vm *vm, sv_start_placement *ret, qv_error *err) {
+    const sv_vmspec *s = vm->spec;
+    sv_start_placement place = {.numa_node = -1};
+    sv_capacity cap = {0};
+    int r = sv_resources_capacity(&cap, err); /* once: for placement and admission */
+    if (r < 0)
+        return r;
+    sv_admission_policy policy;
+    _cleanup_free_ sv_vm_usage *usage = NULL;
+    size_t n = 0;
+    r = sv_admission_policy_init(&policy, cfg(c), s->pool, err);
+    if (r == 0 && (r = sv_resources_usage(c->registry, false, &usage, &n)) < 0)
+        r = qv_error_set(err, -r, "out of memory");
+    if (r == 0)
+        r = sv_start_place(&cap, &policy, usage, n, s, &place, err);
+    if (r == 0 && (r = sv_resources_admit(c->registry, cfg(c), &cap, s, false, place.numa_node, err)) < 0)
+        sv_start_placement_clear(&place);
+    sv_capacity_clear(&cap);
+    if (r < 0)
+        return r;
+    *ret = place;
+    return 0;
+}
+
+int vm__begin_start(sv_vmctl *c, sv_vm *vm, bool policy, sv_vm_done_fn done, void *userdata, qv_error *err) {
+    if (c->shutting_down)
+        return qv_error_set(err, ECANCELED, "the daemon is stopping");
+    sv_vm_state to;
+    int r = sv_vm_next_state(vm->state, SV_EV_START, &to);
+    if (r == -EALREADY)
+        return qv_error_set(err, EALREADY, "VM '%s' is already %s", vm->name, sv_vm_state_name(vm->state));
+    if (r < 0)
+        return qv_error_set(err, EBUSY, "VM '%s' is %s; try again when that is done", vm->name,
+                            sv_vm_state_name(vm->state));
+    vmrt *rt = vm__get_rt(c, vm);
+    if (rt && rt->pt_busy)
+        return qv_error_set(err, EBUSY, "VM '%s': its GPUs are being given back; try again in a moment", vm->name);
+    prep_job *job = calloc(1, sizeof *job);
+    char run_dir[PATH_MAX], base[PATH_MAX];
+    if (!rt || !job)
+        goto oom;
+    if (sv_image_path(cfg(c), vm->spec->image, base, sizeof base, err) < 0) {
+        free(job);
+        return -err->code;
+    }
+    vm__run_path(rt, NULL, run_dir, sizeof run_dir);
+    job->rt = rt;
+    job->work.data = job;
+    sv_net_fds_init(&job->net);
+    job->base = strdup(base);
+    job->dir = strdup(vm->dir);
+    job->run_dir = strdup(run_dir);
+    job->base_size = vm->base_size;
+    job->base_mtime_ns = vm->base_mtime_ns;
+    json_t *specj = sv_vmspec_to_json(vm->spec);
+    qv_error e2 = {0};
+    if (specj)
+        sv_vmspec_from_json(specj, &job->spec, &e2);
+    json_decref(specj);
+    job->config = sv_config_dup(cfg(c));
+    if (!job->base || !job->dir || !job->run_dir || !job->spec || !job->config)
+        goto oom;
+    /* the node's resources: refused here, before anything changed */
+    sv_start_placement place;
+    r = start_placement(c, vm, &place, err);
+    if (r < 0) {
+        prep_job_free(job);
+        return r;
+    }
+    sv_start_placement_clear(&rt->place);
+    rt->place = place;
+    /* "starting" is on disk before anything happens, or nothing happens:
+     * a daemon that dies later must find the start it has to undo */
+    const sv_vm_state from = vm->state;
+    const sv_vm_run run_before = vm->run;
+    vm->state = to;
+    vm->run = (sv_vm_run){.restarts = policy ? vm->run.restarts : 0, .numa_node = -1};
+    qv_error perr = {0};
+    r = vm__persist_err(rt, &perr);
+    if (r == 0 && (r = uv_queue_work(c->loop, &job->work, prep_work, prep_after)) < 0)
+        qv_error_set(&perr, -r, "cannot queue the start: %s", uv_strerror(r));
+    if (r < 0) {
+        vm->state = from;
+        vm->run = run_before;
+        vm__persist(rt); /* undone on disk too (or retried until it is) */
+        prep_job_free(job);
+        return qv_error_set(err, perr.code, "VM '%s' not vm__started: %s", vm->name, perr.msg);
+    }
+    uv_timer_stop(&rt->timer); /* a pending automatic restart is superseded */
+    rt->policy_start = policy;
+    rt->starting_prep = true;
+    free(rt->stop_reason);
+    rt->stop_reason = NULL;
+    rt->monitor_failed = false;
+    rt->fail_code = 0;
+    rt->stage = STAGE_NONE;
+    rt->refs++;
+    vm__add_waiter(&rt->start_waiters, done, userdata);
+    log_info("VM %s: starting", vm->name);
+    return 0;
+oom:
+    prep_job_free(job);
+    return qv_error_set(err, ENOMEM, "out of memory");
+}
+
+int sv_vm_start(sv_vmctl *c, sv_vm *vm, sv_vm_done_fn done, void *userdata, qv_error *err) {
+    return vm__begin_start(c, vm, false, done, userdata, err);
+}

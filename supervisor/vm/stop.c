@@ -1,0 +1,372 @@
+/* Stopping a VM: the graceful step (agent, else ACPI), QMP quit, SIGTERM,
+ * SIGKILL, each with its timer; pause and resume. */
+#include "supervisor/vm/engine.h"
+
+static void stage_term(vmrt *rt);
+
+/* ---- stop ------------------------------------------------------------ */
+
+void sv_stop_timeouts(const sv_vmspec *spec, const sv_config *c, uint64_t override_ms, uint64_t *ret_graceful_ms,
+                      uint64_t *ret_kill_ms) {
+    uint64_t per16 = spec->memory / (16ull << 30);
+    uint64_t base = spec->stop_timeout_ms ? spec->stop_timeout_ms : c->stop_timeout_ms;
+    size_t gpus = qv_strv_len(spec->gpus);
+    /* guest GPU drivers take their time to let go of the card */
+    *ret_graceful_ms = override_ms ? override_ms : base + per16 * 5000 + gpus * 10000;
+    *ret_kill_ms = c->kill_timeout_ms + per16 * 1000;
+}
+
+uint64_t sv_restart_backoff_ms(uint64_t restarts) {
+    return restarts >= 6 ? 60000 : 1000ull << restarts;
+}
+
+static void on_stage_timer(uv_timer_t *t);
+
+/* The stop's timeouts, from the spec, the node and the stop's own options. */
+static uint64_t graceful_ms(const vmrt *rt) {
+    uint64_t g, k;
+    sv_stop_timeouts(rt->vm->spec, cfg(rt->c), rt->vm->run.stop_timeout_ms, &g, &k);
+    return g;
+}
+
+static uint64_t kill_ms(const vmrt *rt) {
+    uint64_t g, k;
+    sv_stop_timeouts(rt->vm->spec, cfg(rt->c), rt->vm->run.stop_timeout_ms, &g, &k);
+    return k;
+}
+
+static void arm(vmrt *rt, uint64_t ms) {
+    uv_timer_start(&rt->timer, on_stage_timer, ms, 0);
+}
+
+static void on_acpi_ack(qmp_conn *q, int status, json_t *result, const qmp_error *e, void *userdata) {
+    (void)q;
+    (void)result;
+    vmrt *rt = userdata;
+    if (status < 0 && status != QMP_ECANCELED && rt->vm)
+        log_warning("VM %s: system_powerdown failed: %s", rt->vm->name, e ? e->desc : strerror(-status));
+}
+
+static void press_power_button(vmrt *rt) {
+    if (vm__guest_paused(rt)) {
+        /* never ACPI to a paused guest: QEMU would queue it until resume */
+        vm__stage_quit(rt);
+        return;
+    }
+    if (!rt->qmp) {
+        log_warning("VM %s: no monitor connection for ACPI; forcing", rt->vm->name);
+        stage_term(rt);
+        return;
+    }
+    rt->how = "ACPI power button";
+    qmp_system_powerdown(rt->qmp, QMP_CMD_TIMEOUT_MS, on_acpi_ack, rt);
+}
+
+static void on_acpi_timer(uv_timer_t *t) {
+    vmrt *rt = t->data;
+    if (rt->vm && rt->stage == STAGE_GRACEFUL) {
+        if (strcmp(rt->how, "ACPI power button") != 0)
+            log_info("VM %s: the guest agent's shutdown did not take; pressing the ACPI power button too",
+                     rt->vm->name);
+        press_power_button(rt);
+    }
+}
+
+static void acpi(vmrt *rt) {
+    press_power_button(rt);
+    if (rt->stage == STAGE_GRACEFUL)
+        uv_timer_start(&rt->acpi_timer, on_acpi_timer, ACPI_REPEAT_MS, ACPI_REPEAT_MS);
+}
+
+static void on_agent_shutdown(qga_conn *g, int status, json_t *result, const qmp_error *e, void *userdata) {
+    (void)g;
+    (void)result;
+    (void)e;
+    vmrt *rt = userdata;
+    if (status == QMP_ECANCELED || !rt->vm || rt->stage != STAGE_GRACEFUL)
+        return;
+    if (status < 0) {
+        log_info("VM %s: agent guest-shutdown failed (%s); using ACPI", rt->vm->name, strerror(-status));
+        acpi(rt);
+    }
+}
+
+static void on_agent_ping(qga_conn *g, int status, json_t *result, const qmp_error *e, void *userdata) {
+    (void)result;
+    (void)e;
+    vmrt *rt = userdata;
+    if (status == QMP_ECANCELED || !rt->vm || rt->stage != STAGE_GRACEFUL)
+        return;
+    if (status == 0 && !vm__guest_paused(rt)) {
+        rt->vm->agent = "ok";
+        rt->how = "guest agent guest-shutdown";
+        log_info("VM %s: asking the guest agent to shut down", rt->vm->name);
+        if (qga_shutdown(g, "powerdown", AGENT_PING_MS, on_agent_shutdown, rt) == 0) {
+            /* guest-shutdown has no reply: an agent that took the request
+             * and did nothing (just starting, wedged) is backed up by ACPI */
+            uv_timer_start(&rt->acpi_timer, on_acpi_timer, AGENT_FALLBACK_MS, ACPI_REPEAT_MS);
+            return;
+        }
+    }
+    if (status != 0)
+        rt->vm->agent = "no answer";
+    log_info("VM %s: pressing the ACPI power button%s", rt->vm->name,
+             status != 0 ? " (the guest agent did not answer)" : "");
+    acpi(rt);
+}
+
+static void stage_graceful(vmrt *rt) {
+    rt->stage = STAGE_GRACEFUL;
+    arm(rt, graceful_ms(rt));
+    if (rt->qga && rt->vm->spec->agent && !vm__guest_paused(rt)) {
+        rt->how = "guest agent";
+        if (qga_ping(rt->qga, AGENT_PING_MS, on_agent_ping, rt) == 0)
+            return;
+    }
+    log_info("VM %s: pressing the ACPI power button", rt->vm->name);
+    acpi(rt);
+}
+
+static void on_quit(qmp_conn *q, int status, json_t *result, const qmp_error *e, void *userdata) {
+    (void)q;
+    (void)result;
+    vmrt *rt = userdata;
+    if (status < 0 && status != QMP_ECANCELED && status != QMP_EDISCONNECTED && rt->vm)
+        log_info("VM %s: quit got no answer (%s)", rt->vm->name, e ? e->desc : strerror(-status));
+}
+
+void vm__stage_quit(vmrt *rt) {
+    uv_timer_stop(&rt->acpi_timer);
+    if (!rt->qmp) {
+        stage_term(rt);
+        return;
+    }
+    rt->stage = STAGE_QUIT;
+    rt->how = "QMP quit";
+    log_info("VM %s: sending quit to QEMU", rt->vm->name);
+    if (qmp_quit(rt->qmp, QMP_CMD_TIMEOUT_MS, on_quit, rt) < 0) {
+        stage_term(rt);
+        return;
+    }
+    arm(rt, kill_ms(rt));
+}
+
+static void stage_term(vmrt *rt) {
+    uv_timer_stop(&rt->acpi_timer);
+    rt->stage = STAGE_TERM;
+    rt->how = "SIGTERM";
+    log_warning("VM %s: sending SIGTERM to QEMU pid %d", rt->vm->name, rt->vm->run.pid);
+    if (rt->watch)
+        sv_pidfd_signal(rt->watch->pidfd, SIGTERM);
+    arm(rt, kill_ms(rt));
+}
+
+static void stage_kill(vmrt *rt) {
+    rt->stage = STAGE_KILL;
+    rt->how = "SIGKILL";
+    log_warning("VM %s: QEMU pid %d ignored SIGTERM; sending SIGKILL", rt->vm->name, rt->vm->run.pid);
+    if (rt->watch)
+        sv_pidfd_signal(rt->watch->pidfd, SIGKILL);
+    arm(rt, KILL_GRACE_MS);
+}
+
+static void on_stage_timer(uv_timer_t *t) {
+    vmrt *rt = t->data;
+    if (!rt->vm || rt->vm->state != SV_VM_STOPPING)
+        return;
+    switch (rt->stage) {
+    case STAGE_GRACEFUL:
+        log_info("VM %s: the guest did not shut down in time; forcing", rt->vm->name);
+        vm__stage_quit(rt);
+        break;
+    case STAGE_QUIT:
+        stage_term(rt);
+        break;
+    case STAGE_TERM:
+        stage_kill(rt);
+        break;
+    case STAGE_KILL:
+        log_error("VM %s: QEMU pid %d survives SIGKILL (stuck in the kernel?); still waiting", rt->vm->name,
+                  rt->vm->run.pid);
+        arm(rt, KILL_GRACE_MS * 2);
+        break;
+    case STAGE_NONE:
+        break;
+    }
+}
+
+/* quit for a forced stop, a paused guest or one that never ran; else the
+ * graceful step. */
+void vm__stop_first_step(vmrt *rt, bool force) {
+    if (vm__guest_paused(rt) && !force) {
+        /* QEMU would queue an ACPI request or a guest-shutdown until the
+         * guest runs again: powered off on a later resume, or never */
+        log_info("VM %s: the guest is paused: no ACPI or agent shutdown to a paused guest; quitting QEMU",
+                 rt->vm->name);
+        vm__stage_quit(rt);
+    } else if (force || !rt->cont_sent) {
+        vm__stage_quit(rt);
+    } else {
+        stage_graceful(rt);
+    }
+}
+
+/* Starts (or joins) the stop of a VM that has, or will have, a QEMU. */
+void vm__begin_stop_sequence(vmrt *rt, bool force) {
+    rt->stop_begin_ms = qv_now_ms();
+    if (!rt->watch) {
+        if (!rt->starting_prep)
+            log_error("VM %s: stopping but no QEMU is known", rt->vm->name);
+        return; /* the start in flight sees the stop when it completes */
+    }
+    if (rt->status_pending && !force) {
+        rt->stop_waits_status = true; /* on_adopt_status takes the first step */
+        return;
+    }
+    vm__stop_first_step(rt, force);
+}
+
+int sv_vm_stop(sv_vmctl *c, sv_vm *vm, const sv_stop_options *o, sv_vm_done_fn done, void *userdata,
+               qv_error *err) {
+    if (c->shutting_down)
+        return qv_error_set(err, ECANCELED, "the daemon is stopping");
+    sv_vm_state to;
+    int r = sv_vm_next_state(vm->state, SV_EV_STOP, &to);
+    if (r == 1)
+        return 1; /* already stopped */
+    if (r < 0)
+        return qv_error_set(err, EBUSY, "VM '%s' is %s; try again when that is done", vm->name,
+                            sv_vm_state_name(vm->state));
+    vmrt *rt = vm__get_rt(c, vm);
+    if (!rt)
+        return qv_error_set(err, ENOMEM, "out of memory");
+    if (rt->pt_busy && !rt->watch && !rt->starting_prep)
+        return qv_error_set(err, EBUSY, "VM '%s': its QEMU is gone and its GPUs are being given back; try again "
+                            "in a moment", vm->name);
+    vm__add_waiter(&rt->stop_waiters, done, userdata);
+    if (vm->state == SV_VM_STOPPING) {
+        if (o->force && (rt->stage == STAGE_GRACEFUL || rt->stop_waits_status)) {
+            log_info("VM %s: stop forced while the guest shuts down", vm->name);
+            vm->run.stop_force = true;
+            rt->stop_waits_status = false;
+            vm__persist(rt);
+            vm__stage_quit(rt);
+        }
+        return 0;
+    }
+    sv_vm_state from = vm->state;
+    uv_timer_stop(&rt->timer);
+    vm->state = to;
+    vm->run.stop_force = o->force;
+    vm->run.stop_timeout_ms = o->timeout_ms;
+    vm__persist(rt);
+    log_info("VM %s: stopping%s", vm->name, o->force ? " (forced)" : "");
+    if (from == SV_VM_STARTING)
+        vm__fail_waiters(&rt->start_waiters, ECANCELED, "start of VM '%s' aborted by a stop request", vm->name);
+    /* a guest that is only starting would lose an ACPI request: quit it */
+    vm__begin_stop_sequence(rt, o->force || from == SV_VM_STARTING);
+    sv_crash_point("stop-after-request");
+    return 0;
+}
+
+/* ---- pause and resume ------------------------------------------------ */
+
+typedef struct pause_op {
+    vmrt *rt;
+    bool pause;
+    sv_vm_done_fn done;
+    void *userdata;
+} pause_op;
+
+static json_t *pause_result(const sv_vm *vm, const char *result) {
+    return json_pack("{s:s, s:s, s:s}", "name", vm->name, "state", sv_vm_state_name(vm->state), "result", result);
+}
+
+/* QEMU answered our `stop` or `cont`.  Commands and events come in order on
+ * the monitor, so at this point the guest is as this command left it (a
+ * later command's answer comes later): the state follows now unless the
+ * STOP/RESUME event did it first.  A QEMU that went away meanwhile cancels
+ * the command (the pidfd handles the rest). */
+static void on_pause_reply(qmp_conn *q, int status, json_t *result, const qmp_error *e, void *userdata) {
+    (void)q;
+    (void)result;
+    pause_op *op = userdata;
+    vmrt *rt = op->rt;
+    const char *cmd = op->pause ? "stop" : "cont";
+    rt->pause_ops--;
+    if (!rt->vm) {
+        qv_error err = {0};
+        qv_error_set(&err, ECANCELED, "the VM is gone");
+        op->done(-err.code, NULL, &err, op->userdata);
+    } else if (status < 0) {
+        qv_error err = {0};
+        if (status == QMP_ECANCELED || status == QMP_EDISCONNECTED)
+            qv_error_set(&err, ECANCELED, "VM '%s': QEMU's monitor went away before it answered %s", rt->vm->name,
+                         cmd);
+        else
+            qv_error_set(&err, EIO, "VM '%s': QEMU did not %s the guest: %s", rt->vm->name,
+                         op->pause ? "pause" : "resume", e ? e->desc : strerror(-status));
+        log_warning("%s", err.msg);
+        op->done(-err.code, NULL, &err, op->userdata);
+    } else {
+        vm__note_paused(rt, op->pause);
+        if (rt->persist_due)
+            vm__persist(rt); /* what a request answers is on disk */
+        json_t *res = pause_result(rt->vm, op->pause ? "paused" : "resumed");
+        op->done(0, res, NULL, op->userdata);
+        json_decref(res);
+    }
+    free(op);
+}
+
+/* vm pause / vm resume.  A request is judged against the state the
+ * commands already sent lead to, so that `pause` followed at once by
+ * `resume` resumes (QEMU runs them in order) instead of finding the VM
+ * still running and doing nothing. */
+static int pause_resume(sv_vmctl *c, sv_vm *vm, bool pause, sv_vm_done_fn done, void *userdata, qv_error *err) {
+    const char *verb = pause ? "pause" : "resume";
+    if (c->shutting_down)
+        return qv_error_set(err, ECANCELED, "the daemon is stopping");
+    vmrt *rt = vm->rt;
+    sv_vm_state from = vm->state;
+    if (rt && rt->pause_ops && (from == SV_VM_RUNNING || from == SV_VM_PAUSED))
+        from = rt->pause_target ? SV_VM_PAUSED : SV_VM_RUNNING;
+    sv_vm_state to;
+    int r = sv_vm_next_state(from, pause ? SV_EV_PAUSE : SV_EV_RESUME, &to);
+    if (r == 1)
+        return 1;
+    if (r == -EHOSTDOWN)
+        return qv_error_set(err, EHOSTDOWN, "VM '%s' is %s: there is no QEMU to %s (qvisor vm start %s)", vm->name,
+                            sv_vm_state_name(vm->state), verb, vm->name);
+    if (r < 0)
+        return qv_error_set(err, EBUSY, "VM '%s' is %s; try again when that is done", vm->name,
+                            sv_vm_state_name(vm->state));
+    if (!rt || !rt->qmp)
+        return qv_error_set(err, EIO, "VM '%s': no connection to QEMU's monitor; cannot %s it", vm->name, verb);
+    pause_op *op = calloc(1, sizeof *op);
+    if (!op)
+        return qv_error_set(err, ENOMEM, "out of memory");
+    op->rt = rt;
+    op->pause = pause;
+    op->done = done;
+    op->userdata = userdata;
+    r = pause ? qmp_stop(rt->qmp, QMP_CMD_TIMEOUT_MS, on_pause_reply, op)
+              : qmp_cont(rt->qmp, QMP_CMD_TIMEOUT_MS, on_pause_reply, op);
+    if (r < 0) {
+        free(op);
+        return qv_error_set(err, EIO, "VM '%s': cannot send %s to QEMU's monitor: %s", vm->name,
+                            pause ? "stop" : "cont", strerror(-r));
+    }
+    rt->pause_ops++;
+    rt->pause_target = pause;
+    log_info("VM %s: %s requested", vm->name, pause ? "pause" : "resume");
+    return 0;
+}
+
+int sv_vm_pause(sv_vmctl *c, sv_vm *vm, sv_vm_done_fn done, void *userdata, qv_error *err) {
+    return pause_resume(c, vm, true, done, userdata, err);
+}
+
+int sv_vm_resume(sv_vmctl *c, sv_vm *vm, sv_vm_done_fn done, void *userdata, qv_error *err) {
+    return pause_resume(c, vm, false, done, userdata, err);
+}
