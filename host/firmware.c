@@ -363,7 +363,7 @@ int sv_fw_prepare_spec(const sv_config *c, sv_vmspec *spec, qv_error *err) {
     return 0;
 }
 
-int sv_fw_start_check(const sv_vmspec *spec, const char *instance_dir, bool *ret_restored, qv_error *err) {
+int sv_fw_start_check(const sv_vmspec *spec, const char *vars_path, bool *ret_restored, qv_error *err) {
     *ret_restored = false;
     if (spec->firmware == SV_FIRMWARE_BIOS)
         return 0;
@@ -375,9 +375,7 @@ int sv_fw_start_check(const sv_vmspec *spec, const char *instance_dir, bool *ret
                             "firmware %s: the OVMF code this VM was created with, %s, is missing (was the ovmf "
                             "package removed? apt-get install ovmf)",
                             sv_firmware_to_string(spec->firmware), spec->firmware_code);
-    char vars[PATH_MAX];
-    if ((size_t)snprintf(vars, sizeof vars, "%s/" SV_FW_VARS_FILE, instance_dir) >= sizeof vars)
-        return qv_error_set(err, ENAMETOOLONG, "instance directory path too long");
+    const char *vars = vars_path;
     struct stat st;
     if (lstat(vars, &st) == 0) {
         if (!S_ISREG(st.st_mode))

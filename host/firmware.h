@@ -19,7 +19,6 @@
 #include "spec/vmspec.h"
 
 /* Each UEFI VM's own variable store, in its instance directory. */
-#define SV_FW_VARS_FILE "efivars.fd"
 /* The largest descriptor read (Debian's are under 1 KiB); larger ones are skipped. */
 #define SV_FW_DESCRIPTOR_MAX (64 * 1024)
 /* At most this many descriptors are looked at. */
@@ -67,9 +66,10 @@ int sv_fw_prepare_spec(const sv_config *c, sv_vmspec *spec, qv_error *err);
 
 /* Start of a UEFI VM (no-op for bios): its recorded code file must exist
  * (-EOPNOTSUPP naming it and the package otherwise); a missing
- * INSTANCE_DIR/efivars.fd is copied again from spec->firmware_vars and
- * *ret_restored set.  *ret_restored is false otherwise. */
-int sv_fw_start_check(const sv_vmspec *spec, const char *instance_dir, bool *ret_restored, qv_error *err);
+ * variable store vars_path (the VM's, where the caller keeps it) is copied
+ * again from spec->firmware_vars and *ret_restored set.  *ret_restored is
+ * false otherwise. */
+int sv_fw_start_check(const sv_vmspec *spec, const char *vars_path, bool *ret_restored, qv_error *err);
 
 /* Copies the template to path (mode 0600), atomically and durably: the
  * VM's own variable store.  -EFBIG for a template above SV_FW_VARS_MAX,

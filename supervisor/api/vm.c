@@ -439,7 +439,7 @@ void sv_api_vm_log(sv_daemon *d, sv_ctl_req *req, json_t *params) {
     }
     stream_job *job = calloc(1, sizeof *job);
     char path[PATH_MAX];
-    snprintf(path, sizeof path, "%s/serial.log", vm->dir);
+    sv_layout_instance_file(vm->dir, SV_VM_SERIAL_LOG, path, sizeof path);
     if (!job || !(job->path = strdup(path))) {
         free(job);
         sv_ctl_reply_error(req, ENOMEM, "out of memory");

@@ -8,7 +8,7 @@
  * VM (command line; no start time is known for it). */
 static pid_t pid_from_pidfile(vmrt *rt, uint64_t *ret_ticks) {
     char path[PATH_MAX];
-    vm__run_path(rt, "qemu.pid", path, sizeof path);
+    vm__run_path(rt, SV_VM_PIDFILE, path, sizeof path);
     _cleanup_free_ char *text = NULL;
     if (qv_read_file(path, 64, &text, NULL) < 0)
         return 0;
@@ -65,7 +65,7 @@ static void adopt(sv_vmctl *c, sv_vm *vm) {
     if (!rt)
         return;
     char pidfile[PATH_MAX];
-    vm__run_path(rt, "qemu.pid", pidfile, sizeof pidfile);
+    vm__run_path(rt, SV_VM_PIDFILE, pidfile, sizeof pidfile);
     pid_t pid = vm->run.pid;
     bool ours = pid > 0 && sv_proc_is_our_qemu(pid, vm->run.start_ticks, vm->name, pidfile);
     if (!ours && pid <= 0 && vm->state == SV_VM_STARTING) {

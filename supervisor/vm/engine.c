@@ -191,12 +191,12 @@ void vm__serial_cap_start(vmrt *rt) {
 }
 
 void vm__run_path(const vmrt *rt, const char *file, char *buf, size_t len) {
-    if (sv_vm_run_path(cfg(rt->c), rt->vm->name, file, buf, len) < 0)
+    if (sv_layout_run_path(cfg(rt->c), rt->vm->name, file, buf, len) < 0)
         buf[0] = '\0';
 }
 
 void vm__remove_run_files(const vmrt *rt) {
-    static const char *const files[] = {"qmp.sock", "qga.sock", "console.sock", "qemu.pid"};
+    static const char *const files[] = {SV_VM_QMP_SOCK, SV_VM_QGA_SOCK, SV_VM_CONSOLE_SOCK, SV_VM_PIDFILE};
     char p[PATH_MAX];
     for (size_t i = 0; i < QV_ARRAY_SIZE(files); i++) {
         vm__run_path(rt, files[i], p, sizeof p);
@@ -227,7 +227,7 @@ int vm__pick_port(void) {
 void vm__log_tail(const vmrt *rt, off_t offset, char *buf, size_t len) {
     buf[0] = '\0';
     char path[PATH_MAX];
-    snprintf(path, sizeof path, "%s/qemu.log", rt->vm->dir);
+    sv_layout_instance_file(rt->vm->dir, SV_VM_QEMU_LOG, path, sizeof path);
     _cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
         return;

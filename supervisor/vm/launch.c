@@ -25,7 +25,7 @@ static void vm_files_close(vm_files *f) {
 static int open_vm_files(const sv_vm *vm, int dirfd, const char *base, vm_files *f, qv_error *err) {
     const sv_vmspec *s = vm->spec;
     *f = (vm_files){-1, -1, -1, -1, -1, -1, -1, -1};
-    int r = f->disk = qv_open_existing_at(dirfd, "disk.qcow2", O_RDWR);
+    int r = f->disk = qv_open_existing_at(dirfd, SV_VM_DISK_FILE, O_RDWR);
     struct stat st;
     if (r >= 0 && vm->disk_ino &&
         (fstat(f->disk, &st) < 0 || (uint64_t)st.st_dev != vm->disk_dev || (uint64_t)st.st_ino != vm->disk_ino))
@@ -36,16 +36,16 @@ static int open_vm_files(const sv_vm *vm, int dirfd, const char *base, vm_files 
     if ((r = f->base = qv_open_existing_at(AT_FDCWD, base, O_RDONLY | O_NOFOLLOW)) < 0)
         return qv_error_set(err, -r, "cannot open base image %s: %s", base, strerror(-r));
     if (s->seed) {
-        r = f->seed = qv_open_existing_at(dirfd, SV_SEED_ISO, O_RDONLY | O_NOFOLLOW);
+        r = f->seed = qv_open_existing_at(dirfd, SV_VM_SEED_FILE, O_RDONLY | O_NOFOLLOW);
         if (r < 0 && r != -ENOENT)
-            return qv_error_set(err, -r, "cannot open %s/" SV_SEED_ISO ": %s", vm->dir, strerror(-r));
+            return qv_error_set(err, -r, "cannot open %s/" SV_VM_SEED_FILE ": %s", vm->dir, strerror(-r));
     }
     if (s->firmware != SV_FIRMWARE_BIOS && s->firmware_code) {
         /* the node's firmware (a package's file, maybe a symlink), read-only */
         if ((r = f->fw_code = qv_open_existing_at(AT_FDCWD, s->firmware_code, O_RDONLY)) < 0)
             return qv_error_set(err, -r, "cannot open firmware %s: %s", s->firmware_code, strerror(-r));
-        if ((r = f->fw_vars = qv_open_existing_at(dirfd, SV_FW_VARS_FILE, O_RDWR | O_NOFOLLOW)) < 0)
-            return qv_error_set(err, -r, "cannot open %s/" SV_FW_VARS_FILE ": %s", vm->dir, strerror(-r));
+        if ((r = f->fw_vars = qv_open_existing_at(dirfd, SV_VM_VARS_FILE, O_RDWR | O_NOFOLLOW)) < 0)
+            return qv_error_set(err, -r, "cannot open %s/" SV_VM_VARS_FILE ": %s", vm->dir, strerror(-r));
     }
     /* disk images are 0600 whatever an older qvisor left (seeds were 0640) */
     int images[] = {f->disk, f->seed, f->fw_vars};
@@ -54,7 +54,7 @@ static int open_vm_files(const sv_vm *vm, int dirfd, const char *base, vm_files 
             return qv_error_set(err, errno, "cannot make the files of VM '%s' 0600: %s", vm->name, strerror(errno));
     /* made empty (0640) by the prep; appended to, so that QEMU goes on at
      * the start of a log the daemon emptied (serlog.h) */
-    if ((r = f->serial = qv_open_regular_at(dirfd, "serial.log", O_WRONLY | O_APPEND, 0640)) < 0)
+    if ((r = f->serial = qv_open_regular_at(dirfd, SV_VM_SERIAL_LOG, O_WRONLY | O_APPEND, 0640)) < 0)
         return qv_error_set(err, -r, "cannot open %s/serial.log: %s", vm->dir, strerror(-r));
     if (s->kernel && (r = f->kernel = qv_open_existing_at(AT_FDCWD, s->kernel, O_RDONLY)) < 0)
         return qv_error_set(err, -r, "cannot open kernel %s: %s", s->kernel, strerror(-r));
@@ -106,15 +106,15 @@ void vm__launch(vmrt *rt) {
 
     char qmp_path[PATH_MAX], qga_path[PATH_MAX], con_path[PATH_MAX], pidfile[PATH_MAX], disk[PATH_MAX],
         serial[PATH_MAX], logpath[PATH_MAX], seed[PATH_MAX], vars[PATH_MAX];
-    vm__run_path(rt, "qmp.sock", qmp_path, sizeof qmp_path);
-    vm__run_path(rt, "qga.sock", qga_path, sizeof qga_path);
-    vm__run_path(rt, "console.sock", con_path, sizeof con_path);
-    vm__run_path(rt, "qemu.pid", pidfile, sizeof pidfile);
+    vm__run_path(rt, SV_VM_QMP_SOCK, qmp_path, sizeof qmp_path);
+    vm__run_path(rt, SV_VM_QGA_SOCK, qga_path, sizeof qga_path);
+    vm__run_path(rt, SV_VM_CONSOLE_SOCK, con_path, sizeof con_path);
+    vm__run_path(rt, SV_VM_PIDFILE, pidfile, sizeof pidfile);
     snprintf(disk, sizeof disk, "%s/disk.qcow2", vm->dir);
-    snprintf(serial, sizeof serial, "%s/serial.log", vm->dir);
-    snprintf(logpath, sizeof logpath, "%s/qemu.log", vm->dir);
-    snprintf(seed, sizeof seed, "%s/" SV_SEED_ISO, vm->dir);
-    snprintf(vars, sizeof vars, "%s/" SV_FW_VARS_FILE, vm->dir);
+    sv_layout_instance_file(vm->dir, SV_VM_SERIAL_LOG, serial, sizeof serial);
+    sv_layout_instance_file(vm->dir, SV_VM_QEMU_LOG, logpath, sizeof logpath);
+    sv_layout_instance_file(vm->dir, SV_VM_SEED_FILE, seed, sizeof seed);
+    sv_layout_instance_file(vm->dir, SV_VM_VARS_FILE, vars, sizeof vars);
     if (!qmp_path[0] || !qga_path[0] || !con_path[0] || !pidfile[0]) {
         vm__start_abandon(rt, ENAMETOOLONG, "run directory path too long");
         return;
@@ -263,7 +263,7 @@ void vm__launch(vmrt *rt) {
     }
     /* relative to the instance directory, never through a symlink, 0640
      * whatever an older qvisor or the umask left */
-    _cleanup_close_ int logfd = qv_open_regular_at(vmdirfd, "qemu.log", O_WRONLY | O_APPEND, 0640);
+    _cleanup_close_ int logfd = qv_open_regular_at(vmdirfd, SV_VM_QEMU_LOG, O_WRONLY | O_APPEND, 0640);
     if (logfd < 0) {
         int e = -logfd;
         logfd = -1;

@@ -198,7 +198,7 @@ static void on_qmp_ready(qmp_conn *q, void *userdata) {
 
 int vm__qmp_attach(vmrt *rt) {
     char path[PATH_MAX];
-    vm__run_path(rt, "qmp.sock", path, sizeof path);
+    vm__run_path(rt, SV_VM_QMP_SOCK, path, sizeof path);
     qmp_options o = {
         .on_ready = on_qmp_ready,
         .on_event = on_qmp_event,
@@ -224,7 +224,7 @@ void vm__agent_attach(vmrt *rt) {
     if (!rt->vm->spec->agent || rt->qga)
         return;
     char path[PATH_MAX];
-    vm__run_path(rt, "qga.sock", path, sizeof path);
+    vm__run_path(rt, SV_VM_QGA_SOCK, path, sizeof path);
     qga_options o = {.on_disconnect = on_qga_disconnect, .userdata = rt};
     int r = qga_connect(rt->c->loop, path, &o, &rt->qga);
     if (r < 0)
@@ -279,7 +279,7 @@ int sv_vm_console_open(sv_vmctl *c, sv_vm *vm, uid_t uid, pid_t pid, int *ret_fd
                             vm->name, (unsigned)rt->console_uid, (int)rt->console_pid, since);
     }
     char path[PATH_MAX];
-    if (sv_vm_run_path(cfg(c), vm->name, "console.sock", path, sizeof path) < 0)
+    if (sv_layout_run_path(cfg(c), vm->name, SV_VM_CONSOLE_SOCK, path, sizeof path) < 0)
         return qv_error_set(err, ENAMETOOLONG, "run directory path too long");
     struct sockaddr_un sa = {.sun_family = AF_UNIX};
     if (strlen(path) >= sizeof sa.sun_path)
@@ -431,11 +431,11 @@ json_t *sv_vm_runtime_json(sv_vmctl *c, const sv_vm *vm) {
     json_t *j = json_object();
     const vmrt *rt = vm->rt;
     bool up = rt && rt->watch;
-    if (sv_vm_run_path(cfg(c), vm->name, "qmp.sock", p, sizeof p) == 0)
+    if (sv_layout_run_path(cfg(c), vm->name, SV_VM_QMP_SOCK, p, sizeof p) == 0)
         json_object_set_new(j, "qmp_socket", json_string(p));
-    if (vm->spec->agent && sv_vm_run_path(cfg(c), vm->name, "qga.sock", p, sizeof p) == 0)
+    if (vm->spec->agent && sv_layout_run_path(cfg(c), vm->name, SV_VM_QGA_SOCK, p, sizeof p) == 0)
         json_object_set_new(j, "agent_socket", json_string(p));
-    if (sv_vm_run_path(cfg(c), vm->name, "qemu.pid", p, sizeof p) == 0)
+    if (sv_layout_run_path(cfg(c), vm->name, SV_VM_PIDFILE, p, sizeof p) == 0)
         json_object_set_new(j, "pidfile", json_string(p));
     json_object_set_new(j, "monitor", json_string(!up ? "-" : rt->qmp && qmp_is_ready(rt->qmp) ? "connected"
                                                                                              : "not connected"));

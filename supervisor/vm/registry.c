@@ -75,11 +75,6 @@ void sv_vm_set_last_exit(sv_vm *vm, const char *why) {
     vm->last_exit = why ? strdup(why) : NULL;
 }
 
-int sv_vm_run_path(const sv_config *c, const char *vm_name, const char *file, char *buf, size_t len) {
-    int n = snprintf(buf, len, "%s/vm/%s%s%s", c->run_dir, vm_name, file ? "/" : "", file ? file : "");
-    return n < 0 || (size_t)n >= len ? -ENAMETOOLONG : 0;
-}
-
 static sv_vm *vm_new(const sv_registry *r, sv_vmspec *spec) {
     sv_vm *vm = calloc(1, sizeof *vm);
     if (!vm)
@@ -87,7 +82,8 @@ static sv_vm *vm_new(const sv_registry *r, sv_vmspec *spec) {
     snprintf(vm->name, sizeof vm->name, "%s", spec->name);
     vm->spec = spec;
     vm->run.numa_node = -1;
-    if (asprintf(&vm->dir, "%s/%s", r->config->instances_dir, vm->name) < 0) {
+    char dir[PATH_MAX];
+    if (sv_layout_instance_dir(r->config, vm->name, dir, sizeof dir) < 0 || !(vm->dir = strdup(dir))) {
         vm->dir = NULL;
         vm->spec = NULL;
         vm_free(vm);
@@ -167,7 +163,7 @@ static json_t *state_json(const sv_vm *vm) {
 int sv_registry_save(sv_registry *r, sv_vm *vm, qv_error *err) {
     (void)r;
     json_t *st = state_json(vm);
-    int rc = write_json(vm->dir, "state.json", st, err);
+    int rc = write_json(vm->dir, SV_VM_STATE_FILE, st, err);
     json_decref(st);
     return rc;
 }
@@ -211,8 +207,9 @@ static json_t *read_json(const char *dir, const char *file, qv_error *err) {
 
 static int load_vm(sv_registry *r, const char *name, qv_error *err) {
     char dir[PATH_MAX];
-    snprintf(dir, sizeof dir, "%s/%s", r->config->instances_dir, name);
-    json_t *specj = read_json(dir, "spec.json", err);
+    if (sv_layout_instance_dir(r->config, name, dir, sizeof dir) < 0)
+        return qv_error_set(err, ENAMETOOLONG, "instance directory path too long");
+    json_t *specj = read_json(dir, SV_VM_SPEC_FILE, err);
     if (!specj)
         return -EBADMSG;
     sv_vmspec *spec = NULL;
@@ -229,7 +226,7 @@ static int load_vm(sv_registry *r, const char *name, qv_error *err) {
         sv_vmspec_free(spec);
         return qv_error_set(err, ENOMEM, "out of memory");
     }
-    json_t *st = read_json(dir, "state.json", err);
+    json_t *st = read_json(dir, SV_VM_STATE_FILE, err);
     if (!st) {
         vm_free(vm);
         return -EBADMSG;
@@ -275,7 +272,7 @@ static int load_vm(sv_registry *r, const char *name, qv_error *err) {
  * opened nor unlinked by its own name. */
 static void remove_pool_disk(const sv_config *c, int tmpfd, const char *name, const struct stat *want) {
     char target[PATH_MAX];
-    ssize_t n = readlinkat(tmpfd, "disk.qcow2", target, sizeof target - 1);
+    ssize_t n = readlinkat(tmpfd, SV_VM_DISK_FILE, target, sizeof target - 1);
     if (n <= 0)
         return; /* no link: the disk, if any, is in the directory itself */
     target[n] = '\0';
@@ -296,20 +293,6 @@ static void remove_pool_disk(const sv_config *c, int tmpfd, const char *name, co
         return;
     }
     log_warning("the disk link of VM '%s' names %s, not its file in a storage pool: left alone", name, target);
-}
-
-/* The VM name of a leftover ".NAME.creating" or ".NAME.removing"; false
- * for any other entry. */
-static bool leftover_name(const char *entry, char ret[QV_NAME_MAX + 1], bool *ret_creating) {
-    size_t len = strlen(entry);
-    if (len < 11 || entry[0] != '.' || len - 10 > QV_NAME_MAX)
-        return false;
-    bool creating = strcmp(entry + len - 9, ".creating") == 0;
-    if (!creating && strcmp(entry + len - 9, ".removing") != 0)
-        return false;
-    snprintf(ret, QV_NAME_MAX + 1, "%.*s", (int)(len - 10), entry + 1);
-    *ret_creating = creating;
-    return qv_name_valid(ret);
 }
 
 /* Removes INSTANCES_DIR/ENTRY, the temp directory of VM `name`, with its pool
@@ -344,7 +327,7 @@ int sv_registry_load(const sv_config *c, sv_registry **ret, int *cleaned, qv_err
             continue;
         char vm_name[QV_NAME_MAX + 1];
         bool creating;
-        if (leftover_name(n, vm_name, &creating)) {
+        if (sv_layout_leftover_name(n, vm_name, &creating)) {
             log_info("removing %s/%s left by an interrupted %s", c->instances_dir, n, creating ? "create" : "remove");
             /* a live VM of that name owns POOL/NAME.qcow2: an interrupted
              * create or remove never leaves both behind */
@@ -437,8 +420,8 @@ static void create_work(uv_work_t *w) {
     char tmp[PATH_MAX], tmpname[QV_NAME_MAX + 16], base[PATH_MAX];
     int instfd = -1, tmpfd = -1, poolfd = -1, diskfd = -1;
     struct stat disk_st = {0};
-    snprintf(tmpname, sizeof tmpname, ".%s.creating", vm->name);
-    snprintf(tmp, sizeof tmp, "%s/%s", c->instances_dir, tmpname);
+    sv_layout_leftover(vm->name, true, tmpname, sizeof tmpname);
+    sv_layout_instance_dir(c, tmpname, tmp, sizeof tmp);
 
     int r = sv_image_path(c, vm->spec->image, base, sizeof base, err);
     if (r < 0)
@@ -498,12 +481,12 @@ static void create_work(uv_work_t *w) {
                              pool_disk, pool->name);
             goto fail_tmp;
         }
-        if (diskfd >= 0 && symlinkat(pool_disk, tmpfd, "disk.qcow2") < 0) {
+        if (diskfd >= 0 && symlinkat(pool_disk, tmpfd, SV_VM_DISK_FILE) < 0) {
             r = qv_error_set(err, errno, "cannot link %s/disk.qcow2: %s", tmp, strerror(errno));
             goto fail_tmp;
         }
     } else {
-        diskfd = qv_create_at(tmpfd, "disk.qcow2", O_RDWR, 0600);
+        diskfd = qv_create_at(tmpfd, SV_VM_DISK_FILE, O_RDWR, 0600);
     }
     if (diskfd < 0) {
         r = qv_error_set(err, -diskfd, "cannot create the disk of VM '%s': %s", vm->name, strerror(-diskfd));
@@ -549,7 +532,7 @@ static void create_work(uv_work_t *w) {
      * -runas drops its privileges */
     if (vm->spec->firmware != SV_FIRMWARE_BIOS) {
         char vars[PATH_MAX + 16];
-        snprintf(vars, sizeof vars, "%s/" SV_FW_VARS_FILE, at);
+        sv_layout_instance_file(at, SV_VM_VARS_FILE, vars, sizeof vars);
         if ((r = sv_fw_vars_copy(vm->spec->firmware_vars, vars, err)) < 0)
             goto fail_tmp;
     }
@@ -563,12 +546,12 @@ static void create_work(uv_work_t *w) {
     vm->created_at = (int64_t)time(NULL);
     vm->state = SV_VM_STOPPED;
     json_t *specj = sv_vmspec_to_json(vm->spec);
-    r = write_json(tmp, "spec.json", specj, err);
+    r = write_json(tmp, SV_VM_SPEC_FILE, specj, err);
     json_decref(specj);
     if (r < 0)
         goto fail_tmp;
     json_t *st = state_json(vm);
-    r = write_json(tmp, "state.json", st, err);
+    r = write_json(tmp, SV_VM_STATE_FILE, st, err);
     json_decref(st);
     if (r < 0)
         goto fail_tmp;
@@ -621,8 +604,8 @@ static void create_after(uv_work_t *w, int status) {
 static int boot_files_to_copies(sv_vm *vm) {
     sv_vmspec *s = vm->spec;
     char *kernel = NULL, *initrd = NULL;
-    if ((s->kernel && asprintf(&kernel, "%s/" SV_VM_KERNEL_FILE, vm->dir) < 0) ||
-        (s->initrd && asprintf(&initrd, "%s/" SV_VM_INITRD_FILE, vm->dir) < 0)) {
+    if ((s->kernel && asprintf(&kernel, "%s/%s", vm->dir, SV_VM_KERNEL_FILE) < 0) ||
+        (s->initrd && asprintf(&initrd, "%s/%s", vm->dir, SV_VM_INITRD_FILE) < 0)) {
         free(kernel);
         return -ENOMEM;
     }
@@ -701,7 +684,7 @@ int sv_registry_remove(sv_registry *r, const char *name, qv_error *err) {
         return qv_error_set(err, EBUSY, "VM '%s' is %s; stop it first", name, sv_vm_state_name(vm->state));
     const sv_config *c = r->config;
     char tmpname[QV_NAME_MAX + 16];
-    snprintf(tmpname, sizeof tmpname, ".%s.removing", name);
+    sv_layout_leftover(name, false, tmpname, sizeof tmpname);
     _cleanup_close_ int instfd = open(c->instances_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (instfd < 0)
         return qv_error_set(err, errno, "cannot open %s: %s", c->instances_dir, strerror(errno));
@@ -771,11 +754,11 @@ json_t *sv_vm_details(const sv_vm *vm) {
     char p[PATH_MAX];
     json_object_set_new(j, "spec", sv_vmspec_to_json(vm->spec));
     json_object_set_new(j, "dir", json_string(vm->dir));
-    snprintf(p, sizeof p, "%s/qemu.log", vm->dir);
+    sv_layout_instance_file(vm->dir, SV_VM_QEMU_LOG, p, sizeof p);
     json_object_set_new(j, "qemu_log", json_string(p));
-    snprintf(p, sizeof p, "%s/serial.log", vm->dir);
+    sv_layout_instance_file(vm->dir, SV_VM_SERIAL_LOG, p, sizeof p);
     json_object_set_new(j, "serial_log", json_string(p));
-    snprintf(p, sizeof p, "%s/" SV_FW_VARS_FILE, vm->dir);
+    sv_layout_instance_file(vm->dir, SV_VM_VARS_FILE, p, sizeof p);
     json_object_set_new(j, "firmware_vars_store", vm->spec->firmware != SV_FIRMWARE_BIOS ? json_string(p) : json_null());
     json_object_set_new(j, "created_at", json_integer((json_int_t)vm->created_at));
     /* the boot files the spec names are copies in the instance directory */

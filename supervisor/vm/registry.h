@@ -15,6 +15,7 @@
 #include "spec/config.h"
 #include "netdev/ip.h"
 #include "spec/vmspec.h"
+#include "supervisor/vm/layout.h"
 
 typedef enum sv_vm_state {
     SV_VM_CREATING,
@@ -81,10 +82,6 @@ sv_vm *sv_registry_first(sv_registry *r);
 /* VM names using base image `image`, as "a, b" (caller frees); NULL if none. */
 char *sv_registry_users_of_image(sv_registry *r, const char *image);
 
-/* The instance directory's copies of a direct kernel boot's files. */
-#define SV_VM_KERNEL_FILE "kernel"
-#define SV_VM_INITRD_FILE "initrd"
-
 /* Creates a VM asynchronously (qemu-img runs on a worker thread).  The name
  * is reserved at once (state creating); `done` is called exactly once with 0
  * and the VM, or a negative errno and err filled.  Returns a negative errno
@@ -109,8 +106,6 @@ bool sv_vm_state_has_qemu(sv_vm_state s);
 int sv_registry_save(sv_registry *r, sv_vm *vm, qv_error *err);
 /* Replaces vm->last_exit (NULL clears it). */
 void sv_vm_set_last_exit(sv_vm *vm, const char *why);
-/* RUN_DIR/vm/NAME/FILE (qmp.sock, qga.sock, qemu.pid); -ENAMETOOLONG. */
-int sv_vm_run_path(const sv_config *c, const char *vm_name, const char *file, char *buf, size_t len);
 
 /* Test builds only: QVISOR_TEST_CRASH_AT=POINT kills the daemon there, to
  * prove that every operation survives a crash at that point.  A no-op in

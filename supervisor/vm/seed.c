@@ -29,7 +29,7 @@ static int fsync_path(const char *path, int flags) {
 /* The public key --ssh generated: one line, the newline stripped. */
 static int read_generated_key(const char *instance_dir, char **ret, qv_error *err) {
     char path[PATH_MAX];
-    snprintf(path, sizeof path, "%s/%s.pub", instance_dir, SV_SSH_KEY);
+    sv_layout_instance_file(instance_dir, SV_VM_SSH_KEY ".pub", path, sizeof path);
     char *data = NULL;
     size_t len;
     int r = qv_read_file(path, CI_SSH_KEY_MAX + 2, &data, &len);
@@ -78,8 +78,8 @@ static bool seed_current(const char *iso, const char *idp, const char *instance_
 int sv_seed_prepare(const sv_vmspec *spec, const sv_config *node, const char *instance_dir, bool *ret_changed,
                     qv_error *err) {
     char iso[PATH_MAX], idp[PATH_MAX];
-    snprintf(iso, sizeof iso, "%s/%s", instance_dir, SV_SEED_ISO);
-    snprintf(idp, sizeof idp, "%s/%s", instance_dir, SV_SEED_ID);
+    sv_layout_instance_file(instance_dir, SV_VM_SEED_FILE, iso, sizeof iso);
+    sv_layout_instance_file(instance_dir, SV_SEED_ID, idp, sizeof idp);
     if (!spec->seed)
         return seed_remove(iso, idp, instance_dir, ret_changed, err);
 
@@ -230,8 +230,8 @@ int sv_seed_prepare(const sv_vmspec *spec, const sv_config *node, const char *in
 
 int sv_seed_ssh_keygen(const char *vm_name, const char *instance_dir, qv_error *err) {
     char dir[PATH_MAX], key[PATH_MAX], pub[PATH_MAX + 4];
-    snprintf(dir, sizeof dir, "%s/%s", instance_dir, SV_SSH_DIR);
-    snprintf(key, sizeof key, "%s/%s", instance_dir, SV_SSH_KEY);
+    sv_layout_instance_file(instance_dir, SV_VM_SSH_DIR, dir, sizeof dir);
+    sv_layout_instance_file(instance_dir, SV_VM_SSH_KEY, key, sizeof key);
     snprintf(pub, sizeof pub, "%s.pub", key);
     if (mkdir(dir, 0700) < 0 && errno != EEXIST)
         return qv_error_set(err, errno, "cannot create %s: %s", dir, strerror(errno));

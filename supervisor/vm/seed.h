@@ -14,12 +14,10 @@
 #include "error.h"
 #include "spec/config.h"
 #include "spec/vmspec.h"
+#include "supervisor/vm/layout.h"
 
-/* Files in the instance directory. */
-#define SV_SEED_ISO "seed.iso"
+/* The seed's identity in the instance directory (the others: layout.h). */
 #define SV_SEED_ID "seed.id"
-#define SV_SSH_DIR "ssh"
-#define SV_SSH_KEY "ssh/id_ed25519" /* the public key is SV_SSH_KEY ".pub" */
 
 /* Writes INSTANCE_DIR/seed.iso from the VM spec and the node config when
  * its content differs from what is there (or it is missing); atomic and

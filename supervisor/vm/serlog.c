@@ -1,5 +1,6 @@
 /* Serial log tail and stream (see serlog.h). */
 #include "supervisor/vm/serlog.h"
+#include "supervisor/vm/layout.h"
 
 #include "cleanup.h"
 #include "fileio.h"
@@ -315,7 +316,7 @@ int sv_serial_cap_start(uv_loop_t *loop, const char *dir, const char *vm_name, u
     _cleanup_close_ int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (dfd < 0)
         return qv_error_set(err, errno, "%s: %s", dir, strerror(errno));
-    int fd = qv_open_regular_at(dfd, "serial.log", O_WRONLY | O_APPEND | O_NOCTTY, 0640);
+    int fd = qv_open_regular_at(dfd, SV_VM_SERIAL_LOG, O_WRONLY | O_APPEND | O_NOCTTY, 0640);
     if (fd < 0)
         return qv_error_set(err, -fd, "%s/serial.log: %s", dir, strerror(-fd));
     sv_serial_cap *cap = calloc(1, sizeof *cap);
@@ -334,7 +335,7 @@ int sv_serial_cap_start(uv_loop_t *loop, const char *dir, const char *vm_name, u
     }
     cap->watch.data = cap;
     char path[PATH_MAX];
-    snprintf(path, sizeof path, "%s/serial.log", dir);
+    sv_layout_instance_file(dir, SV_VM_SERIAL_LOG, path, sizeof path);
     r = uv_fs_event_start(&cap->watch, on_serial_change, path, 0);
     if (r < 0) {
         uv_close((uv_handle_t *)&cap->watch, serial_cap_closed);

@@ -102,7 +102,9 @@ static void prep_work(uv_work_t *w) {
     /* UEFI: the recorded code must still be there; a variable store deleted
      * by hand is made again from its template (the guest loses its boot
      * entries and settings, nothing else) */
-    r = sv_fw_start_check(job->spec, at, &job->vars_restored, &job->err);
+    char vars[96];
+    sv_layout_instance_file(at, SV_VM_VARS_FILE, vars, sizeof vars);
+    r = sv_fw_start_check(job->spec, vars, &job->vars_restored, &job->err);
     if (r < 0) {
         job->status = r;
         return;
@@ -121,13 +123,13 @@ static void prep_work(uv_work_t *w) {
     /* keep the previous boot's console next to this one; QEMU truncates
      * serial.log but keeps its mode: made here 0640, relative to the
      * directory and never through a symlink */
-    if (renameat(dfd, "serial.log", dfd, "serial.log.1") < 0 && errno != ENOENT)
+    if (renameat(dfd, SV_VM_SERIAL_LOG, dfd, SV_VM_SERIAL_LOG_OLD) < 0 && errno != ENOENT)
         log_debug("cannot rotate %s/serial.log: %s", job->dir, strerror(errno));
-    _cleanup_close_ int old = openat(dfd, "serial.log.1", O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+    _cleanup_close_ int old = openat(dfd, SV_VM_SERIAL_LOG_OLD, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
     struct stat st;
     if (old >= 0 && fstat(old, &st) == 0 && S_ISREG(st.st_mode))
         fchmod(old, 0640); /* one an older qvisor made 0644 */
-    r = qv_open_regular_at(dfd, "serial.log", O_WRONLY, 0640);
+    r = qv_open_regular_at(dfd, SV_VM_SERIAL_LOG, O_WRONLY, 0640);
     if (r < 0) {
         job->status = qv_error_set(&job->err, r, "cannot create %s/serial.log: %s", job->dir, strerror(-r));
         return;
@@ -241,7 +243,7 @@ static void prep_after(uv_work_t *w, int status) {
         if (job->seed_changed)
             log_info("VM %s: cloud-init seed (re)written", rt->vm->name);
         if (job->vars_restored)
-            log_warning("VM %s: its UEFI variable store %s/" SV_FW_VARS_FILE " was missing; made a fresh copy of %s "
+            log_warning("VM %s: its UEFI variable store %s/" SV_VM_VARS_FILE " was missing; made a fresh copy of %s "
                         "(boot entries and firmware settings start over)",
                         rt->vm->name, job->dir, job->spec->firmware_vars);
         if (job->status < 0) {

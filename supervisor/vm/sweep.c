@@ -39,11 +39,10 @@ static void add(json_t *actions, const char *what, const char *path, pid_t pid, 
 }
 
 /* The VM name a QEMU command line claims: -pidfile RUN_DIR/vm/NAME/qemu.pid
- * together with -name guest=NAME,...  Empty when it is not one of ours. */
+ * (supervisor/vm/layout.h) together with -name guest=NAME,...  Empty when it
+ * is not one of ours. */
 static void claimed_vm(const sv_config *c, const char *cmd, size_t len, char name[64]) {
     name[0] = '\0';
-    char prefix[PATH_MAX];
-    snprintf(prefix, sizeof prefix, "%s/vm/", c->run_dir);
     const char *pidfile = NULL, *guest = NULL;
     for (size_t off = 0; off < len;) {
         const char *arg = cmd + off;
@@ -55,16 +54,11 @@ static void claimed_vm(const sv_config *c, const char *cmd, size_t len, char nam
             guest = next + 6;
         off += alen + 1;
     }
-    if (!pidfile || !guest || strncmp(pidfile, prefix, strlen(prefix)) != 0)
-        return;
-    const char *n = pidfile + strlen(prefix);
-    const char *slash = strchr(n, '/');
-    if (!slash || strcmp(slash, "/qemu.pid") != 0 || (size_t)(slash - n) >= 64)
-        return;
     char cand[64];
-    snprintf(cand, sizeof cand, "%.*s", (int)(slash - n), n);
+    if (!pidfile || !guest || !sv_layout_pidfile_vm(c, pidfile, cand))
+        return;
     size_t glen = strcspn(guest, ",");
-    if (!qv_name_valid(cand) || glen != strlen(cand) || strncmp(guest, cand, glen) != 0)
+    if (glen != strlen(cand) || strncmp(guest, cand, glen) != 0)
         return;
     snprintf(name, 64, "%s", cand);
 }
@@ -177,8 +171,8 @@ static void scan_temp(const sv_config *c, const sv_sweep_vm *vms, size_t n, bool
     _cleanup_closedir_ DIR *d = opendir(c->instances_dir);
     for (struct dirent *e; d && (e = readdir(d));) {
         const char *s = e->d_name;
-        bool creating = s[0] == '.' && has_suffix(s, ".creating");
-        bool removing = s[0] == '.' && has_suffix(s, ".removing");
+        bool creating = s[0] == '.' && has_suffix(s, SV_VM_CREATING_SUFFIX);
+        bool removing = s[0] == '.' && has_suffix(s, SV_VM_REMOVING_SUFFIX);
         if (!creating && !removing)
             continue;
         char name[64];
@@ -203,7 +197,8 @@ static void scan_temp(const sv_config *c, const sv_sweep_vm *vms, size_t n, bool
 
 static void scan_run_dirs(const sv_config *c, const sv_sweep_vm *vms, size_t n, bool dry_run, json_t *actions) {
     char dir[PATH_MAX];
-    snprintf(dir, sizeof dir, "%s/vm", c->run_dir);
+    if (sv_layout_run_root(c, dir, sizeof dir) < 0)
+        return;
     _cleanup_closedir_ DIR *d = opendir(dir);
     for (struct dirent *e; d && (e = readdir(d));) {
         if (!qv_name_valid(e->d_name))

@@ -1,0 +1,64 @@
+/* Where a VM's files are: every path under the instances directory and the
+ * run directory, in one place.  Nothing else spells these names.
+ *
+ *   INSTANCES_DIR/NAME/              the instance directory (vm->dir)
+ *       spec.json state.json         what the VM is, what it is doing
+ *       disk.qcow2                   its disk (or a link into a storage pool)
+ *       seed.iso efivars.fd          cloud-init seed, UEFI variable store
+ *       kernel initrd                copies of a direct kernel boot's files
+ *       qemu.log serial.log[.1]      QEMU's stderr, the guest's serial port
+ *       ssh/id_ed25519{,.pub}        the key pair `--ssh` generates
+ *   INSTANCES_DIR/.NAME.creating     a create in progress (renamed into place)
+ *   INSTANCES_DIR/.NAME.removing     a remove in progress
+ *   RUN_DIR/vm/NAME/                 the run directory (gone with QEMU)
+ *       qmp.sock qga.sock console.sock qemu.pid
+ *
+ * Functions return 0, or -ENAMETOOLONG when the path does not fit. */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "spec/config.h"
+
+/* In the instance directory. */
+#define SV_VM_SPEC_FILE "spec.json"
+#define SV_VM_STATE_FILE "state.json"
+#define SV_VM_DISK_FILE "disk.qcow2"
+#define SV_VM_SEED_FILE "seed.iso"
+#define SV_VM_VARS_FILE "efivars.fd"
+#define SV_VM_KERNEL_FILE "kernel"
+#define SV_VM_INITRD_FILE "initrd"
+#define SV_VM_QEMU_LOG "qemu.log"
+#define SV_VM_SERIAL_LOG "serial.log"
+#define SV_VM_SERIAL_LOG_OLD "serial.log.1" /* the previous start's */
+#define SV_VM_SSH_DIR "ssh"
+#define SV_VM_SSH_KEY "ssh/id_ed25519" /* the public key is SV_VM_SSH_KEY ".pub" */
+
+/* In the run directory. */
+#define SV_VM_QMP_SOCK "qmp.sock"
+#define SV_VM_QGA_SOCK "qga.sock"
+#define SV_VM_CONSOLE_SOCK "console.sock"
+#define SV_VM_PIDFILE "qemu.pid"
+
+/* Suffixes of an instance directory's temporary names. */
+#define SV_VM_CREATING_SUFFIX ".creating"
+#define SV_VM_REMOVING_SUFFIX ".removing"
+
+/* INSTANCES_DIR/NAME. */
+int sv_layout_instance_dir(const sv_config *c, const char *vm_name, char *buf, size_t len);
+/* DIR/FILE: a file of the instance directory dir (vm->dir). */
+int sv_layout_instance_file(const char *dir, const char *file, char *buf, size_t len);
+/* ".NAME.creating" or ".NAME.removing" (the name in INSTANCES_DIR). */
+int sv_layout_leftover(const char *vm_name, bool creating, char *buf, size_t len);
+/* The VM name of a leftover entry of INSTANCES_DIR, ".NAME.creating" or
+ * ".NAME.removing" with NAME valid: true, and *ret_creating says which. */
+bool sv_layout_leftover_name(const char *entry, char ret[64], bool *ret_creating);
+
+/* RUN_DIR/vm: where every VM's run directory is. */
+int sv_layout_run_root(const sv_config *c, char *buf, size_t len);
+/* RUN_DIR/vm/NAME/FILE, or RUN_DIR/vm/NAME when file is NULL. */
+int sv_layout_run_path(const sv_config *c, const char *vm_name, const char *file, char *buf, size_t len);
+/* The VM name a -pidfile argument names (RUN_DIR/vm/NAME/qemu.pid, NAME
+ * valid): true; false for any other path. */
+bool sv_layout_pidfile_vm(const sv_config *c, const char *pidfile, char ret[64]);
