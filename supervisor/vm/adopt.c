@@ -116,7 +116,7 @@ static void adopt(sv_vmctl *c, sv_vm *vm) {
         adopt_query_status(rt);
     switch (vm->state) {
     case SV_VM_STARTING:
-        log_info("VM %s: QEMU pid %d was half-vm__started by the previous daemon; stopping it", vm->name, (int)pid);
+        log_info("VM %s: QEMU pid %d was half-started by the previous daemon; stopping it", vm->name, (int)pid);
         rt->cont_sent = false;
         rt->stop_reason = strdup("start interrupted by a daemon restart; QEMU was stopped");
         vm->state = SV_VM_STOPPING;

@@ -152,7 +152,7 @@ struct vmrt {
     bool starting_prep;    /* prep or probe in flight, QEMU not spawned yet */
     bool waiting_caps;
     bool cont_sent;
-    bool policy_start;     /* vm__started by the restart policy, not by a user */
+    bool policy_start;     /* started by the restart policy, not by a user */
     sv_start_placement place; /* this start's NUMA node and CPUs (decided before it began) */
     off_t log_offset;      /* where this QEMU's output starts in qemu.log */
     /* stop */

@@ -218,7 +218,7 @@ static void on_restart_timer(uv_timer_t *t) {
         return;
     sv_vm *vm = rt->vm;
     if (vm->state != SV_VM_CRASHED && vm->state != SV_VM_STOPPED)
-        return; /* someone vm__started it meanwhile */
+        return; /* someone started it meanwhile */
     qv_error err = {0};
     if (vm__begin_start(rt->c, vm, true, policy_start_done, NULL, &err) < 0) {
         /* refused before it began (capacity, a CPU gone, …): say so, and try

@@ -321,7 +321,7 @@ void vm__launch(vmrt *rt) {
         vm__start_abandon(rt, -r, "cannot watch the QEMU process");
         return;
     }
-    log_info("VM %s: QEMU vm__started (pid %d, %s%s)", vm->name, (int)pid, kvm ? "KVM" : "TCG",
+    log_info("VM %s: QEMU started (pid %d, %s%s)", vm->name, (int)pid, kvm ? "KVM" : "TCG",
              env.sandbox ? ", seccomp sandbox" : "");
     vm__serial_cap_start(rt);
     uv_timer_start(&rt->timer, vm__on_start_timeout, sv_pt_start_timeout_ms(vm->spec, START_TIMEOUT_MS), 0);

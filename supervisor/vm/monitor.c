@@ -292,7 +292,7 @@ int sv_vm_console_open(sv_vmctl *c, sv_vm *vm, uid_t uid, pid_t pid, int *ret_fd
         int e = errno;
         if (e == ENOENT)
             return qv_error_set(err, EOPNOTSUPP,
-                                "VM '%s' has no console socket: its QEMU was vm__started by a qvisor without "
+                                "VM '%s' has no console socket: its QEMU was started by a qvisor without "
                                 "consoles (restart the VM to get one; serial.log: qvisor vm log %s)",
                                 vm->name, vm->name);
         return qv_error_set(err, e == EAGAIN ? EBUSY : e, "cannot connect to %s: %s", path, strerror(e));

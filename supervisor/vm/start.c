@@ -412,7 +412,7 @@ int vm__begin_start(sv_vmctl *c, sv_vm *vm, bool policy, sv_vm_done_fn done, voi
         vm->run = run_before;
         vm__persist(rt); /* undone on disk too (or retried until it is) */
         prep_job_free(job);
-        return qv_error_set(err, perr.code, "VM '%s' not vm__started: %s", vm->name, perr.msg);
+        return qv_error_set(err, perr.code, "VM '%s' not started: %s", vm->name, perr.msg);
     }
     uv_timer_stop(&rt->timer); /* a pending automatic restart is superseded */
     rt->policy_start = policy;
