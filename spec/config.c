@@ -128,8 +128,18 @@ const char *sv_accel_to_string(sv_accel a) {
     return (unsigned)a < 3 ? accel_names[a] : "auto";
 }
 
+sv_config *sv_config_ref(const sv_config *c) {
+    sv_config *m = (sv_config *)c; /* the count is the only field that changes */
+    __atomic_add_fetch(&m->refs_, 1, __ATOMIC_RELAXED);
+    return m;
+}
+
 void sv_config_free(sv_config *c) {
     if (!c)
+        return;
+    /* refs_ counts the references beyond the first: the holder that finds
+     * it at 0 is the last one */
+    if (__atomic_fetch_sub(&c->refs_, 1, __ATOMIC_ACQ_REL) != 0)
         return;
     sv_schema_free_fields(&schema, c);
     free(c->source);
@@ -267,6 +277,7 @@ sv_config *sv_config_dup(const sv_config *src) {
         return NULL;
     *c = *src;
     c->source = NULL;
+    c->refs_ = 0;
     int r = sv_schema_copy_fields(&schema, c, src);
     if (r == 0 && src->source && !(c->source = strdup(src->source)))
         r = -ENOMEM;
@@ -374,27 +385,27 @@ char *sv_config_restart_keys_changed(const sv_config *old, const sv_config *new_
     return out;
 }
 
-char *sv_config_keep_restart_keys(sv_config *fresh, sv_config *running) {
-    char *changed = sv_config_restart_keys_changed(running, fresh);
+int sv_config_keep_restart_keys(sv_config *fresh, const sv_config *running, char **ret_changed) {
+    _cleanup_free_ char *changed = sv_config_restart_keys_changed(running, fresh);
+    /* the instances directory the new file asked for */
+    _cleanup_free_ char *asked = fresh->instances_dir ? strdup(fresh->instances_dir) : NULL;
+    if (fresh->instances_dir && !asked)
+        return -ENOMEM;
     for (size_t i = 0; changed && i < QV_ARRAY_SIZE(keys); i++) {
         if (!keys[i].restart)
             continue;
-        /* every restart key is a string: swap the pointers */
-        char **a = (char **)((char *)fresh + keys[i].offset);
-        char **b = (char **)((char *)running + keys[i].offset);
-        char *tmp = *a;
-        *a = *b;
-        *b = tmp;
+        if (sv_schema_copy_key(&keys[i], fresh, running) < 0)
+            return -ENOMEM;
     }
     /* the default storage pool follows the instances_dir in effect */
     sv_storage_pool *def = (sv_storage_pool *)sv_config_storage_pool(fresh, "default");
-    if (changed && def && !same_dir(fresh->instances_dir, running->instances_dir) &&
-        same_dir(def->path, running->instances_dir)) {
+    if (changed && def && asked && !same_dir(fresh->instances_dir, asked) && same_dir(def->path, asked)) {
         char *kept = strdup(fresh->instances_dir);
         if (kept) {
             free(def->path);
             def->path = kept;
         }
     }
-    return changed;
+    *ret_changed = TAKE_PTR(changed);
+    return 0;
 }

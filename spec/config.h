@@ -93,6 +93,8 @@ typedef struct sv_config {
      * quotas, the storage pool at instances_dir. */
     sv_pool **pools;
     sv_storage_pool **storage_pools;
+
+    unsigned refs_; /* references beyond the first (sv_config_ref); not a setting */
 } sv_config;
 
 /* Built-in defaults (what an empty file gives).  Returns NULL on ENOMEM. */
@@ -112,9 +114,17 @@ int sv_config_from_json(json_t *j, sv_config **ret, qv_error *err);
 /* Same, from a buffer; `name` is used in messages. */
 int sv_config_parse(const char *name, const char *data, size_t len, sv_config **ret, qv_error *err);
 
-/* Deep copy (for work handed to another thread). */
-sv_config *sv_config_dup(const sv_config *c);
+/* A loaded config is never changed: the daemon holds the current one, and an
+ * operation that outlives one turn of the loop (a worker's job, a create, a
+ * start) takes its own reference at its beginning and drops it at its end,
+ * so a reload, which swaps the daemon's pointer, never changes a config
+ * under a running operation.  References may be dropped on any thread. */
+sv_config *sv_config_ref(const sv_config *c);
+/* Drops a reference (the loader's, or one sv_config_ref took); the last one
+ * frees.  NULL is a no-op. */
 void sv_config_free(sv_config *c);
+/* Deep copy: a new config with one reference. */
+sv_config *sv_config_dup(const sv_config *c);
 static inline void sv_config_freep(sv_config **c) {
     sv_config_free(*c);
 }
@@ -133,10 +143,11 @@ void sv_config_visit(const sv_config *c, sv_config_visit_fn fn, void *userdata);
  * restart (socket path, directories, …), as "paths.run_dir, daemon.socket";
  * caller frees.  NULL when there are none. */
 char *sv_config_restart_keys_changed(const sv_config *old, const sv_config *new_config);
-/* For a reload: gives `fresh` the running values of every restart key that
- * changed (`running` gets the new ones, to be freed with it).  Returns the
- * changed keys as sv_config_restart_keys_changed() does. */
-char *sv_config_keep_restart_keys(sv_config *fresh, sv_config *running);
+/* For a reload: gives `fresh` (not yet shared) copies of the running values
+ * of every restart key that changed; `running`, which operations may still
+ * hold, is not touched.  *ret_changed: the changed keys as
+ * sv_config_restart_keys_changed() gives them (NULL: none).  -ENOMEM. */
+int sv_config_keep_restart_keys(sv_config *fresh, const sv_config *running, char **ret_changed);
 
 /* The pool / storage pool called name (borrowed); NULL when there is none. */
 const sv_pool *sv_config_pool(const sv_config *c, const char *name);

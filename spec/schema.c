@@ -212,6 +212,35 @@ int sv_schema_copy_fields(const sv_schema *s, void *dst, const void *src) {
     return 0;
 }
 
+int sv_schema_copy_key(const sv_key *k, void *dst, const void *src) {
+    size_t size = 0;
+    switch (k->kind) {
+    case SV_K_UINT:
+    case SV_K_SIZE:
+    case SV_K_DURATION:
+        size = sizeof(uint64_t);
+        break;
+    case SV_K_ENUM:
+        size = sizeof(int);
+        break;
+    case SV_K_BOOL:
+        size = sizeof(bool);
+        break;
+    case SV_K_RATIO:
+        size = sizeof(double);
+        break;
+    default:
+        break;
+    }
+    if (size) {
+        memcpy(FIELD(dst, k), CFIELD(src, k), size);
+        return 0;
+    }
+    const sv_schema one = {.keys = k, .n_keys = 1};
+    sv_schema_free_fields(&one, dst);
+    return sv_schema_copy_fields(&one, dst, src);
+}
+
 void sv_schema_key_name(const sv_key *k, char *buf, size_t size) {
     if (k->section)
         snprintf(buf, size, "%s.%s", k->section, k->name);

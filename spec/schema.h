@@ -84,6 +84,9 @@ int sv_schema_apply_defaults(const sv_schema *s, void *obj);
 void sv_schema_free_fields(const sv_schema *s, void *obj);
 /* Deep-copies every string and list field of src into dst (a memcpy'd copy). */
 int sv_schema_copy_fields(const sv_schema *s, void *dst, const void *src);
+/* Replaces dst's value of key k with a copy of src's (deep for strings,
+ * lists and maps).  -ENOMEM leaves dst's field empty, still freeable. */
+int sv_schema_copy_key(const sv_key *k, void *dst, const void *src);
 
 /* Parses a YAML document (a mapping; `null`/empty means nothing set) onto
  * obj, which should hold the defaults already.  Errors are -QV_ECONFIG for

@@ -54,7 +54,13 @@ static int reload_config(sv_daemon *d, qv_error *err) {
         sv_notify("READY=1\nSTATUS=config reload refused; running with the previous config");
         return r;
     }
-    _cleanup_free_ char *restart = sv_config_keep_restart_keys(fresh, d->config);
+    _cleanup_free_ char *restart = NULL;
+    if (sv_config_keep_restart_keys(fresh, d->config, &restart) < 0) {
+        sv_config_free(fresh);
+        log_error("config reload refused: out of memory");
+        sv_notify("READY=1\nSTATUS=config reload refused; running with the previous config");
+        return qv_error_set(err, ENOMEM, "out of memory");
+    }
     if (restart)
         log_warning("config reload: %s changed; the daemon keeps the running values until it restarts",
                     restart);
@@ -271,7 +277,7 @@ int sv_daemon_run(const sv_daemon_options *opts, qv_error *err) {
     if (r < 0)
         goto out;
     int cleaned = 0;
-    r = sv_registry_load(d.config, &d.registry, &cleaned, err);
+    r = sv_registry_load(&d.config, &d.registry, &cleaned, err);
     if (r < 0)
         goto out;
 

@@ -151,7 +151,7 @@ static void queue_image_job(sv_daemon *d, sv_ctl_req *req, uv_work_cb work, int 
     image_job *job = calloc(1, sizeof *job);
     if (job)
         job->src_fd = src_fd;
-    if (!job || !(job->config = sv_config_dup(d->config)) || (src && !(job->src = strdup(src))) ||
+    if (!job || !(job->config = sv_config_ref(d->config)) || (src && !(job->src = strdup(src))) ||
         (format && !(job->format = strdup(format))) || (name && !(job->name = strdup(name)))) {
         if (job)
             image_job_free(job);

@@ -209,7 +209,7 @@ void sv_api_cleanup(sv_daemon *d, sv_ctl_req *req, json_t *params) {
     for (sv_vm *vm = sv_registry_first(d->registry); vm; vm = vm->next)
         n++;
     sweep_job *job = calloc(1, sizeof *job);
-    if (!job || !(job->config = sv_config_dup(d->config)) || !(job->vms = calloc(n ? n : 1, sizeof *job->vms))) {
+    if (!job || !(job->config = sv_config_ref(d->config)) || !(job->vms = calloc(n ? n : 1, sizeof *job->vms))) {
         if (job)
             sv_config_free(job->config);
         free(job);

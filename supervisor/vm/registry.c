@@ -24,7 +24,7 @@
 #include <unistd.h>
 
 struct sv_registry {
-    sv_config *config; /* own copy: paths do not change while the daemon runs */
+    sv_config *const *config; /* the daemon's current config (swapped by a reload) */
     sv_vm *vms;
 };
 
@@ -83,7 +83,7 @@ static sv_vm *vm_new(const sv_registry *r, sv_vmspec *spec) {
     vm->spec = spec;
     vm->run.numa_node = -1;
     char dir[PATH_MAX];
-    if (sv_layout_instance_dir(r->config, vm->name, dir, sizeof dir) < 0 || !(vm->dir = strdup(dir))) {
+    if (sv_layout_instance_dir(*r->config, vm->name, dir, sizeof dir) < 0 || !(vm->dir = strdup(dir))) {
         vm->dir = NULL;
         vm->spec = NULL;
         vm_free(vm);
@@ -207,7 +207,7 @@ static json_t *read_json(const char *dir, const char *file, qv_error *err) {
 
 static int load_vm(sv_registry *r, const char *name, qv_error *err) {
     char dir[PATH_MAX];
-    if (sv_layout_instance_dir(r->config, name, dir, sizeof dir) < 0)
+    if (sv_layout_instance_dir(*r->config, name, dir, sizeof dir) < 0)
         return qv_error_set(err, ENAMETOOLONG, "instance directory path too long");
     json_t *specj = read_json(dir, SV_VM_SPEC_FILE, err);
     if (!specj)
@@ -308,12 +308,12 @@ static int remove_temp_dir(const sv_config *c, int instfd, const char *entry, co
     return qv_rm_rf_at(instfd, entry);
 }
 
-int sv_registry_load(const sv_config *c, sv_registry **ret, int *cleaned, qv_error *err) {
+int sv_registry_load(sv_config *const *config, sv_registry **ret, int *cleaned, qv_error *err) {
+    const sv_config *c = *config;
     sv_registry *r = calloc(1, sizeof *r);
-    if (!r || !(r->config = sv_config_dup(c))) {
-        free(r);
+    if (!r)
         return qv_error_set(err, ENOMEM, "out of memory");
-    }
+    r->config = config;
     int n_cleaned = 0;
     _cleanup_closedir_ DIR *d = opendir(c->instances_dir);
     if (!d && errno != ENOENT) {
@@ -361,7 +361,6 @@ void sv_registry_free(sv_registry *r) {
         r->vms = vm->next;
         vm_free(vm);
     }
-    sv_config_free(r->config);
     free(r);
 }
 
@@ -636,14 +635,14 @@ int sv_registry_create(sv_registry *r, uv_loop_t *loop, sv_vmspec *spec, int ker
     if (!spec->kernel != (kernel_fd < 0) || !spec->initrd != (initrd_fd < 0))
         return qv_error_set(err, EINVAL, "spec: kernel and initrd go with their files");
     char base[PATH_MAX];
-    int rc = sv_image_path(r->config, spec->image, base, sizeof base, err);
+    int rc = sv_image_path(*r->config, spec->image, base, sizeof base, err);
     if (rc < 0)
         return rc;
     if (access(base, F_OK) < 0)
         return qv_error_set(err, ENOENT, "no image '%s' (see `qvisor image list`)", spec->image);
     create_job *job = calloc(1, sizeof *job);
     sv_vm *vm = job ? vm_new(r, spec) : NULL;
-    if (!vm || !(job->config = sv_config_dup(r->config)) || boot_files_to_copies(vm) < 0) {
+    if (!vm || !(job->config = sv_config_ref(*r->config)) || boot_files_to_copies(vm) < 0) {
         if (vm)
             vm->spec = NULL;
         vm_free(vm);
@@ -682,7 +681,7 @@ int sv_registry_remove(sv_registry *r, const char *name, qv_error *err) {
         return qv_error_set(err, ENOENT, "no VM named '%s'", name);
     if (vm->state != SV_VM_STOPPED && vm->state != SV_VM_CRASHED)
         return qv_error_set(err, EBUSY, "VM '%s' is %s; stop it first", name, sv_vm_state_name(vm->state));
-    const sv_config *c = r->config;
+    const sv_config *c = *r->config;
     char tmpname[QV_NAME_MAX + 16];
     sv_layout_leftover(name, false, tmpname, sizeof tmpname);
     _cleanup_close_ int instfd = open(c->instances_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);

@@ -73,8 +73,10 @@ typedef struct sv_registry sv_registry;
 
 /* Scans the instances directory: loads every VM, finishes interrupted
  * creates (rolled back) and removes (completed).  `cleaned` (may be NULL)
- * counts the leftovers removed. */
-int sv_registry_load(const sv_config *c, sv_registry **ret, int *cleaned, qv_error *err);
+ * counts the leftovers removed.  `config` is where the daemon keeps its
+ * current config (a reload swaps it); the registry reads it there, and a
+ * create's worker takes its own reference (spec/config.h). */
+int sv_registry_load(sv_config *const *config, sv_registry **ret, int *cleaned, qv_error *err);
 void sv_registry_free(sv_registry *r);
 
 sv_vm *sv_registry_find(sv_registry *r, const char *name);

@@ -385,7 +385,7 @@ int vm__begin_start(sv_vmctl *c, sv_vm *vm, bool policy, sv_vm_done_fn done, voi
     if (specj)
         sv_vmspec_from_json(specj, &job->spec, &e2);
     json_decref(specj);
-    job->config = sv_config_dup(cfg(c));
+    job->config = sv_config_ref(cfg(c));
     if (!job->base || !job->dir || !job->run_dir || !job->spec || !job->config)
         goto oom;
     /* the node's resources: refused here, before anything changed */

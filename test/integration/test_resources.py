@@ -10,6 +10,7 @@ the pool's directory, the fit check, thin overcommit), `node status` and
 `vm list --pool`."""
 
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -104,6 +105,23 @@ class Resources(unittest.TestCase):
         self.assertFalse(os.path.exists(os.path.join(self.small, "s1.qcow2")))
         p = self.create("y", "--storage-pool", "nowhere", want=66)
         self.assertIn("nowhere", p.stderr)
+
+    def test_storage_pool_added_by_reload(self):
+        # a pool the node config gains while the daemon runs is where create
+        # puts the disk (not silently the instances directory), and vm rm
+        # takes it from there
+        late = os.path.join(self.root, "late-pool")
+        with open(self.node.config) as f:
+            conf = f.read()
+        self.node.write_config(conf.replace(self.node.base_config(), "", 1).replace(
+            "storage_pools:\n", f"storage_pools:\n  late:\n    path: {late}\n", 1))
+        self.node.proc.send_signal(signal.SIGHUP)
+        self.node.wait_notify("READY=1")
+        self.create("l1", "--storage-pool", "late", "--cpus", "1", "--memory", "1G")
+        link = os.path.join(self.node.state, "instances", "l1", "disk.qcow2")
+        self.assertEqual(os.readlink(link), os.path.join(late, "l1.qcow2"))
+        self.node.qvisor("vm", "rm", "l1", check=0)
+        self.assertFalse(os.path.exists(os.path.join(late, "l1.qcow2")))
 
     def test_node_status(self):
         self.create("n1", "--cpus", "2", "--memory", "2G", "--numa", "1")

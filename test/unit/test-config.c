@@ -261,13 +261,37 @@ static void test_keep_restart_keys_default_storage_pool(void **state) {
     qv_error err = {0};
     assert_int_equal(parse("paths:\n  state_dir: /old\n", &running, &err), 0);
     assert_int_equal(parse("paths:\n  state_dir: /new\n", &fresh, &err), 0);
-    char *changed = sv_config_keep_restart_keys(fresh, running);
+    char *changed = NULL;
+    assert_int_equal(sv_config_keep_restart_keys(fresh, running, &changed), 0);
     assert_non_null(changed);
     free(changed);
     /* the daemon keeps /old/instances until it restarts, and so does the
      * storage pool that lives there */
     assert_string_equal(fresh->instances_dir, "/old/instances");
     assert_string_equal(sv_config_storage_pool(fresh, "default")->path, "/old/instances");
+    /* the running config, which operations may still hold, is not touched */
+    assert_string_equal(running->instances_dir, "/old/instances");
+    assert_string_equal(running->state_dir, "/old");
+    assert_string_equal(sv_config_storage_pool(running, "default")->path, "/old/instances");
+}
+
+static void test_references(void **state) {
+    (void)state;
+    sv_config *c = NULL;
+    qv_error err = {0};
+    assert_int_equal(parse("paths:\n  state_dir: /srv/q\n", &c, &err), 0);
+    /* an operation's reference outlives the loader's */
+    sv_config *op = sv_config_ref(c);
+    assert_ptr_equal(op, c);
+    sv_config *op2 = sv_config_ref(c);
+    sv_config_free(c);
+    sv_config_free(op2);
+    assert_string_equal(op->state_dir, "/srv/q"); /* still whole (ASan would see a use after free) */
+    /* a copy has its own count */
+    sv_config *copy = sv_config_dup(op);
+    sv_config_free(op);
+    assert_string_equal(copy->state_dir, "/srv/q");
+    sv_config_free(copy);
 }
 
 static void test_resources_defaults(void **state) {
@@ -447,6 +471,7 @@ int main(void) {
         cmocka_unit_test(test_load_or_default),
         cmocka_unit_test(test_restart_keys),
         cmocka_unit_test(test_keep_restart_keys_default_storage_pool),
+        cmocka_unit_test(test_references),
         cmocka_unit_test(test_resources_defaults),
         cmocka_unit_test(test_pools),
         cmocka_unit_test(test_pools_visit),

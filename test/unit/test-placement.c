@@ -198,7 +198,7 @@ static void test_admission_at_start(void **st) {
     c->instances_dir = strdup(inst);
     sv_registry *r = NULL;
     qv_error err = {0};
-    if (sv_registry_load(c, &r, NULL, &err) < 0)
+    if (sv_registry_load(&c, &r, NULL, &err) < 0)
         fail_msg("%s", err.msg);
     assert_non_null(sv_registry_find(r, "idle"));
 
