@@ -1,6 +1,6 @@
 /* Stream wrapper, deadline heap and message helpers shared by the QMP and
  * guest-agent clients. */
-#include "qmp-internal.h"
+#include "io.h"
 
 #include "cleanup.h"
 #include "log.h"
@@ -10,7 +10,6 @@
 #include <string.h>
 #include <sys/random.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
@@ -362,15 +361,6 @@ json_t *qmp__parse_object(const char *line, size_t len) {
     return v;
 }
 
-int qmp__parse_error(json_t *error, qmp_error *ret) {
-    json_t *cls = json_object_get(error, "class");
-    json_t *desc = json_object_get(error, "desc");
-    if (!json_is_object(error) || !json_is_string(cls) || !json_is_string(desc))
-        return -EPROTO;
-    *ret = (qmp_error){.error_class = json_string_value(cls), .desc = json_string_value(desc)};
-    return 0;
-}
-
 bool qmp__get_id(json_t *msg, uint64_t *ret) {
     json_t *id = json_object_get(msg, "id");
     if (!json_is_integer(id) || json_integer_value(id) < 0)
@@ -384,7 +374,7 @@ int qmp__map_stream_error(int uv_status) {
     case UV_EOF:
     case UV_ECONNRESET:
     case UV_EPIPE:
-        return QMP_EDISCONNECTED;
+        return QMP__EDISCONNECTED;
     default:
         return uv_status < 0 ? uv_status : -EIO;
     }
@@ -400,40 +390,4 @@ uint64_t qmp__random_id(void) {
     }
     v &= (1ull << 53) - 1;
     return v ? v : 1;
-}
-
-/* ---- Listening socket for QEMU ---- */
-
-int qmp_listen_socket(const char *path, int *ret_fd) {
-    struct sockaddr_un sa = {.sun_family = AF_UNIX};
-    if (!path || !*path || !ret_fd)
-        return -EINVAL;
-    if (strlen(path) >= sizeof sa.sun_path)
-        return -ENAMETOOLONG;
-    memcpy(sa.sun_path, path, strlen(path) + 1);
-
-    struct stat st;
-    if (lstat(path, &st) == 0) {
-        if (!S_ISSOCK(st.st_mode))
-            return -EEXIST;
-        /* A socket left by an earlier run: nobody can be listening on it
-         * that we want to keep, the path belongs to this VM. */
-        if (unlink(path) < 0 && errno != ENOENT)
-            return -errno;
-    } else if (errno != ENOENT) {
-        return -errno;
-    }
-
-    _cleanup_close_ int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        return -errno;
-    if (bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0)
-        return -errno;
-    if (chmod(path, 0600) < 0 || listen(fd, 4) < 0) {
-        int r = -errno;
-        unlink(path);
-        return r;
-    }
-    *ret_fd = TAKE_FD(fd);
-    return 0;
 }

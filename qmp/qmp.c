@@ -16,6 +16,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
 
 typedef struct pending pending;
 typedef void (*pending_dispatch)(qmp_conn *c, pending *p, int status, json_t *result, const qmp_error *err);
@@ -276,6 +280,15 @@ static void handle_greeting(qmp_conn *c, json_t *msg, json_t *qmp) {
     }
     TAKE_PTR(p);
     c->state = ST_NEGOTIATING;
+}
+
+int qmp__parse_error(json_t *error, qmp_error *ret) {
+    json_t *cls = json_object_get(error, "class");
+    json_t *desc = json_object_get(error, "desc");
+    if (!json_is_object(error) || !json_is_string(cls) || !json_is_string(desc))
+        return -EPROTO;
+    *ret = (qmp_error){.error_class = json_string_value(cls), .desc = json_string_value(desc)};
+    return 0;
 }
 
 /* ---- receiving ---- */
@@ -604,6 +617,42 @@ void qmp_close(qmp_conn *c) {
     timer_rearm(c);
     fail_all(c, QMP_ECANCELED);
     qmp__io_release(&c->io);
+}
+
+/* ---- listening socket for QEMU ---- */
+
+int qmp_listen_socket(const char *path, int *ret_fd) {
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    if (!path || !*path || !ret_fd)
+        return -EINVAL;
+    if (strlen(path) >= sizeof sa.sun_path)
+        return -ENAMETOOLONG;
+    memcpy(sa.sun_path, path, strlen(path) + 1);
+
+    struct stat st;
+    if (lstat(path, &st) == 0) {
+        if (!S_ISSOCK(st.st_mode))
+            return -EEXIST;
+        /* A socket left by an earlier run: nobody can be listening on it
+         * that we want to keep, the path belongs to this VM. */
+        if (unlink(path) < 0 && errno != ENOENT)
+            return -errno;
+    } else if (errno != ENOENT) {
+        return -errno;
+    }
+
+    _cleanup_close_ int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -errno;
+    if (bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0)
+        return -errno;
+    if (chmod(path, 0600) < 0 || listen(fd, 4) < 0) {
+        int r = -errno;
+        unlink(path);
+        return r;
+    }
+    *ret_fd = TAKE_FD(fd);
+    return 0;
 }
 
 /* ---- accessors ---- */
