@@ -1,5 +1,6 @@
-/* Stream wrapper, deadline heap and message helpers shared by the QMP and
- * guest-agent clients. */
+/* What the QMP and guest-agent clients share below their protocols: the
+ * stream wrapper, the deadline heap, the connection base both embed and
+ * message helpers.  See io.h for who calls what. */
 #include "io.h"
 
 #include "cleanup.h"
@@ -315,6 +316,312 @@ void qmp__io_release(qmp__io *io) {
 uint64_t qmp__io_now(qmp__io *io) {
     uv_update_time(io->loop);
     return uv_now(io->loop);
+}
+
+/* ---- Connection base ---- */
+
+static qmp__conn *io_base(qmp__io *io) {
+    return qmp__container_of(io, qmp__conn, io);
+}
+
+static size_t bucket_of(const qmp__conn *b, uint64_t id) {
+    /* Ids are sequential: the low bits already spread them evenly. */
+    return (size_t)(id & (b->n_buckets - 1));
+}
+
+static void hash_rebuild(qmp__conn *b) {
+    size_t n = b->n_buckets;
+    while (n < b->n_reqs)
+        n *= 2;
+    qmp__req **v = calloc(n, sizeof *v);
+    if (!v)
+        return; /* keep the old table: longer chains, still correct */
+    free(b->buckets);
+    b->buckets = v;
+    b->n_buckets = n;
+    for (qmp__req *p = b->head; p; p = p->next) {
+        size_t i = bucket_of(b, p->id);
+        p->hnext = v[i];
+        v[i] = p;
+    }
+}
+
+static int req_link(qmp__conn *b, qmp__req *p, uint64_t deadline) {
+    if (deadline) {
+        int r = qmp__timeq_push(&b->timeq, &p->tnode, deadline);
+        if (r < 0)
+            return r;
+    }
+    p->prev = b->tail;
+    p->next = NULL;
+    if (b->tail)
+        b->tail->next = p;
+    else
+        b->head = p;
+    b->tail = p;
+    b->n_reqs++;
+    if (!b->buckets)
+        return 0;
+    if (b->n_reqs > b->n_buckets * 2) {
+        hash_rebuild(b);
+    } else {
+        size_t i = bucket_of(b, p->id);
+        p->hnext = b->buckets[i];
+        b->buckets[i] = p;
+    }
+    return 0;
+}
+
+static void req_unlink(qmp__conn *b, qmp__req *p) {
+    qmp__timeq_remove(&b->timeq, &p->tnode);
+    qmp__conn_rearm(b); /* an answered command leaves no wake-up behind */
+    if (p->prev)
+        p->prev->next = p->next;
+    else
+        b->head = p->next;
+    if (p->next)
+        p->next->prev = p->prev;
+    else
+        b->tail = p->prev;
+    if (b->buckets)
+        for (qmp__req **pp = &b->buckets[bucket_of(b, p->id)]; *pp; pp = &(*pp)->hnext)
+            if (*pp == p) {
+                *pp = p->hnext;
+                break;
+            }
+    b->n_reqs--;
+}
+
+static void req_free(qmp__req *p) {
+    free(p->line);
+    free(p);
+}
+
+qmp__req *qmp__conn_find(const qmp__conn *b, uint64_t id) {
+    for (qmp__req *p = b->buckets[bucket_of(b, id)]; p; p = p->hnext)
+        if (p->id == id)
+            return p;
+    return NULL;
+}
+
+void qmp__conn_complete(qmp__conn *b, qmp__req *p, int status, json_t *result, const struct qmp_error *err) {
+    req_unlink(b, p);
+    p->dispatch(b, p, status, result, err);
+    req_free(p);
+}
+
+void qmp__conn_discard(qmp__conn *b, qmp__req *p) {
+    req_unlink(b, p);
+    req_free(p);
+}
+
+void qmp__conn_rearm(qmp__conn *b) {
+    if (b->deferred_fail) {
+        qmp__io_timer_at(&b->io, 1); /* in the past: fires on the next loop pass */
+        return;
+    }
+    qmp__tnode *top = qmp__timeq_top(&b->timeq);
+    qmp__io_timer_at(&b->io, top ? top->deadline : 0);
+}
+
+static void fail_all(qmp__conn *b, int status) {
+    /* Re-read the head each time: a callback may close the connection,
+     * which fails the rest from inside this loop. */
+    while (b->head)
+        qmp__conn_complete(b, b->head, status, NULL, NULL);
+}
+
+int qmp__conn_submit(qmp__conn *b, const char *command, json_t *args, uint64_t timeout_ms,
+                     qmp__req_dispatch dispatch, qmp__fn cb, void *userdata, qmp__req **ret) {
+    if (b->dead)
+        return -ENOTCONN;
+    _cleanup_free_ qmp__req *p = calloc(1, sizeof *p);
+    if (!p)
+        return -ENOMEM;
+    qmp__tnode_init(&p->tnode);
+    p->id = b->next_id++;
+    p->dispatch = dispatch;
+    p->cb = cb;
+    p->userdata = userdata;
+    int r = qmp__build_command(command, args, p->id, &p->line, &p->line_len);
+    if (r < 0)
+        return r;
+    uint64_t deadline = timeout_ms ? qmp__io_now(&b->io) + timeout_ms : 0;
+    r = req_link(b, p, deadline);
+    if (r < 0) {
+        free(p->line);
+        return r;
+    }
+    if (deadline && qmp__timeq_top(&b->timeq) == &p->tnode)
+        qmp__conn_rearm(b);
+    *ret = TAKE_PTR(p);
+    return 0;
+}
+
+void qmp__conn_fail(qmp__conn *b, int status) {
+    if (b->dead)
+        return;
+    if (b->ops->on_fail)
+        b->ops->on_fail(b, status);
+    b->dead = true;
+    qmp__io_shutdown(&b->io);
+    fail_all(b, status);
+    if (!b->closed && !b->disconnect_fired) {
+        b->disconnect_fired = true;
+        b->ops->on_disconnect(b, status);
+    }
+}
+
+void qmp__conn_defer_fail(qmp__conn *b, int status) {
+    if (!b->deferred_fail)
+        b->deferred_fail = status;
+    qmp__conn_rearm(b);
+}
+
+void qmp__conn_close(qmp__conn *b) {
+    if (b->closed)
+        return;
+    b->closed = true;
+    if (!b->dead) {
+        b->dead = true;
+        qmp__io_shutdown(&b->io);
+    }
+    fail_all(b, QMP__ECANCELED);
+    qmp__io_release(&b->io);
+}
+
+static void conn_on_connect(qmp__io *io, int status) {
+    qmp__conn *b = io_base(io);
+    if (status < 0) {
+        qmp__conn_fail(b, status);
+        return;
+    }
+    b->connected = true;
+    int r = qmp__io_start_read(io);
+    if (r < 0) {
+        qmp__conn_fail(b, r);
+        return;
+    }
+    if (b->ops->kick)
+        b->ops->kick(b);
+}
+
+static void conn_on_data(qmp__io *io, const char *buf, size_t len) {
+    qmp__conn *b = io_base(io);
+    b->ops->on_data(b, buf, len);
+}
+
+static void conn_on_error(qmp__io *io, int status) {
+    qmp__conn_fail(io_base(io), qmp__map_stream_error(status));
+}
+
+static void conn_on_timer(qmp__io *io) {
+    qmp__conn *b = io_base(io);
+    if (b->deferred_fail) {
+        qmp__conn_fail(b, b->deferred_fail);
+        return;
+    }
+    uint64_t now = uv_now(io->loop);
+    qmp__tnode *top;
+    while ((top = qmp__timeq_top(&b->timeq)) && top->deadline <= now) {
+        if (top->fire) {
+            qmp__timeq_remove(&b->timeq, top);
+            top->fire(top);
+        } else {
+            qmp__req *p = qmp__container_of(top, qmp__req, tnode);
+            if (b->ops->on_timeout)
+                b->ops->on_timeout(b, p);
+            qmp__conn_complete(b, p, QMP__ETIMEDOUT, NULL, NULL);
+        }
+        if (b->dead)
+            return;
+    }
+    if (b->ops->kick)
+        b->ops->kick(b);
+    qmp__conn_rearm(b);
+}
+
+static void conn_free(qmp__conn *b) {
+    while (b->head)
+        qmp__conn_discard(b, b->head);
+    if (b->ops->on_free)
+        b->ops->on_free(b);
+    qv_linebuf_free(&b->lb);
+    qmp__timeq_free(&b->timeq);
+    free(b->buckets);
+    free(b);
+}
+
+static void conn_on_free(qmp__io *io) {
+    conn_free(io_base(io));
+}
+
+static const qmp__io_ops conn_io_ops = {
+    .on_connect = conn_on_connect,
+    .on_data = conn_on_data,
+    .on_read_error = conn_on_error,
+    .on_write_error = conn_on_error,
+    .on_timer = conn_on_timer,
+    .on_free = conn_on_free,
+};
+
+int qmp__conn_new(uv_loop_t *loop, const qmp__conn_ops *ops, qmp__conn **ret) {
+    if (!loop)
+        return -EINVAL;
+    qmp__conn *b = calloc(1, ops->size);
+    if (!b)
+        return -ENOMEM;
+    b->ops = ops;
+    b->next_id = 1;
+    qv_linebuf_init(&b->lb, ops->max_message);
+    if (ops->by_id) {
+        b->n_buckets = 64;
+        b->buckets = calloc(b->n_buckets, sizeof *b->buckets);
+        if (!b->buckets) {
+            conn_free(b);
+            return -ENOMEM;
+        }
+    }
+    int r = qmp__io_init(&b->io, loop, &conn_io_ops);
+    if (r < 0) {
+        if (b->io.open_handles)
+            qmp__io_release(&b->io);
+        else
+            conn_free(b);
+        return r;
+    }
+    *ret = b;
+    return 0;
+}
+
+/* Failure while starting: nothing was reported to the user yet. */
+static int conn_abort(qmp__conn *b, int r) {
+    b->dead = true;
+    b->closed = true;
+    qmp__io_release(&b->io);
+    return r;
+}
+
+int qmp__conn_connect(qmp__conn *b, const char *path) {
+    int r = qmp__io_connect(&b->io, path);
+    if (r == 0 && b->ops->on_start)
+        r = b->ops->on_start(b);
+    return r < 0 ? conn_abort(b, r) : 0;
+}
+
+int qmp__conn_open(qmp__conn *b, int fd) {
+    int r = b->ops->on_start ? b->ops->on_start(b) : 0;
+    if (r == 0)
+        r = qmp__io_open(&b->io, fd);
+    if (r < 0)
+        return conn_abort(b, r);
+    /* The handle owns fd now.  qmp__io_open() checked the fd is a readable
+     * socket, which is all uv_read_start() can object to. */
+    r = qmp__io_start_read(&b->io);
+    if (r < 0)
+        return conn_abort(b, r); /* closes fd with the handle */
+    b->connected = true;
+    return 0;
 }
 
 /* ---- Message helpers ---- */

@@ -1,8 +1,9 @@
 /* Header of io.c: what the QMP and guest-agent clients share below the
- * protocol, a stream wrapper with deferred freeing, a deadline heap and
- * message helpers.  Internal to qmp/ (qmp__ names) and independent of both
- * clients: nothing here needs qmp.h or qga.h.  qmp.c and qga.c include it
- * through qmp-internal.h. */
+ * protocol: a stream wrapper with deferred freeing, a deadline heap, the
+ * connection base both clients embed (request queue, deadlines, life cycle)
+ * and message helpers.  Internal to qmp/ (qmp__ names) and independent of
+ * both clients: nothing here needs qmp.h or qga.h.  qmp.c and qga.c include
+ * it through qmp-internal.h. */
 #pragma once
 
 #include <errno.h>
@@ -12,6 +13,8 @@
 
 #include <jansson.h>
 #include <uv.h>
+
+#include "linebuf.h"
 
 /* Statuses the shared code reports.  qmp.h publishes the same values as
  * QMP_EDISCONNECTED, QMP_ETIMEDOUT and QMP_ECANCELED; qmp-internal.h checks
@@ -28,11 +31,17 @@ typedef void (*qmp__fn)(void);
 
 /* ---- Deadline heap: O(log n) insert and removal, one timer per client ---- */
 
-typedef struct qmp__tnode {
+typedef struct qmp__tnode qmp__tnode;
+
+struct qmp__tnode {
     uint64_t deadline; /* uv_now() milliseconds */
     uint64_t seq;      /* ties keep insertion order */
     size_t idx;        /* position in the heap, SIZE_MAX when not queued */
-} qmp__tnode;
+    /* A connection's own node (not a request's deadline) sets this: the
+     * connection base calls it once the deadline passed, after taking the
+     * node off the heap. */
+    void (*fire)(qmp__tnode *node);
+};
 
 typedef struct qmp__timeq {
     qmp__tnode **v;
@@ -41,6 +50,7 @@ typedef struct qmp__timeq {
     uint64_t seq;
 } qmp__timeq;
 
+/* Not queued, no fire. */
 void qmp__tnode_init(qmp__tnode *node);
 int qmp__timeq_push(qmp__timeq *q, qmp__tnode *node, uint64_t deadline);
 /* Removes node if it is queued; no-op otherwise. */
@@ -106,6 +116,128 @@ void qmp__io_shutdown(qmp__io *io);
 void qmp__io_release(qmp__io *io);
 /* uv_now() after refreshing the loop time. */
 uint64_t qmp__io_now(qmp__io *io);
+
+/* ---- Connection base ----
+ *
+ * What a QMP and a guest-agent connection have in common: the stream, one
+ * line buffer, the requests in send order (optionally also by id) with
+ * their deadlines behind the stream's timer, and the life cycle: create,
+ * connect or open an fd, fail once (every request completes, then the
+ * user's on_disconnect), close (requests complete with QMP__ECANCELED, no
+ * on_disconnect), free once libuv closed the handles.
+ *
+ * A client's struct has the qmp__conn as its first member; the base
+ * allocates and frees the whole struct (ops->size).  The client gets its
+ * events through qmp__conn_ops and keeps its protocol: when to write a
+ * request's line, how to read replies, its own timer nodes (qmp__tnode
+ * with fire).  Request callbacks never run from inside qmp__conn_submit();
+ * the client may also report a failure it found where no callback may run
+ * with qmp__conn_defer_fail(). */
+
+typedef struct qmp__conn qmp__conn;
+typedef struct qmp__req qmp__req;
+struct qmp_error; /* qmp.h */
+
+/* Calls the user's callback of a request: the client's typed dispatchers
+ * turn the result into what the user's callback type wants. */
+typedef void (*qmp__req_dispatch)(qmp__conn *conn, qmp__req *req, int status, json_t *result,
+                                  const struct qmp_error *err);
+
+struct qmp__req {
+    uint64_t id;
+    qmp__tnode tnode;      /* its deadline, if it has one */
+    qmp__req *prev, *next; /* send order */
+    qmp__req *hnext;       /* hash chain (ops->by_id) */
+    char *line;            /* serialised command, until the client writes it */
+    size_t line_len;
+    bool no_reply; /* the client's: done once written (guest-shutdown) */
+    qmp__req_dispatch dispatch;
+    qmp__fn cb;
+    void *userdata;
+};
+
+typedef struct qmp__conn_ops {
+    size_t size;          /* of the client's struct; the qmp__conn comes first */
+    size_t max_message;   /* longest line accepted (the line buffer's limit) */
+    bool by_id;           /* keep a hash table by id for qmp__conn_find() */
+    /* May be NULL.  The start was issued: after the connect request is
+     * queued, before an fd is taken over (so that a failure leaves it to
+     * the caller).  A negative return aborts the start. */
+    int (*on_start)(qmp__conn *conn);
+    /* Bytes read from the stream. */
+    void (*on_data)(qmp__conn *conn, const char *buf, size_t len);
+    /* May be NULL.  The connection may send now: after a connect finished
+     * and reading started, and after the timer handled what was due. */
+    void (*kick)(qmp__conn *conn);
+    /* May be NULL.  req is about to complete with QMP__ETIMEDOUT. */
+    void (*on_timeout)(qmp__conn *conn, qmp__req *req);
+    /* May be NULL.  The connection fails with status, before the stream is
+     * shut and the requests completed; conn->dead is still false. */
+    void (*on_fail)(qmp__conn *conn, int status);
+    /* The user's on_disconnect: runs once, after every request completed,
+     * unless the user closed the connection first. */
+    void (*on_disconnect)(qmp__conn *conn, int status);
+    /* May be NULL.  Releases the client's own resources; the base frees
+     * the struct itself afterwards. */
+    void (*on_free)(qmp__conn *conn);
+} qmp__conn_ops;
+
+struct qmp__conn {
+    qmp__io io;
+    const qmp__conn_ops *ops;
+    bool connected;        /* the connect finished (or an fd was opened) */
+    bool dead;             /* failed or closed: no more I/O, no callbacks but close's */
+    bool closed;           /* the user closed it */
+    bool disconnect_fired; /* ops->on_disconnect ran */
+    int deferred_fail;     /* reported from the timer (qmp__conn_defer_fail) */
+    qv_linebuf lb;
+    uint64_t next_id;
+    qmp__req *head, *tail;
+    size_t n_reqs;
+    qmp__req **buckets; /* ops->by_id */
+    size_t n_buckets;   /* power of two */
+    qmp__timeq timeq;
+};
+
+/* Allocates ops->size zeroed bytes with the base set up in front, and the
+ * stream's handles.  -EINVAL without a loop, -ENOMEM, or libuv's error; on
+ * failure nothing is left to the caller. */
+int qmp__conn_new(uv_loop_t *loop, const qmp__conn_ops *ops, qmp__conn **ret);
+/* Starts a new connection: connects to path, or takes over fd (then owned
+ * by the connection; on failure it is the caller's, except when reading
+ * could not start, which closes it with the handle).  On failure the
+ * connection is gone (freed once libuv closed the handles) and nothing was
+ * reported. */
+int qmp__conn_connect(qmp__conn *conn, const char *path);
+int qmp__conn_open(qmp__conn *conn, int fd);
+/* Fails the connection once: ops->on_fail, stream shut, every request
+ * completed with status in send order, then ops->on_disconnect (unless
+ * closed).  No-op once dead. */
+void qmp__conn_fail(qmp__conn *conn, int status);
+/* Reports status from the timer on the next loop pass (the first one
+ * wins); the client stops sending meanwhile. */
+void qmp__conn_defer_fail(qmp__conn *conn, int status);
+/* The user's close: requests complete with QMP__ECANCELED, ops->on_disconnect
+ * does not run, memory goes once libuv closed the handles.  Once only. */
+void qmp__conn_close(qmp__conn *conn);
+
+/* Queues a request for command (args borrowed, serialised into req->line),
+ * with a deadline timeout_ms from now (0: none), and arms the timer if it
+ * is the earliest.  -ENOTCONN once dead, -EINVAL, -ENOMEM.  The client
+ * writes req->line when it likes; dispatch runs exactly once, from
+ * qmp__conn_complete() or when the connection fails or closes. */
+int qmp__conn_submit(qmp__conn *conn, const char *command, json_t *args, uint64_t timeout_ms,
+                     qmp__req_dispatch dispatch, qmp__fn cb, void *userdata, qmp__req **ret);
+/* Takes req off every queue, calls its dispatch, frees it. */
+void qmp__conn_complete(qmp__conn *conn, qmp__req *req, int status, json_t *result,
+                        const struct qmp_error *err);
+/* Takes req off every queue and frees it without a callback (its submit
+ * is being undone). */
+void qmp__conn_discard(qmp__conn *conn, qmp__req *req);
+/* The request with this id; NULL if none (ops->by_id only). */
+qmp__req *qmp__conn_find(const qmp__conn *conn, uint64_t id);
+/* Arms the timer for the earliest deadline (or a deferred failure). */
+void qmp__conn_rearm(qmp__conn *conn);
 
 /* ---- Message helpers ---- */
 
