@@ -9,8 +9,8 @@
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 #include <sys/socket.h>
+#include <sys/random.h>
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
@@ -318,6 +318,17 @@ uint64_t qmp__io_now(qmp__io *io) {
     return uv_now(io->loop);
 }
 
+int qmp__map_stream_error(int uv_status) {
+    switch (uv_status) {
+    case UV_EOF:
+    case UV_ECONNRESET:
+    case UV_EPIPE:
+        return QMP__EDISCONNECTED;
+    default:
+        return uv_status < 0 ? uv_status : -EIO;
+    }
+}
+
 /* ---- Connection base ---- */
 
 static qmp__conn *io_base(qmp__io *io) {
@@ -565,7 +576,7 @@ static const qmp__io_ops conn_io_ops = {
     .on_free = conn_on_free,
 };
 
-int qmp__conn_new(uv_loop_t *loop, const qmp__conn_ops *ops, qmp__conn **ret) {
+static int conn_new(uv_loop_t *loop, const qmp__conn_ops *ops, qmp__conn **ret) {
     if (!loop)
         return -EINVAL;
     qmp__conn *b = calloc(1, ops->size);
@@ -602,25 +613,40 @@ static int conn_abort(qmp__conn *b, int r) {
     return r;
 }
 
-int qmp__conn_connect(qmp__conn *b, const char *path) {
+static int conn_connect(qmp__conn *b, const char *path) {
     int r = qmp__io_connect(&b->io, path);
     if (r == 0 && b->ops->on_start)
         r = b->ops->on_start(b);
-    return r < 0 ? conn_abort(b, r) : 0;
+    return r;
 }
 
-int qmp__conn_open(qmp__conn *b, int fd) {
+static int conn_open(qmp__conn *b, int fd) {
     int r = b->ops->on_start ? b->ops->on_start(b) : 0;
     if (r == 0)
         r = qmp__io_open(&b->io, fd);
     if (r < 0)
-        return conn_abort(b, r);
+        return r;
     /* The handle owns fd now.  qmp__io_open() checked the fd is a readable
-     * socket, which is all uv_read_start() can object to. */
+     * socket, which is all uv_read_start() can object to; should it fail
+     * all the same, fd goes with the handle. */
     r = qmp__io_start_read(&b->io);
+    if (r == 0)
+        b->connected = true;
+    return r;
+}
+
+int qmp__conn_start(uv_loop_t *loop, const qmp__conn_ops *ops, const void *opts, bool connect, const char *path,
+                    int fd, qmp__conn **ret) {
+    qmp__conn *b;
+    int r = conn_new(loop, ops, &b);
     if (r < 0)
-        return conn_abort(b, r); /* closes fd with the handle */
-    b->connected = true;
+        return r;
+    if (ops->init)
+        ops->init(b, opts);
+    r = connect ? conn_connect(b, path) : conn_open(b, fd);
+    if (r < 0)
+        return conn_abort(b, r);
+    *ret = b;
     return 0;
 }
 
@@ -674,17 +700,6 @@ bool qmp__get_id(json_t *msg, uint64_t *ret) {
         return false;
     *ret = (uint64_t)json_integer_value(id);
     return true;
-}
-
-int qmp__map_stream_error(int uv_status) {
-    switch (uv_status) {
-    case UV_EOF:
-    case UV_ECONNRESET:
-    case UV_EPIPE:
-        return QMP__EDISCONNECTED;
-    default:
-        return uv_status < 0 ? uv_status : -EIO;
-    }
 }
 
 uint64_t qmp__random_id(void) {

@@ -116,6 +116,9 @@ void qmp__io_shutdown(qmp__io *io);
 void qmp__io_release(qmp__io *io);
 /* uv_now() after refreshing the loop time. */
 uint64_t qmp__io_now(qmp__io *io);
+/* Maps a stream error to the status reported to callers (EOF, reset and
+ * broken pipe are QMP__EDISCONNECTED). */
+int qmp__map_stream_error(int uv_status);
 
 /* ---- Connection base ----
  *
@@ -160,6 +163,9 @@ typedef struct qmp__conn_ops {
     size_t size;          /* of the client's struct; the qmp__conn comes first */
     size_t max_message;   /* longest line accepted (the line buffer's limit) */
     bool by_id;           /* keep a hash table by id for qmp__conn_find() */
+    /* May be NULL.  Sets up the client's own fields (the struct is zeroed)
+     * from opts, what the public constructor got (may be NULL). */
+    void (*init)(qmp__conn *conn, const void *opts);
     /* May be NULL.  The start was issued: after the connect request is
      * queued, before an fd is taken over (so that a failure leaves it to
      * the caller).  A negative return aborts the start. */
@@ -199,17 +205,15 @@ struct qmp__conn {
     qmp__timeq timeq;
 };
 
-/* Allocates ops->size zeroed bytes with the base set up in front, and the
- * stream's handles.  -EINVAL without a loop, -ENOMEM, or libuv's error; on
- * failure nothing is left to the caller. */
-int qmp__conn_new(uv_loop_t *loop, const qmp__conn_ops *ops, qmp__conn **ret);
-/* Starts a new connection: connects to path, or takes over fd (then owned
- * by the connection; on failure it is the caller's, except when reading
- * could not start, which closes it with the handle).  On failure the
- * connection is gone (freed once libuv closed the handles) and nothing was
- * reported. */
-int qmp__conn_connect(qmp__conn *conn, const char *path);
-int qmp__conn_open(qmp__conn *conn, int fd);
+/* The body of the clients' connect and open_fd: allocates ops->size zeroed
+ * bytes with the base in front, runs ops->init(opts), then connects to path
+ * (connect) or takes over fd (!connect; owned by the connection on success,
+ * the caller's on failure, except when reading could not start, which
+ * closes it with the handle).  -EINVAL without a loop or a path, -ENOMEM,
+ * or the error of the connect or the fd; on failure nothing is left and
+ * nothing was reported. */
+int qmp__conn_start(uv_loop_t *loop, const qmp__conn_ops *ops, const void *opts, bool connect, const char *path,
+                    int fd, qmp__conn **ret);
 /* Fails the connection once: ops->on_fail, stream shut, every request
  * completed with status in send order, then ops->on_disconnect (unless
  * closed).  No-op once dead. */
@@ -251,8 +255,5 @@ bool qmp__blank(const char *line, size_t len);
 json_t *qmp__parse_object(const char *line, size_t len);
 /* Reads an "id" member that is a non-negative integer; false otherwise. */
 bool qmp__get_id(json_t *msg, uint64_t *ret);
-/* Maps a stream error to the status reported to callers (EOF, reset and
- * broken pipe are QMP__EDISCONNECTED). */
-int qmp__map_stream_error(int uv_status);
 /* A random id for guest-sync-delimited (1 .. 2^53-1). */
 uint64_t qmp__random_id(void);

@@ -317,6 +317,16 @@ static int on_start(qmp__conn *b) {
     return 0;
 }
 
+static void init(qmp__conn *b, const void *opts) {
+    qmp_conn *c = conn_of(b);
+    if (opts)
+        c->opts = *(const qmp_options *)opts;
+    qmp__tnode_init(&c->handshake);
+    c->handshake.fire = handshake_expired;
+    qmp__tnode_init(&c->hold);
+    c->hold.fire = hold_over;
+}
+
 static void on_free(qmp__conn *b) {
     json_decref(conn_of(b)->greeting);
 }
@@ -325,6 +335,7 @@ static const qmp__conn_ops conn_ops = {
     .size = sizeof(qmp_conn),
     .max_message = QMP_MAX_MESSAGE,
     .by_id = true,
+    .init = init,
     .on_start = on_start,
     .on_data = on_data,
     .on_fail = on_fail,
@@ -332,35 +343,20 @@ static const qmp__conn_ops conn_ops = {
     .on_free = on_free,
 };
 
-/* qmp_connect() (connect to path) and qmp_open_fd() (take over fd). */
-static int conn_start(uv_loop_t *loop, bool connect, const char *path, int fd, const qmp_options *opts,
-                      qmp_conn **ret_conn) {
-    if (!ret_conn)
-        return -EINVAL;
-    qmp__conn *b;
-    int r = qmp__conn_new(loop, &conn_ops, &b);
-    if (r < 0)
-        return r;
-    qmp_conn *c = conn_of(b);
-    if (opts)
-        c->opts = *opts;
-    qmp__tnode_init(&c->handshake);
-    c->handshake.fire = handshake_expired;
-    qmp__tnode_init(&c->hold);
-    c->hold.fire = hold_over;
-    r = connect ? qmp__conn_connect(b, path) : qmp__conn_open(b, fd);
-    if (r < 0)
-        return r;
-    *ret_conn = c;
-    return 0;
-}
-
 int qmp_connect(uv_loop_t *loop, const char *path, const qmp_options *opts, qmp_conn **ret_conn) {
-    return conn_start(loop, true, path, -1, opts, ret_conn);
+    qmp__conn *b;
+    int r = ret_conn ? qmp__conn_start(loop, &conn_ops, opts, true, path, -1, &b) : -EINVAL;
+    if (r == 0)
+        *ret_conn = conn_of(b);
+    return r;
 }
 
 int qmp_open_fd(uv_loop_t *loop, int fd, const qmp_options *opts, qmp_conn **ret_conn) {
-    return conn_start(loop, false, NULL, fd, opts, ret_conn);
+    qmp__conn *b;
+    int r = ret_conn ? qmp__conn_start(loop, &conn_ops, opts, false, NULL, fd, &b) : -EINVAL;
+    if (r == 0)
+        *ret_conn = conn_of(b);
+    return r;
 }
 
 void qmp_close(qmp_conn *c) {
