@@ -243,7 +243,7 @@ qmp__req *qmp__conn_find(const qmp__conn *conn, uint64_t id);
 /* Arms the timer for the earliest deadline (or a deferred failure). */
 void qmp__conn_rearm(qmp__conn *conn);
 
-/* ---- Message helpers ---- */
+/* ---- Message helpers (msg.c) ---- */
 
 /* Serialises {"execute": command, "arguments": args, "id": id} compactly
  * (no newline).  Returns 0 and a malloc'd string, -EINVAL, -ENOMEM. */
