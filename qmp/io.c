@@ -1,19 +1,15 @@
-/* Stream wrapper, deadline heap and message helpers shared by the QMP and
- * guest-agent clients. */
-#include "qmp-internal.h"
+/* What the QMP and guest-agent clients share below their protocols: the
+ * stream wrapper, the deadline heap and the connection base both embed
+ * (message helpers are in msg.c).  See io.h for who calls what. */
+#include "io.h"
 
 #include "cleanup.h"
-#include "log.h"
 
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
 #include <sys/un.h>
-#include <time.h>
-#include <unistd.h>
 
 /* ---- Deadline heap ---- */
 
@@ -318,122 +314,334 @@ uint64_t qmp__io_now(qmp__io *io) {
     return uv_now(io->loop);
 }
 
-/* ---- Message helpers ---- */
-
-int qmp__build_command(const char *command, json_t *args, uint64_t id, char **ret, size_t *ret_len) {
-    if (!command || !*command || (args && !json_is_object(args)) || id > (uint64_t)INT64_MAX)
-        return -EINVAL;
-    json_t *msg = json_object();
-    if (!msg)
-        return -ENOMEM;
-    int r = json_object_set_new(msg, "execute", json_string(command));
-    if (r == 0 && args)
-        r = json_object_set(msg, "arguments", args);
-    if (r == 0)
-        r = json_object_set_new(msg, "id", json_integer((json_int_t)id));
-    char *s = r == 0 ? json_dumps(msg, JSON_COMPACT) : NULL;
-    json_decref(msg);
-    if (!s)
-        /* json_string() refuses invalid UTF-8, which is a caller error. */
-        return r == 0 ? -ENOMEM : -EINVAL;
-    *ret_len = strlen(s);
-    *ret = s;
-    return 0;
-}
-
-bool qmp__blank(const char *line, size_t len) {
-    for (size_t i = 0; i < len; i++)
-        if (line[i] != ' ' && line[i] != '\t' && line[i] != '\r' && line[i] != '\n')
-            return false;
-    return true;
-}
-
-json_t *qmp__parse_object(const char *line, size_t len) {
-    json_error_t jerr;
-    json_t *v = json_loadb(line, len, 0, &jerr);
-    if (!v) {
-        log_debug("qmp: invalid JSON: %s", jerr.text);
-        return NULL;
-    }
-    if (!json_is_object(v)) {
-        json_decref(v);
-        return NULL;
-    }
-    return v;
-}
-
-int qmp__parse_error(json_t *error, qmp_error *ret) {
-    json_t *cls = json_object_get(error, "class");
-    json_t *desc = json_object_get(error, "desc");
-    if (!json_is_object(error) || !json_is_string(cls) || !json_is_string(desc))
-        return -EPROTO;
-    *ret = (qmp_error){.error_class = json_string_value(cls), .desc = json_string_value(desc)};
-    return 0;
-}
-
-bool qmp__get_id(json_t *msg, uint64_t *ret) {
-    json_t *id = json_object_get(msg, "id");
-    if (!json_is_integer(id) || json_integer_value(id) < 0)
-        return false;
-    *ret = (uint64_t)json_integer_value(id);
-    return true;
-}
-
 int qmp__map_stream_error(int uv_status) {
     switch (uv_status) {
     case UV_EOF:
     case UV_ECONNRESET:
     case UV_EPIPE:
-        return QMP_EDISCONNECTED;
+        return QMP__EDISCONNECTED;
     default:
         return uv_status < 0 ? uv_status : -EIO;
     }
 }
 
-uint64_t qmp__random_id(void) {
-    uint64_t v = 0;
-    if (getrandom(&v, sizeof v, GRND_NONBLOCK) != (ssize_t)sizeof v) {
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        v = ((uint64_t)ts.tv_nsec << 20) ^ (uint64_t)ts.tv_sec ^ ((uint64_t)getpid() << 40) ^ (uintptr_t)&v;
-        v *= 0x9E3779B97F4A7C15ull;
-    }
-    v &= (1ull << 53) - 1;
-    return v ? v : 1;
+/* ---- Connection base ---- */
+
+static qmp__conn *io_base(qmp__io *io) {
+    return qmp__container_of(io, qmp__conn, io);
 }
 
-/* ---- Listening socket for QEMU ---- */
+static size_t bucket_of(const qmp__conn *b, uint64_t id) {
+    /* Ids are sequential: the low bits already spread them evenly. */
+    return (size_t)(id & (b->n_buckets - 1));
+}
 
-int qmp_listen_socket(const char *path, int *ret_fd) {
-    struct sockaddr_un sa = {.sun_family = AF_UNIX};
-    if (!path || !*path || !ret_fd)
-        return -EINVAL;
-    if (strlen(path) >= sizeof sa.sun_path)
-        return -ENAMETOOLONG;
-    memcpy(sa.sun_path, path, strlen(path) + 1);
-
-    struct stat st;
-    if (lstat(path, &st) == 0) {
-        if (!S_ISSOCK(st.st_mode))
-            return -EEXIST;
-        /* A socket left by an earlier run: nobody can be listening on it
-         * that we want to keep, the path belongs to this VM. */
-        if (unlink(path) < 0 && errno != ENOENT)
-            return -errno;
-    } else if (errno != ENOENT) {
-        return -errno;
+static void hash_rebuild(qmp__conn *b) {
+    size_t n = b->n_buckets;
+    while (n < b->n_reqs)
+        n *= 2;
+    qmp__req **v = calloc(n, sizeof *v);
+    if (!v)
+        return; /* keep the old table: longer chains, still correct */
+    free(b->buckets);
+    b->buckets = v;
+    b->n_buckets = n;
+    for (qmp__req *p = b->head; p; p = p->next) {
+        size_t i = bucket_of(b, p->id);
+        p->hnext = v[i];
+        v[i] = p;
     }
+}
 
-    _cleanup_close_ int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        return -errno;
-    if (bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0)
-        return -errno;
-    if (chmod(path, 0600) < 0 || listen(fd, 4) < 0) {
-        int r = -errno;
-        unlink(path);
+static int req_link(qmp__conn *b, qmp__req *p, uint64_t deadline) {
+    if (deadline) {
+        int r = qmp__timeq_push(&b->timeq, &p->tnode, deadline);
+        if (r < 0)
+            return r;
+    }
+    p->prev = b->tail;
+    p->next = NULL;
+    if (b->tail)
+        b->tail->next = p;
+    else
+        b->head = p;
+    b->tail = p;
+    b->n_reqs++;
+    if (!b->buckets)
+        return 0;
+    if (b->n_reqs > b->n_buckets * 2) {
+        hash_rebuild(b);
+    } else {
+        size_t i = bucket_of(b, p->id);
+        p->hnext = b->buckets[i];
+        b->buckets[i] = p;
+    }
+    return 0;
+}
+
+static void req_unlink(qmp__conn *b, qmp__req *p) {
+    qmp__timeq_remove(&b->timeq, &p->tnode);
+    qmp__conn_rearm(b); /* an answered command leaves no wake-up behind */
+    if (p->prev)
+        p->prev->next = p->next;
+    else
+        b->head = p->next;
+    if (p->next)
+        p->next->prev = p->prev;
+    else
+        b->tail = p->prev;
+    if (b->buckets)
+        for (qmp__req **pp = &b->buckets[bucket_of(b, p->id)]; *pp; pp = &(*pp)->hnext)
+            if (*pp == p) {
+                *pp = p->hnext;
+                break;
+            }
+    b->n_reqs--;
+}
+
+static void req_free(qmp__req *p) {
+    free(p->line);
+    free(p);
+}
+
+qmp__req *qmp__conn_find(const qmp__conn *b, uint64_t id) {
+    for (qmp__req *p = b->buckets[bucket_of(b, id)]; p; p = p->hnext)
+        if (p->id == id)
+            return p;
+    return NULL;
+}
+
+void qmp__conn_complete(qmp__conn *b, qmp__req *p, int status, json_t *result, const struct qmp_error *err) {
+    req_unlink(b, p);
+    p->dispatch(b, p, status, result, err);
+    req_free(p);
+}
+
+void qmp__conn_discard(qmp__conn *b, qmp__req *p) {
+    req_unlink(b, p);
+    req_free(p);
+}
+
+void qmp__conn_rearm(qmp__conn *b) {
+    if (b->deferred_fail) {
+        qmp__io_timer_at(&b->io, 1); /* in the past: fires on the next loop pass */
+        return;
+    }
+    qmp__tnode *top = qmp__timeq_top(&b->timeq);
+    qmp__io_timer_at(&b->io, top ? top->deadline : 0);
+}
+
+static void fail_all(qmp__conn *b, int status) {
+    /* Re-read the head each time: a callback may close the connection,
+     * which fails the rest from inside this loop. */
+    while (b->head)
+        qmp__conn_complete(b, b->head, status, NULL, NULL);
+}
+
+int qmp__conn_submit(qmp__conn *b, const char *command, json_t *args, uint64_t timeout_ms,
+                     qmp__req_dispatch dispatch, qmp__fn cb, void *userdata, qmp__req **ret) {
+    if (b->dead)
+        return -ENOTCONN;
+    _cleanup_free_ qmp__req *p = calloc(1, sizeof *p);
+    if (!p)
+        return -ENOMEM;
+    qmp__tnode_init(&p->tnode);
+    p->id = b->next_id++;
+    p->dispatch = dispatch;
+    p->cb = cb;
+    p->userdata = userdata;
+    int r = qmp__build_command(command, args, p->id, &p->line, &p->line_len);
+    if (r < 0)
+        return r;
+    uint64_t deadline = timeout_ms ? qmp__io_now(&b->io) + timeout_ms : 0;
+    r = req_link(b, p, deadline);
+    if (r < 0) {
+        free(p->line);
         return r;
     }
-    *ret_fd = TAKE_FD(fd);
+    if (deadline && qmp__timeq_top(&b->timeq) == &p->tnode)
+        qmp__conn_rearm(b);
+    *ret = TAKE_PTR(p);
+    return 0;
+}
+
+void qmp__conn_fail(qmp__conn *b, int status) {
+    if (b->dead)
+        return;
+    if (b->ops->on_fail)
+        b->ops->on_fail(b, status);
+    b->dead = true;
+    qmp__io_shutdown(&b->io);
+    fail_all(b, status);
+    if (!b->closed && !b->disconnect_fired) {
+        b->disconnect_fired = true;
+        b->ops->on_disconnect(b, status);
+    }
+}
+
+void qmp__conn_defer_fail(qmp__conn *b, int status) {
+    if (!b->deferred_fail)
+        b->deferred_fail = status;
+    qmp__conn_rearm(b);
+}
+
+void qmp__conn_close(qmp__conn *b) {
+    if (b->closed)
+        return;
+    b->closed = true;
+    if (!b->dead) {
+        b->dead = true;
+        qmp__io_shutdown(&b->io);
+    }
+    fail_all(b, QMP__ECANCELED);
+    qmp__io_release(&b->io);
+}
+
+static void conn_on_connect(qmp__io *io, int status) {
+    qmp__conn *b = io_base(io);
+    if (status < 0) {
+        qmp__conn_fail(b, status);
+        return;
+    }
+    b->connected = true;
+    int r = qmp__io_start_read(io);
+    if (r < 0) {
+        qmp__conn_fail(b, r);
+        return;
+    }
+    if (b->ops->kick)
+        b->ops->kick(b);
+}
+
+static void conn_on_data(qmp__io *io, const char *buf, size_t len) {
+    qmp__conn *b = io_base(io);
+    b->ops->on_data(b, buf, len);
+}
+
+static void conn_on_error(qmp__io *io, int status) {
+    qmp__conn_fail(io_base(io), qmp__map_stream_error(status));
+}
+
+static void conn_on_timer(qmp__io *io) {
+    qmp__conn *b = io_base(io);
+    if (b->deferred_fail) {
+        qmp__conn_fail(b, b->deferred_fail);
+        return;
+    }
+    uint64_t now = uv_now(io->loop);
+    qmp__tnode *top;
+    while ((top = qmp__timeq_top(&b->timeq)) && top->deadline <= now) {
+        if (top->fire) {
+            qmp__timeq_remove(&b->timeq, top);
+            top->fire(top);
+        } else {
+            qmp__req *p = qmp__container_of(top, qmp__req, tnode);
+            if (b->ops->on_timeout)
+                b->ops->on_timeout(b, p);
+            qmp__conn_complete(b, p, QMP__ETIMEDOUT, NULL, NULL);
+        }
+        if (b->dead)
+            return;
+    }
+    if (b->ops->kick)
+        b->ops->kick(b);
+    qmp__conn_rearm(b);
+}
+
+static void conn_free(qmp__conn *b) {
+    while (b->head)
+        qmp__conn_discard(b, b->head);
+    if (b->ops->on_free)
+        b->ops->on_free(b);
+    qv_linebuf_free(&b->lb);
+    qmp__timeq_free(&b->timeq);
+    free(b->buckets);
+    free(b);
+}
+
+static void conn_on_free(qmp__io *io) {
+    conn_free(io_base(io));
+}
+
+static const qmp__io_ops conn_io_ops = {
+    .on_connect = conn_on_connect,
+    .on_data = conn_on_data,
+    .on_read_error = conn_on_error,
+    .on_write_error = conn_on_error,
+    .on_timer = conn_on_timer,
+    .on_free = conn_on_free,
+};
+
+static int conn_new(uv_loop_t *loop, const qmp__conn_ops *ops, qmp__conn **ret) {
+    if (!loop)
+        return -EINVAL;
+    qmp__conn *b = calloc(1, ops->size);
+    if (!b)
+        return -ENOMEM;
+    b->ops = ops;
+    b->next_id = 1;
+    qv_linebuf_init(&b->lb, ops->max_message);
+    if (ops->by_id) {
+        b->n_buckets = 64;
+        b->buckets = calloc(b->n_buckets, sizeof *b->buckets);
+        if (!b->buckets) {
+            conn_free(b);
+            return -ENOMEM;
+        }
+    }
+    int r = qmp__io_init(&b->io, loop, &conn_io_ops);
+    if (r < 0) {
+        if (b->io.open_handles)
+            qmp__io_release(&b->io);
+        else
+            conn_free(b);
+        return r;
+    }
+    *ret = b;
+    return 0;
+}
+
+/* Failure while starting: nothing was reported to the user yet. */
+static int conn_abort(qmp__conn *b, int r) {
+    b->dead = true;
+    b->closed = true;
+    qmp__io_release(&b->io);
+    return r;
+}
+
+static int conn_connect(qmp__conn *b, const char *path) {
+    int r = qmp__io_connect(&b->io, path);
+    if (r == 0 && b->ops->on_start)
+        r = b->ops->on_start(b);
+    return r;
+}
+
+static int conn_open(qmp__conn *b, int fd) {
+    int r = b->ops->on_start ? b->ops->on_start(b) : 0;
+    if (r == 0)
+        r = qmp__io_open(&b->io, fd);
+    if (r < 0)
+        return r;
+    /* The handle owns fd now.  qmp__io_open() checked the fd is a readable
+     * socket, which is all uv_read_start() can object to; should it fail
+     * all the same, fd goes with the handle. */
+    r = qmp__io_start_read(&b->io);
+    if (r == 0)
+        b->connected = true;
+    return r;
+}
+
+int qmp__conn_start(uv_loop_t *loop, const qmp__conn_ops *ops, const void *opts, bool connect, const char *path,
+                    int fd, qmp__conn **ret) {
+    qmp__conn *b;
+    int r = conn_new(loop, ops, &b);
+    if (r < 0)
+        return r;
+    if (ops->init)
+        ops->init(b, opts);
+    r = connect ? conn_connect(b, path) : conn_open(b, fd);
+    if (r < 0)
+        return conn_abort(b, r);
+    *ret = b;
     return 0;
 }

@@ -1,8 +1,10 @@
 /* Guest-agent client.  See qga.h for the contract and docs/qmp.md for the
  * design.
  *
- * Requests form one FIFO; the head is in flight whenever `phase` is not
- * idle.  The receive side is a small state machine over the byte stream:
+ * The connection base (io.h) keeps the requests (one FIFO with deadlines)
+ * and runs the life cycle; this file is the agent's protocol.  The head
+ * request is in flight whenever `phase` is not idle.  The receive side is a
+ * small state machine over the byte stream:
  *
  *   RX_SKIP    discard bytes up to a 0xFF marker (after which a reply to
  *              some guest-sync-delimited follows)
@@ -10,12 +12,11 @@
  *              sends us back to RX_SKIP
  *   RX_NORMAL  synchronised: the next reply belongs to the head request
  *
- * Lines are handed to the shared linebuf one at a time so that a change of
+ * Lines are handed to the base's linebuf one at a time so that a change of
  * state takes effect at the exact byte where the line ended. */
 #include "qmp-internal.h"
 
 #include "cleanup.h"
-#include "linebuf.h"
 #include "log.h"
 
 #include <arpa/inet.h>
@@ -24,21 +25,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-
-typedef struct request request;
-typedef void (*request_dispatch)(qga_conn *c, request *r, int status, json_t *result, const qmp_error *err);
-
-struct request {
-    uint64_t id;
-    qmp__tnode tnode;
-    request *prev, *next;
-    char *line; /* serialised command, until written */
-    size_t line_len;
-    bool no_reply; /* guest-shutdown: done once written */
-    request_dispatch dispatch;
-    qmp__fn cb;
-    void *userdata;
-};
 
 typedef enum phase {
     PH_IDLE,
@@ -54,96 +40,27 @@ typedef enum rx_mode {
 } rx_mode;
 
 struct qga_conn {
-    qmp__io io;
+    qmp__conn base; /* first: the base allocates and frees the struct */
     qga_options opts;
-    bool connected; /* the stream is usable (connect finished) */
-    bool dead;      /* failed or closed */
-    bool closed;    /* qga_close() was called */
-    bool disconnect_fired;
-    int deferred_fail; /* a write failed where no callback may run */
-    qv_linebuf lb;
     rx_mode rx;
     phase phase;
     bool synced;
     uint64_t sync_id;
     uint64_t fixed_sync_id;
-    uint64_t next_id;
-    request *head, *tail;
-    qmp__timeq timeq;
 };
 
-static void conn_fail(qga_conn *c, int status);
+_Static_assert(offsetof(qga_conn, base) == 0, "the base comes first");
+
+static qga_conn *conn_of(qmp__conn *b) {
+    return qmp__container_of(b, qga_conn, base);
+}
 
 /* ---- queue ---- */
 
-static int request_link(qga_conn *c, request *r, uint64_t deadline) {
-    if (deadline) {
-        int e = qmp__timeq_push(&c->timeq, &r->tnode, deadline);
-        if (e < 0)
-            return e;
-    }
-    r->prev = c->tail;
-    r->next = NULL;
-    if (c->tail)
-        c->tail->next = r;
-    else
-        c->head = r;
-    c->tail = r;
-    return 0;
-}
-
-static void timer_rearm(qga_conn *c);
-
-static void request_unlink(qga_conn *c, request *r) {
-    qmp__timeq_remove(&c->timeq, &r->tnode);
-    timer_rearm(c); /* an answered command leaves no wake-up behind */
-    if (r->prev)
-        r->prev->next = r->next;
-    else
-        c->head = r->next;
-    if (r->next)
-        r->next->prev = r->prev;
-    else
-        c->tail = r->prev;
-}
-
-static void request_complete(qga_conn *c, request *r, int status, json_t *result, const qmp_error *err) {
-    r->dispatch(c, r, status, result, err);
-    free(r->line);
-    free(r);
-}
-
 /* Completes the head request, which is in flight. */
 static void complete_head(qga_conn *c, int status, json_t *result, const qmp_error *err) {
-    request *r = c->head;
-    request_unlink(c, r);
     c->phase = PH_IDLE;
-    request_complete(c, r, status, result, err);
-}
-
-static void fail_all(qga_conn *c, int status) {
-    request *r;
-    while ((r = c->head)) {
-        request_unlink(c, r);
-        request_complete(c, r, status, NULL, NULL);
-    }
-}
-
-static void timer_rearm(qga_conn *c) {
-    if (c->deferred_fail) {
-        qmp__io_timer_at(&c->io, 1); /* in the past: fires on the next loop pass */
-        return;
-    }
-    qmp__tnode *top = qmp__timeq_top(&c->timeq);
-    qmp__io_timer_at(&c->io, top ? top->deadline : 0);
-}
-
-/* A write failed synchronously.  The caller may be qga_send(), where no
- * callback may run, so the failure is reported from the timer. */
-static void defer_fail(qga_conn *c, int status) {
-    if (!c->deferred_fail)
-        c->deferred_fail = status;
-    timer_rearm(c);
+    qmp__conn_complete(&c->base, c->base.head, status, result, err);
 }
 
 /* Forgets the stream position: everything up to the next 0xFF marker is
@@ -151,7 +68,7 @@ static void defer_fail(qga_conn *c, int status) {
 static void desync(qga_conn *c) {
     c->synced = false;
     c->rx = RX_SKIP;
-    qv_linebuf_reset(&c->lb);
+    qv_linebuf_reset(&c->base.lb);
 }
 
 /* ---- sending ---- */
@@ -165,7 +82,7 @@ static int start_sync(qga_conn *c) {
         return -ENOMEM;
     char *line;
     size_t len;
-    int r = qmp__build_command("guest-sync-delimited", args, c->next_id++, &line, &len);
+    int r = qmp__build_command("guest-sync-delimited", args, c->base.next_id++, &line, &len);
     json_decref(args);
     if (r < 0)
         return r;
@@ -174,15 +91,16 @@ static int start_sync(qga_conn *c) {
      * the agent's parser. */
     desync(c);
     c->phase = PH_SYNC;
-    return qmp__io_write_line(&c->io, true, line, len, NULL, 0);
+    return qmp__io_write_line(&c->base.io, true, line, len, NULL, 0);
 }
 
 /* Starts the next exchange if nothing is in flight.  Never calls a
- * completion callback itself. */
+ * completion callback itself: a failed write is reported from the timer
+ * (qmp__conn_defer_fail), since the caller may be qga_send(). */
 static void pump(qga_conn *c) {
-    if (c->dead || !c->connected || c->phase != PH_IDLE || c->deferred_fail)
+    if (c->base.dead || !c->base.connected || c->phase != PH_IDLE || c->base.deferred_fail)
         return;
-    request *r = c->head;
+    qmp__req *r = c->base.head;
     if (!r) {
         c->synced = false; /* the series ended: resync before the next */
         return;
@@ -192,22 +110,18 @@ static void pump(qga_conn *c) {
         e = start_sync(c);
     } else if (r->no_reply) {
         c->phase = PH_WRITE;
-        e = qmp__io_write_line(&c->io, false, TAKE_PTR(r->line), r->line_len, write_done, r->id);
+        e = qmp__io_write_line(&c->base.io, false, TAKE_PTR(r->line), r->line_len, write_done, r->id);
     } else {
         c->phase = PH_CMD;
-        e = qmp__io_write_line(&c->io, false, TAKE_PTR(r->line), r->line_len, NULL, 0);
+        e = qmp__io_write_line(&c->base.io, false, TAKE_PTR(r->line), r->line_len, NULL, 0);
     }
     if (e < 0)
-        defer_fail(c, e);
-}
-
-static qga_conn *io_conn(qmp__io *io) {
-    return qmp__container_of(io, qga_conn, io);
+        qmp__conn_defer_fail(&c->base, e);
 }
 
 static void write_done(qmp__io *io, int status, uint64_t tag) {
-    qga_conn *c = io_conn(io);
-    if (c->dead || c->phase != PH_WRITE || !c->head || c->head->id != tag)
+    qga_conn *c = conn_of(qmp__container_of(io, qmp__conn, io));
+    if (c->base.dead || c->phase != PH_WRITE || !c->base.head || c->base.head->id != tag)
         return; /* timed out or failed meanwhile */
     /* Whatever the agent might answer (an error) is stale from now on. */
     desync(c);
@@ -215,37 +129,21 @@ static void write_done(qmp__io *io, int status, uint64_t tag) {
     pump(c);
 }
 
-static void dispatch_plain(qga_conn *c, request *r, int status, json_t *result, const qmp_error *err) {
+static void dispatch_plain(qmp__conn *b, qmp__req *r, int status, json_t *result, const qmp_error *err) {
     qga_reply_cb cb = (qga_reply_cb)r->cb;
     if (cb)
-        cb(c, status, result, err, r->userdata);
+        cb(conn_of(b), status, result, err, r->userdata);
 }
 
 static int send_request(qga_conn *c, const char *command, json_t *args, uint64_t timeout_ms, bool no_reply,
-                        request_dispatch dispatch, qmp__fn cb, void *userdata) {
-    if (!c || c->dead)
+                        qmp__req_dispatch dispatch, qmp__fn cb, void *userdata) {
+    if (!c)
         return -ENOTCONN;
-    _cleanup_free_ request *r = calloc(1, sizeof *r);
-    if (!r)
-        return -ENOMEM;
-    qmp__tnode_init(&r->tnode);
-    r->id = c->next_id++;
-    r->no_reply = no_reply;
-    r->dispatch = dispatch;
-    r->cb = cb;
-    r->userdata = userdata;
-    int e = qmp__build_command(command, args, r->id, &r->line, &r->line_len);
+    qmp__req *r;
+    int e = qmp__conn_submit(&c->base, command, args, timeout_ms, dispatch, cb, userdata, &r);
     if (e < 0)
         return e;
-    uint64_t deadline = timeout_ms ? qmp__io_now(&c->io) + timeout_ms : 0;
-    e = request_link(c, r, deadline);
-    if (e < 0) {
-        free(r->line);
-        return e;
-    }
-    if (deadline && qmp__timeq_top(&c->timeq) == &r->tnode)
-        timer_rearm(c);
-    TAKE_PTR(r);
+    r->no_reply = no_reply;
     pump(c);
     return 0;
 }
@@ -294,7 +192,7 @@ static void on_reply_line(qga_conn *c, const char *line, size_t len) {
     json_t *error = json_object_get(msg, "error");
     uint64_t id;
     bool has_id = qmp__get_id(msg, &id);
-    if (c->phase != PH_CMD || (!error && !json_object_get(msg, "return")) || (has_id && id != c->head->id)) {
+    if (c->phase != PH_CMD || (!error && !json_object_get(msg, "return")) || (has_id && id != c->base.head->id)) {
         log_debug("qga: dropping an unexpected message");
         json_decref(msg);
         return;
@@ -324,7 +222,7 @@ static int on_line(const char *line, size_t len, void *userdata) {
 }
 
 void qga__feed(qga_conn *c, const char *buf, size_t len) {
-    while (len > 0 && !c->dead) {
+    while (len > 0 && !c->base.dead) {
         if (c->rx == RX_SKIP) {
             const char *m = memchr(buf, 0xFF, len);
             if (!m)
@@ -332,7 +230,7 @@ void qga__feed(qga_conn *c, const char *buf, size_t len) {
             size_t n = (size_t)(m - buf) + 1;
             buf += n;
             len -= n;
-            qv_linebuf_reset(&c->lb);
+            qv_linebuf_reset(&c->base.lb);
             c->rx = RX_MARKED;
             continue;
         }
@@ -345,183 +243,84 @@ void qga__feed(qga_conn *c, const char *buf, size_t len) {
                 size_t n = (size_t)(m - buf) + 1;
                 buf += n;
                 len -= n;
-                qv_linebuf_reset(&c->lb);
+                qv_linebuf_reset(&c->base.lb);
                 continue;
             }
         }
-        int r = qv_linebuf_feed(&c->lb, buf, seg, on_line, c);
+        int r = qv_linebuf_feed(&c->base.lb, buf, seg, on_line, c);
         buf += seg;
         len -= seg;
         if (r == -EMSGSIZE) {
             log_debug("qga: message over %u bytes", QMP_MAX_MESSAGE);
             garbage(c);
         } else if (r < 0) {
-            conn_fail(c, r);
+            qmp__conn_fail(&c->base, r);
         }
     }
 }
 
 /* ---- connection ---- */
 
-static void conn_fail(qga_conn *c, int status) {
-    if (c->dead)
-        return;
-    c->dead = true;
-    qmp__io_shutdown(&c->io);
-    fail_all(c, status);
-    if (!c->closed && !c->disconnect_fired) {
-        c->disconnect_fired = true;
-        if (c->opts.on_disconnect)
-            c->opts.on_disconnect(c, status, c->opts.userdata);
+static void on_data(qmp__conn *b, const char *buf, size_t len) {
+    qga__feed(conn_of(b), buf, len);
+}
+
+static void kick(qmp__conn *b) {
+    pump(conn_of(b));
+}
+
+static void on_timeout(qmp__conn *b, qmp__req *r) {
+    qga_conn *c = conn_of(b);
+    if (r == b->head && c->phase != PH_IDLE) {
+        /* Its reply may still come: skip it by resynchronising (before
+         * the callback, which may send the next command). */
+        desync(c);
+        c->phase = PH_IDLE;
     }
 }
 
-static void io_on_connect(qmp__io *io, int status) {
-    qga_conn *c = io_conn(io);
-    if (status < 0) {
-        conn_fail(c, status);
-        return;
-    }
-    int r = qmp__io_start_read(io);
-    if (r < 0) {
-        conn_fail(c, r);
-        return;
-    }
-    c->connected = true;
-    pump(c);
+static void on_disconnect(qmp__conn *b, int status) {
+    qga_conn *c = conn_of(b);
+    if (c->opts.on_disconnect)
+        c->opts.on_disconnect(c, status, c->opts.userdata);
 }
 
-static void io_on_data(qmp__io *io, const char *buf, size_t len) {
-    qga__feed(io_conn(io), buf, len);
+static void init(qmp__conn *b, const void *opts) {
+    qga_conn *c = conn_of(b);
+    if (opts)
+        c->opts = *(const qga_options *)opts;
+    c->rx = RX_SKIP;
 }
 
-static void io_on_error(qmp__io *io, int status) {
-    conn_fail(io_conn(io), qmp__map_stream_error(status));
-}
-
-static void io_on_timer(qmp__io *io) {
-    qga_conn *c = io_conn(io);
-    if (c->deferred_fail) {
-        conn_fail(c, c->deferred_fail);
-        return;
-    }
-    uint64_t now = uv_now(io->loop);
-    qmp__tnode *top;
-    while ((top = qmp__timeq_top(&c->timeq)) && top->deadline <= now) {
-        request *r = qmp__container_of(top, request, tnode);
-        if (r == c->head && c->phase != PH_IDLE) {
-            /* Its reply may still come: skip it by resynchronising
-             * (before the callback, which may send the next command). */
-            desync(c);
-            complete_head(c, QMP_ETIMEDOUT, NULL, NULL);
-        } else {
-            request_unlink(c, r);
-            request_complete(c, r, QMP_ETIMEDOUT, NULL, NULL);
-        }
-        if (c->dead)
-            return;
-    }
-    pump(c);
-    timer_rearm(c);
-}
-
-static void conn_free(qga_conn *c) {
-    request *r;
-    while ((r = c->head)) {
-        request_unlink(c, r);
-        free(r->line);
-        free(r);
-    }
-    qv_linebuf_free(&c->lb);
-    qmp__timeq_free(&c->timeq);
-    free(c);
-}
-
-static void io_on_free(qmp__io *io) {
-    conn_free(io_conn(io));
-}
-
-static const qmp__io_ops conn_io_ops = {
-    .on_connect = io_on_connect,
-    .on_data = io_on_data,
-    .on_read_error = io_on_error,
-    .on_write_error = io_on_error,
-    .on_timer = io_on_timer,
-    .on_free = io_on_free,
+static const qmp__conn_ops conn_ops = {
+    .size = sizeof(qga_conn),
+    .max_message = QMP_MAX_MESSAGE,
+    .init = init,
+    .on_data = on_data,
+    .kick = kick,
+    .on_timeout = on_timeout,
+    .on_disconnect = on_disconnect,
 };
 
-static int conn_new(uv_loop_t *loop, const qga_options *opts, qga_conn **ret) {
-    if (!loop)
-        return -EINVAL;
-    qga_conn *c = calloc(1, sizeof *c);
-    if (!c)
-        return -ENOMEM;
-    if (opts)
-        c->opts = *opts;
-    c->next_id = 1;
-    c->rx = RX_SKIP;
-    qv_linebuf_init(&c->lb, QMP_MAX_MESSAGE);
-    int r = qmp__io_init(&c->io, loop, &conn_io_ops);
-    if (r < 0) {
-        if (c->io.open_handles)
-            qmp__io_release(&c->io);
-        else
-            conn_free(c);
-        return r;
-    }
-    *ret = c;
-    return 0;
-}
-
-static int conn_abort(qga_conn *c, int r) {
-    c->dead = true;
-    c->closed = true;
-    qmp__io_release(&c->io);
+int qga_connect(uv_loop_t *loop, const char *path, const qga_options *opts, qga_conn **ret_conn) {
+    qmp__conn *b;
+    int r = ret_conn ? qmp__conn_start(loop, &conn_ops, opts, true, path, -1, &b) : -EINVAL;
+    if (r == 0)
+        *ret_conn = conn_of(b);
     return r;
 }
 
-int qga_connect(uv_loop_t *loop, const char *path, const qga_options *opts, qga_conn **ret_conn) {
-    if (!ret_conn)
-        return -EINVAL;
-    qga_conn *c;
-    int r = conn_new(loop, opts, &c);
-    if (r < 0)
-        return r;
-    r = qmp__io_connect(&c->io, path);
-    if (r < 0)
-        return conn_abort(c, r);
-    *ret_conn = c;
-    return 0;
-}
-
 int qga_open_fd(uv_loop_t *loop, int fd, const qga_options *opts, qga_conn **ret_conn) {
-    if (!ret_conn)
-        return -EINVAL;
-    qga_conn *c;
-    int r = conn_new(loop, opts, &c);
-    if (r < 0)
-        return r;
-    r = qmp__io_open(&c->io, fd);
-    if (r < 0)
-        return conn_abort(c, r);
-    r = qmp__io_start_read(&c->io);
-    if (r < 0)
-        return conn_abort(c, r); /* closes fd with the handle */
-    c->connected = true;
-    *ret_conn = c;
-    return 0;
+    qmp__conn *b;
+    int r = ret_conn ? qmp__conn_start(loop, &conn_ops, opts, false, NULL, fd, &b) : -EINVAL;
+    if (r == 0)
+        *ret_conn = conn_of(b);
+    return r;
 }
 
 void qga_close(qga_conn *c) {
-    if (!c || c->closed)
-        return;
-    c->closed = true;
-    if (!c->dead) {
-        c->dead = true;
-        qmp__io_shutdown(&c->io);
-    }
-    fail_all(c, QMP_ECANCELED);
-    qmp__io_release(&c->io);
+    if (c)
+        qmp__conn_close(&c->base);
 }
 
 void qga__set_sync_id(qga_conn *c, uint64_t id) {
@@ -534,7 +333,8 @@ int qga_ping(qga_conn *c, uint64_t timeout_ms, qga_reply_cb cb, void *userdata) 
     return qga_send(c, "guest-ping", NULL, timeout_ms, cb, userdata);
 }
 
-static void dispatch_info(qga_conn *c, request *r, int status, json_t *result, const qmp_error *err) {
+static void dispatch_info(qmp__conn *b, qmp__req *r, int status, json_t *result, const qmp_error *err) {
+    qga_conn *c = conn_of(b);
     qga_info_cb cb = (qga_info_cb)r->cb;
     if (!cb)
         return;
@@ -656,7 +456,8 @@ static int parse_interfaces(json_t *result, iface_list *l) {
     return 0;
 }
 
-static void dispatch_interfaces(qga_conn *c, request *r, int status, json_t *result, const qmp_error *err) {
+static void dispatch_interfaces(qmp__conn *b, qmp__req *r, int status, json_t *result, const qmp_error *err) {
+    qga_conn *c = conn_of(b);
     qga_interfaces_cb cb = (qga_interfaces_cb)r->cb;
     if (!cb)
         return;
