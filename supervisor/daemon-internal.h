@@ -33,17 +33,18 @@ typedef struct sv_daemon {
 typedef void (*method_fn)(sv_daemon *d, sv_ctl_req *req, json_t *params);
 
 /* The "name" param, validated (what names it in the message); replies and
- * returns NULL when bad.  supervisor/api/vm.c */
+ * returns NULL when bad.  supervisor/api/params.c */
 const char *sv_api_name_param(sv_ctl_req *req, json_t *params, const char *what);
+/* The file params[key] names among the request's descriptors (see
+ * sv_ctl_req_take_fd), checked to be a regular file (what and label name it
+ * in the error, -EINVAL: exit 65).  1 with *ret_fd, 0 when absent.
+ * supervisor/api/params.c */
+int sv_api_take_file(sv_ctl_req *req, json_t *params, const char *key, const char *what, const char *label,
+                     int *ret_fd, qv_error *err);
 
 /* supervisor/api/image.c */
 void sv_api_image_list(sv_daemon *d, sv_ctl_req *req, json_t *params);
 void sv_api_image_import(sv_daemon *d, sv_ctl_req *req, json_t *params);
-/* The file params[key] names among the request's descriptors (see
- * sv_ctl_req_take_fd), checked to be a regular file (what and label name it
- * in the error, -EINVAL: exit 65).  1 with *ret_fd, 0 when absent. */
-int sv_api_take_file(sv_ctl_req *req, json_t *params, const char *key, const char *what, const char *label,
-                     int *ret_fd, qv_error *err);
 void sv_api_image_remove(sv_daemon *d, sv_ctl_req *req, json_t *params);
 /* supervisor/api/vm.c */
 void sv_api_vm_create(sv_daemon *d, sv_ctl_req *req, json_t *params);

@@ -176,25 +176,6 @@ void sv_api_image_list(sv_daemon *d, sv_ctl_req *req, json_t *params) {
     queue_image_job(d, req, image_list_work, -1, NULL, NULL, NULL, false);
 }
 
-int sv_api_take_file(sv_ctl_req *req, json_t *params, const char *key, const char *what, const char *label,
-                     int *ret_fd, qv_error *err) {
-    _cleanup_close_ int fd = -1;
-    int r = sv_ctl_req_take_fd(req, params, key, &fd, err);
-    if (r <= 0)
-        return r;
-    struct stat st;
-    if (fstat(fd, &st) < 0)
-        return qv_error_set(err, errno, "%s %s: %s", what, label, strerror(errno));
-    if (!S_ISREG(st.st_mode))
-        return qv_error_set(err, EINVAL, "%s %s is not a regular file (%s)", what, label,
-                            S_ISDIR(st.st_mode)                        ? "a directory"
-                            : S_ISCHR(st.st_mode) || S_ISBLK(st.st_mode) ? "a device"
-                            : S_ISFIFO(st.st_mode)                     ? "a FIFO"
-                                                                        : "not a file");
-    *ret_fd = TAKE_FD(fd);
-    return 1;
-}
-
 /* {"source_fd": N (the file, opened by the client), "source": its name
  * (shown, never opened), "name", "format" (optional)} */
 void sv_api_image_import(sv_daemon *d, sv_ctl_req *req, json_t *params) {

@@ -19,19 +19,6 @@
 #include <limits.h>
 #include <unistd.h>
 
-const char *sv_api_name_param(sv_ctl_req *req, json_t *params, const char *what) {
-    const char *name = json_string_value(json_object_get(params, "name"));
-    if (!name) {
-        sv_ctl_reply_error(req, EINVAL, "missing \"name\" of the %s", what);
-        return NULL;
-    }
-    if (!qv_name_valid(name)) {
-        sv_ctl_reply_error(req, EINVAL, "'%s' is not a valid %s name", name, what);
-        return NULL;
-    }
-    return name;
-}
-
 /* ---- VMs ------------------------------------------------------------------- */
 
 static void create_done(int status, sv_vm *vm, const qv_error *err, void *userdata) {
