@@ -10,6 +10,7 @@
 #include "supervisor/vm/nics.h"
 #include "supervisor/vm/gpus.h"
 #include "supervisor/resources/resources.h"
+#include "supervisor/vm/lifecycle.h"
 #include "supervisor/vm/vm.h"
 
 #include <errno.h>
@@ -296,7 +297,8 @@ static void remove_now(sv_daemon *d, sv_ctl_req *req, const char *vm_name) {
         sv_ctl_reply_error(req, ENOENT, "no VM named '%s'", name);
         return;
     }
-    if (vm->state != SV_VM_STOPPED && vm->state != SV_VM_CRASHED) {
+    sv_vm_state to;
+    if (sv_vm_next_state(vm->state, SV_EV_REMOVE, &to) != 0) {
         sv_ctl_reply_error(req, EBUSY, "VM '%s' is %s; stop it first (or use --force)", name,
                            sv_vm_state_name(vm->state));
         return;
@@ -327,8 +329,9 @@ void sv_api_vm_remove(sv_daemon *d, sv_ctl_req *req, json_t *params) {
     if (!vm)
         return;
     bool force = json_is_true(json_object_get(params, "force"));
-    bool active = vm->state != SV_VM_STOPPED && vm->state != SV_VM_CRASHED;
-    if (!active || !force) {
+    sv_vm_state to;
+    bool removable = sv_vm_next_state(vm->state, SV_EV_REMOVE, &to) == 0;
+    if (removable || !force) {
         remove_now(d, req, vm->name);
         return;
     }

@@ -87,7 +87,8 @@ static void adopt(sv_vmctl *c, sv_vm *vm) {
         rt->log_offset = 0;
         sv_vm_state was = vm->state;
         if (was == SV_VM_STARTING || was == SV_VM_STOPPING) {
-            vm->state = SV_VM_STOPPED;
+            /* a start that never got a QEMU failed; a stop whose QEMU is gone ended */
+            vm__set_state(rt, was == SV_VM_STARTING ? SV_EV_START_FAILED : SV_EV_EXITED);
             sv_vm_set_last_exit(vm, was == SV_VM_STARTING ? "start interrupted by a daemon restart; QEMU never ran"
                                                           : "stopped while the daemon was not running");
             vm->run = (sv_vm_run){.numa_node = -1};
@@ -119,7 +120,7 @@ static void adopt(sv_vmctl *c, sv_vm *vm) {
         log_info("VM %s: QEMU pid %d was half-started by the previous daemon; stopping it", vm->name, (int)pid);
         rt->cont_sent = false;
         rt->stop_reason = strdup("start interrupted by a daemon restart; QEMU was stopped");
-        vm->state = SV_VM_STOPPING;
+        vm__set_state(rt, SV_EV_STOP);
         vm->run.stop_force = true;
         vm__persist(rt);
         vm__begin_stop_sequence(rt, true);

@@ -84,6 +84,15 @@ void vm__set_state(vmrt *rt, sv_vm_event ev) {
     vm->state = to;
 }
 
+/* The one change of vm->state outside the table: a transition whose new
+ * state could not be saved is taken back, so memory says what the disk
+ * says (docs/lifecycle.md, "State on disk"). */
+void vm__undo_state(vmrt *rt, sv_vm_state back) {
+    sv_vm *vm = rt->vm;
+    log_debug("VM %s: %s -> %s (undone: not saved)", vm->name, sv_vm_state_name(vm->state), sv_vm_state_name(back));
+    vm->state = back;
+}
+
 void vm__add_waiter(waiter **list, sv_vm_done_fn done, void *userdata) {
     if (!done)
         return;

@@ -202,6 +202,7 @@ int vm__persist_err(vmrt *rt, qv_error *err);
 int vm__persist(vmrt *rt);
 void vm__persist_soon(vmrt *rt);
 void vm__set_state(vmrt *rt, sv_vm_event ev);
+void vm__undo_state(vmrt *rt, sv_vm_state back);
 void vm__add_waiter(waiter **list, sv_vm_done_fn done, void *userdata);
 void vm__complete(waiter **list, int status, json_t *result, const qv_error *err);
 void vm__fail_waiters(waiter **list, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));

@@ -5,12 +5,21 @@
 
 #include <errno.h>
 
-/* Codes in the table: a state (its enum value), or one of these. */
-#define NOOP (-1)  /* already satisfied */
-#define ALRD (-2)  /* -EALREADY */
-#define BUSY (-3)  /* -EBUSY */
-#define NONE (-4)  /* -EINVAL: cannot happen */
-#define DOWN (-5)  /* -EHOSTDOWN: needs a QEMU, the VM has none */
+/* A cell: the next state and the action, or one of these in `to`. */
+#define NOOP (-1) /* already satisfied */
+#define ALRD (-2) /* -EALREADY */
+#define BUSY (-3) /* -EBUSY */
+#define NONE (-4) /* -EINVAL: cannot happen (written __) */
+#define DOWN (-5) /* -EHOSTDOWN: needs a QEMU, the VM has none */
+
+typedef struct cell {
+    signed char to; /* an sv_vm_state, or one of the codes above */
+    unsigned char action;
+} cell;
+
+#define C(state, act) {(signed char)(state), (unsigned char)(SV_ACT_##act)}
+#define R(code) {(signed char)(code), SV_ACT_NONE}
+#define __ R(NONE)
 
 #define CREA SV_VM_CREATING
 #define STOP SV_VM_STOPPED
@@ -22,36 +31,51 @@
 #define REMV SV_VM_REMOVING
 
 /* rows: states in enum order; columns: events in enum order */
-static const int table[][SV_EV__COUNT] = {
-    /*             START STARTED FAILED STOP  PAUSED RESUMED EXITED CRASHED REMOVE PAUSE RESUME */
-    [CREA] = {BUSY, NONE, NONE, BUSY, NONE, NONE, NONE, NONE, BUSY, BUSY, BUSY},
-    [STOP] = {STRT, NONE, NONE, NOOP, NONE, NONE, NONE, NONE, REMV, DOWN, DOWN},
-    [STRT] = {BUSY, RUN, STOP, STPG, STRT, STRT, STOP, STOP, BUSY, BUSY, BUSY},
-    [RUN] = {ALRD, NONE, NONE, STPG, PAUS, RUN, STOP, CRSH, BUSY, PAUS, NOOP},
-    [PAUS] = {ALRD, NONE, NONE, STPG, PAUS, RUN, STOP, CRSH, BUSY, NOOP, RUN},
-    [STPG] = {BUSY, NONE, NONE, STPG, STPG, STPG, STOP, STOP, BUSY, BUSY, BUSY},
-    [CRSH] = {STRT, NONE, NONE, NOOP, NONE, NONE, NONE, NONE, REMV, DOWN, DOWN},
-    [REMV] = {BUSY, NONE, NONE, BUSY, NONE, NONE, NONE, NONE, BUSY, BUSY, BUSY},
+static const cell table[][SV_EV__COUNT] = {
+    /*          START             STARTED       START_FAILED      STOP              PAUSED          RESUMED         EXITED            CRASHED           REMOVE            PAUSE           RESUME          CREATED */
+    [CREA] = {R(BUSY),          __,           __,               R(BUSY),          __,             __,             __,               __,               R(BUSY),          R(BUSY),        R(BUSY),        C(STOP, CREATED)},
+    [STOP] = {C(STRT, PREPARE), __,           __,               R(NOOP),          __,             __,             __,               __,               C(REMV, REMOVE),  R(DOWN),        R(DOWN),        __},
+    [STRT] = {R(BUSY),          C(RUN, RUN),  C(STOP, ABANDON), C(STPG, ABORT),   C(STRT, NOTE),  C(STRT, NOTE),  C(STOP, ABANDON), C(STOP, ABANDON), R(BUSY),          R(BUSY),        R(BUSY),        __},
+    [RUN] =  {R(ALRD),          __,           __,               C(STPG, SHUTDOWN), C(PAUS, NOTE), C(RUN, NOTE),   C(STOP, EXIT),    C(CRSH, EXIT),    R(BUSY),          C(PAUS, SEND),  R(NOOP),        __},
+    [PAUS] = {R(ALRD),          __,           __,               C(STPG, SHUTDOWN), C(PAUS, NOTE), C(RUN, NOTE),   C(STOP, EXIT),    C(CRSH, EXIT),    R(BUSY),          R(NOOP),        C(RUN, SEND),   __},
+    [STPG] = {R(BUSY),          __,           __,               C(STPG, JOIN),    C(STPG, NOTE),  C(STPG, NOTE),  C(STOP, FINISH),  C(STOP, FINISH),  R(BUSY),          R(BUSY),        R(BUSY),        __},
+    [CRSH] = {C(STRT, PREPARE), __,           __,               R(NOOP),          __,             __,             __,               __,               C(REMV, REMOVE),  R(DOWN),        R(DOWN),        __},
+    [REMV] = {R(BUSY),          __,           __,               R(BUSY),          __,             __,             __,               __,               R(BUSY),          R(BUSY),        R(BUSY),        __},
 };
 
 static const char *const event_names[] = {
     [SV_EV_START] = "start",     [SV_EV_STARTED] = "started", [SV_EV_START_FAILED] = "start-failed",
     [SV_EV_STOP] = "stop",       [SV_EV_PAUSED] = "paused",   [SV_EV_RESUMED] = "resumed",
     [SV_EV_EXITED] = "exited",   [SV_EV_CRASHED] = "crashed", [SV_EV_REMOVE] = "remove",
-    [SV_EV_PAUSE] = "pause",     [SV_EV_RESUME] = "resume",
+    [SV_EV_PAUSE] = "pause",     [SV_EV_RESUME] = "resume",   [SV_EV_CREATED] = "created",
+};
+
+static const char *const action_names[] = {
+    [SV_ACT_NONE] = "none",         [SV_ACT_CREATED] = "created", [SV_ACT_PREPARE] = "prepare",
+    [SV_ACT_RUN] = "run",           [SV_ACT_ABANDON] = "abandon", [SV_ACT_ABORT] = "abort",
+    [SV_ACT_SHUTDOWN] = "shutdown", [SV_ACT_JOIN] = "join",       [SV_ACT_NOTE] = "note",
+    [SV_ACT_SEND] = "send",         [SV_ACT_FINISH] = "finish",   [SV_ACT_EXIT] = "exit",
+    [SV_ACT_REMOVE] = "remove",
 };
 
 const char *sv_vm_event_name(sv_vm_event e) {
     return (unsigned)e < QV_ARRAY_SIZE(event_names) ? event_names[e] : "unknown";
 }
 
-int sv_vm_next_state(sv_vm_state from, sv_vm_event event, sv_vm_state *ret_to) {
+const char *sv_vm_action_name(sv_vm_action a) {
+    return (unsigned)a < QV_ARRAY_SIZE(action_names) ? action_names[a] : "unknown";
+}
+
+int sv_vm_transition(sv_vm_state from, sv_vm_event event, sv_vm_state *ret_to, sv_vm_action *ret_action) {
     if ((unsigned)from >= QV_ARRAY_SIZE(table) || (unsigned)event >= SV_EV__COUNT)
         return -EINVAL;
-    int v = table[from][event];
-    switch (v) {
+    const cell *c = &table[from][event];
+    int to = c->to;
+    switch (to) {
     case NOOP:
         *ret_to = from;
+        if (ret_action)
+            *ret_action = SV_ACT_NONE;
         return 1;
     case ALRD:
         return -EALREADY;
@@ -62,7 +86,13 @@ int sv_vm_next_state(sv_vm_state from, sv_vm_event event, sv_vm_state *ret_to) {
     case NONE:
         return -EINVAL;
     default:
-        *ret_to = (sv_vm_state)v;
+        *ret_to = (sv_vm_state)to;
+        if (ret_action)
+            *ret_action = (sv_vm_action)c->action;
         return 0;
     }
+}
+
+int sv_vm_next_state(sv_vm_state from, sv_vm_event event, sv_vm_state *ret_to) {
+    return sv_vm_transition(from, event, ret_to, NULL);
 }

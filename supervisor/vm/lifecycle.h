@@ -1,7 +1,9 @@
-/* The VM state table: which request or event moves a VM from which state to
- * which.  Pure (no I/O); the engine (supervisor/vm/engine.c) consults it before every change and
- * docs/lifecycle.md prints it.  One table, so the daemon, the docs and the
- * tests cannot disagree. */
+/* The VM state table: for each state and each request or event, the next
+ * state and the action the engine takes (like s6-supervise's
+ * actions[state][event]).  Pure (no I/O); the engine consults it before
+ * every state change.  docs/lifecycle.md prints it, and
+ * test/unit/test-lifecycle.c checks the docs against this table cell by
+ * cell, so the daemon and the docs cannot disagree. */
 #pragma once
 
 #include "supervisor/vm/registry.h"
@@ -18,21 +20,44 @@ typedef enum sv_vm_event {
     SV_EV_REMOVE,        /* request: vm rm */
     SV_EV_PAUSE,         /* request: vm pause (the move happens when QEMU answers `stop`) */
     SV_EV_RESUME,        /* request: vm resume (the move happens when QEMU answers `cont`) */
+    SV_EV_CREATED,       /* create's worker made the instance directory */
     SV_EV__COUNT,
 } sv_vm_event;
 
+/* What the engine does in a cell (docs/lifecycle.md says each in full). */
+typedef enum sv_vm_action {
+    SV_ACT_NONE,     /* nothing: a refusal, or a request already satisfied */
+    SV_ACT_CREATED,  /* the new VM is defined */
+    SV_ACT_PREPARE,  /* admission, "starting" saved, the preparation queued */
+    SV_ACT_RUN,      /* "running" saved, the agent attached, the start answered */
+    SV_ACT_ABANDON,  /* the start failed: cleaned up, answered with the reason */
+    SV_ACT_ABORT,    /* a stop during start: the start answered ECANCELED, QEMU quit */
+    SV_ACT_SHUTDOWN, /* the stop sequence: agent or ACPI, then quit, SIGTERM, SIGKILL */
+    SV_ACT_JOIN,     /* a stop during a stop: it waits for the one in progress (--force escalates) */
+    SV_ACT_NOTE,     /* QEMU paused or resumed the guest: recorded */
+    SV_ACT_SEND,     /* `stop` or `cont` sent to QEMU; the state moves on its answer */
+    SV_ACT_FINISH,   /* QEMU gone during a stop: the stop answered, clean or forced */
+    SV_ACT_EXIT,     /* QEMU gone unasked: last exit recorded, restart policy applied */
+    SV_ACT_REMOVE,   /* the instance directory renamed away, then deleted */
+    SV_ACT__COUNT,
+} sv_vm_action;
+
 const char *sv_vm_event_name(sv_vm_event e);
+const char *sv_vm_action_name(sv_vm_action a);
 
 /* What `event` does in state `from`:
- *   0          a transition: *ret_to is the new state (may equal `from`)
+ *   0          a transition: *ret_to is the new state (may equal `from`) and
+ *              *ret_action what the engine does
  *   1          nothing to do, the request is already satisfied (stop of a
  *              stopped VM, pause of a paused one, resume of a running one):
- *              *ret_to = from
+ *              *ret_to = from, *ret_action = SV_ACT_NONE
  *   -EALREADY  start of a VM that is running or paused (exit 73)
  *   -EBUSY     the VM is in the middle of something else (exit 75)
  *   -EHOSTDOWN pause or resume of a VM without a QEMU (stopped, crashed;
  *              exit 69, as `vm ssh` of a VM that is not running)
  *   -EINVAL    the event cannot happen in that state (a daemon bug if it
  *              does: logged, ignored)
- * The table lives in lifecycle.c and in docs/lifecycle.md. */
+ * ret_action may be NULL. */
+int sv_vm_transition(sv_vm_state from, sv_vm_event event, sv_vm_state *ret_to, sv_vm_action *ret_action);
+/* sv_vm_transition() without the action. */
 int sv_vm_next_state(sv_vm_state from, sv_vm_event event, sv_vm_state *ret_to);

@@ -1,5 +1,6 @@
 /* VM registry (see registry.h). */
 #include "supervisor/vm/registry.h"
+#include "supervisor/vm/lifecycle.h"
 
 #include "cleanup.h"
 #include "fileio.h"
@@ -139,10 +140,11 @@ char *sv_registry_users_of_image(sv_registry *r, const char *image) {
 
 static int write_json(const char *dir, const char *file, json_t *j, qv_error *err);
 
-static json_t *state_json(const sv_vm *vm) {
+/* state.json of vm, as if it were in `state`. */
+static json_t *state_json_as(const sv_vm *vm, sv_vm_state state) {
     const sv_vm_run *run = &vm->run;
     json_t *j = json_pack("{s:s, s:I, s:I, s:I, s:I, s:s?, s:{s:i, s:I, s:I, s:i, s:b, s:I, s:I, s:i}}", "state",
-                     sv_vm_state_name(vm->state), "created_at", (json_int_t)vm->created_at, "disk_size",
+                     sv_vm_state_name(state), "created_at", (json_int_t)vm->created_at, "disk_size",
                      (json_int_t)vm->disk_size, "base_size", (json_int_t)vm->base_size, "base_mtime_ns",
                      (json_int_t)vm->base_mtime_ns, "last_exit", vm->last_exit, "run", "pid", run->pid,
                      "start_ticks", (json_int_t)run->start_ticks, "started_at", (json_int_t)run->started_at,
@@ -158,6 +160,10 @@ static json_t *state_json(const sv_vm *vm) {
     if (j && vm->initrd_source)
         json_object_set_new(j, "initrd_source", json_string(vm->initrd_source));
     return j;
+}
+
+static json_t *state_json(const sv_vm *vm) {
+    return state_json_as(vm, vm->state);
 }
 
 int sv_registry_save(sv_registry *r, sv_vm *vm, qv_error *err) {
@@ -543,13 +549,16 @@ static void create_work(uv_work_t *w) {
     vm->disk_dev = (uint64_t)disk_st.st_dev;
     vm->disk_ino = (uint64_t)disk_st.st_ino;
     vm->created_at = (int64_t)time(NULL);
-    vm->state = SV_VM_STOPPED;
+    /* on disk the VM is born in the state the table gives a finished create;
+     * in memory it gets there on the loop (create_after) */
+    sv_vm_state defined = SV_VM_STOPPED;
+    sv_vm_next_state(SV_VM_CREATING, SV_EV_CREATED, &defined);
     json_t *specj = sv_vmspec_to_json(vm->spec);
     r = write_json(tmp, SV_VM_SPEC_FILE, specj, err);
     json_decref(specj);
     if (r < 0)
         goto fail_tmp;
-    json_t *st = state_json(vm);
+    json_t *st = state_json_as(vm, defined);
     r = write_json(tmp, SV_VM_STATE_FILE, st, err);
     json_decref(st);
     if (r < 0)
@@ -592,6 +601,7 @@ static void create_after(uv_work_t *w, int status) {
         job->done(job->status, NULL, &job->err, job->userdata);
         vm_free(vm);
     } else {
+        sv_vm_next_state(vm->state, SV_EV_CREATED, &vm->state);
         job->done(0, vm, NULL, job->userdata);
     }
     sv_config_free(job->config);
@@ -679,7 +689,8 @@ int sv_registry_remove(sv_registry *r, const char *name, qv_error *err) {
     sv_vm *vm = sv_registry_find(r, name);
     if (!vm)
         return qv_error_set(err, ENOENT, "no VM named '%s'", name);
-    if (vm->state != SV_VM_STOPPED && vm->state != SV_VM_CRASHED)
+    sv_vm_state removing;
+    if (sv_vm_next_state(vm->state, SV_EV_REMOVE, &removing) != 0)
         return qv_error_set(err, EBUSY, "VM '%s' is %s; stop it first", name, sv_vm_state_name(vm->state));
     const sv_config *c = *r->config;
     char tmpname[QV_NAME_MAX + 16];
@@ -691,6 +702,7 @@ int sv_registry_remove(sv_registry *r, const char *name, qv_error *err) {
     if (renameat(instfd, name, instfd, tmpname) < 0 && errno != ENOENT)
         return qv_error_set(err, errno, "cannot remove %s: %s", vm->dir, strerror(errno));
     sv_crash_point("remove-after-rename");
+    vm->state = removing; /* the rename was the point of no return */
     struct stat want = {.st_dev = (dev_t)vm->disk_dev, .st_ino = (ino_t)vm->disk_ino};
     int rc = remove_temp_dir(c, instfd, tmpname, name, vm->disk_ino ? &want : NULL);
     if (rc < 0)

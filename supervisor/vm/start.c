@@ -23,7 +23,7 @@ void vm__started(vmrt *rt) {
     if (vm__persist_err(rt, &perr) < 0) {
         /* on disk it is still "starting": a daemon restart would stop it, so
          * the start fails now rather than later (the guest ran a moment) */
-        vm->state = SV_VM_STARTING;
+        vm__undo_state(rt, SV_VM_STARTING);
         char why[sizeof perr.msg + 32];
         snprintf(why, sizeof why, "cannot record that it runs: %s", perr.msg);
         vm__start_fail_code(rt, perr.code, why);
@@ -401,14 +401,14 @@ int vm__begin_start(sv_vmctl *c, sv_vm *vm, bool policy, sv_vm_done_fn done, voi
      * a daemon that dies later must find the start it has to undo */
     const sv_vm_state from = vm->state;
     const sv_vm_run run_before = vm->run;
-    vm->state = to;
+    vm__set_state(rt, SV_EV_START);
     vm->run = (sv_vm_run){.restarts = policy ? vm->run.restarts : 0, .numa_node = -1};
     qv_error perr = {0};
     r = vm__persist_err(rt, &perr);
     if (r == 0 && (r = uv_queue_work(c->loop, &job->work, prep_work, prep_after)) < 0)
         qv_error_set(&perr, -r, "cannot queue the start: %s", uv_strerror(r));
     if (r < 0) {
-        vm->state = from;
+        vm__undo_state(rt, from);
         vm->run = run_before;
         vm__persist(rt); /* undone on disk too (or retried until it is) */
         prep_job_free(job);

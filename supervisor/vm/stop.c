@@ -256,7 +256,7 @@ int sv_vm_stop(sv_vmctl *c, sv_vm *vm, const sv_stop_options *o, sv_vm_done_fn d
     }
     sv_vm_state from = vm->state;
     uv_timer_stop(&rt->timer);
-    vm->state = to;
+    vm__set_state(rt, SV_EV_STOP);
     vm->run.stop_force = o->force;
     vm->run.stop_timeout_ms = o->timeout_ms;
     vm__persist(rt);

@@ -1,54 +1,126 @@
 /* The VM state table (every cell), stop timeouts and restart backoff. */
 #include "testlib.h"
 
+#include "fileio.h"
 #include "supervisor/vm/lifecycle.h"
 #include "supervisor/vm/gpus.h"
 #include "supervisor/vm/vm.h"
 
 #include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
-/* The table as docs/lifecycle.md prints it: each cell is a target state
- * name, "=" (already satisfied), "ALREADY", "BUSY", "DOWN" (no QEMU to ask)
- * or "" (cannot happen). */
-static const char *const expected[][SV_EV__COUNT] = {
-    /*               start       started    start-failed stop        paused      resumed     exited      crashed     remove      pause      resume */
-    [SV_VM_CREATING] = {"BUSY",     "",        "",        "BUSY",     "",         "",         "",         "",         "BUSY",     "BUSY",    "BUSY"},
-    [SV_VM_STOPPED] = {"starting", "",        "",        "=",        "",         "",         "",         "",         "removing", "DOWN",    "DOWN"},
-    [SV_VM_STARTING] = {"BUSY",    "running", "stopped", "stopping", "starting", "starting", "stopped",  "stopped",  "BUSY",     "BUSY",    "BUSY"},
-    [SV_VM_RUNNING] = {"ALREADY",  "",        "",        "stopping", "paused",   "running",  "stopped",  "crashed",  "BUSY",     "paused",  "="},
-    [SV_VM_PAUSED] = {"ALREADY",   "",        "",        "stopping", "paused",   "running",  "stopped",  "crashed",  "BUSY",     "=",       "running"},
-    [SV_VM_STOPPING] = {"BUSY",    "",        "",        "stopping", "stopping", "stopping", "stopped",  "stopped",  "BUSY",     "BUSY",    "BUSY"},
-    [SV_VM_CRASHED] = {"starting", "",        "",        "=",        "",         "",         "",         "",         "removing", "DOWN",    "DOWN"},
-    [SV_VM_REMOVING] = {"BUSY",    "",        "",        "BUSY",     "",         "",         "",         "",         "BUSY",     "BUSY",    "BUSY"},
-};
-
-static void test_every_cell(void **state) {
-    (void)state;
-    for (int s = SV_VM_CREATING; s <= SV_VM_REMOVING; s++)
+/* The table as docs/lifecycle.md prints it, rendered from the code: each
+ * cell of the matrix is the next state, "=" (already satisfied), "ALREADY",
+ * "BUSY", "DOWN" (no QEMU to ask) or "" (cannot happen); the list below it
+ * names the action of every transition. */
+static void render_tables(FILE *f) {
+    fprintf(f, "| state \\ event |");
+    for (int e = 0; e < SV_EV__COUNT; e++)
+        fprintf(f, " %s |", sv_vm_event_name((sv_vm_event)e));
+    fprintf(f, "\n|---|");
+    for (int e = 0; e < SV_EV__COUNT; e++)
+        fprintf(f, "---|");
+    fprintf(f, "\n");
+    for (int s = SV_VM_CREATING; s <= SV_VM_REMOVING; s++) {
+        fprintf(f, "| %s |", sv_vm_state_name((sv_vm_state)s));
         for (int e = 0; e < SV_EV__COUNT; e++) {
             sv_vm_state to = (sv_vm_state)99;
-            int r = sv_vm_next_state((sv_vm_state)s, (sv_vm_event)e, &to);
-            const char *want = expected[s][e];
-            char got[32];
-            if (r == 0)
-                snprintf(got, sizeof got, "%s", sv_vm_state_name(to));
-            else if (r == 1)
-                snprintf(got, sizeof got, "=");
-            else if (r == -EALREADY)
-                snprintf(got, sizeof got, "ALREADY");
-            else if (r == -EBUSY)
-                snprintf(got, sizeof got, "BUSY");
-            else if (r == -EHOSTDOWN)
-                snprintf(got, sizeof got, "DOWN");
-            else
-                snprintf(got, sizeof got, "%s", r == -EINVAL ? "" : "?");
-            if (strcmp(got, want) != 0)
-                fail_msg("state %s event %s: got '%s', want '%s'", sv_vm_state_name((sv_vm_state)s),
-                         sv_vm_event_name((sv_vm_event)e), got, want);
-            if (r == 1)
+            sv_vm_action act = SV_ACT__COUNT;
+            int r = sv_vm_transition((sv_vm_state)s, (sv_vm_event)e, &to, &act);
+            const char *cell = r == 0                ? sv_vm_state_name(to)
+                               : r == 1              ? "="
+                               : r == -EALREADY      ? "ALREADY"
+                               : r == -EBUSY         ? "BUSY"
+                               : r == -EHOSTDOWN     ? "DOWN"
+                               : r == -EINVAL        ? NULL
+                                                     : "?";
+            fprintf(f, cell ? " %s |" : " |", cell);
+            if (r == 1) { /* satisfied: the state stays, nothing is done */
                 assert_int_equal(to, s);
+                assert_int_equal(act, SV_ACT_NONE);
+            }
+            if (r == 0)
+                assert_true(act > SV_ACT_NONE && act < SV_ACT__COUNT); /* every transition does something */
         }
+        fprintf(f, "\n");
+    }
+    fprintf(f, "\n| in state | on | goes to | action |\n|---|---|---|---|\n");
+    for (int s = SV_VM_CREATING; s <= SV_VM_REMOVING; s++)
+        for (int e = 0; e < SV_EV__COUNT; e++) {
+            sv_vm_state to;
+            sv_vm_action act;
+            if (sv_vm_transition((sv_vm_state)s, (sv_vm_event)e, &to, &act) == 0)
+                fprintf(f, "| %s | %s | %s | `%s` |\n", sv_vm_state_name((sv_vm_state)s),
+                        sv_vm_event_name((sv_vm_event)e), sv_vm_state_name(to), sv_vm_action_name(act));
+        }
+}
+
+#define TABLE_BEGIN "<!-- state table: from supervisor/vm/lifecycle.c -->\n"
+#define TABLE_END "<!-- end of the state table -->\n"
+
+/* docs/lifecycle.md holds exactly the tables the code has (between the two
+ * markers), and describes every action; QVISOR_UPDATE_GOLDEN=1 rewrites
+ * the tables from the code. */
+static void test_docs_match_the_table(void **state) {
+    (void)state;
+    char *want = NULL;
+    size_t want_len = 0;
+    FILE *f = open_memstream(&want, &want_len);
+    assert_non_null(f);
+    render_tables(f);
+    fclose(f);
+    char path[4096];
+    snprintf(path, sizeof path, "%s/docs/lifecycle.md", getenv("QVISOR_SOURCE_ROOT"));
+    char *doc = NULL;
+    size_t len = 0;
+    assert_int_equal(qv_read_file(path, 1 << 20, &doc, &len), 0);
+    char *b = strstr(doc, TABLE_BEGIN), *e = b ? strstr(b, TABLE_END) : NULL;
+    if (!b || !e)
+        fail_msg("%s: no \"%s\" ... \"%s\" section", path, TABLE_BEGIN, TABLE_END);
+    b += strlen(TABLE_BEGIN);
+    if (getenv("QVISOR_UPDATE_GOLDEN")) {
+        FILE *out = fopen(path, "w");
+        assert_non_null(out);
+        fprintf(out, "%.*s%s%s", (int)(b - doc), doc, want, e);
+        fclose(out);
+    } else if ((size_t)(e - b) != want_len || memcmp(b, want, want_len) != 0) {
+        fail_msg("docs/lifecycle.md's state table differs from the code's; the code's is:\n%s\n(run with "
+                 "QVISOR_UPDATE_GOLDEN=1 to rewrite it, then check the prose around it)",
+                 want);
+    }
+    /* every action the table names is explained */
+    for (int a = SV_ACT_NONE + 1; a < SV_ACT__COUNT; a++) {
+        char bullet[64];
+        snprintf(bullet, sizeof bullet, "\n- `%s`:", sv_vm_action_name((sv_vm_action)a));
+        if (!strstr(doc, bullet))
+            fail_msg("docs/lifecycle.md does not explain the action `%s` (a line starting \"- `%s`:\")",
+                     sv_vm_action_name((sv_vm_action)a), sv_vm_action_name((sv_vm_action)a));
+    }
+    free(doc);
+    free(want);
+}
+
+/* A few cells by hand, the ones scripts rely on (exit codes of requests). */
+static void test_request_cells(void **state) {
+    (void)state;
+    sv_vm_state to;
+    sv_vm_action act;
+    assert_int_equal(sv_vm_transition(SV_VM_STOPPED, SV_EV_START, &to, &act), 0);
+    assert_int_equal(to, SV_VM_STARTING);
+    assert_int_equal(act, SV_ACT_PREPARE);
+    assert_int_equal(sv_vm_transition(SV_VM_RUNNING, SV_EV_START, &to, &act), -EALREADY);
+    assert_int_equal(sv_vm_transition(SV_VM_STOPPING, SV_EV_START, &to, &act), -EBUSY);
+    assert_int_equal(sv_vm_transition(SV_VM_STOPPED, SV_EV_STOP, &to, &act), 1);
+    assert_int_equal(sv_vm_transition(SV_VM_CRASHED, SV_EV_PAUSE, &to, &act), -EHOSTDOWN);
+    assert_int_equal(sv_vm_transition(SV_VM_RUNNING, SV_EV_REMOVE, &to, &act), -EBUSY);
+    assert_int_equal(sv_vm_transition(SV_VM_CRASHED, SV_EV_REMOVE, &to, &act), 0);
+    assert_int_equal(to, SV_VM_REMOVING);
+    assert_int_equal(act, SV_ACT_REMOVE);
+    assert_int_equal(sv_vm_transition(SV_VM_STARTING, SV_EV_STOP, &to, &act), 0);
+    assert_int_equal(act, SV_ACT_ABORT);
+    assert_int_equal(sv_vm_transition(SV_VM_RUNNING, SV_EV_STARTED, &to, &act), -EINVAL);
 }
 
 static void test_out_of_range(void **state) {
@@ -59,6 +131,8 @@ static void test_out_of_range(void **state) {
     assert_string_equal(sv_vm_event_name(SV_EV__COUNT), "unknown");
     assert_string_equal(sv_vm_event_name(SV_EV_PAUSE), "pause");
     assert_string_equal(sv_vm_event_name(SV_EV_RESUME), "resume");
+    assert_string_equal(sv_vm_action_name(SV_ACT__COUNT), "unknown");
+    assert_int_equal(sv_vm_transition(SV_VM_STOPPED, SV_EV__COUNT, &to, NULL), -EINVAL);
 }
 
 static void test_stop_timeouts(void **state) {
@@ -100,7 +174,8 @@ static void test_restart_backoff(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_every_cell),
+        cmocka_unit_test(test_docs_match_the_table),
+        cmocka_unit_test(test_request_cells),
         cmocka_unit_test(test_out_of_range),
         cmocka_unit_test(test_stop_timeouts),
         cmocka_unit_test(test_restart_backoff),
