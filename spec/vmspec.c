@@ -79,8 +79,10 @@ static int check_network_config(const char *v, char *why, size_t size) {
     return r < 0 ? why_from(r, &e, "-: ", why, size) : 0;
 }
 
-/* "ID[,keep][,take-group]" with ID a PCI address or a `gpu list` index */
-static int check_gpu(const char *v, char *why, size_t size) {
+/* One GPU, "ID[,keep][,take-group]" with ID a PCI address or a `gpu list`
+ * index (then ret->bdf is "": create resolves it).  vfio_gpu_opt_parse's
+ * errors, about the text with an index replaced by an address. */
+static int gpu_parse(const char *v, vfio_gpu_opt *ret, qv_error *err) {
     char id[32];
     size_t n = strcspn(v, ",");
     snprintf(id, sizeof id, "%.*s", (int)(n < sizeof id ? n : sizeof id - 1), v);
@@ -88,8 +90,19 @@ static int check_gpu(const char *v, char *why, size_t size) {
     char addr[80];
     snprintf(addr, sizeof addr, "%s%s", index ? "0000:00:00.0" : "", index ? v + n : v);
     vfio_gpu_opt o;
+    int r = vfio_gpu_opt_parse(addr, &o, err);
+    if (r < 0)
+        return r;
+    if (index)
+        o.bdf[0] = '\0';
+    *ret = o;
+    return 0;
+}
+
+static int check_gpu(const char *v, char *why, size_t size) {
+    vfio_gpu_opt o;
     qv_error e = {0};
-    int r = vfio_gpu_opt_parse(addr, &o, &e);
+    int r = gpu_parse(v, &o, &e);
     if (r < 0) {
         if (strstr(e.msg, "unknown option"))
             snprintf(why, size, "%s", strstr(e.msg, "unknown option"));
@@ -120,9 +133,23 @@ static int check_pin(const char *v, char *why, size_t size) {
     return r;
 }
 
-static int check_numa(const char *v, char *why, size_t size) {
+/* NULL (none), "auto" or a node number. */
+static int numa_parse(const char *v, sv_numa *ret) {
     uint64_t node;
-    if (strcmp(v, "auto") == 0 || qv_parse_uint(v, 0, 1023, &node) == 0)
+    if (!v)
+        *ret = (sv_numa){SV_NUMA_NONE, 0};
+    else if (strcmp(v, "auto") == 0)
+        *ret = (sv_numa){SV_NUMA_AUTO, 0};
+    else if (qv_parse_uint(v, 0, 1023, &node) == 0)
+        *ret = (sv_numa){SV_NUMA_NODE, (unsigned)node};
+    else
+        return -EINVAL;
+    return 0;
+}
+
+static int check_numa(const char *v, char *why, size_t size) {
+    sv_numa n;
+    if (numa_parse(v, &n) == 0)
         return 0;
     snprintf(why, size, "'%s': expected auto or a NUMA node number", v);
     return -EINVAL;
@@ -205,11 +232,95 @@ sv_vmspec *sv_vmspec_new(void) {
     return s;
 }
 
+static void free_parsed(sv_vmspec *s) {
+    free(s->nics);
+    free(s->gpu_opts);
+    free(s->pin_cpus);
+    s->nics = NULL;
+    s->gpu_opts = NULL;
+    s->pin_cpus = NULL;
+    s->n_nics = s->n_gpu_opts = s->n_pin_cpus = 0;
+}
+
 void sv_vmspec_free(sv_vmspec *s) {
     if (!s)
         return;
     sv_schema_free_fields(&schema, s);
+    free_parsed(s);
     free(s);
+}
+
+/* n items of size bytes from src (NULL for none): *ret is NULL or a copy. */
+static int copy_items(const void *src, size_t n, size_t size, void *ret) {
+    void *c = NULL;
+    if (n && !(c = malloc(n * size)))
+        return -ENOMEM;
+    if (n)
+        memcpy(c, src, n * size);
+    *(void **)ret = c;
+    return 0;
+}
+
+sv_vmspec *sv_vmspec_dup(const sv_vmspec *s) {
+    _cleanup_(sv_vmspec_freep) sv_vmspec *c = malloc(sizeof *c);
+    if (!c)
+        return NULL;
+    memcpy(c, s, sizeof *c);
+    c->nics = NULL;
+    c->gpu_opts = NULL;
+    c->pin_cpus = NULL;
+    /* sv_schema_copy_fields() forgets s's pointers in c before copying */
+    if (sv_schema_copy_fields(&schema, c, s) < 0 || copy_items(s->nics, s->n_nics, sizeof *s->nics, &c->nics) < 0 ||
+        copy_items(s->gpu_opts, s->n_gpu_opts, sizeof *s->gpu_opts, &c->gpu_opts) < 0 ||
+        copy_items(s->pin_cpus, s->n_pin_cpus, sizeof *s->pin_cpus, &c->pin_cpus) < 0)
+        return NULL;
+    return TAKE_PTR(c);
+}
+
+/* A list item the parse refused: the schema's message for it. */
+static int refused(int r, sv_check_fn check, const char *key, const char *v, qv_error *err) {
+    if (r == -ENOMEM)
+        return qv_error_set(err, ENOMEM, "out of memory");
+    char why[512] = "";
+    check(v, why, sizeof why);
+    return qv_error_set(err, EINVAL, "spec: %s: %s", key, why);
+}
+
+int sv_vmspec_parse_lists(sv_vmspec *s, qv_error *err) {
+    char key[32];
+    size_t n_nics = qv_strv_len(s->nets), n_gpus = qv_strv_len(s->gpus), n_pin = 0;
+    _cleanup_free_ nd_nic *nics = calloc(n_nics ? n_nics : 1, sizeof *nics);
+    _cleanup_free_ vfio_gpu_opt *gpus = calloc(n_gpus ? n_gpus : 1, sizeof *gpus);
+    _cleanup_free_ unsigned *pin = NULL;
+    if (!nics || !gpus)
+        return qv_error_set(err, ENOMEM, "out of memory");
+    for (size_t i = 0; i < n_nics; i++) {
+        int r = nd_nic_parse(s->nets[i], &nics[i], NULL);
+        snprintf(key, sizeof key, "nets[%zu]", i);
+        if (r < 0)
+            return refused(r, check_net, key, s->nets[i], err);
+    }
+    for (size_t i = 0; i < n_gpus; i++) {
+        int r = gpu_parse(s->gpus[i], &gpus[i], NULL);
+        snprintf(key, sizeof key, "gpus[%zu]", i);
+        if (r < 0)
+            return refused(r, check_gpu, key, s->gpus[i], err);
+    }
+    sv_numa numa;
+    int r = numa_parse(s->numa, &numa);
+    if (r < 0)
+        return refused(r, check_numa, "numa", s->numa, err);
+    if (s->pin && (r = qv_parse_cpulist(s->pin, &pin, &n_pin)) < 0)
+        return refused(r, check_pin, "pin", s->pin, err);
+    free_parsed(s);
+    s->nics = n_nics ? TAKE_PTR(nics) : NULL;
+    s->n_nics = n_nics;
+    s->gpu_opts = n_gpus ? TAKE_PTR(gpus) : NULL;
+    s->n_gpu_opts = n_gpus;
+    s->numa_want = numa;
+    s->pin_cpus = TAKE_PTR(pin);
+    s->n_pin_cpus = n_pin;
+    return 0;
 }
 
 int sv_vmspec_from_yaml(const char *name, const char *data, size_t len, sv_vmspec **ret, qv_error *err) {
@@ -217,7 +328,7 @@ int sv_vmspec_from_yaml(const char *name, const char *data, size_t len, sv_vmspe
     if (!s)
         return qv_error_set(err, ENOMEM, "out of memory");
     int r = sv_schema_load_yaml(&schema, s, name, data, len, EINVAL, err);
-    if (r < 0)
+    if (r < 0 || (r = sv_vmspec_parse_lists(s, err)) < 0)
         return r;
     *ret = TAKE_PTR(s);
     return 0;
@@ -228,7 +339,7 @@ int sv_vmspec_from_json(json_t *j, sv_vmspec **ret, qv_error *err) {
     if (!s)
         return qv_error_set(err, ENOMEM, "out of memory");
     int r = sv_schema_load_json(&schema, s, j, "spec", EINVAL, err);
-    if (r < 0)
+    if (r < 0 || (r = sv_vmspec_parse_lists(s, err)) < 0)
         return r;
     *ret = TAKE_PTR(s);
     return 0;
@@ -311,9 +422,9 @@ int sv_vmspec_complete(sv_vmspec *s, const sv_config *node, qv_error *err) {
     if (!s->firmware_code != !s->firmware_vars)
         return qv_error_set(err, EINVAL, "spec: firmware_code and firmware_vars go together (or leave both out: "
                                          "create finds OVMF)");
-    if (qv_strv_len(s->nets) > ND_NICS_MAX)
+    if (s->n_nics > ND_NICS_MAX)
         return qv_error_set(err, EINVAL, "spec: nets: at most %d NICs per VM", ND_NICS_MAX);
-    if (s->pin && s->numa && strcmp(s->numa, "auto") == 0)
+    if (s->pin && s->numa_want.mode == SV_NUMA_AUTO)
         return qv_error_set(err, EINVAL, "spec: pin and numa: auto exclude each other (auto chooses the CPUs)");
     if (!s->storage_pool && !(s->storage_pool = strdup(node->default_storage_pool)))
         return qv_error_set(err, ENOMEM, "out of memory");

@@ -8,7 +8,9 @@
 #include <stdint.h>
 
 #include "error.h"
+#include "netdev/nic.h"
 #include "spec/config.h"
+#include "vfio/bind.h"
 
 typedef enum sv_restart {
     SV_RESTART_NEVER,
@@ -28,6 +30,18 @@ typedef enum sv_firmware {
     SV_FIRMWARE_UEFI,        /* OVMF */
     SV_FIRMWARE_UEFI_SECURE, /* OVMF's Secure Boot build, Microsoft keys enrolled, SMM */
 } sv_firmware;
+
+/* A spec's numa, parsed. */
+typedef enum sv_numa_mode {
+    SV_NUMA_NONE, /* numa unset */
+    SV_NUMA_AUTO, /* "auto": start chooses the node */
+    SV_NUMA_NODE, /* a node number */
+} sv_numa_mode;
+
+typedef struct sv_numa {
+    int mode;      /* sv_numa_mode */
+    unsigned node; /* SV_NUMA_NODE: 0-1023 */
+} sv_numa;
 
 typedef struct sv_vmspec {
     char *name;               /* [a-z0-9][a-z0-9-]{0,62}, required */
@@ -81,6 +95,20 @@ typedef struct sv_vmspec {
      * excludes password_hash, packages and runcmd, which go into that */
     char *user_data;
     char *network_config;     /* replaces the generated network-config (a YAML mapping) */
+
+    /* The lists above, parsed: derived from the text by
+     * sv_vmspec_parse_lists() when a spec is read and whenever the text
+     * changes, never set on their own.  The text is what is stored and sent;
+     * users read these. */
+    nd_nic *nics;             /* nets, n_nics of them (MACs "" until create assigns them; sv_net_nics()
+                               * adds the default user NIC of a spec without nets) */
+    size_t n_nics;
+    vfio_gpu_opt *gpu_opts;   /* gpus, n_gpu_opts of them; bdf "" for a `gpu list` index that create has not
+                               * turned into an address yet */
+    size_t n_gpu_opts;
+    sv_numa numa_want;        /* numa */
+    unsigned *pin_cpus;       /* pin: host CPUs, sorted, each once; NULL (and n_pin_cpus 0) without pin */
+    size_t n_pin_cpus;
 } sv_vmspec;
 
 /* The most packages and runcmd items a spec takes. */
@@ -92,6 +120,18 @@ void sv_vmspec_free(sv_vmspec *s);
 static inline void sv_vmspec_freep(sv_vmspec **s) {
     sv_vmspec_free(*s);
 }
+
+/* A deep copy: every field, the parsed ones included; shares no pointer
+ * with s.  NULL when out of memory. */
+sv_vmspec *sv_vmspec_dup(const sv_vmspec *s);
+
+/* Derives the parsed fields (nics, gpu_opts, numa_want, pin_cpus) from the
+ * text ones (nets, gpus, numa, pin), replacing what they held.  The one
+ * place they are filled: sv_vmspec_from_yaml/_json call it, and so must
+ * whoever changes those lists' text.  -EINVAL naming the key ("spec: nets:
+ * …") for text the schema would refuse, -ENOMEM; on failure the parsed
+ * fields are unchanged. */
+int sv_vmspec_parse_lists(sv_vmspec *s, qv_error *err);
 
 /* From a YAML file's content (`vm create -f`): errors name file:line:column
  * and the key, code EINVAL (exit 65). */

@@ -59,13 +59,13 @@ typedef struct vfio_plan {
     size_t n;
 } vfio_plan;
 
-/* Every device a VM with these GPUs (spec strings) needs on vfio-pci: each
+/* Every device a VM with these GPUs (the spec's, parsed) needs on vfio-pci: each
  * GPU, the other functions of its slot, and the non-bridge members of its
  * IOMMU group.  Refuses (EINVAL/ENODEV/EBUSY with a message naming the
  * device) what cannot be passed: not a display device, no IOMMU group, a
  * group member held by a host driver without take-group, the same device
  * twice. */
-int vfio_plan_make(const vfio_gpu_list *l, char *const *gpus, vfio_plan *ret, qv_error *err);
+int vfio_plan_make(const vfio_gpu_list *l, const vfio_gpu_opt *gpus, size_t n_gpus, vfio_plan *ret, qv_error *err);
 void vfio_plan_clear(vfio_plan *p);
 bool vfio_plan_has(const vfio_plan *p, const char *bdf);
 

@@ -99,13 +99,16 @@ static int plan_add(vfio_plan *p, const vfio_pci_dev *d, bool pass, bool keep, i
     return 0;
 }
 
-int vfio_plan_make(const vfio_gpu_list *l, char *const *gpus, vfio_plan *ret, qv_error *err) {
+int vfio_plan_make(const vfio_gpu_list *l, const vfio_gpu_opt *gpus, size_t n_gpus, vfio_plan *ret, qv_error *err) {
     vfio_plan p = {0};
     int r = 0;
-    for (int i = 0; gpus && gpus[i]; i++) {
-        vfio_gpu_opt o;
-        if ((r = vfio_gpu_opt_parse(gpus[i], &o, err)) < 0)
+    for (size_t i = 0; i < n_gpus; i++) {
+        vfio_gpu_opt o = gpus[i];
+        if (!o.bdf[0]) {
+            r = qv_error_set(err, EINVAL, "GPU %zu: expected a PCI address like 0000:01:00.0, not a `gpu list` index",
+                             i);
             goto fail;
+        }
         const vfio_gpu *g = vfio_gpu_list_find(l, o.bdf);
         if (!g) {
             r = qv_error_set(err, ENODEV, "GPU %s is not on this node (or is no longer a display device)", o.bdf);
@@ -124,7 +127,7 @@ int vfio_plan_make(const vfio_gpu_list *l, char *const *gpus, vfio_plan *ret, qv
             goto fail;
         }
         /* the GPU first, then its slot, then the rest of its group */
-        if (plan_add(&p, &g->dev, true, o.keep, i) < 0)
+        if (plan_add(&p, &g->dev, true, o.keep, (int)i) < 0)
             goto oom;
         for (size_t k = 0; k < g->n_group; k++) {
             const vfio_pci_dev *m = &g->group[k];
@@ -140,12 +143,12 @@ int vfio_plan_make(const vfio_gpu_list *l, char *const *gpus, vfio_plan *ret, qv
                                  o.bdf);
                 goto fail;
             }
-            if (plan_add(&p, m, slot, o.keep, i) < 0)
+            if (plan_add(&p, m, slot, o.keep, (int)i) < 0)
                 goto oom;
         }
         /* functions of the slot outside the group (unusual): they go along */
         for (size_t k = 0; k < g->n_companions; k++)
-            if (!vfio_plan_has(&p, g->companions[k].bdf) && plan_add(&p, &g->companions[k], true, o.keep, i) < 0)
+            if (!vfio_plan_has(&p, g->companions[k].bdf) && plan_add(&p, &g->companions[k], true, o.keep, (int)i) < 0)
                 goto oom;
     }
     *ret = p;

@@ -26,8 +26,8 @@ static json_t *total_json(const sv_usage_total *t) {
 /* The VM whose spec names this PCI address as a GPU, or NULL. */
 static const sv_vm *gpu_holder(sv_registry *r, const char *address) {
     for (sv_vm *vm = sv_registry_first(r); vm; vm = vm->next)
-        for (char **g = vm->spec->gpus; g && *g; g++)
-            if (strncmp(*g, address, strcspn(*g, ",")) == 0 && strlen(address) == strcspn(*g, ","))
+        for (size_t g = 0; g < vm->spec->n_gpu_opts; g++)
+            if (strcmp(vm->spec->gpu_opts[g].bdf, address) == 0)
                 return vm;
     return NULL;
 }
@@ -76,15 +76,13 @@ void sv_api_node_status(sv_daemon *d, sv_ctl_req *req, json_t *params) {
         const sv_numa_node *nn = sv_capacity_node(&cap, id);
         uint64_t pinned = 0;
         for (sv_vm *vm = sv_registry_first(d->registry); nn && vm; vm = vm->next) {
-            unsigned *cpus = NULL;
-            size_t n = 0;
-            if (!vm->spec->pin || !sv_vm_state_has_qemu(vm->state) || qv_parse_cpulist(vm->spec->pin, &cpus, &n) < 0)
+            const unsigned *cpus = vm->spec->pin_cpus;
+            if (!cpus || !sv_vm_state_has_qemu(vm->state))
                 continue;
             bool here = false;
-            for (size_t a = 0; a < n && !here; a++)
+            for (size_t a = 0; a < vm->spec->n_pin_cpus && !here; a++)
                 for (size_t b = 0; b < nn->n_cpus && !here; b++)
                     here = cpus[a] == nn->cpus[b];
-            free(cpus);
             if (here)
                 pinned += vm->spec->cpus;
         }

@@ -55,10 +55,7 @@ static void create_continue(sv_daemon *d, sv_ctl_req *req, sv_vmspec *spec, boot
         return;
     }
     /* room on the node, in its pool and in its storage pool: every defined VM counts */
-    int numa = -1;
-    uint64_t node;
-    if (spec->numa && qv_parse_uint(spec->numa, 0, 1023, &node) == 0)
-        numa = (int)node;
+    int numa = spec->numa_want.mode == SV_NUMA_NODE ? (int)spec->numa_want.node : -1;
     sv_storage_usage su;
     int fit = -1;
     if (sv_resources_admit(d->registry, d->config, NULL, spec, true, numa, &err) < 0 ||

@@ -61,13 +61,12 @@ static void online_text(const sv_capacity *cap, char *buf, size_t size) {
  * the others). */
 static size_t gpu_nodes(const sv_capacity *cap, const sv_vmspec *spec, int *ret, size_t max) {
     size_t n = 0;
-    for (char **g = spec->gpus; g && *g && n < max; g++) {
-        vfio_gpu_opt o;
+    for (size_t g = 0; g < spec->n_gpu_opts && n < max; g++) {
+        const char *bdf = spec->gpu_opts[g].bdf;
         int node = -1;
-        if (vfio_gpu_opt_parse(*g, &o, NULL) == 0)
-            for (size_t i = 0; i < cap->n_gpus; i++)
-                if (strcasecmp(cap->gpus[i].device, o.bdf) == 0)
-                    node = cap->gpus[i].numa_node;
+        for (size_t i = 0; bdf[0] && i < cap->n_gpus; i++)
+            if (strcasecmp(cap->gpus[i].device, bdf) == 0)
+                node = cap->gpus[i].numa_node;
         ret[n++] = node;
     }
     return n;
@@ -81,7 +80,7 @@ int sv_start_place(const sv_capacity *cap, const sv_admission_policy *policy, co
         return qv_error_set(err, EINVAL, "memory %lluM is not a whole number of %s hugepages",
                             (unsigned long long)(spec->memory >> 20), page == (1ull << 30) ? "1G" : "2M");
 
-    if (spec->numa && strcmp(spec->numa, "auto") == 0) {
+    if (spec->numa_want.mode == SV_NUMA_AUTO) {
         if (!cap->numa || cap->n_nodes == 1) {
             p.numa_node = cap->nodes[0].id; /* nowhere else to go; admission says whether it fits */
         } else {
@@ -94,27 +93,23 @@ int sv_start_place(const sv_capacity *cap, const sv_admission_policy *policy, co
                 return r;
             p.numa_node = r;
         }
-    } else if (spec->numa) {
-        uint64_t id;
-        if (qv_parse_uint(spec->numa, 0, 1023, &id) < 0)
-            return qv_error_set(err, EINVAL, "numa: '%s' is neither auto nor a node number", spec->numa);
+    } else if (spec->numa_want.mode == SV_NUMA_NODE) {
+        unsigned id = spec->numa_want.node;
         if (!sv_capacity_node(cap, (int)id)) {
             char ids[256] = "";
             for (size_t i = 0; i < cap->n_nodes; i++)
                 snprintf(ids + strlen(ids), sizeof ids - strlen(ids), "%s%d", i ? ", " : "", cap->nodes[i].id);
-            return qv_error_set(err, EINVAL, "numa: there is no NUMA node %llu on this machine (nodes: %s)",
-                                (unsigned long long)id, ids);
+            return qv_error_set(err, EINVAL, "numa: there is no NUMA node %u on this machine (nodes: %s)", id, ids);
         }
         p.numa_node = (int)id;
     }
     p.bind_memory = p.numa_node >= 0 && cap->numa;
 
-    if (spec->pin) {
-        int r = qv_parse_cpulist(spec->pin, &p.cpus, &p.n_cpus);
-        if (r == -ENOMEM)
+    if (spec->pin_cpus) {
+        if (!(p.cpus = malloc(spec->n_pin_cpus * sizeof *p.cpus)))
             return qv_error_set(err, ENOMEM, "out of memory");
-        if (r < 0)
-            return qv_error_set(err, EINVAL, "pin: '%s' is not a CPU list like 0-3,8", spec->pin);
+        memcpy(p.cpus, spec->pin_cpus, spec->n_pin_cpus * sizeof *p.cpus);
+        p.n_cpus = spec->n_pin_cpus;
         for (size_t i = 0; i < p.n_cpus; i++)
             if (!has_cpu(cap, p.cpus[i])) {
                 char online[256];

@@ -33,10 +33,7 @@ int sv_resources_capacity(sv_capacity *ret, qv_error *err) {
 }
 
 static int spec_numa_node(const sv_vmspec *s) {
-    uint64_t n;
-    if (s->numa && qv_parse_uint(s->numa, 0, 1023, &n) == 0)
-        return (int)n;
-    return -1;
+    return s->numa_want.mode == SV_NUMA_NODE ? (int)s->numa_want.node : -1;
 }
 
 void sv_resources_spec_usage(const sv_vmspec *spec, int numa_node, sv_vm_usage *ret) {

@@ -28,16 +28,16 @@ static const char *holder(sv_registry *r, const vfio_gpu_list *l, const char *se
             return recs[i].vm;
         }
     for (sv_vm *vm = sv_registry_first(r); vm; vm = vm->next) {
-        if (strcmp(vm->name, self) == 0 || !vm->spec->gpus || !vm->spec->gpus[0])
+        if (strcmp(vm->name, self) == 0 || !vm->spec->n_gpu_opts)
             continue;
         vfio_plan other = {0};
         qv_error e = {0};
-        if (vfio_plan_make(l, vm->spec->gpus, &other, &e) < 0) {
+        if (vfio_plan_make(l, vm->spec->gpu_opts, vm->spec->n_gpu_opts, &other, &e) < 0) {
             /* its plan does not hold today: compare the addresses it names */
-            for (char **g = vm->spec->gpus; *g; g++) {
-                vfio_gpu_opt o;
-                if (vfio_gpu_opt_parse(*g, &o, &e) == 0 && vfio_plan_has(p, o.bdf)) {
-                    snprintf(bdf_out, VFIO_BDF_MAX, "%s", o.bdf);
+            for (size_t g = 0; g < vm->spec->n_gpu_opts; g++) {
+                const vfio_gpu_opt *o = &vm->spec->gpu_opts[g];
+                if (o->bdf[0] && vfio_plan_has(p, o->bdf)) {
+                    snprintf(bdf_out, VFIO_BDF_MAX, "%s", o->bdf);
                     return vm->name;
                 }
             }
@@ -71,7 +71,8 @@ int sv_pt_prepare_spec(sv_registry *r, const sv_config *c, sv_vmspec *spec, qv_e
         free(*g);
         *g = norm;
     }
-    if ((rc = vfio_plan_make(&l, spec->gpus, &p, err)) < 0)
+    if ((rc = sv_vmspec_parse_lists(spec, err)) < 0 ||
+        (rc = vfio_plan_make(&l, spec->gpu_opts, spec->n_gpu_opts, &p, err)) < 0)
         goto out;
     char dir[PATH_MAX];
     sv_pt_records_dir(c, dir, sizeof dir);
@@ -183,7 +184,7 @@ int sv_pt_take(uv_loop_t *loop, const sv_config *c, const sv_vmspec *spec, sv_pt
     vfio_gpu_list l = {0};
     int r = vfio_gpu_list_get(&l, err);
     if (r == 0)
-        r = vfio_plan_make(&l, spec->gpus, &a->plan, err);
+        r = vfio_plan_make(&l, spec->gpu_opts, spec->n_gpu_opts, &a->plan, err);
     vfio_gpu_list_clear(&l);
     if (r < 0) {
         work_arg_free(a);

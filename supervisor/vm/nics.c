@@ -14,13 +14,11 @@
 #include <unistd.h>
 
 int sv_net_nics(const sv_vmspec *spec, nd_nic ret[ND_NICS_MAX], size_t *ret_n, qv_error *err) {
-    size_t n = qv_strv_len(spec->nets);
+    size_t n = spec->n_nics;
     if (n > ND_NICS_MAX)
         return qv_error_set(err, EINVAL, "VM '%s' has %zu NICs; at most %d", spec->name, n, ND_NICS_MAX);
     for (size_t i = 0; i < n; i++) {
-        int r = nd_nic_parse(spec->nets[i], &ret[i], err);
-        if (r < 0)
-            return r;
+        ret[i] = spec->nics[i];
         if (!ret[i].mac[0])
             nd_mac_derive(spec->name, (unsigned)i, 0, ret[i].mac);
     }
@@ -88,13 +86,12 @@ int sv_net_prepare_spec(sv_registry *r, const sv_config *c, sv_vmspec *spec, qv_
         }
     }
 
-    size_t n = qv_strv_len(spec->nets);
+    size_t n = spec->n_nics;
     if (n > ND_NICS_MAX)
         return qv_error_set(err, EINVAL, "spec: nets: at most %d NICs per VM", ND_NICS_MAX);
     nd_nic nics[ND_NICS_MAX];
     for (size_t i = 0; i < n; i++)
-        if (nd_nic_parse(spec->nets[i], &nics[i], err) < 0)
-            return -EINVAL;
+        nics[i] = spec->nics[i];
     if (n == 0)
         nics[n++] = (nd_nic){.mode = ND_MODE_USER};
 
@@ -182,7 +179,7 @@ int sv_net_prepare_spec(sv_registry *r, const sv_config *c, sv_vmspec *spec, qv_
         free(*p);
     free(spec->nets);
     spec->nets = nets;
-    return 0;
+    return sv_vmspec_parse_lists(spec, err);
 }
 
 /* ---- start: TAPs --------------------------------------------------------- */

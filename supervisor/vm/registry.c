@@ -732,8 +732,8 @@ json_t *sv_vm_summary(const sv_vm *vm) {
                           "memory", (json_int_t)vm->spec->memory, "disk_size", (json_int_t)vm->disk_size, "disk",
                           disk, "gpus");
     json_t *gpus = json_object_get(j, "gpus");
-    for (char **g = vm->spec->gpus; gpus && g && *g; g++)
-        json_array_append_new(gpus, json_stringn(*g, strcspn(*g, ","))); /* the address, without options */
+    for (size_t g = 0; gpus && g < vm->spec->n_gpu_opts; g++)
+        json_array_append_new(gpus, json_string(vm->spec->gpu_opts[g].bdf)); /* the address, without options */
     json_object_set_new(j, "pool", json_string(vm->spec->pool ? vm->spec->pool : "default"));
     json_object_set_new(j, "pid", up ? json_integer(vm->run.pid) : json_null());
     int64_t uptime = (int64_t)time(NULL) - vm->run.started_at;

@@ -380,11 +380,7 @@ int vm__begin_start(sv_vmctl *c, sv_vm *vm, bool policy, sv_vm_done_fn done, voi
     job->run_dir = strdup(run_dir);
     job->base_size = vm->base_size;
     job->base_mtime_ns = vm->base_mtime_ns;
-    json_t *specj = sv_vmspec_to_json(vm->spec);
-    qv_error e2 = {0};
-    if (specj)
-        sv_vmspec_from_json(specj, &job->spec, &e2);
-    json_decref(specj);
+    job->spec = sv_vmspec_dup(vm->spec);
     job->config = sv_config_ref(cfg(c));
     if (!job->base || !job->dir || !job->run_dir || !job->spec || !job->config)
         goto oom;

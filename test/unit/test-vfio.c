@@ -137,6 +137,15 @@ static void topo_init(topo *t) {
 
 #define S(x) ((char[]){x}) /* a writable string, as spec lists are */
 
+/* vfio_plan_make() of GPUs in their text form, parsed as a spec's are */
+static int plan(const vfio_gpu_list *l, char *const *gpus, vfio_plan *ret, qv_error *err) {
+    vfio_gpu_opt o[4];
+    size_t n = 0;
+    for (; gpus[n]; n++)
+        assert_int_equal(vfio_gpu_opt_parse(gpus[n], &o[n], NULL), 0);
+    return vfio_plan_make(l, o, n, ret, err);
+}
+
 static void test_plan(void **state) {
     (void)state;
     topo t;
@@ -145,7 +154,7 @@ static void test_plan(void **state) {
     qv_error err = {0};
 
     char *one[] = {S("0000:01:00.0,keep"), NULL};
-    assert_int_equal(vfio_plan_make(&t.l, one, &p, &err), 0);
+    assert_int_equal(plan(&t.l, one, &p, &err), 0);
     assert_int_equal(p.n, 2); /* the GPU and its audio; the bridge stays */
     assert_string_equal(p.devs[0].bdf, "0000:01:00.0");
     assert_true(p.devs[0].pass && p.devs[0].keep);
@@ -156,34 +165,34 @@ static void test_plan(void **state) {
     vfio_plan_clear(&p);
 
     char *shared[] = {S("0000:02:00.0"), NULL};
-    assert_int_equal(vfio_plan_make(&t.l, shared, &p, &err), -EBUSY);
+    assert_int_equal(plan(&t.l, shared, &p, &err), -EBUSY);
     assert_non_null(strstr(err.msg, "0000:03:00.0 (Ethernet controller, driver e1000e)"));
     assert_non_null(strstr(err.msg, "take-group"));
     char *taken[] = {S("0000:02:00.0,take-group"), NULL};
-    assert_int_equal(vfio_plan_make(&t.l, taken, &p, &err), 0);
+    assert_int_equal(plan(&t.l, taken, &p, &err), 0);
     assert_int_equal(p.n, 2);
     assert_false(p.devs[1].pass); /* held on vfio-pci, not given to the guest */
     vfio_plan_clear(&p);
 
     char *nogroup[] = {S("0000:04:00.0"), NULL};
-    assert_int_equal(vfio_plan_make(&t.l, nogroup, &p, &err), -EOPNOTSUPP);
+    assert_int_equal(plan(&t.l, nogroup, &p, &err), -EOPNOTSUPP);
     assert_non_null(strstr(err.msg, "no IOMMU group"));
 
     /* unbound group members need no permission */
     char *free_member[] = {S("0000:05:00.0"), NULL};
-    assert_int_equal(vfio_plan_make(&t.l, free_member, &p, &err), 0);
+    assert_int_equal(plan(&t.l, free_member, &p, &err), 0);
     assert_int_equal(p.n, 2);
     vfio_plan_clear(&p);
 
     char *twice[] = {S("0000:01:00.0"), S("0000:01:00.0"), NULL};
-    assert_int_equal(vfio_plan_make(&t.l, twice, &p, &err), -EINVAL);
+    assert_int_equal(plan(&t.l, twice, &p, &err), -EINVAL);
     char *two[] = {S("0000:01:00.0"), S("0000:05:00.0"), NULL};
-    assert_int_equal(vfio_plan_make(&t.l, two, &p, &err), 0);
+    assert_int_equal(plan(&t.l, two, &p, &err), 0);
     assert_int_equal(p.n, 4);
     assert_int_equal(p.devs[2].gpu, 1);
     vfio_plan_clear(&p);
     char *absent[] = {S("0000:09:00.0"), NULL};
-    assert_int_equal(vfio_plan_make(&t.l, absent, &p, &err), -ENODEV);
+    assert_int_equal(plan(&t.l, absent, &p, &err), -ENODEV);
 }
 
 static void test_spec_resolve(void **state) {

@@ -571,6 +571,163 @@ static void test_gpus_in_the_spec(void **state) {
     assert_non_null(strstr(err.msg, "PCI address"));
 }
 
+/* The lists are parsed once, when the spec is read, and again whenever
+ * their text is replaced through sv_vmspec_parse_lists(). */
+static void test_lists_parsed_at_load(void **state) {
+    (void)state;
+    sv_vmspec *s = NULL;
+    qv_error err = {0};
+    const char *y = "name: a\nimage: i\nnets: [\"nat,ip=192.168.100.7\", \"bridge,bridge=ovl0,vlan=7\"]\n"
+                    "gpus: [\"01:00.0,keep\", \"1,take-group\"]\nnuma: \"1\"\npin: \"7,2-3\"\n";
+    assert_int_equal(sv_vmspec_from_yaml("a.yaml", y, strlen(y), &s, &err), 0);
+    assert_int_equal(s->n_nics, 2);
+    assert_int_equal(s->nics[0].mode, ND_MODE_NAT);
+    assert_string_equal(s->nics[0].ip, "192.168.100.7");
+    assert_string_equal(s->nics[0].mac, ""); /* create assigns it */
+    assert_int_equal(s->nics[1].mode, ND_MODE_BRIDGE);
+    assert_string_equal(s->nics[1].bridge, "ovl0");
+    assert_int_equal(s->nics[1].vlan, 7);
+    assert_int_equal(s->n_gpu_opts, 2);
+    assert_string_equal(s->gpu_opts[0].bdf, "0000:01:00.0");
+    assert_true(s->gpu_opts[0].keep && !s->gpu_opts[0].take_group);
+    assert_string_equal(s->gpu_opts[1].bdf, ""); /* an index: create turns it into an address */
+    assert_true(!s->gpu_opts[1].keep && s->gpu_opts[1].take_group);
+    assert_int_equal(s->numa_want.mode, SV_NUMA_NODE);
+    assert_int_equal(s->numa_want.node, 1);
+    assert_int_equal(s->n_pin_cpus, 3);
+    assert_true(s->pin_cpus[0] == 2 && s->pin_cpus[1] == 3 && s->pin_cpus[2] == 7);
+
+    /* the text changes (as create completes it): the parsed view follows */
+    free(s->gpus[1]);
+    assert_non_null(s->gpus[1] = strdup("0000:41:00.0,take-group"));
+    free(s->numa);
+    assert_non_null(s->numa = strdup("auto"));
+    free(s->pin);
+    s->pin = NULL;
+    assert_int_equal(sv_vmspec_parse_lists(s, &err), 0);
+    assert_string_equal(s->gpu_opts[1].bdf, "0000:41:00.0");
+    assert_int_equal(s->numa_want.mode, SV_NUMA_AUTO);
+    assert_null(s->pin_cpus);
+    assert_int_equal(s->n_pin_cpus, 0);
+
+    /* text the schema refuses: its message, and the parsed view stays */
+    free(s->numa);
+    assert_non_null(s->numa = strdup("near"));
+    assert_int_equal(sv_vmspec_parse_lists(s, &err), -EINVAL);
+    assert_string_equal(err.msg, "spec: numa: 'near': expected auto or a NUMA node number");
+    assert_int_equal(s->numa_want.mode, SV_NUMA_AUTO);
+    free(s->nets[1]);
+    assert_non_null(s->nets[1] = strdup("nat,vlan=3"));
+    assert_int_equal(sv_vmspec_parse_lists(s, &err), -EINVAL);
+    assert_non_null(strstr(err.msg, "spec: nets[1]: "));
+    assert_non_null(strstr(err.msg, "vlan is not a setting of a nat NIC"));
+    assert_int_equal(s->nics[1].mode, ND_MODE_BRIDGE);
+    sv_vmspec_free(s);
+
+    /* nothing set: nothing parsed (sv_net_nics adds the default user NIC) */
+    _cleanup_(sv_vmspec_freep) sv_vmspec *plain = spec_from("{\"name\":\"p\",\"image\":\"i\"}");
+    assert_true(plain->n_nics == 0 && !plain->nics && plain->n_gpu_opts == 0 && !plain->gpu_opts);
+    assert_int_equal(plain->numa_want.mode, SV_NUMA_NONE);
+    assert_true(plain->n_pin_cpus == 0 && !plain->pin_cpus);
+}
+
+/* Two pointers of a copy and its original: both NULL, or apart. */
+static void apart(const void *a, const void *b, const char *what) {
+    if (a && a == b)
+        fail_msg("%s: the copy shares the original's pointer", what);
+    if (!a != !b)
+        fail_msg("%s: set in one of them only", what);
+}
+
+static void strv_apart(char *const *a, char *const *b, const char *what) {
+    apart(a, b, what);
+    for (size_t i = 0; a && b && (a[i] || b[i]); i++)
+        apart(a[i], b[i], what);
+}
+
+static void check_dup(const sv_vmspec *s) {
+    _cleanup_(sv_vmspec_freep) sv_vmspec *c = sv_vmspec_dup(s);
+    assert_non_null(c);
+    json_t *js = sv_vmspec_to_json(s), *jc = sv_vmspec_to_json(c);
+    assert_true(json_equal(js, jc));
+    json_decref(js);
+    json_decref(jc);
+    /* what the JSON does not show: the parsed lists */
+    assert_int_equal(c->n_nics, s->n_nics);
+    assert_int_equal(c->n_gpu_opts, s->n_gpu_opts);
+    assert_int_equal(c->n_pin_cpus, s->n_pin_cpus);
+    assert_memory_equal(&c->numa_want, &s->numa_want, sizeof s->numa_want);
+    if (s->n_nics)
+        assert_memory_equal(c->nics, s->nics, s->n_nics * sizeof *s->nics);
+    if (s->n_gpu_opts)
+        assert_memory_equal(c->gpu_opts, s->gpu_opts, s->n_gpu_opts * sizeof *s->gpu_opts);
+    if (s->n_pin_cpus)
+        assert_memory_equal(c->pin_cpus, s->pin_cpus, s->n_pin_cpus * sizeof *s->pin_cpus);
+    const struct {
+        const void *a, *b;
+        const char *what;
+    } ptrs[] = {
+        {s->name, c->name, "name"},
+        {s->image, c->image, "image"},
+        {s->kernel, c->kernel, "kernel"},
+        {s->initrd, c->initrd, "initrd"},
+        {s->append, c->append, "append"},
+        {s->pool, c->pool, "pool"},
+        {s->storage_pool, c->storage_pool, "storage_pool"},
+        {s->numa, c->numa, "numa"},
+        {s->pin, c->pin, "pin"},
+        {s->firmware_code, c->firmware_code, "firmware_code"},
+        {s->firmware_vars, c->firmware_vars, "firmware_vars"},
+        {s->cpu_model, c->cpu_model, "cpu_model"},
+        {s->hostname, c->hostname, "hostname"},
+        {s->user, c->user, "user"},
+        {s->password_hash, c->password_hash, "password_hash"},
+        {s->user_data, c->user_data, "user_data"},
+        {s->network_config, c->network_config, "network_config"},
+        {s->nics, c->nics, "nics"},
+        {s->gpu_opts, c->gpu_opts, "gpu_opts"},
+        {s->pin_cpus, c->pin_cpus, "pin_cpus"},
+    };
+    for (size_t i = 0; i < QV_ARRAY_SIZE(ptrs); i++)
+        apart(ptrs[i].a, ptrs[i].b, ptrs[i].what);
+    strv_apart(s->gpus, c->gpus, "gpus");
+    strv_apart(s->nets, c->nets, "nets");
+    strv_apart(s->ssh_keys, c->ssh_keys, "ssh_keys");
+    strv_apart(s->packages, c->packages, "packages");
+    strv_apart(s->runcmd, c->runcmd, "runcmd");
+}
+
+static void test_dup(void **state) {
+    (void)state;
+    /* every key set (user_data, which excludes three of them, below) */
+    char json[4096];
+    snprintf(json, sizeof json,
+             "{\"name\":\"full\",\"image\":\"debian-12\",\"cpus\":4,\"memory\":\"8G\",\"disk\":\"40G\","
+             "\"stop_timeout\":\"90s\",\"restart\":\"on-failure\",\"restart_limit\":3,\"kernel\":\"/boot/vmlinuz\","
+             "\"initrd\":\"/boot/initrd.img\",\"append\":\"console=ttyS0\",\"agent\":false,"
+             "\"gpus\":[\"0000:01:00.0,keep\",\"0000:41:00.0,take-group\"],"
+             "\"nets\":[\"user,mac=0a:51:76:00:00:01\",\"nat,ip=192.168.100.7,mac=0a:51:76:00:00:02\","
+             "\"bridge,bridge=ovl0,vlan=100,ip=10.0.0.5/24,gw=10.0.0.1\"],"
+             "\"pool\":\"batch\",\"storage_pool\":\"fast\",\"hugepages\":\"1G\",\"numa\":\"1\",\"pin\":\"2-3,7\","
+             "\"firmware\":\"uefi\",\"firmware_code\":\"/usr/share/OVMF/OVMF_CODE.fd\","
+             "\"firmware_vars\":\"/usr/share/OVMF/OVMF_VARS.fd\",\"cpu_model\":\"EPYC\","
+             "\"hostname\":\"full.example\",\"user\":\"alice\",\"ssh_keys\":[\"%s\"],\"ssh_generate\":true,"
+             "\"password_hash\":\"$6$rounds=5000$saltsalt$Xx9r/Yw.Ab3\",\"packages\":[\"nginx\",\"curl\"],"
+             "\"runcmd\":[\"ls\"],\"network_config\":\"version: 2\\nethernets: {}\\n\"}",
+             key1);
+    _cleanup_(sv_vmspec_freep) sv_vmspec *full = spec_from(json);
+    assert_int_equal(full->n_nics, 3);
+    assert_int_equal(full->n_pin_cpus, 3);
+    check_dup(full);
+    _cleanup_(sv_vmspec_freep) sv_vmspec *ud =
+        spec_from("{\"name\":\"ud\",\"image\":\"i\",\"numa\":\"auto\",\"user_data\":\"#cloud-config\\n\"}");
+    check_dup(ud);
+    _cleanup_(sv_vmspec_freep) sv_vmspec *plain = spec_from("{\"name\":\"p\",\"image\":\"i\"}");
+    check_dup(plain);
+    _cleanup_(sv_vmspec_freep) sv_vmspec *empty = sv_vmspec_new();
+    check_dup(empty);
+}
+
 static void test_golden_three_nics(void **state) {
     (void)state;
     /* as the daemon completes them at create: MACs and the nat address filled in */
@@ -856,6 +1013,8 @@ int main(void) {
         cmocka_unit_test(test_seed_field_errors),
         cmocka_unit_test(test_user_data_keys),
         cmocka_unit_test(test_user_data_key_errors),
+        cmocka_unit_test(test_lists_parsed_at_load),
+        cmocka_unit_test(test_dup),
         cmocka_unit_test(test_firmware_and_cpu_model_keys),
         cmocka_unit_test(test_golden_uefi),
         cmocka_unit_test(test_golden_uefi_secure),
