@@ -23,16 +23,16 @@ void sv_api_net_teardown(sv_daemon *d, sv_ctl_req *req, json_t *params) {
     }
     char users[512] = "";
     size_t off = 0;
-    for (sv_vm *vm = sv_registry_first(d->registry); vm; vm = vm->next) {
-        if (!sv_vm_state_has_qemu(vm->state))
+    for (sv_vm *vm = sv_registry_first(d->registry); vm; vm = sv_registry_next(vm)) {
+        if (!sv_vm_state_has_qemu(sv_vm_state_of(vm)))
             continue;
         nd_nic nics[ND_NICS_MAX];
         size_t n;
-        if (sv_net_nics(vm->spec, nics, &n, NULL) < 0)
+        if (sv_net_nics(sv_vm_spec(vm), nics, &n, NULL) < 0)
             continue;
         for (size_t i = 0; i < n; i++)
             if (nics[i].mode == ND_MODE_NAT && off < sizeof users) {
-                off += (size_t)snprintf(users + off, sizeof users - off, "%s%s", off ? ", " : "", vm->name);
+                off += (size_t)snprintf(users + off, sizeof users - off, "%s%s", off ? ", " : "", sv_vm_name(vm));
                 break;
             }
     }

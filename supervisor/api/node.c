@@ -25,9 +25,9 @@ static json_t *total_json(const sv_usage_total *t) {
 
 /* The VM whose spec names this PCI address as a GPU, or NULL. */
 static const sv_vm *gpu_holder(sv_registry *r, const char *address) {
-    for (sv_vm *vm = sv_registry_first(r); vm; vm = vm->next)
-        for (size_t g = 0; g < vm->spec->n_gpu_opts; g++)
-            if (strcmp(vm->spec->gpu_opts[g].bdf, address) == 0)
+    for (sv_vm *vm = sv_registry_first(r); vm; vm = sv_registry_next(vm))
+        for (size_t g = 0; g < sv_vm_spec(vm)->n_gpu_opts; g++)
+            if (strcmp(sv_vm_spec(vm)->gpu_opts[g].bdf, address) == 0)
                 return vm;
     return NULL;
 }
@@ -75,16 +75,16 @@ void sv_api_node_status(sv_daemon *d, sv_ctl_req *req, json_t *params) {
         /* vCPUs of running VMs pinned (--pin) to any CPU of this node */
         const sv_numa_node *nn = sv_capacity_node(&cap, id);
         uint64_t pinned = 0;
-        for (sv_vm *vm = sv_registry_first(d->registry); nn && vm; vm = vm->next) {
-            const unsigned *cpus = vm->spec->pin_cpus;
-            if (!cpus || !sv_vm_state_has_qemu(vm->state))
+        for (sv_vm *vm = sv_registry_first(d->registry); nn && vm; vm = sv_registry_next(vm)) {
+            const unsigned *cpus = sv_vm_spec(vm)->pin_cpus;
+            if (!cpus || !sv_vm_state_has_qemu(sv_vm_state_of(vm)))
                 continue;
             bool here = false;
-            for (size_t a = 0; a < vm->spec->n_pin_cpus && !here; a++)
+            for (size_t a = 0; a < sv_vm_spec(vm)->n_pin_cpus && !here; a++)
                 for (size_t b = 0; b < nn->n_cpus && !here; b++)
                     here = cpus[a] == nn->cpus[b];
             if (here)
-                pinned += vm->spec->cpus;
+                pinned += sv_vm_spec(vm)->cpus;
         }
         json_object_set_new(node, "pinned_vcpus", json_integer((json_int_t)pinned));
         json_object_set_new(node, "vcpu_limit",
@@ -94,8 +94,8 @@ void sv_api_node_status(sv_daemon *d, sv_ctl_req *req, json_t *params) {
     json_t *gpu;
     json_array_foreach(json_object_get(res, "gpus"), i, gpu) {
         const sv_vm *vm = gpu_holder(d->registry, json_string_value(json_object_get(gpu, "device")));
-        json_object_set_new(gpu, "vm", vm ? json_string(vm->name) : json_null());
-        json_object_set_new(gpu, "running", json_boolean(vm && sv_vm_state_has_qemu(vm->state)));
+        json_object_set_new(gpu, "vm", vm ? json_string(sv_vm_name(vm)) : json_null());
+        json_object_set_new(gpu, "running", json_boolean(vm && sv_vm_state_has_qemu(sv_vm_state_of(vm))));
     }
     /* resource pools: every defined VM counts against the quotas */
     json_t *pools = json_array();
@@ -204,7 +204,7 @@ void sv_api_cleanup(sv_daemon *d, sv_ctl_req *req, json_t *params) {
         return;
     }
     size_t n = 0;
-    for (sv_vm *vm = sv_registry_first(d->registry); vm; vm = vm->next)
+    for (sv_vm *vm = sv_registry_first(d->registry); vm; vm = sv_registry_next(vm))
         n++;
     sweep_job *job = calloc(1, sizeof *job);
     if (!job || !(job->config = sv_config_ref(d->config)) || !(job->vms = calloc(n ? n : 1, sizeof *job->vms))) {
@@ -215,12 +215,12 @@ void sv_api_cleanup(sv_daemon *d, sv_ctl_req *req, json_t *params) {
         return;
     }
     /* what the daemon supervises, as of now: the worker must not touch the registry */
-    for (sv_vm *vm = sv_registry_first(d->registry); vm; vm = vm->next) {
+    for (sv_vm *vm = sv_registry_first(d->registry); vm; vm = sv_registry_next(vm)) {
         sv_sweep_vm *v = &job->vms[job->n_vms++];
-        snprintf(v->name, sizeof v->name, "%s", vm->name);
-        v->pid = sv_vm_state_has_qemu(vm->state) ? vm->run.pid : 0;
-        v->busy = vm->state == SV_VM_CREATING || vm->state == SV_VM_REMOVING || vm->state == SV_VM_STARTING ||
-                  vm->state == SV_VM_STOPPING;
+        snprintf(v->name, sizeof v->name, "%s", sv_vm_name(vm));
+        v->pid = sv_vm_pid(vm);
+        sv_vm_state st = sv_vm_state_of(vm);
+        v->busy = st == SV_VM_CREATING || st == SV_VM_REMOVING || st == SV_VM_STARTING || st == SV_VM_STOPPING;
     }
     job->req = req;
     job->d = d;

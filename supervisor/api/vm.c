@@ -29,7 +29,7 @@ static void create_done(int status, sv_vm *vm, const qv_error *err, void *userda
         sv_ctl_reply_qv_error(req, err);
         return;
     }
-    log_info("created VM %s (%s, %llu CPUs)", vm->name, vm->spec->image, (unsigned long long)vm->spec->cpus);
+    log_info("created VM %s (%s, %llu CPUs)", sv_vm_name(vm), sv_vm_spec(vm)->image, (unsigned long long)sv_vm_spec(vm)->cpus);
     sv_ctl_reply(req, sv_vm_details(vm));
 }
 
@@ -164,7 +164,7 @@ static void view_reply(void *userdata) {
     sv_daemon *d = job->d;
     if (!job->name[0]) {
         json_t *list = json_array();
-        for (sv_vm *vm = sv_registry_first(d->registry); vm; vm = vm->next)
+        for (sv_vm *vm = sv_registry_first(d->registry); vm; vm = sv_registry_next(vm))
             json_array_append_new(list, sv_vm_summary(vm));
         sv_ctl_reply(job->req, json_pack("{s:o}", "vms", list));
     } else {
@@ -200,7 +200,7 @@ void sv_api_vm_list(sv_daemon *d, sv_ctl_req *req, json_t *params) {
 void sv_api_vm_show(sv_daemon *d, sv_ctl_req *req, json_t *params) {
     sv_vm *vm = vm_param(d, req, params);
     if (vm)
-        view(d, req, vm->name);
+        view(d, req, sv_vm_name(vm));
 }
 
 static void op_done(int status, json_t *result, const qv_error *err, void *userdata) {
@@ -243,7 +243,7 @@ void sv_api_vm_stop(sv_daemon *d, sv_ctl_req *req, json_t *params) {
     if (r < 0)
         sv_ctl_reply_qv_error(req, &err);
     else if (r == 1)
-        sv_ctl_reply(req, json_pack("{s:s, s:s}", "result", "already-stopped", "state", sv_vm_state_name(vm->state)));
+        sv_ctl_reply(req, json_pack("{s:s, s:s}", "result", "already-stopped", "state", sv_vm_state_name(sv_vm_state_of(vm))));
 }
 
 void sv_api_vm_restart(sv_daemon *d, sv_ctl_req *req, json_t *params) {
@@ -267,7 +267,7 @@ static void pause_resume(sv_daemon *d, sv_ctl_req *req, json_t *params, bool pau
     if (r < 0)
         sv_ctl_reply_qv_error(req, &err);
     else if (r == 1)
-        sv_ctl_reply(req, json_pack("{s:s, s:s, s:s}", "name", vm->name, "state", sv_vm_state_name(vm->state),
+        sv_ctl_reply(req, json_pack("{s:s, s:s, s:s}", "name", sv_vm_name(vm), "state", sv_vm_state_name(sv_vm_state_of(vm)),
                                     "result", pause ? "already-paused" : "not-paused"));
 }
 
@@ -295,9 +295,9 @@ static void remove_now(sv_daemon *d, sv_ctl_req *req, const char *vm_name) {
         return;
     }
     sv_vm_state to;
-    if (sv_vm_next_state(vm->state, SV_EV_REMOVE, &to) != 0) {
+    if (sv_vm_next_state(sv_vm_state_of(vm), SV_EV_REMOVE, &to) != 0) {
         sv_ctl_reply_error(req, EBUSY, "VM '%s' is %s; stop it first (or use --force)", name,
-                           sv_vm_state_name(vm->state));
+                           sv_vm_state_name(sv_vm_state_of(vm)));
         return;
     }
     sv_vm_forget(d->vmctl, vm);
@@ -327,9 +327,9 @@ void sv_api_vm_remove(sv_daemon *d, sv_ctl_req *req, json_t *params) {
         return;
     bool force = json_is_true(json_object_get(params, "force"));
     sv_vm_state to;
-    bool removable = sv_vm_next_state(vm->state, SV_EV_REMOVE, &to) == 0;
+    bool removable = sv_vm_next_state(sv_vm_state_of(vm), SV_EV_REMOVE, &to) == 0;
     if (removable || !force) {
-        remove_now(d, req, vm->name);
+        remove_now(d, req, sv_vm_name(vm));
         return;
     }
     /* --force: stop it the hard way first (the disk goes anyway) */
@@ -340,13 +340,13 @@ void sv_api_vm_remove(sv_daemon *d, sv_ctl_req *req, json_t *params) {
     }
     job->d = d;
     job->req = req;
-    snprintf(job->name, sizeof job->name, "%s", vm->name);
+    snprintf(job->name, sizeof job->name, "%s", sv_vm_name(vm));
     sv_stop_options o = {.force = true};
     qv_error err = {0};
     int r = sv_vm_stop(d->vmctl, vm, &o, remove_after_stop, job, &err);
     if (r == 1) {
         free(job);
-        remove_now(d, req, vm->name);
+        remove_now(d, req, sv_vm_name(vm));
     } else if (r < 0) {
         free(job);
         sv_ctl_reply_qv_error(req, &err);
@@ -394,8 +394,8 @@ void sv_api_vm_console(sv_daemon *d, sv_ctl_req *req, json_t *params) {
         return;
     }
     job->d = d;
-    snprintf(job->name, sizeof job->name, "%s", vm->name);
-    sv_ctl_reply_stream(req, json_pack("{s:s, s:s}", "name", vm->name, "state", sv_vm_state_name(vm->state)),
+    snprintf(job->name, sizeof job->name, "%s", sv_vm_name(vm));
+    sv_ctl_reply_stream(req, json_pack("{s:s, s:s}", "name", sv_vm_name(vm), "state", sv_vm_state_name(sv_vm_state_of(vm))),
                         on_console_stream, job);
 }
 
@@ -426,15 +426,15 @@ void sv_api_vm_log(sv_daemon *d, sv_ctl_req *req, json_t *params) {
     }
     stream_job *job = calloc(1, sizeof *job);
     char path[PATH_MAX];
-    sv_layout_instance_file(vm->dir, SV_VM_SERIAL_LOG, path, sizeof path);
+    sv_vm_path(vm, SV_VM_SERIAL_LOG, path, sizeof path);
     if (!job || !(job->path = strdup(path))) {
         free(job);
         sv_ctl_reply_error(req, ENOMEM, "out of memory");
         return;
     }
     job->d = d;
-    snprintf(job->name, sizeof job->name, "%s", vm->name);
+    snprintf(job->name, sizeof job->name, "%s", sv_vm_name(vm));
     job->lines = json_is_integer(jl) ? (int64_t)json_integer_value(jl) : -1;
     job->follow = json_is_true(jf);
-    sv_ctl_reply_stream(req, json_pack("{s:s, s:s}", "name", vm->name, "path", path), on_log_stream, job);
+    sv_ctl_reply_stream(req, json_pack("{s:s, s:s}", "name", sv_vm_name(vm), "path", path), on_log_stream, job);
 }

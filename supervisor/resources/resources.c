@@ -42,29 +42,29 @@ void sv_resources_spec_usage(const sv_vmspec *spec, int numa_node, sv_vm_usage *
         .pool = spec->pool,
         .cpus = spec->cpus,
         .memory = spec->memory,
-        .gpus = qv_strv_len(spec->gpus),
+        .gpus = spec->n_gpu_opts,
         .hugepage_size = sv_hugepage_bytes(spec->hugepages),
         .numa_node = numa_node,
     };
 }
 
 void sv_resources_vm_usage(const sv_vm *vm, sv_vm_usage *ret) {
-    sv_resources_spec_usage(vm->spec, spec_numa_node(vm->spec), ret);
-    ret->name = vm->name;
-    if (sv_vm_state_has_qemu(vm->state) && vm->run.pid > 0)
-        ret->numa_node = vm->run.numa_node;
+    sv_resources_spec_usage(sv_vm_spec(vm), spec_numa_node(sv_vm_spec(vm)), ret);
+    ret->name = sv_vm_name(vm);
+    if (sv_vm_pid(vm) > 0)
+        ret->numa_node = sv_vm_numa_node(vm);
 }
 
 int sv_resources_usage(sv_registry *r, bool all, sv_vm_usage **ret, size_t *ret_n) {
     size_t n = 0;
-    for (sv_vm *vm = sv_registry_first(r); vm; vm = vm->next)
+    for (sv_vm *vm = sv_registry_first(r); vm; vm = sv_registry_next(vm))
         n++;
     sv_vm_usage *u = calloc(n ? n : 1, sizeof *u);
     if (!u)
         return -ENOMEM;
     size_t k = 0;
-    for (sv_vm *vm = sv_registry_first(r); vm; vm = vm->next)
-        if (all || sv_vm_state_has_qemu(vm->state))
+    for (sv_vm *vm = sv_registry_first(r); vm; vm = sv_registry_next(vm))
+        if (all || sv_vm_state_has_qemu(sv_vm_state_of(vm)))
             sv_resources_vm_usage(vm, &u[k++]);
     *ret = u;
     *ret_n = k;
@@ -116,13 +116,13 @@ int sv_resources_storage(sv_registry *r, const sv_config *c, const char *pool, s
         *slash = '\0';
     }
     ret->free = (uint64_t)fs.f_bavail * fs.f_frsize;
-    for (sv_vm *vm = sv_registry_first(r); vm; vm = vm->next) {
-        if (strcmp(sv_resources_storage_pool_of(c, vm->spec), p->name) != 0)
+    for (sv_vm *vm = sv_registry_first(r); vm; vm = sv_registry_next(vm)) {
+        if (strcmp(sv_resources_storage_pool_of(c, sv_vm_spec(vm)), p->name) != 0)
             continue;
-        ret->allocated += vm->disk_size ? vm->disk_size : vm->spec->disk;
+        ret->allocated += sv_vm_disk_size(vm) ? sv_vm_disk_size(vm) : sv_vm_spec(vm)->disk;
         char disk[PATH_MAX];
         struct stat st;
-        snprintf(disk, sizeof disk, "%s/disk.qcow2", vm->dir);
+        sv_vm_path(vm, SV_VM_DISK_FILE, disk, sizeof disk);
         if (stat(disk, &st) == 0)
             ret->used += (uint64_t)st.st_blocks * 512;
     }

@@ -11,6 +11,7 @@
 #pragma once
 
 #include "supervisor/vm/vm.h"
+#include "supervisor/vm/vm-record.h"
 
 #include "qv-build.h"
 

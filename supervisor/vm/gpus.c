@@ -1,5 +1,6 @@
 /* GPU passthrough glue between the lifecycle engine and vfio/. */
 #include "supervisor/vm/gpus.h"
+#include "supervisor/vm/vm-record.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -222,7 +223,7 @@ bool sv_pt_holds(const sv_config *c, const char *vm) {
 }
 
 uint64_t sv_pt_start_timeout_ms(const sv_vmspec *spec, uint64_t base_ms) {
-    return qv_strv_len(spec->gpus) ? base_ms * 4 : base_ms;
+    return spec->n_gpu_opts ? base_ms * 4 : base_ms;
 }
 
 /* ---- gpu list ------------------------------------------------------------------ */

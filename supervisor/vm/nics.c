@@ -1,5 +1,6 @@
 /* VM NICs in the daemon (see network.h). */
 #include "supervisor/vm/nics.h"
+#include "supervisor/vm/vm-record.h"
 
 #include "cleanup.h"
 #include "log.h"

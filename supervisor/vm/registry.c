@@ -1,5 +1,6 @@
 /* VM registry (see registry.h). */
 #include "supervisor/vm/registry.h"
+#include "supervisor/vm/vm-record.h"
 #include "supervisor/vm/lifecycle.h"
 
 #include "cleanup.h"
@@ -69,6 +70,38 @@ static void vm_free(sv_vm *vm) {
     free(vm->ip);
     json_decref(vm->addresses);
     free(vm);
+}
+
+const char *sv_vm_name(const sv_vm *vm) {
+    return vm->name;
+}
+
+sv_vm_state sv_vm_state_of(const sv_vm *vm) {
+    return vm->state;
+}
+
+const sv_vmspec *sv_vm_spec(const sv_vm *vm) {
+    return vm->spec;
+}
+
+int sv_vm_path(const sv_vm *vm, const char *file, char *buf, size_t len) {
+    return sv_layout_instance_file(vm->dir, file, buf, len);
+}
+
+uint64_t sv_vm_disk_size(const sv_vm *vm) {
+    return vm->disk_size;
+}
+
+int sv_vm_pid(const sv_vm *vm) {
+    return sv_vm_state_has_qemu(vm->state) ? vm->run.pid : 0;
+}
+
+int sv_vm_numa_node(const sv_vm *vm) {
+    return sv_vm_state_has_qemu(vm->state) ? vm->run.numa_node : -1;
+}
+
+sv_vm *sv_registry_next(const sv_vm *vm) {
+    return vm->next;
 }
 
 void sv_vm_set_last_exit(sv_vm *vm, const char *why) {

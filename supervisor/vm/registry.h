@@ -30,44 +30,22 @@ typedef enum sv_vm_state {
 
 const char *sv_vm_state_name(sv_vm_state s);
 
-/* What state.json keeps about the running QEMU and the operation in
- * progress, so a new daemon can re-adopt or finish it. */
-typedef struct sv_vm_run {
-    int pid;                  /* QEMU, 0 when none */
-    uint64_t start_ticks;     /* /proc/PID/stat field 22: the identity with the cmdline */
-    int64_t started_at;       /* unix time QEMU was started */
-    int ssh_port;             /* 127.0.0.1 port forwarded to the guest's 22; 0 when none */
-    bool stop_force;          /* a stop in progress skips the graceful step */
-    uint64_t stop_timeout_ms; /* a stop in progress: its graceful timeout (0: the VM's) */
-    uint64_t restarts;        /* automatic restarts in a row (restart policy) */
-    int numa_node;            /* while QEMU runs: the NUMA node it is bound to, -1 for none */
-} sv_vm_run;
+/* A VM: opaque outside supervisor/vm/ (its fields: vm/vm-record.h), read
+ * through the accessors below; only supervisor/vm/ changes one. */
+typedef struct sv_vm sv_vm;
 
-typedef struct sv_vm {
-    char name[64];
-    sv_vmspec *spec;
-    sv_vm_state state;
-    char *dir;              /* INSTANCES_DIR/NAME */
-    int64_t created_at;     /* unix time */
-    char *last_exit;        /* why it last stopped, NULL if never */
-    uint64_t disk_size;     /* virtual size of the overlay */
-    uint64_t base_size;     /* the base image's file size and mtime when the */
-    int64_t base_mtime_ns;  /* disk was made: a base that changed is refused */
-    uint64_t disk_dev;      /* the disk file create made (st_dev, st_ino): */
-    uint64_t disk_ino;      /* vm rm removes a pool's file only if it is that one; 0 unknown */
-    /* where the kernel and initrd were copied from at create (the client's
-     * names for its files: shown, never opened), NULL for none or for VMs
-     * created before boot files were copied */
-    char *kernel_source;
-    char *initrd_source;
-    sv_vm_run run;
-    /* Not persisted: what the lifecycle engine (supervisor/vm/engine.h) knows right now. */
-    void *rt;               /* its per-VM runtime, NULL when none */
-    char *ip;               /* first address the guest agent reported */
-    json_t *addresses;      /* every address the agent reported (array), NULL when unknown */
-    const char *agent;      /* "ok", "no answer", "off", "unknown" */
-    struct sv_vm *next;
-} sv_vm;
+const char *sv_vm_name(const sv_vm *vm);
+sv_vm_state sv_vm_state_of(const sv_vm *vm);
+/* The VM's spec, borrowed: valid while the VM is. */
+const sv_vmspec *sv_vm_spec(const sv_vm *vm);
+/* DIR/FILE for a file of the VM's instance directory (vm/layout.h). */
+int sv_vm_path(const sv_vm *vm, const char *file, char *buf, size_t len);
+/* The overlay's virtual size (0 when unknown: the spec's disk applies). */
+uint64_t sv_vm_disk_size(const sv_vm *vm);
+/* While it has a QEMU: its pid and the NUMA node it is bound to (0 and -1
+ * otherwise). */
+int sv_vm_pid(const sv_vm *vm);
+int sv_vm_numa_node(const sv_vm *vm);
 
 typedef struct sv_registry sv_registry;
 
@@ -80,7 +58,9 @@ int sv_registry_load(sv_config *const *config, sv_registry **ret, int *cleaned, 
 void sv_registry_free(sv_registry *r);
 
 sv_vm *sv_registry_find(sv_registry *r, const char *name);
+/* The VMs in registry order: first, then next until NULL. */
 sv_vm *sv_registry_first(sv_registry *r);
+sv_vm *sv_registry_next(const sv_vm *vm);
 /* VM names using base image `image`, as "a, b" (caller frees); NULL if none. */
 char *sv_registry_users_of_image(sv_registry *r, const char *image);
 

@@ -142,7 +142,7 @@ static void prep_work(uv_work_t *w) {
 }
 
 bool vm__has_gpus(const sv_vm *vm) {
-    return qv_strv_len(vm->spec->gpus) > 0;
+    return vm->spec->n_gpu_opts > 0;
 }
 
 static void on_released(int status, const qv_error *err, const vfio_plan *plan, void *userdata) {

@@ -10,7 +10,7 @@ void sv_stop_timeouts(const sv_vmspec *spec, const sv_config *c, uint64_t overri
                       uint64_t *ret_kill_ms) {
     uint64_t per16 = spec->memory / (16ull << 30);
     uint64_t base = spec->stop_timeout_ms ? spec->stop_timeout_ms : c->stop_timeout_ms;
-    size_t gpus = qv_strv_len(spec->gpus);
+    size_t gpus = spec->n_gpu_opts;
     /* guest GPU drivers take their time to let go of the card */
     *ret_graceful_ms = override_ms ? override_ms : base + per16 * 5000 + gpus * 10000;
     *ret_kill_ms = c->kill_timeout_ms + per16 * 1000;

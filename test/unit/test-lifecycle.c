@@ -153,13 +153,15 @@ static void test_stop_timeouts(void **state) {
     sv_stop_timeouts(&s, &c, 3000, &g, &k); /* --timeout is taken exactly */
     assert_int_equal(g, 3000);
     assert_int_equal(k, 14000);
-    char *gpus[] = {(char[]){"0000:01:00.0"}, (char[]){"0000:41:00.0"}, NULL};
-    s.gpus = gpus; /* guest GPU drivers: +10 s each */
+    vfio_gpu_opt gpus[2] = {{.bdf = "0000:01:00.0"}, {.bdf = "0000:41:00.0"}};
+    s.gpu_opts = gpus; /* guest GPU drivers: +10 s each */
+    s.n_gpu_opts = 2;
     sv_stop_timeouts(&s, &c, 0, &g, &k);
     assert_int_equal(g, 70000);
     assert_int_equal(k, 14000);
     assert_int_equal(sv_pt_start_timeout_ms(&s, 60000), 240000); /* Proxmox's x4 */
-    s.gpus = NULL;
+    s.gpu_opts = NULL;
+    s.n_gpu_opts = 0;
     assert_int_equal(sv_pt_start_timeout_ms(&s, 60000), 60000);
 }
 
