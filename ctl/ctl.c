@@ -29,8 +29,6 @@
 /* supplementary groups looked at when authorising a peer (NGROUPS_MAX is 65536) */
 #define CTL_MAX_PEER_GROUPS 65536
 
-_Static_assert(SV_CTL_MAX_FDS <= 253, "SCM_MAX_FD");
-
 typedef struct ctl_client ctl_client;
 
 struct sv_ctl_server {
@@ -226,7 +224,8 @@ static void client_send_flags(ctl_client *c, json_t *msg, size_t flags) {
         json_decref(msg);
         return;
     }
-    char *text = json_dumps(msg, flags);
+    size_t len;
+    char *text = sv_ctl_msg_line(msg, flags, &len);
     json_decref(msg);
     ctl_write *cw = calloc(1, sizeof *cw);
     if (!text || !cw) {
@@ -235,11 +234,9 @@ static void client_send_flags(ctl_client *c, json_t *msg, size_t flags) {
         client_close(c);
         return;
     }
-    size_t len = strlen(text);
-    text[len] = '\n'; /* json_dumps leaves room only for the NUL: reuse it */
     cw->data = text;
     cw->client = c;
-    uv_buf_t buf = uv_buf_init(text, (unsigned)len + 1);
+    uv_buf_t buf = uv_buf_init(text, (unsigned)len);
     c->refs++;
     int r = uv_write(&cw->w, (uv_stream_t *)&c->pipe, &buf, 1, on_write_done);
     if (r < 0) {
@@ -259,12 +256,8 @@ static void client_send(ctl_client *c, json_t *msg) {
     client_send_flags(c, msg, JSON_COMPACT);
 }
 
-static json_t *error_object(int code, const char *message) {
-    return json_pack("{s:s, s:s}", "code", qv_errno_name(code), "message", message);
-}
-
 static void client_send_error(ctl_client *c, json_t *id, int code, const char *message) {
-    client_send(c, json_pack("{s:O?, s:o}", "id", id, "error", error_object(code, message)));
+    client_send(c, sv_ctl_msg_error(id, code, message));
 }
 
 /* ---- requests ---------------------------------------------------------- */
@@ -310,9 +303,7 @@ static void req_finish(sv_ctl_req *req, json_t *msg) {
 }
 
 void sv_ctl_reply(sv_ctl_req *req, json_t *result) {
-    if (!result)
-        result = json_object();
-    req_finish(req, json_pack("{s:O, s:o}", "id", req->id, "result", result));
+    req_finish(req, sv_ctl_msg_result(req->id, result));
 }
 
 void sv_ctl_reply_stream(sv_ctl_req *req, json_t *result, sv_ctl_stream_fn on_stream, void *userdata) {
@@ -324,14 +315,12 @@ void sv_ctl_reply_stream(sv_ctl_req *req, json_t *result, sv_ctl_stream_fn on_st
         client_unref(c);
         return;
     }
-    if (!result)
-        result = json_object();
     c->refs++; /* the reply below may close the client */
     client_stop_reading(c);
     uv_timer_stop(&c->timer); /* a stream is not a request: no timeout */
     c->stream_fn = on_stream;
     c->stream_userdata = userdata;
-    req_finish(req, json_pack("{s:O, s:o}", "id", req->id, "result", result));
+    req_finish(req, sv_ctl_msg_result(req->id, result));
     c->streaming = true; /* after the reply: nothing else goes out */
     client_unref(c);
 }
@@ -342,7 +331,7 @@ void sv_ctl_reply_error(sv_ctl_req *req, int code, const char *fmt, ...) {
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    req_finish(req, json_pack("{s:O, s:o}", "id", req->id, "error", error_object(code, msg)));
+    req_finish(req, sv_ctl_msg_error(req->id, code, msg));
 }
 
 void sv_ctl_reply_qv_error(sv_ctl_req *req, const qv_error *err) {
@@ -374,7 +363,7 @@ void sv_ctl_progress(sv_ctl_req *req, json_t *progress) {
     req->last_progress = progress; /* the message below holds its own reference */
     req->last_progress_ms = now;
     /* percentages like 42.1 as written, not 42.100000000000001 */
-    client_send_flags(req->client, json_pack("{s:O, s:O}", "id", req->id, "progress", progress),
+    client_send_flags(req->client, sv_ctl_msg_progress(req->id, progress),
                       JSON_COMPACT | JSON_REAL_PRECISION(12));
 }
 
@@ -415,75 +404,41 @@ static int on_line(const char *line, size_t len, void *userdata) {
         nl_off = c->rx_off + (uint64_t)((const char *)memchr(c->chunk, '\n', c->chunk_len) - c->chunk);
     int fds[SV_CTL_MAX_FDS];
     size_t n_fds = take_line_fds(c, nl_off, fds);
-    const char *problem = NULL;
-    json_t *msg = NULL;
+    sv_ctl_request rq = {0};
     if (blank(line, len)) {
         if (n_fds)
             client_send_error(c, NULL, EINVAL, "file descriptors sent with an empty line");
         goto refuse;
     }
-
-    json_error_t jerr;
-    msg = json_loadb(line, len, JSON_REJECT_DUPLICATES, &jerr);
-    if (!msg) {
-        char why[256];
-        snprintf(why, sizeof why, "invalid JSON at byte %d: %s", jerr.position, jerr.text);
-        client_send_error(c, NULL, EBADMSG, why);
-        goto refuse;
-    }
-    json_t *id = json_object_get(msg, "id");
-    json_t *method = json_object_get(msg, "method");
-    json_t *params = json_object_get(msg, "params");
-    json_t *progress = json_object_get(msg, "progress");
-    json_t *nfds = json_object_get(msg, "fds");
-    char why[160];
-    if (!json_is_object(msg))
-        problem = "a request must be a JSON object";
-    else if (!id || !(json_is_integer(id) || json_is_string(id)))
-        problem = "a request needs an \"id\" (number or string)";
-    else if (!json_is_string(method))
-        problem = "a request needs a \"method\" string";
-    else if (params && !json_is_object(params) && !json_is_null(params))
-        problem = "\"params\" must be an object";
-    else if (progress && !json_is_boolean(progress))
-        problem = "\"progress\" must be true or false";
-    else if (nfds && (!json_is_integer(nfds) || json_integer_value(nfds) < 0 ||
-                      json_integer_value(nfds) > SV_CTL_MAX_FDS))
-        problem = "\"fds\" must be the number of file descriptors sent with the request (at most 8)";
-    else if ((size_t)json_integer_value(nfds) != n_fds) {
-        /* descriptors nobody asked for, or fewer than announced: no guessing */
-        snprintf(why, sizeof why, "the request says \"fds\": %lld, but %zu file descriptors came with it",
-                 (long long)json_integer_value(nfds), n_fds);
-        problem = why;
-    }
-    if (problem) {
-        client_send_error(c, json_is_integer(id) || json_is_string(id) ? id : NULL, EINVAL, problem);
+    qv_error err = {0};
+    if (sv_ctl_request_parse(line, len, n_fds, &rq, &err) < 0) {
+        client_send_error(c, rq.id, err.code, err.msg);
         goto refuse;
     }
 
     sv_ctl_req *req = calloc(1, sizeof *req);
     if (!req) {
-        json_decref(msg);
+        json_decref(rq.msg);
         close_fds(fds, n_fds);
         c->fds_held -= n_fds;
         return 1;
     }
     req->client = c;
-    req->id = json_incref(id);
-    req->wants_progress = json_is_true(progress);
+    req->id = json_incref(rq.id);
+    req->wants_progress = rq.progress;
     memcpy(req->fds, fds, n_fds * sizeof *fds);
     req->n_fds = n_fds;
     c->refs++;
     c->requests++;
-    json_t *p = json_is_object(params) ? json_incref(params) : json_object();
+    json_t *p = rq.params ? json_incref(rq.params) : json_object();
     sv_ctl_server *s = c->server;
-    s->opts.handler(req, json_string_value(method), p, s->opts.userdata);
+    s->opts.handler(req, rq.method, p, s->opts.userdata);
     json_decref(p);
-    json_decref(msg);
+    json_decref(rq.msg);
     return c->closing || c->streaming ? 1 : 0;
 
 refuse:
-    json_decref(msg);
+    json_decref(rq.msg);
     close_fds(fds, n_fds);
     c->fds_held -= n_fds;
     return 0;
@@ -771,16 +726,14 @@ static int on_reply_line(const char *line, size_t len, void *userdata) {
     json_t *msg = json_loadb(line, len, 0, NULL);
     if (!msg)
         return -EPROTO;
-    json_t *id = json_object_get(msg, "id");
-    if (json_is_integer(id) && json_integer_value(id) == st->id) {
-        json_t *progress = json_object_get(msg, "progress");
-        if (progress && !json_object_get(msg, "result") && !json_object_get(msg, "error")) {
-            st->heard = true;
-            if (st->on_progress)
-                st->on_progress(progress, st->userdata);
-            json_decref(msg);
-            return 0;
-        }
+    switch (sv_ctl_msg_kind_of(msg, st->id)) {
+    case SV_CTL_MSG_PROGRESS:
+        st->heard = true;
+        if (st->on_progress)
+            st->on_progress(json_object_get(msg, "progress"), st->userdata);
+        json_decref(msg);
+        return 0;
+    case SV_CTL_MSG_REPLY:
         st->reply = msg;
         /* a line inside the chunk, or one completed by its first newline */
         if (line >= st->chunk && line < st->chunk + st->chunk_len)
@@ -788,10 +741,11 @@ static int on_reply_line(const char *line, size_t len, void *userdata) {
         else
             st->rest_at = (size_t)((const char *)memchr(st->chunk, '\n', st->chunk_len) - st->chunk) + 1;
         return 1;
-    }
-    if (json_is_null(id) && json_object_get(msg, "error")) {
+    case SV_CTL_MSG_REFUSED:
         st->reply = msg; /* the daemon refused the connection or the framing */
         return 1;
+    case SV_CTL_MSG_OTHER:
+        break;
     }
     json_decref(msg);
     return 0;
@@ -854,24 +808,15 @@ static int ctl_call(const char *path, const char *method, json_t *params, const 
 
     static json_int_t next_id;
     call_state st = {.id = ++next_id + (json_int_t)getpid() * 1000, .on_progress = on_progress, .userdata = userdata};
-    json_t *req = json_pack("{s:I, s:s, s:O?}", "id", st.id, "method", method, "params", params);
-    if (req && on_progress)
-        json_object_set_new(req, "progress", json_true());
-    if (req && n_fds)
-        json_object_set_new(req, "fds", json_integer((json_int_t)n_fds));
-    _cleanup_free_ char *text = req ? json_dumps(req, JSON_COMPACT) : NULL;
+    json_t *req = sv_ctl_msg_request(st.id, method, params, on_progress != NULL, n_fds);
+    size_t len = 0;
+    _cleanup_free_ char *line = req ? sv_ctl_msg_line(req, JSON_COMPACT, &len) : NULL;
     json_decref(req);
-    if (!text)
-        return qv_error_set(err, ENOMEM, "out of memory");
-    size_t len = strlen(text);
-    _cleanup_free_ char *line = malloc(len + 2);
     if (!line)
         return qv_error_set(err, ENOMEM, "out of memory");
-    memcpy(line, text, len);
-    line[len] = '\n';
     /* If the daemon hangs up while we write (it refuses an oversized request
      * and closes), its reply saying why is still there to read. */
-    int write_err = send_request(fd, line, len + 1, fds, n_fds);
+    int write_err = send_request(fd, line, len, fds, n_fds);
     if (write_err < 0)
         shutdown(fd, SHUT_WR);
 
@@ -940,18 +885,10 @@ static int ctl_call(const char *path, const char *method, json_t *params, const 
         return r;
     }
 
-    json_t *e = json_object_get(st.reply, "error");
-    if (e) {
-        int code = qv_errno_from_name(json_string_value(json_object_get(e, "code")));
-        const char *m = json_string_value(json_object_get(e, "message"));
-        r = qv_error_set(err, code, "%s", m ? m : qv_strerror(code));
-        json_decref(st.reply);
-        return r;
-    }
-    json_t *result = json_object_get(st.reply, "result");
-    if (ret_result)
-        *ret_result = json_incref(result ? result : json_null());
+    r = sv_ctl_msg_outcome(st.reply, ret_result, err);
     json_decref(st.reply);
+    if (r < 0)
+        return r;
     if (ret_fd)
         *ret_fd = TAKE_FD(fd);
     return 0;

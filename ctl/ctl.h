@@ -37,6 +37,7 @@
 #include <sys/types.h>
 #include <uv.h>
 
+#include "ctl/protocol.h"
 #include "error.h"
 
 typedef struct sv_ctl_server sv_ctl_server;
@@ -80,9 +81,6 @@ void sv_ctl_server_close(sv_ctl_server *s);
 size_t sv_ctl_server_clients(const sv_ctl_server *s);
 
 const sv_ctl_peer *sv_ctl_req_peer(const sv_ctl_req *req);
-
-/* The most file descriptors one connection holds at once (one request's). */
-#define SV_CTL_MAX_FDS 8
 
 /* Takes the descriptor that params[key] names (its index among those sent
  * with the request): 1 with *ret_fd (O_CLOEXEC, the caller owns it), 0 when
