@@ -1,5 +1,7 @@
-/* The control protocol's messages (see protocol.h and docs/protocol.md). */
+/* The control protocol's messages (see protocol.h and docs/protocol.md),
+ * and the framing helpers ctl/'s server and client share (ctl-internal.h). */
 #include "ctl/protocol.h"
+#include "ctl/ctl-internal.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -101,4 +103,21 @@ char *sv_ctl_msg_line(json_t *msg, size_t flags, size_t *ret_len) {
     text[len] = '\n'; /* json_dumps leaves room only for the NUL: reuse it */
     *ret_len = len + 1;
     return text;
+}
+
+/* ---- shared by ctl/server.c and ctl/client.c (ctl-internal.h) ------------ */
+
+int sv_ctl__sockaddr(const char *path, struct sockaddr_un *ret) {
+    size_t len = strlen(path);
+    if (len >= sizeof ret->sun_path)
+        return -ENAMETOOLONG;
+    *ret = (struct sockaddr_un){.sun_family = AF_UNIX};
+    memcpy(ret->sun_path, path, len + 1);
+    return 0;
+}
+
+size_t sv_ctl__newline_at(const char *chunk, size_t chunk_len, const char *line, size_t len) {
+    if (line >= chunk && line < chunk + chunk_len)
+        return (size_t)(line - chunk) + len;
+    return (size_t)((const char *)memchr(chunk, '\n', chunk_len) - chunk);
 }

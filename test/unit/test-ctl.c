@@ -4,7 +4,8 @@
  * left. */
 #include "testlib.h"
 
-#include "ctl/ctl.h"
+#include "ctl/client.h"
+#include "ctl/server.h"
 #include "util.h"
 
 #include <errno.h>

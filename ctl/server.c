@@ -1,15 +1,14 @@
-/* Control socket server and client (see ctl.h and docs/protocol.md). */
-#include "ctl/ctl.h"
+/* The daemon's control socket server (see server.h and docs/protocol.md). */
+#include "ctl/server.h"
+#include "ctl/ctl-internal.h"
 
 #include "cleanup.h"
-#include "fileio.h"
 #include "linebuf.h"
 #include "log.h"
 #include "util.h"
 
 #include <errno.h>
 #include <fcntl.h>
-#include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -395,13 +394,7 @@ static int on_line(const char *line, size_t len, void *userdata) {
         return 1;
     c->line_started = 0; /* a partial line after this one starts its own clock */
 
-    /* where its '\n' is: inside the chunk, or (a line carried over from
-     * earlier reads) the chunk's first one */
-    uint64_t nl_off;
-    if (line >= c->chunk && line < c->chunk + c->chunk_len)
-        nl_off = c->rx_off + (uint64_t)(line - c->chunk) + len;
-    else
-        nl_off = c->rx_off + (uint64_t)((const char *)memchr(c->chunk, '\n', c->chunk_len) - c->chunk);
+    uint64_t nl_off = c->rx_off + sv_ctl__newline_at(c->chunk, c->chunk_len, line, len);
     int fds[SV_CTL_MAX_FDS];
     size_t n_fds = take_line_fds(c, nl_off, fds);
     sv_ctl_request rq = {0};
@@ -497,10 +490,7 @@ static void on_poll(uv_poll_t *h, int status, int events) {
         client_close(c);
         return;
     }
-    union {
-        struct cmsghdr align;
-        char buf[CMSG_SPACE(sizeof(int) * SV_CTL_MAX_FDS)];
-    } control;
+    sv_ctl__fd_control control;
     struct iovec iov = {.iov_base = c->rbuf, .iov_len = sizeof c->rbuf};
     struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.buf,
                         .msg_controllen = sizeof control.buf};
@@ -616,14 +606,12 @@ static void on_connection(uv_stream_t *listener, int status) {
         client_rearm(c);
 }
 
-/* 1 if something accepts connections at path, 0 if not. */
-static int socket_alive(const char *path) {
-    struct sockaddr_un sa = {.sun_family = AF_UNIX};
-    snprintf(sa.sun_path, sizeof sa.sun_path, "%s", path);
+/* 1 if something accepts connections at sa, 0 if not. */
+static int socket_alive(const struct sockaddr_un *sa) {
     _cleanup_close_ int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0)
         return 0;
-    return connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0;
+    return connect(fd, (const struct sockaddr *)sa, sizeof *sa) == 0;
 }
 
 static void on_listener_closed(uv_handle_t *h) {
@@ -632,14 +620,14 @@ static void on_listener_closed(uv_handle_t *h) {
 
 int sv_ctl_server_new(uv_loop_t *loop, const sv_ctl_options *opts, sv_ctl_server **ret, qv_error *err) {
     struct sockaddr_un sa;
-    if (strlen(opts->path) >= sizeof sa.sun_path)
+    if (sv_ctl__sockaddr(opts->path, &sa) < 0)
         return qv_error_set(err, ENAMETOOLONG, "control socket path %s is longer than %zu bytes", opts->path,
                             sizeof sa.sun_path - 1);
     struct stat st;
     if (lstat(opts->path, &st) == 0) {
         if (!S_ISSOCK(st.st_mode))
             return qv_error_set(err, EEXIST, "%s exists and is not a socket; refusing to replace it", opts->path);
-        if (socket_alive(opts->path))
+        if (socket_alive(&sa))
             return qv_error_set(err, EADDRINUSE, "another daemon is listening on %s", opts->path);
         unlink(opts->path); /* stale socket of a daemon that died */
     }
@@ -706,219 +694,4 @@ void sv_ctl_server_close(sv_ctl_server *s) {
 
 size_t sv_ctl_server_clients(const sv_ctl_server *s) {
     return s->n_clients;
-}
-
-/* ---- blocking client --------------------------------------------------- */
-
-typedef struct call_state {
-    json_int_t id;
-    json_t *reply;
-    sv_ctl_progress_fn on_progress;
-    void *userdata;
-    bool heard; /* a progress message arrived since the last read */
-    const char *chunk; /* the bytes being fed, and once the reply came: */
-    size_t chunk_len;
-    size_t rest_at;    /* where the bytes after the reply line begin in chunk */
-} call_state;
-
-static int on_reply_line(const char *line, size_t len, void *userdata) {
-    call_state *st = userdata;
-    json_t *msg = json_loadb(line, len, 0, NULL);
-    if (!msg)
-        return -EPROTO;
-    switch (sv_ctl_msg_kind_of(msg, st->id)) {
-    case SV_CTL_MSG_PROGRESS:
-        st->heard = true;
-        if (st->on_progress)
-            st->on_progress(json_object_get(msg, "progress"), st->userdata);
-        json_decref(msg);
-        return 0;
-    case SV_CTL_MSG_REPLY:
-        st->reply = msg;
-        /* a line inside the chunk, or one completed by its first newline */
-        if (line >= st->chunk && line < st->chunk + st->chunk_len)
-            st->rest_at = (size_t)(line - st->chunk) + len + 1;
-        else
-            st->rest_at = (size_t)((const char *)memchr(st->chunk, '\n', st->chunk_len) - st->chunk) + 1;
-        return 1;
-    case SV_CTL_MSG_REFUSED:
-        st->reply = msg; /* the daemon refused the connection or the framing */
-        return 1;
-    case SV_CTL_MSG_OTHER:
-        break;
-    }
-    json_decref(msg);
-    return 0;
-}
-
-int sv_ctl_call(const char *path, const char *method, json_t *params, int timeout_ms, json_t **ret_result,
-                qv_error *err) {
-    return sv_ctl_call_progress(path, method, params, timeout_ms, NULL, NULL, ret_result, err);
-}
-
-/* Writes the request line, the descriptors (SCM_RIGHTS) with its first
- * byte so that they arrive with it. */
-static int send_request(int fd, const char *line, size_t len, const int *fds, size_t n_fds) {
-    if (n_fds == 0)
-        return qv_write_all(fd, line, len);
-    union {
-        struct cmsghdr align;
-        char buf[CMSG_SPACE(sizeof(int) * SV_CTL_MAX_FDS)];
-    } control;
-    memset(&control, 0, sizeof control);
-    struct iovec iov = {.iov_base = (void *)line, .iov_len = len};
-    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.buf,
-                        .msg_controllen = CMSG_SPACE(sizeof(int) * n_fds)};
-    struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
-    cm->cmsg_level = SOL_SOCKET;
-    cm->cmsg_type = SCM_RIGHTS;
-    cm->cmsg_len = CMSG_LEN(sizeof(int) * n_fds);
-    memcpy(CMSG_DATA(cm), fds, sizeof(int) * n_fds);
-    ssize_t n;
-    do
-        n = sendmsg(fd, &mh, MSG_NOSIGNAL);
-    while (n < 0 && errno == EINTR);
-    if (n < 0)
-        return -errno;
-    return qv_write_all(fd, line + n, len - (size_t)n);
-}
-
-/* One request; with ret_fd the connection is kept and handed back with the
- * bytes after the reply line (a stream). */
-static int ctl_call(const char *path, const char *method, json_t *params, const int *fds, size_t n_fds,
-                    int timeout_ms, sv_ctl_progress_fn on_progress, void *userdata, json_t **ret_result, int *ret_fd,
-                    char **ret_rest, size_t *ret_rest_len, qv_error *err) {
-    struct sockaddr_un sa = {.sun_family = AF_UNIX};
-    if (n_fds > SV_CTL_MAX_FDS)
-        return qv_error_set(err, E2BIG, "at most %d file descriptors go with one request", SV_CTL_MAX_FDS);
-    if (strlen(path) >= sizeof sa.sun_path)
-        return qv_error_set(err, ENAMETOOLONG, "control socket path %s is too long", path);
-    strcpy(sa.sun_path, path);
-    _cleanup_close_ int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        return qv_error_set(err, errno, "socket: %s", strerror(errno));
-    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
-        int e = errno;
-        if (e == ENOENT || e == ECONNREFUSED || e == ENOTDIR)
-            return qv_error_set(err, ECONNREFUSED, "the qvisor daemon is not running (nothing listens on %s)", path);
-        if (e == EACCES || e == EPERM)
-            return qv_error_set(err, EACCES, "permission denied on %s (ask for the socket group)", path);
-        return qv_error_set(err, e, "cannot connect to %s: %s", path, strerror(e));
-    }
-
-    static json_int_t next_id;
-    call_state st = {.id = ++next_id + (json_int_t)getpid() * 1000, .on_progress = on_progress, .userdata = userdata};
-    json_t *req = sv_ctl_msg_request(st.id, method, params, on_progress != NULL, n_fds);
-    size_t len = 0;
-    _cleanup_free_ char *line = req ? sv_ctl_msg_line(req, JSON_COMPACT, &len) : NULL;
-    json_decref(req);
-    if (!line)
-        return qv_error_set(err, ENOMEM, "out of memory");
-    /* If the daemon hangs up while we write (it refuses an oversized request
-     * and closes), its reply saying why is still there to read. */
-    int write_err = send_request(fd, line, len, fds, n_fds);
-    if (write_err < 0)
-        shutdown(fd, SHUT_WR);
-
-    qv_linebuf lb;
-    qv_linebuf_init(&lb, 64u << 20);
-    uint64_t deadline = qv_now_ms() + (uint64_t)timeout_ms;
-    char buf[65536];
-    int r = 0;
-    bool progressed = false;
-    while (!st.reply) {
-        uint64_t now = qv_now_ms();
-        if (now >= deadline) {
-            if (progressed)
-                r = qv_error_set(err, ETIMEDOUT, "the daemon reported progress, then nothing for %d ms", timeout_ms);
-            else
-                r = qv_error_set(err, ETIMEDOUT, "no answer from the daemon within %d ms", timeout_ms);
-            break;
-        }
-        struct pollfd pfd = {.fd = fd, .events = POLLIN};
-        int n = poll(&pfd, 1, (int)(deadline - now));
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0) {
-            r = qv_error_set(err, errno, "poll: %s", strerror(errno));
-            break;
-        }
-        if (n == 0)
-            continue;
-        ssize_t got = read(fd, buf, sizeof buf);
-        if (got < 0 && errno == EINTR)
-            continue;
-        if (got <= 0) {
-            if (write_err < 0)
-                r = qv_error_set(err, ECONNRESET, "the daemon closed the connection while the request was sent: %s",
-                                 strerror(-write_err));
-            else
-                r = qv_error_set(err, ECONNRESET, "the daemon closed the connection without answering");
-            break;
-        }
-        st.chunk = buf;
-        st.chunk_len = (size_t)got;
-        int fr = qv_linebuf_feed(&lb, buf, (size_t)got, on_reply_line, &st);
-        if (st.reply && ret_rest) {
-            size_t rest = (size_t)got - st.rest_at;
-            *ret_rest = malloc(rest ? rest : 1);
-            if (!*ret_rest) {
-                r = qv_error_set(err, ENOMEM, "out of memory");
-                break;
-            }
-            memcpy(*ret_rest, buf + st.rest_at, rest);
-            *ret_rest_len = rest;
-        }
-        if (fr < 0 && !st.reply) {
-            r = qv_error_set(err, EPROTO, "malformed reply from the daemon");
-            break;
-        }
-        if (st.heard) { /* the daemon is working on it: wait afresh */
-            st.heard = false;
-            progressed = true;
-            deadline = qv_now_ms() + (uint64_t)timeout_ms;
-        }
-    }
-    qv_linebuf_free(&lb);
-    if (r < 0) {
-        json_decref(st.reply);
-        return r;
-    }
-
-    r = sv_ctl_msg_outcome(st.reply, ret_result, err);
-    json_decref(st.reply);
-    if (r < 0)
-        return r;
-    if (ret_fd)
-        *ret_fd = TAKE_FD(fd);
-    return 0;
-}
-
-int sv_ctl_call_progress(const char *path, const char *method, json_t *params, int timeout_ms,
-                         sv_ctl_progress_fn on_progress, void *userdata, json_t **ret_result, qv_error *err) {
-    return ctl_call(path, method, params, NULL, 0, timeout_ms, on_progress, userdata, ret_result, NULL, NULL, NULL,
-                    err);
-}
-
-int sv_ctl_call_fds(const char *path, const char *method, json_t *params, const int *fds, size_t n_fds,
-                    int timeout_ms, sv_ctl_progress_fn on_progress, void *userdata, json_t **ret_result,
-                    qv_error *err) {
-    return ctl_call(path, method, params, fds, n_fds, timeout_ms, on_progress, userdata, ret_result, NULL, NULL,
-                    NULL, err);
-}
-
-int sv_ctl_call_stream(const char *path, const char *method, json_t *params, int timeout_ms, json_t **ret_result,
-                       int *ret_fd, char **ret_rest, size_t *ret_rest_len, qv_error *err) {
-    char *rest = NULL;
-    size_t rest_len = 0;
-    int fd = -1;
-    int r = ctl_call(path, method, params, NULL, 0, timeout_ms, NULL, NULL, ret_result, &fd, &rest, &rest_len, err);
-    if (r < 0) {
-        free(rest);
-        return r;
-    }
-    *ret_fd = fd;
-    *ret_rest = rest;
-    *ret_rest_len = rest_len;
-    return 0;
 }
