@@ -12,7 +12,7 @@
 
 #include "error.h"
 #include "spec/config.h"
-#include "ctl/ctl.h"
+#include "ctl/client.h"
 
 typedef struct qv_cli {
     const char *config_path; /* --config, or the built-in default */

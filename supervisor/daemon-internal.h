@@ -8,7 +8,7 @@
 #include <uv.h>
 
 #include "spec/config.h"
-#include "ctl/ctl.h"
+#include "ctl/server.h"
 #include "supervisor/daemon.h"
 #include "supervisor/vm/registry.h"
 #include "supervisor/vm/serlog.h"

@@ -4,7 +4,7 @@
 
 #include "cleanup.h"
 #include "spec/config.h"
-#include "ctl/ctl.h"
+#include "ctl/server.h"
 #include "fileio.h"
 #include "supervisor/notify.h"
 #include "qv-build.h"

@@ -1,6 +1,6 @@
 /* libFuzzer target for the control socket's request side: framing of
  * newline-delimited requests (common/linebuf.c), JSON parsing and request
- * validation (ctl/ctl.c), the size limit, progress, streaming
+ * validation (ctl/protocol.c, ctl/server.c), the size limit, progress, streaming
  * hand-over, and the spec validation behind vm.create (the method most
  * exposed to outside input).
  *
@@ -10,7 +10,7 @@
  * JSON object with an "id" and either "result", "error" or "progress".
  *
  * Input: the bytes a client sends. */
-#include "ctl/ctl.h"
+#include "ctl/server.h"
 #include "spec/vmspec.h"
 
 #include <errno.h>

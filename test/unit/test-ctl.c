@@ -1,10 +1,12 @@
-/* Control protocol framing against the real server on a private loop:
- * partial reads, pipelining, oversized requests, garbage, client limits,
+/* Control protocol framing against the real server on a private loop,
+ * driven by raw sockets and by the blocking client (ctl/client.h): partial
+ * reads, pipelining, oversized requests, garbage, client limits,
  * asynchronous replies, progress messages, and a clean close with no handle
- * left. */
+ * left.  The messages on their own: test-ctl-protocol.c. */
 #include "testlib.h"
 
-#include "ctl/ctl.h"
+#include "ctl/client.h"
+#include "ctl/server.h"
 #include "util.h"
 
 #include <errno.h>

@@ -1,15 +1,14 @@
-/* Control socket server and client (see ctl.h and docs/protocol.md). */
-#include "ctl/ctl.h"
+/* The daemon's control socket server (see server.h and docs/protocol.md). */
+#include "ctl/server.h"
+#include "ctl/ctl-internal.h"
 
 #include "cleanup.h"
-#include "fileio.h"
 #include "linebuf.h"
 #include "log.h"
 #include "util.h"
 
 #include <errno.h>
 #include <fcntl.h>
-#include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -28,8 +27,6 @@
 #define CTL_IDLE_TIMEOUT_MS 60000
 /* supplementary groups looked at when authorising a peer (NGROUPS_MAX is 65536) */
 #define CTL_MAX_PEER_GROUPS 65536
-
-_Static_assert(SV_CTL_MAX_FDS <= 253, "SCM_MAX_FD");
 
 typedef struct ctl_client ctl_client;
 
@@ -226,7 +223,8 @@ static void client_send_flags(ctl_client *c, json_t *msg, size_t flags) {
         json_decref(msg);
         return;
     }
-    char *text = json_dumps(msg, flags);
+    size_t len;
+    char *text = sv_ctl_msg_line(msg, flags, &len);
     json_decref(msg);
     ctl_write *cw = calloc(1, sizeof *cw);
     if (!text || !cw) {
@@ -235,11 +233,9 @@ static void client_send_flags(ctl_client *c, json_t *msg, size_t flags) {
         client_close(c);
         return;
     }
-    size_t len = strlen(text);
-    text[len] = '\n'; /* json_dumps leaves room only for the NUL: reuse it */
     cw->data = text;
     cw->client = c;
-    uv_buf_t buf = uv_buf_init(text, (unsigned)len + 1);
+    uv_buf_t buf = uv_buf_init(text, (unsigned)len);
     c->refs++;
     int r = uv_write(&cw->w, (uv_stream_t *)&c->pipe, &buf, 1, on_write_done);
     if (r < 0) {
@@ -259,12 +255,8 @@ static void client_send(ctl_client *c, json_t *msg) {
     client_send_flags(c, msg, JSON_COMPACT);
 }
 
-static json_t *error_object(int code, const char *message) {
-    return json_pack("{s:s, s:s}", "code", qv_errno_name(code), "message", message);
-}
-
 static void client_send_error(ctl_client *c, json_t *id, int code, const char *message) {
-    client_send(c, json_pack("{s:O?, s:o}", "id", id, "error", error_object(code, message)));
+    client_send(c, sv_ctl_msg_error(id, code, message));
 }
 
 /* ---- requests ---------------------------------------------------------- */
@@ -310,9 +302,7 @@ static void req_finish(sv_ctl_req *req, json_t *msg) {
 }
 
 void sv_ctl_reply(sv_ctl_req *req, json_t *result) {
-    if (!result)
-        result = json_object();
-    req_finish(req, json_pack("{s:O, s:o}", "id", req->id, "result", result));
+    req_finish(req, sv_ctl_msg_result(req->id, result));
 }
 
 void sv_ctl_reply_stream(sv_ctl_req *req, json_t *result, sv_ctl_stream_fn on_stream, void *userdata) {
@@ -324,14 +314,12 @@ void sv_ctl_reply_stream(sv_ctl_req *req, json_t *result, sv_ctl_stream_fn on_st
         client_unref(c);
         return;
     }
-    if (!result)
-        result = json_object();
     c->refs++; /* the reply below may close the client */
     client_stop_reading(c);
     uv_timer_stop(&c->timer); /* a stream is not a request: no timeout */
     c->stream_fn = on_stream;
     c->stream_userdata = userdata;
-    req_finish(req, json_pack("{s:O, s:o}", "id", req->id, "result", result));
+    req_finish(req, sv_ctl_msg_result(req->id, result));
     c->streaming = true; /* after the reply: nothing else goes out */
     client_unref(c);
 }
@@ -342,7 +330,7 @@ void sv_ctl_reply_error(sv_ctl_req *req, int code, const char *fmt, ...) {
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    req_finish(req, json_pack("{s:O, s:o}", "id", req->id, "error", error_object(code, msg)));
+    req_finish(req, sv_ctl_msg_error(req->id, code, msg));
 }
 
 void sv_ctl_reply_qv_error(sv_ctl_req *req, const qv_error *err) {
@@ -374,7 +362,7 @@ void sv_ctl_progress(sv_ctl_req *req, json_t *progress) {
     req->last_progress = progress; /* the message below holds its own reference */
     req->last_progress_ms = now;
     /* percentages like 42.1 as written, not 42.100000000000001 */
-    client_send_flags(req->client, json_pack("{s:O, s:O}", "id", req->id, "progress", progress),
+    client_send_flags(req->client, sv_ctl_msg_progress(req->id, progress),
                       JSON_COMPACT | JSON_REAL_PRECISION(12));
 }
 
@@ -406,84 +394,44 @@ static int on_line(const char *line, size_t len, void *userdata) {
         return 1;
     c->line_started = 0; /* a partial line after this one starts its own clock */
 
-    /* where its '\n' is: inside the chunk, or (a line carried over from
-     * earlier reads) the chunk's first one */
-    uint64_t nl_off;
-    if (line >= c->chunk && line < c->chunk + c->chunk_len)
-        nl_off = c->rx_off + (uint64_t)(line - c->chunk) + len;
-    else
-        nl_off = c->rx_off + (uint64_t)((const char *)memchr(c->chunk, '\n', c->chunk_len) - c->chunk);
+    uint64_t nl_off = c->rx_off + sv_ctl__newline_at(c->chunk, c->chunk_len, line, len);
     int fds[SV_CTL_MAX_FDS];
     size_t n_fds = take_line_fds(c, nl_off, fds);
-    const char *problem = NULL;
-    json_t *msg = NULL;
+    sv_ctl_request rq = {0};
     if (blank(line, len)) {
         if (n_fds)
             client_send_error(c, NULL, EINVAL, "file descriptors sent with an empty line");
         goto refuse;
     }
-
-    json_error_t jerr;
-    msg = json_loadb(line, len, JSON_REJECT_DUPLICATES, &jerr);
-    if (!msg) {
-        char why[256];
-        snprintf(why, sizeof why, "invalid JSON at byte %d: %s", jerr.position, jerr.text);
-        client_send_error(c, NULL, EBADMSG, why);
-        goto refuse;
-    }
-    json_t *id = json_object_get(msg, "id");
-    json_t *method = json_object_get(msg, "method");
-    json_t *params = json_object_get(msg, "params");
-    json_t *progress = json_object_get(msg, "progress");
-    json_t *nfds = json_object_get(msg, "fds");
-    char why[160];
-    if (!json_is_object(msg))
-        problem = "a request must be a JSON object";
-    else if (!id || !(json_is_integer(id) || json_is_string(id)))
-        problem = "a request needs an \"id\" (number or string)";
-    else if (!json_is_string(method))
-        problem = "a request needs a \"method\" string";
-    else if (params && !json_is_object(params) && !json_is_null(params))
-        problem = "\"params\" must be an object";
-    else if (progress && !json_is_boolean(progress))
-        problem = "\"progress\" must be true or false";
-    else if (nfds && (!json_is_integer(nfds) || json_integer_value(nfds) < 0 ||
-                      json_integer_value(nfds) > SV_CTL_MAX_FDS))
-        problem = "\"fds\" must be the number of file descriptors sent with the request (at most 8)";
-    else if ((size_t)json_integer_value(nfds) != n_fds) {
-        /* descriptors nobody asked for, or fewer than announced: no guessing */
-        snprintf(why, sizeof why, "the request says \"fds\": %lld, but %zu file descriptors came with it",
-                 (long long)json_integer_value(nfds), n_fds);
-        problem = why;
-    }
-    if (problem) {
-        client_send_error(c, json_is_integer(id) || json_is_string(id) ? id : NULL, EINVAL, problem);
+    qv_error err = {0};
+    if (sv_ctl_request_parse(line, len, n_fds, &rq, &err) < 0) {
+        client_send_error(c, rq.id, err.code, err.msg);
         goto refuse;
     }
 
     sv_ctl_req *req = calloc(1, sizeof *req);
     if (!req) {
-        json_decref(msg);
+        json_decref(rq.msg);
         close_fds(fds, n_fds);
         c->fds_held -= n_fds;
         return 1;
     }
     req->client = c;
-    req->id = json_incref(id);
-    req->wants_progress = json_is_true(progress);
+    req->id = json_incref(rq.id);
+    req->wants_progress = rq.progress;
     memcpy(req->fds, fds, n_fds * sizeof *fds);
     req->n_fds = n_fds;
     c->refs++;
     c->requests++;
-    json_t *p = json_is_object(params) ? json_incref(params) : json_object();
+    json_t *p = rq.params ? json_incref(rq.params) : json_object();
     sv_ctl_server *s = c->server;
-    s->opts.handler(req, json_string_value(method), p, s->opts.userdata);
+    s->opts.handler(req, rq.method, p, s->opts.userdata);
     json_decref(p);
-    json_decref(msg);
+    json_decref(rq.msg);
     return c->closing || c->streaming ? 1 : 0;
 
 refuse:
-    json_decref(msg);
+    json_decref(rq.msg);
     close_fds(fds, n_fds);
     c->fds_held -= n_fds;
     return 0;
@@ -542,10 +490,7 @@ static void on_poll(uv_poll_t *h, int status, int events) {
         client_close(c);
         return;
     }
-    union {
-        struct cmsghdr align;
-        char buf[CMSG_SPACE(sizeof(int) * SV_CTL_MAX_FDS)];
-    } control;
+    sv_ctl__fd_control control;
     struct iovec iov = {.iov_base = c->rbuf, .iov_len = sizeof c->rbuf};
     struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.buf,
                         .msg_controllen = sizeof control.buf};
@@ -661,14 +606,12 @@ static void on_connection(uv_stream_t *listener, int status) {
         client_rearm(c);
 }
 
-/* 1 if something accepts connections at path, 0 if not. */
-static int socket_alive(const char *path) {
-    struct sockaddr_un sa = {.sun_family = AF_UNIX};
-    snprintf(sa.sun_path, sizeof sa.sun_path, "%s", path);
+/* 1 if something accepts connections at sa, 0 if not. */
+static int socket_alive(const struct sockaddr_un *sa) {
     _cleanup_close_ int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0)
         return 0;
-    return connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0;
+    return connect(fd, (const struct sockaddr *)sa, sizeof *sa) == 0;
 }
 
 static void on_listener_closed(uv_handle_t *h) {
@@ -677,14 +620,14 @@ static void on_listener_closed(uv_handle_t *h) {
 
 int sv_ctl_server_new(uv_loop_t *loop, const sv_ctl_options *opts, sv_ctl_server **ret, qv_error *err) {
     struct sockaddr_un sa;
-    if (strlen(opts->path) >= sizeof sa.sun_path)
+    if (sv_ctl__sockaddr(opts->path, &sa) < 0)
         return qv_error_set(err, ENAMETOOLONG, "control socket path %s is longer than %zu bytes", opts->path,
                             sizeof sa.sun_path - 1);
     struct stat st;
     if (lstat(opts->path, &st) == 0) {
         if (!S_ISSOCK(st.st_mode))
             return qv_error_set(err, EEXIST, "%s exists and is not a socket; refusing to replace it", opts->path);
-        if (socket_alive(opts->path))
+        if (socket_alive(&sa))
             return qv_error_set(err, EADDRINUSE, "another daemon is listening on %s", opts->path);
         unlink(opts->path); /* stale socket of a daemon that died */
     }
@@ -751,237 +694,4 @@ void sv_ctl_server_close(sv_ctl_server *s) {
 
 size_t sv_ctl_server_clients(const sv_ctl_server *s) {
     return s->n_clients;
-}
-
-/* ---- blocking client --------------------------------------------------- */
-
-typedef struct call_state {
-    json_int_t id;
-    json_t *reply;
-    sv_ctl_progress_fn on_progress;
-    void *userdata;
-    bool heard; /* a progress message arrived since the last read */
-    const char *chunk; /* the bytes being fed, and once the reply came: */
-    size_t chunk_len;
-    size_t rest_at;    /* where the bytes after the reply line begin in chunk */
-} call_state;
-
-static int on_reply_line(const char *line, size_t len, void *userdata) {
-    call_state *st = userdata;
-    json_t *msg = json_loadb(line, len, 0, NULL);
-    if (!msg)
-        return -EPROTO;
-    json_t *id = json_object_get(msg, "id");
-    if (json_is_integer(id) && json_integer_value(id) == st->id) {
-        json_t *progress = json_object_get(msg, "progress");
-        if (progress && !json_object_get(msg, "result") && !json_object_get(msg, "error")) {
-            st->heard = true;
-            if (st->on_progress)
-                st->on_progress(progress, st->userdata);
-            json_decref(msg);
-            return 0;
-        }
-        st->reply = msg;
-        /* a line inside the chunk, or one completed by its first newline */
-        if (line >= st->chunk && line < st->chunk + st->chunk_len)
-            st->rest_at = (size_t)(line - st->chunk) + len + 1;
-        else
-            st->rest_at = (size_t)((const char *)memchr(st->chunk, '\n', st->chunk_len) - st->chunk) + 1;
-        return 1;
-    }
-    if (json_is_null(id) && json_object_get(msg, "error")) {
-        st->reply = msg; /* the daemon refused the connection or the framing */
-        return 1;
-    }
-    json_decref(msg);
-    return 0;
-}
-
-int sv_ctl_call(const char *path, const char *method, json_t *params, int timeout_ms, json_t **ret_result,
-                qv_error *err) {
-    return sv_ctl_call_progress(path, method, params, timeout_ms, NULL, NULL, ret_result, err);
-}
-
-/* Writes the request line, the descriptors (SCM_RIGHTS) with its first
- * byte so that they arrive with it. */
-static int send_request(int fd, const char *line, size_t len, const int *fds, size_t n_fds) {
-    if (n_fds == 0)
-        return qv_write_all(fd, line, len);
-    union {
-        struct cmsghdr align;
-        char buf[CMSG_SPACE(sizeof(int) * SV_CTL_MAX_FDS)];
-    } control;
-    memset(&control, 0, sizeof control);
-    struct iovec iov = {.iov_base = (void *)line, .iov_len = len};
-    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.buf,
-                        .msg_controllen = CMSG_SPACE(sizeof(int) * n_fds)};
-    struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
-    cm->cmsg_level = SOL_SOCKET;
-    cm->cmsg_type = SCM_RIGHTS;
-    cm->cmsg_len = CMSG_LEN(sizeof(int) * n_fds);
-    memcpy(CMSG_DATA(cm), fds, sizeof(int) * n_fds);
-    ssize_t n;
-    do
-        n = sendmsg(fd, &mh, MSG_NOSIGNAL);
-    while (n < 0 && errno == EINTR);
-    if (n < 0)
-        return -errno;
-    return qv_write_all(fd, line + n, len - (size_t)n);
-}
-
-/* One request; with ret_fd the connection is kept and handed back with the
- * bytes after the reply line (a stream). */
-static int ctl_call(const char *path, const char *method, json_t *params, const int *fds, size_t n_fds,
-                    int timeout_ms, sv_ctl_progress_fn on_progress, void *userdata, json_t **ret_result, int *ret_fd,
-                    char **ret_rest, size_t *ret_rest_len, qv_error *err) {
-    struct sockaddr_un sa = {.sun_family = AF_UNIX};
-    if (n_fds > SV_CTL_MAX_FDS)
-        return qv_error_set(err, E2BIG, "at most %d file descriptors go with one request", SV_CTL_MAX_FDS);
-    if (strlen(path) >= sizeof sa.sun_path)
-        return qv_error_set(err, ENAMETOOLONG, "control socket path %s is too long", path);
-    strcpy(sa.sun_path, path);
-    _cleanup_close_ int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        return qv_error_set(err, errno, "socket: %s", strerror(errno));
-    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
-        int e = errno;
-        if (e == ENOENT || e == ECONNREFUSED || e == ENOTDIR)
-            return qv_error_set(err, ECONNREFUSED, "the qvisor daemon is not running (nothing listens on %s)", path);
-        if (e == EACCES || e == EPERM)
-            return qv_error_set(err, EACCES, "permission denied on %s (ask for the socket group)", path);
-        return qv_error_set(err, e, "cannot connect to %s: %s", path, strerror(e));
-    }
-
-    static json_int_t next_id;
-    call_state st = {.id = ++next_id + (json_int_t)getpid() * 1000, .on_progress = on_progress, .userdata = userdata};
-    json_t *req = json_pack("{s:I, s:s, s:O?}", "id", st.id, "method", method, "params", params);
-    if (req && on_progress)
-        json_object_set_new(req, "progress", json_true());
-    if (req && n_fds)
-        json_object_set_new(req, "fds", json_integer((json_int_t)n_fds));
-    _cleanup_free_ char *text = req ? json_dumps(req, JSON_COMPACT) : NULL;
-    json_decref(req);
-    if (!text)
-        return qv_error_set(err, ENOMEM, "out of memory");
-    size_t len = strlen(text);
-    _cleanup_free_ char *line = malloc(len + 2);
-    if (!line)
-        return qv_error_set(err, ENOMEM, "out of memory");
-    memcpy(line, text, len);
-    line[len] = '\n';
-    /* If the daemon hangs up while we write (it refuses an oversized request
-     * and closes), its reply saying why is still there to read. */
-    int write_err = send_request(fd, line, len + 1, fds, n_fds);
-    if (write_err < 0)
-        shutdown(fd, SHUT_WR);
-
-    qv_linebuf lb;
-    qv_linebuf_init(&lb, 64u << 20);
-    uint64_t deadline = qv_now_ms() + (uint64_t)timeout_ms;
-    char buf[65536];
-    int r = 0;
-    bool progressed = false;
-    while (!st.reply) {
-        uint64_t now = qv_now_ms();
-        if (now >= deadline) {
-            if (progressed)
-                r = qv_error_set(err, ETIMEDOUT, "the daemon reported progress, then nothing for %d ms", timeout_ms);
-            else
-                r = qv_error_set(err, ETIMEDOUT, "no answer from the daemon within %d ms", timeout_ms);
-            break;
-        }
-        struct pollfd pfd = {.fd = fd, .events = POLLIN};
-        int n = poll(&pfd, 1, (int)(deadline - now));
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0) {
-            r = qv_error_set(err, errno, "poll: %s", strerror(errno));
-            break;
-        }
-        if (n == 0)
-            continue;
-        ssize_t got = read(fd, buf, sizeof buf);
-        if (got < 0 && errno == EINTR)
-            continue;
-        if (got <= 0) {
-            if (write_err < 0)
-                r = qv_error_set(err, ECONNRESET, "the daemon closed the connection while the request was sent: %s",
-                                 strerror(-write_err));
-            else
-                r = qv_error_set(err, ECONNRESET, "the daemon closed the connection without answering");
-            break;
-        }
-        st.chunk = buf;
-        st.chunk_len = (size_t)got;
-        int fr = qv_linebuf_feed(&lb, buf, (size_t)got, on_reply_line, &st);
-        if (st.reply && ret_rest) {
-            size_t rest = (size_t)got - st.rest_at;
-            *ret_rest = malloc(rest ? rest : 1);
-            if (!*ret_rest) {
-                r = qv_error_set(err, ENOMEM, "out of memory");
-                break;
-            }
-            memcpy(*ret_rest, buf + st.rest_at, rest);
-            *ret_rest_len = rest;
-        }
-        if (fr < 0 && !st.reply) {
-            r = qv_error_set(err, EPROTO, "malformed reply from the daemon");
-            break;
-        }
-        if (st.heard) { /* the daemon is working on it: wait afresh */
-            st.heard = false;
-            progressed = true;
-            deadline = qv_now_ms() + (uint64_t)timeout_ms;
-        }
-    }
-    qv_linebuf_free(&lb);
-    if (r < 0) {
-        json_decref(st.reply);
-        return r;
-    }
-
-    json_t *e = json_object_get(st.reply, "error");
-    if (e) {
-        int code = qv_errno_from_name(json_string_value(json_object_get(e, "code")));
-        const char *m = json_string_value(json_object_get(e, "message"));
-        r = qv_error_set(err, code, "%s", m ? m : qv_strerror(code));
-        json_decref(st.reply);
-        return r;
-    }
-    json_t *result = json_object_get(st.reply, "result");
-    if (ret_result)
-        *ret_result = json_incref(result ? result : json_null());
-    json_decref(st.reply);
-    if (ret_fd)
-        *ret_fd = TAKE_FD(fd);
-    return 0;
-}
-
-int sv_ctl_call_progress(const char *path, const char *method, json_t *params, int timeout_ms,
-                         sv_ctl_progress_fn on_progress, void *userdata, json_t **ret_result, qv_error *err) {
-    return ctl_call(path, method, params, NULL, 0, timeout_ms, on_progress, userdata, ret_result, NULL, NULL, NULL,
-                    err);
-}
-
-int sv_ctl_call_fds(const char *path, const char *method, json_t *params, const int *fds, size_t n_fds,
-                    int timeout_ms, sv_ctl_progress_fn on_progress, void *userdata, json_t **ret_result,
-                    qv_error *err) {
-    return ctl_call(path, method, params, fds, n_fds, timeout_ms, on_progress, userdata, ret_result, NULL, NULL,
-                    NULL, err);
-}
-
-int sv_ctl_call_stream(const char *path, const char *method, json_t *params, int timeout_ms, json_t **ret_result,
-                       int *ret_fd, char **ret_rest, size_t *ret_rest_len, qv_error *err) {
-    char *rest = NULL;
-    size_t rest_len = 0;
-    int fd = -1;
-    int r = ctl_call(path, method, params, NULL, 0, timeout_ms, NULL, NULL, ret_result, &fd, &rest, &rest_len, err);
-    if (r < 0) {
-        free(rest);
-        return r;
-    }
-    *ret_fd = fd;
-    *ret_rest = rest;
-    *ret_rest_len = rest_len;
-    return 0;
 }

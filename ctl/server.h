@@ -1,14 +1,10 @@
-/* Control socket: newline-delimited JSON requests and replies over a unix
- * socket (docs/protocol.md).
- *
- *   request:  {"id": 7, "method": "ping", "params": {…}}
- *   reply:    {"id": 7, "result": {…}}
- *          or {"id": 7, "error": {"code": "ENOENT", "message": "no VM 'x'"}}
+/* The daemon's end of the control socket (docs/protocol.md; the messages
+ * are ctl/protocol.h's), on the daemon's libuv loop.  Called by
+ * supervisor/daemon.c, which owns the server, and by the methods in
+ * supervisor/api/, which answer requests; the CLI's end is ctl/client.h.
  *
  * A long request may report progress first, to clients that asked for it
- * with "progress": true in the request:
- *
- *   interim:  {"id": 7, "progress": {"percent": 42.5}}   (any number of them)
+ * with "progress": true in the request (sv_ctl_progress()).
  *
  * The server frames, parses and authenticates (SO_PEERCRED, SO_PEERGROUPS,
  * both taken when the connection is accepted); the handler decides what each
@@ -37,6 +33,7 @@
 #include <sys/types.h>
 #include <uv.h>
 
+#include "ctl/protocol.h"
 #include "error.h"
 
 typedef struct sv_ctl_server sv_ctl_server;
@@ -81,9 +78,6 @@ size_t sv_ctl_server_clients(const sv_ctl_server *s);
 
 const sv_ctl_peer *sv_ctl_req_peer(const sv_ctl_req *req);
 
-/* The most file descriptors one connection holds at once (one request's). */
-#define SV_CTL_MAX_FDS 8
-
 /* Takes the descriptor that params[key] names (its index among those sent
  * with the request): 1 with *ret_fd (O_CLOEXEC, the caller owns it), 0 when
  * params has no key, -EINVAL (err set) when it names none or one already
@@ -122,33 +116,3 @@ bool sv_ctl_req_wants_progress(const sv_ctl_req *req);
  * count from the last message).  A no-op when the client did not opt in or
  * has gone. */
 void sv_ctl_progress(sv_ctl_req *req, json_t *progress);
-
-/* Blocking client used by the CLI: one request, one reply.  On a reply with
- * an error, returns its negative code with err->msg set to the daemon's
- * message.  A missing or refusing socket is -ECONNREFUSED ("daemon not
- * running"), no answer within timeout_ms is -ETIMEDOUT.  *ret_result gets a
- * new reference on success. */
-int sv_ctl_call(const char *path, const char *method, json_t *params, int timeout_ms, json_t **ret_result,
-                qv_error *err);
-
-/* Blocking client of a streaming method: sends one request, waits for its
- * reply (timeout_ms), and on success hands back the connection (*ret_fd,
- * O_CLOEXEC, blocking) with the bytes that followed the reply line in the
- * same read (*ret_rest, malloc'd, *ret_rest_len may be 0): the start of the
- * stream.  Errors as sv_ctl_call(). */
-int sv_ctl_call_stream(const char *path, const char *method, json_t *params, int timeout_ms, json_t **ret_result,
-                       int *ret_fd, char **ret_rest, size_t *ret_rest_len, qv_error *err);
-
-/* Called with each progress message's "progress" value (borrowed). */
-typedef void (*sv_ctl_progress_fn)(json_t *progress, void *userdata);
-/* sv_ctl_call_progress() (on_progress may be NULL) that sends fds (at most
- * SV_CTL_MAX_FDS, borrowed: still the caller's) with the request. */
-int sv_ctl_call_fds(const char *path, const char *method, json_t *params, const int *fds, size_t n_fds,
-                    int timeout_ms, sv_ctl_progress_fn on_progress, void *userdata, json_t **ret_result,
-                    qv_error *err);
-
-/* sv_ctl_call() that opts in to progress messages when on_progress is
- * non-NULL, and then restarts the timeout at each one: timeout_ms becomes
- * the longest silence, not the longest request. */
-int sv_ctl_call_progress(const char *path, const char *method, json_t *params, int timeout_ms,
-                         sv_ctl_progress_fn on_progress, void *userdata, json_t **ret_result, qv_error *err);
