@@ -293,6 +293,9 @@ class Passthrough(unittest.TestCase):
         self.assertEqual(self.node.qemu_pids(), [])
         self.start_daemon()
         wait_for(lambda: self.fs.driver(GPU) == "nouveau", scaled(10), "the GPU given back at restart")
+        # the group's other function and the records follow (vfio/take.c give_back_one)
+        wait_for(lambda: self.fs.driver(AUDIO) == "snd_hda_intel" and self.records() == [], scaled(10),
+                 "the whole group given back and its records removed")
         self.assert_host_has((GPU, "nouveau"), (AUDIO, "snd_hda_intel"))
         self.assertEqual(self.records(), [])
         self.assertEqual(self.show("ml")["state"], "stopped")
