@@ -411,11 +411,11 @@ static void print_created(const qv_cli *cli, json_t *vm) {
         qv_printf("created VM %s (disk %s)\n", name, json_string_value(json_object_get(vm, "disk")));
         if (json_is_true(json_object_get(sp, "ssh_generate"))) {
             const char *user = json_string_value(json_object_get(sp, "user"));
-            const char *dir = json_string_value(json_object_get(vm, "dir"));
-            qv_printf("SSH key pair: %s/ssh/id_ed25519 (login user %s). Once the VM runs:\n"
+            const char *key = json_string_value(json_object_get(vm, "ssh_key"));
+            qv_printf("SSH key pair: %s (login user %s). Once the VM runs:\n"
                    "  qvisor vm ssh %s\n"
-                   "  ssh -i %s/ssh/id_ed25519 -p PORT %s@127.0.0.1   (PORT: see `qvisor vm show %s`)\n",
-                   dir, user ? user : "?", name, dir, user ? user : "?", name);
+                   "  ssh -i %s -p PORT %s@127.0.0.1   (PORT: see `qvisor vm show %s`)\n",
+                   key ? key : "?", user ? user : "?", name, key ? key : "?", user ? user : "?", name);
         }
     }
 }
@@ -976,7 +976,9 @@ int cmd_vm_ssh(qv_cli *cli, int argc, char **argv) {
         json_decref(vm);
         return QV_EXIT_UNAVAILABLE;
     }
-    const char *dir = json_string_value(json_object_get(vm, "dir"));
+    /* the daemon names the VM's files (its instance layout is not the CLI's to know) */
+    const char *known_hosts = json_string_value(json_object_get(vm, "known_hosts"));
+    const char *key = json_string_value(json_object_get(vm, "ssh_key"));
     json_t *spec = json_object_get(vm, "spec");
     if (!user) {
         user = json_string_value(json_object_get(spec, "user"));
@@ -992,11 +994,11 @@ int cmd_vm_ssh(qv_cli *cli, int argc, char **argv) {
         json_decref(vm);
         return QV_EXIT_DATAERR;
     }
-    _cleanup_free_ char *portarg = NULL, *dest = NULL, *known = NULL, *alias = NULL, *key = NULL;
+    _cleanup_free_ char *portarg = NULL, *dest = NULL, *known = NULL, *alias = NULL;
     if (asprintf(&portarg, "%lld", json_is_integer(port) ? (long long)json_integer_value(port) : 22ll) < 0 ||
         asprintf(&dest, "%s@%s", user ? user : "qvisor", host) < 0 ||
-        asprintf(&known, "UserKnownHostsFile=%s/known_hosts", dir ? dir : ".") < 0 ||
-        asprintf(&alias, "HostKeyAlias=qvisor-%s", name) < 0 || asprintf(&key, "%s/ssh/id_ed25519", dir ? dir : ".") < 0)
+        asprintf(&known, "UserKnownHostsFile=%s", known_hosts ? known_hosts : "./known_hosts") < 0 ||
+        asprintf(&alias, "HostKeyAlias=qvisor-%s", name) < 0)
         abort();
     /* fixed arguments, "--", the remote command, NULL */
     size_t cap = 16 + (size_t)(argc - optind);
@@ -1013,7 +1015,7 @@ int cmd_vm_ssh(qv_cli *cli, int argc, char **argv) {
     args[n++] = alias;
     args[n++] = "-o";
     args[n++] = "StrictHostKeyChecking=accept-new";
-    if (access(key, R_OK) == 0) {
+    if (key && access(key, R_OK) == 0) {
         args[n++] = "-i";
         args[n++] = key;
     }

@@ -8,6 +8,7 @@
  *       kernel initrd                copies of a direct kernel boot's files
  *       qemu.log serial.log[.1]      QEMU's stderr, the guest's serial port
  *       ssh/id_ed25519{,.pub}        the key pair `--ssh` generates
+ *       known_hosts                  the guest's host keys, as `vm ssh` saw them
  *   INSTANCES_DIR/.NAME.creating     a create in progress (renamed into place)
  *   INSTANCES_DIR/.NAME.removing     a remove in progress
  *   RUN_DIR/vm/NAME/                 the run directory (gone with QEMU)
@@ -34,6 +35,7 @@
 #define SV_VM_SERIAL_LOG_OLD "serial.log.1" /* the previous start's */
 #define SV_VM_SSH_DIR "ssh"
 #define SV_VM_SSH_KEY "ssh/id_ed25519" /* the public key is SV_VM_SSH_KEY ".pub" */
+#define SV_VM_KNOWN_HOSTS "known_hosts" /* `qvisor vm ssh`'s, for the guest's host keys */
 
 /* In the run directory. */
 #define SV_VM_QMP_SOCK "qmp.sock"

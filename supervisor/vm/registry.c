@@ -804,6 +804,10 @@ json_t *sv_vm_details(const sv_vm *vm) {
     json_object_set_new(j, "serial_log", json_string(p));
     sv_layout_instance_file(vm->dir, SV_VM_VARS_FILE, p, sizeof p);
     json_object_set_new(j, "firmware_vars_store", vm->spec->firmware != SV_FIRMWARE_BIOS ? json_string(p) : json_null());
+    sv_layout_instance_file(vm->dir, SV_VM_SSH_KEY, p, sizeof p);
+    json_object_set_new(j, "ssh_key", vm->spec->seed && vm->spec->ssh_generate ? json_string(p) : json_null());
+    sv_layout_instance_file(vm->dir, SV_VM_KNOWN_HOSTS, p, sizeof p);
+    json_object_set_new(j, "known_hosts", json_string(p));
     json_object_set_new(j, "created_at", json_integer((json_int_t)vm->created_at));
     /* the boot files the spec names are copies in the instance directory */
     json_object_set_new(j, "kernel_source", vm->kernel_source ? json_string(vm->kernel_source) : json_null());

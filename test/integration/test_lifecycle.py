@@ -520,6 +520,7 @@ class Lifecycle(unittest.TestCase):
         args = p.stdout.splitlines()
         self.assertEqual(args[:2], ["-p", str(port)])
         self.assertIn("HostKeyAlias=qvisor-sshy", args)
+        self.assertIn("UserKnownHostsFile=" + os.path.join(self.node.state, "instances", "sshy", "known_hosts"), args)
         self.assertEqual(args[-4:], ["qvisor@127.0.0.1", "--", "uname", "-a"])
         self.stop("sshy", "--force")
         p = self.node.qvisor("vm", "ssh", "sshy", env=env)

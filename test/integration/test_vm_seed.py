@@ -155,6 +155,9 @@ class VmSeed(unittest.TestCase):
         self.assertIn("qvisor vm ssh web-1", p.stdout)
         self.assertIn(f"ssh -i {key} -p PORT alice@127.0.0.1", p.stdout)
         self.assertIn("qvisor vm show web-1", p.stdout)
+        # the daemon names the VM's files for the CLI (vm ssh uses them)
+        shown = self.node.qvisor_json("vm", "show", "web-1")
+        self.assertEqual((shown["ssh_key"], shown["known_hosts"]), (key, os.path.join(inst, "known_hosts")))
         self.assertEqual(stat.S_IMODE(os.stat(key).st_mode), 0o600)
         with open(key + ".pub") as f:
             generated = f.read().strip()
