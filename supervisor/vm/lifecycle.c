@@ -4,6 +4,7 @@
 #include "cleanup.h"
 
 #include <errno.h>
+#include <string.h>
 
 /* A cell: the next state and the action, or one of these in `to`. */
 #define NOOP (-1) /* already satisfied */
@@ -42,6 +43,27 @@ static const cell table[][SV_EV__COUNT] = {
     [CRSH] = {C(STRT, PREPARE), __,           __,               R(NOOP),          __,             __,             __,               __,               C(REMV, REMOVE),  R(DOWN),        R(DOWN),        __},
     [REMV] = {R(BUSY),          __,           __,               R(BUSY),          __,             __,             __,               __,               R(BUSY),          R(BUSY),        R(BUSY),        __},
 };
+
+static const char *const state_names[] = {
+    [SV_VM_CREATING] = "creating", [SV_VM_STOPPED] = "stopped",   [SV_VM_STARTING] = "starting",
+    [SV_VM_RUNNING] = "running",   [SV_VM_PAUSED] = "paused",     [SV_VM_STOPPING] = "stopping",
+    [SV_VM_CRASHED] = "crashed",   [SV_VM_REMOVING] = "removing",
+};
+
+const char *sv_vm_state_name(sv_vm_state s) {
+    return (unsigned)s < QV_ARRAY_SIZE(state_names) ? state_names[s] : "unknown";
+}
+
+int sv_vm_state_from_name(const char *n) {
+    for (size_t i = 0; i < QV_ARRAY_SIZE(state_names); i++)
+        if (n && strcmp(state_names[i], n) == 0)
+            return (int)i;
+    return -1;
+}
+
+bool sv_vm_state_has_qemu(sv_vm_state s) {
+    return s == SV_VM_STARTING || s == SV_VM_RUNNING || s == SV_VM_PAUSED || s == SV_VM_STOPPING;
+}
 
 static const char *const event_names[] = {
     [SV_EV_START] = "start",     [SV_EV_STARTED] = "started", [SV_EV_START_FAILED] = "start-failed",

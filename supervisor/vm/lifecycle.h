@@ -6,7 +6,25 @@
  * cell, so the daemon and the docs cannot disagree. */
 #pragma once
 
-#include "supervisor/vm/registry.h"
+#include <stdbool.h>
+
+typedef enum sv_vm_state {
+    SV_VM_CREATING,
+    SV_VM_STOPPED,
+    SV_VM_STARTING,
+    SV_VM_RUNNING,
+    SV_VM_PAUSED,
+    SV_VM_STOPPING,
+    SV_VM_CRASHED,
+    SV_VM_REMOVING,
+} sv_vm_state;
+
+/* "creating", "stopped", …: the names state.json and the protocol use. */
+const char *sv_vm_state_name(sv_vm_state s);
+/* The inverse; -1 for a name that is none. */
+int sv_vm_state_from_name(const char *name);
+/* The states in which the VM has (or is getting) a QEMU process. */
+bool sv_vm_state_has_qemu(sv_vm_state s);
 
 typedef enum sv_vm_event {
     SV_EV_START,         /* request: vm start (or a restart policy firing) */

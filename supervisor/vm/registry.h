@@ -16,19 +16,7 @@
 #include "netdev/ip.h"
 #include "spec/vmspec.h"
 #include "supervisor/vm/layout.h"
-
-typedef enum sv_vm_state {
-    SV_VM_CREATING,
-    SV_VM_STOPPED,
-    SV_VM_STARTING,
-    SV_VM_RUNNING,
-    SV_VM_PAUSED,
-    SV_VM_STOPPING,
-    SV_VM_CRASHED,
-    SV_VM_REMOVING,
-} sv_vm_state;
-
-const char *sv_vm_state_name(sv_vm_state s);
+#include "supervisor/vm/lifecycle.h"
 
 /* A VM: opaque outside supervisor/vm/ (its fields: vm/vm-record.h), read
  * through the accessors below; only supervisor/vm/ changes one. */
@@ -80,9 +68,6 @@ int sv_registry_create(sv_registry *r, uv_loop_t *loop, sv_vmspec *spec, int ker
 /* Removes a stopped or crashed VM and its directory (synchronously: a rename
  * and an unlink walk).  -EBUSY when it is in any other state. */
 int sv_registry_remove(sv_registry *r, const char *name, qv_error *err);
-
-/* The states in which the VM has (or is getting) a QEMU process. */
-bool sv_vm_state_has_qemu(sv_vm_state s);
 
 /* Writes the VM's state.json (atomic, durable). */
 int sv_registry_save(sv_registry *r, sv_vm *vm, qv_error *err);

@@ -1,0 +1,101 @@
+/* One VM's files (see registry.h): state.json and spec.json written and
+ * read through the instance directory's fd. */
+#include "supervisor/vm/registry-internal.h"
+#include "supervisor/vm/lifecycle.h"
+
+#include "cleanup.h"
+#include "fileio.h"
+#include "log.h"
+#include "qv-build.h"
+#include "util.h"
+#include "host/firmware.h"
+#include "supervisor/images/image.h"
+#include "supervisor/vm/nics.h"
+#include "supervisor/vm/seed.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+/* ---- persistence ----------------------------------------------------------- */
+
+
+/* state.json of vm, as if it were in `state`. */
+json_t *reg__state_json_as(const sv_vm *vm, sv_vm_state state) {
+    const sv_vm_run *run = &vm->run;
+    json_t *j = json_pack("{s:s, s:I, s:I, s:I, s:I, s:s?, s:{s:i, s:I, s:I, s:i, s:b, s:I, s:I, s:i}}", "state",
+                     sv_vm_state_name(state), "created_at", (json_int_t)vm->created_at, "disk_size",
+                     (json_int_t)vm->disk_size, "base_size", (json_int_t)vm->base_size, "base_mtime_ns",
+                     (json_int_t)vm->base_mtime_ns, "last_exit", vm->last_exit, "run", "pid", run->pid,
+                     "start_ticks", (json_int_t)run->start_ticks, "started_at", (json_int_t)run->started_at,
+                     "ssh_port", run->ssh_port, "stop_force", run->stop_force, "stop_timeout_ms",
+                     (json_int_t)run->stop_timeout_ms, "restarts", (json_int_t)run->restarts, "numa_node",
+                     run->numa_node);
+    if (j && vm->disk_ino) {
+        json_object_set_new(j, "disk_dev", json_integer((json_int_t)vm->disk_dev));
+        json_object_set_new(j, "disk_ino", json_integer((json_int_t)vm->disk_ino));
+    }
+    if (j && vm->kernel_source)
+        json_object_set_new(j, "kernel_source", json_string(vm->kernel_source));
+    if (j && vm->initrd_source)
+        json_object_set_new(j, "initrd_source", json_string(vm->initrd_source));
+    return j;
+}
+
+static json_t *state_json(const sv_vm *vm) {
+    return reg__state_json_as(vm, vm->state);
+}
+
+int sv_registry_save(sv_registry *r, sv_vm *vm, qv_error *err) {
+    (void)r;
+    json_t *st = state_json(vm);
+    int rc = reg__write_json(vm->dir, SV_VM_STATE_FILE, st, err);
+    json_decref(st);
+    return rc;
+}
+
+/* Files of an instance directory are reached through the directory's fd,
+ * opened without following a symlink in its place (issue 15: someone who
+ * can write the instances directory must not redirect qvisor's writes). */
+int reg__write_json(const char *dir, const char *file, json_t *j, qv_error *err) {
+    _cleanup_free_ char *text = j ? json_dumps(j, JSON_INDENT(2) | JSON_PRESERVE_ORDER) : NULL;
+    if (!text)
+        return qv_error_set(err, ENOMEM, "out of memory");
+    size_t len = strlen(text);
+    text[len] = '\n'; /* room of the NUL; written length includes it */
+    _cleanup_close_ int dfd = qv_open_dir_nofollow(dir);
+    int r = dfd < 0 ? dfd : qv_write_file_atomic_at(dfd, file, text, len + 1, 0640);
+    if (r < 0)
+        return qv_error_set(err, -r, "cannot write %s/%s: %s", dir, file, strerror(-r));
+    return 0;
+}
+
+/* spec.json holds user-data and network-config (each bounded by the request
+ * size); anything bigger was not written by qvisor */
+#define INSTANCE_JSON_MAX (128u << 20)
+
+json_t *reg__read_json(const char *dir, const char *file, qv_error *err) {
+    _cleanup_close_ int dfd = qv_open_dir_nofollow(dir);
+    _cleanup_free_ char *text = NULL;
+    size_t len = 0;
+    int r = dfd < 0 ? dfd : qv_read_regular_file_at(dfd, file, INSTANCE_JSON_MAX, &text, &len);
+    if (r < 0) {
+        qv_error_set(err, EBADMSG, "%s/%s: %s", dir, file,
+                     r == -EINVAL ? "not a regular file" : r == -EFBIG ? "too large" : strerror(-r));
+        return NULL;
+    }
+    json_error_t je;
+    json_t *j = json_loadb(text, len, JSON_REJECT_DUPLICATES, &je);
+    if (!j)
+        qv_error_set(err, EBADMSG, "%s/%s: %s", dir, file, je.text);
+    return j;
+}
+
