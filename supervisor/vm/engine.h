@@ -25,6 +25,7 @@
 #include "supervisor/images/image.h"
 #include "supervisor/vm/lifecycle.h"
 #include "supervisor/vm/proc.h"
+#include "supervisor/vm/launchplan.h"
 #include "supervisor/vm/qemuargv.h"
 #include "supervisor/vm/nics.h"
 #include "supervisor/vm/gpus.h"

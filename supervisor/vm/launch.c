@@ -110,7 +110,7 @@ void vm__launch(vmrt *rt) {
     vm__run_path(rt, SV_VM_QGA_SOCK, qga_path, sizeof qga_path);
     vm__run_path(rt, SV_VM_CONSOLE_SOCK, con_path, sizeof con_path);
     vm__run_path(rt, SV_VM_PIDFILE, pidfile, sizeof pidfile);
-    snprintf(disk, sizeof disk, "%s/disk.qcow2", vm->dir);
+    sv_layout_instance_file(vm->dir, SV_VM_DISK_FILE, disk, sizeof disk);
     sv_layout_instance_file(vm->dir, SV_VM_SERIAL_LOG, serial, sizeof serial);
     sv_layout_instance_file(vm->dir, SV_VM_QEMU_LOG, logpath, sizeof logpath);
     sv_layout_instance_file(vm->dir, SV_VM_SEED_FILE, seed, sizeof seed);
@@ -176,98 +176,67 @@ void vm__launch(vmrt *rt) {
         vm__start_abandon(rt, err.code, err.msg);
         return;
     }
-    /* fds as QEMU numbers them: 3 the monitor, 4 the agent (when it has
-     * one), then the serial console, then TAPs and vhost-net in NIC order,
-     * then the VM's files (vm_files order) */
     if (!kvm)
         sv_net_fds_drop_vhost(&rt->net); /* vhost-net needs KVM's irqfd */
-    int fds[3 + 2 * ND_NICS_MAX + 8], tap_fds[ND_NICS_MAX], vhost_fds[ND_NICS_MAX];
-    size_t n_fds = 0;
-    fds[n_fds++] = lfd;
-    int qga_fd = 0;
-    if (afd >= 0) {
-        qga_fd = 3 + (int)n_fds;
-        fds[n_fds++] = afd;
-    }
-    int console_fd = 3 + (int)n_fds;
-    fds[n_fds++] = cfd;
-    for (size_t i = 0; i < ND_NICS_MAX; i++) {
-        tap_fds[i] = vhost_fds[i] = -1;
-        if (rt->net.tap[i] >= 0) {
-            tap_fds[i] = 3 + (int)n_fds;
-            fds[n_fds++] = rt->net.tap[i];
-        }
-        if (rt->net.vhost[i] >= 0) {
-            vhost_fds[i] = 3 + (int)n_fds;
-            fds[n_fds++] = rt->net.vhost[i];
-        }
-    }
-    int file_fds[8];
-    int *const file_src[] = {&files.disk,    &files.base,   &files.seed,   &files.fw_code,
-                             &files.fw_vars, &files.serial, &files.kernel, &files.initrd};
-    for (size_t i = 0; i < QV_ARRAY_SIZE(file_src); i++) {
-        file_fds[i] = 0;
-        if (*file_src[i] >= 0) {
-            file_fds[i] = 3 + (int)n_fds;
-            fds[n_fds++] = *file_src[i];
-        }
-    }
-    sv_qemu_env env = {
-        .binary = conf->qemu_binary,
-        .kvm = kvm,
-        .sandbox = c->caps.sandbox,
-        .run_as = run_as,
-    };
-    sv_vm_paths paths = {
-        .disk = disk,
-        .serial_log = serial,
-        .pidfile = pidfile,
-        .qga_fd = qga_fd,
-        .console_fd = console_fd,
-        .seed_iso = files.seed >= 0 ? seed : NULL,
-        .disk_fd = file_fds[0],
-        .base_fd = file_fds[1],
-        .seed_fd = file_fds[2],
-        .fw_code_fd = file_fds[3],
-        .fw_vars_fd = file_fds[4],
-        .serial_fd = file_fds[5],
-        .kernel_fd = file_fds[6],
-        .initrd_fd = file_fds[7],
-        .firmware_vars = vm->spec->firmware != SV_FIRMWARE_BIOS ? vars : NULL,
-        .qmp_fd = 3,
-        .ssh_port = port,
-        .tap_fds = tap_fds,
-        .vhost_fds = vhost_fds,
-        .numa_bind = rt->place.bind_memory,
-        .numa_node = rt->place.numa_node >= 0 ? (unsigned)rt->place.numa_node : 0,
-    };
     sv_hostdev hostdevs[64];
     size_t n_host = 0;
     for (size_t i = 0; i < rt->pt_plan.n && n_host < QV_ARRAY_SIZE(hostdevs); i++)
         if (rt->pt_plan.devs[i].pass)
             hostdevs[n_host++] = (sv_hostdev){rt->pt_plan.devs[i].bdf, (unsigned)rt->pt_plan.devs[i].gpu,
                                               (unsigned)rt->pt_plan.devs[i].function};
-    paths.hostdevs = hostdevs;
-    paths.n_hostdevs = n_host;
-    /* VFIO pins all guest RAM (and a little more for its own mappings) */
-    sv_proc_limits limits = {.memlock = n_host ? vm->spec->memory + (1ull << 30) : 0};
-#if QV_TEST_HOOKS
-    /* test machines lack CAP_SYS_RESOURCE; the fake QEMU checks the request in qemu.log */
-    limits.memlock_best_effort = getenv("QVISOR_TEST_MEMLOCK_BEST_EFFORT") != NULL;
-#endif
-    char **argv = NULL;
-    if (sv_qemu_argv(vm->spec, &env, &paths, &argv, &err) < 0) {
+    /* what this start has, for the plan (launchplan.h): a pure function of it */
+    const int *const file_src[SV_PLAN_FILES] = {&files.disk,    &files.base,   &files.seed,   &files.fw_code,
+                                                &files.fw_vars, &files.serial, &files.kernel, &files.initrd};
+    sv_launch_input in = {
+        .spec = vm->spec,
+        .env = {.binary = conf->qemu_binary, .kvm = kvm, .sandbox = c->caps.sandbox, .run_as = run_as},
+        .disk = disk,
+        .serial_log = serial,
+        .pidfile = pidfile,
+        .seed_iso = seed,
+        .firmware_vars = vm->spec->firmware != SV_FIRMWARE_BIOS ? vars : NULL,
+        .qga = afd >= 0,
+        .ssh_port = port,
+        .numa_bind = rt->place.bind_memory,
+        .numa_node = rt->place.numa_node >= 0 ? (unsigned)rt->place.numa_node : 0,
+        .hostdevs = hostdevs,
+        .n_hostdevs = n_host,
+    };
+    for (size_t i = 0; i < ND_NICS_MAX; i++) {
+        in.tap[i] = rt->net.tap[i] >= 0;
+        in.vhost[i] = rt->net.vhost[i] >= 0;
+    }
+    for (size_t i = 0; i < SV_PLAN_FILES; i++)
+        in.file[i] = *file_src[i] >= 0;
+    sv_launch_plan plan;
+    if (sv_launch_plan_make(&in, &plan, &err) < 0) {
         vm_files_close(&files);
         vm__start_abandon(rt, err.code, err.msg);
         return;
     }
+    /* executing it: each slot is one of the descriptors opened above */
+    int fds[SV_PLAN_MAX_FDS];
+    for (size_t i = 0; i < plan.n_slots; i++) {
+        const sv_plan_slot *sl = &plan.slots[i];
+        fds[i] = sl->what == SV_PLAN_QMP       ? lfd
+                 : sl->what == SV_PLAN_QGA     ? afd
+                 : sl->what == SV_PLAN_CONSOLE ? cfd
+                 : sl->what == SV_PLAN_TAP     ? rt->net.tap[sl->nic]
+                 : sl->what == SV_PLAN_VHOST   ? rt->net.vhost[sl->nic]
+                                               : *file_src[sl->what - SV_PLAN_DISK];
+    }
+    sv_proc_limits limits = {.memlock = plan.memlock};
+#if QV_TEST_HOOKS
+    /* test machines lack CAP_SYS_RESOURCE; the fake QEMU checks the request in qemu.log */
+    limits.memlock_best_effort = getenv("QVISOR_TEST_MEMLOCK_BEST_EFFORT") != NULL;
+#endif
     /* relative to the instance directory, never through a symlink, 0640
      * whatever an older qvisor or the umask left */
     _cleanup_close_ int logfd = qv_open_regular_at(vmdirfd, SV_VM_QEMU_LOG, O_WRONLY | O_APPEND, 0640);
-    if (logfd < 0) {
-        int e = -logfd;
-        logfd = -1;
-        sv_argv_free(argv);
+    _cleanup_free_ char *planlog = sv_launch_plan_log(&plan);
+    if (logfd < 0 || !planlog) {
+        int e = logfd < 0 ? -logfd : ENOMEM;
+        sv_launch_plan_clear(&plan);
         vm_files_close(&files);
         char why[PATH_MAX + 64];
         snprintf(why, sizeof why, "cannot open %s: %s", logpath, strerror(e));
@@ -279,18 +248,13 @@ void vm__launch(vmrt *rt) {
     time_t now = time(NULL);
     struct tm tm;
     strftime(stamp, sizeof stamp, "%Y-%m-%dT%H:%M:%S%z", localtime_r(&now, &tm));
-    dprintf(logfd, "---- qvisor: starting %s at %s (%s) ----\n", vm->name, stamp, kvm ? "KVM" : "TCG");
-    if (limits.memlock)
-        dprintf(logfd, "RLIMIT_MEMLOCK %llu (guest RAM + 1 GiB: VFIO pins all guest memory)\n",
-                (unsigned long long)limits.memlock);
-    for (char **a = argv; *a; a++)
-        dprintf(logfd, "%s%s", *a, a[1] ? " " : "\n");
+    dprintf(logfd, "---- qvisor: starting %s at %s (%s) ----\n%s", vm->name, stamp, kvm ? "KVM" : "TCG", planlog);
     rt->log_offset = lseek(logfd, 0, SEEK_END);
 
     pid_t pid;
     int pidfd;
-    r = sv_proc_spawn(argv, logfd, fds, n_fds, &limits, &pid, &pidfd, &err);
-    sv_argv_free(argv);
+    r = sv_proc_spawn(plan.argv, logfd, fds, plan.n_slots, &limits, &pid, &pidfd, &err);
+    sv_launch_plan_clear(&plan);
     sv_net_fds_close(&rt->net); /* QEMU has them: its TAPs now live and die with it */
     vm_files_close(&files);
     if (r < 0) {
@@ -322,7 +286,7 @@ void vm__launch(vmrt *rt) {
         return;
     }
     log_info("VM %s: QEMU started (pid %d, %s%s)", vm->name, (int)pid, kvm ? "KVM" : "TCG",
-             env.sandbox ? ", seccomp sandbox" : "");
+             in.env.sandbox ? ", seccomp sandbox" : "");
     vm__serial_cap_start(rt);
     uv_timer_start(&rt->timer, vm__on_start_timeout, sv_pt_start_timeout_ms(vm->spec, START_TIMEOUT_MS), 0);
     if (!recorded) {
