@@ -69,8 +69,6 @@ int sv_registry_create(sv_registry *r, uv_loop_t *loop, sv_vmspec *spec, int ker
  * and an unlink walk).  -EBUSY when it is in any other state. */
 int sv_registry_remove(sv_registry *r, const char *name, qv_error *err);
 
-/* Writes the VM's state.json (atomic, durable). */
-int sv_registry_save(sv_registry *r, sv_vm *vm, qv_error *err);
 /* The VM's state.json in two steps, so that the write can run on another
  * thread: its text as the VM is now but in `state` (caller frees; NULL when
  * out of memory), taken on the loop, and the atomic, durable write of that

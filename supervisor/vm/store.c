@@ -50,15 +50,6 @@ json_t *reg__state_json_as(const sv_vm *vm, sv_vm_state state) {
     return j;
 }
 
-int sv_registry_save(sv_registry *r, sv_vm *vm, qv_error *err) {
-    (void)r;
-    size_t len;
-    _cleanup_free_ char *text = sv_vm_state_text(vm, vm->state, &len);
-    if (!text)
-        return qv_error_set(err, ENOMEM, "out of memory");
-    return sv_vm_state_write(vm->dir, text, len, err);
-}
-
 /* The JSON text of j, with a final newline (in the room of the NUL). */
 static char *json_text(json_t *j, size_t *ret_len) {
     char *text = j ? json_dumps(j, JSON_INDENT(2) | JSON_PRESERVE_ORDER) : NULL;
