@@ -393,18 +393,43 @@ void vm__remove_run_files(const vmrt *rt) {
         rmdir(p); /* only when empty */
 }
 
-/* A free TCP port on 127.0.0.1 for the SSH forward (the kernel picks it). */
-int vm__pick_port(void) {
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        return -errno;
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof a;
-    int r = 0;
-    if (bind(fd, (struct sockaddr *)&a, sizeof a) < 0 || getsockname(fd, (struct sockaddr *)&a, &len) < 0)
-        r = -errno;
-    close(fd);
-    return r < 0 ? r : ntohs(a.sin_port);
+/* Whether a VM with a QEMU (or one being spawned) has `port` forwarded. */
+static bool port_taken(sv_vmctl *c, int port) {
+    for (sv_vm *vm = sv_registry_first(c->registry); vm; vm = vm->next)
+        if (vm->run.ssh_port == port && sv_vm_state_has_qemu(vm->state))
+            return true;
+    return false;
+}
+
+/* A free TCP port on 127.0.0.1 for the SSH forward (the kernel picks it).
+ * QEMU binds it only later, so the kernel may hand the same port to the
+ * next start (concurrent starts did get the same one): a port another VM
+ * was given is refused, and held meanwhile so that the next pick differs. */
+int vm__pick_port(sv_vmctl *c) {
+    int held[8], n_held = 0, r = -EADDRINUSE;
+    while (n_held < (int)QV_ARRAY_SIZE(held)) {
+        int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd < 0) {
+            r = -errno;
+            break;
+        }
+        struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+        socklen_t len = sizeof a;
+        if (bind(fd, (struct sockaddr *)&a, sizeof a) < 0 || getsockname(fd, (struct sockaddr *)&a, &len) < 0) {
+            r = -errno;
+            close(fd);
+            break;
+        }
+        if (!port_taken(c, ntohs(a.sin_port))) {
+            r = ntohs(a.sin_port);
+            close(fd);
+            break;
+        }
+        held[n_held++] = fd;
+    }
+    while (n_held > 0)
+        close(held[--n_held]);
+    return r;
 }
 
 /* The tail of what QEMU wrote to qemu.log since `offset`: its error

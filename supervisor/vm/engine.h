@@ -241,7 +241,7 @@ vmrt *vm__get_rt(sv_vmctl *c, sv_vm *vm);
 void vm__serial_cap_start(vmrt *rt);
 void vm__run_path(const vmrt *rt, const char *file, char *buf, size_t len);
 void vm__remove_run_files(const vmrt *rt);
-int vm__pick_port(void);
+int vm__pick_port(sv_vmctl *c);
 void vm__log_tail(const vmrt *rt, off_t offset, char *buf, size_t len);
 const char *vm__signal_name(int sig);
 

@@ -170,7 +170,7 @@ void vm__launch(vmrt *rt) {
     bool user_nic = false;
     for (size_t i = 0; i < n_nics; i++)
         user_nic = user_nic || nics[i].mode == ND_MODE_USER;
-    int port = user_nic ? vm__pick_port() : 0;
+    int port = user_nic ? vm__pick_port(c) : 0;
     if (port < 0) {
         vm__start_abandon(rt, -port, "no free TCP port on 127.0.0.1 for the SSH forward");
         return;
