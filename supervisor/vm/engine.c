@@ -19,36 +19,203 @@ void vm__ctl_unref(sv_vmctl *c) {
     }
 }
 
-static void on_persist_timer(uv_timer_t *t);
+/* ---- state.json ------------------------------------------------------------
+ * Written off the loop (docs/lifecycle.md, "State on disk"): the state is
+ * serialised on the loop (a snapshot: the text), the atomic, durable
+ * replacement (temp file, write, fsync, rename, directory fsync) runs on a
+ * worker of the libuv pool.  Per VM at most one write is in flight; a newer
+ * snapshot taken meanwhile waits behind it and replaces an older one that
+ * waits (only the latest state matters), taking over its waiters: a waiter
+ * learns that its state *or a newer one* is durable.  Writes of different
+ * VMs run side by side; they share no fsync (each state.json has its own
+ * directory, and one directory's fsync makes nothing of another durable). */
 
-/* Writes state.json now (it holds everything in memory, so a pending
- * coalesced write is done too).  A write that fails is logged once and
- * tried again every PERSIST_RETRY_MS until it succeeds; the caller decides
- * whether what it did must be undone (docs/lifecycle.md, "State on disk"). */
-int vm__persist_err(vmrt *rt, qv_error *err) {
+struct save_job {
+    uv_work_t work;
+    vmrt *rt;
+    char *dir;
+    char *text;
+    size_t len;
+    const char *state;     /* for the crash point */
+    save_waiter *waiters;
+    uv_mutex_t lock;       /* held by the worker while it writes */
+    bool cancelled;        /* the VM is being removed: write nothing */
+    bool skipped;
+    int status;
+    qv_error err;
+};
+
+static void on_persist_timer(uv_timer_t *t);
+static void save_dispatch(vmrt *rt);
+
+static void save_work(uv_work_t *w) {
+    save_job *job = w->data;
+    uv_mutex_lock(&job->lock);
+    if (job->cancelled) {
+        job->skipped = true;
+    } else {
+#if QV_TEST_HOOKS
+        /* queued, nothing of it on disk yet (test builds only) */
+        char point[48];
+        snprintf(point, sizeof point, "save-queued-%s", job->state);
+        sv_crash_point(point);
+#endif
+        job->status = sv_vm_state_write(job->dir, job->text, job->len, &job->err);
+    }
+    uv_mutex_unlock(&job->lock);
+}
+
+static void call_waiters(save_waiter *w, vmrt *rt, int status, const qv_error *err) {
+    while (w) {
+        save_waiter *next = w->next;
+        w->fn(rt, status, err, w->userdata);
+        free(w);
+        w = next;
+    }
+}
+
+static void save_after(uv_work_t *w, int status) {
+    save_job *job = w->data;
+    vmrt *rt = job->rt;
+    rt->save_inflight = NULL;
+    if (status < 0 && job->status == 0 && !job->skipped)
+        job->status = qv_error_set(&job->err, ECANCELED, "the write was cancelled");
+    if (!job->skipped && job->status < 0) {
+        if (!rt->persist_failing)
+            log_error("VM %s: cannot save its state: %s; trying again every %u s", rt->vm ? rt->vm->name : "?",
+                      job->err.msg, PERSIST_RETRY_MS / 1000u);
+        rt->persist_failing = true;
+        /* a newer snapshot waiting goes now; else the state in memory is
+         * tried again later */
+        if (rt->vm && !rt->save_text) {
+            rt->persist_due = true;
+            uv_timer_start(&rt->persist_timer, on_persist_timer, PERSIST_RETRY_MS, 0);
+        }
+    } else if (!job->skipped && rt->persist_failing) {
+        if (rt->vm)
+            log_info("VM %s: its state is saved again", rt->vm->name);
+        rt->persist_failing = false;
+    }
+    qv_error cancelled = {.code = ECANCELED};
+    snprintf(cancelled.msg, sizeof cancelled.msg, "the VM was removed");
+    call_waiters(job->waiters, rt, job->skipped ? -ECANCELED : job->status, job->skipped ? &cancelled : &job->err);
+    if (!rt->save_inflight && rt->save_text)
+        save_dispatch(rt);
+    uv_mutex_destroy(&job->lock);
+    free(job->dir);
+    free(job->text);
+    free(job);
+    vm__rt_unref(rt);
+}
+
+/* The waiting snapshot goes to a worker (none is in flight). */
+static void save_dispatch(vmrt *rt) {
+    save_job *job = calloc(1, sizeof *job);
+    char *dir = job ? strdup(rt->state_dir) : NULL;
+    if (!dir || uv_mutex_init(&job->lock) < 0) {
+        free(dir);
+        free(job);
+        log_error("VM %s: out of memory: its state is saved later", rt->vm ? rt->vm->name : "?");
+        if (rt->vm) {
+            rt->persist_due = true;
+            uv_timer_start(&rt->persist_timer, on_persist_timer, PERSIST_RETRY_MS, 0);
+        }
+        return;
+    }
+    job->work.data = job;
+    job->rt = rt;
+    job->dir = dir;
+    job->text = TAKE_PTR(rt->save_text);
+    job->len = rt->save_len;
+    job->state = rt->save_state;
+    job->waiters = TAKE_PTR(rt->save_waiters);
+    rt->refs++; /* and rt holds the vmctl */
+    rt->save_inflight = job;
+    int r = uv_queue_work(rt->c->loop, &job->work, save_work, save_after);
+    if (r < 0) {
+        /* cannot happen with a work callback; write here rather than lose it */
+        save_work(&job->work);
+        save_after(&job->work, 0);
+    }
+}
+
+static void add_save_waiter(save_waiter **list, vm_saved_fn fn, void *userdata) {
+    save_waiter *w = calloc(1, sizeof *w);
+    if (!w) {
+        log_error("out of memory: a request will get no answer");
+        return;
+    }
+    w->fn = fn;
+    w->userdata = userdata;
+    while (*list)
+        list = &(*list)->next;
+    *list = w;
+}
+
+void vm__save_as(vmrt *rt, sv_vm_state state, vm_saved_fn fn, void *userdata) {
     sv_vm *vm = rt->vm;
     uv_timer_stop(&rt->persist_timer);
     rt->persist_due = false;
     rt->persist_last_ms = uv_now(rt->c->loop);
-    int r = sv_registry_save(rt->c->registry, vm, err);
-    if (r < 0) {
-        if (!rt->persist_failing)
-            log_error("VM %s: cannot save its state: %s; trying again every %u s", vm->name, err->msg,
-                      PERSIST_RETRY_MS / 1000u);
-        rt->persist_failing = true;
+    size_t len = 0;
+    char *text = sv_vm_state_text(vm, state, &len);
+    if (fn)
+        add_save_waiter(&rt->save_waiters, fn, userdata);
+    if (!text) {
+        /* tried again from memory: the waiters wait for that */
+        log_error("VM %s: out of memory: its state is saved later", vm->name);
         rt->persist_due = true;
         uv_timer_start(&rt->persist_timer, on_persist_timer, PERSIST_RETRY_MS, 0);
-        return r;
+        return;
     }
-    if (rt->persist_failing)
-        log_info("VM %s: its state is saved again", vm->name);
-    rt->persist_failing = false;
-    return 0;
+    free(rt->save_text); /* an older snapshot not written yet: this one replaces it */
+    rt->save_text = text;
+    rt->save_len = len;
+    rt->save_state = sv_vm_state_name(state);
+    if (!rt->save_inflight)
+        save_dispatch(rt);
 }
 
-int vm__persist(vmrt *rt) {
-    qv_error err = {0};
-    return vm__persist_err(rt, &err);
+/* Takes a snapshot of the state in memory (everything: a pending coalesced
+ * write is done with it) and has it written; fn (may be NULL) is called on
+ * the loop once it or a newer snapshot is durable, or the write failed.  A
+ * write that fails is logged once and tried again every PERSIST_RETRY_MS
+ * until it succeeds; the caller decides whether what it did must be undone
+ * (docs/lifecycle.md, "State on disk").  fn is never called from here. */
+void vm__save(vmrt *rt, vm_saved_fn fn, void *userdata) {
+    vm__save_as(rt, rt->vm->state, fn, userdata);
+}
+
+void vm__persist(vmrt *rt) {
+    vm__save(rt, NULL, NULL);
+}
+
+/* fn once what is in memory now is durable: at once (from here) when it
+ * is, else with the write that carries it. */
+void vm__saved_then(vmrt *rt, vm_saved_fn fn, void *userdata) {
+    if (rt->persist_due || rt->save_text || (!rt->save_inflight && rt->persist_failing))
+        vm__save(rt, fn, userdata);
+    else if (rt->save_inflight)
+        add_save_waiter(&rt->save_inflight->waiters, fn, userdata);
+    else
+        fn(rt, 0, NULL, userdata);
+}
+
+/* The VM is being removed: nothing more of it is written.  A write the
+ * worker has begun is waited for (one fsync at most), one it has not is
+ * skipped; waiters get ECANCELED. */
+void vm__save_cancel(vmrt *rt) {
+    uv_timer_stop(&rt->persist_timer);
+    rt->persist_due = false;
+    free(TAKE_PTR(rt->save_text));
+    qv_error err = {.code = ECANCELED};
+    snprintf(err.msg, sizeof err.msg, "the VM was removed");
+    call_waiters(TAKE_PTR(rt->save_waiters), rt, -ECANCELED, &err);
+    if (rt->save_inflight) {
+        uv_mutex_lock(&rt->save_inflight->lock);
+        rt->save_inflight->cancelled = true;
+        uv_mutex_unlock(&rt->save_inflight->lock);
+    }
 }
 
 /* For changes a re-adopting daemon learns from QEMU anyway (paused or
@@ -135,6 +302,11 @@ void vm__fail_waiters(waiter **list, int code, const char *fmt, ...) {
 void vm__rt_unref(vmrt *rt) {
     sv_vmctl *c = rt->c;
     if (--rt->refs == 0) {
+        qv_error err = {.code = ECANCELED};
+        snprintf(err.msg, sizeof err.msg, "the daemon is stopping");
+        call_waiters(TAKE_PTR(rt->save_waiters), rt, -ECANCELED, &err); /* a snapshot never taken (out of memory) */
+        free(rt->state_dir);
+        free(rt->save_text);
         free(rt->stop_reason);
         free(rt->gone_how);
         free(rt->abandon_why);
@@ -153,8 +325,12 @@ vmrt *vm__get_rt(sv_vmctl *c, sv_vm *vm) {
     if (vm->rt)
         return vm->rt;
     vmrt *rt = calloc(1, sizeof *rt);
-    if (!rt)
+    char *dir = rt ? strdup(vm->dir) : NULL;
+    if (!dir) {
+        free(rt);
         return NULL;
+    }
+    rt->state_dir = dir;
     rt->c = c;
     rt->vm = vm;
     uv_timer_init(c->loop, &rt->timer);
@@ -217,18 +393,43 @@ void vm__remove_run_files(const vmrt *rt) {
         rmdir(p); /* only when empty */
 }
 
-/* A free TCP port on 127.0.0.1 for the SSH forward (the kernel picks it). */
-int vm__pick_port(void) {
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        return -errno;
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof a;
-    int r = 0;
-    if (bind(fd, (struct sockaddr *)&a, sizeof a) < 0 || getsockname(fd, (struct sockaddr *)&a, &len) < 0)
-        r = -errno;
-    close(fd);
-    return r < 0 ? r : ntohs(a.sin_port);
+/* Whether a VM with a QEMU (or one being spawned) has `port` forwarded. */
+static bool port_taken(sv_vmctl *c, int port) {
+    for (sv_vm *vm = sv_registry_first(c->registry); vm; vm = vm->next)
+        if (vm->run.ssh_port == port && sv_vm_state_has_qemu(vm->state))
+            return true;
+    return false;
+}
+
+/* A free TCP port on 127.0.0.1 for the SSH forward (the kernel picks it).
+ * QEMU binds it only later, so the kernel may hand the same port to the
+ * next start (concurrent starts did get the same one): a port another VM
+ * was given is refused, and held meanwhile so that the next pick differs. */
+int vm__pick_port(sv_vmctl *c) {
+    int held[8], n_held = 0, r = -EADDRINUSE;
+    while (n_held < (int)QV_ARRAY_SIZE(held)) {
+        int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd < 0) {
+            r = -errno;
+            break;
+        }
+        struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+        socklen_t len = sizeof a;
+        if (bind(fd, (struct sockaddr *)&a, sizeof a) < 0 || getsockname(fd, (struct sockaddr *)&a, &len) < 0) {
+            r = -errno;
+            close(fd);
+            break;
+        }
+        if (!port_taken(c, ntohs(a.sin_port))) {
+            r = ntohs(a.sin_port);
+            close(fd);
+            break;
+        }
+        held[n_held++] = fd;
+    }
+    while (n_held > 0)
+        close(held[--n_held]);
+    return r;
 }
 
 /* The tail of what QEMU wrote to qemu.log since `offset`: its error
@@ -302,6 +503,7 @@ void sv_vm_forget(sv_vmctl *c, sv_vm *vm) {
     vm__console_end(rt, json_pack("{s:s}", "reason", "removed"));
     vm__detach_channels(rt);
     vm__watch_close(rt);
+    vm__save_cancel(rt);
     release_rt(rt);
 }
 
@@ -326,7 +528,7 @@ void sv_vmctl_shutdown(sv_vmctl *c) {
         vm__detach_channels(rt);
         vm__watch_close(rt);
         if (rt->vm && rt->persist_due)
-            vm__persist(rt); /* a coalesced write still pending */
+            vm__persist(rt); /* a coalesced write still pending: the loop runs until it is done */
         release_rt(rt);
     }
     vm__ctl_unref(c);

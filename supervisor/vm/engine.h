@@ -91,6 +91,18 @@ typedef enum stop_stage {
 typedef struct watch watch;
 typedef struct vmrt vmrt;
 
+/* A state.json write is durable (status 0), or failed (negative errno, err
+ * filled; it is retried): see vm__save. */
+typedef void (*vm_saved_fn)(vmrt *rt, int status, const qv_error *err, void *userdata);
+
+typedef struct save_waiter {
+    vm_saved_fn fn;
+    void *userdata;
+    struct save_waiter *next;
+} save_waiter;
+
+typedef struct save_job save_job; /* engine.c: one write on a worker thread */
+
 /* sv_vmctl_with_caps() calls waiting for a probe */
 typedef struct caps_waiter {
     sv_vmctl_caps_fn done;
@@ -133,10 +145,18 @@ struct vmrt {
     uv_timer_t acpi_timer; /* ACPI repeats during a graceful stop */
     uv_timer_t persist_timer; /* a coalesced or retried write of state.json */
     int refs;
-    /* state.json (vm__persist, vm__persist_soon) */
-    bool persist_due;      /* the state in memory is newer than state.json */
+    /* state.json (vm__save, vm__persist, vm__persist_soon): written on a
+     * worker, at most one write in flight per VM, the newest snapshot
+     * waiting behind it (an older one waiting is replaced) */
+    bool persist_due;      /* the state in memory is newer than any snapshot taken */
     bool persist_failing;  /* the last write failed (logged once per streak) */
     uint64_t persist_last_ms;
+    char *state_dir;       /* the instance directory (a copy: writes outlive rt->vm) */
+    save_job *save_inflight;      /* the write on a worker, NULL when none */
+    char *save_text;              /* the snapshot waiting for it, NULL when none */
+    size_t save_len;
+    const char *save_state;       /* its state's name (static) */
+    save_waiter *save_waiters;    /* called once it (or a newer one) is durable */
     /* pause/resume changes logged in this window, and those only counted */
     uint64_t pause_window_ms;
     unsigned pause_logged, pause_unlogged;
@@ -154,6 +174,11 @@ struct vmrt {
     bool starting_prep;    /* prep or probe in flight, QEMU not spawned yet */
     bool waiting_caps;
     bool cont_sent;
+    bool pid_saved;        /* this QEMU's pid is durable: `cont` may go */
+    bool cont_waits_save;  /* the monitor is ready for `cont`, the pid not durable yet */
+    bool stop_waits_save;  /* a stop request waits for `stopping` to be durable */
+    bool stop_save_force;  /* …and is forced */
+    uintptr_t stop_seq;    /* stop requests so far: which one a "stopping" write was for */
     bool policy_start;     /* started by the restart policy, not by a user */
     sv_start_placement place; /* this start's NUMA node and CPUs (decided before it began) */
     off_t log_offset;      /* where this QEMU's output starts in qemu.log */
@@ -200,8 +225,11 @@ static inline const sv_config *cfg(const sv_vmctl *c) {
 
 bool vm__guest_paused(const vmrt *rt);
 void vm__ctl_unref(sv_vmctl *c);
-int vm__persist_err(vmrt *rt, qv_error *err);
-int vm__persist(vmrt *rt);
+void vm__save(vmrt *rt, vm_saved_fn fn, void *userdata);
+void vm__save_as(vmrt *rt, sv_vm_state state, vm_saved_fn fn, void *userdata);
+void vm__saved_then(vmrt *rt, vm_saved_fn fn, void *userdata);
+void vm__save_cancel(vmrt *rt);
+void vm__persist(vmrt *rt);
 void vm__persist_soon(vmrt *rt);
 void vm__set_state(vmrt *rt, sv_vm_event ev);
 void vm__undo_state(vmrt *rt, sv_vm_state back);
@@ -213,7 +241,7 @@ vmrt *vm__get_rt(sv_vmctl *c, sv_vm *vm);
 void vm__serial_cap_start(vmrt *rt);
 void vm__run_path(const vmrt *rt, const char *file, char *buf, size_t len);
 void vm__remove_run_files(const vmrt *rt);
-int vm__pick_port(void);
+int vm__pick_port(sv_vmctl *c);
 void vm__log_tail(const vmrt *rt, off_t offset, char *buf, size_t len);
 const char *vm__signal_name(int sig);
 
@@ -243,6 +271,7 @@ void vm__note_paused(vmrt *rt, bool paused);
 void vm__start_fail_code(vmrt *rt, int code, const char *why);
 void vm__start_fail_kill(vmrt *rt, const char *why);
 int vm__qmp_attach(vmrt *rt);
+void vm__send_cont(vmrt *rt);
 void vm__agent_attach(vmrt *rt);
 void vm__detach_channels(vmrt *rt);
 void vm__console_end(vmrt *rt, json_t *end);
@@ -258,4 +287,5 @@ void vm__begin_stop_sequence(vmrt *rt, bool force);
 void vm__watch_close(vmrt *rt);
 int vm__watch_start(vmrt *rt, pid_t pid, int pidfd);
 void vm__handle_gone(vmrt *rt, const char *how_exited);
+void vm__save_stopped(vmrt *rt, bool clean, const char *how, double secs);
 void vm__schedule_restart(vmrt *rt);

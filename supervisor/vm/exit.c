@@ -106,6 +106,54 @@ void vm__handle_gone(vmrt *rt, const char *how_exited) {
     gone_finish(rt, pid, how_exited);
 }
 
+/* The answer to the stop requests of a QEMU that is gone, given once
+ * "stopped" is durable. */
+typedef struct stop_answer {
+    bool clean;
+    char how[64];
+    double secs;
+    waiter *waiters;
+} stop_answer;
+
+static void stop_done_saved(vmrt *rt, int status, const qv_error *err, void *userdata) {
+    stop_answer *a = userdata;
+    if (!a)
+        return;
+    const char *name = rt->vm ? rt->vm->name : "?";
+    if (status < 0) {
+        /* a stop is never undone: it happened, and the answer says that
+         * the disk does not know yet (the write is retried) */
+        vm__fail_waiters(&a->waiters, err->code,
+                         "VM '%s' stopped (%s: %s), but its state could not be saved: %s; the daemon keeps "
+                         "trying", name, a->clean ? "clean" : "forced", a->how, err->msg);
+    } else {
+        json_t *res =
+            json_pack("{s:s, s:s, s:f}", "result", a->clean ? "clean" : "forced", "how", a->how, "seconds", a->secs);
+        vm__complete(&a->waiters, 0, res, NULL);
+        json_decref(res);
+    }
+    free(a);
+}
+
+/* Writes the state (stopped) and answers the stop requests once it is
+ * durable: {"result": clean|forced, "how", "seconds"}, or the 75 that says
+ * the stop happened but is not on disk. */
+void vm__save_stopped(vmrt *rt, bool clean, const char *how, double secs) {
+    stop_answer *a = calloc(1, sizeof *a);
+    if (a) {
+        a->clean = clean;
+        snprintf(a->how, sizeof a->how, "%s", how);
+        a->secs = secs;
+        /* the requests waiting for this stop are in the answer's hands: one
+         * that comes meanwhile is not this stop's */
+        a->waiters = TAKE_PTR(rt->stop_waiters);
+    } else {
+        vm__fail_waiters(&rt->stop_waiters, ENOMEM, "VM '%s' stopped, but the daemon ran out of memory",
+                         rt->vm->name);
+    }
+    vm__save(rt, stop_done_saved, a);
+}
+
 static void gone_finish(vmrt *rt, pid_t pid, const char *how_exited) {
     sv_vm *vm = rt->vm;
     int64_t ran = vm->run.started_at ? (int64_t)time(NULL) - vm->run.started_at : 0;
@@ -144,22 +192,9 @@ static void gone_finish(vmrt *rt, pid_t pid, const char *how_exited) {
         sv_vm_set_last_exit(vm, why);
         vm__set_state(rt, SV_EV_EXITED);
         vm->run = (sv_vm_run){.numa_node = -1};
-        qv_error perr = {0};
-        int saved = vm__persist_err(rt, &perr);
         log_info("VM %s: QEMU pid %d %s; %s after %.1f s; cleaned up", vm->name, (int)pid, how_exited,
                  clean ? "clean stop" : "forced stop", secs);
-        if (saved < 0) {
-            /* a stop is never undone: it happened, and the answer says that
-             * the disk does not know yet (the write is retried) */
-            vm__fail_waiters(&rt->stop_waiters, perr.code,
-                         "VM '%s' stopped (%s: %s), but its state could not be saved: %s; the daemon keeps "
-                         "trying", vm->name, clean ? "clean" : "forced", how, perr.msg);
-        } else {
-            json_t *res =
-                json_pack("{s:s, s:s, s:f}", "result", clean ? "clean" : "forced", "how", how, "seconds", secs);
-            vm__complete(&rt->stop_waiters, 0, res, NULL);
-            json_decref(res);
-        }
+        vm__save_stopped(rt, clean, how, secs);
         free(rt->stop_reason);
         rt->stop_reason = NULL;
         rt->stage = STAGE_NONE;

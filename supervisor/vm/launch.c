@@ -79,6 +79,26 @@ static int qemu_user(const sv_config *conf, const char **ret, qv_error *err) {
     return 0;
 }
 
+/* The pid of the QEMU `userdata` is durable, or could not be written: a
+ * QEMU whose pid is not on disk would be lost to a daemon restart, so the
+ * start fails; else the guest may run (`cont`, if the monitor is ready). */
+static void pid_saved(vmrt *rt, int status, const qv_error *err, void *userdata) {
+    sv_vm *vm = rt->vm;
+    if (!vm || rt->c->shutting_down || vm->state != SV_VM_STARTING || !rt->watch ||
+        rt->watch->pid != (pid_t)(intptr_t)userdata)
+        return; /* gone, or stopped: the pid does not matter any more */
+    if (status < 0) {
+        char why[sizeof err->msg + 32];
+        snprintf(why, sizeof why, "cannot record its pid: %s", err->msg);
+        vm__start_fail_code(rt, err->code, why);
+        return;
+    }
+    sv_crash_point("start-after-spawn");
+    rt->pid_saved = true;
+    if (rt->cont_waits_save && !rt->stop_reason)
+        vm__send_cont(rt);
+}
+
 void vm__launch(vmrt *rt) {
     sv_vmctl *c = rt->c;
     const sv_config *conf = cfg(c);
@@ -150,7 +170,7 @@ void vm__launch(vmrt *rt) {
     bool user_nic = false;
     for (size_t i = 0; i < n_nics; i++)
         user_nic = user_nic || nics[i].mode == ND_MODE_USER;
-    int port = user_nic ? vm__pick_port() : 0;
+    int port = user_nic ? vm__pick_port(c) : 0;
     if (port < 0) {
         vm__start_abandon(rt, -port, "no free TCP port on 127.0.0.1 for the SSH forward");
         return;
@@ -272,9 +292,10 @@ void vm__launch(vmrt *rt) {
     vm->run.started_at = (int64_t)now;
     vm->run.ssh_port = port;
     vm->run.numa_node = rt->place.numa_node;
-    qv_error perr = {0};
-    bool recorded = vm__persist_err(rt, &perr) == 0;
-    sv_crash_point("start-after-spawn");
+    /* the pid goes to disk while QEMU comes up and its monitor connects;
+     * `cont` waits for it (pid_saved) */
+    rt->pid_saved = rt->cont_waits_save = false;
+    vm__save(rt, pid_saved, (void *)(intptr_t)pid);
     r = vm__watch_start(rt, pid, pidfd);
     if (r < 0) {
         /* cannot watch it: do not leave it running unwatched */
@@ -289,13 +310,6 @@ void vm__launch(vmrt *rt) {
              in.env.sandbox ? ", seccomp sandbox" : "");
     vm__serial_cap_start(rt);
     uv_timer_start(&rt->timer, vm__on_start_timeout, sv_pt_start_timeout_ms(vm->spec, START_TIMEOUT_MS), 0);
-    if (!recorded) {
-        /* a QEMU whose pid is not on disk would be lost to a daemon restart */
-        char why[sizeof perr.msg + 32];
-        snprintf(why, sizeof why, "cannot record its pid: %s", perr.msg);
-        vm__start_fail_code(rt, perr.code, why);
-        return;
-    }
     r = vm__qmp_attach(rt);
     if (r < 0)
         vm__start_fail_kill(rt, "cannot connect to the monitor socket");

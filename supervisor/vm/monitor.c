@@ -132,7 +132,13 @@ static void on_cont(qmp_conn *q, int status, json_t *result, const qmp_error *e,
     vm__started(rt);
 }
 
-static void send_cont(vmrt *rt) {
+/* `cont` once QEMU's pid is durable (launch.c pid_saved calls again). */
+void vm__send_cont(vmrt *rt) {
+    if (!rt->pid_saved) {
+        rt->cont_waits_save = true;
+        return;
+    }
+    rt->cont_waits_save = false;
     rt->cont_sent = true;
     if (!rt->qmp || qmp_cont(rt->qmp, QMP_CMD_TIMEOUT_MS, on_cont, rt) < 0)
         vm__start_fail_kill(rt, "cannot send cont");
@@ -176,7 +182,7 @@ static void on_vcpus(qmp_conn *q, int status, const qmp_vcpu *cpus, size_t n_cpu
         snprintf(list, sizeof list, "?");
     log_info("VM %s: %zu vCPU thread%s and %zu emulator thread%s pinned to CPUs %s", vm->name, n_cpus,
              n_cpus == 1 ? "" : "s", emulator, emulator == 1 ? "" : "s", list);
-    send_cont(rt);
+    vm__send_cont(rt);
 }
 
 static void on_qmp_ready(qmp_conn *q, void *userdata) {
@@ -192,7 +198,7 @@ static void on_qmp_ready(qmp_conn *q, void *userdata) {
                 vm__start_fail_kill(rt, "cannot send query-cpus-fast");
             return;
         }
-        send_cont(rt);
+        vm__send_cont(rt);
     }
 }
 

@@ -69,8 +69,12 @@ int sv_registry_create(sv_registry *r, uv_loop_t *loop, sv_vmspec *spec, int ker
  * and an unlink walk).  -EBUSY when it is in any other state. */
 int sv_registry_remove(sv_registry *r, const char *name, qv_error *err);
 
-/* Writes the VM's state.json (atomic, durable). */
-int sv_registry_save(sv_registry *r, sv_vm *vm, qv_error *err);
+/* The VM's state.json in two steps, so that the write can run on another
+ * thread: its text as the VM is now but in `state` (caller frees; NULL when
+ * out of memory), taken on the loop, and the atomic, durable write of that
+ * text into the instance directory `dir` (thread-safe: touches no sv_vm). */
+char *sv_vm_state_text(const sv_vm *vm, sv_vm_state state, size_t *ret_len);
+int sv_vm_state_write(const char *dir, const char *text, size_t len, qv_error *err);
 /* Replaces vm->last_exit (NULL clears it). */
 void sv_vm_set_last_exit(sv_vm *vm, const char *why);
 

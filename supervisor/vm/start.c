@@ -15,25 +15,38 @@ static json_t *start_result(const vmrt *rt) {
     return j;
 }
 
-void vm__started(vmrt *rt) {
+/* "running" is durable (or could not be written) for the QEMU whose pid
+ * is `userdata`: the start is answered now.  Whatever came meanwhile (QEMU
+ * gone, a stop) moved the VM on and answers for itself. */
+static void running_saved(vmrt *rt, int status, const qv_error *err, void *userdata) {
     sv_vm *vm = rt->vm;
-    uv_timer_stop(&rt->timer);
-    vm__set_state(rt, SV_EV_STARTED);
-    qv_error perr = {0};
-    if (vm__persist_err(rt, &perr) < 0) {
+    if (!vm || rt->c->shutting_down || vm->state != SV_VM_STARTING || !rt->watch ||
+        rt->watch->pid != (pid_t)(intptr_t)userdata)
+        return;
+    if (status < 0) {
         /* on disk it is still "starting": a daemon restart would stop it, so
          * the start fails now rather than later (the guest ran a moment) */
-        vm__undo_state(rt, SV_VM_STARTING);
-        char why[sizeof perr.msg + 32];
-        snprintf(why, sizeof why, "cannot record that it runs: %s", perr.msg);
-        vm__start_fail_code(rt, perr.code, why);
+        char why[sizeof err->msg + 32];
+        snprintf(why, sizeof why, "cannot record that it runs: %s", err->msg);
+        vm__start_fail_code(rt, err->code, why);
         return;
     }
+    uv_timer_stop(&rt->timer);
+    vm__set_state(rt, SV_EV_STARTED);
     log_info("VM %s: running (QEMU pid %d%s)", vm->name, vm->run.pid, rt->policy_start ? ", restarted by policy" : "");
     vm__agent_attach(rt);
     json_t *res = start_result(rt);
     vm__complete(&rt->start_waiters, 0, res, NULL);
     json_decref(res);
+}
+
+/* QEMU answered `cont`: "running" is written, and the VM is running (and
+ * the start answered) once that is durable.  Until then it stays starting
+ * in memory: nothing is told that the disk does not know. */
+void vm__started(vmrt *rt) {
+    if (!rt->watch)
+        return; /* gone already: its cleanup answers the start */
+    vm__save_as(rt, SV_VM_RUNNING, running_saved, (void *)(intptr_t)rt->watch->pid);
 }
 
 void vm__on_start_timeout(uv_timer_t *t) {
@@ -45,6 +58,8 @@ void vm__on_start_timeout(uv_timer_t *t) {
 typedef struct prep_job {
     uv_work_t work;
     vmrt *rt;
+    sv_vm_state from;    /* what the VM was before the start, and its run */
+    sv_vm_run run_before;
     char *base;
     uint64_t base_size;
     int64_t base_mtime_ns;
@@ -212,11 +227,7 @@ void vm__start_abandon_now(vmrt *rt, int code, const char *why) {
         /* a stop arrived before QEMU existed */
         vm__set_state(rt, SV_EV_EXITED);
         vm->run = (sv_vm_run){.restarts = vm->run.restarts, .numa_node = -1};
-        vm__persist(rt);
-        json_t *res = json_pack("{s:s, s:s, s:f}", "result", "clean", "how", "start aborted before QEMU ran",
-                                "seconds", 0.0);
-        vm__complete(&rt->stop_waiters, 0, res, NULL);
-        json_decref(res);
+        vm__save_stopped(rt, true, "start aborted before QEMU ran", 0.0);
         vm__fail_waiters(&rt->start_waiters, ECANCELED, "start of VM '%s' aborted by a stop request", vm->name);
         return;
     }
@@ -350,6 +361,56 @@ static int start_placement(sv_vmctl *c, sv_vm *vm, sv_start_placement *ret, qv_e
     return 0;
 }
 
+/* The start could not be made durable (or queued): the VM is put back as
+ * it was, on disk too (retried until it is), and the start refused, as if
+ * sv_vm_start had said so at once. */
+static void start_refused(vmrt *rt, prep_job *job, int code, const char *why) {
+    sv_vm *vm = rt->vm;
+    vm__undo_state(rt, job->from);
+    vm->run = job->run_before;
+    vm__persist(rt);
+    rt->starting_prep = false;
+    prep_job_free(job);
+    log_warning("VM %s: not started: %s", vm->name, why);
+    vm__fail_waiters(&rt->start_waiters, code, "VM '%s' not started: %s", vm->name, why);
+    if (rt->policy_start) {
+        /* as when the restart policy's start is refused at once */
+        char last[sizeof(((qv_error *)0)->msg)];
+        snprintf(last, sizeof last, "automatic restart refused: %s", why);
+        sv_vm_set_last_exit(vm, last);
+        vm__persist(rt);
+        vm__schedule_restart(rt);
+    }
+}
+
+/* "starting" is durable: the preparation runs.  A stop that came
+ * meanwhile ends the start here (vm__start_abandon answers both). */
+static void start_saved(vmrt *rt, int status, const qv_error *err, void *userdata) {
+    prep_job *job = userdata;
+    sv_vm *vm = rt->vm;
+    if (!vm || rt->c->shutting_down) {
+        prep_job_free(job);
+        return;
+    }
+    if (vm->state != SV_VM_STARTING) {
+        prep_job_free(job);
+        vm__start_abandon(rt, ECANCELED, "a stop request came first");
+        return;
+    }
+    if (status < 0) {
+        start_refused(rt, job, err->code, err->msg);
+        return;
+    }
+    int r = uv_queue_work(rt->c->loop, &job->work, prep_work, prep_after);
+    if (r < 0) {
+        char why[128];
+        snprintf(why, sizeof why, "cannot queue the start: %s", uv_strerror(r));
+        start_refused(rt, job, -r, why);
+        return;
+    }
+    rt->refs++;
+}
+
 int vm__begin_start(sv_vmctl *c, sv_vm *vm, bool policy, sv_vm_done_fn done, void *userdata, qv_error *err) {
     if (c->shutting_down)
         return qv_error_set(err, ECANCELED, "the daemon is stopping");
@@ -394,22 +455,13 @@ int vm__begin_start(sv_vmctl *c, sv_vm *vm, bool policy, sv_vm_done_fn done, voi
     sv_start_placement_clear(&rt->place);
     rt->place = place;
     /* "starting" is on disk before anything happens, or nothing happens:
-     * a daemon that dies later must find the start it has to undo */
-    const sv_vm_state from = vm->state;
-    const sv_vm_run run_before = vm->run;
+     * a daemon that dies later must find the start it has to undo.  The
+     * preparation is queued once it is durable (start_saved). */
+    job->from = vm->state;
+    job->run_before = vm->run;
     vm__set_state(rt, SV_EV_START);
     vm->run = (sv_vm_run){.restarts = policy ? vm->run.restarts : 0, .numa_node = -1};
-    qv_error perr = {0};
-    r = vm__persist_err(rt, &perr);
-    if (r == 0 && (r = uv_queue_work(c->loop, &job->work, prep_work, prep_after)) < 0)
-        qv_error_set(&perr, -r, "cannot queue the start: %s", uv_strerror(r));
-    if (r < 0) {
-        vm__undo_state(rt, from);
-        vm->run = run_before;
-        vm__persist(rt); /* undone on disk too (or retried until it is) */
-        prep_job_free(job);
-        return qv_error_set(err, perr.code, "VM '%s' not started: %s", vm->name, perr.msg);
-    }
+    vm__save(rt, start_saved, job);
     uv_timer_stop(&rt->timer); /* a pending automatic restart is superseded */
     rt->policy_start = policy;
     rt->starting_prep = true;
@@ -418,7 +470,6 @@ int vm__begin_start(sv_vmctl *c, sv_vm *vm, bool policy, sv_vm_done_fn done, voi
     rt->monitor_failed = false;
     rt->fail_code = 0;
     rt->stage = STAGE_NONE;
-    rt->refs++;
     vm__add_waiter(&rt->start_waiters, done, userdata);
     log_info("VM %s: starting", vm->name);
     return 0;

@@ -226,6 +226,22 @@ void vm__begin_stop_sequence(vmrt *rt, bool force) {
     vm__stop_first_step(rt, force);
 }
 
+/* "stopping" is durable (or could not be written: a stop goes on
+ * regardless, it is the safe direction): QEMU is told now.  Before, a
+ * daemon that died would have found "running" and a QEMU gone, and called
+ * it a crash (and maybe restarted it).  userdata: the stop it was for. */
+static void stop_saved(vmrt *rt, int status, const qv_error *err, void *userdata) {
+    (void)status;
+    (void)err;
+    if (!rt->vm || rt->c->shutting_down || !rt->stop_waits_save || rt->stop_seq != (uintptr_t)userdata)
+        return;
+    rt->stop_waits_save = false;
+    if (rt->vm->state != SV_VM_STOPPING)
+        return; /* QEMU went meanwhile: its cleanup answered */
+    vm__begin_stop_sequence(rt, rt->stop_save_force);
+    sv_crash_point("stop-after-request");
+}
+
 int sv_vm_stop(sv_vmctl *c, sv_vm *vm, const sv_stop_options *o, sv_vm_done_fn done, void *userdata,
                qv_error *err) {
     if (c->shutting_down)
@@ -245,7 +261,11 @@ int sv_vm_stop(sv_vmctl *c, sv_vm *vm, const sv_stop_options *o, sv_vm_done_fn d
                             "in a moment", vm->name);
     vm__add_waiter(&rt->stop_waiters, done, userdata);
     if (vm->state == SV_VM_STOPPING) {
-        if (o->force && (rt->stage == STAGE_GRACEFUL || rt->stop_waits_status)) {
+        if (o->force && rt->stop_waits_save && !rt->stop_save_force) {
+            log_info("VM %s: stop forced", vm->name);
+            vm->run.stop_force = rt->stop_save_force = true;
+            vm__persist(rt);
+        } else if (o->force && (rt->stage == STAGE_GRACEFUL || rt->stop_waits_status)) {
             log_info("VM %s: stop forced while the guest shuts down", vm->name);
             vm->run.stop_force = true;
             rt->stop_waits_status = false;
@@ -259,13 +279,13 @@ int sv_vm_stop(sv_vmctl *c, sv_vm *vm, const sv_stop_options *o, sv_vm_done_fn d
     vm__set_state(rt, SV_EV_STOP);
     vm->run.stop_force = o->force;
     vm->run.stop_timeout_ms = o->timeout_ms;
-    vm__persist(rt);
+    /* a guest that is only starting would lose an ACPI request: quit it */
+    rt->stop_waits_save = true;
+    rt->stop_save_force = o->force || from == SV_VM_STARTING;
+    vm__save(rt, stop_saved, (void *)++rt->stop_seq);
     log_info("VM %s: stopping%s", vm->name, o->force ? " (forced)" : "");
     if (from == SV_VM_STARTING)
         vm__fail_waiters(&rt->start_waiters, ECANCELED, "start of VM '%s' aborted by a stop request", vm->name);
-    /* a guest that is only starting would lose an ACPI request: quit it */
-    vm__begin_stop_sequence(rt, o->force || from == SV_VM_STARTING);
-    sv_crash_point("stop-after-request");
     return 0;
 }
 
@@ -280,6 +300,24 @@ typedef struct pause_op {
 
 static json_t *pause_result(const sv_vm *vm, const char *result) {
     return json_pack("{s:s, s:s, s:s}", "name", vm->name, "state", sv_vm_state_name(vm->state), "result", result);
+}
+
+/* The state a pause or resume answers with is durable (a write that failed
+ * is retried, as for any change that is not a start or stop). */
+static void pause_saved(vmrt *rt, int status, const qv_error *err, void *userdata) {
+    (void)status;
+    (void)err;
+    pause_op *op = userdata;
+    if (!rt->vm) {
+        qv_error e = {0};
+        qv_error_set(&e, ECANCELED, "the VM is gone");
+        op->done(-e.code, NULL, &e, op->userdata);
+    } else {
+        json_t *res = pause_result(rt->vm, op->pause ? "paused" : "resumed");
+        op->done(0, res, NULL, op->userdata);
+        json_decref(res);
+    }
+    free(op);
 }
 
 /* QEMU answered our `stop` or `cont`.  Commands and events come in order on
@@ -310,11 +348,8 @@ static void on_pause_reply(qmp_conn *q, int status, json_t *result, const qmp_er
         op->done(-err.code, NULL, &err, op->userdata);
     } else {
         vm__note_paused(rt, op->pause);
-        if (rt->persist_due)
-            vm__persist(rt); /* what a request answers is on disk */
-        json_t *res = pause_result(rt->vm, op->pause ? "paused" : "resumed");
-        op->done(0, res, NULL, op->userdata);
-        json_decref(res);
+        vm__saved_then(rt, pause_saved, op); /* what a request answers is on disk */
+        return;
     }
     free(op);
 }

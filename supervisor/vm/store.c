@@ -50,32 +50,45 @@ json_t *reg__state_json_as(const sv_vm *vm, sv_vm_state state) {
     return j;
 }
 
-static json_t *state_json(const sv_vm *vm) {
-    return reg__state_json_as(vm, vm->state);
+/* The JSON text of j, with a final newline (in the room of the NUL). */
+static char *json_text(json_t *j, size_t *ret_len) {
+    char *text = j ? json_dumps(j, JSON_INDENT(2) | JSON_PRESERVE_ORDER) : NULL;
+    if (!text)
+        return NULL;
+    size_t len = strlen(text);
+    text[len] = '\n'; /* room of the NUL; written length includes it */
+    *ret_len = len + 1;
+    return text;
 }
 
-int sv_registry_save(sv_registry *r, sv_vm *vm, qv_error *err) {
-    (void)r;
-    json_t *st = state_json(vm);
-    int rc = reg__write_json(vm->dir, SV_VM_STATE_FILE, st, err);
+char *sv_vm_state_text(const sv_vm *vm, sv_vm_state state, size_t *ret_len) {
+    json_t *st = reg__state_json_as(vm, state);
+    char *text = json_text(st, ret_len);
     json_decref(st);
-    return rc;
+    return text;
 }
 
 /* Files of an instance directory are reached through the directory's fd,
  * opened without following a symlink in its place (issue 15: someone who
  * can write the instances directory must not redirect qvisor's writes). */
-int reg__write_json(const char *dir, const char *file, json_t *j, qv_error *err) {
-    _cleanup_free_ char *text = j ? json_dumps(j, JSON_INDENT(2) | JSON_PRESERVE_ORDER) : NULL;
-    if (!text)
-        return qv_error_set(err, ENOMEM, "out of memory");
-    size_t len = strlen(text);
-    text[len] = '\n'; /* room of the NUL; written length includes it */
+static int write_text(const char *dir, const char *file, const char *text, size_t len, qv_error *err) {
     _cleanup_close_ int dfd = qv_open_dir_nofollow(dir);
-    int r = dfd < 0 ? dfd : qv_write_file_atomic_at(dfd, file, text, len + 1, 0640);
+    int r = dfd < 0 ? dfd : qv_write_file_atomic_at(dfd, file, text, len, 0640);
     if (r < 0)
         return qv_error_set(err, -r, "cannot write %s/%s: %s", dir, file, strerror(-r));
     return 0;
+}
+
+int sv_vm_state_write(const char *dir, const char *text, size_t len, qv_error *err) {
+    return write_text(dir, SV_VM_STATE_FILE, text, len, err);
+}
+
+int reg__write_json(const char *dir, const char *file, json_t *j, qv_error *err) {
+    size_t len;
+    _cleanup_free_ char *text = json_text(j, &len);
+    if (!text)
+        return qv_error_set(err, ENOMEM, "out of memory");
+    return write_text(dir, file, text, len, err);
 }
 
 /* spec.json holds user-data and network-config (each bounded by the request

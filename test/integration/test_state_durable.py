@@ -11,6 +11,9 @@
   (the disk fills while QEMU is being started); a clean stop says it
   happened and that the state could not be saved, and the state reaches the
   disk once there is room again.
+- A daemon killed while a state is queued for its worker and not yet on
+  disk (starting, running, stopped): nothing that state stands for was done
+  or answered, and a restarted daemon ends where the disk says.
 - A guest that prints without end: serial.log stays near its 16 MiB cap
   (the daemon empties it and says so), it does not fill the disk.
 
@@ -191,6 +194,62 @@ class FullDisk(Base):
         vm = self.node.qvisor_json("vm", "show", "vm")
         self.assertEqual(vm["state"], "stopped")
         self.assertIn("clean", vm["last_exit"])
+
+
+class CrashBeforeDurable(Base):
+    """The daemon is killed (QVISOR_TEST_CRASH_AT=save-queued-STATE, test
+    builds only) once a state is queued for its worker and before any of it
+    is on disk.  Nothing that state stands for has been done or answered
+    yet, and a restarted daemon converges from what the disk says."""
+
+    def crash_at(self, point, *args):
+        """Restarts the daemon with the crash hook, runs `qvisor args` (which
+        fails: the daemon dies before answering), waits for the crash."""
+        self.assertEqual(self.node.stop_daemon(), 0)
+        self.node.start_daemon(extra_env=dict(self.env, QVISOR_TEST_CRASH_AT=point))
+        p = self.node.qvisor(*args, timeout=scaled(60))
+        wait_for(lambda: self.node.proc.poll() is not None, scaled(60), f"the daemon's crash at {point}")
+        self.assertEqual(self.node.proc.returncode, -9, self.node.log()[-3000:])
+        self.assertIn(f"crashing at {point}", self.node.log())
+        self.assertNotEqual(p.returncode, 0, "answered before the state it reports was on disk")
+        return p
+
+    def test_starting_not_durable_no_qemu(self):
+        # "starting" queued, not written: QEMU must not have been spawned
+        self.crash_at("save-queued-starting", "vm", "start", "vm")
+        self.assertEqual(self.node.qemu_pids(), [])
+        self.assertEqual(self.disk_state()["state"], "stopped")
+        self.node.start_daemon(extra_env=self.env)
+        self.assertEqual(self.node.qvisor_json("vm", "show", "vm")["state"], "stopped")
+        self.assertEqual(self.node.qvisor("vm", "start", "vm", timeout=scaled(60)).returncode, 0)
+        self.assertEqual(self.node.qvisor("vm", "stop", "--force", "vm", timeout=scaled(60)).returncode, 0)
+
+    def test_running_not_durable_start_rolled_back(self):
+        # QEMU runs and its pid is on disk, "running" is not: the start was
+        # never answered, so the next daemon undoes it
+        self.crash_at("save-queued-running", "vm", "start", "vm")
+        st = self.disk_state()
+        self.assertEqual(st["state"], "starting")
+        self.assertEqual(self.node.qemu_pids(), [st["run"]["pid"]])
+        self.node.start_daemon(extra_env=self.env)
+        wait_for(lambda: self.node.qvisor_json("vm", "show", "vm")["state"] == "stopped", scaled(60),
+                 "the interrupted start undone")
+        self.assertIn("start interrupted", self.node.qvisor_json("vm", "show", "vm")["last_exit"])
+        wait_for(lambda: self.node.qemu_pids() == [], scaled(30), "no QEMU left")
+        wait_for(lambda: self.disk_state()["state"] == "stopped", scaled(30), "stopped on disk")
+
+    def test_stopped_not_durable_stop_finished(self):
+        self.assertEqual(self.node.qvisor("vm", "start", "vm", timeout=scaled(60)).returncode, 0)
+        # QEMU is gone, "stopped" is not on disk: the stop was not answered,
+        # the disk says stopping, and that reads as stopped afterwards
+        self.crash_at("save-queued-stopped", "vm", "stop", "--force", "vm")
+        wait_for(lambda: self.node.qemu_pids() == [], scaled(30), "QEMU gone")
+        self.assertEqual(self.disk_state()["state"], "stopping")
+        self.node.start_daemon(extra_env=self.env)
+        vm = self.node.qvisor_json("vm", "show", "vm")
+        self.assertEqual(vm["state"], "stopped")
+        self.assertIn("stopped while the daemon was not running", vm["last_exit"])
+        wait_for(lambda: self.disk_state()["state"] == "stopped", scaled(30), "stopped on disk")
 
 
 class SerialLog(Base):
