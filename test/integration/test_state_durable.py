@@ -127,7 +127,15 @@ class EventFlood(Base):
         def settled():
             return (self.node.qvisor_json("vm", "show", "vm")["state"] == "running"
                     and self.disk_state()["state"] == "running")
-        wait_for(settled, scaled(20), "the last state in memory and on disk")
+        # the socket may still hold events when the fake is done sending
+        # (read at 500 a second): a settled moment between a RESUME and the
+        # next STOP is not the end yet, so it must last past the coalescing
+        def settled_for(seconds):
+            if not settled():
+                return False
+            time.sleep(seconds)
+            return settled()
+        wait_for(lambda: settled_for(2.0), scaled(30), "the last state in memory and on disk")
         time.sleep(1.5)  # longer than the coalescing: nothing older lands after it
         self.assertTrue(settled())
         # a bounded log: ten changes per 10 s window one by one, then counts
