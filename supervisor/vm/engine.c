@@ -4,6 +4,8 @@
  * shutdown). */
 #include "supervisor/vm/engine.h"
 
+static void save_cancel(vmrt *rt);
+
 /* ---- small helpers ------------------------------------------------------ */
 
 /* Paused, or will be once QEMU has run the stop/cont commands already sent
@@ -204,7 +206,7 @@ void vm__saved_then(vmrt *rt, vm_saved_fn fn, void *userdata) {
 /* The VM is being removed: nothing more of it is written.  A write the
  * worker has begun is waited for (one fsync at most), one it has not is
  * skipped; waiters get ECANCELED. */
-void vm__save_cancel(vmrt *rt) {
+static void save_cancel(vmrt *rt) {
     uv_timer_stop(&rt->persist_timer);
     rt->persist_due = false;
     free(TAKE_PTR(rt->save_text));
@@ -249,6 +251,36 @@ void vm__set_state(vmrt *rt, sv_vm_event ev) {
         log_debug("VM %s: %s -> %s (%s)", vm->name, sv_vm_state_name(vm->state), sv_vm_state_name(to),
                   sv_vm_event_name(ev));
     vm->state = to;
+}
+
+typedef void (*vm_action_fn)(vmrt *rt, sv_vm_state from, const vm_event_arg *a);
+
+/* The actions the engine runs for a cell (lifecycle.h); NULL: the request
+ * that caused the event runs it itself (still, for requests). */
+static const vm_action_fn vm__actions[SV_ACT__COUNT] = {
+    [SV_ACT_RUN] = vm__act_run,       [SV_ACT_ABANDON] = vm__act_abandon, [SV_ACT_NOTE] = vm__act_note,
+    [SV_ACT_FINISH] = vm__act_finish, [SV_ACT_EXIT] = vm__act_exit,
+};
+
+int vm__event(vmrt *rt, sv_vm_event ev, const vm_event_arg *arg) {
+    sv_vm *vm = rt->vm;
+    sv_vm_state from = vm->state, to;
+    sv_vm_action act;
+    int r = sv_vm_transition(from, ev, &to, &act);
+    if (r < 0) {
+        log_warning("VM %s: event %s in state %s ignored", vm->name, sv_vm_event_name(ev), sv_vm_state_name(from));
+        return r;
+    }
+    if (r == 1)
+        return 1;
+    if (to != from)
+        log_debug("VM %s: %s -> %s (%s: %s)", vm->name, sv_vm_state_name(from), sv_vm_state_name(to),
+                  sv_vm_event_name(ev), sv_vm_action_name(act));
+    vm->state = to;
+    static const vm_event_arg none = {0};
+    if (vm__actions[act])
+        vm__actions[act](rt, from, arg ? arg : &none);
+    return 0;
 }
 
 /* The one change of vm->state outside the table: a transition whose new
@@ -503,7 +535,7 @@ void sv_vm_forget(sv_vmctl *c, sv_vm *vm) {
     vm__console_end(rt, json_pack("{s:s}", "reason", "removed"));
     vm__detach_channels(rt);
     vm__watch_close(rt);
-    vm__save_cancel(rt);
+    save_cancel(rt);
     release_rt(rt);
 }
 

@@ -228,11 +228,38 @@ void vm__ctl_unref(sv_vmctl *c);
 void vm__save(vmrt *rt, vm_saved_fn fn, void *userdata);
 void vm__save_as(vmrt *rt, sv_vm_state state, vm_saved_fn fn, void *userdata);
 void vm__saved_then(vmrt *rt, vm_saved_fn fn, void *userdata);
-void vm__save_cancel(vmrt *rt);
 void vm__persist(vmrt *rt);
 void vm__persist_soon(vmrt *rt);
 void vm__set_state(vmrt *rt, sv_vm_event ev);
 void vm__undo_state(vmrt *rt, sv_vm_state back);
+
+/* ---- the engine's door ----
+ *
+ * A stage reports what happened by posting an event; the engine looks the
+ * cell up in the table (lifecycle.c), moves the VM to the cell's state and
+ * runs the cell's action (vm__actions[], engine.c).  What the event brings
+ * travels in a vm_event_arg (NULL: nothing). */
+typedef struct vm_event_arg {
+    int code;          /* abandon: the failed start's errno */
+    const char *why;   /* abandon, exit: the reason; finish: the last exit */
+    const char *how;   /* finish: the step that ended the stop */
+    bool clean;        /* finish: the guest shut down by itself */
+    double secs;       /* finish: how long the stop took */
+    bool before_qemu;  /* finish: the stop came before QEMU existed */
+    bool restart;      /* exit: the restart policy starts it again */
+} vm_event_arg;
+
+/* Returns sv_vm_transition()'s answer: 0 (the action ran), 1 (already
+ * satisfied: nothing done), or a negative errno (logged, nothing done). */
+int vm__event(vmrt *rt, sv_vm_event ev, const vm_event_arg *arg);
+
+/* The actions of events that stages report (the cells' actions for
+ * requests still run inline in sv_vm_start, sv_vm_stop, pause/resume). */
+void vm__act_run(vmrt *rt, sv_vm_state from, const vm_event_arg *a);     /* start.c */
+void vm__act_abandon(vmrt *rt, sv_vm_state from, const vm_event_arg *a); /* start.c */
+void vm__act_note(vmrt *rt, sv_vm_state from, const vm_event_arg *a);    /* monitor.c */
+void vm__act_finish(vmrt *rt, sv_vm_state from, const vm_event_arg *a);  /* exit.c */
+void vm__act_exit(vmrt *rt, sv_vm_state from, const vm_event_arg *a);    /* exit.c */
 void vm__add_waiter(waiter **list, sv_vm_done_fn done, void *userdata);
 void vm__complete(waiter **list, int status, json_t *result, const qv_error *err);
 void vm__fail_waiters(waiter **list, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
@@ -252,7 +279,6 @@ void vm__on_start_timeout(uv_timer_t *t);
 bool vm__has_gpus(const sv_vm *vm);
 void vm__release_devices(vmrt *rt, void (*then)(vmrt *rt));
 void vm__start_abandon(vmrt *rt, int code, const char *why);
-void vm__start_abandon_now(vmrt *rt, int code, const char *why);
 void vm__maybe_launch(vmrt *rt);
 int vm__begin_start(sv_vmctl *c, sv_vm *vm, bool policy, sv_vm_done_fn done, void *userdata, qv_error *err);
 
@@ -287,5 +313,4 @@ void vm__begin_stop_sequence(vmrt *rt, bool force);
 void vm__watch_close(vmrt *rt);
 int vm__watch_start(vmrt *rt, pid_t pid, int pidfd);
 void vm__handle_gone(vmrt *rt, const char *how_exited);
-void vm__save_stopped(vmrt *rt, bool clean, const char *how, double secs);
 void vm__schedule_restart(vmrt *rt);

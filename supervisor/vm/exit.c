@@ -3,6 +3,8 @@
  * (stop, then start). */
 #include "supervisor/vm/engine.h"
 
+static void save_stopped(vmrt *rt, bool clean, const char *how, double secs);
+
 /* ---- the pidfd watch: QEMU really exited ----------------------------- */
 
 static void watch_close_cb(uv_handle_t *h) {
@@ -138,7 +140,7 @@ static void stop_done_saved(vmrt *rt, int status, const qv_error *err, void *use
 /* Writes the state (stopped) and answers the stop requests once it is
  * durable: {"result": clean|forced, "how", "seconds"}, or the 75 that says
  * the stop happened but is not on disk. */
-void vm__save_stopped(vmrt *rt, bool clean, const char *how, double secs) {
+static void save_stopped(vmrt *rt, bool clean, const char *how, double secs) {
     stop_answer *a = calloc(1, sizeof *a);
     if (a) {
         a->clean = clean;
@@ -178,7 +180,7 @@ static void gone_finish(vmrt *rt, pid_t pid, const char *how_exited) {
         log_info("VM %s: QEMU pid %d %s during start; cleaned up", vm->name, (int)pid, how_exited);
         int code = rt->fail_code && !own_exit ? rt->fail_code : EIO;
         rt->fail_code = 0;
-        vm__start_abandon_now(rt, code, why);
+        vm__event(rt, SV_EV_START_FAILED, &(vm_event_arg){.code = code, .why = why});
         return;
     }
     if (before == SV_VM_STOPPING) {
@@ -189,15 +191,9 @@ static void gone_finish(vmrt *rt, pid_t pid, const char *how_exited) {
             snprintf(why, sizeof why, "%s", rt->stop_reason);
         else
             snprintf(why, sizeof why, "stopped on request (%s: %s)", clean ? "clean" : "forced", how);
-        sv_vm_set_last_exit(vm, why);
-        vm__set_state(rt, SV_EV_EXITED);
-        vm->run = (sv_vm_run){.numa_node = -1};
         log_info("VM %s: QEMU pid %d %s; %s after %.1f s; cleaned up", vm->name, (int)pid, how_exited,
                  clean ? "clean stop" : "forced stop", secs);
-        vm__save_stopped(rt, clean, how, secs);
-        free(rt->stop_reason);
-        rt->stop_reason = NULL;
-        rt->stage = STAGE_NONE;
+        vm__event(rt, SV_EV_EXITED, &(vm_event_arg){.why = why, .how = how, .clean = clean, .secs = secs});
         return;
     }
     /* running or paused: nobody asked for this */
@@ -225,16 +221,42 @@ static void gone_finish(vmrt *rt, pid_t pid, const char *how_exited) {
     restart = s->restart == SV_RESTART_ALWAYS || (s->restart == SV_RESTART_ON_FAILURE && ev == SV_EV_CRASHED);
     if (ran >= RESTART_RESET_S)
         vm->run.restarts = 0;
+    vm__event(rt, ev, &(vm_event_arg){.why = why, .restart = restart});
+}
+
+/* finish: QEMU is gone during a stop (or the stop came before QEMU
+ * existed): stopped is saved, and the stop answered once it is durable. */
+void vm__act_finish(vmrt *rt, sv_vm_state from, const vm_event_arg *a) {
+    (void)from;
+    sv_vm *vm = rt->vm;
+    if (a->before_qemu) {
+        vm->run = (sv_vm_run){.restarts = vm->run.restarts, .numa_node = -1};
+        save_stopped(rt, true, a->how, 0.0);
+        vm__fail_waiters(&rt->start_waiters, ECANCELED, "start of VM '%s' aborted by a stop request", vm->name);
+        return;
+    }
+    sv_vm_set_last_exit(vm, a->why);
+    vm->run = (sv_vm_run){.numa_node = -1};
+    save_stopped(rt, a->clean, a->how, a->secs);
+    free(rt->stop_reason);
+    rt->stop_reason = NULL;
+    rt->stage = STAGE_NONE;
+}
+
+/* exit: QEMU is gone while nobody asked: why is the last exit, and the
+ * restart policy applies. */
+void vm__act_exit(vmrt *rt, sv_vm_state from, const vm_event_arg *a) {
+    (void)from;
+    sv_vm *vm = rt->vm;
     uint64_t restarts = vm->run.restarts;
-    vm__set_state(rt, ev);
-    sv_vm_set_last_exit(vm, why);
+    sv_vm_set_last_exit(vm, a->why);
     vm->run = (sv_vm_run){.restarts = restarts, .numa_node = -1};
     vm__persist(rt);
-    if (ev == SV_EV_CRASHED)
-        log_warning("VM %s: crashed: %s; cleaned up", vm->name, why);
+    if (vm->state == SV_VM_CRASHED)
+        log_warning("VM %s: crashed: %s; cleaned up", vm->name, a->why);
     else
-        log_info("VM %s: stopped: %s; cleaned up", vm->name, why);
-    if (restart)
+        log_info("VM %s: stopped: %s; cleaned up", vm->name, a->why);
+    if (a->restart)
         vm__schedule_restart(rt);
 }
 

@@ -32,24 +32,37 @@ static void log_pause_change(vmrt *rt, bool paused) {
     }
 }
 
+/* QEMU says the guest is paused or runs (QMP STOP, RESUME, or its answer
+ * to our stop/cont): posted to the engine while the VM has a QEMU. */
 void vm__note_paused(vmrt *rt, bool paused) {
-    sv_vm *vm = rt->vm;
     rt->paused = paused;
-    sv_vm_state want = paused ? SV_VM_PAUSED : SV_VM_RUNNING;
-    if ((vm->state == SV_VM_RUNNING || vm->state == SV_VM_PAUSED) && vm->state != want) {
-        vm__set_state(rt, paused ? SV_EV_PAUSED : SV_EV_RESUMED);
-        /* our own stop/cont (a request) is written at once; what QEMU did
-         * by itself is coalesced */
-        if (rt->pause_ops)
-            vm__persist(rt);
-        else
-            vm__persist_soon(rt);
-        log_pause_change(rt, paused);
+    if (sv_vm_state_has_qemu(rt->vm->state))
+        vm__event(rt, paused ? SV_EV_PAUSED : SV_EV_RESUMED, NULL);
+}
+
+/* note: a change of the guest's own state.  Running and paused follow it
+ * (saved at once when it answers our stop/cont, coalesced when QEMU did it
+ * by itself); a guest paused during a graceful stop cannot take ACPI, so
+ * the stop goes on with quit; a starting VM only notes it. */
+void vm__act_note(vmrt *rt, sv_vm_state from, const vm_event_arg *a) {
+    (void)a;
+    sv_vm *vm = rt->vm;
+    if (vm->state == SV_VM_STOPPING) {
+        if (rt->paused && rt->stage == STAGE_GRACEFUL) {
+            log_info("VM %s: paused during a graceful stop; no ACPI to a paused guest, forcing", vm->name);
+            vm__stage_quit(rt);
+        }
+        return;
     }
-    if (paused && vm->state == SV_VM_STOPPING && rt->stage == STAGE_GRACEFUL) {
-        log_info("VM %s: paused during a graceful stop; no ACPI to a paused guest, forcing", vm->name);
-        vm__stage_quit(rt);
-    }
+    if (vm->state == from || vm->state == SV_VM_STARTING)
+        return; /* nothing changed */
+    /* our own stop/cont (a request) is written at once; what QEMU did
+     * by itself is coalesced */
+    if (rt->pause_ops)
+        vm__persist(rt);
+    else
+        vm__persist_soon(rt);
+    log_pause_change(rt, rt->paused);
 }
 
 static void on_qmp_event(qmp_conn *q, const char *name, json_t *data, const qmp_timestamp *ts, void *userdata) {

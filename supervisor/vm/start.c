@@ -3,6 +3,8 @@
  * start timeout, giving up (start_abandon), and `started`. */
 #include "supervisor/vm/engine.h"
 
+static void start_abandon_now(vmrt *rt, int code, const char *why);
+
 /* ---- start ------------------------------------------------------------- */
 
 static json_t *start_result(const vmrt *rt) {
@@ -31,8 +33,15 @@ static void running_saved(vmrt *rt, int status, const qv_error *err, void *userd
         vm__start_fail_code(rt, err->code, why);
         return;
     }
+    vm__event(rt, SV_EV_STARTED, NULL);
+}
+
+/* run: the VM is running (and that is on disk): the start is answered. */
+void vm__act_run(vmrt *rt, sv_vm_state from, const vm_event_arg *a) {
+    (void)from;
+    (void)a;
+    sv_vm *vm = rt->vm;
     uv_timer_stop(&rt->timer);
-    vm__set_state(rt, SV_EV_STARTED);
     log_info("VM %s: running (QEMU pid %d%s)", vm->name, vm->run.pid, rt->policy_start ? ", restarted by policy" : "");
     vm__agent_attach(rt);
     json_t *res = start_result(rt);
@@ -203,7 +212,7 @@ static void start_abandon_released(vmrt *rt) {
     snprintf(why, sizeof why, "%s", rt->abandon_why ? rt->abandon_why : "start failed");
     free(rt->abandon_why);
     rt->abandon_why = NULL;
-    vm__start_abandon_now(rt, rt->abandon_code, why);
+    start_abandon_now(rt, rt->abandon_code, why);
 }
 
 /* A start whose QEMU never ran (or died during the start) ends here:
@@ -216,22 +225,29 @@ void vm__start_abandon(vmrt *rt, int code, const char *why) {
         vm__release_devices(rt, start_abandon_released);
         return;
     }
-    vm__start_abandon_now(rt, code, why);
+    start_abandon_now(rt, code, why);
 }
 
-void vm__start_abandon_now(vmrt *rt, int code, const char *why) {
-    sv_vm *vm = rt->vm;
+/* The start ends without a QEMU: it failed, or a stop came first (then
+ * that stop ends here: the table's finish, before QEMU existed). */
+static void start_abandon_now(vmrt *rt, int code, const char *why) {
     rt->starting_prep = false;
     sv_net_fds_close(&rt->net); /* the TAPs vanish with their fds */
-    if (vm->state == SV_VM_STOPPING) {
-        /* a stop arrived before QEMU existed */
-        vm__set_state(rt, SV_EV_EXITED);
-        vm->run = (sv_vm_run){.restarts = vm->run.restarts, .numa_node = -1};
-        vm__save_stopped(rt, true, "start aborted before QEMU ran", 0.0);
-        vm__fail_waiters(&rt->start_waiters, ECANCELED, "start of VM '%s' aborted by a stop request", vm->name);
-        return;
-    }
-    vm__set_state(rt, SV_EV_START_FAILED);
+    vm_event_arg a = {.code = code, .why = why, .clean = true, .how = "start aborted before QEMU ran",
+                      .before_qemu = true};
+    if (vm__event(rt, rt->vm->state == SV_VM_STOPPING ? SV_EV_EXITED : SV_EV_START_FAILED, &a) < 0)
+        vm__fail_waiters(&rt->start_waiters, code, "VM '%s' did not start: %s", rt->vm->name, why);
+}
+
+/* abandon: the start failed; it is answered with why, and the restart
+ * policy (when it made this start) tries again later. */
+void vm__act_abandon(vmrt *rt, sv_vm_state from, const vm_event_arg *a) {
+    (void)from;
+    sv_vm *vm = rt->vm;
+    int code = a->code;
+    const char *why = a->why ? a->why : "start failed";
+    rt->starting_prep = false;
+    sv_net_fds_close(&rt->net);
     char msg[sizeof(((qv_error *)0)->msg)];
     snprintf(msg, sizeof msg, "start failed: %s", why);
     sv_vm_set_last_exit(vm, msg);
