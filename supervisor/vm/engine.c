@@ -259,7 +259,8 @@ typedef void (*vm_action_fn)(vmrt *rt, sv_vm_state from, const vm_event_arg *a);
  * that caused the event runs it itself (still, for requests). */
 static const vm_action_fn vm__actions[SV_ACT__COUNT] = {
     [SV_ACT_RUN] = vm__act_run,       [SV_ACT_ABANDON] = vm__act_abandon, [SV_ACT_NOTE] = vm__act_note,
-    [SV_ACT_FINISH] = vm__act_finish, [SV_ACT_EXIT] = vm__act_exit,
+    [SV_ACT_FINISH] = vm__act_finish, [SV_ACT_EXIT] = vm__act_exit,       [SV_ACT_SHUTDOWN] = vm__act_shutdown,
+    [SV_ACT_ABORT] = vm__act_abort,   [SV_ACT_JOIN] = vm__act_join,
 };
 
 int vm__event(vmrt *rt, sv_vm_event ev, const vm_event_arg *arg) {

@@ -247,19 +247,24 @@ typedef struct vm_event_arg {
     double secs;       /* finish: how long the stop took */
     bool before_qemu;  /* finish: the stop came before QEMU existed */
     bool restart;      /* exit: the restart policy starts it again */
+    bool force;        /* shutdown, abort, join: vm stop --force */
+    uint64_t timeout_ms; /* shutdown: vm stop --timeout (0: the VM's) */
 } vm_event_arg;
 
 /* Returns sv_vm_transition()'s answer: 0 (the action ran), 1 (already
  * satisfied: nothing done), or a negative errno (logged, nothing done). */
 int vm__event(vmrt *rt, sv_vm_event ev, const vm_event_arg *arg);
 
-/* The actions of events that stages report (the cells' actions for
- * requests still run inline in sv_vm_start, sv_vm_stop, pause/resume). */
+/* The actions the engine runs from the table (the cells' actions for the
+ * start, pause and resume requests still run inline). */
 void vm__act_run(vmrt *rt, sv_vm_state from, const vm_event_arg *a);     /* start.c */
 void vm__act_abandon(vmrt *rt, sv_vm_state from, const vm_event_arg *a); /* start.c */
 void vm__act_note(vmrt *rt, sv_vm_state from, const vm_event_arg *a);    /* monitor.c */
 void vm__act_finish(vmrt *rt, sv_vm_state from, const vm_event_arg *a);  /* exit.c */
 void vm__act_exit(vmrt *rt, sv_vm_state from, const vm_event_arg *a);    /* exit.c */
+void vm__act_shutdown(vmrt *rt, sv_vm_state from, const vm_event_arg *a); /* stop.c */
+void vm__act_abort(vmrt *rt, sv_vm_state from, const vm_event_arg *a);    /* stop.c */
+void vm__act_join(vmrt *rt, sv_vm_state from, const vm_event_arg *a);     /* stop.c */
 void vm__add_waiter(waiter **list, sv_vm_done_fn done, void *userdata);
 void vm__complete(waiter **list, int status, json_t *result, const qv_error *err);
 void vm__fail_waiters(waiter **list, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));

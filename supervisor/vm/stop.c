@@ -260,33 +260,45 @@ int sv_vm_stop(sv_vmctl *c, sv_vm *vm, const sv_stop_options *o, sv_vm_done_fn d
         return qv_error_set(err, EBUSY, "VM '%s': its QEMU is gone and its GPUs are being given back; try again "
                             "in a moment", vm->name);
     vm__add_waiter(&rt->stop_waiters, done, userdata);
-    if (vm->state == SV_VM_STOPPING) {
-        if (o->force && rt->stop_waits_save && !rt->stop_save_force) {
-            log_info("VM %s: stop forced", vm->name);
-            vm->run.stop_force = rt->stop_save_force = true;
-            vm__persist(rt);
-        } else if (o->force && (rt->stage == STAGE_GRACEFUL || rt->stop_waits_status)) {
-            log_info("VM %s: stop forced while the guest shuts down", vm->name);
-            vm->run.stop_force = true;
-            rt->stop_waits_status = false;
-            vm__persist(rt);
-            vm__stage_quit(rt);
-        }
-        return 0;
+    vm__event(rt, SV_EV_STOP, &(vm_event_arg){.force = o->force, .timeout_ms = o->timeout_ms});
+    return 0;
+}
+
+/* join: a stop while one is in progress waits for it; --force skips what
+ * is left of the graceful step. */
+void vm__act_join(vmrt *rt, sv_vm_state from, const vm_event_arg *a) {
+    (void)from;
+    sv_vm *vm = rt->vm;
+    if (a->force && rt->stop_waits_save && !rt->stop_save_force) {
+        log_info("VM %s: stop forced", vm->name);
+        vm->run.stop_force = rt->stop_save_force = true;
+        vm__persist(rt);
+    } else if (a->force && (rt->stage == STAGE_GRACEFUL || rt->stop_waits_status)) {
+        log_info("VM %s: stop forced while the guest shuts down", vm->name);
+        vm->run.stop_force = true;
+        rt->stop_waits_status = false;
+        vm__persist(rt);
+        vm__stage_quit(rt);
     }
-    sv_vm_state from = vm->state;
+}
+
+/* shutdown: "stopping" is saved, then the stop sequence begins (stop_saved). */
+void vm__act_shutdown(vmrt *rt, sv_vm_state from, const vm_event_arg *a) {
+    sv_vm *vm = rt->vm;
     uv_timer_stop(&rt->timer);
-    vm__set_state(rt, SV_EV_STOP);
-    vm->run.stop_force = o->force;
-    vm->run.stop_timeout_ms = o->timeout_ms;
+    vm->run.stop_force = a->force;
+    vm->run.stop_timeout_ms = a->timeout_ms;
     /* a guest that is only starting would lose an ACPI request: quit it */
     rt->stop_waits_save = true;
-    rt->stop_save_force = o->force || from == SV_VM_STARTING;
+    rt->stop_save_force = a->force || from == SV_VM_STARTING;
     vm__save(rt, stop_saved, (void *)++rt->stop_seq);
-    log_info("VM %s: stopping%s", vm->name, o->force ? " (forced)" : "");
-    if (from == SV_VM_STARTING)
-        vm__fail_waiters(&rt->start_waiters, ECANCELED, "start of VM '%s' aborted by a stop request", vm->name);
-    return 0;
+    log_info("VM %s: stopping%s", vm->name, a->force ? " (forced)" : "");
+}
+
+/* abort: a stop during a start fails the start, and quits QEMU at once. */
+void vm__act_abort(vmrt *rt, sv_vm_state from, const vm_event_arg *a) {
+    vm__act_shutdown(rt, from, a);
+    vm__fail_waiters(&rt->start_waiters, ECANCELED, "start of VM '%s' aborted by a stop request", rt->vm->name);
 }
 
 /* ---- pause and resume ------------------------------------------------ */
