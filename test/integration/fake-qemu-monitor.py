@@ -145,8 +145,11 @@ def flood(argv):
         while time.monotonic() < end:
             send(pair * 50)
             n += 100
-        with open(os.environ["FAKE_QEMU_FLOOD_COUNT"], "w") as f:
+        # whole or not there: the test polls for the file
+        path = os.environ["FAKE_QEMU_FLOOD_COUNT"]
+        with open(path + ".tmp", "w") as f:
             f.write(f"{n}\n")
+        os.rename(path + ".tmp", path)
 
     while True:
         conn, _ = lsock.accept()
