@@ -85,16 +85,18 @@ static void adopt(sv_vmctl *c, sv_vm *vm) {
                         vm->name, (int)pid);
         rt->our_child = false;
         rt->log_offset = 0;
-        sv_vm_state was = vm->state;
-        if (was == SV_VM_STARTING || was == SV_VM_STOPPING) {
-            /* a start that never got a QEMU failed; a stop whose QEMU is gone ended */
-            vm__set_state(rt, was == SV_VM_STARTING ? SV_EV_START_FAILED : SV_EV_EXITED);
-            sv_vm_set_last_exit(vm, was == SV_VM_STARTING ? "start interrupted by a daemon restart; QEMU never ran"
-                                                          : "stopped while the daemon was not running");
-            vm->run = (sv_vm_run){.numa_node = -1};
+        if (vm->state == SV_VM_STARTING || vm->state == SV_VM_STOPPING) {
+            /* a start that never got a QEMU failed; a stop whose QEMU is
+             * gone ended: the table's abandon and finish, with nobody to
+             * answer */
             vm__remove_run_files(rt);
-            vm__persist(rt);
-            log_info("VM %s: %s", vm->name, vm->last_exit);
+            if (vm->state == SV_VM_STARTING)
+                vm__event(rt, SV_EV_START_FAILED,
+                          &(vm_event_arg){.code = EINTR, .why = "interrupted by a daemon restart before QEMU ran"});
+            else
+                vm__event(rt, SV_EV_EXITED,
+                          &(vm_event_arg){.why = "stopped while the daemon was not running",
+                                          .how = "QEMU gone while the daemon was not running", .clean = true});
             return;
         }
         /* running or paused before: it ended while nobody watched */
@@ -120,10 +122,7 @@ static void adopt(sv_vmctl *c, sv_vm *vm) {
         log_info("VM %s: QEMU pid %d was half-started by the previous daemon; stopping it", vm->name, (int)pid);
         rt->cont_sent = false;
         rt->stop_reason = strdup("start interrupted by a daemon restart; QEMU was stopped");
-        vm__set_state(rt, SV_EV_STOP);
-        vm->run.stop_force = true;
-        vm__persist(rt);
-        vm__begin_stop_sequence(rt, true);
+        vm__event(rt, SV_EV_STOP, &(vm_event_arg){.force = true}); /* abort: quit once "stopping" is saved */
         break;
     case SV_VM_STOPPING:
         log_info("VM %s: finishing the stop the previous daemon began (QEMU pid %d)", vm->name, (int)pid);

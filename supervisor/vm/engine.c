@@ -238,49 +238,68 @@ static void on_persist_timer(uv_timer_t *t) {
         vm__persist(rt);
 }
 
-void vm__set_state(vmrt *rt, sv_vm_event ev) {
-    sv_vm *vm = rt->vm;
-    sv_vm_state to;
-    int r = sv_vm_next_state(vm->state, ev, &to);
-    if (r < 0) {
-        log_warning("VM %s: event %s in state %s ignored", vm->name, sv_vm_event_name(ev),
-                    sv_vm_state_name(vm->state));
-        return;
-    }
-    if (to != vm->state)
-        log_debug("VM %s: %s -> %s (%s)", vm->name, sv_vm_state_name(vm->state), sv_vm_state_name(to),
-                  sv_vm_event_name(ev));
-    vm->state = to;
-}
-
 typedef void (*vm_action_fn)(vmrt *rt, sv_vm_state from, const vm_event_arg *a);
+typedef int (*vm_check_fn)(vmrt *rt, const vm_event_arg *a);
 
-/* The actions the engine runs for a cell (lifecycle.h); NULL: the request
- * that caused the event runs it itself (still, for requests). */
+/* What the engine runs for a cell (lifecycle.h): a request's check, with
+ * the VM where it is, then its action once it moved. */
+static const vm_check_fn vm__checks[SV_ACT__COUNT] = {
+    [SV_ACT_PREPARE] = vm__check_prepare, [SV_ACT_SHUTDOWN] = vm__check_stop, [SV_ACT_ABORT] = vm__check_stop,
+    [SV_ACT_JOIN] = vm__check_stop,       [SV_ACT_SEND] = vm__check_send,
+};
 static const vm_action_fn vm__actions[SV_ACT__COUNT] = {
-    [SV_ACT_RUN] = vm__act_run,       [SV_ACT_ABANDON] = vm__act_abandon, [SV_ACT_NOTE] = vm__act_note,
-    [SV_ACT_FINISH] = vm__act_finish, [SV_ACT_EXIT] = vm__act_exit,       [SV_ACT_SHUTDOWN] = vm__act_shutdown,
-    [SV_ACT_ABORT] = vm__act_abort,   [SV_ACT_JOIN] = vm__act_join,
+    [SV_ACT_PREPARE] = vm__act_prepare, [SV_ACT_RUN] = vm__act_run,           [SV_ACT_ABANDON] = vm__act_abandon,
+    [SV_ACT_NOTE] = vm__act_note,       [SV_ACT_FINISH] = vm__act_finish,     [SV_ACT_EXIT] = vm__act_exit,
+    [SV_ACT_SHUTDOWN] = vm__act_shutdown, [SV_ACT_ABORT] = vm__act_abort,     [SV_ACT_JOIN] = vm__act_join,
+    [SV_ACT_SEND] = vm__act_send,
 };
 
+/* The state a request is judged in.  Pause and resume look past the
+ * `stop`/`cont` commands QEMU has not answered yet: `pause` followed at
+ * once by `resume` resumes (QEMU runs them in order) instead of finding
+ * the VM still running and doing nothing. */
+static sv_vm_state judged_state(const vmrt *rt, sv_vm_event ev) {
+    sv_vm_state s = rt->vm->state;
+    if ((ev == SV_EV_PAUSE || ev == SV_EV_RESUME) && rt->pause_ops && (s == SV_VM_RUNNING || s == SV_VM_PAUSED))
+        return rt->pause_target ? SV_VM_PAUSED : SV_VM_RUNNING;
+    return s;
+}
+
+/* The table's refusal of a request, in words (exit codes: lifecycle.h). */
+static int refusal(const sv_vm *vm, sv_vm_event ev, int r, qv_error *err) {
+    const char *st = sv_vm_state_name(vm->state);
+    if (r == -EALREADY)
+        return qv_error_set(err, EALREADY, "VM '%s' is already %s", vm->name, st);
+    if (r == -EHOSTDOWN)
+        return qv_error_set(err, EHOSTDOWN, "VM '%s' is %s: there is no QEMU to %s (qvisor vm start %s)", vm->name,
+                            st, sv_vm_event_name(ev), vm->name);
+    return qv_error_set(err, EBUSY, "VM '%s' is %s; try again when that is done", vm->name, st);
+}
+
 int vm__event(vmrt *rt, sv_vm_event ev, const vm_event_arg *arg) {
+    static const vm_event_arg none = {0};
+    if (!arg)
+        arg = &none;
     sv_vm *vm = rt->vm;
     sv_vm_state from = vm->state, to;
     sv_vm_action act;
-    int r = sv_vm_transition(from, ev, &to, &act);
-    if (r < 0) {
+    int r = sv_vm_transition(judged_state(rt, ev), ev, &to, &act);
+    if (r == -EINVAL)
         log_warning("VM %s: event %s in state %s ignored", vm->name, sv_vm_event_name(ev), sv_vm_state_name(from));
+    if (r < 0 && arg->err)
+        return refusal(vm, ev, r, arg->err);
+    if (r != 0)
         return r;
+    if (vm__checks[act] && (r = vm__checks[act](rt, arg)) < 0)
+        return r;
+    if (act != SV_ACT_SEND) {
+        if (to != from)
+            log_debug("VM %s: %s -> %s (%s: %s)", vm->name, sv_vm_state_name(from), sv_vm_state_name(to),
+                      sv_vm_event_name(ev), sv_vm_action_name(act));
+        vm->state = to;
     }
-    if (r == 1)
-        return 1;
-    if (to != from)
-        log_debug("VM %s: %s -> %s (%s: %s)", vm->name, sv_vm_state_name(from), sv_vm_state_name(to),
-                  sv_vm_event_name(ev), sv_vm_action_name(act));
-    vm->state = to;
-    static const vm_event_arg none = {0};
     if (vm__actions[act])
-        vm__actions[act](rt, from, arg ? arg : &none);
+        vm__actions[act](rt, from, arg);
     return 0;
 }
 

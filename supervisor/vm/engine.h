@@ -102,6 +102,7 @@ typedef struct save_waiter {
 } save_waiter;
 
 typedef struct save_job save_job; /* engine.c: one write on a worker thread */
+typedef struct prep_job prep_job; /* start.c: a start's preparation on a worker thread */
 
 /* sv_vmctl_with_caps() calls waiting for a probe */
 typedef struct caps_waiter {
@@ -172,6 +173,7 @@ struct vmrt {
     /* start */
     waiter *start_waiters;
     bool starting_prep;    /* prep or probe in flight, QEMU not spawned yet */
+    prep_job *prep_next;   /* made by vm__check_prepare for vm__act_prepare */
     bool waiting_caps;
     bool cont_sent;
     bool pid_saved;        /* this QEMU's pid is durable: `cont` may go */
@@ -227,10 +229,10 @@ bool vm__guest_paused(const vmrt *rt);
 void vm__ctl_unref(sv_vmctl *c);
 void vm__save(vmrt *rt, vm_saved_fn fn, void *userdata);
 void vm__save_as(vmrt *rt, sv_vm_state state, vm_saved_fn fn, void *userdata);
+void vm__save_durable(vmrt *rt, vm_saved_fn fn, void *userdata);
 void vm__saved_then(vmrt *rt, vm_saved_fn fn, void *userdata);
 void vm__persist(vmrt *rt);
 void vm__persist_soon(vmrt *rt);
-void vm__set_state(vmrt *rt, sv_vm_event ev);
 void vm__undo_state(vmrt *rt, sv_vm_state back);
 
 /* ---- the engine's door ----
@@ -240,6 +242,13 @@ void vm__undo_state(vmrt *rt, sv_vm_state back);
  * runs the cell's action (vm__actions[], engine.c).  What the event brings
  * travels in a vm_event_arg (NULL: nothing). */
 typedef struct vm_event_arg {
+    /* requests (start, stop, pause, resume): who gets the answer, and where
+     * a refusal is explained (vm__event fills it) */
+    sv_vm_done_fn done;
+    void *userdata;
+    qv_error *err;
+    bool policy;       /* prepare: the restart policy starts it, not a user */
+    bool pause;        /* send: `stop` (pause) or `cont` (resume) */
     int code;          /* abandon: the failed start's errno */
     const char *why;   /* abandon, exit: the reason; finish: the last exit */
     const char *how;   /* finish: the step that ended the stop */
@@ -251,12 +260,22 @@ typedef struct vm_event_arg {
     uint64_t timeout_ms; /* shutdown: vm stop --timeout (0: the VM's) */
 } vm_event_arg;
 
-/* Returns sv_vm_transition()'s answer: 0 (the action ran), 1 (already
- * satisfied: nothing done), or a negative errno (logged, nothing done). */
+/* A request is judged against the table with the VM where it is; a cell
+ * whose action has a check (vm__check_*) may still refuse it then
+ * (admission, a monitor that is not there, GPUs still being given back),
+ * and nothing has changed.  Then the VM moves and the action runs; `send`
+ * leaves it where it is (QEMU's answer moves it: the cell names where).
+ * Returns 0 (the action ran), 1 (already satisfied: nothing done), or a
+ * negative errno: the table's refusal (-EALREADY, -EBUSY, -EHOSTDOWN; a
+ * daemon bug, -EINVAL, is logged) or the check's, explained in arg->err
+ * when there is one. */
 int vm__event(vmrt *rt, sv_vm_event ev, const vm_event_arg *arg);
 
-/* The actions the engine runs from the table (the cells' actions for the
- * start, pause and resume requests still run inline). */
+/* The checks and actions the engine runs from the table. */
+int vm__check_prepare(vmrt *rt, const vm_event_arg *a);                   /* start.c */
+int vm__check_stop(vmrt *rt, const vm_event_arg *a);                      /* stop.c */
+int vm__check_send(vmrt *rt, const vm_event_arg *a);                      /* stop.c */
+void vm__act_prepare(vmrt *rt, sv_vm_state from, const vm_event_arg *a); /* start.c */
 void vm__act_run(vmrt *rt, sv_vm_state from, const vm_event_arg *a);     /* start.c */
 void vm__act_abandon(vmrt *rt, sv_vm_state from, const vm_event_arg *a); /* start.c */
 void vm__act_note(vmrt *rt, sv_vm_state from, const vm_event_arg *a);    /* monitor.c */
@@ -265,6 +284,7 @@ void vm__act_exit(vmrt *rt, sv_vm_state from, const vm_event_arg *a);    /* exit
 void vm__act_shutdown(vmrt *rt, sv_vm_state from, const vm_event_arg *a); /* stop.c */
 void vm__act_abort(vmrt *rt, sv_vm_state from, const vm_event_arg *a);    /* stop.c */
 void vm__act_join(vmrt *rt, sv_vm_state from, const vm_event_arg *a);     /* stop.c */
+void vm__act_send(vmrt *rt, sv_vm_state from, const vm_event_arg *a);     /* stop.c */
 void vm__add_waiter(waiter **list, sv_vm_done_fn done, void *userdata);
 void vm__complete(waiter **list, int status, json_t *result, const qv_error *err);
 void vm__fail_waiters(waiter **list, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));

@@ -17,7 +17,7 @@ static json_t *start_result(const vmrt *rt) {
     return j;
 }
 
-/* "running" is durable (or could not be written) for the QEMU whose pid
+/* "running" is written (or could not be) for the QEMU whose pid
  * is `userdata`: the start is answered now.  Whatever came meanwhile (QEMU
  * gone, a stop) moved the VM on and answers for itself. */
 static void running_saved(vmrt *rt, int status, const qv_error *err, void *userdata) {
@@ -50,7 +50,7 @@ void vm__act_run(vmrt *rt, sv_vm_state from, const vm_event_arg *a) {
 }
 
 /* QEMU answered `cont`: "running" is written, and the VM is running (and
- * the start answered) once that is durable.  Until then it stays starting
+ * the start answered) once it is in place.  Until then it stays starting
  * in memory: nothing is told that the disk does not know. */
 void vm__started(vmrt *rt) {
     if (!rt->watch)
@@ -377,7 +377,7 @@ static int start_placement(sv_vmctl *c, sv_vm *vm, sv_start_placement *ret, qv_e
     return 0;
 }
 
-/* The start could not be made durable (or queued): the VM is put back as
+/* The start could not be written (or queued): the VM is put back as
  * it was, on disk too (retried until it is), and the start refused, as if
  * sv_vm_start had said so at once. */
 static void start_refused(vmrt *rt, prep_job *job, int code, const char *why) {
@@ -399,7 +399,7 @@ static void start_refused(vmrt *rt, prep_job *job, int code, const char *why) {
     }
 }
 
-/* "starting" is durable: the preparation runs.  A stop that came
+/* "starting" is written: the preparation runs.  A stop that came
  * meanwhile ends the start here (vm__start_abandon answers both). */
 static void start_saved(vmrt *rt, int status, const qv_error *err, void *userdata) {
     prep_job *job = userdata;
@@ -427,26 +427,24 @@ static void start_saved(vmrt *rt, int status, const qv_error *err, void *userdat
     rt->refs++;
 }
 
-int vm__begin_start(sv_vmctl *c, sv_vm *vm, bool policy, sv_vm_done_fn done, void *userdata, qv_error *err) {
-    if (c->shutting_down)
-        return qv_error_set(err, ECANCELED, "the daemon is stopping");
-    sv_vm_state to;
-    int r = sv_vm_next_state(vm->state, SV_EV_START, &to);
-    if (r == -EALREADY)
-        return qv_error_set(err, EALREADY, "VM '%s' is already %s", vm->name, sv_vm_state_name(vm->state));
-    if (r < 0)
-        return qv_error_set(err, EBUSY, "VM '%s' is %s; try again when that is done", vm->name,
-                            sv_vm_state_name(vm->state));
-    vmrt *rt = vm__get_rt(c, vm);
-    if (rt && rt->pt_busy)
+/* prepare's check, with the VM still where it was: the GPUs of its last
+ * run are back, the preparation's copies are made, and the node's
+ * resources admit it (the VMs that have a QEMU count, this one not yet).
+ * What it made waits in rt->prep_next and rt->place for the action. */
+int vm__check_prepare(vmrt *rt, const vm_event_arg *a) {
+    sv_vmctl *c = rt->c;
+    sv_vm *vm = rt->vm;
+    qv_error *err = a->err;
+    if (rt->pt_busy)
         return qv_error_set(err, EBUSY, "VM '%s': its GPUs are being given back; try again in a moment", vm->name);
     prep_job *job = calloc(1, sizeof *job);
     char run_dir[PATH_MAX], base[PATH_MAX];
-    if (!rt || !job)
-        goto oom;
-    if (sv_image_path(cfg(c), vm->spec->image, base, sizeof base, err) < 0) {
+    if (!job)
+        return qv_error_set(err, ENOMEM, "out of memory");
+    int r = sv_image_path(cfg(c), vm->spec->image, base, sizeof base, err);
+    if (r < 0) {
         free(job);
-        return -err->code;
+        return r;
     }
     vm__run_path(rt, NULL, run_dir, sizeof run_dir);
     job->rt = rt;
@@ -459,9 +457,10 @@ int vm__begin_start(sv_vmctl *c, sv_vm *vm, bool policy, sv_vm_done_fn done, voi
     job->base_mtime_ns = vm->base_mtime_ns;
     job->spec = sv_vmspec_dup(vm->spec);
     job->config = sv_config_ref(cfg(c));
-    if (!job->base || !job->dir || !job->run_dir || !job->spec || !job->config)
-        goto oom;
-    /* the node's resources: refused here, before anything changed */
+    if (!job->base || !job->dir || !job->run_dir || !job->spec || !job->config) {
+        prep_job_free(job);
+        return qv_error_set(err, ENOMEM, "out of memory");
+    }
     sv_start_placement place;
     r = start_placement(c, vm, &place, err);
     if (r < 0) {
@@ -470,28 +469,45 @@ int vm__begin_start(sv_vmctl *c, sv_vm *vm, bool policy, sv_vm_done_fn done, voi
     }
     sv_start_placement_clear(&rt->place);
     rt->place = place;
-    /* "starting" is on disk before anything happens, or nothing happens:
-     * a daemon that dies later must find the start it has to undo.  The
-     * preparation is queued once it is durable (start_saved). */
     job->from = vm->state;
     job->run_before = vm->run;
-    vm__set_state(rt, SV_EV_START);
-    vm->run = (sv_vm_run){.restarts = policy ? vm->run.restarts : 0, .numa_node = -1};
+    prep_job_free(rt->prep_next);
+    rt->prep_next = job;
+    return 0;
+}
+
+/* prepare: "starting" is on disk before anything happens, or nothing
+ * happens: a daemon that dies later must find the start it has to undo.
+ * The preparation is queued once it is written (start_saved). */
+void vm__act_prepare(vmrt *rt, sv_vm_state from, const vm_event_arg *a) {
+    (void)from;
+    sv_vm *vm = rt->vm;
+    prep_job *job = TAKE_PTR(rt->prep_next);
+    vm->run = (sv_vm_run){.restarts = a->policy ? vm->run.restarts : 0, .numa_node = -1};
     vm__save(rt, start_saved, job);
     uv_timer_stop(&rt->timer); /* a pending automatic restart is superseded */
-    rt->policy_start = policy;
+    rt->policy_start = a->policy;
     rt->starting_prep = true;
     free(rt->stop_reason);
     rt->stop_reason = NULL;
     rt->monitor_failed = false;
     rt->fail_code = 0;
     rt->stage = STAGE_NONE;
-    vm__add_waiter(&rt->start_waiters, done, userdata);
+    vm__add_waiter(&rt->start_waiters, a->done, a->userdata);
     log_info("VM %s: starting", vm->name);
-    return 0;
-oom:
-    prep_job_free(job);
-    return qv_error_set(err, ENOMEM, "out of memory");
+}
+
+int vm__begin_start(sv_vmctl *c, sv_vm *vm, bool policy, sv_vm_done_fn done, void *userdata, qv_error *err) {
+    if (c->shutting_down)
+        return qv_error_set(err, ECANCELED, "the daemon is stopping");
+    vmrt *rt = vm__get_rt(c, vm);
+    if (!rt)
+        return qv_error_set(err, ENOMEM, "out of memory");
+    int r = vm__event(rt, SV_EV_START,
+                      &(vm_event_arg){.policy = policy, .done = done, .userdata = userdata, .err = err});
+    if (r == 1) /* the table has no such cell: a start is never "already satisfied" */
+        return qv_error_set(err, EALREADY, "VM '%s' is already %s", vm->name, sv_vm_state_name(vm->state));
+    return r < 0 ? r : 0;
 }
 
 int sv_vm_start(sv_vmctl *c, sv_vm *vm, sv_vm_done_fn done, void *userdata, qv_error *err) {

@@ -226,7 +226,7 @@ void vm__begin_stop_sequence(vmrt *rt, bool force) {
     vm__stop_first_step(rt, force);
 }
 
-/* "stopping" is durable (or could not be written: a stop goes on
+/* "stopping" is written (or could not be: a stop goes on
  * regardless, it is the safe direction): QEMU is told now.  Before, a
  * daemon that died would have found "running" and a QEMU gone, and called
  * it a crash (and maybe restarted it).  userdata: the stop it was for. */
@@ -246,21 +246,20 @@ int sv_vm_stop(sv_vmctl *c, sv_vm *vm, const sv_stop_options *o, sv_vm_done_fn d
                qv_error *err) {
     if (c->shutting_down)
         return qv_error_set(err, ECANCELED, "the daemon is stopping");
-    sv_vm_state to;
-    int r = sv_vm_next_state(vm->state, SV_EV_STOP, &to);
-    if (r == 1)
-        return 1; /* already stopped */
-    if (r < 0)
-        return qv_error_set(err, EBUSY, "VM '%s' is %s; try again when that is done", vm->name,
-                            sv_vm_state_name(vm->state));
     vmrt *rt = vm__get_rt(c, vm);
     if (!rt)
         return qv_error_set(err, ENOMEM, "out of memory");
+    return vm__event(rt, SV_EV_STOP,
+                     &(vm_event_arg){.force = o->force, .timeout_ms = o->timeout_ms, .done = done,
+                                     .userdata = userdata, .err = err});
+}
+
+/* A stop's check: a QEMU that is gone while its GPUs are being given back
+ * has nothing left to stop, and its cleanup is not done yet. */
+int vm__check_stop(vmrt *rt, const vm_event_arg *a) {
     if (rt->pt_busy && !rt->watch && !rt->starting_prep)
-        return qv_error_set(err, EBUSY, "VM '%s': its QEMU is gone and its GPUs are being given back; try again "
-                            "in a moment", vm->name);
-    vm__add_waiter(&rt->stop_waiters, done, userdata);
-    vm__event(rt, SV_EV_STOP, &(vm_event_arg){.force = o->force, .timeout_ms = o->timeout_ms});
+        return qv_error_set(a->err, EBUSY, "VM '%s': its QEMU is gone and its GPUs are being given back; try "
+                            "again in a moment", rt->vm->name);
     return 0;
 }
 
@@ -269,6 +268,7 @@ int sv_vm_stop(sv_vmctl *c, sv_vm *vm, const sv_stop_options *o, sv_vm_done_fn d
 void vm__act_join(vmrt *rt, sv_vm_state from, const vm_event_arg *a) {
     (void)from;
     sv_vm *vm = rt->vm;
+    vm__add_waiter(&rt->stop_waiters, a->done, a->userdata);
     if (a->force && rt->stop_waits_save && !rt->stop_save_force) {
         log_info("VM %s: stop forced", vm->name);
         vm->run.stop_force = rt->stop_save_force = true;
@@ -285,6 +285,7 @@ void vm__act_join(vmrt *rt, sv_vm_state from, const vm_event_arg *a) {
 /* shutdown: "stopping" is saved, then the stop sequence begins (stop_saved). */
 void vm__act_shutdown(vmrt *rt, sv_vm_state from, const vm_event_arg *a) {
     sv_vm *vm = rt->vm;
+    vm__add_waiter(&rt->stop_waiters, a->done, a->userdata);
     uv_timer_stop(&rt->timer);
     vm->run.stop_force = a->force;
     vm->run.stop_timeout_ms = a->timeout_ms;
@@ -314,7 +315,7 @@ static json_t *pause_result(const sv_vm *vm, const char *result) {
     return json_pack("{s:s, s:s, s:s}", "name", vm->name, "state", sv_vm_state_name(vm->state), "result", result);
 }
 
-/* The state a pause or resume answers with is durable (a write that failed
+/* The state a pause or resume answers with is written (a write that failed
  * is retried, as for any change that is not a start or stop). */
 static void pause_saved(vmrt *rt, int status, const qv_error *err, void *userdata) {
     (void)status;
@@ -366,48 +367,53 @@ static void on_pause_reply(qmp_conn *q, int status, json_t *result, const qmp_er
     free(op);
 }
 
-/* vm pause / vm resume.  A request is judged against the state the
- * commands already sent lead to, so that `pause` followed at once by
- * `resume` resumes (QEMU runs them in order) instead of finding the VM
- * still running and doing nothing. */
-static int pause_resume(sv_vmctl *c, sv_vm *vm, bool pause, sv_vm_done_fn done, void *userdata, qv_error *err) {
-    const char *verb = pause ? "pause" : "resume";
-    if (c->shutting_down)
-        return qv_error_set(err, ECANCELED, "the daemon is stopping");
-    vmrt *rt = vm->rt;
-    sv_vm_state from = vm->state;
-    if (rt && rt->pause_ops && (from == SV_VM_RUNNING || from == SV_VM_PAUSED))
-        from = rt->pause_target ? SV_VM_PAUSED : SV_VM_RUNNING;
-    sv_vm_state to;
-    int r = sv_vm_next_state(from, pause ? SV_EV_PAUSE : SV_EV_RESUME, &to);
-    if (r == 1)
-        return 1;
-    if (r == -EHOSTDOWN)
-        return qv_error_set(err, EHOSTDOWN, "VM '%s' is %s: there is no QEMU to %s (qvisor vm start %s)", vm->name,
-                            sv_vm_state_name(vm->state), verb, vm->name);
-    if (r < 0)
-        return qv_error_set(err, EBUSY, "VM '%s' is %s; try again when that is done", vm->name,
-                            sv_vm_state_name(vm->state));
-    if (!rt || !rt->qmp)
-        return qv_error_set(err, EIO, "VM '%s': no connection to QEMU's monitor; cannot %s it", vm->name, verb);
+/* send's check: QEMU's monitor is there to be asked. */
+int vm__check_send(vmrt *rt, const vm_event_arg *a) {
+    if (!rt->qmp)
+        return qv_error_set(a->err, EIO, "VM '%s': no connection to QEMU's monitor; cannot %s it", rt->vm->name,
+                            a->pause ? "pause" : "resume");
+    return 0;
+}
+
+/* send: `stop` or `cont` goes to QEMU; the VM moves when QEMU answers
+ * (on_pause_reply), and the request is answered then.  A command that
+ * cannot be sent is answered at once. */
+void vm__act_send(vmrt *rt, sv_vm_state from, const vm_event_arg *a) {
+    (void)from;
+    sv_vm *vm = rt->vm;
+    qv_error err = {0};
     pause_op *op = calloc(1, sizeof *op);
-    if (!op)
-        return qv_error_set(err, ENOMEM, "out of memory");
-    op->rt = rt;
-    op->pause = pause;
-    op->done = done;
-    op->userdata = userdata;
-    r = pause ? qmp_stop(rt->qmp, QMP_CMD_TIMEOUT_MS, on_pause_reply, op)
-              : qmp_cont(rt->qmp, QMP_CMD_TIMEOUT_MS, on_pause_reply, op);
+    if (!op) {
+        qv_error_set(&err, ENOMEM, "out of memory");
+        a->done(-err.code, NULL, &err, a->userdata);
+        return;
+    }
+    *op = (pause_op){.rt = rt, .pause = a->pause, .done = a->done, .userdata = a->userdata};
+    int r = a->pause ? qmp_stop(rt->qmp, QMP_CMD_TIMEOUT_MS, on_pause_reply, op)
+                     : qmp_cont(rt->qmp, QMP_CMD_TIMEOUT_MS, on_pause_reply, op);
     if (r < 0) {
         free(op);
-        return qv_error_set(err, EIO, "VM '%s': cannot send %s to QEMU's monitor: %s", vm->name,
-                            pause ? "stop" : "cont", strerror(-r));
+        qv_error_set(&err, EIO, "VM '%s': cannot send %s to QEMU's monitor: %s", vm->name, a->pause ? "stop" : "cont",
+                     strerror(-r));
+        a->done(-err.code, NULL, &err, a->userdata);
+        return;
     }
     rt->pause_ops++;
-    rt->pause_target = pause;
-    log_info("VM %s: %s requested", vm->name, pause ? "pause" : "resume");
-    return 0;
+    rt->pause_target = a->pause;
+    log_info("VM %s: %s requested", vm->name, a->pause ? "pause" : "resume");
+}
+
+/* vm pause / vm resume: judged against the state the commands already
+ * sent lead to (vm__event), so that `pause` followed at once by `resume`
+ * resumes. */
+static int pause_resume(sv_vmctl *c, sv_vm *vm, bool pause, sv_vm_done_fn done, void *userdata, qv_error *err) {
+    if (c->shutting_down)
+        return qv_error_set(err, ECANCELED, "the daemon is stopping");
+    vmrt *rt = vm__get_rt(c, vm);
+    if (!rt)
+        return qv_error_set(err, ENOMEM, "out of memory");
+    return vm__event(rt, pause ? SV_EV_PAUSE : SV_EV_RESUME,
+                     &(vm_event_arg){.pause = pause, .done = done, .userdata = userdata, .err = err});
 }
 
 int sv_vm_pause(sv_vmctl *c, sv_vm *vm, sv_vm_done_fn done, void *userdata, qv_error *err) {
