@@ -13,6 +13,12 @@
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 
+int sv_resources_capacity_for(const sv_vmspec *spec, sv_capacity *ret, qv_error *err) {
+    if (spec->n_gpu_opts > 0)
+        return sv_resources_capacity(ret, err);
+    return sv_capacity_read(ret, err);
+}
+
 int sv_resources_capacity(sv_capacity *ret, qv_error *err) {
     int r = sv_capacity_read(ret, err);
     if (r < 0)
@@ -83,7 +89,7 @@ int sv_resources_admit(sv_registry *r, const sv_config *c, const sv_capacity *ca
         return qv_error_set(err, -rc, "out of memory");
     sv_capacity read = {0};
     if (!cap) {
-        if ((rc = sv_resources_capacity(&read, err)) < 0)
+        if ((rc = sv_resources_capacity_for(spec, &read, err)) < 0)
             return rc;
         cap = &read;
     }
