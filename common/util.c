@@ -7,6 +7,11 @@
 #include <string.h>
 #include <time.h>
 
+bool qv_has_suffix(const char *s, const char *suffix) {
+    size_t a = strlen(s), b = strlen(suffix);
+    return a > b && memcmp(s + a - b, suffix, b) == 0;
+}
+
 bool qv_name_valid(const char *name) {
     if (!name || !*name)
         return false;

@@ -12,6 +12,9 @@
  * No dots, no slashes, nothing that could climb out of a directory. */
 bool qv_name_valid(const char *name);
 
+/* s ends with suffix and has something before it. */
+bool qv_has_suffix(const char *s, const char *suffix);
+
 /* Sizes always carry a unit: "512M", "20G", "1T", "4096K", also "20GiB",
  * "20GB" (both binary: 1G = 1024^3 bytes) and "0".  A bare number like "100"
  * is rejected (-EINVAL): it never silently means bytes.

@@ -23,17 +23,12 @@ int sv_layout_leftover(const char *vm_name, bool creating, char *buf, size_t len
     return fit(snprintf(buf, len, ".%s%s", vm_name, creating ? SV_VM_CREATING_SUFFIX : SV_VM_REMOVING_SUFFIX), len);
 }
 
-static bool ends_with(const char *s, size_t len, const char *suffix) {
-    size_t n = strlen(suffix);
-    return len > n && memcmp(s + len - n, suffix, n) == 0;
-}
-
 bool sv_layout_leftover_name(const char *entry, char ret[64], bool *ret_creating) {
     size_t len = strlen(entry);
     if (entry[0] != '.')
         return false;
-    bool creating = ends_with(entry, len, SV_VM_CREATING_SUFFIX);
-    if (!creating && !ends_with(entry, len, SV_VM_REMOVING_SUFFIX))
+    bool creating = qv_has_suffix(entry, SV_VM_CREATING_SUFFIX);
+    if (!creating && !qv_has_suffix(entry, SV_VM_REMOVING_SUFFIX))
         return false;
     size_t n = len - 1 - strlen(creating ? SV_VM_CREATING_SUFFIX : SV_VM_REMOVING_SUFFIX);
     if (n == 0 || n > QV_NAME_MAX)

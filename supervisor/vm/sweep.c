@@ -162,21 +162,16 @@ static void remove_path(const char *what, const char *path, bool dry_run, json_t
     add(actions, what, path, 0, r < 0 ? "partly removed" : "removed");
 }
 
-static bool has_suffix(const char *s, const char *suffix) {
-    size_t a = strlen(s), b = strlen(suffix);
-    return a > b && strcmp(s + a - b, suffix) == 0;
-}
-
 static void scan_temp(const sv_config *c, const sv_sweep_vm *vms, size_t n, bool dry_run, json_t *actions) {
     _cleanup_closedir_ DIR *d = opendir(c->instances_dir);
     for (struct dirent *e; d && (e = readdir(d));) {
+        /* the entries the daemon's own scan at load takes for leftovers
+         * (sv_registry_load), and no others */
         const char *s = e->d_name;
-        bool creating = s[0] == '.' && has_suffix(s, SV_VM_CREATING_SUFFIX);
-        bool removing = s[0] == '.' && has_suffix(s, SV_VM_REMOVING_SUFFIX);
-        if (!creating && !removing)
-            continue;
         char name[64];
-        snprintf(name, sizeof name, "%.*s", (int)(strlen(s) - 10), s + 1);
+        bool creating;
+        if (!sv_layout_leftover_name(s, name, &creating))
+            continue;
         const sv_sweep_vm *vm = find_vm(vms, n, name);
         if (vm && vm->busy)
             continue; /* the daemon is working on it right now */
@@ -187,7 +182,7 @@ static void scan_temp(const sv_config *c, const sv_sweep_vm *vms, size_t n, bool
     }
     _cleanup_closedir_ DIR *img = opendir(c->images_dir);
     for (struct dirent *e; img && (e = readdir(img));) {
-        if (e->d_name[0] != '.' || !has_suffix(e->d_name, ".partial"))
+        if (e->d_name[0] != '.' || !qv_has_suffix(e->d_name, ".partial"))
             continue;
         char path[PATH_MAX];
         snprintf(path, sizeof path, "%s/%s", c->images_dir, e->d_name);

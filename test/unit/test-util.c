@@ -10,6 +10,10 @@
 
 static void test_names(void **state) {
     (void)state;
+    assert_true(qv_has_suffix(".web.creating", ".creating"));
+    assert_false(qv_has_suffix(".creating", ".creating")); /* nothing before it */
+    assert_false(qv_has_suffix("web.creatin", ".creating"));
+    assert_false(qv_has_suffix("", "x"));
     assert_true(qv_name_valid("web-1"));
     assert_true(qv_name_valid("0"));
     assert_true(qv_name_valid("a23456789012345678901234567890123456789012345678901234567890123"));
