@@ -2,18 +2,20 @@
  * the log header, the spawn itself, and the monitor connection. */
 #include "supervisor/vm/engine.h"
 
-/* The files QEMU gets as fds (qemuargv.h), opened here by the daemon; -1
- * for none.  Closed once QEMU has its copies. */
+/* The files QEMU gets as fds (qemuargv.h), opened here by the daemon, in
+ * the plan's order (FILE_FD(f, SV_PLAN_DISK), …); -1 for none.  Closed once
+ * QEMU has its copies. */
 typedef struct vm_files {
-    int disk, base, seed, fw_code, fw_vars, serial, kernel, initrd;
+    int fd[SV_PLAN_FILES];
 } vm_files;
 
+#define FILE_FD(f, what) ((f)->fd[(what) - SV_PLAN_DISK])
+
 static void vm_files_close(vm_files *f) {
-    int *all[] = {&f->disk, &f->base, &f->seed, &f->fw_code, &f->fw_vars, &f->serial, &f->kernel, &f->initrd};
-    for (size_t i = 0; i < QV_ARRAY_SIZE(all); i++)
-        if (*all[i] >= 0) {
-            close(*all[i]);
-            *all[i] = -1;
+    for (size_t i = 0; i < SV_PLAN_FILES; i++)
+        if (f->fd[i] >= 0) {
+            close(f->fd[i]);
+            f->fd[i] = -1;
         }
 }
 
@@ -24,41 +26,42 @@ static void vm_files_close(vm_files *f) {
  * Returns 0 or -errno with err set; *f is filled as far as it got. */
 static int open_vm_files(const sv_vm *vm, int dirfd, const char *base, vm_files *f, qv_error *err) {
     const sv_vmspec *s = vm->spec;
-    *f = (vm_files){-1, -1, -1, -1, -1, -1, -1, -1};
-    int r = f->disk = qv_open_existing_at(dirfd, SV_VM_DISK_FILE, O_RDWR);
+    for (size_t i = 0; i < SV_PLAN_FILES; i++)
+        f->fd[i] = -1;
+    int r = FILE_FD(f, SV_PLAN_DISK) = qv_open_existing_at(dirfd, SV_VM_DISK_FILE, O_RDWR);
     struct stat st;
     if (r >= 0 && vm->disk_ino &&
-        (fstat(f->disk, &st) < 0 || (uint64_t)st.st_dev != vm->disk_dev || (uint64_t)st.st_ino != vm->disk_ino))
+        (fstat(r, &st) < 0 || (uint64_t)st.st_dev != vm->disk_dev || (uint64_t)st.st_ino != vm->disk_ino))
         return qv_error_set(err, EPERM, "%s/disk.qcow2 is not the disk qvisor made for VM '%s' (another file is in "
                             "its place)", vm->dir, vm->name);
     if (r < 0)
         return qv_error_set(err, -r, "cannot open %s/disk.qcow2: %s", vm->dir, strerror(-r));
-    if ((r = f->base = qv_open_existing_at(AT_FDCWD, base, O_RDONLY | O_NOFOLLOW)) < 0)
+    if ((r = FILE_FD(f, SV_PLAN_BASE) = qv_open_existing_at(AT_FDCWD, base, O_RDONLY | O_NOFOLLOW)) < 0)
         return qv_error_set(err, -r, "cannot open base image %s: %s", base, strerror(-r));
     if (s->seed) {
-        r = f->seed = qv_open_existing_at(dirfd, SV_VM_SEED_FILE, O_RDONLY | O_NOFOLLOW);
+        r = FILE_FD(f, SV_PLAN_SEED) = qv_open_existing_at(dirfd, SV_VM_SEED_FILE, O_RDONLY | O_NOFOLLOW);
         if (r < 0 && r != -ENOENT)
             return qv_error_set(err, -r, "cannot open %s/" SV_VM_SEED_FILE ": %s", vm->dir, strerror(-r));
     }
     if (s->firmware != SV_FIRMWARE_BIOS && s->firmware_code) {
         /* the node's firmware (a package's file, maybe a symlink), read-only */
-        if ((r = f->fw_code = qv_open_existing_at(AT_FDCWD, s->firmware_code, O_RDONLY)) < 0)
+        if ((r = FILE_FD(f, SV_PLAN_FW_CODE) = qv_open_existing_at(AT_FDCWD, s->firmware_code, O_RDONLY)) < 0)
             return qv_error_set(err, -r, "cannot open firmware %s: %s", s->firmware_code, strerror(-r));
-        if ((r = f->fw_vars = qv_open_existing_at(dirfd, SV_VM_VARS_FILE, O_RDWR | O_NOFOLLOW)) < 0)
+        if ((r = FILE_FD(f, SV_PLAN_FW_VARS) = qv_open_existing_at(dirfd, SV_VM_VARS_FILE, O_RDWR | O_NOFOLLOW)) < 0)
             return qv_error_set(err, -r, "cannot open %s/" SV_VM_VARS_FILE ": %s", vm->dir, strerror(-r));
     }
     /* disk images are 0600 whatever an older qvisor left (seeds were 0640) */
-    int images[] = {f->disk, f->seed, f->fw_vars};
+    int images[] = {FILE_FD(f, SV_PLAN_DISK), FILE_FD(f, SV_PLAN_SEED), FILE_FD(f, SV_PLAN_FW_VARS)};
     for (size_t i = 0; i < QV_ARRAY_SIZE(images); i++)
         if (images[i] >= 0 && fchmod(images[i], 0600) < 0)
             return qv_error_set(err, errno, "cannot make the files of VM '%s' 0600: %s", vm->name, strerror(errno));
     /* made empty (0640) by the prep; appended to, so that QEMU goes on at
      * the start of a log the daemon emptied (serlog.h) */
-    if ((r = f->serial = qv_open_regular_at(dirfd, SV_VM_SERIAL_LOG, O_WRONLY | O_APPEND, 0640)) < 0)
+    if ((r = FILE_FD(f, SV_PLAN_SERIAL) = qv_open_regular_at(dirfd, SV_VM_SERIAL_LOG, O_WRONLY | O_APPEND, 0640)) < 0)
         return qv_error_set(err, -r, "cannot open %s/serial.log: %s", vm->dir, strerror(-r));
-    if (s->kernel && (r = f->kernel = qv_open_existing_at(AT_FDCWD, s->kernel, O_RDONLY)) < 0)
+    if (s->kernel && (r = FILE_FD(f, SV_PLAN_KERNEL) = qv_open_existing_at(AT_FDCWD, s->kernel, O_RDONLY)) < 0)
         return qv_error_set(err, -r, "cannot open kernel %s: %s", s->kernel, strerror(-r));
-    if (s->kernel && s->initrd && (r = f->initrd = qv_open_existing_at(AT_FDCWD, s->initrd, O_RDONLY)) < 0)
+    if (s->kernel && s->initrd && (r = FILE_FD(f, SV_PLAN_INITRD) = qv_open_existing_at(AT_FDCWD, s->initrd, O_RDONLY)) < 0)
         return qv_error_set(err, -r, "cannot open initrd %s: %s", s->initrd, strerror(-r));
     return 0;
 }
@@ -79,7 +82,7 @@ static int qemu_user(const sv_config *conf, const char **ret, qv_error *err) {
     return 0;
 }
 
-/* The pid of the QEMU `userdata` is durable, or could not be written: a
+/* The pid of the QEMU `userdata` is written, or could not be: a
  * QEMU whose pid is not on disk would be lost to a daemon restart, so the
  * start fails; else the guest may run (`cont`, if the monitor is ready). */
 static void pid_saved(vmrt *rt, int status, const qv_error *err, void *userdata) {
@@ -205,8 +208,6 @@ void vm__launch(vmrt *rt) {
             hostdevs[n_host++] = (sv_hostdev){rt->pt_plan.devs[i].bdf, (unsigned)rt->pt_plan.devs[i].gpu,
                                               (unsigned)rt->pt_plan.devs[i].function};
     /* what this start has, for the plan (launchplan.h): a pure function of it */
-    const int *const file_src[SV_PLAN_FILES] = {&files.disk,    &files.base,   &files.seed,   &files.fw_code,
-                                                &files.fw_vars, &files.serial, &files.kernel, &files.initrd};
     sv_launch_input in = {
         .spec = vm->spec,
         .env = {.binary = conf->qemu_binary, .kvm = kvm, .sandbox = c->caps.sandbox, .run_as = run_as},
@@ -227,7 +228,7 @@ void vm__launch(vmrt *rt) {
         in.vhost[i] = rt->net.vhost[i] >= 0;
     }
     for (size_t i = 0; i < SV_PLAN_FILES; i++)
-        in.file[i] = *file_src[i] >= 0;
+        in.file[i] = files.fd[i] >= 0;
     sv_launch_plan plan;
     if (sv_launch_plan_make(&in, &plan, &err) < 0) {
         vm_files_close(&files);
@@ -243,7 +244,7 @@ void vm__launch(vmrt *rt) {
                  : sl->what == SV_PLAN_CONSOLE ? cfd
                  : sl->what == SV_PLAN_TAP     ? rt->net.tap[sl->nic]
                  : sl->what == SV_PLAN_VHOST   ? rt->net.vhost[sl->nic]
-                                               : *file_src[sl->what - SV_PLAN_DISK];
+                                               : FILE_FD(&files, sl->what);
     }
     sv_proc_limits limits = {.memlock = plan.memlock};
 #if QV_TEST_HOOKS
