@@ -218,7 +218,7 @@ int qv_atomic_commit(qv_atomic *a, unsigned flags) {
     if (r == 0 && (flags & QV_ATOMIC_REGULAR))
         r = replace_regular(a);
     else if (r == 0)
-        r = durable ? 1 : exchange_in(a); /* 1: rename over the old file */
+        r = durable || (flags & QV_ATOMIC_ORDERED) ? 1 : exchange_in(a); /* 1: rename over the old file */
     if (r == 1)
         r = renameat(a->dfd, a->tmp, a->dfd, a->base) < 0 ? -errno : 0;
     if (r < 0) {
@@ -242,9 +242,21 @@ int qv_write_file_atomic(const char *path, const void *data, size_t len, mode_t 
 }
 
 int qv_write_file_atomic_at(int dirfd, const char *name, const void *data, size_t len, mode_t mode) {
+    return qv_write_file_atomic_flags_at(dirfd, name, data, len, mode, QV_ATOMIC_DURABLE);
+}
+
+int qv_write_file_atomic_flags_at(int dirfd, const char *name, const void *data, size_t len, mode_t mode,
+                                  unsigned flags) {
     qv_atomic a;
     int r = qv_atomic_begin_at(dirfd, name, mode, &a);
-    return r < 0 ? r : write_atomic(&a, data, len);
+    if (r < 0)
+        return r;
+    r = qv_write_all(a.fd, data, len);
+    if (r < 0) {
+        qv_atomic_abort(&a);
+        return r;
+    }
+    return qv_atomic_commit(&a, flags);
 }
 
 static int write_atomic(qv_atomic *a, const void *data, size_t len) {

@@ -39,6 +39,12 @@ enum {
      * commit fails with -EEXIST.  Checked on the swapped-out entry, so race
      * free (RENAME_NOREPLACE, else RENAME_EXCHANGE and swap back). */
     QV_ATOMIC_REGULAR = 2,
+    /* no fsync, but a plain rename over the old file: visible at once to
+     * any process (a killed writer loses nothing), and on ext4 (auto_da_alloc)
+     * the new data reaches the disk before the rename does, so a power loss
+     * leaves the old or the new file, never an empty one; which of the two
+     * is up to the file system's next commit (5 s by default on ext4) */
+    QV_ATOMIC_ORDERED = 4,
 };
 
 int qv_atomic_begin(const char *path, mode_t mode, qv_atomic *a);
@@ -53,6 +59,9 @@ void qv_atomic_abort(qv_atomic *a);
 /* Replaces path with data, durably (qv_atomic with QV_ATOMIC_DURABLE). */
 int qv_write_file_atomic(const char *path, const void *data, size_t len, mode_t mode);
 int qv_write_file_atomic_at(int dirfd, const char *name, const void *data, size_t len, mode_t mode);
+/* The same with qv_atomic_commit()'s flags. */
+int qv_write_file_atomic_flags_at(int dirfd, const char *name, const void *data, size_t len, mode_t mode,
+                                  unsigned flags);
 
 /* Writes all of buf to fd, retrying on EINTR and short writes. */
 int qv_write_all(int fd, const void *buf, size_t len);

@@ -285,30 +285,37 @@ typedef struct remove_job {
     char name[64];
 } remove_job;
 
+static void removed(int status, json_t *result, const qv_error *err, void *userdata) {
+    (void)result;
+    remove_job *x = userdata;
+    if (status < 0) {
+        sv_ctl_reply_qv_error(x->req, err);
+    } else {
+        sv_logstream_end(&x->d->logstreams, x->name, "removed", "the VM was removed");
+        sv_vmctl_release_orphans(x->d->vmctl); /* devices it kept on vfio-pci */
+        sv_ctl_reply(x->req, NULL);
+    }
+    free(x);
+}
+
 static void remove_now(sv_daemon *d, sv_ctl_req *req, const char *vm_name) {
-    char name[64]; /* vm_name may point into the VM, which goes away */
-    snprintf(name, sizeof name, "%s", vm_name);
-    qv_error err = {0};
-    sv_vm *vm = sv_registry_find(d->registry, name);
+    sv_vm *vm = sv_registry_find(d->registry, vm_name);
     if (!vm) {
-        sv_ctl_reply_error(req, ENOENT, "no VM named '%s'", name);
+        sv_ctl_reply_error(req, ENOENT, "no VM named '%s'", vm_name);
         return;
     }
-    sv_vm_state to;
-    if (sv_vm_next_state(sv_vm_state_of(vm), SV_EV_REMOVE, &to) != 0) {
-        sv_ctl_reply_error(req, EBUSY, "VM '%s' is %s; stop it first (or use --force)", name,
-                           sv_vm_state_name(sv_vm_state_of(vm)));
+    remove_job *x = calloc(1, sizeof *x);
+    if (!x) {
+        sv_ctl_reply_error(req, ENOMEM, "out of memory");
         return;
     }
-    sv_vm_forget(d->vmctl, vm);
-    if (sv_registry_remove(d->registry, name, &err) < 0) {
+    *x = (remove_job){.d = d, .req = req};
+    snprintf(x->name, sizeof x->name, "%s", vm_name);
+    qv_error err = {0};
+    if (sv_vm_remove(d->vmctl, vm, removed, x, &err) < 0) {
+        free(x);
         sv_ctl_reply_qv_error(req, &err);
-        return;
     }
-    log_info("removed VM %s and its disk", name);
-    sv_logstream_end(&d->logstreams, name, "removed", "the VM was removed");
-    sv_vmctl_release_orphans(d->vmctl); /* devices it kept on vfio-pci */
-    sv_ctl_reply(req, NULL);
 }
 
 static void remove_after_stop(int status, json_t *result, const qv_error *err, void *userdata) {

@@ -4,7 +4,6 @@
  * shutdown). */
 #include "supervisor/vm/engine.h"
 
-static void save_cancel(vmrt *rt);
 
 /* ---- small helpers ------------------------------------------------------ */
 
@@ -23,14 +22,18 @@ void vm__ctl_unref(sv_vmctl *c) {
 
 /* ---- state.json ------------------------------------------------------------
  * Written off the loop (docs/lifecycle.md, "State on disk"): the state is
- * serialised on the loop (a snapshot: the text), the atomic, durable
- * replacement (temp file, write, fsync, rename, directory fsync) runs on a
- * worker of the libuv pool.  Per VM at most one write is in flight; a newer
- * snapshot taken meanwhile waits behind it and replaces an older one that
- * waits (only the latest state matters), taking over its waiters: a waiter
- * learns that its state *or a newer one* is durable.  Writes of different
- * VMs run side by side; they share no fsync (each state.json has its own
- * directory, and one directory's fsync makes nothing of another durable). */
+ * serialised on the loop (a snapshot: the text), the atomic replacement
+ * (temp file, write, rename) runs on a worker of the libuv pool.  Two
+ * strengths: visible (vm__save: renamed into place, no fsync; what a
+ * restarted daemon reads, so it is all a daemon crash needs) and durable
+ * (vm__save_durable: fsyncs of the file and the directory too, for what must
+ * survive a power loss: the end of a stop, which the restart policy must
+ * not undo at the next boot).  Per VM at most one write is in flight; a
+ * newer snapshot taken meanwhile waits behind it and replaces an older one
+ * that waits (only the latest state matters), taking over its waiters and
+ * its strength: a waiter learns that its state *or a newer one* is written
+ * at least as strongly as it asked.  Writes of different VMs run side by
+ * side. */
 
 struct save_job {
     uv_work_t work;
@@ -39,10 +42,8 @@ struct save_job {
     char *text;
     size_t len;
     const char *state;     /* for the crash point */
+    bool durable;          /* fsynced (vm__save_durable), else only visible */
     save_waiter *waiters;
-    uv_mutex_t lock;       /* held by the worker while it writes */
-    bool cancelled;        /* the VM is being removed: write nothing */
-    bool skipped;
     int status;
     qv_error err;
 };
@@ -52,19 +53,13 @@ static void save_dispatch(vmrt *rt);
 
 static void save_work(uv_work_t *w) {
     save_job *job = w->data;
-    uv_mutex_lock(&job->lock);
-    if (job->cancelled) {
-        job->skipped = true;
-    } else {
 #if QV_TEST_HOOKS
-        /* queued, nothing of it on disk yet (test builds only) */
-        char point[48];
-        snprintf(point, sizeof point, "save-queued-%s", job->state);
-        sv_crash_point(point);
+    /* queued, nothing of it on disk yet (test builds only) */
+    char point[48];
+    snprintf(point, sizeof point, "save-queued-%s", job->state);
+    sv_crash_point(point);
 #endif
-        job->status = sv_vm_state_write(job->dir, job->text, job->len, &job->err);
-    }
-    uv_mutex_unlock(&job->lock);
+    job->status = sv_vm_state_write(job->dir, job->text, job->len, job->durable, &job->err);
 }
 
 static void call_waiters(save_waiter *w, vmrt *rt, int status, const qv_error *err) {
@@ -80,9 +75,9 @@ static void save_after(uv_work_t *w, int status) {
     save_job *job = w->data;
     vmrt *rt = job->rt;
     rt->save_inflight = NULL;
-    if (status < 0 && job->status == 0 && !job->skipped)
+    if (status < 0 && job->status == 0)
         job->status = qv_error_set(&job->err, ECANCELED, "the write was cancelled");
-    if (!job->skipped && job->status < 0) {
+    if (job->status < 0) {
         if (!rt->persist_failing)
             log_error("VM %s: cannot save its state: %s; trying again every %u s", rt->vm ? rt->vm->name : "?",
                       job->err.msg, PERSIST_RETRY_MS / 1000u);
@@ -93,17 +88,14 @@ static void save_after(uv_work_t *w, int status) {
             rt->persist_due = true;
             uv_timer_start(&rt->persist_timer, on_persist_timer, PERSIST_RETRY_MS, 0);
         }
-    } else if (!job->skipped && rt->persist_failing) {
+    } else if (rt->persist_failing) {
         if (rt->vm)
             log_info("VM %s: its state is saved again", rt->vm->name);
         rt->persist_failing = false;
     }
-    qv_error cancelled = {.code = ECANCELED};
-    snprintf(cancelled.msg, sizeof cancelled.msg, "the VM was removed");
-    call_waiters(job->waiters, rt, job->skipped ? -ECANCELED : job->status, job->skipped ? &cancelled : &job->err);
+    call_waiters(job->waiters, rt, job->status, &job->err);
     if (!rt->save_inflight && rt->save_text)
         save_dispatch(rt);
-    uv_mutex_destroy(&job->lock);
     free(job->dir);
     free(job->text);
     free(job);
@@ -114,7 +106,7 @@ static void save_after(uv_work_t *w, int status) {
 static void save_dispatch(vmrt *rt) {
     save_job *job = calloc(1, sizeof *job);
     char *dir = job ? strdup(rt->state_dir) : NULL;
-    if (!dir || uv_mutex_init(&job->lock) < 0) {
+    if (!dir) {
         free(dir);
         free(job);
         log_error("VM %s: out of memory: its state is saved later", rt->vm ? rt->vm->name : "?");
@@ -130,6 +122,8 @@ static void save_dispatch(vmrt *rt) {
     job->text = TAKE_PTR(rt->save_text);
     job->len = rt->save_len;
     job->state = rt->save_state;
+    job->durable = rt->save_durable;
+    rt->save_durable = false;
     job->waiters = TAKE_PTR(rt->save_waiters);
     rt->refs++; /* and rt holds the vmctl */
     rt->save_inflight = job;
@@ -154,8 +148,15 @@ static void add_save_waiter(save_waiter **list, vm_saved_fn fn, void *userdata) 
     *list = w;
 }
 
-void vm__save_as(vmrt *rt, sv_vm_state state, vm_saved_fn fn, void *userdata) {
+static void save_snapshot(vmrt *rt, sv_vm_state state, bool durable, vm_saved_fn fn, void *userdata) {
     sv_vm *vm = rt->vm;
+    if (vm->state == SV_VM_REMOVING) {
+        /* its directory is renamed away: nothing more is written, and
+         * vm__forget cancels the waiter */
+        if (fn)
+            add_save_waiter(&rt->save_waiters, fn, userdata);
+        return;
+    }
     uv_timer_stop(&rt->persist_timer);
     rt->persist_due = false;
     rt->persist_last_ms = uv_now(rt->c->loop);
@@ -174,6 +175,7 @@ void vm__save_as(vmrt *rt, sv_vm_state state, vm_saved_fn fn, void *userdata) {
     rt->save_text = text;
     rt->save_len = len;
     rt->save_state = sv_vm_state_name(state);
+    rt->save_durable |= durable; /* a replaced snapshot's waiters keep what they were promised */
     if (!rt->save_inflight)
         save_dispatch(rt);
 }
@@ -185,7 +187,15 @@ void vm__save_as(vmrt *rt, sv_vm_state state, vm_saved_fn fn, void *userdata) {
  * until it succeeds; the caller decides whether what it did must be undone
  * (docs/lifecycle.md, "State on disk").  fn is never called from here. */
 void vm__save(vmrt *rt, vm_saved_fn fn, void *userdata) {
-    vm__save_as(rt, rt->vm->state, fn, userdata);
+    save_snapshot(rt, rt->vm->state, false, fn, userdata);
+}
+
+void vm__save_as(vmrt *rt, sv_vm_state state, vm_saved_fn fn, void *userdata) {
+    save_snapshot(rt, state, false, fn, userdata);
+}
+
+void vm__save_durable(vmrt *rt, vm_saved_fn fn, void *userdata) {
+    save_snapshot(rt, rt->vm->state, true, fn, userdata);
 }
 
 void vm__persist(vmrt *rt) {
@@ -203,21 +213,18 @@ void vm__saved_then(vmrt *rt, vm_saved_fn fn, void *userdata) {
         fn(rt, 0, NULL, userdata);
 }
 
-/* The VM is being removed: nothing more of it is written.  A write the
- * worker has begun is waited for (one fsync at most), one it has not is
- * skipped; waiters get ECANCELED. */
-static void save_cancel(vmrt *rt) {
+/* The VM is being removed: nothing more of it is written.  Snapshots not
+ * begun are dropped (their waiters get ECANCELED); one the worker has is
+ * left to finish, and vm__saved_then() calls back after it. */
+void vm__save_drop(vmrt *rt) {
     uv_timer_stop(&rt->persist_timer);
     rt->persist_due = false;
+    rt->persist_failing = false;
     free(TAKE_PTR(rt->save_text));
+    rt->save_durable = false;
     qv_error err = {.code = ECANCELED};
     snprintf(err.msg, sizeof err.msg, "the VM was removed");
     call_waiters(TAKE_PTR(rt->save_waiters), rt, -ECANCELED, &err);
-    if (rt->save_inflight) {
-        uv_mutex_lock(&rt->save_inflight->lock);
-        rt->save_inflight->cancelled = true;
-        uv_mutex_unlock(&rt->save_inflight->lock);
-    }
 }
 
 /* For changes a re-adopting daemon learns from QEMU anyway (paused or
@@ -251,7 +258,7 @@ static const vm_action_fn vm__actions[SV_ACT__COUNT] = {
     [SV_ACT_PREPARE] = vm__act_prepare, [SV_ACT_RUN] = vm__act_run,           [SV_ACT_ABANDON] = vm__act_abandon,
     [SV_ACT_NOTE] = vm__act_note,       [SV_ACT_FINISH] = vm__act_finish,     [SV_ACT_EXIT] = vm__act_exit,
     [SV_ACT_SHUTDOWN] = vm__act_shutdown, [SV_ACT_ABORT] = vm__act_abort,     [SV_ACT_JOIN] = vm__act_join,
-    [SV_ACT_SEND] = vm__act_send,
+    [SV_ACT_SEND] = vm__act_send,       [SV_ACT_REMOVE] = vm__act_remove,
 };
 
 /* The state a request is judged in.  Pause and resume look past the
@@ -270,6 +277,8 @@ static int refusal(const sv_vm *vm, sv_vm_event ev, int r, qv_error *err) {
     const char *st = sv_vm_state_name(vm->state);
     if (r == -EALREADY)
         return qv_error_set(err, EALREADY, "VM '%s' is already %s", vm->name, st);
+    if (r == -EBUSY && ev == SV_EV_REMOVE && sv_vm_state_has_qemu(vm->state))
+        return qv_error_set(err, EBUSY, "VM '%s' is %s; stop it first (or use --force)", vm->name, st);
     if (r == -EHOSTDOWN)
         return qv_error_set(err, EHOSTDOWN, "VM '%s' is %s: there is no QEMU to %s (qvisor vm start %s)", vm->name,
                             st, sv_vm_event_name(ev), vm->name);
@@ -547,15 +556,12 @@ int sv_vmctl_new(uv_loop_t *loop, sv_registry *registry, sv_config *const *confi
     return 0;
 }
 
-void sv_vm_forget(sv_vmctl *c, sv_vm *vm) {
-    (void)c;
-    vmrt *rt = vm->rt;
-    if (!rt)
-        return;
+/* The VM is leaving the registry: its runtime is let go. */
+void vm__forget(vmrt *rt) {
     vm__console_end(rt, json_pack("{s:s}", "reason", "removed"));
     vm__detach_channels(rt);
     vm__watch_close(rt);
-    save_cancel(rt);
+    vm__save_drop(rt);
     release_rt(rt);
 }
 

@@ -1,7 +1,7 @@
 /* The VM lifecycle engine's private header: what the files of the engine
  * (engine.c, start.c, caps.c, launch.c, monitor.c, stop.c, exit.c, adopt.c,
- * orphans.c) share.  Not for anything outside supervisor/vm/.  See vm.h for
- * the engine's API and docs/lifecycle.md.
+ * remove.c, orphans.c) share.  Not for anything outside supervisor/vm/.  See
+ * vm.h for the engine's API and docs/lifecycle.md.
  *
  * One `vmrt` per VM holds what the engine knows beyond the registry: the
  * pidfd watch of the current QEMU, the monitor and agent connections, the
@@ -157,6 +157,7 @@ struct vmrt {
     char *save_text;              /* the snapshot waiting for it, NULL when none */
     size_t save_len;
     const char *save_state;       /* its state's name (static) */
+    bool save_durable;            /* …and whether it is to be fsynced */
     save_waiter *save_waiters;    /* called once it (or a newer one) is durable */
     /* pause/resume changes logged in this window, and those only counted */
     uint64_t pause_window_ms;
@@ -233,6 +234,8 @@ void vm__save_durable(vmrt *rt, vm_saved_fn fn, void *userdata);
 void vm__saved_then(vmrt *rt, vm_saved_fn fn, void *userdata);
 void vm__persist(vmrt *rt);
 void vm__persist_soon(vmrt *rt);
+void vm__save_drop(vmrt *rt);
+void vm__forget(vmrt *rt);
 void vm__undo_state(vmrt *rt, sv_vm_state back);
 
 /* ---- the engine's door ----
@@ -285,6 +288,7 @@ void vm__act_shutdown(vmrt *rt, sv_vm_state from, const vm_event_arg *a); /* sto
 void vm__act_abort(vmrt *rt, sv_vm_state from, const vm_event_arg *a);    /* stop.c */
 void vm__act_join(vmrt *rt, sv_vm_state from, const vm_event_arg *a);     /* stop.c */
 void vm__act_send(vmrt *rt, sv_vm_state from, const vm_event_arg *a);     /* stop.c */
+void vm__act_remove(vmrt *rt, sv_vm_state from, const vm_event_arg *a);   /* remove.c */
 void vm__add_waiter(waiter **list, sv_vm_done_fn done, void *userdata);
 void vm__complete(waiter **list, int status, json_t *result, const qv_error *err);
 void vm__fail_waiters(waiter **list, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));

@@ -153,7 +153,7 @@ static void save_stopped(vmrt *rt, bool clean, const char *how, double secs) {
         vm__fail_waiters(&rt->stop_waiters, ENOMEM, "VM '%s' stopped, but the daemon ran out of memory",
                          rt->vm->name);
     }
-    vm__save(rt, stop_done_saved, a);
+    vm__save_durable(rt, stop_done_saved, a); /* a stopped VM stays stopped after a power loss */
 }
 
 static void gone_finish(vmrt *rt, pid_t pid, const char *how_exited) {

@@ -145,7 +145,7 @@ static void on_cont(qmp_conn *q, int status, json_t *result, const qmp_error *e,
     vm__started(rt);
 }
 
-/* `cont` once QEMU's pid is durable (launch.c pid_saved calls again). */
+/* `cont` once QEMU's pid is written (launch.c pid_saved calls again). */
 void vm__send_cont(vmrt *rt) {
     if (!rt->pid_saved) {
         rt->cont_waits_save = true;

@@ -6,6 +6,8 @@
 #include "supervisor/vm/registry.h"
 #include "supervisor/vm/vm-record.h"
 
+#include "util.h"
+
 #include <sys/stat.h>
 
 struct sv_registry {
@@ -20,6 +22,24 @@ void reg__link_vm(sv_registry *r, sv_vm *vm);
 void reg__unlink_vm(sv_registry *r, sv_vm *vm);
 int reg__remove_temp_dir(const sv_config *c, int instfd, const char *entry, const char *name,
                          const struct stat *want);
+
+/* vm rm in three steps (supervisor/vm/remove.c): the instance directory
+ * renamed to .NAME.removing, the point of no return (on the loop: one
+ * rename); that directory and its pool disk deleted (thread-safe: a big
+ * disk takes its time, on a worker); the VM dropped from the registry and
+ * freed (on the loop). */
+typedef struct reg_removal {
+    char name[QV_NAME_MAX + 1];
+    char entry[QV_NAME_MAX + 16]; /* .NAME.removing */
+    int instfd;
+    struct stat want;   /* the disk create made (dev, inode) */
+    bool has_want;
+    sv_config *config;  /* a reference, for the worker */
+} reg_removal;
+int reg__remove_begin(sv_registry *r, sv_vm *vm, reg_removal *ret, qv_error *err);
+void reg__remove_files(reg_removal *rm);
+void reg__remove_clear(reg_removal *rm);
+void reg__remove_end(sv_registry *r, sv_vm *vm);
 
 /* store.c */
 json_t *reg__state_json_as(const sv_vm *vm, sv_vm_state state);

@@ -308,32 +308,45 @@ void sv_registry_free(sv_registry *r) {
 
 /* ---- remove ----------------------------------------------------------------- */
 
-int sv_registry_remove(sv_registry *r, const char *name, qv_error *err) {
-    sv_vm *vm = sv_registry_find(r, name);
-    if (!vm)
-        return qv_error_set(err, ENOENT, "no VM named '%s'", name);
-    sv_vm_state removing;
-    if (sv_vm_next_state(vm->state, SV_EV_REMOVE, &removing) != 0)
-        return qv_error_set(err, EBUSY, "VM '%s' is %s; stop it first", name, sv_vm_state_name(vm->state));
+int reg__remove_begin(sv_registry *r, sv_vm *vm, reg_removal *ret, qv_error *err) {
     const sv_config *c = *r->config;
-    char tmpname[QV_NAME_MAX + 16];
-    sv_layout_leftover(name, false, tmpname, sizeof tmpname);
-    _cleanup_close_ int instfd = open(c->instances_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (instfd < 0)
+    *ret = (reg_removal){.instfd = -1};
+    snprintf(ret->name, sizeof ret->name, "%s", vm->name);
+    sv_layout_leftover(vm->name, false, ret->entry, sizeof ret->entry);
+    ret->instfd = open(c->instances_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (ret->instfd < 0)
         return qv_error_set(err, errno, "cannot open %s: %s", c->instances_dir, strerror(errno));
-    qv_rm_rf_at(instfd, tmpname); /* a stale one: its pool disk, if any, is not this VM's */
-    if (renameat(instfd, name, instfd, tmpname) < 0 && errno != ENOENT)
-        return qv_error_set(err, errno, "cannot remove %s: %s", vm->dir, strerror(errno));
+    qv_rm_rf_at(ret->instfd, ret->entry); /* a stale one: its pool disk, if any, is not this VM's */
+    if (renameat(ret->instfd, vm->name, ret->instfd, ret->entry) < 0 && errno != ENOENT) {
+        int e = errno;
+        reg__remove_clear(ret);
+        return qv_error_set(err, e, "cannot remove %s: %s", vm->dir, strerror(e));
+    }
     sv_crash_point("remove-after-rename");
-    vm->state = removing; /* the rename was the point of no return */
-    struct stat want = {.st_dev = (dev_t)vm->disk_dev, .st_ino = (ino_t)vm->disk_ino};
-    int rc = reg__remove_temp_dir(c, instfd, tmpname, name, vm->disk_ino ? &want : NULL);
-    if (rc < 0)
-        log_warning("could not remove all of %s/%s: %s (cleaned at the next start)", c->instances_dir, tmpname,
-                    strerror(-rc));
+    ret->want = (struct stat){.st_dev = (dev_t)vm->disk_dev, .st_ino = (ino_t)vm->disk_ino};
+    ret->has_want = vm->disk_ino != 0;
+    ret->config = sv_config_ref(*r->config);
+    return 0;
+}
+
+void reg__remove_files(reg_removal *rm) {
+    int r = reg__remove_temp_dir(rm->config, rm->instfd, rm->entry, rm->name, rm->has_want ? &rm->want : NULL);
+    if (r < 0)
+        log_warning("could not remove all of %s/%s: %s (cleaned at the next start)", rm->config->instances_dir,
+                    rm->entry, strerror(-r));
+}
+
+void reg__remove_clear(reg_removal *rm) {
+    if (rm->instfd >= 0)
+        close(rm->instfd);
+    rm->instfd = -1;
+    sv_config_free(rm->config);
+    rm->config = NULL;
+}
+
+void reg__remove_end(sv_registry *r, sv_vm *vm) {
     reg__unlink_vm(r, vm);
     reg__vm_free(vm);
-    return 0;
 }
 
 

@@ -65,16 +65,15 @@ char *sv_registry_users_of_image(sv_registry *r, const char *image);
 typedef void (*sv_registry_done_fn)(int status, sv_vm *vm, const qv_error *err, void *userdata);
 int sv_registry_create(sv_registry *r, uv_loop_t *loop, sv_vmspec *spec, int kernel_fd, int initrd_fd,
                        sv_registry_done_fn done, void *userdata, qv_error *err);
-/* Removes a stopped or crashed VM and its directory (synchronously: a rename
- * and an unlink walk).  -EBUSY when it is in any other state. */
-int sv_registry_remove(sv_registry *r, const char *name, qv_error *err);
 
 /* The VM's state.json in two steps, so that the write can run on another
  * thread: its text as the VM is now but in `state` (caller frees; NULL when
- * out of memory), taken on the loop, and the atomic, durable write of that
- * text into the instance directory `dir` (thread-safe: touches no sv_vm). */
+ * out of memory), taken on the loop, and the atomic write of that text into
+ * the instance directory `dir` (thread-safe: touches no sv_vm): durable
+ * (fsynced: survives a power loss) or only visible (renamed into place: a
+ * daemon killed afterwards finds it; QV_ATOMIC_ORDERED). */
 char *sv_vm_state_text(const sv_vm *vm, sv_vm_state state, size_t *ret_len);
-int sv_vm_state_write(const char *dir, const char *text, size_t len, qv_error *err);
+int sv_vm_state_write(const char *dir, const char *text, size_t len, bool durable, qv_error *err);
 /* Replaces vm->last_exit (NULL clears it). */
 void sv_vm_set_last_exit(sv_vm *vm, const char *why);
 

@@ -357,7 +357,7 @@ static int start_placement(sv_vmctl *c, sv_vm *vm, sv_start_placement *ret, qv_e
     const sv_vmspec *s = vm->spec;
     sv_start_placement place = {.numa_node = -1};
     sv_capacity cap = {0};
-    int r = sv_resources_capacity(&cap, err); /* once: for placement and admission */
+    int r = sv_resources_capacity_for(s, &cap, err); /* once: for placement and admission */
     if (r < 0)
         return r;
     sv_admission_policy policy;

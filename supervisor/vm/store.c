@@ -71,16 +71,17 @@ char *sv_vm_state_text(const sv_vm *vm, sv_vm_state state, size_t *ret_len) {
 /* Files of an instance directory are reached through the directory's fd,
  * opened without following a symlink in its place (issue 15: someone who
  * can write the instances directory must not redirect qvisor's writes). */
-static int write_text(const char *dir, const char *file, const char *text, size_t len, qv_error *err) {
+static int write_text(const char *dir, const char *file, const char *text, size_t len, unsigned flags,
+                      qv_error *err) {
     _cleanup_close_ int dfd = qv_open_dir_nofollow(dir);
-    int r = dfd < 0 ? dfd : qv_write_file_atomic_at(dfd, file, text, len, 0640);
+    int r = dfd < 0 ? dfd : qv_write_file_atomic_flags_at(dfd, file, text, len, 0640, flags);
     if (r < 0)
         return qv_error_set(err, -r, "cannot write %s/%s: %s", dir, file, strerror(-r));
     return 0;
 }
 
-int sv_vm_state_write(const char *dir, const char *text, size_t len, qv_error *err) {
-    return write_text(dir, SV_VM_STATE_FILE, text, len, err);
+int sv_vm_state_write(const char *dir, const char *text, size_t len, bool durable, qv_error *err) {
+    return write_text(dir, SV_VM_STATE_FILE, text, len, durable ? QV_ATOMIC_DURABLE : QV_ATOMIC_ORDERED, err);
 }
 
 int reg__write_json(const char *dir, const char *file, json_t *j, qv_error *err) {
@@ -88,7 +89,7 @@ int reg__write_json(const char *dir, const char *file, json_t *j, qv_error *err)
     _cleanup_free_ char *text = json_text(j, &len);
     if (!text)
         return qv_error_set(err, ENOMEM, "out of memory");
-    return write_text(dir, file, text, len, err);
+    return write_text(dir, file, text, len, QV_ATOMIC_DURABLE, err);
 }
 
 /* spec.json holds user-data and network-config (each bounded by the request

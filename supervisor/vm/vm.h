@@ -101,8 +101,12 @@ int sv_vm_console_open(sv_vmctl *c, sv_vm *vm, uid_t uid, pid_t pid, int *ret_qe
  * ({"reason": "daemon"}). */
 void sv_vm_console_attach(sv_vmctl *c, const char *vm_name, int client_fd, int qemu_fd);
 
-/* Drops the engine's state of a stopped VM before the registry removes it. */
-void sv_vm_forget(sv_vmctl *c, sv_vm *vm);
+/* vm rm: a stopped or crashed VM and its files (docs/lifecycle.md, the
+ * action `remove`).  0: under way, `done` called once the VM is gone from
+ * the registry (its name free again), or with the error when its directory
+ * could not be renamed away (nothing changed then); negative errno with err:
+ * refused (EBUSY: the VM is not stopped; the VM pointer stays valid). */
+int sv_vm_remove(sv_vmctl *c, sv_vm *vm, sv_vm_done_fn done, void *userdata, qv_error *err);
 
 /* Asks the guest agent of every running VM for its addresses (at most
  * `timeout_ms` each, all at once) unless asked within the last few seconds,

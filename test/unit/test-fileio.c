@@ -53,6 +53,32 @@ static int count_entries(const char *dir) {
     return n;
 }
 
+/* the ordered (no fsync) strength replaces the same way, through a dirfd */
+static void test_atomic_ordered_at(void **state) {
+    (void)state;
+    _cleanup_free_ char *dir = qv_test_mkdtemp("qv-fileio");
+    _cleanup_close_ int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    assert_true(dfd >= 0);
+    for (int i = 0; i < 3; i++) {
+        char text[16];
+        int n = snprintf(text, sizeof text, "version %d", i);
+        assert_int_equal(qv_write_file_atomic_flags_at(dfd, "state.json", text, (size_t)n, 0640, QV_ATOMIC_ORDERED),
+                         0);
+        char path[PATH_MAX];
+        snprintf(path, sizeof path, "%s/state.json", dir);
+        _cleanup_free_ char *data = NULL;
+        size_t len;
+        assert_int_equal(qv_read_file(path, 1024, &data, &len), 0);
+        assert_string_equal(data, text);
+        struct stat st;
+        assert_int_equal(stat(path, &st), 0);
+        assert_int_equal(st.st_mode & 0777, 0640);
+    }
+    assert_int_equal(count_entries(dir), 1); /* no temp file left behind */
+    assert_int_equal(qv_write_file_atomic_flags_at(dfd, "a/b", "x", 1, 0600, QV_ATOMIC_ORDERED), -EINVAL);
+    qv_test_rm_rf(dir);
+}
+
 static void test_streaming_atomic_exchange_and_abort(void **state) {
     (void)state;
     _cleanup_free_ char *dir = qv_test_mkdtemp("qv-fileio");
@@ -369,6 +395,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_atomic_write_replaces_and_leaves_no_temp),
         cmocka_unit_test(test_streaming_atomic_exchange_and_abort),
+        cmocka_unit_test(test_atomic_ordered_at),
         cmocka_unit_test(test_read_limits),
         cmocka_unit_test(test_mkdir_p),
         cmocka_unit_test(test_rm_rf_at_never_follows),
