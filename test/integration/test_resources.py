@@ -123,6 +123,26 @@ class Resources(unittest.TestCase):
         self.node.qvisor("vm", "rm", "l1", check=0)
         self.assertFalse(os.path.exists(os.path.join(late, "l1.qcow2")))
 
+    def test_rm_whose_rename_fails_changes_nothing(self):
+        # the rename is vm rm's point of no return: one that fails leaves the
+        # VM defined, stopped and usable, and the name taken
+        self.create("keep", "--cpus", "1", "--memory", "1G")
+        inst = os.path.join(self.node.state, "instances", "keep")
+        if subprocess.run(["chattr", "+i", inst], capture_output=True).returncode != 0:
+            self.skipTest("chattr +i is not supported here")
+        try:
+            p = self.node.qvisor("vm", "rm", "keep")
+            self.assertNotEqual(p.returncode, 0)
+            self.assertIn("cannot remove", p.stderr)
+            self.assertEqual(self.node.qvisor_json("vm", "show", "keep")["state"], "stopped")
+            self.assertTrue(os.path.isdir(inst))
+        finally:
+            subprocess.run(["chattr", "-i", inst])
+        self.node.qvisor("vm", "rm", "keep", check=0)
+        self.assertFalse(os.path.exists(inst))
+        self.assertIn("no VM named", self.node.qvisor("vm", "show", "keep").stderr)
+        self.create("keep", "--cpus", "1", "--memory", "1G")  # the name is free again
+
     def test_node_status(self):
         self.create("n1", "--cpus", "2", "--memory", "2G", "--numa", "1")
         st = self.node.qvisor_json("node", "status")
