@@ -257,8 +257,7 @@ static void create_after(uv_work_t *w, int status) {
         job->done(job->status, NULL, &job->err, job->userdata);
         reg__vm_free(vm);
     } else {
-        sv_vm_next_state(vm->state, SV_EV_CREATED, &vm->state);
-        job->done(0, vm, NULL, job->userdata);
+        job->done(0, vm, NULL, job->userdata); /* which calls sv_vm_created() */
     }
     sv_config_free(job->config);
     free(job);

@@ -20,6 +20,34 @@ void vm__ctl_unref(sv_vmctl *c) {
     }
 }
 
+/* ---- events ------------------------------------------------------------ */
+
+void sv_vmctl_set_emit(sv_vmctl *c, sv_vm_emit_fn fn, void *userdata) {
+    c->emit = fn;
+    c->emit_userdata = userdata;
+}
+
+void vm__emit(vmrt *rt, const char *type, json_t *fields) {
+    sv_vmctl *c = rt->c;
+    if (c->emit && rt->vm && fields)
+        c->emit(type, rt->vm->name, fields, c->emit_userdata);
+    else
+        json_decref(fields);
+}
+
+/* The "state" event of a change (from -> to): the table's event, and why
+ * when the event brought a reason. */
+static void emit_state(vmrt *rt, sv_vm_state from, sv_vm_state to, const char *event, const char *action,
+                       const char *why) {
+    json_t *f = json_pack("{s:s, s:s, s:s}", "from", sv_vm_state_name(from), "to", sv_vm_state_name(to), "event",
+                          event);
+    if (f && action)
+        json_object_set_new(f, "action", json_string(action));
+    if (f && why)
+        json_object_set_new(f, "reason", json_string(why));
+    vm__emit(rt, "state", f);
+}
+
 /* ---- state.json ------------------------------------------------------------
  * Written off the loop (docs/lifecycle.md, "State on disk"): the state is
  * serialised on the loop (a snapshot: the text), the atomic replacement
@@ -302,10 +330,13 @@ int vm__event(vmrt *rt, sv_vm_event ev, const vm_event_arg *arg) {
     if (vm__checks[act] && (r = vm__checks[act](rt, arg)) < 0)
         return r;
     if (act != SV_ACT_SEND) {
-        if (to != from)
+        vm->state = to;
+        if (to != from) {
             log_debug("VM %s: %s -> %s (%s: %s)", vm->name, sv_vm_state_name(from), sv_vm_state_name(to),
                       sv_vm_event_name(ev), sv_vm_action_name(act));
-        vm->state = to;
+            emit_state(rt, from, to, sv_vm_event_name(ev), sv_vm_action_name(act),
+                       arg->why ? arg->why : arg->policy ? "restart policy" : NULL);
+        }
     }
     if (vm__actions[act])
         vm__actions[act](rt, from, arg);
@@ -315,10 +346,13 @@ int vm__event(vmrt *rt, sv_vm_event ev, const vm_event_arg *arg) {
 /* The one change of vm->state outside the table: a transition whose new
  * state could not be saved is taken back, so memory says what the disk
  * says (docs/lifecycle.md, "State on disk"). */
-void vm__undo_state(vmrt *rt, sv_vm_state back) {
+void vm__undo_state(vmrt *rt, sv_vm_state back, const char *why) {
     sv_vm *vm = rt->vm;
-    log_debug("VM %s: %s -> %s (undone: not saved)", vm->name, sv_vm_state_name(vm->state), sv_vm_state_name(back));
+    log_debug("VM %s: %s -> %s (undone)", vm->name, sv_vm_state_name(vm->state), sv_vm_state_name(back));
+    sv_vm_state from = vm->state;
     vm->state = back;
+    if (from != back)
+        emit_state(rt, from, back, "undone", NULL, why);
 }
 
 void vm__add_waiter(waiter **list, sv_vm_done_fn done, void *userdata) {
@@ -554,6 +588,14 @@ int sv_vmctl_new(uv_loop_t *loop, sv_registry *registry, sv_config *const *confi
      * up by a probe in flight (work on a worker thread cannot be cancelled). */
     *ret = c;
     return 0;
+}
+
+void sv_vm_created(sv_vmctl *c, sv_vm *vm) {
+    vmrt *rt = vm__get_rt(c, vm);
+    if (rt)
+        vm__event(rt, SV_EV_CREATED, NULL);
+    else
+        log_error("VM %s: out of memory: it stays 'creating' until the daemon restarts", vm->name);
 }
 
 /* The VM is leaving the registry: its runtime is let go. */

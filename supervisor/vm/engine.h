@@ -129,6 +129,8 @@ struct sv_vmctl {
     sv_qemu_binary_stamp caps_stamp;   /* the binary as that probe found it */
     bool accel_warned;
     caps_waiter *caps_waiters;
+    sv_vm_emit_fn emit;  /* the event sink (sv_vmctl_set_emit) */
+    void *emit_userdata;
 };
 
 struct watch {
@@ -183,6 +185,7 @@ struct vmrt {
     bool stop_save_force;  /* …and is forced */
     uintptr_t stop_seq;    /* stop requests so far: which one a "stopping" write was for */
     bool policy_start;     /* started by the restart policy, not by a user */
+    uint64_t start_begin_ms; /* when this start was asked for (qv_now_ms) */
     sv_start_placement place; /* this start's NUMA node and CPUs (decided before it began) */
     off_t log_offset;      /* where this QEMU's output starts in qemu.log */
     /* stop */
@@ -234,9 +237,11 @@ void vm__save_durable(vmrt *rt, vm_saved_fn fn, void *userdata);
 void vm__saved_then(vmrt *rt, vm_saved_fn fn, void *userdata);
 void vm__persist(vmrt *rt);
 void vm__persist_soon(vmrt *rt);
+/* Reports an event of this VM (fields: reference stolen; NULL: none). */
+void vm__emit(vmrt *rt, const char *type, json_t *fields);
 void vm__save_drop(vmrt *rt);
 void vm__forget(vmrt *rt);
-void vm__undo_state(vmrt *rt, sv_vm_state back);
+void vm__undo_state(vmrt *rt, sv_vm_state back, const char *why);
 
 /* ---- the engine's door ----
  *
@@ -328,6 +333,9 @@ void vm__start_fail_kill(vmrt *rt, const char *why);
 int vm__qmp_attach(vmrt *rt);
 void vm__send_cont(vmrt *rt);
 void vm__agent_attach(vmrt *rt);
+/* The agent's status ("ok", "no answer", …; NULL: no QEMU): an "agent"
+ * event when it comes up or goes down. */
+void vm__set_agent(vmrt *rt, const char *status);
 void vm__detach_channels(vmrt *rt);
 void vm__console_end(vmrt *rt, json_t *end);
 

@@ -97,7 +97,7 @@ void vm__handle_gone(vmrt *rt, const char *how_exited) {
     vm->ip = NULL;
     json_decref(vm->addresses);
     vm->addresses = NULL;
-    vm->agent = NULL;
+    vm__set_agent(rt, NULL);
     if (vm__has_gpus(vm)) {
         free(rt->gone_how);
         rt->gone_how = strdup(how_exited);
@@ -231,12 +231,15 @@ void vm__act_finish(vmrt *rt, sv_vm_state from, const vm_event_arg *a) {
     sv_vm *vm = rt->vm;
     if (a->before_qemu) {
         vm->run = (sv_vm_run){.restarts = vm->run.restarts, .numa_node = -1};
+        vm__emit(rt, "stop", json_pack("{s:s, s:s, s:f}", "result", "clean", "how", a->how, "seconds", 0.0));
         save_stopped(rt, true, a->how, 0.0);
         vm__fail_waiters(&rt->start_waiters, ECANCELED, "start of VM '%s' aborted by a stop request", vm->name);
         return;
     }
     sv_vm_set_last_exit(vm, a->why);
     vm->run = (sv_vm_run){.numa_node = -1};
+    vm__emit(rt, "stop", json_pack("{s:s, s:s, s:f}", "result", a->clean ? "clean" : "forced", "how", a->how,
+                                   "seconds", a->secs));
     save_stopped(rt, a->clean, a->how, a->secs);
     free(rt->stop_reason);
     rt->stop_reason = NULL;
@@ -299,11 +302,15 @@ void vm__schedule_restart(vmrt *rt) {
                  (unsigned long long)vm->spec->restart_limit);
         sv_vm_set_last_exit(vm, why);
         vm__persist(rt);
+        vm__emit(rt, "restart", json_pack("{s:b, s:I}", "gave_up", true, "limit", (json_int_t)vm->spec->restart_limit));
         return;
     }
     uint64_t delay = sv_restart_backoff_ms(vm->run.restarts);
     vm->run.restarts++;
     vm__persist(rt);
+    vm__emit(rt, "restart", json_pack("{s:b, s:I, s:I, s:f}", "gave_up", false, "attempt",
+                                      (json_int_t)vm->run.restarts, "limit", (json_int_t)vm->spec->restart_limit,
+                                      "delay_s", (double)delay / 1000.0));
     log_info("VM %s: restart policy %s: starting again in %.0f s (restart %llu of at most %llu)", vm->name,
              sv_restart_to_string(vm->spec->restart), (double)delay / 1000.0, (unsigned long long)vm->run.restarts,
              (unsigned long long)vm->spec->restart_limit);

@@ -65,12 +65,40 @@ void vm__act_note(vmrt *rt, sv_vm_state from, const vm_event_arg *a) {
     log_pause_change(rt, rt->paused);
 }
 
+/* QEMU's events that are relayed as "qemu" events with the VM's name
+ * (docs/events.md); STOP and RESUME show as state changes instead. */
+static const char *const relayed[] = {"SHUTDOWN", "POWERDOWN", "RESET",      "GUEST_PANICKED",
+                                      "WATCHDOG", "RTC_CHANGE", "BLOCK_IO_ERROR", "GUEST_CRASHLOADED"};
+
+/* QEMU says what it likes here (a compromised guest may steer it): the
+ * data goes along only when small. */
+#define RELAY_DATA_MAX 2048
+
+static void relay(vmrt *rt, const char *name, json_t *data) {
+    for (size_t i = 0; i < QV_ARRAY_SIZE(relayed); i++) {
+        if (strcmp(relayed[i], name) != 0)
+            continue;
+        json_t *f = json_pack("{s:s}", "event", name);
+        char *text = data ? json_dumps(data, JSON_COMPACT) : NULL;
+        if (f && text && strlen(text) <= RELAY_DATA_MAX)
+            json_object_set(f, "data", data);
+        else if (f && text)
+            json_object_set_new(f, "data_dropped", json_string("larger than 2 KiB"));
+        free(text);
+        vm__emit(rt, "qemu", f);
+        return;
+    }
+}
+
+static void on_agent_ping(qga_conn *g, int status, json_t *result, const qmp_error *e, void *userdata);
+
 static void on_qmp_event(qmp_conn *q, const char *name, json_t *data, const qmp_timestamp *ts, void *userdata) {
     (void)q;
     (void)ts;
     vmrt *rt = userdata;
     sv_vm *vm = rt->vm;
     log_debug("VM %s: QMP event %s", vm->name, name);
+    relay(rt, name, data);
     if (strcmp(name, "SHUTDOWN") == 0) {
         rt->shutdown_seen = true;
         rt->shutdown_guest = json_is_true(json_object_get(data, "guest"));
@@ -91,6 +119,14 @@ static void on_qmp_event(qmp_conn *q, const char *name, json_t *data, const qmp_
         vm__note_paused(rt, true);
     } else if (strcmp(name, "RESUME") == 0) {
         vm__note_paused(rt, false);
+    } else if (strcmp(name, "VSERPORT_CHANGE") == 0 &&
+               strcmp(json_string_value(json_object_get(data, "id")) ?: "", SV_QGA_PORT_ID) == 0) {
+        /* the guest opened or closed the agent's port: its agent started or
+         * went away.  Up once it answers a ping. */
+        if (!json_is_true(json_object_get(data, "open")))
+            vm__set_agent(rt, "no answer");
+        else if (rt->qga && !rt->agent_busy && qga_ping(rt->qga, AGENT_PING_MS, on_agent_ping, rt) == 0)
+            rt->agent_busy = true;
     }
 }
 
@@ -248,7 +284,7 @@ void vm__agent_attach(vmrt *rt) {
     int r = qga_connect(rt->c->loop, path, &o, &rt->qga);
     if (r < 0)
         log_warning("VM %s: cannot connect to the guest-agent channel %s: %s", rt->vm->name, path, strerror(-r));
-    rt->vm->agent = "unknown";
+    vm__set_agent(rt, "unknown");
 }
 
 void vm__detach_channels(vmrt *rt) {
@@ -371,45 +407,86 @@ static void refresh_put(refresh *r) {
     }
 }
 
+/* What the agent said about the guest's interfaces: its addresses kept,
+ * and reported when the first one changed. */
+static void apply_interfaces(vmrt *rt, int status, const qga_interface *ifs, size_t n) {
+    if (!rt->vm || status == QMP_ECANCELED)
+        return;
+    sv_vm *vm = rt->vm;
+    char *was = vm->ip ? strdup(vm->ip) : NULL;
+    rt->agent_checked_ms = qv_now_ms();
+    vm__set_agent(rt, status == 0 ? "ok" : status == QMP_EBADREPLY ? "bad reply" : "no answer");
+    if (status == 0) {
+        json_t *addrs = json_array();
+        const char *first4 = NULL, *first6 = NULL;
+        for (size_t i = 0; i < n; i++)
+            for (size_t k = 0; k < ifs[i].n_addrs; k++) {
+                const qga_ip_address *a = &ifs[i].addrs[k];
+                if (strcmp(ifs[i].name, "lo") == 0)
+                    continue;
+                json_array_append_new(addrs, json_pack("{s:s, s:s, s:i}", "interface", ifs[i].name, "address",
+                                                       a->address, "prefix", (int)a->prefix));
+                if (a->family == AF_INET && !first4)
+                    first4 = a->address;
+                if (a->family == AF_INET6 && !first6 && strncmp(a->address, "fe80", 4) != 0)
+                    first6 = a->address;
+            }
+        json_decref(vm->addresses);
+        vm->addresses = addrs;
+        free(vm->ip);
+        vm->ip = first4 ? strdup(first4) : first6 ? strdup(first6) : NULL;
+    } else {
+        if (status == QMP_EBADREPLY) { /* refused (qga.h says why): nothing of it is kept */
+            json_decref(vm->addresses);
+            vm->addresses = NULL;
+            free(vm->ip);
+            vm->ip = NULL;
+        }
+    }
+    if (strcmp(was ? was : "", vm->ip ? vm->ip : "") != 0)
+        vm__emit(rt, "ip", json_pack("{s:o, s:O}", "ip", vm->ip ? json_string(vm->ip) : json_null(), "addresses",
+                                     vm->addresses ? vm->addresses : json_null()));
+    free(was);
+}
+
+void vm__set_agent(vmrt *rt, const char *status) {
+    sv_vm *vm = rt->vm;
+    bool was_up = vm->agent && strcmp(vm->agent, "ok") == 0, up = status && strcmp(status, "ok") == 0;
+    vm->agent = status;
+    if (up != was_up)
+        vm__emit(rt, "agent", json_pack("{s:b, s:s}", "up", up, "status", status ? status : "gone"));
+}
+
+static void on_up_interfaces(qga_conn *g, int status, const qga_interface *ifs, size_t n, const qmp_error *e,
+                             void *userdata) {
+    (void)g;
+    (void)e;
+    vmrt *rt = userdata;
+    rt->agent_busy = false;
+    apply_interfaces(rt, status, ifs, n);
+}
+
+/* The agent's port opened and it answered (or not): up, and its
+ * addresses asked at once (the IP a user waits for). */
+static void on_agent_ping(qga_conn *g, int status, json_t *result, const qmp_error *e, void *userdata) {
+    (void)result;
+    (void)e;
+    vmrt *rt = userdata;
+    rt->agent_busy = false;
+    if (!rt->vm || status == QMP_ECANCELED)
+        return;
+    vm__set_agent(rt, status == 0 ? "ok" : "no answer");
+    if (status == 0 && qga_network_get_interfaces(g, QMP_CMD_TIMEOUT_MS, on_up_interfaces, rt) == 0)
+        rt->agent_busy = true;
+}
+
 static void on_interfaces(qga_conn *g, int status, const qga_interface *ifs, size_t n, const qmp_error *e,
                           void *userdata) {
     (void)g;
     (void)e;
     refresh_item *it = userdata;
     vmrt *rt = it->rt;
-    if (rt->vm && status != QMP_ECANCELED) {
-        sv_vm *vm = rt->vm;
-        rt->agent_checked_ms = qv_now_ms();
-        if (status == 0) {
-            vm->agent = "ok";
-            json_t *addrs = json_array();
-            const char *first4 = NULL, *first6 = NULL;
-            for (size_t i = 0; i < n; i++)
-                for (size_t k = 0; k < ifs[i].n_addrs; k++) {
-                    const qga_ip_address *a = &ifs[i].addrs[k];
-                    if (strcmp(ifs[i].name, "lo") == 0)
-                        continue;
-                    json_array_append_new(addrs, json_pack("{s:s, s:s, s:i}", "interface", ifs[i].name, "address",
-                                                           a->address, "prefix", (int)a->prefix));
-                    if (a->family == AF_INET && !first4)
-                        first4 = a->address;
-                    if (a->family == AF_INET6 && !first6 && strncmp(a->address, "fe80", 4) != 0)
-                        first6 = a->address;
-                }
-            json_decref(vm->addresses);
-            vm->addresses = addrs;
-            free(vm->ip);
-            vm->ip = first4 ? strdup(first4) : first6 ? strdup(first6) : NULL;
-        } else {
-            vm->agent = status == QMP_EBADREPLY ? "bad reply" : "no answer";
-            if (status == QMP_EBADREPLY) { /* refused (qga.h says why): nothing of it is kept */
-                json_decref(vm->addresses);
-                vm->addresses = NULL;
-                free(vm->ip);
-                vm->ip = NULL;
-            }
-        }
-    }
+    apply_interfaces(rt, status, ifs, n);
     rt->agent_busy = false;
     refresh_put(it->r);
     free(it);

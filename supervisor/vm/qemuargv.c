@@ -284,7 +284,7 @@ int sv_qemu_argv(const sv_vmspec *spec, const sv_qemu_env *env, const sv_vm_path
         add(&b, "-chardev");
         add(&b, "socket,id=qga0,fd=%d,server=on,wait=off", paths->qga_fd);
         add(&b, "-device");
-        add(&b, "virtserialport,bus=vser0.0,chardev=qga0,name=org.qemu.guest_agent.0");
+        add(&b, "virtserialport,bus=vser0.0,chardev=qga0,name=org.qemu.guest_agent.0,id=" SV_QGA_PORT_ID);
     }
 
     /* passthrough: each GPU on a PCIe root port of its own, its functions at

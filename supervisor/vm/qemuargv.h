@@ -7,6 +7,10 @@
 #include "error.h"
 #include "spec/vmspec.h"
 
+/* The id of the agent's virtio-serial port: QEMU's VSERPORT_CHANGE names
+ * it when the guest opens or closes the port (the agent starts or stops). */
+#define SV_QGA_PORT_ID "qga0port"
+
 typedef struct sv_qemu_env {
     const char *binary;  /* qemu-system-x86_64 or an absolute path */
     bool kvm;            /* resolved accelerator: true KVM, false TCG */

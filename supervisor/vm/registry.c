@@ -74,6 +74,10 @@ int sv_vm_pid(const sv_vm *vm) {
     return sv_vm_state_has_qemu(vm->state) ? vm->run.pid : 0;
 }
 
+bool sv_vm_agent_up(const sv_vm *vm) {
+    return sv_vm_state_has_qemu(vm->state) && vm->agent && strcmp(vm->agent, "ok") == 0;
+}
+
 int sv_vm_numa_node(const sv_vm *vm) {
     return sv_vm_state_has_qemu(vm->state) ? vm->run.numa_node : -1;
 }

@@ -34,6 +34,8 @@ uint64_t sv_vm_disk_size(const sv_vm *vm);
  * otherwise). */
 int sv_vm_pid(const sv_vm *vm);
 int sv_vm_numa_node(const sv_vm *vm);
+/* Whether its guest agent answered last time it was asked (while it runs). */
+bool sv_vm_agent_up(const sv_vm *vm);
 
 typedef struct sv_registry sv_registry;
 
@@ -54,7 +56,9 @@ char *sv_registry_users_of_image(sv_registry *r, const char *image);
 
 /* Creates a VM asynchronously (qemu-img runs on a worker thread).  The name
  * is reserved at once (state creating); `done` is called exactly once with 0
- * and the VM, or a negative errno and err filled.  Returns a negative errno
+ * and the VM, still creating in memory until the caller passes it to the
+ * engine's sv_vm_created() (on disk it is born stopped), or a negative errno
+ * and err filled.  Returns a negative errno
  * (with err) when the request is refused before any work starts: -EEXIST,
  * -ENOENT (no such image), -EINVAL; the spec and the fds are then still the
  * caller's.  Otherwise spec is taken, and so are kernel_fd and initrd_fd

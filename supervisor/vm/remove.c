@@ -54,7 +54,7 @@ static void remove_go(vmrt *rt, int status, const qv_error *err, void *userdata)
         return;
     }
     if (reg__remove_begin(rt->c->registry, vm, &job->rm, &e) < 0) {
-        vm__undo_state(rt, job->from);
+        vm__undo_state(rt, job->from, e.msg);
         log_warning("VM %s: not removed: %s", vm->name, e.msg);
         remove_answer(job, &e);
         return;
@@ -70,7 +70,7 @@ static void remove_go(vmrt *rt, int status, const qv_error *err, void *userdata)
 void vm__act_remove(vmrt *rt, sv_vm_state from, const vm_event_arg *a) {
     remove_job *job = calloc(1, sizeof *job);
     if (!job) {
-        vm__undo_state(rt, from);
+        vm__undo_state(rt, from, "out of memory");
         qv_error e = {0};
         qv_error_set(&e, ENOMEM, "out of memory");
         if (a->done)

@@ -43,6 +43,9 @@ void vm__act_run(vmrt *rt, sv_vm_state from, const vm_event_arg *a) {
     sv_vm *vm = rt->vm;
     uv_timer_stop(&rt->timer);
     log_info("VM %s: running (QEMU pid %d%s)", vm->name, vm->run.pid, rt->policy_start ? ", restarted by policy" : "");
+    vm__emit(rt, "start", json_pack("{s:s, s:i, s:f, s:b}", "result", "running", "pid", vm->run.pid, "seconds",
+                                    (double)(qv_now_ms() - rt->start_begin_ms) / 1000.0, "by_policy",
+                                    rt->policy_start));
     vm__agent_attach(rt);
     json_t *res = start_result(rt);
     vm__complete(&rt->start_waiters, 0, res, NULL);
@@ -175,11 +178,15 @@ static void on_released(int status, const qv_error *err, const vfio_plan *plan, 
     rt->pt_busy = false;
     rt->pt_ready = false;
     vfio_plan_clear(&rt->pt_plan);
-    if (rt->vm && status < 0)
+    if (rt->vm && status < 0) {
         log_error("VM %s: giving its GPUs back failed: %s (see `qvisor gpu list`, `qvisor cleanup`)", rt->vm->name,
                   err->msg);
-    else if (rt->vm)
+        vm__emit(rt, "gpu", json_pack("{s:s, s:s, s:s, s:b}", "action", "give-back", "result", "failed", "error",
+                                      err->msg, "stuck", true));
+    } else if (rt->vm) {
         log_info("VM %s: GPUs given back to the host", rt->vm->name);
+        vm__emit(rt, "gpu", json_pack("{s:s, s:s}", "action", "give-back", "result", "ok"));
+    }
     if (rt->vm && !rt->c->shutting_down)
         rt->after_release(rt);
     vm__rt_unref(rt);
@@ -254,6 +261,8 @@ void vm__act_abandon(vmrt *rt, sv_vm_state from, const vm_event_arg *a) {
     vm->run = (sv_vm_run){.restarts = vm->run.restarts, .numa_node = -1};
     vm__persist(rt);
     log_warning("VM %s: %s", vm->name, msg);
+    vm__emit(rt, "start", json_pack("{s:s, s:s, s:s, s:b}", "result", "failed", "error", why, "code",
+                                    qv_errno_name(code), "by_policy", rt->policy_start));
     vm__fail_waiters(&rt->start_waiters, code, "VM '%s' did not start: %s", vm->name, why);
     if (rt->policy_start)
         vm__schedule_restart(rt);
@@ -291,8 +300,13 @@ static void on_taken(int status, const qv_error *err, const vfio_plan *plan, voi
     rt->pt_busy = false;
     if (rt->vm && !rt->c->shutting_down) {
         if (status < 0) {
+            vm__emit(rt, "gpu", json_pack("{s:s, s:s, s:s}", "action", "bind", "result", "failed", "error", err->msg));
             vm__start_abandon(rt, err->code, err->msg);
         } else {
+            json_t *devs = json_array();
+            for (size_t i = 0; i < plan->n; i++)
+                json_array_append_new(devs, json_string(plan->devs[i].bdf));
+            vm__emit(rt, "gpu", json_pack("{s:s, s:s, s:o}", "action", "bind", "result", "ok", "devices", devs));
             rt->pt_ready = true;
             vfio_plan_clear(&rt->pt_plan);
             rt->pt_plan.devs = malloc((plan->n ? plan->n : 1) * sizeof *plan->devs);
@@ -382,12 +396,14 @@ static int start_placement(sv_vmctl *c, sv_vm *vm, sv_start_placement *ret, qv_e
  * sv_vm_start had said so at once. */
 static void start_refused(vmrt *rt, prep_job *job, int code, const char *why) {
     sv_vm *vm = rt->vm;
-    vm__undo_state(rt, job->from);
+    vm__undo_state(rt, job->from, why);
     vm->run = job->run_before;
     vm__persist(rt);
     rt->starting_prep = false;
     prep_job_free(job);
     log_warning("VM %s: not started: %s", vm->name, why);
+    vm__emit(rt, "start", json_pack("{s:s, s:s, s:s, s:b}", "result", "refused", "error", why, "code",
+                                    qv_errno_name(code), "by_policy", rt->policy_start));
     vm__fail_waiters(&rt->start_waiters, code, "VM '%s' not started: %s", vm->name, why);
     if (rt->policy_start) {
         /* as when the restart policy's start is refused at once */
@@ -465,6 +481,8 @@ int vm__check_prepare(vmrt *rt, const vm_event_arg *a) {
     r = start_placement(c, vm, &place, err);
     if (r < 0) {
         prep_job_free(job);
+        vm__emit(rt, "admission", json_pack("{s:s, s:s, s:s, s:b}", "op", "start", "error", err->msg, "code",
+                                            qv_errno_name(err->code), "by_policy", a->policy));
         return r;
     }
     sv_start_placement_clear(&rt->place);
@@ -484,6 +502,7 @@ void vm__act_prepare(vmrt *rt, sv_vm_state from, const vm_event_arg *a) {
     sv_vm *vm = rt->vm;
     prep_job *job = TAKE_PTR(rt->prep_next);
     vm->run = (sv_vm_run){.restarts = a->policy ? vm->run.restarts : 0, .numa_node = -1};
+    rt->start_begin_ms = qv_now_ms();
     vm__save(rt, start_saved, job);
     uv_timer_stop(&rt->timer); /* a pending automatic restart is superseded */
     rt->policy_start = a->policy;

@@ -98,7 +98,7 @@ static void on_agent_ping(qga_conn *g, int status, json_t *result, const qmp_err
     if (status == QMP_ECANCELED || !rt->vm || rt->stage != STAGE_GRACEFUL)
         return;
     if (status == 0 && !vm__guest_paused(rt)) {
-        rt->vm->agent = "ok";
+        vm__set_agent(rt, "ok");
         rt->how = "guest agent guest-shutdown";
         log_info("VM %s: asking the guest agent to shut down", rt->vm->name);
         if (qga_shutdown(g, "powerdown", AGENT_PING_MS, on_agent_shutdown, rt) == 0) {
@@ -109,7 +109,7 @@ static void on_agent_ping(qga_conn *g, int status, json_t *result, const qmp_err
         }
     }
     if (status != 0)
-        rt->vm->agent = "no answer";
+        vm__set_agent(rt, "no answer");
     log_info("VM %s: pressing the ACPI power button%s", rt->vm->name,
              status != 0 ? " (the guest agent did not answer)" : "");
     acpi(rt);

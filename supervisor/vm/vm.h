@@ -23,6 +23,13 @@ typedef struct sv_vmctl sv_vmctl;
  * at the first start, and again when qemu.binary or the accelerator mode
  * changes; starts wait for it. */
 int sv_vmctl_new(uv_loop_t *loop, sv_registry *registry, sv_config *const *config, sv_vmctl **ret, qv_error *err);
+
+/* Where the engine reports what happens to VMs (docs/events.md): an event
+ * of `type` ("state", "start", "stop", "restart", "agent", "ip", "gpu",
+ * "admission", "qemu") of VM `vm` with `fields` (an object, reference
+ * stolen).  Without a sink the events are dropped. */
+typedef void (*sv_vm_emit_fn)(const char *type, const char *vm, json_t *fields, void *userdata);
+void sv_vmctl_set_emit(sv_vmctl *c, sv_vm_emit_fn fn, void *userdata);
 /* What this node's QEMU can do, for checks at create (a named cpu_model):
  * done gets 0, the probe's caps (borrowed, valid during the call) and
  * whether VMs run under KVM (the configured accelerator resolved as a start
@@ -100,6 +107,10 @@ int sv_vm_console_open(sv_vmctl *c, sv_vm *vm, uid_t uid, pid_t pid, int *ret_qe
  * or the VM stops (end frame {"reason": "stopped"}), or the daemon stops
  * ({"reason": "daemon"}). */
 void sv_vm_console_attach(sv_vmctl *c, const char *vm_name, int client_fd, int qemu_fd);
+
+/* Create's work is done (sv_registry_create's callback): the VM moves
+ * from creating to stopped through the table (event created). */
+void sv_vm_created(sv_vmctl *c, sv_vm *vm);
 
 /* vm rm: a stopped or crashed VM and its files (docs/lifecycle.md, the
  * action `remove`).  0: under way, `done` called once the VM is gone from
