@@ -105,6 +105,8 @@ int cmd_vm_resume(qv_cli *cli, int argc, char **argv);
 int cmd_vm_ssh(qv_cli *cli, int argc, char **argv);
 int cmd_vm_console(qv_cli *cli, int argc, char **argv);
 int cmd_vm_log(qv_cli *cli, int argc, char **argv);
+int cmd_vm_wait(qv_cli *cli, int argc, char **argv);
+int cmd_events(qv_cli *cli, int argc, char **argv);
 int cmd_cidata(qv_cli *cli, int argc, char **argv);
 int cmd_cleanup(qv_cli *cli, int argc, char **argv);
 int cmd_gpu_list(qv_cli *cli, int argc, char **argv);

@@ -32,6 +32,7 @@ static const qv_cli_verb vm_verbs[] = {
     {"ssh", cmd_vm_ssh, "ssh into a VM through its forwarded port"},
     {"console", cmd_vm_console, "attach this terminal to a VM's serial console (Ctrl-] detaches)"},
     {"log", cmd_vm_log, "print a VM's serial console log (-n last lines, -f follow)"},
+    {"wait", cmd_vm_wait, "wait until a VM runs, stops, crashed or its agent answers"},
     {"rm", cmd_vm_rm, "delete a VM and its disk"},
     {NULL, NULL, NULL},
 };
@@ -78,6 +79,7 @@ static const qv_cli_noun nouns[] = {
 static const qv_cli_verb top_verbs[] = {
     {"daemon", cmd_daemon, "run the qvisor daemon in the foreground"},
     {"version", cmd_version, "print the versions of this command and of the daemon"},
+    {"events", cmd_events, "follow the node's events (state changes, results, agent, GPUs, QEMU's events)"},
     {"cleanup", cmd_cleanup, "remove what crashes left behind (orphan QEMUs, temp files, stale sockets)"},
     {"cidata", cmd_cidata, "write a cloud-init NoCloud seed ISO (like cloud-localds)"},
     {"check", cmd_check, "tell whether this node can run VMs: QEMU, KVM, IOMMU, VFIO, hugepages, directories"},

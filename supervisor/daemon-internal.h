@@ -8,6 +8,7 @@
 #include <uv.h>
 
 #include "spec/config.h"
+#include "ctl/events.h"
 #include "ctl/server.h"
 #include "supervisor/daemon.h"
 #include "supervisor/vm/registry.h"
@@ -22,6 +23,8 @@ typedef struct sv_daemon {
     sv_vmctl *vmctl;
     sv_ctl_server *ctl;
     sv_logstream *logstreams; /* vm.log streams still open */
+    sv_events *events;        /* the event stream (docs/events.md) */
+    struct sv_api_wait *waits; /* vm.wait requests waiting (api/events.c) */
     uv_signal_t signals[3];
     size_t n_signals;
     int lock_fd;
@@ -62,6 +65,15 @@ void sv_api_vm_log(sv_daemon *d, sv_ctl_req *req, json_t *params);
 void sv_api_node_status(sv_daemon *d, sv_ctl_req *req, json_t *params);
 void sv_api_gpu_list(sv_daemon *d, sv_ctl_req *req, json_t *params);
 void sv_api_cleanup(sv_daemon *d, sv_ctl_req *req, json_t *params);
+/* supervisor/api/events.c */
+void sv_api_events_subscribe(sv_daemon *d, sv_ctl_req *req, json_t *params);
+void sv_api_vm_wait(sv_daemon *d, sv_ctl_req *req, json_t *params);
+/* Answers every vm.wait still waiting (ECANCELED): the daemon is stopping. */
+void sv_api_waits_cancel(sv_daemon *d);
+/* An event of the daemon's own (fields: reference stolen); a no-op before
+ * the hub exists or once the daemon stops. */
+void sv_daemon_emit(sv_daemon *d, const char *type, const char *vm, json_t *fields);
+
 /* supervisor/api/net.c */
 void sv_api_net_list(sv_daemon *d, sv_ctl_req *req, json_t *params);
 void sv_api_net_teardown(sv_daemon *d, sv_ctl_req *req, json_t *params);

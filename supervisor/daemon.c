@@ -52,6 +52,7 @@ static int reload_config(sv_daemon *d, qv_error *err) {
     if (r < 0) {
         log_error("config reload refused, keeping the running config: %s", err->msg);
         sv_notify("READY=1\nSTATUS=config reload refused; running with the previous config");
+        sv_daemon_emit(d, "config", NULL, json_pack("{s:s, s:s}", "result", "refused", "error", err->msg));
         return r;
     }
     _cleanup_free_ char *restart = NULL;
@@ -64,6 +65,8 @@ static int reload_config(sv_daemon *d, qv_error *err) {
     if (restart)
         log_warning("config reload: %s changed; the daemon keeps the running values until it restarts",
                     restart);
+    sv_daemon_emit(d, "config", NULL, json_pack("{s:s, s:s?, s:s?}", "result", "reloaded", "source", fresh->source,
+                                                "kept_until_restart", restart));
     sv_config_free(d->config);
     d->config = fresh;
     apply_log_level(d);
@@ -126,6 +129,9 @@ static const struct method {
     {"gpu.list", false, sv_api_gpu_list},
     {"net.list", false, sv_api_net_list},
     {"node.status", false, sv_api_node_status},
+    /* what vm.list and vm.show tell anyone who may connect, as it happens */
+    {"events.subscribe", false, sv_api_events_subscribe},
+    {"vm.wait", false, sv_api_vm_wait},
     {"net.teardown", true, sv_api_net_teardown},
     {"node.cleanup", true, sv_api_cleanup},
 };
@@ -152,6 +158,17 @@ static void on_request(sv_ctl_req *req, const char *method, json_t *params, void
 
 /* ---- lifecycle ----------------------------------------------------------- */
 
+void sv_daemon_emit(sv_daemon *d, const char *type, const char *vm, json_t *fields) {
+    if (d->events && !d->stopping)
+        sv_events_emit(d->events, type, vm, fields);
+    else
+        json_decref(fields);
+}
+
+static void engine_emit(const char *type, const char *vm, json_t *fields, void *userdata) {
+    sv_daemon_emit(userdata, type, vm, fields);
+}
+
 static void daemon_stop(sv_daemon *d, const char *why) {
     if (d->stopping)
         return;
@@ -161,6 +178,9 @@ static void daemon_stop(sv_daemon *d, const char *why) {
     sv_vmctl_shutdown(d->vmctl);
     d->vmctl = NULL;
     sv_logstream_end(&d->logstreams, NULL, "daemon", "the qvisor daemon is stopping");
+    sv_api_waits_cancel(d);
+    sv_events_free(d->events);
+    d->events = NULL;
     sv_ctl_server_close(d->ctl);
     d->ctl = NULL;
     for (size_t i = 0; i < d->n_signals; i++)
@@ -301,8 +321,12 @@ int sv_daemon_run(const sv_daemon_options *opts, qv_error *err) {
     r = sv_ctl_server_new(&d.loop, &copts, &d.ctl, err);
     if (r == -EADDRINUSE)
         err->code = EEXIST;
+    if (r >= 0 && (r = sv_events_new(&d.loop, &d.events)) < 0)
+        qv_error_set(err, -r, "out of memory");
     if (r >= 0)
         r = sv_vmctl_new(&d.loop, d.registry, &d.config, &d.vmctl, err);
+    if (r >= 0)
+        sv_vmctl_set_emit(d.vmctl, engine_emit, &d);
     if (r >= 0)
         r = start_signals(&d);
     if (r < 0) {

@@ -22,13 +22,22 @@
 
 /* ---- VMs ------------------------------------------------------------------- */
 
+typedef struct create_ctx {
+    sv_daemon *d;
+    sv_ctl_req *req;
+} create_ctx;
+
 static void create_done(int status, sv_vm *vm, const qv_error *err, void *userdata) {
-    sv_ctl_req *req = userdata;
+    create_ctx *x = userdata;
+    sv_ctl_req *req = x->req;
+    sv_daemon *d = x->d;
+    free(x);
     if (status < 0) {
         log_info("create failed: %s", err->msg);
         sv_ctl_reply_qv_error(req, err);
         return;
     }
+    sv_vm_created(d->vmctl, vm);
     log_info("created VM %s (%s, %llu CPUs)", sv_vm_name(vm), sv_vm_spec(vm)->image, (unsigned long long)sv_vm_spec(vm)->cpus);
     sv_ctl_reply(req, sv_vm_details(vm));
 }
@@ -61,6 +70,8 @@ static void create_continue(sv_daemon *d, sv_ctl_req *req, sv_vmspec *spec, boot
     if (sv_resources_admit(d->registry, d->config, NULL, spec, true, numa, &err) < 0 ||
         sv_resources_storage(d->registry, d->config, sv_resources_storage_pool_of(d->config, spec), &su, &err) < 0 ||
         (fit = sv_storage_fit(&su, spec->disk, &err)) < 0) {
+        sv_daemon_emit(d, "admission", spec->name, json_pack("{s:s, s:s, s:s}", "op", "create", "error", err.msg,
+                                                             "code", qv_errno_name(err.code)));
         sv_vmspec_free(spec);
         boot_fds_close(&boot);
         sv_ctl_reply_qv_error(req, &err);
@@ -69,7 +80,16 @@ static void create_continue(sv_daemon *d, sv_ctl_req *req, sv_vmspec *spec, boot
     if (fit == SV_STORAGE_THIN)
         log_warning("VM %s: storage pool %s is thinly overcommitted: its disks could outgrow its free space", spec->name,
                     su.pool);
-    if (sv_registry_create(d->registry, &d->loop, spec, boot.kernel, boot.initrd, create_done, req, &err) < 0) {
+    create_ctx *x = calloc(1, sizeof *x);
+    if (!x) {
+        sv_vmspec_free(spec);
+        boot_fds_close(&boot);
+        sv_ctl_reply_error(req, ENOMEM, "out of memory");
+        return;
+    }
+    *x = (create_ctx){.d = d, .req = req};
+    if (sv_registry_create(d->registry, &d->loop, spec, boot.kernel, boot.initrd, create_done, x, &err) < 0) {
+        free(x);
         sv_vmspec_free(spec);
         boot_fds_close(&boot);
         sv_ctl_reply_qv_error(req, &err);

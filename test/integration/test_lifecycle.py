@@ -112,7 +112,16 @@ class Lifecycle(unittest.TestCase):
 
     def test_full_lifecycle_disk_persists(self):
         self.create("life", ["qv.disk=marker", "qv.agent=on", "qv.net=eth0:10.0.2.15/24:10.0.2.2"])
-        j = self.start("life")
+        # vm wait --for agent, answered when the guest's agent opens its port
+        # and answers (QEMU's VSERPORT_CHANGE), before anything lists the VM
+        agent_wait = subprocess.Popen([QVISOR, "--config", self.node.config, "vm", "wait", "life", "--for", "agent",
+                                       "--timeout", f"{scaled(120)}s"], stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True)
+        j = self.node.qvisor_json("vm", "start", "life", timeout=scaled(60))
+        out, err = agent_wait.communicate(timeout=scaled(150))
+        self.assertEqual(agent_wait.returncode, 0, err)
+        self.assertIn("VM life is running", out)
+        self.wait_marker("life", r"^ready$")
         pid = j["pid"]
         self.assertTrue(proc_alive(pid))
         with open(f"/proc/{pid}/cmdline", "rb") as f:
