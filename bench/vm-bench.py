@@ -423,16 +423,10 @@ class Bench:
     def setup(self):
         self.node.start_daemon()
         os.makedirs(self.bare_dir, exist_ok=True)
-        # The base image is a boot sector that halts (cli; hlt): SeaBIOS
-        # boots it from the virtio disk within ~0.2 s of TCG time and the
-        # vCPU then sleeps.  (A blank disk would go on to iPXE, which keeps
-        # both cores busy for ~8 s per VM and turns every number into noise.)
+        # The base image is a boot sector that halts: nothing boots, and
+        # the guests do not compete with what is measured
         base = os.path.join(self.node.dir, "halt.raw")
-        sector = bytearray(1 << 20)
-        sector[0:4] = b"\xfa\xf4\xeb\xfd"  # cli; hlt; jmp back to hlt
-        sector[510:512] = b"\x55\xaa"
-        with open(base, "wb") as f:
-            f.write(sector)
+        guestlib.write_halt_disk(base)
         self.qv("image", "import", base, "halt", "--format", "raw")
         self.res["daemon_rss_kb"] = {"idle_no_vms": proc_status(self.dpid())}
 

@@ -144,11 +144,7 @@ class Events(unittest.TestCase):
         self.addCleanup(self.no_sanitizer_reports)  # runs first
         self.node.start_daemon()
         base = os.path.join(self.node.dir, "halt.raw")
-        sector = bytearray(1 << 20)
-        sector[0:4] = b"\xfa\xf4\xeb\xfd"  # cli; hlt; jmp back to hlt
-        sector[510:512] = b"\x55\xaa"
-        with open(base, "wb") as f:
-            f.write(sector)
+        guestlib.write_halt_disk(base)
         self.node.qvisor("image", "import", base, "halt", "--format", "raw", check=0)
 
     def no_sanitizer_reports(self):
