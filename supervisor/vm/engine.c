@@ -590,14 +590,6 @@ int sv_vmctl_new(uv_loop_t *loop, sv_registry *registry, sv_config *const *confi
     return 0;
 }
 
-void sv_vm_created(sv_vmctl *c, sv_vm *vm) {
-    vmrt *rt = vm__get_rt(c, vm);
-    if (rt)
-        vm__event(rt, SV_EV_CREATED, NULL);
-    else
-        log_error("VM %s: out of memory: it stays 'creating' until the daemon restarts", vm->name);
-}
-
 /* The VM is leaving the registry: its runtime is let go. */
 void vm__forget(vmrt *rt) {
     vm__console_end(rt, json_pack("{s:s}", "reason", "removed"));

@@ -1,7 +1,7 @@
 /* The VM lifecycle engine's private header: what the files of the engine
- * (engine.c, start.c, caps.c, launch.c, monitor.c, stop.c, exit.c, adopt.c,
- * remove.c, orphans.c) share.  Not for anything outside supervisor/vm/.  See
- * vm.h for the engine's API and docs/lifecycle.md.
+ * (engine.c, requests.c, start.c, caps.c, launch.c, monitor.c, stop.c,
+ * exit.c, adopt.c, remove.c, orphans.c) share.  Not for anything outside
+ * supervisor/vm/.  See vm.h for the engine's API and docs/lifecycle.md.
  *
  * One `vmrt` per VM holds what the engine knows beyond the registry: the
  * pidfd watch of the current QEMU, the monitor and agent connections, the
@@ -314,6 +314,9 @@ bool vm__has_gpus(const sv_vm *vm);
 void vm__release_devices(vmrt *rt, void (*then)(vmrt *rt));
 void vm__start_abandon(vmrt *rt, int code, const char *why);
 void vm__maybe_launch(vmrt *rt);
+
+/* ---- requests.c: the requests, turned into events ---- */
+
 int vm__begin_start(sv_vmctl *c, sv_vm *vm, bool policy, sv_vm_done_fn done, void *userdata, qv_error *err);
 
 /* ---- caps.c ---- */

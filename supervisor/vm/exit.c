@@ -1,6 +1,5 @@
 /* QEMU is gone: the pidfd watch (the authority that a QEMU exited), the
- * cleanup that runs once per process, the restart policy, and `vm restart`
- * (stop, then start). */
+ * cleanup that runs once per process, and the restart policy. */
 #include "supervisor/vm/engine.h"
 
 static void save_stopped(vmrt *rt, bool clean, const char *how, double secs);
@@ -292,6 +291,12 @@ static void on_restart_timer(uv_timer_t *t) {
     }
 }
 
+/* The restart policy's delay before the Nth restart in a row: 1 s,
+ * doubling, at most a minute. */
+uint64_t sv_restart_backoff_ms(uint64_t restarts) {
+    return restarts >= 6 ? 60000 : 1000ull << restarts;
+}
+
 void vm__schedule_restart(vmrt *rt) {
     sv_vm *vm = rt->vm;
     if (vm->run.restarts >= vm->spec->restart_limit) {
@@ -315,70 +320,4 @@ void vm__schedule_restart(vmrt *rt) {
              sv_restart_to_string(vm->spec->restart), (double)delay / 1000.0, (unsigned long long)vm->run.restarts,
              (unsigned long long)vm->spec->restart_limit);
     uv_timer_start(&rt->timer, on_restart_timer, delay, 0);
-}
-
-/* ---- restart (stop + start) ------------------------------------------ */
-
-typedef struct restart_job {
-    sv_vmctl *c;
-    sv_vm *vm;
-    json_t *stop_result;
-    sv_vm_done_fn done;
-    void *userdata;
-} restart_job;
-
-static void restart_started(int status, json_t *result, const qv_error *err, void *userdata) {
-    restart_job *job = userdata;
-    if (status < 0) {
-        job->done(status, NULL, err, job->userdata);
-    } else {
-        json_t *res = json_pack("{s:O, s:O}", "stop", job->stop_result, "start", result);
-        job->done(0, res, NULL, job->userdata);
-        json_decref(res);
-    }
-    json_decref(job->stop_result);
-    free(job);
-}
-
-static void restart_stopped(int status, json_t *result, const qv_error *err, void *userdata) {
-    restart_job *job = userdata;
-    if (status < 0) {
-        job->done(status, NULL, err, job->userdata);
-        free(job);
-        return;
-    }
-    job->stop_result = result ? json_incref(result) : json_pack("{s:s}", "result", "already-stopped");
-    qv_error e = {0};
-    if (vm__begin_start(job->c, job->vm, false, restart_started, job, &e) < 0) {
-        job->done(-e.code, NULL, &e, job->userdata);
-        json_decref(job->stop_result);
-        free(job);
-    }
-}
-
-int sv_vm_restart(sv_vmctl *c, sv_vm *vm, const sv_stop_options *o, sv_vm_done_fn done, void *userdata,
-                  qv_error *err) {
-    restart_job *job = calloc(1, sizeof *job);
-    if (!job)
-        return qv_error_set(err, ENOMEM, "out of memory");
-    job->c = c;
-    job->vm = vm;
-    job->done = done;
-    job->userdata = userdata;
-    int r = sv_vm_stop(c, vm, o, restart_stopped, job, err);
-    if (r < 0) {
-        free(job);
-        return r;
-    }
-    if (r == 1) {
-        /* not running: a plain start (the reply still names the stop step) */
-        job->stop_result = json_pack("{s:s}", "result", "already-stopped");
-        r = vm__begin_start(c, vm, false, restart_started, job, err);
-        if (r < 0) {
-            json_decref(job->stop_result);
-            free(job);
-            return r;
-        }
-    }
-    return 0;
 }

@@ -82,12 +82,3 @@ void vm__act_remove(vmrt *rt, sv_vm_state from, const vm_event_arg *a) {
     vm__save_drop(rt);
     vm__saved_then(rt, remove_go, job); /* now, or once the write in flight is done */
 }
-
-int sv_vm_remove(sv_vmctl *c, sv_vm *vm, sv_vm_done_fn done, void *userdata, qv_error *err) {
-    if (c->shutting_down)
-        return qv_error_set(err, ECANCELED, "the daemon is stopping");
-    vmrt *rt = vm__get_rt(c, vm);
-    if (!rt)
-        return qv_error_set(err, ENOMEM, "out of memory");
-    return vm__event(rt, SV_EV_REMOVE, &(vm_event_arg){.done = done, .userdata = userdata, .err = err});
-}

@@ -515,20 +515,3 @@ void vm__act_prepare(vmrt *rt, sv_vm_state from, const vm_event_arg *a) {
     vm__add_waiter(&rt->start_waiters, a->done, a->userdata);
     log_info("VM %s: starting", vm->name);
 }
-
-int vm__begin_start(sv_vmctl *c, sv_vm *vm, bool policy, sv_vm_done_fn done, void *userdata, qv_error *err) {
-    if (c->shutting_down)
-        return qv_error_set(err, ECANCELED, "the daemon is stopping");
-    vmrt *rt = vm__get_rt(c, vm);
-    if (!rt)
-        return qv_error_set(err, ENOMEM, "out of memory");
-    int r = vm__event(rt, SV_EV_START,
-                      &(vm_event_arg){.policy = policy, .done = done, .userdata = userdata, .err = err});
-    if (r == 1) /* the table has no such cell: a start is never "already satisfied" */
-        return qv_error_set(err, EALREADY, "VM '%s' is already %s", vm->name, sv_vm_state_name(vm->state));
-    return r < 0 ? r : 0;
-}
-
-int sv_vm_start(sv_vmctl *c, sv_vm *vm, sv_vm_done_fn done, void *userdata, qv_error *err) {
-    return vm__begin_start(c, vm, false, done, userdata, err);
-}

@@ -16,10 +16,6 @@ void sv_stop_timeouts(const sv_vmspec *spec, const sv_config *c, uint64_t overri
     *ret_kill_ms = c->kill_timeout_ms + per16 * 1000;
 }
 
-uint64_t sv_restart_backoff_ms(uint64_t restarts) {
-    return restarts >= 6 ? 60000 : 1000ull << restarts;
-}
-
 static void on_stage_timer(uv_timer_t *t);
 
 /* The stop's timeouts, from the spec, the node and the stop's own options. */
@@ -242,18 +238,6 @@ static void stop_saved(vmrt *rt, int status, const qv_error *err, void *userdata
     sv_crash_point("stop-after-request");
 }
 
-int sv_vm_stop(sv_vmctl *c, sv_vm *vm, const sv_stop_options *o, sv_vm_done_fn done, void *userdata,
-               qv_error *err) {
-    if (c->shutting_down)
-        return qv_error_set(err, ECANCELED, "the daemon is stopping");
-    vmrt *rt = vm__get_rt(c, vm);
-    if (!rt)
-        return qv_error_set(err, ENOMEM, "out of memory");
-    return vm__event(rt, SV_EV_STOP,
-                     &(vm_event_arg){.force = o->force, .timeout_ms = o->timeout_ms, .done = done,
-                                     .userdata = userdata, .err = err});
-}
-
 /* A stop's check: a QEMU that is gone while its GPUs are being given back
  * has nothing left to stop, and its cleanup is not done yet. */
 int vm__check_stop(vmrt *rt, const vm_event_arg *a) {
@@ -401,25 +385,4 @@ void vm__act_send(vmrt *rt, sv_vm_state from, const vm_event_arg *a) {
     rt->pause_ops++;
     rt->pause_target = a->pause;
     log_info("VM %s: %s requested", vm->name, a->pause ? "pause" : "resume");
-}
-
-/* vm pause / vm resume: judged against the state the commands already
- * sent lead to (vm__event), so that `pause` followed at once by `resume`
- * resumes. */
-static int pause_resume(sv_vmctl *c, sv_vm *vm, bool pause, sv_vm_done_fn done, void *userdata, qv_error *err) {
-    if (c->shutting_down)
-        return qv_error_set(err, ECANCELED, "the daemon is stopping");
-    vmrt *rt = vm__get_rt(c, vm);
-    if (!rt)
-        return qv_error_set(err, ENOMEM, "out of memory");
-    return vm__event(rt, pause ? SV_EV_PAUSE : SV_EV_RESUME,
-                     &(vm_event_arg){.pause = pause, .done = done, .userdata = userdata, .err = err});
-}
-
-int sv_vm_pause(sv_vmctl *c, sv_vm *vm, sv_vm_done_fn done, void *userdata, qv_error *err) {
-    return pause_resume(c, vm, true, done, userdata, err);
-}
-
-int sv_vm_resume(sv_vmctl *c, sv_vm *vm, sv_vm_done_fn done, void *userdata, qv_error *err) {
-    return pause_resume(c, vm, false, done, userdata, err);
 }
