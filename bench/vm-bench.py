@@ -49,8 +49,10 @@ is one, are listed together at the end of the report:
 The VMs' disk is a boot sector that halts (cli; hlt): SeaBIOS boots it in
 ~0.2 s of TCG time and the guests then cost no CPU, so nothing needs to
 boot and the guests do not compete with what is measured.  64M of RAM and
-1 vCPU each.  Results are ratios and differences against the baseline of
-the same run: the machines are shared and noisy.  --check exits 1 when a
+1 vCPU each.  The node's state directory is on the disk (as /var/lib/qvisor
+is) and its run directory on a tmpfs under /run (as RUN_DIR is).  Results
+are ratios and differences against the baseline of the same run: the
+machines are shared and noisy.  --check exits 1 when a
 target is missed.  Every QEMU started here is killed on the way out (their
 -pidfile lies in the private node's run directory), also on SIGTERM."""
 
@@ -351,7 +353,9 @@ class BareQemu:
 class Bench:
     def __init__(self, args):
         self.a = args
-        self.node = Node(CONFIG)
+        # the run directory on a tmpfs, as RUN_DIR (/run/qvisor) is on a node;
+        # the state directory on the disk, as /var/lib/qvisor is
+        self.node = Node(CONFIG, run_parent="/run" if os.access("/run", os.W_OK) else None)
         self.bare_dir = os.path.join(self.node.run_dir, "bare")  # under run_dir: Node.cleanup kills them
         self.out_dir = tempfile.mkdtemp(prefix="out-", dir=self.node.dir)
         self.bares = []

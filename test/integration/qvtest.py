@@ -21,12 +21,15 @@ def scaled(seconds):
 class Node:
     """A private qvisor node: config, state and run directories in a temp dir."""
 
-    def __init__(self, extra_config="", world_readable=False):
+    def __init__(self, extra_config="", world_readable=False, run_parent=None):
+        """run_parent: where the run directory goes (default: the node's temp
+        directory); a benchmark puts it on a tmpfs like /run, as on a node."""
         self.dir = tempfile.mkdtemp(prefix="qv-it-")
         if world_readable:
             os.chmod(self.dir, 0o755)
         self.state = os.path.join(self.dir, "state")
-        self.run_dir = os.path.join(self.dir, "run")
+        self.run_dir = (os.path.join(tempfile.mkdtemp(prefix="qv-it-", dir=run_parent), "run") if run_parent
+                        else os.path.join(self.dir, "run"))
         self.socket = os.path.join(self.run_dir, "qvisor.sock")
         self.config = os.path.join(self.dir, "config.yaml")
         self.write_config(extra_config)
@@ -143,6 +146,8 @@ class Node:
                     pass
             self._close_files()
             shutil.rmtree(self.dir, ignore_errors=True)
+            if not self.run_dir.startswith(self.dir + "/"):
+                shutil.rmtree(os.path.dirname(self.run_dir), ignore_errors=True)
 
 
 def wait_for(pred, timeout, what):

@@ -255,17 +255,18 @@ class Events(unittest.TestCase):
 
     def test_thousand_subscribers_leave_no_trace(self):
         pid = self.node.proc.pid
-        warm = [Subscriber(self.node.socket) for _ in range(100)]  # allocator warmed up
-        for w in warm:
-            w.close()
-        wait_for(lambda: self.node.qvisor_json("node", "status") and daemon_fds(pid) < 100, scaled(10), "warm-up gone")
-        fds0, rss0 = daemon_fds(pid), daemon_rss_kb(pid)
-        for _ in range(10):
+        def batch(name):
             subs = [Subscriber(self.node.socket) for _ in range(100)]
-            self.create(f"x{_}")  # an event for all of them to carry
+            self.create(name)  # an event for all of them to carry
             for s in subs:
-                self.assertEqual(s.events_until(lambda e: e["type"] == "state", scaled(30))[0]["vm"], f"x{_}")
+                self.assertEqual(s.events_until(lambda e: e["type"] == "state", scaled(30))[0]["vm"], name)
                 s.close()
+
+        batch("warm")  # the allocator has seen a batch: what follows is compared with that
+        wait_for(lambda: daemon_fds(pid) < 100, scaled(10), "the warm-up batch gone")
+        fds0, rss0 = daemon_fds(pid), daemon_rss_kb(pid)
+        for i in range(10):
+            batch(f"x{i}")
         wait_for(lambda: daemon_fds(pid) == fds0, scaled(10), f"fds back to {fds0} (now {daemon_fds(pid)})")
         if os.environ.get("ASAN_OPTIONS"):
             # ASan keeps freed memory in quarantine: RSS says nothing; its leak
@@ -273,7 +274,9 @@ class Events(unittest.TestCase):
             self.assertEqual(self.node.stop_daemon(), 0, self.node.log()[-3000:])
             self.assertEqual(self.node.sanitizer_reports(), [], self.node.log()[-3000:])
         else:
-            self.assertLess(daemon_rss_kb(pid) - rss0, 512, "RSS grew by more than 512 kB")
+            # coarse (the allocator keeps what it likes); the fds and the
+            # sanitizer build's leak check are the precise ones
+            self.assertLess(daemon_rss_kb(pid) - rss0, 1024, "RSS grew by more than 1 MiB")
 
     def test_vm_wait(self):
         self.create("w")
@@ -311,7 +314,7 @@ class Events(unittest.TestCase):
         self.qv("vm", "rm", "w")
         code, out, err = done(gone)
         self.assertEqual(code, 66, err)
-        self.assertIn("was removed", err)
+        self.assertRegex(err, "was removed|no VM named")  # removed while it waited, or before it asked
         # bad input
         self.qv("vm", "wait", "w", "--for", "sleeping", want=64)
         self.qv("vm", "wait", "nosuch", want=66)
@@ -321,8 +324,8 @@ class Events(unittest.TestCase):
 
     def test_cli(self):
         self.create("c")
-        p = subprocess.Popen([*self.node_cmd(), "events", "--vm", "c", "--json"], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
+        p = subprocess.Popen([*self.node_cmd(), "events", "--vm", "c", "--json", "--after", "0"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         h = subprocess.Popen([*self.node_cmd(), "events", "--after", "0"], stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
         time.sleep(0.5)
@@ -336,7 +339,8 @@ class Events(unittest.TestCase):
         hcode, human, herr = done(h)
         self.assertEqual(hcode, 75, herr)
         lines = [json.loads(line) for line in out.splitlines()]
-        self.assertEqual([brief(e) for e in lines][:4], [("state", "stopped", "starting", "start"),
+        self.assertEqual([brief(e) for e in lines][:5], [("state", "creating", "stopped", "created"),
+                                                         ("state", "stopped", "starting", "start"),
                                                          ("state", "starting", "running", "started"),
                                                          ("start", "running"),
                                                          ("state", "running", "stopping", "stop")])
