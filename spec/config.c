@@ -4,6 +4,7 @@
 
 #include "cleanup.h"
 #include "fileio.h"
+#include "listenaddr.h"
 #include "spec/schema.h"
 #include "util.h"
 
@@ -40,6 +41,11 @@ static int check_run_as(const char *v, char *why, size_t size) {
         return -EINVAL;
     }
     return 0;
+}
+/* "" (off) or an address the metrics server can listen on. */
+static int check_metrics_listen(const char *v, char *why, size_t size) {
+    qv_listen_addr a;
+    return *v ? qv_listen_addr_parse(v, &a, why, size) : 0;
 }
 static const qv_log_level level_values[] = {QV_LOG_ERR, QV_LOG_WARNING, QV_LOG_INFO, QV_LOG_DEBUG};
 
@@ -82,6 +88,8 @@ static const sv_key keys[] = {
     {"daemon", "max_clients", SV_K_UINT, F(max_clients), "64", 1, 4096, NULL, false, false},
     {"daemon", "request_line_timeout", SV_K_DURATION, F(ctl_line_timeout_ms), "5s", 100, 600ull * 1000, NULL, false, true},
     {"daemon", "idle_timeout", SV_K_DURATION, F(ctl_idle_timeout_ms), "60s", 100, 24ull * 3600 * 1000, NULL, false, true},
+
+    {"metrics", "listen", SV_K_STRING, F(metrics_listen), "", 0, 0, NULL, true, true, check_metrics_listen},
 
     {"qemu", "binary", SV_K_STRING, F(qemu_binary), "qemu-system-x86_64", 0, 0, NULL, false, false},
     {"qemu", "img_binary", SV_K_STRING, F(qemu_img_binary), "qemu-img", 0, 0, NULL, false, false},

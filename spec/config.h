@@ -60,6 +60,9 @@ typedef struct sv_config {
     uint64_t ctl_line_timeout_ms; /* daemon.request_line_timeout: a request line, first byte to newline */
     uint64_t ctl_idle_timeout_ms; /* daemon.idle_timeout: a connection with nothing in flight */
 
+    /* metrics: where the Prometheus endpoint listens ("" off; common/listenaddr.h) */
+    char *metrics_listen;
+
     /* qemu */
     char *qemu_binary;
     char *qemu_img_binary;

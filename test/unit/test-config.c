@@ -139,6 +139,9 @@ static void test_example_documents_every_key(void **state) {
     sv_config_visit(c, count_keys, text);
 }
 
+#define LISTEN_ERR \
+    "t.yaml:2:11: metrics.listen: expected IPV4:PORT, [IPV6]:PORT (numeric) or an absolute path for a unix socket, got "
+
 static void test_error_classes(void **state) {
     (void)state;
     expect_error("bogus: 1\n", "t.yaml:1:1: bogus: unknown key");
@@ -171,6 +174,15 @@ static void test_error_classes(void **state) {
                  "(scripts/setup creates qvisor-qemu; or set qemu.run_as to another user, or to root: not recommended)");
     /* "" used to mean "QEMU stays root": that now has to be said (root) */
     expect_error("qemu:\n  run_as: \"\"\n", "t.yaml:2:11: qemu.run_as: expected a user name (default qvisor-qemu)");
+    /* metrics.listen: numeric addresses with a port, or an absolute path */
+    expect_error("metrics:\n  listen: localhost:9641\n",
+                 "t.yaml:2:11: metrics.listen: expected IPV4:PORT, [IPV6]:PORT (numeric) or an absolute path for a "
+                 "unix socket, got 'localhost:9641' (not a numeric IPv4 address: host names are not looked up)");
+    expect_error("metrics:\n  listen: 127.0.0.1\n", "t.yaml:2:11: metrics.listen: expected IPV4:PORT");
+    expect_error("metrics:\n  listen: 127.0.0.1:0\n", LISTEN_ERR "'127.0.0.1:0' (the port must be 1-65535)");
+    expect_error("metrics:\n  listen: \"::1:9641\"\n", LISTEN_ERR "'::1:9641' (an IPv6 address needs brackets)");
+    expect_error("metrics:\n  listen: run/metrics.sock\n", "t.yaml:2:11: metrics.listen: expected");
+    expect_error("metrics:\n  listen: [127.0.0.1:9641]\n", "t.yaml:2:11: metrics.listen: expected a single value, got a list");
     char long_socket[256];
     snprintf(long_socket, sizeof long_socket, "daemon:\n  socket: /run/%0120d.sock\n", 0);
     expect_error(long_socket, "t.yaml: daemon.socket: /run/");
@@ -252,6 +264,18 @@ static void test_restart_keys(void **state) {
     assert_string_equal(changed, "paths.run_dir, daemon.socket");
     free(changed);
     assert_null(sv_config_restart_keys_changed(a, a));
+    /* the metrics endpoint is bound once, at start */
+    _cleanup_(sv_config_freep) sv_config *m = NULL;
+    assert_int_equal(parse("metrics:\n  listen: \"[::1]:9641\"\n", &m, &err), 0);
+    assert_string_equal(m->metrics_listen, "[::1]:9641");
+    assert_string_equal(a->metrics_listen, "");
+    changed = sv_config_restart_keys_changed(a, m);
+    assert_string_equal(changed, "metrics.listen");
+    free(changed);
+    assert_int_equal(sv_config_keep_restart_keys(m, a, &changed), 0);
+    assert_string_equal(changed, "metrics.listen");
+    free(changed);
+    assert_string_equal(m->metrics_listen, "");
 }
 
 static void test_keep_restart_keys_default_storage_pool(void **state) {
