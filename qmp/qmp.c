@@ -502,6 +502,74 @@ int qmp_query_cpus_fast(qmp_conn *c, uint64_t timeout_ms, qmp_cpus_cb cb, void *
     return send_command(c, "query-cpus-fast", NULL, timeout_ms, dispatch_cpus, (qmp__fn)cb, userdata);
 }
 
+static bool block_name_ok(const char *s) {
+    size_t n = strlen(s);
+    if (n == 0 || n > QMP_BLOCK_NAME_MAX)
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if (s[i] <= ' ' || s[i] > '~' || s[i] == '"' || s[i] == '\\')
+            return false;
+    return true;
+}
+
+/* The backend's name: node-name, else device, else qdev (NULL: none usable). */
+static const char *block_name(json_t *e) {
+    static const char *const keys[] = {"node-name", "device", "qdev"};
+    for (size_t k = 0; k < QV_ARRAY_SIZE(keys); k++) {
+        const char *v = json_string_value(json_object_get(e, keys[k]));
+        if (v && v[0])
+            return block_name_ok(v) ? v : NULL;
+    }
+    return NULL;
+}
+
+static int counter(json_t *stats, const char *key, uint64_t *ret) {
+    json_t *v = json_object_get(stats, key);
+    if (!json_is_integer(v) || json_integer_value(v) < 0)
+        return QMP_EBADREPLY;
+    *ret = (uint64_t)json_integer_value(v);
+    return 0;
+}
+
+static int parse_blockstats(json_t *result, qmp_blockstats *v, size_t *ret_n) {
+    if (!json_is_array(result) || json_array_size(result) > QMP_BLOCKSTATS_MAX)
+        return QMP_EBADREPLY;
+    size_t n = json_array_size(result);
+    for (size_t i = 0; i < n; i++) {
+        json_t *e = json_array_get(result, i);
+        json_t *st = json_object_get(e, "stats");
+        qmp_blockstats *b = &v[i];
+        b->device = block_name(e);
+        if (!b->device || !json_is_object(st) || counter(st, "rd_bytes", &b->rd_bytes) < 0 ||
+            counter(st, "wr_bytes", &b->wr_bytes) < 0 || counter(st, "rd_operations", &b->rd_operations) < 0 ||
+            counter(st, "wr_operations", &b->wr_operations) < 0)
+            return QMP_EBADREPLY;
+    }
+    *ret_n = n;
+    return 0;
+}
+
+static void dispatch_blockstats(qmp__conn *b, qmp__req *p, int status, json_t *result, const qmp_error *err) {
+    qmp_conn *c = conn_of(b);
+    qmp_blockstats_cb cb = (qmp_blockstats_cb)p->cb;
+    if (!cb)
+        return;
+    if (status == 0) {
+        qmp_blockstats v[QMP_BLOCKSTATS_MAX];
+        size_t n = 0;
+        status = parse_blockstats(result, v, &n);
+        if (status == 0) {
+            cb(c, 0, v, n, NULL, p->userdata);
+            return;
+        }
+    }
+    cb(c, status, NULL, 0, err, p->userdata);
+}
+
+int qmp_query_blockstats(qmp_conn *c, uint64_t timeout_ms, qmp_blockstats_cb cb, void *userdata) {
+    return send_command(c, "query-blockstats", NULL, timeout_ms, dispatch_blockstats, (qmp__fn)cb, userdata);
+}
+
 int qmp_cont(qmp_conn *c, uint64_t timeout_ms, qmp_reply_cb cb, void *userdata) {
     return qmp_send(c, "cont", NULL, timeout_ms, cb, userdata);
 }

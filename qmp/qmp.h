@@ -179,6 +179,23 @@ typedef void (*qmp_cpus_cb)(qmp_conn *conn, int status, const qmp_vcpu *cpus, si
                             const qmp_error *err, void *userdata);
 int qmp_query_cpus_fast(qmp_conn *conn, uint64_t timeout_ms, qmp_cpus_cb cb, void *userdata);
 
+/* query-blockstats: I/O counters of each block backend QEMU has, in QEMU's
+ * order.  `device` names it: the backend's node name ("disk0"), else its
+ * device name, else its qdev path.  The reply is QEMU's and so the guest's
+ * to shape: it is refused whole (QMP_EBADREPLY) unless it is an array of at
+ * most QMP_BLOCKSTATS_MAX objects, each named by 1..QMP_BLOCK_NAME_MAX
+ * printable ASCII characters (no space, quote or backslash) and carrying
+ * `stats` with the four counters as non-negative integers. */
+#define QMP_BLOCKSTATS_MAX 64
+#define QMP_BLOCK_NAME_MAX 127
+typedef struct qmp_blockstats {
+    const char *device;
+    uint64_t rd_bytes, wr_bytes, rd_operations, wr_operations;
+} qmp_blockstats;
+typedef void (*qmp_blockstats_cb)(qmp_conn *conn, int status, const qmp_blockstats *stats, size_t n,
+                                  const qmp_error *err, void *userdata);
+int qmp_query_blockstats(qmp_conn *conn, uint64_t timeout_ms, qmp_blockstats_cb cb, void *userdata);
+
 /* Commands without a meaningful result.  Note QEMU's semantics: an ACPI
  * system_powerdown sent to a paused VM is queued until it resumes; quit
  * replies, emits SHUTDOWN and then closes the connection (EOF). */

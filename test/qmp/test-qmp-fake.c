@@ -1072,6 +1072,93 @@ static void test_helpers(void **state) {
     ctx_finish(&x);
 }
 
+/* query-blockstats: QEMU's reply (a real QEMU 7.2 one first) is copied out
+ * named by node name, device or qdev; anything off refuses it whole. */
+static void blockstats_rec(qmp_conn *c, int status, const qmp_blockstats *st, size_t n, const qmp_error *err,
+                           void *ud) {
+    (void)c;
+    (void)err;
+    reply *r = ud;
+    r->calls++;
+    r->status = status;
+    json_decref(r->result);
+    r->result = json_array();
+    for (size_t i = 0; i < n; i++)
+        json_array_append_new(r->result, json_pack("{ss sI sI sI sI}", "device", st[i].device, "rb",
+                                                   (json_int_t)st[i].rd_bytes, "wb", (json_int_t)st[i].wr_bytes,
+                                                   "ro", (json_int_t)st[i].rd_operations, "wo",
+                                                   (json_int_t)st[i].wr_operations));
+}
+
+static void test_blockstats(void **state) {
+    (void)state;
+    static const char *const replies[] = {
+        /* QEMU 7.2 with -blockdev: node-name names it, device is "" */
+        "[{\"device\": \"\", \"parent\": {\"stats\": {\"rd_bytes\": 0}}, \"node-name\": \"disk0\", "
+        "\"qdev\": \"/machine/peripheral/virtio-disk0/virtio-backend\", \"stats\": {\"rd_bytes\": 512, "
+        "\"wr_bytes\": 4096, \"rd_operations\": 1, \"wr_operations\": 2, \"flush_operations\": 0}}, "
+        "{\"device\": \"ide0-cd0\", \"stats\": {\"rd_bytes\": 1, \"wr_bytes\": 0, \"rd_operations\": 1, "
+        "\"wr_operations\": 0}}, {\"device\": \"\", \"qdev\": \"/machine/unattached/device[23]\", "
+        "\"stats\": {\"rd_bytes\": 0, \"wr_bytes\": 0, \"rd_operations\": 0, \"wr_operations\": 0}}]",
+        "[]",
+        "{}",                                                            /* not an array */
+        "[{\"node-name\": \"d\", \"stats\": {\"rd_bytes\": -1, \"wr_bytes\": 0, \"rd_operations\": 0, "
+        "\"wr_operations\": 0}}]",                                         /* negative */
+        "[{\"node-name\": \"d\\\"x\", \"stats\": {\"rd_bytes\": 0, \"wr_bytes\": 0, \"rd_operations\": 0, "
+        "\"wr_operations\": 0}}]",                                         /* a quote in the name */
+        "[{\"node-name\": \"d\\u001b[2J\", \"stats\": {\"rd_bytes\": 0, \"wr_bytes\": 0, "
+        "\"rd_operations\": 0, \"wr_operations\": 0}}]",                  /* a terminal escape */
+        "[{\"device\": \"\", \"stats\": {\"rd_bytes\": 0, \"wr_bytes\": 0, \"rd_operations\": 0, "
+        "\"wr_operations\": 0}}]",                                         /* no name at all */
+        "[{\"node-name\": \"d\", \"stats\": {\"rd_bytes\": \"1\", \"wr_bytes\": 0, \"rd_operations\": 0, "
+        "\"wr_operations\": 0}}]",                                         /* a string */
+        "[{\"node-name\": \"d\"}]",                                        /* no stats */
+    };
+    enum { N = sizeof replies / sizeof replies[0] };
+    ctx x;
+    ctx_open(&x, 0);
+    ctx_handshake(&x);
+    reply r[N + 1];
+    for (size_t i = 0; i <= N; i++) {
+        reply_init(&r[i], &x.t);
+        assert_int_equal(qmp_query_blockstats(x.c, 0, blockstats_rec, &r[i]), 0);
+    }
+    wait_received(&x, N + 2);
+    assert_string_equal(peer_command(&x.p, 1), "query-blockstats");
+    for (size_t i = 0; i < N; i++)
+        peer_writef(&x.p, "{\"return\": %s, \"id\": %lld}\n", replies[i], (long long)peer_id(&x.p, 1 + i));
+    /* more backends than any VM of ours has */
+    char many[65 * 128] = "[";
+    for (int i = 0; i < QMP_BLOCKSTATS_MAX + 1; i++)
+        snprintf(many + strlen(many), sizeof many - strlen(many),
+                 "%s{\"node-name\": \"d%d\", \"stats\": {\"rd_bytes\": 0, \"wr_bytes\": 0, \"rd_operations\": 0, "
+                 "\"wr_operations\": 0}}",
+                 i ? "," : "", i);
+    peer_writef(&x.p, "{\"return\": %s], \"id\": %lld}\n", many, (long long)peer_id(&x.p, 1 + N));
+    assert_true(tloop_wait(&x.t, &r[N].calls, 1, 2000));
+
+    assert_int_equal(r[0].status, 0);
+    assert_int_equal(json_array_size(r[0].result), 3);
+    json_t *want = json_loads("[{\"device\": \"disk0\", \"rb\": 512, \"wb\": 4096, \"ro\": 1, \"wo\": 2},"
+                              " {\"device\": \"ide0-cd0\", \"rb\": 1, \"wb\": 0, \"ro\": 1, \"wo\": 0},"
+                              " {\"device\": \"/machine/unattached/device[23]\", \"rb\": 0, \"wb\": 0, \"ro\": 0,"
+                              " \"wo\": 0}]",
+                              0, NULL);
+    assert_true(json_equal(r[0].result, want));
+    json_decref(want);
+    assert_int_equal(r[1].status, 0);
+    assert_int_equal(json_array_size(r[1].result), 0);
+    for (size_t i = 2; i <= N; i++) {
+        if (r[i].status != QMP_EBADREPLY)
+            fail_msg("reply %zu: status %d, want QMP_EBADREPLY", i, r[i].status);
+        assert_int_equal(json_array_size(r[i].result), 0);
+    }
+    assert_int_equal(x.disconnects, 0); /* the connection stays up */
+    for (size_t i = 0; i <= N; i++)
+        reply_done(&r[i]);
+    ctx_finish(&x);
+}
+
 /* A command larger than the socket buffer is written partly at once and
  * partly queued; what follows must not overtake it. */
 static void test_large_command(void **state) {
@@ -1233,6 +1320,7 @@ int main(void) {
         cmocka_unit_test(test_close_from_reply_callback),
         cmocka_unit_test(test_close_from_other_callbacks),
         cmocka_unit_test(test_helpers),
+        cmocka_unit_test(test_blockstats),
         cmocka_unit_test(test_large_command),
         cmocka_unit_test(test_listen_and_connect),
     };
