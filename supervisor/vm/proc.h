@@ -36,6 +36,21 @@ bool sv_proc_alive(pid_t pid);
  * through the sysfs/procfs root. */
 int sv_proc_start_time(pid_t pid, uint64_t *ret);
 
+/* What /proc/PID/stat says about a process's use of the machine: CPU time
+ * of all its threads, living and exited (utime + stime, fields 14 and 15,
+ * in clock ticks), its start time (field 22, the identity) and its resident
+ * set (field 24, pages). */
+typedef struct sv_proc_usage {
+    uint64_t cpu_ticks;
+    uint64_t start_ticks;
+    uint64_t rss_pages;
+} sv_proc_usage;
+/* Parses the text of a stat file (pure).  -EBADMSG for anything else. */
+int sv_proc_parse_usage(const char *stat, sv_proc_usage *ret);
+/* Reads /proc/PID/stat through the sysfs/procfs root and parses it;
+ * -ENOENT when there is no such process. */
+int sv_proc_usage_read(pid_t pid, sv_proc_usage *ret);
+
 /* True when PID is alive, started at start_time, and its command line
  * carries "-name guest=NAME,…" and "-pidfile PIDFILE": then it is the QEMU we
  * started for that VM.  Anything else (pid reused, another program) is
