@@ -23,15 +23,6 @@ static json_t *total_json(const sv_usage_total *t) {
                      (json_int_t)t->gpus);
 }
 
-/* The VM whose spec names this PCI address as a GPU, or NULL. */
-static const sv_vm *gpu_holder(sv_registry *r, const char *address) {
-    for (sv_vm *vm = sv_registry_first(r); vm; vm = sv_registry_next(vm))
-        for (size_t g = 0; g < sv_vm_spec(vm)->n_gpu_opts; g++)
-            if (strcmp(sv_vm_spec(vm)->gpu_opts[g].bdf, address) == 0)
-                return vm;
-    return NULL;
-}
-
 void sv_api_node_status(sv_daemon *d, sv_ctl_req *req, json_t *params) {
     (void)params;
     const sv_config *c = d->config;
@@ -74,26 +65,15 @@ void sv_api_node_status(sv_daemon *d, sv_ctl_req *req, json_t *params) {
         json_object_set_new(node, "bound", total_json(&t));
         /* vCPUs of running VMs pinned (--pin) to any CPU of this node */
         const sv_numa_node *nn = sv_capacity_node(&cap, id);
-        uint64_t pinned = 0;
-        for (sv_vm *vm = sv_registry_first(d->registry); nn && vm; vm = sv_registry_next(vm)) {
-            const unsigned *cpus = sv_vm_spec(vm)->pin_cpus;
-            if (!cpus || !sv_vm_state_has_qemu(sv_vm_state_of(vm)))
-                continue;
-            bool here = false;
-            for (size_t a = 0; a < sv_vm_spec(vm)->n_pin_cpus && !here; a++)
-                for (size_t b = 0; b < nn->n_cpus && !here; b++)
-                    here = cpus[a] == nn->cpus[b];
-            if (here)
-                pinned += sv_vm_spec(vm)->cpus;
-        }
-        json_object_set_new(node, "pinned_vcpus", json_integer((json_int_t)pinned));
+        json_object_set_new(node, "pinned_vcpus",
+                            json_integer((json_int_t)sv_resources_pinned_vcpus(d->registry, nn)));
         json_object_set_new(node, "vcpu_limit",
                             json_integer((json_int_t)((double)(nn ? nn->n_cpus : 0) * c->cpu_overcommit)));
     }
     /* GPUs: who holds each */
     json_t *gpu;
     json_array_foreach(json_object_get(res, "gpus"), i, gpu) {
-        const sv_vm *vm = gpu_holder(d->registry, json_string_value(json_object_get(gpu, "device")));
+        const sv_vm *vm = sv_resources_gpu_holder(d->registry, json_string_value(json_object_get(gpu, "device")));
         json_object_set_new(gpu, "vm", vm ? json_string(sv_vm_name(vm)) : json_null());
         json_object_set_new(gpu, "running", json_boolean(vm && sv_vm_state_has_qemu(sv_vm_state_of(vm))));
     }

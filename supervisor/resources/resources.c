@@ -77,6 +77,30 @@ int sv_resources_usage(sv_registry *r, bool all, sv_vm_usage **ret, size_t *ret_
     return 0;
 }
 
+uint64_t sv_resources_pinned_vcpus(sv_registry *r, const sv_numa_node *nn) {
+    uint64_t pinned = 0;
+    for (sv_vm *vm = sv_registry_first(r); nn && vm; vm = sv_registry_next(vm)) {
+        const sv_vmspec *spec = sv_vm_spec(vm);
+        if (!spec->pin_cpus || !sv_vm_state_has_qemu(sv_vm_state_of(vm)))
+            continue;
+        bool here = false;
+        for (size_t a = 0; a < spec->n_pin_cpus && !here; a++)
+            for (size_t b = 0; b < nn->n_cpus && !here; b++)
+                here = spec->pin_cpus[a] == nn->cpus[b];
+        if (here)
+            pinned += spec->cpus;
+    }
+    return pinned;
+}
+
+const sv_vm *sv_resources_gpu_holder(sv_registry *r, const char *address) {
+    for (sv_vm *vm = sv_registry_first(r); vm; vm = sv_registry_next(vm))
+        for (size_t g = 0; g < sv_vm_spec(vm)->n_gpu_opts; g++)
+            if (strcmp(sv_vm_spec(vm)->gpu_opts[g].bdf, address) == 0)
+                return vm;
+    return NULL;
+}
+
 int sv_resources_admit(sv_registry *r, const sv_config *c, const sv_capacity *cap, const sv_vmspec *spec, bool all,
                        int numa_node, qv_error *err) {
     sv_admission_policy policy;

@@ -33,6 +33,12 @@ void sv_resources_vm_usage(const sv_vm *vm, sv_vm_usage *ret);
  * from the registry.  *ret freed by the caller. */
 int sv_resources_usage(sv_registry *r, bool all, sv_vm_usage **ret, size_t *ret_n);
 
+/* vCPUs of the VMs with a QEMU that are pinned (--pin) to any CPU of node
+ * nn: what `node status` shows per NUMA node. */
+uint64_t sv_resources_pinned_vcpus(sv_registry *r, const sv_numa_node *nn);
+/* The VM whose spec names the PCI address as a GPU (borrowed), or NULL. */
+const sv_vm *sv_resources_gpu_holder(sv_registry *r, const char *address);
+
 /* A storage pool as sv_storage_fit() sees it: statvfs of its directory,
  * and the virtual and occupied sizes of the disks of the registry's VMs in
  * it.  -ENOENT when the config has no such pool. */
