@@ -312,6 +312,7 @@ void vm__schedule_restart(vmrt *rt) {
     }
     uint64_t delay = sv_restart_backoff_ms(vm->run.restarts);
     vm->run.restarts++;
+    vm->restarts_total++;
     vm__persist(rt);
     vm__emit(rt, "restart", json_pack("{s:b, s:I, s:I, s:f}", "gave_up", false, "attempt",
                                       (json_int_t)vm->run.restarts, "limit", (json_int_t)vm->spec->restart_limit,

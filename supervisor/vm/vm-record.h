@@ -41,5 +41,6 @@ struct sv_vm {
     char *ip;               /* first address the guest agent reported */
     json_t *addresses;      /* every address the agent reported (array), NULL when unknown */
     const char *agent;      /* "ok", "no answer", "off", "unknown" */
+    uint64_t restarts_total; /* automatic restarts since the daemon started (a metric's counter) */
     struct sv_vm *next;
 };
