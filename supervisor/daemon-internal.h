@@ -11,6 +11,8 @@
 #include "ctl/events.h"
 #include "ctl/server.h"
 #include "supervisor/daemon.h"
+#include "supervisor/metrics/http.h"
+#include "supervisor/metrics/scrape.h"
 #include "supervisor/vm/registry.h"
 #include "supervisor/vm/serlog.h"
 #include "supervisor/vm/vm.h"
@@ -22,6 +24,7 @@ typedef struct sv_daemon {
     sv_registry *registry;
     sv_vmctl *vmctl;
     sv_ctl_server *ctl;
+    sv_metrics_server *metrics; /* NULL unless metrics.listen */
     sv_logstream *logstreams; /* vm.log streams still open */
     sv_events *events;        /* the event stream (docs/events.md) */
     struct sv_api_wait *waits; /* vm.wait requests waiting (api/events.c) */
@@ -61,6 +64,9 @@ void sv_api_vm_pause(sv_daemon *d, sv_ctl_req *req, json_t *params);
 void sv_api_vm_resume(sv_daemon *d, sv_ctl_req *req, json_t *params);
 void sv_api_vm_console(sv_daemon *d, sv_ctl_req *req, json_t *params);
 void sv_api_vm_log(sv_daemon *d, sv_ctl_req *req, json_t *params);
+/* What a scrape reads of the daemon, as of now.  supervisor/daemon.c */
+sv_scrape_ctx sv_daemon_scrape_ctx(const sv_daemon *d);
+
 /* supervisor/api/node.c */
 void sv_api_node_status(sv_daemon *d, sv_ctl_req *req, json_t *params);
 void sv_api_gpu_list(sv_daemon *d, sv_ctl_req *req, json_t *params);

@@ -156,6 +156,33 @@ static void on_request(sv_ctl_req *req, const char *method, json_t *params, void
     sv_ctl_reply_error(req, ENOSYS, "unknown method '%s' (is the daemon older than this qvisor?)", method);
 }
 
+/* ---- metrics -------------------------------------------------------------- */
+
+sv_scrape_ctx sv_daemon_scrape_ctx(const sv_daemon *d) {
+    return (sv_scrape_ctx){.registry = d->registry, .vmctl = d->vmctl, .config = d->config,
+                           .started_wall = d->started_wall};
+}
+
+static void *metrics_start(void *userdata, sv_metrics_text_fn done, void *done_data) {
+    sv_scrape_ctx ctx = sv_daemon_scrape_ctx(userdata);
+    return sv_scrape_start(&ctx, done, done_data);
+}
+
+static void metrics_cancel(void *scrape) {
+    sv_scrape_cancel(scrape);
+}
+
+/* The HTTP endpoint when metrics.listen names one (docs/metrics.md). */
+static int start_metrics(sv_daemon *d, gid_t group, qv_error *err) {
+    if (!d->config->metrics_listen[0])
+        return 0;
+    sv_metrics_source src = {.start = metrics_start, .cancel = metrics_cancel, .userdata = d};
+    int r = sv_metrics_server_new(&d->loop, d->config->metrics_listen, group, &src, &d->metrics, err);
+    if (r == 0)
+        log_info("metrics on %s%s", d->config->metrics_listen, d->config->metrics_listen[0] == '/' ? "" : "/metrics");
+    return r;
+}
+
 /* ---- lifecycle ----------------------------------------------------------- */
 
 void sv_daemon_emit(sv_daemon *d, const char *type, const char *vm, json_t *fields) {
@@ -175,6 +202,8 @@ static void daemon_stop(sv_daemon *d, const char *why) {
     d->stopping = true;
     log_info("stopping (%s); VMs keep running", why);
     sv_notify("STOPPING=1");
+    sv_metrics_server_close(d->metrics); /* its scrapes first: they read the engine */
+    d->metrics = NULL;
     sv_vmctl_shutdown(d->vmctl);
     d->vmctl = NULL;
     sv_logstream_end(&d->logstreams, NULL, "daemon", "the qvisor daemon is stopping");
@@ -327,6 +356,8 @@ int sv_daemon_run(const sv_daemon_options *opts, qv_error *err) {
         r = sv_vmctl_new(&d.loop, d.registry, &d.config, &d.vmctl, err);
     if (r >= 0)
         sv_vmctl_set_emit(d.vmctl, engine_emit, &d);
+    if (r >= 0)
+        r = start_metrics(&d, group, err);
     if (r >= 0)
         r = start_signals(&d);
     if (r < 0) {
