@@ -111,6 +111,7 @@ int cmd_cidata(qv_cli *cli, int argc, char **argv);
 int cmd_cleanup(qv_cli *cli, int argc, char **argv);
 int cmd_gpu_list(qv_cli *cli, int argc, char **argv);
 int cmd_node_status(qv_cli *cli, int argc, char **argv);
+int cmd_metrics(qv_cli *cli, int argc, char **argv);
 int cmd_net_list(qv_cli *cli, int argc, char **argv);
 int cmd_net_teardown(qv_cli *cli, int argc, char **argv);
 int cmd_check(qv_cli *cli, int argc, char **argv);

@@ -83,6 +83,7 @@ static const qv_cli_verb top_verbs[] = {
     {"cleanup", cmd_cleanup, "remove what crashes left behind (orphan QEMUs, temp files, stale sockets)"},
     {"cidata", cmd_cidata, "write a cloud-init NoCloud seed ISO (like cloud-localds)"},
     {"check", cmd_check, "tell whether this node can run VMs: QEMU, KVM, IOMMU, VFIO, hugepages, directories"},
+    {"metrics", cmd_metrics, "print the daemon's Prometheus metrics once (as metrics.listen serves them)"},
     {NULL, NULL, NULL},
 };
 

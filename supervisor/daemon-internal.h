@@ -69,6 +69,7 @@ sv_scrape_ctx sv_daemon_scrape_ctx(const sv_daemon *d);
 
 /* supervisor/api/node.c */
 void sv_api_node_status(sv_daemon *d, sv_ctl_req *req, json_t *params);
+void sv_api_node_metrics(sv_daemon *d, sv_ctl_req *req, json_t *params);
 void sv_api_gpu_list(sv_daemon *d, sv_ctl_req *req, json_t *params);
 void sv_api_cleanup(sv_daemon *d, sv_ctl_req *req, json_t *params);
 /* supervisor/api/events.c */

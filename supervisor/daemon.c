@@ -129,6 +129,7 @@ static const struct method {
     {"gpu.list", false, sv_api_gpu_list},
     {"net.list", false, sv_api_net_list},
     {"node.status", false, sv_api_node_status},
+    {"node.metrics", false, sv_api_node_metrics},
     /* what vm.list and vm.show tell anyone who may connect, as it happens */
     {"events.subscribe", false, sv_api_events_subscribe},
     {"vm.wait", false, sv_api_vm_wait},

@@ -4,6 +4,7 @@
 
 #include "cleanup.h"
 #include "util.h"
+#include "supervisor/metrics/expo.h"
 #include "supervisor/resources/resources.h"
 #include "supervisor/vm/gpus.h"
 #include "supervisor/vm/sweep.h"
@@ -105,6 +106,32 @@ void sv_api_node_status(sv_daemon *d, sv_ctl_req *req, json_t *params) {
     json_object_set_new(res, "storage_pools", stores);
     sv_capacity_clear(&cap);
     sv_ctl_reply(req, res);
+}
+
+/* ---- metrics ---------------------------------------------------------------- */
+
+static void metrics_done(int status, char *text, size_t len, void *userdata) {
+    sv_ctl_req *req = userdata;
+    if (status < 0) {
+        sv_ctl_reply_error(req, -status, "cannot collect the metrics: %s", strerror(-status));
+        return;
+    }
+    json_t *res = json_pack("{s:s, s:s%}", "content_type", SV_EXPO_CONTENT_TYPE, "text", text, len);
+    free(text);
+    if (!res) {
+        sv_ctl_reply_error(req, EIO, "the metrics text is not UTF-8");
+        return;
+    }
+    sv_ctl_reply(req, res);
+}
+
+/* The text the HTTP endpoint serves, whether or not metrics.listen is set.
+ * Not cancelled when the client goes: the scrape ends within its deadline
+ * and the reply is dropped. */
+void sv_api_node_metrics(sv_daemon *d, sv_ctl_req *req, json_t *params) {
+    (void)params;
+    sv_scrape_ctx ctx = sv_daemon_scrape_ctx(d);
+    sv_scrape_start(&ctx, metrics_done, req);
 }
 
 /* ---- GPUs ------------------------------------------------------------------- */
