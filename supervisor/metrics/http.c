@@ -117,12 +117,24 @@ static void start_new(sv_metrics_server *s) {
         }
 }
 
+static unsigned connections(sv_metrics_server *s) {
+    const union MHD_DaemonInfo *i = M.MHD_get_daemon_info(s->mhd, MHD_DAEMON_INFO_CURRENT_CONNECTIONS);
+    return i ? i->num_connections : 0;
+}
+
 static void drive(sv_metrics_server *s) {
     if (s->closing)
         return;
     s->in_drive = true;
     s->kick = false;
+    unsigned before = connections(s);
     M.MHD_run(s->mhd);
+    /* At its connection limit MHD takes the listening socket out of its
+     * epoll set, and puts it back only at the start of a run: after a run
+     * that closed connections nothing else would wake it, and connections
+     * would wait in the backlog for good.  So run again. */
+    if (connections(s) < before)
+        s->kick = true;
     start_new(s);
     s->in_drive = false;
     arm(s);

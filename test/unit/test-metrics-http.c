@@ -396,6 +396,25 @@ static void test_slow_clients(void **state) {
     }
 }
 
+/* More connections than the endpoint takes: MHD stops accepting at its
+ * limit, and must start again once they are gone (it only does so at the
+ * start of a run, which the server has to give it). */
+static void test_connection_limit(void **state) {
+    ENV();
+    for (int round = 0; round < 3; round++) {
+        int fds[48];
+        for (int i = 0; i < 48; i++) {
+            fds[i] = connect_to(e->target);
+            assert_true(fds[i] >= 0);
+        }
+        run_for(&e->loop, 100);
+        for (int i = 0; i < 48; i++)
+            close(fds[i]);
+        _cleanup_free_ char *r = request(&e->loop, e->target, GET);
+        assert_ok_reply(r);
+    }
+}
+
 /* Texts made later on the loop (as when QEMU answers): several scrapes at
  * once each get theirs. */
 static void test_concurrent_async(void **state) {
@@ -529,6 +548,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_refusals, env_setup, env_teardown),
         cmocka_unit_test_setup_teardown(test_bad_input, env_setup, env_teardown),
         cmocka_unit_test_setup_teardown(test_slow_clients, env_setup, env_teardown),
+        cmocka_unit_test_setup_teardown(test_connection_limit, env_setup, env_teardown),
         cmocka_unit_test_setup_teardown(test_concurrent_async, env_setup, env_teardown),
         cmocka_unit_test_setup_teardown(test_source_fails, env_setup, env_teardown),
         cmocka_unit_test_setup_teardown(test_close_while_waiting, env_setup, env_teardown),
