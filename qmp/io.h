@@ -154,6 +154,7 @@ struct qmp__req {
     char *line;            /* serialised command, until the client writes it */
     size_t line_len;
     bool no_reply; /* the client's: done once written (guest-shutdown) */
+    bool fast;     /* the client's: its reply may take a fast path (qmp.c) */
     qmp__req_dispatch dispatch;
     qmp__fn cb;
     void *userdata;

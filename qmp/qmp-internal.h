@@ -17,6 +17,20 @@ _Static_assert(QMP__ECANCELED == QMP_ECANCELED, "io.h and qmp.h agree");
 /* Fills *ret from an "error" member; -EPROTO if it is malformed. */
 int qmp__parse_error(json_t *error, qmp_error *ret);
 
+/* ---- The fast path for query-blockstats (scan.c) ----
+ * Both return -1 for anything but the plain shape QEMU writes; the line
+ * then goes the ordinary way (jansson), which decides what it is. */
+
+/* A line that is exactly {"return": VALUE, "id": N}: VALUE's span and N. */
+int qmp__scan_reply(const char *line, size_t len, const char **ret_value, size_t *ret_value_len, uint64_t *ret_id);
+/* query-blockstats' VALUE into v[], each device name copied to names[i]:
+ * what the ordinary way (qmp__parse_blockstats) gives for it. */
+int qmp__scan_blockstats(const char *s, size_t len, qmp_blockstats *v, char (*names)[QMP_BLOCK_NAME_MAX + 1],
+                         size_t *ret_n);
+/* The ordinary way: a parsed result into v[] (names borrowed from it);
+ * QMP_EBADREPLY.  qmp.c */
+int qmp__parse_blockstats(json_t *result, qmp_blockstats *v, size_t *ret_n);
+
 /* ---- Hooks for the fuzzer and white-box tests ---- */
 
 /* Processes bytes as if read from the stream. */

@@ -3,7 +3,9 @@
  * 0xFF resynchronisation and the helpers' reply parsers.
  *
  * Input: byte 0 selects the client and options, byte 1 the read chunking,
- * the rest is what the peer "sent".  Each run builds a fresh loop and
+ * the rest is what the peer "sent".  The rest is also given to the
+ * query-blockstats fast path (scan.c) and to jansson, which must agree
+ * wherever the fast path answers.  Each run builds a fresh loop and
  * client on a socketpair, so nothing carries over between inputs. */
 #include "qmp/qmp-internal.h"
 
@@ -60,6 +62,58 @@ static void q_cpus(qmp_conn *c, int status, const qmp_vcpu *v, size_t n, const q
         if (v[i].thread_id <= 0)
             abort();
     qmp_close_maybe(ud, c);
+}
+
+static void q_blockstats(qmp_conn *c, int status, const qmp_blockstats *v, size_t n, const qmp_error *err,
+                         void *ud) {
+    (void)status;
+    (void)err;
+    /* qmp.h's promise: at most QMP_BLOCKSTATS_MAX, each named by printable
+     * ASCII without space, quote or backslash */
+    if (n > QMP_BLOCKSTATS_MAX)
+        abort();
+    for (size_t i = 0; i < n; i++) {
+        size_t len = strlen(v[i].device);
+        if (len == 0 || len > QMP_BLOCK_NAME_MAX)
+            abort();
+        for (size_t k = 0; k < len; k++)
+            if (v[i].device[k] <= ' ' || v[i].device[k] > '~' || v[i].device[k] == '"' || v[i].device[k] == '\\')
+                abort();
+    }
+    qmp_close_maybe(ud, c);
+}
+
+/* The fast path (scan.c) against the ordinary way, on the raw input: where
+ * the scanner answers, jansson and the typed helper must say the same. */
+static void differential(const uint8_t *data, size_t size) {
+    qmp_blockstats fv[QMP_BLOCKSTATS_MAX], sv[QMP_BLOCKSTATS_MAX];
+    char names[QMP_BLOCKSTATS_MAX][QMP_BLOCK_NAME_MAX + 1];
+    size_t fn, sn;
+    const char *value;
+    size_t vlen;
+    uint64_t id;
+    if (qmp__scan_reply((const char *)data, size, &value, &vlen, &id) == 0) {
+        json_t *msg = json_loadb((const char *)data, size, 0, NULL);
+        json_t *jid = json_object_get(msg, "id");
+        if (!json_is_object(msg) || json_object_size(msg) != 2 || !json_is_integer(jid) ||
+            (uint64_t)json_integer_value(jid) != id || !json_object_get(msg, "return"))
+            abort();
+        json_decref(msg);
+    } else {
+        value = (const char *)data;
+        vlen = size;
+    }
+    if (qmp__scan_blockstats(value, vlen, fv, names, &fn) < 0)
+        return;
+    json_t *j = json_loadb(value, vlen, 0, NULL);
+    if (!j || qmp__parse_blockstats(j, sv, &sn) != 0 || sn != fn)
+        abort();
+    for (size_t i = 0; i < fn; i++)
+        if (strcmp(fv[i].device, sv[i].device) != 0 || fv[i].rd_bytes != sv[i].rd_bytes ||
+            fv[i].wr_bytes != sv[i].wr_bytes || fv[i].rd_operations != sv[i].rd_operations ||
+            fv[i].wr_operations != sv[i].wr_operations)
+            abort();
+    json_decref(j);
 }
 
 static void g_close_maybe(state *s, qga_conn *c) {
@@ -136,6 +190,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     uint8_t mode = data[0], chunking = data[1];
     data += 2;
     size -= 2;
+    differential(data, size);
 
     uv_loop_t loop;
     if (uv_loop_init(&loop) != 0)
@@ -156,6 +211,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         qmp_query_status(c, 60000, q_status, &s);
         qmp_query_cpus_fast(c, 0, q_cpus, &s);
         qmp_send(c, "b", NULL, 30000, q_reply, &s);
+        if (mode & 4) /* id 5 (qmp_capabilities then 6): its replies may take the fast path */
+            qmp_query_blockstats(c, 0, q_blockstats, &s);
         feed_all(feed_qmp, c, data, size, chunking);
         qmp_close(c);
     } else {

@@ -7,6 +7,7 @@
 #include "qmp/qmp-internal.h"
 
 #include "cleanup.h"
+#include "fileio.h"
 #include "util.h"
 
 #include <fcntl.h>
@@ -1159,6 +1160,169 @@ static void test_blockstats(void **state) {
     ctx_finish(&x);
 }
 
+/* ---- the fast path against the ordinary way ---- */
+
+/* Where the scanner answers for a query-blockstats value, jansson and
+ * qmp__parse_blockstats must say the same; returns whether it answered. */
+static bool same_blockstats(const char *value, size_t len) {
+    qmp_blockstats fv[QMP_BLOCKSTATS_MAX], sv[QMP_BLOCKSTATS_MAX];
+    char names[QMP_BLOCKSTATS_MAX][QMP_BLOCK_NAME_MAX + 1];
+    size_t fn = 0, sn = 0;
+    if (qmp__scan_blockstats(value, len, fv, names, &fn) < 0)
+        return false;
+    json_t *j = json_loadb(value, len, 0, NULL);
+    if (!j)
+        fail_msg("the scanner took what jansson refuses: %.*s", (int)len, value);
+    int r = qmp__parse_blockstats(j, sv, &sn);
+    if (r != 0 || fn != sn)
+        fail_msg("the scanner found %zu entries, the ordinary way %d/%zu: %.*s", fn, r, sn, (int)len, value);
+    for (size_t i = 0; i < fn; i++)
+        if (strcmp(fv[i].device, sv[i].device) != 0 || fv[i].rd_bytes != sv[i].rd_bytes ||
+            fv[i].wr_bytes != sv[i].wr_bytes || fv[i].rd_operations != sv[i].rd_operations ||
+            fv[i].wr_operations != sv[i].wr_operations)
+            fail_msg("entry %zu differs: %.*s", i, (int)len, value);
+    json_decref(j);
+    return true;
+}
+
+/* The same for a whole reply line: {"return": VALUE, "id": N}. */
+static bool same_reply(const char *line, size_t len) {
+    const char *value;
+    size_t vlen;
+    uint64_t id;
+    if (qmp__scan_reply(line, len, &value, &vlen, &id) < 0)
+        return false;
+    json_t *msg = json_loadb(line, len, 0, NULL);
+    if (!json_is_object(msg) || json_object_size(msg) != 2)
+        fail_msg("the scanner took a reply jansson reads otherwise: %.*s", (int)len, line);
+    json_t *jid = json_object_get(msg, "id"), *ret = json_object_get(msg, "return");
+    assert_true(json_is_integer(jid) && (uint64_t)json_integer_value(jid) == id);
+    json_t *v = json_loadb(value, vlen, JSON_DECODE_ANY, NULL);
+    assert_non_null(v);
+    assert_true(json_equal(v, ret));
+    json_decref(v);
+    json_decref(msg);
+    same_blockstats(value, vlen);
+    return true;
+}
+
+static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
+static uint64_t rng(void) {
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return rng_state;
+}
+
+/* QEMU 7.2's own reply (test/qmp/blockstats-qemu-7.2.json) takes the fast
+ * path; so do hand-made plain variants; everything else falls back.  Then
+ * thousands of mutations of the real reply: wherever the scanners answer,
+ * they answer what jansson and the typed helper would. */
+static void test_blockstats_fast_path(void **state) {
+    (void)state;
+    char path[PATH_MAX];
+    snprintf(path, sizeof path, "%s/test/qmp/blockstats-qemu-7.2.json", getenv("QVISOR_SOURCE_ROOT"));
+    _cleanup_free_ char *real = NULL;
+    size_t real_len;
+    assert_int_equal(qv_read_file(path, 1 << 20, &real, &real_len), 0);
+    /* QEMU wrote it without an id: give it one, as a reply to us */
+    const char *end = strrchr(real, '}');
+    assert_non_null(end);
+    char line[8192];
+    int n = snprintf(line, sizeof line, "%.*s, \"id\": 42}\n", (int)(end - real), real);
+    assert_true(n > 0 && (size_t)n < sizeof line);
+    assert_true(same_reply(line, (size_t)n));
+    const char *value;
+    size_t vlen;
+    uint64_t id;
+    assert_int_equal(qmp__scan_reply(line, (size_t)n, &value, &vlen, &id), 0);
+    assert_int_equal(id, 42);
+    qmp_blockstats v[QMP_BLOCKSTATS_MAX];
+    char names[QMP_BLOCKSTATS_MAX][QMP_BLOCK_NAME_MAX + 1];
+    size_t nv;
+    assert_int_equal(qmp__scan_blockstats(value, vlen, v, names, &nv), 0);
+    assert_int_equal(nv, 2);
+    assert_string_equal(v[0].device, "disk0");
+    assert_string_equal(v[1].device, "seed0");
+
+    static const char *const plain[] = {
+        "[]", " [ ] ",
+        "[{\"node-name\": \"d\", \"stats\": {\"rd_bytes\": 1, \"wr_bytes\": 2, \"rd_operations\": 3, "
+        "\"wr_operations\": 4, \"x\": [1.5e10, -2, true, null, {\"a\": []}]}}]",
+        "[{\"device\": \"\", \"qdev\": \"/machine/x[1]\", \"stats\": {\"wr_operations\": 0, \"rd_operations\": 0, "
+        "\"wr_bytes\": 0, \"rd_bytes\": 999999999999999999}}]",
+    };
+    for (size_t i = 0; i < sizeof plain / sizeof plain[0]; i++)
+        if (!same_blockstats(plain[i], strlen(plain[i])))
+            fail_msg("plain reply %zu did not take the fast path", i);
+    /* valid, but for the ordinary way to judge */
+    static const char *const fallback[] = {
+        "[{\"node-name\": \"d\\u0041\", \"stats\": {\"rd_bytes\": 1, \"wr_bytes\": 2, \"rd_operations\": 3, "
+        "\"wr_operations\": 4}}]", /* an escape */
+        "[{\"node-name\": \"d\", \"stats\": {\"rd_bytes\": 1, \"rd_bytes\": 2, \"wr_bytes\": 2, "
+        "\"rd_operations\": 3, \"wr_operations\": 4}}]", /* a key twice */
+        "[{\"node-name\": \"d\", \"stats\": {\"rd_bytes\": 1.0, \"wr_bytes\": 2, \"rd_operations\": 3, "
+        "\"wr_operations\": 4}}]", /* a real */
+        "[{\"node-name\": \"d\", \"stats\": {\"rd_bytes\": 1234567890123456789, \"wr_bytes\": 2, "
+        "\"rd_operations\": 3, \"wr_operations\": 4}}]", /* 19 digits */
+        "[{\"node-name\": \"d \", \"stats\": {\"rd_bytes\": 1, \"wr_bytes\": 2, \"rd_operations\": 3, "
+        "\"wr_operations\": 4}}]", /* a space in the name */
+        "[{\"node-name\": \"d\", \"stats\": {\"rd_bytes\": 1, \"wr_bytes\": 2, \"rd_operations\": 3}}]",
+        "[{\"node-name\": \"d\", \"x\": [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]], "
+        "\"stats\": {\"rd_bytes\": 1, \"wr_bytes\": 2, \"rd_operations\": 3, \"wr_operations\": 4}}]",
+        "[{\"node-name\": \"d\xc3\xa9\", \"stats\": {}}]",
+        "[1]", "{}", "[", "", "[]x",
+    };
+    for (size_t i = 0; i < sizeof fallback / sizeof fallback[0]; i++)
+        if (qmp__scan_blockstats(fallback[i], strlen(fallback[i]), v, names, &nv) == 0)
+            fail_msg("fallback reply %zu took the fast path", i);
+    static const char *const not_replies[] = {
+        "{\"return\": {}, \"id\": 1, \"x\": 2}", "{\"return\": {}}", "{\"id\": 1}", "{\"return\": {}, \"id\": -1}",
+        "{\"return\": {}, \"id\": 1.0}", "{\"id\": 1, \"id\": 2, \"return\": 3}", "{\"event\": \"STOP\"}",
+        "{\"return\": {}, \"id\": 1} x", "[\"return\", 1]",
+    };
+    for (size_t i = 0; i < sizeof not_replies / sizeof not_replies[0]; i++)
+        if (qmp__scan_reply(not_replies[i], strlen(not_replies[i]), &value, &vlen, &id) == 0)
+            fail_msg("'%s' was taken for a plain reply", not_replies[i]);
+    assert_true(same_reply("{\"id\": 3, \"return\": [] }", 24));
+
+    /* mutations of the real reply */
+    static const char alphabet[] = "{}[],:\"\\0919-+eE. atfn\x7f\x80\x1f\n";
+    unsigned taken = 0, refused = 0;
+    int rounds = (int)(getenv("ASAN_OPTIONS") ? 3000 : 20000);
+    for (int r = 0; r < rounds; r++) {
+        char m[8192];
+        size_t ml = (size_t)n;
+        memcpy(m, line, ml);
+        for (uint64_t k = rng() % 3 + 1; k; k--) {
+            size_t at = (size_t)(rng() % ml);
+            switch (rng() % 3) {
+            case 0: /* replace a byte */
+                m[at] = alphabet[rng() % (sizeof alphabet - 1)];
+                break;
+            case 1: /* delete one */
+                memmove(m + at, m + at + 1, ml - at - 1);
+                ml--;
+                break;
+            default: /* insert one */
+                if (ml + 1 < sizeof m) {
+                    memmove(m + at + 1, m + at, ml - at);
+                    m[at] = alphabet[rng() % (sizeof alphabet - 1)];
+                    ml++;
+                }
+            }
+        }
+        if (same_reply(m, ml))
+            taken++;
+        else
+            refused++;
+    }
+    /* both kinds were seen: the comparison had something to compare */
+    print_message("# %u mutated replies took the fast path, %u fell back\n", taken, refused);
+    assert_true(taken > 100);
+    assert_true(refused > 100);
+}
+
 /* A command larger than the socket buffer is written partly at once and
  * partly queued; what follows must not overtake it. */
 static void test_large_command(void **state) {
@@ -1321,6 +1485,7 @@ int main(void) {
         cmocka_unit_test(test_close_from_other_callbacks),
         cmocka_unit_test(test_helpers),
         cmocka_unit_test(test_blockstats),
+        cmocka_unit_test(test_blockstats_fast_path),
         cmocka_unit_test(test_large_command),
         cmocka_unit_test(test_listen_and_connect),
     };
