@@ -15,9 +15,13 @@ static const char daemon_help[] =
     "see contrib/qvisor.service).  It listens on the control socket of the\n"
     "config, supervises VMs, and re-reads the config on SIGHUP.  SIGTERM or\n"
     "SIGINT stop the daemon and leave VMs running; the next daemon adopts them.\n"
+    "With metrics.listen set it also serves Prometheus metrics over HTTP\n"
+    "(docs/metrics.md).\n"
     "\n"
     "Exit: 0 stopped cleanly, 73 another daemon is running, 77 permission\n"
-    "denied on a directory or socket, 78 invalid config, 1 other failures.\n";
+    "denied on a directory or socket, 78 invalid config, 69 metrics.listen set\n"
+    "but libmicrohttpd cannot be loaded, 1 other failures (metrics.listen's\n"
+    "address in use, ...).\n";
 
 int cmd_daemon(qv_cli *cli, int argc, char **argv) {
     static const struct option longopts[] = {{"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
