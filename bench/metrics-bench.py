@@ -47,37 +47,13 @@ if "QVISOR_BIN" not in os.environ:
     if os.path.exists(_built):
         os.environ["QVISOR_BIN"] = _built
 sys.path.insert(0, os.path.join(ROOT, "test", "integration"))
-from qvtest import QVISOR, Node  # noqa: E402
+from qvtest import QVISOR, Node, thread_cpu_ns as cpu_ns, thread_switches  # noqa: E402
 
 CPU_TARGET_MS = 5.0
 
 
 def log(msg):
     print(msg, file=sys.stderr, flush=True)
-
-
-def cpu_ns(pid):
-    total = 0
-    for t in os.listdir(f"/proc/{pid}/task"):
-        try:
-            with open(f"/proc/{pid}/task/{t}/schedstat") as f:
-                total += int(f.read().split()[0])
-        except (FileNotFoundError, ProcessLookupError):
-            pass
-    return total
-
-
-def switches(pid):
-    total = 0
-    for t in os.listdir(f"/proc/{pid}/task"):
-        try:
-            with open(f"/proc/{pid}/task/{t}/status") as f:
-                for line in f:
-                    if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
-                        total += int(line.split()[1])
-        except FileNotFoundError:
-            pass
-    return total
 
 
 def free_port():
@@ -167,9 +143,9 @@ class Bench:
 
         pid = self.node.proc.pid
         time.sleep(1.0)
-        s0 = switches(pid)
+        s0 = sum(thread_switches(pid))
         time.sleep(self.a.idle_seconds)
-        self.res["idle"] = {"seconds": self.a.idle_seconds, "context_switches": switches(pid) - s0}
+        self.res["idle"] = {"seconds": self.a.idle_seconds, "context_switches": sum(thread_switches(pid)) - s0}
 
         log(f"{self.a.vms} VMs with silent agents: restarting them")
         self.stop_vms(names)

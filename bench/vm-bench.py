@@ -79,7 +79,7 @@ if "QVISOR_BIN" not in os.environ:
 sys.path.insert(0, os.path.join(ROOT, "test", "integration"))
 sys.path.insert(0, os.path.join(ROOT, "test", "guest"))
 import guestlib  # noqa: E402
-from qvtest import QVISOR, Node  # noqa: E402
+from qvtest import QVISOR, Node, thread_cpu_ns as cpu_ns, thread_switches as ctxt_switches  # noqa: E402
 
 START_TARGET_MS = 5.0          # vm start over bare QEMU, median
 CONC_STOP_RATIO_TARGET = 1.5   # concurrent stops / bare QMP quits
@@ -153,33 +153,6 @@ class Spawned:
             except ProcessLookupError:
                 pass
             self.wait()
-
-
-def cpu_ns(pid):
-    """CPU time of every thread of pid, in ns (schedstat: not tick-rounded)."""
-    total = 0
-    for t in os.listdir(f"/proc/{pid}/task"):
-        try:
-            with open(f"/proc/{pid}/task/{t}/schedstat") as f:
-                total += int(f.read().split()[0])
-        except (OSError, ValueError, IndexError):
-            pass
-    return total
-
-
-def ctxt_switches(pid):
-    vol = invol = 0
-    for t in os.listdir(f"/proc/{pid}/task"):
-        try:
-            with open(f"/proc/{pid}/task/{t}/status") as f:
-                for line in f:
-                    if line.startswith("voluntary_ctxt_switches:"):
-                        vol += int(line.split()[1])
-                    elif line.startswith("nonvoluntary_ctxt_switches:"):
-                        invol += int(line.split()[1])
-        except OSError:
-            pass
-    return vol, invol
 
 
 def proc_status(pid, keys=("VmRSS", "VmHWM", "RssAnon", "RssFile", "RssShmem", "VmSize", "Threads")):

@@ -150,6 +150,34 @@ class Node:
                 shutil.rmtree(os.path.dirname(self.run_dir), ignore_errors=True)
 
 
+def thread_cpu_ns(pid):
+    """CPU time of every thread of pid so far, in ns (schedstat: not tick-rounded)."""
+    total = 0
+    for t in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{t}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass
+    return total
+
+
+def thread_switches(pid):
+    """Context switches of every thread of pid so far: (voluntary, involuntary)."""
+    vol = invol = 0
+    for t in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{t}/status") as f:
+                for line in f:
+                    if line.startswith("voluntary_ctxt_switches:"):
+                        vol += int(line.split()[1])
+                    elif line.startswith("nonvoluntary_ctxt_switches:"):
+                        invol += int(line.split()[1])
+        except OSError:
+            pass
+    return vol, invol
+
+
 def wait_for(pred, timeout, what):
     deadline = time.monotonic() + scaled(timeout)
     while time.monotonic() < deadline:

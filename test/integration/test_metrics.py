@@ -42,7 +42,7 @@ import urllib.parse
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(__file__))
-from qvtest import QVISOR, Node, scaled, wait_for  # noqa: E402
+from qvtest import QVISOR, Node, scaled, thread_switches, wait_for  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -134,20 +134,6 @@ def boot_sector(path, code):
     sector[510:512] = b"\x55\xaa"
     with open(path, "wb") as f:
         f.write(bytes(sector) + bytes(1024 * 1024 - 512))
-
-
-def thread_switches(pid):
-    """Context switches of every thread of pid, so far."""
-    total = 0
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            with open(f"/proc/{pid}/task/{tid}/status") as f:
-                for line in f:
-                    if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
-                        total += int(line.split()[1])
-        except FileNotFoundError:
-            pass
-    return total
 
 
 def proc_usage(pid):
@@ -462,9 +448,9 @@ class Metrics(Base):
             self.scrape()
         time.sleep(2)  # whatever the starts and the scrapes left finishes
         pid = self.node.proc.pid
-        before = thread_switches(pid)
+        before = sum(thread_switches(pid))
         time.sleep(3)
-        self.assertEqual(thread_switches(pid) - before, 0, "the daemon woke up between scrapes")
+        self.assertEqual(sum(thread_switches(pid)) - before, 0, "the daemon woke up between scrapes")
 
     def test_reload_keeps_the_endpoint(self):
         other = free_port()
