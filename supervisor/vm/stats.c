@@ -3,7 +3,7 @@
 #include "supervisor/vm/engine.h"
 
 /* One sample in progress.  `pending` counts what it waits for: each
- * query-blockstats sent, the agent refresh, and the setup itself. */
+ * query-blockstats sent, and the setup itself. */
 struct sv_stats_job {
     sv_vmctl *c;
     sv_vm_stats *vms;
@@ -27,7 +27,10 @@ static void job_free(sv_stats_job *job) {
     free(job);
 }
 
-/* The agents' answers are on the VMs by now: copied in last. */
+/* The agents' status as the daemon keeps it: up once an agent answered
+ * after the guest opened its port (QEMU's VSERPORT_CHANGE, monitor.c), down
+ * when it closed it or stopped answering a `vm list`.  A scrape asks no
+ * agent: a silent one would cost every scrape its deadline. */
 static void fill_agents(sv_stats_job *job) {
     for (size_t i = 0; i < job->n; i++) {
         sv_vm_stats *s = &job->vms[i];
@@ -73,10 +76,6 @@ static void on_blockstats(qmp_conn *q, int status, const qmp_blockstats *st, siz
         job->missed++;
     }
     job_put(job);
-}
-
-static void on_agents(void *userdata) {
-    job_put(userdata);
 }
 
 /* A counter of /sys/class/net/TAP/statistics: one read into the stack. */
@@ -183,8 +182,6 @@ sv_stats_job *sv_vmctl_stats(sv_vmctl *c, uint64_t timeout_ms, sv_vm_stats_fn do
         if (job->vms[job->n].has_qemu)
             ask_blockstats(job, vm, job->n, timeout_ms);
     }
-    job->pending++;
-    sv_vmctl_refresh_agents(c, timeout_ms, on_agents, job);
     if (job->pending == 1) { /* nothing to wait for */
         job_put(job);
         return NULL;

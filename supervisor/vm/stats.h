@@ -1,8 +1,9 @@
 /* What the metrics show of each VM (docs/metrics.md), sampled by the engine
- * at scrape time: the registry's facts, cheap reads of /proc and /sys, and
- * the answers of QEMU (query-blockstats) and of the guest agents within a
- * deadline.  A QEMU or agent that does not answer in time leaves its part
- * out of this sample; it never holds the loop.  Plain data, copied: it
+ * at scrape time: the registry's facts (the guest agent's status among
+ * them, kept by the engine: no agent is asked), cheap reads of /proc and
+ * /sys, and QEMU's answers (query-blockstats) within a deadline.  A QEMU
+ * that does not answer in time leaves its part out of this sample; it never
+ * holds the loop.  Plain data, copied: it
  * outlives the VMs it describes. */
 #pragma once
 
@@ -43,7 +44,7 @@ typedef struct sv_vm_stats {
     bool have_proc;            /* /proc/PID/stat was read (the QEMU we started) */
     double cpu_seconds;        /* CPU time of all of QEMU's threads, living and exited */
     uint64_t rss_bytes;
-    int agent;                 /* -1 no agent configured, 0 silent or not asked yet, 1 answered */
+    int agent;                 /* -1 no agent configured, 0 not up (or not known yet), 1 up */
     sv_nic_stats nics[ND_NICS_MAX];
     size_t n_nics;
     bool have_disks;           /* QEMU answered query-blockstats in time */
@@ -57,9 +58,8 @@ typedef void (*sv_vm_stats_fn)(int status, const sv_vm_stats *vms, size_t n, siz
 
 typedef struct sv_stats_job sv_stats_job;
 
-/* Samples every VM of the registry: /proc and /sys at once, QEMU and the
- * agents (sv_vmctl_refresh_agents) with at most timeout_ms each, all at
- * once.  done runs exactly once unless cancelled: before this returns when
+/* Samples every VM of the registry: /proc and /sys at once, QEMU with at
+ * most timeout_ms each, all at once.  done runs exactly once unless cancelled: before this returns when
  * nothing needs asking (or memory is short), else when the last answer or
  * timeout came.  Returns the job while it waits (for sv_stats_job_cancel),
  * NULL once done has run. */
