@@ -21,7 +21,6 @@ import json
 import os
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import time
@@ -30,76 +29,11 @@ import unittest
 sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "guest"))
 import guestlib  # noqa: E402
-from qvtest import Node, scaled, wait_for  # noqa: E402
+from qvtest import Node, Subscriber, scaled, wait_for  # noqa: E402
 
 CONFIG = ("vm_defaults:\n  cpus: 1\n  memory: 64M\n  disk: 16M\n  stop_timeout: 30s\n  kill_timeout: 5s\n"
           "qemu:\n  accelerator: tcg\n"
           "resources:\n  cpu_overcommit: 100\n")
-
-
-class Subscriber:
-    """events.subscribe on the control socket, frames decoded."""
-
-    def __init__(self, path, vms=None, after=None, rcvbuf=None, read=True):
-        self.s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        if rcvbuf:
-            self.s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-        self.s.settimeout(scaled(30))
-        self.s.connect(path)
-        params = {}
-        if vms is not None:
-            params["vms"] = vms
-        if after is not None:
-            params["after"] = after
-        self.s.sendall(json.dumps({"id": 1, "method": "events.subscribe", "params": params}).encode() + b"\n")
-        self.buf = b""
-        while b"\n" not in self.buf:
-            chunk = self.s.recv(65536)
-            if not chunk:
-                raise RuntimeError("closed before the reply")
-            self.buf += chunk
-        line, self.buf = self.buf.split(b"\n", 1)
-        reply = json.loads(line)
-        if "error" in reply:
-            raise RuntimeError(reply["error"])
-        self.reply = reply["result"]
-
-    def frame(self, timeout):
-        """The next frame (type, object), or None after timeout seconds."""
-        deadline = time.monotonic() + timeout
-        while True:
-            if len(self.buf) >= 5:
-                t, n = self.buf[0:1], struct.unpack(">I", self.buf[1:5])[0]
-                if len(self.buf) >= 5 + n:
-                    payload, self.buf = self.buf[5:5 + n], self.buf[5 + n:]
-                    return t.decode(), json.loads(payload)
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return None
-            self.s.settimeout(left)
-            try:
-                chunk = self.s.recv(65536)
-            except socket.timeout:
-                return None
-            if not chunk:
-                raise RuntimeError("the stream ended")
-            self.buf += chunk
-
-    def events_until(self, pred, timeout):
-        """Events ('D' frames) up to and including the first for which pred holds."""
-        got = []
-        deadline = time.monotonic() + timeout
-        while True:
-            f = self.frame(max(0.0, deadline - time.monotonic()))
-            if f is None:
-                raise AssertionError(f"timed out; got {got}")
-            if f[0] == "D":
-                got.append(f[1])
-                if pred(f[1]):
-                    return got
-
-    def close(self):
-        self.s.close()
 
 
 def brief(ev):

@@ -43,7 +43,7 @@ import unittest
 
 sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "guest"))
-from qvtest import Node, scaled, wait_for  # noqa: E402
+from qvtest import Node, Subscriber, scaled, wait_for  # noqa: E402
 import guestlib  # noqa: E402
 
 PID = os.getpid()
@@ -249,6 +249,22 @@ class RealGuest:
         # the bridge NIC's lease from the test's DHCP server
         wait_for(lambda: re.search(r"inet 192\.0\.2\.1[0-4]\d/24",
                                    self.ssh(self.NAT_MAIN, "ip -4 -o addr").stdout), 120, "a DHCP lease")
+
+        # the distro's qemu-guest-agent opened its port and answered: vm wait
+        # --for agent returns, and the event stream says so, after the start
+        self.qv("vm", "wait", "main", "--for", "agent", "--timeout", f"{scaled(120)}s", timeout=scaled(150))
+        events = Subscriber(self.node.socket, vms=["main"], after=0)
+        try:
+            seen = events.events_until(lambda e: e["type"] == "agent" and e["up"], scaled(10))
+        finally:
+            events.close()
+        states = [(e["from"], e["to"]) for e in seen if e["type"] == "state"]
+        self.assertIn(("starting", "running"), states)
+        self.assertEqual([e["result"] for e in seen if e["type"] == "start"][-1], "running")
+        # and the metrics see it: agent up, QEMU's CPU time
+        text = self.qv("metrics").stdout
+        self.assertRegex(text, r'qvisor_vm_agent_up\{vm="main",pool="[^"]+"\} 1\n')
+        self.assertRegex(text, r'qvisor_vm_cpu_seconds_total\{vm="main",pool="[^"]+"\} [1-9]')
 
         # the agent reports the guest's addresses (the lease only it knows)
         def agent_addresses():
