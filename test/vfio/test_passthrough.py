@@ -19,7 +19,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "integration"))
 sys.path.insert(0, os.path.join(HERE, "..", "guest"))
 sys.path.insert(0, os.environ.get("QVISOR_FAKESYSFS_DIR", os.path.join(HERE, "..", "fakesysfs")))
-from qvtest import QVISOR, Node, scaled, wait_for  # noqa: E402
+from qvtest import QVISOR, Node, Subscriber, scaled, wait_for  # noqa: E402
 import guestlib  # noqa: E402
 from fakesysfs import FakeSys, asan_runtime  # noqa: E402
 
@@ -163,6 +163,8 @@ class Passthrough(unittest.TestCase):
 
     def test_start_binds_the_group_stop_gives_it_back(self):
         self.create("ml", GPU)
+        events = Subscriber(self.node.socket, vms=["ml"])
+        self.addCleanup(events.close)
         j = self.node.qvisor_json("vm", "start", "ml", timeout=scaled(60))
         self.assertEqual(j["state"], "running")
         for bdf in (GPU, AUDIO):
@@ -190,6 +192,11 @@ class Passthrough(unittest.TestCase):
         self.assert_host_has((GPU, "nouveau"), (AUDIO, "snd_hda_intel"))
         self.assertEqual(self.records(), [])
         self.assertIn("VM ml: GPUs given back to the host", self.node.log())
+        # the event stream: bound before it ran, given back after it stopped
+        gpu = [(e["action"], e["result"], e.get("devices"))
+               for e in events.events_until(lambda e: e["type"] == "gpu" and e["action"] == "give-back", scaled(20))
+               if e["type"] == "gpu"]
+        self.assertEqual(gpu, [("bind", "ok", [GPU, AUDIO]), ("give-back", "ok", None)])
 
     def test_kill9_of_qemu_gives_the_gpu_back(self):
         self.create("ml", GPU)
@@ -256,11 +263,16 @@ class Passthrough(unittest.TestCase):
 
     def test_hung_write_marks_the_device_stuck_and_the_daemon_answers(self):
         self.create("ml", GPU)
+        events = Subscriber(self.node.socket, vms=["ml"])
+        self.addCleanup(events.close)
         self.fs.fault(GPU, "unbind", "hang")
         t0 = time.monotonic()
         p = self.node.qvisor("vm", "start", "ml", timeout=scaled(60))
         self.assertEqual(p.returncode, 75, p.stderr)  # ETIMEDOUT
         self.assertIn("did not finish within", p.stderr)
+        bind = events.events_until(lambda e: e["type"] == "gpu", scaled(10))[-1]
+        self.assertEqual((bind["action"], bind["result"]), ("bind", "failed"))
+        self.assertIn("did not finish within", bind["error"])
         self.assertIn(f"{GPU}/driver/unbind", p.stderr)
         self.assertLess(time.monotonic() - t0, scaled(30))
         # the write is still blocked; the daemon is not
