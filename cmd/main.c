@@ -32,7 +32,7 @@ static const qv_cli_verb vm_verbs[] = {
     {"ssh", cmd_vm_ssh, "ssh into a VM through its forwarded port"},
     {"console", cmd_vm_console, "attach this terminal to a VM's serial console (Ctrl-] detaches)"},
     {"log", cmd_vm_log, "print a VM's serial console log (-n last lines, -f follow)"},
-    {"wait", cmd_vm_wait, "wait until a VM runs, stops, crashed or its agent answers"},
+    {"wait", cmd_vm_wait, "wait until a VM runs, stops or crashes, or its agent answers"},
     {"rm", cmd_vm_rm, "delete a VM and its disk"},
     {NULL, NULL, NULL},
 };

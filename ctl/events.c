@@ -132,8 +132,8 @@ static void on_input(sv_fsink *sink, const char *data, size_t len, void *userdat
 
 static void on_closed(void *userdata) {
     sub *s = userdata;
-    sv_events *e = s->e;
-    for (sub **p = e ? &e->subs : &(sub *){NULL}; *p; p = &(*p)->next)
+    sv_events *e = s->e; /* NULL: the hub went first (sv_events_free) */
+    for (sub **p = e ? &e->subs : NULL; p && *p; p = &(*p)->next)
         if (*p == s) {
             *p = s->next;
             e->n_subs--;

@@ -394,7 +394,7 @@ static void render_stores(sv_expo *e, const sv_metrics_node *node) {
         const char *help;
         size_t offset;
     } f[] = {
-        {"qvisor_storage_pool_free_bytes", "Free space of the storage pool's file system (statvfs f_bavail), in bytes.",
+        {"qvisor_storage_pool_free_bytes", "Free space (statvfs f_bavail) of the file system that holds the storage pool, in bytes.",
          offsetof(sv_storage_usage, free)},
         {"qvisor_storage_pool_allocated_bytes", "Virtual sizes of the VM disks in the storage pool, summed, in bytes.",
          offsetof(sv_storage_usage, allocated)},
