@@ -233,6 +233,33 @@ int qv_atomic_commit(qv_atomic *a, unsigned flags) {
     return r;
 }
 
+void qv_atomic_commit_group(qv_atomic *a, size_t n, int *ret) {
+    for (size_t i = 0; i < n; i++) {
+        ret[i] = fchmod(a[i].fd, a[i].mode) < 0 ? -errno : 0;
+        /* a hint: the data of all of them goes out before anyone waits */
+        if (ret[i] == 0)
+            (void)sync_file_range(a[i].fd, 0, 0, SYNC_FILE_RANGE_WRITE);
+    }
+    for (size_t i = 0; i < n; i++)
+        if (ret[i] == 0 && fsync(a[i].fd) < 0)
+            ret[i] = -errno;
+    for (size_t i = 0; i < n; i++) {
+        if (ret[i] == 0 && renameat(a[i].dfd, a[i].tmp, a[i].dfd, a[i].base) < 0)
+            ret[i] = -errno;
+        if (ret[i] < 0)
+            qv_atomic_abort(&a[i]);
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (ret[i] < 0)
+            continue;
+        if (fsync(a[i].dfd) < 0)
+            ret[i] = -errno;
+        close(a[i].fd);
+        close(a[i].dfd);
+        a[i].fd = a[i].dfd = -1;
+    }
+}
+
 static int write_atomic(qv_atomic *a, const void *data, size_t len);
 
 int qv_write_file_atomic(const char *path, const void *data, size_t len, mode_t mode) {

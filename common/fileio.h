@@ -54,6 +54,14 @@ int qv_atomic_begin_at(int dirfd, const char *name, mode_t mode, qv_atomic *a);
 /* Consumes a (fds closed) in every case.  On failure the temp file is gone
  * and path is unchanged. */
 int qv_atomic_commit(qv_atomic *a, unsigned flags);
+/* Durable commits of n replacements as one group (QV_ATOMIC_DURABLE each,
+ * plain renames): the writeback of every temp file is started before the
+ * first is waited for, and the renames are done together, so a journaling
+ * file system commits the group in about two transactions instead of two
+ * per file.  ret[i] is what qv_atomic_commit would have returned for a[i];
+ * every a[i] is consumed.  A file is renamed in only once its data is
+ * durable, and a failure of one leaves the others unaffected. */
+void qv_atomic_commit_group(qv_atomic *a, size_t n, int *ret);
 void qv_atomic_abort(qv_atomic *a);
 
 /* Replaces path with data, durably (qv_atomic with QV_ATOMIC_DURABLE). */

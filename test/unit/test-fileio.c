@@ -79,6 +79,54 @@ static void test_atomic_ordered_at(void **state) {
     qv_test_rm_rf(dir);
 }
 
+/* a group commit replaces each file as a single commit would; one that
+ * cannot be renamed in (a directory in its place) fails alone and leaves
+ * no temp file, the others are replaced */
+static void test_atomic_commit_group(void **state) {
+    (void)state;
+    _cleanup_free_ char *dir = qv_test_mkdtemp("qv-fileio");
+    enum { N = 4 };
+    char names[N][16], path[PATH_MAX];
+    qv_atomic a[N];
+    int ret[N];
+    for (int i = 0; i < N; i++) {
+        snprintf(names[i], sizeof names[i], "f%d", i);
+        snprintf(path, sizeof path, "%s/%s", dir, names[i]);
+        if (i == 2)
+            assert_int_equal(mkdir(path, 0755), 0); /* cannot be replaced */
+        else
+            qv_test_write(dir, names[i], "old");
+        assert_int_equal(qv_atomic_begin(path, 0640, &a[i]), 0);
+        char text[16];
+        int n = snprintf(text, sizeof text, "new %d", i);
+        assert_int_equal(qv_write_all(a[i].fd, text, (size_t)n), 0);
+    }
+    qv_atomic_commit_group(a, N, ret);
+    for (int i = 0; i < N; i++) {
+        snprintf(path, sizeof path, "%s/%s", dir, names[i]);
+        if (i == 2) {
+            assert_true(ret[i] < 0);
+            struct stat st;
+            assert_int_equal(stat(path, &st), 0);
+            assert_true(S_ISDIR(st.st_mode));
+            continue;
+        }
+        assert_int_equal(ret[i], 0);
+        _cleanup_free_ char *data = NULL;
+        assert_int_equal(qv_read_file(path, 64, &data, NULL), 0);
+        char want[16];
+        snprintf(want, sizeof want, "new %d", i);
+        assert_string_equal(data, want);
+        struct stat st;
+        assert_int_equal(stat(path, &st), 0);
+        assert_int_equal(st.st_mode & 0777, 0640);
+        assert_int_equal(a[i].fd, -1); /* consumed */
+    }
+    assert_int_equal(count_entries(dir), N); /* no temp file left behind */
+    qv_atomic_commit_group(a, 0, ret);      /* an empty group is nothing */
+    qv_test_rm_rf(dir);
+}
+
 static void test_streaming_atomic_exchange_and_abort(void **state) {
     (void)state;
     _cleanup_free_ char *dir = qv_test_mkdtemp("qv-fileio");
@@ -396,6 +444,7 @@ int main(void) {
         cmocka_unit_test(test_atomic_write_replaces_and_leaves_no_temp),
         cmocka_unit_test(test_streaming_atomic_exchange_and_abort),
         cmocka_unit_test(test_atomic_ordered_at),
+        cmocka_unit_test(test_atomic_commit_group),
         cmocka_unit_test(test_read_limits),
         cmocka_unit_test(test_mkdir_p),
         cmocka_unit_test(test_rm_rf_at_never_follows),
