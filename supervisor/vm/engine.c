@@ -74,20 +74,64 @@ struct save_job {
     save_waiter *waiters;
     int status;
     qv_error err;
+    save_job *next;        /* in a group of durable writes */
+};
+
+/* Durable writes go to a worker as a group (sv_vm_state_write_group): a
+ * journaling file system commits a group in about two transactions, where
+ * each write alone would take two.  One group is on a worker at a time;
+ * the durable writes asked for meanwhile form the next one (the end of
+ * twenty stops at once costs a few commits, not forty).  Each VM still has
+ * at most one write in flight, so its writes stay in order. */
+struct save_group {
+    uv_work_t work;
+    sv_vmctl *c;
+    save_job *jobs;
 };
 
 static void on_persist_timer(uv_timer_t *t);
 static void save_dispatch(vmrt *rt);
 
-static void save_work(uv_work_t *w) {
-    save_job *job = w->data;
+static void crash_queued(const save_job *job) {
 #if QV_TEST_HOOKS
     /* queued, nothing of it on disk yet (test builds only) */
     char point[48];
     snprintf(point, sizeof point, "save-queued-%s", job->state);
     sv_crash_point(point);
+#else
+    (void)job;
 #endif
+}
+
+static void save_work(uv_work_t *w) {
+    save_job *job = w->data;
+    crash_queued(job);
     job->status = sv_vm_state_write(job->dir, job->text, job->len, job->durable, &job->err);
+}
+
+static void group_work(uv_work_t *w) {
+    save_group *g = w->data;
+    size_t n = 0;
+    for (save_job *j = g->jobs; j; j = j->next) {
+        crash_queued(j);
+        n++;
+    }
+    sv_vm_state_file *f = calloc(n, sizeof *f);
+    if (!f) {
+        for (save_job *j = g->jobs; j; j = j->next)
+            save_work(&j->work);
+        return;
+    }
+    size_t i = 0;
+    for (save_job *j = g->jobs; j; j = j->next, i++)
+        f[i] = (sv_vm_state_file){.dir = j->dir, .text = j->text, .len = j->len};
+    sv_vm_state_write_group(f, n);
+    i = 0;
+    for (save_job *j = g->jobs; j; j = j->next, i++) {
+        j->status = f[i].status;
+        j->err = f[i].err;
+    }
+    free(f);
 }
 
 static void call_waiters(save_waiter *w, vmrt *rt, int status, const qv_error *err) {
@@ -130,6 +174,59 @@ static void save_after(uv_work_t *w, int status) {
     vm__rt_unref(rt);
 }
 
+static void group_after(uv_work_t *w, int status);
+
+/* The durable writes asked for since the last group go to a worker. */
+static void group_kick(sv_vmctl *c) {
+    save_group *g = calloc(1, sizeof *g);
+    if (!g) {
+        /* one by one, then: each as its own work */
+        for (save_job *j = TAKE_PTR(c->save_next), *next; j; j = next) {
+            next = j->next;
+            j->next = NULL;
+            if (uv_queue_work(c->loop, &j->work, save_work, save_after) < 0) {
+                save_work(&j->work);
+                save_after(&j->work, 0);
+            }
+        }
+        return;
+    }
+    g->work.data = g;
+    g->c = c;
+    g->jobs = TAKE_PTR(c->save_next);
+    c->save_group = g;
+    c->refs++;
+    if (uv_queue_work(c->loop, &g->work, group_work, group_after) < 0) {
+        group_work(&g->work); /* cannot happen with a work callback */
+        group_after(&g->work, 0);
+    }
+}
+
+static void group_after(uv_work_t *w, int status) {
+    save_group *g = w->data;
+    sv_vmctl *c = g->c;
+    /* the waiters called here may ask for durable writes: they wait for
+     * the next group, sent once this one is done */
+    for (save_job *j = g->jobs, *next; j; j = next) {
+        next = j->next;
+        save_after(&j->work, status);
+    }
+    c->save_group = NULL;
+    free(g);
+    if (c->save_next)
+        group_kick(c);
+    vm__ctl_unref(c);
+}
+
+static void group_add(sv_vmctl *c, save_job *job) {
+    save_job **tail = &c->save_next;
+    while (*tail)
+        tail = &(*tail)->next;
+    *tail = job;
+    if (!c->save_group)
+        group_kick(c);
+}
+
 /* The waiting snapshot goes to a worker (none is in flight). */
 static void save_dispatch(vmrt *rt) {
     save_job *job = calloc(1, sizeof *job);
@@ -155,6 +252,10 @@ static void save_dispatch(vmrt *rt) {
     job->waiters = TAKE_PTR(rt->save_waiters);
     rt->refs++; /* and rt holds the vmctl */
     rt->save_inflight = job;
+    if (job->durable) {
+        group_add(rt->c, job);
+        return;
+    }
     int r = uv_queue_work(rt->c->loop, &job->work, save_work, save_after);
     if (r < 0) {
         /* cannot happen with a work callback; write here rather than lose it */
@@ -476,7 +577,8 @@ void vm__run_path(const vmrt *rt, const char *file, char *buf, size_t len) {
 }
 
 void vm__remove_run_files(const vmrt *rt) {
-    static const char *const files[] = {SV_VM_QMP_SOCK, SV_VM_QGA_SOCK, SV_VM_CONSOLE_SOCK, SV_VM_PIDFILE};
+    static const char *const files[] = {SV_VM_QMP_SOCK, SV_VM_QGA_SOCK, SV_VM_CONSOLE_SOCK, SV_VM_PIDFILE,
+                                        SV_VM_STOP_MARK};
     char p[PATH_MAX];
     for (size_t i = 0; i < QV_ARRAY_SIZE(files); i++) {
         vm__run_path(rt, files[i], p, sizeof p);

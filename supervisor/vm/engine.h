@@ -102,6 +102,7 @@ typedef struct save_waiter {
 } save_waiter;
 
 typedef struct save_job save_job; /* engine.c: one write on a worker thread */
+typedef struct save_group save_group; /* engine.c: durable writes on a worker together */
 typedef struct prep_job prep_job; /* start.c: a start's preparation on a worker thread */
 
 /* sv_vmctl_with_caps() calls waiting for a probe */
@@ -129,6 +130,8 @@ struct sv_vmctl {
     sv_qemu_binary_stamp caps_stamp;   /* the binary as that probe found it */
     bool accel_warned;
     caps_waiter *caps_waiters;
+    save_group *save_group; /* durable writes on a worker (engine.c), NULL when none */
+    save_job *save_next;    /* durable writes waiting for the next group */
     sv_vm_emit_fn emit;  /* the event sink (sv_vmctl_set_emit) */
     void *emit_userdata;
 };
@@ -184,6 +187,7 @@ struct vmrt {
     bool stop_waits_save;  /* a stop request waits for `stopping` to be durable */
     bool stop_save_force;  /* …and is forced */
     uintptr_t stop_seq;    /* stop requests so far: which one a "stopping" write was for */
+    bool stop_marked;      /* this stop is in the run directory's stop mark (SV_VM_STOP_MARK) */
     bool policy_start;     /* started by the restart policy, not by a user */
     uint64_t start_begin_ms; /* when this start was asked for (qv_now_ms) */
     sv_start_placement place; /* this start's NUMA node and CPUs (decided before it began) */

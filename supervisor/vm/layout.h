@@ -42,6 +42,10 @@
 #define SV_VM_QGA_SOCK "qga.sock"
 #define SV_VM_CONSOLE_SOCK "console.sock"
 #define SV_VM_PIDFILE "qemu.pid"
+/* A stop of a running or paused VM, written (on this tmpfs, at once) before
+ * QEMU is told; state.json's "stopping" follows on a worker.  A daemon
+ * that dies in between finds it (sv_vm_stop_mark_read). */
+#define SV_VM_STOP_MARK "stopping"
 
 /* Suffixes of an instance directory's temporary names. */
 #define SV_VM_CREATING_SUFFIX ".creating"

@@ -202,6 +202,11 @@ static int load_vm(sv_registry *r, const char *name, qv_error *err) {
     json_t *node = json_object_get(run, "numa_node");
     vm->run.numa_node = json_is_integer(node) ? (int)json_integer_value(node) : -1;
     json_decref(st);
+    char run_dir[PATH_MAX];
+    if (sv_layout_run_path(*r->config, name, NULL, run_dir, sizeof run_dir) == 0 &&
+        sv_vm_stop_mark_apply(run_dir, vm))
+        log_info("VM %s: a stop was under way (%s); state.json did not say so yet", name,
+                 vm->run.stop_force ? "forced" : "graceful");
     reg__link_vm(r, vm);
     return 0;
 }

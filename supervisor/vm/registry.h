@@ -78,6 +78,26 @@ int sv_registry_create(sv_registry *r, uv_loop_t *loop, sv_vmspec *spec, int ker
  * daemon killed afterwards finds it; QV_ATOMIC_ORDERED). */
 char *sv_vm_state_text(const sv_vm *vm, sv_vm_state state, size_t *ret_len);
 int sv_vm_state_write(const char *dir, const char *text, size_t len, bool durable, qv_error *err);
+/* Durable writes of several VMs' state.json as one group (a journal
+ * commits them together: qv_atomic_commit_group); each its own status and
+ * error, as sv_vm_state_write(…, true, …) would give it.  Thread-safe. */
+typedef struct sv_vm_state_file {
+    const char *dir;
+    const char *text;
+    size_t len;
+    int status;
+    qv_error err;
+} sv_vm_state_file;
+void sv_vm_state_write_group(sv_vm_state_file *f, size_t n);
+/* The stop mark (SV_VM_STOP_MARK) of the QEMU vm->run names, in its run
+ * directory `run_dir`: written on the loop (a tmpfs: no disk on the way)
+ * before a stop of a running or paused VM tells QEMU, so that QEMU is told
+ * without waiting for state.json's "stopping".  A VM loaded as running or
+ * paused whose mark names its QEMU (pid and start time) was being stopped:
+ * sv_vm_stop_mark_apply() makes it "stopping" with the stop's force and
+ * timeout, as state.json would have said.  0 or -errno. */
+int sv_vm_stop_mark_write(const char *run_dir, const sv_vm *vm);
+bool sv_vm_stop_mark_apply(const char *run_dir, sv_vm *vm);
 /* Replaces vm->last_exit (NULL clears it). */
 void sv_vm_set_last_exit(sv_vm *vm, const char *why);
 

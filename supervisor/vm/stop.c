@@ -3,6 +3,7 @@
 #include "supervisor/vm/engine.h"
 
 static void stage_term(vmrt *rt);
+static bool stop_mark(vmrt *rt);
 
 /* ---- stop ------------------------------------------------------------ */
 
@@ -262,22 +263,45 @@ void vm__act_join(vmrt *rt, sv_vm_state from, const vm_event_arg *a) {
         vm->run.stop_force = true;
         rt->stop_waits_status = false;
         vm__persist(rt);
+        if (rt->stop_marked)
+            stop_mark(rt);
         vm__stage_quit(rt);
     }
 }
 
-/* shutdown: "stopping" is saved, then the stop sequence begins (stop_saved). */
+/* The stop is recorded in the run directory (SV_VM_STOP_MARK): a daemon
+ * that dies before "stopping" reaches state.json still knows QEMU was told
+ * to go.  Only for a QEMU that runs (a start in flight is undone by the
+ * next daemon anyway). */
+static bool stop_mark(vmrt *rt) {
+    char dir[PATH_MAX];
+    vm__run_path(rt, NULL, dir, sizeof dir);
+    int r = dir[0] ? sv_vm_stop_mark_write(dir, rt->vm) : -ENAMETOOLONG;
+    if (r < 0)
+        log_warning("VM %s: cannot record the stop in %s: %s; QEMU is told once state.json says stopping",
+                    rt->vm->name, dir, strerror(-r));
+    return r == 0;
+}
+
+/* shutdown: "stopping" is saved, and the stop sequence begins: at once
+ * when the stop mark is written, else once the save is done (stop_saved). */
 void vm__act_shutdown(vmrt *rt, sv_vm_state from, const vm_event_arg *a) {
     sv_vm *vm = rt->vm;
     vm__add_waiter(&rt->stop_waiters, a->done, a->userdata);
     uv_timer_stop(&rt->timer);
     vm->run.stop_force = a->force;
     vm->run.stop_timeout_ms = a->timeout_ms;
-    /* a guest that is only starting would lose an ACPI request: quit it */
-    rt->stop_waits_save = true;
-    rt->stop_save_force = a->force || from == SV_VM_STARTING;
-    vm__save(rt, stop_saved, (void *)++rt->stop_seq);
     log_info("VM %s: stopping%s", vm->name, a->force ? " (forced)" : "");
+    /* a guest that is only starting would lose an ACPI request: quit it */
+    rt->stop_save_force = a->force || from == SV_VM_STARTING;
+    rt->stop_marked = (from == SV_VM_RUNNING || from == SV_VM_PAUSED) && rt->watch && vm->run.pid > 0 &&
+                      stop_mark(rt);
+    rt->stop_waits_save = !rt->stop_marked;
+    if (rt->stop_marked)
+        vm__begin_stop_sequence(rt, rt->stop_save_force);
+    vm__save(rt, stop_saved, (void *)++rt->stop_seq);
+    if (rt->stop_marked)
+        sv_crash_point("stop-after-request");
 }
 
 /* abort: a stop during a start fails the start, and quits QEMU at once. */

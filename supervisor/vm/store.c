@@ -84,6 +84,76 @@ int sv_vm_state_write(const char *dir, const char *text, size_t len, bool durabl
     return write_text(dir, SV_VM_STATE_FILE, text, len, durable ? QV_ATOMIC_DURABLE : QV_ATOMIC_ORDERED, err);
 }
 
+void sv_vm_state_write_group(sv_vm_state_file *f, size_t n) {
+    qv_atomic *a = calloc(n, sizeof *a);
+    int *ret = calloc(n, sizeof *ret);
+    size_t *which = calloc(n, sizeof *which);
+    if (!a || !ret || !which) {
+        for (size_t i = 0; i < n; i++) /* one by one, then */
+            f[i].status = sv_vm_state_write(f[i].dir, f[i].text, f[i].len, true, &f[i].err);
+        goto out;
+    }
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        _cleanup_close_ int dfd = qv_open_dir_nofollow(f[i].dir);
+        int r = dfd < 0 ? dfd : qv_atomic_begin_at(dfd, SV_VM_STATE_FILE, 0640, &a[k]);
+        if (r == 0 && (r = qv_write_all(a[k].fd, f[i].text, f[i].len)) < 0)
+            qv_atomic_abort(&a[k]);
+        f[i].status = r < 0 ? qv_error_set(&f[i].err, -r, "cannot write %s/%s: %s", f[i].dir, SV_VM_STATE_FILE,
+                                           strerror(-r))
+                            : 0;
+        if (r == 0)
+            which[k++] = i;
+    }
+    qv_atomic_commit_group(a, k, ret);
+    for (size_t j = 0; j < k; j++) {
+        sv_vm_state_file *fi = &f[which[j]];
+        if (ret[j] < 0)
+            fi->status = qv_error_set(&fi->err, -ret[j], "cannot write %s/%s: %s", fi->dir, SV_VM_STATE_FILE,
+                                      strerror(-ret[j]));
+    }
+out:
+    free(a);
+    free(ret);
+    free(which);
+}
+
+int sv_vm_stop_mark_write(const char *run_dir, const sv_vm *vm) {
+    json_t *j = json_pack("{s:i, s:I, s:b, s:I}", "pid", vm->run.pid, "start_ticks",
+                          (json_int_t)vm->run.start_ticks, "force", vm->run.stop_force, "timeout_ms",
+                          (json_int_t)vm->run.stop_timeout_ms);
+    size_t len;
+    _cleanup_free_ char *text = json_text(j, &len);
+    json_decref(j);
+    if (!text)
+        return -ENOMEM;
+    qv_error err = {0};
+    return write_text(run_dir, SV_VM_STOP_MARK, text, len, QV_ATOMIC_ORDERED, &err);
+}
+
+bool sv_vm_stop_mark_apply(const char *run_dir, sv_vm *vm) {
+    if (vm->state != SV_VM_RUNNING && vm->state != SV_VM_PAUSED)
+        return false;
+    char path[PATH_MAX];
+    if (snprintf(path, sizeof path, "%s/%s", run_dir, SV_VM_STOP_MARK) >= (int)sizeof path ||
+        access(path, F_OK) < 0)
+        return false;
+    qv_error err = {0};
+    json_t *j = reg__read_json(run_dir, SV_VM_STOP_MARK, &err);
+    json_t *pid = json_object_get(j, "pid"), *ticks = json_object_get(j, "start_ticks");
+    bool ours = json_is_integer(pid) && json_is_integer(ticks) && vm->run.pid > 0 &&
+                json_integer_value(pid) == vm->run.pid &&
+                (uint64_t)json_integer_value(ticks) == vm->run.start_ticks;
+    if (ours) {
+        vm->state = SV_VM_STOPPING; /* what state.json says once the write of the stop is done */
+        vm->run.stop_force = json_is_true(json_object_get(j, "force"));
+        json_int_t t = json_integer_value(json_object_get(j, "timeout_ms"));
+        vm->run.stop_timeout_ms = t > 0 ? (uint64_t)t : 0;
+    }
+    json_decref(j);
+    return ours;
+}
+
 int reg__write_json(const char *dir, const char *file, json_t *j, qv_error *err) {
     size_t len;
     _cleanup_free_ char *text = json_text(j, &len);

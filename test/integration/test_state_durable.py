@@ -260,6 +260,36 @@ class CrashBeforeDurable(Base):
         wait_for(lambda: self.disk_state()["state"] == "stopped", scaled(30), "stopped on disk")
 
 
+    def test_stopping_not_visible_stop_finished(self):
+        # A stop of a running VM tells QEMU at once: the stop is recorded in
+        # the run directory first (the stop mark), "stopping" follows on a
+        # worker.  The daemon dies before "stopping" is written: state.json
+        # still says running and QEMU was told to quit.  The next daemon
+        # finishes the stop; it neither calls the VM crashed nor restarts it
+        # (its restart policy is always).
+        self.node.qvisor("vm", "rm", "vm", check=0)
+        self.node.qvisor("vm", "create", "vm", "--image", "blank", "--no-seed", "--no-agent", "--restart",
+                         "always", check=0)
+        self.assertEqual(self.node.qvisor("vm", "start", "vm", timeout=scaled(60)).returncode, 0)
+        pid = self.disk_state()["run"]["pid"]
+        self.crash_at("save-queued-stopping", "vm", "stop", "--force", "vm")
+        self.assertEqual(self.disk_state()["state"], "running")
+        mark = os.path.join(self.node.run_dir, "vm", "vm", "stopping")
+        with open(mark) as f:
+            self.assertEqual(json.load(f)["pid"], pid)
+        self.node.start_daemon(extra_env=self.env)
+        wait_for(lambda: self.node.qvisor_json("vm", "show", "vm")["state"] == "stopped", scaled(60),
+                 "the stop finished")
+        vm = self.node.qvisor_json("vm", "show", "vm")
+        self.assertNotIn("crash", vm["last_exit"])
+        self.assertIn("a stop was under way (forced)", self.node.log())
+        time.sleep(1)  # a restart by the policy would have begun by now
+        self.assertEqual(self.node.qvisor_json("vm", "show", "vm")["state"], "stopped")
+        self.assertEqual(self.node.qemu_pids(), [])
+        self.assertFalse(os.path.exists(mark))
+        wait_for(lambda: self.disk_state()["state"] == "stopped", scaled(30), "stopped on disk")
+
+
 class SerialLog(Base):
     def test_serial_log_is_kept_bounded(self):
         done = os.path.join(self.node.dir, "serial-done")
