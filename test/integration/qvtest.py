@@ -22,15 +22,21 @@ def scaled(seconds):
 class Node:
     """A private qvisor node: config, state and run directories in a temp dir."""
 
-    def __init__(self, extra_config="", world_readable=False, run_parent=None):
-        """run_parent: where the run directory goes (default: the node's temp
-        directory); a benchmark puts it on a tmpfs like /run, as on a node."""
+    def __init__(self, extra_config="", world_readable=False, run_tmpfs=False):
+        """run_tmpfs: the run directory on a tmpfs of its own (mounted here,
+        root only), as RUN_DIR (/run/qvisor) is on a node; a benchmark wants
+        that.  Default: in the node's temp directory."""
         self.dir = tempfile.mkdtemp(prefix="qv-it-")
         if world_readable:
             os.chmod(self.dir, 0o755)
         self.state = os.path.join(self.dir, "state")
-        self.run_dir = (os.path.join(tempfile.mkdtemp(prefix="qv-it-", dir=run_parent), "run") if run_parent
-                        else os.path.join(self.dir, "run"))
+        self.run_mount = None
+        if run_tmpfs and os.geteuid() == 0:
+            self.run_mount = os.path.join(self.dir, "run-tmpfs")
+            os.mkdir(self.run_mount)
+            subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=0755,size=64m", "qv-it-run", self.run_mount],
+                           check=True)
+        self.run_dir = os.path.join(self.run_mount or self.dir, "run")
         self.socket = os.path.join(self.run_dir, "qvisor.sock")
         self.config = os.path.join(self.dir, "config.yaml")
         self.write_config(extra_config)
@@ -146,9 +152,9 @@ class Node:
                 except ProcessLookupError:
                     pass
             self._close_files()
+            if self.run_mount:
+                subprocess.run(["umount", "-l", self.run_mount], check=False)
             shutil.rmtree(self.dir, ignore_errors=True)
-            if not self.run_dir.startswith(self.dir + "/"):
-                shutil.rmtree(os.path.dirname(self.run_dir), ignore_errors=True)
 
 
 class Subscriber:
