@@ -112,6 +112,7 @@ static void adopt(sv_vmctl *c, sv_vm *vm) {
     }
     rt->our_child = false;
     rt->cont_sent = true;
+    rt->agent_port = -1; /* QEMU does not tell again what it told the last daemon */
     vm__serial_cap_start(rt);
     if (vm__qmp_attach(rt) < 0)
         log_warning("VM %s: cannot reconnect to the monitor; a stop will use signals", vm->name);

@@ -206,6 +206,8 @@ struct vmrt {
     /* agent */
     uint64_t agent_checked_ms;
     bool agent_busy;
+    int agent_port;        /* the guest's end of the agent's port (VSERPORT_CHANGE): 1 open, 0 closed
+                            * (an agent cannot answer: `vm list` does not ask it), -1 not known */
     /* GPU passthrough */
     vfio_plan pt_plan;     /* bound for this start: what goes on QEMU's command line */
     bool pt_ready;         /* the plan's devices are on vfio-pci */

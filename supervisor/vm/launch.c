@@ -285,6 +285,7 @@ void vm__launch(vmrt *rt) {
     rt->our_child = true;
     rt->cont_sent = false;
     rt->paused = false;
+    rt->agent_port = 0; /* the guest has not opened it: it has not run yet */
     rt->shutdown_seen = rt->shutdown_guest = rt->panicked = false;
     rt->shutdown_reason[0] = '\0';
     vm->run.pid = pid;

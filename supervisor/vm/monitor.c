@@ -91,6 +91,7 @@ static void relay(vmrt *rt, const char *name, json_t *data) {
 }
 
 static void on_agent_ping(qga_conn *g, int status, json_t *result, const qmp_error *e, void *userdata);
+static void agent_ping(vmrt *rt);
 
 static void on_qmp_event(qmp_conn *q, const char *name, json_t *data, const qmp_timestamp *ts, void *userdata) {
     (void)q;
@@ -123,10 +124,11 @@ static void on_qmp_event(qmp_conn *q, const char *name, json_t *data, const qmp_
                strcmp(json_string_value(json_object_get(data, "id")) ?: "", SV_QGA_PORT_ID) == 0) {
         /* the guest opened or closed the agent's port: its agent started or
          * went away.  Up once it answers a ping. */
-        if (!json_is_true(json_object_get(data, "open")))
+        rt->agent_port = json_is_true(json_object_get(data, "open"));
+        if (!rt->agent_port)
             vm__set_agent(rt, "no answer");
-        else if (rt->qga && !rt->agent_busy && qga_ping(rt->qga, AGENT_PING_MS, on_agent_ping, rt) == 0)
-            rt->agent_busy = true;
+        else
+            agent_ping(rt);
     }
 }
 
@@ -285,6 +287,8 @@ void vm__agent_attach(vmrt *rt) {
     if (r < 0)
         log_warning("VM %s: cannot connect to the guest-agent channel %s: %s", rt->vm->name, path, strerror(-r));
     vm__set_agent(rt, "unknown");
+    if (rt->agent_port == 1)
+        agent_ping(rt); /* the guest opened the port before the start was done */
 }
 
 void vm__detach_channels(vmrt *rt) {
@@ -492,6 +496,12 @@ static void on_interfaces(qga_conn *g, int status, const qga_interface *ifs, siz
     free(it);
 }
 
+/* An agent whose port the guest has opened is asked whether it is up. */
+static void agent_ping(vmrt *rt) {
+    if (rt->qga && !rt->agent_busy && qga_ping(rt->qga, AGENT_PING_MS, on_agent_ping, rt) == 0)
+        rt->agent_busy = true;
+}
+
 void sv_vmctl_refresh_agents(sv_vmctl *c, uint64_t timeout_ms, void (*done)(void *), void *userdata) {
     refresh *r = calloc(1, sizeof *r);
     if (!r) {
@@ -503,7 +513,9 @@ void sv_vmctl_refresh_agents(sv_vmctl *c, uint64_t timeout_ms, void (*done)(void
     r->userdata = userdata;
     uint64_t now = qv_now_ms();
     for (vmrt *rt = c->rts; rt; rt = rt->next) {
-        if (!rt->vm || !rt->qga || rt->agent_busy || rt->vm->state != SV_VM_RUNNING)
+        /* a port the guest has not opened has no agent behind it: asking
+         * would only wait out the timeout */
+        if (!rt->vm || !rt->qga || rt->agent_busy || rt->vm->state != SV_VM_RUNNING || rt->agent_port == 0)
             continue;
         if (rt->agent_checked_ms && now - rt->agent_checked_ms < AGENT_FRESH_MS)
             continue;

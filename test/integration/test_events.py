@@ -145,6 +145,19 @@ class Events(unittest.TestCase):
         self.assertIsNone(other.frame(0.5))
         self.assertIsNone(sub.frame(0.5))  # nothing more: exactly that sequence
 
+    def test_list_does_not_ask_an_agent_whose_port_is_closed(self):
+        # The halting guest never opens the agent's port (no VSERPORT_CHANGE
+        # open): nothing can answer there, and `vm list` must not wait out
+        # its 1 s agent timeout asking.  The agent stays "unknown" (asked
+        # and timed out it would read "no answer").
+        self.create("quiet")
+        self.qv("vm", "start", "quiet")
+        for _ in range(3):
+            vms = {v["name"]: v for v in self.node.qvisor_json("vm", "list")["vms"]}
+            self.assertEqual(vms["quiet"]["agent"], "unknown")
+        self.assertEqual(self.node.qvisor_json("vm", "show", "quiet")["agent"], "unknown")
+        self.qv("vm", "stop", "--force", "quiet")
+
     def test_node_and_policy_events(self):
         sub = Subscriber(self.node.socket)
         self.addCleanup(sub.close)
