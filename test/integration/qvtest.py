@@ -250,11 +250,14 @@ def thread_switches(pid):
     return vol, invol
 
 
-def wait_for(pred, timeout, what):
+def wait_for(pred, timeout, what, interval=0.02):
+    """pred() until it returns something true (returned), for timeout seconds
+    (scaled); interval: the pause between calls (longer for a pred that runs
+    a program, e.g. a Slurm client that asks slurmctld)."""
     deadline = time.monotonic() + scaled(timeout)
     while time.monotonic() < deadline:
         v = pred()
         if v:
             return v
-        time.sleep(0.02)
+        time.sleep(interval)
     raise AssertionError(f"timed out waiting for {what}")
