@@ -42,7 +42,7 @@ SLURMD_PORT = 16818         # so they cannot clash; other numbers keep logs unam
 CTLD_HOST = "ctld"          # slurmctld's UTS host name, the name in SlurmctldHost
 GPU_MAJOR = 195             # the fake GPUs are char devices 195:N, as /dev/nvidiaN
 
-PROGRAMS = ("munged", "slurmctld", "slurmd", "slurmstepd", "sbatch", "squeue", "scontrol",
+PROGRAMS = ("munged", "slurmctld", "slurmd", "slurmstepd", "sbatch", "srun", "squeue", "scontrol",
             "scancel", "sinfo", "ip", "nsenter", "unshare", "umount", "hostname")
 DEBIAN_PACKAGES = "slurmctld slurmd slurm-client munge iproute2 util-linux"
 

@@ -8,7 +8,7 @@ of its own, two fake GPUs each (gres.conf File= char devices).
   own host name, address, spool directory and log.
 - A batch job with --gres=gpu:1 on each node runs there (its output shows
   the node's own host name) and holds GPU index 0 (`scontrol show job -d`,
-  SLURM_JOB_GPUS, CUDA_VISIBLE_DEVICES).
+  SLURM_JOB_GPUS, CUDA_VISIBLE_DEVICES); srun steps run on the nodes too.
 - A job asking for more GPUs than a node has is refused at submission; one
   asking for GPUs that exist but are busy waits PENDING (Reason=Resources)
   and runs on the GPU a cancelled job gave back.
@@ -155,6 +155,17 @@ class Cluster(Base):
             j = self.c.wait_job_state(job, "COMPLETED", 30)
             self.assertEqual(j["ExitCode"], "0:0")
             self.assertEqual(self.c.job_output(job).splitlines(), [node, "0 0"])
+
+    def test_b_srun_steps_run_on_the_nodes(self):
+        # srun waits in slurmctld's namespace; the nodes' slurmstepd connect
+        # back to it there (10.77.0.1)
+        # a step with an allocation of its own has SLURM_STEP_GPUS, not
+        # SLURM_JOB_GPUS (a batch job has that; a step in it has both)
+        p = self.c.client("srun", "-w", "node2", "--gres=gpu:1", "sh", "-c",
+                          "hostname; echo $SLURM_STEP_GPUS $CUDA_VISIBLE_DEVICES")
+        self.assertEqual(p.stdout.splitlines(), ["node2", "0 0"])
+        p = self.c.client("srun", "-N", "3", "hostname")
+        self.assertEqual(sorted(p.stdout.splitlines()), self.c.nodes)
 
     def test_c_more_gpus_than_a_node_has_is_refused(self):
         before = {j["id"] for j in self.c.squeue()}
