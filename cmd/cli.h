@@ -115,3 +115,14 @@ int cmd_metrics(qv_cli *cli, int argc, char **argv);
 int cmd_net_list(qv_cli *cli, int argc, char **argv);
 int cmd_net_teardown(qv_cli *cli, int argc, char **argv);
 int cmd_check(qv_cli *cli, int argc, char **argv);
+int cmd_slurm_gres(qv_cli *cli, int argc, char **argv);
+int cmd_slurm_check(qv_cli *cli, int argc, char **argv);
+
+/* The config loaded and the sysfs root set from it (or QVISOR_SYSROOT),
+ * for commands that read devices without the daemon (check, slurm). */
+int qv_cli_sysroot(qv_cli *cli, const sv_config **ret, qv_error *err);
+/* A check report printed as `qvisor check` prints it (quiet: failures and
+ * warnings only), or as JSON ({"ok", "items"}). */
+typedef struct sv_check_report sv_check_report;
+void qv_cli_check_print(const sv_check_report *r, bool quiet);
+json_t *qv_cli_check_json(const sv_check_report *r);

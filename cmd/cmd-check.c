@@ -38,7 +38,7 @@ static const char *status_label(int s) {
     return s == SV_CHECK_OK ? "OK" : s == SV_CHECK_WARN ? "WARN" : "FAIL";
 }
 
-static json_t *report_json(const sv_check_report *r, unsigned needs) {
+json_t *qv_cli_check_json(const sv_check_report *r) {
     json_t *items = json_array();
     for (size_t i = 0; i < r->n; i++) {
         const sv_check_item *it = &r->items[i];
@@ -46,6 +46,10 @@ static json_t *report_json(const sv_check_report *r, unsigned needs) {
                                                sv_check_status_name(it->status), "detail", it->detail, "hint",
                                                it->hint[0] ? it->hint : NULL));
     }
+    return json_pack("{s:b, s:o}", "ok", sv_check_report_ok(r), "items", items);
+}
+
+static json_t *report_json(const sv_check_report *r, unsigned needs) {
     json_t *need_list = json_array();
     if (needs & SV_NEED_KVM)
         json_array_append_new(need_list, json_string("kvm"));
@@ -55,10 +59,12 @@ static json_t *report_json(const sv_check_report *r, unsigned needs) {
         json_array_append_new(need_list, json_string("hugepages"));
     if (needs & SV_NEED_UEFI)
         json_array_append_new(need_list, json_string("uefi"));
-    return json_pack("{s:b, s:o, s:o}", "ok", sv_check_report_ok(r), "needs", need_list, "items", items);
+    json_t *j = qv_cli_check_json(r);
+    json_object_set_new(j, "needs", need_list);
+    return j;
 }
 
-static void report_print(const sv_check_report *r, bool quiet) {
+void qv_cli_check_print(const sv_check_report *r, bool quiet) {
     int width = 0;
     size_t warns = 0, fails = 0;
     for (size_t i = 0; i < r->n; i++) {
@@ -80,6 +86,20 @@ static void report_print(const sv_check_report *r, bool quiet) {
         qv_printf("%s: %zu failed, %zu warning%s\n", fails ? "not ready" : "ready", fails, warns, warns == 1 ? "" : "s");
 }
 
+int qv_cli_sysroot(qv_cli *cli, const sv_config **ret, qv_error *err) {
+    int r = qv_cli_config(cli, ret, err);
+    if (r < 0)
+        return r;
+    r = qv_sysroot_set((*ret)->sysfs_root);
+    if (r < 0) {
+        const char *env = getenv("QVISOR_SYSROOT");
+        bool from_env = env && *env;
+        return qv_error_set(err, QV_ECONFIG, "%s %s: %s", from_env ? "QVISOR_SYSROOT" : "paths.sysfs_root",
+                            from_env ? env : (*ret)->sysfs_root, strerror(-r));
+    }
+    return 0;
+}
+
 int cmd_check(qv_cli *cli, int argc, char **argv) {
     static const struct option longopts[] = {
         QV_CLI_COMMON_LONGOPTS, {"need", required_argument, NULL, 'n'}, {NULL, 0, NULL, 0}};
@@ -99,16 +119,8 @@ int cmd_check(qv_cli *cli, int argc, char **argv) {
 
     qv_error err = {0};
     const sv_config *cfg;
-    if (qv_cli_config(cli, &cfg, &err) < 0)
+    if (qv_cli_sysroot(cli, &cfg, &err) < 0)
         return qv_cli_fail(cli, &err);
-    int r = qv_sysroot_set(cfg->sysfs_root);
-    if (r < 0) {
-        const char *env = getenv("QVISOR_SYSROOT");
-        bool from_env = env && *env;
-        qv_error_set(&err, QV_ECONFIG, "%s %s: %s", from_env ? "QVISOR_SYSROOT" : "paths.sysfs_root",
-                     from_env ? env : cfg->sysfs_root, strerror(-r));
-        return qv_cli_fail(cli, &err);
-    }
 
     sv_check_opts opts = {.config = cfg, .needs = needs};
     sv_check_report report = {0};
@@ -117,7 +129,7 @@ int cmd_check(qv_cli *cli, int argc, char **argv) {
     if (cli->json)
         qv_print_json(report_json(&report, needs), stdout);
     else
-        report_print(&report, cli->verbosity < 0);
+        qv_cli_check_print(&report, cli->verbosity < 0);
     sv_check_report_clear(&report);
     return ok ? QV_EXIT_OK : QV_EXIT_UNAVAILABLE;
 }

@@ -60,6 +60,12 @@ static const qv_cli_verb node_verbs[] = {
     {NULL, NULL, NULL},
 };
 
+static const qv_cli_verb slurm_verbs[] = {
+    {"gres", cmd_slurm_gres, "print gres.conf lines for this node's GPUs, in qvisor's order"},
+    {"check", cmd_slurm_check, "tell whether gres.conf and slurm.conf name the GPUs as qvisor does"},
+    {NULL, NULL, NULL},
+};
+
 static const qv_cli_verb config_verbs[] = {
     {"check", cmd_config_check, "validate a config file and print the effective settings"},
     {"show", cmd_config_show, "print the settings the running daemon uses"},
@@ -74,6 +80,7 @@ static const qv_cli_noun nouns[] = {
     {"net", net_verbs, "VM networks: NAT bridge, bridges, addresses"},
     {"node", node_verbs, "this node's capacity and usage"},
     {"config", config_verbs, "the node config"},
+    {"slurm", slurm_verbs, "Slurm: this node's GPUs as gres.conf must name them"},
 };
 
 static const qv_cli_verb top_verbs[] = {

@@ -71,9 +71,7 @@ void sv_check_report_clear(sv_check_report *r) {
 }
 
 /* Appends an item; detail from fmt, hint as given (NULL: none). */
-static sv_check_item *add(sv_check_report *r, const char *name, int status, const char *hint, const char *fmt, ...)
-    __attribute__((format(printf, 5, 6)));
-static sv_check_item *add(sv_check_report *r, const char *name, int status, const char *hint, const char *fmt, ...) {
+sv_check_item *sv_check_add(sv_check_report *r, const char *name, int status, const char *hint, const char *fmt, ...) {
     sv_check_item *items = realloc(r->items, (r->n + 1) * sizeof *items);
     if (!items)
         abort(); /* a few kilobytes; as output.c does */
@@ -106,16 +104,16 @@ void sv_check_qemu(sv_check_report *r, const sv_check_opts *o, sv_qemu_caps *ret
     qv_error err = {0};
     /* KVM always: the accel item shows QEMU's view even with accelerator tcg */
     if (sv_qemu_caps_probe(bin, true, &caps, &err) < 0) {
-        add(r, "qemu", SV_CHECK_FAIL,
+        sv_check_add(r, "qemu", SV_CHECK_FAIL,
             "install QEMU (apt-get install qemu-system-x86) or point qemu.binary in the config at it", "%s",
             err.msg);
         *ret_ran = false;
         return;
     }
     if (caps.sandbox)
-        add(r, "qemu", SV_CHECK_OK, NULL, "%s %s, seccomp sandbox works", bin, caps.version);
+        sv_check_add(r, "qemu", SV_CHECK_OK, NULL, "%s %s, seccomp sandbox works", bin, caps.version);
     else
-        add(r, "qemu", SV_CHECK_WARN, "VMs run without -sandbox (no seccomp filter around QEMU)",
+        sv_check_add(r, "qemu", SV_CHECK_WARN, "VMs run without -sandbox (no seccomp filter around QEMU)",
             "%s %s, seccomp sandbox unusable: %s", bin, caps.version, caps.sandbox_detail);
     *ret_caps = caps;
     *ret_ran = true;
@@ -124,7 +122,7 @@ void sv_check_qemu(sv_check_report *r, const sv_check_opts *o, sv_qemu_caps *ret
 void sv_check_accel(sv_check_report *r, const sv_check_opts *o, const sv_qemu_caps *caps) {
     const char *accel = sv_accel_to_string(o->config->accelerator);
     if (!caps) {
-        add(r, "accel", kvm_required(o) ? SV_CHECK_FAIL : SV_CHECK_WARN, "see the qemu line",
+        sv_check_add(r, "accel", kvm_required(o) ? SV_CHECK_FAIL : SV_CHECK_WARN, "see the qemu line",
             "%s: unknown, QEMU does not run", accel);
         return;
     }
@@ -133,26 +131,26 @@ void sv_check_accel(sv_check_report *r, const sv_check_opts *o, const sv_qemu_ca
     qv_error err = {0};
     int rc = sv_qemu_accel_resolve(accel, caps, &kvm, warning, sizeof warning, &err);
     if (rc < 0) {
-        add(r, "accel", SV_CHECK_FAIL,
+        sv_check_add(r, "accel", SV_CHECK_FAIL,
             "VMs will not start: fix KVM (see the kvm line), or set qemu.accelerator: auto to fall back to TCG",
             "%s", err.msg);
         return;
     }
     if (kvm) {
-        add(r, "accel", SV_CHECK_OK, NULL, "%s: VMs use KVM (QEMU ran a guest under KVM with -cpu host)", accel);
+        sv_check_add(r, "accel", SV_CHECK_OK, NULL, "%s: VMs use KVM (QEMU ran a guest under KVM with -cpu host)", accel);
         return;
     }
     if (o->config->accelerator == SV_ACCEL_TCG) {
         if (o->needs & SV_NEED_KVM)
-            add(r, "accel", SV_CHECK_FAIL, "set qemu.accelerator: auto (or kvm) in the config",
+            sv_check_add(r, "accel", SV_CHECK_FAIL, "set qemu.accelerator: auto (or kvm) in the config",
                 "tcg is configured: VMs do not use KVM (QEMU under KVM: %s)", caps->kvm_detail);
         else
-            add(r, "accel", SV_CHECK_OK, NULL, "tcg is configured: VMs use TCG (QEMU under KVM: %s)",
+            sv_check_add(r, "accel", SV_CHECK_OK, NULL, "tcg is configured: VMs use TCG (QEMU under KVM: %s)",
                 caps->kvm_detail);
         return;
     }
     /* auto, falling back: the daemon's own warning */
-    add(r, "accel", severity(o, SV_NEED_KVM),
+    sv_check_add(r, "accel", severity(o, SV_NEED_KVM),
         "TCG runs guests, but much slower than KVM; the kvm line tells whether the kernel side works", "%s",
         warning);
 }
@@ -164,12 +162,12 @@ void sv_check_qemu_img(sv_check_report *r, const sv_check_opts *o) {
     qv_run_result res;
     int rc = qv_run(argv, QEMU_IMG_TIMEOUT_MS, NULL, NULL, &res);
     if (rc == -ETIMEDOUT) {
-        add(r, "qemu-img", SV_CHECK_FAIL, hint, "'%s --version' did not finish within %d ms", bin,
+        sv_check_add(r, "qemu-img", SV_CHECK_FAIL, hint, "'%s --version' did not finish within %d ms", bin,
             QEMU_IMG_TIMEOUT_MS);
         return;
     }
     if (rc < 0) {
-        add(r, "qemu-img", SV_CHECK_FAIL, hint, "cannot run '%s': %s", bin, strerror(-rc));
+        sv_check_add(r, "qemu-img", SV_CHECK_FAIL, hint, "cannot run '%s': %s", bin, strerror(-rc));
         return;
     }
     size_t first = strcspn(res.out, "\n");
@@ -177,10 +175,10 @@ void sv_check_qemu_img(sv_check_report *r, const sv_check_opts *o) {
     if (!qv_run_ok(&res) || !v || (size_t)(v - res.out) >= first) {
         char how[64];
         qv_run_describe(&res, how, sizeof how);
-        add(r, "qemu-img", SV_CHECK_FAIL, hint, "'%s --version' %s and printed no version", bin, how);
+        sv_check_add(r, "qemu-img", SV_CHECK_FAIL, hint, "'%s --version' %s and printed no version", bin, how);
     } else {
         v += strlen("version ");
-        add(r, "qemu-img", SV_CHECK_OK, NULL, "%s %.*s", bin, (int)(res.out + first - v), v);
+        sv_check_add(r, "qemu-img", SV_CHECK_OK, NULL, "%s %.*s", bin, (int)(res.out + first - v), v);
     }
     qv_run_result_free(&res);
 }
@@ -198,24 +196,24 @@ void sv_check_kvm(sv_check_report *r, const sv_check_opts *o) {
     sv_kvm_probe p;
     int rc = sv_kvm_probe_run(dev, o->kvm_ops, o->kvm_timeout_ms, &p);
     if (rc < 0) {
-        add(r, "kvm", sev, consequence, "cannot run the KVM probe: %s", strerror(-rc));
+        sv_check_add(r, "kvm", sev, consequence, "cannot run the KVM probe: %s", strerror(-rc));
         return;
     }
     switch (p.outcome) {
     case SV_KVM_WORKS:
-        add(r, "kvm", SV_CHECK_OK, NULL, "%s %s", dev, p.detail);
+        sv_check_add(r, "kvm", SV_CHECK_OK, NULL, "%s %s", dev, p.detail);
         return;
     case SV_KVM_ABSENT:
         snprintf(hint, sizeof hint,
                  "load kvm_intel or kvm_amd (modprobe kvm_intel), and enable virtualisation (VT-x/AMD-V) in "
                  "the firmware setup; %s",
                  consequence);
-        add(r, "kvm", sev, hint, "no %s", dev);
+        sv_check_add(r, "kvm", sev, hint, "no %s", dev);
         return;
     case SV_KVM_DENIED:
         snprintf(hint, sizeof hint, "run as root, or as a member of the group that owns %s (usually kvm); %s", dev,
                  consequence);
-        add(r, "kvm", sev, hint, "%s: %s", dev, p.detail);
+        sv_check_add(r, "kvm", sev, hint, "%s: %s", dev, p.detail);
         return;
     default:
         if (strcmp(p.call, "open") == 0) /* ENXIO, ENODEV: a node without a driver */
@@ -228,7 +226,7 @@ void sv_check_kvm(sv_check_report *r, const sv_check_opts *o) {
                      consequence);
         else
             snprintf(hint, sizeof hint, "the kernel log (dmesg) may say why; %s", consequence);
-        add(r, "kvm", sev, hint, "%s present but unusable: %s", dev, p.detail);
+        sv_check_add(r, "kvm", sev, hint, "%s present but unusable: %s", dev, p.detail);
         return;
     }
 }
@@ -287,16 +285,16 @@ void sv_check_cpu(sv_check_report *r, const sv_check_opts *o) {
     _cleanup_free_ char *cpuinfo = NULL;
     int rc = qv_sysroot_read("proc/cpuinfo", &cpuinfo, NULL);
     if (rc < 0) {
-        add(r, "cpu", SV_CHECK_WARN, NULL, "cannot read /proc/cpuinfo: %s", strerror(-rc));
+        sv_check_add(r, "cpu", SV_CHECK_WARN, NULL, "cannot read /proc/cpuinfo: %s", strerror(-rc));
         return;
     }
     char flags[8192];
     if (!cpuinfo_field(cpuinfo, "flags", flags, sizeof flags))
         flags[0] = '\0';
     if (has_word(flags, "vmx")) {
-        add(r, "cpu", SV_CHECK_OK, NULL, "vmx (Intel VT-x)");
+        sv_check_add(r, "cpu", SV_CHECK_OK, NULL, "vmx (Intel VT-x)");
     } else if (has_word(flags, "svm")) {
-        add(r, "cpu", SV_CHECK_OK, NULL, "svm (AMD-V)");
+        sv_check_add(r, "cpu", SV_CHECK_OK, NULL, "svm (AMD-V)");
     } else {
         cpu_vendor v = vendor_of(cpuinfo);
         const char *what = v == VENDOR_INTEL ? "VT-x" : v == VENDOR_AMD ? "AMD-V (SVM)" : "VT-x or AMD-V";
@@ -305,7 +303,7 @@ void sv_check_cpu(sv_check_report *r, const sv_check_opts *o) {
                  "enable %s in the firmware setup; inside a VM the host must offer nested virtualisation "
                  "(the kvm line tells whether KVM works anyway)",
                  what);
-        add(r, "cpu", SV_CHECK_WARN, hint, "no vmx or svm flag in /proc/cpuinfo");
+        sv_check_add(r, "cpu", SV_CHECK_WARN, hint, "no vmx or svm flag in /proc/cpuinfo");
     }
 }
 
@@ -358,7 +356,7 @@ void sv_check_iommu(sv_check_report *r, const sv_check_opts *o) {
     _cleanup_(free_namesp) char **groups = NULL;
     int n = list_dir("sys/kernel/iommu_groups", &groups);
     if (n > 0) {
-        add(r, "iommu", SV_CHECK_OK, NULL, "%d IOMMU group%s", n, n == 1 ? "" : "s");
+        sv_check_add(r, "iommu", SV_CHECK_OK, NULL, "%d IOMMU group%s", n, n == 1 ? "" : "s");
         return;
     }
     _cleanup_free_ char *cpuinfo = NULL;
@@ -396,7 +394,7 @@ void sv_check_iommu(sv_check_report *r, const sv_check_opts *o) {
             snprintf(hint + strlen(hint), sizeof hint - strlen(hint),
                      "; AMD: enable the IOMMU (AMD-Vi) in the firmware setup, Linux turns it on by itself");
     }
-    add(r, "iommu", severity(o, SV_NEED_VFIO), hint,
+    sv_check_add(r, "iommu", severity(o, SV_NEED_VFIO), hint,
         "no IOMMU groups in /sys/kernel/iommu_groups: the IOMMU is off, devices cannot be passed through");
 }
 
@@ -406,10 +404,10 @@ void sv_check_vfio_modules(sv_check_report *r, const sv_check_opts *o) {
     bool vfio = qv_sysroot_exists("sys/module/vfio") > 0;
     bool vfio_pci = qv_sysroot_exists("sys/module/vfio_pci") > 0;
     if (vfio && vfio_pci) {
-        add(r, "vfio", SV_CHECK_OK, NULL, "vfio and vfio_pci loaded");
+        sv_check_add(r, "vfio", SV_CHECK_OK, NULL, "vfio and vfio_pci loaded");
         return;
     }
-    add(r, "vfio", severity(o, SV_NEED_VFIO),
+    sv_check_add(r, "vfio", severity(o, SV_NEED_VFIO),
         "modprobe vfio-pci (it loads vfio too); to load it at every boot: echo vfio-pci > "
         "/etc/modules-load.d/vfio-pci.conf",
         "%s not loaded", vfio ? "vfio_pci" : vfio_pci ? "vfio" : "vfio and vfio_pci");
@@ -462,7 +460,7 @@ void sv_check_vfio_devices(sv_check_report *r, const sv_check_opts *o) {
         char hint[1024];
         if (!rec) {
             give_back_hint(hint, sizeof hint, bdf, NULL);
-            add(r, "vfio-pci", SV_CHECK_WARN, hint,
+            sv_check_add(r, "vfio-pci", SV_CHECK_WARN, hint,
                 "%s is on vfio-pci, not owned by any VM (bound outside qvisor, or its record in %s was lost)", what,
                 recdir);
             continue;
@@ -472,7 +470,7 @@ void sv_check_vfio_devices(sv_check_report *r, const sv_check_opts *o) {
                      "a sysfs write on it hung or failed: check dmesg; once the device answers, `qvisor cleanup` "
                      "tries the give-back to %s again; reboot if it does not",
                      rec->driver[0] ? rec->driver : "its state before (no driver)");
-            add(r, "vfio-pci", SV_CHECK_WARN, hint, "%s held by VM %s is stuck: %s", what, rec->vm,
+            sv_check_add(r, "vfio-pci", SV_CHECK_WARN, hint, "%s held by VM %s is stuck: %s", what, rec->vm,
                 rec->reason[0] ? rec->reason : "no reason recorded");
             continue;
         }
@@ -482,15 +480,15 @@ void sv_check_vfio_devices(sv_check_report *r, const sv_check_opts *o) {
         if (!qv_name_valid(rec->vm) || stat(vmdir, &st) < 0 || !S_ISDIR(st.st_mode)) {
             snprintf(hint, sizeof hint, "`qvisor cleanup` gives it back to %s (the driver recorded when it was taken)",
                      rec->driver[0] ? rec->driver : "no driver, as it was");
-            add(r, "vfio-pci", SV_CHECK_WARN, hint, "%s is on vfio-pci for VM %s, which no longer exists", what,
+            sv_check_add(r, "vfio-pci", SV_CHECK_WARN, hint, "%s is on vfio-pci for VM %s, which no longer exists", what,
                 rec->vm);
             continue;
         }
-        add(r, "vfio-pci", SV_CHECK_OK, NULL, "%s owned by VM %s (%s%s)", what, rec->vm,
+        sv_check_add(r, "vfio-pci", SV_CHECK_OK, NULL, "%s owned by VM %s (%s%s)", what, rec->vm,
             vfio_rec_state_to_string(rec->state), rec->keep ? ", kept on vfio-pci" : "");
     }
     if (shown == 0)
-        add(r, "vfio-pci", SV_CHECK_OK, NULL, "no devices on vfio-pci");
+        sv_check_add(r, "vfio-pci", SV_CHECK_OK, NULL, "no devices on vfio-pci");
 }
 
 /* The IOMMU group number of a device, from its iommu_group link; -1 when
@@ -529,7 +527,7 @@ static void check_gpu(sv_check_report *r, const char *bdf, unsigned class_code) 
     const char *cls = vfio_class_name(class_code);
     int group = iommu_group_of(bdf);
     if (group < 0) {
-        add(r, "gpu", SV_CHECK_WARN, "see the iommu line", "%s (%s): no IOMMU group, cannot be passed through", bdf,
+        sv_check_add(r, "gpu", SV_CHECK_WARN, "see the iommu line", "%s (%s): no IOMMU group, cannot be passed through", bdf,
             cls);
         return;
     }
@@ -555,10 +553,10 @@ static void check_gpu(sv_check_report *r, const char *bdf, unsigned class_code) 
     }
     if (n_others == 0) {
         if (companions[0])
-            add(r, "gpu", SV_CHECK_OK, NULL, "%s (%s): IOMMU group %d, with %s of its own slot", bdf, cls, group,
+            sv_check_add(r, "gpu", SV_CHECK_OK, NULL, "%s (%s): IOMMU group %d, with %s of its own slot", bdf, cls, group,
                 companions);
         else
-            add(r, "gpu", SV_CHECK_OK, NULL, "%s (%s): alone in IOMMU group %d", bdf, cls, group);
+            sv_check_add(r, "gpu", SV_CHECK_OK, NULL, "%s (%s): alone in IOMMU group %d", bdf, cls, group);
         return;
     }
     char hint[1024];
@@ -569,7 +567,7 @@ static void check_gpu(sv_check_report *r, const char *bdf, unsigned class_code) 
              "claiming an isolation the hardware does not have: the devices can still DMA into each other, so "
              "a guest could reach a host device's memory. A security risk, not a fix",
              other_list);
-    add(r, "gpu", SV_CHECK_WARN, hint, "%s (%s) shares IOMMU group %d with %s", bdf, cls, group, others);
+    sv_check_add(r, "gpu", SV_CHECK_WARN, hint, "%s (%s) shares IOMMU group %d with %s", bdf, cls, group, others);
 }
 
 void sv_check_gpu_groups(sv_check_report *r, const sv_check_opts *o) {
@@ -585,7 +583,7 @@ void sv_check_gpu_groups(sv_check_report *r, const sv_check_opts *o) {
         check_gpu(r, devs[i], cls);
     }
     if (gpus == 0)
-        add(r, "gpu", SV_CHECK_OK, NULL, "no PCI display devices");
+        sv_check_add(r, "gpu", SV_CHECK_OK, NULL, "no PCI display devices");
 }
 
 /* ---- hugepages ----------------------------------------------------------- */
@@ -640,15 +638,15 @@ void sv_check_hugepages(sv_check_report *r, const sv_check_opts *o) {
         "with hugepages=N on the kernel command line (1 GiB pages: default_hugepagesz=1G hugepagesz=1G "
         "hugepages=N)";
     if (n <= 0) {
-        add(r, "hugepages", needed ? SV_CHECK_FAIL : SV_CHECK_OK, needed ? hint : NULL,
+        sv_check_add(r, "hugepages", needed ? SV_CHECK_FAIL : SV_CHECK_OK, needed ? hint : NULL,
             "no hugepage sizes in /sys/kernel/mm/hugepages (kernel without hugetlbfs?)");
     } else if (total == 0) {
-        add(r, "hugepages", needed ? SV_CHECK_FAIL : SV_CHECK_OK, needed ? hint : NULL, "none reserved (%s)",
+        sv_check_add(r, "hugepages", needed ? SV_CHECK_FAIL : SV_CHECK_OK, needed ? hint : NULL, "none reserved (%s)",
             detail);
     } else if (needed && total_free == 0) {
-        add(r, "hugepages", SV_CHECK_FAIL, "every reserved hugepage is in use: reserve more", "%s", detail);
+        sv_check_add(r, "hugepages", SV_CHECK_FAIL, "every reserved hugepage is in use: reserve more", "%s", detail);
     } else {
-        add(r, "hugepages", SV_CHECK_OK, NULL, "%s", detail);
+        sv_check_add(r, "hugepages", SV_CHECK_OK, NULL, "%s", detail);
     }
 }
 
@@ -659,19 +657,19 @@ static void check_dir(sv_check_report *r, const char *name, const char *path) {
     struct stat st;
     if (stat(path, &st) == 0) {
         if (!S_ISDIR(st.st_mode)) {
-            add(r, name, SV_CHECK_FAIL, "move the file away or point the config elsewhere",
+            sv_check_add(r, name, SV_CHECK_FAIL, "move the file away or point the config elsewhere",
                 "%s exists and is not a directory", path);
         } else if (faccessat(AT_FDCWD, path, W_OK | X_OK, AT_EACCESS) == 0) {
-            add(r, name, SV_CHECK_OK, NULL, "%s (writable)", path);
+            sv_check_add(r, name, SV_CHECK_OK, NULL, "%s (writable)", path);
         } else {
             snprintf(hint, sizeof hint, "run qvisor as root, or give uid %u write access to %s", (unsigned)geteuid(),
                      path);
-            add(r, name, SV_CHECK_FAIL, hint, "%s is not writable: %s", path, strerror(errno));
+            sv_check_add(r, name, SV_CHECK_FAIL, hint, "%s is not writable: %s", path, strerror(errno));
         }
         return;
     }
     if (errno != ENOENT && errno != ENOTDIR) {
-        add(r, name, SV_CHECK_FAIL, NULL, "%s: %s", path, strerror(errno));
+        sv_check_add(r, name, SV_CHECK_FAIL, NULL, "%s: %s", path, strerror(errno));
         return;
     }
     /* Not there yet: the daemon creates it, in the nearest existing parent. */
@@ -690,11 +688,11 @@ static void check_dir(sv_check_report *r, const char *name, const char *path) {
             break;
     }
     if (stat(parent, &st) == 0 && S_ISDIR(st.st_mode) && faccessat(AT_FDCWD, parent, W_OK | X_OK, AT_EACCESS) == 0) {
-        add(r, name, SV_CHECK_OK, NULL, "%s does not exist yet; it can be created in %s", path, parent);
+        sv_check_add(r, name, SV_CHECK_OK, NULL, "%s does not exist yet; it can be created in %s", path, parent);
         return;
     }
     snprintf(hint, sizeof hint, "create it as root (mkdir -p %s) or point the config at a writable place", path);
-    add(r, name, SV_CHECK_FAIL, hint, "%s does not exist and cannot be created: %s is not a writable directory",
+    sv_check_add(r, name, SV_CHECK_FAIL, hint, "%s does not exist and cannot be created: %s is not a writable directory",
         path, parent);
 }
 
@@ -710,14 +708,14 @@ void sv_check_firmware(sv_check_report *r, const sv_check_opts *o) {
         qv_error err = {0};
         const char *fwname = sv_firmware_to_string(builds[i].firmware);
         if (sv_fw_resolve(o->config->firmware_dir, builds[i].firmware, &fw, &err) == 0) {
-            add(r, builds[i].item, SV_CHECK_OK, NULL, "--firmware %s: %s with %s (from %s)", fwname, fw.code, fw.vars,
+            sv_check_add(r, builds[i].item, SV_CHECK_OK, NULL, "--firmware %s: %s with %s (from %s)", fwname, fw.code, fw.vars,
                 fw.source);
             continue;
         }
         char hint[256];
         snprintf(hint, sizeof hint, "apt-get install ovmf%s (needed by vm create --firmware %s)",
                  o->config->firmware_dir[0] ? ", or fix paths.firmware_dir" : "", fwname);
-        add(r, builds[i].item, severity(o, SV_NEED_UEFI), hint, "%s", err.msg);
+        sv_check_add(r, builds[i].item, severity(o, SV_NEED_UEFI), hint, "%s", err.msg);
     }
 }
 
@@ -731,7 +729,7 @@ static void check_dir_writers(sv_check_report *r, const char *name, const char *
         return;
     char hint[PATH_MAX + 64];
     snprintf(hint, sizeof hint, "chmod go-w %s (qvisor itself needs no other writer)", path);
-    add(r, name, SV_CHECK_WARN, hint, "%s is writable by %s (mode %04o): they can delete or swap VMs' files", path,
+    sv_check_add(r, name, SV_CHECK_WARN, hint, "%s is writable by %s (mode %04o): they can delete or swap VMs' files", path,
         (st.st_mode & S_IWOTH) ? "every user" : "its group", (unsigned)(st.st_mode & 07777));
 }
 

@@ -61,6 +61,9 @@ const char *sv_check_status_name(int status);
  * to *needs.  -EINVAL (and *needs untouched) for anything else. */
 int sv_check_parse_needs(const char *list, unsigned *needs);
 
+/* Adds an item (its detail from fmt); the report grows as needed. */
+sv_check_item *sv_check_add(sv_check_report *r, const char *name, int status, const char *hint, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
 /* True when no item failed. */
 bool sv_check_report_ok(const sv_check_report *r);
 void sv_check_report_clear(sv_check_report *r);

@@ -1,0 +1,143 @@
+/* Slurm's configuration as qvisor reads it (slurm/slurmconf.h): hostlists,
+ * gres.conf's GPU lines for a node, slurm.conf's GPU count for a node, and
+ * the GPUs offered to Slurm. */
+#include "testlib.h"
+
+#include "slurm/slurmconf.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void expect_expand(const char *expr, const char *const *want) {
+    char **got = NULL;
+    size_t n = 0;
+    assert_int_equal(slurm_hostlist_expand(expr, &got, &n), 0);
+    size_t k = 0;
+    for (; want[k]; k++) {
+        assert_true(k < n);
+        assert_string_equal(got[k], want[k]);
+    }
+    assert_int_equal(n, k);
+    assert_null(got[n]);
+    slurm_strv_free(got);
+}
+
+static void test_hostlist(void **state) {
+    (void)state;
+    expect_expand("node1", (const char *[]){"node1", NULL});
+    expect_expand("node[1-3,5]", (const char *[]){"node1", "node2", "node3", "node5", NULL});
+    expect_expand("gpu[08-10]", (const char *[]){"gpu08", "gpu09", "gpu10", NULL});
+    expect_expand("a,b[1-2]", (const char *[]){"a", "b1", "b2", NULL});
+    expect_expand("r[1-2]n[1-2]", (const char *[]){"r1n1", "r1n2", "r2n1", "r2n2", NULL});
+    expect_expand("/dev/vfio/[3-4]", (const char *[]){"/dev/vfio/3", "/dev/vfio/4", NULL});
+    char **v = NULL;
+    static const char *const bad[] = {"", "n[", "n]", "n[]", "n[3-1]", "n[a-b]", "n[1-2", "a,,b", "n[[1]]",
+                                      "n[1-2]]", NULL};
+    for (size_t i = 0; bad[i]; i++)
+        assert_int_equal(slurm_hostlist_expand(bad[i], &v, NULL), -EINVAL);
+    /* a hostile range is refused, not expanded */
+    assert_int_equal(slurm_hostlist_expand("n[0-99999999]", &v, NULL), -E2BIG);
+    assert_int_equal(slurm_hostlist_expand("a[0-999]b[0-999]", &v, NULL), -E2BIG);
+    assert_true(slurm_hostlist_has("node[1-3]", "node2"));
+    assert_false(slurm_hostlist_has("node[1-3]", "node4"));
+    assert_false(slurm_hostlist_has("node[1-", "node1"));
+}
+
+static void test_gres_conf(void **state) {
+    (void)state;
+    const char *conf = "# GPUs for VMs\n"
+                       "AutoDetect=off\n"
+                       "NodeName=node[1-2] Name=gpu File=/dev/vfio/[3-4]   # two\n"
+                       "NodeName=node3 Name=gpu File=/dev/vfio/7\n"
+                       "Name=gpu Type=t4 File=/dev/vfio/9\n"
+                       "Name=mps Count=100\n"
+                       "nodename=node2 name=GPU count=2\n";
+    char **files = NULL;
+    size_t n = 0;
+    qv_error err = {0};
+    assert_int_equal(slurm_gres_conf_gpus(conf, "node2", &files, &n, &err), 0);
+    assert_int_equal(n, 5);
+    assert_string_equal(files[0], "/dev/vfio/3");
+    assert_string_equal(files[1], "/dev/vfio/4");
+    assert_string_equal(files[2], "/dev/vfio/9"); /* no NodeName: every node */
+    assert_null(files[3]);                        /* Count= without File= */
+    assert_null(files[4]);
+    slurm_gres_files_free(files, n);
+    assert_int_equal(slurm_gres_conf_gpus(conf, "node3", &files, &n, &err), 0);
+    assert_int_equal(n, 2);
+    assert_string_equal(files[0], "/dev/vfio/7");
+    slurm_gres_files_free(files, n);
+    assert_int_equal(slurm_gres_conf_gpus("", "node1", &files, &n, &err), 0);
+    assert_int_equal(n, 0);
+    slurm_gres_files_free(files, n);
+    /* errors name the line */
+    assert_int_equal(slurm_gres_conf_gpus("\nName=gpu File=/dev/x[\n", "n", &files, &n, &err), -EINVAL);
+    assert_non_null(strstr(err.msg, "line 2"));
+    assert_int_equal(slurm_gres_conf_gpus("Name=gpu nonsense\n", "n", &files, &n, &err), -EINVAL);
+    assert_non_null(strstr(err.msg, "line 1"));
+    assert_int_equal(slurm_gres_conf_gpus("Name=gpu Count=x\n", "n", &files, &n, &err), -EINVAL);
+}
+
+static void test_slurm_conf(void **state) {
+    (void)state;
+    const char *conf = "ClusterName=lab\n"
+                       "NodeName=DEFAULT CPUs=8 Gres=gpu:1\n"
+                       "NodeName=node1 RealMemory=1000 \\\n"
+                       "   Gres=gpu:t4:2,gpu:a100:1(S:0),mps:100\n"
+                       "NodeName=node[2-3] RealMemory=1000\n"
+                       "NodeName=node4 Gres=mps:50\n"
+                       "Include /etc/slurm/more.conf\n"
+                       "PartitionName=all Nodes=ALL\n";
+    long n = -1;
+    bool include = false;
+    qv_error err = {0};
+    assert_int_equal(slurm_conf_node_gpus(conf, "node1", &n, &include, &err), 0);
+    assert_int_equal(n, 3);
+    assert_int_equal(slurm_conf_node_gpus(conf, "node3", &n, &include, &err), 0);
+    assert_int_equal(n, 1); /* NodeName=DEFAULT's */
+    assert_int_equal(slurm_conf_node_gpus(conf, "node4", &n, &include, &err), 0);
+    assert_int_equal(n, 0);
+    assert_int_equal(slurm_conf_node_gpus(conf, "node9", &n, &include, &err), -ENOENT);
+    assert_true(include);
+    assert_int_equal(slurm_conf_node_gpus("NodeName=n1 Gres=gpu:t4:lots\n", "n1", &n, &include, &err), -EINVAL);
+    assert_non_null(strstr(err.msg, "line 1"));
+}
+
+static void test_offered_gpus(void **state) {
+    (void)state;
+    vfio_gpu gpus[4] = {0};
+    const char *bdfs[] = {"0000:01:00.0", "0000:02:00.0", "0000:03:00.0", "0000:04:00.0"};
+    int groups[] = {5, -1, 7, 7};
+    for (int i = 0; i < 4; i++) {
+        snprintf(gpus[i].dev.bdf, sizeof gpus[i].dev.bdf, "%s", bdfs[i]);
+        gpus[i].dev.iommu_group = groups[i];
+        gpus[i].index = i;
+    }
+    vfio_gpu_list l = {.gpus = gpus, .n = 4};
+    const vfio_gpu *off[4];
+    char why[4][128];
+    assert_int_equal(slurm_offered_gpus(&l, off, why), 1);
+    assert_ptr_equal(off[0], &gpus[0]);
+    assert_string_equal(why[0], "");
+    assert_non_null(strstr(why[1], "no IOMMU group"));
+    assert_non_null(strstr(why[2], "0000:04:00.0"));
+    assert_non_null(strstr(why[3], "0000:03:00.0"));
+    char file[64];
+    assert_int_equal(slurm_gpu_file(off[0], NULL, file, sizeof file), 0);
+    assert_string_equal(file, "/dev/vfio/5");
+    assert_int_equal(slurm_gpu_file(off[0], "/tmp/devs", file, sizeof file), 0);
+    assert_string_equal(file, "/tmp/devs/5");
+    assert_int_equal(slurm_gpu_file(off[0], "/tmp/devs", file, 8), -ENAMETOOLONG);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_hostlist),
+        cmocka_unit_test(test_gres_conf),
+        cmocka_unit_test(test_slurm_conf),
+        cmocka_unit_test(test_offered_gpus),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

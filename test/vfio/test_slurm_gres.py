@@ -1,0 +1,114 @@
+#!/usr/bin/env python3
+"""`qvisor slurm gres` and `qvisor slurm check` (issue 18) against the fake
+sysfs kernel (test/fakesysfs): the gres.conf lines follow qvisor's GPU order,
+leave out what cannot be passed through, and `check` tells a gres.conf and a
+slurm.conf that agree from ones that do not, with documented exit codes.
+
+The default fake tree has three display devices: 0000:01:00.0 (IOMMU group
+1, with its audio function), 0000:02:00.0 (group 2, shared with a NIC: not a
+GPU, so still offered) and 0000:04:00.0 (no IOMMU group: left out)."""
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+import unittest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "integration"))
+sys.path.insert(0, os.environ.get("QVISOR_FAKESYSFS_DIR", os.path.join(HERE, "..", "fakesysfs")))
+from qvtest import QVISOR, Node  # noqa: E402
+from fakesysfs import FakeSys  # noqa: E402
+
+DEV = "/dev/qv-test-vfio"  # --device-dir: only named, never created
+
+
+class SlurmGres(unittest.TestCase):
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix="qv-slurm-")
+        self.addCleanup(shutil.rmtree, self.tmp, ignore_errors=True)
+        self.fs = FakeSys(os.path.join(self.tmp, "root"))
+        self.addCleanup(self.fs.release)
+        self.node = Node()  # a config file only; no daemon is started
+        self.addCleanup(self.node.cleanup)
+
+    def qv(self, *args):
+        return self.fs.run([QVISOR, "--config", self.node.config, *args], capture_output=True, text=True)
+
+    def write(self, name, text):
+        path = os.path.join(self.tmp, name)
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
+    def check(self, gres, slurm, *extra):
+        return self.qv("slurm", "check", "--node", "n1", "--device-dir", DEV, "--gres-conf",
+                       self.write("gres.conf", gres), "--slurm-conf", self.write("slurm.conf", slurm), *extra)
+
+    def test_gres_lines_in_qvisor_order(self):
+        p = self.qv("slurm", "gres", "--node", "n1", "--device-dir", DEV)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        lines = [ln for ln in p.stdout.splitlines() if not ln.startswith("#")]
+        self.assertEqual([ln.split("#")[0].split() for ln in lines],
+                         [["NodeName=n1", "Name=gpu", f"File={DEV}/1"],
+                          ["NodeName=n1", "Name=gpu", f"File={DEV}/2"]])
+        self.assertIn("0000:01:00.0", lines[0])
+        self.assertIn("0000:02:00.0", lines[1])
+        self.assertIn("# left out: 0000:04:00.0: no IOMMU group", p.stdout)
+        j = json.loads(self.qv("--json", "slurm", "gres", "--node", "n1").stdout)
+        self.assertEqual([(g["index"], g["address"], g["file"]) for g in j["gpus"]],
+                         [(0, "0000:01:00.0", "/dev/vfio/1"), (1, "0000:02:00.0", "/dev/vfio/2")])
+        self.assertEqual([g["address"] for g in j["left_out"]], ["0000:04:00.0"])
+        # what it prints is what check accepts
+        slurm = "NodeName=n1 CPUs=4 Gres=gpu:2\n"
+        p = self.check(p.stdout, slurm)
+        self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+        self.assertIn("OK    gres.conf", p.stdout)
+        self.assertIn("WARN  gpu", p.stdout)  # the GPU left out
+
+    def test_check_finds_disagreements(self):
+        good = f"AutoDetect=off\nNodeName=n1 Name=gpu File={DEV}/[1-2]\nNodeName=n2 Name=gpu File={DEV}/9\n"
+        slurm = "NodeName=DEFAULT Gres=gpu:2\nNodeName=n[1-2] CPUs=4\n"
+        self.assertEqual(self.check(good, slurm).returncode, 0)
+        # swapped: Slurm's index 0 would be qvisor's GPU 1
+        p = self.check(f"NodeName=n1 Name=gpu File={DEV}/2\nNodeName=n1 Name=gpu File={DEV}/1\n", slurm)
+        self.assertEqual(p.returncode, 69, p.stdout)
+        self.assertIn("GPU index 0 of n1 is 0000:01:00.0 (IOMMU group 1) for qvisor, but "
+                      f"{DEV}/2 for gres.conf", p.stdout)
+        # one too many, one missing, a count that differs
+        p = self.check(good + f"NodeName=n1 Name=gpu File={DEV}/5\n", slurm)
+        self.assertEqual(p.returncode, 69)
+        self.assertIn(f"GPU index 2 of n1: {DEV}/5, which qvisor does not offer", p.stdout)
+        p = self.check(f"NodeName=n1 Name=gpu File={DEV}/1\n", "NodeName=n1 Gres=gpu:1\n")
+        self.assertEqual(p.returncode, 69)
+        self.assertIn("is 0000:02:00.0 (IOMMU group 2) for qvisor, but missing", p.stdout)
+        p = self.check(good, "NodeName=n1 Gres=gpu:3\n")
+        self.assertEqual(p.returncode, 69)
+        self.assertIn("NodeName n1 has Gres of 3 GPUs; qvisor offers 2", p.stdout)
+        p = self.check(good, "NodeName=other Gres=gpu:2\n")
+        self.assertEqual(p.returncode, 69)
+        self.assertIn("no NodeName line for n1", p.stdout)
+        # JSON: the same items
+        j = json.loads(self.check(good, "NodeName=n1 Gres=gpu:3\n", "--json").stdout)
+        self.assertFalse(j["ok"])
+        self.assertEqual([i["status"] for i in j["items"] if i["name"] == "slurm.conf"], ["fail"])
+
+    def test_check_bad_files(self):
+        p = self.check("Name=gpu File=/dev/x[\n", "NodeName=n1\n")
+        self.assertEqual(p.returncode, 65, p.stdout + p.stderr)
+        self.assertIn("line 1", p.stdout)
+        p = self.qv("slurm", "check", "--node", "n1", "--gres-conf", os.path.join(self.tmp, "absent"),
+                    "--slurm-conf", self.write("slurm.conf", ""))
+        self.assertEqual(p.returncode, 66)
+        self.assertIn("absent", p.stderr)
+        p = self.qv("slurm", "check", "--gres-conf", self.tmp, "--slurm-conf", self.tmp, "--node", "n1")
+        self.assertEqual(p.returncode, 65)
+        self.assertIn("not a regular file", p.stderr)
+        self.assertEqual(self.qv("slurm", "gres", "--node", "a b").returncode, 64)
+        self.assertEqual(self.qv("slurm", "gres", "--device-dir", "rel").returncode, 64)
+        self.assertEqual(self.qv("slurm", "gres", "--gres-conf", "/x").returncode, 64)
+
+
+if __name__ == "__main__":
+    unittest.main()
