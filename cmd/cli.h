@@ -117,6 +117,8 @@ int cmd_net_teardown(qv_cli *cli, int argc, char **argv);
 int cmd_check(qv_cli *cli, int argc, char **argv);
 int cmd_slurm_gres(qv_cli *cli, int argc, char **argv);
 int cmd_slurm_check(qv_cli *cli, int argc, char **argv);
+int cmd_slurm_prolog(qv_cli *cli, int argc, char **argv);
+int cmd_slurm_epilog(qv_cli *cli, int argc, char **argv);
 
 /* The config loaded and the sysfs root set from it (or QVISOR_SYSROOT),
  * for commands that read devices without the daemon (check, slurm). */

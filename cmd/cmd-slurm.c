@@ -6,6 +6,8 @@
 #include "cleanup.h"
 #include "fileio.h"
 #include "host/check.h"
+#include "run.h"
+#include "util.h"
 #include "slurm/slurmconf.h"
 #include "vfio/vfio.h"
 
@@ -285,4 +287,364 @@ int cmd_slurm_check(qv_cli *cli, int argc, char **argv) {
     if (st_gres < 0 || st_slurm < 0)
         return QV_EXIT_DATAERR;
     return ok ? QV_EXIT_OK : QV_EXIT_UNAVAILABLE;
+}
+
+/* ---- the job's VM: prolog and epilog ------------------------------------ */
+
+static const char prolog_help[] =
+    "Usage: qvisor slurm prolog --image IMAGE [--keep-disk] [--scontrol PATH]\n"
+    "\n"
+    "Run by qvisor's SPANK plugin in a job's prolog (as root, in slurmd's prolog\n"
+    "environment; docs/slurm.md), for a job submitted with --vm-image.  Creates\n"
+    "and starts VM slurm-JOBID with what Slurm gave the job on this node (`scontrol\n"
+    "-d show job`: its CPUs, memory and GPU indexes, mapped to PCI addresses as\n"
+    "`qvisor slurm gres` orders them), the user's SSH key (SPANK_QVISOR_SSH_KEY)\n"
+    "and the job's user as its owner; then writes vm=, node=, gpus= and ssh= into\n"
+    "the job's AdminComment (`scontrol show job`).  A VM kept from an earlier run\n"
+    "of the same job (a requeue) is started again.  When it fails, the node is\n"
+    "drained with a reason that says why (`scontrol update NodeName=...\n"
+    "State=DRAIN`), and the exit status is not 0.\n"
+    "\n"
+    "Environment: SLURM_JOB_ID, SLURM_JOB_UID, SLURMD_NODENAME (else this host's\n"
+    "short name), SPANK_QVISOR_SSH_KEY (optional).\n"
+    "\n"
+    "      --image IMAGE     the base image (the job's --vm-image)\n"
+    "      --keep-disk       accepted for symmetry with the epilog\n"
+    "      --scontrol PATH   default /usr/bin/scontrol\n"
+    "\n"
+    "Exit: 0, 1 the VM could not be made or started (the node is drained), 64,\n"
+    "65 bad environment, 69 the daemon is not running.\n";
+
+static const char epilog_help[] =
+    "Usage: qvisor slurm epilog [--keep-disk] [--timeout T] [--scontrol PATH]\n"
+    "\n"
+    "Run by qvisor's SPANK plugin in a job's epilog (as root): stops VM\n"
+    "slurm-JOBID (the guest shuts down, forced after --timeout, default 30s),\n"
+    "checks that its GPUs went back to the host, and removes the VM with its disk\n"
+    "unless --keep-disk (the job's --vm-keep-disk).  Slurm frees the node only\n"
+    "after the epilog, so the next job finds the GPUs back.  A GPU that did not\n"
+    "come back drains the node with a reason that names it.  A job without a VM:\n"
+    "nothing to do.\n"
+    "\n"
+    "Environment: SLURM_JOB_ID, SLURMD_NODENAME (else this host's short name).\n"
+    "\n"
+    "Exit: 0, 1 a GPU was not given back or the VM could not be stopped or\n"
+    "removed (the node is drained), 64, 65 bad environment, 69 the daemon is not\n"
+    "running.\n";
+
+#define SCONTROL_DEFAULT "/usr/bin/scontrol"
+#define SCONTROL_TIMEOUT_MS 30000
+#define JOB_START_WAIT_MS (10ull * 60 * 1000)
+#define JOB_STOP_WAIT_MS (2ull * 3600 * 1000)
+
+typedef struct job_opts {
+    const char *image;
+    bool keep_disk;
+    const char *scontrol;
+    uint64_t timeout_ms;
+    char node[256];
+    unsigned long long job;
+    unsigned long uid;
+    char vm[64];
+} job_opts;
+
+enum { OPT_IMAGE = 300, OPT_KEEP_DISK, OPT_SCONTROL, OPT_TIMEOUT };
+
+/* A decimal environment variable, within max. */
+static int env_number(const char *name, unsigned long long max, unsigned long long *ret) {
+    const char *v = getenv(name);
+    char *end = NULL;
+    if (!v || !*v || strspn(v, "0123456789") != strlen(v) || strlen(v) > 19)
+        return -EINVAL;
+    *ret = strtoull(v, &end, 10);
+    return *ret <= max ? 0 : -ERANGE;
+}
+
+static int job_parse(qv_cli *cli, int argc, char **argv, bool prolog, job_opts *o) {
+    static const struct option longopts[] = {
+        QV_CLI_COMMON_LONGOPTS,
+        {"image", required_argument, NULL, OPT_IMAGE},
+        {"keep-disk", no_argument, NULL, OPT_KEEP_DISK},
+        {"scontrol", required_argument, NULL, OPT_SCONTROL},
+        {"timeout", required_argument, NULL, OPT_TIMEOUT},
+        {NULL, 0, NULL, 0}};
+    const char *verb = prolog ? "slurm prolog " : "slurm epilog ";
+    *o = (job_opts){.scontrol = SCONTROL_DEFAULT, .timeout_ms = 30000};
+    int c;
+    while ((c = qv_cli_getopt(cli, argc, argv, "h", longopts, prolog ? prolog_help : epilog_help)) != -1) {
+        if (c == -2)
+            return QV_EXIT_OK;
+        if (c == OPT_IMAGE && prolog)
+            o->image = optarg;
+        else if (c == OPT_KEEP_DISK)
+            o->keep_disk = true;
+        else if (c == OPT_SCONTROL && optarg[0] == '/')
+            o->scontrol = optarg;
+        else if (c == OPT_TIMEOUT && !prolog) {
+            uint64_t ms;
+            if (qv_parse_duration_ms(optarg, &ms) < 0)
+                return qv_cli_usage_error(verb, "--timeout takes a duration (30s, 2m), got '%s'", optarg);
+            o->timeout_ms = ms;
+        } else
+            return qv_cli_usage_error(verb, "bad option");
+    }
+    if (optind < argc)
+        return qv_cli_usage_error(verb, "takes no arguments");
+    if (prolog && !o->image)
+        return qv_cli_usage_error(verb, "needs --image IMAGE");
+    if (env_number("SLURM_JOB_ID", 0xfffffffeULL, &o->job) < 0 || o->job == 0) {
+        qv_fprintf(stderr, "qvisor: error: SLURM_JOB_ID is not a job id: run by Slurm's prolog or epilog only\n");
+        return QV_EXIT_DATAERR;
+    }
+    unsigned long long uid = 0;
+    if (prolog && env_number("SLURM_JOB_UID", 0x7ffffffeULL, &uid) < 0) {
+        qv_fprintf(stderr, "qvisor: error: SLURM_JOB_UID is not a uid\n");
+        return QV_EXIT_DATAERR;
+    }
+    o->uid = (unsigned long)uid;
+    const char *node = getenv("SLURMD_NODENAME");
+    if (node && *node && strlen(node) < sizeof o->node && !strpbrk(node, " \t\n=#,[]"))
+        snprintf(o->node, sizeof o->node, "%s", node);
+    else if (gethostname(o->node, sizeof o->node - 1) == 0)
+        o->node[strcspn(o->node, ".")] = '\0';
+    snprintf(o->vm, sizeof o->vm, "slurm-%llu", o->job);
+    return -1;
+}
+
+/* scontrol ARGS…: its stdout (owned) or NULL with err. */
+static char *scontrol(const job_opts *o, const char *const *args, qv_error *err) {
+    const char *argv[8] = {o->scontrol};
+    size_t n = 1;
+    for (; args[n - 1] && n < QV_ARRAY_SIZE(argv) - 1; n++)
+        argv[n] = args[n - 1];
+    argv[n] = NULL;
+    qv_run_result res = {0};
+    int r = qv_run((char *const *)argv, SCONTROL_TIMEOUT_MS, NULL, NULL, &res);
+    char *out = NULL;
+    if (r < 0) {
+        qv_error_set(err, -r, "%s: %s", o->scontrol, r == -ETIMEDOUT ? "timed out" : strerror(-r));
+    } else if (!qv_run_ok(&res)) {
+        char how[64];
+        qv_run_describe(&res, how, sizeof how);
+        qv_error_set(err, EIO, "%s %s %s: %s: %.300s", o->scontrol, args[0], args[1] ? args[1] : "", how,
+                     res.err ? res.err : "");
+    } else {
+        out = TAKE_PTR(res.out);
+    }
+    qv_run_result_free(&res);
+    return out;
+}
+
+/* The node out of service until a person looks: Slurm's own drain, with
+ * qvisor's reason (kept short: Slurm shows it in sinfo -R). */
+static void drain(const job_opts *o, const char *why) {
+    char node[300], reason[300];
+    snprintf(node, sizeof node, "NodeName=%s", o->node);
+    snprintf(reason, sizeof reason, "Reason=qvisor job %llu: %.200s", o->job, why);
+    for (char *p = reason; *p; p++)
+        if (*p == '\n' || *p == '"')
+            *p = ' ';
+    qv_error err = {0};
+    _cleanup_free_ char *out = scontrol(o, (const char *[]){"update", node, "State=DRAIN", reason, NULL}, &err);
+    if (!out)
+        qv_fprintf(stderr, "qvisor: error: could not drain %s: %s\n", o->node, err.msg);
+    else
+        qv_fprintf(stderr, "qvisor: drained %s: %s\n", o->node, reason + 7);
+}
+
+static int job_fail(const job_opts *o, const qv_error *err) {
+    qv_fprintf(stderr, "qvisor: error: %s\n", err->msg);
+    drain(o, err->msg);
+    return QV_EXIT_FAILED;
+}
+
+/* The daemon's GPU list (gpu.list) as a vfio_gpu_list of addresses and
+ * groups: what slurm_offered_gpus() looks at.  The daemon's view is the
+ * one the VM gets, and the prolog needs no device discovery of its own. */
+static int daemon_gpus(qv_cli *cli, vfio_gpu_list *l, qv_error *err) {
+    json_t *res = NULL;
+    if (qv_cli_call(cli, "gpu.list", NULL, &res, err) < 0)
+        return -err->code;
+    json_t *gpus = json_object_get(res, "gpus");
+    l->gpus = calloc(json_array_size(gpus) ? json_array_size(gpus) : 1, sizeof *l->gpus);
+    if (!l->gpus) {
+        json_decref(res);
+        return qv_error_set(err, ENOMEM, "out of memory");
+    }
+    size_t i;
+    json_t *g;
+    json_array_foreach(gpus, i, g) {
+        vfio_gpu *v = &l->gpus[l->n];
+        const char *bdf = qv_json_str(g, "address");
+        json_t *grp = json_object_get(g, "iommu_group");
+        if (!bdf || vfio_bdf_normalize(bdf, v->dev.bdf) < 0)
+            continue;
+        v->dev.iommu_group = json_is_integer(grp) ? (int)json_integer_value(grp) : -1;
+        v->index = (int)l->n++;
+    }
+    json_decref(res);
+    return 0;
+}
+
+/* The job's VM spec from its allocation on this node. */
+static json_t *job_spec(qv_cli *cli, const job_opts *o, const slurm_alloc *a, qv_error *err) {
+    json_t *gpus = json_array();
+    vfio_gpu_list l = {0};
+    _cleanup_free_ const vfio_gpu **offer = NULL;
+    size_t n = 0;
+    if (a->n_gpus && (daemon_gpus(cli, &l, err) < 0 || !(offer = calloc(l.n ? l.n : 1, sizeof *offer)))) {
+        if (!err->msg[0])
+            qv_error_set(err, ENOMEM, "out of memory");
+        json_decref(gpus);
+        free(l.gpus);
+        return NULL;
+    }
+    if (offer)
+        n = slurm_offered_gpus(&l, offer, NULL);
+    for (size_t i = 0; i < a->n_gpus; i++) {
+        if (a->gpus[i] >= n) {
+            qv_error_set(err, ENODEV, "Slurm gave GPU index %u on %s, but qvisor offers %zu GPU%s there: gres.conf "
+                         "does not match (qvisor slurm check)", a->gpus[i], o->node, n, n == 1 ? "" : "s");
+            json_decref(gpus);
+            free(l.gpus);
+            return NULL;
+        }
+        json_array_append_new(gpus, json_string(offer[a->gpus[i]]->dev.bdf));
+    }
+    free(l.gpus);
+    json_t *spec = json_pack("{s:s, s:s, s:I, s:o, s:s, s:I, s:I}", "name", o->vm, "image", o->image, "cpus",
+                             (json_int_t)(a->cpus ? a->cpus : 1), "gpus", gpus, "restart", "never", "owner",
+                             (json_int_t)o->uid, "slurm_job", (json_int_t)o->job);
+    if (spec && a->mem_mib) {
+        char mem[32];
+        snprintf(mem, sizeof mem, "%lluM", a->mem_mib);
+        json_object_set_new(spec, "memory", json_string(mem));
+    }
+    const char *key = getenv("SPANK_QVISOR_SSH_KEY");
+    if (spec && key && *key) {
+        json_t *keys = json_array();
+        _cleanup_free_ char *copy = strdup(key);
+        for (char *save = NULL, *k = copy ? strtok_r(copy, "\n", &save) : NULL; k; k = strtok_r(NULL, "\n", &save))
+            if (*k && *k != '#')
+                json_array_append_new(keys, json_string(k));
+        json_object_set_new(spec, "ssh_keys", keys);
+    }
+    if (!spec)
+        qv_error_set(err, ENOMEM, "out of memory");
+    return spec;
+}
+
+/* vm=, node=, gpus=, ssh= into the job's AdminComment: what `scontrol show
+ * job` shows the user (only an administrator can set it). */
+static void admin_comment(qv_cli *cli, const job_opts *o) {
+    json_t *vm = NULL;
+    qv_error err = {0};
+    if (qv_cli_call(cli, "vm.show", json_pack("{s:s}", "name", o->vm), &vm, &err) < 0) {
+        qv_fprintf(stderr, "qvisor: warning: %s\n", err.msg);
+        return;
+    }
+    char gpus[1024] = "", comment[1400], job[32];
+    size_t i;
+    json_t *g;
+    json_array_foreach(json_object_get(vm, "gpus"), i, g) {
+        size_t len = strlen(gpus);
+        snprintf(gpus + len, sizeof gpus - len, "%s%s", len ? "," : "", json_string_value(g));
+    }
+    json_t *port = json_object_get(vm, "ssh_port");
+    snprintf(comment, sizeof comment, "AdminComment=qvisor vm=%s node=%s gpus=%s", o->vm, o->node, gpus[0] ? gpus : "-");
+    if (json_is_integer(port)) {
+        size_t len = strlen(comment);
+        snprintf(comment + len, sizeof comment - len, " ssh=%s:%lld", o->node, (long long)json_integer_value(port));
+    }
+    json_decref(vm);
+    snprintf(job, sizeof job, "JobId=%llu", o->job);
+    _cleanup_free_ char *out = scontrol(o, (const char *[]){"update", job, comment, NULL}, &err);
+    if (!out)
+        qv_fprintf(stderr, "qvisor: warning: the job's AdminComment was not set: %s\n", err.msg);
+}
+
+int cmd_slurm_prolog(qv_cli *cli, int argc, char **argv) {
+    job_opts o;
+    int rc = job_parse(cli, argc, argv, true, &o);
+    if (rc >= 0)
+        return rc;
+    qv_error err = {0};
+    char id[32];
+    snprintf(id, sizeof id, "%llu", o.job);
+    _cleanup_free_ char *show = scontrol(&o, (const char *[]){"-d", "show", "job", id, NULL}, &err);
+    slurm_alloc a;
+    if (!show || slurm_job_alloc(show, o.node, &a, &err) < 0)
+        return job_fail(&o, &err);
+    if (a.has_uid && a.uid != o.uid) {
+        qv_error_set(&err, EPERM, "the job's user is uid %u for scontrol but %lu for the prolog", a.uid, o.uid);
+        return job_fail(&o, &err);
+    }
+    json_t *spec = job_spec(cli, &o, &a, &err);
+    if (!spec)
+        return job_fail(&o, &err);
+    json_t *res = NULL;
+    if (qv_cli_call_long(cli, "vm.create", json_pack("{s:o}", "spec", spec), JOB_START_WAIT_MS, NULL, &err) < 0) {
+        if (err.code != EEXIST)
+            return job_fail(&o, &err);
+        qv_fprintf(stderr, "qvisor: VM %s exists (kept from an earlier run of job %llu): starting it\n", o.vm,
+                   o.job);
+        err = (qv_error){0};
+    }
+    if (qv_cli_call_long(cli, "vm.start", json_pack("{s:s}", "name", o.vm), JOB_START_WAIT_MS, &res, &err) < 0)
+        return job_fail(&o, &err);
+    json_decref(res);
+    admin_comment(cli, &o);
+    if (cli->verbosity >= 0)
+        qv_printf("VM %s runs job %llu on %s\n", o.vm, o.job, o.node);
+    return QV_EXIT_OK;
+}
+
+/* The GPUs gpu.list shows still held by vm or stuck: each drains. */
+static int gpus_back(qv_cli *cli, const job_opts *o, qv_error *err) {
+    json_t *res = NULL;
+    if (qv_cli_call(cli, "gpu.list", NULL, &res, err) < 0)
+        return -err->code;
+    size_t i;
+    json_t *g;
+    int bad = 0;
+    json_array_foreach(json_object_get(res, "gpus"), i, g) {
+        const char *holder = qv_json_str(g, "vm"), *stuck = qv_json_str(g, "stuck_reason");
+        if ((!holder || strcmp(holder, o->vm) != 0) && !stuck)
+            continue;
+        qv_error_set(err, EBUSY, "GPU %s was not given back after VM %s: %s", qv_json_str(g, "address"), o->vm,
+                     stuck ? stuck : "still held");
+        bad = -EBUSY;
+        break;
+    }
+    json_decref(res);
+    return bad;
+}
+
+int cmd_slurm_epilog(qv_cli *cli, int argc, char **argv) {
+    job_opts o;
+    int rc = job_parse(cli, argc, argv, false, &o);
+    if (rc >= 0)
+        return rc;
+    qv_error err = {0};
+    json_t *res = NULL;
+    if (qv_cli_call(cli, "vm.show", json_pack("{s:s}", "name", o.vm), &res, &err) < 0) {
+        if (err.code == ENOENT)
+            return QV_EXIT_OK; /* the job had no VM here, or it is gone already */
+        return qv_cli_fail(cli, &err);
+    }
+    json_decref(res);
+    res = NULL;
+    json_t *params = json_pack("{s:s, s:I}", "name", o.vm, "timeout_ms", (json_int_t)o.timeout_ms);
+    if (qv_cli_call_long(cli, "vm.stop", params, JOB_STOP_WAIT_MS, &res, &err) < 0)
+        return job_fail(&o, &err);
+    json_decref(res);
+    if (gpus_back(cli, &o, &err) < 0)
+        return job_fail(&o, &err);
+    if (!o.keep_disk &&
+        qv_cli_call_long(cli, "vm.remove", json_pack("{s:s, s:b}", "name", o.vm, "force", false), JOB_STOP_WAIT_MS,
+                         NULL, &err) < 0)
+        return job_fail(&o, &err);
+    if (cli->verbosity >= 0)
+        qv_printf("VM %s of job %llu stopped%s\n", o.vm, o.job, o.keep_disk ? "; its disk is kept" : " and removed");
+    return QV_EXIT_OK;
 }

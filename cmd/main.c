@@ -63,6 +63,8 @@ static const qv_cli_verb node_verbs[] = {
 static const qv_cli_verb slurm_verbs[] = {
     {"gres", cmd_slurm_gres, "print gres.conf lines for this node's GPUs, in qvisor's order"},
     {"check", cmd_slurm_check, "tell whether gres.conf and slurm.conf name the GPUs as qvisor does"},
+    {"prolog", cmd_slurm_prolog, "(the SPANK plugin's job prolog) create and start the job's VM"},
+    {"epilog", cmd_slurm_epilog, "(the SPANK plugin's job epilog) stop the job's VM, check its GPUs, remove it"},
     {NULL, NULL, NULL},
 };
 

@@ -371,6 +371,119 @@ int slurm_conf_node_gpus(const char *text, const char *node, long *ret, bool *re
                         r == -E2BIG ? "line too long" : "a word that is not KEY=VALUE");
 }
 
+/* ---- a job's allocation ------------------------------------------------ */
+
+/* "0-3,8" -> each number through fn; -EINVAL for anything else. */
+static int parse_ranges(const char *s, size_t len, int (*fn)(unsigned long, void *), void *userdata) {
+    const char *end = s + len;
+    while (s < end) {
+        char *e = NULL;
+        unsigned long a = strtoul(s, &e, 10), b = a;
+        if (e == s || e > end)
+            return -EINVAL;
+        if (e < end && *e == '-') {
+            const char *h = e + 1;
+            b = strtoul(h, &e, 10);
+            if (e == h || e > end || b < a)
+                return -EINVAL;
+        }
+        if (b - a >= SLURM_EXPAND_MAX)
+            return -E2BIG;
+        for (unsigned long k = a; k <= b; k++) {
+            int r = fn(k, userdata);
+            if (r < 0)
+                return r;
+        }
+        if (e < end && *e != ',')
+            return -EINVAL;
+        s = e + (e < end);
+    }
+    return 0;
+}
+
+static int count_cpu(unsigned long k, void *userdata) {
+    (void)k;
+    ((slurm_alloc *)userdata)->cpus++;
+    return 0;
+}
+
+static int add_gpu(unsigned long k, void *userdata) {
+    slurm_alloc *a = userdata;
+    if (a->n_gpus >= SLURM_ALLOC_GPUS_MAX || k > 4096)
+        return -E2BIG;
+    a->gpus[a->n_gpus++] = (unsigned)k;
+    return 0;
+}
+
+/* GRES=gpu:2(IDX:0-1),gpu:t4:1(IDX:3): the indexes of every gpu item. */
+static int parse_gres_idx(const char *v, slurm_alloc *a) {
+    for (const char *p = v; (p = strstr(p, "gpu")) != NULL;) {
+        if (p != v && p[-1] != ',') {
+            p += 3;
+            continue;
+        }
+        const char *idx = strstr(p, "(IDX:");
+        const char *next = strchr(p, ')');
+        if (!idx || !next || idx > next)
+            return -EINVAL;
+        idx += 5;
+        int r = parse_ranges(idx, (size_t)(next - idx), add_gpu, a);
+        if (r < 0)
+            return r;
+        p = next + 1;
+    }
+    return 0;
+}
+
+int slurm_job_alloc(const char *text, const char *node, slurm_alloc *ret, qv_error *err) {
+    *ret = (slurm_alloc){0};
+    const char *uid = strstr(text, "UserId=");
+    const char *paren = uid ? strchr(uid, '(') : NULL, *word_end = uid ? strpbrk(uid, " \n") : NULL;
+    if (paren && (!word_end || paren < word_end)) {
+        char *e = NULL;
+        unsigned long u = strtoul(paren + 1, &e, 10);
+        if (e != paren + 1 && *e == ')' && u < 0x7fffffffUL) {
+            ret->uid = (unsigned)u;
+            ret->has_uid = true;
+        }
+    }
+    for (const char *line = text; line && *line;) {
+        const char *nl = strchr(line, '\n');
+        size_t len = nl ? (size_t)(nl - line) : strlen(line);
+        _cleanup_free_ char *l = strndup(line, len);
+        line = nl ? nl + 1 : NULL;
+        if (!l)
+            return qv_error_set(err, ENOMEM, "out of memory");
+        char *s = l + strspn(l, " \t");
+        if (strncmp(s, "Nodes=", 6) != 0 || s == l)
+            continue; /* the detail lines are indented; NodeList= is not one */
+        bool ours = false, seen_cpus = false;
+        slurm_alloc a = {.uid = ret->uid, .has_uid = ret->has_uid};
+        int r = 0;
+        for (char *save = NULL, *w = strtok_r(s, " \t", &save); w && r == 0; w = strtok_r(NULL, " \t", &save)) {
+            if (strncmp(w, "Nodes=", 6) == 0)
+                ours = slurm_hostlist_has(w + 6, node);
+            else if (strncmp(w, "CPU_IDs=", 8) == 0) {
+                r = parse_ranges(w + 8, strlen(w + 8), count_cpu, &a);
+                seen_cpus = true;
+            } else if (strncmp(w, "Mem=", 4) == 0) {
+                char *e = NULL;
+                a.mem_mib = strtoull(w + 4, &e, 10);
+                r = e == w + 4 || *e ? -EINVAL : 0;
+            } else if (strncmp(w, "GRES=", 5) == 0)
+                r = parse_gres_idx(w + 5, &a);
+        }
+        if (!ours)
+            continue;
+        if (r < 0 || !seen_cpus)
+            return qv_error_set(err, EINVAL, "scontrol's allocation line for %s cannot be read: %s", node,
+                                r == -E2BIG ? "too many CPUs or GPUs" : "bad CPU_IDs, Mem or GRES");
+        *ret = a;
+        return 0;
+    }
+    return qv_error_set(err, ENOENT, "the job has no allocation on %s (not running there?)", node);
+}
+
 /* ---- the GPUs offered to Slurm ----------------------------------------- */
 
 size_t slurm_offered_gpus(const vfio_gpu_list *l, const vfio_gpu **ret, char (*why)[128]) {

@@ -46,6 +46,21 @@ void slurm_gres_files_free(char **files, size_t n);
  * is set when the file has Include lines (not followed here). */
 int slurm_conf_node_gpus(const char *text, const char *node, long *ret, bool *ret_include, qv_error *err);
 
+/* What a job has on one node, from `scontrol -d show job ID`: the detail
+ * line "Nodes=EXPR CPU_IDs=0-3,8 Mem=4096 GRES=gpu:2(IDX:0-1)" whose Nodes=
+ * names the node.  -ENOENT when none does (not the job's node, or the job
+ * is not running); -EINVAL for a line that cannot be read. */
+#define SLURM_ALLOC_GPUS_MAX 64
+typedef struct slurm_alloc {
+    unsigned cpus;                            /* how many CPU_IDs */
+    unsigned long long mem_mib;               /* Mem=, MiB; 0 when not given */
+    unsigned gpus[SLURM_ALLOC_GPUS_MAX];      /* the GPU indexes (IDX:) */
+    size_t n_gpus;
+    unsigned uid;                             /* UserId=NAME(UID) */
+    bool has_uid;
+} slurm_alloc;
+int slurm_job_alloc(const char *text, const char *node, slurm_alloc *ret, qv_error *err);
+
 /* The GPUs of l qvisor offers to Slurm, in qvisor's order (by PCI
  * address): those with an IOMMU group of no other GPU.  A GPU without a
  * group cannot be passed through; two GPUs in one group can only go to

@@ -105,6 +105,43 @@ static void test_slurm_conf(void **state) {
     assert_non_null(strstr(err.msg, "line 1"));
 }
 
+static void test_job_alloc(void **state) {
+    (void)state;
+    const char *job = "JobId=42 JobName=wrap\n"
+                      "   UserId=alice(1001) GroupId=alice(1001) MCS_label=N/A\n"
+                      "   JobState=RUNNING Reason=None Dependency=(null)\n"
+                      "   NodeList=node[1-3]\n"
+                      "   TRES=cpu=10,mem=6G,node=3,billing=10,gres/gpu=3\n"
+                      "   JOB_GRES=gpu:3\n"
+                      "     Nodes=node[1-2] CPU_IDs=0-3,8 Mem=2048 GRES=gpu:t4:1(IDX:1),gpu:a100:1(IDX:3)\n"
+                      "     Nodes=node3 CPU_IDs=0-4 Mem=2048 GRES=\n"
+                      "   MinCPUsNode=1 MinMemoryNode=2G MinTmpDiskNode=0\n";
+    slurm_alloc a;
+    qv_error err = {0};
+    assert_int_equal(slurm_job_alloc(job, "node2", &a, &err), 0);
+    assert_int_equal(a.cpus, 5);
+    assert_int_equal(a.mem_mib, 2048);
+    assert_int_equal(a.n_gpus, 2);
+    assert_int_equal(a.gpus[0], 1);
+    assert_int_equal(a.gpus[1], 3);
+    assert_true(a.has_uid);
+    assert_int_equal(a.uid, 1001);
+    assert_int_equal(slurm_job_alloc(job, "node3", &a, &err), 0);
+    assert_int_equal(a.cpus, 5);
+    assert_int_equal(a.n_gpus, 0);
+    /* NodeList= is not an allocation line; a node the job is not on */
+    assert_int_equal(slurm_job_alloc(job, "node4", &a, &err), -ENOENT);
+    assert_int_equal(slurm_job_alloc("JobId=1\n   NodeList=n1\n", "n1", &a, &err), -ENOENT);
+    assert_int_equal(slurm_job_alloc("     Nodes=n1 CPU_IDs=0-x Mem=1\n", "n1", &a, &err), -EINVAL);
+    assert_int_equal(slurm_job_alloc("     Nodes=n1 CPU_IDs=0 Mem=1 GRES=gpu:1(IDX:0-99999)\n", "n1", &a, &err),
+                     -EINVAL);
+    assert_int_equal(slurm_job_alloc("     Nodes=n1 CPU_IDs=0-1 GRES=gpu:2(IDX:0-1)\n", "n1", &a, &err), 0);
+    assert_int_equal(a.cpus, 2);
+    assert_int_equal(a.mem_mib, 0);
+    assert_int_equal(a.n_gpus, 2);
+    assert_false(a.has_uid);
+}
+
 static void test_offered_gpus(void **state) {
     (void)state;
     vfio_gpu gpus[4] = {0};
@@ -137,6 +174,7 @@ int main(void) {
         cmocka_unit_test(test_hostlist),
         cmocka_unit_test(test_gres_conf),
         cmocka_unit_test(test_slurm_conf),
+        cmocka_unit_test(test_job_alloc),
         cmocka_unit_test(test_offered_gpus),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
