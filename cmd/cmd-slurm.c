@@ -111,18 +111,32 @@ static int parse(qv_cli *cli, int argc, char **argv, const char *verb, const cha
     return -1;
 }
 
-/* The node's GPUs, and those offered to Slurm (pointers into l). */
-static int offered(qv_cli *cli, vfio_gpu_list *l, const vfio_gpu ***ret, size_t *ret_n, char (**why)[128],
-                   qv_error *err) {
+/* The node's GPUs, and those offered to Slurm (pointers into l); why[i]
+ * says why GPU i of l is left out. */
+typedef struct gpu_offer {
+    vfio_gpu_list l;
+    const vfio_gpu **gpus;
+    size_t n;
+    char (*why)[128];
+} gpu_offer;
+
+static void offer_clear(gpu_offer *of) {
+    vfio_gpu_list_clear(&of->l);
+    free(of->gpus);
+    free(of->why);
+    *of = (gpu_offer){0};
+}
+
+static int offer_load(qv_cli *cli, gpu_offer *of, qv_error *err) {
     const sv_config *cfg;
     int r = qv_cli_sysroot(cli, &cfg, err);
-    if (r < 0 || (r = vfio_gpu_list_get(l, err)) < 0)
+    if (r < 0 || (r = vfio_gpu_list_get(&of->l, err)) < 0)
         return r;
-    *ret = calloc(l->n ? l->n : 1, sizeof **ret);
-    *why = calloc(l->n ? l->n : 1, sizeof **why);
-    if (!*ret || !*why)
+    of->gpus = calloc(of->l.n ? of->l.n : 1, sizeof *of->gpus);
+    of->why = calloc(of->l.n ? of->l.n : 1, sizeof *of->why);
+    if (!of->gpus || !of->why)
         return qv_error_set(err, ENOMEM, "out of memory");
-    *ret_n = slurm_offered_gpus(l, *ret, *why);
+    of->n = slurm_offered_gpus(&of->l, of->gpus, of->why);
     return 0;
 }
 
@@ -137,21 +151,20 @@ int cmd_slurm_gres(qv_cli *cli, int argc, char **argv) {
     int rc = parse(cli, argc, argv, "gres", gres_help, &o);
     if (rc >= 0)
         return rc;
-    vfio_gpu_list l = {0};
-    _cleanup_free_ const vfio_gpu **gpus = NULL;
-    _cleanup_free_ char(*why)[128] = NULL;
-    size_t n = 0;
+    gpu_offer of = {0};
     qv_error err = {0};
-    if (offered(cli, &l, &gpus, &n, &why, &err) < 0) {
-        vfio_gpu_list_clear(&l);
+    if (offer_load(cli, &of, &err) < 0) {
+        offer_clear(&of);
         return qv_cli_fail(cli, &err);
     }
+    const vfio_gpu **gpus = of.gpus;
+    size_t n = of.n;
     json_t *lines = json_array();
     for (size_t i = 0; i < n; i++) {
         char file[PATH_MAX], name[300];
         if (slurm_gpu_file(gpus[i], o.device_dir, file, sizeof file) < 0) {
             json_decref(lines);
-            vfio_gpu_list_clear(&l);
+            offer_clear(&of);
             qv_error_set(&err, ENAMETOOLONG, "--device-dir is too long");
             return qv_cli_fail(cli, &err);
         }
@@ -162,9 +175,10 @@ int cmd_slurm_gres(qv_cli *cli, int argc, char **argv) {
     }
     if (cli->json) {
         json_t *left = json_array();
-        for (size_t i = 0; i < l.n; i++)
-            if (why[i][0])
-                json_array_append_new(left, json_pack("{s:s, s:s}", "address", l.gpus[i].dev.bdf, "why", why[i]));
+        for (size_t i = 0; i < of.l.n; i++)
+            if (of.why[i][0])
+                json_array_append_new(left,
+                                      json_pack("{s:s, s:s}", "address", of.l.gpus[i].dev.bdf, "why", of.why[i]));
         qv_print_json(json_pack("{s:s, s:o, s:o}", "node", o.node, "gpus", lines, "left_out", left), stdout);
     } else {
         qv_printf("# qvisor slurm gres: the GPUs of %s that qvisor passes through, in its order: Slurm's GPU\n"
@@ -177,14 +191,14 @@ int cmd_slurm_gres(qv_cli *cli, int argc, char **argv) {
             qv_printf("NodeName=%s Name=gpu File=%s   # %s %s\n", o.node, json_string_value(json_object_get(g, "file")),
                       json_string_value(json_object_get(g, "address")),
                       json_string_value(json_object_get(g, "name")));
-        for (size_t k = 0; k < l.n; k++)
-            if (why[k][0])
-                qv_printf("# left out: %s: %s\n", l.gpus[k].dev.bdf, why[k]);
+        for (size_t k = 0; k < of.l.n; k++)
+            if (of.why[k][0])
+                qv_printf("# left out: %s: %s\n", of.l.gpus[k].dev.bdf, of.why[k]);
         if (n == 0)
             qv_printf("# no GPU of this node can be passed through: no Name=gpu line\n");
         json_decref(lines);
     }
-    vfio_gpu_list_clear(&l);
+    offer_clear(&of);
     return QV_EXIT_OK;
 }
 
@@ -261,23 +275,20 @@ int cmd_slurm_check(qv_cli *cli, int argc, char **argv) {
     _cleanup_free_ char *gres_text = NULL, *slurm_text = NULL;
     if (read_conf(o.gres_conf, &gres_text, &err) < 0 || read_conf(o.slurm_conf, &slurm_text, &err) < 0)
         return qv_cli_fail(cli, &err);
-    vfio_gpu_list l = {0};
-    _cleanup_free_ const vfio_gpu **gpus = NULL;
-    _cleanup_free_ char(*why)[128] = NULL;
-    size_t n = 0;
-    if (offered(cli, &l, &gpus, &n, &why, &err) < 0) {
-        vfio_gpu_list_clear(&l);
+    gpu_offer of = {0};
+    if (offer_load(cli, &of, &err) < 0) {
+        offer_clear(&of);
         return qv_cli_fail(cli, &err);
     }
     sv_check_report rep = {0};
     int st_gres = 0, st_slurm = 0;
-    check_gres(&rep, &o, gres_text, gpus, n, &err, &st_gres);
-    check_slurm_conf(&rep, &o, slurm_text, n, &err, &st_slurm);
-    for (size_t i = 0; i < l.n; i++)
-        if (why[i][0])
-            sv_check_add(&rep, "gpu", SV_CHECK_WARN, NULL, "%s is not offered to Slurm: %s", l.gpus[i].dev.bdf,
-                         why[i]);
-    vfio_gpu_list_clear(&l);
+    check_gres(&rep, &o, gres_text, of.gpus, of.n, &err, &st_gres);
+    check_slurm_conf(&rep, &o, slurm_text, of.n, &err, &st_slurm);
+    for (size_t i = 0; i < of.l.n; i++)
+        if (of.why[i][0])
+            sv_check_add(&rep, "gpu", SV_CHECK_WARN, NULL, "%s is not offered to Slurm: %s", of.l.gpus[i].dev.bdf,
+                         of.why[i]);
+    offer_clear(&of);
     bool ok = sv_check_report_ok(&rep);
     if (cli->json)
         qv_print_json(qv_cli_check_json(&rep), stdout);
@@ -490,17 +501,17 @@ static int daemon_gpus(qv_cli *cli, vfio_gpu_list *l, qv_error *err) {
 static json_t *job_spec(qv_cli *cli, const job_opts *o, const slurm_alloc *a, qv_error *err) {
     json_t *gpus = json_array();
     vfio_gpu_list l = {0};
-    _cleanup_free_ const vfio_gpu **offer = NULL;
+    _cleanup_free_ const vfio_gpu **offered = NULL;
     size_t n = 0;
-    if (a->n_gpus && (daemon_gpus(cli, &l, err) < 0 || !(offer = calloc(l.n ? l.n : 1, sizeof *offer)))) {
+    if (a->n_gpus && (daemon_gpus(cli, &l, err) < 0 || !(offered = calloc(l.n ? l.n : 1, sizeof *offered)))) {
         if (!err->msg[0])
             qv_error_set(err, ENOMEM, "out of memory");
         json_decref(gpus);
         free(l.gpus);
         return NULL;
     }
-    if (offer)
-        n = slurm_offered_gpus(&l, offer, NULL);
+    if (offered)
+        n = slurm_offered_gpus(&l, offered, NULL);
     for (size_t i = 0; i < a->n_gpus; i++) {
         if (a->gpus[i] >= n) {
             qv_error_set(err, ENODEV, "Slurm gave GPU index %u on %s, but qvisor offers %zu GPU%s there: gres.conf "
@@ -509,7 +520,7 @@ static json_t *job_spec(qv_cli *cli, const job_opts *o, const slurm_alloc *a, qv
             free(l.gpus);
             return NULL;
         }
-        json_array_append_new(gpus, json_string(offer[a->gpus[i]]->dev.bdf));
+        json_array_append_new(gpus, json_string(offered[a->gpus[i]]->dev.bdf));
     }
     free(l.gpus);
     json_t *spec = json_pack("{s:s, s:s, s:I, s:o, s:s, s:I, s:I}", "name", o->vm, "image", o->image, "cpus",
