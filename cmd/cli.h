@@ -117,6 +117,7 @@ int cmd_net_teardown(qv_cli *cli, int argc, char **argv);
 int cmd_check(qv_cli *cli, int argc, char **argv);
 int cmd_slurm_gres(qv_cli *cli, int argc, char **argv);
 int cmd_slurm_check(qv_cli *cli, int argc, char **argv);
+int cmd_slurm_health(qv_cli *cli, int argc, char **argv);
 int cmd_slurm_prolog(qv_cli *cli, int argc, char **argv);
 int cmd_slurm_epilog(qv_cli *cli, int argc, char **argv);
 

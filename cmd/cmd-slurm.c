@@ -62,13 +62,33 @@ static const char check_help[] =
     "cannot be parsed, 66 a file does not exist, 77 it may not be read, 78\n"
     "invalid config.\n";
 
-enum { OPT_DEVICE_DIR = 256, OPT_GRES_CONF, OPT_SLURM_CONF };
+static const char health_help[] =
+    "Usage: qvisor slurm health [--node NAME] [--gres-conf PATH] [--slurm-conf PATH]\n"
+    "                           [--device-dir DIR] [--scontrol PATH] [--json]\n"
+    "\n"
+    "A HealthCheckProgram for Slurm (slurm.conf: HealthCheckProgram=\n"
+    "/usr/libexec/qvisor/qvisor-slurm-health, a link to qvisor that runs this):\n"
+    "`qvisor check` and `qvisor slurm check` together.  When an item fails, the\n"
+    "node is drained with the reason \"qvisor health: ITEM: what\" (a node drained\n"
+    "for another reason keeps it); when all pass and the node was drained by an\n"
+    "earlier health check, it is resumed.  No daemon needed.\n"
+    "\n"
+    "Options as for `qvisor slurm check`, and --scontrol PATH (default\n"
+    "/usr/bin/scontrol).\n"
+    "\n"
+    "Exit: 0 healthy, 69 an item failed (the node is drained), 1 it could not be\n"
+    "drained or resumed, 65, 66, 77 as for `slurm check`, 78.\n";
+
+enum { OPT_DEVICE_DIR = 256, OPT_GRES_CONF, OPT_SLURM_CONF, OPT_HEALTH_SCONTROL };
+
+#define SCONTROL_DEFAULT "/usr/bin/scontrol"
 
 typedef struct slurm_opts {
     char node[256];
     const char *device_dir;
     const char *gres_conf;
     const char *slurm_conf;
+    const char *scontrol;
 } slurm_opts;
 
 /* Options common to both verbs; -1 when done, else an exit code. */
@@ -79,9 +99,10 @@ static int parse(qv_cli *cli, int argc, char **argv, const char *verb, const cha
         {"device-dir", required_argument, NULL, OPT_DEVICE_DIR},
         {"gres-conf", required_argument, NULL, OPT_GRES_CONF},
         {"slurm-conf", required_argument, NULL, OPT_SLURM_CONF},
+        {"scontrol", required_argument, NULL, OPT_HEALTH_SCONTROL},
         {NULL, 0, NULL, 0}};
-    bool check = strcmp(verb, "check") == 0;
-    *o = (slurm_opts){.gres_conf = GRES_CONF_DEFAULT, .slurm_conf = SLURM_CONF_DEFAULT};
+    bool health = strcmp(verb, "health") == 0, check = health || strcmp(verb, "check") == 0;
+    *o = (slurm_opts){.gres_conf = GRES_CONF_DEFAULT, .slurm_conf = SLURM_CONF_DEFAULT, .scontrol = SCONTROL_DEFAULT};
     int c;
     while ((c = qv_cli_getopt(cli, argc, argv, "hN:", longopts, help)) != -1) {
         if (c == -2)
@@ -98,6 +119,8 @@ static int parse(qv_cli *cli, int argc, char **argv, const char *verb, const cha
             o->gres_conf = optarg;
         else if (c == OPT_SLURM_CONF && check)
             o->slurm_conf = optarg;
+        else if (c == OPT_HEALTH_SCONTROL && health && optarg[0] == '/')
+            o->scontrol = optarg;
         else
             return qv_cli_usage_error("slurm ", "bad option");
     }
@@ -266,38 +289,117 @@ static void check_slurm_conf(sv_check_report *rep, const slurm_opts *o, const ch
         *status = 0; /* a finding, not a bad file */
 }
 
-int cmd_slurm_check(qv_cli *cli, int argc, char **argv) {
-    slurm_opts o;
-    int rc = parse(cli, argc, argv, "check", check_help, &o);
-    if (rc >= 0)
-        return rc;
+/* The Slurm items of a report: gres.conf, slurm.conf, the GPUs left out.
+ * 0; QV_EXIT_DATAERR when a file cannot be parsed; another exit code
+ * (printed) when a file cannot be read or the GPUs cannot be listed. */
+static int slurm_items(qv_cli *cli, const slurm_opts *o, sv_check_report *rep) {
     qv_error err = {0};
     _cleanup_free_ char *gres_text = NULL, *slurm_text = NULL;
-    if (read_conf(o.gres_conf, &gres_text, &err) < 0 || read_conf(o.slurm_conf, &slurm_text, &err) < 0)
+    if (read_conf(o->gres_conf, &gres_text, &err) < 0 || read_conf(o->slurm_conf, &slurm_text, &err) < 0)
         return qv_cli_fail(cli, &err);
     gpu_offer of = {0};
     if (offer_load(cli, &of, &err) < 0) {
         offer_clear(&of);
         return qv_cli_fail(cli, &err);
     }
-    sv_check_report rep = {0};
     int st_gres = 0, st_slurm = 0;
-    check_gres(&rep, &o, gres_text, of.gpus, of.n, &err, &st_gres);
-    check_slurm_conf(&rep, &o, slurm_text, of.n, &err, &st_slurm);
+    check_gres(rep, o, gres_text, of.gpus, of.n, &err, &st_gres);
+    check_slurm_conf(rep, o, slurm_text, of.n, &err, &st_slurm);
     for (size_t i = 0; i < of.l.n; i++)
         if (of.why[i][0])
-            sv_check_add(&rep, "gpu", SV_CHECK_WARN, NULL, "%s is not offered to Slurm: %s", of.l.gpus[i].dev.bdf,
+            sv_check_add(rep, "gpu", SV_CHECK_WARN, NULL, "%s is not offered to Slurm: %s", of.l.gpus[i].dev.bdf,
                          of.why[i]);
     offer_clear(&of);
-    bool ok = sv_check_report_ok(&rep);
+    return st_gres < 0 || st_slurm < 0 ? QV_EXIT_DATAERR : 0;
+}
+
+static void report_out(qv_cli *cli, const sv_check_report *rep) {
     if (cli->json)
-        qv_print_json(qv_cli_check_json(&rep), stdout);
+        qv_print_json(qv_cli_check_json(rep), stdout);
     else
-        qv_cli_check_print(&rep, cli->verbosity < 0);
+        qv_cli_check_print(rep, cli->verbosity < 0);
+}
+
+int cmd_slurm_check(qv_cli *cli, int argc, char **argv) {
+    slurm_opts o;
+    int rc = parse(cli, argc, argv, "check", check_help, &o);
+    if (rc >= 0)
+        return rc;
+    sv_check_report rep = {0};
+    rc = slurm_items(cli, &o, &rep);
+    if (rc != 0 && rc != QV_EXIT_DATAERR) {
+        sv_check_report_clear(&rep);
+        return rc;
+    }
+    bool ok = sv_check_report_ok(&rep);
+    report_out(cli, &rep);
     sv_check_report_clear(&rep);
-    if (st_gres < 0 || st_slurm < 0)
-        return QV_EXIT_DATAERR;
-    return ok ? QV_EXIT_OK : QV_EXIT_UNAVAILABLE;
+    return rc ? rc : ok ? QV_EXIT_OK : QV_EXIT_UNAVAILABLE;
+}
+
+static char *scontrol(const char *path, const char *const *args, qv_error *err);
+static int drain(const char *scontrol_path, const char *node_name, const char *why);
+
+#define HEALTH_REASON "qvisor health: "
+
+/* The node's drain reason, when it has one ("" else). */
+static void node_reason(const slurm_opts *o, char *buf, size_t len) {
+    char node[300];
+    snprintf(node, sizeof node, "%s", o->node);
+    qv_error err = {0};
+    buf[0] = '\0';
+    _cleanup_free_ char *out = scontrol(o->scontrol, (const char *[]){"show", "node", node, NULL}, &err);
+    const char *r = out ? strstr(out, "Reason=") : NULL;
+    if (r)
+        snprintf(buf, len, "%.*s", (int)strcspn(r + 7, "\n["), r + 7);
+}
+
+int cmd_slurm_health(qv_cli *cli, int argc, char **argv) {
+    slurm_opts o;
+    int rc = parse(cli, argc, argv, "health", health_help, &o);
+    if (rc >= 0)
+        return rc;
+    qv_error err = {0};
+    const sv_config *cfg;
+    if (qv_cli_sysroot(cli, &cfg, &err) < 0)
+        return qv_cli_fail(cli, &err);
+    sv_check_report rep = {0};
+    sv_check_opts opts = {.config = cfg};
+    sv_check_all(&rep, &opts);
+    rc = slurm_items(cli, &o, &rep);
+    if (rc != 0 && rc != QV_EXIT_DATAERR) {
+        sv_check_report_clear(&rep);
+        return rc;
+    }
+    bool ok = rc == 0 && sv_check_report_ok(&rep);
+    report_out(cli, &rep);
+    char reason[512] = "", was[512];
+    for (size_t i = 0; i < rep.n && !reason[0]; i++)
+        if (rep.items[i].status == SV_CHECK_FAIL)
+            snprintf(reason, sizeof reason, HEALTH_REASON "%s: %.200s", rep.items[i].name, rep.items[i].detail);
+    if (!ok && !reason[0])
+        snprintf(reason, sizeof reason, HEALTH_REASON "gres.conf or slurm.conf cannot be parsed");
+    sv_check_report_clear(&rep);
+    node_reason(&o, was, sizeof was);
+    if (!ok) {
+        if (strncmp(was, HEALTH_REASON, strlen(HEALTH_REASON)) != 0 && was[0])
+            qv_fprintf(stderr, "qvisor: %s is drained already (%s): its reason is kept\n", o.node, was);
+        else if (drain(o.scontrol, o.node, reason) < 0)
+            return QV_EXIT_FAILED;
+        return QV_EXIT_UNAVAILABLE;
+    }
+    if (strncmp(was, HEALTH_REASON, strlen(HEALTH_REASON)) == 0) {
+        /* drained by an earlier health check, fine now: back to service */
+        char node[300];
+        snprintf(node, sizeof node, "NodeName=%s", o.node);
+        _cleanup_free_ char *out = scontrol(o.scontrol, (const char *[]){"update", node, "State=RESUME", NULL}, &err);
+        if (!out) {
+            qv_fprintf(stderr, "qvisor: error: could not resume %s: %s\n", o.node, err.msg);
+            return QV_EXIT_FAILED;
+        }
+        qv_fprintf(stderr, "qvisor: resumed %s (drained by an earlier health check: %s)\n", o.node, was);
+    }
+    return QV_EXIT_OK;
 }
 
 /* ---- the job's VM: prolog and epilog ------------------------------------ */
@@ -343,7 +445,6 @@ static const char epilog_help[] =
     "removed (the node is drained), 64, 65 bad environment, 69 the daemon is not\n"
     "running.\n";
 
-#define SCONTROL_DEFAULT "/usr/bin/scontrol"
 #define SCONTROL_TIMEOUT_MS 30000
 #define JOB_START_WAIT_MS (10ull * 60 * 1000)
 #define JOB_STOP_WAIT_MS (2ull * 3600 * 1000)
@@ -423,8 +524,8 @@ static int job_parse(qv_cli *cli, int argc, char **argv, bool prolog, job_opts *
 }
 
 /* scontrol ARGS…: its stdout (owned) or NULL with err. */
-static char *scontrol(const job_opts *o, const char *const *args, qv_error *err) {
-    const char *argv[8] = {o->scontrol};
+static char *scontrol(const char *path, const char *const *args, qv_error *err) {
+    const char *argv[8] = {path};
     size_t n = 1;
     for (; args[n - 1] && n < QV_ARRAY_SIZE(argv) - 1; n++)
         argv[n] = args[n - 1];
@@ -433,11 +534,11 @@ static char *scontrol(const job_opts *o, const char *const *args, qv_error *err)
     int r = qv_run((char *const *)argv, SCONTROL_TIMEOUT_MS, NULL, NULL, &res);
     char *out = NULL;
     if (r < 0) {
-        qv_error_set(err, -r, "%s: %s", o->scontrol, r == -ETIMEDOUT ? "timed out" : strerror(-r));
+        qv_error_set(err, -r, "%s: %s", path, r == -ETIMEDOUT ? "timed out" : strerror(-r));
     } else if (!qv_run_ok(&res)) {
         char how[64];
         qv_run_describe(&res, how, sizeof how);
-        qv_error_set(err, EIO, "%s %s %s: %s: %.300s", o->scontrol, args[0], args[1] ? args[1] : "", how,
+        qv_error_set(err, EIO, "%s %s %s: %s: %.300s", path, args[0], args[1] ? args[1] : "", how,
                      res.err ? res.err : "");
     } else {
         out = TAKE_PTR(res.out);
@@ -447,25 +548,30 @@ static char *scontrol(const job_opts *o, const char *const *args, qv_error *err)
 }
 
 /* The node out of service until a person looks: Slurm's own drain, with
- * qvisor's reason (kept short: Slurm shows it in sinfo -R). */
-static void drain(const job_opts *o, const char *why) {
+ * qvisor's reason (kept short: Slurm shows it in sinfo -R).  0 or -1. */
+static int drain(const char *scontrol_path, const char *node_name, const char *why) {
     char node[300], reason[300];
-    snprintf(node, sizeof node, "NodeName=%s", o->node);
-    snprintf(reason, sizeof reason, "Reason=qvisor job %llu: %.200s", o->job, why);
+    snprintf(node, sizeof node, "NodeName=%s", node_name);
+    snprintf(reason, sizeof reason, "Reason=%.250s", why);
     for (char *p = reason; *p; p++)
         if (*p == '\n' || *p == '"')
             *p = ' ';
     qv_error err = {0};
-    _cleanup_free_ char *out = scontrol(o, (const char *[]){"update", node, "State=DRAIN", reason, NULL}, &err);
-    if (!out)
-        qv_fprintf(stderr, "qvisor: error: could not drain %s: %s\n", o->node, err.msg);
-    else
-        qv_fprintf(stderr, "qvisor: drained %s: %s\n", o->node, reason + 7);
+    _cleanup_free_ char *out =
+        scontrol(scontrol_path, (const char *[]){"update", node, "State=DRAIN", reason, NULL}, &err);
+    if (!out) {
+        qv_fprintf(stderr, "qvisor: error: could not drain %s: %s\n", node_name, err.msg);
+        return -1;
+    }
+    qv_fprintf(stderr, "qvisor: drained %s: %s\n", node_name, reason + 7);
+    return 0;
 }
 
 static int job_fail(const job_opts *o, const qv_error *err) {
     qv_fprintf(stderr, "qvisor: error: %s\n", err->msg);
-    drain(o, err->msg);
+    char why[300];
+    snprintf(why, sizeof why, "qvisor job %llu: %s", o->job, err->msg);
+    drain(o->scontrol, o->node, why);
     return QV_EXIT_FAILED;
 }
 
@@ -569,7 +675,7 @@ static void admin_comment(qv_cli *cli, const job_opts *o) {
     }
     json_decref(vm);
     snprintf(job, sizeof job, "JobId=%llu", o->job);
-    _cleanup_free_ char *out = scontrol(o, (const char *[]){"update", job, comment, NULL}, &err);
+    _cleanup_free_ char *out = scontrol(o->scontrol, (const char *[]){"update", job, comment, NULL}, &err);
     if (!out)
         qv_fprintf(stderr, "qvisor: warning: the job's AdminComment was not set: %s\n", err.msg);
 }
@@ -582,7 +688,7 @@ int cmd_slurm_prolog(qv_cli *cli, int argc, char **argv) {
     qv_error err = {0};
     char id[32];
     snprintf(id, sizeof id, "%llu", o.job);
-    _cleanup_free_ char *show = scontrol(&o, (const char *[]){"-d", "show", "job", id, NULL}, &err);
+    _cleanup_free_ char *show = scontrol(o.scontrol, (const char *[]){"-d", "show", "job", id, NULL}, &err);
     slurm_alloc a;
     if (!show || slurm_job_alloc(show, o.node, &a, &err) < 0)
         return job_fail(&o, &err);

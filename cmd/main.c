@@ -63,6 +63,7 @@ static const qv_cli_verb node_verbs[] = {
 static const qv_cli_verb slurm_verbs[] = {
     {"gres", cmd_slurm_gres, "print gres.conf lines for this node's GPUs, in qvisor's order"},
     {"check", cmd_slurm_check, "tell whether gres.conf and slurm.conf name the GPUs as qvisor does"},
+    {"health", cmd_slurm_health, "a HealthCheckProgram: check and slurm check; drains or resumes the node"},
     {"prolog", cmd_slurm_prolog, "(the SPANK plugin's job prolog) create and start the job's VM"},
     {"epilog", cmd_slurm_epilog, "(the SPANK plugin's job epilog) stop the job's VM, check its GPUs, remove it"},
     {NULL, NULL, NULL},
@@ -210,6 +211,20 @@ int main(int argc, char **argv) {
     };
     /* a daemon that hangs up mid-request must give an error, not kill us */
     signal(SIGPIPE, SIG_IGN);
+    /* Slurm's HealthCheckProgram takes a path, no arguments: a link named
+     * qvisor-slurm-health runs `qvisor slurm health` */
+    const char *base = strrchr(argv[0], '/');
+    char *health_argv[64];
+    if (strcmp(base ? base + 1 : argv[0], "qvisor-slurm-health") == 0 && argc < 60) {
+        static char qv[] = "qvisor", slurm[] = "slurm", health[] = "health";
+        health_argv[0] = qv;
+        health_argv[1] = slurm;
+        health_argv[2] = health;
+        for (int i = 1; i <= argc; i++)
+            health_argv[i + 2] = argv[i];
+        argv = health_argv;
+        argc += 2;
+    }
     qv_log_set_ident("qvisor");
     qv_log_detect_journal();
     int c;

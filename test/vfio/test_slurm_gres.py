@@ -11,6 +11,7 @@ GPU, so still offered) and 0000:04:00.0 (no IOMMU group: left out)."""
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import unittest
@@ -24,7 +25,7 @@ from fakesysfs import FakeSys  # noqa: E402
 DEV = "/dev/qv-test-vfio"  # --device-dir: only named, never created
 
 
-class SlurmGres(unittest.TestCase):
+class Base(unittest.TestCase):
     def setUp(self):
         self.tmp = tempfile.mkdtemp(prefix="qv-slurm-")
         self.addCleanup(shutil.rmtree, self.tmp, ignore_errors=True)
@@ -46,6 +47,8 @@ class SlurmGres(unittest.TestCase):
         return self.qv("slurm", "check", "--node", "n1", "--device-dir", DEV, "--gres-conf",
                        self.write("gres.conf", gres), "--slurm-conf", self.write("slurm.conf", slurm), *extra)
 
+
+class SlurmGres(Base):
     def test_gres_lines_in_qvisor_order(self):
         p = self.qv("slurm", "gres", "--node", "n1", "--device-dir", DEV)
         self.assertEqual(p.returncode, 0, p.stderr)
@@ -108,6 +111,81 @@ class SlurmGres(unittest.TestCase):
         self.assertEqual(self.qv("slurm", "gres", "--node", "a b").returncode, 64)
         self.assertEqual(self.qv("slurm", "gres", "--device-dir", "rel").returncode, 64)
         self.assertEqual(self.qv("slurm", "gres", "--gres-conf", "/x").returncode, 64)
+
+
+FAKE_SCONTROL = """#!/usr/bin/env python3
+import json, os, sys
+with open(os.environ["FAKE_SCONTROL_LOG"], "a") as f:
+    f.write(json.dumps(sys.argv[1:]) + "\\n")
+if sys.argv[1:3] == ["show", "node"]:
+    print(f"NodeName={sys.argv[3]} Arch=x86_64 CoresPerSocket=1")
+    reason = os.environ.get("FAKE_SCONTROL_REASON")
+    if reason:
+        print(f"   State=IDLE+DRAIN ThreadsPerCore=1")
+        print(f"   Reason={reason} [root@2026-12-07T09:00:00]")
+"""
+
+
+class SlurmHealth(Base):
+    """`qvisor slurm health` as Slurm's HealthCheckProgram, with a stand-in
+    for scontrol that records its arguments (the real one needs a
+    slurmctld: the cluster tests use it)."""
+
+    def setUp(self):
+        super().setUp()
+        os.makedirs(self.node.state, exist_ok=True)
+        self.scontrol = self.write("scontrol", FAKE_SCONTROL)
+        os.chmod(self.scontrol, 0o755)
+        self.log = os.path.join(self.tmp, "scontrol.log")
+        gres = self.qv("slurm", "gres", "--node", "n1", "--device-dir", DEV).stdout
+        self.good = self.write("gres.conf", gres)
+        self.bad = self.write("gres-bad.conf", f"NodeName=n1 Name=gpu File={DEV}/2\n")
+        self.slurm = self.write("slurm.conf", "NodeName=n1 Gres=gpu:2\n")
+
+    def health(self, gres, reason=None, argv0=None):
+        env = self.fs.env()
+        env.update(FAKE_SCONTROL_LOG=self.log)
+        if reason:
+            env["FAKE_SCONTROL_REASON"] = reason
+        if os.path.exists(self.log):
+            os.unlink(self.log)
+        argv = [argv0 or QVISOR] + ([] if argv0 else ["--config", self.node.config, "slurm", "health"])
+        p = subprocess.run(argv + ["--node", "n1", "--device-dir", DEV, "--gres-conf", gres, "--slurm-conf",
+                                   self.slurm, "--scontrol", self.scontrol], capture_output=True, text=True,
+                           env=env)
+        calls = []
+        if os.path.exists(self.log):
+            with open(self.log) as f:
+                calls = [json.loads(line) for line in f]
+        return p, [c for c in calls if c[0] == "update"]
+
+    def test_unhealthy_drains_healthy_resumes(self):
+        p, updates = self.health(self.bad)
+        self.assertEqual(p.returncode, 69, p.stdout + p.stderr)
+        self.assertEqual(len(updates), 1, updates)
+        self.assertEqual(updates[0][:3], ["update", "NodeName=n1", "State=DRAIN"])
+        self.assertTrue(updates[0][3].startswith("Reason=qvisor health: gres.conf: GPU index 0 of n1"), updates)
+        # drained for another reason: that reason stays
+        p, updates = self.health(self.bad, reason="bad fan")
+        self.assertEqual(p.returncode, 69)
+        self.assertEqual(updates, [])
+        self.assertIn("its reason is kept", p.stderr)
+        # healthy, drained by an earlier health check: resumed
+        p, updates = self.health(self.good, reason="qvisor health: gres.conf: GPU index 0 of n1 …")
+        self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+        self.assertEqual(updates, [["update", "NodeName=n1", "State=RESUME"]])
+        # healthy, drained for another reason, or not drained: left alone
+        self.assertEqual(self.health(self.good, reason="bad fan")[1], [])
+        self.assertEqual(self.health(self.good)[1], [])
+
+    def test_health_link(self):
+        # HealthCheckProgram takes a path without arguments: the link's name
+        # selects `slurm health` (the options here only point at the files)
+        link = os.path.join(self.tmp, "qvisor-slurm-health")
+        os.symlink(QVISOR, link)
+        p, updates = self.health(self.bad, argv0=link)
+        self.assertEqual(p.returncode, 69, p.stdout + p.stderr)
+        self.assertEqual(updates[0][2], "State=DRAIN")
 
 
 if __name__ == "__main__":
