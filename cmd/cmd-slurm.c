@@ -82,6 +82,7 @@ static const char health_help[] =
 enum { OPT_DEVICE_DIR = 256, OPT_GRES_CONF, OPT_SLURM_CONF, OPT_HEALTH_SCONTROL };
 
 #define SCONTROL_DEFAULT "/usr/bin/scontrol"
+#define SCANCEL_DEFAULT "/usr/bin/scancel"
 
 typedef struct slurm_opts {
     char node[256];
@@ -406,6 +407,7 @@ int cmd_slurm_health(qv_cli *cli, int argc, char **argv) {
 
 static const char prolog_help[] =
     "Usage: qvisor slurm prolog --image IMAGE [--keep-disk] [--scontrol PATH]\n"
+    "                           [--scancel PATH]\n"
     "\n"
     "Run by qvisor's SPANK plugin in a job's prolog (as root, in slurmd's prolog\n"
     "environment; docs/slurm.md), for a job submitted with --vm-image.  Creates\n"
@@ -414,9 +416,13 @@ static const char prolog_help[] =
     "`qvisor slurm gres` orders them), the user's SSH key (SPANK_QVISOR_SSH_KEY)\n"
     "and the job's user as its owner; then writes vm=, node=, gpus= and ssh= into\n"
     "the job's AdminComment (`scontrol show job`).  A VM kept from an earlier run\n"
-    "of the same job (a requeue) is started again.  When it fails, the node is\n"
-    "drained with a reason that says why (`scontrol update NodeName=...\n"
-    "State=DRAIN`), and the exit status is not 0.\n"
+    "of the same job (a requeue with --vm-keep-disk) is started again when it\n"
+    "is this job's and has the GPUs this run got.  A failure that is the job's\n"
+    "(no such image, a bad key, a VM of that name that is not this job's)\n"
+    "cancels the job (scancel) with the reason in its AdminComment, and the\n"
+    "prolog succeeds: a failed prolog drains the node in Slurm.  Any other\n"
+    "failure drains the node with a reason that says why (`scontrol update\n"
+    "NodeName=... State=DRAIN`), and the exit status is not 0.\n"
     "\n"
     "Environment: SLURM_JOB_ID, SLURM_JOB_UID, SLURMD_NODENAME (else this host's\n"
     "short name), SPANK_QVISOR_SSH_KEY (optional).\n"
@@ -424,8 +430,10 @@ static const char prolog_help[] =
     "      --image IMAGE     the base image (the job's --vm-image)\n"
     "      --keep-disk       accepted for symmetry with the epilog\n"
     "      --scontrol PATH   default /usr/bin/scontrol\n"
+    "      --scancel PATH    default /usr/bin/scancel\n"
     "\n"
-    "Exit: 0, 1 the VM could not be made or started (the node is drained), 64,\n"
+    "Exit: 0 (also: the job was cancelled for its own failure), 1 the VM could\n"
+    "not be made or started (the node is drained), 64,\n"
     "65 bad environment, 69 the daemon is not running.\n";
 
 static const char epilog_help[] =
@@ -453,6 +461,7 @@ typedef struct job_opts {
     const char *image;
     bool keep_disk;
     const char *scontrol;
+    const char *scancel;
     uint64_t timeout_ms;
     char node[256];
     unsigned long long job;
@@ -460,7 +469,7 @@ typedef struct job_opts {
     char vm[64];
 } job_opts;
 
-enum { OPT_IMAGE = 300, OPT_KEEP_DISK, OPT_SCONTROL, OPT_TIMEOUT };
+enum { OPT_IMAGE = 300, OPT_KEEP_DISK, OPT_SCONTROL, OPT_SCANCEL, OPT_TIMEOUT };
 
 /* A decimal environment variable, within max. */
 static int env_number(const char *name, unsigned long long max, unsigned long long *ret) {
@@ -478,10 +487,11 @@ static int job_parse(qv_cli *cli, int argc, char **argv, bool prolog, job_opts *
         {"image", required_argument, NULL, OPT_IMAGE},
         {"keep-disk", no_argument, NULL, OPT_KEEP_DISK},
         {"scontrol", required_argument, NULL, OPT_SCONTROL},
+        {"scancel", required_argument, NULL, OPT_SCANCEL},
         {"timeout", required_argument, NULL, OPT_TIMEOUT},
         {NULL, 0, NULL, 0}};
     const char *verb = prolog ? "slurm prolog " : "slurm epilog ";
-    *o = (job_opts){.scontrol = SCONTROL_DEFAULT, .timeout_ms = 30000};
+    *o = (job_opts){.scontrol = SCONTROL_DEFAULT, .scancel = SCANCEL_DEFAULT, .timeout_ms = 30000};
     int c;
     while ((c = qv_cli_getopt(cli, argc, argv, "h", longopts, prolog ? prolog_help : epilog_help)) != -1) {
         if (c == -2)
@@ -492,6 +502,8 @@ static int job_parse(qv_cli *cli, int argc, char **argv, bool prolog, job_opts *
             o->keep_disk = true;
         else if (c == OPT_SCONTROL && optarg[0] == '/')
             o->scontrol = optarg;
+        else if (c == OPT_SCANCEL && optarg[0] == '/')
+            o->scancel = optarg;
         else if (c == OPT_TIMEOUT && !prolog) {
             uint64_t ms;
             if (qv_parse_duration_ms(optarg, &ms) < 0)
@@ -603,6 +615,66 @@ static int daemon_gpus(qv_cli *cli, vfio_gpu_list *l, qv_error *err) {
     return 0;
 }
 
+/* A failure that is the job's, not the node's (no such image, a bad key,
+ * a name taken by a VM of another job): the job is cancelled with the
+ * reason in its AdminComment, and the prolog succeeds.  A failed prolog
+ * drains the node in Slurm, so a user's typo would take nodes out of
+ * service. */
+static int job_cancel(const job_opts *o, const qv_error *err) {
+    qv_fprintf(stderr, "qvisor: error: %s: job %llu is cancelled\n", err->msg, o->job);
+    char job[32], comment[600];
+    snprintf(job, sizeof job, "JobId=%llu", o->job);
+    snprintf(comment, sizeof comment, "AdminComment=qvisor: job not run: %.500s", err->msg);
+    for (char *p = comment; *p; p++)
+        if (*p == '\n')
+            *p = ' ';
+    qv_error e = {0};
+    _cleanup_free_ char *out = scontrol(o->scontrol, (const char *[]){"update", job, comment, NULL}, &e);
+    if (!out)
+        qv_fprintf(stderr, "qvisor: warning: the job's AdminComment was not set: %s\n", e.msg);
+    char id[32];
+    snprintf(id, sizeof id, "%llu", o->job);
+    qv_run_result res = {0};
+    const char *argv[] = {o->scancel, id, NULL};
+    int r = qv_run((char *const *)argv, SCONTROL_TIMEOUT_MS, NULL, NULL, &res);
+    bool ok = r == 0 && qv_run_ok(&res);
+    qv_run_result_free(&res);
+    if (!ok) {
+        /* it cannot be cancelled: the prolog fails, as for any failure */
+        qv_error_set(&e, EIO, "%s (and the job could not be cancelled with %s)", err->msg, o->scancel);
+        return job_fail(o, &e);
+    }
+    return QV_EXIT_OK;
+}
+
+/* The failures that are the job's: what qvisor reports as bad or missing
+ * input (exit codes 65 and 66). */
+static bool job_error(const qv_error *err) {
+    int code = qv_exit_code_for_errno(err->code);
+    return code == QV_EXIT_DATAERR || code == QV_EXIT_NOINPUT;
+}
+
+/* A VM named slurm-JOBID that exists already is this job's only when it
+ * was made for this job's user and id (a requeue with --vm-keep-disk) and
+ * has the GPUs this run got: else nothing of it is started. */
+static int job_vm_matches(qv_cli *cli, const job_opts *o, const json_t *spec, qv_error *err) {
+    json_t *vm = NULL;
+    if (qv_cli_call(cli, "vm.show", json_pack("{s:s}", "name", o->vm), &vm, err) < 0)
+        return -err->code;
+    json_t *owner = json_object_get(vm, "owner"), *job = json_object_get(vm, "slurm_job");
+    json_int_t uid = json_is_object(owner) ? json_integer_value(json_object_get(owner, "uid"))
+                                           : json_integer_value(owner);
+    int r = 0;
+    if (!json_is_integer(job) || (unsigned long long)json_integer_value(job) != o->job || uid != (json_int_t)o->uid)
+        r = qv_error_set(err, EINVAL, "VM %s exists and is not this job's (uid %lu, job %llu): it is left alone",
+                         o->vm, o->uid, o->job);
+    else if (!json_equal(json_object_get(vm, "gpus"), json_object_get(spec, "gpus")))
+        r = qv_error_set(err, EINVAL, "VM %s (kept from an earlier run of job %llu) has other GPUs than this run "
+                         "got; remove it (qvisor vm rm %s) to run the job again", o->vm, o->job, o->vm);
+    json_decref(vm);
+    return r;
+}
+
 /* The job's VM spec from its allocation on this node. */
 static json_t *job_spec(qv_cli *cli, const job_opts *o, const slurm_alloc *a, qv_error *err) {
     json_t *gpus = json_array();
@@ -700,15 +772,18 @@ int cmd_slurm_prolog(qv_cli *cli, int argc, char **argv) {
     if (!spec)
         return job_fail(&o, &err);
     json_t *res = NULL;
-    if (qv_cli_call_long(cli, "vm.create", json_pack("{s:o}", "spec", spec), JOB_START_WAIT_MS, NULL, &err) < 0) {
-        if (err.code != EEXIST)
-            return job_fail(&o, &err);
+    if (qv_cli_call_long(cli, "vm.create", json_pack("{s:O}", "spec", spec), JOB_START_WAIT_MS, NULL, &err) < 0) {
+        if (err.code != EEXIST || job_vm_matches(cli, &o, spec, &err) < 0) {
+            json_decref(spec);
+            return job_error(&err) ? job_cancel(&o, &err) : job_fail(&o, &err);
+        }
         qv_fprintf(stderr, "qvisor: VM %s exists (kept from an earlier run of job %llu): starting it\n", o.vm,
                    o.job);
         err = (qv_error){0};
     }
+    json_decref(spec);
     if (qv_cli_call_long(cli, "vm.start", json_pack("{s:s}", "name", o.vm), JOB_START_WAIT_MS, &res, &err) < 0)
-        return job_fail(&o, &err);
+        return job_error(&err) ? job_cancel(&o, &err) : job_fail(&o, &err);
     json_decref(res);
     admin_comment(cli, &o);
     if (cli->verbosity >= 0)
