@@ -207,6 +207,8 @@ static const sv_key keys[] = {
     {NULL, "runcmd", SV_K_STRLIST, F(runcmd), NULL, 0, SV_RUNCMD_MAX, NULL, false, false, check_runcmd},
     {NULL, "user_data", SV_K_STRING, F(user_data), NULL, 0, 0, NULL, true, false, check_user_data},
     {NULL, "network_config", SV_K_STRING, F(network_config), NULL, 0, 0, NULL, false, false, check_network_config},
+    {NULL, "owner", SV_K_UINT, F(owner), NULL, 0, SV_OWNER_MAX, NULL, false, false, .optional = true},
+    {NULL, "slurm_job", SV_K_UINT, F(slurm_job), NULL, 1, SV_SLURM_JOB_MAX, NULL, false, false, .optional = true},
 };
 
 static const sv_schema schema = SV_SCHEMA(keys);
@@ -365,6 +367,7 @@ json_t *sv_vmspec_to_json(const sv_vmspec *s) {
         {"storage_pool", !s->storage_pool}, {"numa", !s->numa}, {"pin", !s->pin},
         {"firmware_code", !s->firmware_code}, {"firmware_vars", !s->firmware_vars},
         {"cpu_model", !s->cpu_model},
+        {"owner", s->owner == SV_UNSET}, {"slurm_job", s->slurm_job == SV_UNSET},
     };
     for (size_t i = 0; j && i < QV_ARRAY_SIZE(opt); i++)
         if (opt[i].unset)

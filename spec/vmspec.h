@@ -10,6 +10,7 @@
 #include "error.h"
 #include "netdev/nic.h"
 #include "spec/config.h"
+#include "spec/schema.h"
 #include "vfio/bind.h"
 
 typedef enum sv_restart {
@@ -95,6 +96,10 @@ typedef struct sv_vmspec {
      * excludes password_hash, packages and runcmd, which go into that */
     char *user_data;
     char *network_config;     /* replaces the generated network-config (a YAML mapping) */
+    /* who may act on the VM besides root and the socket group (docs/protocol.md,
+     * "Who may do what"): set at create only, by a privileged client */
+    uint64_t owner;           /* a local uid, 0 to SV_OWNER_MAX; SV_UNSET: none */
+    uint64_t slurm_job;       /* the Slurm job the VM serves, 1 to SV_SLURM_JOB_MAX; SV_UNSET: none */
 
     /* The lists above, parsed: derived from the text by
      * sv_vmspec_parse_lists() when a spec is read and whenever the text
@@ -110,6 +115,12 @@ typedef struct sv_vmspec {
     unsigned *pin_cpus;       /* pin: host CPUs, sorted, each once; NULL (and n_pin_cpus 0) without pin */
     size_t n_pin_cpus;
 } sv_vmspec;
+
+/* The largest uid an owner may be, 2^31-2: -1 is "no uid" to the kernel and
+ * uids from 2^31 up read as negative in too many tools to be trusted. */
+#define SV_OWNER_MAX 2147483646ull
+/* The largest Slurm job id taken, 2^32-2: 32 bits but for all ones. */
+#define SV_SLURM_JOB_MAX 4294967294ull
 
 /* The most packages and runcmd items a spec takes. */
 #define SV_PACKAGES_MAX 256

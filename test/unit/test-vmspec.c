@@ -713,7 +713,8 @@ static void test_dup(void **state) {
              "\"firmware_vars\":\"/usr/share/OVMF/OVMF_VARS.fd\",\"cpu_model\":\"EPYC\","
              "\"hostname\":\"full.example\",\"user\":\"alice\",\"ssh_keys\":[\"%s\"],\"ssh_generate\":true,"
              "\"password_hash\":\"$6$rounds=5000$saltsalt$Xx9r/Yw.Ab3\",\"packages\":[\"nginx\",\"curl\"],"
-             "\"runcmd\":[\"ls\"],\"network_config\":\"version: 2\\nethernets: {}\\n\"}",
+             "\"runcmd\":[\"ls\"],\"network_config\":\"version: 2\\nethernets: {}\\n\",\"owner\":1001,"
+             "\"slurm_job\":4242}",
              key1);
     _cleanup_(sv_vmspec_freep) sv_vmspec *full = spec_from(json);
     assert_int_equal(full->n_nics, 3);
@@ -918,6 +919,61 @@ static void test_firmware_and_cpu_model_keys(void **state) {
                       "spec: firmware_vars: must be an absolute path");
 }
 
+/* owner and slurm_job (docs/protocol.md, "Who may do what"): optional,
+ * absent from the JSON when unset, each limit taken and one past refused. */
+static void test_owner_and_slurm_job_keys(void **state) {
+    (void)state;
+    _cleanup_(sv_vmspec_freep) sv_vmspec *plain = spec_from("{\"name\":\"p\",\"image\":\"i\"}");
+    assert_true(plain->owner == SV_UNSET);
+    assert_true(plain->slurm_job == SV_UNSET);
+    json_t *j = sv_vmspec_to_json(plain);
+    assert_null(json_object_get(j, "owner"));
+    assert_null(json_object_get(j, "slurm_job"));
+    json_decref(j);
+
+    _cleanup_(sv_vmspec_freep) sv_vmspec *job =
+        spec_from("{\"name\":\"j\",\"image\":\"i\",\"owner\":1001,\"slurm_job\":\"4242\"}");
+    assert_int_equal(job->owner, 1001);
+    assert_int_equal(job->slurm_job, 4242);
+    j = sv_vmspec_to_json(job);
+    assert_int_equal(json_integer_value(json_object_get(j, "owner")), 1001);
+    assert_int_equal(json_integer_value(json_object_get(j, "slurm_job")), 4242);
+    /* what spec.json stores reads back the same */
+    sv_vmspec *back = NULL;
+    qv_error err = {0};
+    assert_int_equal(sv_vmspec_from_json(j, &back, &err), 0);
+    json_decref(j);
+    assert_int_equal(back->owner, 1001);
+    assert_int_equal(back->slurm_job, 4242);
+    sv_vmspec_free(back);
+
+    _cleanup_(sv_vmspec_freep) sv_vmspec *edges =
+        spec_from("{\"name\":\"e\",\"image\":\"i\",\"owner\":2147483646,\"slurm_job\":4294967294}");
+    assert_int_equal(edges->owner, SV_OWNER_MAX);
+    assert_int_equal(edges->slurm_job, SV_SLURM_JOB_MAX);
+    _cleanup_(sv_vmspec_freep) sv_vmspec *root = spec_from("{\"name\":\"r\",\"image\":\"i\",\"owner\":0,\"slurm_job\":1}");
+    assert_int_equal(root->owner, 0);
+    assert_int_equal(root->slurm_job, 1);
+    const char *y = "name: y\nimage: i\nowner: 1002\nslurm_job: 77\n";
+    sv_vmspec *s = NULL;
+    assert_int_equal(sv_vmspec_from_yaml("y.yaml", y, strlen(y), &s, &err), 0);
+    assert_int_equal(s->owner, 1002);
+    assert_int_equal(s->slurm_job, 77);
+    sv_vmspec_free(s);
+
+    expect_json_error("{\"name\":\"ok\",\"image\":\"i\",\"owner\":-1}", "spec: owner: expected a single value");
+    expect_json_error("{\"name\":\"ok\",\"image\":\"i\",\"owner\":\"-1\"}", "spec: owner: expected a whole number");
+    expect_json_error("{\"name\":\"ok\",\"image\":\"i\",\"owner\":2147483647}",
+                      "spec: owner: 2147483647 is out of range (0 to 2147483646)");
+    expect_json_error("{\"name\":\"ok\",\"image\":\"i\",\"owner\":4294967295}", "spec: owner: 4294967295 is out of range");
+    expect_json_error("{\"name\":\"ok\",\"image\":\"i\",\"owner\":\"alice\"}", "spec: owner: expected a whole number");
+    expect_json_error("{\"name\":\"ok\",\"image\":\"i\",\"slurm_job\":0}",
+                      "spec: slurm_job: 0 is out of range (1 to 4294967294)");
+    expect_json_error("{\"name\":\"ok\",\"image\":\"i\",\"slurm_job\":4294967295}",
+                      "spec: slurm_job: 4294967295 is out of range");
+    expect_json_error("{\"name\":\"ok\",\"image\":\"i\",\"slurm_job\":true}", "spec: slurm_job: expected a whole number");
+}
+
 static char **uefi_argv(const char *json, bool kvm, const char *vars) {
     _cleanup_(sv_vmspec_freep) sv_vmspec *s = spec_from(json);
     sv_qemu_env env = {.binary = "qemu-system-x86_64", .kvm = kvm, .sandbox = true};
@@ -1016,6 +1072,7 @@ int main(void) {
         cmocka_unit_test(test_lists_parsed_at_load),
         cmocka_unit_test(test_dup),
         cmocka_unit_test(test_firmware_and_cpu_model_keys),
+        cmocka_unit_test(test_owner_and_slurm_job_keys),
         cmocka_unit_test(test_golden_uefi),
         cmocka_unit_test(test_golden_uefi_secure),
         cmocka_unit_test(test_golden_cpu_model),
