@@ -12,6 +12,7 @@
 #include <arpa/inet.h>
 #include <ctype.h>
 #include <errno.h>
+#include <pwd.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -50,7 +51,8 @@ static const char create_help[] =
     "                           hugepages, numa, pin, firmware, cpu_model, seed,\n"
     "                           hostname, user,\n"
     "                           ssh_keys, ssh_generate, password_hash, packages,\n"
-    "                           runcmd, user_data, network_config)\n"
+    "                           runcmd, user_data, network_config, owner,\n"
+    "                           slurm_job)\n"
     "      --restart POLICY     never | on-failure | always\n"
     "      --kernel PATH        boot this kernel directly (with --initrd, --append):\n"
     "                           a non-empty regular file of at most 256 MiB, opened\n"
@@ -101,6 +103,13 @@ static const char create_help[] =
     "      --cpu-model NAME     a CPU model QEMU lists (qemu-system-x86_64 -cpu\n"
     "                           help), checked now; default host under KVM, max\n"
     "                           under TCG (host needs KVM)\n"
+    "      --owner USER|UID     the local user who may also start, stop, restart,\n"
+    "                           pause, resume, wait for, attach to and read the log\n"
+    "                           of this VM and use its --ssh key (not remove it);\n"
+    "                           a name is looked up here, digits are a uid\n"
+    "                           (0-2147483646)\n"
+    "      --slurm-job ID       the Slurm job this VM serves (1-4294967294), shown by\n"
+    "                           vm show and in the refusals others get\n"
     "      --start              start it once it is defined (as qvisor vm start);\n"
     "                           a start that fails leaves the VM defined\n"
     "      --json               print the new VM as JSON ({\"created\": VM,\n"
@@ -136,13 +145,15 @@ static const char create_help[] =
     "Exit: 0, 65 invalid spec (name, size, host name, key, password hash, package,\n"
     "command, user-data, …; a kernel or initrd that is no usable file, a --gpu that\n"
     "is not a display device, a --firmware or --cpu-model this QEMU does not know),\n"
-    "66 no such image, GPU or file, 69 daemon not running, no IOMMU for the GPU,\n"
+    "66 no such image, GPU, file or --owner user, 69 daemon not running, no IOMMU\n"
+    "for the GPU,\n"
     "no OVMF for --firmware uefi/uefi-secure (apt-get install ovmf), --cpu-model\n"
     "host without KVM,\n"
     "73 a VM with that name exists, 75 the GPU (or its group) is held by another VM\n"
     "or by a host driver, a MAC or nat address is another VM's, the NAT subnet has\n"
     "no free address, or the node, its pool or its storage pool has no room for it\n"
-    "(capacity × overcommit), 77 a file you may not read.\n"
+    "(capacity × overcommit), 77 a file you may not read, or you are not root or\n"
+    "in the socket group (only they create VMs, with an owner or without).\n"
     "With --start, a VM that was created but did not start gives the exit code of\n"
     "qvisor vm start (1 QEMU failed, 75 no room among the running VMs, ...).\n";
 
@@ -187,6 +198,32 @@ static json_t *opt_string(const struct option *longopts, int c, const char *valu
     return arg_string(what, value, err);
 }
 
+/* --owner USER|UID as the uid the spec takes: digits are a uid, anything
+ * else a user name looked up on this node (the daemon never resolves names:
+ * the uid is what it compares with a client's SO_PEERCRED).  NULL with err:
+ * EINVAL (65) out of range, ENOENT (66) no such user. */
+static json_t *owner_uid(const char *v, qv_error *err) {
+    uint64_t uid;
+    if (v[0] && strspn(v, "0123456789") == strlen(v)) {
+        if (qv_parse_uint(v, 0, SV_OWNER_MAX, &uid) < 0) {
+            qv_error_set(err, EINVAL, "--owner: uid %s is out of range (0 to %llu)", v, SV_OWNER_MAX);
+            return NULL;
+        }
+        return json_integer((json_int_t)uid);
+    }
+    const struct passwd *pw = getpwnam(v);
+    if (!pw) {
+        qv_error_set(err, ENOENT, "--owner: no user named '%s' on this node", v);
+        return NULL;
+    }
+    if (pw->pw_uid > SV_OWNER_MAX) {
+        qv_error_set(err, EINVAL, "--owner: user %s has uid %u, above %llu", pw->pw_name, (unsigned)pw->pw_uid,
+                     SV_OWNER_MAX);
+        return NULL;
+    }
+    return json_integer((json_int_t)pw->pw_uid);
+}
+
 static void close_fds(int *fds, size_t n) {
     for (size_t i = 0; i < n; i++)
         qv_closep(&fds[i]);
@@ -219,6 +256,8 @@ int cmd_vm_create(qv_cli *cli, int argc, char **argv) {
         OPT_START,
         OPT_FIRMWARE,
         OPT_CPU_MODEL,
+        OPT_OWNER,
+        OPT_SLURM_JOB,
     };
     static const struct option longopts[] = {
         QV_CLI_COMMON_LONGOPTS,
@@ -252,6 +291,8 @@ int cmd_vm_create(qv_cli *cli, int argc, char **argv) {
         {"start", no_argument, NULL, OPT_START},
         {"firmware", required_argument, NULL, OPT_FIRMWARE},
         {"cpu-model", required_argument, NULL, OPT_CPU_MODEL},
+        {"owner", required_argument, NULL, OPT_OWNER},
+        {"slurm-job", required_argument, NULL, OPT_SLURM_JOB},
         {NULL, 0, NULL, 0},
     };
     _cleanup_(json_decrefp) json_t *opts = json_object();
@@ -284,6 +325,12 @@ int cmd_vm_create(qv_cli *cli, int argc, char **argv) {
         case OPT_FIRMWARE: key = "firmware"; break;
         case OPT_CPU_MODEL: key = "cpu_model"; break;
         case OPT_PASSWORD_HASH: key = "password_hash"; break;
+        case OPT_SLURM_JOB: key = "slurm_job"; break;
+        case OPT_OWNER:
+            if (!(text = owner_uid(optarg, &ferr)))
+                return qv_cli_fail(cli, &ferr);
+            json_object_set_new(opts, "owner", text);
+            continue;
         case OPT_NO_AGENT:
             json_object_set_new(opts, "agent", json_false());
             continue;
@@ -444,13 +491,24 @@ static int create_then_start(qv_cli *cli, json_t *vm) {
     return QV_EXIT_OK;
 }
 
+/* The owner's user name, looked up here (the daemon sends the uid only):
+ * "owner_user" in vm's JSON, null when the uid has no name on this node. */
+static void add_owner_user(json_t *vm) {
+    json_t *uid = json_object_get(vm, "owner");
+    if (!json_is_integer(uid))
+        return;
+    const struct passwd *pw = getpwuid((uid_t)json_integer_value(uid));
+    json_object_set_new(vm, "owner_user", pw ? json_string(pw->pw_name) : json_null());
+}
+
 static const char list_help[] =
     "Usage: qvisor vm list [--pool POOL] [--json]\n"
     "\n"
     "Lists the VMs: name, state, QEMU pid, CPUs, memory, disk size, IP address\n"
     "and liveness of the guest agent (asked for at most 1 s), uptime, GPUs (PCI\n"
-    "addresses), image and resource pool.  --json adds the disk path and the SSH\n"
-    "port.\n"
+    "addresses), image and resource pool.  --json adds the disk path, the SSH\n"
+    "port, the owner (uid, and owner_user: its name on this node) and the Slurm\n"
+    "job.\n"
     "\n"
     "  --pool POOL   only the VMs of this resource pool\n"
     "\n"
@@ -490,6 +548,10 @@ int cmd_vm_list(qv_cli *cli, int argc, char **argv) {
             if (strcmp(json_string_value(json_object_get(json_array_get(vms, k), "pool")) ?: "default", pool) != 0)
                 json_array_remove(vms, k);
     }
+    size_t i;
+    json_t *vm;
+    json_array_foreach(json_object_get(res, "vms"), i, vm)
+        add_owner_user(vm);
     if (cli->json) {
         qv_print_json(res, stdout);
         return QV_EXIT_OK;
@@ -497,8 +559,6 @@ int cmd_vm_list(qv_cli *cli, int argc, char **argv) {
     static const char *const headers[] = {"NAME", "STATE", "PID", "CPUS", "MEMORY", "DISK", "IP", "AGENT", "UPTIME",
                                           "GPUS", "IMAGE", "POOL", NULL};
     qv_table *t = qv_table_new(headers);
-    size_t i;
-    json_t *vm;
     json_array_foreach(json_object_get(res, "vms"), i, vm) {
         char pid[32], cpus[32], mem[32], disk[32], up[32], ip[64], agent[32];
         qv_format_size(json_integer_value(json_object_get(vm, "memory")), mem, sizeof mem);
@@ -556,7 +616,9 @@ static const char *one_name(int argc, char **argv, const char *help_path) {
 static const char show_help[] =
     "Usage: qvisor vm show NAME [--json]\n"
     "\n"
-    "Everything about one VM: state, spec, disk, log files, last exit reason.\n"
+    "Everything about one VM: state, spec, disk, log files, last exit reason,\n"
+    "its owner (uid, and owner_user: the name of that uid on this node) and\n"
+    "Slurm job.\n"
     "Sizes and durations as a user writes them (768M, 4G, 30s); --json gives\n"
     "bytes and milliseconds.\n"
     "\n"
@@ -643,6 +705,7 @@ int cmd_vm_show(qv_cli *cli, int argc, char **argv) {
     json_t *vm = NULL;
     if (qv_cli_call(cli, "vm.show", json_pack("{s:s}", "name", name), &vm, &err) < 0)
         return qv_cli_fail(cli, &err);
+    add_owner_user(vm);
     if (cli->json) {
         qv_print_json(vm, stdout);
         return QV_EXIT_OK;

@@ -30,6 +30,10 @@ static bool has_qemu(const sv_vm *vm) {
     return vm->run.pid > 0 && sv_vm_state_has_qemu(vm->state);
 }
 
+static json_t *optional_uint(uint64_t v) {
+    return v == SV_UNSET ? json_null() : json_integer((json_int_t)v);
+}
+
 json_t *sv_vm_summary(const sv_vm *vm) {
     char disk[PATH_MAX];
     snprintf(disk, sizeof disk, "%s/disk.qcow2", vm->dir);
@@ -51,6 +55,10 @@ json_t *sv_vm_summary(const sv_vm *vm) {
     json_object_set_new(j, "ip", up && ip ? json_string(ip) : json_null());
     json_object_set_new(j, "agent", json_string(!vm->spec->agent ? "off" : up && vm->agent ? vm->agent : "-"));
     json_object_set_new(j, "ssh_port", up && vm->run.ssh_port ? json_integer(vm->run.ssh_port) : json_null());
+    /* the uid only: a user name would be an NSS lookup (LDAP, sssd) on the
+     * loop, for every VM of every list; the CLI looks names up */
+    json_object_set_new(j, "owner", optional_uint(vm->spec->owner));
+    json_object_set_new(j, "slurm_job", optional_uint(vm->spec->slurm_job));
     return j;
 }
 
