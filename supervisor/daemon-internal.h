@@ -37,6 +37,22 @@ typedef struct sv_daemon {
 } sv_daemon;
 
 typedef void (*method_fn)(sv_daemon *d, sv_ctl_req *req, json_t *params);
+/* A method on one VM, the one params.name names: the dispatch looked it up
+ * once, authorised the peer for it, and hands the handler that very VM
+ * (borrowed; valid for the call, the loop being single-threaded). */
+typedef void (*vm_method_fn)(sv_daemon *d, sv_ctl_req *req, sv_vm *vm, json_t *params);
+
+/* May peer call method (on vm, the VM it names; NULL for a method on no
+ * VM, or a name that is no VM)?  The one place that says so
+ * (docs/protocol.md, "Who may do what"): reads are anyone's; root, the
+ * daemon's own uid and the socket group (peer->may_write) may call
+ * everything; the VM's owner (its spec's owner, a uid) may call the methods
+ * on that VM that act on it but neither create nor remove it.  peer->uid is
+ * the kernel's (SO_PEERCRED), never anything the client said.  0, or -EPERM
+ * with err saying why (socket_group names the group in it), -ENOSYS for an
+ * unknown method.  supervisor/daemon.c */
+int sv_authorize(const sv_ctl_peer *peer, const char *method, const sv_vm *vm, const char *socket_group,
+                 qv_error *err);
 
 /* The "name" param, validated (what names it in the message); replies and
  * returns NULL when bad.  supervisor/api/params.c */
@@ -55,15 +71,15 @@ void sv_api_image_remove(sv_daemon *d, sv_ctl_req *req, json_t *params);
 /* supervisor/api/vm.c */
 void sv_api_vm_create(sv_daemon *d, sv_ctl_req *req, json_t *params);
 void sv_api_vm_list(sv_daemon *d, sv_ctl_req *req, json_t *params);
-void sv_api_vm_show(sv_daemon *d, sv_ctl_req *req, json_t *params);
-void sv_api_vm_remove(sv_daemon *d, sv_ctl_req *req, json_t *params);
-void sv_api_vm_start(sv_daemon *d, sv_ctl_req *req, json_t *params);
-void sv_api_vm_stop(sv_daemon *d, sv_ctl_req *req, json_t *params);
-void sv_api_vm_restart(sv_daemon *d, sv_ctl_req *req, json_t *params);
-void sv_api_vm_pause(sv_daemon *d, sv_ctl_req *req, json_t *params);
-void sv_api_vm_resume(sv_daemon *d, sv_ctl_req *req, json_t *params);
-void sv_api_vm_console(sv_daemon *d, sv_ctl_req *req, json_t *params);
-void sv_api_vm_log(sv_daemon *d, sv_ctl_req *req, json_t *params);
+void sv_api_vm_show(sv_daemon *d, sv_ctl_req *req, sv_vm *vm, json_t *params);
+void sv_api_vm_remove(sv_daemon *d, sv_ctl_req *req, sv_vm *vm, json_t *params);
+void sv_api_vm_start(sv_daemon *d, sv_ctl_req *req, sv_vm *vm, json_t *params);
+void sv_api_vm_stop(sv_daemon *d, sv_ctl_req *req, sv_vm *vm, json_t *params);
+void sv_api_vm_restart(sv_daemon *d, sv_ctl_req *req, sv_vm *vm, json_t *params);
+void sv_api_vm_pause(sv_daemon *d, sv_ctl_req *req, sv_vm *vm, json_t *params);
+void sv_api_vm_resume(sv_daemon *d, sv_ctl_req *req, sv_vm *vm, json_t *params);
+void sv_api_vm_console(sv_daemon *d, sv_ctl_req *req, sv_vm *vm, json_t *params);
+void sv_api_vm_log(sv_daemon *d, sv_ctl_req *req, sv_vm *vm, json_t *params);
 /* What a scrape reads of the daemon, as of now.  supervisor/daemon.c */
 sv_scrape_ctx sv_daemon_scrape_ctx(const sv_daemon *d);
 
@@ -74,7 +90,7 @@ void sv_api_gpu_list(sv_daemon *d, sv_ctl_req *req, json_t *params);
 void sv_api_cleanup(sv_daemon *d, sv_ctl_req *req, json_t *params);
 /* supervisor/api/events.c */
 void sv_api_events_subscribe(sv_daemon *d, sv_ctl_req *req, json_t *params);
-void sv_api_vm_wait(sv_daemon *d, sv_ctl_req *req, json_t *params);
+void sv_api_vm_wait(sv_daemon *d, sv_ctl_req *req, sv_vm *vm, json_t *params);
 /* Answers every vm.wait still waiting (ECANCELED): the daemon is stopping. */
 void sv_api_waits_cancel(sv_daemon *d);
 /* An event of the daemon's own (fields: reference stolen); a no-op before

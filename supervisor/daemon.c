@@ -102,59 +102,114 @@ static void m_config_reload(sv_daemon *d, sv_ctl_req *req, json_t *params) {
     sv_ctl_reply(req, json_pack("{s:s}", "config", d->config->source ? d->config->source : ""));
 }
 
+/* Who may call a method (docs/protocol.md, "Who may do what"). */
+typedef enum method_access {
+    ANYONE,     /* whoever may connect: what vm list and vm show tell anyway */
+    OWNER,      /* PRIVILEGED, or the owner of the VM the request names */
+    PRIVILEGED, /* root, the daemon's own uid, the socket group (peer->may_write) */
+} method_access;
+
+/* Each method has fn, or vm_fn when it acts on the VM params.name names. */
 static const struct method {
     const char *name;
-    bool mutating;
+    method_access access;
     method_fn fn;
+    vm_method_fn vm_fn;
 } methods[] = {
-    {"ping", false, m_ping},
-    {"config.get", false, m_config_get},
-    {"config.reload", true, m_config_reload},
-    {"image.list", false, sv_api_image_list},
-    {"image.import", true, sv_api_image_import},
-    {"image.remove", true, sv_api_image_remove},
-    {"vm.create", true, sv_api_vm_create},
-    {"vm.list", false, sv_api_vm_list},
-    {"vm.show", false, sv_api_vm_show},
-    {"vm.remove", true, sv_api_vm_remove},
-    {"vm.start", true, sv_api_vm_start},
-    {"vm.stop", true, sv_api_vm_stop},
-    {"vm.restart", true, sv_api_vm_restart},
-    {"vm.pause", true, sv_api_vm_pause},
-    {"vm.resume", true, sv_api_vm_resume},
+    {"ping", ANYONE, m_ping, NULL},
+    {"config.get", ANYONE, m_config_get, NULL},
+    {"config.reload", PRIVILEGED, m_config_reload, NULL},
+    {"image.list", ANYONE, sv_api_image_list, NULL},
+    {"image.import", PRIVILEGED, sv_api_image_import, NULL},
+    {"image.remove", PRIVILEGED, sv_api_image_remove, NULL},
+    /* an owner is given at create, by those who may give it; a job's VM is
+     * removed by the job's epilog, not by its user */
+    {"vm.create", PRIVILEGED, sv_api_vm_create, NULL},
+    {"vm.list", ANYONE, sv_api_vm_list, NULL},
+    {"vm.show", ANYONE, NULL, sv_api_vm_show},
+    {"vm.remove", PRIVILEGED, NULL, sv_api_vm_remove},
+    {"vm.start", OWNER, NULL, sv_api_vm_start},
+    {"vm.stop", OWNER, NULL, sv_api_vm_stop},
+    {"vm.restart", OWNER, NULL, sv_api_vm_restart},
+    {"vm.pause", OWNER, NULL, sv_api_vm_pause},
+    {"vm.resume", OWNER, NULL, sv_api_vm_resume},
     /* not changes, but a console is a root shell on many guests and the
-     * serial log can hold what it printed: the same people only */
-    {"vm.console", true, sv_api_vm_console},
-    {"vm.log", true, sv_api_vm_log},
-    {"gpu.list", false, sv_api_gpu_list},
-    {"net.list", false, sv_api_net_list},
-    {"node.status", false, sv_api_node_status},
-    {"node.metrics", false, sv_api_node_metrics},
+     * serial log can hold what it printed: not for everyone */
+    {"vm.console", OWNER, NULL, sv_api_vm_console},
+    {"vm.log", OWNER, NULL, sv_api_vm_log},
+    {"gpu.list", ANYONE, sv_api_gpu_list, NULL},
+    {"net.list", ANYONE, sv_api_net_list, NULL},
+    {"node.status", ANYONE, sv_api_node_status, NULL},
+    {"node.metrics", ANYONE, sv_api_node_metrics, NULL},
     /* what vm.list and vm.show tell anyone who may connect, as it happens */
-    {"events.subscribe", false, sv_api_events_subscribe},
-    {"vm.wait", false, sv_api_vm_wait},
-    {"net.teardown", true, sv_api_net_teardown},
-    {"node.cleanup", true, sv_api_cleanup},
+    {"events.subscribe", ANYONE, sv_api_events_subscribe, NULL},
+    {"vm.wait", ANYONE, NULL, sv_api_vm_wait},
+    {"net.teardown", PRIVILEGED, sv_api_net_teardown, NULL},
+    {"node.cleanup", PRIVILEGED, sv_api_cleanup, NULL},
 };
+
+static const struct method *find_method(const char *name) {
+    for (size_t i = 0; i < QV_ARRAY_SIZE(methods); i++)
+        if (strcmp(methods[i].name, name) == 0)
+            return &methods[i];
+    return NULL;
+}
+
+int sv_authorize(const sv_ctl_peer *peer, const char *method, const sv_vm *vm, const char *socket_group,
+                 qv_error *err) {
+    const struct method *m = find_method(method);
+    if (!m)
+        return qv_error_set(err, ENOSYS, "unknown method '%s'", method);
+    if (m->access == ANYONE || peer->may_write)
+        return 0;
+    const sv_vmspec *spec = m->access == OWNER && vm ? sv_vm_spec(vm) : NULL;
+    if (spec && spec->owner != SV_UNSET) {
+        if (spec->owner == (uint64_t)peer->uid)
+            return 0;
+        char job[48] = "";
+        if (spec->slurm_job != SV_UNSET)
+            snprintf(job, sizeof job, " (job %llu)", (unsigned long long)spec->slurm_job);
+        return qv_error_set(err, EPERM, "VM '%s' belongs to uid %llu%s; you are uid %u", sv_vm_name(vm),
+                            (unsigned long long)spec->owner, job, (unsigned)peer->uid);
+    }
+    return qv_error_set(err, EPERM, "%s needs root or membership in the group '%s'", method,
+                        socket_group[0] ? socket_group : "(none configured)");
+}
+
+/* The VM a request names (params.name), NULL for none: looked up once, so
+ * that the authorisation and the handler see the same VM. */
+static sv_vm *named_vm(sv_daemon *d, json_t *params) {
+    const char *name = json_string_value(json_object_get(params, "name"));
+    return name && qv_name_valid(name) ? sv_registry_find(d->registry, name) : NULL;
+}
 
 static void on_request(sv_ctl_req *req, const char *method, json_t *params, void *userdata) {
     sv_daemon *d = userdata;
     const sv_ctl_peer *peer = sv_ctl_req_peer(req);
-    for (size_t i = 0; i < QV_ARRAY_SIZE(methods); i++) {
-        if (strcmp(methods[i].name, method) != 0)
-            continue;
-        if (methods[i].mutating && !peer->may_write) {
-            log_info("refused %s from uid %u (pid %d): not root or in the socket group", method,
-                     (unsigned)peer->uid, (int)peer->pid);
-            sv_ctl_reply_error(req, EPERM, "%s needs root or membership in the group '%s'", method,
-                               d->config->socket_group[0] ? d->config->socket_group : "(none configured)");
-            return;
-        }
-        log_debug("request %s from uid %u", method, (unsigned)peer->uid);
-        methods[i].fn(d, req, params);
+    const struct method *m = find_method(method);
+    if (!m) {
+        sv_ctl_reply_error(req, ENOSYS, "unknown method '%s' (is the daemon older than this qvisor?)", method);
         return;
     }
-    sv_ctl_reply_error(req, ENOSYS, "unknown method '%s' (is the daemon older than this qvisor?)", method);
+    sv_vm *vm = m->vm_fn ? named_vm(d, params) : NULL;
+    qv_error err = {0};
+    if (sv_authorize(peer, method, vm, d->config->socket_group, &err) < 0) {
+        log_info("refused %s from uid %u (pid %d): %s", method, (unsigned)peer->uid, (int)peer->pid, err.msg);
+        sv_ctl_reply_qv_error(req, &err);
+        return;
+    }
+    log_debug("request %s from uid %u", method, (unsigned)peer->uid);
+    if (m->fn) {
+        m->fn(d, req, params);
+        return;
+    }
+    if (vm) {
+        m->vm_fn(d, req, vm, params);
+        return;
+    }
+    const char *name = sv_api_name_param(req, params, "VM"); /* replies when bad */
+    if (name)
+        sv_ctl_reply_error(req, ENOENT, "no VM named '%s'", name);
 }
 
 /* ---- metrics -------------------------------------------------------------- */

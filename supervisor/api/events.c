@@ -181,15 +181,7 @@ static void on_wait_timeout(uv_timer_t *t) {
 /* {"name", "for": running|stopped|crashed|agent, "timeout_ms" (optional)}:
  * answered at once when the VM is so, else by the event that makes it so;
  * ETIMEDOUT (exit 75) when the time is up first. */
-void sv_api_vm_wait(sv_daemon *d, sv_ctl_req *req, json_t *params) {
-    const char *name = sv_api_name_param(req, params, "VM");
-    if (!name)
-        return;
-    sv_vm *vm = sv_registry_find(d->registry, name);
-    if (!vm) {
-        sv_ctl_reply_error(req, ENOENT, "no VM named '%s'", name);
-        return;
-    }
+void sv_api_vm_wait(sv_daemon *d, sv_ctl_req *req, sv_vm *vm, json_t *params) {
     const char *f = json_string_value(json_object_get(params, "for"));
     json_t *t = json_object_get(params, "timeout_ms");
     int cond = -1;
@@ -207,7 +199,7 @@ void sv_api_vm_wait(sv_daemon *d, sv_ctl_req *req, json_t *params) {
         return;
     }
     *w = (sv_api_wait){.d = d, .req = req, .cond = (wait_for)cond, .begin_ms = qv_now_ms()};
-    snprintf(w->name, sizeof w->name, "%s", name);
+    snprintf(w->name, sizeof w->name, "%s", sv_vm_name(vm));
     uv_timer_init(&d->loop, &w->timer);
     w->timer.data = w;
     w->next = d->waits;

@@ -159,17 +159,6 @@ void sv_api_vm_create(sv_daemon *d, sv_ctl_req *req, json_t *params) {
     sv_vmctl_with_caps(d->vmctl, create_with_caps, w);
 }
 
-/* The VM named by params, or NULL after replying. */
-static sv_vm *vm_param(sv_daemon *d, sv_ctl_req *req, json_t *params) {
-    const char *name = sv_api_name_param(req, params, "VM");
-    if (!name)
-        return NULL;
-    sv_vm *vm = sv_registry_find(d->registry, name);
-    if (!vm)
-        sv_ctl_reply_error(req, ENOENT, "no VM named '%s'", name);
-    return vm;
-}
-
 /* Agent answers are awaited at most this long by list and show. */
 #define AGENT_QUERY_MS 1000
 
@@ -217,10 +206,9 @@ void sv_api_vm_list(sv_daemon *d, sv_ctl_req *req, json_t *params) {
     view(d, req, NULL);
 }
 
-void sv_api_vm_show(sv_daemon *d, sv_ctl_req *req, json_t *params) {
-    sv_vm *vm = vm_param(d, req, params);
-    if (vm)
-        view(d, req, sv_vm_name(vm));
+void sv_api_vm_show(sv_daemon *d, sv_ctl_req *req, sv_vm *vm, json_t *params) {
+    (void)params;
+    view(d, req, sv_vm_name(vm));
 }
 
 static void op_done(int status, json_t *result, const qv_error *err, void *userdata) {
@@ -231,10 +219,8 @@ static void op_done(int status, json_t *result, const qv_error *err, void *userd
         sv_ctl_reply(req, json_incref(result));
 }
 
-void sv_api_vm_start(sv_daemon *d, sv_ctl_req *req, json_t *params) {
-    sv_vm *vm = vm_param(d, req, params);
-    if (!vm)
-        return;
+void sv_api_vm_start(sv_daemon *d, sv_ctl_req *req, sv_vm *vm, json_t *params) {
+    (void)params;
     qv_error err = {0};
     if (sv_vm_start(d->vmctl, vm, op_done, req, &err) < 0)
         sv_ctl_reply_qv_error(req, &err);
@@ -253,10 +239,9 @@ static int stop_options(sv_ctl_req *req, json_t *params, sv_stop_options *o) {
     return 0;
 }
 
-void sv_api_vm_stop(sv_daemon *d, sv_ctl_req *req, json_t *params) {
+void sv_api_vm_stop(sv_daemon *d, sv_ctl_req *req, sv_vm *vm, json_t *params) {
     sv_stop_options o;
-    sv_vm *vm = vm_param(d, req, params);
-    if (!vm || stop_options(req, params, &o) < 0)
+    if (stop_options(req, params, &o) < 0)
         return;
     qv_error err = {0};
     int r = sv_vm_stop(d->vmctl, vm, &o, op_done, req, &err);
@@ -266,10 +251,9 @@ void sv_api_vm_stop(sv_daemon *d, sv_ctl_req *req, json_t *params) {
         sv_ctl_reply(req, json_pack("{s:s, s:s}", "result", "already-stopped", "state", sv_vm_state_name(sv_vm_state_of(vm))));
 }
 
-void sv_api_vm_restart(sv_daemon *d, sv_ctl_req *req, json_t *params) {
+void sv_api_vm_restart(sv_daemon *d, sv_ctl_req *req, sv_vm *vm, json_t *params) {
     sv_stop_options o;
-    sv_vm *vm = vm_param(d, req, params);
-    if (!vm || stop_options(req, params, &o) < 0)
+    if (stop_options(req, params, &o) < 0)
         return;
     qv_error err = {0};
     if (sv_vm_restart(d->vmctl, vm, &o, op_done, req, &err) < 0)
@@ -278,10 +262,7 @@ void sv_api_vm_restart(sv_daemon *d, sv_ctl_req *req, json_t *params) {
 
 /* vm.pause / vm.resume: the reply comes once QEMU answered, with the new
  * state; nothing to do is a success too ("already-paused", "not-paused"). */
-static void pause_resume(sv_daemon *d, sv_ctl_req *req, json_t *params, bool pause) {
-    sv_vm *vm = vm_param(d, req, params);
-    if (!vm)
-        return;
+static void pause_resume(sv_daemon *d, sv_ctl_req *req, sv_vm *vm, bool pause) {
     qv_error err = {0};
     int r = (pause ? sv_vm_pause : sv_vm_resume)(d->vmctl, vm, op_done, req, &err);
     if (r < 0)
@@ -291,12 +272,14 @@ static void pause_resume(sv_daemon *d, sv_ctl_req *req, json_t *params, bool pau
                                     "result", pause ? "already-paused" : "not-paused"));
 }
 
-void sv_api_vm_pause(sv_daemon *d, sv_ctl_req *req, json_t *params) {
-    pause_resume(d, req, params, true);
+void sv_api_vm_pause(sv_daemon *d, sv_ctl_req *req, sv_vm *vm, json_t *params) {
+    (void)params;
+    pause_resume(d, req, vm, true);
 }
 
-void sv_api_vm_resume(sv_daemon *d, sv_ctl_req *req, json_t *params) {
-    pause_resume(d, req, params, false);
+void sv_api_vm_resume(sv_daemon *d, sv_ctl_req *req, sv_vm *vm, json_t *params) {
+    (void)params;
+    pause_resume(d, req, vm, false);
 }
 
 typedef struct remove_job {
@@ -318,19 +301,14 @@ static void removed(int status, json_t *result, const qv_error *err, void *userd
     free(x);
 }
 
-static void remove_now(sv_daemon *d, sv_ctl_req *req, const char *vm_name) {
-    sv_vm *vm = sv_registry_find(d->registry, vm_name);
-    if (!vm) {
-        sv_ctl_reply_error(req, ENOENT, "no VM named '%s'", vm_name);
-        return;
-    }
+static void remove_now(sv_daemon *d, sv_ctl_req *req, sv_vm *vm) {
     remove_job *x = calloc(1, sizeof *x);
     if (!x) {
         sv_ctl_reply_error(req, ENOMEM, "out of memory");
         return;
     }
     *x = (remove_job){.d = d, .req = req};
-    snprintf(x->name, sizeof x->name, "%s", vm_name);
+    snprintf(x->name, sizeof x->name, "%s", sv_vm_name(vm));
     qv_error err = {0};
     if (sv_vm_remove(d->vmctl, vm, removed, x, &err) < 0) {
         free(x);
@@ -338,25 +316,26 @@ static void remove_now(sv_daemon *d, sv_ctl_req *req, const char *vm_name) {
     }
 }
 
+/* The stop took its time: the VM is looked up again (removed meanwhile?). */
 static void remove_after_stop(int status, json_t *result, const qv_error *err, void *userdata) {
     (void)result;
     remove_job *job = userdata;
+    sv_vm *vm = status < 0 ? NULL : sv_registry_find(job->d->registry, job->name);
     if (status < 0)
         sv_ctl_reply_qv_error(job->req, err);
+    else if (!vm)
+        sv_ctl_reply_error(job->req, ENOENT, "no VM named '%s'", job->name);
     else
-        remove_now(job->d, job->req, job->name);
+        remove_now(job->d, job->req, vm);
     free(job);
 }
 
-void sv_api_vm_remove(sv_daemon *d, sv_ctl_req *req, json_t *params) {
-    sv_vm *vm = vm_param(d, req, params);
-    if (!vm)
-        return;
+void sv_api_vm_remove(sv_daemon *d, sv_ctl_req *req, sv_vm *vm, json_t *params) {
     bool force = json_is_true(json_object_get(params, "force"));
     sv_vm_state to;
     bool removable = sv_vm_next_state(sv_vm_state_of(vm), SV_EV_REMOVE, &to) == 0;
     if (removable || !force) {
-        remove_now(d, req, sv_vm_name(vm));
+        remove_now(d, req, vm);
         return;
     }
     /* --force: stop it the hard way first (the disk goes anyway) */
@@ -373,7 +352,7 @@ void sv_api_vm_remove(sv_daemon *d, sv_ctl_req *req, json_t *params) {
     int r = sv_vm_stop(d->vmctl, vm, &o, remove_after_stop, job, &err);
     if (r == 1) {
         free(job);
-        remove_now(d, req, sv_vm_name(vm));
+        remove_now(d, req, vm);
     } else if (r < 0) {
         free(job);
         sv_ctl_reply_qv_error(req, &err);
@@ -404,10 +383,8 @@ static void on_console_stream(int fd, const sv_ctl_peer *peer, void *userdata) {
     free(job);
 }
 
-void sv_api_vm_console(sv_daemon *d, sv_ctl_req *req, json_t *params) {
-    sv_vm *vm = vm_param(d, req, params);
-    if (!vm)
-        return;
+void sv_api_vm_console(sv_daemon *d, sv_ctl_req *req, sv_vm *vm, json_t *params) {
+    (void)params;
     const sv_ctl_peer *peer = sv_ctl_req_peer(req);
     stream_job *job = calloc(1, sizeof *job);
     if (!job) {
@@ -440,10 +417,7 @@ static void on_log_stream(int fd, const sv_ctl_peer *peer, void *userdata) {
     free(job);
 }
 
-void sv_api_vm_log(sv_daemon *d, sv_ctl_req *req, json_t *params) {
-    sv_vm *vm = vm_param(d, req, params);
-    if (!vm)
-        return;
+void sv_api_vm_log(sv_daemon *d, sv_ctl_req *req, sv_vm *vm, json_t *params) {
     json_t *jl = json_object_get(params, "lines");
     json_t *jf = json_object_get(params, "follow");
     if ((jl && !json_is_null(jl) && (!json_is_integer(jl) || json_integer_value(jl) < 0)) ||
