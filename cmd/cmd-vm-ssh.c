@@ -1,0 +1,146 @@
+/* qvisor vm ssh: ssh to a VM as its cloud-init user, with the key qvisor
+ * made for it. */
+#include "cli.h"
+#include "output.h"
+
+#include "cleanup.h"
+
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static const char ssh_help[] =
+    "Usage: qvisor vm ssh NAME [-l USER] [-- COMMAND...]\n"
+    "\n"
+    "Runs ssh to the VM through the port qvisor forwards from 127.0.0.1 to the\n"
+    "guest's port 22, as the VM's cloud-init user, with the key qvisor made\n"
+    "for it (`vm create --ssh`) when there is one.  A VM without a user-mode\n"
+    "NIC is reached on port 22 of its first static address (a nat NIC's, through\n"
+    "the NAT bridge).  The guest's host key is remembered per VM in\n"
+    "INSTANCE_DIR/known_hosts.\n"
+    "\n"
+    "  -l, --user USER   log in as USER instead (before or after NAME)\n"
+    "\n"
+    "Everything after NAME and its options (or after \"--\") is the remote\n"
+    "command, passed on whole.\n"
+    "\n"
+    "Exit: ssh's own exit status once it runs; 64 a bad user name, 65 the VM's\n"
+    "user name is not one ssh can take safely, 66 no such VM, 69 daemon not\n"
+    "running or the VM not running, 1 ssh cannot be run.\n";
+
+/* A login name ssh takes as one: what useradd allows (and '$' at the end of
+ * machine accounts), nothing ssh could read as an option or a host. */
+static bool ssh_user_ok(const char *u) {
+    size_t len = strlen(u);
+    if (len == 0 || len > 256 || u[0] == '-')
+        return false;
+    for (size_t i = 0; i < len; i++)
+        if (!isalnum((unsigned char)u[i]) && !strchr("._-$", u[i]))
+            return false;
+    return true;
+}
+
+int cmd_vm_ssh(qv_cli *cli, int argc, char **argv) {
+    static const struct option longopts[] = {
+        QV_CLI_COMMON_LONGOPTS, {"user", required_argument, NULL, 'l'}, {NULL, 0, NULL, 0}};
+    const char *user = NULL;
+    int c;
+    /* "+": stop at the first non-option, so the remote command keeps its own */
+    while ((c = qv_cli_getopt(cli, argc, argv, "+hl:", longopts, ssh_help)) != -1) {
+        if (c == -2)
+            return QV_EXIT_OK;
+        if (c != 'l')
+            return qv_cli_usage_error("vm ssh ", "bad option");
+        user = optarg;
+    }
+    if (optind >= argc)
+        return qv_cli_usage_error("vm ssh ", "needs a NAME");
+    const char *name = argv[optind++];
+    /* options may follow NAME too (vm ssh NAME -l USER -- CMD); getopt
+     * carries on from optind and stops at "--" or the command */
+    while ((c = qv_cli_getopt(cli, argc, argv, "+hl:", longopts, ssh_help)) != -1) {
+        if (c == -2)
+            return QV_EXIT_OK;
+        if (c != 'l')
+            return qv_cli_usage_error("vm ssh ", "bad option");
+        user = optarg;
+    }
+    if (user && !ssh_user_ok(user))
+        return qv_cli_usage_error("vm ssh ", "bad user name (letters, digits, '.', '_', '-', '$', not starting "
+                                             "with '-', at most 256 bytes)");
+    qv_error err = {0};
+    json_t *vm = NULL;
+    if (qv_cli_call(cli, "vm.show", json_pack("{s:s}", "name", name), &vm, &err) < 0)
+        return qv_cli_fail(cli, &err);
+    json_t *port = json_object_get(vm, "ssh_port");
+    /* no user-mode NIC: the address of its first NIC that has a static one
+     * (a nat NIC is reachable from the node through the NAT bridge) */
+    const char *host = "127.0.0.1";
+    if (!json_is_integer(port) && json_is_string(json_object_get(vm, "ip")) &&
+        json_integer_value(json_object_get(vm, "pid")) > 0)
+        host = json_string_value(json_object_get(vm, "ip"));
+    if (!json_is_integer(port) && strcmp(host, "127.0.0.1") == 0) {
+        qv_fprintf(stderr, "qvisor: error: VM %s is %s: no SSH port to connect to (qvisor vm start %s)\n", name,
+                json_string_value(json_object_get(vm, "state")), name);
+        json_decref(vm);
+        return QV_EXIT_UNAVAILABLE;
+    }
+    /* the daemon names the VM's files (its instance layout is not the CLI's to know) */
+    const char *known_hosts = json_string_value(json_object_get(vm, "known_hosts"));
+    const char *key = json_string_value(json_object_get(vm, "ssh_key"));
+    json_t *spec = json_object_get(vm, "spec");
+    if (!user) {
+        user = json_string_value(json_object_get(spec, "user"));
+        if (user && !ssh_user_ok(user)) {
+            qv_fprintf(stderr, "qvisor: error: VM %s has a user name ssh cannot take safely; use -l USER\n", name);
+            json_decref(vm);
+            return QV_EXIT_DATAERR;
+        }
+    }
+    unsigned char probe[sizeof(struct in6_addr)];
+    if (inet_pton(AF_INET, host, probe) != 1 && inet_pton(AF_INET6, host, probe) != 1) {
+        qv_fprintf(stderr, "qvisor: error: VM %s: the daemon gave no usable address\n", name);
+        json_decref(vm);
+        return QV_EXIT_DATAERR;
+    }
+    _cleanup_free_ char *portarg = NULL, *dest = NULL, *known = NULL, *alias = NULL;
+    if (asprintf(&portarg, "%lld", json_is_integer(port) ? (long long)json_integer_value(port) : 22ll) < 0 ||
+        asprintf(&dest, "%s@%s", user ? user : "qvisor", host) < 0 ||
+        asprintf(&known, "UserKnownHostsFile=%s", known_hosts ? known_hosts : "./known_hosts") < 0 ||
+        asprintf(&alias, "HostKeyAlias=qvisor-%s", name) < 0)
+        abort();
+    /* fixed arguments, "--", the remote command, NULL */
+    size_t cap = 16 + (size_t)(argc - optind);
+    _cleanup_free_ const char **args = calloc(cap, sizeof *args);
+    if (!args)
+        abort();
+    size_t n = 0;
+    args[n++] = "ssh";
+    args[n++] = "-p";
+    args[n++] = portarg;
+    args[n++] = "-o";
+    args[n++] = known;
+    args[n++] = "-o";
+    args[n++] = alias;
+    args[n++] = "-o";
+    args[n++] = "StrictHostKeyChecking=accept-new";
+    if (key && access(key, R_OK) == 0) {
+        args[n++] = "-i";
+        args[n++] = key;
+    }
+    args[n++] = dest;
+    if (optind < argc) {
+        args[n++] = "--";
+        for (int i = optind; i < argc; i++)
+            args[n++] = argv[i];
+    }
+    args[n] = NULL;
+    fflush(stdout);
+    execvp("ssh", (char *const *)args);
+    qv_fprintf(stderr, "qvisor: error: cannot run ssh: %s (install openssh-client)\n", strerror(errno));
+    json_decref(vm);
+    return QV_EXIT_FAILED;
+}
