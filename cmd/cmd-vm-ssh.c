@@ -4,12 +4,19 @@
 #include "output.h"
 
 #include "cleanup.h"
+#include "fileio.h"
+#include "log.h"
 
 #include <arpa/inet.h>
 #include <ctype.h>
 #include <errno.h>
+#include <signal.h>
+#include <spawn.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 static const char ssh_help[] =
@@ -21,6 +28,11 @@ static const char ssh_help[] =
     "NIC is reached on port 22 of its first static address (a nat NIC's, through\n"
     "the NAT bridge).  The guest's host key is remembered per VM in\n"
     "INSTANCE_DIR/known_hosts.\n"
+    "\n"
+    "The owner of a VM (vm create --owner), who may not read INSTANCE_DIR, gets\n"
+    "its key from the daemon (only for a VM of theirs), handed to ssh in memory\n"
+    "(never a file), and the host key goes to the user's own known_hosts under\n"
+    "the alias qvisor-NAME-CREATED.  Others use their own keys.\n"
     "\n"
     "  -l, --user USER   log in as USER instead (before or after NAME)\n"
     "\n"
@@ -41,6 +53,75 @@ static bool ssh_user_ok(const char *u) {
         if (!isalnum((unsigned char)u[i]) && !strchr("._-$", u[i]))
             return false;
     return true;
+}
+
+/* The VM's --ssh key from the daemon (vm.ssh_key: only for a VM of this
+ * user's) in a memfd of mode 0600, as ssh wants its keys: the fd, or -1
+ * when there is none to have (not this user's VM, no key, an old daemon);
+ * ssh then goes without, as it would. */
+static int daemon_key(qv_cli *cli, const char *name) {
+    qv_error err = {0};
+    json_t *res = NULL;
+    if (qv_cli_call(cli, "vm.ssh_key", json_pack("{s:s}", "name", name), &res, &err) < 0) {
+        log_debug("no SSH key of VM %s from the daemon: %s", name, err.msg);
+        return -1;
+    }
+    const char *key = json_string_value(json_object_get(res, "key"));
+    int fd = key ? memfd_create("qvisor-ssh-key", MFD_CLOEXEC) : -1;
+    if (fd >= 0 && (fchmod(fd, 0600) < 0 || qv_write_all(fd, key, strlen(key)) < 0))
+        qv_closep(&fd);
+    json_decref(res);
+    return fd;
+}
+
+/* Where ssh keeps the guest's host key: the VM's known_hosts (vm.show's
+ * known_hosts) when this user may write there (root), else the user's own
+ * known hosts (*ret_known NULL), under an alias of this VM's creation: a
+ * VM created anew under the same name is another host.  -ENOMEM. */
+static int host_key_options(json_t *vm, const char *name, char **ret_known, char **ret_alias) {
+    const char *known_hosts = json_string_value(json_object_get(vm, "known_hosts"));
+    _cleanup_free_ char *dir = known_hosts ? strdup(known_hosts) : NULL;
+    char *slash = dir ? strrchr(dir, '/') : NULL;
+    if (slash)
+        *slash = '\0';
+    if (slash && access(dir, W_OK) == 0) {
+        if (asprintf(ret_known, "UserKnownHostsFile=%s", known_hosts) < 0)
+            return -ENOMEM;
+        return asprintf(ret_alias, "HostKeyAlias=qvisor-%s", name) < 0 ? -ENOMEM : 0;
+    }
+    *ret_known = NULL;
+    long long created = (long long)json_integer_value(json_object_get(vm, "created_at"));
+    return asprintf(ret_alias, "HostKeyAlias=qvisor-%s-%lld", name, created) < 0 ? -ENOMEM : 0;
+}
+
+/* ssh as a child, waited for: its exit status (128 + N when signal N
+ * ended it, as a shell says), 1 when it cannot be run.  SIGINT and SIGQUIT
+ * from the terminal are ssh's: we ignore them while it runs. */
+static int run_ssh(char *const args[]) {
+    posix_spawnattr_t attr;
+    sigset_t dfl;
+    sigemptyset(&dfl);
+    sigaddset(&dfl, SIGINT);
+    sigaddset(&dfl, SIGQUIT);
+    posix_spawnattr_init(&attr);
+    posix_spawnattr_setsigdefault(&attr, &dfl);
+    posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGDEF);
+    struct sigaction ign = {.sa_handler = SIG_IGN}, old_int, old_quit;
+    sigaction(SIGINT, &ign, &old_int);
+    sigaction(SIGQUIT, &ign, &old_quit);
+    pid_t pid;
+    int r = posix_spawnp(&pid, "ssh", NULL, &attr, args, environ);
+    posix_spawnattr_destroy(&attr);
+    int status = 0;
+    while (r == 0 && waitpid(pid, &status, 0) < 0 && errno == EINTR)
+        ;
+    sigaction(SIGINT, &old_int, NULL);
+    sigaction(SIGQUIT, &old_quit, NULL);
+    if (r != 0) {
+        qv_fprintf(stderr, "qvisor: error: cannot run ssh: %s (install openssh-client)\n", strerror(r));
+        return QV_EXIT_FAILED;
+    }
+    return WIFEXITED(status) ? WEXITSTATUS(status) : WIFSIGNALED(status) ? 128 + WTERMSIG(status) : QV_EXIT_FAILED;
 }
 
 int cmd_vm_ssh(qv_cli *cli, int argc, char **argv) {
@@ -89,7 +170,6 @@ int cmd_vm_ssh(qv_cli *cli, int argc, char **argv) {
         return QV_EXIT_UNAVAILABLE;
     }
     /* the daemon names the VM's files (its instance layout is not the CLI's to know) */
-    const char *known_hosts = json_string_value(json_object_get(vm, "known_hosts"));
     const char *key = json_string_value(json_object_get(vm, "ssh_key"));
     json_t *spec = json_object_get(vm, "spec");
     if (!user) {
@@ -106,11 +186,20 @@ int cmd_vm_ssh(qv_cli *cli, int argc, char **argv) {
         json_decref(vm);
         return QV_EXIT_DATAERR;
     }
+    /* a user who may not read the instance directory (not root: the
+     * VM's owner) gets the key from the daemon, if it is theirs */
+    _cleanup_close_ int key_fd = -1;
+    char key_path[64];
+    if (key && access(key, R_OK) != 0) {
+        key = NULL; /* without it, ssh goes with the user's own keys */
+        if ((key_fd = daemon_key(cli, name)) >= 0) {
+            snprintf(key_path, sizeof key_path, "/proc/%d/fd/%d", (int)getpid(), key_fd);
+            key = key_path;
+        }
+    }
     _cleanup_free_ char *portarg = NULL, *dest = NULL, *known = NULL, *alias = NULL;
     if (asprintf(&portarg, "%lld", json_is_integer(port) ? (long long)json_integer_value(port) : 22ll) < 0 ||
-        asprintf(&dest, "%s@%s", user ? user : "qvisor", host) < 0 ||
-        asprintf(&known, "UserKnownHostsFile=%s", known_hosts ? known_hosts : "./known_hosts") < 0 ||
-        asprintf(&alias, "HostKeyAlias=qvisor-%s", name) < 0)
+        asprintf(&dest, "%s@%s", user ? user : "qvisor", host) < 0 || host_key_options(vm, name, &known, &alias) < 0)
         abort();
     /* fixed arguments, "--", the remote command, NULL */
     size_t cap = 16 + (size_t)(argc - optind);
@@ -121,13 +210,15 @@ int cmd_vm_ssh(qv_cli *cli, int argc, char **argv) {
     args[n++] = "ssh";
     args[n++] = "-p";
     args[n++] = portarg;
-    args[n++] = "-o";
-    args[n++] = known;
+    if (known) {
+        args[n++] = "-o";
+        args[n++] = known;
+    }
     args[n++] = "-o";
     args[n++] = alias;
     args[n++] = "-o";
     args[n++] = "StrictHostKeyChecking=accept-new";
-    if (key && access(key, R_OK) == 0) {
+    if (key) {
         args[n++] = "-i";
         args[n++] = key;
     }
@@ -139,8 +230,15 @@ int cmd_vm_ssh(qv_cli *cli, int argc, char **argv) {
     }
     args[n] = NULL;
     fflush(stdout);
-    execvp("ssh", (char *const *)args);
-    qv_fprintf(stderr, "qvisor: error: cannot run ssh: %s (install openssh-client)\n", strerror(errno));
-    json_decref(vm);
-    return QV_EXIT_FAILED;
+    /* ssh closes every fd above 2 as it starts: the key it is given in a
+     * memfd of ours stays readable as /proc/OUR_PID/fd/N while we wait */
+    int code = QV_EXIT_FAILED;
+    if (key_fd >= 0) {
+        code = run_ssh((char *const *)args);
+    } else {
+        execvp("ssh", (char *const *)args);
+        qv_fprintf(stderr, "qvisor: error: cannot run ssh: %s (install openssh-client)\n", strerror(errno));
+    }
+    json_decref(vm); /* args borrow from it */
+    return code;
 }

@@ -80,6 +80,7 @@ void sv_api_vm_pause(sv_daemon *d, sv_ctl_req *req, sv_vm *vm, json_t *params);
 void sv_api_vm_resume(sv_daemon *d, sv_ctl_req *req, sv_vm *vm, json_t *params);
 void sv_api_vm_console(sv_daemon *d, sv_ctl_req *req, sv_vm *vm, json_t *params);
 void sv_api_vm_log(sv_daemon *d, sv_ctl_req *req, sv_vm *vm, json_t *params);
+void sv_api_vm_ssh_key(sv_daemon *d, sv_ctl_req *req, sv_vm *vm, json_t *params);
 /* What a scrape reads of the daemon, as of now.  supervisor/daemon.c */
 sv_scrape_ctx sv_daemon_scrape_ctx(const sv_daemon *d);
 

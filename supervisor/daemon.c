@@ -137,6 +137,9 @@ static const struct method {
      * serial log can hold what it printed: not for everyone */
     {"vm.console", OWNER, NULL, sv_api_vm_console},
     {"vm.log", OWNER, NULL, sv_api_vm_log},
+    /* the key of the VM's --ssh pair: vm ssh for a user who cannot read
+     * the instance directory, only for a VM of theirs */
+    {"vm.ssh_key", OWNER, NULL, sv_api_vm_ssh_key},
     {"gpu.list", ANYONE, sv_api_gpu_list, NULL},
     {"net.list", ANYONE, sv_api_net_list, NULL},
     {"node.status", ANYONE, sv_api_node_status, NULL},

@@ -1,5 +1,5 @@
 /* Control methods for VMs: create, list, show, start, stop, restart, pause,
- * resume, remove, console, log. */
+ * resume, remove, console, log, ssh_key. */
 #include "supervisor/daemon-internal.h"
 
 #include "cleanup.h"
@@ -357,6 +357,28 @@ void sv_api_vm_remove(sv_daemon *d, sv_ctl_req *req, sv_vm *vm, json_t *params) 
         free(job);
         sv_ctl_reply_qv_error(req, &err);
     }
+}
+
+/* {"name"}: the private key of the VM's --ssh pair ({"name", "key"}), for
+ * `vm ssh` of a client that cannot read the instance directory: its owner
+ * (the dispatch let no one else through). */
+void sv_api_vm_ssh_key(sv_daemon *d, sv_ctl_req *req, sv_vm *vm, json_t *params) {
+    (void)d;
+    (void)params;
+    _cleanup_free_ char *key = NULL;
+    qv_error err = {0};
+    if (sv_vm_ssh_key_read(vm, &key, &err) < 0) {
+        sv_ctl_reply_qv_error(req, &err);
+        return;
+    }
+    json_t *res = json_pack("{s:s, s:s}", "name", sv_vm_name(vm), "key", key);
+    if (!res) {
+        sv_ctl_reply_error(req, EIO, "the SSH key of VM '%s' is not text", sv_vm_name(vm));
+        return;
+    }
+    const sv_ctl_peer *peer = sv_ctl_req_peer(req);
+    log_info("gave the SSH key of VM %s to uid %u (pid %d)", sv_vm_name(vm), (unsigned)peer->uid, (int)peer->pid);
+    sv_ctl_reply(req, res);
 }
 
 /* ---- serial console and log (docs/console.md) ------------------------------ */

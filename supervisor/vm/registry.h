@@ -113,5 +113,11 @@ json_t *sv_vm_summary(const sv_vm *vm);
  * ret: true; false when no NIC has one.  What `vm ssh` and `vm start` name
  * when no user-mode NIC forwards a port. */
 bool sv_vm_static_ip(const sv_vm *vm, char ret[ND_IPV4_CIDR_STRLEN]);
+/* The private key of the pair `vm create --ssh` made (SV_VM_SSH_KEY), read
+ * through the instance directory without following a link: *ret (caller
+ * frees) for `vm ssh` of a client that may not read the instance directory
+ * (the VM's owner; docs/protocol.md, "Who may do what").  -ENOENT (err
+ * set) for a VM without one, -EIO when it cannot be read. */
+int sv_vm_ssh_key_read(const sv_vm *vm, char **ret, qv_error *err);
 /* Everything `vm show` prints: summary + spec + paths + last exit. */
 json_t *sv_vm_details(const sv_vm *vm);

@@ -183,3 +183,23 @@ json_t *reg__read_json(const char *dir, const char *file, qv_error *err) {
     return j;
 }
 
+
+/* An OpenSSH ed25519 private key is some 400 bytes. */
+#define SSH_KEY_MAX (16u << 10)
+
+int sv_vm_ssh_key_read(const sv_vm *vm, char **ret, qv_error *err) {
+    if (!vm->spec->seed || !vm->spec->ssh_generate)
+        return qv_error_set(err, ENOENT, "VM '%s' has no SSH key pair of qvisor's (vm create --ssh makes one)",
+                            vm->name);
+    /* neither the instance directory, its ssh/ nor the key may be a link:
+     * what a user is given is the file create made, nothing a link names */
+    _cleanup_close_ int dfd = qv_open_dir_nofollow(vm->dir);
+    _cleanup_close_ int sfd = dfd < 0 ? dfd : qv_open_dir_at(dfd, SV_VM_SSH_DIR);
+    const char *file = strrchr(SV_VM_SSH_KEY, '/') + 1;
+    int r = sfd < 0 ? sfd : qv_read_regular_file_at(sfd, file, SSH_KEY_MAX, ret, NULL);
+    if (r < 0)
+        return qv_error_set(err, r == -ENOENT ? ENOENT : EIO, "cannot read the SSH key of VM '%s' (%s/%s): %s",
+                            vm->name, vm->dir, SV_VM_SSH_KEY,
+                            r == -EINVAL ? "not a regular file" : r == -EFBIG ? "too large" : strerror(-r));
+    return 0;
+}
