@@ -21,6 +21,7 @@
 #define CONFIG_MAX_FILE (1u << 20)
 
 static const char *const accel_names[] = {"auto", "kvm", "tcg", NULL};
+static const char *const socket_access_names[] = {"group", "everyone", NULL};
 static const char *const level_names[] = {"error", "warning", "info", "debug", NULL};
 
 /* "" (the system's) or an absolute directory without a comma: its paths go
@@ -84,6 +85,7 @@ static const sv_key keys[] = {
 
     {"daemon", "socket", SV_K_PATH, F(socket_path), NULL, 0, 0, NULL, false, true},
     {"daemon", "socket_group", SV_K_STRING, F(socket_group), "", 0, 0, NULL, true, true},
+    {"daemon", "socket_access", SV_K_ENUM, F(socket_access), "group", 0, 0, socket_access_names, false, true},
     {"daemon", "max_request_size", SV_K_SIZE, F(max_request_size), "1M", 4096, 64ull << 20, NULL, false, false},
     {"daemon", "max_clients", SV_K_UINT, F(max_clients), "64", 1, 4096, NULL, false, false},
     {"daemon", "request_line_timeout", SV_K_DURATION, F(ctl_line_timeout_ms), "5s", 100, 600ull * 1000, NULL, false, true},

@@ -13,6 +13,12 @@
 #include "error.h"
 #include "log.h"
 
+/* Who may connect to the control socket (daemon.socket_access). */
+typedef enum sv_socket_access {
+    SV_SOCKET_GROUP,    /* 0660: root, the daemon's user, daemon.socket_group */
+    SV_SOCKET_EVERYONE, /* 0666: every local user (reads, and the VMs they own) */
+} sv_socket_access;
+
 typedef enum sv_accel {
     SV_ACCEL_AUTO,
     SV_ACCEL_KVM,
@@ -55,6 +61,7 @@ typedef struct sv_config {
     /* daemon */
     char *socket_path; /* default RUN_DIR/qvisor.sock */
     char *socket_group;
+    int socket_access; /* an sv_socket_access */
     uint64_t max_request_size;
     uint64_t max_clients;
     uint64_t ctl_line_timeout_ms; /* daemon.request_line_timeout: a request line, first byte to newline */

@@ -396,7 +396,8 @@ int sv_daemon_run(const sv_daemon_options *opts, qv_error *err) {
     }
     sv_ctl_options copts = {
         .path = d.config->socket_path,
-        .mode = 0660,
+        /* everyone: reads are anyone's, and sv_authorize() decides the rest */
+        .mode = d.config->socket_access == SV_SOCKET_EVERYONE ? 0666 : 0660,
         .group = group,
         .max_request = d.config->max_request_size,
         .max_clients = d.config->max_clients,

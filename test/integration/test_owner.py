@@ -9,8 +9,8 @@ survives a daemon restart (spec.json).  The guest is a boot sector that
 halts, under TCG: nothing boots, a start takes well under a second.
 
 A and B are the system users nobody and daemon, run with setpriv (as
-test_daemon.py and test_console.py do); the socket is opened to them with
-chmod, the node having no socket group."""
+test_daemon.py and test_console.py do); the node has no socket group and
+daemon.socket_access: everyone lets them connect."""
 
 import json
 import os
@@ -28,7 +28,8 @@ from qvtest import Node, scaled  # noqa: E402
 
 CONFIG = ("vm_defaults:\n  cpus: 1\n  memory: 64M\n  disk: 16M\n  stop_timeout: 30s\n  kill_timeout: 5s\n"
           "qemu:\n  accelerator: tcg\n"
-          "resources:\n  cpu_overcommit: 100\n")
+          "resources:\n  cpu_overcommit: 100\n"
+          "daemon:\n  socket_access: everyone\n")
 A, B = "nobody", "daemon"
 JOB = 4242
 
@@ -92,7 +93,7 @@ class Owner(unittest.TestCase):
 
     def start_daemon(self):
         self.node.start_daemon()
-        os.chmod(self.node.socket, 0o666)  # no socket group: let A and B connect at all
+        self.assertEqual(stat.S_IMODE(os.stat(self.node.socket).st_mode), 0o666)
 
     def no_sanitizer_reports(self):
         if self.node.proc and self.node.proc.poll() is None:

@@ -71,7 +71,7 @@ static void test_full_values(void **state) {
                     "qemu:\n  accelerator: tcg\n  binary: /usr/bin/qemu-system-x86_64\n"
                     "vm_defaults:\n  cpus: 8\n  memory: 16G\n  stop_timeout: 2m\n  kill_timeout: 500ms\n"
                     "network:\n  nat_subnet: 10.9.0.0/16\n  nat_gateway: 10.9.0.1\n  dns: [10.9.0.53, '2001:db8::53']\n"
-                    "daemon:\n  socket_group: qvisor\n  max_clients: 4096\n";
+                    "daemon:\n  socket_group: qvisor\n  socket_access: everyone\n  max_clients: 4096\n";
     assert_int_equal(parse(y, &c, &err), 0);
     assert_int_equal(sv_config_log_level(c), QV_LOG_DEBUG);
     assert_int_equal(c->accelerator, SV_ACCEL_TCG);
@@ -83,6 +83,7 @@ static void test_full_values(void **state) {
     assert_string_equal(c->dns[1], "2001:db8::53");
     assert_null(c->dns[2]);
     assert_string_equal(c->socket_group, "qvisor");
+    assert_int_equal(c->socket_access, SV_SOCKET_EVERYONE);
     assert_true(c->max_clients == 4096);
 }
 
