@@ -273,14 +273,15 @@ static const char console_help[] =
     "Everything the guest writes is also kept in serial.log, attached or not\n"
     "(qvisor vm log NAME).  One client at a time per VM.  Without a terminal on\n"
     "stdin the bytes are relayed as they are (Ctrl-] is a byte like any) and the\n"
-    "end of input detaches once it has been delivered.  Needs root or the\n"
-    "daemon's socket group: a console is often a root shell.\n"
+    "end of input detaches once it has been delivered.  Needs root, the\n"
+    "daemon's socket group or the VM's owner (vm create --owner): a console is\n"
+    "often a root shell.\n"
     "\n"
     "Exit: 0 detached (Ctrl-], end of input, SIGINT, SIGTERM or SIGHUP), 66 no\n"
     "such VM, 69 daemon not running, VM not running, or it stopped while\n"
     "attached (\"VM NAME stopped\"), 75 another client holds the console, or the\n"
     "daemon stopped or went away while attached (the VM keeps running), 77 not\n"
-    "root or in the socket group.\n";
+    "root, the socket group or the VM's owner.\n";
 
 int cmd_vm_console(qv_cli *cli, int argc, char **argv) {
     static const struct option longopts[] = {QV_CLI_COMMON_LONGOPTS, {NULL, 0, NULL, 0}};
@@ -320,12 +321,13 @@ static const char log_help[] =
     "                  the VM (each start begins a new serial.log: a line\n"
     "                  \"==> VM NAME started again <==\" on stderr); Ctrl-C ends\n"
     "\n"
-    "The previous boot's log is INSTANCES_DIR/NAME/serial.log.1.  Needs root or\n"
-    "the daemon's socket group: a guest's console can show secrets.\n"
+    "The previous boot's log is INSTANCES_DIR/NAME/serial.log.1.  Needs root,\n"
+    "the daemon's socket group or the VM's owner (vm create --owner): a guest's\n"
+    "console can show secrets.\n"
     "\n"
     "Exit: 0 (also after Ctrl-C), 64 bad -n, 66 no such VM, 69 daemon not\n"
-    "running, 75 the daemon stopped while following, 77 not root or in the\n"
-    "socket group.\n";
+    "running, 75 the daemon stopped while following, 77 not root, the socket\n"
+    "group or the VM's owner.\n";
 
 int cmd_vm_log(qv_cli *cli, int argc, char **argv) {
     static const struct option longopts[] = {QV_CLI_COMMON_LONGOPTS,

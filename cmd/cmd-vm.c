@@ -723,9 +723,12 @@ static const char start_help[] =
     "first static address (both are what `vm ssh` uses).  When QEMU fails,\n"
     "its own error message is shown and nothing is left running.\n"
     "\n"
+    "Root, the socket group and the VM's owner (vm create --owner) may start it.\n"
+    "\n"
     "Exit: 0 started, 1 QEMU failed to start, 66 no such VM, 69 daemon not\n"
     "running, 73 already running or paused, 75 busy with another operation\n"
-    "(starting, stopping, being created).\n";
+    "(starting, stopping, being created), 77 not root, the socket group or the\n"
+    "VM's owner.\n";
 
 /* How to reach the guest: the forwarded port of a user-mode NIC, else port 22
  * of the first static address (what `vm ssh` uses), else the agent's report. */
@@ -782,7 +785,8 @@ static const char stop_help[] =
     "\n"
     "Exit: 0 the guest shut down cleanly (or the VM was not running, or --force),\n"
     "3 stopped, but forced (after the timeout, or at once: a paused guest), 66\n"
-    "no such VM, 69 daemon not running, 75 busy (being created or removed).\n";
+    "no such VM, 69 daemon not running, 75 busy (being created or removed), 77\n"
+    "not root, the socket group or the VM's owner.\n";
 
 /* Shared by stop and restart: parses -t/--force into params. */
 static int stop_args(qv_cli *cli, int argc, char **argv, const char *help, const char *path, json_t *params) {
@@ -871,7 +875,8 @@ static const char restart_help[] =
     "      --force          skip the guest: quit, then signals\n"
     "\n"
     "Exit: 0, 1 the start failed, 3 restarted, but the stop had to be forced,\n"
-    "66 no such VM, 69 daemon not running, 75 busy.\n";
+    "66 no such VM, 69 daemon not running, 75 busy, 77 not root, the socket\n"
+    "group or the VM's owner.\n";
 
 int cmd_vm_restart(qv_cli *cli, int argc, char **argv) {
     json_t *params = json_object();
@@ -911,7 +916,8 @@ static const char pause_help[] =
     "\n"
     "Exit: 0 paused (or already paused), 1 QEMU refused or its monitor is not\n"
     "connected, 66 no such VM, 69 daemon not running or the VM not running\n"
-    "(stopped or crashed), 75 busy (starting, stopping, being created or removed).\n";
+    "(stopped or crashed), 75 busy (starting, stopping, being created or removed),\n"
+    "77 not root, the socket group or the VM's owner.\n";
 
 static const char resume_help[] =
     "Usage: qvisor vm resume NAME [--json]\n"
@@ -920,7 +926,8 @@ static const char resume_help[] =
     "\n"
     "Exit: 0 running (or was not paused), 1 QEMU refused or its monitor is not\n"
     "connected, 66 no such VM, 69 daemon not running or the VM not running\n"
-    "(stopped or crashed), 75 busy (starting, stopping, being created or removed).\n";
+    "(stopped or crashed), 75 busy (starting, stopping, being created or removed),\n"
+    "77 not root, the socket group or the VM's owner.\n";
 
 /* Shared by pause and resume: one NAME, one request, one line. */
 static int pause_resume(qv_cli *cli, int argc, char **argv, bool pause) {
@@ -970,8 +977,11 @@ static const char rm_help[] =
     "  --force   stop a running VM first (QMP quit, then signals: no graceful\n"
     "            shutdown, since its disk is deleted anyway)\n"
     "\n"
+    "Root and the socket group only: a VM's owner (vm create --owner) may not\n"
+    "remove it.\n"
+    "\n"
     "Exit: 0, 66 no such VM, 69 daemon not running, 75 the VM is running (without\n"
-    "--force) or busy.\n";
+    "--force) or busy, 77 not root or in the socket group.\n";
 
 int cmd_vm_rm(qv_cli *cli, int argc, char **argv) {
     static const struct option longopts[] = {
