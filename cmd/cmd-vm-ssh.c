@@ -124,31 +124,35 @@ static int run_ssh(char *const args[]) {
     return WIFEXITED(status) ? WEXITSTATUS(status) : WIFSIGNALED(status) ? 128 + WTERMSIG(status) : QV_EXIT_FAILED;
 }
 
-int cmd_vm_ssh(qv_cli *cli, int argc, char **argv) {
+/* -l USER (and --help) from optind up to the first word that is no option,
+ * so that the remote command keeps its own: 0, -2 after --help, or a usage
+ * error's exit code. */
+static int ssh_options(qv_cli *cli, int argc, char **argv, const char **user) {
     static const struct option longopts[] = {
         QV_CLI_COMMON_LONGOPTS, {"user", required_argument, NULL, 'l'}, {NULL, 0, NULL, 0}};
-    const char *user = NULL;
     int c;
-    /* "+": stop at the first non-option, so the remote command keeps its own */
     while ((c = qv_cli_getopt(cli, argc, argv, "+hl:", longopts, ssh_help)) != -1) {
         if (c == -2)
-            return QV_EXIT_OK;
+            return -2;
         if (c != 'l')
             return qv_cli_usage_error("vm ssh ", "bad option");
-        user = optarg;
+        *user = optarg;
     }
+    return 0;
+}
+
+int cmd_vm_ssh(qv_cli *cli, int argc, char **argv) {
+    const char *user = NULL;
+    int r = ssh_options(cli, argc, argv, &user);
+    if (r != 0)
+        return r == -2 ? QV_EXIT_OK : r;
     if (optind >= argc)
         return qv_cli_usage_error("vm ssh ", "needs a NAME");
     const char *name = argv[optind++];
-    /* options may follow NAME too (vm ssh NAME -l USER -- CMD); getopt
+    /* options may follow NAME too (vm ssh NAME -l USER -- CMD): getopt
      * carries on from optind and stops at "--" or the command */
-    while ((c = qv_cli_getopt(cli, argc, argv, "+hl:", longopts, ssh_help)) != -1) {
-        if (c == -2)
-            return QV_EXIT_OK;
-        if (c != 'l')
-            return qv_cli_usage_error("vm ssh ", "bad option");
-        user = optarg;
-    }
+    if ((r = ssh_options(cli, argc, argv, &user)) != 0)
+        return r == -2 ? QV_EXIT_OK : r;
     if (user && !ssh_user_ok(user))
         return qv_cli_usage_error("vm ssh ", "bad user name (letters, digits, '.', '_', '-', '$', not starting "
                                              "with '-', at most 256 bytes)");
