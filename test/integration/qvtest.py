@@ -22,11 +22,17 @@ def scaled(seconds):
 class Node:
     """A private qvisor node: config, state and run directories in a temp dir."""
 
-    def __init__(self, extra_config="", world_readable=False, run_tmpfs=False):
+    def __init__(self, extra_config="", world_readable=False, run_tmpfs=False, dir=None):
         """run_tmpfs: the run directory on a tmpfs of its own (mounted here,
         root only), as RUN_DIR (/run/qvisor) is on a node; a benchmark wants
-        that.  Default: in the node's temp directory."""
-        self.dir = tempfile.mkdtemp(prefix="qv-it-")
+        that.  Default: in the node's temp directory.  dir: the node's
+        directory (made here, removed by cleanup()) instead of a temp
+        directory, e.g. where a plugin expects DIR/config.yaml."""
+        if dir:
+            os.mkdir(dir, 0o700)
+            self.dir = dir
+        else:
+            self.dir = tempfile.mkdtemp(prefix="qv-it-")
         if world_readable:
             os.chmod(self.dir, 0o755)
         self.state = os.path.join(self.dir, "state")
@@ -248,6 +254,23 @@ def thread_switches(pid):
         except OSError:
             pass
     return vol, invol
+
+
+def can_raise_memlock():
+    """Whether this process may raise RLIMIT_MEMLOCK past its hard limit
+    (CAP_SYS_RESOURCE); containers often may not."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+    if hard == resource.RLIM_INFINITY:
+        return True
+    pid = os.fork()
+    if pid == 0:
+        try:
+            resource.setrlimit(resource.RLIMIT_MEMLOCK, (hard + (1 << 30), hard + (1 << 30)))
+            os._exit(0)
+        except (ValueError, OSError):
+            os._exit(1)
+    return os.waitpid(pid, 0)[1] == 0
 
 
 def wait_for(pred, timeout, what, interval=0.02):

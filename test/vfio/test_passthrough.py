@@ -19,7 +19,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "integration"))
 sys.path.insert(0, os.path.join(HERE, "..", "guest"))
 sys.path.insert(0, os.environ.get("QVISOR_FAKESYSFS_DIR", os.path.join(HERE, "..", "fakesysfs")))
-from qvtest import QVISOR, Node, Subscriber, scaled, wait_for  # noqa: E402
+from qvtest import QVISOR, Node, Subscriber, can_raise_memlock, scaled, wait_for  # noqa: E402
 import guestlib  # noqa: E402
 from fakesysfs import FakeSys, asan_runtime  # noqa: E402
 
@@ -29,23 +29,6 @@ AUDIO = "0000:01:00.1"
 SHARED = "0000:02:00.0"   # shares group 2 with the NIC
 NIC = "0000:03:00.0"
 NOGROUP = "0000:04:00.0"  # no IOMMU group
-
-
-def can_raise_memlock():
-    """Whether this process may raise RLIMIT_MEMLOCK past its hard limit
-    (CAP_SYS_RESOURCE); containers often may not."""
-    import resource
-    soft, hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)
-    if hard == resource.RLIM_INFINITY:
-        return True
-    pid = os.fork()
-    if pid == 0:
-        try:
-            resource.setrlimit(resource.RLIMIT_MEMLOCK, (hard + (1 << 30), hard + (1 << 30)))
-            os._exit(0)
-        except (ValueError, OSError):
-            os._exit(1)
-    return os.waitpid(pid, 0)[1] == 0
 
 
 def setUpModule():
