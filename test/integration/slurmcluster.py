@@ -242,14 +242,22 @@ class SlurmCluster:
     config_overrides: more than the machine has is fine, nothing is used).
 
     extra_conf: lines appended to slurm.conf; plugstack: the text of the
-    SPANK plugstack.conf (PlugStackConfig, empty by default)."""
+    SPANK plugstack.conf (PlugStackConfig, empty by default).
+
+    gpu_names: the names of each node's GPU devices in index order (default
+    nvidia0, nvidia1, ...; their count is the node's GPU count, gpus is then
+    ignored); gres_lines: gres.conf's lines for a node, a function of the
+    node's name and device_dir(node) (default: one Name=gpu line whose File=
+    names them all), e.g. what `qvisor slurm gres` prints for the node."""
 
     def __init__(self, nodes=3, gpus=2, cpus=4, memory_mb=2048, cluster="qvtest",
-                 slurmd_timeout=10, extra_conf="", plugstack=""):
+                 slurmd_timeout=10, extra_conf="", plugstack="", gpu_names=None, gres_lines=None):
         _seq["n"] += 1
         self.tag = f"{PREFIX}-{os.getpid()}-{_seq['n']}"
         self.nodes = [f"node{i}" for i in range(1, nodes + 1)]
-        self.gpus = gpus
+        self.gpu_names = list(gpu_names) if gpu_names is not None else [f"nvidia{i}" for i in range(gpus)]
+        self.gpus = len(self.gpu_names)
+        self.gres_lines = gres_lines
         self.cpus = cpus
         self.memory_mb = memory_mb
         self.cluster = cluster
@@ -265,6 +273,7 @@ class SlurmCluster:
         self._uts = []          # UTS namespace files bind-mounted by us
         self._started = False
         self._cleaned = False
+        self._cleanups = []     # add_cleanup()
         self.version = None
 
     # --- names and paths -----------------------------------------------------
@@ -284,10 +293,15 @@ class SlurmCluster:
     def spool_dir(self, node):
         return os.path.join(self.node_dir(node), "spool")
 
+    def device_dir(self, node):
+        """Where the node's fake GPU devices are (gres.conf File=)."""
+        return os.path.join(self.node_dir(node), "dev")
+
     def gpu_devices(self, node):
-        """The node's fake GPUs in index order: index i is nvidia<i>, the
-        i of "gpu:N(IDX:i)" and of SLURM_JOB_GPUS."""
-        return [os.path.join(self.node_dir(node), "dev", f"nvidia{i}") for i in range(self.gpus)]
+        """The node's fake GPUs in index order: index i is gpu_names[i]
+        (nvidia<i> by default), the i of "gpu:N(IDX:i)" and of
+        SLURM_JOB_GPUS."""
+        return [os.path.join(self.device_dir(node), name) for name in self.gpu_names]
 
     def slurmd_log(self, node):
         return os.path.join(self.dir, "log", f"slurmd-{node}.log")
@@ -375,7 +389,7 @@ class SlurmCluster:
         os.chmod(os.path.join(self.dir, "munge"), 0o755)
         for node in self.nodes:
             os.makedirs(self.spool_dir(node))
-            os.makedirs(os.path.join(self.node_dir(node), "dev"))
+            os.makedirs(self.device_dir(node))
             # gres.conf File= must be a char (or block) device: a regular file
             # is counted but slurmd logs "is not a valid character or block
             # device, fix your gres.conf"
@@ -461,8 +475,11 @@ PartitionName=test Nodes=ALL Default=YES MaxTime=INFINITE State=UP
             f.write(conf)
         lines = ["AutoDetect=off"]
         for n in self.nodes:
+            if self.gres_lines:
+                lines.append(self.gres_lines(n, self.device_dir(n)).rstrip("\n"))
+                continue
             devs = self.gpu_devices(n)
-            files = devs[0] if len(devs) == 1 else os.path.join(self.node_dir(n), "dev", f"nvidia[0-{len(devs) - 1}]")
+            files = devs[0] if len(devs) == 1 else os.path.join(self.device_dir(n), f"nvidia[0-{len(devs) - 1}]")
             lines.append(f"NodeName={n} Name=gpu File={files}")
         with open(os.path.join(self.dir, "etc", "gres.conf"), "w") as f:
             f.write("\n".join(lines) + "\n")
@@ -513,9 +530,17 @@ PartitionName=test Nodes=ALL Default=YES MaxTime=INFINITE State=UP
     def _start_slurmd(self, node):
         self._spawn(node, [*self._enter(node), "slurmd", "-D", "-N", node, "-f", self.conf])
 
+    def add_cleanup(self, fn):
+        """fn() runs in cleanup(), after the cluster's processes are gone and
+        before its directory is removed (last added first), whenever
+        cleanup() runs: at exit, on SIGTERM, when start() fails.  For what a
+        test adds to the cluster (the nodes' qvisor daemons)."""
+        self._cleanups.append(fn)
+
     def cleanup(self):
         """Ends every process of the cluster, removes its namespaces (and so
-        the veths and the bridge), its mounts and its directory.  Idempotent;
+        the veths and the bridge), its mounts and its directory, after
+        running add_cleanup()'s functions.  Idempotent;
         QVISOR_TEST_KEEP_SLURM=1 keeps the directory (logs) for a look."""
         if self._cleaned or not self._started:
             return
@@ -543,6 +568,11 @@ PartitionName=test Nodes=ALL Default=YES MaxTime=INFINITE State=UP
             _run("ip", "netns", "del", ns, check=False)
         for path in self._uts:
             _run("umount", path, check=False)
+        while self._cleanups:
+            try:
+                self._cleanups.pop()()
+            except Exception as e:  # the rest must still go
+                print(f"slurmcluster: a clean-up function failed: {e!r}")
         for f in self._files:
             f.close()
         if self.dir:
