@@ -791,7 +791,10 @@ int cmd_slurm_prolog(qv_cli *cli, int argc, char **argv) {
     return QV_EXIT_OK;
 }
 
-/* The GPUs gpu.list shows still held by vm or stuck: each drains. */
+/* A GPU of vm that gpu.list shows still bound (a vfio record: "binding"
+ * set) or stuck: each drains.  "vm" alone is no finding: a stopped VM's
+ * spec still names its GPUs (a kept disk, or before vm.remove), and the
+ * GPUs are back with the host once no record is left. */
 static int gpus_back(qv_cli *cli, const job_opts *o, qv_error *err) {
     json_t *res = NULL;
     if (qv_cli_call(cli, "gpu.list", NULL, &res, err) < 0)
@@ -800,11 +803,12 @@ static int gpus_back(qv_cli *cli, const job_opts *o, qv_error *err) {
     json_t *g;
     int bad = 0;
     json_array_foreach(json_object_get(res, "gpus"), i, g) {
-        const char *holder = qv_json_str(g, "vm"), *stuck = qv_json_str(g, "stuck_reason");
-        if ((!holder || strcmp(holder, o->vm) != 0) && !stuck)
+        const char *holder = qv_json_str(g, "vm"), *binding = qv_json_str(g, "binding");
+        const char *stuck = qv_json_str(g, "stuck_reason");
+        if (!holder || strcmp(holder, o->vm) != 0 || (!binding && !stuck))
             continue;
         qv_error_set(err, EBUSY, "GPU %s was not given back after VM %s: %s", qv_json_str(g, "address"), o->vm,
-                     stuck ? stuck : "still held");
+                     stuck ? stuck : binding);
         bad = -EBUSY;
         break;
     }
