@@ -10,7 +10,8 @@
  *   prolog in the job control environment (SPANK_QVISOR_SSH_KEY).
  * - In the job's prolog and epilog (slurmd, as root): `qvisor slurm prolog`
  *   and `qvisor slurm epilog` do the work; this only runs them (an argv,
- *   never a shell) and returns their verdict, so a failure fails the
+ *   never a shell), logs their output in slurmd's log (relay) and returns
+ *   their verdict, so a failure fails the
  *   prolog (the job is requeued or fails, the node drained) as Slurm
  *   does for any prolog.
  *
@@ -220,6 +221,60 @@ static int plugin_args(int ac, char **av, const char **qvisor, char *config, siz
     return 0;
 }
 
+/* qvisor's output into slurmd's log, a line at a time: slurmstepd gives a
+ * SPANK prolog no stderr of its own, and an administrator reads there why
+ * a node was drained.  "qvisor: error: ..." lines as errors, the rest as
+ * information; a line longer than 1 KiB is cut, and after RELAY_MAX_LINES
+ * lines the rest are counted, not logged. */
+#define RELAY_MAX_LINES 200
+
+static void relay_line(const char *line, size_t *lines) {
+    if (!*line || (*lines)++ >= RELAY_MAX_LINES)
+        return;
+    bool ours = strncmp(line, "qvisor: ", 8) == 0;
+    if (ours && strncmp(line + 8, "error: ", 7) == 0)
+        slurm_error("%s", line);
+    else
+        slurm_info("%s%s", ours ? "" : "qvisor: ", line);
+}
+
+static void relay(int fd) {
+    char buf[1024];
+    size_t len = 0, lines = 0;
+    bool cut = false; /* in the rest of a line too long for buf */
+    for (;;) {
+        ssize_t n = read(fd, buf + len, sizeof buf - 1 - len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            break;
+        len += (size_t)n;
+        size_t start = 0;
+        char *nl;
+        while ((nl = memchr(buf + start, '\n', len - start))) {
+            *nl = '\0';
+            if (!cut)
+                relay_line(buf + start, &lines);
+            cut = false;
+            start = (size_t)(nl - buf) + 1;
+        }
+        len -= start;
+        memmove(buf, buf + start, len);
+        if (len == sizeof buf - 1) {
+            buf[len] = '\0';
+            if (!cut)
+                relay_line(buf, &lines);
+            cut = true;
+            len = 0;
+        }
+    }
+    buf[len] = '\0';
+    if (!cut)
+        relay_line(buf, &lines);
+    if (lines > RELAY_MAX_LINES)
+        slurm_info("qvisor: %zu more lines of output not logged", lines - RELAY_MAX_LINES);
+}
+
 /* qvisor [--config C] slurm VERB [--image I] [--keep-disk]: its exit status
  * decides (0 or -1 for Slurm). */
 static int run_qvisor(spank_t sp, int ac, char **av, const char *verb) {
@@ -250,16 +305,28 @@ static int run_qvisor(spank_t sp, int ac, char **av, const char *verb) {
     if (keep_it)
         argv[n++] = "--keep-disk";
     argv[n] = NULL;
+    int out[2];
+    if (pipe2(out, O_CLOEXEC) < 0) {
+        slurm_error("qvisor: pipe: %s", strerror(errno));
+        return -1;
+    }
     pid_t pid = fork();
     if (pid < 0) {
         slurm_error("qvisor: fork: %s", strerror(errno));
+        close(out[0]);
+        close(out[1]);
         return -1;
     }
     if (pid == 0) {
+        if (dup2(out[1], 1) < 0 || dup2(out[1], 2) < 0)
+            _exit(127);
         execve(qvisor, (char *const *)argv, environ);
         dprintf(2, "qvisor-spank: cannot run %s: %s\n", qvisor, strerror(errno));
         _exit(127);
     }
+    close(out[1]);
+    relay(out[0]);
+    close(out[0]);
     int status = 0;
     while (waitpid(pid, &status, 0) < 0)
         if (errno != EINTR) {
