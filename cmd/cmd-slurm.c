@@ -440,12 +440,13 @@ static const char epilog_help[] =
     "Usage: qvisor slurm epilog [--keep-disk] [--timeout T] [--scontrol PATH]\n"
     "\n"
     "Run by qvisor's SPANK plugin in a job's epilog (as root): stops VM\n"
-    "slurm-JOBID (the guest shuts down, forced after --timeout, default 30s),\n"
-    "checks that its GPUs went back to the host, and removes the VM with its disk\n"
-    "unless --keep-disk (the job's --vm-keep-disk).  Slurm frees the node only\n"
-    "after the epilog, so the next job finds the GPUs back.  A GPU that did not\n"
-    "come back drains the node with a reason that names it.  A job without a VM:\n"
-    "nothing to do.\n"
+    "slurm-JOBID (the guest shuts down, forced after --timeout: default the time\n"
+    "Slurm gives a job's processes, KillWait of `scontrol show config`, or 30s\n"
+    "when that cannot be read; 0 forces at once), checks that its GPUs went back\n"
+    "to the host, and removes the VM with its disk unless --keep-disk (the job's\n"
+    "--vm-keep-disk).  Slurm frees the node only after the epilog, so the next\n"
+    "job finds the GPUs back.  A GPU that did not come back drains the node with\n"
+    "a reason that names it.  A job without a VM: nothing to do.\n"
     "\n"
     "Environment: SLURM_JOB_ID, SLURMD_NODENAME (else this host's short name).\n"
     "\n"
@@ -462,7 +463,7 @@ typedef struct job_opts {
     bool keep_disk;
     const char *scontrol;
     const char *scancel;
-    uint64_t timeout_ms;
+    uint64_t timeout_ms; /* UINT64_MAX: Slurm's KillWait */
     char node[256];
     unsigned long long job;
     unsigned long uid;
@@ -491,7 +492,7 @@ static int job_parse(qv_cli *cli, int argc, char **argv, bool prolog, job_opts *
         {"timeout", required_argument, NULL, OPT_TIMEOUT},
         {NULL, 0, NULL, 0}};
     const char *verb = prolog ? "slurm prolog " : "slurm epilog ";
-    *o = (job_opts){.scontrol = SCONTROL_DEFAULT, .scancel = SCANCEL_DEFAULT, .timeout_ms = 30000};
+    *o = (job_opts){.scontrol = SCONTROL_DEFAULT, .scancel = SCANCEL_DEFAULT, .timeout_ms = UINT64_MAX};
     int c;
     while ((c = qv_cli_getopt(cli, argc, argv, "h", longopts, prolog ? prolog_help : epilog_help)) != -1) {
         if (c == -2)
@@ -816,6 +817,19 @@ static int gpus_back(qv_cli *cli, const job_opts *o, qv_error *err) {
     return bad;
 }
 
+/* The time the VM gets to shut down: what Slurm gives the job's processes
+ * between SIGTERM and SIGKILL (KillWait; 0: forced at once).  Slurm's
+ * default, 30 s, when scontrol cannot tell. */
+static uint64_t kill_wait_ms(const job_opts *o) {
+    qv_error err = {0};
+    unsigned s = 30;
+    _cleanup_free_ char *config = scontrol(o->scontrol, (const char *[]){"show", "config", NULL}, &err);
+    if (!config || slurm_config_kill_wait(config, &s) < 0)
+        qv_fprintf(stderr, "qvisor: warning: Slurm's KillWait unknown (%s): the VM gets 30s to shut down\n",
+                   config ? "scontrol show config has no readable KillWait" : err.msg);
+    return (uint64_t)s * 1000;
+}
+
 int cmd_slurm_epilog(qv_cli *cli, int argc, char **argv) {
     job_opts o;
     int rc = job_parse(cli, argc, argv, false, &o);
@@ -830,9 +844,18 @@ int cmd_slurm_epilog(qv_cli *cli, int argc, char **argv) {
     }
     json_decref(res);
     res = NULL;
-    json_t *params = json_pack("{s:s, s:I}", "name", o.vm, "timeout_ms", (json_int_t)o.timeout_ms);
+    if (o.timeout_ms == UINT64_MAX)
+        o.timeout_ms = kill_wait_ms(&o);
+    json_t *params = o.timeout_ms ? json_pack("{s:s, s:I}", "name", o.vm, "timeout_ms", (json_int_t)o.timeout_ms)
+                                  : json_pack("{s:s, s:b}", "name", o.vm, "force", true);
     if (qv_cli_call_long(cli, "vm.stop", params, JOB_STOP_WAIT_MS, &res, &err) < 0)
         return job_fail(&o, &err);
+    char how[160] = "was stopped already";
+    const char *result = qv_json_str(res, "result"), *by = qv_json_str(res, "how");
+    json_t *secs = json_object_get(res, "seconds");
+    if (!result || strcmp(result, "already-stopped") != 0)
+        snprintf(how, sizeof how, "stopped (%s%s%s after %.1fs)", result ? result : "?", by ? ", " : "",
+                 by ? by : "", json_is_number(secs) ? json_number_value(secs) : 0.0);
     json_decref(res);
     if (gpus_back(cli, &o, &err) < 0)
         return job_fail(&o, &err);
@@ -841,6 +864,6 @@ int cmd_slurm_epilog(qv_cli *cli, int argc, char **argv) {
                          NULL, &err) < 0)
         return job_fail(&o, &err);
     if (cli->verbosity >= 0)
-        qv_printf("VM %s of job %llu stopped%s\n", o.vm, o.job, o.keep_disk ? "; its disk is kept" : " and removed");
+        qv_printf("VM %s of job %llu %s%s\n", o.vm, o.job, how, o.keep_disk ? "; its disk is kept" : " and removed");
     return QV_EXIT_OK;
 }

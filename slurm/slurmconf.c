@@ -484,6 +484,28 @@ int slurm_job_alloc(const char *text, const char *node, slurm_alloc *ret, qv_err
     return qv_error_set(err, ENOENT, "the job has no allocation on %s (not running there?)", node);
 }
 
+int slurm_config_kill_wait(const char *text, unsigned *ret) {
+    for (const char *next = text; next;) {
+        const char *line = next;
+        next = strchr(line, '\n');
+        next = next ? next + 1 : NULL;
+        if (strncmp(line, "KillWait", 8) != 0 || (line[8] != ' ' && line[8] != '='))
+            continue;
+        const char *v = line + 8 + strspn(line + 8, " ");
+        if (*v++ != '=')
+            continue;
+        v += strspn(v, " ");
+        char *e = NULL;
+        errno = 0;
+        unsigned long s = strtoul(v, &e, 10);
+        if (e == v || errno || s > 65533 || (*e && *e != ' ' && *e != '\n'))
+            return -EINVAL;
+        *ret = (unsigned)s;
+        return 0;
+    }
+    return -ENOENT;
+}
+
 /* ---- the GPUs offered to Slurm ----------------------------------------- */
 
 size_t slurm_offered_gpus(const vfio_gpu_list *l, const vfio_gpu **ret, char (*why)[128]) {

@@ -61,6 +61,12 @@ typedef struct slurm_alloc {
 } slurm_alloc;
 int slurm_job_alloc(const char *text, const char *node, slurm_alloc *ret, qv_error *err);
 
+/* KillWait, in seconds, from `scontrol show config` ("KillWait = 30 sec"):
+ * how long Slurm waits between SIGTERM and SIGKILL to a job's processes,
+ * and so the time a job's VM gets to shut down cleanly.  -ENOENT when the
+ * text has no KillWait line, -EINVAL when its value cannot be read. */
+int slurm_config_kill_wait(const char *text, unsigned *ret);
+
 /* The GPUs of l qvisor offers to Slurm, in qvisor's order (by PCI
  * address): those with an IOMMU group of no other GPU.  A GPU without a
  * group cannot be passed through; two GPUs in one group can only go to

@@ -142,6 +142,25 @@ static void test_job_alloc(void **state) {
     assert_false(a.has_uid);
 }
 
+static void test_kill_wait(void **state) {
+    (void)state;
+    const char *config = "Configuration data as of 2026-12-07T09:00:00\n"
+                         "JobSubmitPlugins        = (null)\n"
+                         "KillOnBadExit           = 0\n"
+                         "KillWait                = 5 sec\n"
+                         "LaunchParameters        = (null)\n";
+    unsigned s = 0;
+    assert_int_equal(slurm_config_kill_wait(config, &s), 0);
+    assert_int_equal(s, 5);
+    assert_int_equal(slurm_config_kill_wait("KillWait=0 sec", &s), 0);
+    assert_int_equal(s, 0);
+    assert_int_equal(slurm_config_kill_wait("KillOnBadExit = 1\nKillWaitX = 3 sec\n", &s), -ENOENT);
+    assert_int_equal(slurm_config_kill_wait("", &s), -ENOENT);
+    assert_int_equal(slurm_config_kill_wait("KillWait = soon\n", &s), -EINVAL);
+    assert_int_equal(slurm_config_kill_wait("KillWait = 99999999999999999999 sec\n", &s), -EINVAL);
+    assert_int_equal(slurm_config_kill_wait("KillWait = 5x\n", &s), -EINVAL);
+}
+
 static void test_offered_gpus(void **state) {
     (void)state;
     vfio_gpu gpus[4] = {0};
@@ -175,6 +194,7 @@ int main(void) {
         cmocka_unit_test(test_gres_conf),
         cmocka_unit_test(test_slurm_conf),
         cmocka_unit_test(test_job_alloc),
+        cmocka_unit_test(test_kill_wait),
         cmocka_unit_test(test_offered_gpus),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
