@@ -103,9 +103,13 @@ void sv_vmctl_release_devices(sv_vmctl *c, bool dry_run, void (*done)(json_t *it
                                   json_pack("{s:s, s:n, s:s, s:s}", "address", bdf, "vm", "action", "left alone",
                                             "detail", "on vfio-pci, but qvisor has no record of binding it: not ours"));
     }
-    /* recorded devices whose VM does not run (or no longer exists) */
+    /* recorded devices whose VM does not run (or no longer exists); a
+     * stuck one is tried again (a person asked for a cleanup): every such
+     * record is BOUND again before any give-back is queued, since one
+     * give-back covers all of a VM's records and reads them when it runs */
     _cleanup_free_ bool *queued_for = calloc(n ? n : 1, sizeof *queued_for);
-    for (size_t i = 0; queued_for && i < n; i++) {
+    _cleanup_free_ bool *todo = calloc(n ? n : 1, sizeof *todo);
+    for (size_t i = 0; todo && i < n; i++) {
         sv_vm *vm = sv_registry_find(c->registry, recs[i].vm);
         vmrt *rt = vm ? vm->rt : NULL;
         if (vm_runs(vm) || (rt && rt->pt_busy))
@@ -116,13 +120,17 @@ void sv_vmctl_release_devices(sv_vmctl *c, bool dry_run, void (*done)(json_t *it
         json_array_append_new(s->items, json_pack("{s:s, s:s, s:s, s:s}", "address", recs[i].bdf, "vm", recs[i].vm,
                                                   "action", dry_run ? "would give back" : "give back", "detail",
                                                   recs[i].state == VFIO_REC_STUCK ? recs[i].reason : why));
-        if (dry_run)
-            continue;
-        if (recs[i].state == VFIO_REC_STUCK) {
-            /* a person asked for a cleanup: try again */
+        todo[i] = !dry_run;
+        if (todo[i] && recs[i].state == VFIO_REC_STUCK) {
             recs[i].state = VFIO_REC_BOUND;
             vfio_record_save(dir, &recs[i]);
         }
+    }
+    for (size_t i = 0; queued_for && todo && i < n; i++) {
+        if (!todo[i])
+            continue;
+        sv_vm *vm = sv_registry_find(c->registry, recs[i].vm);
+        vmrt *rt = vm ? vm->rt : NULL;
         bool queued = false; /* one give-back per VM covers all its records */
         for (size_t k = 0; k < i; k++)
             queued |= queued_for[k] && strcmp(recs[k].vm, recs[i].vm) == 0;
