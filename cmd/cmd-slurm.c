@@ -792,29 +792,37 @@ int cmd_slurm_prolog(qv_cli *cli, int argc, char **argv) {
     return QV_EXIT_OK;
 }
 
-/* A GPU of vm that gpu.list shows still bound (a vfio record: "binding"
- * set) or stuck: each drains.  "vm" alone is no finding: a stopped VM's
- * spec still names its GPUs (a kept disk, or before vm.remove), and the
- * GPUs are back with the host once no record is left. */
+/* The GPUs of vm that gpu.list shows still bound (a vfio record: "binding"
+ * set) or stuck: the node drains, with every one of them named, the stuck
+ * ones first (their reason says what hangs; the drain reason is cut at 200
+ * characters).  "vm" alone is no finding: a stopped VM's spec still names
+ * its GPUs (a kept disk, or before vm.remove), and the GPUs are back with
+ * the host once no record is left. */
 static int gpus_back(qv_cli *cli, const job_opts *o, qv_error *err) {
     json_t *res = NULL;
     if (qv_cli_call(cli, "gpu.list", NULL, &res, err) < 0)
         return -err->code;
-    size_t i;
-    json_t *g;
-    int bad = 0;
-    json_array_foreach(json_object_get(res, "gpus"), i, g) {
-        const char *holder = qv_json_str(g, "vm"), *binding = qv_json_str(g, "binding");
-        const char *stuck = qv_json_str(g, "stuck_reason");
-        if (!holder || strcmp(holder, o->vm) != 0 || (!binding && !stuck))
-            continue;
-        qv_error_set(err, EBUSY, "GPU %s was not given back after VM %s: %s", qv_json_str(g, "address"), o->vm,
-                     stuck ? stuck : binding);
-        bad = -EBUSY;
-        break;
+    char list[sizeof err->msg] = "";
+    size_t len = 0;
+    for (int pass = 0; pass < 2; pass++) {
+        size_t i;
+        json_t *g;
+        json_array_foreach(json_object_get(res, "gpus"), i, g) {
+            const char *holder = qv_json_str(g, "vm"), *binding = qv_json_str(g, "binding");
+            const char *stuck = qv_json_str(g, "stuck_reason");
+            if (!holder || strcmp(holder, o->vm) != 0 || (!binding && !stuck) || (pass == 0) != (stuck != NULL))
+                continue;
+            int n = snprintf(list + len, sizeof list - len, "%sGPU %s %s%s%s%s", len ? "; " : "",
+                             qv_json_str(g, "address"), binding ? binding : "stuck", stuck ? " (" : "",
+                             stuck ? stuck : "", stuck ? ")" : "");
+            len = n < 0 ? len : len + (size_t)n < sizeof list ? len + (size_t)n : sizeof list - 1;
+        }
     }
     json_decref(res);
-    return bad;
+    if (!len)
+        return 0;
+    qv_error_set(err, EBUSY, "not given back after VM %s: %s", o->vm, list);
+    return -EBUSY;
 }
 
 /* The time the VM gets to shut down: what Slurm gives the job's processes
