@@ -24,6 +24,7 @@ unittest.SkipTest (missing() says why beforehand)."""
 import atexit
 import ctypes
 import os
+import pwd
 import re
 import shutil
 import signal
@@ -233,6 +234,30 @@ def reap_stale():
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
     return removed
+
+
+def leftovers(tag, directory):
+    """What a cluster (namespaces tag-*, directory) left behind: namespaces,
+    mounts, the directory, processes whose command line names it.  []
+    after cleanup()."""
+    left = []
+    p = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True)
+    left += [f"netns {line.split()[0]}" for line in p.stdout.splitlines() if line.startswith(tag + "-")]
+    if directory:
+        left += [f"mount {mp}" for mp in _mounts_under(directory)]
+        if os.path.exists(directory):
+            left.append(f"directory {directory}")
+        for d in os.listdir("/proc"):
+            if not d.isdigit():
+                continue
+            try:
+                with open(f"/proc/{d}/cmdline", "rb") as f:
+                    cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if directory in cmd and int(d) != os.getpid():
+                left.append(f"process {d}: {cmd}")
+    return left
 
 
 class SlurmCluster:
@@ -588,9 +613,13 @@ PartitionName=test Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 
     # --- running things --------------------------------------------------------
 
-    def client(self, *argv, check=True, timeout=30):
+    def client(self, *argv, check=True, timeout=30, user=None):
         """A Slurm client (sbatch, squeue, ...) in slurmctld's namespaces with
-        SLURM_CONF set; SlurmError when check and it fails."""
+        SLURM_CONF set, as root or as user (a name: setpriv, with the user's
+        group and no other); SlurmError when check and it fails."""
+        if user:
+            gid = pwd.getpwnam(user).pw_gid
+            argv = ("setpriv", f"--reuid={user}", f"--regid={gid}", "--clear-groups", *argv)
         p = subprocess.run([*self._enter(), *argv], capture_output=True, text=True, env=self.env,
                            cwd=self.jobs_dir, timeout=scaled(timeout), stdin=subprocess.DEVNULL)
         if check and p.returncode != 0:
@@ -610,14 +639,17 @@ PartitionName=test Nodes=ALL Default=YES MaxTime=INFINITE State=UP
         job steps)."""
         return _netns_pids(self.node_ns(node))
 
-    def sbatch(self, script, *opts):
+    def sbatch(self, script, *opts, user=None):
         """Submits a batch job; returns its id.  script: the script's text
         (a "#!/bin/sh" line is added when it has none), or None with
         "--wrap", CMD in opts.  Output goes to jobs_dir/ID.out unless opts
-        say otherwise.  A refused submission raises SlurmError."""
-        argv = ["sbatch", "--parsable", f"--chdir={self.jobs_dir}"]
+        say otherwise.  A refused submission raises SlurmError.  user:
+        submitted by that user (client()); the job then runs in, and writes
+        its output to, user_dir(user)."""
+        cwd = self.user_dir(user) if user else self.jobs_dir
+        argv = ["sbatch", "--parsable", f"--chdir={cwd}"]
         if not any(o == "-o" or o.startswith("--output") for o in opts):
-            argv.append(f"--output={self.jobs_dir}/%j.out")
+            argv.append(f"--output={cwd}/%j.out")
         argv.extend(opts)
         if script is not None:
             if not script.startswith("#!"):
@@ -626,13 +658,24 @@ PartitionName=test Nodes=ALL Default=YES MaxTime=INFINITE State=UP
             with os.fdopen(fd, "w") as f:
                 f.write(script)
             argv.append(path)
-        p = self.client(*argv)
+        p = self.client(*argv, user=user)
         return int(p.stdout.strip().split(";")[0])
 
-    def job_output(self, job):
-        """The text of jobs_dir/ID.out ("" while there is none)."""
+    def user_dir(self, user):
+        """jobs_dir/USER, owned by user (made on first use): where the
+        user's jobs run and write their output."""
+        path = os.path.join(self.jobs_dir, user)
+        if not os.path.isdir(path):
+            pw = pwd.getpwnam(user)
+            os.mkdir(path, 0o755)
+            os.chown(path, pw.pw_uid, pw.pw_gid)
+        return path
+
+    def job_output(self, job, user=None):
+        """The text of ID.out in jobs_dir (user_dir(user) for a job of
+        user's), "" while there is none."""
         try:
-            with open(os.path.join(self.jobs_dir, f"{job}.out")) as f:
+            with open(os.path.join(self.user_dir(user) if user else self.jobs_dir, f"{job}.out")) as f:
                 return f.read()
         except FileNotFoundError:
             return ""

@@ -33,7 +33,7 @@ import unittest
 sys.path.insert(0, os.path.dirname(__file__))
 from qvtest import scaled, wait_for  # noqa: E402
 import slurmcluster  # noqa: E402
-from slurmcluster import SlurmCluster, SlurmError, gres_indexes  # noqa: E402
+from slurmcluster import SlurmCluster, SlurmError, gres_indexes, leftovers  # noqa: E402
 
 CLUSTER = None
 HOST_LINKS = None
@@ -46,28 +46,6 @@ HOLD = ('hostname; echo $SLURM_JOB_GPUS $CUDA_VISIBLE_DEVICES; '
 def host_links():
     p = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True, check=True)
     return sorted(line.split(":")[1].strip().split("@")[0] for line in p.stdout.splitlines())
-
-
-def leftovers(tag, directory):
-    """What a cluster (namespaces tag-*, directory) left behind."""
-    left = []
-    p = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True)
-    left += [f"netns {line.split()[0]}" for line in p.stdout.splitlines() if line.startswith(tag + "-")]
-    if directory:
-        left += [f"mount {mp}" for mp in slurmcluster._mounts_under(directory)]
-        if os.path.exists(directory):
-            left.append(f"directory {directory}")
-        for d in os.listdir("/proc"):
-            if not d.isdigit():
-                continue
-            try:
-                with open(f"/proc/{d}/cmdline", "rb") as f:
-                    cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
-            except OSError:
-                continue
-            if directory in cmd and int(d) != os.getpid():
-                left.append(f"process {d}: {cmd}")
-    return left
 
 
 def setUpModule():
