@@ -163,10 +163,35 @@ static int atomic_begin_in(qv_atomic *a) {
     return 0;
 }
 
+int qv_atomic_begin_spare_at(int dirfd, const char *name, const char *spare, mode_t mode, qv_atomic *a) {
+    *a = (qv_atomic){.fd = -1, .dfd = -1, .mode = mode};
+    if (!*name || strchr(name, '/') || !*spare || strchr(spare, '/') || strcmp(name, spare) == 0)
+        return -EINVAL;
+    if (strlen(name) >= sizeof a->base || strlen(spare) >= sizeof a->tmp)
+        return -ENAMETOOLONG;
+    strcpy(a->base, name);
+    a->dfd = fcntl(dirfd, F_DUPFD_CLOEXEC, 3);
+    if (a->dfd < 0)
+        return -errno;
+    /* O_NONBLOCK: a FIFO planted under the name must not hang the open */
+    int fd = openat(a->dfd, spare, O_WRONLY | O_CREAT | O_NOFOLLOW | O_CLOEXEC | O_NOCTTY | O_NONBLOCK, mode);
+    struct stat st;
+    if (fd >= 0 && fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_nlink == 1 && regular_blocking(fd) == 0) {
+        strcpy(a->tmp, spare);
+        a->fd = fd;
+        a->spare = true;
+        return 0;
+    }
+    if (fd >= 0)
+        close(fd);
+    return atomic_begin_in(a); /* not a spare of ours: a temp file, as ever */
+}
+
 void qv_atomic_abort(qv_atomic *a) {
     if (a->fd >= 0) {
         close(a->fd);
-        unlinkat(a->dfd, a->tmp, 0);
+        if (!a->spare) /* a spare keeps whatever it holds: nothing reads it */
+            unlinkat(a->dfd, a->tmp, 0);
     }
     if (a->dfd >= 0)
         close(a->dfd);
@@ -233,9 +258,26 @@ int qv_atomic_commit(qv_atomic *a, unsigned flags) {
     return r;
 }
 
+/* The spare's new length is where the writes stopped. */
+static int spare_trim(const qv_atomic *a) {
+    off_t end = lseek(a->fd, 0, SEEK_CUR);
+    return end < 0 || ftruncate(a->fd, end) < 0 ? -errno : 0;
+}
+
+/* Swaps the spare in; a spare with nothing to swap with is renamed. */
+static int spare_swap(const qv_atomic *a) {
+    if (renameat2(a->dfd, a->tmp, a->dfd, a->base, RENAME_EXCHANGE) == 0)
+        return 0;
+    if (errno != ENOENT)
+        return -errno;
+    return renameat2(a->dfd, a->tmp, a->dfd, a->base, RENAME_NOREPLACE) < 0 ? -errno : 0;
+}
+
 void qv_atomic_commit_group(qv_atomic *a, size_t n, int *ret) {
     for (size_t i = 0; i < n; i++) {
-        ret[i] = fchmod(a[i].fd, a[i].mode) < 0 ? -errno : 0;
+        ret[i] = a[i].spare ? spare_trim(&a[i]) : 0;
+        if (ret[i] == 0 && fchmod(a[i].fd, a[i].mode) < 0)
+            ret[i] = -errno;
         /* a hint: the data of all of them goes out before anyone waits */
         if (ret[i] == 0)
             (void)sync_file_range(a[i].fd, 0, 0, SYNC_FILE_RANGE_WRITE);
@@ -244,7 +286,9 @@ void qv_atomic_commit_group(qv_atomic *a, size_t n, int *ret) {
         if (ret[i] == 0 && fsync(a[i].fd) < 0)
             ret[i] = -errno;
     for (size_t i = 0; i < n; i++) {
-        if (ret[i] == 0 && renameat(a[i].dfd, a[i].tmp, a[i].dfd, a[i].base) < 0)
+        if (ret[i] == 0 && a[i].spare)
+            ret[i] = spare_swap(&a[i]);
+        else if (ret[i] == 0 && renameat(a[i].dfd, a[i].tmp, a[i].dfd, a[i].base) < 0)
             ret[i] = -errno;
         if (ret[i] < 0)
             qv_atomic_abort(&a[i]);
@@ -252,8 +296,13 @@ void qv_atomic_commit_group(qv_atomic *a, size_t n, int *ret) {
     for (size_t i = 0; i < n; i++) {
         if (ret[i] < 0)
             continue;
-        if (fsync(a[i].dfd) < 0)
+        if (fsync(a[i].dfd) < 0) {
             ret[i] = -errno;
+            /* the swap may not be durable: the spare could still be what
+             * the name holds after a crash, so it is never written again */
+            if (a[i].spare)
+                unlinkat(a[i].dfd, a[i].tmp, 0);
+        }
         close(a[i].fd);
         close(a[i].dfd);
         a[i].fd = a[i].dfd = -1;

@@ -1,6 +1,8 @@
 /* File helpers: whole-file reads and crash-safe replacement of files. */
 #pragma once
 
+#include <stdbool.h>
+
 #include <stddef.h>
 #include <sys/stat.h>
 #include <sys/types.h>
@@ -28,6 +30,7 @@ typedef struct qv_atomic {
     int fd;
     int dfd;
     mode_t mode;
+    bool spare; /* tmp is a spare kept from one replacement to the next (qv_atomic_begin_spare_at) */
     char tmp[256];
     char base[256];
 } qv_atomic;
@@ -51,6 +54,18 @@ int qv_atomic_begin(const char *path, mode_t mode, qv_atomic *a);
 /* The same for `name` (no '/') in the directory dirfd, which is duplicated
  * (the caller keeps its fd): nothing on the way is resolved again. */
 int qv_atomic_begin_at(int dirfd, const char *name, mode_t mode, qv_atomic *a);
+/* The same, but for qv_atomic_commit_group() only: the new content is
+ * written over the file `spare` (no '/'; created when absent) and swapped
+ * with name by RENAME_EXCHANGE, so the old content becomes the next spare.
+ * No inode is created or freed per replacement, and the data of a small
+ * file is rewritten in place: on ext4 that spares the inode allocator's
+ * scan (long on a file system without a journal, after many deletions) and
+ * the discard of freed blocks.  Safe because the group makes every swap
+ * durable before the spare is written again; a spare whose swap may not be
+ * durable (the directory's fsync failed) is unlinked.  Falls back to a temp
+ * file (as qv_atomic_begin_at) when spare is something else than a regular
+ * file with one link. */
+int qv_atomic_begin_spare_at(int dirfd, const char *name, const char *spare, mode_t mode, qv_atomic *a);
 /* Consumes a (fds closed) in every case.  On failure the temp file is gone
  * and path is unchanged. */
 int qv_atomic_commit(qv_atomic *a, unsigned flags);

@@ -96,7 +96,7 @@ void sv_vm_state_write_group(sv_vm_state_file *f, size_t n) {
     size_t k = 0;
     for (size_t i = 0; i < n; i++) {
         _cleanup_close_ int dfd = qv_open_dir_nofollow(f[i].dir);
-        int r = dfd < 0 ? dfd : qv_atomic_begin_at(dfd, SV_VM_STATE_FILE, 0640, &a[k]);
+        int r = dfd < 0 ? dfd : qv_atomic_begin_spare_at(dfd, SV_VM_STATE_FILE, SV_VM_STATE_SPARE, 0640, &a[k]);
         if (r == 0 && (r = qv_write_all(a[k].fd, f[i].text, f[i].len)) < 0)
             qv_atomic_abort(&a[k]);
         f[i].status = r < 0 ? qv_error_set(&f[i].err, -r, "cannot write %s/%s: %s", f[i].dir, SV_VM_STATE_FILE,

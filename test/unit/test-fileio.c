@@ -170,6 +170,98 @@ static void test_streaming_atomic_exchange_and_abort(void **state) {
     qv_test_rm_rf(dir);
 }
 
+static ino_t inode_of(const char *dir, const char *name) {
+    char path[PATH_MAX];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    struct stat st;
+    assert_int_equal(lstat(path, &st), 0);
+    return st.st_ino;
+}
+
+static void assert_content(const char *dir, const char *name, const char *want) {
+    char path[PATH_MAX];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    _cleanup_free_ char *data = NULL;
+    assert_int_equal(qv_read_file(path, 64, &data, NULL), 0);
+    assert_string_equal(data, want);
+}
+
+/* One durable replacement through the spare, as a group of one. */
+static int spare_write(const char *dir, const char *text, bool *ret_spare) {
+    _cleanup_close_ int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    assert_true(dfd >= 0);
+    qv_atomic a;
+    int r = qv_atomic_begin_spare_at(dfd, "state.json", ".spare", 0640, &a);
+    if (r < 0)
+        return r;
+    *ret_spare = a.spare;
+    assert_int_equal(qv_write_all(a.fd, text, strlen(text)), 0);
+    qv_atomic_commit_group(&a, 1, &r);
+    assert_int_equal(a.fd, -1);
+    return r;
+}
+
+static void test_atomic_spare(void **state) {
+    (void)state;
+    _cleanup_free_ char *dir = qv_test_mkdtemp("qv-fileio");
+    bool spare = false;
+    /* nothing there yet: the spare is made and renamed in */
+    assert_int_equal(spare_write(dir, "first version", &spare), 0);
+    assert_true(spare);
+    assert_content(dir, "state.json", "first version");
+    assert_int_equal(count_entries(dir), 1);
+    /* from then on the two files swap: no inode is made or freed */
+    assert_int_equal(spare_write(dir, "second", &spare), 0);
+    ino_t a = inode_of(dir, "state.json"), b = inode_of(dir, ".spare");
+    assert_content(dir, "state.json", "second");
+    assert_content(dir, ".spare", "first version");
+    assert_int_equal(spare_write(dir, "3", &spare), 0); /* shorter: the old tail is cut */
+    assert_content(dir, "state.json", "3");
+    assert_true(inode_of(dir, "state.json") == b && inode_of(dir, ".spare") == a);
+    char path[PATH_MAX];
+    snprintf(path, sizeof path, "%s/state.json", dir);
+    struct stat st;
+    assert_int_equal(stat(path, &st), 0);
+    assert_int_equal(st.st_mode & 0777, 0640);
+    assert_int_equal(count_entries(dir), 2);
+    assert_int_equal(qv_atomic_begin_spare_at(AT_FDCWD, "state.json", "state.json", 0640, &(qv_atomic){0}),
+                     -EINVAL);
+}
+
+/* A spare that is not a plain file of ours is never written through: the
+ * replacement takes a temp file, and what was planted stays as it was. */
+static void test_atomic_spare_planted(void **state) {
+    (void)state;
+    _cleanup_free_ char *dir = qv_test_mkdtemp("qv-fileio");
+    _cleanup_free_ char *outside = qv_test_mkdtemp("qv-fileio-out");
+    qv_test_write(outside, "victim", "keep");
+    char path[PATH_MAX], target[PATH_MAX];
+    snprintf(target, sizeof target, "%s/victim", outside);
+    bool spare = true;
+    /* a symlink */
+    snprintf(path, sizeof path, "%s/.spare", dir);
+    assert_int_equal(symlink(target, path), 0);
+    assert_int_equal(spare_write(dir, "v1", &spare), 0);
+    assert_false(spare);
+    assert_content(dir, "state.json", "v1");
+    assert_content(outside, "victim", "keep");
+    /* a second link of another file */
+    assert_int_equal(unlink(path), 0);
+    assert_int_equal(link(target, path), 0);
+    assert_int_equal(spare_write(dir, "v2", &spare), 0);
+    assert_false(spare);
+    assert_content(dir, "state.json", "v2");
+    assert_content(outside, "victim", "keep");
+    /* a FIFO: no hang */
+    assert_int_equal(unlink(path), 0);
+    assert_int_equal(mkfifo(path, 0600), 0);
+    assert_int_equal(spare_write(dir, "v3", &spare), 0);
+    assert_false(spare);
+    assert_content(dir, "state.json", "v3");
+    assert_int_equal(lstat(path, &(struct stat){0}), 0);
+    assert_int_equal(count_entries(dir), 2); /* state.json and the FIFO: no temp file left */
+}
+
 static void test_read_limits(void **state) {
     (void)state;
     _cleanup_free_ char *dir = qv_test_mkdtemp("qv-fileio");
@@ -445,6 +537,8 @@ int main(void) {
         cmocka_unit_test(test_streaming_atomic_exchange_and_abort),
         cmocka_unit_test(test_atomic_ordered_at),
         cmocka_unit_test(test_atomic_commit_group),
+        cmocka_unit_test(test_atomic_spare),
+        cmocka_unit_test(test_atomic_spare_planted),
         cmocka_unit_test(test_read_limits),
         cmocka_unit_test(test_mkdir_p),
         cmocka_unit_test(test_rm_rf_at_never_follows),
