@@ -15,24 +15,41 @@
 #include <unistd.h>
 
 static const char list_help[] =
-    "Usage: qvisor image list [--json]\n"
+    "Usage: qvisor image list [--json | --names]\n"
     "\n"
     "Lists the base images (IMAGES_DIR/NAME.qcow2): name, format, virtual size,\n"
     "space used, backing file, last modified.\n"
     "\n"
+    "  --names   only the names, one a line (for scripts and completion)\n"
+    "\n"
     "Exit: 0, 69 daemon not running.\n";
 
 int cmd_image_list(qv_cli *cli, int argc, char **argv) {
-    static const struct option longopts[] = {QV_CLI_COMMON_LONGOPTS, {NULL, 0, NULL, 0}};
+    static const struct option longopts[] = {QV_CLI_COMMON_LONGOPTS, {"names", no_argument, NULL, 'N'},
+                                             {NULL, 0, NULL, 0}};
+    bool names = false;
     int c;
-    while ((c = qv_cli_getopt(cli, argc, argv, "h", longopts, list_help)) != -1)
-        return c == -2 ? QV_EXIT_OK : qv_cli_usage_error("image list ", "bad option");
+    while ((c = qv_cli_getopt(cli, argc, argv, "h", longopts, list_help)) != -1) {
+        if (c != 'N')
+            return c == -2 ? QV_EXIT_OK : qv_cli_usage_error("image list ", "bad option");
+        names = true;
+    }
     if (optind < argc)
         return qv_cli_usage_error("image list ", "takes no arguments");
+    if (names && cli->json)
+        return qv_cli_usage_error("image list ", "--names and --json exclude each other");
     qv_error err = {0};
     json_t *list = NULL;
     if (qv_cli_call(cli, "image.list", NULL, &list, &err) < 0)
         return qv_cli_fail(cli, &err);
+    if (names) {
+        size_t i;
+        json_t *img;
+        json_array_foreach(list, i, img)
+            qv_printf("%s\n", json_string_value(json_object_get(img, "name")));
+        json_decref(list);
+        return QV_EXIT_OK;
+    }
     if (cli->json) {
         qv_print_json(json_pack("{s:o}", "images", list), stdout);
         return QV_EXIT_OK;

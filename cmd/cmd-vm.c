@@ -499,7 +499,7 @@ static void add_owner_user(json_t *vm) {
 }
 
 static const char list_help[] =
-    "Usage: qvisor vm list [--pool POOL] [--json]\n"
+    "Usage: qvisor vm list [--pool POOL] [--json | --names]\n"
     "\n"
     "Lists the VMs: name, state, QEMU pid, CPUs, memory, disk size, IP address\n"
     "and liveness of the guest agent (asked for at most 1 s), uptime, GPUs (PCI\n"
@@ -508,6 +508,7 @@ static const char list_help[] =
     "job.\n"
     "\n"
     "  --pool POOL   only the VMs of this resource pool\n"
+    "  --names       only the names, one a line (for scripts and completion)\n"
     "\n"
     "Exit: 0, 69 daemon not running.\n";
 
@@ -523,16 +524,24 @@ static const char *or_dash(json_t *v, char *buf, size_t size) {
 
 int cmd_vm_list(qv_cli *cli, int argc, char **argv) {
     static const struct option longopts[] = {
-        QV_CLI_COMMON_LONGOPTS, {"pool", required_argument, NULL, 'P'}, {NULL, 0, NULL, 0}};
+        QV_CLI_COMMON_LONGOPTS, {"pool", required_argument, NULL, 'P'}, {"names", no_argument, NULL, 'N'},
+        {NULL, 0, NULL, 0}};
     const char *pool = NULL;
+    bool names = false;
     int c;
     while ((c = qv_cli_getopt(cli, argc, argv, "h", longopts, list_help)) != -1) {
         if (c == -2)
             return QV_EXIT_OK;
+        if (c == 'N') {
+            names = true;
+            continue;
+        }
         if (c != 'P')
             return qv_cli_usage_error("vm list ", "bad option");
         pool = optarg;
     }
+    if (names && cli->json)
+        return qv_cli_usage_error("vm list ", "--names and --json exclude each other");
     if (optind < argc)
         return qv_cli_usage_error("vm list ", "takes no arguments");
     qv_error err = {0};
@@ -547,6 +556,12 @@ int cmd_vm_list(qv_cli *cli, int argc, char **argv) {
     }
     size_t i;
     json_t *vm;
+    if (names) {
+        json_array_foreach(json_object_get(res, "vms"), i, vm)
+            qv_printf("%s\n", json_string_value(json_object_get(vm, "name")));
+        json_decref(res);
+        return QV_EXIT_OK;
+    }
     json_array_foreach(json_object_get(res, "vms"), i, vm)
         add_owner_user(vm);
     if (cli->json) {

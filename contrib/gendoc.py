@@ -363,6 +363,12 @@ _qvisor_names() { # what: vm | image; the words of the command line: "$@"
     "${_qvisor_cmd:-qvisor}" "${conn[@]}" --request-timeout 2s -q "$what" list --names 2>/dev/null </dev/null
 }
 
+_qvisor_takes_value() { # key ("" before the command), option
+    local args=" $_qvisor_global_args "
+    [ -n "$1" ] && args=" ${_qvisor_args[$1]:-} "
+    [[ $args == *" $2 "* ]]
+}
+
 _qvisor() {
     local cur=${COMP_WORDS[COMP_CWORD]} prev=${COMP_WORDS[COMP_CWORD - 1]}
     local _qvisor_cmd=${COMP_WORDS[0]}
@@ -373,10 +379,7 @@ _qvisor() {
         word=${COMP_WORDS[i]}
         case $word in
         -*)
-            local key=${noun:+$noun }$verb
-            local args=" ${_qvisor_args[$key]:-} "
-            [ -z "$noun$verb" ] && args=" $_qvisor_global_args "
-            [[ $word != *=* && $args == *" $word "* ]] && ((i++))
+            [[ $word != *=* ]] && _qvisor_takes_value "${noun:+$noun }$verb" "$word" && ((i++))
             ;;
         *)
             if [ -z "$noun" ] && [ -z "$verb" ]; then
@@ -392,9 +395,7 @@ _qvisor() {
     local key=${noun:+$noun }$verb
     # the value of an option: files where it names a path, else nothing
     if [[ $prev == -* ]]; then
-        local args=" ${_qvisor_args[$key]:-} "
-        [ -z "$noun$verb" ] && args=" $_qvisor_global_args "
-        if [[ $args == *" $prev "* ]]; then
+        if _qvisor_takes_value "$key" "$prev"; then
             case $prev in
             --image | -i)
                 mapfile -t COMPREPLY < <(compgen -W "$(_qvisor_names image "${COMP_WORDS[@]:0:COMP_CWORD}")" -- "$cur")
