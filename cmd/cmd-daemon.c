@@ -11,8 +11,8 @@
 static const char daemon_help[] =
     "Usage: qvisor [--config PATH] daemon\n"
     "\n"
-    "Runs the qvisor daemon in the foreground (as a systemd Type=notify service;\n"
-    "see contrib/qvisor.service).  It listens on the control socket of the\n"
+    "Runs the qvisor daemon in the foreground (as a systemd Type=notify service:\n"
+    "the unit qvisor.service).  It listens on the control socket of the\n"
     "config, supervises VMs, and re-reads the config on SIGHUP.  SIGTERM or\n"
     "SIGINT stop the daemon and leave VMs running; the next daemon adopts them.\n"
     "With metrics.listen set it also serves Prometheus metrics over HTTP\n"
