@@ -343,9 +343,9 @@ _qvisor_nouns='@NOUNS@'
 _qvisor_top='@TOP@'
 _qvisor_global_opts='@GLOBAL_OPTS@'
 _qvisor_global_args='@GLOBAL_ARGS@'
-declare -A _qvisor_verbs=(@VERBS@)
-declare -A _qvisor_opts=(@OPTS@)
-declare -A _qvisor_args=(@ARGS@)
+declare -gA _qvisor_verbs=(@VERBS@)
+declare -gA _qvisor_opts=(@OPTS@)
+declare -gA _qvisor_args=(@ARGS@)
 
 _qvisor_names() { # what: vm | image; the words of the command line: "$@"
     local what=$1 i

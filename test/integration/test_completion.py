@@ -21,7 +21,9 @@ COMPLETION = sys.argv.pop(1)
 def complete(*words):
     """COMPREPLY for the command line `qvisor WORDS...` with the cursor on
     the last word (stdout lines), and what bash wrote to stderr."""
-    script = ('source "$1"; shift; COMP_WORDS=("$@"); COMP_CWORD=$(($# - 1)); _qvisor; '
+    # sourced inside a function, as bash-completion's loader does on the
+    # first TAB: the tables must still be global
+    script = ('load() { source "$1"; }; load "$1"; shift; COMP_WORDS=("$@"); COMP_CWORD=$(($# - 1)); _qvisor; '
               'printf "%s\\n" "${COMPREPLY[@]}"')
     p = subprocess.run(["bash", "-c", script, "bash", COMPLETION, QVISOR, *words],
                        capture_output=True, text=True, timeout=30)

@@ -256,8 +256,8 @@ def main():
     if os.geteuid() != 0:
         print("test-package: needs root (it installs the package on this machine)")
         return 77
-    for tool in ("dpkg-buildpackage", "dh", "lintian", "man"):
-        if not shutil.which(tool):
+    for tool in ("dpkg-buildpackage", "dh", "lintian", "man", "/usr/share/bash-completion/bash_completion"):
+        if not (os.path.exists(tool) if tool.startswith("/") else shutil.which(tool)):
             print(f"test-package: {tool} missing (scripts/setup installs it)")
             return 1
     status = run("dpkg-query", "-W", "-f=${Status}", "qvisor", check=False).stdout
@@ -349,10 +349,12 @@ def test(work, daemon, vm):
     vm["pid"] = json.loads(qv("--json", "vm", "start", VM).stdout)["pid"]
     ticks = start_ticks(vm["pid"])
     expect(alive(vm["pid"]), f"VM {VM} runs (QEMU pid {vm['pid']})")
-    script = ('source /usr/share/bash-completion/completions/qvisor; COMP_WORDS=(qvisor vm stop pkgtest-); '
-              'COMP_CWORD=3; _qvisor; printf "%s\\n" "${COMPREPLY[@]}"')
+    # loaded the way an interactive shell loads it: bash-completion's
+    # loader finds the installed file by the command's name
+    script = ('source /usr/share/bash-completion/bash_completion; _completion_loader qvisor; '
+              'COMP_WORDS=(qvisor vm stop pkgtest-); COMP_CWORD=3; _qvisor; printf "%s\\n" "${COMPREPLY[@]}"')
     p = run("bash", "-c", script)
-    expect(VM in p.stdout.split(), "the installed completion completes the VM's name")
+    expect(VM in p.stdout.split(), "the installed completion, loaded by bash-completion, completes the VM's name")
 
     # 4. the upgrade
     run("dpkg", "--force-confdef", "--force-confold", "-i", new_deb, env=env)
