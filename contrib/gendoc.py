@@ -121,13 +121,18 @@ def roff_help_body(text, out, skip_usage=True):
             flush()
             i += 1
             continue
-        m = re.match(r"^( {1,8})(-\S.*?)(?:\s{2,}(\S.*))?$", line)
+        # a tagged paragraph: an option ("  -t, --timeout TIME   text") or
+        # an exit code ("  69  text"), continued by deeper lines
+        m = re.match(r"^( {1,8})(-\S.*?)(?:\s{2,}(\S.*))?$", line) or \
+            re.match(r"^( {1,4})(\d{1,3})(?:\s{2,}(\S.*))$", line)
         if m and not line.lstrip().startswith("- "):
             flush()
-            indent = len(m.group(1))
+            # continuation lines start right of the term's start: past "-x, "
+            # for an option, past the number for an exit code
+            deeper = len(m.group(1)) + (len(m.group(2)) if m.group(2).isdigit() else 4)
             desc = []
             i += 1
-            while i < len(lines) and lines[i].strip() and len(lines[i]) - len(lines[i].lstrip()) > indent + 4:
+            while i < len(lines) and lines[i].strip() and len(lines[i]) - len(lines[i].lstrip()) > deeper:
                 desc.append(lines[i])
                 i += 1
             term, first = m.group(2), m.group(3)
@@ -160,7 +165,7 @@ def roff_help_body(text, out, skip_usage=True):
             base = min(len(b) - len(b.lstrip()) for b in block)
             out.append(".PP")
             out.append(".nf")
-            out.extend(esc("  " + b[base:]) for b in block)
+            out.extend(esc(b[base:]) for b in block)
             out.append(".fi")
             continue
         para.append(line)

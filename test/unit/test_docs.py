@@ -126,7 +126,7 @@ class ManPage(unittest.TestCase):
         codes = re.findall(r"^ {1,3}(\d+)  ", self.main.split("Exit codes:")[1], re.M)
         self.assertIn("78", codes)
         for code in codes:
-            self.assertRegex(self.sh["EXIT STATUS"], rf"(?m)^ *{code}  ")
+            self.assertRegex(self.sh["EXIT STATUS"], rf"(?m)^\.B {code}$")
 
     def test_every_help_text_is_there_whole(self):
         # not only the option names: every word of every help after its
