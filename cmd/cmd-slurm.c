@@ -9,9 +9,11 @@
 #include "run.h"
 #include "util.h"
 #include "slurm/slurmconf.h"
+#include "spec/vmspec.h"
 #include "vfio/vfio.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -406,8 +408,8 @@ int cmd_slurm_health(qv_cli *cli, int argc, char **argv) {
 /* ---- the job's VM: prolog and epilog ------------------------------------ */
 
 static const char prolog_help[] =
-    "Usage: qvisor slurm prolog --image IMAGE [--keep-disk] [--scontrol PATH]\n"
-    "                           [--scancel PATH]\n"
+    "Usage: qvisor slurm prolog --image IMAGE [--keep-disk] [--profiles DIR]\n"
+    "                           [--scontrol PATH] [--scancel PATH]\n"
     "\n"
     "Run by qvisor's SPANK plugin in a job's prolog (as root, in slurmd's prolog\n"
     "environment; docs/slurm.md), for a job submitted with --vm-image.  Creates\n"
@@ -424,11 +426,20 @@ static const char prolog_help[] =
     "failure drains the node with a reason that says why (`scontrol update\n"
     "NodeName=... State=DRAIN`), and the exit status is not 0.\n"
     "\n"
+    "IMAGE names a job VM profile when DIR/IMAGE.yaml exists (DIR: --profiles,\n"
+    "default the directory slurm/ next to the node config, /etc/qvisor/slurm/):\n"
+    "a VM spec as for `vm create -f` (image, kernel, initrd, append, nets, disk,\n"
+    "agent, ...) without the keys Slurm decides (name, cpus, memory, gpus, owner,\n"
+    "slurm_job); its image defaults to IMAGE.  Else IMAGE is a base image.  A\n"
+    "profile that cannot be used (unreadable, invalid, a kernel that cannot be\n"
+    "opened) is the node's failure.\n"
+    "\n"
     "Environment: SLURM_JOB_ID, SLURM_JOB_UID, SLURMD_NODENAME (else this host's\n"
     "short name), SPANK_QVISOR_SSH_KEY (optional).\n"
     "\n"
-    "      --image IMAGE     the base image (the job's --vm-image)\n"
+    "      --image IMAGE     the profile or base image (the job's --vm-image)\n"
     "      --keep-disk       accepted for symmetry with the epilog\n"
+    "      --profiles DIR    where the job VM profiles are\n"
     "      --scontrol PATH   default /usr/bin/scontrol\n"
     "      --scancel PATH    default /usr/bin/scancel\n"
     "\n"
@@ -461,6 +472,7 @@ static const char epilog_help[] =
 typedef struct job_opts {
     const char *image;
     bool keep_disk;
+    char profiles[PATH_MAX]; /* DIR of the job VM profiles DIR/IMAGE.yaml */
     const char *scontrol;
     const char *scancel;
     uint64_t timeout_ms; /* UINT64_MAX: Slurm's KillWait */
@@ -470,7 +482,7 @@ typedef struct job_opts {
     char vm[64];
 } job_opts;
 
-enum { OPT_IMAGE = 300, OPT_KEEP_DISK, OPT_SCONTROL, OPT_SCANCEL, OPT_TIMEOUT };
+enum { OPT_IMAGE = 300, OPT_KEEP_DISK, OPT_SCONTROL, OPT_SCANCEL, OPT_TIMEOUT, OPT_PROFILES };
 
 /* A decimal environment variable, within max. */
 static int env_number(const char *name, unsigned long long max, unsigned long long *ret) {
@@ -490,6 +502,7 @@ static int job_parse(qv_cli *cli, int argc, char **argv, bool prolog, job_opts *
         {"scontrol", required_argument, NULL, OPT_SCONTROL},
         {"scancel", required_argument, NULL, OPT_SCANCEL},
         {"timeout", required_argument, NULL, OPT_TIMEOUT},
+        {"profiles", required_argument, NULL, OPT_PROFILES},
         {NULL, 0, NULL, 0}};
     const char *verb = prolog ? "slurm prolog " : "slurm epilog ";
     *o = (job_opts){.scontrol = SCONTROL_DEFAULT, .scancel = SCANCEL_DEFAULT, .timeout_ms = UINT64_MAX};
@@ -505,6 +518,8 @@ static int job_parse(qv_cli *cli, int argc, char **argv, bool prolog, job_opts *
             o->scontrol = optarg;
         else if (c == OPT_SCANCEL && optarg[0] == '/')
             o->scancel = optarg;
+        else if (c == OPT_PROFILES && prolog && optarg[0] == '/' && strlen(optarg) < sizeof o->profiles)
+            snprintf(o->profiles, sizeof o->profiles, "%s", optarg);
         else if (c == OPT_TIMEOUT && !prolog) {
             uint64_t ms;
             if (qv_parse_duration_ms(optarg, &ms) < 0)
@@ -517,6 +532,15 @@ static int job_parse(qv_cli *cli, int argc, char **argv, bool prolog, job_opts *
         return qv_cli_usage_error(verb, "takes no arguments");
     if (prolog && !o->image)
         return qv_cli_usage_error(verb, "needs --image IMAGE");
+    if (prolog && !o->profiles[0]) {
+        /* slurm/ next to the node config: /etc/qvisor/slurm */
+        const char *cfg = cli->config_path ? cli->config_path : "/etc/qvisor/config.yaml";
+        const char *slash = strrchr(cfg, '/');
+        int n = slash ? snprintf(o->profiles, sizeof o->profiles, "%.*s/slurm", (int)(slash - cfg), cfg)
+                      : snprintf(o->profiles, sizeof o->profiles, "slurm");
+        if (n < 0 || (size_t)n >= sizeof o->profiles)
+            return qv_cli_usage_error(verb, "the config's path is too long: give --profiles");
+    }
     if (env_number("SLURM_JOB_ID", 0xfffffffeULL, &o->job) < 0 || o->job == 0) {
         qv_fprintf(stderr, "qvisor: error: SLURM_JOB_ID is not a job id: run by Slurm's prolog or epilog only\n");
         return QV_EXIT_DATAERR;
@@ -616,6 +640,11 @@ static int daemon_gpus(qv_cli *cli, vfio_gpu_list *l, qv_error *err) {
     return 0;
 }
 
+static void daemon_gpus_clear(vfio_gpu_list *l) {
+    free(l->gpus);
+    *l = (vfio_gpu_list){0};
+}
+
 /* A failure that is the job's, not the node's (no such image, a bad key,
  * a name taken by a VM of another job): the job is cancelled with the
  * reason in its AdminComment, and the prolog succeeds.  A failed prolog
@@ -676,8 +705,58 @@ static int job_vm_matches(qv_cli *cli, const job_opts *o, const json_t *spec, qv
     return r;
 }
 
-/* The job's VM spec from its allocation on this node. */
-static json_t *job_spec(qv_cli *cli, const job_opts *o, const slurm_alloc *a, qv_error *err) {
+#define PROFILE_MAX (1u << 20)
+
+/* What Slurm decides for a job's VM: no profile may set it. */
+static const char *const slurm_keys[] = {"name", "cpus", "memory", "gpus", "owner", "slurm_job"};
+
+/* The job VM profile --image names: PROFILES/IMAGE.yaml, a VM spec as for
+ * `vm create -f` (the administrator's file, read as root) without the keys
+ * Slurm decides.  *ret (new reference): the profile as a partial spec,
+ * its image defaulting to IMAGE; {"image": IMAGE} when there is no such
+ * file (IMAGE is then a base image).  A negative errno with err when the
+ * file is there but cannot be used: the node's failure, not the job's. */
+static int job_profile(const job_opts *o, json_t **ret, qv_error *err) {
+    char path[PATH_MAX + 80];
+    _cleanup_free_ char *text = NULL;
+    size_t len = 0;
+    int r = -ENOENT;
+    /* a name that is no qvisor name is no file of ours either: the daemon
+     * refuses it as an image, the job's own mistake */
+    if (qv_name_valid(o->image)) {
+        snprintf(path, sizeof path, "%s/%s.yaml", o->profiles, o->image);
+        r = qv_read_regular_file(path, PROFILE_MAX, &text, &len);
+    }
+    if (r == -ENOENT) {
+        *ret = json_pack("{s:s}", "image", o->image);
+        return *ret ? 0 : qv_error_set(err, ENOMEM, "out of memory");
+    }
+    if (r < 0)
+        return qv_error_set(err, -r, "job VM profile %s: %s", path,
+                            r == -EINVAL ? "not a regular file" : r == -EFBIG ? "too large" : strerror(-r));
+    _cleanup_(sv_vmspec_freep) sv_vmspec *s = NULL;
+    if ((r = sv_vmspec_from_yaml(path, text, len, &s, err)) < 0) {
+        qv_error_prefix(err, "job VM profile: ");
+        return r;
+    }
+    json_t *j = sv_vmspec_to_json(s);
+    if (!j)
+        return qv_error_set(err, ENOMEM, "out of memory");
+    for (size_t i = 0; i < QV_ARRAY_SIZE(slurm_keys); i++)
+        if (json_object_get(j, slurm_keys[i])) {
+            json_decref(j);
+            return qv_error_set(err, EINVAL, "job VM profile %s: %s is the job's allocation, Slurm's to decide: "
+                                "leave it out", path, slurm_keys[i]);
+        }
+    if (!json_object_get(j, "image"))
+        json_object_set_new(j, "image", json_string(o->image));
+    *ret = j;
+    return 0;
+}
+
+/* The job's VM spec from its allocation on this node, on the profile
+ * (reference stolen); NULL with err. */
+static json_t *job_spec(qv_cli *cli, const job_opts *o, const slurm_alloc *a, json_t *spec, qv_error *err) {
     json_t *gpus = json_array();
     vfio_gpu_list l = {0};
     _cleanup_free_ const vfio_gpu **offered = NULL;
@@ -686,7 +765,8 @@ static json_t *job_spec(qv_cli *cli, const job_opts *o, const slurm_alloc *a, qv
         if (!err->msg[0])
             qv_error_set(err, ENOMEM, "out of memory");
         json_decref(gpus);
-        free(l.gpus);
+        json_decref(spec);
+        daemon_gpus_clear(&l);
         return NULL;
     }
     if (offered)
@@ -696,35 +776,81 @@ static json_t *job_spec(qv_cli *cli, const job_opts *o, const slurm_alloc *a, qv
             qv_error_set(err, ENODEV, "Slurm gave GPU index %u on %s, but qvisor offers %zu GPU%s there: gres.conf "
                          "does not match (qvisor slurm check)", a->gpus[i], o->node, n, n == 1 ? "" : "s");
             json_decref(gpus);
-            free(l.gpus);
+            json_decref(spec);
+            daemon_gpus_clear(&l);
             return NULL;
         }
         json_array_append_new(gpus, json_string(offered[a->gpus[i]]->dev.bdf));
     }
-    free(l.gpus);
-    json_t *spec = json_pack("{s:s, s:s, s:I, s:o, s:s, s:I, s:I}", "name", o->vm, "image", o->image, "cpus",
-                             (json_int_t)(a->cpus ? a->cpus : 1), "gpus", gpus, "restart", "never", "owner",
-                             (json_int_t)o->uid, "slurm_job", (json_int_t)o->job);
-    if (spec && a->mem_mib) {
+    daemon_gpus_clear(&l);
+    json_object_set_new(spec, "name", json_string(o->vm));
+    json_object_set_new(spec, "cpus", json_integer((json_int_t)(a->cpus ? a->cpus : 1)));
+    json_object_set_new(spec, "gpus", gpus);
+    if (!json_object_get(spec, "restart"))
+        json_object_set_new(spec, "restart", json_string("never"));
+    json_object_set_new(spec, "owner", json_integer((json_int_t)o->uid));
+    json_object_set_new(spec, "slurm_job", json_integer((json_int_t)o->job));
+    if (a->mem_mib) {
         char mem[32];
         snprintf(mem, sizeof mem, "%lluM", a->mem_mib);
         json_object_set_new(spec, "memory", json_string(mem));
     }
+    /* the user's key after the profile's (an administrator's key, say) */
     const char *key = getenv("SPANK_QVISOR_SSH_KEY");
-    if (spec && key && *key) {
-        json_t *keys = json_array();
+    if (key && *key) {
+        json_t *keys = json_object_get(spec, "ssh_keys");
+        if (!json_is_array(keys)) {
+            keys = json_array();
+            json_object_set_new(spec, "ssh_keys", keys);
+        }
         _cleanup_free_ char *copy = strdup(key);
         for (char *save = NULL, *k = copy ? strtok_r(copy, "\n", &save) : NULL; k; k = strtok_r(NULL, "\n", &save))
             if (*k && *k != '#')
                 json_array_append_new(keys, json_string(k));
-        json_object_set_new(spec, "ssh_keys", keys);
     }
-    if (!spec)
-        qv_error_set(err, ENOMEM, "out of memory");
     return spec;
 }
 
-/* vm=, node=, gpus=, ssh= into the job's AdminComment: what `scontrol show
+/* vm.create with the profile's kernel and initrd opened here (as root:
+ * the administrator's files) and sent along, as `vm create` does.  0, or
+ * a negative errno with err; *ret_node: the failure is the node's (a
+ * boot file of the profile cannot be opened). */
+static int create_vm(qv_cli *cli, json_t *spec, qv_error *err, bool *ret_node) {
+    static const char *const boot_keys[] = {"kernel", "initrd"};
+    json_t *params = json_pack("{s:O}", "spec", spec);
+    int fds[2] = {-1, -1};
+    size_t n_fds = 0;
+    *ret_node = false;
+    for (size_t i = 0; params && i < QV_ARRAY_SIZE(boot_keys); i++) {
+        const char *path = json_string_value(json_object_get(spec, boot_keys[i]));
+        char *name = NULL, key[16];
+        if (!path)
+            continue;
+        if (qv_cli_open_input(boot_keys[i], path, &fds[n_fds], &name, err) < 0) {
+            for (size_t k = 0; k < n_fds; k++)
+                qv_closep(&fds[k]);
+            json_decref(params);
+            *ret_node = true;
+            qv_error_prefix(err, "job VM profile: ");
+            return -err->code;
+        }
+        json_object_set_new(spec, boot_keys[i], json_string(name));
+        free(name);
+        snprintf(key, sizeof key, "%s_fd", boot_keys[i]);
+        json_object_set_new(params, key, json_integer((json_int_t)n_fds++));
+    }
+    uint64_t saved = cli->timeout_ms;
+    if (!cli->timeout_explicit)
+        cli->timeout_ms = JOB_START_WAIT_MS;
+    int r = params ? qv_cli_call_fds(cli, "vm.create", params, fds, n_fds, NULL, NULL, NULL, err)
+                   : qv_error_set(err, ENOMEM, "out of memory");
+    cli->timeout_ms = saved;
+    for (size_t k = 0; k < n_fds; k++)
+        qv_closep(&fds[k]);
+    return r;
+}
+
+/* vm=, node=, gpus=, ssh= (or addr=) into the job's AdminComment: what `scontrol show
  * job` shows the user (only an administrator can set it). */
 static void admin_comment(qv_cli *cli, const job_opts *o) {
     json_t *vm = NULL;
@@ -745,6 +871,13 @@ static void admin_comment(qv_cli *cli, const job_opts *o) {
     if (json_is_integer(port)) {
         size_t len = strlen(comment);
         snprintf(comment + len, sizeof comment - len, " ssh=%s:%lld", o->node, (long long)json_integer_value(port));
+    }
+    /* a nat or bridge NIC's address, known at create: what the job (on the
+     * node) reaches the VM at; user networking's 10.0.2.15 is not one */
+    const char *ip = json_is_integer(port) ? NULL : qv_json_str(vm, "ip");
+    if (ip && strspn(ip, "0123456789.:abcdef") == strlen(ip)) {
+        size_t len = strlen(comment);
+        snprintf(comment + len, sizeof comment - len, " addr=%s", ip);
     }
     json_decref(vm);
     snprintf(job, sizeof job, "JobId=%llu", o->job);
@@ -769,11 +902,16 @@ int cmd_slurm_prolog(qv_cli *cli, int argc, char **argv) {
         qv_error_set(&err, EPERM, "the job's user is uid %u for scontrol but %lu for the prolog", a.uid, o.uid);
         return job_fail(&o, &err);
     }
-    json_t *spec = job_spec(cli, &o, &a, &err);
-    if (!spec)
+    json_t *spec = NULL;
+    if (job_profile(&o, &spec, &err) < 0 || !(spec = job_spec(cli, &o, &a, spec, &err)))
         return job_fail(&o, &err);
     json_t *res = NULL;
-    if (qv_cli_call_long(cli, "vm.create", json_pack("{s:O}", "spec", spec), JOB_START_WAIT_MS, NULL, &err) < 0) {
+    bool node_failure = false;
+    if (create_vm(cli, spec, &err, &node_failure) < 0) {
+        if (node_failure) {
+            json_decref(spec);
+            return job_fail(&o, &err);
+        }
         if (err.code != EEXIST || job_vm_matches(cli, &o, spec, &err) < 0) {
             json_decref(spec);
             return job_error(&err) ? job_cancel(&o, &err) : job_fail(&o, &err);

@@ -6,15 +6,20 @@ with --vm-image.
 
 Each of the three nodes has its own fake sysfs tree (test/fakesysfs) with
 two GPUs, 0000:01:00.0 (IOMMU group 1, with its audio function) and
-0000:02:00.0 (group 2), its own daemon (in the machine's namespaces, started
-with the tree's environment, QEMU replaced by test/vfio/fake-qemu.py, the
-guest a halting boot sector under TCG) and its config at DIR/NODE/config.yaml,
-the plugin's config=DIR/%n/config.yaml.  gres.conf holds exactly what
+0000:02:00.0 (group 2), its own daemon (in the node's network namespace,
+started with the tree's environment, QEMU replaced by test/vfio/fake-qemu.py,
+which runs the real QEMU without the fake devices; the base image a halting
+boot sector under TCG) and its config at DIR/NODE/config.yaml, the plugin's
+config=DIR/%n/config.yaml, with the job VM profile DIR/NODE/slurm/tiny.yaml:
+the tiny test guest on a nat NIC.  gres.conf holds exactly what
 `qvisor slurm gres --node NODE --device-dir D` prints for each node (D: the
 node's char devices named 1 and 2), and `qvisor slurm check` accepts it.
 The prolog and epilog run in the node's namespaces as children of its
 slurmd and reach the daemon through its socket's path.
 
+- A job with --vm-image=tiny gets a VM that boots, and the job's own
+  script finds its address in the AdminComment, waits for the guest's
+  agent and pings it from the node's network: the VM's MAC answers.
 - GPU jobs run their VM slurm-JOBID on the node Slurm picked and no other,
   with the PCI addresses of the job's GRES indexes (fake QEMU's argv has
   them), the job's CPUs, memory, user (owner) and id; AdminComment says
@@ -34,7 +39,8 @@ slurmd and reach the daemon through its socket's path.
 - Nothing is left behind: processes, namespaces, mounts, directories.
 
 Exits 77 (skipped) without Slurm and munge, root, umockdev, QEMU or the
-plugin (libslurm-dev)."""
+plugin (libslurm-dev).  The tiny guest is built when it is not cached
+(test/guest/build-tiny-guest, docs/test-guest.md)."""
 
 import json
 import os
@@ -62,11 +68,14 @@ GPUS = ["0000:01:00.0", "0000:02:00.0"]     # Slurm's index 0 and 1 on every nod
 SLOT = {"0000:01:00.0": ["0000:01:00.1"]}   # the functions that go along (its audio)
 NATIVE = {"0000:01:00.0": "nouveau", "0000:02:00.0": "amdgpu"}    # their host drivers
 IMAGE = "halt"
+PROFILE = "tiny"                            # a job VM profile: the tiny guest on a nat NIC
 USER, OTHER = "nobody", "daemon"            # a job's user and someone else
+NAT = ("10.78.0.0/24", "10.78.0.1")         # every node's NAT network, in its own namespace
 CONFIG = ("daemon:\n  socket_access: everyone\n"     # as docs/slurm.md says: the job's user connects
           "vm_defaults:\n  cpus: 1\n  memory: 64M\n  disk: 16M\n  stop_timeout: 30s\n  kill_timeout: 3s\n"
           f"qemu:\n  binary: {os.path.abspath(FAKE_QEMU)}\n  accelerator: tcg\n"
           "vfio:\n  sysfs_timeout: 1s\n"
+          f"network:\n  nat_bridge: qvs-br0\n  nat_subnet: {NAT[0]}\n  nat_gateway: {NAT[1]}\n"
           "resources:\n  cpu_overcommit: 100\n")
 
 # holds its node until the test creates jobs_dir/release.ID
@@ -140,6 +149,7 @@ class QvisorCluster:
             self.slurm.start()
             for n in self.names:
                 self._start_daemon(n)
+                self._import_image(n)
         except BaseException:
             self.cleanup()
             raise
@@ -149,6 +159,7 @@ class QvisorCluster:
         halt = os.path.join(self.dir, "halt.raw")
         guestlib.write_halt_disk(halt)
         os.chmod(halt, 0o644)
+        guest = guestlib.build_tiny_guest()
         for n in self.names:
             fs = FakeSys(os.path.join(self.dir, "sys", n), scenario=scenario())
             # the daemon reads /proc through the same root (pid identity): the real one
@@ -159,6 +170,12 @@ class QvisorCluster:
             os.chmod(node.dir, 0o755)       # the job's user reaches the socket
             os.chmod(node.config, 0o644)
             self.qv[n] = node
+            # the job VM profile --vm-image=tiny names: slurm/ next to the
+            # config, as /etc/qvisor/slurm/ on a real node
+            os.mkdir(os.path.join(node.dir, "slurm"))
+            with open(os.path.join(node.dir, "slurm", f"{PROFILE}.yaml"), "w") as f:
+                f.write(f"image: {IMAGE}\nkernel: {guest.kernel}\ninitrd: {guest.initrd}\n"
+                        f"append: {guestlib.cmdline(['qv.net=seed', 'qv.agent=on'])}\nnets: [nat]\n")
 
     def qemu_log(self, node):
         return os.path.join(self.dir, f"qemu-{node}.jsonl")
@@ -169,9 +186,15 @@ class QvisorCluster:
         env["FAKE_QEMU_LOG"] = self.qemu_log(n)
         if not can_raise_memlock():
             env["QVISOR_TEST_MEMLOCK_BEST_EFFORT"] = "1"
+        # in the node's network namespace, as a node's daemon shares the
+        # node's network with slurmd and the jobs: its VMs' NAT network is
+        # the node's, reached from inside a job
         node.start_daemon(extra_env={k: v for k, v in env.items() if os.environ.get(k) != v},
-                          wrap=["setpriv", "--pdeathsig", "KILL", "--"])
-        node.qvisor("image", "import", os.path.join(self.dir, "halt.raw"), IMAGE, "--format", "raw", check=0)
+                          wrap=["setpriv", "--pdeathsig", "KILL", "--", "nsenter",
+                                f"--net=/run/netns/{self.slurm.node_ns(n)}", "--"])
+
+    def _import_image(self, n):
+        self.qv[n].qvisor("image", "import", os.path.join(self.dir, "halt.raw"), IMAGE, "--format", "raw", check=0)
 
     def gres_lines(self, node, device_dir):
         p = self.fs[node].run([qvisor_path(), "--config", self.qv[node].config, "slurm", "gres", "--node", node,
@@ -267,8 +290,8 @@ class Base(unittest.TestCase):
                 self.q.qv[n].qvisor("vm", "rm", vm, "--force", check=0, timeout=scaled(60))
         self.c.wait_nodes_state(("idle",), 90)
 
-    def submit(self, *opts, user=None):
-        job = self.c.sbatch(None, *opts, user=user)
+    def submit(self, *opts, user=None, script=None):
+        job = self.c.sbatch(script, *opts, user=user)
         self.jobs.append(job)
         return job
 
@@ -404,6 +427,70 @@ class Jobs(Base):
             self.assert_epilog_forced_after_kill_wait(node, job)
         for n in ("node1", "node2"):
             self.assert_gpus_back(n)
+
+
+class Guest(Base):
+    # The job's own script: it reads where its VM is from Slurm (the
+    # AdminComment of `scontrol show job`), waits for the guest's agent,
+    # pings the VM's address from the node's network (where the job runs)
+    # and shows whose NIC answered (the neighbour's MAC); then it reads the
+    # guest's own serial markers through qvisor, as the VM's owner.
+    JOB = """set -e
+q="QVISOR --config CONFIG_DIR/$SLURMD_NODENAME/config.yaml"
+vm=slurm-$SLURM_JOB_ID
+comment=$(scontrol show job "$SLURM_JOB_ID" | sed -n 's/^ *AdminComment=//p')
+echo "comment: $comment"
+addr=$(echo "$comment" | tr ' ' '\\n' | sed -n 's/^addr=//p')
+$q vm wait "$vm" --for agent --timeout 150s
+echo "agent answers"
+busybox ping -c 3 -W 5 "$addr"
+echo "neighbour: $(ip neigh show "$addr")"
+$q vm log "$vm" > guest.$SLURM_JOB_ID.log 2>&1 || echo "vm log: exit $?"; grep 'QVISOR-GUEST: net ' guest.$SLURM_JOB_ID.log || cat guest.$SLURM_JOB_ID.log
+echo "job done"
+""" + HOLD + "\n"
+
+    def test_vm_boots_and_is_reachable_from_its_job(self):
+        script = self.JOB.replace("QVISOR", qvisor_path()).replace("CONFIG_DIR", self.q.dir)
+        job = self.submit(f"--vm-image={PROFILE}", "-w", "node3", "--gres=gpu:1", "--mem=256M", script=script)
+        j = self.wait_vm_up(job)
+        vm = f"slurm-{job}"
+        s = self.q.show("node3", vm)
+        # the profile's kernel, initrd and NIC; the job's GPU, CPUs and memory
+        self.assertEqual((s["spec"]["image"], s["spec"]["append"]), (IMAGE, guestlib.cmdline(["qv.net=seed",
+                                                                                                "qv.agent=on"])))
+        self.assertEqual(s["kernel_source"], guestlib.build_tiny_guest().kernel)
+        self.assertEqual(s["spec"]["gpus"], self.job_gpus(job))
+        self.assertEqual(s["memory"], 256 << 20)
+        nic = s["nics"][0]
+        self.assertEqual(nic["mode"], "nat")
+        self.assertTrue(nic["ip"].startswith("10.78.0."), nic)
+        self.assertIn(f"qvisor vm={vm} node=node3 gpus={self.job_gpus(job)[0]} addr={nic['ip']}", j["AdminComment"])
+        # the real QEMU (fake QEMU drops the fake GPU and runs it) boots the guest
+        starts = [st for st in self.q.qemu_starts("node3") if any(vm in a for a in st["argv"])]
+        want = self.job_gpus(job)
+        self.assertEqual(sorted(starts[-1]["hostdevs"]), sorted(want + [f for g in want for f in SLOT.get(g, [])]))
+        def done():     # the script got through, or it failed (set -e)
+            if "job done" in self.c.job_output(job):
+                return True
+            return self.c.scontrol_show_job(job)["JobState"] != "RUNNING"
+        wait_for(done, 180, f"job {job}'s script to reach its VM", interval=0.5)
+        out = self.c.job_output(job)
+        self.assertIn("job done", out, out)
+        self.assertIn("agent answers", out)
+        self.assertRegex(out, r"3 packets transmitted, 3 (packets )?received")
+        # the VM's own NIC answered: its MAC, as the daemon made it for slurm-JOBID
+        self.assertRegex(out, rf"neighbour: {re.escape(nic['ip'])} dev qvs-br0 lladdr {nic['mac']}")
+        # the guest configured that address itself, from the seed qvisor wrote
+        self.assertRegex(out, rf"QVISOR-GUEST: net eth0 {re.escape(nic['ip'])}/24 {re.escape(NAT[1])} {nic['mac']}")
+        self.assert_no_gpu_twice()
+        self.release(job)
+        self.c.wait_job_state(job, "COMPLETED", 90)
+        self.c.wait_nodes_state(("idle",), 60, ["node3"])
+        self.assert_vm_gone(job)
+        # a guest that boots shuts down when asked: not forced
+        with open(self.c.slurmd_log("node3")) as f:
+            self.assertRegex(f.read(), rf"qvisor: VM {vm} of job {job} stopped \((?!forced)[^)]*\) and removed")
+        self.assert_gpus_back("node3")
 
 
 class Queue(Base):
