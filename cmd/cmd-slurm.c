@@ -461,9 +461,9 @@ static const char epilog_help[] =
     "\n"
     "Environment: SLURM_JOB_ID, SLURMD_NODENAME (else this host's short name).\n"
     "\n"
-    "Exit: 0, 1 a GPU was not given back or the VM could not be stopped or\n"
-    "removed (the node is drained), 64, 65 bad environment, 69 the daemon is not\n"
-    "running.\n";
+    "Exit: 0, 1 a GPU was not given back, the VM could not be stopped or\n"
+    "removed, or the daemon cannot be asked about it (not running: the node is\n"
+    "drained in each case), 64, 65 bad environment.\n";
 
 #define SCONTROL_TIMEOUT_MS 30000
 #define JOB_START_WAIT_MS (10ull * 60 * 1000)
@@ -986,7 +986,10 @@ int cmd_slurm_epilog(qv_cli *cli, int argc, char **argv) {
     if (qv_cli_call(cli, "vm.show", json_pack("{s:s}", "name", o.vm), &res, &err) < 0) {
         if (err.code == ENOENT)
             return QV_EXIT_OK; /* the job had no VM here, or it is gone already */
-        return qv_cli_fail(cli, &err);
+        /* the daemon is down (killed, crashed): the VM may still run with
+         * its GPUs, and Slurm must not hand the node to the next job */
+        qv_error_prefix(&err, "cannot tell whether VM %s is gone: ", o.vm);
+        return job_fail(&o, &err);
     }
     json_decref(res);
     res = NULL;

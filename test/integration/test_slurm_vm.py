@@ -36,6 +36,13 @@ slurmd and reach the daemon through its socket's path.
   which Slurm keeps, and Slurm requeues the job held; a GPU that hangs at
   give-back drains the node naming it, and one `qvisor cleanup` gives both
   GPUs back once the card answers.
+- The node's qvisor daemon killed (SIGKILL) during a job and started
+  again adopts the running VM with its GPUs, and the epilog at the job's
+  end stops it and gives the GPUs back; a daemon that is down when the job
+  ends drains the node with qvisor's reason (the VM keeps its GPUs, no
+  other job gets them), and the epilog run again by hand once it is back
+  cleans up.  slurmd restarted during a job: the job and its VM go on, a
+  later job gets the other GPU, both epilogs run.
 - Nothing is left behind: processes, namespaces, mounts, directories.
 
 Exits 77 (skipped) without Slurm and munge, root, umockdev, QEMU or the
@@ -274,6 +281,9 @@ class Base(unittest.TestCase):
             print(self.c.log_tail(), file=sys.stderr)
             for n in self.q.names:
                 print(f"--- qvisor daemon of {n}\n{self.q.qv[n].log()[-3000:]}", file=sys.stderr)
+        for n in self.q.names:     # a test that killed a daemon and failed
+            if self.q.qv[n].proc.poll() is not None:
+                self.q._start_daemon(n)
         for fs in self.q.fs.values():     # no give-back may hang past the test
             fs.release()
             fs.clear_faults()
@@ -611,6 +621,101 @@ class Owner(Base):
         self.c.wait_nodes_state(("idle",), 60, ["node1"])
         self.assert_vm_gone(job)
         self.assert_gpus_back("node1")
+
+
+class Restarts(Base):
+    def daemon_alive(self, node):
+        p = self.q.qv[node].proc
+        return p is not None and p.poll() is None
+
+    def kill_daemon(self, node):
+        p = self.q.qv[node].proc
+        p.kill()
+        p.wait(timeout=scaled(10))
+
+    def test_daemon_killed_during_a_job(self):
+        job = self.vm_job("node1", 2)
+        self.wait_vm_up(job)
+        vm = f"slurm-{job}"
+        pid = self.q.show("node1", vm)["pid"]
+        held = self.assert_no_gpu_twice()["node1"]
+        self.kill_daemon("node1")
+        # the VM outlives its daemon, and the job its VM's daemon
+        self.assertTrue(os.path.exists(f"/proc/{pid}"))
+        self.assertEqual(self.c.scontrol_show_job(job)["JobState"], "RUNNING")
+        self.q._start_daemon("node1")
+        # the new daemon adopts the VM: the same QEMU, its GPUs still its own
+        s = self.q.show("node1", vm)
+        self.assertEqual((s["state"], s["pid"]), ("running", pid))
+        self.assertEqual(self.assert_no_gpu_twice()["node1"], held)
+        listed = {g["address"]: g for g in self.q.qv["node1"].qvisor_json("gpu", "list")["gpus"]}
+        self.assertEqual([(listed[g]["vm"], listed[g]["binding"]) for g in GPUS], [(vm, "bound")] * 2)
+        self.release(job)
+        self.c.wait_job_state(job, "COMPLETED", 60)
+        self.c.wait_nodes_state(("idle",), 60, ["node1"])
+        self.assert_vm_gone(job)
+        self.assert_epilog_forced_after_kill_wait("node1", job)
+        self.assert_gpus_back("node1")
+        # the adopted QEMU is gone too (init reaps it: it lost its parent)
+        wait_for(lambda: not os.path.exists(f"/proc/{pid}"), 10, f"QEMU {pid} to be gone", interval=0.2)
+
+    def test_daemon_down_when_the_job_ends(self):
+        job = self.vm_job("node2", 1)
+        self.wait_vm_up(job)
+        vm = f"slurm-{job}"
+        gpus = self.job_gpus(job)
+        self.kill_daemon("node2")
+        self.release(job)
+        # the epilog cannot reach the daemon: the node is drained saying so,
+        # never handed to the next job with the VM still holding its GPU
+        wait_for(lambda: self.c.node_states()["node2"].startswith("drain"), 60, "node2 drained", interval=0.2)
+        reason = self.drain_reason("node2")
+        self.assertTrue(reason.startswith(f"qvisor job {job}: "), reason)
+        self.assertIn("daemon", reason)
+        self.q._start_daemon("node2")
+        s = self.q.show("node2", vm)
+        self.assertEqual(s["state"], "running")
+        self.assertEqual(self.q.gpu_holders("node2")[gpus[0]], vm)
+        self.assert_no_gpu_twice()
+        # what an administrator does: the job's epilog once more, then resume
+        p = self.c.node_exec("node2", ["env", f"SLURM_JOB_ID={job}", "SLURMD_NODENAME=node2", qvisor_path(),
+                                       "--config", self.q.qv["node2"].config, "slurm", "epilog", "--timeout", "0"])
+        self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+        self.assertIn(f"VM {vm} of job {job} stopped (forced", p.stdout)
+        self.assert_vm_gone(job)
+        self.assert_gpus_back("node2")
+
+    def test_slurmd_restarted_during_a_job(self):
+        job = self.vm_job("node3", 1)
+        self.wait_vm_up(job)
+        vm = f"slurm-{job}"
+        pid = self.q.show("node3", vm)["pid"]
+        # once the batch step runs: a slurmd killed while it launches the
+        # step (after the prolog) leaves a step that cannot report to it,
+        # and the next slurmd may not start (seen once)
+        def step_started():
+            with open(self.c.slurmd_log("node3")) as f:
+                return re.search(rf"\[{job}\.batch\] task 0 \(\d+\) started", f.read())
+        wait_for(step_started, 30, f"job {job}'s batch step to start", interval=0.2)
+        self.c.restart_slurmd("node3")
+        # the job and its VM go on; no second prolog made a second VM
+        self.assertEqual(self.c.scontrol_show_job(job)["JobState"], "RUNNING")
+        self.assertEqual(self.q.show("node3", vm)["pid"], pid)
+        self.assertEqual(list(self.q.vms("node3")), [vm])
+        # a job after the restart gets the other GPU: nothing held twice
+        other = self.vm_job("node3", 1)
+        self.wait_vm_up(other)
+        self.assertEqual(sorted(self.job_gpus(job) + self.job_gpus(other)), GPUS)
+        self.assert_no_gpu_twice()
+        for j in (job, other):
+            self.release(j)
+        for j in (job, other):
+            self.c.wait_job_state(j, "COMPLETED", 60)
+        self.c.wait_nodes_state(("idle",), 60, ["node3"])
+        for j in (job, other):
+            self.assert_vm_gone(j)
+            self.assert_epilog_forced_after_kill_wait("node3", j)
+        self.assert_gpus_back("node3")
 
 
 class Failures(Base):
