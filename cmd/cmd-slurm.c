@@ -34,9 +34,10 @@ static const char gres_help[] =
     "qvisor maps index i back to the i-th of them: the same device on both\n"
     "sides.  File= names the GPU's IOMMU group device, which exists while the\n"
     "GPU is on vfio-pci (NVML does not see such a GPU: gres.conf must not use\n"
-    "AutoDetect=nvml for it).  GPUs without an IOMMU group, or sharing one with\n"
-    "another GPU, are left out, with a comment saying why.  Reads /sys (below\n"
-    "paths.sysfs_root, or QVISOR_SYSROOT); no daemon needed.\n"
+    "AutoDetect=nvml for it).  GPUs without an IOMMU group, sharing one with\n"
+    "another GPU, or with a device the host uses (a NIC: only take-group could\n"
+    "pass them through) are left out, with a comment saying why.  Reads /sys\n"
+    "(below paths.sysfs_root, or QVISOR_SYSROOT); no daemon needed.\n"
     "\n"
     "  -N, --node NAME        the NodeName (default: this host's short name)\n"
     "      --device-dir DIR   where the group devices are (default /dev/vfio)\n"
@@ -635,12 +636,34 @@ static int daemon_gpus(qv_cli *cli, vfio_gpu_list *l, qv_error *err) {
             continue;
         v->dev.iommu_group = json_is_integer(grp) ? (int)json_integer_value(grp) : -1;
         v->index = (int)l->n++;
+        /* the group's members with their drivers: a GPU whose group holds
+         * a device the host uses is not offered (slurm_offered_gpus) */
+        json_t *members = json_object_get(g, "group");
+        if (json_array_size(members) && !(v->group = calloc(json_array_size(members), sizeof *v->group))) {
+            json_decref(res);
+            return qv_error_set(err, ENOMEM, "out of memory");
+        }
+        size_t k;
+        json_t *m;
+        json_array_foreach(members, k, m) {
+            vfio_pci_dev *d = &v->group[v->n_group];
+            const char *addr = qv_json_str(m, "address"), *drv = qv_json_str(m, "driver");
+            const char *cls = qv_json_str(m, "class");
+            if (!addr || vfio_bdf_normalize(addr, d->bdf) < 0)
+                continue;
+            snprintf(d->driver, sizeof d->driver, "%s", drv ? drv : "");
+            d->class_code = cls ? (unsigned)strtoul(cls, NULL, 16) : 0;
+            d->bridge = json_is_true(json_object_get(m, "bridge"));
+            v->n_group++;
+        }
     }
     json_decref(res);
     return 0;
 }
 
 static void daemon_gpus_clear(vfio_gpu_list *l) {
+    for (size_t i = 0; l->gpus && i < l->n; i++)
+        free(l->gpus[i].group);
     free(l->gpus);
     *l = (vfio_gpu_list){0};
 }

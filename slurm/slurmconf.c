@@ -529,6 +529,25 @@ size_t slurm_offered_gpus(const vfio_gpu_list *l, const vfio_gpu **ret, char (*w
                          "together", g->dev.iommu_group, other->dev.bdf);
             continue;
         }
+        /* a member the host uses (a NIC, a USB controller: not a function
+         * of the GPU's slot, not a bridge) goes to vfio-pci only with
+         * take-group, which a job's VM does not ask for: it would take the
+         * device from the host */
+        const vfio_pci_dev *host = NULL;
+        for (size_t k = 0; k < g->n_group && !host; k++) {
+            const vfio_pci_dev *m = &g->group[k];
+            if (strcmp(m->bdf, g->dev.bdf) == 0 || m->bridge || vfio_bdf_same_slot(m->bdf, g->dev.bdf) ||
+                !m->driver[0] || strcmp(m->driver, "vfio-pci") == 0 || strcmp(m->driver, "pci-stub") == 0)
+                continue;
+            host = m;
+        }
+        if (host) {
+            if (why)
+                snprintf(why[i], sizeof why[i], "IOMMU group %d holds host device %s (%s, %s): only take-group "
+                         "could pass it through", g->dev.iommu_group, host->bdf, vfio_class_name(host->class_code),
+                         host->driver);
+            continue;
+        }
         ret[n++] = g;
     }
     return n;

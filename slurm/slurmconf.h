@@ -68,9 +68,13 @@ int slurm_job_alloc(const char *text, const char *node, slurm_alloc *ret, qv_err
 int slurm_config_kill_wait(const char *text, unsigned *ret);
 
 /* The GPUs of l qvisor offers to Slurm, in qvisor's order (by PCI
- * address): those with an IOMMU group of no other GPU.  A GPU without a
- * group cannot be passed through; two GPUs in one group can only go to
- * one VM together, which Slurm's per-device indexes cannot express.
+ * address): those with an IOMMU group of no other GPU and of no device on
+ * a host driver.  A GPU without a group cannot be passed through; two GPUs
+ * in one group can only go to one VM together, which Slurm's per-device
+ * indexes cannot express; a group member on a host driver (a NIC: not a
+ * function of the GPU's slot, not a bridge, not on vfio-pci or pci-stub)
+ * would have to be taken from the host (take-group), which a job's VM
+ * never asks for.
  * ret gets pointers into l (at most l->n); returns how many.  why[i]
  * (optional, l->n entries) says why GPU i of l is left out, else "". */
 size_t slurm_offered_gpus(const vfio_gpu_list *l, const vfio_gpu **ret, char (*why)[128]);

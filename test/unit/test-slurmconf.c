@@ -188,6 +188,39 @@ static void test_offered_gpus(void **state) {
     assert_int_equal(slurm_gpu_file(off[0], "/tmp/devs", file, 8), -ENAMETOOLONG);
 }
 
+/* A group member the host uses keeps the GPU from Slurm; its own slot's
+ * functions, bridges and members on vfio-pci, pci-stub or no driver do
+ * not. */
+static void test_offered_gpus_host_device(void **state) {
+    (void)state;
+    vfio_pci_dev grp[5] = {0};
+    const char *bdfs[] = {"0000:01:00.0", "0000:01:00.1", "0000:00:01.0", "0000:03:00.0", "0000:05:00.0"};
+    const char *drivers[] = {"nouveau", "vfio-pci", "pcieport", "", "pci-stub"};
+    for (int i = 0; i < 5; i++) {
+        snprintf(grp[i].bdf, sizeof grp[i].bdf, "%s", bdfs[i]);
+        snprintf(grp[i].driver, sizeof grp[i].driver, "%s", drivers[i]);
+        grp[i].iommu_group = 3;
+    }
+    grp[0].class_code = 0x030000;
+    grp[2].bridge = true;
+    grp[3].class_code = 0x020000;
+    vfio_gpu gpu = {.dev = grp[0], .group = grp, .n_group = 5};
+    vfio_gpu_list l = {.gpus = &gpu, .n = 1};
+    const vfio_gpu *off[1];
+    char why[1][128];
+    assert_int_equal(slurm_offered_gpus(&l, off, why), 1);
+    assert_string_equal(why[0], "");
+    /* the NIC on its host driver: left out, and why */
+    snprintf(grp[3].driver, sizeof grp[3].driver, "e1000e");
+    assert_int_equal(slurm_offered_gpus(&l, off, why), 0);
+    assert_string_equal(why[0], "IOMMU group 3 holds host device 0000:03:00.0 (Ethernet controller, e1000e): "
+                                "only take-group could pass it through");
+    /* a bridge on its driver and the slot's own functions never count */
+    snprintf(grp[3].driver, sizeof grp[3].driver, "vfio-pci");
+    snprintf(grp[1].driver, sizeof grp[1].driver, "snd_hda_intel");
+    assert_int_equal(slurm_offered_gpus(&l, off, NULL), 1);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_hostlist),
@@ -196,6 +229,7 @@ int main(void) {
         cmocka_unit_test(test_job_alloc),
         cmocka_unit_test(test_kill_wait),
         cmocka_unit_test(test_offered_gpus),
+        cmocka_unit_test(test_offered_gpus_host_device),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

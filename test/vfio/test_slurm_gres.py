@@ -4,9 +4,11 @@ sysfs kernel (test/fakesysfs): the gres.conf lines follow qvisor's GPU order,
 leave out what cannot be passed through, and `check` tells a gres.conf and a
 slurm.conf that agree from ones that do not, with documented exit codes.
 
-The default fake tree has three display devices: 0000:01:00.0 (IOMMU group
-1, with its audio function), 0000:02:00.0 (group 2, shared with a NIC: not a
-GPU, so still offered) and 0000:04:00.0 (no IOMMU group: left out)."""
+The fake tree has three display devices: 0000:01:00.0 (IOMMU group 1, with
+its audio function), 0000:02:00.0 (group 2) and 0000:04:00.0 (no IOMMU
+group: left out).  In the default tree the NIC 0000:03:00.0 (e1000e) shares
+group 2: 0000:02:00.0 is left out too (HostDeviceInGroup); the other tests
+give the NIC a group of its own (group 6), so both GPUs are offered."""
 
 import json
 import os
@@ -23,13 +25,26 @@ from qvtest import QVISOR, Node  # noqa: E402
 from fakesysfs import FakeSys, asan_runtime  # noqa: E402
 
 DEV = "/dev/qv-test-vfio"  # --device-dir: only named, never created
+SCENARIO = os.path.join(os.path.dirname(sys.modules["fakesysfs"].__file__), "scenario-default.json")
+
+
+def scenario(nic_group):
+    """The default tree with the NIC 0000:03:00.0 in IOMMU group nic_group."""
+    with open(SCENARIO) as f:
+        s = json.load(f)
+    for d in s["devices"]:
+        if d["bdf"] == "0000:03:00.0":
+            d["iommu_group"] = nic_group
+    return s
 
 
 class Base(unittest.TestCase):
+    NIC_GROUP = 6   # a group of its own: both GPUs are offered
+
     def setUp(self):
         self.tmp = tempfile.mkdtemp(prefix="qv-slurm-")
         self.addCleanup(shutil.rmtree, self.tmp, ignore_errors=True)
-        self.fs = FakeSys(os.path.join(self.tmp, "root"))
+        self.fs = FakeSys(os.path.join(self.tmp, "root"), scenario=scenario(self.NIC_GROUP))
         self.addCleanup(self.fs.release)
         self.node = Node()  # a config file only; no daemon is started
         self.addCleanup(self.node.cleanup)
@@ -42,6 +57,34 @@ class Base(unittest.TestCase):
         with open(path, "w") as f:
             f.write(text)
         return path
+
+    def start_daemon(self):
+        shutil.rmtree(os.path.join(self.fs.root, "proc"))
+        os.symlink("/proc", os.path.join(self.fs.root, "proc"))
+        env = self.fs.env(asan=False)
+        if asan_runtime(QVISOR):
+            env["ASAN_OPTIONS"] = ":".join(filter(None, [env.get("ASAN_OPTIONS"), "verify_asan_link_order=0"]))
+        self.node.start_daemon(extra_env={k: v for k, v in env.items() if os.environ.get(k) != v})
+
+    def prolog(self, idx, image, *extra):
+        """`qvisor slurm prolog` for job 7 of root given GPU index idx on n1,
+        with a stand-in scontrol (scancel: true).  (CompletedProcess, the
+        drain updates it asked scontrol for)."""
+        scontrol = self.write("scontrol", FAKE_SCONTROL)
+        os.chmod(scontrol, 0o755)
+        log = os.path.join(self.tmp, "scontrol.log")
+        job = ("JobId=7 JobName=wrap\n   UserId=root(0) GroupId=root(0)\n   JobState=RUNNING\n"
+               f"     Nodes=n1 CPU_IDs=0 Mem=100 GRES=gpu:1(IDX:{idx})\n")
+        env = dict(os.environ, FAKE_SCONTROL_LOG=log, FAKE_SCONTROL_JOB=job, SLURM_JOB_ID="7", SLURM_JOB_UID="0",
+                   SLURMD_NODENAME="n1")
+        p = subprocess.run([QVISOR, "--config", self.node.config, "slurm", "prolog", "--image", image, "--scontrol",
+                            scontrol, "--scancel", "/bin/true", *extra], capture_output=True, text=True, env=env)
+        calls = []
+        if os.path.exists(log):
+            with open(log) as f:
+                calls = [json.loads(line) for line in f]
+            os.unlink(log)
+        return p, [c for c in calls if c[:3] == ["update", "NodeName=n1", "State=DRAIN"]]
 
     def check(self, gres, slurm, *extra):
         return self.qv("slurm", "check", "--node", "n1", "--device-dir", DEV, "--gres-conf",
@@ -113,10 +156,62 @@ class SlurmGres(Base):
         self.assertEqual(self.qv("slurm", "gres", "--gres-conf", "/x").returncode, 64)
 
 
+class HostDeviceInGroup(Base):
+    """GPU 0000:02:00.0 shares IOMMU group 2 with a NIC on its host driver:
+    only take-group could pass it through, which a job's VM never asks for,
+    so Slurm is not offered it, by `slurm gres` nor by the prolog's mapping
+    of Slurm's indexes (the daemon's gpu.list)."""
+    NIC_GROUP = 2   # the default tree's layout
+
+    def test_gres_leaves_it_out(self):
+        p = self.qv("slurm", "gres", "--node", "n1", "--device-dir", DEV)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        lines = [ln.split("#")[0].split() for ln in p.stdout.splitlines() if not ln.startswith("#")]
+        self.assertEqual(lines, [["NodeName=n1", "Name=gpu", f"File={DEV}/1"]])
+        why = ("IOMMU group 2 holds host device 0000:03:00.0 (Ethernet controller, e1000e): only take-group could "
+               "pass it through")
+        self.assertIn(f"# left out: 0000:02:00.0: {why}", p.stdout)
+        j = json.loads(self.qv("--json", "slurm", "gres", "--node", "n1").stdout)
+        self.assertEqual([g["address"] for g in j["gpus"]], ["0000:01:00.0"])
+        self.assertEqual({g["address"]: g["why"] for g in j["left_out"]}["0000:02:00.0"], why)
+        # check warns about it, and a gres.conf that still offers it fails
+        p = self.check(p.stdout, "NodeName=n1 Gres=gpu:1\n")
+        self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+        self.assertIn(f"0000:02:00.0 is not offered to Slurm: {why}", p.stdout)
+        p = self.check(f"NodeName=n1 Name=gpu File={DEV}/[1-2]\n", "NodeName=n1 Gres=gpu:2\n")
+        self.assertEqual(p.returncode, 69, p.stdout)
+        self.assertIn(f"GPU index 1 of n1: {DEV}/2, which qvisor does not offer", p.stdout)
+        # the NIC unbound from its driver: nothing of the host's left in the group
+        u = self.fs.run(["sh", "-c", "echo 0000:03:00.0 > /sys/bus/pci/drivers/e1000e/unbind"])
+        self.assertEqual((u.returncode, self.fs.driver("0000:03:00.0")), (0, None), u.stderr)
+        p = self.qv("slurm", "gres", "--node", "n1", "--device-dir", DEV)
+        self.assertIn(f"File={DEV}/2", p.stdout)
+
+    def test_prolog_maps_indexes_without_it(self):
+        # the prolog maps Slurm's indexes over the daemon's gpu.list: the
+        # same GPUs as `slurm gres`, so index 1 is no GPU here (the node's
+        # failure: gres.conf does not match), never 0000:02:00.0
+        self.start_daemon()
+        for idx, rc in ((1, 1), (0, None)):
+            p, drains = self.prolog(idx, "nosuch")
+            if rc:
+                self.assertEqual(p.returncode, rc, p.stdout + p.stderr)
+                self.assertEqual(len(drains), 1, p.stderr)
+                self.assertIn("Slurm gave GPU index 1 on n1, but qvisor offers 1 GPU there", drains[0][3])
+            else:
+                # index 0 is 0000:01:00.0: the prolog gets as far as the
+                # image, which is the job's mistake (cancelled, no drain)
+                self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+                self.assertEqual(drains, [])
+                self.assertIn("no image 'nosuch'", p.stderr)
+
+
 FAKE_SCONTROL = """#!/usr/bin/env python3
 import json, os, sys
 with open(os.environ["FAKE_SCONTROL_LOG"], "a") as f:
     f.write(json.dumps(sys.argv[1:]) + "\\n")
+if sys.argv[1:4] == ["-d", "show", "job"]:
+    print(os.environ["FAKE_SCONTROL_JOB"])
 if sys.argv[1:3] == ["show", "node"]:
     print(f"NodeName={sys.argv[3]} Arch=x86_64 CoresPerSocket=1")
     reason = os.environ.get("FAKE_SCONTROL_REASON")
