@@ -206,6 +206,33 @@ class HostDeviceInGroup(Base):
                 self.assertIn("no image 'nosuch'", p.stderr)
 
 
+class Profiles(Base):
+    """Job VM profiles (docs/slurm.md): the prolog's --profiles DIR/NAME.yaml.
+    A profile is the administrator's: one it cannot use drains the node
+    (the node's failure), never cancels the job."""
+
+    def test_profile_the_prolog_cannot_use_drains(self):
+        self.start_daemon()
+        d = os.path.join(self.tmp, "profiles")
+        os.mkdir(d)
+        for text, why in (("image: x\ncpus: 4\n", "cpus is the job's allocation, Slurm's to decide"),
+                          ("image: x\ngpus: [0000:01:00.0]\n", "gpus is the job's allocation"),
+                          ("image: x\nbogus: 1\n", "bogus"),
+                          (f"image: x\nkernel: {self.tmp}/absent\n", f"kernel {self.tmp}/absent: no such file")):
+            with open(os.path.join(d, "p.yaml"), "w") as f:
+                f.write(text)
+            p, drains = self.prolog(0, "p", "--profiles", d)
+            self.assertEqual(p.returncode, 1, p.stdout + p.stderr)
+            self.assertEqual(len(drains), 1, p.stderr)
+            self.assertIn("job VM profile", drains[0][3])
+            self.assertIn(why, drains[0][3])
+        # no profile of that name: a base image, here none, the job's own
+        # mistake (cancelled, the node not drained)
+        p, drains = self.prolog(0, "other", "--profiles", d)
+        self.assertEqual((p.returncode, drains), (0, []), p.stderr)
+        self.assertIn("no image 'other'", p.stderr)
+
+
 FAKE_SCONTROL = """#!/usr/bin/env python3
 import json, os, sys
 with open(os.environ["FAKE_SCONTROL_LOG"], "a") as f:
