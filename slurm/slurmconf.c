@@ -373,27 +373,48 @@ int slurm_conf_node_gpus(const char *text, const char *node, long *ret, bool *re
 
 /* ---- a job's allocation ------------------------------------------------ */
 
-/* "0-3,8" -> each number through fn; -EINVAL for anything else. */
+/* The largest number of a range: CPU ids and GPU indexes are far below
+ * it, and no range ends at ULONG_MAX, where k <= b would never end. */
+#define RANGE_NUMBER_MAX (1ul << 24)
+
+/* One decimal number of a range at s (digits only, no sign or space, at
+ * most RANGE_NUMBER_MAX); *e after it.  -EINVAL when there is none. */
+static int range_number(const char *s, const char *end, unsigned long *ret, const char **e) {
+    if (s >= end || !isdigit((unsigned char)*s))
+        return -EINVAL;
+    unsigned long v = 0;
+    for (; s < end && isdigit((unsigned char)*s); s++) {
+        v = v * 10 + (unsigned long)(*s - '0');
+        if (v > RANGE_NUMBER_MAX)
+            return -E2BIG;
+    }
+    *ret = v;
+    *e = s;
+    return 0;
+}
+
+/* "0-3,8" -> each number through fn; -EINVAL for anything else, -E2BIG
+ * for a number or a range too large. */
 static int parse_ranges(const char *s, size_t len, int (*fn)(unsigned long, void *), void *userdata) {
     const char *end = s + len;
     while (s < end) {
-        char *e = NULL;
-        unsigned long a = strtoul(s, &e, 10), b = a;
-        if (e == s || e > end)
-            return -EINVAL;
+        const char *e = NULL;
+        unsigned long a, b;
+        int r = range_number(s, end, &a, &e);
+        if (r < 0)
+            return r;
+        b = a;
         if (e < end && *e == '-') {
-            const char *h = e + 1;
-            b = strtoul(h, &e, 10);
-            if (e == h || e > end || b < a)
+            if ((r = range_number(e + 1, end, &b, &e)) < 0)
+                return r;
+            if (b < a)
                 return -EINVAL;
         }
         if (b - a >= SLURM_EXPAND_MAX)
             return -E2BIG;
-        for (unsigned long k = a; k <= b; k++) {
-            int r = fn(k, userdata);
-            if (r < 0)
+        for (unsigned long k = a; k <= b; k++)
+            if ((r = fn(k, userdata)) < 0)
                 return r;
-        }
         if (e < end && *e != ',')
             return -EINVAL;
         s = e + (e < end);

@@ -135,6 +135,14 @@ static void test_job_alloc(void **state) {
     assert_int_equal(slurm_job_alloc("     Nodes=n1 CPU_IDs=0-x Mem=1\n", "n1", &a, &err), -EINVAL);
     assert_int_equal(slurm_job_alloc("     Nodes=n1 CPU_IDs=0 Mem=1 GRES=gpu:1(IDX:0-99999)\n", "n1", &a, &err),
                      -EINVAL);
+    /* numbers past what strtoul holds, or negative: refused, never a loop
+     * whose end is ULONG_MAX (fuzz-slurm found it spinning forever) */
+    assert_int_equal(slurm_job_alloc("     Nodes=n1 CPU_IDs=0-3,81111111111111111111111111 Mem=1\n", "n1", &a, &err),
+                     -EINVAL);
+    assert_int_equal(slurm_job_alloc("     Nodes=n1 CPU_IDs=18446744073709551615 Mem=1\n", "n1", &a, &err), -EINVAL);
+    assert_int_equal(slurm_job_alloc("     Nodes=n1 CPU_IDs=-1 Mem=1\n", "n1", &a, &err), -EINVAL);
+    assert_int_equal(slurm_job_alloc("     Nodes=n1 CPU_IDs=0- Mem=1\n", "n1", &a, &err), -EINVAL);
+    assert_int_equal(slurm_job_alloc("     Nodes=n1 CPU_IDs=0,+1 Mem=1\n", "n1", &a, &err), -EINVAL);
     assert_int_equal(slurm_job_alloc("     Nodes=n1 CPU_IDs=0-1 GRES=gpu:2(IDX:0-1)\n", "n1", &a, &err), 0);
     assert_int_equal(a.cpus, 2);
     assert_int_equal(a.mem_mib, 0);
