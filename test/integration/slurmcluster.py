@@ -29,6 +29,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -77,6 +78,16 @@ def missing():
     if absent:
         return f"{', '.join(absent)} not installed (Debian: {DEBIAN_PACKAGES})"
     return None
+
+
+def main(why_not=missing):
+    """A cluster test's main(): exits 77 (skipped, for meson) saying why
+    when why_not() gives a reason, else runs the module's tests."""
+    why = why_not()
+    if why:
+        print(f"SKIP: {why}")
+        sys.exit(77)
+    unittest.main(module="__main__", verbosity=2)
 
 
 def parse_records(text):

@@ -285,13 +285,5 @@ class Cleanup(unittest.TestCase):
         self.assertEqual(leftovers(tag, directory), [])
 
 
-def main():
-    why = slurmcluster.missing()
-    if why:
-        print(f"SKIP: {why}")
-        sys.exit(77)
-    unittest.main(verbosity=2)
-
-
 if __name__ == "__main__":
-    main()
+    slurmcluster.main()

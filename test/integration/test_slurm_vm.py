@@ -794,13 +794,5 @@ class Failures(Base):
         self.assert_gpus_back("node3", GPUS, holder=vm)
 
 
-def main():
-    why = QvisorCluster.missing()
-    if why:
-        print(f"SKIP: {why}")
-        sys.exit(77)
-    unittest.main(verbosity=2)
-
-
 if __name__ == "__main__":
-    main()
+    slurmcluster.main(QvisorCluster.missing)
