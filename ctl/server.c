@@ -235,6 +235,10 @@ static void client_send_flags(ctl_client *c, json_t *msg, size_t flags) {
     }
     cw->data = text;
     cw->client = c;
+    /* A client that has not read what it was sent before is dropped; the
+     * bound is on what was queued before this message, so that one large
+     * reply (vm.exec_status: up to 2 x 16 MiB of output) still goes whole. */
+    size_t queued = uv_stream_get_write_queue_size((uv_stream_t *)&c->pipe);
     uv_buf_t buf = uv_buf_init(text, (unsigned)len);
     c->refs++;
     int r = uv_write(&cw->w, (uv_stream_t *)&c->pipe, &buf, 1, on_write_done);
@@ -245,7 +249,7 @@ static void client_send_flags(ctl_client *c, json_t *msg, size_t flags) {
         client_close(c);
         return;
     }
-    if (uv_stream_get_write_queue_size((uv_stream_t *)&c->pipe) > CTL_MAX_WRITE_QUEUE) {
+    if (queued > CTL_MAX_WRITE_QUEUE) {
         log_debug("control client pid %d does not read its replies; dropping it", (int)c->peer.pid);
         client_close(c);
     }
