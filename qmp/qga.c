@@ -251,7 +251,7 @@ void qga__feed(qga_conn *c, const char *buf, size_t len) {
         buf += seg;
         len -= seg;
         if (r == -EMSGSIZE) {
-            log_debug("qga: message over %u bytes", QMP_MAX_MESSAGE);
+            log_debug("qga: message over %u bytes", QGA_MAX_MESSAGE);
             garbage(c);
         } else if (r < 0) {
             qmp__conn_fail(&c->base, r);
@@ -294,7 +294,7 @@ static void init(qmp__conn *b, const void *opts) {
 
 static const qmp__conn_ops conn_ops = {
     .size = sizeof(qga_conn),
-    .max_message = QMP_MAX_MESSAGE,
+    .max_message = QGA_MAX_MESSAGE,
     .init = init,
     .on_data = on_data,
     .kick = kick,

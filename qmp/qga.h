@@ -90,3 +90,59 @@ int qga_network_get_interfaces(qga_conn *conn, uint64_t timeout_ms, qga_interfac
  * elsewhere (QMP SHUTDOWN event, process exit).  An error the agent might
  * send is skipped by the next resync. */
 int qga_shutdown(qga_conn *conn, const char *mode, uint64_t timeout_ms, qga_reply_cb cb, void *userdata);
+
+/* ---- guest-exec and guest-file-*: the replies, checked ----
+ *
+ * Pure functions over a reply's "return" value (borrowed; the strings they
+ * hand out point into it).  The agent is the guest's, so every field is
+ * checked and a reply that is off in any way is refused whole
+ * (QMP_EBADREPLY): ids and handles positive integers, exit codes 0..255,
+ * signals 1..127, never both, base64 strict and within the bounds below,
+ * counts that agree with the data. */
+
+/* qemu-ga keeps at most this much of a command's stdout and of its stderr
+ * (GUEST_EXEC_MAX_OUTPUT in QEMU's qga/commands.c) and discards the rest,
+ * saying so with out-truncated / err-truncated. */
+#define QGA_EXEC_MAX_OUTPUT (16u << 20)
+/* The longest message read from an agent: guest-exec-status's reply with
+ * both outputs at their maximum, base64 (2 x 21.3 MiB), and room for the
+ * rest.  Bounded per VM, and held only while such a reply arrives. */
+#define QGA_MAX_MESSAGE (48u << 20)
+
+/* guest-exec: {"pid": N}. */
+int qga_parse_exec(json_t *result, int64_t *ret_pid);
+
+typedef struct qga_exec_output {
+    const char *b64; /* NULL when the agent sent none */
+    size_t b64_len;
+    size_t len;      /* decoded length, <= QGA_EXEC_MAX_OUTPUT */
+    bool truncated;  /* the agent discarded what came after */
+} qga_exec_output;
+
+typedef struct qga_exec_status {
+    bool exited;
+    int exitcode; /* 0..255, or -1 */
+    int signal;   /* 1..127 when a signal ended it, or -1 */
+    qga_exec_output out, err;
+} qga_exec_status;
+
+/* guest-exec-status: {"exited": B, "exitcode"?, "signal"?, "out-data"?,
+ * "err-data"?, "out-truncated"?, "err-truncated"?}.  An exited process has
+ * exactly one of exitcode and signal; one still running has neither and
+ * no output (qemu-ga hands the output over at the end, all at once). */
+int qga_parse_exec_status(json_t *result, qga_exec_status *ret);
+
+/* guest-file-open: the handle, a positive integer. */
+int qga_parse_file_open(json_t *result, int64_t *ret_handle);
+
+typedef struct qga_file_chunk {
+    const char *b64;
+    size_t b64_len;
+    size_t count; /* decoded length, <= the count asked for */
+    bool eof;
+} qga_file_chunk;
+
+/* guest-file-read of at most `asked` bytes: {"count", "buf-b64", "eof"}. */
+int qga_parse_file_read(json_t *result, size_t asked, qga_file_chunk *ret);
+/* guest-file-write of `sent` bytes: {"count", "eof"}; *ret_count <= sent. */
+int qga_parse_file_write(json_t *result, size_t sent, size_t *ret_count);

@@ -275,7 +275,7 @@ static void test_garbage_reply(void **state) {
     /* An oversized reply fails its command; the stream recovers. */
     assert_int_equal(qga_ping(g.c, 0, qga_reply_cb_rec, &c), 0);
     wait_received(&g, 6);
-    size_t big = QMP_MAX_MESSAGE + 100;
+    size_t big = QGA_MAX_MESSAGE + 100;
     char *buf = malloc(big);
     if (!buf)
         abort();
