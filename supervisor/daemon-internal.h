@@ -81,6 +81,13 @@ void sv_api_vm_resume(sv_daemon *d, sv_ctl_req *req, sv_vm *vm, json_t *params);
 void sv_api_vm_console(sv_daemon *d, sv_ctl_req *req, sv_vm *vm, json_t *params);
 void sv_api_vm_log(sv_daemon *d, sv_ctl_req *req, sv_vm *vm, json_t *params);
 void sv_api_vm_ssh_key(sv_daemon *d, sv_ctl_req *req, sv_vm *vm, json_t *params);
+/* supervisor/api/guest.c */
+void sv_api_vm_exec(sv_daemon *d, sv_ctl_req *req, sv_vm *vm, json_t *params);
+void sv_api_vm_exec_status(sv_daemon *d, sv_ctl_req *req, sv_vm *vm, json_t *params);
+void sv_api_vm_file_open(sv_daemon *d, sv_ctl_req *req, sv_vm *vm, json_t *params);
+void sv_api_vm_file_read(sv_daemon *d, sv_ctl_req *req, sv_vm *vm, json_t *params);
+void sv_api_vm_file_write(sv_daemon *d, sv_ctl_req *req, sv_vm *vm, json_t *params);
+void sv_api_vm_file_close(sv_daemon *d, sv_ctl_req *req, sv_vm *vm, json_t *params);
 /* What a scrape reads of the daemon, as of now.  supervisor/daemon.c */
 sv_scrape_ctx sv_daemon_scrape_ctx(const sv_daemon *d);
 

@@ -140,6 +140,13 @@ static const struct method {
     /* the key of the VM's --ssh pair: vm ssh for a user who cannot read
      * the instance directory, only for a VM of theirs */
     {"vm.ssh_key", OWNER, NULL, sv_api_vm_ssh_key},
+    /* the guest agent runs commands as root in the guest: as the console */
+    {"vm.exec", OWNER, NULL, sv_api_vm_exec},
+    {"vm.exec_status", OWNER, NULL, sv_api_vm_exec_status},
+    {"vm.file_open", OWNER, NULL, sv_api_vm_file_open},
+    {"vm.file_read", OWNER, NULL, sv_api_vm_file_read},
+    {"vm.file_write", OWNER, NULL, sv_api_vm_file_write},
+    {"vm.file_close", OWNER, NULL, sv_api_vm_file_close},
     {"gpu.list", ANYONE, sv_api_gpu_list, NULL},
     {"net.list", ANYONE, sv_api_net_list, NULL},
     {"node.status", ANYONE, sv_api_node_status, NULL},

@@ -381,13 +381,13 @@ typedef int (*vm_check_fn)(vmrt *rt, const vm_event_arg *a);
  * the VM where it is, then its action once it moved. */
 static const vm_check_fn vm__checks[SV_ACT__COUNT] = {
     [SV_ACT_PREPARE] = vm__check_prepare, [SV_ACT_SHUTDOWN] = vm__check_stop, [SV_ACT_ABORT] = vm__check_stop,
-    [SV_ACT_JOIN] = vm__check_stop,       [SV_ACT_SEND] = vm__check_send,
+    [SV_ACT_JOIN] = vm__check_stop,       [SV_ACT_SEND] = vm__check_send,     [SV_ACT_AGENT] = vm__check_agent,
 };
 static const vm_action_fn vm__actions[SV_ACT__COUNT] = {
     [SV_ACT_PREPARE] = vm__act_prepare, [SV_ACT_RUN] = vm__act_run,           [SV_ACT_ABANDON] = vm__act_abandon,
     [SV_ACT_NOTE] = vm__act_note,       [SV_ACT_FINISH] = vm__act_finish,     [SV_ACT_EXIT] = vm__act_exit,
     [SV_ACT_SHUTDOWN] = vm__act_shutdown, [SV_ACT_ABORT] = vm__act_abort,     [SV_ACT_JOIN] = vm__act_join,
-    [SV_ACT_SEND] = vm__act_send,       [SV_ACT_REMOVE] = vm__act_remove,
+    [SV_ACT_SEND] = vm__act_send,       [SV_ACT_REMOVE] = vm__act_remove,     [SV_ACT_AGENT] = vm__act_agent,
 };
 
 /* The state a request is judged in.  Pause and resume look past the
@@ -408,6 +408,12 @@ static int refusal(const sv_vm *vm, sv_vm_event ev, int r, qv_error *err) {
         return qv_error_set(err, EALREADY, "VM '%s' is already %s", vm->name, st);
     if (r == -EBUSY && ev == SV_EV_REMOVE && sv_vm_state_has_qemu(vm->state))
         return qv_error_set(err, EBUSY, "VM '%s' is %s; stop it first (or use --force)", vm->name, st);
+    if (ev == SV_EV_GUEST && vm->state == SV_VM_PAUSED)
+        return qv_error_set(err, EBUSY, "VM '%s' is paused: its guest agent cannot answer (qvisor vm resume %s)",
+                            vm->name, vm->name);
+    if (r == -EHOSTDOWN && ev == SV_EV_GUEST)
+        return qv_error_set(err, EHOSTDOWN, "VM '%s' is %s: no guest runs there (qvisor vm start %s)", vm->name, st,
+                            vm->name);
     if (r == -EHOSTDOWN)
         return qv_error_set(err, EHOSTDOWN, "VM '%s' is %s: there is no QEMU to %s (qvisor vm start %s)", vm->name,
                             st, sv_vm_event_name(ev), vm->name);

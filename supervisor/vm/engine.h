@@ -271,7 +271,8 @@ typedef struct vm_event_arg {
     bool before_qemu;  /* finish: the stop came before QEMU existed */
     bool restart;      /* exit: the restart policy starts it again */
     bool force;        /* shutdown, abort, join: vm stop --force */
-    uint64_t timeout_ms; /* shutdown: vm stop --timeout (0: the VM's) */
+    uint64_t timeout_ms; /* shutdown: vm stop --timeout (0: the VM's); agent: the command's */
+    const struct guest_call *call; /* agent: the command for the guest agent (guest.c) */
 } vm_event_arg;
 
 /* A request is judged against the table with the VM where it is; a cell
@@ -300,6 +301,8 @@ void vm__act_abort(vmrt *rt, sv_vm_state from, const vm_event_arg *a);    /* sto
 void vm__act_join(vmrt *rt, sv_vm_state from, const vm_event_arg *a);     /* stop.c */
 void vm__act_send(vmrt *rt, sv_vm_state from, const vm_event_arg *a);     /* stop.c */
 void vm__act_remove(vmrt *rt, sv_vm_state from, const vm_event_arg *a);   /* remove.c */
+int vm__check_agent(vmrt *rt, const vm_event_arg *a);                     /* guest.c */
+void vm__act_agent(vmrt *rt, sv_vm_state from, const vm_event_arg *a);    /* guest.c */
 void vm__add_waiter(waiter **list, sv_vm_done_fn done, void *userdata);
 void vm__complete(waiter **list, int status, json_t *result, const qv_error *err);
 void vm__fail_waiters(waiter **list, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));

@@ -33,15 +33,15 @@ typedef struct cell {
 
 /* rows: states in enum order; columns: events in enum order */
 static const cell table[][SV_EV__COUNT] = {
-    /*          START             STARTED       START_FAILED      STOP              PAUSED          RESUMED         EXITED            CRASHED           REMOVE            PAUSE           RESUME          CREATED */
-    [CREA] = {R(BUSY),          __,           __,               R(BUSY),          __,             __,             __,               __,               R(BUSY),          R(BUSY),        R(BUSY),        C(STOP, CREATED)},
-    [STOP] = {C(STRT, PREPARE), __,           __,               R(NOOP),          __,             __,             __,               __,               C(REMV, REMOVE),  R(DOWN),        R(DOWN),        __},
-    [STRT] = {R(BUSY),          C(RUN, RUN),  C(STOP, ABANDON), C(STPG, ABORT),   C(STRT, NOTE),  C(STRT, NOTE),  C(STOP, ABANDON), C(STOP, ABANDON), R(BUSY),          R(BUSY),        R(BUSY),        __},
-    [RUN] =  {R(ALRD),          __,           __,               C(STPG, SHUTDOWN), C(PAUS, NOTE), C(RUN, NOTE),   C(STOP, EXIT),    C(CRSH, EXIT),    R(BUSY),          C(PAUS, SEND),  R(NOOP),        __},
-    [PAUS] = {R(ALRD),          __,           __,               C(STPG, SHUTDOWN), C(PAUS, NOTE), C(RUN, NOTE),   C(STOP, EXIT),    C(CRSH, EXIT),    R(BUSY),          R(NOOP),        C(RUN, SEND),   __},
-    [STPG] = {R(BUSY),          __,           __,               C(STPG, JOIN),    C(STPG, NOTE),  C(STPG, NOTE),  C(STOP, FINISH),  C(STOP, FINISH),  R(BUSY),          R(BUSY),        R(BUSY),        __},
-    [CRSH] = {C(STRT, PREPARE), __,           __,               R(NOOP),          __,             __,             __,               __,               C(REMV, REMOVE),  R(DOWN),        R(DOWN),        __},
-    [REMV] = {R(BUSY),          __,           __,               R(BUSY),          __,             __,             __,               __,               R(BUSY),          R(BUSY),        R(BUSY),        __},
+    /*          START             STARTED       START_FAILED      STOP              PAUSED          RESUMED         EXITED            CRASHED           REMOVE            PAUSE           RESUME          CREATED           GUEST */
+    [CREA] = {R(BUSY),          __,           __,               R(BUSY),          __,             __,             __,               __,               R(BUSY),          R(BUSY),        R(BUSY),        C(STOP, CREATED), R(BUSY)},
+    [STOP] = {C(STRT, PREPARE), __,           __,               R(NOOP),          __,             __,             __,               __,               C(REMV, REMOVE),  R(DOWN),        R(DOWN),        __,             R(DOWN)},
+    [STRT] = {R(BUSY),          C(RUN, RUN),  C(STOP, ABANDON), C(STPG, ABORT),   C(STRT, NOTE),  C(STRT, NOTE),  C(STOP, ABANDON), C(STOP, ABANDON), R(BUSY),          R(BUSY),        R(BUSY),        __,             R(BUSY)},
+    [RUN] =  {R(ALRD),          __,           __,               C(STPG, SHUTDOWN), C(PAUS, NOTE), C(RUN, NOTE),   C(STOP, EXIT),    C(CRSH, EXIT),    R(BUSY),          C(PAUS, SEND),  R(NOOP),        __,             C(RUN, AGENT)},
+    [PAUS] = {R(ALRD),          __,           __,               C(STPG, SHUTDOWN), C(PAUS, NOTE), C(RUN, NOTE),   C(STOP, EXIT),    C(CRSH, EXIT),    R(BUSY),          R(NOOP),        C(RUN, SEND),   __,             R(BUSY)},
+    [STPG] = {R(BUSY),          __,           __,               C(STPG, JOIN),    C(STPG, NOTE),  C(STPG, NOTE),  C(STOP, FINISH),  C(STOP, FINISH),  R(BUSY),          R(BUSY),        R(BUSY),        __,             R(BUSY)},
+    [CRSH] = {C(STRT, PREPARE), __,           __,               R(NOOP),          __,             __,             __,               __,               C(REMV, REMOVE),  R(DOWN),        R(DOWN),        __,             R(DOWN)},
+    [REMV] = {R(BUSY),          __,           __,               R(BUSY),          __,             __,             __,               __,               R(BUSY),          R(BUSY),        R(BUSY),        __,             R(BUSY)},
 };
 
 static const char *const state_names[] = {
@@ -70,6 +70,7 @@ static const char *const event_names[] = {
     [SV_EV_STOP] = "stop",       [SV_EV_PAUSED] = "paused",   [SV_EV_RESUMED] = "resumed",
     [SV_EV_EXITED] = "exited",   [SV_EV_CRASHED] = "crashed", [SV_EV_REMOVE] = "remove",
     [SV_EV_PAUSE] = "pause",     [SV_EV_RESUME] = "resume",   [SV_EV_CREATED] = "created",
+    [SV_EV_GUEST] = "guest",
 };
 
 static const char *const action_names[] = {
@@ -77,7 +78,7 @@ static const char *const action_names[] = {
     [SV_ACT_RUN] = "run",           [SV_ACT_ABANDON] = "abandon", [SV_ACT_ABORT] = "abort",
     [SV_ACT_SHUTDOWN] = "shutdown", [SV_ACT_JOIN] = "join",       [SV_ACT_NOTE] = "note",
     [SV_ACT_SEND] = "send",         [SV_ACT_FINISH] = "finish",   [SV_ACT_EXIT] = "exit",
-    [SV_ACT_REMOVE] = "remove",
+    [SV_ACT_REMOVE] = "remove",     [SV_ACT_AGENT] = "agent",
 };
 
 const char *sv_vm_event_name(sv_vm_event e) {

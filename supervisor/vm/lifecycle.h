@@ -39,6 +39,7 @@ typedef enum sv_vm_event {
     SV_EV_PAUSE,         /* request: vm pause (the move happens when QEMU answers `stop`) */
     SV_EV_RESUME,        /* request: vm resume (the move happens when QEMU answers `cont`) */
     SV_EV_CREATED,       /* create's worker made the instance directory */
+    SV_EV_GUEST,         /* request: one command for the guest agent (vm exec, vm cp) */
     SV_EV__COUNT,
 } sv_vm_event;
 
@@ -57,6 +58,7 @@ typedef enum sv_vm_action {
     SV_ACT_FINISH,   /* QEMU gone during a stop: the stop answered, clean or forced */
     SV_ACT_EXIT,     /* QEMU gone unasked: last exit recorded, restart policy applied */
     SV_ACT_REMOVE,   /* the instance directory renamed away, then deleted */
+    SV_ACT_AGENT,    /* the command sent to the guest agent; the state stays */
     SV_ACT__COUNT,
 } sv_vm_action;
 
@@ -71,8 +73,9 @@ const char *sv_vm_action_name(sv_vm_action a);
  *              *ret_to = from, *ret_action = SV_ACT_NONE
  *   -EALREADY  start of a VM that is running or paused (exit 73)
  *   -EBUSY     the VM is in the middle of something else (exit 75)
- *   -EHOSTDOWN pause or resume of a VM without a QEMU (stopped, crashed;
- *              exit 69, as `vm ssh` of a VM that is not running)
+ *   -EHOSTDOWN pause, resume or a guest-agent command of a VM without a
+ *              QEMU (stopped, crashed; exit 69, as `vm ssh` of a VM that is
+ *              not running)
  *   -EINVAL    the event cannot happen in that state (a daemon bug if it
  *              does: logged, ignored)
  * ret_action may be NULL. */

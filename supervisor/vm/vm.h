@@ -119,6 +119,39 @@ void sv_vm_created(sv_vmctl *c, sv_vm *vm);
  * refused (EBUSY: the VM is not stopped; the VM pointer stays valid). */
 int sv_vm_remove(sv_vmctl *c, sv_vm *vm, sv_vm_done_fn done, void *userdata, qv_error *err);
 
+/* One command for the guest agent of a running VM (vm exec, vm cp;
+ * docs/guest.md), on the engine's own agent connection, through the state
+ * table (event `guest`): -EHOSTDOWN with err when the VM has no QEMU, no
+ * agent (spec), or an agent channel that is not connected, -EBUSY while
+ * paused, starting or stopping.  `args` are the agent command's arguments
+ * (borrowed), built and bounded by the caller.  Otherwise 0, and `done`
+ * gets, once the agent answered, the reply checked (qmp/qga.h: a hostile
+ * guest's answer) and in the protocol's shape:
+ *   EXEC         {"pid"}
+ *   EXEC_STATUS  {"exited", "exitcode", "signal" (null when none), "stdout",
+ *                "stderr" (base64, "" when none), "stdout_truncated",
+ *                "stderr_truncated"}
+ *   FILE_OPEN    {"handle"}
+ *   FILE_READ    {"data" (base64), "count", "eof"}; `limit` is the count asked
+ *   FILE_WRITE   {"count"}; `limit` is the number of bytes sent
+ *   FILE_CLOSE   {}
+ * or an error: -EHOSTDOWN (no answer within timeout_ms, or the channel
+ * closed: the VM stopped), -EIO (the agent refused: its message), -EPROTO
+ * (a reply that is not what the command answers, or no JSON). */
+/* The most a file read or write moves in one command (a request line holds
+ * its base64: the CLI sizes its chunks to daemon.max_request_size). */
+#define SV_GUEST_CHUNK_MAX (4u << 20)
+typedef enum sv_guest_cmd {
+    SV_GUEST_EXEC,
+    SV_GUEST_EXEC_STATUS,
+    SV_GUEST_FILE_OPEN,
+    SV_GUEST_FILE_READ,
+    SV_GUEST_FILE_WRITE,
+    SV_GUEST_FILE_CLOSE,
+} sv_guest_cmd;
+int sv_vm_guest(sv_vmctl *c, sv_vm *vm, sv_guest_cmd cmd, json_t *args, size_t limit, uint64_t timeout_ms,
+                sv_vm_done_fn done, void *userdata, qv_error *err);
+
 /* Asks the guest agent of every running VM for its addresses (at most
  * `timeout_ms` each, all at once) unless asked within the last few seconds,
  * then calls done.  Never fails: a silent agent is shown as "no answer". */

@@ -21,8 +21,10 @@ static sv_config *config;
 static sv_registry *reg;
 
 /* What an owner may do to its VM. */
-static const char *const owner_methods[] = {"vm.start",   "vm.stop", "vm.restart", "vm.pause",
-                                            "vm.resume",  "vm.console", "vm.log", "vm.ssh_key"};
+static const char *const owner_methods[] = {"vm.start",      "vm.stop",        "vm.restart",   "vm.pause",
+                                            "vm.resume",     "vm.console",     "vm.log",       "vm.ssh_key",
+                                            "vm.exec",       "vm.exec_status", "vm.file_open", "vm.file_read",
+                                            "vm.file_write", "vm.file_close"};
 /* What only root and the socket group may do. */
 static const char *const privileged_methods[] = {"vm.create",    "vm.remove",   "image.import",  "image.remove",
                                                  "config.reload", "node.cleanup", "net.teardown"};

@@ -121,6 +121,14 @@ static void test_request_cells(void **state) {
     assert_int_equal(sv_vm_transition(SV_VM_STARTING, SV_EV_STOP, &to, &act), 0);
     assert_int_equal(act, SV_ACT_ABORT);
     assert_int_equal(sv_vm_transition(SV_VM_RUNNING, SV_EV_STARTED, &to, &act), -EINVAL);
+    /* vm exec / vm cp: only a running guest's agent is asked; the VM stays */
+    assert_int_equal(sv_vm_transition(SV_VM_RUNNING, SV_EV_GUEST, &to, &act), 0);
+    assert_int_equal(to, SV_VM_RUNNING);
+    assert_int_equal(act, SV_ACT_AGENT);
+    assert_int_equal(sv_vm_transition(SV_VM_STOPPED, SV_EV_GUEST, &to, &act), -EHOSTDOWN);
+    assert_int_equal(sv_vm_transition(SV_VM_CRASHED, SV_EV_GUEST, &to, &act), -EHOSTDOWN);
+    assert_int_equal(sv_vm_transition(SV_VM_PAUSED, SV_EV_GUEST, &to, &act), -EBUSY);
+    assert_int_equal(sv_vm_transition(SV_VM_STOPPING, SV_EV_GUEST, &to, &act), -EBUSY);
 }
 
 static void test_out_of_range(void **state) {
