@@ -103,6 +103,8 @@ int cmd_vm_restart(qv_cli *cli, int argc, char **argv);
 int cmd_vm_pause(qv_cli *cli, int argc, char **argv);
 int cmd_vm_resume(qv_cli *cli, int argc, char **argv);
 int cmd_vm_ssh(qv_cli *cli, int argc, char **argv);
+int cmd_vm_exec(qv_cli *cli, int argc, char **argv);
+int cmd_vm_cp(qv_cli *cli, int argc, char **argv);
 int cmd_vm_console(qv_cli *cli, int argc, char **argv);
 int cmd_vm_log(qv_cli *cli, int argc, char **argv);
 int cmd_vm_wait(qv_cli *cli, int argc, char **argv);

@@ -30,6 +30,8 @@ static const qv_cli_verb vm_verbs[] = {
     {"pause", cmd_vm_pause, "pause a VM's guest (its vCPUs stop; QEMU stays)"},
     {"resume", cmd_vm_resume, "resume a paused VM"},
     {"ssh", cmd_vm_ssh, "ssh into a VM through its forwarded port"},
+    {"exec", cmd_vm_exec, "run a command in a VM through its guest agent"},
+    {"cp", cmd_vm_cp, "copy a file into or out of a VM through its guest agent"},
     {"console", cmd_vm_console, "attach this terminal to a VM's serial console (Ctrl-] detaches)"},
     {"log", cmd_vm_log, "print a VM's serial console log (-n last lines, -f follow)"},
     {"wait", cmd_vm_wait, "wait until a VM runs, stops or crashes, or its agent answers"},
@@ -106,14 +108,17 @@ static const char exit_codes[] =
     "  65  bad input data (invalid name, size, file content)\n"
     "  66  no such VM, image, GPU or input file (vm create: --kernel, --initrd)\n"
     "  69  service unavailable (daemon not running, KVM or IOMMU missing; check: an item failed;\n"
-    "      libudev, libnftables or libmicrohttpd cannot be loaded; vm pause/resume/ssh/console:\n"
-    "      the VM is not running, vm console: it stopped while attached; vm create/start: no\n"
-    "      OVMF for --firmware uefi, --cpu-model host without KVM)\n"
+    "      libudev, libnftables or libmicrohttpd cannot be loaded; vm pause/resume/ssh/console/\n"
+    "      exec/cp: the VM is not running, vm console: it stopped while attached; vm exec/cp: no\n"
+    "      guest agent answers; vm create/start: no OVMF for --firmware uefi, --cpu-model host\n"
+    "      without KVM)\n"
     "  73  already exists (or already running)\n"
     "  75  temporary failure or timeout: try again (vm console: the console is in use, or the\n"
     "      daemon went away while attached)\n"
     "  77  permission denied (also: a file named on the command line you may not read)\n"
-    "  78  invalid configuration\n";
+    "  78  invalid configuration\n"
+    " 124  vm exec: its --timeout passed (the command was killed in the guest)\n"
+    "      (vm exec otherwise exits with the guest command's status, 128+N for signal N)\n";
 
 static void print_main_help(FILE *out) {
     fprintf(out,

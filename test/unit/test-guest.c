@@ -1,9 +1,11 @@
-/* vm exec / vm cp, the pure parts: strict base64 (common/base64.c) and the
+/* vm exec / vm cp, the pure parts: strict base64 (common/base64.c), the
  * checks of the guest agent's guest-exec and guest-file-* replies (a hostile
- * guest's answers: qmp/qga-guest.c). */
+ * guest's answers: qmp/qga-guest.c), and the CLI's helpers (cmd/guest-util.c:
+ * NAME:PATH, exit statuses, chunk sizes, path parts). */
 #include "testlib.h"
 
 #include "base64.h"
+#include "cmd/guest-util.h"
 #include "qmp/qga.h"
 #include "util.h"
 
@@ -231,6 +233,78 @@ static void test_file_read_and_write(void **state) {
     json_decref(v);
 }
 
+/* ---- the CLI's helpers ------------------------------------------------------ */
+
+static void test_guest_arg_parse(void **state) {
+    (void)state;
+    char name[QV_NAME_MAX + 1];
+    const char *path = NULL;
+    assert_int_equal(qv_guest_arg_parse("web:/etc/hosts", name, sizeof name, &path), 1);
+    assert_string_equal(name, "web");
+    assert_string_equal(path, "/etc/hosts");
+    assert_int_equal(qv_guest_arg_parse("job-77:/a:b", name, sizeof name, &path), 1);
+    assert_string_equal(name, "job-77");
+    assert_string_equal(path, "/a:b");
+    /* local paths */
+    assert_int_equal(qv_guest_arg_parse("file.txt", name, sizeof name, &path), 0);
+    assert_int_equal(qv_guest_arg_parse("./web:/x", name, sizeof name, &path), 0);
+    assert_int_equal(qv_guest_arg_parse("/tmp/web:/x", name, sizeof name, &path), 0);
+    assert_int_equal(qv_guest_arg_parse("Web:/x", name, sizeof name, &path), 0); /* no VM has that name */
+    assert_int_equal(qv_guest_arg_parse(":/x", name, sizeof name, &path), 0);
+    /* a VM's path must be absolute */
+    assert_int_equal(qv_guest_arg_parse("web:etc/hosts", name, sizeof name, &path), -EINVAL);
+    assert_int_equal(qv_guest_arg_parse("web:", name, sizeof name, &path), -EINVAL);
+    /* a name too long for a VM is a local path */
+    char longname[80];
+    memset(longname, 'a', 70);
+    strcpy(longname + 70, ":/x");
+    assert_int_equal(qv_guest_arg_parse(longname, name, sizeof name, &path), 0);
+}
+
+static void test_exit_status_and_chunks(void **state) {
+    (void)state;
+    assert_int_equal(qv_exec_exit_status(0, -1), 0);
+    assert_int_equal(qv_exec_exit_status(3, -1), 3);
+    assert_int_equal(qv_exec_exit_status(255, -1), 255);
+    assert_int_equal(qv_exec_exit_status(-1, 9), 137);
+    assert_int_equal(qv_exec_exit_status(-1, 15), 143);
+    /* the default 1 MiB request holds a write of 756 KiB, base64 and all */
+    size_t c = qv_cp_write_chunk(1u << 20);
+    assert_int_equal(c, 756u << 10);
+    assert_true(qv_base64_encoded_len(c) + 1024 <= (1u << 20));
+    assert_int_equal(c % 3, 0);
+    /* a large request bound is capped at what the daemon takes */
+    assert_int_equal(qv_cp_write_chunk(64ull << 20), QV_CP_WRITE_MAX - QV_CP_WRITE_MAX % (3 * 4096));
+    assert_true(qv_cp_write_chunk(64ull << 20) <= QV_CP_WRITE_MAX);
+    /* the smallest max_request_size (4 KiB) still moves data */
+    c = qv_cp_write_chunk(4096);
+    assert_true(c == 0 || qv_base64_encoded_len(c) + 1024 <= 4096);
+    assert_int_equal(qv_cp_write_chunk(512), 0);
+}
+
+static void test_path_parts(void **state) {
+    (void)state;
+    char b[64];
+    qv_path_base("/root/a.txt", b, sizeof b);
+    assert_string_equal(b, "a.txt");
+    qv_path_base("dir/sub/", b, sizeof b);
+    assert_string_equal(b, "sub");
+    qv_path_base("plain", b, sizeof b);
+    assert_string_equal(b, "plain");
+    qv_path_base("/", b, sizeof b);
+    assert_string_equal(b, "");
+    qv_path_dir("/root/a.txt", b, sizeof b);
+    assert_string_equal(b, "/root");
+    qv_path_dir("/a.txt", b, sizeof b);
+    assert_string_equal(b, "/");
+    qv_path_dir("a.txt", b, sizeof b);
+    assert_string_equal(b, ".");
+    qv_path_dir("x//y", b, sizeof b);
+    assert_string_equal(b, "x");
+    qv_path_dir("rel/dir/f", b, sizeof b);
+    assert_string_equal(b, "rel/dir");
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_base64_roundtrip),
@@ -239,6 +313,9 @@ int main(void) {
         cmocka_unit_test(test_exec_output_bound),
         cmocka_unit_test(test_exec_pid_and_handles),
         cmocka_unit_test(test_file_read_and_write),
+        cmocka_unit_test(test_guest_arg_parse),
+        cmocka_unit_test(test_exit_status_and_chunks),
+        cmocka_unit_test(test_path_parts),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
