@@ -152,7 +152,10 @@ static void exec_kill(qv_cli *cli, const char *name, int64_t pid) {
     if (argv && exec_start(cli, name, argv, NULL, NULL, &kpid, &err) == 0) {
         exec_result x;
         for (int i = 0; i < 50; i++) {
-            if (exec_poll(cli, name, kpid, &x, &err) != 0)
+            int r = exec_poll(cli, name, kpid, &x, &err);
+            if (r == 1)
+                exec_result_done(&x);
+            if (r != 0)
                 break;
             sleep_ms(100);
         }
