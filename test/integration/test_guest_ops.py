@@ -2,12 +2,13 @@
 """vm exec and vm cp (issue 19, docs/guest.md) through the real CLI and
 daemon, real QEMU (TCG) and the tiny guest's real qemu-ga: exit codes (0, 3,
 a signal as 128+N), stdout and stderr kept apart, stdin forwarded, a timeout
-(124, the command killed in the guest), an output of several MB; a guest
-without an agent (69, quickly) and a stopped VM (69); files of 200 MB both
-ways with equal sha256 (32 MB in the sanitizer build), a target that exists (73 without --force, replaced
-with it), and failures that leave no partial file on either side (a guest
-directory that does not exist, a local directory that does not exist, the
-VM stopped in the middle of a copy)."""
+(124, the command killed in the guest), an output of several MB, one over
+the agent's 16 MiB cap (cut, said, exit 1); a guest without an agent (69,
+quickly) and a stopped VM (69); files of 200 MB both ways with equal sha256
+(32 MB in the sanitizer build), a target that exists (73 without --force,
+replaced with it), and failures that leave no partial file on either side
+(a guest directory that does not exist, a local directory that does not
+exist, the VM stopped in the middle of a copy)."""
 
 import hashlib
 import os
@@ -130,6 +131,15 @@ class GuestOps(unittest.TestCase):
         self.assertEqual(len(p.stdout), len(want))
         self.assertEqual(p.stdout, want)
         self.assertEqual(p.stderr, b"")
+
+    def test_exec_output_over_the_agents_cap(self):
+        # qemu-ga keeps 16 MiB of stdout and discards the rest: what it kept
+        # (a 22 MiB reply through the daemon, whole), said so, and exit 1
+        # although the command exited 0
+        p = self.exec_("head", "-c", "17000000", "/dev/zero", text=False)
+        self.assertEqual(p.returncode, 1, p.stderr)
+        self.assertEqual(p.stdout, bytes(16 << 20))
+        self.assertIn(b"kept only the first 16 MiB of the command's stdout", p.stderr)
 
     def test_exec_without_an_answering_agent(self):
         t0 = time.monotonic()
