@@ -15,6 +15,11 @@ void qv_linebuf_free(qv_linebuf *lb) {
 
 void qv_linebuf_reset(qv_linebuf *lb) {
     lb->len = 0;
+    if (lb->cap > QV_LINEBUF_KEEP) {
+        free(lb->buf);
+        lb->buf = NULL;
+        lb->cap = 0;
+    }
 }
 
 static int append(qv_linebuf *lb, const char *data, size_t n) {
@@ -56,6 +61,12 @@ int qv_linebuf_feed(qv_linebuf *lb, const char *data, size_t len, qv_line_cb cb,
             size_t total = lb->len;
             lb->len = 0;
             r = cb(lb->buf, total, userdata);
+            if (r == 0 && lb->cap > QV_LINEBUF_KEEP) {
+                /* a long line is not kept for: its buffer goes */
+                free(lb->buf);
+                lb->buf = NULL;
+                lb->cap = 0;
+            }
         }
         if (r != 0)
             return r;

@@ -12,6 +12,10 @@
  * free the linebuf it was called from. */
 typedef int (*qv_line_cb)(const char *line, size_t len, void *userdata);
 
+/* A buffer grown past this for a long line is released once the line is
+ * handed over: a peer that sent one long message does not keep its memory. */
+#define QV_LINEBUF_KEEP (64u * 1024u)
+
 typedef struct qv_linebuf {
     char *buf;       /* partial line carried between feeds */
     size_t len;

@@ -155,6 +155,7 @@ struct qmp__req {
     size_t line_len;
     bool no_reply; /* the client's: done once written (guest-shutdown) */
     bool fast;     /* the client's: its reply may take a fast path (qmp.c) */
+    bool large;    /* the client's: its reply may be up to ops->max_message (qga.c) */
     qmp__req_dispatch dispatch;
     qmp__fn cb;
     void *userdata;

@@ -60,6 +60,7 @@ static qga_conn *conn_of(qmp__conn *b) {
 /* Completes the head request, which is in flight. */
 static void complete_head(qga_conn *c, int status, json_t *result, const qmp_error *err) {
     c->phase = PH_IDLE;
+    c->base.lb.max_line = QMP_MAX_MESSAGE;
     qmp__conn_complete(&c->base, c->base.head, status, result, err);
 }
 
@@ -113,6 +114,8 @@ static void pump(qga_conn *c) {
         e = qmp__io_write_line(&c->base.io, false, TAKE_PTR(r->line), r->line_len, write_done, r->id);
     } else {
         c->phase = PH_CMD;
+        if (r->large)
+            c->base.lb.max_line = QGA_MAX_MESSAGE; /* back to QMP_MAX_MESSAGE when it completes */
         e = qmp__io_write_line(&c->base.io, false, TAKE_PTR(r->line), r->line_len, NULL, 0);
     }
     if (e < 0)
@@ -144,6 +147,7 @@ static int send_request(qga_conn *c, const char *command, json_t *args, uint64_t
     if (e < 0)
         return e;
     r->no_reply = no_reply;
+    r->large = strcmp(command, "guest-exec-status") == 0 || strcmp(command, "guest-file-read") == 0;
     pump(c);
     return 0;
 }
@@ -251,7 +255,7 @@ void qga__feed(qga_conn *c, const char *buf, size_t len) {
         buf += seg;
         len -= seg;
         if (r == -EMSGSIZE) {
-            log_debug("qga: message over %u bytes", QGA_MAX_MESSAGE);
+            log_debug("qga: message over %zu bytes", c->base.lb.max_line);
             garbage(c);
         } else if (r < 0) {
             qmp__conn_fail(&c->base, r);
@@ -294,7 +298,7 @@ static void init(qmp__conn *b, const void *opts) {
 
 static const qmp__conn_ops conn_ops = {
     .size = sizeof(qga_conn),
-    .max_message = QGA_MAX_MESSAGE,
+    .max_message = QMP_MAX_MESSAGE,
     .init = init,
     .on_data = on_data,
     .kick = kick,

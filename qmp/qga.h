@@ -104,9 +104,12 @@ int qga_shutdown(qga_conn *conn, const char *mode, uint64_t timeout_ms, qga_repl
  * (GUEST_EXEC_MAX_OUTPUT in QEMU's qga/commands.c) and discards the rest,
  * saying so with out-truncated / err-truncated. */
 #define QGA_EXEC_MAX_OUTPUT (16u << 20)
-/* The longest message read from an agent: guest-exec-status's reply with
- * both outputs at their maximum, base64 (2 x 21.3 MiB), and room for the
- * rest.  Bounded per VM, and held only while such a reply arrives. */
+/* The longest reply to guest-exec-status or guest-file-read: both outputs
+ * at their maximum, base64 (2 x 21.3 MiB), and room for the rest.  Only
+ * while one of those is in flight; every other reply, and whatever the
+ * agent sends unasked, is held to QMP_MAX_MESSAGE, so a guest cannot make
+ * the daemon keep 48 MiB per VM that nobody asked for (the line buffer is
+ * released after a long line, linebuf.c). */
 #define QGA_MAX_MESSAGE (48u << 20)
 
 /* guest-exec: {"pid": N}. */

@@ -272,10 +272,12 @@ static void test_garbage_reply(void **state) {
     assert_true(tloop_wait(&g.t, &b.calls, 1, 2000));
     assert_int_equal(b.status, 0);
 
-    /* An oversized reply fails its command; the stream recovers. */
+    /* An oversized reply fails its command; the stream recovers.  Only
+     * guest-exec-status and guest-file-read may get QGA_MAX_MESSAGE: a
+     * ping's reply is held to QMP_MAX_MESSAGE. */
     assert_int_equal(qga_ping(g.c, 0, qga_reply_cb_rec, &c), 0);
     wait_received(&g, 6);
-    size_t big = QGA_MAX_MESSAGE + 100;
+    size_t big = QMP_MAX_MESSAGE + 100;
     char *buf = malloc(big);
     if (!buf)
         abort();
@@ -299,6 +301,47 @@ static void test_garbage_reply(void **state) {
     reply_done(&b);
     reply_done(&c);
     reply_done(&d);
+    gctx_finish(&g);
+}
+
+/* guest-file-read may bring up to QGA_MAX_MESSAGE; the limit goes back
+ * down once it is answered, so the next command's oversized reply fails. */
+static void test_large_reply_only_when_asked(void **state) {
+    (void)state;
+    gctx g;
+    gctx_open(&g);
+    reply a, b;
+    reply_init(&a, &g.t);
+    reply_init(&b, &g.t);
+    assert_int_equal(qga_send(g.c, "guest-file-read", json_pack("{s:i, s:i}", "handle", 1, "count", 1 << 24), 0,
+                              qga_reply_cb_rec, &a),
+                     0);
+    wait_received(&g, 2);
+    size_t n = QMP_MAX_MESSAGE + (2u << 20); /* over the ordinary limit, under the large one */
+    char *buf = malloc(n + 128);
+    if (!buf)
+        abort();
+    int h = snprintf(buf, 128, "{\"id\": %lld, \"return\": {\"count\": 0, \"eof\": true, \"buf-b64\": \"",
+                     (long long)peer_id(&g.p, 1));
+    memset(buf + h, 'A', n);
+    memcpy(buf + h + n, "\"}}\n", 4);
+    peer_write(&g.p, buf, (size_t)h + n + 4);
+    assert_true(tloop_wait(&g.t, &a.calls, 1, 10000));
+    assert_int_equal(a.status, 0);
+    /* the same size for a ping: refused */
+    assert_int_equal(qga_ping(g.c, 0, qga_reply_cb_rec, &b), 0);
+    wait_received(&g, 4); /* a new series: sync, then the ping */
+    assert_string_equal(peer_command(&g.p, 3), "guest-ping");
+    h = snprintf(buf, 128, "{\"id\": %lld, \"return\": \"", (long long)peer_id(&g.p, 3));
+    memset(buf + h, 'A', n);
+    memcpy(buf + h + n, "\"}\n", 3);
+    peer_write(&g.p, buf, (size_t)h + n + 3);
+    free(buf);
+    assert_true(tloop_wait(&g.t, &b.calls, 1, 10000));
+    assert_int_equal(b.status, QMP_EPROTO);
+    assert_int_equal(g.disconnects, 0);
+    reply_done(&a);
+    reply_done(&b);
     gctx_finish(&g);
 }
 
@@ -653,6 +696,7 @@ int main(void) {
         cmocka_unit_test(test_one_at_a_time_and_series),
         cmocka_unit_test(test_timeout_then_resync),
         cmocka_unit_test(test_garbage_reply),
+        cmocka_unit_test(test_large_reply_only_when_asked),
         cmocka_unit_test(test_helpers),
         cmocka_unit_test(test_hostile_interfaces),
         cmocka_unit_test(test_shutdown_without_reply),

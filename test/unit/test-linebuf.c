@@ -84,6 +84,46 @@ static void test_oversize_line(void **state) {
     qv_linebuf_free(&lb);
 }
 
+static int count_len(const char *line, size_t len, void *userdata) {
+    (void)line;
+    *(size_t *)userdata = len;
+    return 0;
+}
+
+/* A long line's buffer is released once the line is handed over (and on a
+ * reset): one long message does not pin its memory for the connection's
+ * life.  A short line's buffer is kept for the next. */
+static void test_long_line_buffer_released(void **state) {
+    (void)state;
+    qv_linebuf lb;
+    qv_linebuf_init(&lb, 1u << 20);
+    size_t got = 0;
+    enum { CHUNK = 4096 };
+    char chunk[CHUNK];
+    memset(chunk, 'x', sizeof chunk);
+    for (int i = 0; i < 64; i++) /* 256 KiB in pieces: buffered */
+        assert_int_equal(qv_linebuf_feed(&lb, chunk, sizeof chunk, count_len, &got), 0);
+    assert_true(lb.cap > QV_LINEBUF_KEEP);
+    assert_int_equal(qv_linebuf_feed(&lb, "\n", 1, count_len, &got), 0);
+    assert_int_equal(got, 64 * CHUNK);
+    assert_null(lb.buf);
+    assert_int_equal(lb.cap, 0);
+    /* short lines keep their (small) buffer */
+    assert_int_equal(qv_linebuf_feed(&lb, "abc", 3, count_len, &got), 0);
+    assert_int_equal(qv_linebuf_feed(&lb, "def\n", 4, count_len, &got), 0);
+    assert_int_equal(got, 6);
+    assert_non_null(lb.buf);
+    assert_true(lb.cap <= QV_LINEBUF_KEEP);
+    /* a long partial line dropped by a reset goes too */
+    for (int i = 0; i < 32; i++)
+        assert_int_equal(qv_linebuf_feed(&lb, chunk, sizeof chunk, count_len, &got), 0);
+    assert_true(lb.cap > QV_LINEBUF_KEEP);
+    qv_linebuf_reset(&lb);
+    assert_null(lb.buf);
+    assert_int_equal(qv_linebuf_pending(&lb), 0);
+    qv_linebuf_free(&lb);
+}
+
 static void test_garbage_and_nul_bytes(void **state) {
     (void)state;
     qv_linebuf lb;
@@ -103,6 +143,7 @@ int main(void) {
         cmocka_unit_test(test_stop_returns_callback_value),
         cmocka_unit_test(test_oversize_line),
         cmocka_unit_test(test_garbage_and_nul_bytes),
+        cmocka_unit_test(test_long_line_buffer_released),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
