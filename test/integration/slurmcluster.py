@@ -665,9 +665,11 @@ PartitionName=test Nodes=ALL Default=YES MaxTime=INFINITE State=UP
         if script is not None:
             if not script.startswith("#!"):
                 script = "#!/bin/sh\n" + script
-            fd, path = tempfile.mkstemp(prefix="job-", suffix=".sh", dir=self.jobs_dir)
+            fd, path = tempfile.mkstemp(prefix="job-", suffix=".sh", dir=cwd)
             with os.fdopen(fd, "w") as f:
                 f.write(script)
+            if user:        # sbatch reads it as the user
+                os.chmod(path, 0o644)
             argv.append(path)
         p = self.client(*argv, user=user)
         return int(p.stdout.strip().split(";")[0])

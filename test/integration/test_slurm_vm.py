@@ -310,6 +310,12 @@ class Base(unittest.TestCase):
         return self.submit(f"--vm-image={image}", "-w", node, f"--gres=gpu:{gpus}", *opts, "--wrap", HOLD,
                            user=user)
 
+    def qvisor_as(self, node, user, *args):
+        """qvisor as user, on node (its namespaces), on the node's daemon."""
+        gid = pwd.getpwnam(user).pw_gid
+        return self.c.node_exec(node, ["setpriv", f"--reuid={user}", f"--regid={gid}", "--clear-groups",
+                                       qvisor_path(), "--config", self.q.qv[node].config, *args])
+
     def release(self, job, user=None):
         d = self.c.user_dir(user) if user else self.c.jobs_dir
         open(os.path.join(d, f"release.{job}"), "w").close()
@@ -440,11 +446,13 @@ class Jobs(Base):
 
 
 class Guest(Base):
-    # The job's own script: it reads where its VM is from Slurm (the
-    # AdminComment of `scontrol show job`), waits for the guest's agent,
-    # pings the VM's address from the node's network (where the job runs)
-    # and shows whose NIC answered (the neighbour's MAC); then it reads the
-    # guest's own serial markers through qvisor, as the VM's owner.
+    # The job's own script, run as the job's user (not root): it reads
+    # where its VM is from Slurm (the AdminComment of `scontrol show job`),
+    # waits for the guest's agent, gets a shell command run in the guest
+    # (`vm exec`: a listener on port 7777 that answers with the guest's
+    # own view of itself), connects to it over the network from the node
+    # (where the job runs), and shows whose NIC answered (the neighbour's
+    # MAC); then it reads the guest's serial markers through qvisor.
     JOB = """set -e
 q="QVISOR --config CONFIG_DIR/$SLURMD_NODENAME/config.yaml"
 vm=slurm-$SLURM_JOB_ID
@@ -453,7 +461,13 @@ echo "comment: $comment"
 addr=$(echo "$comment" | tr ' ' '\\n' | sed -n 's/^addr=//p')
 $q vm wait "$vm" --for agent --timeout 150s
 echo "agent answers"
-busybox ping -c 3 -W 5 "$addr"
+echo "exec: $($q vm exec "$vm" -- id -u)"
+$q vm exec "$vm" -- sh -c 'busybox nc -ll -p 7777 -e sh -c "echo guest-mac \\$(cat /sys/class/net/eth0/address); grep -h local-hostname /mnt/seed/*/meta-data" </dev/null >/dev/null 2>&1 &'
+i=0
+until out=$(busybox nc -w 5 "$addr" 7777 </dev/null) && [ -n "$out" ]; do
+    i=$((i + 1)); [ $i -lt 40 ] || { echo "no answer on $addr:7777"; exit 1; }; sleep 0.5
+done
+echo "over the network: $(echo "$out" | tr '\\n' ' ')"
 echo "neighbour: $(ip neigh show "$addr")"
 $q vm log "$vm" > guest.$SLURM_JOB_ID.log 2>&1 || echo "vm log: exit $?"; grep 'QVISOR-GUEST: net ' guest.$SLURM_JOB_ID.log || cat guest.$SLURM_JOB_ID.log
 echo "job done"
@@ -461,7 +475,8 @@ echo "job done"
 
     def test_vm_boots_and_is_reachable_from_its_job(self):
         script = self.JOB.replace("QVISOR", qvisor_path()).replace("CONFIG_DIR", self.q.dir)
-        job = self.submit(f"--vm-image={PROFILE}", "-w", "node3", "--gres=gpu:1", "--mem=256M", script=script)
+        job = self.submit(f"--vm-image={PROFILE}", "-w", "node3", "--gres=gpu:1", "--mem=256M", script=script,
+                          user=USER)
         j = self.wait_vm_up(job)
         vm = f"slurm-{job}"
         s = self.q.show("node3", vm)
@@ -480,20 +495,33 @@ echo "job done"
         want = self.job_gpus(job)
         self.assertEqual(sorted(starts[-1]["hostdevs"]), sorted(want + [f for g in want for f in SLOT.get(g, [])]))
         def done():     # the script got through, or it failed (set -e)
-            if "job done" in self.c.job_output(job):
+            if "job done" in self.c.job_output(job, user=USER):
                 return True
             return self.c.scontrol_show_job(job)["JobState"] != "RUNNING"
         wait_for(done, 180, f"job {job}'s script to reach its VM", interval=0.5)
-        out = self.c.job_output(job)
+        out = self.c.job_output(job, user=USER)
         self.assertIn("job done", out, out)
         self.assertIn("agent answers", out)
-        self.assertRegex(out, r"3 packets transmitted, 3 (packets )?received")
+        # a command in the guest, as the job's user: the agent runs it as root there
+        self.assertIn("exec: 0\n", out)
+        # over TCP from the node to the VM's address: the guest itself says
+        # which NIC it has and which name qvisor's seed gave it
+        self.assertIn(f"over the network: guest-mac {nic['mac']} local-hostname: '{vm}'", out)
         # the VM's own NIC answered: its MAC, as the daemon made it for slurm-JOBID
         self.assertRegex(out, rf"neighbour: {re.escape(nic['ip'])} dev qvs-br0 lladdr {nic['mac']}")
         # the guest configured that address itself, from the seed qvisor wrote
         self.assertRegex(out, rf"QVISOR-GUEST: net eth0 {re.escape(nic['ip'])}/24 {re.escape(NAT[1])} {nic['mac']}")
+        # from the login node (slurmctld's host here), the user reaches the
+        # VM through the job: a step on the job's node, as Slurm runs it
+        p = self.c.client("srun", f"--jobid={job}", "--overlap", "-w", "node3", qvisor_path(), "--config",
+                          self.q.qv["node3"].config, "vm", "exec", vm, "--", "cat", "/sys/class/net/eth0/address",
+                          user=USER, timeout=60)
+        self.assertEqual(p.stdout.strip(), nic["mac"])
+        # someone else may not
+        p = self.qvisor_as("node3", OTHER, "vm", "exec", vm, "--", "true")
+        self.assertEqual(p.returncode, 77, p.stderr)
         self.assert_no_gpu_twice()
-        self.release(job)
+        self.release(job, user=USER)
         self.c.wait_job_state(job, "COMPLETED", 90)
         self.c.wait_nodes_state(("idle",), 60, ["node3"])
         self.assert_vm_gone(job)
@@ -592,12 +620,6 @@ class Ending(Base):
 
 
 class Owner(Base):
-    def qvisor_as(self, node, user, *args):
-        """qvisor as user, on node (its namespaces), on the node's daemon."""
-        gid = pwd.getpwnam(user).pw_gid
-        return self.c.node_exec(node, ["setpriv", f"--reuid={user}", f"--regid={gid}", "--clear-groups",
-                                       qvisor_path(), "--config", self.q.qv[node].config, *args])
-
     def test_only_the_jobs_user_stops_its_vm(self):
         uid = pwd.getpwnam(USER).pw_uid
         job = self.vm_job("node1", 1, user=USER)
