@@ -78,6 +78,11 @@ void sv_api_vm_stop(sv_daemon *d, sv_ctl_req *req, sv_vm *vm, json_t *params);
 void sv_api_vm_restart(sv_daemon *d, sv_ctl_req *req, sv_vm *vm, json_t *params);
 void sv_api_vm_pause(sv_daemon *d, sv_ctl_req *req, sv_vm *vm, json_t *params);
 void sv_api_vm_resume(sv_daemon *d, sv_ctl_req *req, sv_vm *vm, json_t *params);
+/* supervisor/api/snapshot.c */
+void sv_api_vm_snapshot_create(sv_daemon *d, sv_ctl_req *req, sv_vm *vm, json_t *params);
+void sv_api_vm_snapshot_list(sv_daemon *d, sv_ctl_req *req, sv_vm *vm, json_t *params);
+void sv_api_vm_snapshot_revert(sv_daemon *d, sv_ctl_req *req, sv_vm *vm, json_t *params);
+void sv_api_vm_snapshot_remove(sv_daemon *d, sv_ctl_req *req, sv_vm *vm, json_t *params);
 void sv_api_vm_console(sv_daemon *d, sv_ctl_req *req, sv_vm *vm, json_t *params);
 void sv_api_vm_log(sv_daemon *d, sv_ctl_req *req, sv_vm *vm, json_t *params);
 void sv_api_vm_ssh_key(sv_daemon *d, sv_ctl_req *req, sv_vm *vm, json_t *params);

@@ -147,6 +147,12 @@ static const struct method {
     {"vm.file_read", OWNER, NULL, sv_api_vm_file_read},
     {"vm.file_write", OWNER, NULL, sv_api_vm_file_write},
     {"vm.file_close", OWNER, NULL, sv_api_vm_file_close},
+    /* disk snapshots (docs/snapshots.md): changes to the VM's own disk, as
+     * a start or a stop is; the list is a read */
+    {"vm.snapshot.create", OWNER, NULL, sv_api_vm_snapshot_create},
+    {"vm.snapshot.remove", OWNER, NULL, sv_api_vm_snapshot_remove},
+    {"vm.snapshot.revert", OWNER, NULL, sv_api_vm_snapshot_revert},
+    {"vm.snapshot.list", ANYONE, NULL, sv_api_vm_snapshot_list},
     {"gpu.list", ANYONE, sv_api_gpu_list, NULL},
     {"net.list", ANYONE, sv_api_net_list, NULL},
     {"node.status", ANYONE, sv_api_node_status, NULL},

@@ -133,6 +133,7 @@ static void adopt(sv_vmctl *c, sv_vm *vm) {
         log_info("VM %s: re-adopted QEMU pid %d (%s)", vm->name, (int)pid, sv_vm_state_name(vm->state));
         rt->paused = vm->state == SV_VM_PAUSED;
         vm__agent_attach(rt);
+        vm__snapshot_adopted(rt); /* a guest a live snapshot left frozen is thawed */
         break;
     }
 }

@@ -382,12 +382,16 @@ typedef int (*vm_check_fn)(vmrt *rt, const vm_event_arg *a);
 static const vm_check_fn vm__checks[SV_ACT__COUNT] = {
     [SV_ACT_PREPARE] = vm__check_prepare, [SV_ACT_SHUTDOWN] = vm__check_stop, [SV_ACT_ABORT] = vm__check_stop,
     [SV_ACT_JOIN] = vm__check_stop,       [SV_ACT_SEND] = vm__check_send,     [SV_ACT_AGENT] = vm__check_agent,
+    [SV_ACT_REMOVE] = vm__check_snapshot, [SV_ACT_SNAPSHOT] = vm__check_snapshot,
+    [SV_ACT_REVERT] = vm__check_snapshot, [SV_ACT_LIVE_SNAPSHOT] = vm__check_live_snapshot,
 };
 static const vm_action_fn vm__actions[SV_ACT__COUNT] = {
     [SV_ACT_PREPARE] = vm__act_prepare, [SV_ACT_RUN] = vm__act_run,           [SV_ACT_ABANDON] = vm__act_abandon,
     [SV_ACT_NOTE] = vm__act_note,       [SV_ACT_FINISH] = vm__act_finish,     [SV_ACT_EXIT] = vm__act_exit,
     [SV_ACT_SHUTDOWN] = vm__act_shutdown, [SV_ACT_ABORT] = vm__act_abort,     [SV_ACT_JOIN] = vm__act_join,
     [SV_ACT_SEND] = vm__act_send,       [SV_ACT_REMOVE] = vm__act_remove,     [SV_ACT_AGENT] = vm__act_agent,
+    [SV_ACT_SNAPSHOT] = vm__act_snapshot, [SV_ACT_REVERT] = vm__act_snapshot,
+    [SV_ACT_LIVE_SNAPSHOT] = vm__act_live_snapshot,
 };
 
 /* The state a request is judged in.  Pause and resume look past the
@@ -404,6 +408,10 @@ static sv_vm_state judged_state(const vmrt *rt, sv_vm_event ev) {
 /* The table's refusal of a request, in words (exit codes: lifecycle.h). */
 static int refusal(const sv_vm *vm, sv_vm_event ev, int r, qv_error *err) {
     const char *st = sv_vm_state_name(vm->state);
+    if (r == -EALREADY && ev == SV_EV_REVERT)
+        return qv_error_set(err, EALREADY,
+                            "VM '%s' is %s: a snapshot is reverted only while the VM is stopped (qvisor vm stop %s)",
+                            vm->name, st, vm->name);
     if (r == -EALREADY)
         return qv_error_set(err, EALREADY, "VM '%s' is already %s", vm->name, st);
     if (r == -EBUSY && ev == SV_EV_REMOVE && sv_vm_state_has_qemu(vm->state))
@@ -558,6 +566,7 @@ static void unlink_rt(vmrt *rt) {
 }
 
 static void release_rt(vmrt *rt) {
+    vm__snapshot_release(rt);
     unlink_rt(rt);
     sv_serial_cap_stop(rt->serial_cap);
     rt->serial_cap = NULL;
@@ -584,7 +593,7 @@ void vm__run_path(const vmrt *rt, const char *file, char *buf, size_t len) {
 
 void vm__remove_run_files(const vmrt *rt) {
     static const char *const files[] = {SV_VM_QMP_SOCK, SV_VM_QGA_SOCK, SV_VM_CONSOLE_SOCK, SV_VM_PIDFILE,
-                                        SV_VM_STOP_MARK};
+                                        SV_VM_STOP_MARK, SV_VM_FSFREEZE_MARK};
     char p[PATH_MAX];
     for (size_t i = 0; i < QV_ARRAY_SIZE(files); i++) {
         vm__run_path(rt, files[i], p, sizeof p);

@@ -104,6 +104,7 @@ typedef struct save_waiter {
 typedef struct save_job save_job; /* engine.c: one write on a worker thread */
 typedef struct save_group save_group; /* engine.c: durable writes on a worker together */
 typedef struct prep_job prep_job; /* start.c: a start's preparation on a worker thread */
+typedef struct snap_op snap_op;   /* snapshot.c: a snapshot operation, or a thaw after re-adoption */
 
 /* sv_vmctl_with_caps() calls waiting for a probe */
 typedef struct caps_waiter {
@@ -226,6 +227,8 @@ struct vmrt {
     pid_t console_pid;
     time_t console_since;
     sv_serial_cap *serial_cap; /* keeps serial.log bounded while QEMU runs */
+    /* disk snapshots (snapshot.c): the operation in flight, NULL when none */
+    snap_op *snap;
 };
 
 
@@ -273,6 +276,7 @@ typedef struct vm_event_arg {
     bool force;        /* shutdown, abort, join: vm stop --force */
     uint64_t timeout_ms; /* shutdown: vm stop --timeout (0: the VM's); agent: the command's */
     const struct guest_call *call; /* agent: the command for the guest agent (guest.c) */
+    snap_op *snap;     /* snapshot, live-snapshot, revert: the operation (taken by the action) */
 } vm_event_arg;
 
 /* A request is judged against the table with the VM where it is; a cell
@@ -303,6 +307,10 @@ void vm__act_send(vmrt *rt, sv_vm_state from, const vm_event_arg *a);     /* sto
 void vm__act_remove(vmrt *rt, sv_vm_state from, const vm_event_arg *a);   /* remove.c */
 int vm__check_agent(vmrt *rt, const vm_event_arg *a);                     /* guest.c */
 void vm__act_agent(vmrt *rt, sv_vm_state from, const vm_event_arg *a);    /* guest.c */
+int vm__check_snapshot(vmrt *rt, const vm_event_arg *a);                  /* snapshot.c */
+int vm__check_live_snapshot(vmrt *rt, const vm_event_arg *a);             /* snapshot.c */
+void vm__act_snapshot(vmrt *rt, sv_vm_state from, const vm_event_arg *a); /* snapshot.c */
+void vm__act_live_snapshot(vmrt *rt, sv_vm_state from, const vm_event_arg *a); /* snapshot.c */
 void vm__add_waiter(waiter **list, sv_vm_done_fn done, void *userdata);
 void vm__complete(waiter **list, int status, json_t *result, const qv_error *err);
 void vm__fail_waiters(waiter **list, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
@@ -356,6 +364,20 @@ void vm__console_end(vmrt *rt, json_t *end);
 void vm__stage_quit(vmrt *rt);
 void vm__stop_first_step(vmrt *rt, bool force);
 void vm__begin_stop_sequence(vmrt *rt, bool force);
+
+/* ---- snapshot.c ---- */
+
+/* A snapshot operation makes the VM busy for what would change its disk
+ * under it: a start, a remove, another snapshot; and a stop that is not
+ * forced while a live snapshot may hold the guest frozen.  0, or -EBUSY
+ * with err. */
+int vm__snapshot_idle(vmrt *rt, bool stop, bool force, qv_error *err);
+/* Re-adoption of a running or paused QEMU: a freeze mark naming it means
+ * its guest may still be frozen; it is thawed through the agent. */
+void vm__snapshot_adopted(vmrt *rt);
+/* The runtime is let go (daemon stop, VM removed): an operation waiting
+ * for a timer ends now. */
+void vm__snapshot_release(vmrt *rt);
 
 /* ---- exit.c ---- */
 

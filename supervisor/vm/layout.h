@@ -10,10 +10,12 @@
  *       qemu.log serial.log[.1]      QEMU's stderr, the guest's serial port
  *       ssh/id_ed25519{,.pub}        the key pair `--ssh` generates
  *       known_hosts                  the guest's host keys, as `vm ssh` saw them
+ *       snapshots.json               what qvisor knows of the disk's snapshots
  *   INSTANCES_DIR/.NAME.creating     a create in progress (renamed into place)
  *   INSTANCES_DIR/.NAME.removing     a remove in progress
  *   RUN_DIR/vm/NAME/                 the run directory (gone with QEMU)
  *       qmp.sock qga.sock console.sock qemu.pid
+ *       fsfreeze                     a snapshot froze the guest (snapshot.c)
  *
  * Functions return 0, or -ENAMETOOLONG when the path does not fit. */
 #pragma once
@@ -38,6 +40,7 @@
 #define SV_VM_SSH_DIR "ssh"
 #define SV_VM_SSH_KEY "ssh/id_ed25519" /* the public key is SV_VM_SSH_KEY ".pub" */
 #define SV_VM_KNOWN_HOSTS "known_hosts" /* `qvisor vm ssh`'s, for the guest's host keys */
+#define SV_VM_SNAPSHOTS_FILE "snapshots.json" /* qvisor's records of the disk's snapshots (snapshot.c) */
 
 /* In the run directory. */
 #define SV_VM_QMP_SOCK "qmp.sock"
@@ -48,6 +51,11 @@
  * QEMU is told; state.json's "stopping" follows on a worker.  A daemon
  * that dies in between finds it (sv_vm_stop_mark_read). */
 #define SV_VM_STOP_MARK "stopping"
+/* A live snapshot is about to freeze the guest's filesystems through its
+ * agent: written before guest-fsfreeze-freeze is sent, removed once the
+ * agent says they are thawed.  A daemon that finds it when it re-adopts
+ * that QEMU thaws the guest (the agent keeps it frozen until told). */
+#define SV_VM_FSFREEZE_MARK "fsfreeze"
 
 /* Suffixes of an instance directory's temporary names. */
 #define SV_VM_CREATING_SUFFIX ".creating"

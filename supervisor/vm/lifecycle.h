@@ -40,6 +40,8 @@ typedef enum sv_vm_event {
     SV_EV_RESUME,        /* request: vm resume (the move happens when QEMU answers `cont`) */
     SV_EV_CREATED,       /* create's worker made the instance directory */
     SV_EV_GUEST,         /* request: one command for the guest agent (vm exec, vm cp) */
+    SV_EV_SNAPSHOT,      /* request: vm snapshot create or rm (the disk's snapshot table changes) */
+    SV_EV_REVERT,        /* request: vm snapshot revert (the disk goes back to a snapshot) */
     SV_EV__COUNT,
 } sv_vm_event;
 
@@ -59,6 +61,9 @@ typedef enum sv_vm_action {
     SV_ACT_EXIT,     /* QEMU gone unasked: last exit recorded, restart policy applied */
     SV_ACT_REMOVE,   /* the instance directory renamed away, then deleted */
     SV_ACT_AGENT,    /* the command sent to the guest agent; the state stays */
+    SV_ACT_SNAPSHOT, /* qemu-img snapshot on a worker; the VM is busy meanwhile */
+    SV_ACT_LIVE_SNAPSHOT, /* QMP snapshot, the guest's filesystems frozen through its agent */
+    SV_ACT_REVERT,   /* qemu-img snapshot -a on a worker; the VM is busy meanwhile */
     SV_ACT__COUNT,
 } sv_vm_action;
 
@@ -71,7 +76,8 @@ const char *sv_vm_action_name(sv_vm_action a);
  *   1          nothing to do, the request is already satisfied (stop of a
  *              stopped VM, pause of a paused one, resume of a running one):
  *              *ret_to = from, *ret_action = SV_ACT_NONE
- *   -EALREADY  start of a VM that is running or paused (exit 73)
+ *   -EALREADY  start of a VM that is running or paused, revert of one
+ *              (exit 73)
  *   -EBUSY     the VM is in the middle of something else (exit 75)
  *   -EHOSTDOWN pause, resume or a guest-agent command of a VM without a
  *              QEMU (stopped, crashed; exit 69, as `vm ssh` of a VM that is

@@ -453,6 +453,9 @@ int vm__check_prepare(vmrt *rt, const vm_event_arg *a) {
     qv_error *err = a->err;
     if (rt->pt_busy)
         return qv_error_set(err, EBUSY, "VM '%s': its GPUs are being given back; try again in a moment", vm->name);
+    int busy = vm__snapshot_idle(rt, false, false, err);
+    if (busy < 0)
+        return busy;
     prep_job *job = calloc(1, sizeof *job);
     char run_dir[PATH_MAX], base[PATH_MAX];
     if (!job)

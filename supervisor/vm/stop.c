@@ -245,7 +245,7 @@ int vm__check_stop(vmrt *rt, const vm_event_arg *a) {
     if (rt->pt_busy && !rt->watch && !rt->starting_prep)
         return qv_error_set(a->err, EBUSY, "VM '%s': its QEMU is gone and its GPUs are being given back; try "
                             "again in a moment", rt->vm->name);
-    return 0;
+    return vm__snapshot_idle(rt, true, a->force, a->err);
 }
 
 /* join: a stop while one is in progress waits for it; --force skips what
