@@ -108,6 +108,7 @@ int cmd_vm_cp(qv_cli *cli, int argc, char **argv);
 int cmd_vm_console(qv_cli *cli, int argc, char **argv);
 int cmd_vm_log(qv_cli *cli, int argc, char **argv);
 int cmd_vm_wait(qv_cli *cli, int argc, char **argv);
+int cmd_vm_snapshot(qv_cli *cli, int argc, char **argv);
 int cmd_events(qv_cli *cli, int argc, char **argv);
 int cmd_cidata(qv_cli *cli, int argc, char **argv);
 int cmd_cleanup(qv_cli *cli, int argc, char **argv);

@@ -35,6 +35,7 @@ static const qv_cli_verb vm_verbs[] = {
     {"console", cmd_vm_console, "attach this terminal to a VM's serial console (Ctrl-] detaches)"},
     {"log", cmd_vm_log, "print a VM's serial console log (-n last lines, -f follow)"},
     {"wait", cmd_vm_wait, "wait until a VM runs, stops or crashes, or its agent answers"},
+    {"snapshot", cmd_vm_snapshot, "disk snapshots of a VM: create, list, revert, rm"},
     {"rm", cmd_vm_rm, "delete a VM and its disk"},
     {NULL, NULL, NULL},
 };
