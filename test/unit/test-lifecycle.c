@@ -129,6 +129,22 @@ static void test_request_cells(void **state) {
     assert_int_equal(sv_vm_transition(SV_VM_CRASHED, SV_EV_GUEST, &to, &act), -EHOSTDOWN);
     assert_int_equal(sv_vm_transition(SV_VM_PAUSED, SV_EV_GUEST, &to, &act), -EBUSY);
     assert_int_equal(sv_vm_transition(SV_VM_STOPPING, SV_EV_GUEST, &to, &act), -EBUSY);
+    /* snapshots: through qemu-img without QEMU, through QMP with it; a
+     * revert only without (73 otherwise), busy in the middle of anything */
+    assert_int_equal(sv_vm_transition(SV_VM_STOPPED, SV_EV_SNAPSHOT, &to, &act), 0);
+    assert_int_equal(to, SV_VM_STOPPED);
+    assert_int_equal(act, SV_ACT_SNAPSHOT);
+    assert_int_equal(sv_vm_transition(SV_VM_CRASHED, SV_EV_REVERT, &to, &act), 0);
+    assert_int_equal(to, SV_VM_CRASHED);
+    assert_int_equal(act, SV_ACT_REVERT);
+    assert_int_equal(sv_vm_transition(SV_VM_PAUSED, SV_EV_SNAPSHOT, &to, &act), 0);
+    assert_int_equal(to, SV_VM_PAUSED);
+    assert_int_equal(act, SV_ACT_LIVE_SNAPSHOT);
+    assert_int_equal(sv_vm_transition(SV_VM_RUNNING, SV_EV_REVERT, &to, &act), -EALREADY);
+    assert_int_equal(sv_vm_transition(SV_VM_PAUSED, SV_EV_REVERT, &to, &act), -EALREADY);
+    assert_int_equal(sv_vm_transition(SV_VM_STOPPING, SV_EV_SNAPSHOT, &to, &act), -EBUSY);
+    assert_int_equal(sv_vm_transition(SV_VM_STARTING, SV_EV_REVERT, &to, &act), -EBUSY);
+    assert_int_equal(sv_vm_transition(SV_VM_CREATING, SV_EV_SNAPSHOT, &to, &act), -EBUSY);
 }
 
 static void test_out_of_range(void **state) {
