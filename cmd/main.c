@@ -113,7 +113,7 @@ static const char exit_codes[] =
     "      exec/cp: the VM is not running, vm console: it stopped while attached; vm exec/cp: no\n"
     "      guest agent answers; vm create/start: no OVMF for --firmware uefi, --cpu-model host\n"
     "      without KVM)\n"
-    "  73  already exists (or already running)\n"
+    "  73  already exists (or already running; vm snapshot revert: the VM runs)\n"
     "  75  temporary failure or timeout: try again (vm console: the console is in use, or the\n"
     "      daemon went away while attached)\n"
     "  77  permission denied (also: a file named on the command line you may not read)\n"

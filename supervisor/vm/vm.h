@@ -26,7 +26,7 @@ int sv_vmctl_new(uv_loop_t *loop, sv_registry *registry, sv_config *const *confi
 
 /* Where the engine reports what happens to VMs (docs/events.md): an event
  * of `type` ("state", "start", "stop", "restart", "agent", "ip", "gpu",
- * "admission", "qemu") of VM `vm` with `fields` (an object, reference
+ * "admission", "qemu", "snapshot") of VM `vm` with `fields` (an object, reference
  * stolen).  Without a sink the events are dropped. */
 typedef void (*sv_vm_emit_fn)(const char *type, const char *vm, json_t *fields, void *userdata);
 void sv_vmctl_set_emit(sv_vmctl *c, sv_vm_emit_fn fn, void *userdata);
