@@ -48,6 +48,7 @@ struct snap_op {
     unsigned thaw_tries;
     char agent[160];       /* what the agent did, in words */
     json_t *snaps;         /* live: the image's snapshots before the change (query-block) */
+    bool working;          /* op->work is on a worker: its after-callback ends the operation */
     bool finished;
 };
 
@@ -61,8 +62,11 @@ int vm__snapshot_idle(vmrt *rt, bool stop, bool force, qv_error *err) {
     snap_op *op = rt->snap;
     if (!op)
         return 0;
-    if (stop && (force || op->kind == KIND_OFFLINE || rt->vm->state == SV_VM_STOPPING))
-        return 0; /* a forced stop quits QEMU whatever the guest's filesystems are doing */
+    /* a forced stop quits QEMU whatever the guest's filesystems are doing;
+     * a thaw after re-adoption goes first on the agent's channel, before
+     * anything a stop sends there */
+    if (stop && (force || op->kind != KIND_LIVE || rt->vm->state == SV_VM_STOPPING))
+        return 0;
     if (op->kind == KIND_THAW)
         return qv_error_set(err, EBUSY,
                             "VM '%s': its guest's filesystems are being thawed (a daemon stopped during a snapshot "
@@ -303,6 +307,7 @@ out:
 
 static void offline_after(uv_work_t *w, int status) {
     snap_op *op = w->data;
+    op->working = false;
     if (status < 0 && op->status == 0)
         op->status = qv_error_set(&op->err, ECANCELED, "the operation was cancelled");
     if (op->status < 0) {
@@ -328,6 +333,8 @@ void vm__act_snapshot(vmrt *rt, sv_vm_state from, const vm_event_arg *a) {
     log_info("VM %s: snapshot %s: %s (qemu-img)", vm->name, op->snap, op_name(op->op));
     if (!op->dir || uv_queue_work(rt->c->loop, &op->work, offline_work, offline_after) < 0)
         op_fail(op, ENOMEM, "cannot queue the snapshot");
+    else
+        op->working = true;
 }
 
 /* ---- live: QMP, the guest frozen through its agent -------------------------- */
@@ -339,6 +346,7 @@ static bool op_gone(const snap_op *op) {
 static void live_records_after(uv_work_t *w, int status) {
     snap_op *op = w->data;
     (void)status;
+    op->working = false;
     if (op->err.code)
         log_warning("VM %s: snapshot %s: %s", op->rt->vm ? op->rt->vm->name : "?", op->snap, op->err.msg);
     op_finish(op, 0, NULL, op_result(op));
@@ -450,6 +458,8 @@ static void live_done(snap_op *op) {
     }
     if (uv_queue_work(rt->c->loop, &op->work, live_records_work, live_records_after) < 0)
         op_finish(op, 0, NULL, op_result(op));
+    else
+        op->working = true;
 }
 
 static void on_taken(qmp_conn *q, int status, json_t *result, const qmp_error *e, void *userdata) {
@@ -713,8 +723,8 @@ void vm__snapshot_adopted(vmrt *rt) {
 
 void vm__snapshot_release(vmrt *rt) {
     snap_op *op = rt->snap;
-    if (!op || op->kind == KIND_OFFLINE)
-        return; /* a worker's: its end comes after it */
+    if (!op || op->working)
+        return; /* on a worker: its end comes after it */
     rt->snap = NULL;
     /* commands were cancelled with the channels; what waits is a timer */
     op_fail(op, ECANCELED, "the daemon is stopping or the VM is gone; %s",
