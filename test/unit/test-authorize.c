@@ -24,14 +24,15 @@ static sv_registry *reg;
 static const char *const owner_methods[] = {"vm.start",      "vm.stop",        "vm.restart",   "vm.pause",
                                             "vm.resume",     "vm.console",     "vm.log",       "vm.ssh_key",
                                             "vm.exec",       "vm.exec_status", "vm.file_open", "vm.file_read",
-                                            "vm.file_write", "vm.file_close"};
+                                            "vm.file_write", "vm.file_close", "vm.snapshot.create", "vm.snapshot.revert",
+                                            "vm.snapshot.remove"};
 /* What only root and the socket group may do. */
 static const char *const privileged_methods[] = {"vm.create",    "vm.remove",   "image.import",  "image.remove",
                                                  "config.reload", "node.cleanup", "net.teardown"};
 /* What anyone who may connect may do. */
 static const char *const read_methods[] = {"ping",        "config.get",  "image.list",       "vm.list",
                                            "vm.show",     "gpu.list",    "net.list",         "node.status",
-                                           "node.metrics", "vm.wait",    "events.subscribe"};
+                                           "node.metrics", "vm.wait",    "events.subscribe", "vm.snapshot.list"};
 
 static void write_vm(const char *name, const char *spec) {
     char rel[128], text[512];
