@@ -42,6 +42,8 @@ typedef enum sv_vm_event {
     SV_EV_GUEST,         /* request: one command for the guest agent (vm exec, vm cp) */
     SV_EV_SNAPSHOT,      /* request: vm snapshot create or rm (the disk's snapshot table changes) */
     SV_EV_REVERT,        /* request: vm snapshot revert (the disk goes back to a snapshot) */
+    SV_EV_EDIT,          /* request: vm edit (a new spec for a VM without a QEMU) */
+    SV_EV_RESIZE,        /* request: vm resize --disk (grow the disk, QMP or qemu-img) */
     SV_EV__COUNT,
 } sv_vm_event;
 
@@ -64,6 +66,8 @@ typedef enum sv_vm_action {
     SV_ACT_SNAPSHOT, /* qemu-img snapshot on a worker; the VM is busy meanwhile */
     SV_ACT_LIVE_SNAPSHOT, /* QMP snapshot, the guest's filesystems frozen through its agent */
     SV_ACT_REVERT,   /* qemu-img snapshot -a on a worker; the VM is busy meanwhile */
+    SV_ACT_EDIT,     /* the new spec checked, spec.json replaced, then swapped in memory */
+    SV_ACT_GROW,     /* the disk grown (block_resize with a QEMU, qemu-img resize without), its size recorded */
     SV_ACT__COUNT,
 } sv_vm_action;
 

@@ -115,6 +115,23 @@ static void test_request_cells(void **state) {
     assert_int_equal(sv_vm_transition(SV_VM_STOPPED, SV_EV_STOP, &to, &act), 1);
     assert_int_equal(sv_vm_transition(SV_VM_CRASHED, SV_EV_PAUSE, &to, &act), -EHOSTDOWN);
     assert_int_equal(sv_vm_transition(SV_VM_RUNNING, SV_EV_REMOVE, &to, &act), -EBUSY);
+    /* vm edit: stopped or crashed only, the VM stays; 75 otherwise */
+    assert_int_equal(sv_vm_transition(SV_VM_STOPPED, SV_EV_EDIT, &to, &act), 0);
+    assert_int_equal(to, SV_VM_STOPPED);
+    assert_int_equal(act, SV_ACT_EDIT);
+    assert_int_equal(sv_vm_transition(SV_VM_CRASHED, SV_EV_EDIT, &to, &act), 0);
+    assert_int_equal(to, SV_VM_CRASHED);
+    assert_int_equal(sv_vm_transition(SV_VM_RUNNING, SV_EV_EDIT, &to, &act), -EBUSY);
+    assert_int_equal(sv_vm_transition(SV_VM_PAUSED, SV_EV_EDIT, &to, &act), -EBUSY);
+    assert_int_equal(sv_vm_transition(SV_VM_STARTING, SV_EV_EDIT, &to, &act), -EBUSY);
+    /* vm resize: also while QEMU runs it, not while it starts or stops */
+    assert_int_equal(sv_vm_transition(SV_VM_RUNNING, SV_EV_RESIZE, &to, &act), 0);
+    assert_int_equal(to, SV_VM_RUNNING);
+    assert_int_equal(act, SV_ACT_GROW);
+    assert_int_equal(sv_vm_transition(SV_VM_STOPPED, SV_EV_RESIZE, &to, &act), 0);
+    assert_int_equal(to, SV_VM_STOPPED);
+    assert_int_equal(sv_vm_transition(SV_VM_STOPPING, SV_EV_RESIZE, &to, &act), -EBUSY);
+    assert_int_equal(sv_vm_transition(SV_VM_CREATING, SV_EV_RESIZE, &to, &act), -EBUSY);
     assert_int_equal(sv_vm_transition(SV_VM_CRASHED, SV_EV_REMOVE, &to, &act), 0);
     assert_int_equal(to, SV_VM_REMOVING);
     assert_int_equal(act, SV_ACT_REMOVE);
