@@ -384,6 +384,7 @@ static const vm_check_fn vm__checks[SV_ACT__COUNT] = {
     [SV_ACT_JOIN] = vm__check_stop,       [SV_ACT_SEND] = vm__check_send,     [SV_ACT_AGENT] = vm__check_agent,
     [SV_ACT_REMOVE] = vm__check_snapshot, [SV_ACT_SNAPSHOT] = vm__check_snapshot,
     [SV_ACT_REVERT] = vm__check_snapshot, [SV_ACT_LIVE_SNAPSHOT] = vm__check_live_snapshot,
+    [SV_ACT_EDIT] = vm__check_edit,       [SV_ACT_GROW] = vm__check_grow,
 };
 static const vm_action_fn vm__actions[SV_ACT__COUNT] = {
     [SV_ACT_PREPARE] = vm__act_prepare, [SV_ACT_RUN] = vm__act_run,           [SV_ACT_ABANDON] = vm__act_abandon,
@@ -392,7 +393,14 @@ static const vm_action_fn vm__actions[SV_ACT__COUNT] = {
     [SV_ACT_SEND] = vm__act_send,       [SV_ACT_REMOVE] = vm__act_remove,     [SV_ACT_AGENT] = vm__act_agent,
     [SV_ACT_SNAPSHOT] = vm__act_snapshot, [SV_ACT_REVERT] = vm__act_snapshot,
     [SV_ACT_LIVE_SNAPSHOT] = vm__act_live_snapshot,
+    [SV_ACT_EDIT] = vm__act_edit,       [SV_ACT_GROW] = vm__act_grow,
 };
+
+/* Actions that use or change the VM's spec or disk: refused while an edit
+ * or a resize holds them (rt->held, edit.c). */
+static bool needs_spec_and_disk(sv_vm_action act) {
+    return act == SV_ACT_PREPARE || act == SV_ACT_REMOVE || act == SV_ACT_EDIT || act == SV_ACT_GROW;
+}
 
 /* The state a request is judged in.  Pause and resume look past the
  * `stop`/`cont` commands QEMU has not answered yet: `pause` followed at
@@ -442,6 +450,8 @@ int vm__event(vmrt *rt, sv_vm_event ev, const vm_event_arg *arg) {
         return refusal(vm, ev, r, arg->err);
     if (r != 0)
         return r;
+    if (rt->held && needs_spec_and_disk(act))
+        return qv_error_set(arg->err, EBUSY, "VM '%s' is busy: %s; try again when that is done", vm->name, rt->held);
     if (vm__checks[act] && (r = vm__checks[act](rt, arg)) < 0)
         return r;
     if (act != SV_ACT_SEND) {

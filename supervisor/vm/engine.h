@@ -218,6 +218,11 @@ struct vmrt {
     pid_t gone_pid;
     int abandon_code;      /* vm__start_abandon, waiting for the give-back */
     char *abandon_why;
+    /* vm edit / vm resize (edit.c): what holds the VM's spec or disk (an
+     * edit's spec write, a resize from its start to its spec write), for the
+     * door's EBUSY; NULL when nothing does */
+    const char *held;
+    uint64_t grow_to;      /* grow's check: the disk's new size, for the action */
     /* NICs: TAP and vhost-net fds from the prep until QEMU has its copies */
     sv_net_fds net;
     /* serial console: one client at a time (docs/console.md) */
@@ -277,6 +282,9 @@ typedef struct vm_event_arg {
     uint64_t timeout_ms; /* shutdown: vm stop --timeout (0: the VM's); agent: the command's */
     const struct guest_call *call; /* agent: the command for the guest agent (guest.c) */
     snap_op *snap;     /* snapshot, live-snapshot, revert: the operation (taken by the action) */
+    sv_vmspec *spec;   /* edit: the new spec (the action takes it; a refusal leaves it the caller's) */
+    uint64_t size;     /* grow: the size asked for, or what to add when relative */
+    bool relative;     /* grow: vm resize --disk +SIZE */
 } vm_event_arg;
 
 /* A request is judged against the table with the VM where it is; a cell
@@ -311,6 +319,10 @@ int vm__check_snapshot(vmrt *rt, const vm_event_arg *a);                  /* sna
 int vm__check_live_snapshot(vmrt *rt, const vm_event_arg *a);             /* snapshot.c */
 void vm__act_snapshot(vmrt *rt, sv_vm_state from, const vm_event_arg *a); /* snapshot.c */
 void vm__act_live_snapshot(vmrt *rt, sv_vm_state from, const vm_event_arg *a); /* snapshot.c */
+int vm__check_edit(vmrt *rt, const vm_event_arg *a);                      /* edit.c */
+int vm__check_grow(vmrt *rt, const vm_event_arg *a);                      /* edit.c */
+void vm__act_edit(vmrt *rt, sv_vm_state from, const vm_event_arg *a);     /* edit.c */
+void vm__act_grow(vmrt *rt, sv_vm_state from, const vm_event_arg *a);     /* edit.c */
 void vm__add_waiter(waiter **list, sv_vm_done_fn done, void *userdata);
 void vm__complete(waiter **list, int status, json_t *result, const qv_error *err);
 void vm__fail_waiters(waiter **list, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));

@@ -61,7 +61,20 @@ static const char *ip_owner(const taken *t, size_t n, uint32_t ip) {
     return NULL;
 }
 
+/* Whether mac is one of `avoid` (n of them). */
+static bool avoided(const nd_nic *avoid, size_t n, const char *mac) {
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(avoid[i].mac, mac) == 0)
+            return true;
+    return false;
+}
+
 int sv_net_prepare_spec(sv_registry *r, const sv_config *c, sv_vmspec *spec, qv_error *err) {
+    return sv_net_prepare_spec_avoiding(r, c, spec, NULL, 0, err);
+}
+
+int sv_net_prepare_spec_avoiding(sv_registry *r, const sv_config *c, sv_vmspec *spec, const nd_nic *avoid,
+                                 size_t n_avoid, qv_error *err) {
     /* what the node's other VMs hold */
     size_t cap = ND_NICS_MAX, n_taken = 0;
     for (sv_vm *vm = sv_registry_first(r); vm; vm = vm->next)
@@ -114,8 +127,8 @@ int sv_net_prepare_spec(sv_registry *r, const sv_config *c, sv_vmspec *spec, qv_
             unsigned salt = 0;
             do
                 nd_mac_derive(spec->name, (unsigned)i, salt++, nic->mac);
-            while (mac_owner(t, n_taken, nic->mac) && salt < 1000);
-            if (mac_owner(t, n_taken, nic->mac))
+            while ((mac_owner(t, n_taken, nic->mac) || avoided(avoid, n_avoid, nic->mac)) && salt < 1000);
+            if (mac_owner(t, n_taken, nic->mac) || avoided(avoid, n_avoid, nic->mac))
                 return qv_error_set(err, EBUSY, "NIC %zu: no free MAC derived from the name; give one with mac=", i);
             mine[i] = take(t, &n_taken, nic->mac, spec->name);
         }

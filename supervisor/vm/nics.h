@@ -31,6 +31,11 @@ int sv_net_nics(const sv_vmspec *spec, nd_nic ret[ND_NICS_MAX], size_t *ret_n, q
  * not named) filled in.  Refusals: EINVAL (bad values), EBUSY (a MAC or
  * address another VM has), QV_ECAPACITY (the subnet is full). */
 int sv_net_prepare_spec(sv_registry *r, const sv_config *c, sv_vmspec *spec, qv_error *err);
+/* The same, at vm edit: a NIC that gets a derived MAC gets none of the
+ * n_avoid MACs of `avoid` either (the VM's NICs before the edit: a new NIC
+ * is a new MAC to the guest and to DHCP servers). */
+int sv_net_prepare_spec_avoiding(sv_registry *r, const sv_config *c, sv_vmspec *spec, const nd_nic *avoid,
+                                 size_t n_avoid, qv_error *err);
 
 /* The fds a start hands to QEMU, per NIC index; -1 where none. */
 typedef struct sv_net_fds {

@@ -78,6 +78,13 @@ int sv_registry_create(sv_registry *r, uv_loop_t *loop, sv_vmspec *spec, int ker
  * daemon killed afterwards finds it; QV_ATOMIC_ORDERED). */
 char *sv_vm_state_text(const sv_vm *vm, sv_vm_state state, size_t *ret_len);
 int sv_vm_state_write(const char *dir, const char *text, size_t len, bool durable, qv_error *err);
+/* The same for spec.json (vm edit, vm resize): the text of a spec (caller
+ * frees; NULL when out of memory), and its atomic, durable replacement of
+ * DIR/spec.json (temp file, fsync, rename, directory fsync: a daemon killed
+ * or a power lost at any point leaves the old spec or the new one, whole).
+ * Thread-safe. */
+char *sv_vm_spec_text(const sv_vmspec *spec, size_t *ret_len);
+int sv_vm_spec_write(const char *dir, const char *text, size_t len, qv_error *err);
 /* Durable writes of several VMs' state.json as one group (a journal
  * commits them together: qv_atomic_commit_group); each its own status and
  * error, as sv_vm_state_write(…, true, …) would give it.  Thread-safe. */

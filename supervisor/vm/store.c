@@ -80,6 +80,17 @@ static int write_text(const char *dir, const char *file, const char *text, size_
     return 0;
 }
 
+char *sv_vm_spec_text(const sv_vmspec *spec, size_t *ret_len) {
+    json_t *j = sv_vmspec_to_json(spec);
+    char *text = json_text(j, ret_len);
+    json_decref(j);
+    return text;
+}
+
+int sv_vm_spec_write(const char *dir, const char *text, size_t len, qv_error *err) {
+    return write_text(dir, SV_VM_SPEC_FILE, text, len, QV_ATOMIC_DURABLE, err);
+}
+
 int sv_vm_state_write(const char *dir, const char *text, size_t len, bool durable, qv_error *err) {
     return write_text(dir, SV_VM_STATE_FILE, text, len, durable ? QV_ATOMIC_DURABLE : QV_ATOMIC_ORDERED, err);
 }

@@ -152,6 +152,29 @@ typedef enum sv_guest_cmd {
 int sv_vm_guest(sv_vmctl *c, sv_vm *vm, sv_guest_cmd cmd, json_t *args, size_t limit, uint64_t timeout_ms,
                 sv_vm_done_fn done, void *userdata, qv_error *err);
 
+/* vm edit: replaces the spec of a stopped or crashed VM with `spec` (made
+ * by sv_vmspec_edit()), checked as create checks a spec (GPUs another VM
+ * holds, MACs and nat addresses, admission: every defined VM counts, this
+ * one with its new spec only).  0: under way, spec taken, `done` called
+ * once spec.json is replaced (atomically, durably) and the VM has the new
+ * spec in memory (result NULL), or with the error (the old spec stays).
+ * Negative errno with err: refused, spec still the caller's (EBUSY: not
+ * stopped or crashed, or an edit or resize in progress; the check's
+ * EBUSY, QV_ECAPACITY, EINVAL, ENOENT). */
+int sv_vm_edit(sv_vmctl *c, sv_vm *vm, sv_vmspec *spec, sv_vm_done_fn done, void *userdata, qv_error *err);
+
+/* vm resize --disk: grows the disk to `size` bytes (relative: by `size`),
+ * with QMP block_resize while it has a QEMU (running or paused), else
+ * qemu-img resize; then records the size in its spec and state.json.
+ * Refused (negative errno with err): EINVAL a smaller size or more than
+ * 64 TiB, QV_ECAPACITY its storage pool has no room for the extra bytes,
+ * EBUSY starting, stopping, being created, removed, edited or resized,
+ * EIO no monitor connection.  Otherwise `done` gets {"name", "disk_size",
+ * "previous_size", "how": "block_resize"|"qemu-img resize"|"unchanged"},
+ * or EIO when QEMU or qemu-img refused. */
+int sv_vm_resize(sv_vmctl *c, sv_vm *vm, uint64_t size, bool relative, sv_vm_done_fn done, void *userdata,
+                 qv_error *err);
+
 /* Asks the guest agent of every running VM for its addresses (at most
  * `timeout_ms` each, all at once) unless asked within the last few seconds,
  * then calls done.  Never fails: a silent agent is shown as "no answer". */
