@@ -93,6 +93,9 @@ void sv_api_vm_file_open(sv_daemon *d, sv_ctl_req *req, sv_vm *vm, json_t *param
 void sv_api_vm_file_read(sv_daemon *d, sv_ctl_req *req, sv_vm *vm, json_t *params);
 void sv_api_vm_file_write(sv_daemon *d, sv_ctl_req *req, sv_vm *vm, json_t *params);
 void sv_api_vm_file_close(sv_daemon *d, sv_ctl_req *req, sv_vm *vm, json_t *params);
+/* supervisor/api/vm-edit.c */
+void sv_api_vm_edit(sv_daemon *d, sv_ctl_req *req, sv_vm *vm, json_t *params);
+void sv_api_vm_resize(sv_daemon *d, sv_ctl_req *req, sv_vm *vm, json_t *params);
 /* What a scrape reads of the daemon, as of now.  supervisor/daemon.c */
 sv_scrape_ctx sv_daemon_scrape_ctx(const sv_daemon *d);
 

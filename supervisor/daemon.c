@@ -153,6 +153,11 @@ static const struct method {
     {"vm.snapshot.remove", OWNER, NULL, sv_api_vm_snapshot_remove},
     {"vm.snapshot.revert", OWNER, NULL, sv_api_vm_snapshot_revert},
     {"vm.snapshot.list", ANYONE, NULL, sv_api_vm_snapshot_list},
+    /* what a VM may take of the node (CPUs, memory, GPUs, NICs, its disk)
+     * is decided where its VM is created, not by its owner: an owner's job
+     * (a Slurm job) must not grow past what it was given */
+    {"vm.edit", PRIVILEGED, NULL, sv_api_vm_edit},
+    {"vm.resize", PRIVILEGED, NULL, sv_api_vm_resize},
     {"gpu.list", ANYONE, sv_api_gpu_list, NULL},
     {"net.list", ANYONE, sv_api_net_list, NULL},
     {"node.status", ANYONE, sv_api_node_status, NULL},

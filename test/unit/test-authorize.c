@@ -27,8 +27,9 @@ static const char *const owner_methods[] = {"vm.start",      "vm.stop",        "
                                             "vm.file_write", "vm.file_close", "vm.snapshot.create", "vm.snapshot.revert",
                                             "vm.snapshot.remove"};
 /* What only root and the socket group may do. */
-static const char *const privileged_methods[] = {"vm.create",    "vm.remove",   "image.import",  "image.remove",
-                                                 "config.reload", "node.cleanup", "net.teardown"};
+static const char *const privileged_methods[] = {"vm.create",    "vm.remove",    "image.import", "image.remove",
+                                                 "config.reload", "node.cleanup", "net.teardown", "vm.edit",
+                                                 "vm.resize"};
 /* What anyone who may connect may do. */
 static const char *const read_methods[] = {"ping",        "config.get",  "image.list",       "vm.list",
                                            "vm.show",     "gpu.list",    "net.list",         "node.status",
