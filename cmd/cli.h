@@ -109,6 +109,11 @@ int cmd_vm_console(qv_cli *cli, int argc, char **argv);
 int cmd_vm_log(qv_cli *cli, int argc, char **argv);
 int cmd_vm_wait(qv_cli *cli, int argc, char **argv);
 int cmd_vm_snapshot(qv_cli *cli, int argc, char **argv);
+int cmd_vm_edit(qv_cli *cli, int argc, char **argv);
+int cmd_vm_resize(qv_cli *cli, int argc, char **argv);
+/* A VM (vm.show's result, borrowed) as `vm show` prints it, its owner's
+ * user name added (cmd-vm.c). */
+void qv_cli_print_vm(json_t *vm);
 int cmd_events(qv_cli *cli, int argc, char **argv);
 int cmd_cidata(qv_cli *cli, int argc, char **argv);
 int cmd_cleanup(qv_cli *cli, int argc, char **argv);

@@ -705,6 +705,11 @@ static void print_kv(const char *prefix, json_t *obj) {
     }
 }
 
+void qv_cli_print_vm(json_t *vm) {
+    add_owner_user(vm);
+    print_kv("", vm);
+}
+
 int cmd_vm_show(qv_cli *cli, int argc, char **argv) {
     static const struct option longopts[] = {QV_CLI_COMMON_LONGOPTS, {NULL, 0, NULL, 0}};
     int c;

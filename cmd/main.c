@@ -24,6 +24,8 @@ static const qv_cli_verb vm_verbs[] = {
     {"create", cmd_vm_create, "define a VM with its own disk on a base image"},
     {"list", cmd_vm_list, "list VMs with state, pid, resources, IP, uptime"},
     {"show", cmd_vm_show, "everything about one VM"},
+    {"edit", cmd_vm_edit, "change a stopped VM's CPUs, memory, GPUs, NICs, restart policy, ..."},
+    {"resize", cmd_vm_resize, "grow a VM's disk (also while it runs)"},
     {"start", cmd_vm_start, "start a VM"},
     {"stop", cmd_vm_stop, "shut a VM down (agent or ACPI, then forced after a timeout)"},
     {"restart", cmd_vm_restart, "stop and start a VM (the disk stays)"},
