@@ -1,6 +1,6 @@
 /* The VM lifecycle engine's private header: what the files of the engine
  * (engine.c, requests.c, start.c, caps.c, launch.c, monitor.c, stop.c,
- * exit.c, adopt.c, remove.c, orphans.c) share.  Not for anything outside
+ * exit.c, adopt.c, remove.c, orphans.c, edit.c) share.  Not for anything outside
  * supervisor/vm/.  See vm.h for the engine's API and docs/lifecycle.md.
  *
  * One `vmrt` per VM holds what the engine knows beyond the registry: the
