@@ -149,7 +149,7 @@ int sv_resources_storage(sv_registry *r, const sv_config *c, const char *pool, s
     for (sv_vm *vm = sv_registry_first(r); vm; vm = sv_registry_next(vm)) {
         if (strcmp(sv_resources_storage_pool_of(c, sv_vm_spec(vm)), p->name) != 0)
             continue;
-        ret->allocated += sv_vm_disk_size(vm) ? sv_vm_disk_size(vm) : sv_vm_spec(vm)->disk;
+        ret->allocated += sv_vm_disk_claim(vm);
         char disk[PATH_MAX];
         struct stat st;
         sv_vm_path(vm, SV_VM_DISK_FILE, disk, sizeof disk);

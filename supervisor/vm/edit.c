@@ -23,7 +23,8 @@ typedef struct spec_job {
     char *dir;
     char *text;
     size_t len;
-    sv_vmspec *spec;     /* the new spec, swapped in once written */
+    sv_vmspec *spec;     /* grow: the new spec, swapped in once written; edit: the old one, put
+                          * back if the write fails (the new one is in place from the start) */
     bool grow;           /* a resize: vm->disk_size becomes spec->disk */
     uint64_t from_size;  /* grow: the size before */
     uint64_t to_size;    /* grow: the size now */
@@ -78,14 +79,20 @@ static void grow_saved(vmrt *rt, int status, const qv_error *err, void *userdata
     spec_job_free(job);
 }
 
+/* Nothing holds the VM any more. */
+static void release(vmrt *rt) {
+    rt->held = NULL;
+    if (rt->vm)
+        rt->vm->disk_pending = 0;
+}
+
 static void spec_after(uv_work_t *w, int status) {
     spec_job *job = w->data;
     vmrt *rt = job->rt;
     sv_vm *vm = rt->vm;
     if (status < 0 && job->status == 0)
         job->status = qv_error_set(&job->err, -status, "the spec write was cancelled");
-    if (vm)
-        rt->held = NULL;
+    release(rt);
     if (!vm) {
         qv_error e = {0};
         qv_error_set(&e, ECANCELED, "the daemon is stopping; spec.json holds the old spec or the new one");
@@ -93,34 +100,40 @@ static void spec_after(uv_work_t *w, int status) {
         spec_job_free(job);
     } else if (job->status < 0) {
         log_warning("VM %s: %s", vm->name, job->err.msg);
-        if (job->grow)
+        if (job->grow) {
             qv_error_prefix(&job->err, "the disk of VM '%s' was grown to %llu bytes, but its spec keeps the old size",
                             vm->name, (unsigned long long)job->spec->disk);
+        } else { /* the old spec again, in memory as on disk */
+            sv_vmspec_free(vm->spec);
+            vm->spec = TAKE_PTR(job->spec);
+        }
         fail(job->done, job->userdata, &job->err);
         spec_job_free(job);
-    } else {
+    } else if (job->grow) {
         sv_vmspec_free(vm->spec);
         vm->spec = TAKE_PTR(job->spec);
-        if (job->grow) {
-            vm->disk_size = vm->spec->disk;
-            log_info("VM %s: disk grown to %llu bytes (%s)", vm->name, (unsigned long long)vm->disk_size, job->how);
-            vm__emit(rt, "resize", json_pack("{s:I, s:I, s:s}", "from", (json_int_t)job->from_size, "to",
-                                             (json_int_t)vm->disk_size, "how", job->how));
-            job->to_size = vm->disk_size;
-            vm__save(rt, grow_saved, job);
-        } else {
-            log_info("VM %s: spec edited", vm->name);
-            vm__emit(rt, "edit", json_object());
-            if (job->done)
-                job->done(0, NULL, NULL, job->userdata);
-            spec_job_free(job);
-        }
+        vm->disk_size = vm->spec->disk;
+        job->to_size = vm->disk_size;
+        log_info("VM %s: disk grown to %llu bytes (%s)", vm->name, (unsigned long long)vm->disk_size, job->how);
+        vm__emit(rt, "resize", json_pack("{s:I, s:I, s:s}", "from", (json_int_t)job->from_size, "to",
+                                         (json_int_t)vm->disk_size, "how", job->how));
+        vm__save(rt, grow_saved, job);
+    } else {
+        log_info("VM %s: spec edited", vm->name);
+        vm__emit(rt, "edit", json_object());
+        if (job->done)
+            job->done(0, NULL, NULL, job->userdata);
+        spec_job_free(job); /* and the old spec with it */
     }
     vm__rt_unref(rt);
 }
 
-/* Writes `spec` (taken) as the VM's spec.json on a worker, then swaps it
- * in; rt stays held until then.  Answers through done. */
+/* Writes `spec` (taken) as the VM's spec.json on a worker; rt stays held
+ * until then.  An edit's spec is the VM's at once (what admission sees
+ * from now on: two edits of two VMs cannot both count the other's old
+ * values), the old one put back if the write fails; a resize's once it is
+ * written (its growth is claimed meanwhile: vm->disk_pending).  Answers
+ * through done. */
 static void spec_commit(vmrt *rt, sv_vmspec *spec, bool grow, uint64_t from_size, const char *how,
                         sv_vm_done_fn done, void *userdata) {
     spec_job *job = calloc(1, sizeof *job);
@@ -136,10 +149,14 @@ static void spec_commit(vmrt *rt, sv_vmspec *spec, bool grow, uint64_t from_size
             spec_job_free(job);
         else
             sv_vmspec_free(spec);
-        rt->held = NULL;
+        release(rt);
         qv_error_set(&e, ENOMEM, "out of memory");
         fail(done, userdata, &e);
         return;
+    }
+    if (!grow) { /* the new spec in place, the old one kept to put back */
+        job->spec = rt->vm->spec;
+        rt->vm->spec = spec;
     }
     job->work.data = job;
     rt->refs++;
@@ -265,7 +282,7 @@ static void grow_job_free(grow_job *job) {
 static void grown(vmrt *rt, uint64_t from, uint64_t to, const char *how, sv_vm_done_fn done, void *userdata) {
     sv_vmspec *spec = sv_vmspec_dup(rt->vm->spec);
     if (!spec) {
-        rt->held = NULL;
+        release(rt);
         qv_error e = {0};
         qv_error_set(&e, ENOMEM, "out of memory: the disk of VM '%s' was grown, its spec keeps the old size",
                      rt->vm->name);
@@ -328,7 +345,7 @@ static void grow_after(uv_work_t *w, int status) {
         qv_error_set(&e, ECANCELED, "the daemon is stopping");
         fail(job->done, job->userdata, &e);
     } else if (job->status < 0) {
-        rt->held = NULL;
+        release(rt);
         qv_error_prefix(&job->err, "the disk of VM '%s' was not resized", rt->vm->name);
         log_warning("%s", job->err.msg);
         fail(job->done, job->userdata, &job->err);
@@ -356,7 +373,7 @@ static void on_block_resize(qmp_conn *q, int status, json_t *result, const qmp_e
         qv_error_set(&err, ECANCELED, "the VM is gone");
         fail(g->done, g->userdata, &err);
     } else if (status < 0) {
-        rt->held = NULL;
+        release(rt);
         qv_error_set(&err, EIO, "VM '%s': QEMU did not resize the disk: %s", rt->vm->name,
                      e ? e->desc : strerror(-status));
         log_warning("%s", err.msg);
@@ -383,6 +400,7 @@ void vm__act_grow(vmrt *rt, sv_vm_state from, const vm_event_arg *a) {
         return;
     }
     rt->held = "its disk is being resized";
+    vm->disk_pending = to;
     if (sv_vm_state_has_qemu(vm->state)) {
         qmp_grow *g = calloc(1, sizeof *g);
         json_t *args = json_pack("{s:s, s:I}", "node-name", "disk0", "size", (json_int_t)to);
@@ -394,7 +412,7 @@ void vm__act_grow(vmrt *rt, sv_vm_state from, const vm_event_arg *a) {
         json_decref(args);
         if (r < 0) {
             free(g);
-            rt->held = NULL;
+            release(rt);
             qv_error_set(&err, EIO, "VM '%s': cannot send block_resize to QEMU's monitor: %s", vm->name,
                          strerror(-r));
             fail(a->done, a->userdata, &err);
@@ -414,7 +432,7 @@ void vm__act_grow(vmrt *rt, sv_vm_state from, const vm_event_arg *a) {
     if (!job || !job->dir || !job->config) {
         if (job)
             grow_job_free(job);
-        rt->held = NULL;
+        release(rt);
         qv_error_set(&err, ENOMEM, "out of memory");
         fail(a->done, a->userdata, &err);
         return;

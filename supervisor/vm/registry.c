@@ -70,6 +70,11 @@ uint64_t sv_vm_disk_size(const sv_vm *vm) {
     return vm->disk_size;
 }
 
+uint64_t sv_vm_disk_claim(const sv_vm *vm) {
+    uint64_t now = vm->disk_size ? vm->disk_size : vm->spec->disk;
+    return vm->disk_pending > now ? vm->disk_pending : now;
+}
+
 int sv_vm_pid(const sv_vm *vm) {
     return sv_vm_state_has_qemu(vm->state) ? vm->run.pid : 0;
 }

@@ -30,6 +30,11 @@ const sv_vmspec *sv_vm_spec(const sv_vm *vm);
 int sv_vm_path(const sv_vm *vm, const char *file, char *buf, size_t len);
 /* The overlay's virtual size (0 when unknown: the spec's disk applies). */
 uint64_t sv_vm_disk_size(const sv_vm *vm);
+/* What its disk takes of its storage pool: its virtual size (else the
+ * spec's), or the size a resize under way grows it to (vm resize: the
+ * growth is claimed from its check on, so that two resizes cannot both fit
+ * the same free space). */
+uint64_t sv_vm_disk_claim(const sv_vm *vm);
 /* While it has a QEMU: its pid and the NUMA node it is bound to (0 and -1
  * otherwise). */
 int sv_vm_pid(const sv_vm *vm);

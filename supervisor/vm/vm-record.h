@@ -42,5 +42,6 @@ struct sv_vm {
     json_t *addresses;      /* every address the agent reported (array), NULL when unknown */
     const char *agent;      /* "ok", "no answer", "off", "unknown" */
     uint64_t restarts_total; /* automatic restarts since the daemon started (a metric's counter) */
+    uint64_t disk_pending;  /* a resize under way: the size it grows the disk to (edit.c), 0 when none */
     struct sv_vm *next;
 };

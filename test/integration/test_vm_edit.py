@@ -56,6 +56,17 @@ class EditBase(unittest.TestCase):
         subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", base, "1G"], check=True)
         self.node.qvisor("image", "import", base, "blank", check=0)
 
+    def slow_qemu_img(self):
+        """A qemu-img that takes 2 s to resize: long enough to ask for
+        something else meanwhile (qemu.img_binary)."""
+        d = tempfile.mkdtemp(prefix="qv-img-")
+        self.addCleanup(shutil.rmtree, d, ignore_errors=True)
+        path = os.path.join(d, "slow-qemu-img")
+        with open(path, "w") as f:
+            f.write('#!/bin/sh\n[ "$1" = resize ] && sleep 2\nexec qemu-img "$@"\n')
+        os.chmod(path, 0o755)
+        return path
+
     def tearDown(self):
         try:
             if self.node.proc and self.node.proc.poll() is None:
@@ -239,16 +250,7 @@ class EditGpus(EditBase):
 
 class Resize(EditBase):
     def setUp(self):
-        # qemu-img resize takes a second here: long enough to try a start meanwhile
-        self.wrapper = os.path.join(tempfile.mkdtemp(prefix="qv-img-"), "slow-qemu-img")
-        with open(self.wrapper, "w") as f:
-            f.write('#!/bin/sh\n[ "$1" = resize ] && sleep 2\nexec qemu-img "$@"\n')
-        os.chmod(self.wrapper, 0o755)
-        self.make_node(f"qemu:\n  img_binary: {self.wrapper}\n")
-
-    def tearDown(self):
-        super().tearDown()
-        shutil.rmtree(os.path.dirname(self.wrapper), ignore_errors=True)
+        self.make_node(f"qemu:\n  img_binary: {self.slow_qemu_img()}\n")
 
     def disk(self, name):
         return os.path.join(self.node.state, "instances", name, "disk.qcow2")
@@ -285,6 +287,36 @@ class Resize(EditBase):
         # and the start goes on once nothing holds the VM
         self.assertEqual(self.node.qvisor_json("vm", "start", "r", timeout=scaled(60))["state"], "running")
         self.node.qvisor("vm", "stop", "r", "--force", check=0, timeout=scaled(60))
+
+
+@unittest.skipUnless(os.geteuid() == 0, "mounts a tmpfs")
+class ResizePool(EditBase):
+    """A storage pool on a 2560 MiB tmpfs (nothing of it is used but the
+    qcow2 headers): two 1 GiB disks fit, and 300 MiB more for one of them,
+    not for both."""
+
+    def setUp(self):
+        self.pool = tempfile.mkdtemp(prefix="qv-pool-")
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2560m,mode=0750", "qv-it-pool", self.pool], check=True)
+        self.addCleanup(shutil.rmtree, self.pool, ignore_errors=True)
+        self.addCleanup(subprocess.run, ["umount", "-l", self.pool], check=False)
+        self.make_node(f"qemu:\n  img_binary: {self.slow_qemu_img()}\nstorage_pools:\n  small:\n    path: {self.pool}\n")
+
+    def test_two_resizes_cannot_share_free_space(self):
+        self.create("a", "--storage-pool", "small")
+        self.create("b", "--storage-pool", "small")
+        first = subprocess.Popen([QVISOR, "--config", self.node.config, "vm", "resize", "a", "--disk", "+300M"],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        wait_for(lambda: "growing its disk" in self.node.log(), scaled(10), "the first resize to begin")
+        # a's growth is claimed while qemu-img runs: b's does not fit beside it
+        p = self.node.qvisor("vm", "resize", "b", "--disk", "+300M", check=75)
+        self.assertIn("small", p.stderr)
+        out, err = first.communicate(timeout=scaled(30))
+        self.assertEqual(first.returncode, 0, err)
+        self.assertEqual(qemu_img_size(os.path.join(self.pool, "a.qcow2")), GIB + 300 * MIB)
+        self.assertEqual(qemu_img_size(os.path.join(self.pool, "b.qcow2")), GIB)
+        self.node.qvisor("vm", "resize", "b", "--disk", "+300M", check=75)  # and not after it either
+        self.node.qvisor("vm", "resize", "b", "--disk", "+200M", check=0)
 
 
 class ResizeOnline(EditBase):
