@@ -26,6 +26,7 @@ static void edited(int status, json_t *result, const qv_error *err, void *userda
     } else if (!vm) {
         sv_ctl_reply_error(x->req, ENOENT, "no VM named '%s'", x->name);
     } else {
+        sv_vmctl_release_orphans(x->d->vmctl); /* GPUs it kept on vfio-pci and no longer names */
         json_t *j = sv_vm_details(vm);
         json_object_update_new(j, sv_vm_runtime_json(x->d->vmctl, vm));
         sv_ctl_reply(x->req, j);

@@ -3,12 +3,14 @@
  *
  * An edit replaces a stopped (or crashed) VM's spec: the new one is checked
  * against the node as create checks a spec (GPUs another VM holds, MACs and
- * nat addresses, admission with every defined VM but this one), written to
+ * nat addresses, admission with every defined VM but this one), made the
+ * VM's spec in memory (what the next admission counts) and written to
  * spec.json on a worker (atomic and durable: a daemon killed at any point
- * leaves the old spec or the new one), then swapped in memory on the loop.
- * A resize grows the disk: QMP block_resize when the VM has a QEMU,
- * qemu-img resize on a worker when it has none, then the new size goes
- * into the spec the same way and into state.json.  While either is under
+ * leaves the old spec or the new one); a write that fails puts the old spec
+ * back.  A resize grows the disk: QMP block_resize when the VM has a QEMU,
+ * qemu-img resize on a worker when it has none (the growth claimed in its
+ * storage pool meanwhile), then the new size goes into spec.json and
+ * state.json.  While either is under
  * way the VM is held (rt->held): the door refuses a start, a remove, and
  * another edit or resize with EBUSY. */
 #include "supervisor/vm/engine.h"

@@ -114,8 +114,8 @@ void sv_vmctl_release_devices(sv_vmctl *c, bool dry_run, void (*done)(json_t *it
         vmrt *rt = vm ? vm->rt : NULL;
         if (vm_runs(vm) || (rt && rt->pt_busy))
             continue;
-        if (vm && recs[i].keep && recs[i].state == VFIO_REC_BOUND)
-            continue; /* kept on vfio-pci by choice while its VM exists */
+        if (vm && vm__has_gpus(vm) && recs[i].keep && recs[i].state == VFIO_REC_BOUND)
+            continue; /* kept on vfio-pci by choice while its VM exists and wants GPUs (vm edit --no-gpus) */
         const char *why = !vm ? "its VM no longer exists" : "its VM is not running";
         json_array_append_new(s->items, json_pack("{s:s, s:s, s:s, s:s}", "address", recs[i].bdf, "vm", recs[i].vm,
                                                   "action", dry_run ? "would give back" : "give back", "detail",
@@ -149,7 +149,8 @@ void sv_vmctl_release_devices(sv_vmctl *c, bool dry_run, void (*done)(json_t *it
         }
         qv_error err = {0};
         s->pending++;
-        if (sv_pt_give_back(c->loop, conf, recs[i].vm, !vm, orphan_given_back, j, &err) < 0) {
+        /* kept devices too when the VM is gone or its spec has no GPU left */
+        if (sv_pt_give_back(c->loop, conf, recs[i].vm, !vm || !vm__has_gpus(vm), orphan_given_back, j, &err) < 0) {
             log_error("cleanup: cannot give back the devices of %s: %s", recs[i].vm, err.msg);
             orphan_given_back(-err.code, &err, NULL, j);
         }

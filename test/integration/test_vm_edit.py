@@ -217,13 +217,23 @@ class EditGpus(EditBase):
 
     def setUp(self):
         from fakesysfs import FakeSys, asan_runtime
+        from qvtest import can_raise_memlock
         self.tmp = tempfile.mkdtemp(prefix="qv-edit-")
         self.fs = FakeSys(os.path.join(self.tmp, "root"))
+        # the daemon reads /proc through the same root (pid identity): the real one
+        shutil.rmtree(os.path.join(self.fs.root, "proc"))
+        os.symlink("/proc", os.path.join(self.fs.root, "proc"))
         env = self.fs.env(asan=False)
         if asan_runtime(QVISOR):
             opts = env.get("ASAN_OPTIONS", "")
             env["ASAN_OPTIONS"] = (opts + ":" if opts else "") + "verify_asan_link_order=0"
-        self.make_node(env={k: v for k, v in env.items() if os.environ.get(k) != v})
+        env["FAKE_QEMU_LOG"] = os.path.join(self.tmp, "qemu-argv.jsonl")
+        if not can_raise_memlock():
+            env["QVISOR_TEST_MEMLOCK_BEST_EFFORT"] = "1"
+        # test/vfio/fake-qemu.py: QEMU's vfio checks against the fake tree, then the real QEMU without the devices
+        fake_qemu = os.path.join(HERE, "..", "vfio", "fake-qemu.py")
+        self.make_node(f"qemu:\n  binary: {fake_qemu}\nvfio:\n  sysfs_timeout: 1s\n",
+                       env={k: v for k, v in env.items() if os.environ.get(k) != v})
 
     def tearDown(self):
         self.fs.release()
@@ -246,6 +256,21 @@ class EditGpus(EditBase):
         p = self.node.qvisor("vm", "edit", "b", "--gpu", "7", check=66)
         self.assertIn("no such GPU", p.stderr)
         self.assertEqual(self.fs.log(), [])  # nothing was bound for any of this
+
+    def test_a_kept_gpu_goes_back_when_edited_out(self):
+        self.create("k", "--gpu", self.GPU + ",keep", "--no-agent")
+        self.create("o", "--no-agent")
+        self.node.qvisor("vm", "start", "k", check=0, timeout=scaled(60))
+        self.node.qvisor("vm", "stop", "k", "--force", check=0, timeout=scaled(60))
+        self.assertEqual(self.fs.driver(self.GPU), "vfio-pci")  # kept between runs
+        p = self.node.qvisor("vm", "edit", "o", "--gpu", self.GPU, check=75)
+        self.assertIn("held by VM 'k'", p.stderr)
+        self.node.qvisor("vm", "edit", "k", "--no-gpus", check=0)
+        # no longer k's: given back to its driver, its record gone, free for another VM
+        wait_for(lambda: self.fs.driver(self.GPU) == "nouveau", scaled(10), "the GPU given back after the edit")
+        wait_for(lambda: not os.listdir(os.path.join(self.node.state, "vfio")), scaled(10), "its record removed")
+        j = self.node.qvisor_json("vm", "edit", "o", "--gpu", self.GPU)
+        self.assertEqual(j["spec"]["gpus"], [self.GPU])
 
 
 class Resize(EditBase):
