@@ -165,7 +165,7 @@ class Edit(EditBase):
         self.assertEqual(self.node.proc.wait(timeout=scaled(10)), -signal.SIGKILL)
         self.assertIn(f"test hook: crashing at {point}", self.node.log())
         d = os.path.join(self.node.state, "instances", "c")
-        self.assertEqual(sorted(f for f in os.listdir(d) if f.startswith(".")), [])  # no temp file left
+        self.assertEqual([f for f in os.listdir(d) if f.endswith(".tmp")], [])  # no temp file left
         self.node.start_daemon(extra_env=self.env)
         spec = self.spec_file("c")  # whole JSON
         self.assertEqual(self.show("c")["spec"]["cpus"], spec["cpus"])
