@@ -191,7 +191,10 @@ int vm__check_edit(vmrt *rt, const vm_event_arg *a) {
     if (rt->pt_busy)
         return qv_error_set(a->err, EBUSY, "VM '%s': its GPUs are being given back; try again in a moment",
                             vm->name);
-    int r = sv_pt_prepare_spec(c->registry, cfg(c), spec, a->err);
+    int r = vm__snapshot_idle(rt, false, false, a->err); /* a snapshot operation in flight (snapshot.c) */
+    if (r < 0)
+        return r;
+    r = sv_pt_prepare_spec(c->registry, cfg(c), spec, a->err);
     if (r == 0)
         r = sv_net_prepare_spec_avoiding(c->registry, cfg(c), spec, vm->spec->nics, vm->spec->n_nics, a->err);
     if (r < 0)
@@ -235,7 +238,10 @@ int vm__check_grow(vmrt *rt, const vm_event_arg *a) {
     sv_vmctl *c = rt->c;
     sv_vm *vm = rt->vm;
     uint64_t now = disk_now(vm), to;
-    int r = sv_disk_resize_target(now, a->size, a->relative, &to, a->err);
+    int r = vm__snapshot_idle(rt, false, false, a->err); /* qemu-img or QMP on the same disk (snapshot.c) */
+    if (r < 0)
+        return r;
+    r = sv_disk_resize_target(now, a->size, a->relative, &to, a->err);
     if (r < 0)
         return r;
     if (r == 0) {

@@ -397,9 +397,12 @@ static const vm_action_fn vm__actions[SV_ACT__COUNT] = {
 };
 
 /* Actions that use or change the VM's spec or disk: refused while an edit
- * or a resize holds them (rt->held, edit.c). */
+ * or a resize holds them (rt->held, edit.c).  Snapshots too: a snapshot
+ * taken or reverted while the disk grows would record (or bring back) a
+ * size its spec does not say. */
 static bool needs_spec_and_disk(sv_vm_action act) {
-    return act == SV_ACT_PREPARE || act == SV_ACT_REMOVE || act == SV_ACT_EDIT || act == SV_ACT_GROW;
+    return act == SV_ACT_PREPARE || act == SV_ACT_REMOVE || act == SV_ACT_EDIT || act == SV_ACT_GROW ||
+           act == SV_ACT_SNAPSHOT || act == SV_ACT_LIVE_SNAPSHOT || act == SV_ACT_REVERT;
 }
 
 /* The state a request is judged in.  Pause and resume look past the

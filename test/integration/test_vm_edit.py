@@ -57,13 +57,13 @@ class EditBase(unittest.TestCase):
         self.node.qvisor("image", "import", base, "blank", check=0)
 
     def slow_qemu_img(self):
-        """A qemu-img that takes 2 s to resize: long enough to ask for
-        something else meanwhile (qemu.img_binary)."""
+        """A qemu-img that takes 2 s to resize or snapshot: long enough to
+        ask for something else meanwhile (qemu.img_binary)."""
         d = tempfile.mkdtemp(prefix="qv-img-")
         self.addCleanup(shutil.rmtree, d, ignore_errors=True)
         path = os.path.join(d, "slow-qemu-img")
         with open(path, "w") as f:
-            f.write('#!/bin/sh\n[ "$1" = resize ] && sleep 2\nexec qemu-img "$@"\n')
+            f.write('#!/bin/sh\ncase "$1" in resize|snapshot) sleep 2;; esac\nexec qemu-img "$@"\n')
         os.chmod(path, 0o755)
         return path
 
@@ -294,6 +294,8 @@ class Resize(EditBase):
         p = self.node.qvisor("vm", "start", "r", check=75)
         self.assertIn("its disk is being resized", p.stderr)
         p = self.node.qvisor("vm", "edit", "r", "--cpus", "2", check=75)
+        p = self.node.qvisor("vm", "snapshot", "r", "create", "s1", check=75)  # the same disk
+        self.assertIn("its disk is being resized", p.stderr)
         out, err = resize.communicate(timeout=scaled(30))
         self.assertEqual(resize.returncode, 0, err)
         self.assertIn("disk grown from 1G to 2G (qemu-img resize)", out)
@@ -309,6 +311,15 @@ class Resize(EditBase):
         self.assertIn("thin", p.stderr)
         self.assertEqual(qemu_img_size(self.disk("r")), 2 * GIB)
         self.assertEqual(self.spec_file("r")["disk"], "2G")
+        # a snapshot in flight holds the disk the other way round
+        snap = subprocess.Popen([QVISOR, "--config", self.node.config, "vm", "snapshot", "r", "create", "s2"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        wait_for(lambda: "snapshot s2: create (qemu-img)" in self.node.log(), scaled(10), "the snapshot to begin")
+        p = self.node.qvisor("vm", "resize", "r", "--disk", "+1G", check=75)
+        self.assertIn("snapshot 's2' is being taken", p.stderr)
+        out, err = snap.communicate(timeout=scaled(30))
+        self.assertEqual(snap.returncode, 0, err)
+        self.assertEqual(qemu_img_size(self.disk("r")), 2 * GIB)
         # and the start goes on once nothing holds the VM
         self.assertEqual(self.node.qvisor_json("vm", "start", "r", timeout=scaled(60))["state"], "running")
         self.node.qvisor("vm", "stop", "r", "--force", check=0, timeout=scaled(60))
