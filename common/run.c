@@ -50,8 +50,8 @@ static char *capture_take(capture *c) {
     return TAKE_PTR(c->buf);
 }
 
-static int run(char *const argv[], int timeout_ms, qv_run_output_fn on_out, void *userdata, qv_run_result *ret,
-               bool *ret_timed_out) {
+static int run(char *const argv[], int timeout_ms, int cancel_fd, qv_run_output_fn on_out, void *userdata,
+               qv_run_result *ret, bool *ret_timed_out) {
     *ret = (qv_run_result){0};
     *ret_timed_out = false;
     int out[2] = {-1, -1}, err[2] = {-1, -1};
@@ -92,7 +92,8 @@ static int run(char *const argv[], int timeout_ms, qv_run_output_fn on_out, void
     }
 
     capture co = {0}, ce = {0};
-    struct pollfd p[2] = {{.fd = out[0], .events = POLLIN}, {.fd = err[0], .events = POLLIN}};
+    struct pollfd p[3] = {{.fd = out[0], .events = POLLIN}, {.fd = err[0], .events = POLLIN},
+                          {.fd = cancel_fd, .events = POLLIN}};
     uint64_t deadline = timeout_ms > 0 ? qv_now_ms() + (uint64_t)timeout_ms : 0;
     int open_fds = 2, result = 0;
     char buf[65536];
@@ -107,12 +108,17 @@ static int run(char *const argv[], int timeout_ms, qv_run_output_fn on_out, void
             }
             wait = (int)(deadline - now);
         }
-        int n = poll(p, 2, wait);
+        int n = poll(p, cancel_fd >= 0 ? 3 : 2, wait);
         if (n < 0 && errno == EINTR)
             continue;
         if (n < 0) {
             kill(pid, SIGKILL);
             result = -errno;
+            break;
+        }
+        if (cancel_fd >= 0 && p[2].revents) {
+            kill(pid, SIGKILL);
+            result = -ECANCELED;
             break;
         }
         for (int i = 0; i < 2; i++) {
@@ -152,7 +158,7 @@ static int run(char *const argv[], int timeout_ms, qv_run_output_fn on_out, void
 
 int qv_run(char *const argv[], int timeout_ms, qv_run_output_fn on_out, void *userdata, qv_run_result *ret) {
     bool timed_out;
-    int r = run(argv, timeout_ms, on_out, userdata, ret, &timed_out);
+    int r = run(argv, timeout_ms, -1, on_out, userdata, ret, &timed_out);
     if (r == 0 && timed_out) {
         qv_run_result_free(ret);
         return -ETIMEDOUT;
@@ -162,7 +168,13 @@ int qv_run(char *const argv[], int timeout_ms, qv_run_output_fn on_out, void *us
 
 int qv_run_bounded(char *const argv[], int timeout_ms, qv_run_output_fn on_out, void *userdata, qv_run_result *ret,
                    bool *ret_timed_out) {
-    return run(argv, timeout_ms, on_out, userdata, ret, ret_timed_out);
+    return run(argv, timeout_ms, -1, on_out, userdata, ret, ret_timed_out);
+}
+
+int qv_run_cancellable(char *const argv[], int cancel_fd, qv_run_output_fn on_out, void *userdata,
+                       qv_run_result *ret) {
+    bool timed_out;
+    return run(argv, 0, cancel_fd, on_out, userdata, ret, &timed_out);
 }
 
 void qv_run_result_free(qv_run_result *r) {

@@ -27,6 +27,12 @@ int qv_run(char *const argv[], int timeout_ms, qv_run_output_fn on_out, void *us
  * whose hung child's last words are the answer. */
 int qv_run_bounded(char *const argv[], int timeout_ms, qv_run_output_fn on_out, void *userdata, qv_run_result *ret,
                    bool *ret_timed_out);
+/* qv_run() without a timeout that ends early when cancel_fd (an eventfd,
+ * a pipe's read end; -1: never) becomes readable: the child is killed
+ * (SIGKILL) and reaped, and -ECANCELED returned (nothing in *ret to free).
+ * For long copies (`vm clone`) a client may give up on. */
+int qv_run_cancellable(char *const argv[], int cancel_fd, qv_run_output_fn on_out, void *userdata,
+                       qv_run_result *ret);
 void qv_run_result_free(qv_run_result *r);
 /* True when the program exited with status 0. */
 int qv_run_ok(const qv_run_result *r);

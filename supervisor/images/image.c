@@ -2,12 +2,14 @@
 
 #include "cleanup.h"
 #include "fileio.h"
+#include "qv-build.h"
 #include "util.h"
 
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,6 +17,18 @@
 #include <unistd.h>
 
 #define IMAGE_SUFFIX ".qcow2"
+
+/* Test builds: QVISOR_TEST_CRASH_AT=POINT kills the daemon there
+ * (docs/lifecycle.md; the VMs' own points are sv_crash_point()). */
+static void crash_point(const char *point) {
+#if QV_TEST_HOOKS
+    const char *want = getenv("QVISOR_TEST_CRASH_AT");
+    if (want && strcmp(want, point) == 0)
+        raise(SIGKILL);
+#else
+    (void)point;
+#endif
+}
 
 int sv_image_path(const sv_config *c, const char *name, char *buf, size_t size, qv_error *err) {
     if (!qv_name_valid(name))
@@ -68,13 +82,20 @@ bool sv_qemu_img_progress_feed(sv_qemu_img_progress *p, const char *chunk, size_
 
 int sv_qemu_img(const sv_config *c, const char *const *args, qv_run_output_fn progress, void *userdata,
                     qv_run_result *res, qv_error *err) {
-    char *argv[16];
+    return sv_qemu_img_cancellable(c, args, -1, progress, userdata, res, err);
+}
+
+int sv_qemu_img_cancellable(const sv_config *c, const char *const *args, int cancel_fd, qv_run_output_fn progress,
+                            void *userdata, qv_run_result *res, qv_error *err) {
+    char *argv[24];
     size_t n = 0;
     argv[n++] = c->qemu_img_binary;
-    for (size_t i = 0; args[i] && n < 15; i++)
+    for (size_t i = 0; args[i] && n < QV_ARRAY_SIZE(argv) - 1; i++)
         argv[n++] = (char *)args[i]; /* exec does not write them */
     argv[n] = NULL;
-    int r = qv_run(argv, 0, progress, userdata, res);
+    int r = qv_run_cancellable(argv, cancel_fd, progress, userdata, res);
+    if (r == -ECANCELED)
+        return qv_error_set(err, ECANCELED, "qemu-img %s was interrupted", args[0]);
     if (r == -ENOENT)
         return qv_error_set(err, EOPNOTSUPP, "%s not found (install qemu-utils or set qemu.img_binary)",
                             c->qemu_img_binary);
@@ -312,6 +333,34 @@ static int private_copy(int images_dfd, const char *copy_name, int src_fd, const
     return 0;
 }
 
+/* The new image, complete in the unnamed file fd (/proc/PID/fd/N as
+ * fd_path) of the images directory: checked with `qemu-img info`, synced,
+ * made read-only and linked in as path (never renamed: a link does not
+ * replace an image that appeared meanwhile, -EEXIST). */
+static int publish(const sv_config *c, int images_dfd, int fd, const char *fd_path, const char *path, const char *name,
+                   qv_error *err) {
+    json_t *info = NULL;
+    int r = sv_qemu_img_info(c, fd_path, "qcow2", &info, err);
+    json_decref(info);
+    if (r < 0)
+        return r;
+    if (fsync(fd) < 0 || fchmod(fd, 0444) < 0) {
+        int e = errno;
+        return qv_error_set(err, e, "cannot finish image %s: %s", name, strerror(e));
+    }
+    /* a link to the very file (never rename: it would replace an image
+     * that appeared meanwhile) */
+    if (linkat(AT_FDCWD, fd_path, images_dfd, strrchr(path, '/') + 1, AT_SYMLINK_FOLLOW) < 0) {
+        int e = errno;
+        if (e == EEXIST)
+            return qv_error_set(err, EEXIST, "an image named '%s' exists already", name);
+        return qv_error_set(err, e, "cannot create %s: %s", path, strerror(e));
+    }
+    fsync(images_dfd);
+    return 0;
+}
+
+
 int sv_image_import(const sv_config *c, int src_fd, const char *label, const char *name, const char *format,
                     qv_run_output_fn progress, void *userdata, qv_error *err) {
     char path[PATH_MAX], tmp[PATH_MAX];
@@ -385,25 +434,61 @@ int sv_image_import(const sv_config *c, int src_fd, const char *label, const cha
         return r;
     qv_run_result_free(&res);
 
-    json_t *info = NULL;
-    r = sv_qemu_img_info(c, tmpfd_path, "qcow2", &info, err);
-    json_decref(info);
+    return publish(c, images_dfd, fd, tmpfd_path, path, name, err);
+}
+
+size_t sv_qemu_img_convert_args(const char *src, const char *dst, const char *base,
+                                const char *args[SV_QEMU_IMG_CONVERT_ARGS_MAX]) {
+    size_t n = 0;
+    static const char *const head[] = {"convert", "-p", "-f", "qcow2", "-O", "qcow2"};
+    for (size_t i = 0; i < QV_ARRAY_SIZE(head); i++)
+        args[n++] = head[i];
+    if (base) {
+        /* only the clusters that differ from base are written */
+        args[n++] = "-B";
+        args[n++] = base;
+        args[n++] = "-F";
+        args[n++] = "qcow2";
+    }
+    args[n++] = src;
+    args[n++] = dst;
+    args[n] = NULL;
+    return n;
+}
+
+int sv_image_from_disk(const sv_config *c, int disk_fd, const char *label, const char *name, int cancel_fd,
+                       qv_run_output_fn progress, void *userdata, qv_error *err) {
+    char path[PATH_MAX];
+    int r = sv_image_path(c, name, path, sizeof path, err);
     if (r < 0)
         return r;
-    if (fsync(fd) < 0 || fchmod(fd, 0444) < 0) {
-        int e = errno;
-        return qv_error_set(err, e, "cannot finish %s: %s", tmp, strerror(e));
+    if (access(path, F_OK) == 0)
+        return qv_error_set(err, EEXIST, "an image named '%s' exists already (remove it first)", name);
+    r = qv_mkdir_p(c->images_dir, 0750);
+    if (r < 0)
+        return qv_error_set(err, r, "cannot create %s: %s", c->images_dir, strerror(-r));
+    _cleanup_close_ int images_dfd = qv_open_dir_nofollow(c->images_dir);
+    if (images_dfd < 0)
+        return qv_error_set(err, -images_dfd, "cannot open %s: %s", c->images_dir, strerror(-images_dfd));
+    /* as at import: an unnamed file (O_TMPFILE) until it is complete, so
+     * that neither an interruption nor a crash leaves half an image */
+    char src[64], dst[64];
+    _cleanup_close_ int fd = openat(images_dfd, ".", O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return qv_error_set(err, errno, "cannot create a file in %s: %s", c->images_dir, strerror(errno));
+    if ((r = qv_fd_path(fd, dst, sizeof dst)) < 0 || (r = qv_fd_path(disk_fd, src, sizeof src)) < 0)
+        return qv_error_set(err, -r, "cannot name a descriptor");
+    const char *args[SV_QEMU_IMG_CONVERT_ARGS_MAX];
+    sv_qemu_img_convert_args(src, dst, NULL, args);
+    qv_run_result res;
+    r = sv_qemu_img_cancellable(c, args, cancel_fd, progress, userdata, &res, err);
+    if (r < 0) {
+        qv_error_prefix(err, "cannot flatten %s", label);
+        return r;
     }
-    /* a link to the very file (never rename: it would replace an image
-     * that appeared meanwhile) */
-    if (linkat(AT_FDCWD, tmpfd_path, images_dfd, strrchr(path, '/') + 1, AT_SYMLINK_FOLLOW) < 0) {
-        int e = errno;
-        if (e == EEXIST)
-            return qv_error_set(err, EEXIST, "an image named '%s' exists already", name);
-        return qv_error_set(err, e, "cannot create %s: %s", path, strerror(e));
-    }
-    fsync(images_dfd);
-    return 0;
+    qv_run_result_free(&res);
+    crash_point("image-create-before-link");
+    return publish(c, images_dfd, fd, dst, path, name, err);
 }
 
 int sv_image_remove(const sv_config *c, const char *name, qv_error *err) {

@@ -44,6 +44,26 @@ int sv_image_import(const sv_config *c, int src_fd, const char *label, const cha
                     qv_run_output_fn progress, void *userdata, qv_error *err);
 int sv_image_remove(const sv_config *c, const char *name, qv_error *err);
 
+/* `image create NAME --from-vm VM`: the qcow2 disk disk_fd (a VM's overlay,
+ * opened by supervisor/vm/; label names it in messages) flattened into a
+ * new base image IMAGES_DIR/NAME.qcow2: every cluster its chain holds,
+ * no backing file, read-only, in an unnamed file linked in once complete
+ * (an interruption or a crash leaves nothing).  cancel_fd and progress as
+ * sv_qemu_img_cancellable().  -EEXIST when NAME exists, -EINVAL for a bad
+ * name, -ECANCELED. */
+int sv_image_from_disk(const sv_config *c, int disk_fd, const char *label, const char *name, int cancel_fd,
+                       qv_run_output_fn progress, void *userdata, qv_error *err);
+
+/* The arguments (after the binary) of `qemu-img convert` with progress (-p)
+ * from the qcow2 disk src into a new qcow2 file dst (both names qemu-img
+ * opens: paths or /proc/self/fd/N): an overlay on base (-B base -F qcow2:
+ * only the clusters where src differs from base are written), or, base
+ * NULL, flattened (every cluster, no backing file).  NULL-terminated;
+ * returns how many.  Pure: the strings are borrowed. */
+#define SV_QEMU_IMG_CONVERT_ARGS_MAX 16
+size_t sv_qemu_img_convert_args(const char *src, const char *dst, const char *base,
+                                const char *args[SV_QEMU_IMG_CONVERT_ARGS_MAX]);
+
 /* Reads what `qemu-img convert -p` prints on stdout — records like
  * "    (42.00/100%)" ended by '\r' — from chunks split anywhere.  percent
  * is the share of the data to copy (allocated parts of the source, not its
@@ -64,6 +84,11 @@ bool sv_qemu_img_progress_feed(sv_qemu_img_progress *p, const char *chunk, size_
  * -EOPNOTSUPP when qemu-img is missing. */
 int sv_qemu_img(const sv_config *c, const char *const *args, qv_run_output_fn progress, void *userdata,
                 qv_run_result *res, qv_error *err);
+
+/* sv_qemu_img() that kills qemu-img and returns -ECANCELED (err set) once
+ * cancel_fd (-1: never) becomes readable (qv_run_cancellable). */
+int sv_qemu_img_cancellable(const sv_config *c, const char *const *args, int cancel_fd, qv_run_output_fn progress,
+                            void *userdata, qv_run_result *res, qv_error *err);
 
 /* `qemu-img info` of any file as JSON (format given, no probing when non-NULL). */
 int sv_qemu_img_info(const sv_config *c, const char *path, const char *format, json_t **ret, qv_error *err);
