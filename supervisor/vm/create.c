@@ -18,6 +18,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -33,6 +34,7 @@ typedef struct create_job {
     sv_registry *registry;
     sv_vm *vm;
     int kernel_fd, initrd_fd; /* the client's files to copy, -1 for none */
+    reg_copy copy;            /* vm clone: the source's disk (copy.disk_fd -1 for a create) */
     sv_config *config; /* copy for the worker thread */
     sv_registry_done_fn done;
     void *userdata;
@@ -69,6 +71,31 @@ static int copy_boot_file(int src, int dirfd, const char *name, uint64_t max, qv
         return qv_error_set(err, EINVAL, "spec: %s: the file is empty", name);
     if (fsync(out) < 0)
         return qv_error_set(err, errno, "cannot write the VM's %s: %s", name, strerror(errno));
+    return 0;
+}
+
+/* Whether the cancel descriptor of a clone became readable. */
+static bool cancelled(int fd) {
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    return poll(&p, 1, 0) > 0;
+}
+
+/* A clone's seed must not have its source's instance-id, or cloud-init in
+ * the copied disk would take the clone for the source and not run again.
+ * Its host name and MACs differ from the source's, which the id covers; a
+ * --hostname and a network_config of the user's can still make them equal:
+ * refused (EINVAL), never booted as a twin. */
+static int seed_differs(const char *src_dir, int tmpfd, qv_error *err) {
+    _cleanup_free_ char *mine = NULL, *theirs = NULL;
+    _cleanup_close_ int sfd = qv_open_dir_nofollow(src_dir);
+    if (qv_read_file_at(tmpfd, SV_SEED_ID, 256, &mine, NULL) < 0 || sfd < 0 ||
+        qv_read_file_at(sfd, SV_SEED_ID, 256, &theirs, NULL) < 0)
+        return 0; /* no seed on one side: nothing to tell apart */
+    if (strcmp(mine, theirs) == 0)
+        return qv_error_set(err, EINVAL,
+                            "the clone's cloud-init seed would be its source's (instance-id %.40s: same host name, "
+                            "user-data and network-config); give it another --hostname",
+                            mine);
     return 0;
 }
 
@@ -163,13 +190,26 @@ static void create_work(uv_work_t *w) {
         goto fail_tmp;
     }
     snprintf(size, sizeof size, "%llu", (unsigned long long)vm->spec->disk);
-    const char *args[] = {"create", "-q", "-f", "qcow2", "-b", base, "-F", "qcow2", disk, size, NULL};
     qv_run_result res;
-    r = sv_qemu_img(c, args, NULL, NULL, &res, err);
+    if (job->copy.disk_fd >= 0) {
+        /* vm clone: an overlay on the same base with the clusters where the
+         * source differs from it (docs/lifecycle.md, "Clone") */
+        char src[64];
+        const char *args[SV_QEMU_IMG_CONVERT_ARGS_MAX];
+        if ((r = qv_fd_path(job->copy.disk_fd, src, sizeof src)) < 0) {
+            qv_error_set(err, -r, "cannot name the source disk's fd");
+            goto fail_tmp;
+        }
+        sv_qemu_img_convert_args(src, disk, base, args);
+        r = sv_qemu_img_cancellable(c, args, job->copy.cancel_fd, job->copy.progress, job->copy.userdata, &res, err);
+    } else {
+        const char *args[] = {"create", "-q", "-f", "qcow2", "-b", base, "-F", "qcow2", disk, size, NULL};
+        r = sv_qemu_img(c, args, NULL, NULL, &res, err);
+    }
     if (r < 0)
         goto fail_tmp;
     qv_run_result_free(&res);
-    sv_crash_point("create-after-disk");
+    sv_crash_point(job->copy.disk_fd >= 0 ? "clone-after-disk" : "create-after-disk");
     /* the boot files, copied: a defined VM boots what it was created with */
     if (job->kernel_fd >= 0 && (r = copy_boot_file(job->kernel_fd, tmpfd, SV_VM_KERNEL_FILE, SV_KERNEL_MAX, err)) < 0)
         goto fail_tmp;
@@ -187,6 +227,8 @@ static void create_work(uv_work_t *w) {
     if (vm->spec->seed && vm->spec->ssh_generate && (r = sv_seed_ssh_keygen(vm->name, at, err)) < 0)
         goto fail_tmp;
     if ((r = sv_seed_prepare(vm->spec, c, at, NULL, err)) < 0)
+        goto fail_tmp;
+    if (job->copy.src_dir && (r = seed_differs(job->copy.src_dir, tmpfd, err)) < 0)
         goto fail_tmp;
     /* UEFI: the VM's own variable store, from the template create chose;
      * the daemon's user owns it like the disk: QEMU opens both before
@@ -219,7 +261,12 @@ static void create_work(uv_work_t *w) {
     json_decref(st);
     if (r < 0)
         goto fail_tmp;
-    sv_crash_point("create-before-rename");
+    sv_crash_point(job->copy.disk_fd >= 0 ? "clone-before-rename" : "create-before-rename");
+    /* an interrupted clone (its client gone) is rolled back up to here */
+    if (job->copy.cancel_fd >= 0 && cancelled(job->copy.cancel_fd)) {
+        r = qv_error_set(err, ECANCELED, "the clone was interrupted");
+        goto fail_tmp;
+    }
     /* NOREPLACE: an empty directory planted under the name is not replaced */
     if (renameat2(instfd, tmpname, instfd, vm->name, RENAME_NOREPLACE) < 0) {
         r = qv_error_set(err, errno, "cannot move %s into place: %s", tmp, strerror(errno));
@@ -295,6 +342,11 @@ static void boot_files_to_sources(sv_vm *vm) {
 
 int sv_registry_create(sv_registry *r, uv_loop_t *loop, sv_vmspec *spec, int kernel_fd, int initrd_fd,
                        sv_registry_done_fn done, void *userdata, qv_error *err) {
+    return reg__create(r, loop, spec, kernel_fd, initrd_fd, NULL, done, userdata, err);
+}
+
+int reg__create(sv_registry *r, uv_loop_t *loop, sv_vmspec *spec, int kernel_fd, int initrd_fd, const reg_copy *copy,
+                sv_registry_done_fn done, void *userdata, qv_error *err) {
     if (sv_registry_find(r, spec->name))
         return qv_error_set(err, EEXIST, "a VM named '%s' exists already", spec->name);
     if (!spec->kernel != (kernel_fd < 0) || !spec->initrd != (initrd_fd < 0))
@@ -325,6 +377,7 @@ int sv_registry_create(sv_registry *r, uv_loop_t *loop, sv_vmspec *spec, int ker
     job->work.data = job;
     job->kernel_fd = kernel_fd;
     job->initrd_fd = initrd_fd;
+    job->copy = copy ? *copy : (reg_copy){.disk_fd = -1, .cancel_fd = -1};
     rc = uv_queue_work(loop, &job->work, create_work, create_after);
     if (rc < 0) {
         reg__unlink_vm(r, vm);

@@ -394,6 +394,7 @@ static const vm_action_fn vm__actions[SV_ACT__COUNT] = {
     [SV_ACT_SNAPSHOT] = vm__act_snapshot, [SV_ACT_REVERT] = vm__act_snapshot,
     [SV_ACT_LIVE_SNAPSHOT] = vm__act_live_snapshot,
     [SV_ACT_EDIT] = vm__act_edit,       [SV_ACT_GROW] = vm__act_grow,
+    [SV_ACT_HOLD] = vm__act_hold,
 };
 
 /* Actions that use or change the VM's spec or disk: refused while an edit
@@ -402,7 +403,7 @@ static const vm_action_fn vm__actions[SV_ACT__COUNT] = {
  * size its spec does not say. */
 static bool needs_spec_and_disk(sv_vm_action act) {
     return act == SV_ACT_PREPARE || act == SV_ACT_REMOVE || act == SV_ACT_EDIT || act == SV_ACT_GROW ||
-           act == SV_ACT_SNAPSHOT || act == SV_ACT_LIVE_SNAPSHOT || act == SV_ACT_REVERT;
+           act == SV_ACT_SNAPSHOT || act == SV_ACT_LIVE_SNAPSHOT || act == SV_ACT_REVERT || act == SV_ACT_HOLD;
 }
 
 /* The state a request is judged in.  Pause and resume look past the
@@ -433,6 +434,9 @@ static int refusal(const sv_vm *vm, sv_vm_event ev, int r, qv_error *err) {
     if (r == -EHOSTDOWN && ev == SV_EV_GUEST)
         return qv_error_set(err, EHOSTDOWN, "VM '%s' is %s: no guest runs there (qvisor vm start %s)", vm->name, st,
                             vm->name);
+    if (r == -EBUSY && ev == SV_EV_COPY && sv_vm_state_has_qemu(vm->state))
+        return qv_error_set(err, EBUSY, "VM '%s' is %s; its disk is copied only while it is stopped: stop it first",
+                            vm->name, st);
     if (r == -EHOSTDOWN)
         return qv_error_set(err, EHOSTDOWN, "VM '%s' is %s: there is no QEMU to %s (qvisor vm start %s)", vm->name,
                             st, sv_vm_event_name(ev), vm->name);
@@ -455,6 +459,9 @@ int vm__event(vmrt *rt, sv_vm_event ev, const vm_event_arg *arg) {
         return r;
     if (rt->held && needs_spec_and_disk(act))
         return qv_error_set(arg->err, EBUSY, "VM '%s' is busy: %s; try again when that is done", vm->name, rt->held);
+    if (vm__held_refuses(rt, act))
+        return qv_error_set(arg->err, EBUSY, "VM '%s' is busy: its disk is being copied (vm clone, image create); "
+                            "try again when that is done", vm->name);
     if (vm__checks[act] && (r = vm__checks[act](rt, arg)) < 0)
         return r;
     if (act != SV_ACT_SEND) {

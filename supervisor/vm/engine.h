@@ -223,6 +223,10 @@ struct vmrt {
      * door's EBUSY; NULL when nothing does */
     const char *held;
     uint64_t grow_to;      /* grow's check: the disk's new size, for the action */
+    /* vm clone, image create --from-vm (clone.c): copies of the disk under
+     * way; while there are any, the door refuses what would start, remove
+     * or change the VM (held_refuses) */
+    unsigned copies;
     /* NICs: TAP and vhost-net fds from the prep until QEMU has its copies */
     sv_net_fds net;
     /* serial console: one client at a time (docs/console.md) */
@@ -323,6 +327,9 @@ int vm__check_edit(vmrt *rt, const vm_event_arg *a);                      /* edi
 int vm__check_grow(vmrt *rt, const vm_event_arg *a);                      /* edit.c */
 void vm__act_edit(vmrt *rt, sv_vm_state from, const vm_event_arg *a);     /* edit.c */
 void vm__act_grow(vmrt *rt, sv_vm_state from, const vm_event_arg *a);     /* edit.c */
+void vm__act_hold(vmrt *rt, sv_vm_state from, const vm_event_arg *a);     /* clone.c */
+/* Whether a copy of the VM's disk (rt->copies) refuses this action. */
+bool vm__held_refuses(const vmrt *rt, sv_vm_action act);                  /* clone.c */
 void vm__add_waiter(waiter **list, sv_vm_done_fn done, void *userdata);
 void vm__complete(waiter **list, int status, json_t *result, const qv_error *err);
 void vm__fail_waiters(waiter **list, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));

@@ -33,15 +33,15 @@ typedef struct cell {
 
 /* rows: states in enum order; columns: events in enum order */
 static const cell table[][SV_EV__COUNT] = {
-    /*          START             STARTED       START_FAILED      STOP              PAUSED          RESUMED         EXITED            CRASHED           REMOVE            PAUSE           RESUME          CREATED           GUEST             SNAPSHOT                REVERT            EDIT              RESIZE */
-    [CREA] = {R(BUSY),          __,           __,               R(BUSY),          __,             __,             __,               __,               R(BUSY),          R(BUSY),        R(BUSY),        C(STOP, CREATED), R(BUSY),          R(BUSY),                R(BUSY),          R(BUSY),          R(BUSY)},
-    [STOP] = {C(STRT, PREPARE), __,           __,               R(NOOP),          __,             __,             __,               __,               C(REMV, REMOVE),  R(DOWN),        R(DOWN),        __,               R(DOWN),          C(STOP, SNAPSHOT),      C(STOP, REVERT),  C(STOP, EDIT),    C(STOP, GROW)},
-    [STRT] = {R(BUSY),          C(RUN, RUN),  C(STOP, ABANDON), C(STPG, ABORT),   C(STRT, NOTE),  C(STRT, NOTE),  C(STOP, ABANDON), C(STOP, ABANDON), R(BUSY),          R(BUSY),        R(BUSY),        __,               R(BUSY),          R(BUSY),                R(BUSY),          R(BUSY),          R(BUSY)},
-    [RUN] =  {R(ALRD),          __,           __,               C(STPG, SHUTDOWN), C(PAUS, NOTE),  C(RUN, NOTE),   C(STOP, EXIT),    C(CRSH, EXIT),    R(BUSY),          C(PAUS, SEND),  R(NOOP),        __,               C(RUN, AGENT),    C(RUN, LIVE_SNAPSHOT),  R(ALRD),          R(BUSY),          C(RUN, GROW)},
-    [PAUS] = {R(ALRD),          __,           __,               C(STPG, SHUTDOWN), C(PAUS, NOTE),  C(RUN, NOTE),   C(STOP, EXIT),    C(CRSH, EXIT),    R(BUSY),          R(NOOP),        C(RUN, SEND),   __,               R(BUSY),          C(PAUS, LIVE_SNAPSHOT), R(ALRD),          R(BUSY),          C(PAUS, GROW)},
-    [STPG] = {R(BUSY),          __,           __,               C(STPG, JOIN),    C(STPG, NOTE),  C(STPG, NOTE),  C(STOP, FINISH),  C(STOP, FINISH),  R(BUSY),          R(BUSY),        R(BUSY),        __,               R(BUSY),          R(BUSY),                R(BUSY),          R(BUSY),          R(BUSY)},
-    [CRSH] = {C(STRT, PREPARE), __,           __,               R(NOOP),          __,             __,             __,               __,               C(REMV, REMOVE),  R(DOWN),        R(DOWN),        __,               R(DOWN),          C(CRSH, SNAPSHOT),      C(CRSH, REVERT),  C(CRSH, EDIT),    C(CRSH, GROW)},
-    [REMV] = {R(BUSY),          __,           __,               R(BUSY),          __,             __,             __,               __,               R(BUSY),          R(BUSY),        R(BUSY),        __,               R(BUSY),          R(BUSY),                R(BUSY),          R(BUSY),          R(BUSY)},
+    /*          START             STARTED       START_FAILED      STOP              PAUSED          RESUMED         EXITED            CRASHED           REMOVE            PAUSE           RESUME          CREATED           GUEST             SNAPSHOT                REVERT            EDIT              RESIZE            COPY */
+    [CREA] = {R(BUSY),          __,           __,               R(BUSY),          __,             __,             __,               __,               R(BUSY),          R(BUSY),        R(BUSY),        C(STOP, CREATED), R(BUSY),          R(BUSY),                R(BUSY),          R(BUSY),          R(BUSY), R(BUSY)},
+    [STOP] = {C(STRT, PREPARE), __,           __,               R(NOOP),          __,             __,             __,               __,               C(REMV, REMOVE),  R(DOWN),        R(DOWN),        __,               R(DOWN),          C(STOP, SNAPSHOT),      C(STOP, REVERT),  C(STOP, EDIT),    C(STOP, GROW), C(STOP, HOLD)},
+    [STRT] = {R(BUSY),          C(RUN, RUN),  C(STOP, ABANDON), C(STPG, ABORT),   C(STRT, NOTE),  C(STRT, NOTE),  C(STOP, ABANDON), C(STOP, ABANDON), R(BUSY),          R(BUSY),        R(BUSY),        __,               R(BUSY),          R(BUSY),                R(BUSY),          R(BUSY),          R(BUSY), R(BUSY)},
+    [RUN] =  {R(ALRD),          __,           __,               C(STPG, SHUTDOWN), C(PAUS, NOTE),  C(RUN, NOTE),   C(STOP, EXIT),    C(CRSH, EXIT),    R(BUSY),          C(PAUS, SEND),  R(NOOP),        __,               C(RUN, AGENT),    C(RUN, LIVE_SNAPSHOT),  R(ALRD),          R(BUSY),          C(RUN, GROW), R(BUSY)},
+    [PAUS] = {R(ALRD),          __,           __,               C(STPG, SHUTDOWN), C(PAUS, NOTE),  C(RUN, NOTE),   C(STOP, EXIT),    C(CRSH, EXIT),    R(BUSY),          R(NOOP),        C(RUN, SEND),   __,               R(BUSY),          C(PAUS, LIVE_SNAPSHOT), R(ALRD),          R(BUSY),          C(PAUS, GROW), R(BUSY)},
+    [STPG] = {R(BUSY),          __,           __,               C(STPG, JOIN),    C(STPG, NOTE),  C(STPG, NOTE),  C(STOP, FINISH),  C(STOP, FINISH),  R(BUSY),          R(BUSY),        R(BUSY),        __,               R(BUSY),          R(BUSY),                R(BUSY),          R(BUSY),          R(BUSY), R(BUSY)},
+    [CRSH] = {C(STRT, PREPARE), __,           __,               R(NOOP),          __,             __,             __,               __,               C(REMV, REMOVE),  R(DOWN),        R(DOWN),        __,               R(DOWN),          C(CRSH, SNAPSHOT),      C(CRSH, REVERT),  C(CRSH, EDIT),    C(CRSH, GROW), C(CRSH, HOLD)},
+    [REMV] = {R(BUSY),          __,           __,               R(BUSY),          __,             __,             __,               __,               R(BUSY),          R(BUSY),        R(BUSY),        __,               R(BUSY),          R(BUSY),                R(BUSY),          R(BUSY),          R(BUSY), R(BUSY)},
 };
 
 static const char *const state_names[] = {
@@ -72,6 +72,7 @@ static const char *const event_names[] = {
     [SV_EV_PAUSE] = "pause",     [SV_EV_RESUME] = "resume",   [SV_EV_CREATED] = "created",
     [SV_EV_GUEST] = "guest",     [SV_EV_EDIT] = "edit",       [SV_EV_RESIZE] = "resize",
     [SV_EV_SNAPSHOT] = "snapshot", [SV_EV_REVERT] = "revert",
+    [SV_EV_COPY] = "copy",
 };
 
 static const char *const action_names[] = {
@@ -82,6 +83,7 @@ static const char *const action_names[] = {
     [SV_ACT_REMOVE] = "remove",     [SV_ACT_AGENT] = "agent",
     [SV_ACT_SNAPSHOT] = "snapshot", [SV_ACT_LIVE_SNAPSHOT] = "live-snapshot",
     [SV_ACT_REVERT] = "revert",     [SV_ACT_EDIT] = "edit",       [SV_ACT_GROW] = "grow",
+    [SV_ACT_HOLD] = "hold",
 };
 
 const char *sv_vm_event_name(sv_vm_event e) {

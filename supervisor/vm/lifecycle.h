@@ -44,6 +44,7 @@ typedef enum sv_vm_event {
     SV_EV_REVERT,        /* request: vm snapshot revert (the disk goes back to a snapshot) */
     SV_EV_EDIT,          /* request: vm edit (a new spec for a VM without a QEMU) */
     SV_EV_RESIZE,        /* request: vm resize --disk (grow the disk, QMP or qemu-img) */
+    SV_EV_COPY,          /* request: vm clone or image create --from-vm reads the disk of a VM without a QEMU */
     SV_EV__COUNT,
 } sv_vm_event;
 
@@ -68,6 +69,7 @@ typedef enum sv_vm_action {
     SV_ACT_REVERT,   /* qemu-img snapshot -a on a worker; the VM is busy meanwhile */
     SV_ACT_EDIT,     /* the new spec checked, spec.json replaced, then swapped in memory */
     SV_ACT_GROW,     /* the disk grown (block_resize with a QEMU, qemu-img resize without), its size recorded */
+    SV_ACT_HOLD,     /* the VM held while its disk is copied: no start, no remove until the copy ends */
     SV_ACT__COUNT,
 } sv_vm_action;
 

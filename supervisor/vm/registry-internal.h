@@ -6,6 +6,7 @@
 #include "supervisor/vm/registry.h"
 #include "supervisor/vm/vm-record.h"
 
+#include "run.h"
 #include "util.h"
 
 #include <sys/stat.h>
@@ -40,6 +41,23 @@ int reg__remove_begin(sv_registry *r, sv_vm *vm, reg_removal *ret, qv_error *err
 void reg__remove_files(reg_removal *rm);
 void reg__remove_clear(reg_removal *rm);
 void reg__remove_end(sv_registry *r, sv_vm *vm);
+
+/* create.c: vm create, and vm clone (clone.c) with `copy`: the disk is
+ * the source's disk_fd copied onto the same base by `qemu-img convert -B`
+ * (progress, cancel_fd as sv_qemu_img_cancellable; the fds stay the
+ * caller's and must outlive the call's done), and a cancel_fd readable
+ * before the rename rolls the clone back (ECANCELED); a seed with the
+ * source's instance-id is refused (EINVAL).  Otherwise as
+ * sv_registry_create(). */
+typedef struct reg_copy {
+    const char *src_dir; /* the source's instance directory: its seed.id must differ from the clone's */
+    int disk_fd;
+    int cancel_fd;
+    qv_run_output_fn progress;
+    void *userdata;
+} reg_copy;
+int reg__create(sv_registry *r, uv_loop_t *loop, sv_vmspec *spec, int kernel_fd, int initrd_fd, const reg_copy *copy,
+                sv_registry_done_fn done, void *userdata, qv_error *err);
 
 /* store.c */
 json_t *reg__state_json_as(const sv_vm *vm, sv_vm_state state);

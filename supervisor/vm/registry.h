@@ -12,6 +12,7 @@
 #include <uv.h>
 
 #include "error.h"
+#include "run.h"
 #include "spec/config.h"
 #include "netdev/ip.h"
 #include "spec/vmspec.h"
@@ -74,6 +75,28 @@ char *sv_registry_users_of_image(sv_registry *r, const char *image);
 typedef void (*sv_registry_done_fn)(int status, sv_vm *vm, const qv_error *err, void *userdata);
 int sv_registry_create(sv_registry *r, uv_loop_t *loop, sv_vmspec *spec, int kernel_fd, int initrd_fd,
                        sv_registry_done_fn done, void *userdata, qv_error *err);
+
+/* The VM's disk opened for reading (*ret_fd, O_CLOEXEC): disk.qcow2 of its
+ * instance directory, or the file in its storage pool it links to,
+ * checked to be the file create made (state.json's disk_dev/disk_ino). */
+int sv_vm_disk_open(const sv_vm *vm, int *ret_fd, qv_error *err);
+
+/* vm clone: creates `spec` (a clone's, sv_vmclone_spec() completed and
+ * checked as at create) as sv_registry_create() does, but its disk is an
+ * overlay on the same base holding what src's disk (io->disk_fd, opened by
+ * sv_vm_disk_open; src held by sv_vm_copy_begin) changed over the base,
+ * copied by `qemu-img convert -B` with io->progress, and src's kernel and
+ * initrd are copied too.  io's fds stay the caller's until done.
+ * io->cancel_fd becoming readable before the clone is renamed into place
+ * rolls it back (-ECANCELED). */
+typedef struct sv_clone_io {
+    int disk_fd;
+    int cancel_fd;
+    qv_run_output_fn progress;
+    void *userdata;
+} sv_clone_io;
+int sv_registry_clone(sv_registry *r, uv_loop_t *loop, const sv_vm *src, sv_vmspec *spec, const sv_clone_io *io,
+                      sv_registry_done_fn done, void *userdata, qv_error *err);
 
 /* The VM's state.json in two steps, so that the write can run on another
  * thread: its text as the VM is now but in `state` (caller frees; NULL when

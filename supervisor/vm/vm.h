@@ -192,3 +192,11 @@ void sv_stop_timeouts(const sv_vmspec *spec, const sv_config *c, uint64_t overri
 /* Automatic restart delay after `restarts` restarts in a row: 1 s, 2 s, 4 s
  * ... capped at 60 s (pure). */
 uint64_t sv_restart_backoff_ms(uint64_t restarts);
+
+/* vm clone, image create --from-vm (docs/lifecycle.md, "Clone and image
+ * from a VM"): the copy of a VM's disk, judged by the table as the event
+ * `copy`: 0 when the VM is stopped or crashed, and then held (a start or a
+ * remove is refused with -EBUSY) until sv_vm_copy_end(), once per begin;
+ * -EBUSY (err) with a QEMU or in another operation. */
+int sv_vm_copy_begin(sv_vmctl *c, sv_vm *vm, qv_error *err);
+void sv_vm_copy_end(sv_vmctl *c, sv_vm *vm);

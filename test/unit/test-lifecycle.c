@@ -162,6 +162,20 @@ static void test_request_cells(void **state) {
     assert_int_equal(sv_vm_transition(SV_VM_STOPPING, SV_EV_SNAPSHOT, &to, &act), -EBUSY);
     assert_int_equal(sv_vm_transition(SV_VM_STARTING, SV_EV_REVERT, &to, &act), -EBUSY);
     assert_int_equal(sv_vm_transition(SV_VM_CREATING, SV_EV_SNAPSHOT, &to, &act), -EBUSY);
+    /* vm clone, image create --from-vm: a stopped or crashed VM is held
+     * where it is; one with a QEMU is busy (75) */
+    assert_int_equal(sv_vm_transition(SV_VM_STOPPED, SV_EV_COPY, &to, &act), 0);
+    assert_int_equal(to, SV_VM_STOPPED);
+    assert_int_equal(act, SV_ACT_HOLD);
+    assert_int_equal(sv_vm_transition(SV_VM_CRASHED, SV_EV_COPY, &to, &act), 0);
+    assert_int_equal(to, SV_VM_CRASHED);
+    assert_int_equal(act, SV_ACT_HOLD);
+    static const sv_vm_state busy[] = {SV_VM_CREATING, SV_VM_STARTING, SV_VM_RUNNING,
+                                       SV_VM_PAUSED,   SV_VM_STOPPING, SV_VM_REMOVING};
+    for (size_t i = 0; i < sizeof busy / sizeof *busy; i++)
+        assert_int_equal(sv_vm_transition(busy[i], SV_EV_COPY, &to, &act), -EBUSY);
+    assert_string_equal(sv_vm_event_name(SV_EV_COPY), "copy");
+    assert_string_equal(sv_vm_action_name(SV_ACT_HOLD), "hold");
 }
 
 static void test_out_of_range(void **state) {
