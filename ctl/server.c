@@ -341,6 +341,10 @@ void sv_ctl_reply_qv_error(sv_ctl_req *req, const qv_error *err) {
     sv_ctl_reply_error(req, err->code ? err->code : EIO, "%s", err->msg);
 }
 
+bool sv_ctl_req_client_gone(const sv_ctl_req *req) {
+    return req->client->closing || req->client->server->closing;
+}
+
 bool sv_ctl_req_wants_progress(const sv_ctl_req *req) {
     return req->wants_progress && !req->client->closing && !req->client->server->closing;
 }

@@ -104,6 +104,10 @@ typedef void (*sv_ctl_stream_fn)(int fd, const sv_ctl_peer *peer, void *userdata
  * flight on that connection are dropped.  Frees req. */
 void sv_ctl_reply_stream(sv_ctl_req *req, json_t *result, sv_ctl_stream_fn on_stream, void *userdata);
 
+/* True once the request's client has closed its connection (or the server
+ * is closing): its reply would be discarded, so work that can be
+ * interrupted (vm clone) may stop. */
+bool sv_ctl_req_client_gone(const sv_ctl_req *req);
 /* True when the client asked for progress messages ("progress": true) and
  * is still connected: work that has to set up reporting may skip it otherwise. */
 bool sv_ctl_req_wants_progress(const sv_ctl_req *req);

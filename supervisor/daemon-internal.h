@@ -8,6 +8,7 @@
 #include <uv.h>
 
 #include "spec/config.h"
+#include "spec/vmspec.h"
 #include "ctl/events.h"
 #include "ctl/server.h"
 #include "supervisor/daemon.h"
@@ -70,6 +71,14 @@ void sv_api_image_import(sv_daemon *d, sv_ctl_req *req, json_t *params);
 void sv_api_image_remove(sv_daemon *d, sv_ctl_req *req, json_t *params);
 /* supervisor/api/vm.c */
 void sv_api_vm_create(sv_daemon *d, sv_ctl_req *req, json_t *params);
+/* What vm.create checks of a complete spec against the node (GPUs, NICs:
+ * MACs and nat addresses filled in, admission with every defined VM, the
+ * storage pool's room; an "admission" event of `op` on a refusal): 0, or
+ * a negative errno with err. */
+int sv_api_vm_admit(sv_daemon *d, sv_vmspec *spec, const char *op, qv_error *err);
+/* api/clone.c: vm clone, image create --from-vm */
+void sv_api_vm_clone(sv_daemon *d, sv_ctl_req *req, sv_vm *vm, json_t *params);
+void sv_api_image_create(sv_daemon *d, sv_ctl_req *req, json_t *params);
 void sv_api_vm_list(sv_daemon *d, sv_ctl_req *req, json_t *params);
 void sv_api_vm_show(sv_daemon *d, sv_ctl_req *req, sv_vm *vm, json_t *params);
 void sv_api_vm_remove(sv_daemon *d, sv_ctl_req *req, sv_vm *vm, json_t *params);

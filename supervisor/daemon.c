@@ -122,12 +122,16 @@ static const struct method {
     {"image.list", ANYONE, sv_api_image_list, NULL},
     {"image.import", PRIVILEGED, sv_api_image_import, NULL},
     {"image.remove", PRIVILEGED, sv_api_image_remove, NULL},
+    {"image.create", PRIVILEGED, sv_api_image_create, NULL},
     /* an owner is given at create, by those who may give it; a job's VM is
      * removed by the job's epilog, not by its user */
     {"vm.create", PRIVILEGED, sv_api_vm_create, NULL},
     {"vm.list", ANYONE, sv_api_vm_list, NULL},
     {"vm.show", ANYONE, NULL, sv_api_vm_show},
     {"vm.remove", PRIVILEGED, NULL, sv_api_vm_remove},
+    /* a clone is a new VM: created by those who create VMs, never by an
+     * owner of the source (docs/protocol.md) */
+    {"vm.clone", PRIVILEGED, NULL, sv_api_vm_clone},
     {"vm.start", OWNER, NULL, sv_api_vm_start},
     {"vm.stop", OWNER, NULL, sv_api_vm_stop},
     {"vm.restart", OWNER, NULL, sv_api_vm_restart},

@@ -54,32 +54,37 @@ static void boot_fds_close(boot_fds *b) {
 
 /* The rest of a create, once the spec is checked against the node: GPUs,
  * NICs, room, then the registry's work.  Takes spec and the boot files. */
-static void create_continue(sv_daemon *d, sv_ctl_req *req, sv_vmspec *spec, boot_fds boot) {
-    qv_error err = {0};
-    if (sv_pt_prepare_spec(d->registry, d->config, spec, &err) < 0 ||
-        sv_net_prepare_spec(d->registry, d->config, spec, &err) < 0) {
-        sv_vmspec_free(spec);
-        boot_fds_close(&boot);
-        sv_ctl_reply_qv_error(req, &err);
-        return;
-    }
+int sv_api_vm_admit(sv_daemon *d, sv_vmspec *spec, const char *op, qv_error *err) {
+    if (sv_pt_prepare_spec(d->registry, d->config, spec, err) < 0 ||
+        sv_net_prepare_spec(d->registry, d->config, spec, err) < 0)
+        return -err->code;
     /* room on the node, in its pool and in its storage pool: every defined VM counts */
     int numa = spec->numa_want.mode == SV_NUMA_NODE ? (int)spec->numa_want.node : -1;
     sv_storage_usage su;
     int fit = -1;
-    if (sv_resources_admit(d->registry, d->config, NULL, spec, true, numa, &err) < 0 ||
-        sv_resources_storage(d->registry, d->config, sv_resources_storage_pool_of(d->config, spec), &su, &err) < 0 ||
-        (fit = sv_storage_fit(&su, spec->disk, &err)) < 0) {
-        sv_daemon_emit(d, "admission", spec->name, json_pack("{s:s, s:s, s:s}", "op", "create", "error", err.msg,
-                                                             "code", qv_errno_name(err.code)));
+    if (sv_resources_admit(d->registry, d->config, NULL, spec, true, numa, err) < 0 ||
+        sv_resources_storage(d->registry, d->config, sv_resources_storage_pool_of(d->config, spec), &su, err) < 0 ||
+        (fit = sv_storage_fit(&su, spec->disk, err)) < 0) {
+        sv_daemon_emit(d, "admission", spec->name, json_pack("{s:s, s:s, s:s}", "op", op, "error", err->msg,
+                                                             "code", qv_errno_name(err->code)));
+        return -err->code;
+    }
+    if (fit == SV_STORAGE_THIN)
+        log_warning("VM %s: storage pool %s is thinly overcommitted: its disks could outgrow its free space", spec->name,
+                    su.pool);
+    return 0;
+}
+
+/* The rest of a create, once the spec is checked against the node: GPUs,
+ * NICs, room, then the registry's work.  Takes spec and the boot files. */
+static void create_continue(sv_daemon *d, sv_ctl_req *req, sv_vmspec *spec, boot_fds boot) {
+    qv_error err = {0};
+    if (sv_api_vm_admit(d, spec, "create", &err) < 0) {
         sv_vmspec_free(spec);
         boot_fds_close(&boot);
         sv_ctl_reply_qv_error(req, &err);
         return;
     }
-    if (fit == SV_STORAGE_THIN)
-        log_warning("VM %s: storage pool %s is thinly overcommitted: its disks could outgrow its free space", spec->name,
-                    su.pool);
     create_ctx *x = calloc(1, sizeof *x);
     if (!x) {
         sv_vmspec_free(spec);
