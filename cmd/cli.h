@@ -94,6 +94,27 @@ int cmd_image_list(qv_cli *cli, int argc, char **argv);
 int cmd_image_import(qv_cli *cli, int argc, char **argv);
 int cmd_image_rm(qv_cli *cli, int argc, char **argv);
 int cmd_vm_create(qv_cli *cli, int argc, char **argv);
+int cmd_vm_clone(qv_cli *cli, int argc, char **argv);
+/* What vm create (and vm clone) print for the new VM vm (stolen), and with
+ * start its start (cmd-vm.c): the exit code. */
+int qv_cli_vm_defined(qv_cli *cli, json_t *vm, bool start);
+int cmd_image_create(qv_cli *cli, int argc, char **argv);
+
+/* The progress line of a long copy on a terminal (cmd-image.c):
+ *   VERB NAME  42%  [############                ]
+ * redrawn in place with '\r' as the daemon reports, finished with a newline
+ * on success, wiped on failure.  verb NULL: "importing". */
+typedef struct qv_cli_bar {
+    const char *verb;
+    const char *name;
+    bool draw;  /* stderr is a terminal, and neither --json nor --quiet */
+    int shown;  /* the percentage on screen, -1 when no bar is */
+    int width;  /* columns the bar line takes */
+} qv_cli_bar;
+void qv_cli_bar_draw(qv_cli_bar *b, int pct);
+/* An sv_ctl_progress_fn: userdata is the bar. */
+void qv_cli_bar_progress(json_t *progress, void *userdata);
+void qv_cli_bar_finish(qv_cli_bar *b, bool ok);
 int cmd_vm_list(qv_cli *cli, int argc, char **argv);
 int cmd_vm_show(qv_cli *cli, int argc, char **argv);
 int cmd_vm_rm(qv_cli *cli, int argc, char **argv);

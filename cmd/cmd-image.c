@@ -79,28 +79,21 @@ int cmd_image_list(qv_cli *cli, int argc, char **argv) {
     return QV_EXIT_OK;
 }
 
-/* The progress line of `image import` on a terminal:
- *   importing NAME  42%  [############                ]
- * redrawn in place with '\r' as the daemon reports, finished with a newline. */
-typedef struct import_bar {
-    const char *name;
-    bool draw;  /* stderr is a terminal, and neither --json nor --quiet */
-    int shown;  /* the percentage on screen, -1 when no bar is */
-    int width;  /* columns the bar line takes */
-} import_bar;
+typedef qv_cli_bar import_bar;
 
 #define BAR_MAX 40
 #define BAR_MIN 10
 
-static void bar_draw(import_bar *b, int pct) {
+void qv_cli_bar_draw(qv_cli_bar *b, int pct) {
     if (!b->draw || pct == b->shown)
         return;
     int cols = 80;
     struct winsize ws;
     if (ioctl(STDERR_FILENO, TIOCGWINSZ, &ws) == 0 && ws.ws_col > 0)
         cols = ws.ws_col;
-    /* "importing " NAME "  100%  [" BAR "]", one column spare so it never wraps */
-    int fixed = (int)strlen("importing ") + (int)strlen("  100%  [") + 1 + 1;
+    /* VERB " " NAME "  100%  [" BAR "]", one column spare so it never wraps */
+    const char *verb = b->verb ? b->verb : "importing";
+    int fixed = (int)strlen(verb) + 1 + (int)strlen("  100%  [") + 1 + 1;
     int name_len = (int)strlen(b->name);
     int cells = cols - fixed - name_len;
     if (cells > BAR_MAX)
@@ -115,26 +108,26 @@ static void bar_draw(import_bar *b, int pct) {
     memset(bar, '#', (size_t)full);
     memset(bar + full, ' ', (size_t)(cells - full));
     bar[cells] = '\0';
-    int n = fprintf(stderr, "\rimporting %.*s  %3d%%  [%s]", name_len, b->name, pct, bar);
+    int n = fprintf(stderr, "\r%s %.*s  %3d%%  [%s]", verb, name_len, b->name, pct, bar);
     b->width = n > 1 ? n - 1 : 0;
     fflush(stderr);
     b->shown = pct;
 }
 
-static void on_import_progress(json_t *progress, void *userdata) {
+void qv_cli_bar_progress(json_t *progress, void *userdata) {
     json_t *pct = json_object_get(progress, "percent");
     if (!json_is_number(pct))
         return;
     double v = json_number_value(pct);
-    bar_draw(userdata, v >= 100 ? 100 : v > 0 ? (int)v : 0); /* clamped before the cast */
+    qv_cli_bar_draw(userdata, v >= 100 ? 100 : v > 0 ? (int)v : 0); /* clamped before the cast */
 }
 
 /* Success leaves the full bar on its own line; failure wipes it for the error. */
-static void bar_finish(import_bar *b, bool ok) {
+void qv_cli_bar_finish(qv_cli_bar *b, bool ok) {
     if (b->shown < 0)
         return;
     if (ok) {
-        bar_draw(b, 100);
+        qv_cli_bar_draw(b, 100);
         fputc('\n', stderr);
     } else {
         fprintf(stderr, "\r%*s\r", b->width, "");
@@ -204,19 +197,19 @@ int cmd_image_import(qv_cli *cli, int argc, char **argv) {
     import_bar bar = {.name = name, .shown = -1,
                       .draw = cli->verbosity >= 0 && !cli->json && isatty(STDERR_FILENO)};
     if (bar.draw)
-        bar_draw(&bar, 0);
+        qv_cli_bar_draw(&bar, 0);
     else if (cli->verbosity >= 0 && !cli->json)
         qv_fprintf(stderr, "importing %s as image '%s'...\n", abs, name);
     /* progress is asked for even when not drawn: it keeps a long import
      * within --request-timeout */
     json_t *params = json_pack("{s:i, s:s, s:s, s:s?}", "source_fd", 0, "name", name, "source", abs, "format", format);
     if (!params) { /* a name that is not UTF-8 */
-        bar_finish(&bar, false);
+        qv_cli_bar_finish(&bar, false);
         qv_fprintf(stderr, "qvisor: error: %s: the name is not valid UTF-8\n", path);
         return QV_EXIT_DATAERR;
     }
-    int r = qv_cli_call_fds(cli, "image.import", params, &fd, 1, on_import_progress, &bar, &img, &err);
-    bar_finish(&bar, r >= 0);
+    int r = qv_cli_call_fds(cli, "image.import", params, &fd, 1, qv_cli_bar_progress, &bar, &img, &err);
+    qv_cli_bar_finish(&bar, r >= 0);
     if (r < 0)
         return qv_cli_fail(cli, &err);
     if (cli->json) {

@@ -437,6 +437,10 @@ int cmd_vm_create(qv_cli *cli, int argc, char **argv) {
     close_fds(fds, n_fds);
     if (r < 0)
         return qv_cli_fail(cli, &err);
+    return qv_cli_vm_defined(cli, vm, start);
+}
+
+int qv_cli_vm_defined(qv_cli *cli, json_t *vm, bool start) {
     if (start)
         return create_then_start(cli, vm);
     if (cli->json) {

@@ -38,6 +38,7 @@ static const qv_cli_verb vm_verbs[] = {
     {"log", cmd_vm_log, "print a VM's serial console log (-n last lines, -f follow)"},
     {"wait", cmd_vm_wait, "wait until a VM runs, stops or crashes, or its agent answers"},
     {"snapshot", cmd_vm_snapshot, "disk snapshots of a VM: create, list, revert, rm"},
+    {"clone", cmd_vm_clone, "a new VM from a stopped one: its disk copied onto the same base image"},
     {"rm", cmd_vm_rm, "delete a VM and its disk"},
     {NULL, NULL, NULL},
 };
@@ -45,6 +46,7 @@ static const qv_cli_verb vm_verbs[] = {
 static const qv_cli_verb image_verbs[] = {
     {"list", cmd_image_list, "list base images"},
     {"import", cmd_image_import, "copy a disk image in as a read-only base image"},
+    {"create", cmd_image_create, "make a stopped VM's disk a new base image (--from-vm)"},
     {"rm", cmd_image_rm, "delete a base image no VM uses"},
     {NULL, NULL, NULL},
 };
