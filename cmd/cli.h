@@ -98,6 +98,10 @@ int cmd_vm_clone(qv_cli *cli, int argc, char **argv);
 /* What vm create (and vm clone) print for the new VM vm (stolen), and with
  * start its start (cmd-vm.c): the exit code. */
 int qv_cli_vm_defined(qv_cli *cli, json_t *vm, bool start);
+/* --owner USER|UID as the uid a spec takes (a new JSON integer): digits are
+ * a uid, a name is looked up on this node; NULL with err: EINVAL (65) out
+ * of range, ENOENT (66) no such user (cmd-vm.c). */
+json_t *qv_cli_owner_uid(const char *v, qv_error *err);
 int cmd_image_create(qv_cli *cli, int argc, char **argv);
 
 /* The progress line of a long copy on a terminal (cmd-image.c):

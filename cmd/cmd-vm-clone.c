@@ -39,24 +39,28 @@ static const char clone_help[] =
     "      --ssh-key FILE       authorize the public key(s) in FILE too (repeatable)\n"
     "      --ssh                generate a key pair for the clone (SRC's --ssh: a\n"
     "                           new pair anyway)\n"
+    "      --owner USER|UID     the local user who may start, stop … the clone (as\n"
+    "                           vm create --owner); SRC's owner is not the clone's\n"
+    "      --slurm-job ID       the Slurm job the clone serves (SRC's is not its)\n"
     "      --start              start it once it is defined (as qvisor vm start)\n"
     "      --json               print the new VM as JSON ({\"created\": VM,\n"
     "                           \"started\": START} with --start)\n"
     "\n"
     "SRC stays stopped while its disk is copied: a start or rm of SRC meanwhile\n"
-    "is refused (75).  The owner and Slurm job of SRC are not the clone's.  On a\n"
-    "terminal a progress bar shows on stderr.  Ctrl-C (or a lost connection)\n"
-    "interrupts the copy and nothing of NEW is left.\n"
+    "is refused (75).  On a terminal a progress bar shows on stderr.  Ctrl-C\n"
+    "(or a lost connection) interrupts the copy and nothing of NEW is left.\n"
     "\n"
     "Exit: 0, 65 invalid name or option, a SRC NIC with a static bridge address,\n"
-    "66 no VM SRC, 69 daemon not running, 73 a VM NEW exists, 75 SRC is running\n"
-    "(or starting, stopping, being removed: stop it first), or the node, a pool\n"
-    "or the storage pool has no room, a MAC or GPU is another VM's, 77 you are\n"
-    "not root or in the socket group.  With --start, as qvisor vm start.\n";
+    "a seed that would be SRC's (its --hostname and a network-config of yours),\n"
+    "66 no VM SRC or no --owner user, 69 daemon not running, 73 a VM NEW exists,\n"
+    "75 SRC is running (or starting, stopping, being removed: stop it first), or\n"
+    "the node, a pool or the storage pool has no room, a MAC or GPU is another\n"
+    "VM's, 77 you are not root or in the socket group.  With --start, as qvisor\n"
+    "vm start.\n";
 
 int cmd_vm_clone(qv_cli *cli, int argc, char **argv) {
     enum { OPT_RESTART = 0x200, OPT_GPU, OPT_NET, OPT_POOL, OPT_STORAGE_POOL, OPT_HOSTNAME, OPT_SSH_KEY, OPT_SSH,
-           OPT_START };
+           OPT_START, OPT_OWNER, OPT_SLURM_JOB };
     static const struct option longopts[] = {
         QV_CLI_COMMON_LONGOPTS,
         {"cpus", required_argument, NULL, 'c'},
@@ -70,6 +74,8 @@ int cmd_vm_clone(qv_cli *cli, int argc, char **argv) {
         {"ssh-key", required_argument, NULL, OPT_SSH_KEY},
         {"ssh", no_argument, NULL, OPT_SSH},
         {"start", no_argument, NULL, OPT_START},
+        {"owner", required_argument, NULL, OPT_OWNER},
+        {"slurm-job", required_argument, NULL, OPT_SLURM_JOB},
         {NULL, 0, NULL, 0},
     };
     _cleanup_(json_decrefp) json_t *opts = json_object();
@@ -87,6 +93,14 @@ int cmd_vm_clone(qv_cli *cli, int argc, char **argv) {
         case OPT_POOL: key = "pool"; break;
         case OPT_STORAGE_POOL: key = "storage_pool"; break;
         case OPT_HOSTNAME: key = "hostname"; break;
+        case OPT_SLURM_JOB: key = "slurm_job"; break;
+        case OPT_OWNER: {
+            json_t *uid = qv_cli_owner_uid(optarg, &err);
+            if (!uid)
+                return qv_cli_fail(cli, &err);
+            json_object_set_new(opts, "owner", uid);
+            continue;
+        }
         case OPT_START:
             start = true;
             continue;

@@ -199,7 +199,7 @@ static json_t *opt_string(const struct option *longopts, int c, const char *valu
  * else a user name looked up on this node (the daemon never resolves names:
  * the uid is what it compares with a client's SO_PEERCRED).  NULL with err:
  * EINVAL (65) out of range, ENOENT (66) no such user. */
-static json_t *owner_uid(const char *v, qv_error *err) {
+json_t *qv_cli_owner_uid(const char *v, qv_error *err) {
     uint64_t uid;
     if (v[0] && strspn(v, "0123456789") == strlen(v)) {
         if (qv_parse_uint(v, 0, SV_OWNER_MAX, &uid) < 0) {
@@ -324,7 +324,7 @@ int cmd_vm_create(qv_cli *cli, int argc, char **argv) {
         case OPT_PASSWORD_HASH: key = "password_hash"; break;
         case OPT_SLURM_JOB: key = "slurm_job"; break;
         case OPT_OWNER:
-            if (!(text = owner_uid(optarg, &ferr)))
+            if (!(text = qv_cli_owner_uid(optarg, &ferr)))
                 return qv_cli_fail(cli, &ferr);
             json_object_set_new(opts, "owner", text);
             continue;

@@ -140,6 +140,20 @@ class Clone(unittest.TestCase):
         self.assertEqual(self.node.qvisor("vm", "clone", "src", "y", "--memory", "512G").returncode, 75)
         self.assertNotIn("y", self.instances())
 
+    def test_owner_not_inherited_and_start(self):
+        self.node.qvisor("vm", "clone", "src", "owned", "--owner", "4321", "--slurm-job", "9", check=0)
+        self.assertEqual(self.show("owned")["owner"], 4321)
+        self.assertEqual(self.show("owned")["slurm_job"], 9)
+        self.node.qvisor("vm", "clone", "owned", "free", check=0)
+        self.assertIsNone(self.show("free")["owner"])
+        self.assertIsNone(self.show("free")["slurm_job"])
+        # --start starts the clone once it is defined
+        j = self.node.qvisor_json("vm", "clone", "src", "runner", "--start")
+        self.assertEqual(j["created"]["name"], "runner")
+        self.assertEqual(j["started"]["state"], "running")
+        self.assertEqual(self.show("src")["state"], "stopped")
+        self.node.qvisor("vm", "stop", "runner", "--force", check=0)
+
     def test_twin_seed_refused(self):
         # a network-config of the user's (no MACs of ours in it) and the
         # source's host name: the clone's seed would be the source's
