@@ -7,10 +7,15 @@ instance-id (its own host name); the source keeps its data and is held
 refused; an interrupted clone (its client killed) and a daemon killed in
 the middle of a clone or of a flatten leave nothing half-made; an image
 made from a VM is flattened, read-only, and a VM created on it has the
-data.  The seed is checked by its content (isoinfo), not by a boot."""
+data.  The seed is checked by its content (isoinfo), and a clone of the
+tiny test guest boots under TCG with the source's disk content, its own MAC
+and its own seed (the guest prints what it found), while the source keeps
+booting its own disk."""
 
+import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -20,7 +25,9 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "guest"))
 from qvtest import QVISOR, Node, scaled, wait_for  # noqa: E402
+import guestlib  # noqa: E402
 
 MIB = 1 << 20
 
@@ -281,6 +288,72 @@ class Clone(unittest.TestCase):
         self.assertEqual([i["name"] for i in self.node.qvisor_json("image", "list")["images"]], ["base"])
         self.node.qvisor("vm", "start", "src", check=0)  # not held by the dead daemon
         self.node.qvisor("vm", "stop", "src", "--force", check=0)
+
+
+def tiny_guest():
+    """The prebuilt tiny guest, used read-only (docs/test-guest.md); None
+    when it is not built."""
+    d = os.path.join(os.environ.get("QVISOR_TEST_CACHE", "/var/cache/qvisor-test"), "tiny-guest")
+    img = guestlib.TinyGuestImage(d)
+    return img if os.path.exists(img.kernel) and os.path.exists(img.initrd) else None
+
+
+class CloneBoots(unittest.TestCase):
+    def setUp(self):
+        self.guest = tiny_guest()
+        if not self.guest:
+            self.skipTest("no tiny test guest (test/guest/build-tiny-guest)")
+        self.node = Node("vm_defaults:\n  memory: 256M\n  disk: 1G\n  stop_timeout: 30s\n")
+        self.addCleanup(self.node.cleanup)
+        self.node.start_daemon()
+        blank = os.path.join(self.node.dir, "blank.qcow2")
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", blank, "1G"], check=True)
+        self.node.qvisor("image", "import", blank, "blank", check=0)
+
+    def serial(self, name):
+        return os.path.join(self.node.state, "instances", name, "serial.log")
+
+    def boot(self, name):
+        """Starts the VM, waits for the guest, stops it (ACPI); its markers."""
+        self.node.qvisor("vm", "start", name, timeout=scaled(60), check=0)
+        m = guestlib.wait_marker_in_file(self.serial(name), r"^ready$", scaled(60))
+        self.assertIsNotNone(m, f"{name} did not boot: {guestlib.read_markers(self.serial(name))}")
+        markers = guestlib.read_markers(self.serial(name))
+        self.node.qvisor("vm", "stop", name, timeout=scaled(60), check=0)
+        return markers
+
+    def test_clone_boots_with_its_own_identity_and_the_source_data(self):
+        self.node.qvisor("vm", "create", "tpl", "--image", "blank", "--kernel", self.guest.kernel, "--initrd",
+                         self.guest.initrd, "--no-agent", "--append",
+                         guestlib.cmdline(["qv.disk=marker", "qv.seed=print", "qv.net=seed"]), check=0)
+        first = self.boot("tpl")
+        self.assertIn("bootcount 1", first)
+        self.node.qvisor("vm", "clone", "tpl", "twin", check=0)
+        twin = self.node.qvisor_json("vm", "show", "twin")
+        tpl_disk = os.path.join(self.node.state, "instances", "tpl", "disk.qcow2")
+        with open(tpl_disk, "rb") as f:
+            before = hashlib.sha256(f.read()).hexdigest()
+        self.assertEqual(twin["kernel_source"], self.guest.kernel)
+        markers = self.boot("twin")
+        # the source's disk content, and this is its second boot
+        self.assertIn("marker found qvisor-marker-boot-1", markers)
+        self.assertIn("bootcount 2", markers)
+        # its own MAC: the seed's network-config matched it, DHCP on it
+        mac = twin["nics"][0]["mac"]
+        self.assertNotEqual(mac, self.node.qvisor_json("vm", "show", "tpl")["nics"][0]["mac"])
+        self.assertTrue(any(re.fullmatch(rf"net eth0 10\.0\.2\.15/24 \S+ {mac}", m) for m in markers), markers)
+        # its own seed (its host name, a new instance-id): what the guest read
+        seeds = guestlib.parse_seed(markers)
+        (seen,) = [v for v in seeds.values() if v["label"] == "cidata"]
+        iso = os.path.join(self.node.state, "instances", "twin", "seed.iso")
+        meta = subprocess.run(["isoinfo", "-R", "-i", iso, "-x", "/meta-data"], capture_output=True,
+                              check=True).stdout
+        self.assertIn(b"local-hostname: 'twin'", meta)
+        self.assertEqual(seen["files"]["meta-data"], hashlib.sha256(meta).hexdigest())
+        # the clone's boot wrote its own disk, not the source's
+        with open(tpl_disk, "rb") as f:
+            self.assertEqual(hashlib.sha256(f.read()).hexdigest(), before)
+        self.assertEqual(self.node.sanitizer_reports(), [])
 
 
 if __name__ == "__main__":
