@@ -220,12 +220,15 @@ class Clone(unittest.TestCase):
 
     def test_interrupted_clone_is_rolled_back(self):
         self.restart_daemon({"CONVERT_RATE": "2M"})  # 12 MiB: about 6 s
+        # SIGINT as a terminal's Ctrl-C sends it (a test run in the
+        # background would have the child ignore it)
         p = subprocess.Popen([QVISOR, "--config", self.node.config, "vm", "clone", "src", "half"],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         wait_for(lambda: ".half.creating" in self.instances(), scaled(10), "the clone under way")
         time.sleep(0.5)
         p.send_signal(signal.SIGINT)  # Ctrl-C: the client goes away
-        p.wait(timeout=scaled(10))
+        self.assertEqual(p.wait(timeout=scaled(10)), -signal.SIGINT)
         wait_for(lambda: ".half.creating" not in self.instances(), scaled(10), "the half clone removed")
         self.assertNotIn("half", self.instances(), self.node.log())
         wait_for(lambda: "interrupted and rolled back" in self.node.log(), scaled(10), "the roll-back logged")
