@@ -13,10 +13,13 @@ void vm__act_hold(vmrt *rt, sv_vm_state from, const vm_event_arg *a) {
     rt->copies++;
 }
 
-/* A start or a remove would change the disk being read (a start is QEMU
- * writing it); another copy only reads it too. */
+/* A start, a remove, a snapshot or a revert would change the disk being
+ * read (a start is QEMU writing it); another copy only reads it too.  The
+ * other way round, a snapshot operation in flight refuses a copy (the
+ * cell's check, vm__check_snapshot). */
 bool vm__held_refuses(const vmrt *rt, sv_vm_action act) {
-    return rt->copies > 0 && (act == SV_ACT_PREPARE || act == SV_ACT_REMOVE);
+    return rt->copies > 0 && (act == SV_ACT_PREPARE || act == SV_ACT_REMOVE || act == SV_ACT_SNAPSHOT ||
+                              act == SV_ACT_REVERT || act == SV_ACT_LIVE_SNAPSHOT);
 }
 
 int sv_vm_copy_begin(sv_vmctl *c, sv_vm *vm, qv_error *err) {

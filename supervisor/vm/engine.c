@@ -385,6 +385,7 @@ static const vm_check_fn vm__checks[SV_ACT__COUNT] = {
     [SV_ACT_REMOVE] = vm__check_snapshot, [SV_ACT_SNAPSHOT] = vm__check_snapshot,
     [SV_ACT_REVERT] = vm__check_snapshot, [SV_ACT_LIVE_SNAPSHOT] = vm__check_live_snapshot,
     [SV_ACT_EDIT] = vm__check_edit,       [SV_ACT_GROW] = vm__check_grow,
+    [SV_ACT_HOLD] = vm__check_snapshot,   /* no copy of a disk whose snapshot table changes */
 };
 static const vm_action_fn vm__actions[SV_ACT__COUNT] = {
     [SV_ACT_PREPARE] = vm__act_prepare, [SV_ACT_RUN] = vm__act_run,           [SV_ACT_ABANDON] = vm__act_abandon,

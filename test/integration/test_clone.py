@@ -56,6 +56,8 @@ class Clone(unittest.TestCase):
             f.write('#!/bin/sh\n'
                     'if [ "$1" = convert ] && [ -n "$CONVERT_RATE" ]; then shift; '
                     'exec qemu-img convert -r "$CONVERT_RATE" "$@"; fi\n'
+                    'if [ "$1" = snapshot ] && [ -n "$SNAPSHOT_DELAY" ]; then '
+                    ': > "$SNAPSHOT_MARK"; sleep "$SNAPSHOT_DELAY"; fi\n'
                     'exec qemu-img "$@"\n')
         os.chmod(cls.slow, 0o755)
 
@@ -204,6 +206,9 @@ class Clone(unittest.TestCase):
         self.assertEqual(st.returncode, 75, st.stderr)
         self.assertIn("being copied", st.stderr)
         self.assertEqual(self.node.qvisor("vm", "rm", "src").returncode, 75)
+        r = self.node.qvisor("vm", "snapshot", "src", "create", "s1")
+        self.assertEqual(r.returncode, 75, r.stderr)
+        self.assertIn("being copied", r.stderr)
         out, err = p.communicate(timeout=scaled(30))
         self.assertEqual(p.returncode, 0, err)
         self.assertEqual(self.show("src")["state"], "stopped")
@@ -217,6 +222,27 @@ class Clone(unittest.TestCase):
         self.assertNotIn("hot", self.instances())
         self.assertNotIn(".hot.creating", self.instances())
         self.node.qvisor("vm", "stop", "src", "--force", check=0)
+
+    def test_snapshot_in_flight_refuses_a_copy(self):
+        mark = os.path.join(self.node.dir, "snapshot-running")
+        self.restart_daemon({"SNAPSHOT_DELAY": "2", "SNAPSHOT_MARK": mark})
+        p = subprocess.Popen([QVISOR, "--config", self.node.config, "vm", "snapshot", "src", "create", "s1"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        wait_for(lambda: os.path.exists(mark), scaled(10), "the snapshot under way")
+        r = self.node.qvisor("vm", "clone", "src", "during")
+        self.assertEqual(r.returncode, 75, r.stderr)
+        self.assertIn("snapshot 's1'", r.stderr)
+        r = self.node.qvisor("image", "create", "during", "--from-vm", "src")
+        self.assertEqual(r.returncode, 75, r.stderr)
+        _, err = p.communicate(timeout=scaled(30))
+        self.assertEqual(p.returncode, 0, err)
+        self.assertNotIn("during", self.instances())
+        # afterwards: the copies have the disk as it is, none of its snapshots
+        self.node.qvisor("vm", "clone", "src", "after", check=0)
+        self.node.qvisor("image", "create", "after", "--from-vm", "src", check=0)
+        for disk in (self.disk("after"), os.path.join(self.node.state, "images", "after.qcow2")):
+            self.assertEqual(info(disk)[0].get("snapshots", []), [], disk)
+        self.assertEqual([x["name"] for x in info(self.src_disk)[0]["snapshots"]], ["s1"])
 
     def test_interrupted_clone_is_rolled_back(self):
         self.restart_daemon({"CONVERT_RATE": "2M"})  # 12 MiB: about 6 s
