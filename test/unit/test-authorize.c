@@ -29,7 +29,9 @@ static const char *const owner_methods[] = {"vm.start",      "vm.stop",        "
 /* What only root and the socket group may do. */
 static const char *const privileged_methods[] = {"vm.create",    "vm.remove",    "image.import", "image.remove",
                                                  "config.reload", "node.cleanup", "net.teardown", "vm.edit",
-                                                 "vm.resize"};
+                                                 "vm.resize",
+                                                 /* a clone is a new VM: not for the source's owner */
+                                                 "vm.clone",     "image.create"};
 /* What anyone who may connect may do. */
 static const char *const read_methods[] = {"ping",        "config.get",  "image.list",       "vm.list",
                                            "vm.show",     "gpu.list",    "net.list",         "node.status",
