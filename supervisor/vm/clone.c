@@ -19,7 +19,8 @@ void vm__act_hold(vmrt *rt, sv_vm_state from, const vm_event_arg *a) {
  * cell's check, vm__check_snapshot). */
 bool vm__held_refuses(const vmrt *rt, sv_vm_action act) {
     return rt->copies > 0 && (act == SV_ACT_PREPARE || act == SV_ACT_REMOVE || act == SV_ACT_SNAPSHOT ||
-                              act == SV_ACT_REVERT || act == SV_ACT_LIVE_SNAPSHOT);
+                              act == SV_ACT_REVERT || act == SV_ACT_LIVE_SNAPSHOT || act == SV_ACT_EDIT ||
+                              act == SV_ACT_GROW);
 }
 
 int sv_vm_copy_begin(sv_vmctl *c, sv_vm *vm, qv_error *err) {

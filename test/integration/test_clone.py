@@ -209,6 +209,13 @@ class Clone(unittest.TestCase):
         r = self.node.qvisor("vm", "snapshot", "src", "create", "s1")
         self.assertEqual(r.returncode, 75, r.stderr)
         self.assertIn("being copied", r.stderr)
+        # nor is its disk grown or its spec changed under the copy
+        r = self.node.qvisor("vm", "resize", "src", "--disk", "+1G")
+        self.assertEqual(r.returncode, 75, r.stderr)
+        self.assertIn("being copied", r.stderr)
+        r = self.node.qvisor("vm", "edit", "src", "--cpus", "2")
+        self.assertEqual(r.returncode, 75, r.stderr)
+        self.assertIn("being copied", r.stderr)
         out, err = p.communicate(timeout=scaled(30))
         self.assertEqual(p.returncode, 0, err)
         self.assertEqual(self.show("src")["state"], "stopped")
