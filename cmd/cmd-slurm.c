@@ -420,9 +420,10 @@ static const char prolog_help[] =
     "and the job's user as its owner; then writes vm=, node=, gpus= and ssh= into\n"
     "the job's AdminComment (`scontrol show job`).  A VM kept from an earlier run\n"
     "of the same job (a requeue with --vm-keep-disk) is started again when it\n"
-    "is this job's and has the GPUs this run got.  A failure that is the job's\n"
-    "(no such image, a bad key, a VM of that name that is not this job's)\n"
-    "cancels the job (scancel) with the reason in its AdminComment, and the\n"
+    "is this job's, with this run's GPUs, CPUs and memory (vm edit).  A\n"
+    "failure that is the job's (no such image, a bad key, a VM of that name\n"
+    "that is not this job's, GPUs another VM holds) cancels the job\n"
+    "(scancel) with the reason in its AdminComment, and the\n"
     "prolog succeeds: a failed prolog drains the node in Slurm.  Any other\n"
     "failure drains the node with a reason that says why (`scontrol update\n"
     "NodeName=... State=DRAIN`), and the exit status is not 0.\n"
@@ -456,9 +457,10 @@ static const char epilog_help[] =
     "Slurm gives a job's processes, KillWait of `scontrol show config`, or 30s\n"
     "when that cannot be read; 0 forces at once), checks that its GPUs went back\n"
     "to the host, and removes the VM with its disk unless --keep-disk (the job's\n"
-    "--vm-keep-disk).  Slurm frees the node only after the epilog, so the next\n"
-    "job finds the GPUs back.  A GPU that did not come back drains the node with\n"
-    "a reason that names it.  A job without a VM: nothing to do.\n"
+    "--vm-keep-disk: the VM stays, stopped, its GPUs taken out of its spec with\n"
+    "vm edit, so it claims none).  Slurm frees the node only after the epilog,\n"
+    "so the next job finds the GPUs back.  A GPU that did not come back drains\n"
+    "the node with a reason that names it.  A job without a VM: nothing to do.\n"
     "\n"
     "Environment: SLURM_JOB_ID, SLURMD_NODENAME (else this host's short name).\n"
     "\n"
@@ -708,8 +710,10 @@ static bool job_error(const qv_error *err) {
 }
 
 /* A VM named slurm-JOBID that exists already is this job's only when it
- * was made for this job's user and id (a requeue with --vm-keep-disk) and
- * has the GPUs this run got: else nothing of it is started. */
+ * was made for this job's user and id (a requeue with --vm-keep-disk):
+ * else nothing of it is started.  This run's GPUs, CPUs and memory (its
+ * epilog left it none of the GPUs) are then given to it with vm.edit,
+ * checked as at create. */
 static int job_vm_matches(qv_cli *cli, const job_opts *o, const json_t *spec, qv_error *err) {
     json_t *vm = NULL;
     if (qv_cli_call(cli, "vm.show", json_pack("{s:s}", "name", o->vm), &vm, err) < 0)
@@ -721,11 +725,23 @@ static int job_vm_matches(qv_cli *cli, const job_opts *o, const json_t *spec, qv
     if (!json_is_integer(job) || (unsigned long long)json_integer_value(job) != o->job || uid != (json_int_t)o->uid)
         r = qv_error_set(err, EINVAL, "VM %s exists and is not this job's (uid %lu, job %llu): it is left alone",
                          o->vm, o->uid, o->job);
-    else if (!json_equal(json_object_get(vm, "gpus"), json_object_get(spec, "gpus")))
-        r = qv_error_set(err, EINVAL, "VM %s (kept from an earlier run of job %llu) has other GPUs than this run "
-                         "got; remove it (qvisor vm rm %s) to run the job again", o->vm, o->job, o->vm);
     json_decref(vm);
-    return r;
+    if (r < 0)
+        return r;
+    json_t *changes = json_object();
+    if (!changes)
+        return qv_error_set(err, ENOMEM, "out of memory");
+    static const char *const run_keys[] = {"gpus", "cpus", "memory"};
+    for (size_t i = 0; i < QV_ARRAY_SIZE(run_keys); i++) {
+        json_t *v = json_object_get(spec, run_keys[i]);
+        if (v)
+            json_object_set(changes, run_keys[i], v);
+    }
+    if (qv_cli_call(cli, "vm.edit", json_pack("{s:s, s:o}", "name", o->vm, "changes", changes), NULL, err) < 0) {
+        qv_error_prefix(err, "VM %s (kept from an earlier run of job %llu): ", o->vm, o->job);
+        return -err->code;
+    }
+    return 0;
 }
 
 #define PROFILE_MAX (1u << 20)
@@ -1031,6 +1047,12 @@ int cmd_slurm_epilog(qv_cli *cli, int argc, char **argv) {
     json_decref(res);
     if (gpus_back(cli, &o, &err) < 0)
         return job_fail(&o, &err);
+    /* a kept VM claims no GPU: the next job Slurm gives them to gets them */
+    if (o.keep_disk && qv_cli_call(cli, "vm.edit", json_pack("{s:s, s:{s:[]}}", "name", o.vm, "changes", "gpus"), NULL,
+                                   &err) < 0) {
+        qv_error_prefix(&err, "VM %s is kept but still claims its GPUs: ", o.vm);
+        return job_fail(&o, &err);
+    }
     if (!o.keep_disk &&
         qv_cli_call_long(cli, "vm.remove", json_pack("{s:s, s:b}", "name", o.vm, "force", false), JOB_STOP_WAIT_MS,
                          NULL, &err) < 0)
