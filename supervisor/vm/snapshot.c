@@ -259,6 +259,34 @@ static int image_snapshots(const sv_config *c, const char *disk, json_t **ret, u
 
 /* ---- offline: qemu-img on a worker ---------------------------------------- */
 
+/* qemu-img snapshot -a gives the disk the size it had when the snapshot
+ * was taken.  One taken before a `vm resize` would leave a disk smaller
+ * than the VM's spec says (and a later resize judged against the wrong
+ * size), so the disk is grown back to its size before the revert: the
+ * snapshot's data, and zeros past its end, as a grown disk has. */
+static int regrow(snap_op *op, const char *disk, const char *opts, qv_error *err) {
+    json_t *snaps = NULL;
+    uint64_t now = 0;
+    int r = image_snapshots(op->config, disk, &snaps, &now, err);
+    json_decref(snaps);
+    if (r < 0 || now >= op->disk_size)
+        return r;
+    char size[32];
+    snprintf(size, sizeof size, "%llu", (unsigned long long)op->disk_size);
+    const char *args[] = {"resize", "--image-opts", "-q", opts, size, NULL};
+    qv_run_result res;
+    if ((r = sv_qemu_img(op->config, args, NULL, NULL, &res, err)) < 0) {
+        qv_error_prefix(err, "the disk was reverted to snapshot '%s', which is %llu bytes, but could not be "
+                        "grown back to %llu bytes: ", op->snap, (unsigned long long)now,
+                        (unsigned long long)op->disk_size);
+        return r;
+    }
+    qv_run_result_free(&res);
+    log_info("snapshot %s: the disk was %llu bytes at the snapshot, grown back to %llu", op->snap,
+             (unsigned long long)now, (unsigned long long)op->disk_size);
+    return 0;
+}
+
 static void offline_work(uv_work_t *w) {
     snap_op *op = w->data;
     qv_error *err = &op->err;
@@ -290,6 +318,8 @@ static void offline_work(uv_work_t *w) {
         goto out;
     qv_run_result_free(&res);
     sv_crash_point("snapshot-after-qemu-img");
+    if (op->op == SV_SNAPSHOT_REVERT && (r = regrow(op, disk, opts, err)) < 0)
+        goto out;
     if (op->op != SV_SNAPSHOT_REVERT) {
         json_t *after = image_after(op, snaps);
         int m = records_update(dirfd, after, op->op == SV_SNAPSHOT_CREATE ? new_record(op, false) : NULL, err);

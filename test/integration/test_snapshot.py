@@ -133,6 +133,19 @@ class Stopped(Base):
         self.assertEqual(img_snapshots(self.disk("off")), [])
         self.assertEqual(self.snaps("off"), [])
 
+    def test_revert_after_a_resize_keeps_the_size(self):
+        # qemu-img snapshot -a gives the disk the size it had at the
+        # snapshot; the VM's spec says the grown size, so the disk is grown
+        # back (before: 1 GiB on disk, 3 GiB in vm show)
+        self.snap("off", "create", "small")
+        self.node.qvisor("vm", "resize", "off", "--disk", "3G", check=0)
+        self.snap("off", "revert", "small")
+        info = json.loads(subprocess.run(["qemu-img", "info", "-U", "--output=json", self.disk("off")],
+                                         capture_output=True, text=True, check=True).stdout)
+        self.assertEqual(info["virtual-size"], 3 << 30)
+        self.assertEqual(self.node.qvisor_json("vm", "show", "off")["spec"]["disk"], "3G")
+        self.assertEqual(img_snapshots(self.disk("off")), ["small"])
+
     def test_records_reconciled_with_the_image(self):
         self.snap("off", "create", "ours")
         disk = self.disk("off")
