@@ -37,7 +37,10 @@ static void create_done(int status, sv_vm *vm, const qv_error *err, void *userda
         sv_ctl_reply_qv_error(req, err);
         return;
     }
-    sv_vm_created(d->vmctl, vm);
+    /* a daemon stopping meanwhile has no engine: the next one loads the
+     * VM from its directory */
+    if (d->vmctl)
+        sv_vm_created(d->vmctl, vm);
     log_info("created VM %s (%s, %llu CPUs)", sv_vm_name(vm), sv_vm_spec(vm)->image, (unsigned long long)sv_vm_spec(vm)->cpus);
     sv_ctl_reply(req, sv_vm_details(vm));
 }

@@ -58,6 +58,8 @@ class Clone(unittest.TestCase):
                     'exec qemu-img convert -r "$CONVERT_RATE" "$@"; fi\n'
                     'if [ "$1" = snapshot ] && [ -n "$SNAPSHOT_DELAY" ]; then '
                     ': > "$SNAPSHOT_MARK"; sleep "$SNAPSHOT_DELAY"; fi\n'
+                    'if [ "$1" = create ] && [ -n "$CREATE_DELAY" ]; then '
+                    ': > "$CREATE_MARK"; sleep "$CREATE_DELAY"; fi\n'
                     'exec qemu-img "$@"\n')
         os.chmod(cls.slow, 0o755)
 
@@ -286,6 +288,21 @@ class Clone(unittest.TestCase):
         self.assertIn("the daemon is stopping; interrupting it", self.node.log())
         self.node.start_daemon()
         self.assertEqual(self.instances(), ["src"])
+
+    def test_daemon_stopped_mid_create(self):
+        # a plain create whose worker ends after SIGTERM: the daemon has no
+        # engine any more, and must not use it (it crashed: SIGSEGV); the
+        # next daemon loads the VM from its directory
+        mark = os.path.join(self.node.dir, "create-running")
+        self.restart_daemon({"CREATE_DELAY": "2", "CREATE_MARK": mark})
+        p = subprocess.Popen([QVISOR, "--config", self.node.config, "vm", "create", "fresh", "--image", "base",
+                              "--no-seed", "--net", "user"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        wait_for(lambda: os.path.exists(mark), scaled(10), "the create's qemu-img under way")
+        self.assertEqual(self.node.stop_daemon(), 0, self.node.log()[-3000:])
+        p.communicate(timeout=scaled(10))
+        self.node.start_daemon()
+        self.assertEqual(self.instances(), ["fresh", "src"])
+        self.assertEqual(self.show("fresh")["state"], "stopped")
 
     def test_daemon_killed_mid_clone(self):
         for point in ("clone-after-disk", "clone-before-rename"):
