@@ -10,6 +10,7 @@
 #include "util.h"
 #include "host/firmware.h"
 #include "spec/vmclone.h"
+#include "supervisor/api/progress.h"
 #include "supervisor/images/image.h"
 #include "supervisor/vm/vm.h"
 
@@ -19,12 +20,9 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
-/* qemu-img's progress is parsed on the worker and left under the lock; an
- * async wakes the loop to pass it on, and a timer passes it on every tick
- * (a keepalive) and watches the client: once it is gone, the cancel
- * eventfd interrupts qemu-img and the half-made copy is rolled back. */
-#define COPY_TICK_MS 250
-
+/* qemu-img's progress goes to the client (api/progress.c); each tick also
+ * watches the client: once it is gone, the cancel eventfd interrupts
+ * qemu-img and the half-made copy is rolled back. */
 typedef struct copy_job {
     uv_work_t work;
     sv_daemon *d;
@@ -38,16 +36,10 @@ typedef struct copy_job {
     int status;
     qv_error err;
     json_t *result;
-    int open_handles;
-    uv_async_t async;
-    uv_timer_t timer;
-    uv_mutex_t lock;
-    double percent;              /* under lock: the newest value, -1 before the first */
-    sv_qemu_img_progress parser; /* the worker's */
+    sv_api_progress progress;
 } copy_job;
 
 static void copy_job_free(copy_job *job) {
-    uv_mutex_destroy(&job->lock);
     qv_closep(&job->disk_fd);
     qv_closep(&job->cancel_fd);
     sv_config_free(job->config);
@@ -56,10 +48,8 @@ static void copy_job_free(copy_job *job) {
     free(job);
 }
 
-static void on_handle_closed(uv_handle_t *h) {
-    copy_job *job = h->data;
-    if (--job->open_handles == 0)
-        copy_job_free(job);
+static void progress_closed(sv_api_progress *p) {
+    copy_job_free(SV_API_PROGRESS_OWNER(p, copy_job, progress));
 }
 
 /* Ends the job: the source is no longer held, the handles close, then it
@@ -69,46 +59,21 @@ static void copy_job_end(copy_job *job) {
     if (vm)
         sv_vm_copy_end(job->d->vmctl, vm);
     job->req = NULL;
-    uv_close((uv_handle_t *)&job->async, on_handle_closed);
-    uv_close((uv_handle_t *)&job->timer, on_handle_closed);
+    sv_api_progress_end(&job->progress);
 }
 
-static void pass_on(copy_job *job) {
-    if (!job->req)
+/* Each tick, before the progress is passed on: a client gone (or a daemon
+ * stopping) interrupts the copy, which then ends and answers. */
+static void watch_client(sv_api_progress *p) {
+    copy_job *job = SV_API_PROGRESS_OWNER(p, copy_job, progress);
+    if (job->cancelled || !(job->d->stopping || sv_ctl_req_client_gone(job->req)))
         return;
-    if (!job->cancelled && (job->d->stopping || sv_ctl_req_client_gone(job->req))) {
-        uint64_t one = 1;
-        job->cancelled = true;
-        log_info("%s of VM %s: %s; interrupting it", job->image ? "image create" : "clone", job->src,
-                 job->d->stopping ? "the daemon is stopping" : "the client went away");
-        if (write(job->cancel_fd, &one, sizeof one) < 0)
-            log_warning("cannot interrupt the copy: %s", strerror(errno));
-        return;
-    }
-    uv_mutex_lock(&job->lock);
-    double percent = job->percent;
-    uv_mutex_unlock(&job->lock);
-    if (percent >= 0)
-        sv_ctl_progress(job->req, json_pack("{s:f}", "percent", percent));
-}
-
-static void on_async(uv_async_t *h) {
-    pass_on(h->data);
-}
-
-static void on_timer(uv_timer_t *h) {
-    pass_on(h->data);
-}
-
-/* Worker thread: qemu-img's stdout as it comes. */
-static void on_output(const char *chunk, size_t len, void *userdata) {
-    copy_job *job = userdata;
-    if (!sv_qemu_img_progress_feed(&job->parser, chunk, len))
-        return;
-    uv_mutex_lock(&job->lock);
-    job->percent = job->parser.percent;
-    uv_mutex_unlock(&job->lock);
-    uv_async_send(&job->async);
+    uint64_t one = 1;
+    job->cancelled = true;
+    log_info("%s of VM %s: %s; interrupting it", job->image ? "image create" : "clone", job->src,
+             job->d->stopping ? "the daemon is stopping" : "the client went away");
+    if (write(job->cancel_fd, &one, sizeof one) < 0)
+        log_warning("cannot interrupt the copy: %s", strerror(errno));
 }
 
 /* A job for req on source vm: the source held, its disk open, the
@@ -116,36 +81,32 @@ static void on_output(const char *chunk, size_t len, void *userdata) {
 static copy_job *copy_job_new(sv_daemon *d, sv_ctl_req *req, sv_vm *vm) {
     qv_error err = {0};
     copy_job *job = calloc(1, sizeof *job);
-    if (!job || uv_mutex_init(&job->lock) < 0) {
-        free(job);
+    if (!job) {
         sv_ctl_reply_error(req, ENOMEM, "out of memory");
         return NULL;
     }
     job->d = d;
     job->req = req;
     job->disk_fd = -1;
-    job->percent = -1;
     snprintf(job->src, sizeof job->src, "%s", sv_vm_name(vm));
-    sv_qemu_img_progress_init(&job->parser);
     job->cancel_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (job->cancel_fd < 0) {
         sv_ctl_reply_error(req, errno, "cannot make an eventfd: %s", strerror(errno));
-        uv_mutex_destroy(&job->lock);
         free(job);
+        return NULL;
+    }
+    int r = sv_api_progress_start(&job->progress, &d->loop, req, watch_client, progress_closed);
+    if (r < 0) {
+        sv_ctl_reply_error(req, -r, "cannot set up the progress reports: %s", uv_strerror(r));
+        copy_job_free(job);
         return NULL;
     }
     if (sv_vm_copy_begin(d->vmctl, vm, &err) < 0) {
         sv_ctl_reply_qv_error(req, &err);
-        close(job->cancel_fd);
-        uv_mutex_destroy(&job->lock);
-        free(job);
+        job->req = NULL;
+        sv_api_progress_end(&job->progress);
         return NULL;
     }
-    uv_async_init(&d->loop, &job->async, on_async);
-    uv_timer_init(&d->loop, &job->timer);
-    job->async.data = job->timer.data = job;
-    job->open_handles = 2;
-    uv_timer_start(&job->timer, on_timer, COPY_TICK_MS, COPY_TICK_MS);
     if (sv_vm_disk_open(vm, &job->disk_fd, &err) < 0) {
         sv_ctl_reply_qv_error(req, &err);
         copy_job_end(job);
@@ -216,7 +177,8 @@ void sv_api_vm_clone(sv_daemon *d, sv_ctl_req *req, sv_vm *vm, json_t *params) {
     if (!job)
         return;
     log_info("cloning VM %s from %s", name, sv_vm_name(vm));
-    sv_clone_io io = {.disk_fd = job->disk_fd, .cancel_fd = job->cancel_fd, .progress = on_output, .userdata = job};
+    sv_clone_io io = {.disk_fd = job->disk_fd, .cancel_fd = job->cancel_fd, .progress = sv_api_progress_feed,
+                      .userdata = &job->progress};
     if (sv_registry_clone(d->registry, &d->loop, vm, spec, &io, clone_done, job, &err) < 0) {
         sv_ctl_reply_qv_error(req, &err);
         copy_job_end(job);
@@ -231,8 +193,8 @@ static void image_create_work(uv_work_t *w) {
     copy_job *job = w->data;
     char label[QV_NAME_MAX + 16];
     snprintf(label, sizeof label, "VM %s's disk", job->src);
-    job->status = sv_image_from_disk(job->config, job->disk_fd, label, job->image, job->cancel_fd, on_output, job,
-                                     &job->err);
+    job->status = sv_image_from_disk(job->config, job->disk_fd, label, job->image, job->cancel_fd,
+                                     sv_api_progress_feed, &job->progress, &job->err);
     if (job->status == 0)
         job->status = sv_image_info(job->config, job->image, &job->result, &job->err);
 }

@@ -4,6 +4,7 @@
 #include "cleanup.h"
 #include "log.h"
 #include "util.h"
+#include "supervisor/api/progress.h"
 #include "supervisor/images/image.h"
 #include "supervisor/vm/registry.h"
 
@@ -16,13 +17,7 @@
 
 /* ---- images ---------------------------------------------------------------- */
 
-/* While an import runs, the worker thread parses qemu-img's progress and
- * leaves the newest value under the job's lock; a uv_async (its sends
- * coalesce) wakes the loop thread to pass it on with sv_ctl_progress(), and
- * a timer passes it on again every tick so the client hears from us even
- * while qemu-img is between two percent steps. */
-#define IMAGE_PROGRESS_TICK_MS 250
-
+/* While an import runs, its progress goes to the client (api/progress.c). */
 typedef struct image_job {
     uv_work_t work;
     sv_ctl_req *req; /* NULL once answered */
@@ -34,19 +29,11 @@ typedef struct image_job {
     json_t *result;
     int status;
     qv_error err;
-    /* progress reporting, set up only when the client asked for it */
-    bool reporting;
-    int open_handles;
-    uv_async_t progress_async;
-    uv_timer_t progress_timer;
-    uv_mutex_t lock;
-    double percent;              /* under lock: the newest value, -1 before the first */
-    sv_qemu_img_progress parser; /* the worker's */
+    bool reporting; /* progress set up: only when the client asked for it */
+    sv_api_progress progress;
 } image_job;
 
 static void image_job_free(image_job *job) {
-    if (job->reporting)
-        uv_mutex_destroy(&job->lock);
     sv_config_free(job->config);
     qv_closep(&job->src_fd);
     free(job->src);
@@ -55,69 +42,17 @@ static void image_job_free(image_job *job) {
     free(job);
 }
 
-static void on_progress_handle_closed(uv_handle_t *h) {
-    image_job *job = h->data;
-    if (--job->open_handles == 0)
-        image_job_free(job);
+static void progress_closed(sv_api_progress *p) {
+    image_job_free(SV_API_PROGRESS_OWNER(p, image_job, progress));
 }
 
 /* Frees the job, once its progress handles (if any) are closed. */
 static void image_job_end(image_job *job) {
     job->req = NULL;
-    if (!job->reporting) {
+    if (job->reporting)
+        sv_api_progress_end(&job->progress);
+    else
         image_job_free(job);
-        return;
-    }
-    uv_close((uv_handle_t *)&job->progress_async, on_progress_handle_closed);
-    uv_close((uv_handle_t *)&job->progress_timer, on_progress_handle_closed);
-}
-
-/* Loop thread: the newest value to the client (sv_ctl_progress rate-limits). */
-static void progress_pass_on(image_job *job) {
-    if (!job->req)
-        return;
-    uv_mutex_lock(&job->lock);
-    double percent = job->percent;
-    uv_mutex_unlock(&job->lock);
-    if (percent >= 0)
-        sv_ctl_progress(job->req, json_pack("{s:f}", "percent", percent));
-}
-
-static void on_progress_async(uv_async_t *h) {
-    progress_pass_on(h->data);
-}
-
-static void on_progress_timer(uv_timer_t *h) {
-    progress_pass_on(h->data);
-}
-
-/* Worker thread: qemu-img's stdout as it comes. */
-static void on_qemu_img_output(const char *chunk, size_t len, void *userdata) {
-    image_job *job = userdata;
-    if (!sv_qemu_img_progress_feed(&job->parser, chunk, len))
-        return;
-    uv_mutex_lock(&job->lock);
-    job->percent = job->parser.percent;
-    uv_mutex_unlock(&job->lock);
-    uv_async_send(&job->progress_async);
-}
-
-/* Sets up progress reporting; on failure the job just runs without it. */
-static void progress_setup(uv_loop_t *loop, image_job *job) {
-    if (uv_mutex_init(&job->lock) < 0)
-        return;
-    if (uv_async_init(loop, &job->progress_async, on_progress_async) < 0) {
-        uv_mutex_destroy(&job->lock);
-        return;
-    }
-    uv_timer_init(loop, &job->progress_timer);
-    job->progress_async.data = job;
-    job->progress_timer.data = job;
-    job->open_handles = 2;
-    job->percent = -1;
-    sv_qemu_img_progress_init(&job->parser);
-    uv_timer_start(&job->progress_timer, on_progress_timer, IMAGE_PROGRESS_TICK_MS, IMAGE_PROGRESS_TICK_MS);
-    job->reporting = true;
 }
 
 static void image_list_work(uv_work_t *w) {
@@ -128,7 +63,7 @@ static void image_list_work(uv_work_t *w) {
 static void image_import_work(uv_work_t *w) {
     image_job *job = w->data;
     job->status = sv_image_import(job->config, job->src_fd, job->src, job->name, job->format,
-                                  job->reporting ? on_qemu_img_output : NULL, job, &job->err);
+                                  job->reporting ? sv_api_progress_feed : NULL, &job->progress, &job->err);
     if (job->status == 0)
         job->status = sv_image_info(job->config, job->name, &job->result, &job->err);
 }
@@ -162,8 +97,9 @@ static void queue_image_job(sv_daemon *d, sv_ctl_req *req, uv_work_cb work, int 
     }
     job->req = req;
     job->work.data = job;
+    /* on failure the job just runs without progress */
     if (progress && sv_ctl_req_wants_progress(req))
-        progress_setup(&d->loop, job);
+        job->reporting = sv_api_progress_start(&job->progress, &d->loop, req, NULL, progress_closed) == 0;
     int r = uv_queue_work(&d->loop, &job->work, work, image_after);
     if (r < 0) {
         sv_ctl_reply_error(req, -r, "cannot queue work: %s", uv_strerror(r));
