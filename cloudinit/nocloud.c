@@ -1,6 +1,7 @@
 /* NoCloud content generation and checks.  See nocloud.h. */
 #include "nocloud.h"
 
+#include "base64.h"
 #include "cleanup.h"
 #include "sha256.h"
 #include "yamlguard.h"
@@ -694,48 +695,6 @@ static const char *const ssh_key_types[] = {
     NULL,
 };
 
-static int b64_value(char c) {
-    if (c >= 'A' && c <= 'Z')
-        return c - 'A';
-    if (c >= 'a' && c <= 'z')
-        return c - 'a' + 26;
-    if (c >= '0' && c <= '9')
-        return c - '0' + 52;
-    if (c == '+')
-        return 62;
-    if (c == '/')
-        return 63;
-    return -1;
-}
-
-/* Strict base64 (padded, length a multiple of 4) into out; returns the
- * decoded length or -1. */
-static long b64_decode(const char *s, size_t n, uint8_t *out, size_t out_size) {
-    if (n == 0 || n % 4)
-        return -1;
-    size_t o = 0;
-    for (size_t i = 0; i < n; i += 4) {
-        int v[4], pad = 0;
-        for (int k = 0; k < 4; k++) {
-            if (s[i + k] == '=' && i + 4 == n && k >= 2) {
-                v[k] = 0;
-                pad++;
-                continue;
-            }
-            if (pad || (v[k] = b64_value(s[i + k])) < 0)
-                return -1;
-        }
-        uint32_t w = (uint32_t)v[0] << 18 | (uint32_t)v[1] << 12 | (uint32_t)v[2] << 6 | (uint32_t)v[3];
-        uint8_t b[3] = {(uint8_t)(w >> 16), (uint8_t)(w >> 8), (uint8_t)w};
-        for (int k = 0; k < 3 - pad; k++) {
-            if (o >= out_size)
-                return -1;
-            out[o++] = b[k];
-        }
-    }
-    return (long)o;
-}
-
 int ci_ssh_key_check(const char *key, qv_error *err) {
     size_t n = strlen(key);
     if (n == 0)
@@ -763,13 +722,13 @@ int ci_ssh_key_check(const char *key, qv_error *err) {
         b++;
     size_t blen = strcspn(b, " \t");
     uint8_t blob[CI_SSH_KEY_MAX];
-    long got = b64_decode(b, blen, blob, sizeof blob);
-    if (got < 0)
+    size_t got = 0;
+    if (blen == 0 || qv_base64_decode(b, blen, blob, sizeof blob, &got) < 0)
         return qv_error_set(err, EINVAL, "'%.30s…' is not an SSH public key: the key data is %s", key,
                             blen ? "not valid base64" : "missing");
     uint32_t inner = got >= 4 ? (uint32_t)blob[0] << 24 | (uint32_t)blob[1] << 16 | (uint32_t)blob[2] << 8 | blob[3]
                               : UINT32_MAX;
-    if (inner != tlen || (size_t)got < 4 + tlen + 4 || memcmp(blob + 4, type, tlen) != 0)
+    if (inner != tlen || got < 4 + tlen + 4 || memcmp(blob + 4, type, tlen) != 0)
         return qv_error_set(err, EINVAL,
                             "'%.30s…' is not an SSH public key: the key data does not belong to a %s key "
                             "(truncated or mixed up?)",
