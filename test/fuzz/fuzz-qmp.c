@@ -5,9 +5,13 @@
  * Input: byte 0 selects the client and options, byte 1 the read chunking,
  * the rest is what the peer "sent".  The rest is also given to the
  * query-blockstats fast path (scan.c) and to jansson, which must agree
- * wherever the fast path answers.  Each run builds a fresh loop and
+ * wherever the fast path answers, and, parsed as a result, to the checks
+ * of the agent's exec and file replies (qga-guest.c), whose accepted
+ * lengths must be what the base64 decoder gives.  Each run builds a fresh loop and
  * client on a socketpair, so nothing carries over between inputs. */
 #include "qmp/qmp-internal.h"
+
+#include "base64.h"
 
 #include <arpa/inet.h>
 #include <stdint.h>
@@ -184,6 +188,52 @@ static void feed_qga(void *c, const char *b, size_t n) {
     qga__feed(c, b, n);
 }
 
+/* The checks of guest-exec, guest-exec-status and guest-file-* replies
+ * (qga-guest.c) on the raw input as a result, and what they let through
+ * against the decoder: a length they accepted is the length decoded. */
+static void decodes_as_checked(const char *b64, size_t b64_len, size_t len) {
+    if (!b64)
+        return;
+    uint8_t *buf = malloc(len ? len : 1);
+    if (!buf)
+        abort();
+    size_t got = SIZE_MAX;
+    if (qv_base64_decode(b64, b64_len, buf, len, &got) != 0 || got != len)
+        abort();
+    free(buf);
+}
+
+static void guest_replies(const uint8_t *data, size_t size) {
+    json_t *j = json_loadb((const char *)data, size, JSON_DECODE_ANY, NULL);
+    if (!j)
+        return;
+    int64_t id;
+    if (qga_parse_exec(j, &id) == 0 && (id <= 0 || id > INT32_MAX))
+        abort();
+    if (qga_parse_file_open(j, &id) == 0 && id <= 0)
+        abort();
+    qga_exec_status st;
+    if (qga_parse_exec_status(j, &st) == 0) {
+        if (st.out.len > QGA_EXEC_MAX_OUTPUT || st.err.len > QGA_EXEC_MAX_OUTPUT)
+            abort();
+        if (st.exited && (st.exitcode >= 0) == (st.signal >= 0))
+            abort();
+        decodes_as_checked(st.out.b64, st.out.b64_len, st.out.len);
+        decodes_as_checked(st.err.b64, st.err.b64_len, st.err.len);
+    }
+    qga_file_chunk ch;
+    size_t asked = 1u << 16;
+    if (qga_parse_file_read(j, asked, &ch) == 0) {
+        if (ch.count > asked)
+            abort();
+        decodes_as_checked(ch.b64, ch.b64_len, ch.count);
+    }
+    size_t n;
+    if (qga_parse_file_write(j, 4096, &n) == 0 && n > 4096)
+        abort();
+    json_decref(j);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (size < 2)
         return 0;
@@ -191,6 +241,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     data += 2;
     size -= 2;
     differential(data, size);
+    guest_replies(data, size);
 
     uv_loop_t loop;
     if (uv_loop_init(&loop) != 0)
