@@ -313,9 +313,9 @@ static void test_large_reply_only_when_asked(void **state) {
     reply a, b;
     reply_init(&a, &g.t);
     reply_init(&b, &g.t);
-    assert_int_equal(qga_send(g.c, "guest-file-read", json_pack("{s:i, s:i}", "handle", 1, "count", 1 << 24), 0,
-                              qga_reply_cb_rec, &a),
-                     0);
+    json_t *args = json_pack("{s:i, s:i}", "handle", 1, "count", 1 << 24); /* qga_send copies it */
+    assert_int_equal(qga_send(g.c, "guest-file-read", args, 0, qga_reply_cb_rec, &a), 0);
+    json_decref(args);
     wait_received(&g, 2);
     size_t n = QMP_MAX_MESSAGE + (2u << 20); /* over the ordinary limit, under the large one */
     char *buf = malloc(n + 128);
