@@ -24,12 +24,7 @@ bool vm__held_refuses(const vmrt *rt, sv_vm_action act) {
 }
 
 int sv_vm_copy_begin(sv_vmctl *c, sv_vm *vm, qv_error *err) {
-    if (c->shutting_down)
-        return qv_error_set(err, ECANCELED, "the daemon is stopping");
-    vmrt *rt = vm__get_rt(c, vm);
-    if (!rt)
-        return qv_error_set(err, ENOMEM, "out of memory");
-    return vm__event(rt, SV_EV_COPY, &(vm_event_arg){.err = err});
+    return vm__request(c, vm, SV_EV_COPY, &(vm_event_arg){.err = err});
 }
 
 void sv_vm_copy_end(sv_vmctl *c, sv_vm *vm) {

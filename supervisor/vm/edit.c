@@ -171,12 +171,8 @@ static void spec_commit(vmrt *rt, sv_vmspec *spec, bool grow, uint64_t from_size
 /* ---- edit ------------------------------------------------------------------ */
 
 int sv_vm_edit(sv_vmctl *c, sv_vm *vm, sv_vmspec *spec, sv_vm_done_fn done, void *userdata, qv_error *err) {
-    if (c->shutting_down)
-        return qv_error_set(err, ECANCELED, "the daemon is stopping");
-    vmrt *rt = vm__get_rt(c, vm);
-    if (!rt)
-        return qv_error_set(err, ENOMEM, "out of memory");
-    return vm__event(rt, SV_EV_EDIT, &(vm_event_arg){.spec = spec, .done = done, .userdata = userdata, .err = err});
+    return vm__request(c, vm, SV_EV_EDIT,
+                       &(vm_event_arg){.spec = spec, .done = done, .userdata = userdata, .err = err});
 }
 
 /* edit's check, with the VM where it is: the new spec against the node, as
@@ -217,14 +213,9 @@ void vm__act_edit(vmrt *rt, sv_vm_state from, const vm_event_arg *a) {
 
 int sv_vm_resize(sv_vmctl *c, sv_vm *vm, uint64_t size, bool relative, sv_vm_done_fn done, void *userdata,
                  qv_error *err) {
-    if (c->shutting_down)
-        return qv_error_set(err, ECANCELED, "the daemon is stopping");
-    vmrt *rt = vm__get_rt(c, vm);
-    if (!rt)
-        return qv_error_set(err, ENOMEM, "out of memory");
-    return vm__event(rt, SV_EV_RESIZE,
-                     &(vm_event_arg){.size = size, .relative = relative, .done = done, .userdata = userdata,
-                                     .err = err});
+    return vm__request(c, vm, SV_EV_RESIZE,
+                       &(vm_event_arg){.size = size, .relative = relative, .done = done, .userdata = userdata,
+                                       .err = err});
 }
 
 static uint64_t disk_now(const sv_vm *vm) {

@@ -354,6 +354,9 @@ void vm__maybe_launch(vmrt *rt);
 /* ---- requests.c: the requests, turned into events ---- */
 
 int vm__begin_start(sv_vmctl *c, sv_vm *vm, bool policy, sv_vm_done_fn done, void *userdata, qv_error *err);
+/* A request's way in (requests.c): refused while the daemon stops, then
+ * the event through the door with arg (arg->err set by the caller). */
+int vm__request(sv_vmctl *c, sv_vm *vm, sv_vm_event ev, const vm_event_arg *arg);
 
 /* ---- caps.c ---- */
 

@@ -173,15 +173,10 @@ void vm__act_agent(vmrt *rt, sv_vm_state from, const vm_event_arg *a) {
 
 int sv_vm_guest(sv_vmctl *c, sv_vm *vm, sv_guest_cmd cmd, json_t *args, size_t limit, uint64_t timeout_ms,
                 sv_vm_done_fn done, void *userdata, qv_error *err) {
-    if (c->shutting_down)
-        return qv_error_set(err, ECANCELED, "the daemon is stopping");
     if ((unsigned)cmd >= QV_ARRAY_SIZE(agent_commands))
         return qv_error_set(err, EINVAL, "no such guest command");
-    vmrt *rt = vm__get_rt(c, vm);
-    if (!rt)
-        return qv_error_set(err, ENOMEM, "out of memory");
     guest_call call = {.cmd = cmd, .args = args, .limit = limit};
-    return vm__event(rt, SV_EV_GUEST,
-                     &(vm_event_arg){.call = &call, .timeout_ms = timeout_ms, .done = done, .userdata = userdata,
-                                     .err = err});
+    return vm__request(c, vm, SV_EV_GUEST,
+                       &(vm_event_arg){.call = &call, .timeout_ms = timeout_ms, .done = done, .userdata = userdata,
+                                       .err = err});
 }

@@ -4,14 +4,18 @@
  * changes a VM itself. */
 #include "supervisor/vm/engine.h"
 
-int vm__begin_start(sv_vmctl *c, sv_vm *vm, bool policy, sv_vm_done_fn done, void *userdata, qv_error *err) {
+int vm__request(sv_vmctl *c, sv_vm *vm, sv_vm_event ev, const vm_event_arg *arg) {
     if (c->shutting_down)
-        return qv_error_set(err, ECANCELED, "the daemon is stopping");
+        return qv_error_set(arg->err, ECANCELED, "the daemon is stopping");
     vmrt *rt = vm__get_rt(c, vm);
     if (!rt)
-        return qv_error_set(err, ENOMEM, "out of memory");
-    int r = vm__event(rt, SV_EV_START,
-                      &(vm_event_arg){.policy = policy, .done = done, .userdata = userdata, .err = err});
+        return qv_error_set(arg->err, ENOMEM, "out of memory");
+    return vm__event(rt, ev, arg);
+}
+
+int vm__begin_start(sv_vmctl *c, sv_vm *vm, bool policy, sv_vm_done_fn done, void *userdata, qv_error *err) {
+    int r = vm__request(c, vm, SV_EV_START,
+                        &(vm_event_arg){.policy = policy, .done = done, .userdata = userdata, .err = err});
     if (r == 1) /* the table has no such cell: a start is never "already satisfied" */
         return qv_error_set(err, EALREADY, "VM '%s' is already %s", vm->name, sv_vm_state_name(vm->state));
     return r < 0 ? r : 0;
@@ -23,27 +27,17 @@ int sv_vm_start(sv_vmctl *c, sv_vm *vm, sv_vm_done_fn done, void *userdata, qv_e
 
 int sv_vm_stop(sv_vmctl *c, sv_vm *vm, const sv_stop_options *o, sv_vm_done_fn done, void *userdata,
                qv_error *err) {
-    if (c->shutting_down)
-        return qv_error_set(err, ECANCELED, "the daemon is stopping");
-    vmrt *rt = vm__get_rt(c, vm);
-    if (!rt)
-        return qv_error_set(err, ENOMEM, "out of memory");
-    return vm__event(rt, SV_EV_STOP,
-                     &(vm_event_arg){.force = o->force, .timeout_ms = o->timeout_ms, .done = done,
-                                     .userdata = userdata, .err = err});
+    return vm__request(c, vm, SV_EV_STOP,
+                       &(vm_event_arg){.force = o->force, .timeout_ms = o->timeout_ms, .done = done,
+                                       .userdata = userdata, .err = err});
 }
 
 /* vm pause / vm resume: judged against the state the commands already
  * sent lead to (vm__event), so that `pause` followed at once by `resume`
  * resumes. */
 static int pause_resume(sv_vmctl *c, sv_vm *vm, bool pause, sv_vm_done_fn done, void *userdata, qv_error *err) {
-    if (c->shutting_down)
-        return qv_error_set(err, ECANCELED, "the daemon is stopping");
-    vmrt *rt = vm__get_rt(c, vm);
-    if (!rt)
-        return qv_error_set(err, ENOMEM, "out of memory");
-    return vm__event(rt, pause ? SV_EV_PAUSE : SV_EV_RESUME,
-                     &(vm_event_arg){.pause = pause, .done = done, .userdata = userdata, .err = err});
+    return vm__request(c, vm, pause ? SV_EV_PAUSE : SV_EV_RESUME,
+                       &(vm_event_arg){.pause = pause, .done = done, .userdata = userdata, .err = err});
 }
 
 int sv_vm_pause(sv_vmctl *c, sv_vm *vm, sv_vm_done_fn done, void *userdata, qv_error *err) {
@@ -121,12 +115,7 @@ int sv_vm_restart(sv_vmctl *c, sv_vm *vm, const sv_stop_options *o, sv_vm_done_f
 }
 
 int sv_vm_remove(sv_vmctl *c, sv_vm *vm, sv_vm_done_fn done, void *userdata, qv_error *err) {
-    if (c->shutting_down)
-        return qv_error_set(err, ECANCELED, "the daemon is stopping");
-    vmrt *rt = vm__get_rt(c, vm);
-    if (!rt)
-        return qv_error_set(err, ENOMEM, "out of memory");
-    return vm__event(rt, SV_EV_REMOVE, &(vm_event_arg){.done = done, .userdata = userdata, .err = err});
+    return vm__request(c, vm, SV_EV_REMOVE, &(vm_event_arg){.done = done, .userdata = userdata, .err = err});
 }
 
 void sv_vm_created(sv_vmctl *c, sv_vm *vm) {
