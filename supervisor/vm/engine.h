@@ -131,7 +131,7 @@ struct sv_vmctl {
     sv_qemu_binary_stamp caps_stamp;   /* the binary as that probe found it */
     bool accel_warned;
     caps_waiter *caps_waiters;
-    save_group *save_group; /* durable writes on a worker (engine.c), NULL when none */
+    unsigned save_groups;   /* groups of durable writes on workers (engine.c) */
     save_job *save_next;    /* durable writes waiting for the next group */
     sv_vm_emit_fn emit;  /* the event sink (sv_vmctl_set_emit) */
     void *emit_userdata;
