@@ -135,7 +135,7 @@ def scenario_disk_marker(img):
 
 SEED_FILES = {
     "user-data": b"#cloud-config\nhostname: tiny\nruncmd:\n  - [ echo, hello ]\n",
-    "meta-data": b"instance-id: iid-qvisor-0001\nlocal-hostname: tiny\n",
+    "meta-data": b"instance-id: iid-qvisor-0001\nlocal-hostname: 'tiny-1'\n",
     "network-config": b"version: 2\nethernets:\n  nic0:\n    match:\n      macaddress: '52:54:00:00:00:01'\n",
     "vendor-data": b"",
 }
@@ -164,9 +164,11 @@ def scenario_seed(img):
             "-drive", "file=%s,format=raw,if=none,id=vd0,readonly=on" % iso,
             "-device", "virtio-blk-pci,drive=vd0",
         ]
-        with gl.Guest(img, options=["qv.seed=print"], extra_args=extra, name="seed") as g:
+        with gl.Guest(img, options=["qv.seed=print", "qv.hostname=seed"], extra_args=extra, name="seed") as g:
             ready = boot(g)
             assert_clean(g)
+            # local-hostname, its YAML quotes taken off, is the kernel's
+            _t.assertIn("hostname tiny-1", g.markers())
             seeds = gl.parse_seed(g.markers())
             for dev in ("/dev/sr0", "/dev/vda"):
                 seen = seeds.get(dev)
@@ -383,7 +385,7 @@ class TinyGuestTest(unittest.TestCase):
             self.assertEqual(f.read(6), b"070701", "initrd.img is not cpio newc")
         with open(os.path.join(img.dir, "README")) as f:
             readme = f.read()
-        for opt in ("qv.acpi=off", "qv.disk=marker", "qv.seed=print", "qv.agent=on",
+        for opt in ("qv.acpi=off", "qv.disk=marker", "qv.seed=print", "qv.hostname=seed", "qv.agent=on",
                     "qv.net=", "qv.net=seed", "qv.ping=", "qv.poweroff=", "qv.panic"):
             self.assertIn(opt, readme)
 

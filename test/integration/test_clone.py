@@ -378,9 +378,11 @@ class CloneBoots(unittest.TestCase):
     def test_clone_boots_with_its_own_identity_and_the_source_data(self):
         self.node.qvisor("vm", "create", "tpl", "--image", "blank", "--kernel", self.guest.kernel, "--initrd",
                          self.guest.initrd, "--no-agent", "--append",
-                         guestlib.cmdline(["qv.disk=marker", "qv.seed=print", "qv.net=seed"]), check=0)
+                         guestlib.cmdline(["qv.disk=marker", "qv.seed=print", "qv.net=seed", "qv.hostname=seed"]),
+                         check=0)
         first = self.boot("tpl")
         self.assertIn("bootcount 1", first)
+        self.assertIn("hostname tpl", first)
         self.node.qvisor("vm", "clone", "tpl", "twin", check=0)
         twin = self.node.qvisor_json("vm", "show", "twin")
         tpl_disk = os.path.join(self.node.state, "instances", "tpl", "disk.qcow2")
@@ -391,6 +393,10 @@ class CloneBoots(unittest.TestCase):
         # the source's disk content, and this is its second boot
         self.assertIn("marker found qvisor-marker-boot-1", markers)
         self.assertIn("bootcount 2", markers)
+        # its own host name, as the booted guest's kernel holds it (set from
+        # the clone's seed, as cloud-init does)
+        self.assertIn("hostname twin", markers)
+        self.assertNotIn("hostname tpl", markers)
         # its own MAC: the seed's network-config matched it, DHCP on it
         mac = twin["nics"][0]["mac"]
         self.assertNotEqual(mac, self.node.qvisor_json("vm", "show", "tpl")["nics"][0]["mac"])
