@@ -502,7 +502,10 @@ class Lifecycle(unittest.TestCase):
 
             p = self.node.qvisor("cleanup", check=0, timeout=scaled(60))
             self.assertIn(f"orphan QEMU of 'ghost' pid {orphan.pid}: stopped", p.stdout)
-            self.assertEqual(orphan.wait(timeout=10), 0)  # SIGTERM: QEMU exits cleanly
+            # SIGTERM: QEMU exits cleanly, or dies of the signal when it
+            # came before QEMU set its handler up (the pidfile is written
+            # earlier; seen under heavy load)
+            self.assertIn(orphan.wait(timeout=10), (0, -signal.SIGTERM))
             for path in (creating, partial, stale, ghost_dir):
                 self.assertFalse(os.path.exists(path), path)
             self.assertTrue(proc_alive(keep))  # supervised: untouched
