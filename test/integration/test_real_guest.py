@@ -29,6 +29,7 @@ is attached through a pseudo-terminal, and it is stopped again.
 Slow (minutes under TCG): registered for the normal build only, not the
 sanitizer build (README)."""
 
+import hashlib
 import json
 import os
 import pty
@@ -124,6 +125,7 @@ class RealGuest:
     NAT_MAIN = None   # static address of main's nat NIC
     NOAGENT_FIRMWARE = "bios"  # the image must boot this way too
     SECURE_BOOT = False        # also boot a third VM with uefi-secure
+    OPS = False                # also the operator verbs of issue 19 (one variant: they cost a boot)
     CONFIG = ("vm_defaults:\n  cpus: 1\n  memory: 1G\n  stop_timeout: 90s\n  kill_timeout: 10s\n"
               "network:\n  nat_bridge: qvt-rgbr0\n  nat_subnet: 10.77.0.0/24\n  nat_gateway: 10.77.0.1\n"
               f"  dns: [{DNS}]\n")
@@ -274,6 +276,8 @@ class RealGuest:
         row = [v for v in self.qv_json("vm", "list")["vms"] if v["name"] == "main"][0]
         self.assertIn(row["ip"], (self.NAT_MAIN,) + tuple(
             a["address"] for a in self.qv_json("vm", "show", "main")["addresses"]))
+        if self.OPS:
+            self.guest_ops_running()
 
         # the no-agent VM: vm ssh with its own key, then a clean ACPI stop
         wait_for(lambda: self.vm_ssh("noagent", "true", check=False).returncode == 0, 600, "ssh to noagent")
@@ -296,10 +300,16 @@ class RealGuest:
                                     "-l '\\EFI\\BOOT\\BOOTX64.EFI'")
             self.assertIn("qvt-entry", self.ssh(self.NAT_MAIN, "sudo efibootmgr").stdout)
 
+        if self.OPS:
+            # the spec changes only while the VM is stopped
+            p = self.qv("vm", "edit", "main", "--memory", "1536M", check=75)
+            self.assertIn("main", p.stderr)
         t1 = time.monotonic()
         res = self.qv_json("vm", "stop", "main", timeout=scaled(180))
         self.assertEqual((res["result"], res["how"]), ("clean", "guest agent guest-shutdown"))
         TIMES[f"{self.IMAGE}/{self.FIRMWARE}: agent stop"] = round(time.monotonic() - t1, 1)
+        if self.OPS:
+            self.qv("vm", "edit", "main", "--memory", "1536M", check=0)
 
         # started again: the disk kept its content, cloud-init did not run
         # the per-instance modules again (runcmd ran once)
@@ -310,6 +320,12 @@ class RealGuest:
         self.assertEqual(self.ssh(self.NAT_MAIN, "sudo cat /var/lib/qv-token").stdout.strip(), token)
         self.ssh(self.NAT_MAIN, "cloud-init status --wait", timeout=600)
         self.assertEqual(len(self.ssh(self.NAT_MAIN, "cat /var/lib/qv-runcmd").stdout.split()), 1)
+        if self.OPS:
+            # the edit took effect at this start: 1536 MiB, less what the
+            # kernel keeps for itself
+            mem = self.ssh(self.NAT_MAIN, "cat /proc/meminfo").stdout
+            kib = int(re.search(r"(?m)^MemTotal:\s+(\d+) kB", mem).group(1))
+            self.assertGreater(kib, 1300 * 1024, mem)
         if self.FIRMWARE != "bios":
             # the VM's own variables store kept the boot entry
             self.assertIn("qvt-entry", self.ssh(self.NAT_MAIN, "sudo efibootmgr").stdout)
@@ -326,9 +342,75 @@ class RealGuest:
 
         res = self.qv_json("vm", "stop", "main", timeout=scaled(180))
         self.assertEqual(res["result"], "clean")
+        if self.OPS:
+            self.revert_and_clone()
         self.qv("vm", "rm", "main")
         self.qv("vm", "rm", "noagent")
         self.assertEqual(self.node.qemu_pids(), [])
+
+    def guest_ops_running(self):
+        """vm exec, vm cp, vm resize and a live snapshot against the distro's
+        own qemu-guest-agent, coreutils, kernel and file systems."""
+        t1 = time.monotonic()
+        # the command's streams apart, its exit status ours
+        p = self.qv("vm", "exec", "main", "--", "sh", "-c", "hostname; echo oops >&2; exit 7", check=7)
+        self.assertEqual(p.stdout.strip(), f"rg-{self.IMAGE}")
+        self.assertIn("oops", p.stderr)
+        # a binary file in and out, checked by the guest's own sha256sum
+        blob = os.urandom(3 << 20)
+        src, back = os.path.join(self.node.dir, "blob"), os.path.join(self.node.dir, "blob.back")
+        with open(src, "wb") as f:
+            f.write(blob)
+        self.qv("vm", "cp", src, "main:/var/tmp/blob", timeout=scaled(300))
+        out = self.qv("vm", "exec", "main", "--", "sha256sum", "/var/tmp/blob").stdout
+        self.assertEqual(out.split()[0], hashlib.sha256(blob).hexdigest())
+        self.qv("vm", "cp", "main:/var/tmp/blob", back, timeout=scaled(300))
+        with open(back, "rb") as f:
+            self.assertEqual(f.read(), blob)
+        self.assertNotIn(".qvisor-", self.qv("vm", "exec", "main", "--", "ls", "-A", "/var/tmp").stdout)
+        # grown while running: the guest's kernel sees the new capacity
+        self.qv("vm", "resize", "main", "--disk", "5G")
+        sectors = str((5 << 30) >> 9)
+        wait_for(lambda: self.qv("vm", "exec", "main", "--", "cat", "/sys/block/vda/size").stdout.strip() == sectors,
+                 30, "the guest seeing the 5G disk")
+        # a live snapshot, the guest's file systems frozen by its agent
+        self.qv("vm", "exec", "main", "--", "sh", "-c", "echo before > /var/lib/qv-snap && sync")
+        res = json.loads(self.qv("vm", "snapshot", "main", "--json", "create", "s1", timeout=scaled(180)).stdout)
+        self.assertEqual((res["how"], res["frozen"], res["thawed"]), ("qmp", True, True), res)
+        # the agent's own log (syslog, in the journal) says it froze; thawed,
+        # the file system takes writes again (frozen, the sync would hang)
+        log = self.qv("vm", "exec", "main", "--", "journalctl", "-b", "--no-pager", "-o", "cat").stdout
+        self.assertIn("guest-fsfreeze called", log)
+        self.qv("vm", "exec", "main", "--timeout", "60s", "--", "sh", "-c",
+                "echo after > /var/lib/qv-snap && sync", timeout=scaled(90))
+        TIMES[f"{self.IMAGE}/{self.FIRMWARE}: exec, cp 3 MiB both ways, resize, live snapshot"] = \
+            round(time.monotonic() - t1, 1)
+
+    def revert_and_clone(self):
+        """Back to the live snapshot, then a clone of that disk booted: its
+        own host name, MAC and cloud-init instance, the source's data."""
+        t1 = time.monotonic()
+        self.qv("vm", "snapshot", "main", "revert", "s1", timeout=scaled(180))
+        self.qv("vm", "clone", "main", "twin", "--net", "nat", "--start", timeout=scaled(600))
+        self.qv("vm", "wait", "twin", "--for", "agent", "--timeout", f"{scaled(600)}s", timeout=scaled(650))
+
+        def ex(*cmd, check=0):
+            return self.qv("vm", "exec", "twin", "--", *cmd, check=check, timeout=scaled(700))
+        self.assertIn("done", ex("cloud-init", "status", "--wait", check=None).stdout)
+        self.assertEqual(ex("hostname").stdout.strip(), "twin")
+        # cloud-init saw a new instance: runcmd ran again
+        self.assertEqual(len(ex("cat", "/var/lib/qv-runcmd").stdout.split()), 2)
+        # the disk as it was at the snapshot: what came after is not there
+        self.assertEqual(ex("cat", "/var/lib/qv-snap").stdout.strip(), "before")
+        ex("test", "-e", "/var/lib/qv-token", check=1)
+        self.assertEqual(ex("cat", "/sys/block/vda/size").stdout.strip(), str((5 << 30) >> 9))
+        mac = self.qv_json("vm", "show", "twin")["nics"][0]["mac"]
+        self.assertNotIn(mac, [n["mac"] for n in self.qv_json("vm", "show", "main")["nics"]])
+        self.assertIn(mac, ex("cat", "/sys/class/net/eth0/address", check=None).stdout.lower() +
+                      ex("sh", "-c", "cat /sys/class/net/*/address").stdout.lower())
+        self.assertEqual(self.qv_json("vm", "stop", "twin", timeout=scaled(180))["result"], "clean")
+        self.qv("vm", "rm", "twin")
+        TIMES[f"{self.IMAGE}/{self.FIRMWARE}: revert, clone, boot to agent"] = round(time.monotonic() - t1, 1)
 
     def check_console(self, name):
         """vm console through a pseudo-terminal: a login prompt, Ctrl-]
@@ -365,6 +447,7 @@ class CloudImageBios(RealGuest, unittest.TestCase):
     FIRMWARE = "bios"
     RENDERER = "eni"
     NAT_MAIN = "10.77.0.20"
+    OPS = True
 
 
 class GenericImageUefi(RealGuest, unittest.TestCase):
