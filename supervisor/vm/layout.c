@@ -43,6 +43,64 @@ bool sv_layout_leftover_name(const char *entry, char ret[64], bool *ret_creating
     return true;
 }
 
+#define GUEST_TMP_TAG ".qvisor-"
+#define ID_DIGITS 16
+
+static bool hex_id(const char *s) {
+    for (size_t i = 0; i < ID_DIGITS; i++)
+        if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f')))
+            return false;
+    return s[ID_DIGITS] == '\0';
+}
+
+int sv_layout_copy_mark(uint64_t id, char *buf, size_t len) {
+    return fit(snprintf(buf, len, "%s%016llx", SV_VM_COPY_MARK_PREFIX, (unsigned long long)id), len);
+}
+
+bool sv_layout_copy_mark_entry(const char *entry) {
+    size_t p = strlen(SV_VM_COPY_MARK_PREFIX);
+    return strncmp(entry, SV_VM_COPY_MARK_PREFIX, p) == 0 && hex_id(entry + p);
+}
+
+int sv_layout_guest_tmp(const char *target, uint64_t id, char *buf, size_t len) {
+    const char *slash = strrchr(target, '/');
+    if (target[0] != '/' || !slash || !slash[1])
+        return -EINVAL;
+    int dir_len = slash == target ? 0 : (int)(slash - target);
+    return fit(snprintf(buf, len, "%.*s/.%s" GUEST_TMP_TAG "%016llx", dir_len, target, slash + 1,
+                        (unsigned long long)id),
+               len);
+}
+
+int sv_layout_copy_mark_parse(const char *text, size_t len, char *ret, size_t ret_len) {
+    if (len > 0 && text[len - 1] == '\n')
+        len--;
+    if (len < 2 || len > SV_GUEST_PATH_MAX || text[0] != '/')
+        return -EINVAL;
+    for (size_t i = 0; i < len; i++)
+        if ((unsigned char)text[i] < 0x20 || text[i] == 0x7f)
+            return -EINVAL; /* NUL, newline and every other control byte */
+    const char *base = text;
+    for (size_t i = 0; i < len; i++)
+        if (text[i] == '/')
+            base = text + i + 1;
+    size_t blen = len - (size_t)(base - text), tag = strlen(GUEST_TMP_TAG);
+    /* ".X" + ".qvisor-" + 16 hex digits, X at least one byte */
+    if (blen < 2 + tag + ID_DIGITS || base[0] != '.')
+        return -EINVAL;
+    const char *t = base + blen - ID_DIGITS - tag;
+    char id[ID_DIGITS + 1];
+    memcpy(id, t + tag, ID_DIGITS);
+    id[ID_DIGITS] = '\0';
+    if (memcmp(t, GUEST_TMP_TAG, tag) != 0 || !hex_id(id))
+        return -EINVAL;
+    if (len + 1 > ret_len)
+        return -ENAMETOOLONG;
+    memcpy(ret, text, len);
+    ret[len] = '\0';
+    return 0;
+}
+
 int sv_layout_run_root(const sv_config *c, char *buf, size_t len) {
     return fit(snprintf(buf, len, "%s/vm", c->run_dir), len);
 }

@@ -11,6 +11,7 @@
  *       ssh/id_ed25519{,.pub}        the key pair `--ssh` generates
  *       known_hosts                  the guest's host keys, as `vm ssh` saw them
  *       snapshots.json               what qvisor knows of the disk's snapshots
+       copy-in.<16 hex>             a copy into the guest under way (guestcopy.c)
  *   INSTANCES_DIR/.NAME.creating     a create in progress (renamed into place)
  *   INSTANCES_DIR/.NAME.removing     a remove in progress
  *   RUN_DIR/vm/NAME/                 the run directory (gone with QEMU)
@@ -22,6 +23,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "spec/config.h"
 
@@ -41,6 +43,17 @@
 #define SV_VM_SSH_KEY "ssh/id_ed25519" /* the public key is SV_VM_SSH_KEY ".pub" */
 #define SV_VM_KNOWN_HOSTS "known_hosts" /* `qvisor vm ssh`'s, for the guest's host keys */
 #define SV_VM_SNAPSHOTS_FILE "snapshots.json" /* qvisor's records of the disk's snapshots (snapshot.c) */
+
+/* A copy into the guest (vm cp, guestcopy.c) is about to create its
+ * temporary file there: this prefix and the 16 hex digits of that file's
+ * name, holding its guest path (written durably before guest-file-open),
+ * removed once the file was renamed or removed.  A mark a killed daemon left
+ * (or one whose `rm` could not run, the VM being down) is acted on when the
+ * daemon re-adopts the VM and whenever its agent comes up: `rm -f` of that
+ * path through the agent, then the mark goes. */
+#define SV_VM_COPY_MARK_PREFIX "copy-in."
+/* The longest guest path a copy takes (PATH_MAX in the guest). */
+#define SV_GUEST_PATH_MAX 4096u
 
 /* In the run directory. */
 #define SV_VM_QMP_SOCK "qmp.sock"
@@ -70,6 +83,21 @@ int sv_layout_leftover(const char *vm_name, bool creating, char *buf, size_t len
 /* The VM name of a leftover entry of INSTANCES_DIR, ".NAME.creating" or
  * ".NAME.removing" with NAME valid: true, and *ret_creating says which. */
 bool sv_layout_leftover_name(const char *entry, char ret[64], bool *ret_creating);
+
+/* "copy-in.<id as 16 hex digits>": the mark of a copy into the guest. */
+int sv_layout_copy_mark(uint64_t id, char *buf, size_t len);
+/* Whether entry (a name in the instance directory) is such a mark. */
+bool sv_layout_copy_mark_entry(const char *entry);
+/* The guest's temporary file of a copy to `target` (absolute, not ending
+ * in '/'): "DIR/.BASE.qvisor-<id as 16 hex digits>". */
+int sv_layout_guest_tmp(const char *target, uint64_t id, char *buf, size_t len);
+/* A mark's content, read back: the daemon removes that path in the guest,
+ * so whatever is there is checked as if hostile.  One guest path of at most
+ * SV_GUEST_PATH_MAX bytes, optionally followed by one newline: absolute, no
+ * NUL or other control byte, its last component ".X.qvisor-<16 lowercase
+ * hex>" with X non-empty.  0 with the path in ret (NUL-terminated), or
+ * -EINVAL (-ENAMETOOLONG when ret is too small). */
+int sv_layout_copy_mark_parse(const char *text, size_t len, char *ret, size_t ret_len);
 
 /* RUN_DIR/vm: where every VM's run directory is. */
 int sv_layout_run_root(const sv_config *c, char *buf, size_t len);

@@ -5,6 +5,7 @@
 #include "supervisor/vm/layout.h"
 
 #include <errno.h>
+#include <stdlib.h>
 #include <string.h>
 
 static sv_config conf(void) {
@@ -77,11 +78,82 @@ static void test_pidfile_vm(void **state) {
         assert_false(sv_layout_pidfile_vm(&c, bad[i], name));
 }
 
+static void test_copy_mark(void **state) {
+    (void)state;
+    char buf[256];
+    assert_int_equal(sv_layout_copy_mark(0x0123456789abcdefull, buf, sizeof buf), 0);
+    assert_string_equal(buf, "copy-in.0123456789abcdef");
+    assert_true(sv_layout_copy_mark_entry(buf));
+    assert_false(sv_layout_copy_mark_entry("copy-in.0123456789ABCDEF"));
+    assert_false(sv_layout_copy_mark_entry("copy-in.0123456789abcde"));
+    assert_false(sv_layout_copy_mark_entry("copy-in.0123456789abcdef0"));
+    assert_false(sv_layout_copy_mark_entry("copy-in.0123456789abcdef.tmp"));
+    assert_false(sv_layout_copy_mark_entry("state.json"));
+    assert_int_equal(sv_layout_guest_tmp("/root/data.bin", 0xabcull, buf, sizeof buf), 0);
+    assert_string_equal(buf, "/root/.data.bin.qvisor-0000000000000abc");
+    assert_int_equal(sv_layout_guest_tmp("/x", 1, buf, sizeof buf), 0);
+    assert_string_equal(buf, "/.x.qvisor-0000000000000001");
+    assert_int_equal(sv_layout_guest_tmp("/root/", 1, buf, sizeof buf), -EINVAL);
+    assert_int_equal(sv_layout_guest_tmp("rel", 1, buf, sizeof buf), -EINVAL);
+    char small[10];
+    assert_int_equal(sv_layout_guest_tmp("/root/data.bin", 1, small, sizeof small), -ENAMETOOLONG);
+}
+
+/* What the daemon reads back from a mark before removing that path in the
+ * guest: only a temporary name of its own making passes. */
+static void test_copy_mark_parse(void **state) {
+    (void)state;
+    char out[SV_GUEST_PATH_MAX + 1];
+    const char *good[] = {"/root/.data.bin.qvisor-0123456789abcdef", "/root/.data.bin.qvisor-0123456789abcdef\n",
+                          "/.x.qvisor-ffffffffffffffff", "/a b/.\xc3\xa9.qvisor-0000000000000000"};
+    for (size_t i = 0; i < sizeof good / sizeof *good; i++) {
+        assert_int_equal(sv_layout_copy_mark_parse(good[i], strlen(good[i]), out, sizeof out), 0);
+        assert_int_equal(strncmp(out, good[i], strlen(out)), 0);
+        assert_true(strchr(out, '\n') == NULL);
+    }
+    const char *bad[] = {
+        "",
+        "\n",
+        "/etc/passwd",
+        "/",
+        "relative/.x.qvisor-0123456789abcdef",
+        "/root/..qvisor-0123456789abcdef",           /* no X */
+        "/root/x.qvisor-0123456789abcdef",           /* no leading dot */
+        "/root/.x.qvisor-0123456789ABCDEF",          /* upper case */
+        "/root/.x.qvisor-0123456789abcde",           /* 15 digits */
+        "/root/.x.qvisor-0123456789abcdefa",         /* 17 */
+        "/root/.x.qvisor-0123456789abcdef/",         /* a directory */
+        "/root/.x.qvisor-0123456789abcdef/passwd",   /* below one */
+        "/root/.x.qvisor-0123456789abcdef\n\n",      /* two lines */
+        "/etc/passwd\n/root/.x.qvisor-0123456789abcdef",
+        "/root/.x.qvisor-0123456789abcdef\r",
+        "/root/\x01.x.qvisor-0123456789abcdef",
+        "/root/.x.qvisor_0123456789abcdef",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++)
+        assert_int_equal(sv_layout_copy_mark_parse(bad[i], strlen(bad[i]), out, sizeof out), -EINVAL);
+    /* a NUL inside: the length says there is more than the string */
+    static const char nul[] = "/etc/passwd\0/root/.x.qvisor-0123456789abcdef";
+    assert_int_equal(sv_layout_copy_mark_parse(nul, sizeof nul - 1, out, sizeof out), -EINVAL);
+    /* too long for the guest */
+    char *longp = malloc(SV_GUEST_PATH_MAX + 64);
+    assert_non_null(longp);
+    memset(longp, 'a', SV_GUEST_PATH_MAX + 63);
+    longp[0] = '/';
+    strcpy(longp + SV_GUEST_PATH_MAX + 63 - 27, "/.x.qvisor-0123456789abcdef");
+    assert_int_equal(sv_layout_copy_mark_parse(longp, strlen(longp), out, sizeof out), -EINVAL);
+    free(longp);
+    char small[8];
+    assert_int_equal(sv_layout_copy_mark_parse(good[0], strlen(good[0]), small, sizeof small), -ENAMETOOLONG);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_paths),
         cmocka_unit_test(test_leftover_name),
         cmocka_unit_test(test_pidfile_vm),
+        cmocka_unit_test(test_copy_mark),
+        cmocka_unit_test(test_copy_mark_parse),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
