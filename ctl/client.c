@@ -60,6 +60,12 @@ int sv_ctl_call(const char *path, const char *method, json_t *params, int timeou
     return sv_ctl_call_progress(path, method, params, timeout_ms, NULL, NULL, ret_result, err);
 }
 
+static volatile sig_atomic_t *interrupt_flag;
+
+void sv_ctl_client_interrupt_on(volatile sig_atomic_t *flag) {
+    interrupt_flag = flag;
+}
+
 /* Writes the request line, the descriptors (SCM_RIGHTS) with its first
  * byte so that they arrive with it. */
 static int send_request(int fd, const char *line, size_t len, const int *fds, size_t n_fds) {
@@ -139,6 +145,11 @@ static int ctl_call(const char *path, const char *method, json_t *params, const 
         }
         struct pollfd pfd = {.fd = fd, .events = POLLIN};
         int n = poll(&pfd, 1, (int)(deadline - now));
+        /* a signal between the check and poll() is seen at the next message */
+        if (interrupt_flag && *interrupt_flag) {
+            r = qv_error_set(err, EINTR, "interrupted");
+            break;
+        }
         if (n < 0 && errno == EINTR)
             continue;
         if (n < 0) {

@@ -9,6 +9,7 @@
 #pragma once
 
 #include <jansson.h>
+#include <signal.h>
 #include <stddef.h>
 
 #include "ctl/protocol.h"
@@ -36,6 +37,13 @@ typedef void (*sv_ctl_progress_fn)(json_t *progress, void *userdata);
 int sv_ctl_call_fds(const char *path, const char *method, json_t *params, const int *fds, size_t n_fds,
                     int timeout_ms, sv_ctl_progress_fn on_progress, void *userdata, json_t **ret_result,
                     qv_error *err);
+
+/* A flag a signal handler sets (NULL: none, the default): once it is
+ * non-zero, a call waiting for its reply stops with -EINTR ("interrupted")
+ * and closes its connection, which tells the daemon its client went away
+ * (a request that can be interrupted stops then: vm.copy_in, vm.clone).
+ * The handler must be installed without SA_RESTART. */
+void sv_ctl_client_interrupt_on(volatile sig_atomic_t *flag);
 
 /* sv_ctl_call() that opts in to progress messages when on_progress is
  * non-NULL, and then restarts the timeout at each one: timeout_ms becomes
