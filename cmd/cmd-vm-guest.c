@@ -1,8 +1,9 @@
 /* qvisor vm exec and vm cp: a command in the guest and files in and out,
  * through the guest agent (docs/guest.md).  The daemon relays one agent
- * command per request (vm.exec, vm.exec_status, vm.file_*); the local
- * files are this process's, opened with the user's own rights, never the
- * daemon's. */
+ * command per request (vm.exec, vm.exec_status, vm.file_*), and runs a
+ * copy into the guest whole (vm.copy_in, from a file passed with the
+ * request); the local files are this process's, opened with the user's own
+ * rights, never the daemon's. */
 #include "cli.h"
 #include "guest-util.h"
 #include "output.h"
@@ -19,7 +20,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -195,20 +195,6 @@ static int exec_run(qv_cli *cli, const char *name, json_t *argv, json_t *env, co
         sleep_ms(left < wait ? (unsigned)left : wait);
         wait = wait * 2 > POLL_MAX_MS ? POLL_MAX_MS : wait * 2;
     }
-}
-
-/* A command that must succeed (test, mv, rm for vm cp): its exit code. */
-static int guest_run(qv_cli *cli, const char *name, json_t *argv, qv_error *err) {
-    exec_result x;
-    int r = exec_run(cli, name, argv, NULL, NULL, 60000, &x, err);
-    json_decref(argv);
-    if (r < 0)
-        return r;
-    if (r == 0)
-        return qv_error_set(err, ETIMEDOUT, "VM '%s': a command in the guest took longer than 60 s", name);
-    int status = qv_exec_exit_status(x.exitcode, x.signal);
-    exec_result_done(&x);
-    return status;
 }
 
 static const char exec_help[] =
@@ -469,7 +455,7 @@ static int copy_out(qv_cli *cli, const char *vm, const char *gpath, const char *
     if ((size_t)snprintf(tmp, sizeof tmp, "%s/.%s.qvisor-XXXXXX", dir, base) >= sizeof tmp)
         return qv_error_set(err, ENAMETOOLONG, "%s: name too long", target);
 
-    int64_t handle;
+    int64_t handle = 0;
     int r = file_open(cli, vm, gpath, "r", &handle, err);
     if (r < 0)
         return r;
@@ -537,8 +523,20 @@ static int copy_out(qv_cli *cli, const char *vm, const char *gpath, const char *
     return 0;
 }
 
-/* local file -> guest file: a temp name next to the target, renamed by
- * `mv` in the guest once complete. */
+/* The daemon's progress messages of vm.copy_in on the progress line. */
+static void copy_in_progress(json_t *progress, void *userdata) {
+    cp_bar *b = userdata;
+    json_t *bytes = json_object_get(progress, "bytes"), *total = json_object_get(progress, "total");
+    if (json_is_integer(total) && json_integer_value(total) > 0)
+        b->total = (uint64_t)json_integer_value(total);
+    if (json_is_integer(bytes) && json_integer_value(bytes) >= 0)
+        bar_update(b, (uint64_t)json_integer_value(bytes), false);
+}
+
+/* local file -> guest file: the daemon does the copy (vm.copy_in) from the
+ * file opened here, with the user's rights; a temp name next to the target,
+ * renamed by `mv` in the guest once complete, removed by the daemon on any
+ * failure and when this process goes away (Ctrl-C closes the connection). */
 static int copy_in(qv_cli *cli, const char *local, const char *vm, const char *gpath, bool force, cp_bar *bar,
                    uint64_t *ret_bytes, qv_error *err) {
     _cleanup_close_ int fd = -1;
@@ -550,121 +548,27 @@ static int copy_in(qv_cli *cli, const char *local, const char *vm, const char *g
     if (fstat(fd, &st) < 0)
         return qv_error_set(err, errno, "%s: %s", local, strerror(errno));
     bar->total = (uint64_t)st.st_size;
-    char base[PATH_MAX], target[PATH_MAX], dir[PATH_MAX], tmp[PATH_MAX];
+    char base[PATH_MAX];
     qv_path_base(local, base, sizeof base);
-    /* a guest directory gets the local file's name; this first command also
-     * finds an agent without guest-exec before anything is written */
-    bool slash = gpath[strlen(gpath) - 1] == '/';
-    r = guest_run(cli, vm, json_pack("[s, s, s]", "test", "-d", gpath), err);
-    if (r < 0)
-        return r;
-    bool into_dir = r == 0;
-    if (slash && !into_dir)
-        return qv_error_set(err, ENOTDIR, "%s:%s is not a directory in the guest", vm, gpath);
-    if (into_dir) {
-        const char *sep = gpath[strlen(gpath) - 1] == '/' ? "" : "/";
-        if ((size_t)snprintf(target, sizeof target, "%s%s%s", gpath, sep, base) >= sizeof target)
-            return qv_error_set(err, ENAMETOOLONG, "%s:%s%s%s: name too long", vm, gpath, sep, base);
-    } else {
-        snprintf(target, sizeof target, "%s", gpath);
-    }
-    if (!force) {
-        r = guest_run(cli, vm, json_pack("[s, s, s, s, s, s]", "test", "-e", target, "-o", "-L", target), err);
-        if (r < 0)
-            return r;
-        if (r == 0)
-            return qv_error_set(err, EEXIST, "%s:%s exists (--force replaces it)", vm, target);
-    }
-    qv_path_dir(target, dir, sizeof dir);
-    qv_path_base(target, base, sizeof base);
-    uint64_t rnd = 0;
-    if (getrandom(&rnd, sizeof rnd, 0) != sizeof rnd)
-        rnd = qv_now_ns() ^ (uint64_t)getpid();
-    if ((size_t)snprintf(tmp, sizeof tmp, "%s%s.%s.qvisor-%016llx", dir, strcmp(dir, "/") == 0 ? "" : "/", base,
-                         (unsigned long long)rnd) >= sizeof tmp)
-        return qv_error_set(err, ENAMETOOLONG, "%s:%s: name too long", vm, target);
-
-    size_t chunk = qv_cp_write_chunk(max_request(cli));
-    if (chunk == 0)
-        return qv_error_set(err, EMSGSIZE, "daemon.max_request_size is too small for a file chunk");
-    _cleanup_free_ unsigned char *buf = malloc(chunk);
-    _cleanup_free_ char *b64 = malloc(qv_base64_encoded_len(chunk) + 1);
-    if (!buf || !b64)
-        return qv_error_set(err, ENOMEM, "out of memory");
-    int64_t handle;
-    r = file_open(cli, vm, tmp, "w", &handle, err);
-    if (r < 0)
-        return r;
-    /* qemu-ga creates it 0666 less its umask (0 in some guests): the
-     * local file's permission bits instead, before any data is in it */
-    char mode[8];
-    snprintf(mode, sizeof mode, "%o", (unsigned)(st.st_mode & 0777));
-    int status = guest_run(cli, vm, json_pack("[s, s, s, s]", "chmod", mode, "--", tmp), err);
-    if (status > 0)
-        r = qv_error_set(err, EIO, "VM '%s': chmod %s failed in the guest (exit %d)", vm, tmp, status);
-    else if (status < 0)
-        r = status;
-    uint64_t total = 0;
-    for (; r == 0;) {
-        if (interrupted) {
-            r = interrupted_error(err);
-            break;
-        }
-        ssize_t n = read(fd, buf, chunk);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0) {
-            r = qv_error_set(err, errno, "reading %s: %s", local, strerror(errno));
-            break;
-        }
-        if (n == 0)
-            break;
-        qv_base64_encode(buf, (size_t)n, b64);
-        /* the agent may write less than asked: the rest goes again */
-        size_t off = 0;
-        while (r == 0 && off < (size_t)n) {
-            if (off)
-                qv_base64_encode(buf + off, (size_t)n - off, b64);
-            json_t *res = NULL;
-            r = qv_cli_call(cli, "vm.file_write",
-                            json_pack("{s:s, s:I, s:s}", "name", vm, "handle", (json_int_t)handle, "data", b64), &res,
-                            err);
-            if (r < 0)
-                break;
-            json_t *c = json_object_get(res, "count");
-            json_int_t wrote = json_is_integer(c) ? json_integer_value(c) : -1;
-            json_decref(res);
-            if (wrote <= 0 || (size_t)wrote > (size_t)n - off)
-                r = qv_error_set(err, EIO, "the guest agent wrote %lld of %zu bytes to %s", (long long)wrote,
-                                 (size_t)n - off, tmp);
-            else
-                off += (size_t)wrote;
-        }
-        if (r < 0)
-            break;
-        total += (uint64_t)n;
-        bar_update(bar, total, false);
-    }
-    file_close(cli, vm, handle);
-    if (r == 0) {
-        status = guest_run(cli, vm, json_pack("[s, s, s, s, s]", "mv", "-f", "--", tmp, target), err);
-        if (status > 0)
-            r = qv_error_set(err, EIO, "VM '%s': mv to %s failed in the guest (exit %d)", vm, target, status);
-        else if (status < 0)
-            r = status;
-    }
+    json_t *params = json_pack("{s:s, s:s, s:s, s:b, s:I, s:i, s:s}", "name", vm, "path", gpath, "filename", base,
+                               "force", force, "mode", (json_int_t)(st.st_mode & 0777), "source_fd", 0, "source",
+                               label);
+    if (!params)
+        return qv_error_set(err, EINVAL, "%s or %s is not valid UTF-8", local, gpath);
+    json_t *res = NULL;
+    sv_ctl_client_interrupt_on(&interrupted);
+    r = qv_cli_call_fds(cli, "vm.copy_in", params, &fd, 1, copy_in_progress, bar, &res, err);
+    sv_ctl_client_interrupt_on(NULL);
     if (r < 0) {
-        /* no partial file: the temp name goes (if the guest still answers) */
-        qv_error e2 = {0};
-        bool was = interrupted;
-        interrupted = 0;
-        if (guest_run(cli, vm, json_pack("[s, s, s, s]", "rm", "-f", "--", tmp), &e2) != 0)
-            log_warning("could not remove %s:%s in the guest: %s", vm, tmp, e2.msg[0] ? e2.msg : "rm failed");
-        if (was)
-            interrupted = SIGINT;
+        if (interrupted)
+            return interrupted_error(err);
+        if (err->code == EIO && strstr(err->msg, "No such file or directory"))
+            err->code = ENOENT; /* exit 66, as for a local file */
         return r;
     }
-    *ret_bytes = total;
+    json_t *b = json_object_get(res, "bytes");
+    *ret_bytes = json_is_integer(b) && json_integer_value(b) >= 0 ? (uint64_t)json_integer_value(b) : 0;
+    json_decref(res);
     return 0;
 }
 
@@ -676,14 +580,17 @@ static const char cp_help[] =
     "(guest-file-open/read/write), in chunks, any content, any size.  PATH is\n"
     "absolute in the guest; a LOCAL of the form \"x:y\" is written \"./x:y\".\n"
     "A target that is a directory (or, in the guest, ends in '/') gets the\n"
-    "source's name.  The local file is read and written by qvisor with your\n"
-    "own rights, never by the daemon.\n"
+    "source's name.  The local file is opened by qvisor with your own rights,\n"
+    "never by the daemon (into a guest, the daemon reads the file qvisor opened\n"
+    "and does the copy).\n"
     "\n"
     "Nothing is replaced without --force, and a failed or interrupted copy\n"
     "leaves no partial file: the data goes to a temporary name next to the\n"
     "target (\".NAME.qvisor-…\"), renamed once complete (in the guest with\n"
     "`mv`, run through the agent; copying into a guest needs guest-exec).\n"
-    "On a terminal a progress line shows on stderr.\n"
+    "Into a guest, the daemon removes its temporary file if the copy fails, is\n"
+    "interrupted (also kill -9 of qvisor) or the daemon itself is killed (at\n"
+    "its next start).  On a terminal a progress line shows on stderr.\n"
     "\n"
     "  -f, --force   replace an existing target\n"
     "\n"
@@ -737,7 +644,8 @@ int cmd_vm_cp(qv_cli *cli, int argc, char **argv) {
     bar_end(&bar);
     if (r < 0) {
         if (err.code == EINTR) {
-            qv_fprintf(stderr, "qvisor: interrupted; no partial file left\n");
+            qv_fprintf(stderr, rs ? "qvisor: interrupted; no partial file left\n"
+                                  : "qvisor: interrupted; the daemon removes the partial file in the guest\n");
             return 128 + (interrupted ? (int)interrupted : SIGINT);
         }
         return qv_cli_fail(cli, &err);

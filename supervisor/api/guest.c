@@ -1,6 +1,7 @@
 /* Control methods for the guest agent of a VM (docs/guest.md): vm.exec,
- * vm.exec_status, vm.file_open, vm.file_read, vm.file_write, vm.file_close.
- * Each is one agent command, judged by the engine's state table and sent
+ * vm.exec_status, vm.file_open, vm.file_read, vm.file_write, vm.file_close,
+ * and vm.copy_in, a whole copy into the guest that the engine runs
+ * (sv_vm_copy_in), reporting progress.  The others are one agent command, judged by the engine's state table and sent
  * on the engine's agent connection (sv_vm_guest); the daemon keeps nothing
  * between them.  The CLI opens and writes the local files itself, with its
  * own rights (docs/protocol.md, "File descriptors with a request"): the
@@ -14,6 +15,8 @@
 #include <errno.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #define GUEST_CMD_TIMEOUT_MS 10000u /* exec, open, close */
 #define GUEST_IO_TIMEOUT_MS 60000u  /* a chunk, an exec status (its output: up to 2 x 16 MiB) */
@@ -176,4 +179,74 @@ void sv_api_vm_file_close(sv_daemon *d, sv_ctl_req *req, sv_vm *vm, json_t *para
     if (!h)
         return;
     call(d, req, vm, SV_GUEST_FILE_CLOSE, json_pack("{s:I}", "handle", (json_int_t)h), 0, GUEST_CMD_TIMEOUT_MS);
+}
+
+/* ---- vm.copy_in ------------------------------------------------------------------- */
+
+static void copy_progress(uint64_t bytes, uint64_t total, void *userdata) {
+    json_t *p = json_pack("{s:I, s:I}", "bytes", (json_int_t)bytes, "total", (json_int_t)total);
+    if (p)
+        json_object_set_new(p, "percent", json_real(total ? (double)bytes * 100.0 / (double)total : 100.0));
+    sv_ctl_progress(userdata, p);
+}
+
+static bool copy_client_gone(void *userdata) {
+    return sv_ctl_req_client_gone(userdata);
+}
+
+/* {"path": absolute guest path (a file, or a directory the file goes into),
+ * "filename": the file's name in such a directory (optional), "force",
+ * "mode": permission bits, "source_fd": the file the client opened,
+ * "source": its name (shown, never opened)} */
+void sv_api_vm_copy_in(sv_daemon *d, sv_ctl_req *req, sv_vm *vm, json_t *params) {
+    const char *path = text_param(json_object_get(params, "path"), GUEST_PATH_MAX);
+    json_t *fnj = json_object_get(params, "filename"), *force = json_object_get(params, "force");
+    json_t *mode = json_object_get(params, "mode"), *srcj = json_object_get(params, "source");
+    const char *filename = fnj && !json_is_null(fnj) ? text_param(fnj, 255) : NULL;
+    if (!path || path[0] != '/') {
+        sv_ctl_reply_error(req, EINVAL, "\"path\" must be an absolute path of at most %u bytes", GUEST_PATH_MAX);
+        return;
+    }
+    if (fnj && !json_is_null(fnj) &&
+        (!filename || strchr(filename, '/') || strcmp(filename, ".") == 0 || strcmp(filename, "..") == 0)) {
+        sv_ctl_reply_error(req, EINVAL, "\"filename\" must be a file name (no '/', not . or ..) of at most 255 bytes");
+        return;
+    }
+    if ((force && !json_is_boolean(force)) ||
+        (mode && (!json_is_integer(mode) || json_integer_value(mode) < 0 || json_integer_value(mode) > 07777)) ||
+        (srcj && !json_is_string(srcj))) {
+        sv_ctl_reply_error(req, EINVAL, "\"force\" must be a boolean, \"mode\" permission bits (0 to 07777), "
+                                        "\"source\" a string");
+        return;
+    }
+    const char *src = srcj ? json_string_value(srcj) : "the source";
+    qv_error err = {0};
+    _cleanup_close_ int fd = -1;
+    int r = sv_api_take_file(req, params, "source_fd", "source", src, &fd, &err);
+    if (r == 0) /* the daemon opens no file a client names */
+        r = qv_error_set(&err, EINVAL, "\"source_fd\" missing: the client opens the file and sends it with the "
+                                       "request (\"source\" is only its name)");
+    struct stat st;
+    if (r >= 0 && fstat(fd, &st) < 0)
+        r = qv_error_set(&err, errno, "source %s: %s", src, strerror(errno));
+    if (r < 0) {
+        sv_ctl_reply_qv_error(req, &err);
+        return;
+    }
+    sv_vm_copy_in_args a = {
+        .fd = fd,
+        .size = (uint64_t)st.st_size,
+        .path = path,
+        .filename = filename,
+        .force = json_is_true(force),
+        .mode = mode ? (unsigned)json_integer_value(mode) : (unsigned)(st.st_mode & 07777),
+        .progress = sv_ctl_req_wants_progress(req) ? copy_progress : NULL,
+        .gone = copy_client_gone,
+    };
+    log_info("VM %s: copy of %s (pid %d's file) into %s", sv_vm_name(vm), src, (int)sv_ctl_req_peer(req)->pid, path);
+    if (sv_vm_copy_in(d->vmctl, vm, &a, guest_done, req, &err) < 0) {
+        sv_ctl_reply_qv_error(req, &err);
+        return;
+    }
+    TAKE_FD(fd); /* the copy's now */
 }

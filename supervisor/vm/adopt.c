@@ -134,6 +134,7 @@ static void adopt(sv_vmctl *c, sv_vm *vm) {
         rt->paused = vm->state == SV_VM_PAUSED;
         vm__agent_attach(rt);
         vm__snapshot_adopted(rt); /* a guest a live snapshot left frozen is thawed */
+        vm__guest_copy_recover(rt); /* a copy into the guest the last daemon left is undone */
         break;
     }
 }

@@ -593,6 +593,7 @@ static void unlink_rt(vmrt *rt) {
 
 static void release_rt(vmrt *rt) {
     vm__snapshot_release(rt);
+    vm__guest_copy_release(rt);
     unlink_rt(rt);
     sv_serial_cap_stop(rt->serial_cap);
     rt->serial_cap = NULL;

@@ -105,6 +105,7 @@ typedef struct save_job save_job; /* engine.c: one write on a worker thread */
 typedef struct save_group save_group; /* engine.c: durable writes on a worker together */
 typedef struct prep_job prep_job; /* start.c: a start's preparation on a worker thread */
 typedef struct snap_op snap_op;   /* snapshot.c: a snapshot operation, or a thaw after re-adoption */
+typedef struct gcopy gcopy;       /* guestcopy.c: a copy into the guest, or the cleanup of marks left behind */
 
 /* sv_vmctl_with_caps() calls waiting for a probe */
 typedef struct caps_waiter {
@@ -238,6 +239,10 @@ struct vmrt {
     sv_serial_cap *serial_cap; /* keeps serial.log bounded while QEMU runs */
     /* disk snapshots (snapshot.c): the operation in flight, NULL when none */
     snap_op *snap;
+    /* copies into the guest (guestcopy.c) under way, and whether the marks
+     * of copies that did not end are being acted on */
+    gcopy *gcopies;
+    bool copy_recovering;
 };
 
 
@@ -285,6 +290,7 @@ typedef struct vm_event_arg {
     bool force;        /* shutdown, abort, join: vm stop --force */
     uint64_t timeout_ms; /* shutdown: vm stop --timeout (0: the VM's); agent: the command's */
     const struct guest_call *call; /* agent: the command for the guest agent (guest.c) */
+    gcopy *copy;       /* agent: instead, a copy into the guest (guestcopy.c; taken by the action) */
     snap_op *snap;     /* snapshot, live-snapshot, revert: the operation (taken by the action) */
     sv_vmspec *spec;   /* edit: the new spec (the action takes it; a refusal leaves it the caller's) */
     uint64_t size;     /* grow: the size asked for, or what to add when relative */
@@ -400,6 +406,27 @@ void vm__snapshot_adopted(vmrt *rt);
 /* The runtime is let go (daemon stop, VM removed): an operation waiting
  * for a timer ends now. */
 void vm__snapshot_release(vmrt *rt);
+
+/* ---- guest.c ---- */
+
+/* An agent command's reply status as an outcome: 0, or a negative errno
+ * with err (EHOSTDOWN no answer or channel closed, EIO the agent refused,
+ * EPROTO no JSON); the VM's agent status follows (up, or no answer). */
+int vm__agent_outcome(vmrt *rt, int status, const char *command, const qmp_error *e, uint64_t timeout_ms,
+                      qv_error *err);
+/* A command's deadline: an agent not known to be up gets a ping's time. */
+uint64_t vm__agent_timeout(const vmrt *rt, uint64_t timeout_ms);
+
+/* ---- guestcopy.c ---- */
+
+/* The action `agent` of a copy: the operation begins (op taken). */
+void vm__guest_copy_run(vmrt *rt, gcopy *op);
+/* The agent is up (re-adoption, or it answered a ping): the marks of copies
+ * that did not end are acted on (the temporary files removed in the guest,
+ * then the marks).  A no-op when there are none or it is under way. */
+void vm__guest_copy_recover(vmrt *rt);
+/* The runtime is let go: an operation waiting for a timer ends now. */
+void vm__guest_copy_release(vmrt *rt);
 
 /* ---- exit.c ---- */
 

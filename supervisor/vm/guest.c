@@ -101,39 +101,54 @@ static json_t *shape(const guest_op *op, json_t *result, int *status) {
     return out;
 }
 
-static void on_reply(qga_conn *g, int status, json_t *result, const qmp_error *e, void *userdata) {
-    (void)g;
-    guest_op *op = userdata;
-    vmrt *rt = op->rt;
+int vm__agent_outcome(vmrt *rt, int status, const char *command, const qmp_error *e, uint64_t timeout_ms,
+                      qv_error *err) {
     const char *name = rt->vm ? rt->vm->name : "?";
-    const char *command = agent_commands[op->cmd];
-    qv_error err = {0};
-    json_t *out = NULL;
-    if (status == 0) {
-        out = shape(op, result, &status);
-        if (status == QMP_EBADREPLY)
-            qv_error_set(&err, EPROTO, "VM '%s': the guest agent's answer to %s is not one (refused)", name, command);
-        else if (status < 0)
-            qv_error_set(&err, -status, "VM '%s': %s", name, strerror(-status));
-    } else if (status == QMP_ECOMMAND) {
-        qv_error_set(&err, EIO, "VM '%s': the guest agent refused %s: %s", name, command,
+    if (status == QMP_ECOMMAND) {
+        qv_error_set(err, EIO, "VM '%s': the guest agent refused %s: %s", name, command,
                      e && e->desc ? e->desc : "(no reason given)");
     } else if (status == QMP_ETIMEDOUT) {
-        qv_error_set(&err, EHOSTDOWN, "VM '%s': the guest agent did not answer %s within %.1f s", name, command,
-                     (double)op->timeout_ms / 1000.0);
+        qv_error_set(err, EHOSTDOWN, "VM '%s': the guest agent did not answer %s within %.1f s", name, command,
+                     (double)timeout_ms / 1000.0);
     } else if (status == QMP_ECANCELED || status == QMP_EDISCONNECTED) {
-        qv_error_set(&err, EHOSTDOWN, "VM '%s': the guest agent's channel closed during %s (the VM stopped?)", name,
+        qv_error_set(err, EHOSTDOWN, "VM '%s': the guest agent's channel closed during %s (the VM stopped?)", name,
                      command);
     } else if (status == QMP_EPROTO) {
-        qv_error_set(&err, EPROTO, "VM '%s': the guest agent's answer to %s was not valid JSON or over %u bytes",
+        qv_error_set(err, EPROTO, "VM '%s': the guest agent's answer to %s was not valid JSON or over %u bytes",
                      name, command, QGA_MAX_MESSAGE);
-    } else {
-        qv_error_set(&err, EHOSTDOWN, "VM '%s': the guest agent's channel failed during %s: %s", name, command,
+    } else if (status < 0) {
+        qv_error_set(err, EHOSTDOWN, "VM '%s': the guest agent's channel failed during %s: %s", name, command,
                      strerror(-status));
     }
     /* what the agent did tells whether it is up; a daemon stopping says nothing */
     if (rt->vm && status != QMP_ECANCELED && rt->vm->state == SV_VM_RUNNING)
-        vm__set_agent(rt, err.code == EHOSTDOWN ? "no answer" : "ok");
+        vm__set_agent(rt, err->code == EHOSTDOWN ? "no answer" : "ok");
+    return -err->code;
+}
+
+uint64_t vm__agent_timeout(const vmrt *rt, uint64_t timeout_ms) {
+    /* An agent not known to answer gets a ping's time: a guest without one
+     * is told in seconds, not after a long command's deadline. */
+    return !agent_up(rt) && timeout_ms > AGENT_PING_MS ? AGENT_PING_MS : timeout_ms;
+}
+
+static void on_reply(qga_conn *g, int status, json_t *result, const qmp_error *e, void *userdata) {
+    (void)g;
+    guest_op *op = userdata;
+    vmrt *rt = op->rt;
+    const char *command = agent_commands[op->cmd];
+    qv_error err = {0};
+    json_t *out = NULL;
+    if (status == 0) {
+        int r;
+        out = shape(op, result, &r);
+        if (r == QMP_EBADREPLY)
+            qv_error_set(&err, EPROTO, "VM '%s': the guest agent's answer to %s is not one (refused)",
+                         rt->vm ? rt->vm->name : "?", command);
+        else if (r < 0)
+            qv_error_set(&err, -r, "VM '%s': %s", rt->vm ? rt->vm->name : "?", strerror(-r));
+    }
+    vm__agent_outcome(rt, status, command, e, op->timeout_ms, &err);
     if (err.code)
         op->done(-err.code, NULL, &err, op->userdata);
     else
@@ -145,6 +160,10 @@ static void on_reply(qga_conn *g, int status, json_t *result, const qmp_error *e
 
 void vm__act_agent(vmrt *rt, sv_vm_state from, const vm_event_arg *a) {
     (void)from;
+    if (a->copy) {
+        vm__guest_copy_run(rt, a->copy);
+        return;
+    }
     const guest_call *call = a->call;
     qv_error err = {0};
     guest_op *op = calloc(1, sizeof *op);
@@ -153,11 +172,7 @@ void vm__act_agent(vmrt *rt, sv_vm_state from, const vm_event_arg *a) {
         a->done(-err.code, NULL, &err, a->userdata);
         return;
     }
-    /* An agent not known to answer gets a ping's time: a guest without one
-     * is told in seconds, not after a long command's deadline. */
-    uint64_t timeout = a->timeout_ms;
-    if (!agent_up(rt) && timeout > AGENT_PING_MS)
-        timeout = AGENT_PING_MS;
+    uint64_t timeout = vm__agent_timeout(rt, a->timeout_ms);
     *op = (guest_op){.rt = rt, .cmd = call->cmd, .limit = call->limit, .timeout_ms = timeout, .done = a->done,
                      .userdata = a->userdata};
     rt->refs++; /* the reply may come after the VM is forgotten */

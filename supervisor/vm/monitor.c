@@ -482,6 +482,8 @@ static void on_agent_ping(qga_conn *g, int status, json_t *result, const qmp_err
     vm__set_agent(rt, status == 0 ? "ok" : "no answer");
     if (status == 0 && qga_network_get_interfaces(g, QMP_CMD_TIMEOUT_MS, on_up_interfaces, rt) == 0)
         rt->agent_busy = true;
+    if (status == 0)
+        vm__guest_copy_recover(rt); /* copies into the guest that did not end: their files go */
 }
 
 static void on_interfaces(qga_conn *g, int status, const qga_interface *ifs, size_t n, const qmp_error *e,

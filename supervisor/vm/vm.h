@@ -152,6 +152,31 @@ typedef enum sv_guest_cmd {
 int sv_vm_guest(sv_vmctl *c, sv_vm *vm, sv_guest_cmd cmd, json_t *args, size_t limit, uint64_t timeout_ms,
                 sv_vm_done_fn done, void *userdata, qv_error *err);
 
+/* vm cp into a guest (docs/guest.md, "vm cp"): the whole copy as one
+ * operation of the engine, through the state table as event `guest` (the
+ * same refusals as sv_vm_guest).  0: under way, the fd taken (read on
+ * libuv's workers), `done` called once with {"target", "bytes"} or the
+ * error: EEXIST (the target exists, no force), ENOTDIR, EISDIR (a
+ * directory and no filename), EHOSTDOWN, EIO, EPROTO as for sv_vm_guest,
+ * ECANCELED (gone() said so, or the daemon stops).  Whatever the end, no
+ * partial file is left: the temporary file is removed, now or, when the
+ * agent cannot be reached, when it next answers (layout.h's mark).
+ * Negative errno with err: refused, nothing done, the fd still the
+ * caller's. */
+typedef struct sv_vm_copy_in_args {
+    int fd;               /* the source: a regular file the client opened */
+    uint64_t size;        /* its size (fstat), for percentages */
+    const char *path;     /* absolute in the guest: the file, or a directory it goes into */
+    const char *filename; /* the file's name in a directory `path`; may be NULL */
+    bool force;           /* replace an existing target */
+    unsigned mode;        /* the file's permission bits */
+    /* with the call's userdata; either may be NULL */
+    void (*progress)(uint64_t bytes, uint64_t total, void *userdata); /* after each chunk */
+    bool (*gone)(void *userdata); /* asked between steps: true stops the copy (the client went away) */
+} sv_vm_copy_in_args;
+int sv_vm_copy_in(sv_vmctl *c, sv_vm *vm, const sv_vm_copy_in_args *a, sv_vm_done_fn done, void *userdata,
+                  qv_error *err);
+
 /* vm edit: replaces the spec of a stopped or crashed VM with `spec` (made
  * by sv_vmspec_edit()), checked as create checks a spec (GPUs another VM
  * holds, MACs and nat addresses, admission: every defined VM counts, this
