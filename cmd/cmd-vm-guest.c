@@ -1,9 +1,9 @@
 /* qvisor vm exec and vm cp: a command in the guest and files in and out,
  * through the guest agent (docs/guest.md).  The daemon relays one agent
- * command per request (vm.exec, vm.exec_status, vm.file_*), and runs a
- * copy into the guest whole (vm.copy_in, from a file passed with the
- * request); the local files are this process's, opened with the user's own
- * rights, never the daemon's. */
+ * command per request for vm exec (vm.exec, vm.exec_status), and runs a
+ * copy whole (vm.copy_in, vm.copy_out, with the local file passed with the
+ * request); the local files are this process's, opened or made with the
+ * user's own rights, never the daemon's. */
 #include "cli.h"
 #include "guest-util.h"
 #include "output.h"
@@ -402,32 +402,22 @@ static void bar_end(cp_bar *b) {
     }
 }
 
-static int file_open(qv_cli *cli, const char *name, const char *path, const char *mode, int64_t *ret, qv_error *err) {
-    json_t *res = NULL;
-    int r = qv_cli_call(cli, "vm.file_open", json_pack("{s:s, s:s, s:s}", "name", name, "path", path, "mode", mode),
-                        &res, err);
-    if (r < 0) {
-        if (err->code == EIO && strstr(err->msg, "No such file or directory"))
-            err->code = ENOENT; /* exit 66, as for a local file */
-        return r;
-    }
-    json_t *h = json_object_get(res, "handle");
-    r = json_is_integer(h) && json_integer_value(h) > 0 ? 0
-                                                         : qv_error_set(err, EPROTO, "no handle from vm.file_open");
-    if (r == 0)
-        *ret = json_integer_value(h);
-    json_decref(res);
-    return r;
+/* The daemon's progress messages of vm.copy_in and vm.copy_out on the
+ * progress line ("total" only into the guest: the agent has no stat). */
+static void copy_progress(json_t *progress, void *userdata) {
+    cp_bar *b = userdata;
+    json_t *bytes = json_object_get(progress, "bytes"), *total = json_object_get(progress, "total");
+    if (json_is_integer(total) && json_integer_value(total) > 0)
+        b->total = (uint64_t)json_integer_value(total);
+    if (json_is_integer(bytes) && json_integer_value(bytes) >= 0)
+        bar_update(b, (uint64_t)json_integer_value(bytes), false);
 }
 
-static void file_close(qv_cli *cli, const char *name, int64_t handle) {
-    qv_error err = {0};
-    json_t *res = NULL;
-    if (qv_cli_call(cli, "vm.file_close", json_pack("{s:s, s:I}", "name", name, "handle", (json_int_t)handle), &res,
-                    &err) == 0)
-        json_decref(res);
-    else
-        log_debug("guest-file-close: %s", err.msg);
+/* A guest file or directory that does not exist: exit 66, as for a local
+ * file (the agent's refusal says so in its words). */
+static void guest_open_error(qv_error *err) {
+    if (err->code == EIO && strstr(err->msg, "No such file or directory"))
+        err->code = ENOENT;
 }
 
 /* guest file -> local file */
@@ -455,54 +445,28 @@ static int copy_out(qv_cli *cli, const char *vm, const char *gpath, const char *
     if ((size_t)snprintf(tmp, sizeof tmp, "%s/.%s.qvisor-XXXXXX", dir, base) >= sizeof tmp)
         return qv_error_set(err, ENAMETOOLONG, "%s: name too long", target);
 
-    int64_t handle = 0;
-    int r = file_open(cli, vm, gpath, "r", &handle, err);
-    if (r < 0)
-        return r;
     _cleanup_close_ int fd = mkostemp(tmp, O_CLOEXEC);
-    if (fd < 0) {
-        int e = errno;
-        file_close(cli, vm, handle);
-        return qv_error_set(err, e, "cannot create a file in %s: %s", dir, strerror(e));
-    }
+    if (fd < 0)
+        return qv_error_set(err, errno, "cannot create a file in %s: %s", dir, strerror(errno));
     mode_t mask = umask(0);
     umask(mask);
     (void)fchmod(fd, 0666 & ~mask);
-    uint64_t total = 0;
-    bool eof = false;
-    while (!eof) {
-        if (interrupted) {
-            r = interrupted_error(err);
-            break;
-        }
-        json_t *res = NULL;
-        r = qv_cli_call(cli, "vm.file_read",
-                        json_pack("{s:s, s:I, s:I}", "name", vm, "handle", (json_int_t)handle, "count",
-                                  (json_int_t)QV_CP_READ_CHUNK),
-                        &res, err);
-        if (r < 0)
-            break;
-        unsigned char *data = NULL;
-        size_t n = 0;
-        r = decode_field(res, "data", QV_CP_READ_CHUNK, &data, &n, err);
-        eof = json_is_true(json_object_get(res, "eof"));
-        json_decref(res);
-        if (r < 0)
-            break;
-        r = qv_write_all(fd, data, n);
-        free(data);
-        if (r < 0) {
-            r = qv_error_set(err, -r, "writing %s: %s", tmp, strerror(-r));
-            break;
-        }
-        total += n;
-        bar_update(bar, total, false);
-        if (n == 0 && !eof) { /* the agent says neither: never loop on it */
-            r = qv_error_set(err, EPROTO, "the guest agent read nothing before the end of %s", gpath);
-            break;
-        }
+    /* the daemon reads the guest file and writes it here (vm.copy_out) */
+    json_t *params = json_pack("{s:s, s:s, s:i, s:s}", "name", vm, "path", gpath, "target_fd", 0, "target", tmp);
+    json_t *res = NULL;
+    int r = params ? 0 : qv_error_set(err, EINVAL, "%s or %s is not valid UTF-8", gpath, tmp);
+    if (r == 0) {
+        sv_ctl_client_interrupt_on(&interrupted);
+        r = qv_cli_call_fds(cli, "vm.copy_out", params, &fd, 1, copy_progress, bar, &res, err);
+        sv_ctl_client_interrupt_on(NULL);
     }
-    file_close(cli, vm, handle);
+    if (r < 0 && interrupted)
+        r = interrupted_error(err);
+    else if (r < 0)
+        guest_open_error(err);
+    json_t *b = json_object_get(res, "bytes");
+    uint64_t total = json_is_integer(b) && json_integer_value(b) >= 0 ? (uint64_t)json_integer_value(b) : 0;
+    json_decref(res);
     if (r == 0 && fsync(fd) < 0)
         r = qv_error_set(err, errno, "writing %s: %s", tmp, strerror(errno));
     if (r == 0) {
@@ -521,16 +485,6 @@ static int copy_out(qv_cli *cli, const char *vm, const char *gpath, const char *
     }
     *ret_bytes = total;
     return 0;
-}
-
-/* The daemon's progress messages of vm.copy_in on the progress line. */
-static void copy_in_progress(json_t *progress, void *userdata) {
-    cp_bar *b = userdata;
-    json_t *bytes = json_object_get(progress, "bytes"), *total = json_object_get(progress, "total");
-    if (json_is_integer(total) && json_integer_value(total) > 0)
-        b->total = (uint64_t)json_integer_value(total);
-    if (json_is_integer(bytes) && json_integer_value(bytes) >= 0)
-        bar_update(b, (uint64_t)json_integer_value(bytes), false);
 }
 
 /* local file -> guest file: the daemon does the copy (vm.copy_in) from the
@@ -557,13 +511,12 @@ static int copy_in(qv_cli *cli, const char *local, const char *vm, const char *g
         return qv_error_set(err, EINVAL, "%s or %s is not valid UTF-8", local, gpath);
     json_t *res = NULL;
     sv_ctl_client_interrupt_on(&interrupted);
-    r = qv_cli_call_fds(cli, "vm.copy_in", params, &fd, 1, copy_in_progress, bar, &res, err);
+    r = qv_cli_call_fds(cli, "vm.copy_in", params, &fd, 1, copy_progress, bar, &res, err);
     sv_ctl_client_interrupt_on(NULL);
     if (r < 0) {
         if (interrupted)
             return interrupted_error(err);
-        if (err->code == EIO && strstr(err->msg, "No such file or directory"))
-            err->code = ENOENT; /* exit 66, as for a local file */
+        guest_open_error(err);
         return r;
     }
     json_t *b = json_object_get(res, "bytes");
@@ -580,9 +533,8 @@ static const char cp_help[] =
     "(guest-file-open/read/write), in chunks, any content, any size.  PATH is\n"
     "absolute in the guest; a LOCAL of the form \"x:y\" is written \"./x:y\".\n"
     "A target that is a directory (or, in the guest, ends in '/') gets the\n"
-    "source's name.  The local file is opened by qvisor with your own rights,\n"
-    "never by the daemon (into a guest, the daemon reads the file qvisor opened\n"
-    "and does the copy).\n"
+    "source's name.  The local file is opened (or made) by qvisor with your own\n"
+    "rights, never by the daemon, which does the copy through that descriptor.\n"
     "\n"
     "Nothing is replaced without --force, and a failed or interrupted copy\n"
     "leaves no partial file: the data goes to a temporary name next to the\n"

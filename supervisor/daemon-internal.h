@@ -102,6 +102,7 @@ void sv_api_vm_file_open(sv_daemon *d, sv_ctl_req *req, sv_vm *vm, json_t *param
 void sv_api_vm_file_read(sv_daemon *d, sv_ctl_req *req, sv_vm *vm, json_t *params);
 void sv_api_vm_file_write(sv_daemon *d, sv_ctl_req *req, sv_vm *vm, json_t *params);
 void sv_api_vm_copy_in(sv_daemon *d, sv_ctl_req *req, sv_vm *vm, json_t *params);
+void sv_api_vm_copy_out(sv_daemon *d, sv_ctl_req *req, sv_vm *vm, json_t *params);
 void sv_api_vm_file_close(sv_daemon *d, sv_ctl_req *req, sv_vm *vm, json_t *params);
 /* supervisor/api/vm-edit.c */
 void sv_api_vm_edit(sv_daemon *d, sv_ctl_req *req, sv_vm *vm, json_t *params);

@@ -152,6 +152,7 @@ static const struct method {
     {"vm.file_write", OWNER, NULL, sv_api_vm_file_write},
     {"vm.file_close", OWNER, NULL, sv_api_vm_file_close},
     {"vm.copy_in", OWNER, NULL, sv_api_vm_copy_in},
+    {"vm.copy_out", OWNER, NULL, sv_api_vm_copy_out},
     /* disk snapshots (docs/snapshots.md): changes to the VM's own disk, as
      * a start or a stop is; the list is a read */
     {"vm.snapshot.create", OWNER, NULL, sv_api_vm_snapshot_create},

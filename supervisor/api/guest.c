@@ -1,7 +1,8 @@
 /* Control methods for the guest agent of a VM (docs/guest.md): vm.exec,
  * vm.exec_status, vm.file_open, vm.file_read, vm.file_write, vm.file_close,
- * and vm.copy_in, a whole copy into the guest that the engine runs
- * (sv_vm_copy_in), reporting progress.  The others are one agent command, judged by the engine's state table and sent
+ * and vm.copy_in and vm.copy_out, a whole copy into or out of the guest
+ * that the engine runs (sv_vm_copy_in, sv_vm_copy_out), reporting
+ * progress.  The others are one agent command, judged by the engine's state table and sent
  * on the engine's agent connection (sv_vm_guest); the daemon keeps nothing
  * between them.  The CLI opens and writes the local files itself, with its
  * own rights (docs/protocol.md, "File descriptors with a request"): the
@@ -13,6 +14,7 @@
 #include "supervisor/vm/vm.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdint.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -183,6 +185,21 @@ void sv_api_vm_file_close(sv_daemon *d, sv_ctl_req *req, sv_vm *vm, json_t *para
 
 /* ---- vm.copy_in ------------------------------------------------------------------- */
 
+/* The regular file the client passed as params[what + "_fd"] (params[what]
+ * is its name, shown only): 0 with *ret_fd, or a negative errno with err.
+ * The daemon opens no file a client names. */
+static int take_client_file(sv_ctl_req *req, json_t *params, const char *what, const char *label, const char *how,
+                            int *ret_fd, qv_error *err) {
+    char key[32];
+    snprintf(key, sizeof key, "%s_fd", what);
+    int r = sv_api_take_file(req, params, key, what, label, ret_fd, err);
+    if (r == 0)
+        r = qv_error_set(err, EINVAL, "\"%s\" missing: the client %s the file and sends it with the request "
+                                      "(\"%s\" is only its name)",
+                         key, how, what);
+    return r < 0 ? r : 0;
+}
+
 static void copy_progress(uint64_t bytes, uint64_t total, void *userdata) {
     json_t *p = json_pack("{s:I, s:I}", "bytes", (json_int_t)bytes, "total", (json_int_t)total);
     if (p)
@@ -222,10 +239,7 @@ void sv_api_vm_copy_in(sv_daemon *d, sv_ctl_req *req, sv_vm *vm, json_t *params)
     const char *src = srcj ? json_string_value(srcj) : "the source";
     qv_error err = {0};
     _cleanup_close_ int fd = -1;
-    int r = sv_api_take_file(req, params, "source_fd", "source", src, &fd, &err);
-    if (r == 0) /* the daemon opens no file a client names */
-        r = qv_error_set(&err, EINVAL, "\"source_fd\" missing: the client opens the file and sends it with the "
-                                       "request (\"source\" is only its name)");
+    int r = take_client_file(req, params, "source", src, "opens", &fd, &err);
     struct stat st;
     if (r >= 0 && fstat(fd, &st) < 0)
         r = qv_error_set(&err, errno, "source %s: %s", src, strerror(errno));
@@ -233,7 +247,7 @@ void sv_api_vm_copy_in(sv_daemon *d, sv_ctl_req *req, sv_vm *vm, json_t *params)
         sv_ctl_reply_qv_error(req, &err);
         return;
     }
-    sv_vm_copy_in_args a = {
+    sv_vm_copy_args a = {
         .fd = fd,
         .size = (uint64_t)st.st_size,
         .path = path,
@@ -245,6 +259,53 @@ void sv_api_vm_copy_in(sv_daemon *d, sv_ctl_req *req, sv_vm *vm, json_t *params)
     };
     log_info("VM %s: copy of %s (pid %d's file) into %s", sv_vm_name(vm), src, (int)sv_ctl_req_peer(req)->pid, path);
     if (sv_vm_copy_in(d->vmctl, vm, &a, guest_done, req, &err) < 0) {
+        sv_ctl_reply_qv_error(req, &err);
+        return;
+    }
+    TAKE_FD(fd); /* the copy's now */
+}
+
+/* ---- vm.copy_out ------------------------------------------------------------------ */
+
+static void copy_out_progress(uint64_t bytes, uint64_t total, void *userdata) {
+    (void)total; /* the agent has no stat */
+    sv_ctl_progress(userdata, json_pack("{s:I}", "bytes", (json_int_t)bytes));
+}
+
+/* {"path": absolute guest path of a file, "target_fd": a regular file the
+ * client made and opened for writing, "target": its name (shown, never
+ * opened)} */
+void sv_api_vm_copy_out(sv_daemon *d, sv_ctl_req *req, sv_vm *vm, json_t *params) {
+    const char *path = text_param(json_object_get(params, "path"), GUEST_PATH_MAX);
+    json_t *dstj = json_object_get(params, "target");
+    if (!path || path[0] != '/') {
+        sv_ctl_reply_error(req, EINVAL, "\"path\" must be an absolute path of at most %u bytes", GUEST_PATH_MAX);
+        return;
+    }
+    if (dstj && !json_is_string(dstj)) {
+        sv_ctl_reply_error(req, EINVAL, "\"target\" must be a string");
+        return;
+    }
+    const char *dst = dstj ? json_string_value(dstj) : "the target";
+    qv_error err = {0};
+    _cleanup_close_ int fd = -1;
+    int r = take_client_file(req, params, "target", dst, "makes", &fd, &err);
+    int fl = r >= 0 ? fcntl(fd, F_GETFL) : 0;
+    if (r >= 0 && (fl < 0 || ((fl & O_ACCMODE) != O_WRONLY && (fl & O_ACCMODE) != O_RDWR)))
+        r = qv_error_set(&err, EINVAL, "target %s is not open for writing", dst);
+    if (r < 0) {
+        sv_ctl_reply_qv_error(req, &err);
+        return;
+    }
+    sv_vm_copy_args a = {
+        .fd = fd,
+        .path = path,
+        .progress = sv_ctl_req_wants_progress(req) ? copy_out_progress : NULL,
+        .gone = copy_client_gone,
+    };
+    log_info("VM %s: copy of %s out of the guest into %s (pid %d's file)", sv_vm_name(vm), path, dst,
+             (int)sv_ctl_req_peer(req)->pid);
+    if (sv_vm_copy_out(d->vmctl, vm, &a, guest_done, req, &err) < 0) {
         sv_ctl_reply_qv_error(req, &err);
         return;
     }

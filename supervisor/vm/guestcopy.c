@@ -1,5 +1,8 @@
-/* vm cp into a guest as one operation of the engine (docs/guest.md, "vm
- * cp"): the checks of the target through guest-exec (`test -d`, `test -e`),
+/* vm cp into and out of a guest as one operation of the engine
+ * (docs/guest.md, "vm cp").  Out: guest-file-open, guest-file-read of 1 MiB
+ * at a time until eof (each reply checked whole, then decoded), each chunk
+ * written to the client's file on libuv's workers, guest-file-close; the
+ * client makes, syncs and renames its file.  Into the guest: the checks of the target through guest-exec (`test -d`, `test -e`),
  * a temporary file next to it (64 random bits in its name), `chmod` before
  * any data, the client's file read on libuv's workers and written in
  * chunks with guest-file-write (a short write continued), guest-file-close,
@@ -35,6 +38,7 @@ struct gcopy {
     vmrt *rt;
     gcopy *next;      /* rt->gcopies */
     bool recover;     /* the cleanup of marks left behind, not a copy */
+    bool out;         /* a copy out of the guest into the client's file */
     uv_timer_t timer; /* guest-exec-status polls */
     uv_fs_t fs;       /* a read of the client's file */
     uv_work_t work;   /* the mark's durable write */
@@ -55,10 +59,11 @@ struct gcopy {
     int64_t handle;     /* the guest's open file, 0 when none */
     unsigned char *buf;
     char *b64;
-    size_t n, off;      /* the chunk in buf, and how much of it the agent took */
+    size_t n, off;      /* the chunk in buf, and how much of it the agent took (out: was written) */
+    bool eof;           /* out: the agent said the file ends after this chunk */
     int status;         /* the copy's outcome so far, err saying why */
     qv_error err;
-    sv_vm_copy_in_args a;
+    sv_vm_copy_args a;
     sv_vm_done_fn done;
     void *userdata;
     /* the command in flight */
@@ -109,8 +114,14 @@ static void finish(gcopy *op) {
     if (op->recover) {
         rt->copy_recovering = false;
     } else if (op->status < 0) {
-        log_warning("VM %s: copy into %s failed: %s", vm_name(op), op->target[0] ? op->target : op->path, op->err.msg);
+        log_warning("VM %s: copy %s %s failed: %s", vm_name(op), op->out ? "out of" : "into",
+                    op->target[0] ? op->target : op->path, op->err.msg);
         op->done(op->status, NULL, &op->err, op->userdata);
+    } else if (op->out) {
+        log_info("VM %s: copied %llu bytes out of %s", vm_name(op), (unsigned long long)op->bytes, op->path);
+        json_t *res = json_pack("{s:I}", "bytes", (json_int_t)op->bytes);
+        op->done(0, res, NULL, op->userdata);
+        json_decref(res);
     } else {
         log_info("VM %s: copied %llu bytes into %s", vm_name(op), (unsigned long long)op->bytes, op->target);
         json_t *res = json_pack("{s:s, s:I}", "target", op->target, "bytes", (json_int_t)op->bytes);
@@ -286,10 +297,27 @@ static void after_close(qga_conn *g, int status, json_t *result, const qmp_error
         fail(op, &err);
         return;
     }
+    if (op->out) {
+        finish(op);
+        return;
+    }
     exec_run(op, json_pack("[s, s, s, s, s]", "mv", "-f", "--", op->tmp, op->target), after_mv);
 }
 
 /* ---- the data -------------------------------------------------------------------- */
+
+/* Between two steps: a client gone (or a daemon stopping) ends the copy. */
+static bool stop_if_gone(gcopy *op) {
+    qv_error err = {0};
+    if (op_gone(op))
+        qv_error_set(&err, ECANCELED, "the daemon is stopping or the VM is gone");
+    else if (op->a.gone && op->a.gone(op->userdata))
+        qv_error_set(&err, ECANCELED, "the client went away");
+    else
+        return false;
+    fail(op, &err);
+    return true;
+}
 
 static void read_next(gcopy *op);
 
@@ -356,11 +384,8 @@ static void on_read(uv_fs_t *req) {
 
 static void read_next(gcopy *op) {
     qv_error err = {0};
-    if (op->a.gone && op->a.gone(op->userdata)) {
-        qv_error_set(&err, ECANCELED, "the client went away");
-        fail(op, &err);
+    if (stop_if_gone(op))
         return;
-    }
     /* a worker reads: the client's file may be on a slow disk or NFS */
     uv_buf_t b = uv_buf_init((char *)op->buf, COPY_CHUNK);
     op->fs.data = op;
@@ -369,6 +394,93 @@ static void read_next(gcopy *op) {
         qv_error_set(&err, -r, "cannot read the source: %s", uv_strerror(r));
         fail(op, &err);
     }
+}
+
+/* ---- out of the guest: guest-file-read, the client's file written on a worker ------ */
+
+static void read_out(gcopy *op);
+
+static void close_out(gcopy *op) {
+    send_cmd(op, "guest-file-close", json_pack("{s:I}", "handle", (json_int_t)op->handle), COPY_CMD_TIMEOUT_MS,
+             after_close);
+}
+
+static void write_out(gcopy *op);
+
+static void on_write_out(uv_fs_t *req) {
+    gcopy *op = req->data;
+    ssize_t n = req->result;
+    uv_fs_req_cleanup(req);
+    qv_error err = {0};
+    if (op_gone(op))
+        qv_error_set(&err, ECANCELED, "the daemon is stopping or the VM is gone");
+    else if (n < 0)
+        qv_error_set(&err, (int)-n, "writing the target: %s", uv_strerror((int)n));
+    else if (n == 0)
+        qv_error_set(&err, EIO, "writing the target: nothing written");
+    if (err.code) {
+        fail(op, &err);
+        return;
+    }
+    op->off += (size_t)n;
+    op->bytes += (uint64_t)n;
+    if (op->off < op->n) { /* a short write: the rest goes again */
+        write_out(op);
+        return;
+    }
+    if (op->a.progress)
+        op->a.progress(op->bytes, 0, op->userdata);
+    if (op->eof)
+        close_out(op);
+    else
+        read_out(op);
+}
+
+static void write_out(gcopy *op) {
+    qv_error err = {0};
+    uv_buf_t b = uv_buf_init((char *)op->buf + op->off, (unsigned)(op->n - op->off));
+    op->fs.data = op;
+    int r = uv_fs_write(op->rt->c->loop, &op->fs, op->fd, &b, 1, (int64_t)op->bytes, on_write_out);
+    if (r < 0) {
+        qv_error_set(&err, -r, "cannot write the target: %s", uv_strerror(r));
+        fail(op, &err);
+    }
+}
+
+static void after_read_out(qga_conn *g, int status, json_t *result, const qmp_error *e, void *userdata) {
+    (void)g;
+    gcopy *op = userdata;
+    qv_error err;
+    qga_file_chunk ch = {0};
+    size_t n = 0;
+    int r = outcome(op, status, e, &err);
+    /* the guest's answer is checked whole before anything is decoded */
+    if (r == 0 && (qga_parse_file_read(result, COPY_CHUNK, &ch) < 0 ||
+                   qv_base64_decode(ch.b64, ch.b64_len, op->buf, COPY_CHUNK, &n) < 0 || n != ch.count))
+        r = qv_error_set(&err, EPROTO, "VM '%s': the guest agent's answer to guest-file-read is not one",
+                         vm_name(op));
+    if (r == 0 && n == 0 && !ch.eof) /* the agent says neither: never loop on it */
+        r = qv_error_set(&err, EPROTO, "VM '%s': the guest agent read nothing before the end of %s", vm_name(op),
+                         op->path);
+    if (r < 0) {
+        fail(op, &err);
+        return;
+    }
+    op->eof = ch.eof;
+    op->n = n;
+    op->off = 0;
+    if (n)
+        write_out(op);
+    else
+        close_out(op);
+}
+
+static void read_out(gcopy *op) {
+    if (stop_if_gone(op))
+        return;
+    send_cmd(op, "guest-file-read", json_pack("{s:I, s:I}", "handle", (json_int_t)op->handle, "count",
+                                              (json_int_t)COPY_CHUNK),
+             COPY_IO_TIMEOUT_MS, after_read_out);
 }
 
 /* ---- the start: target, temporary name, mark, file, mode -------------------------- */
@@ -400,6 +512,12 @@ static void after_open(qga_conn *g, int status, json_t *result, const qmp_error 
         fail(op, &err);
         return;
     }
+    if (op->out) {
+        if (op->a.progress)
+            op->a.progress(0, 0, op->userdata);
+        read_out(op);
+        return;
+    }
     /* qemu-ga creates it 0666 less its umask (0 in some guests): the
      * source's permission bits instead, before any data is in it */
     char mode[8];
@@ -422,11 +540,8 @@ static void mark_after(uv_work_t *w, int status) {
         return;
     }
     op->marked = true;
-    if (op_gone(op) || (op->a.gone && op->a.gone(op->userdata))) {
-        qv_error_set(&err, ECANCELED, "the client went away, or the daemon is stopping");
-        fail(op, &err);
+    if (stop_if_gone(op))
         return;
-    }
     send_cmd(op, "guest-file-open", json_pack("{s:s, s:s}", "path", op->tmp, "mode", "w"), COPY_CMD_TIMEOUT_MS,
              after_open);
 }
@@ -519,6 +634,12 @@ static void op_attach(vmrt *rt, gcopy *op) {
 
 void vm__guest_copy_run(vmrt *rt, gcopy *op) {
     op_attach(rt, op);
+    if (op->out) {
+        log_info("VM %s: copying %s out of the guest", rt->vm->name, op->path);
+        send_cmd(op, "guest-file-open", json_pack("{s:s, s:s}", "path", op->path, "mode", "r"), COPY_CMD_TIMEOUT_MS,
+                 after_open);
+        return;
+    }
     log_info("VM %s: copying %llu bytes into %s", rt->vm->name, (unsigned long long)op->total, op->path);
     /* a guest directory gets the file's name; this first command also finds
      * an agent without guest-exec before anything is written */
@@ -536,20 +657,23 @@ static void free_unattached(gcopy *op) {
     free(op);
 }
 
-int sv_vm_copy_in(sv_vmctl *c, sv_vm *vm, const sv_vm_copy_in_args *a, sv_vm_done_fn done, void *userdata,
-                  qv_error *err) {
+/* A copy's operation, begun through the door (event `guest`): 0, or a
+ * negative errno with err and nothing done. */
+static int begin(sv_vmctl *c, sv_vm *vm, bool out, const sv_vm_copy_args *a, sv_vm_done_fn done, void *userdata,
+                 qv_error *err) {
     gcopy *op = calloc(1, sizeof *op);
     if (op) {
         op->fd = -1;
         op->path = strdup(a->path);
         op->filename = a->filename ? strdup(a->filename) : NULL;
         op->buf = malloc(COPY_CHUNK);
-        op->b64 = malloc(qv_base64_encoded_len(COPY_CHUNK) + 1);
+        op->b64 = out ? NULL : malloc(qv_base64_encoded_len(COPY_CHUNK) + 1);
     }
-    if (!op || !op->path || (a->filename && !op->filename) || !op->buf || !op->b64) {
+    if (!op || !op->path || (a->filename && !op->filename) || !op->buf || (!out && !op->b64)) {
         free_unattached(op);
         return qv_error_set(err, ENOMEM, "out of memory");
     }
+    op->out = out;
     op->a = *a;
     op->force = a->force;
     op->mode = a->mode;
@@ -563,6 +687,16 @@ int sv_vm_copy_in(sv_vmctl *c, sv_vm *vm, const sv_vm_copy_in_args *a, sv_vm_don
         return r < 0 ? r : qv_error_set(err, EINVAL, "the copy did not begin");
     }
     return 0;
+}
+
+int sv_vm_copy_in(sv_vmctl *c, sv_vm *vm, const sv_vm_copy_args *a, sv_vm_done_fn done, void *userdata,
+                  qv_error *err) {
+    return begin(c, vm, false, a, done, userdata, err);
+}
+
+int sv_vm_copy_out(sv_vmctl *c, sv_vm *vm, const sv_vm_copy_args *a, sv_vm_done_fn done, void *userdata,
+                   qv_error *err) {
+    return begin(c, vm, true, a, done, userdata, err);
 }
 
 /* ---- marks left behind ----------------------------------------------------------- */

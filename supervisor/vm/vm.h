@@ -163,8 +163,8 @@ int sv_vm_guest(sv_vmctl *c, sv_vm *vm, sv_guest_cmd cmd, json_t *args, size_t l
  * agent cannot be reached, when it next answers (layout.h's mark).
  * Negative errno with err: refused, nothing done, the fd still the
  * caller's. */
-typedef struct sv_vm_copy_in_args {
-    int fd;               /* the source: a regular file the client opened */
+typedef struct sv_vm_copy_args {
+    int fd;               /* in: the source, a regular file the client opened; out: the target */
     uint64_t size;        /* its size (fstat), for percentages */
     const char *path;     /* absolute in the guest: the file, or a directory it goes into */
     const char *filename; /* the file's name in a directory `path`; may be NULL */
@@ -173,9 +173,17 @@ typedef struct sv_vm_copy_in_args {
     /* with the call's userdata; either may be NULL */
     void (*progress)(uint64_t bytes, uint64_t total, void *userdata); /* after each chunk */
     bool (*gone)(void *userdata); /* asked between steps: true stops the copy (the client went away) */
-} sv_vm_copy_in_args;
-int sv_vm_copy_in(sv_vmctl *c, sv_vm *vm, const sv_vm_copy_in_args *a, sv_vm_done_fn done, void *userdata,
+} sv_vm_copy_args;
+int sv_vm_copy_in(sv_vmctl *c, sv_vm *vm, const sv_vm_copy_args *a, sv_vm_done_fn done, void *userdata,
                   qv_error *err);
+/* vm cp out of a guest: the guest file `path` read in chunks and written to
+ * a->fd (a regular file the client made and opened for writing; written at
+ * its offsets from 0, on libuv's workers), as sv_vm_copy_in's operation;
+ * `done` gets {"bytes"}; progress has no total (0: the agent has no stat).
+ * Errors as sv_vm_copy_in's (the agent's refusal to open: EIO, with its
+ * message).  The client removes its file on failure. */
+int sv_vm_copy_out(sv_vmctl *c, sv_vm *vm, const sv_vm_copy_args *a, sv_vm_done_fn done, void *userdata,
+                   qv_error *err);
 
 /* vm edit: replaces the spec of a stopped or crashed VM with `spec` (made
  * by sv_vmspec_edit()), checked as create checks a spec (GPUs another VM

@@ -193,18 +193,13 @@ class GuestOps(unittest.TestCase):
         self.assertIsNone(cp.poll(), "the copy ended before it could be interrupted")
         return src, cp
 
-    def test_cp_in_reports_progress_on_the_control_socket(self):
-        # a raw client: vm.copy_in with "progress": true and the file passed
-        size = 4 << 20
-        src = os.path.join(self.local, "prog.bin")
-        with open(src, "wb") as f:
-            f.write(os.urandom(size))
-        req = {"id": 7, "method": "vm.copy_in", "progress": True, "fds": 1,
-               "params": {"name": "g", "path": "/root/prog.bin", "force": True, "mode": 0o600, "source_fd": 0,
-                          "source": src}}
+    def raw_copy(self, method, params, f):
+        """A raw control-socket client: method with "progress": true and f's
+        descriptor passed; the progress messages and the reply."""
+        req = {"id": 7, "method": method, "progress": True, "fds": 1, "params": dict(params, name="g")}
         line = (json.dumps(req) + "\n").encode()
         progress, reply = [], None
-        with open(src, "rb") as f, socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
             s.connect(self.node.socket)
             s.sendmsg([line], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [f.fileno()]))])
             s.settimeout(scaled(120))
@@ -221,6 +216,17 @@ class GuestOps(unittest.TestCase):
                         progress.append(m["progress"])
                     else:
                         reply = m
+        return progress, reply
+
+    def test_cp_in_reports_progress_on_the_control_socket(self):
+        # a raw client: vm.copy_in with "progress": true and the file passed
+        size = 4 << 20
+        src = os.path.join(self.local, "prog.bin")
+        with open(src, "wb") as f:
+            f.write(os.urandom(size))
+        with open(src, "rb") as f:
+            progress, reply = self.raw_copy("vm.copy_in", {"path": "/root/prog.bin", "force": True, "mode": 0o600,
+                                                           "source_fd": 0, "source": src}, f)
         self.assertIn("result", reply, reply)
         self.assertEqual(reply["result"], {"target": "/root/prog.bin", "bytes": size})
         self.assertGreaterEqual(len(progress), 1)
@@ -235,6 +241,30 @@ class GuestOps(unittest.TestCase):
         self.assertEqual(self.marks(), [])
         self.exec_("rm", "-f", "/root/prog.bin")
         os.unlink(src)
+
+    def test_cp_out_reports_progress_on_the_control_socket(self):
+        # vm.copy_out into a file this client made, passed writable
+        size = 4 << 20
+        self.assertEqual(self.exec_("dd", "if=/dev/urandom", "of=/root/progout.bin", "bs=1M", "count=4").returncode,
+                         0)
+        want = self.exec_("sha256sum", "/root/progout.bin").stdout.split()[0]
+        dst = os.path.join(self.local, "progout.bin")
+        with open(dst, "wb") as f:
+            progress, reply = self.raw_copy("vm.copy_out", {"path": "/root/progout.bin", "target_fd": 0,
+                                                            "target": dst}, f)
+        self.assertIn("result", reply, reply)
+        self.assertEqual(reply["result"], {"bytes": size})
+        self.assertGreaterEqual(len(progress), 1)
+        done = [p["bytes"] for p in progress]
+        self.assertEqual(done, sorted(done))
+        self.assertTrue(any(0 < b for b in done), progress)
+        self.assertEqual(sha256_file(dst), want)
+        # a descriptor not open for writing is refused before the guest is asked
+        with open(dst, "rb") as f:
+            progress, reply = self.raw_copy("vm.copy_out", {"path": "/root/progout.bin", "target_fd": 0}, f)
+        self.assertEqual(reply["error"]["code"], "EINVAL", reply)
+        self.exec_("rm", "-f", "/root/progout.bin")
+        os.unlink(dst)
 
     def test_cp_in_cli_killed_midway_is_rolled_back(self):
         # kill -9 of the CLI: the daemon sees its client gone between two

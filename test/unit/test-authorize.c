@@ -24,7 +24,7 @@ static sv_registry *reg;
 static const char *const owner_methods[] = {"vm.start",      "vm.stop",        "vm.restart",   "vm.pause",
                                             "vm.resume",     "vm.console",     "vm.log",       "vm.ssh_key",
                                             "vm.exec",       "vm.exec_status", "vm.file_open", "vm.file_read",
-                                            "vm.file_write", "vm.file_close", "vm.copy_in", "vm.snapshot.create", "vm.snapshot.revert",
+                                            "vm.file_write", "vm.file_close", "vm.copy_in", "vm.copy_out", "vm.snapshot.create", "vm.snapshot.revert",
                                             "vm.snapshot.remove"};
 /* What only root and the socket group may do. */
 static const char *const privileged_methods[] = {"vm.create",    "vm.remove",    "image.import", "image.remove",
