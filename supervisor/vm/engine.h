@@ -133,6 +133,8 @@ struct sv_vmctl {
     bool accel_warned;
     caps_waiter *caps_waiters;
     unsigned save_groups;   /* groups of durable writes on workers (engine.c) */
+    unsigned copy_io;       /* copies reading or writing a client's file on a worker (guestcopy.c) */
+    gcopy *copy_io_queue;   /* copies waiting for that lane */
     save_job *save_next;    /* durable writes waiting for the next group */
     sv_vm_emit_fn emit;  /* the event sink (sv_vmctl_set_emit) */
     void *emit_userdata;

@@ -29,6 +29,14 @@
 #define POLL_FIRST_MS 20u
 #define POLL_MAX_MS 500u
 #define MARK_MAX 8192u               /* a mark longer than this is not one of ours */
+/* Copies read and write the client's file on libuv's pool, one at a time.
+ * The file is the client's choice: a read on a FUSE file system whose
+ * daemon never answers (or a dead NFS server) never returns, and holds its
+ * pool thread for good.  One lane for all copies means such a file holds
+ * one thread, never the ones the engine's durable writes and start
+ * preparations need; other copies wait behind it (until it returns, or
+ * their VM stops or the daemon does). */
+#define COPY_IO_LANES 1u
 
 /* After a guest-exec: the command's exit status (128+N when signal N ended
  * it), or a negative errno with op->xerr saying why it did not run. */
@@ -40,7 +48,12 @@ struct gcopy {
     bool recover;     /* the cleanup of marks left behind, not a copy */
     bool out;         /* a copy out of the guest into the client's file */
     uv_timer_t timer; /* guest-exec-status polls */
-    uv_fs_t fs;       /* a read of the client's file */
+    uv_work_t io;     /* a read or write of the client's file */
+    ssize_t io_result; /* its byte count, or a negative errno */
+    void (*io_start)(gcopy *op); /* waiting for the lane: what to run then */
+    gcopy *io_next;   /* in vmctl's copy_io_queue */
+    bool io_queued;
+    bool io_waited;   /* it waited once: said in the log */
     uv_work_t work;   /* the mark's durable write */
     bool waiting;     /* the timer runs */
     bool finished;
@@ -304,6 +317,80 @@ static void after_close(qga_conn *g, int status, json_t *result, const qmp_error
     exec_run(op, json_pack("[s, s, s, s, s]", "mv", "-f", "--", op->tmp, op->target), after_mv);
 }
 
+/* ---- the lane to the client's file ------------------------------------------------- */
+
+/* start runs now when the lane is free, else once it is. */
+static void io_submit(gcopy *op, void (*start)(gcopy *op)) {
+    sv_vmctl *c = op->rt->c;
+    if (c->copy_io >= COPY_IO_LANES) {
+        op->io_start = start;
+        op->io_next = NULL;
+        gcopy **t = &c->copy_io_queue;
+        while (*t)
+            t = &(*t)->io_next;
+        *t = op;
+        op->io_queued = true;
+        if (!op->io_waited)
+            log_info("VM %s: copy %s %s waits for another copy's file I/O (one at a time)", vm_name(op),
+                     op->out ? "out of" : "into", op->out ? op->path : op->target);
+        op->io_waited = true;
+        return;
+    }
+    c->copy_io++;
+    start(op);
+}
+
+/* The lane is free again: the next copy waiting takes it. */
+static void io_release(sv_vmctl *c) {
+    c->copy_io--;
+    gcopy *next = c->copy_io_queue;
+    if (!next)
+        return;
+    c->copy_io_queue = next->io_next;
+    next->io_queued = false;
+    c->copy_io++;
+    next->io_start(next);
+}
+
+/* A copy given up while waiting for the lane leaves the queue. */
+static void io_unqueue(gcopy *op) {
+    for (gcopy **p = &op->rt->c->copy_io_queue; *p; p = &(*p)->io_next)
+        if (*p == op) {
+            *p = op->io_next;
+            break;
+        }
+    op->io_queued = false;
+}
+
+static void io_delay(void) {
+#if QV_TEST_HOOKS
+    /* tests: each read or write of the client's file takes this long */
+    const char *ms = getenv("QVISOR_TEST_COPY_IO_DELAY_MS");
+    if (ms && *ms)
+        usleep((useconds_t)strtoul(ms, NULL, 10) * 1000u);
+#endif
+}
+
+static void read_work(uv_work_t *w) {
+    gcopy *op = w->data;
+    io_delay();
+    ssize_t n;
+    do
+        n = pread(op->fd, op->buf, COPY_CHUNK, (off_t)op->bytes);
+    while (n < 0 && errno == EINTR);
+    op->io_result = n < 0 ? -errno : n;
+}
+
+static void write_work(uv_work_t *w) {
+    gcopy *op = w->data;
+    io_delay();
+    ssize_t n;
+    do
+        n = pwrite(op->fd, op->buf + op->off, op->n - op->off, (off_t)op->bytes);
+    while (n < 0 && errno == EINTR);
+    op->io_result = n < 0 ? -errno : n;
+}
+
 /* ---- the data -------------------------------------------------------------------- */
 
 /* Between two steps: a client gone (or a daemon stopping) ends the copy. */
@@ -360,15 +447,15 @@ static void write_chunk(gcopy *op) {
              COPY_IO_TIMEOUT_MS, after_write);
 }
 
-static void on_read(uv_fs_t *req) {
-    gcopy *op = req->data;
-    ssize_t n = req->result;
-    uv_fs_req_cleanup(req);
+static void on_read(uv_work_t *w, int status) {
+    gcopy *op = w->data;
+    ssize_t n = status < 0 ? status : op->io_result;
+    io_release(op->rt->c);
     qv_error err = {0};
     if (op_gone(op)) {
         qv_error_set(&err, ECANCELED, "the daemon is stopping or the VM is gone");
     } else if (n < 0) {
-        qv_error_set(&err, (int)-n, "reading the source: %s", uv_strerror((int)n));
+        qv_error_set(&err, (int)-n, "reading the source: %s", strerror((int)-n));
     } else if (n == 0) {
         send_cmd(op, "guest-file-close", json_pack("{s:I}", "handle", (json_int_t)op->handle), COPY_CMD_TIMEOUT_MS,
                  after_close);
@@ -382,18 +469,21 @@ static void on_read(uv_fs_t *req) {
     fail(op, &err);
 }
 
-static void read_next(gcopy *op) {
+static void read_start(gcopy *op) {
     qv_error err = {0};
-    if (stop_if_gone(op))
-        return;
     /* a worker reads: the client's file may be on a slow disk or NFS */
-    uv_buf_t b = uv_buf_init((char *)op->buf, COPY_CHUNK);
-    op->fs.data = op;
-    int r = uv_fs_read(op->rt->c->loop, &op->fs, op->fd, &b, 1, (int64_t)op->bytes, on_read);
+    op->io.data = op;
+    int r = uv_queue_work(op->rt->c->loop, &op->io, read_work, on_read);
     if (r < 0) {
+        io_release(op->rt->c);
         qv_error_set(&err, -r, "cannot read the source: %s", uv_strerror(r));
         fail(op, &err);
     }
+}
+
+static void read_next(gcopy *op) {
+    if (!stop_if_gone(op))
+        io_submit(op, read_start);
 }
 
 /* ---- out of the guest: guest-file-read, the client's file written on a worker ------ */
@@ -407,15 +497,15 @@ static void close_out(gcopy *op) {
 
 static void write_out(gcopy *op);
 
-static void on_write_out(uv_fs_t *req) {
-    gcopy *op = req->data;
-    ssize_t n = req->result;
-    uv_fs_req_cleanup(req);
+static void on_write_out(uv_work_t *w, int status) {
+    gcopy *op = w->data;
+    ssize_t n = status < 0 ? status : op->io_result;
+    io_release(op->rt->c);
     qv_error err = {0};
     if (op_gone(op))
         qv_error_set(&err, ECANCELED, "the daemon is stopping or the VM is gone");
     else if (n < 0)
-        qv_error_set(&err, (int)-n, "writing the target: %s", uv_strerror((int)n));
+        qv_error_set(&err, (int)-n, "writing the target: %s", strerror((int)-n));
     else if (n == 0)
         qv_error_set(&err, EIO, "writing the target: nothing written");
     if (err.code) {
@@ -436,15 +526,19 @@ static void on_write_out(uv_fs_t *req) {
         read_out(op);
 }
 
-static void write_out(gcopy *op) {
+static void write_start(gcopy *op) {
     qv_error err = {0};
-    uv_buf_t b = uv_buf_init((char *)op->buf + op->off, (unsigned)(op->n - op->off));
-    op->fs.data = op;
-    int r = uv_fs_write(op->rt->c->loop, &op->fs, op->fd, &b, 1, (int64_t)op->bytes, on_write_out);
+    op->io.data = op;
+    int r = uv_queue_work(op->rt->c->loop, &op->io, write_work, on_write_out);
     if (r < 0) {
+        io_release(op->rt->c);
         qv_error_set(&err, -r, "cannot write the target: %s", uv_strerror(r));
         fail(op, &err);
     }
+}
+
+static void write_out(gcopy *op) {
+    io_submit(op, write_start);
 }
 
 static void after_read_out(qga_conn *g, int status, json_t *result, const qmp_error *e, void *userdata) {
@@ -788,6 +882,18 @@ void vm__guest_copy_recover(vmrt *rt) {
 }
 
 void vm__guest_copy_release(vmrt *rt) {
+    /* a copy waiting for the lane ends now */
+    for (;;) {
+        gcopy *op = rt->gcopies;
+        while (op && !op->io_queued)
+            op = op->next;
+        if (!op)
+            break;
+        io_unqueue(op);
+        qv_error err = {0};
+        qv_error_set(&err, ECANCELED, "the daemon is stopping or the VM is gone");
+        fail(op, &err);
+    }
     /* commands were cancelled with the channels; what waits is a timer */
     for (;;) {
         gcopy *op = rt->gcopies;

@@ -279,9 +279,6 @@ class GuestOps(unittest.TestCase):
         self.assertIn("removed the unfinished", self.node.log())
         os.unlink(src)
 
-    # zy: after the exec tests (a re-adopted VM's agent port is not known
-    # again, so "mute" would be told later and otherwise), before zz
-
     def test_cp_in_interrupted_is_rolled_back(self):
         # Ctrl-C: the CLI closes its connection and says so (130); the daemon
         # sees its client gone and removes the temporary file, then the mark
@@ -294,6 +291,36 @@ class GuestOps(unittest.TestCase):
         self.assertEqual(self.guest_tmp_files(), [])
         self.assertNotIn("interrupted.bin", self.guest_files("/root"))
         os.unlink(src)
+
+    # zy: after the exec tests (a re-adopted VM's agent port is not known
+    # again, so "mute" would be told later and otherwise), before zz
+
+    def test_zy_cp_copies_take_turns_at_the_clients_files(self):
+        # the client's file is read on the daemon's worker pool: a file that
+        # never answers (FUSE) must hold one worker, not all of them.  Each
+        # read is made slow (test hook); two copies at once take turns, and
+        # both arrive whole
+        self.node.stop_daemon()
+        self.node.start_daemon(extra_env={"QVISOR_TEST_COPY_IO_DELAY_MS": "1000"})
+        wait_for(lambda: self.exec_("true").returncode == 0, scaled(60), "the agent after re-adoption")
+        srcs, cps = [], []
+        for i in range(2):
+            src = os.path.join(self.local, f"turn{i}.bin")
+            with open(src, "wb") as f:
+                f.write(os.urandom(3 << 20))
+            srcs.append(src)
+            cps.append(subprocess.Popen([QVISOR, "--config", self.node.config, "vm", "cp", src, f"g:/root/turn{i}.bin"],
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                        stdin=subprocess.DEVNULL))
+        for cp in cps:
+            out, err = cp.communicate(timeout=scaled(120))
+            self.assertEqual(cp.returncode, 0, err)
+        for i, src in enumerate(srcs):
+            self.assertEqual(self.exec_("sha256sum", f"/root/turn{i}.bin").stdout.split()[0], sha256_file(src))
+            self.exec_("rm", "-f", f"/root/turn{i}.bin")
+            os.unlink(src)
+        self.assertIn("waits for another copy's file I/O (one at a time)", self.node.log())
+        self.restart_daemon()
 
     def test_zy_cp_in_daemon_killed_midway_is_rolled_back_at_restart(self):
         # kill -9 of the daemon: the temporary file stays in the guest and
