@@ -391,6 +391,18 @@ static void write_work(uv_work_t *w) {
     op->io_result = n < 0 ? -errno : n;
 }
 
+/* The lane's read or write goes to a worker; after() gives the lane back. */
+static void io_queue(gcopy *op, uv_work_cb work, uv_after_work_cb after, const char *what) {
+    op->io.data = op;
+    int r = uv_queue_work(op->rt->c->loop, &op->io, work, after);
+    if (r < 0) {
+        io_release(op->rt->c);
+        qv_error err = {0};
+        qv_error_set(&err, -r, "cannot %s: %s", what, uv_strerror(r));
+        fail(op, &err);
+    }
+}
+
 /* ---- the data -------------------------------------------------------------------- */
 
 /* Between two steps: a client gone (or a daemon stopping) ends the copy. */
@@ -470,15 +482,8 @@ static void on_read(uv_work_t *w, int status) {
 }
 
 static void read_start(gcopy *op) {
-    qv_error err = {0};
     /* a worker reads: the client's file may be on a slow disk or NFS */
-    op->io.data = op;
-    int r = uv_queue_work(op->rt->c->loop, &op->io, read_work, on_read);
-    if (r < 0) {
-        io_release(op->rt->c);
-        qv_error_set(&err, -r, "cannot read the source: %s", uv_strerror(r));
-        fail(op, &err);
-    }
+    io_queue(op, read_work, on_read, "read the source");
 }
 
 static void read_next(gcopy *op) {
@@ -527,14 +532,7 @@ static void on_write_out(uv_work_t *w, int status) {
 }
 
 static void write_start(gcopy *op) {
-    qv_error err = {0};
-    op->io.data = op;
-    int r = uv_queue_work(op->rt->c->loop, &op->io, write_work, on_write_out);
-    if (r < 0) {
-        io_release(op->rt->c);
-        qv_error_set(&err, -r, "cannot write the target: %s", uv_strerror(r));
-        fail(op, &err);
-    }
+    io_queue(op, write_work, on_write_out, "write the target");
 }
 
 static void write_out(gcopy *op) {
