@@ -209,6 +209,9 @@ class Monitor:
         self.sock.close()
 
 
+PORTS_GIVEN = set()  # SSH forward ports given to bare QEMUs in this run
+
+
 class BareQemu:
     """QEMU with a VM's argv, and every fd the daemon passes it: monitor,
     guest agent and serial console on listening sockets (fds 3, 4, 5 as the
@@ -274,12 +277,24 @@ class BareQemu:
             by_number[number] = fd
         if sorted(by_number) != list(range(3, 3 + len(by_number))):
             raise RuntimeError(f"the VM's fds are not 3..N: {sorted(by_number)}")
-        # a free port for the SSH forward, picked as the daemon picks it
+        # a free port for the SSH forward, picked as the daemon picks it:
+        # the kernel's, never one given to another bare QEMU of this run
+        # (QEMU binds it only later; twenty picks at once did get one twice)
         for i, a in enumerate(self.argv):
             if "hostfwd=tcp:127.0.0.1:" in a:
-                with socket.socket() as ps:
-                    ps.bind(("127.0.0.1", 0))
-                    port = ps.getsockname()[1]
+                held = []
+                try:
+                    while True:
+                        ps = socket.socket()
+                        held.append(ps)
+                        ps.bind(("127.0.0.1", 0))
+                        port = ps.getsockname()[1]
+                        if port not in PORTS_GIVEN:
+                            break
+                finally:
+                    for ps in held:
+                        ps.close()
+                PORTS_GIVEN.add(port)
                 self.argv[i] = re.sub(r"(hostfwd=tcp:127\.0\.0\.1:)\d+", rf"\g<1>{port}", a)
         # never 3, 4, ... themselves: dup2 must clear CLOEXEC
         high = [fcntl.fcntl(by_number[k], fcntl.F_DUPFD_CLOEXEC, 100) for k in sorted(by_number)]
