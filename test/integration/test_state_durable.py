@@ -197,7 +197,9 @@ class FullDisk(Base):
         # room again: the daemon's retry writes it, and a restart agrees
         os.unlink(self.filler)
         wait_for(lambda: self.disk_state()["state"] == "stopped", scaled(15), "the state written after a retry")
-        self.assertIn("its state is saved again", self.node.log())
+        # said once the write is durable: the rename is seen before the
+        # directory's fsync ends and the loop hears of it
+        wait_for(lambda: "its state is saved again" in self.node.log(), scaled(10), "the log saying so")
         self.restart_daemon()
         vm = self.node.qvisor_json("vm", "show", "vm")
         self.assertEqual(vm["state"], "stopped")
