@@ -12,10 +12,13 @@
 
 /* Spawns argv[0] (PATH lookup) in a new session: stdin /dev/null, stdout
  * and stderr appended to log_fd, and fds[i] mapped to fd 3+i in the child;
- * nothing else is inherited.  An exec failure comes back over a CLOEXEC
- * pipe (EOF means the exec worked) as -errno with err set.  The child is
- * ours (reap it with waitpid).  *ret_pidfd is a pidfd for it (O_CLOEXEC).
- * limits (may be NULL) are set in the child before the exec. */
+ * nothing else is inherited, every signal is at its default and none is
+ * blocked.  The calling thread waits until the child has exec'd (clone with
+ * CLONE_VM|CLONE_VFORK, as posix_spawn; proc.c says why); an exec failure
+ * comes back as -errno with err set.  The child is ours (reap it with
+ * waitpid).  *ret_pidfd is a pidfd for it (O_CLOEXEC).  limits (may be
+ * NULL) are set in the child before the exec.  Right after the return the
+ * kernel may not have put the new command line in place yet. */
 typedef struct sv_proc_limits {
     uint64_t memlock; /* RLIMIT_MEMLOCK soft and hard, bytes; 0: inherited */
     bool memlock_best_effort; /* tests only: no CAP_SYS_RESOURCE, go on with the hard limit */

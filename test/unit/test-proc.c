@@ -82,6 +82,58 @@ static void test_exec_failure_is_reported(void **state) {
     assert_int_equal(waitpid(-1, NULL, WNOHANG), -1); /* the failed child was reaped */
 }
 
+/* The spawn blocks every signal around its clone: the child must still
+ * start with none blocked and none ignored, whatever the daemon had, and
+ * the caller gets its own mask back. */
+static void on_usr2(int sig) {
+    (void)sig;
+}
+
+static void test_child_starts_with_default_signals(void **state) {
+    (void)state;
+    _cleanup_free_ char *dir = qv_test_mkdtemp("qv-proc");
+    char logp[PATH_MAX];
+    snprintf(logp, sizeof logp, "%s/log", dir);
+    int logfd = open(logp, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+    assert_true(logfd >= 0);
+    struct sigaction ign = {.sa_handler = SIG_IGN}, usr2 = {.sa_handler = on_usr2}, old_usr1, old_usr2;
+    sigaction(SIGUSR1, &ign, &old_usr1);
+    sigaction(SIGUSR2, &usr2, &old_usr2);
+    sigset_t hup, before, after;
+    sigemptyset(&hup);
+    sigaddset(&hup, SIGHUP);
+    sigprocmask(SIG_BLOCK, &hup, &before);
+    char a0[] = "cat", a1[] = "/proc/self/status"; /* cat catches nothing itself */
+    char *argv[] = {a0, a1, NULL};
+    pid_t pid;
+    int pidfd;
+    qv_error err = {0};
+    assert_int_equal(sv_proc_spawn(argv, logfd, NULL, 0, NULL, &pid, &pidfd, &err), 0);
+    sigprocmask(SIG_SETMASK, NULL, &after);
+    assert_true(sigismember(&after, SIGHUP));
+    assert_false(sigismember(&after, SIGTERM));
+    assert_false(sigismember(&after, SIGCHLD));
+    int status;
+    wait_exit(pidfd, pid, &status);
+    assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    close(pidfd);
+    sigprocmask(SIG_SETMASK, &before, NULL);
+    sigaction(SIGUSR1, &old_usr1, NULL);
+    sigaction(SIGUSR2, &old_usr2, NULL);
+    char buf[8192] = "";
+    FILE *f = fopen(logp, "r");
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    buf[n] = '\0';
+    fclose(f);
+    const char *want[] = {"\nSigBlk:\t0000000000000000\n", "\nSigIgn:\t0000000000000000\n",
+                          "\nSigCgt:\t0000000000000000\n"};
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++)
+        if (!strstr(buf, want[i]))
+            fail_msg("the child's status lacks %s:\n%s", want[i] + 1, buf);
+    close(logfd);
+    qv_test_rm_rf(dir);
+}
+
 static void test_pidfd_signal_and_identity(void **state) {
     (void)state;
     qv_sysroot_set(NULL);
@@ -94,7 +146,14 @@ static void test_pidfd_signal_and_identity(void **state) {
     assert_int_equal(sv_proc_spawn(argv, 2, NULL, 0, NULL, &pid, &pidfd, &err), 0);
     uint64_t start;
     assert_int_equal(sv_proc_start_time(pid, &start), 0);
-    assert_true(sv_proc_is_our_qemu(pid, start, "vm1", "/run/qvisor/vm/vm1/qemu.pid"));
+    /* the spawn returns once the exec has replaced the child's memory, a
+     * moment before the kernel has set its new command line up: wait */
+    bool ours = false;
+    for (int i = 0; i < 500 && !(ours = sv_proc_is_our_qemu(pid, start, "vm1", "/run/qvisor/vm/vm1/qemu.pid")); i++)
+        usleep(10000);
+    if (!ours)
+        kill(pid, SIGKILL);
+    assert_true(ours);
     assert_false(sv_proc_is_our_qemu(pid, start + 1, "vm1", "/run/qvisor/vm/vm1/qemu.pid")); /* reused pid */
     assert_false(sv_proc_is_our_qemu(pid, start, "vm", "/run/qvisor/vm/vm1/qemu.pid"));      /* prefix only */
     assert_false(sv_proc_is_our_qemu(pid, start, "vm1", "/run/qvisor/vm/vm2/qemu.pid"));
@@ -149,6 +208,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_spawn_maps_fds_and_detaches),
         cmocka_unit_test(test_exec_failure_is_reported),
+        cmocka_unit_test(test_child_starts_with_default_signals),
         cmocka_unit_test(test_pidfd_signal_and_identity),
         cmocka_unit_test(test_start_time_parsing_with_odd_comm),
         cmocka_unit_test(test_alive_is_false_for_zombies),
