@@ -406,6 +406,10 @@ void sv_capacity_clear(sv_capacity *c) {
 }
 
 int sv_capacity_read(sv_capacity *ret, qv_error *err) {
+    return sv_capacity_read_parts(ret, SV_CAP_ALL, err);
+}
+
+int sv_capacity_read_parts(sv_capacity *ret, unsigned parts, qv_error *err) {
     sv_capacity c = {0};
     int r = read_numa_nodes(&c, err);
     if (r == 0 && !c.numa) {
@@ -428,9 +432,9 @@ int sv_capacity_read(sv_capacity *ret, qv_error *err) {
             c.nodes[0].mem_free = free_bytes;
         }
     }
-    if (r == 0 && count_cores(&c) < 0)
+    if (r == 0 && (parts & SV_CAP_CORES) && count_cores(&c) < 0)
         r = qv_error_set(err, ENOMEM, "out of memory");
-    if (r == 0)
+    if (r == 0 && (parts & SV_CAP_NICS))
         r = read_nics(&c, err);
     if (r < 0) {
         sv_capacity_clear(&c);

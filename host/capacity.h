@@ -91,6 +91,13 @@ typedef struct sv_capacity {
  * not parse, is an error (-EBADMSG or the read's errno) with err naming the
  * file.  Debug logging only. */
 int sv_capacity_read(sv_capacity *ret, qv_error *err);
+/* The same for only what a caller needs: the nodes (CPUs, memory,
+ * hugepages) always, and of the rest what `parts` names.  Without
+ * SV_CAP_CORES the n_cores are 0 (they take two reads per CPU: hundreds on
+ * a large host); without SV_CAP_NICS there are no NICs.  A start's
+ * placement and admission need neither. */
+enum { SV_CAP_CORES = 1, SV_CAP_NICS = 2, SV_CAP_ALL = SV_CAP_CORES | SV_CAP_NICS };
+int sv_capacity_read_parts(sv_capacity *ret, unsigned parts, qv_error *err);
 void sv_capacity_clear(sv_capacity *c);
 
 /* Adds one GPU (its NUMA node normalised as described above).  0 or -ENOMEM. */

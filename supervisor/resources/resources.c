@@ -13,15 +13,9 @@
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 
-int sv_resources_capacity_for(const sv_vmspec *spec, sv_capacity *ret, qv_error *err) {
-    if (spec->n_gpu_opts > 0)
-        return sv_resources_capacity(ret, err);
-    return sv_capacity_read(ret, err);
-}
-
-int sv_resources_capacity(sv_capacity *ret, qv_error *err) {
-    int r = sv_capacity_read(ret, err);
-    if (r < 0)
+static int capacity_read(unsigned parts, bool gpus, sv_capacity *ret, qv_error *err) {
+    int r = sv_capacity_read_parts(ret, parts, err);
+    if (r < 0 || !gpus)
         return r;
     vfio_gpu_list l = {0};
     qv_error e = {0};
@@ -36,6 +30,14 @@ int sv_resources_capacity(sv_capacity *ret, qv_error *err) {
         return qv_error_set(err, -r, "out of memory");
     }
     return 0;
+}
+
+int sv_resources_capacity_for(const sv_vmspec *spec, sv_capacity *ret, qv_error *err) {
+    return capacity_read(0, spec->n_gpu_opts > 0, ret, err);
+}
+
+int sv_resources_capacity(sv_capacity *ret, qv_error *err) {
+    return capacity_read(SV_CAP_ALL, true, ret, err);
 }
 
 static int spec_numa_node(const sv_vmspec *s) {

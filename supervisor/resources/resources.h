@@ -18,9 +18,11 @@
 
 /* Capacity with the GPUs libudev finds (none when it cannot enumerate). */
 int sv_resources_capacity(sv_capacity *ret, qv_error *err);
-/* The capacity that admitting `spec` needs: the GPUs only when it asks for
- * some (enumerating them is most of what reading the capacity costs, and a
- * VM without GPUs is admitted and placed without looking at them). */
+/* The capacity that admitting and placing `spec` needs: the nodes, and
+ * the GPUs only when it asks for some (enumerating them is most of what
+ * reading the capacity costs, and a VM without GPUs is admitted and placed
+ * without looking at them); no NICs and no core counts (n_cores 0), which
+ * neither looks at. */
 int sv_resources_capacity_for(const sv_vmspec *spec, sv_capacity *ret, qv_error *err);
 
 /* What a spec asks for, bound to `numa_node` (-1: none); name and pool

@@ -171,6 +171,37 @@ static void test_gpus_from_vfio(void **st) {
     sv_capacity_clear(&c);
 }
 
+/* What a start reads: the nodes as sv_capacity_read() has them, without
+ * the NICs and the per-CPU core topology it does not use. */
+static void test_parts_for_a_start(void **st) {
+    (void)st;
+    two_node_tree();
+    sv_capacity all, part;
+    qv_error err = {0};
+    assert_int_equal(sv_capacity_read(&all, &err), 0);
+    assert_int_equal(sv_capacity_read_parts(&part, 0, &err), 0);
+    assert_true(all.n_nics > 0 && all.n_cores > 0);
+    assert_int_equal(part.n_nics, 0);
+    assert_int_equal(part.n_cores, 0);
+    assert_int_equal(part.n_nodes, all.n_nodes);
+    assert_int_equal(part.n_cpus, all.n_cpus);
+    assert_true(part.mem_total == all.mem_total && part.mem_free == all.mem_free);
+    for (size_t i = 0; i < all.n_nodes; i++) {
+        assert_int_equal(part.nodes[i].id, all.nodes[i].id);
+        assert_int_equal(part.nodes[i].n_cpus, all.nodes[i].n_cpus);
+        assert_memory_equal(part.nodes[i].cpus, all.nodes[i].cpus, all.nodes[i].n_cpus * sizeof(unsigned));
+        assert_int_equal(part.nodes[i].n_hugepages, all.nodes[i].n_hugepages);
+        assert_memory_equal(part.nodes[i].hugepages, all.nodes[i].hugepages,
+                            all.nodes[i].n_hugepages * sizeof(sv_hugepages));
+    }
+    sv_capacity_clear(&part);
+    assert_int_equal(sv_capacity_read_parts(&part, SV_CAP_NICS, &err), 0);
+    assert_int_equal(part.n_nics, all.n_nics);
+    assert_int_equal(part.n_cores, 0);
+    sv_capacity_clear(&part);
+    sv_capacity_clear(&all);
+}
+
 static void test_json(void **st) {
     (void)st;
     two_node_tree();
@@ -330,6 +361,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_two_nodes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_gpus_from_vfio, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_parts_for_a_start, setup, teardown),
         cmocka_unit_test_setup_teardown(test_json, setup, teardown),
         cmocka_unit_test_setup_teardown(test_no_numa, setup, teardown),
         cmocka_unit_test_setup_teardown(test_one_node_lagging_meminfo, setup, teardown),
