@@ -236,8 +236,14 @@ static int replace_regular(qv_atomic *a) {
 }
 
 int qv_atomic_commit(qv_atomic *a, unsigned flags) {
+    return qv_atomic_commit_keep_old(a, flags, NULL);
+}
+
+int qv_atomic_commit_keep_old(qv_atomic *a, unsigned flags, int *ret_old) {
     bool durable = flags & QV_ATOMIC_DURABLE;
     int r = 0;
+    if (ret_old) /* O_PATH: a FIFO or device under the name is not opened, only held */
+        *ret_old = openat(a->dfd, a->base, O_PATH | O_NOFOLLOW | O_CLOEXEC);
     if (fchmod(a->fd, a->mode) < 0 || (durable && fsync(a->fd) < 0))
         r = -errno;
     if (r == 0 && (flags & QV_ATOMIC_REGULAR))
@@ -248,6 +254,10 @@ int qv_atomic_commit(qv_atomic *a, unsigned flags) {
         r = renameat(a->dfd, a->tmp, a->dfd, a->base) < 0 ? -errno : 0;
     if (r < 0) {
         qv_atomic_abort(a);
+        if (ret_old && *ret_old >= 0) {
+            close(*ret_old); /* still in place: nothing to free */
+            *ret_old = -1;
+        }
         return r;
     }
     if (durable && fsync(a->dfd) < 0)
@@ -323,6 +333,13 @@ int qv_write_file_atomic_at(int dirfd, const char *name, const void *data, size_
 
 int qv_write_file_atomic_flags_at(int dirfd, const char *name, const void *data, size_t len, mode_t mode,
                                   unsigned flags) {
+    return qv_write_file_atomic_keep_old_at(dirfd, name, data, len, mode, flags, NULL);
+}
+
+int qv_write_file_atomic_keep_old_at(int dirfd, const char *name, const void *data, size_t len, mode_t mode,
+                                     unsigned flags, int *ret_old) {
+    if (ret_old)
+        *ret_old = -1;
     qv_atomic a;
     int r = qv_atomic_begin_at(dirfd, name, mode, &a);
     if (r < 0)
@@ -332,7 +349,7 @@ int qv_write_file_atomic_flags_at(int dirfd, const char *name, const void *data,
         qv_atomic_abort(&a);
         return r;
     }
-    return qv_atomic_commit(&a, flags);
+    return qv_atomic_commit_keep_old(&a, flags, ret_old);
 }
 
 static int write_atomic(qv_atomic *a, const void *data, size_t len) {

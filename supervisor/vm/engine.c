@@ -74,6 +74,7 @@ struct save_job {
     save_waiter *waiters;
     int status;
     qv_error err;
+    int old_fd;            /* the state.json it replaced, held until the waiters have their answer; -1: none */
     save_job *next;        /* in a group of durable writes */
 };
 
@@ -111,7 +112,7 @@ static void crash_queued(const save_job *job) {
 static void save_work(uv_work_t *w) {
     save_job *job = w->data;
     crash_queued(job);
-    job->status = sv_vm_state_write(job->dir, job->text, job->len, job->durable, &job->err);
+    job->status = sv_vm_state_write_keep_old(job->dir, job->text, job->len, job->durable, &job->old_fd, &job->err);
 }
 
 static void group_work(uv_work_t *w) {
@@ -137,6 +138,37 @@ static void group_work(uv_work_t *w) {
         j->err = f[i].err;
     }
     free(f);
+}
+
+/* The file a write replaced is freed by closing what holds it, on a
+ * worker and after the write's waiters are answered: on ext4 without a
+ * journal and with discard, freeing it is most of what a write costs
+ * (qv_atomic_commit_keep_old), and a start's answer waits for two writes. */
+typedef struct close_job {
+    uv_work_t work;
+    int fd;
+} close_job;
+
+static void close_work(uv_work_t *w) {
+    close_job *j = w->data;
+    close(j->fd);
+}
+
+static void close_after(uv_work_t *w, int status) {
+    (void)status;
+    free(w->data);
+}
+
+static void close_later(uv_loop_t *loop, int fd) {
+    close_job *j = malloc(sizeof *j);
+    if (j) {
+        j->work.data = j;
+        j->fd = fd;
+        if (uv_queue_work(loop, &j->work, close_work, close_after) == 0)
+            return;
+    }
+    free(j);
+    close(fd); /* here, then */
 }
 
 static void call_waiters(save_waiter *w, vmrt *rt, int status, const qv_error *err) {
@@ -171,6 +203,8 @@ static void save_after(uv_work_t *w, int status) {
         rt->persist_failing = false;
     }
     call_waiters(job->waiters, rt, job->status, &job->err);
+    if (job->old_fd >= 0)
+        close_later(rt->c->loop, job->old_fd);
     if (!rt->save_inflight && rt->save_text)
         save_dispatch(rt);
     free(job->dir);
@@ -248,6 +282,7 @@ static void save_dispatch(vmrt *rt) {
     }
     job->work.data = job;
     job->rt = rt;
+    job->old_fd = -1;
     job->dir = dir;
     job->text = TAKE_PTR(rt->save_text);
     job->len = rt->save_len;

@@ -106,6 +106,11 @@ int sv_registry_clone(sv_registry *r, uv_loop_t *loop, const sv_vm *src, sv_vmsp
  * daemon killed afterwards finds it; QV_ATOMIC_ORDERED). */
 char *sv_vm_state_text(const sv_vm *vm, sv_vm_state state, size_t *ret_len);
 int sv_vm_state_write(const char *dir, const char *text, size_t len, bool durable, qv_error *err);
+/* The same, holding the state.json it replaced in *ret_old (an O_PATH fd,
+ * -1 when none; qv_atomic_commit_keep_old): the file is freed when the
+ * caller closes that, after it has answered whoever waits. */
+int sv_vm_state_write_keep_old(const char *dir, const char *text, size_t len, bool durable, int *ret_old,
+                               qv_error *err);
 /* The same for spec.json (vm edit, vm resize): the text of a spec (caller
  * frees; NULL when out of memory), and its atomic, durable replacement of
  * DIR/spec.json (temp file, fsync, rename, directory fsync: a daemon killed

@@ -79,6 +79,53 @@ static void test_atomic_ordered_at(void **state) {
     qv_test_rm_rf(dir);
 }
 
+/* keep_old: the replaced file stays alive (unlinked, held by an O_PATH
+ * fd) until the caller closes it; nothing is held when nothing was
+ * replaced or the commit failed. */
+static void test_atomic_keep_old(void **state) {
+    (void)state;
+    _cleanup_free_ char *dir = qv_test_mkdtemp("qv-fileio");
+    _cleanup_close_ int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    assert_true(dfd >= 0);
+    int old = 7;
+    assert_int_equal(qv_write_file_atomic_keep_old_at(dfd, "state.json", "one", 3, 0640, QV_ATOMIC_ORDERED, &old), 0);
+    assert_int_equal(old, -1); /* nothing was there */
+    struct stat first, held, now;
+    assert_int_equal(fstatat(dfd, "state.json", &first, 0), 0);
+    assert_int_equal(qv_write_file_atomic_keep_old_at(dfd, "state.json", "two", 3, 0640, QV_ATOMIC_ORDERED, &old), 0);
+    assert_true(old >= 0);
+    assert_int_equal(fstat(old, &held), 0);
+    assert_true(held.st_ino == first.st_ino && held.st_dev == first.st_dev);
+    assert_int_equal(held.st_nlink, 0); /* no longer in the directory, not yet freed */
+    assert_int_equal(fstatat(dfd, "state.json", &now, 0), 0);
+    assert_true(now.st_ino != first.st_ino);
+    assert_int_equal(fcntl(old, F_GETFD) & FD_CLOEXEC, FD_CLOEXEC);
+    close(old);
+    _cleanup_free_ char *data = NULL;
+    assert_int_equal(qv_read_file_at(dfd, "state.json", 64, &data, NULL), 0);
+    assert_string_equal(data, "two");
+    assert_int_equal(count_entries(dir), 1);
+    /* durable and plain replacements hold the old file the same way */
+    assert_int_equal(qv_write_file_atomic_keep_old_at(dfd, "state.json", "three", 5, 0640, QV_ATOMIC_DURABLE, &old),
+                     0);
+    assert_int_equal(fstat(old, &held), 0);
+    assert_true(held.st_ino == now.st_ino && held.st_nlink == 0);
+    close(old);
+    assert_int_equal(qv_write_file_atomic_keep_old_at(dfd, "state.json", "four", 4, 0640, 0, &old), 0);
+    assert_true(old >= 0);
+    assert_int_equal(fstat(old, &held), 0);
+    assert_int_equal(held.st_nlink, 0);
+    close(old);
+    assert_int_equal(count_entries(dir), 1);
+    /* a failed commit (a directory in the way) holds nothing */
+    assert_int_equal(mkdirat(dfd, "d", 0700), 0);
+    old = 7;
+    assert_true(qv_write_file_atomic_keep_old_at(dfd, "d", "x", 1, 0640, QV_ATOMIC_ORDERED, &old) < 0);
+    assert_int_equal(old, -1);
+    assert_int_equal(count_entries(dir), 2);
+    qv_test_rm_rf(dir);
+}
+
 /* a group commit replaces each file as a single commit would; one that
  * cannot be renamed in (a directory in its place) fails alone and leaves
  * no temp file, the others are replaced */
@@ -536,6 +583,7 @@ int main(void) {
         cmocka_unit_test(test_atomic_write_replaces_and_leaves_no_temp),
         cmocka_unit_test(test_streaming_atomic_exchange_and_abort),
         cmocka_unit_test(test_atomic_ordered_at),
+        cmocka_unit_test(test_atomic_keep_old),
         cmocka_unit_test(test_atomic_commit_group),
         cmocka_unit_test(test_atomic_spare),
         cmocka_unit_test(test_atomic_spare_planted),
