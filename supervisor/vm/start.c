@@ -46,9 +46,9 @@ void vm__act_run(vmrt *rt, sv_vm_state from, const vm_event_arg *a) {
     vm__emit(rt, "start", json_pack("{s:s, s:i, s:f, s:b}", "result", "running", "pid", vm->run.pid, "seconds",
                                     (double)(qv_now_ms() - rt->start_begin_ms) / 1000.0, "by_policy",
                                     rt->policy_start));
-    vm__agent_attach(rt);
     json_t *res = start_result(rt);
     vm__complete(&rt->start_waiters, 0, res, NULL);
+    vm__agent_attach(rt); /* after the answer: the agent is not part of it */
     json_decref(res);
 }
 
