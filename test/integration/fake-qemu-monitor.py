@@ -28,7 +28,9 @@ appends its argv as one JSON line to FAKE_QEMU_RUNS when that is set.
   answers `cont` (the disk fills up while a start is under way).  With
   FAKE_QEMU_SERIAL_BYTES set, it appends that many bytes to the serial log
   its argv names once `cont` came (a guest that prints without end), then
-  writes "done" to FAKE_QEMU_SERIAL_DONE."""
+  writes "done" to FAKE_QEMU_SERIAL_DONE.  With FAKE_QEMU_QUIT_DELAY set,
+  `quit` is followed by that many seconds before the exit (a QEMU slow to
+  wind down)."""
 
 import json
 import os
@@ -185,6 +187,7 @@ def serve(conn, send, argv, seconds, flooder):
                 threading.Thread(target=flooder, daemon=True).start()
             elif cmd.get("execute") == "quit":
                 send(event("SHUTDOWN"))
+                time.sleep(float(os.environ.get("FAKE_QEMU_QUIT_DELAY", "0")))
                 os._exit(0)
             elif cmd.get("execute") == "system_powerdown":
                 send(event("POWERDOWN"))

@@ -268,7 +268,12 @@ class CrashBeforeDurable(Base):
         # worker.  The daemon dies before "stopping" is written: state.json
         # still says running and QEMU was told to quit.  The next daemon
         # finishes the stop; it neither calls the VM crashed nor restarts it
-        # (its restart policy is always).
+        # (its restart policy is always).  QEMU takes a moment to exit
+        # after quit, as a real one does: the daemon must die of the crash
+        # point before it could see QEMU go (and remove the mark); a fake
+        # QEMU that exits at once made that a race the test lost sometimes.
+        self.env["FAKE_QEMU_QUIT_DELAY"] = "0.5"
+        self.restart_daemon()
         self.node.qvisor("vm", "rm", "vm", check=0)
         self.node.qvisor("vm", "create", "vm", "--image", "blank", "--no-seed", "--no-agent", "--restart",
                          "always", check=0)
@@ -279,6 +284,7 @@ class CrashBeforeDurable(Base):
         mark = os.path.join(self.node.run_dir, "vm", "vm", "stopping")
         with open(mark) as f:
             self.assertEqual(json.load(f)["pid"], pid)
+        wait_for(lambda: self.node.qemu_pids() == [], scaled(30), "QEMU gone while no daemon runs")
         self.node.start_daemon(extra_env=self.env)
         wait_for(lambda: self.node.qvisor_json("vm", "show", "vm")["state"] == "stopped", scaled(60),
                  "the stop finished")
