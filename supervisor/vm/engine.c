@@ -15,6 +15,9 @@ bool vm__guest_paused(const vmrt *rt) {
 
 void vm__ctl_unref(sv_vmctl *c) {
     if (--c->refs == 0 && c->shutting_down) {
+        for (size_t i = 0; i < c->n_old_files; i++)
+            close(c->old_files[i]);
+        free(c->old_files);
         free(c->caps_binary);
         free(c);
     }
@@ -143,32 +146,65 @@ static void group_work(uv_work_t *w) {
 /* The file a write replaced is freed by closing what holds it, on a
  * worker and after the write's waiters are answered: on ext4 without a
  * journal and with discard, freeing it is most of what a write costs
- * (qv_atomic_commit_keep_old), and a start's answer waits for two writes. */
-typedef struct close_job {
+ * (qv_atomic_commit_keep_old), and a start's answer waits for two writes.
+ * One worker at a time frees whatever has gathered meanwhile, so that the
+ * frees of twenty stops at once do not stand in the pool's queue before
+ * the writes that answer them. */
+typedef struct free_batch {
     uv_work_t work;
-    int fd;
-} close_job;
+    sv_vmctl *c;
+    int *fds;
+    size_t n;
+} free_batch;
 
-static void close_work(uv_work_t *w) {
-    close_job *j = w->data;
-    close(j->fd);
+static void free_work(uv_work_t *w) {
+    free_batch *b = w->data;
+    for (size_t i = 0; i < b->n; i++)
+        close(b->fds[i]);
 }
 
-static void close_after(uv_work_t *w, int status) {
+static void free_kick(sv_vmctl *c);
+
+static void free_after(uv_work_t *w, int status) {
     (void)status;
-    free(w->data);
+    free_batch *b = w->data;
+    sv_vmctl *c = b->c;
+    free(b->fds);
+    free(b);
+    c->freeing_old = false;
+    if (c->n_old_files)
+        free_kick(c);
+    vm__ctl_unref(c);
 }
 
-static void close_later(uv_loop_t *loop, int fd) {
-    close_job *j = malloc(sizeof *j);
-    if (j) {
-        j->work.data = j;
-        j->fd = fd;
-        if (uv_queue_work(loop, &j->work, close_work, close_after) == 0)
-            return;
+static void free_kick(sv_vmctl *c) {
+    free_batch *b = malloc(sizeof *b);
+    if (!b)
+        return; /* the next one takes them */
+    *b = (free_batch){.work.data = b, .c = c, .fds = TAKE_PTR(c->old_files), .n = c->n_old_files};
+    c->n_old_files = c->cap_old_files = 0;
+    c->freeing_old = true;
+    c->refs++;
+    if (uv_queue_work(c->loop, &b->work, free_work, free_after) < 0) {
+        free_work(&b->work); /* cannot happen with a work callback */
+        free_after(&b->work, 0);
     }
-    free(j);
-    close(fd); /* here, then */
+}
+
+static void free_later(sv_vmctl *c, int fd) {
+    if (c->n_old_files == c->cap_old_files) {
+        size_t cap = c->cap_old_files ? 2 * c->cap_old_files : 16;
+        int *v = realloc(c->old_files, cap * sizeof *v);
+        if (!v) {
+            close(fd); /* here, then */
+            return;
+        }
+        c->old_files = v;
+        c->cap_old_files = cap;
+    }
+    c->old_files[c->n_old_files++] = fd;
+    if (!c->freeing_old)
+        free_kick(c);
 }
 
 static void call_waiters(save_waiter *w, vmrt *rt, int status, const qv_error *err) {
@@ -204,7 +240,7 @@ static void save_after(uv_work_t *w, int status) {
     }
     call_waiters(job->waiters, rt, job->status, &job->err);
     if (job->old_fd >= 0)
-        close_later(rt->c->loop, job->old_fd);
+        free_later(rt->c, job->old_fd);
     if (!rt->save_inflight && rt->save_text)
         save_dispatch(rt);
     free(job->dir);

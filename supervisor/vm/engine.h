@@ -136,6 +136,9 @@ struct sv_vmctl {
     unsigned copy_io;       /* copies reading or writing a client's file on a worker (guestcopy.c) */
     gcopy *copy_io_queue;   /* copies waiting for that lane */
     save_job *save_next;    /* durable writes waiting for the next group */
+    int *old_files;         /* replaced state.json files waiting to be freed (engine.c, free_later) */
+    size_t n_old_files, cap_old_files;
+    bool freeing_old;       /* a worker is freeing a batch of them */
     sv_vm_emit_fn emit;  /* the event sink (sv_vmctl_set_emit) */
     void *emit_userdata;
 };

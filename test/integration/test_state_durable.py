@@ -298,6 +298,32 @@ class CrashBeforeDurable(Base):
         wait_for(lambda: self.disk_state()["state"] == "stopped", scaled(30), "stopped on disk")
 
 
+class ReplacedFiles(Base):
+    flood_seconds = 0
+
+    def test_replaced_state_files_are_freed(self):
+        # A visible write holds the state.json it replaced until its waiters
+        # have their answer; a worker then closes it.  None may stay open:
+        # each would be a deleted file the disk cannot reuse.
+        instances = os.path.join(self.node.state, "instances")
+        for _ in range(3):
+            self.assertEqual(self.node.qvisor("vm", "start", "vm", timeout=scaled(60)).returncode, 0)
+            self.assertEqual(self.node.qvisor("vm", "stop", "--force", "vm", timeout=scaled(60)).returncode, 0)
+
+        def held():
+            fd_dir = f"/proc/{self.node.proc.pid}/fd"
+            out = []
+            for fd in os.listdir(fd_dir):
+                try:
+                    target = os.readlink(os.path.join(fd_dir, fd))
+                except FileNotFoundError:
+                    continue
+                if target.startswith(instances):
+                    out.append(target)
+            return out
+        wait_for(lambda: held() == [], scaled(10), "no file of an instance directory held open")
+
+
 class SerialLog(Base):
     def test_serial_log_is_kept_bounded(self):
         done = os.path.join(self.node.dir, "serial-done")
