@@ -93,7 +93,6 @@ struct qmp__io {
     bool released; /* the owner is done with it */
     bool timer_armed;
     uint64_t timer_deadline;
-    char rbuf[8 * 1024]; /* one read; lines longer than this are reassembled by the line buffer */
 };
 
 /* Initialises both handles.  On failure the owner frees itself directly
