@@ -187,6 +187,53 @@ int qv_atomic_begin_spare_at(int dirfd, const char *name, const char *spare, mod
     return atomic_begin_in(a); /* not a spare of ours: a temp file, as ever */
 }
 
+/* An empty, regular file with one link under `name` in dfd, opened for
+ * writing (blocking); -1 when there is none such. */
+static int open_prepared(int dfd, const char *name) {
+    int fd = openat(dfd, name, O_WRONLY | O_NOFOLLOW | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+    struct stat st;
+    if (fd >= 0 && fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_nlink == 1 && st.st_size == 0 &&
+        regular_blocking(fd) == 0)
+        return fd;
+    if (fd >= 0)
+        close(fd);
+    return -1;
+}
+
+int qv_atomic_prepare_at(int dirfd, const char *prepared, mode_t mode) {
+    if (!*prepared || strchr(prepared, '/'))
+        return -EINVAL;
+    int fd = openat(dirfd, prepared, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode);
+    if (fd < 0)
+        return errno == EEXIST ? 0 : -errno; /* there already: its user checks it */
+    close(fd);
+    return 0;
+}
+
+int qv_atomic_begin_prepared_at(int dirfd, const char *name, const char *prepared, mode_t mode, qv_atomic *a) {
+    *a = (qv_atomic){.fd = -1, .dfd = -1, .mode = mode};
+    if (!*name || strchr(name, '/') || !*prepared || strchr(prepared, '/') || strcmp(name, prepared) == 0)
+        return -EINVAL;
+    if (strlen(name) >= sizeof a->base || strlen(prepared) >= sizeof a->tmp)
+        return -ENAMETOOLONG;
+    strcpy(a->base, name);
+    a->dfd = fcntl(dirfd, F_DUPFD_CLOEXEC, 3);
+    if (a->dfd < 0)
+        return -errno;
+    int fd = open_prepared(a->dfd, prepared);
+    if (fd >= 0) {
+        strcpy(a->tmp, prepared);
+        a->fd = fd;
+        return 0;
+    }
+    /* none, or not one of ours as it should be (a write cut short left
+     * data in it): gone, and a temp file as ever */
+    struct stat st;
+    if (fstatat(a->dfd, prepared, &st, AT_SYMLINK_NOFOLLOW) == 0 && !S_ISDIR(st.st_mode))
+        unlinkat(a->dfd, prepared, 0);
+    return atomic_begin_in(a);
+}
+
 void qv_atomic_abort(qv_atomic *a) {
     if (a->fd >= 0) {
         close(a->fd);
@@ -333,15 +380,16 @@ int qv_write_file_atomic_at(int dirfd, const char *name, const void *data, size_
 
 int qv_write_file_atomic_flags_at(int dirfd, const char *name, const void *data, size_t len, mode_t mode,
                                   unsigned flags) {
-    return qv_write_file_atomic_keep_old_at(dirfd, name, data, len, mode, flags, NULL);
+    return qv_write_file_atomic_keep_old_at(dirfd, name, data, len, mode, flags, NULL, NULL);
 }
 
 int qv_write_file_atomic_keep_old_at(int dirfd, const char *name, const void *data, size_t len, mode_t mode,
-                                     unsigned flags, int *ret_old) {
+                                     unsigned flags, const char *prepared, int *ret_old) {
     if (ret_old)
         *ret_old = -1;
     qv_atomic a;
-    int r = qv_atomic_begin_at(dirfd, name, mode, &a);
+    int r = prepared ? qv_atomic_begin_prepared_at(dirfd, name, prepared, mode, &a)
+                     : qv_atomic_begin_at(dirfd, name, mode, &a);
     if (r < 0)
         return r;
     r = qv_write_all(a.fd, data, len);

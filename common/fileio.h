@@ -66,6 +66,20 @@ int qv_atomic_begin_at(int dirfd, const char *name, mode_t mode, qv_atomic *a);
  * file (as qv_atomic_begin_at) when spare is something else than a regular
  * file with one link. */
 int qv_atomic_begin_spare_at(int dirfd, const char *name, const char *spare, mode_t mode, qv_atomic *a);
+/* The same as qv_atomic_begin_at, but the temp file is `prepared` (no
+ * '/'), made ahead by qv_atomic_prepare_at(), when it is there as that
+ * made it: empty, regular, one link.  A rename moves it over name, so it
+ * is made again before the next replacement, off the critical path:
+ * creating a file is most of a visible replacement's cost on ext4 without
+ * a journal (the inode allocator checks every recently freed inode of the
+ * group).  Anything else under that name is removed and a temp file is
+ * made as qv_atomic_begin_at does.  Only one replacement at a time may use
+ * a given prepared file; qv_atomic_prepare_at may run beside it. */
+int qv_atomic_begin_prepared_at(int dirfd, const char *name, const char *prepared, mode_t mode, qv_atomic *a);
+/* Makes `prepared` in dirfd, empty, unless something is there already
+ * (0 then too: qv_atomic_begin_prepared_at checks it); never removes or
+ * opens an existing file.  0 or -errno. */
+int qv_atomic_prepare_at(int dirfd, const char *prepared, mode_t mode);
 /* Consumes a (fds closed) in every case.  On failure the temp file is gone
  * and path is unchanged. */
 int qv_atomic_commit(qv_atomic *a, unsigned flags);
@@ -93,9 +107,10 @@ int qv_write_file_atomic_at(int dirfd, const char *name, const void *data, size_
 /* The same with qv_atomic_commit()'s flags. */
 int qv_write_file_atomic_flags_at(int dirfd, const char *name, const void *data, size_t len, mode_t mode,
                                   unsigned flags);
-/* The same, holding the file replaced (qv_atomic_commit_keep_old()). */
+/* The same, holding the file replaced (qv_atomic_commit_keep_old()), and
+ * writing into `prepared` (qv_atomic_begin_prepared_at) unless it is NULL. */
 int qv_write_file_atomic_keep_old_at(int dirfd, const char *name, const void *data, size_t len, mode_t mode,
-                                     unsigned flags, int *ret_old);
+                                     unsigned flags, const char *prepared, int *ret_old);
 
 /* Writes all of buf to fd, retrying on EINTR and short writes. */
 int qv_write_all(int fd, const void *buf, size_t len);

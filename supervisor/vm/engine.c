@@ -15,9 +15,12 @@ bool vm__guest_paused(const vmrt *rt) {
 
 void vm__ctl_unref(sv_vmctl *c) {
     if (--c->refs == 0 && c->shutting_down) {
-        for (size_t i = 0; i < c->n_old_files; i++)
-            close(c->old_files[i]);
-        free(c->old_files);
+        for (size_t i = 0; i < c->n_after_writes; i++) {
+            if (c->after_writes[i].old_fd >= 0)
+                close(c->after_writes[i].old_fd);
+            free(c->after_writes[i].dir);
+        }
+        free(c->after_writes);
         free(c->caps_binary);
         free(c);
     }
@@ -143,68 +146,79 @@ static void group_work(uv_work_t *w) {
     free(f);
 }
 
-/* The file a write replaced is freed by closing what holds it, on a
- * worker and after the write's waiters are answered: on ext4 without a
- * journal and with discard, freeing it is most of what a write costs
- * (qv_atomic_commit_keep_old), and a start's answer waits for two writes.
- * One worker at a time frees whatever has gathered meanwhile, so that the
- * frees of twenty stops at once do not stand in the pool's queue before
+/* What a visible write leaves for after its answer, on a worker: the
+ * file it replaced is freed (closing what holds it: on ext4 without a
+ * journal and with discard, freeing it was most of what a write cost,
+ * qv_atomic_commit_keep_old), and the file the VM's next visible write
+ * goes into is made (creating it was most of the rest,
+ * sv_vm_state_prepare).  A start's answer waits for two visible writes.
+ * One worker at a time does whatever has gathered meanwhile, so that the
+ * work of twenty stops at once does not stand in the pool's queue before
  * the writes that answer them. */
-typedef struct free_batch {
+typedef struct after_batch {
     uv_work_t work;
     sv_vmctl *c;
-    int *fds;
+    state_after_write *v;
     size_t n;
-} free_batch;
+} after_batch;
 
-static void free_work(uv_work_t *w) {
-    free_batch *b = w->data;
-    for (size_t i = 0; i < b->n; i++)
-        close(b->fds[i]);
+static void after_work(uv_work_t *w) {
+    after_batch *b = w->data;
+    for (size_t i = 0; i < b->n; i++) {
+        if (b->v[i].old_fd >= 0)
+            close(b->v[i].old_fd);
+        if (b->v[i].dir)
+            (void)sv_vm_state_prepare(b->v[i].dir); /* else the next write makes a temp file as ever */
+    }
 }
 
-static void free_kick(sv_vmctl *c);
+static void after_kick(sv_vmctl *c);
 
-static void free_after(uv_work_t *w, int status) {
+static void after_done(uv_work_t *w, int status) {
     (void)status;
-    free_batch *b = w->data;
+    after_batch *b = w->data;
     sv_vmctl *c = b->c;
-    free(b->fds);
+    for (size_t i = 0; i < b->n; i++)
+        free(b->v[i].dir);
+    free(b->v);
     free(b);
-    c->freeing_old = false;
-    if (c->n_old_files)
-        free_kick(c);
+    c->after_writing = false;
+    if (c->n_after_writes)
+        after_kick(c);
     vm__ctl_unref(c);
 }
 
-static void free_kick(sv_vmctl *c) {
-    free_batch *b = malloc(sizeof *b);
+static void after_kick(sv_vmctl *c) {
+    after_batch *b = malloc(sizeof *b);
     if (!b)
         return; /* the next one takes them */
-    *b = (free_batch){.work.data = b, .c = c, .fds = TAKE_PTR(c->old_files), .n = c->n_old_files};
-    c->n_old_files = c->cap_old_files = 0;
-    c->freeing_old = true;
+    *b = (after_batch){.work.data = b, .c = c, .v = TAKE_PTR(c->after_writes), .n = c->n_after_writes};
+    c->n_after_writes = c->cap_after_writes = 0;
+    c->after_writing = true;
     c->refs++;
-    if (uv_queue_work(c->loop, &b->work, free_work, free_after) < 0) {
-        free_work(&b->work); /* cannot happen with a work callback */
-        free_after(&b->work, 0);
+    if (uv_queue_work(c->loop, &b->work, after_work, after_done) < 0) {
+        after_work(&b->work); /* cannot happen with a work callback */
+        after_done(&b->work, 0);
     }
 }
 
-static void free_later(sv_vmctl *c, int fd) {
-    if (c->n_old_files == c->cap_old_files) {
-        size_t cap = c->cap_old_files ? 2 * c->cap_old_files : 16;
-        int *v = realloc(c->old_files, cap * sizeof *v);
+/* Takes old_fd and dir (either may be -1 / NULL). */
+static void after_write_later(sv_vmctl *c, int old_fd, char *dir) {
+    if (c->n_after_writes == c->cap_after_writes) {
+        size_t cap = c->cap_after_writes ? 2 * c->cap_after_writes : 16;
+        state_after_write *v = realloc(c->after_writes, cap * sizeof *v);
         if (!v) {
-            close(fd); /* here, then */
+            if (old_fd >= 0)
+                close(old_fd); /* here, then; and no file made ahead */
+            free(dir);
             return;
         }
-        c->old_files = v;
-        c->cap_old_files = cap;
+        c->after_writes = v;
+        c->cap_after_writes = cap;
     }
-    c->old_files[c->n_old_files++] = fd;
-    if (!c->freeing_old)
-        free_kick(c);
+    c->after_writes[c->n_after_writes++] = (state_after_write){old_fd, dir};
+    if (!c->after_writing)
+        after_kick(c);
 }
 
 static void call_waiters(save_waiter *w, vmrt *rt, int status, const qv_error *err) {
@@ -239,8 +253,11 @@ static void save_after(uv_work_t *w, int status) {
         rt->persist_failing = false;
     }
     call_waiters(job->waiters, rt, job->status, &job->err);
-    if (job->old_fd >= 0)
-        free_later(rt->c, job->old_fd);
+    /* the next visible write's file is made ahead while the VM is there
+     * (a removed VM's directory is renamed away: nothing goes into it) */
+    bool prepare = !job->durable && job->status == 0 && rt->vm && rt->vm->state != SV_VM_REMOVING;
+    if (job->old_fd >= 0 || prepare)
+        after_write_later(rt->c, job->old_fd, prepare ? TAKE_PTR(job->dir) : NULL);
     if (!rt->save_inflight && rt->save_text)
         save_dispatch(rt);
     free(job->dir);

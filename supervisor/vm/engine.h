@@ -114,6 +114,13 @@ typedef struct caps_waiter {
     struct caps_waiter *next;
 } caps_waiter;
 
+/* Work a visible write of state.json leaves for after its answer
+ * (engine.c, after_write_later). */
+typedef struct state_after_write {
+    int old_fd; /* the file it replaced, held; -1: none */
+    char *dir;  /* the instance directory whose next write's file is made ahead; NULL: none */
+} state_after_write;
+
 struct sv_vmctl {
     uv_loop_t *loop;
     sv_registry *registry;
@@ -136,9 +143,9 @@ struct sv_vmctl {
     unsigned copy_io;       /* copies reading or writing a client's file on a worker (guestcopy.c) */
     gcopy *copy_io_queue;   /* copies waiting for that lane */
     save_job *save_next;    /* durable writes waiting for the next group */
-    int *old_files;         /* replaced state.json files waiting to be freed (engine.c, free_later) */
-    size_t n_old_files, cap_old_files;
-    bool freeing_old;       /* a worker is freeing a batch of them */
+    state_after_write *after_writes; /* the work visible writes leave for later (engine.c, after_write_later) */
+    size_t n_after_writes, cap_after_writes;
+    bool after_writing;     /* a worker is doing a batch of it */
     sv_vm_emit_fn emit;  /* the event sink (sv_vmctl_set_emit) */
     void *emit_userdata;
 };

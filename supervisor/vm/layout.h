@@ -4,6 +4,7 @@
  *   INSTANCES_DIR/NAME/              the instance directory (vm->dir)
  *       spec.json state.json         what the VM is, what it is doing
  *       .state.json.spare            the durable writes' spare (store.c)
+ *       .state.json.next             the next visible write's file, made ahead (store.c)
  *       disk.qcow2                   its disk (or a link into a storage pool)
  *       seed.iso efivars.fd          cloud-init seed, UEFI variable store
  *       kernel initrd                copies of a direct kernel boot's files
@@ -31,6 +32,7 @@
 #define SV_VM_SPEC_FILE "spec.json"
 #define SV_VM_STATE_FILE "state.json"
 #define SV_VM_STATE_SPARE ".state.json.spare" /* the durable writes' spare (qv_atomic_begin_spare_at) */
+#define SV_VM_STATE_NEXT ".state.json.next"   /* the next visible write's file, made ahead (qv_atomic_prepare_at) */
 #define SV_VM_DISK_FILE "disk.qcow2"
 #define SV_VM_SEED_FILE "seed.iso"
 #define SV_VM_VARS_FILE "efivars.fd"

@@ -111,6 +111,13 @@ int sv_vm_state_write(const char *dir, const char *text, size_t len, bool durabl
  * caller closes that, after it has answered whoever waits. */
 int sv_vm_state_write_keep_old(const char *dir, const char *text, size_t len, bool durable, int *ret_old,
                                qv_error *err);
+/* A visible write goes into DIR/.state.json.next when that is there
+ * (made ahead: creating a file is most of such a write's cost on some
+ * file systems; qv_atomic_begin_prepared_at); this makes it again after a
+ * write has used it, off the critical path.  It may run beside a write of
+ * the same VM: it only ever creates the file, never touches one that is
+ * there.  0 or -errno.  Thread-safe. */
+int sv_vm_state_prepare(const char *dir);
 /* The same for spec.json (vm edit, vm resize): the text of a spec (caller
  * frees; NULL when out of memory), and its atomic, durable replacement of
  * DIR/spec.json (temp file, fsync, rename, directory fsync: a daemon killed

@@ -72,11 +72,11 @@ char *sv_vm_state_text(const sv_vm *vm, sv_vm_state state, size_t *ret_len) {
  * opened without following a symlink in its place (issue 15: someone who
  * can write the instances directory must not redirect qvisor's writes). */
 static int write_text(const char *dir, const char *file, const char *text, size_t len, unsigned flags,
-                      int *ret_old, qv_error *err) {
+                      const char *prepared, int *ret_old, qv_error *err) {
     if (ret_old)
         *ret_old = -1;
     _cleanup_close_ int dfd = qv_open_dir_nofollow(dir);
-    int r = dfd < 0 ? dfd : qv_write_file_atomic_keep_old_at(dfd, file, text, len, 0640, flags, ret_old);
+    int r = dfd < 0 ? dfd : qv_write_file_atomic_keep_old_at(dfd, file, text, len, 0640, flags, prepared, ret_old);
     if (r < 0)
         return qv_error_set(err, -r, "cannot write %s/%s: %s", dir, file, strerror(-r));
     return 0;
@@ -90,7 +90,7 @@ char *sv_vm_spec_text(const sv_vmspec *spec, size_t *ret_len) {
 }
 
 int sv_vm_spec_write(const char *dir, const char *text, size_t len, qv_error *err) {
-    return write_text(dir, SV_VM_SPEC_FILE, text, len, QV_ATOMIC_DURABLE, NULL, err);
+    return write_text(dir, SV_VM_SPEC_FILE, text, len, QV_ATOMIC_DURABLE, NULL, NULL, err);
 }
 
 int sv_vm_state_write(const char *dir, const char *text, size_t len, bool durable, qv_error *err) {
@@ -99,8 +99,13 @@ int sv_vm_state_write(const char *dir, const char *text, size_t len, bool durabl
 
 int sv_vm_state_write_keep_old(const char *dir, const char *text, size_t len, bool durable, int *ret_old,
                                qv_error *err) {
-    return write_text(dir, SV_VM_STATE_FILE, text, len, durable ? QV_ATOMIC_DURABLE : QV_ATOMIC_ORDERED, ret_old,
-                      err);
+    return write_text(dir, SV_VM_STATE_FILE, text, len, durable ? QV_ATOMIC_DURABLE : QV_ATOMIC_ORDERED,
+                      durable ? NULL : SV_VM_STATE_NEXT, ret_old, err);
+}
+
+int sv_vm_state_prepare(const char *dir) {
+    _cleanup_close_ int dfd = qv_open_dir_nofollow(dir);
+    return dfd < 0 ? dfd : qv_atomic_prepare_at(dfd, SV_VM_STATE_NEXT, 0640);
 }
 
 void sv_vm_state_write_group(sv_vm_state_file *f, size_t n) {
@@ -147,7 +152,7 @@ int sv_vm_stop_mark_write(const char *run_dir, const sv_vm *vm) {
     if (!text)
         return -ENOMEM;
     qv_error err = {0};
-    return write_text(run_dir, SV_VM_STOP_MARK, text, len, QV_ATOMIC_ORDERED, NULL, &err);
+    return write_text(run_dir, SV_VM_STOP_MARK, text, len, QV_ATOMIC_ORDERED, NULL, NULL, &err);
 }
 
 bool sv_vm_stop_mark_apply(const char *run_dir, sv_vm *vm) {
@@ -178,7 +183,7 @@ int reg__write_json(const char *dir, const char *file, json_t *j, qv_error *err)
     _cleanup_free_ char *text = json_text(j, &len);
     if (!text)
         return qv_error_set(err, ENOMEM, "out of memory");
-    return write_text(dir, file, text, len, QV_ATOMIC_DURABLE, NULL, err);
+    return write_text(dir, file, text, len, QV_ATOMIC_DURABLE, NULL, NULL, err);
 }
 
 /* spec.json holds user-data and network-config (each bounded by the request

@@ -322,6 +322,10 @@ class ReplacedFiles(Base):
                     out.append(target)
             return out
         wait_for(lambda: held() == [], scaled(10), "no file of an instance directory held open")
+        # and the next visible write's file is made ahead, empty
+        nxt = os.path.join(instances, "vm", ".state.json.next")
+        wait_for(lambda: os.path.exists(nxt), scaled(10), "the next write's file made ahead")
+        self.assertEqual(os.path.getsize(nxt), 0)
 
 
 class SerialLog(Base):

@@ -88,11 +88,11 @@ static void test_atomic_keep_old(void **state) {
     _cleanup_close_ int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     assert_true(dfd >= 0);
     int old = 7;
-    assert_int_equal(qv_write_file_atomic_keep_old_at(dfd, "state.json", "one", 3, 0640, QV_ATOMIC_ORDERED, &old), 0);
+    assert_int_equal(qv_write_file_atomic_keep_old_at(dfd, "state.json", "one", 3, 0640, QV_ATOMIC_ORDERED, NULL, &old), 0);
     assert_int_equal(old, -1); /* nothing was there */
     struct stat first, held, now;
     assert_int_equal(fstatat(dfd, "state.json", &first, 0), 0);
-    assert_int_equal(qv_write_file_atomic_keep_old_at(dfd, "state.json", "two", 3, 0640, QV_ATOMIC_ORDERED, &old), 0);
+    assert_int_equal(qv_write_file_atomic_keep_old_at(dfd, "state.json", "two", 3, 0640, QV_ATOMIC_ORDERED, NULL, &old), 0);
     assert_true(old >= 0);
     assert_int_equal(fstat(old, &held), 0);
     assert_true(held.st_ino == first.st_ino && held.st_dev == first.st_dev);
@@ -106,12 +106,12 @@ static void test_atomic_keep_old(void **state) {
     assert_string_equal(data, "two");
     assert_int_equal(count_entries(dir), 1);
     /* durable and plain replacements hold the old file the same way */
-    assert_int_equal(qv_write_file_atomic_keep_old_at(dfd, "state.json", "three", 5, 0640, QV_ATOMIC_DURABLE, &old),
+    assert_int_equal(qv_write_file_atomic_keep_old_at(dfd, "state.json", "three", 5, 0640, QV_ATOMIC_DURABLE, NULL, &old),
                      0);
     assert_int_equal(fstat(old, &held), 0);
     assert_true(held.st_ino == now.st_ino && held.st_nlink == 0);
     close(old);
-    assert_int_equal(qv_write_file_atomic_keep_old_at(dfd, "state.json", "four", 4, 0640, 0, &old), 0);
+    assert_int_equal(qv_write_file_atomic_keep_old_at(dfd, "state.json", "four", 4, 0640, 0, NULL, &old), 0);
     assert_true(old >= 0);
     assert_int_equal(fstat(old, &held), 0);
     assert_int_equal(held.st_nlink, 0);
@@ -120,9 +120,68 @@ static void test_atomic_keep_old(void **state) {
     /* a failed commit (a directory in the way) holds nothing */
     assert_int_equal(mkdirat(dfd, "d", 0700), 0);
     old = 7;
-    assert_true(qv_write_file_atomic_keep_old_at(dfd, "d", "x", 1, 0640, QV_ATOMIC_ORDERED, &old) < 0);
+    assert_true(qv_write_file_atomic_keep_old_at(dfd, "d", "x", 1, 0640, QV_ATOMIC_ORDERED, NULL, &old) < 0);
     assert_int_equal(old, -1);
     assert_int_equal(count_entries(dir), 2);
+    qv_test_rm_rf(dir);
+}
+
+/* A visible replacement goes into the file made ahead for it, when that
+ * is there as prepare made it; anything else under that name is removed
+ * and a temp file used; prepare never touches what is there. */
+static void test_atomic_prepared(void **state) {
+    (void)state;
+    _cleanup_free_ char *dir = qv_test_mkdtemp("qv-fileio");
+    _cleanup_close_ int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    assert_true(dfd >= 0);
+    /* none made yet: a temp file, as ever */
+    assert_int_equal(qv_write_file_atomic_keep_old_at(dfd, "state.json", "one", 3, 0640, QV_ATOMIC_ORDERED, ".next",
+                                                      NULL),
+                     0);
+    assert_int_equal(count_entries(dir), 1);
+    /* made ahead: that very file becomes state.json */
+    assert_int_equal(qv_atomic_prepare_at(dfd, ".next", 0640), 0);
+    struct stat made, now;
+    assert_int_equal(fstatat(dfd, ".next", &made, AT_SYMLINK_NOFOLLOW), 0);
+    assert_true(S_ISREG(made.st_mode) && made.st_size == 0);
+    assert_int_equal(qv_write_file_atomic_keep_old_at(dfd, "state.json", "two", 3, 0640, QV_ATOMIC_ORDERED, ".next",
+                                                      NULL),
+                     0);
+    assert_int_equal(fstatat(dfd, "state.json", &now, 0), 0);
+    assert_true(now.st_ino == made.st_ino);
+    assert_int_equal(faccessat(dfd, ".next", F_OK, AT_SYMLINK_NOFOLLOW), -1);
+    _cleanup_free_ char *data = NULL;
+    assert_int_equal(qv_read_file_at(dfd, "state.json", 64, &data, NULL), 0);
+    assert_string_equal(data, "two");
+    /* prepare leaves what is there alone, even when it is not empty */
+    qv_test_write(dir, ".next", "left by a write cut short");
+    assert_int_equal(qv_atomic_prepare_at(dfd, ".next", 0640), 0);
+    free(data);
+    data = NULL;
+    assert_int_equal(qv_read_file_at(dfd, ".next", 64, &data, NULL), 0);
+    assert_string_equal(data, "left by a write cut short");
+    /* ... and the write does not use it: removed, a temp file instead */
+    assert_int_equal(qv_write_file_atomic_keep_old_at(dfd, "state.json", "three", 5, 0640, QV_ATOMIC_ORDERED,
+                                                      ".next", NULL),
+                     0);
+    assert_int_equal(count_entries(dir), 1);
+    free(data);
+    data = NULL;
+    assert_int_equal(qv_read_file_at(dfd, "state.json", 64, &data, NULL), 0);
+    assert_string_equal(data, "three");
+    /* a symlink under the name is not followed: removed, its target kept */
+    qv_test_write(dir, "target", "keep");
+    assert_int_equal(symlinkat("target", dfd, ".next"), 0);
+    assert_int_equal(qv_atomic_prepare_at(dfd, ".next", 0640), 0);
+    assert_int_equal(qv_write_file_atomic_keep_old_at(dfd, "state.json", "four", 4, 0640, QV_ATOMIC_ORDERED, ".next",
+                                                      NULL),
+                     0);
+    assert_int_equal(faccessat(dfd, ".next", F_OK, AT_SYMLINK_NOFOLLOW), -1);
+    free(data);
+    data = NULL;
+    assert_int_equal(qv_read_file_at(dfd, "target", 64, &data, NULL), 0);
+    assert_string_equal(data, "keep");
+    assert_int_equal(qv_atomic_prepare_at(dfd, "a/b", 0640), -EINVAL);
     qv_test_rm_rf(dir);
 }
 
@@ -584,6 +643,7 @@ int main(void) {
         cmocka_unit_test(test_streaming_atomic_exchange_and_abort),
         cmocka_unit_test(test_atomic_ordered_at),
         cmocka_unit_test(test_atomic_keep_old),
+        cmocka_unit_test(test_atomic_prepared),
         cmocka_unit_test(test_atomic_commit_group),
         cmocka_unit_test(test_atomic_spare),
         cmocka_unit_test(test_atomic_spare_planted),
