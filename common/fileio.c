@@ -163,16 +163,24 @@ static int atomic_begin_in(qv_atomic *a) {
     return 0;
 }
 
-int qv_atomic_begin_spare_at(int dirfd, const char *name, const char *spare, mode_t mode, qv_atomic *a) {
+/* The start of a replacement of `name` through another file of ours
+ * beside it, `other` (a spare, a prepared file): both names checked,
+ * a->base set, dirfd duplicated into a->dfd. */
+static int begin_beside(int dirfd, const char *name, const char *other, mode_t mode, qv_atomic *a) {
     *a = (qv_atomic){.fd = -1, .dfd = -1, .mode = mode};
-    if (!*name || strchr(name, '/') || !*spare || strchr(spare, '/') || strcmp(name, spare) == 0)
+    if (!*name || strchr(name, '/') || !*other || strchr(other, '/') || strcmp(name, other) == 0)
         return -EINVAL;
-    if (strlen(name) >= sizeof a->base || strlen(spare) >= sizeof a->tmp)
+    if (strlen(name) >= sizeof a->base || strlen(other) >= sizeof a->tmp)
         return -ENAMETOOLONG;
     strcpy(a->base, name);
     a->dfd = fcntl(dirfd, F_DUPFD_CLOEXEC, 3);
-    if (a->dfd < 0)
-        return -errno;
+    return a->dfd < 0 ? -errno : 0;
+}
+
+int qv_atomic_begin_spare_at(int dirfd, const char *name, const char *spare, mode_t mode, qv_atomic *a) {
+    int r = begin_beside(dirfd, name, spare, mode, a);
+    if (r < 0)
+        return r;
     /* O_NONBLOCK: a FIFO planted under the name must not hang the open */
     int fd = openat(a->dfd, spare, O_WRONLY | O_CREAT | O_NOFOLLOW | O_CLOEXEC | O_NOCTTY | O_NONBLOCK, mode);
     struct stat st;
@@ -211,15 +219,9 @@ int qv_atomic_prepare_at(int dirfd, const char *prepared, mode_t mode) {
 }
 
 int qv_atomic_begin_prepared_at(int dirfd, const char *name, const char *prepared, mode_t mode, qv_atomic *a) {
-    *a = (qv_atomic){.fd = -1, .dfd = -1, .mode = mode};
-    if (!*name || strchr(name, '/') || !*prepared || strchr(prepared, '/') || strcmp(name, prepared) == 0)
-        return -EINVAL;
-    if (strlen(name) >= sizeof a->base || strlen(prepared) >= sizeof a->tmp)
-        return -ENAMETOOLONG;
-    strcpy(a->base, name);
-    a->dfd = fcntl(dirfd, F_DUPFD_CLOEXEC, 3);
-    if (a->dfd < 0)
-        return -errno;
+    int r = begin_beside(dirfd, name, prepared, mode, a);
+    if (r < 0)
+        return r;
     int fd = open_prepared(a->dfd, prepared);
     if (fd >= 0) {
         strcpy(a->tmp, prepared);

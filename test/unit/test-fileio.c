@@ -88,11 +88,13 @@ static void test_atomic_keep_old(void **state) {
     _cleanup_close_ int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     assert_true(dfd >= 0);
     int old = 7;
-    assert_int_equal(qv_write_file_atomic_keep_old_at(dfd, "state.json", "one", 3, 0640, QV_ATOMIC_ORDERED, NULL, &old), 0);
+    assert_int_equal(
+        qv_write_file_atomic_keep_old_at(dfd, "state.json", "one", 3, 0640, QV_ATOMIC_ORDERED, NULL, &old), 0);
     assert_int_equal(old, -1); /* nothing was there */
     struct stat first, held, now;
     assert_int_equal(fstatat(dfd, "state.json", &first, 0), 0);
-    assert_int_equal(qv_write_file_atomic_keep_old_at(dfd, "state.json", "two", 3, 0640, QV_ATOMIC_ORDERED, NULL, &old), 0);
+    assert_int_equal(
+        qv_write_file_atomic_keep_old_at(dfd, "state.json", "two", 3, 0640, QV_ATOMIC_ORDERED, NULL, &old), 0);
     assert_true(old >= 0);
     assert_int_equal(fstat(old, &held), 0);
     assert_true(held.st_ino == first.st_ino && held.st_dev == first.st_dev);
@@ -106,8 +108,8 @@ static void test_atomic_keep_old(void **state) {
     assert_string_equal(data, "two");
     assert_int_equal(count_entries(dir), 1);
     /* durable and plain replacements hold the old file the same way */
-    assert_int_equal(qv_write_file_atomic_keep_old_at(dfd, "state.json", "three", 5, 0640, QV_ATOMIC_DURABLE, NULL, &old),
-                     0);
+    assert_int_equal(
+        qv_write_file_atomic_keep_old_at(dfd, "state.json", "three", 5, 0640, QV_ATOMIC_DURABLE, NULL, &old), 0);
     assert_int_equal(fstat(old, &held), 0);
     assert_true(held.st_ino == now.st_ino && held.st_nlink == 0);
     close(old);
