@@ -162,6 +162,8 @@ typedef struct after_batch {
     size_t n;
 } after_batch;
 
+static void call_waiters(save_waiter *w, vmrt *rt, int status, const qv_error *err);
+
 static void after_work(uv_work_t *w) {
     after_batch *b = w->data;
     for (size_t i = 0; i < b->n; i++) {
@@ -178,8 +180,15 @@ static void after_done(uv_work_t *w, int status) {
     (void)status;
     after_batch *b = w->data;
     sv_vmctl *c = b->c;
-    for (size_t i = 0; i < b->n; i++)
+    for (size_t i = 0; i < b->n; i++) {
         free(b->v[i].dir);
+        vmrt *rt = b->v[i].rt;
+        if (!rt)
+            continue;
+        if (--rt->after_pending == 0)
+            call_waiters(TAKE_PTR(rt->after_waiters), rt, 0, NULL);
+        vm__rt_unref(rt);
+    }
     free(b->v);
     free(b);
     c->after_writing = false;
@@ -202,8 +211,8 @@ static void after_kick(sv_vmctl *c) {
     }
 }
 
-/* Takes old_fd and dir (either may be -1 / NULL). */
-static void after_write_later(sv_vmctl *c, int old_fd, char *dir) {
+/* Takes old_fd and dir (either may be -1 / NULL); dir is rt's. */
+static void after_write_later(sv_vmctl *c, vmrt *rt, int old_fd, char *dir) {
     if (c->n_after_writes == c->cap_after_writes) {
         size_t cap = c->cap_after_writes ? 2 * c->cap_after_writes : 16;
         state_after_write *v = realloc(c->after_writes, cap * sizeof *v);
@@ -216,7 +225,11 @@ static void after_write_later(sv_vmctl *c, int old_fd, char *dir) {
         c->after_writes = v;
         c->cap_after_writes = cap;
     }
-    c->after_writes[c->n_after_writes++] = (state_after_write){old_fd, dir};
+    if (dir) {
+        rt->refs++;
+        rt->after_pending++;
+    }
+    c->after_writes[c->n_after_writes++] = (state_after_write){old_fd, dir, dir ? rt : NULL};
     if (!c->after_writing)
         after_kick(c);
 }
@@ -257,7 +270,7 @@ static void save_after(uv_work_t *w, int status) {
      * (a removed VM's directory is renamed away: nothing goes into it) */
     bool prepare = !job->durable && job->status == 0 && rt->vm && rt->vm->state != SV_VM_REMOVING;
     if (job->old_fd >= 0 || prepare)
-        after_write_later(rt->c, job->old_fd, prepare ? TAKE_PTR(job->dir) : NULL);
+        after_write_later(rt->c, rt, job->old_fd, prepare ? TAKE_PTR(job->dir) : NULL);
     if (!rt->save_inflight && rt->save_text)
         save_dispatch(rt);
     free(job->dir);
@@ -433,6 +446,33 @@ void vm__saved_then(vmrt *rt, vm_saved_fn fn, void *userdata) {
         add_save_waiter(&rt->save_inflight->waiters, fn, userdata);
     else
         fn(rt, 0, NULL, userdata);
+}
+
+static void writes_done_step(vmrt *rt, int status, const qv_error *err, void *userdata) {
+    save_waiter *w = userdata;
+    (void)status;
+    (void)err;
+    if (rt->after_pending) {
+        w->next = NULL;
+        save_waiter **tail = &rt->after_waiters;
+        while (*tail)
+            tail = &(*tail)->next;
+        *tail = w;
+        return;
+    }
+    w->fn(rt, 0, NULL, w->userdata);
+    free(w);
+}
+
+void vm__writes_done_then(vmrt *rt, vm_saved_fn fn, void *userdata) {
+    save_waiter *w = calloc(1, sizeof *w);
+    if (!w) {
+        vm__saved_then(rt, fn, userdata); /* the write, at least */
+        return;
+    }
+    w->fn = fn;
+    w->userdata = userdata;
+    vm__saved_then(rt, writes_done_step, w);
 }
 
 /* The VM is being removed: nothing more of it is written.  Snapshots not

@@ -119,6 +119,7 @@ typedef struct caps_waiter {
 typedef struct state_after_write {
     int old_fd; /* the file it replaced, held; -1: none */
     char *dir;  /* the instance directory whose next write's file is made ahead; NULL: none */
+    vmrt *rt;   /* whose directory (a reference; rt->after_pending counts it); NULL with dir */
 } state_after_write;
 
 struct sv_vmctl {
@@ -178,6 +179,8 @@ struct vmrt {
     const char *save_state;       /* its state's name (static) */
     bool save_durable;            /* …and whether it is to be fsynced */
     save_waiter *save_waiters;    /* called once it (or a newer one) is durable */
+    unsigned after_pending;       /* files made ahead in state_dir not yet done (engine.c, after_write_later) */
+    save_waiter *after_waiters;   /* called once none is (vm__writes_done_then) */
     /* pause/resume changes logged in this window, and those only counted */
     uint64_t pause_window_ms;
     unsigned pause_logged, pause_unlogged;
@@ -270,6 +273,9 @@ void vm__save(vmrt *rt, vm_saved_fn fn, void *userdata);
 void vm__save_as(vmrt *rt, sv_vm_state state, vm_saved_fn fn, void *userdata);
 void vm__save_durable(vmrt *rt, vm_saved_fn fn, void *userdata);
 void vm__saved_then(vmrt *rt, vm_saved_fn fn, void *userdata);
+/* vm__saved_then, and then also until no worker makes a file in the
+ * VM's directory any more (vm rm: the directory goes next). */
+void vm__writes_done_then(vmrt *rt, vm_saved_fn fn, void *userdata);
 void vm__persist(vmrt *rt);
 void vm__persist_soon(vmrt *rt);
 /* Reports an event of this VM (fields: reference stolen; NULL: none). */

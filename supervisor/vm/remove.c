@@ -80,5 +80,7 @@ void vm__act_remove(vmrt *rt, sv_vm_state from, const vm_event_arg *a) {
     *job = (remove_job){.rt = rt, .from = from, .done = a->done, .userdata = a->userdata, .rm = {.instfd = -1}};
     uv_timer_stop(&rt->timer); /* a restart the policy scheduled */
     vm__save_drop(rt);
-    vm__saved_then(rt, remove_go, job); /* now, or once the write in flight is done */
+    /* now, or once the write in flight is done and no worker makes a file
+     * in the directory any more (the file its next write goes into) */
+    vm__writes_done_then(rt, remove_go, job);
 }
