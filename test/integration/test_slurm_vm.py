@@ -791,8 +791,11 @@ class Failures(Base):
         # the node's failure: the first GPU cannot be bound once
         self.q.fs["node2"].fault(GPUS[0], "override", "eio", once=True)
         job = self.vm_job("node2", 2)
-        wait_for(lambda: self.c.scontrol_show_job(job)["Reason"] == "launch_failed_requeued_held", 60,
-                 f"job {job} requeued and held", interval=0.2)
+        # the reason comes with the requeue; the job stays COMPLETING until
+        # its epilog is done, then it is PENDING (CI once read it between)
+        wait_for(lambda: self.c.scontrol_show_job(job)["Reason"] == "launch_failed_requeued_held" and
+                 self.c.scontrol_show_job(job)["JobState"] != "COMPLETING", 60,
+                 f"job {job} requeued and held, its epilog done", interval=0.2)
         # Slurm 22.05 requeues a batch job whose prolog failed, held
         # (Priority=0), and drains the node with its own reason "Prolog
         # error" only when the node has none: qvisor's, set before the
