@@ -452,15 +452,10 @@ static void writes_done_step(vmrt *rt, int status, const qv_error *err, void *us
     save_waiter *w = userdata;
     (void)status;
     (void)err;
-    if (rt->after_pending) {
-        w->next = NULL;
-        save_waiter **tail = &rt->after_waiters;
-        while (*tail)
-            tail = &(*tail)->next;
-        *tail = w;
-        return;
-    }
-    w->fn(rt, 0, NULL, w->userdata);
+    if (rt->after_pending)
+        add_save_waiter(&rt->after_waiters, w->fn, w->userdata);
+    else
+        w->fn(rt, 0, NULL, w->userdata);
     free(w);
 }
 
