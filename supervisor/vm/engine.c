@@ -234,6 +234,24 @@ static void after_write_later(sv_vmctl *c, vmrt *rt, int old_fd, char *dir) {
         after_kick(c);
 }
 
+/* The files the writes of a start replace are freed once the start is
+ * over (answered or failed), not during it: freeing one (ext4 without a
+ * journal, with discard) while QEMU was being spawned made the spawn take
+ * 2-5 ms where it takes 0.25, in most starts measured here.  Takes
+ * old_fd; false when it is not kept (not starting, or no room). */
+static bool keep_for_start(vmrt *rt, int old_fd) {
+    if (old_fd < 0 || !rt->vm || rt->vm->state != SV_VM_STARTING || rt->n_start_old == QV_ARRAY_SIZE(rt->start_old_fds))
+        return false;
+    rt->start_old_fds[rt->n_start_old++] = old_fd;
+    return true;
+}
+
+/* The start is over: what it kept goes to the after-write work. */
+static void start_old_release(vmrt *rt) {
+    while (rt->n_start_old)
+        after_write_later(rt->c, rt, rt->start_old_fds[--rt->n_start_old], NULL);
+}
+
 static void call_waiters(save_waiter *w, vmrt *rt, int status, const qv_error *err) {
     while (w) {
         save_waiter *next = w->next;
@@ -269,6 +287,8 @@ static void save_after(uv_work_t *w, int status) {
     /* the next visible write's file is made ahead while the VM is there
      * (a removed VM's directory is renamed away: nothing goes into it) */
     bool prepare = !job->durable && job->status == 0 && rt->vm && rt->vm->state != SV_VM_REMOVING;
+    if (keep_for_start(rt, job->old_fd))
+        job->old_fd = -1;
     if (job->old_fd >= 0 || prepare)
         after_write_later(rt->c, rt, job->old_fd, prepare ? TAKE_PTR(job->dir) : NULL);
     if (!rt->save_inflight && rt->save_text)
@@ -604,6 +624,8 @@ int vm__event(vmrt *rt, sv_vm_event ev, const vm_event_arg *arg) {
     }
     if (vm__actions[act])
         vm__actions[act](rt, from, arg);
+    if (from == SV_VM_STARTING && to != SV_VM_STARTING && act != SV_ACT_SEND)
+        start_old_release(rt); /* after the action: a start's answer goes first */
     return 0;
 }
 
@@ -617,6 +639,8 @@ void vm__undo_state(vmrt *rt, sv_vm_state back, const char *why) {
     vm->state = back;
     if (from != back)
         emit_state(rt, from, back, "undone", NULL, why);
+    if (from == SV_VM_STARTING && back != SV_VM_STARTING)
+        start_old_release(rt);
 }
 
 void vm__add_waiter(waiter **list, sv_vm_done_fn done, void *userdata) {
@@ -664,6 +688,8 @@ void vm__rt_unref(vmrt *rt) {
         qv_error err = {.code = ECANCELED};
         snprintf(err.msg, sizeof err.msg, "the daemon is stopping");
         call_waiters(TAKE_PTR(rt->save_waiters), rt, -ECANCELED, &err); /* a snapshot never taken (out of memory) */
+        while (rt->n_start_old)
+            close(rt->start_old_fds[--rt->n_start_old]);
         free(rt->state_dir);
         free(rt->save_text);
         free(rt->stop_reason);

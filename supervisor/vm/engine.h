@@ -181,6 +181,8 @@ struct vmrt {
     save_waiter *save_waiters;    /* called once it (or a newer one) is durable */
     unsigned after_pending;       /* files made ahead in state_dir not yet done (engine.c, after_write_later) */
     save_waiter *after_waiters;   /* called once none is (vm__writes_done_then) */
+    int start_old_fds[4];         /* files a start's writes replaced, freed once it is over (engine.c, keep_for_start) */
+    unsigned n_start_old;
     /* pause/resume changes logged in this window, and those only counted */
     uint64_t pause_window_ms;
     unsigned pause_logged, pause_unlogged;

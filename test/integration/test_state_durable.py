@@ -309,6 +309,15 @@ class ReplacedFiles(Base):
         for _ in range(3):
             self.assertEqual(self.node.qvisor("vm", "start", "vm", timeout=scaled(60)).returncode, 0)
             self.assertEqual(self.node.qvisor("vm", "stop", "--force", "vm", timeout=scaled(60)).returncode, 0)
+        # the files a start's writes replace are freed once the start is
+        # over (engine.c, keep_for_start): a start that fails frees them too
+        mode_file = os.path.join(self.node.dir, "fake-mode")
+        with open(mode_file, "w") as f:
+            f.write("close-after-greeting\n")
+        self.assertNotEqual(self.node.qvisor("vm", "start", "vm", timeout=scaled(60)).returncode, 0)
+        with open(mode_file, "w") as f:
+            f.write("flood\n")
+        self.assertEqual(self.node.qvisor_json("vm", "show", "vm")["state"], "stopped")
 
         def held():
             fd_dir = f"/proc/{self.node.proc.pid}/fd"
