@@ -246,8 +246,12 @@ static bool keep_for_start(vmrt *rt, int old_fd) {
     return true;
 }
 
-/* The start is over: what it kept goes to the after-write work. */
-static void start_old_release(vmrt *rt) {
+/* A VM that was starting (from) and is not any more: the start is over,
+ * and what it kept goes to the after-write work.  Judged on the state it
+ * is in now, whichever way it got there (the table, an action, an undo). */
+static void start_over_release(vmrt *rt, sv_vm_state from) {
+    if (from != SV_VM_STARTING || (rt->vm && rt->vm->state == SV_VM_STARTING))
+        return;
     while (rt->n_start_old)
         after_write_later(rt->c, rt, rt->start_old_fds[--rt->n_start_old], NULL);
 }
@@ -624,8 +628,7 @@ int vm__event(vmrt *rt, sv_vm_event ev, const vm_event_arg *arg) {
     }
     if (vm__actions[act])
         vm__actions[act](rt, from, arg);
-    if (from == SV_VM_STARTING && to != SV_VM_STARTING && act != SV_ACT_SEND)
-        start_old_release(rt); /* after the action: a start's answer goes first */
+    start_over_release(rt, from); /* after the action: a start's answer goes first */
     return 0;
 }
 
@@ -639,8 +642,7 @@ void vm__undo_state(vmrt *rt, sv_vm_state back, const char *why) {
     vm->state = back;
     if (from != back)
         emit_state(rt, from, back, "undone", NULL, why);
-    if (from == SV_VM_STARTING && back != SV_VM_STARTING)
-        start_old_release(rt);
+    start_over_release(rt, from);
 }
 
 void vm__add_waiter(waiter **list, sv_vm_done_fn done, void *userdata) {
