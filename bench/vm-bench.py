@@ -620,12 +620,13 @@ class Bench:
         c0 = cpu_ns(self.dpid())
         t_start, each = run("start", [], {})
         c1 = cpu_ns(self.dpid())
-        self._settle(self._daemon_qemu_pids(names))
+        settle = self._settle(self._daemon_qemu_pids(names))
         c2 = cpu_ns(self.dpid())
         t_stop, _ = run("stop", ["--force"], {"force": True})
         c3 = cpu_ns(self.dpid())
         row = {f"{kind}_start_total": t_start, f"{kind}_start_median_each": each, f"{kind}_stop_total": t_stop,
-               f"{kind}_daemon_cpu_start": (c1 - c0) / 1e9, f"{kind}_daemon_cpu_stop": (c3 - c2) / 1e9}
+               f"{kind}_daemon_cpu_start": (c1 - c0) / 1e9, f"{kind}_daemon_cpu_stop": (c3 - c2) / 1e9,
+               f"{kind}_settle": settle}
         if kind == "socket":
             run("start", [], {})
             time.sleep(BOOTING_WAIT)
@@ -633,10 +634,15 @@ class Bench:
         return row
 
     def _daemon_qemu_pids(self, names):
+        """The pids of the named VMs' QEMUs (their pidfiles); a VM without
+        one is left out."""
         pids = []
         for nm in names:
-            with open(os.path.join(self.node.run_dir, "vm", nm, "qemu.pid")) as f:
-                pids.append(int(f.read().strip()))
+            try:
+                with open(os.path.join(self.node.run_dir, "vm", nm, "qemu.pid")) as f:
+                    pids.append(int(f.read().strip()))
+            except (OSError, ValueError):
+                pass
         return pids
 
     def _settle(self, pids, timeout=60.0):
@@ -709,13 +715,13 @@ class Bench:
 
     def _conc_bare(self, names, argvs):
         bs, t_start, each = self._bare_up(names, argvs)
-        self._settle([b.proc.pid for b in bs])
+        settle = self._settle([b.proc.pid for b in bs])
         t_stop = self._quit_all(bs)
         bs, _, _ = self._bare_up(names, argvs)
         time.sleep(BOOTING_WAIT)
         t_booting = self._quit_all(bs)
         return {"bare_start_total": t_start, "bare_start_median_each": each, "bare_quit_total": t_stop,
-                "bare_quit_booting_total": t_booting}
+                "bare_quit_booting_total": t_booting, "bare_settle": settle}
 
     # -- 3./4. many VMs: memory, idle
     def many(self):
@@ -739,11 +745,10 @@ class Bench:
         st = proc_status(self.dpid())
         self.res["daemon_rss_kb"][f"{len(started)}_running"] = st
         qrss = []
-        for nm in started:
+        for pid in self._daemon_qemu_pids(started):
             try:
-                with open(os.path.join(self.node.run_dir, "vm", nm, "qemu.pid")) as f:
-                    qrss.append(proc_status(int(f.read().strip()))["VmRSS"])
-            except (OSError, ValueError, KeyError):
+                qrss.append(proc_status(pid)["VmRSS"])
+            except (OSError, KeyError):
                 pass
         many["qemu_rss_kb_median"] = int(med(qrss)) if qrss else None
         stopped = self.res["daemon_rss_kb"][f"{n}_defined_stopped"]
@@ -863,6 +868,8 @@ def report(res, out):
             p(f"   {what:34s} {m[k + '_start_total']:8.0f} {m[k + '_start_median_each']:10.0f} {stop:12.0f}")
         p(f"   control socket: start ratio {C['start_ratio']:.2f}x, overhead {C['start_overhead_ms_total']:.0f} ms "
           f"in all, {C['start_overhead_ms_per_vm']:.1f} ms per VM; stop ratio {C['stop_ratio']:.2f}x")
+        p(f"   the guests had halted {m['socket_settle'] / 1000:.2f} s (requests) and "
+          f"{m['bare_settle'] / 1000:.2f} s (bare) after all were up; the stops came then")
         p(f"   stopped {BOOTING_WAIT:.1f} s after the start, the guests still booting (both CPUs busy): requests "
           f"{m['socket_stop_booting_total']:.0f} ms, bare {m['bare_quit_booting_total']:.0f} ms, ratio "
           f"{C['stop_booting_ratio']:.2f}x (no target)")
